@@ -1,0 +1,6 @@
+import type { CommandContext } from './context.js';
+import { notImplemented } from './not-yet.js';
+
+export async function archivePush(_ctx: CommandContext, ..._args: unknown[]): Promise<number> {
+  notImplemented('ARCHIVE-PUSH');
+}

@@ -1,0 +1,6 @@
+import type { CommandContext } from './context.js';
+import { notImplemented } from './not-yet.js';
+
+export async function verifyChksum(_ctx: CommandContext, ..._args: unknown[]): Promise<number> {
+  notImplemented('VERIFY-CHKSUM');
+}

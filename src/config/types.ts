@@ -1,0 +1,75 @@
+/** A `user@host` pair as written in bart_host and remote_host. */
+export interface UserAtHost {
+  user: string;
+  host: string;
+}
+
+/** How long backups are kept: by count of full backups, by age, or forever. */
+export type RetentionPolicy =
+  | { kind: 'none' }
+  | { kind: 'backups'; count: number }
+  | { kind: 'window'; count: number; unit: 'DAYS' | 'WEEKS' | 'MONTHS' };
+
+/** How the WAL a backup needs to be consistent gets into it. */
+export type XlogMethod = 'fetch' | 'stream';
+
+/**
+ * Settings that live in [BART] and may be overridden per server. In a {@link ServerConfig} they
+ * are already resolved (server value, else global value, else default).
+ */
+export interface OverridableSettings {
+  retentionPolicy: RetentionPolicy;
+  walCompression: boolean;
+  copyWalsDuringRestore: boolean;
+  xlogMethod: XlogMethod;
+  threadCount: number;
+  batchSize: number;
+  scanInterval: number;
+  mbmScanTimeout: number;
+  workers: number;
+}
+
+/** The [BART] section. */
+export interface GlobalConfig extends OverridableSettings {
+  bartHost: UserAtHost;
+  backupPath: string;
+  pgBasebackupPath?: string;
+  logfile: string;
+  scannerLogfile: string;
+  bartSocketDirectory: string;
+  bartSocketName?: string;
+}
+
+/** One database server section, with every overridable setting resolved. */
+export interface ServerConfig extends OverridableSettings {
+  /** Catalog name: the section name in lower case. */
+  name: string;
+  /** The section name as written. */
+  sectionName: string;
+  /** Line of the section header, for messages. */
+  line: number;
+  host: string;
+  port: number;
+  user: string;
+  clusterOwner: string;
+  remoteHost?: UserAtHost;
+  /** Where archived WAL lands on the BART host. */
+  archivePath: string;
+  archiveCommand?: string;
+  /** `OID=path;OID=path` restore locations of tablespaces. */
+  tablespacePath: Map<number, string>;
+  allowIncrementalBackups: boolean;
+  description?: string;
+  backupName?: string;
+  /** Which settings were given in this section (not inherited), for SHOW-SERVERS and INIT. */
+  explicit: Set<string>;
+}
+
+/** A parsed, validated bart.cfg. */
+export interface BartConfig {
+  /** Absolute path of the file read. */
+  path: string;
+  global: GlobalConfig;
+  /** Servers in file order. */
+  servers: ServerConfig[];
+}
