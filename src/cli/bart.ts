@@ -1,11 +1,9 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
-import { loadConfig } from '../config/parse-config.js';
-import { locateConfig } from '../config/locate-config.js';
+import { bootstrap } from './bootstrap.js';
 import type { CommandContext } from '../commands/context.js';
 import { BartError, errorMessage } from '../util/errors.js';
-import { configureLog, log } from '../util/log.js';
-import { currentUserName, isRoot, switchToUser } from '../util/os-user.js';
+import { log } from '../util/log.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -27,17 +25,10 @@ function integer(min: number, max: number, what: string) {
 /** Loads the config, becomes the BART user, opens the logfile; then runs the command. */
 async function withContext(program: Command, action: (ctx: CommandContext) => Promise<number | void>, opts: { quiet?: boolean } = {}): Promise<void> {
   const globals = program.opts<{ configPath?: string; debug?: boolean }>();
-  const configPath = locateConfig(globals.configPath);
-  const config = loadConfig(configPath);
-  const bartUser = config.global.bartHost.user;
-  if (isRoot() && bartUser !== 'root') {
-    switchToUser(bartUser);
-  } else if (currentUserName() !== bartUser) {
-    throw new BartError(`bart must run as the BART user "${bartUser}" (bart_host in ${config.path}) or as root, not as "${currentUserName()}"`);
-  }
-  configureLog({ logfile: config.global.logfile, debug: globals.debug === true, quiet: opts.quiet === true });
+  const debug = globals.debug === true;
+  const config = bootstrap({ ...(globals.configPath ? { configPath: globals.configPath } : {}), debug, quiet: opts.quiet === true, logTo: 'logfile' });
   log.fileOnly('INFO', `bart ${process.argv.slice(2).join(' ')}`);
-  const code = await action({ config, debug: globals.debug === true });
+  const code = await action({ config, debug });
   if (typeof code === 'number' && code !== 0) process.exitCode = code;
 }
 
