@@ -1,6 +1,27 @@
-import type { CommandContext } from './context.js';
-import { notImplemented } from './not-yet.js';
+import { getWalFile } from '../catalog/wal-archive.js';
+import { log } from '../util/log.js';
+import { selectOneServer, type CommandContext } from './context.js';
 
-export async function archiveGet(_ctx: CommandContext, ..._args: unknown[]): Promise<number> {
-  notImplemented('ARCHIVE-GET');
+/** Options of `bart ARCHIVE-GET`. */
+export interface ArchiveGetOptions {
+  server?: string;
+}
+
+/**
+ * `bart ARCHIVE-GET -s NAME <walfile> <destination>`, meant for restore_command
+ * (`... ARCHIVE-GET -s NAME %f %p`). A file that is not in the archive exits 1 with one line:
+ * PostgreSQL asks for files that do not exist (the next timeline's history, the segment after the
+ * last one) and treats a non-zero exit as "not there", so this is normal and must stay quiet.
+ */
+export async function archiveGet(ctx: CommandContext, options: ArchiveGetOptions, walfile: string, destination: string): Promise<number> {
+  const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-GET');
+  const outcome = await getWalFile(server.archivePath, walfile, destination);
+  if (outcome === 'missing') {
+    // Not an ERROR line: recovery probes for files that do not exist on every run.
+    log.info(`WAL file "${walfile}" is not in the archive of server "${server.name}" (${server.archivePath})`);
+    return 1;
+  }
+  log.fileOnly('INFO', `restored WAL file "${walfile}"${outcome === 'restored-from-gz' ? ' (from .gz)' : ''} to "${destination}" for server "${server.name}"`);
+  log.debug(`restored "${walfile}" to "${destination}"`);
+  return 0;
 }

@@ -1,0 +1,219 @@
+import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
+import { link, lstat, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import type { Readable } from 'node:stream';
+import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
+import { parseArchiveFileName, type ArchiveFileName } from '../wal/segment-name.js';
+
+/** Suffix of WAL files that MANAGE compressed (wal_compression = enabled). */
+export const GZIP_SUFFIX = '.gz';
+
+/** Outcome of storing one file in the archive. */
+export type PushOutcome = 'archived' | 'already-archived';
+
+/** Outcome of fetching one file from the archive. */
+export type GetOutcome = 'restored' | 'restored-from-gz' | 'missing';
+
+/**
+ * Checks that `name` is something PostgreSQL archives (segment, .partial, .history, .backup) and
+ * returns it parsed; anything else is a BartError, so a typo never lands in (or reads from) the archive.
+ */
+export function requireArchiveFileName(name: string, what: string): ArchiveFileName {
+  const parsed = parseArchiveFileName(name);
+  if (!parsed) {
+    throw new BartError(
+      `${what} "${name}" is not a WAL archive file name: expected a WAL segment (24 hex digits, e.g. 000000010000000000000003), ` +
+        'a .partial segment, a timeline history file (00000002.history) or a backup history file (...00000003.00000028.backup)',
+    );
+  }
+  return parsed;
+}
+
+/** True for the sizes initdb --wal-segsize allows: powers of two from 1 MB to 1 GB. */
+function isValidSegmentSize(size: number): boolean {
+  return size >= 1024 * 1024 && size <= 1024 * 1024 * 1024 && (size & (size - 1)) === 0;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+/** Opens an archived file for reading, decompressing `.gz` on the fly. */
+function openArchived(path: string): Readable {
+  const raw = createReadStream(path);
+  if (!path.endsWith(GZIP_SUFFIX)) return raw;
+  const gunzip = createGunzip();
+  raw.on('error', (err) => gunzip.destroy(err));
+  return raw.pipe(gunzip);
+}
+
+/**
+ * Reads two streams in step and says whether their bytes are identical, holding at most one chunk
+ * of each in memory (WAL segments are 16 MB and more).
+ */
+export async function sameContent(a: Readable, b: Readable): Promise<boolean> {
+  const ia = a[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const ib = b[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let bufA: Buffer = Buffer.alloc(0);
+  let bufB: Buffer = Buffer.alloc(0);
+  let doneA = false;
+  let doneB = false;
+  try {
+    for (;;) {
+      if (bufA.length === 0 && !doneA) {
+        const r = await ia.next();
+        if (r.done) doneA = true;
+        else bufA = r.value;
+      }
+      if (bufB.length === 0 && !doneB) {
+        const r = await ib.next();
+        if (r.done) doneB = true;
+        else bufB = r.value;
+      }
+      if (bufA.length === 0 && bufB.length === 0) {
+        if (doneA && doneB) return true;
+        continue;
+      }
+      if (bufA.length === 0 || bufB.length === 0) return false;
+      const n = Math.min(bufA.length, bufB.length);
+      if (!bufA.subarray(0, n).equals(bufB.subarray(0, n))) return false;
+      bufA = bufA.subarray(n);
+      bufB = bufB.subarray(n);
+    }
+  } finally {
+    (a as ReadStream).destroy?.();
+    (b as ReadStream).destroy?.();
+  }
+}
+
+/** The archived copy of `name` in `archiveDir`, plain or gzip-compressed; undefined when absent. */
+export async function findArchived(archiveDir: string, name: string): Promise<string | undefined> {
+  const plain = join(archiveDir, name);
+  if (await exists(plain)) return plain;
+  const gz = plain + GZIP_SUFFIX;
+  if (await exists(gz)) return gz;
+  return undefined;
+}
+
+/** Copies a stream into a new file (mode 0600) and fsyncs it; returns the bytes written. */
+async function writeSynced(source: Readable, target: string): Promise<number> {
+  const handle = await open(target, 'wx', 0o600);
+  try {
+    const out = createWriteStream('', { fd: handle.fd, autoClose: false });
+    await pipeline(source, out);
+    await handle.sync();
+    return (await handle.stat()).size;
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Stores the WAL file at `sourcePath` in `archiveDir` under its own base name: copied to a temp file
+ * in the archive directory, fsynced, hard-linked into place (which, unlike rename, never replaces a
+ * file that appeared meanwhile), and the directory fsynced. The same content again is a success;
+ * different content under an existing name is an error and leaves the archived file untouched.
+ */
+export async function pushWalFile(archiveDir: string, sourcePath: string): Promise<PushOutcome> {
+  const name = basename(sourcePath);
+  const parsed = requireArchiveFileName(name, 'file');
+  let size: number;
+  try {
+    const st = await stat(sourcePath);
+    if (!st.isFile()) throw new BartError(`"${sourcePath}" is not a regular file`);
+    size = st.size;
+  } catch (err) {
+    if (err instanceof BartError) throw err;
+    throw new BartError(`cannot read WAL file "${sourcePath}": ${errorMessage(err)}`);
+  }
+  // PostgreSQL always hands over whole segments (.partial ones are padded too): anything else is a wrong file.
+  if ((parsed.kind === 'segment' || parsed.kind === 'partial') && !isValidSegmentSize(size)) {
+    throw new BartError(`"${sourcePath}" is ${size} bytes, not a complete WAL segment (a power of two from 1 MB to 1 GB); refusing to archive it`);
+  }
+  try {
+    const st = await stat(archiveDir);
+    if (!st.isDirectory()) throw new BartError(`archive path "${archiveDir}" is not a directory`);
+  } catch (err) {
+    if (err instanceof BartError) throw err;
+    throw new BartError(`archive path "${archiveDir}" is not usable (${errorMessage(err)}); run "bart INIT" to create it`);
+  }
+
+  const target = join(archiveDir, name);
+  const existing = await findArchived(archiveDir, name);
+  if (existing) return compareWithArchived(sourcePath, existing);
+
+  const tmp = tempSibling(target);
+  try {
+    const written = await writeSynced(createReadStream(sourcePath), tmp);
+    if (written !== size) throw new BartError(`"${sourcePath}" changed while it was being archived (${size} bytes expected, ${written} read)`);
+    try {
+      await link(tmp, target);
+    } catch (err) {
+      // Another ARCHIVE-PUSH stored the same name while we copied: judge by content, as above.
+      if (isErrnoError(err) && err.code === 'EEXIST') return await compareWithArchived(sourcePath, target);
+      throw err;
+    }
+    await unlink(tmp);
+    await fsyncDir(archiveDir);
+    return 'archived';
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    if (err instanceof BartError) throw err;
+    throw new BartError(`cannot archive "${sourcePath}" into "${archiveDir}": ${errorMessage(err)}`);
+  }
+}
+
+async function compareWithArchived(sourcePath: string, archived: string): Promise<PushOutcome> {
+  if (await sameContent(createReadStream(sourcePath), openArchived(archived))) return 'already-archived';
+  throw new BartError(
+    `"${archived}" already exists in the archive with different content than "${sourcePath}"; the archived file was kept. ` +
+      'Two servers may be archiving into the same archive_path, or the server was re-created: check archive_path/archive_command',
+  );
+}
+
+/**
+ * Copies `name` from `archiveDir` to `destination` (decompressing a `.gz` copy transparently) through
+ * a temp file next to the destination, fsync and rename, so recovery never reads a half-written file.
+ */
+export async function getWalFile(archiveDir: string, name: string, destination: string): Promise<GetOutcome> {
+  requireArchiveFileName(name, 'WAL file name');
+  const archived = await findArchived(archiveDir, name);
+  if (!archived) return 'missing';
+  const target = resolve(destination);
+  const tmp = tempSibling(target);
+  try {
+    await writeSynced(openArchived(archived), tmp);
+    await rename(tmp, target);
+    await fsyncDir(dirname(target));
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw new BartError(`cannot restore "${archived}" to "${destination}": ${errorMessage(err)}`);
+  }
+  return archived.endsWith(GZIP_SUFFIX) ? 'restored-from-gz' : 'restored';
+}
+
+/** Counts archived WAL segments (plain or `.gz`); .partial, .history, .backup and MBM files do not count. */
+export async function countArchivedSegments(archiveDir: string): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(archiveDir);
+  } catch (err) {
+    if (isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR')) return 0;
+    throw new BartError(`cannot list archive path "${archiveDir}": ${errorMessage(err)}`);
+  }
+  let count = 0;
+  for (const n of names) {
+    const bare = n.endsWith(GZIP_SUFFIX) ? n.slice(0, -GZIP_SUFFIX.length) : n;
+    if (parseArchiveFileName(bare)?.kind === 'segment') count++;
+  }
+  return count;
+}
