@@ -1,0 +1,31 @@
+import { join } from 'node:path';
+import type { BartConfig, ServerConfig } from '../config/types.js';
+
+/** Suffix of a backup directory still being written (or left by a crash). */
+export const PARTIAL_SUFFIX = '.partial';
+
+/** File names inside a backup directory. */
+export const BACKUPINFO_FILE = 'backupinfo';
+export const MANIFEST_FILE = 'manifest.jsonl';
+/** In plain backups: the data directory copy. In tar backups: `base.tar[.ext]`. */
+export const PLAIN_BASE_DIR = 'base';
+
+/** `backup_path/<server>`: everything the catalog holds for one server. */
+export function serverCatalogDir(config: BartConfig, server: ServerConfig): string {
+  return join(config.global.backupPath, server.name);
+}
+
+/** Directory of a completed backup. */
+export function backupDir(config: BartConfig, server: ServerConfig, id: string): string {
+  return join(serverCatalogDir(config, server), id);
+}
+
+/** Directory of a backup being written. */
+export function partialBackupDir(config: BartConfig, server: ServerConfig, id: string): string {
+  return join(serverCatalogDir(config, server), id + PARTIAL_SUFFIX);
+}
+
+/** Name of a tar archive inside a backup: `base` or a tablespace OID, plus `.tar` and the compression suffix. */
+export function tarName(archive: string, extension: string): string {
+  return `${archive}.tar${extension}`;
+}

@@ -1,0 +1,179 @@
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import type { ChecksumAlgorithm } from './backup-info.js';
+
+/**
+ * The machine-readable manifest of a backup, `manifest.jsonl`: one JSON object per line, so it is
+ * written and read as a stream however many files a cluster has.
+ *
+ *   {"h": ManifestHeader}             first line
+ *   {"f": ManifestFileEntry}          one per file, directory and symlink of the backup
+ *   {"a": ManifestArtifact}           one per stored artifact (tar file), with its own checksum
+ *   {"end": {"entries": N, "sha256": hex}}   last line: count and SHA-256 of every line before it
+ *
+ * A manifest without its end line, or whose hash does not match, is damaged: the backup is not
+ * trusted.
+ */
+export interface ManifestHeader {
+  manifest: 'pgbart';
+  version: 1;
+  server: string;
+  id: string;
+  format: 'tar' | 'plain';
+  compression: string;
+  checksumAlgorithm: ChecksumAlgorithm;
+  parent?: string;
+}
+
+/** One entry of the backed-up data directory or of a tablespace. */
+export interface ManifestFileEntry {
+  /** Path relative to the data directory (archive `base`) or the tablespace location (archive = OID). */
+  path: string;
+  /** `base` or the tablespace OID. */
+  archive: string;
+  type: 'file' | 'dir' | 'symlink';
+  /** Bytes of content (what the restored file holds). */
+  size: number;
+  mode: number;
+  /** Modification time, epoch seconds. */
+  mtime: number;
+  /** Hex checksum of the content; absent for directories and with algorithm NONE. */
+  checksum?: string;
+  /** Tar: byte offset in the stored (compressed) artifact where this entry's tar header starts. */
+  offset?: number;
+  /** Tar: stored bytes from `offset` holding the entry; plain: size of the stored (compressed) file. */
+  storedSize?: number;
+  linkTarget?: string;
+}
+
+/** A stored artifact (`base.tar.gz`, `16385.tar`) and the checksum of its stored bytes. */
+export interface ManifestArtifact {
+  artifact: string;
+  size: number;
+  checksum: string;
+}
+
+/** Node crypto name of a checksum algorithm; undefined for NONE. */
+export function hashName(alg: ChecksumAlgorithm): string | undefined {
+  return alg === 'SHA256' ? 'sha256' : alg === 'MD5' ? 'md5' : undefined;
+}
+
+/** A new hash for an algorithm, or undefined for NONE. */
+export function createChecksum(alg: ChecksumAlgorithm): Hash | undefined {
+  const name = hashName(alg);
+  return name ? createHash(name) : undefined;
+}
+
+/** Writes manifest.jsonl line by line; `finish()` appends the end line and fsyncs. */
+export class ManifestWriter {
+  private readonly hash = createHash('sha256');
+  private entries = 0;
+  private buffered: string[] = [];
+
+  private constructor(private readonly handle: FileHandle) {}
+
+  static async create(path: string, header: ManifestHeader): Promise<ManifestWriter> {
+    const writer = new ManifestWriter(await open(path, 'w', 0o600));
+    writer.push({ h: header });
+    return writer;
+  }
+
+  private push(obj: unknown): void {
+    const line = JSON.stringify(obj) + '\n';
+    this.hash.update(line);
+    this.buffered.push(line);
+  }
+
+  /** Adds a file entry (buffered; flushed in batches). */
+  async addFile(entry: ManifestFileEntry): Promise<void> {
+    this.entries++;
+    this.push({ f: entry });
+    if (this.buffered.length >= 512) await this.flush();
+  }
+
+  /** Adds an artifact entry. */
+  async addArtifact(artifact: ManifestArtifact): Promise<void> {
+    this.push({ a: artifact });
+    await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.buffered.length === 0) return;
+    const text = this.buffered.join('');
+    this.buffered = [];
+    await this.handle.write(text);
+  }
+
+  /** Writes the end line, fsyncs and closes. */
+  async finish(): Promise<void> {
+    const digest = this.hash.digest('hex');
+    this.buffered.push(JSON.stringify({ end: { entries: this.entries, sha256: digest } }) + '\n');
+    await this.flush();
+    await this.handle.sync();
+    await this.handle.close();
+  }
+
+  /** Closes without finishing (the backup failed). */
+  async abandon(): Promise<void> {
+    await this.handle.close().catch(() => undefined);
+  }
+}
+
+/** What a manifest line holds. */
+export type ManifestLine = { kind: 'file'; entry: ManifestFileEntry } | { kind: 'artifact'; artifact: ManifestArtifact };
+
+/**
+ * Streams a manifest: the header first (via `onHeader`), then every entry. Throws when the end
+ * line is missing or the content hash does not match (a damaged or truncated manifest).
+ */
+export async function* readManifest(path: string, onHeader?: (h: ManifestHeader) => void): AsyncGenerator<ManifestLine> {
+  const hash = createHash('sha256');
+  const rl = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  let lineNo = 0;
+  let ended = false;
+  let entries = 0;
+  for await (const line of rl) {
+    lineNo++;
+    if (ended) throw new Error(`${path}:${lineNo}: data after the end line`);
+    let obj: { h?: ManifestHeader; f?: ManifestFileEntry; a?: ManifestArtifact; end?: { entries: number; sha256: string } };
+    try {
+      obj = JSON.parse(line) as typeof obj;
+    } catch {
+      throw new Error(`${path}:${lineNo}: not valid JSON`);
+    }
+    if (obj.end) {
+      const digest = hash.digest('hex');
+      if (obj.end.sha256 !== digest || obj.end.entries !== entries) throw new Error(`${path}: manifest checksum mismatch (damaged manifest)`);
+      ended = true;
+      continue;
+    }
+    hash.update(line + '\n');
+    if (obj.h) {
+      if (lineNo !== 1 || obj.h.manifest !== 'pgbart') throw new Error(`${path}:${lineNo}: unexpected header`);
+      onHeader?.(obj.h);
+    } else if (obj.f) {
+      entries++;
+      yield { kind: 'file', entry: obj.f };
+    } else if (obj.a) {
+      yield { kind: 'artifact', artifact: obj.a };
+    } else {
+      throw new Error(`${path}:${lineNo}: unknown manifest line`);
+    }
+  }
+  if (!ended) throw new Error(`${path}: manifest is incomplete (no end line)`);
+}
+
+/** Reads only a manifest's header. */
+export async function readManifestHeader(path: string): Promise<ManifestHeader> {
+  let header: ManifestHeader | undefined;
+  const rl = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  for await (const line of rl) {
+    header = (JSON.parse(line) as { h: ManifestHeader }).h;
+    break;
+  }
+  rl.close();
+  if (!header) throw new Error(`${path}: empty manifest`);
+  return header;
+}
