@@ -43,6 +43,8 @@ export interface ManifestFileEntry {
   checksum?: string;
   /** Tar: byte offset in the stored (compressed) artifact where this entry's tar header starts. */
   offset?: number;
+  /** Tar: uncompressed bytes to skip inside the unit at `offset` before this entry's header (0 when absent). */
+  unitSkip?: number;
   /** Tar: stored bytes from `offset` holding the entry; plain: size of the stored (compressed) file. */
   storedSize?: number;
   linkTarget?: string;
