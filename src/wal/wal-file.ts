@@ -1,0 +1,90 @@
+import { open } from 'node:fs/promises';
+import { createGunzip } from 'node:zlib';
+import { createReadStream } from 'node:fs';
+import { basename } from 'node:path';
+import { parseArchiveFileName, segmentNumberFromName } from './segment-name.js';
+import { WalDecodeError } from './wal-decode-error.js';
+import { LONG_PAGE_HEADER_SIZE } from './wal-constants.js';
+
+/** The largest WAL segment PostgreSQL allows (initdb --wal-segsize=1024). */
+const MAX_SEGMENT_SIZE = 1024 * 1024 * 1024;
+
+/** A WAL file read into memory (one segment at most). */
+export interface LoadedWalFile {
+  /** Holds the content in [0, length); may be larger (reused between files). */
+  buffer: Buffer;
+  length: number;
+  /** Segment size from the long page header (0 when the file is too short to have one). */
+  segmentSize: number;
+  timeline: number;
+  /** Segment name (24 hex digits) from the file name. */
+  segmentName: string;
+  /** The file is gzip-compressed (`.gz`). */
+  compressed: boolean;
+  /** The file is a `.partial` segment (may end early). */
+  partial: boolean;
+}
+
+/** Parses a WAL file name (plain, `.partial`, `.gz`, `.partial.gz`); undefined if it is not one. */
+export function parseWalFileName(path: string): { timeline: number; segmentName: string; compressed: boolean; partial: boolean } | undefined {
+  let name = basename(path);
+  const compressed = name.endsWith('.gz');
+  if (compressed) name = name.slice(0, -3);
+  const parsed = parseArchiveFileName(name);
+  if (!parsed || (parsed.kind !== 'segment' && parsed.kind !== 'partial') || !parsed.segment) return undefined;
+  return { timeline: parsed.timeline, segmentName: parsed.segment, compressed, partial: parsed.kind === 'partial' };
+}
+
+/** Segment number of a WAL file name for a segment size, as a JS number (exact below 2^53). */
+export function walFileSegNo(segmentName: string, segmentSize: number): number {
+  return Number(segmentNumberFromName(segmentName, segmentSize));
+}
+
+/**
+ * Reads a WAL segment file (gunzipping `.gz`) into `reuse` when it is big enough, else into a new
+ * buffer. Never reads more than the segment size announced by the file's first page: a larger
+ * file is an error, not a memory hazard.
+ */
+export async function loadWalFile(path: string, reuse?: Buffer): Promise<LoadedWalFile> {
+  const parsed = parseWalFileName(path);
+  if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)');
+  let buffer = reuse ?? Buffer.alloc(0);
+  let length = 0;
+  const ensure = (n: number) => {
+    if (n > MAX_SEGMENT_SIZE) throw new WalDecodeError(path, MAX_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
+    if (n <= buffer.length) return;
+    let size = Math.max(buffer.length * 2, 16 * 1024 * 1024);
+    while (size < n) size *= 2;
+    const grown = Buffer.allocUnsafe(Math.min(size, MAX_SEGMENT_SIZE));
+    buffer.copy(grown, 0, 0, length);
+    buffer = grown;
+  };
+  if (parsed.compressed) {
+    const stream = createReadStream(path).pipe(createGunzip());
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        ensure(length + chunk.length);
+        chunk.copy(buffer, length);
+        length += chunk.length;
+      }
+    } catch (err) {
+      if (err instanceof WalDecodeError) throw err;
+      throw new WalDecodeError(path, length, `cannot decompress: ${(err as Error).message}`);
+    }
+  } else {
+    const fh = await open(path, 'r');
+    try {
+      const size = (await fh.stat()).size;
+      ensure(size);
+      while (length < size) {
+        const { bytesRead } = await fh.read(buffer, length, size - length, length);
+        if (bytesRead === 0) break;
+        length += bytesRead;
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+  const segmentSize = length >= LONG_PAGE_HEADER_SIZE ? buffer.readUInt32LE(32) : 0;
+  return { buffer, length, segmentSize, timeline: parsed.timeline, segmentName: parsed.segmentName, compressed: parsed.compressed, partial: parsed.partial };
+}
