@@ -1,0 +1,56 @@
+import { fileURLToPath } from 'node:url';
+import type { BartConfig, ServerConfig } from '../config/types.js';
+
+/** Absolute path of this installation's `bin/bart.js` (found from this module, not from argv). */
+export function bartScriptPath(): string {
+  return fileURLToPath(new URL('../../../bin/bart.js', import.meta.url));
+}
+
+/**
+ * Quotes one word (when it needs it) for /bin/sh (archive_command runs through the shell) and doubles `%`, which
+ * PostgreSQL would otherwise read as a %p/%f/%r placeholder.
+ */
+export function quoteForArchiveCommand(word: string): string {
+  if (/^[A-Za-z0-9_.,:/=+@-]+$/.test(word)) return word;
+  return `'${word.replace(/'/g, `'\\''`)}'`.replace(/%/g, '%%');
+}
+
+/** True when the server's WAL reaches the catalog without ssh: no remote_host, run by the BART user. */
+export function archivesLocally(config: BartConfig, server: ServerConfig): boolean {
+  return server.remoteHost === undefined && server.clusterOwner === config.global.bartHost.user;
+}
+
+/**
+ * Expands BART's archive_command template: `%h` = bart_host (user@host), `%a` = the server's archive
+ * path; `%p`, `%f`, `%r` and `%%` are left for PostgreSQL.
+ */
+export function expandArchiveTemplate(template: string, config: BartConfig, server: ServerConfig): string {
+  const bartHost = `${config.global.bartHost.user}@${config.global.bartHost.host}`;
+  return template.replace(/%(.)/g, (whole, c: string) => {
+    if (c === 'h') return bartHost.replace(/%/g, '%%');
+    if (c === 'a') return server.archivePath.replace(/%/g, '%%');
+    return whole;
+  });
+}
+
+/**
+ * The archive_command INIT writes: the server section's template when set; else, for a local server
+ * run by the BART user, this bart's ARCHIVE-PUSH (atomic, idempotent, nothing else to install);
+ * else BART's `scp %p bart_host:archive_path/%f`, since the server's OS user cannot run bart itself.
+ */
+export function expectedArchiveCommand(config: BartConfig, server: ServerConfig): string {
+  if (server.archiveCommand !== undefined) return expandArchiveTemplate(server.archiveCommand, config, server);
+  if (archivesLocally(config, server)) {
+    return [
+      quoteForArchiveCommand(process.execPath),
+      quoteForArchiveCommand(bartScriptPath()),
+      '-c',
+      quoteForArchiveCommand(config.path),
+      'ARCHIVE-PUSH',
+      '-s',
+      quoteForArchiveCommand(server.name),
+      '%p',
+    ].join(' ');
+  }
+  return expandArchiveTemplate('scp %p %h:%a/%f', config, server);
+}
