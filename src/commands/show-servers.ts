@@ -1,6 +1,122 @@
-import type { CommandContext } from './context.js';
-import { notImplemented } from './not-yet.js';
+import { join, relative, isAbsolute } from 'node:path';
+import { diskUsage } from '../catalog/disk-usage.js';
+import { countArchivedSegments } from '../catalog/wal-archive.js';
+import { formatRetentionPolicy } from '../config/retention-policy.js';
+import type { BartConfig, ServerConfig } from '../config/types.js';
+import { withConnection } from '../postgres/connection.js';
+import { readArchiveSettings } from '../postgres/server-settings.js';
+import { errorMessage } from '../util/errors.js';
+import { formatBytes } from '../util/format.js';
+import { log } from '../util/log.js';
+import { expectedArchiveCommand } from './archive-command.js';
+import { selectServers, type CommandContext } from './context.js';
 
-export async function showServers(_ctx: CommandContext, ..._args: unknown[]): Promise<number> {
-  notImplemented('SHOW-SERVERS');
+/** Options of `bart SHOW-SERVERS`. */
+export interface ShowServersOptions {
+  server?: string;
+  output: string;
+}
+
+/** One server as SHOW-SERVERS reports it (the JSON form; docs/json-output.md describes it). */
+export interface ServerReport {
+  serverName: string;
+  backupFriendlyName: string | null;
+  hostName: string;
+  userName: string;
+  port: number;
+  remoteHost: string | null;
+  retentionPolicy: string;
+  diskUtilization: string;
+  diskUtilizationBytes: number;
+  numberOfArchives: number;
+  archivePath: string;
+  archiveCommand: string;
+  /** Where archiveCommand came from: the running server, or what INIT would set (server unreachable). */
+  archiveCommandSource: 'server' | 'config';
+  xlogMethod: string;
+  walCompression: 'enabled' | 'disabled';
+  tablespacePaths: string | null;
+  incrementalBackup: 'ENABLED' | 'DISABLED';
+  description: string | null;
+}
+
+/** `bart SHOW-SERVERS [-s NAME|all] [--output json]`. */
+export async function showServers(ctx: CommandContext, options: ShowServersOptions): Promise<number> {
+  const servers = selectServers(ctx.config, options.server);
+  const reports: ServerReport[] = [];
+  for (const server of servers) reports.push(await serverReport(ctx.config, server));
+  if (options.output === 'json') {
+    process.stdout.write(`${JSON.stringify(reports, null, 2)}\n`);
+  } else {
+    process.stdout.write(reports.map(formatServerReport).join('\n'));
+  }
+  return 0;
+}
+
+/** Gathers one server's settings and catalog usage. */
+export async function serverReport(config: BartConfig, server: ServerConfig): Promise<ServerReport> {
+  const serverDir = join(config.global.backupPath, server.name);
+  let bytes = await diskUsage(serverDir);
+  // An archive_path outside backup_path/<server> still holds this server's WAL: count it too.
+  const rel = relative(serverDir, server.archivePath);
+  if (rel.startsWith('..') || isAbsolute(rel)) bytes += await diskUsage(server.archivePath);
+
+  let archiveCommand = expectedArchiveCommand(config, server);
+  let archiveCommandSource: ServerReport['archiveCommandSource'] = 'config';
+  try {
+    const settings = await withConnection({ host: server.host, port: server.port, user: server.user, connectTimeout: 5 }, readArchiveSettings);
+    archiveCommand = settings.archiveCommandShown;
+    archiveCommandSource = 'server';
+  } catch (err) {
+    log.debug(`server "${server.name}" not reachable for SHOW-SERVERS (${errorMessage(err)}); showing the configured archive_command`);
+  }
+
+  const tablespaces = [...server.tablespacePath].map(([oid, path]) => `${oid}=${path}`).join(';');
+  return {
+    serverName: server.name,
+    backupFriendlyName: server.backupName ?? null,
+    hostName: server.host,
+    userName: server.user,
+    port: server.port,
+    remoteHost: server.remoteHost ? `${server.remoteHost.user}@${server.remoteHost.host}` : null,
+    retentionPolicy: formatRetentionPolicy(server.retentionPolicy),
+    diskUtilization: formatBytes(bytes),
+    diskUtilizationBytes: bytes,
+    numberOfArchives: await countArchivedSegments(server.archivePath),
+    archivePath: server.archivePath,
+    archiveCommand,
+    archiveCommandSource,
+    xlogMethod: server.xlogMethod,
+    walCompression: server.walCompression ? 'enabled' : 'disabled',
+    tablespacePaths: tablespaces === '' ? null : tablespaces,
+    incrementalBackup: server.allowIncrementalBackups ? 'ENABLED' : 'DISABLED',
+    description: server.description ?? null,
+  };
+}
+
+/** Width of BART's longest key, "BACKUP FRIENDLY NAME": every key is padded to it. */
+const KEY_WIDTH = 20;
+
+/** BART's `KEY : value` block for one server, fields in BART's order (servers are separated by a blank line). */
+export function formatServerReport(r: ServerReport): string {
+  const fields: Array<[string, string]> = [
+    ['SERVER NAME', r.serverName],
+    ['BACKUP FRIENDLY NAME', r.backupFriendlyName ?? ''],
+    ['HOST NAME', r.hostName],
+    ['USER NAME', r.userName],
+    ['PORT', String(r.port)],
+    ['REMOTE HOST', r.remoteHost ?? ''],
+    ['RETENTION POLICY', r.retentionPolicy],
+    ['DISK UTILIZATION', r.diskUtilization],
+    ['NUMBER OF ARCHIVES', String(r.numberOfArchives)],
+    ['ARCHIVE PATH', r.archivePath],
+    ['ARCHIVE COMMAND', r.archiveCommand],
+    ['XLOG METHOD', r.xlogMethod],
+    ['WAL COMPRESSION', r.walCompression],
+    ['TABLESPACE PATH(s)', r.tablespacePaths ?? ''],
+    ['INCREMENTAL BACKUP', r.incrementalBackup],
+    // BART printed the description with the quotes it has in bart.cfg.
+    ['DESCRIPTION', r.description === null ? '' : `"${r.description}"`],
+  ];
+  return `${fields.map(([k, v]) => `${k.padEnd(KEY_WIDTH)}: ${v}`.trimEnd()).join('\n')}\n`;
 }
