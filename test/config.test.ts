@@ -1,0 +1,132 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createBartSetup } from './harness/bart.js';
+import { makeTempDir, removeTree, run, testUserName, type RunResult } from './harness/os.js';
+import { REPO_ROOT } from './harness/pg-binaries.js';
+
+const BART = join(REPO_ROOT, 'bin', 'bart.js');
+
+/** Runs bart (as root, like the harness) with exactly this environment, so $BART_CONFIG/$BART_HOME are under control. */
+function bartWithEnv(args: string[], env: Record<string, string>, uid?: { uid: number; gid: number }): Promise<RunResult> {
+  const base: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env };
+  return run(process.execPath, [BART, ...args], { asTestUser: false, env: base, cwd: '/', ...(uid ?? {}) });
+}
+
+/** A valid bart.cfg body: [BART] then one server section; each case below breaks one line of it. */
+function validConfig(backupPath: string, logfile: string): string[] {
+  return [
+    '[BART]', // 1
+    `bart_host = ${testUserName()}@127.0.0.1`, // 2
+    `backup_path = ${backupPath}`, // 3
+    `logfile = ${logfile}`, // 4
+    '', // 5
+    '[Acctg]', // 6
+    'host = 127.0.0.1', // 7
+    'port = 5444', // 8
+    'user = postgres', // 9
+    'cluster_owner = postgres', // 10
+    'description = "Accounting"', // 11
+  ];
+}
+
+test('config: every bad bart.cfg gives ERROR: <file>:<line>: with the right line and a non-zero exit', async () => {
+  const setup = createBartSetup();
+  try {
+    const lines = validConfig(setup.backupPath, setup.logfile);
+    const variants: Array<{ name: string; edit: (l: string[]) => string[]; line: number; says: RegExp }> = [
+      { name: 'unknown key', edit: (l) => [...l.slice(0, 8), 'colour = blue', ...l.slice(8)], line: 9, says: /unknown parameter "colour"/ },
+      { name: 'missing required key', edit: (l) => l.filter((x) => !x.startsWith('cluster_owner')), line: 6, says: /missing the required parameter "cluster_owner"/ },
+      { name: 'duplicate section (case-insensitive)', edit: (l) => [...l, '', '[ACCTG]', 'host = h', 'user = u', 'cluster_owner = c'], line: 13, says: /duplicate section \[ACCTG\].*line 6/ },
+      { name: 'retention_policy = 8 BACKUP', edit: (l) => [...l, 'retention_policy = 8 BACKUP'], line: 12, says: /retention_policy = "8 BACKUP" is invalid/ },
+      { name: 'port = abc', edit: (l) => l.map((x) => (x.startsWith('port') ? 'port = abc' : x)), line: 8, says: /port = "abc" is not a number/ },
+      { name: 'thread_count = 0', edit: (l) => [...l, 'thread_count = 0'], line: 12, says: /thread_count = 0 is out of range/ },
+      { name: 'backup_name over 49 characters', edit: (l) => [...l, `backup_name = ${'b'.repeat(50)}`], line: 12, says: /backup_name = "b{50}" is invalid/ },
+      { name: 'remote_host = nohost', edit: (l) => [...l, 'remote_host = nohost'], line: 12, says: /remote_host = "nohost" is invalid: expected user@host/ },
+    ];
+    // Each case gets its own file so the processes can run side by side.
+    const results = await Promise.all(
+      variants.map(async (v, i) => {
+        const path = join(setup.dir, `bad-${i}.cfg`);
+        writeFileSync(path, `${v.edit(lines).join('\n')}\n`);
+        chmodSync(path, 0o644);
+        return { v, path, r: await bartWithEnv(['-c', path, 'CHECK-CONFIG'], {}) };
+      }),
+    );
+    for (const { v, path, r } of results) {
+      assert.notEqual(r.code, 0, `${v.name}: exit status`);
+      const first = r.stderr.split('\n')[0] ?? '';
+      assert.match(first, new RegExp(`^ERROR:\\s+${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:${v.line}: `), `${v.name}: ${r.stderr}`);
+      assert.match(first, v.says, `${v.name}: ${r.stderr}`);
+      assert.equal(r.stdout, '', `${v.name}: nothing on stdout`);
+    }
+    // The unchanged file is accepted: the cases above fail because of the one line they break.
+    const good = join(setup.dir, 'good.cfg');
+    writeFileSync(good, `${lines.join('\n')}\n`);
+    chmodSync(good, 0o644);
+    const ok = await bartWithEnv(['-c', good, 'CHECK-CONFIG'], {});
+    assert.equal(ok.code, 0, ok.stderr);
+  } finally {
+    setup.cleanup();
+  }
+});
+
+test('config: -c beats $BART_CONFIG, which beats $BART_HOME; a missing file names the paths tried', async () => {
+  assert.equal(existsSync('/etc/bart.cfg'), false, 'this test expects no /etc/bart.cfg on the machine');
+  const setup = createBartSetup();
+  const home = makeTempDir('barthome');
+  try {
+    const fromEnv = join(setup.dir, 'env.cfg');
+    writeFileSync(fromEnv, readFileSync(setup.configPath, 'utf8').replace(/^logfile = .*$/m, `logfile = ${join(setup.dir, 'env.log')}`));
+    mkdirSync(join(home, 'etc'), { recursive: true });
+    const fromHome = join(home, 'etc', 'bart.cfg');
+    writeFileSync(fromHome, readFileSync(setup.configPath, 'utf8').replace(/^logfile = .*$/m, `logfile = ${join(setup.dir, 'home.log')}`));
+    for (const f of [fromEnv, fromHome]) chmodSync(f, 0o644);
+
+    const viaHome = await bartWithEnv(['CHECK-CONFIG'], { BART_HOME: home });
+    assert.equal(viaHome.code, 0, viaHome.stderr);
+    assert.match(viaHome.stdout, new RegExp(`Checking the \\[BART\\] section of ${fromHome}`));
+
+    const viaEnv = await bartWithEnv(['CHECK-CONFIG'], { BART_HOME: home, BART_CONFIG: fromEnv });
+    assert.equal(viaEnv.code, 0, viaEnv.stderr);
+    assert.match(viaEnv.stdout, new RegExp(`Checking the \\[BART\\] section of ${fromEnv}`));
+
+    const viaOption = await bartWithEnv(['-c', setup.configPath, 'CHECK-CONFIG'], { BART_HOME: home, BART_CONFIG: fromEnv });
+    assert.equal(viaOption.code, 0, viaOption.stderr);
+    assert.match(viaOption.stdout, new RegExp(`Checking the \\[BART\\] section of ${setup.configPath}`));
+
+    const empty = makeTempDir('barthome-empty');
+    try {
+      const missing = await bartWithEnv(['CHECK-CONFIG'], { BART_HOME: empty });
+      assert.notEqual(missing.code, 0);
+      assert.match(missing.stderr, /^ERROR:\s+no configuration file found: tried \/etc\/bart\.cfg, /);
+      assert.ok(missing.stderr.includes(join(empty, 'etc', 'bart.cfg')), missing.stderr);
+    } finally {
+      removeTree(empty);
+    }
+    const badEnv = await bartWithEnv(['CHECK-CONFIG'], { BART_CONFIG: join(setup.dir, 'nope.cfg') });
+    assert.notEqual(badEnv.code, 0);
+    assert.match(badEnv.stderr, /cannot read configuration file ".*nope\.cfg": no such file/);
+  } finally {
+    removeTree(home);
+    setup.cleanup();
+  }
+});
+
+test('config: bart started as a user other than root or the BART user refuses, naming both users', async () => {
+  // A world-readable config, so that the refusal (not a read error) is what stops bart.
+  const dir = makeTempDir('nobody');
+  try {
+    chmodSync(dir, 0o755);
+    const cfg = join(dir, 'bart.cfg');
+    writeFileSync(cfg, `[BART]\nbart_host = ${testUserName()}@127.0.0.1\nbackup_path = ${join(dir, 'backups')}\nlogfile = ${join(dir, 'bart.log')}\n`);
+    chmodSync(cfg, 0o644);
+    const r = await bartWithEnv(['-c', cfg, 'SHOW-SERVERS'], { HOME: '/' }, { uid: 65534, gid: 65534 });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, new RegExp(`^ERROR:\\s+bart must run as the BART user "${testUserName()}".* not as "nobody"`));
+    assert.equal(existsSync(join(dir, 'bart.log')), false, 'nothing was logged as the wrong user');
+  } finally {
+    removeTree(dir);
+  }
+});
