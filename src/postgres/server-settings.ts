@@ -29,12 +29,14 @@ export interface RoleAttributes {
 /**
  * Last value a setting has in the configuration files (postgresql.conf, includes, postgresql.auto.conf),
  * read from pg_file_settings (superuser only). Undefined when no file sets it or we may not read it.
+ * Rows with an error are kept on purpose: a value that needs a restart shows up as "setting could
+ * not be applied", and that pending value is exactly what we want to know.
  */
 async function fileSetting(client: pg.Client, name: string): Promise<string | undefined> {
   try {
     const value = await queryValue(
       client,
-      'SELECT setting FROM pg_file_settings WHERE name = $1 AND error IS NULL ORDER BY seqno DESC LIMIT 1',
+      'SELECT setting FROM pg_file_settings WHERE name = $1 ORDER BY seqno DESC LIMIT 1',
       [name],
     );
     return value ?? undefined;
