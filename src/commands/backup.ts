@@ -1,6 +1,81 @@
-import type { CommandContext } from './context.js';
-import { notImplemented } from './not-yet.js';
+import { backupNameProblem, expandBackupName } from '../config/backup-name.js';
+import type { ServerConfig } from '../config/types.js';
+import { renderBackupInfo, type ChecksumAlgorithm } from '../catalog/backup-info.js';
+import { takeFullBackup, type FullBackupOptions } from '../catalog/full-backup.js';
+import { defaultCompressionLevel, type CompressionMethod } from '../storage/compression.js';
+import { BartError } from '../util/errors.js';
+import { log } from '../util/log.js';
+import { selectServers, type CommandContext } from './context.js';
 
-export async function backup(_ctx: CommandContext, ..._args: unknown[]): Promise<number> {
-  notImplemented('BACKUP');
+/** BACKUP's options as commander parses them. */
+export interface BackupCommandOptions {
+  server?: string;
+  format?: 'p' | 't';
+  gzip?: boolean;
+  compressLevel?: number;
+  compress?: CompressionMethod;
+  backupName?: string;
+  threadCount?: number;
+  checksumAlgorithm?: string;
+  withPg_basebackup?: boolean;
+  pg_basebackup?: boolean;
+  parent?: string;
+  check?: boolean;
+}
+
+/** Resolves the options that do not depend on the server. */
+function resolveCommon(o: BackupCommandOptions): Omit<FullBackupOptions, 'threads' | 'name'> {
+  let compression: CompressionMethod = o.compress ?? (o.gzip ? 'gzip' : 'none');
+  if (o.gzip && o.compress && o.compress !== 'gzip') throw new BartError(`-z/--gzip conflicts with --compress ${o.compress}`);
+  if (o.compressLevel !== undefined && compression === 'none') {
+    if (o.compress === 'none') throw new BartError('-c/--compress-level needs a compression method (-z or --compress gzip|zstd)');
+    compression = 'gzip'; // BART: a level implies gzip
+  }
+  if (o.compressLevel !== undefined && compression === 'lz4') throw new BartError('-c/--compress-level applies to gzip and zstd, not lz4');
+  return {
+    format: o.format === 'p' ? 'plain' : 'tar',
+    compression,
+    level: o.compressLevel ?? defaultCompressionLevel(compression),
+    checksum: (o.checksumAlgorithm?.toUpperCase() ?? 'SHA256') as ChecksumAlgorithm,
+  };
+}
+
+function backupName(o: BackupCommandOptions, server: ServerConfig, at: Date): string | undefined {
+  const template = o.backupName ?? server.backupName;
+  if (!template) return undefined;
+  const problem = backupNameProblem(template);
+  if (problem) throw new BartError(`--backup-name "${template}" is invalid: ${problem}`);
+  const name = expandBackupName(template, at);
+  const expandedProblem = backupNameProblem(name.replace(/%/g, '%%'));
+  if (expandedProblem) throw new BartError(`backup name "${name}" (from "${template}") is invalid: ${expandedProblem}`);
+  return name;
+}
+
+/** `bart BACKUP`: a full backup of one server or of all (`-s all`), each failure reported and counted. */
+export async function backup(ctx: CommandContext, options: unknown): Promise<number> {
+  const o = options as BackupCommandOptions;
+  if (!o.server) throw new BartError('BACKUP needs -s/--server NAME|all');
+  if (o.parent !== undefined || o.check) throw new BartError('incremental backups (--parent, --check) are not available in this version of pgbart yet');
+  if (o.withPg_basebackup && o.pg_basebackup === false) throw new BartError('--with-pg_basebackup and --no-pg_basebackup contradict each other');
+  if (o.withPg_basebackup) throw new BartError('--with-pg_basebackup is not available in this version of pgbart yet; the native engine needs no external binary');
+  const common = resolveCommon(o);
+  const servers = selectServers(ctx.config, o.server);
+  let failures = 0;
+  for (const server of servers) {
+    try {
+      if (server.xlogMethod === 'stream') {
+        throw new BartError(`server ${server.name}: xlog_method = stream is not supported yet; use xlog_method = fetch`);
+      }
+      const threads = o.threadCount ?? server.threadCount;
+      const name = backupName(o, server, new Date());
+      const info = await takeFullBackup(ctx.config, server, { ...common, threads, ...(name ? { name } : {}) });
+      log.info('backup completed successfully');
+      process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
+    } catch (err) {
+      if (!(err instanceof BartError) || servers.length === 1) throw err;
+      log.error(`${err.message}`);
+      failures++;
+    }
+  }
+  return failures > 0 ? 1 : 0;
 }

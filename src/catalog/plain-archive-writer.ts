@@ -1,0 +1,93 @@
+import { chmod, mkdir, symlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { HostEntry } from '../hosts/data-host.js';
+import { compressionExtension } from '../storage/compression.js';
+import type { Repository } from '../storage/repository.js';
+import { createChecksum } from './manifest.js';
+import {
+  manifestEntryFor, readPieces,
+  type ArchiveWriter, type ArchiveWriterSettings, type EntryContent, type EntrySink,
+} from './archive-writer.js';
+
+/**
+ * Writes one archive as a directory tree (plain format): every file stored on its own, compressed
+ * one by one when asked. Calls to `add` may run concurrently (one per worker).
+ */
+export class PlainArchiveWriter implements ArchiveWriter {
+  private readonly createdDirs = new Set<string>();
+  private storedBytes = 0;
+  private dataBytes = 0;
+
+  constructor(
+    private readonly root: string,
+    private readonly archive: string,
+    private readonly repository: Repository,
+    private readonly settings: ArchiveWriterSettings,
+    private readonly sink: EntrySink,
+  ) {}
+
+  private async ensureDir(path: string, mode = 0o700): Promise<void> {
+    if (this.createdDirs.has(path)) return;
+    await mkdir(path, { recursive: true, mode });
+    this.createdDirs.add(path);
+  }
+
+  async add(entry: HostEntry, content?: EntryContent): Promise<void> {
+    const manifestEntry = manifestEntryFor(entry, this.archive);
+    const target = join(this.root, entry.path);
+    if (entry.type === 'dir') {
+      await this.ensureDir(target);
+      await chmod(target, entry.mode & 0o777 | 0o700);
+      await this.sink(manifestEntry);
+      return;
+    }
+    await this.ensureDir(dirname(target));
+    if (entry.type === 'symlink') {
+      await symlink(entry.linkTarget ?? '', target);
+      await this.sink(manifestEntry);
+      return;
+    }
+    const hash = createChecksum(this.settings.checksum);
+    const output = await this.repository.createOutput(target + compressionExtension(this.settings.compression), 0o600);
+    let stored = 0;
+    try {
+      const inflight: Promise<Buffer>[] = [];
+      const writeHead = async () => {
+        const out = await inflight.shift()!;
+        await output.write(out);
+        stored += out.length;
+      };
+      const onPiece = async (piece: Buffer) => {
+        inflight.push(this.settings.compress(piece));
+        if (inflight.length >= 2) await writeHead();
+      };
+      if (content && 'data' in content) {
+        hash?.update(content.data);
+        if (content.data.length > 0) await onPiece(content.data);
+      } else {
+        const file = content ? await content.host.open(content.path) : undefined;
+        try {
+          await readPieces(file, entry.size, () => this.settings.unitSize, hash, onPiece);
+        } finally {
+          await file?.close();
+        }
+      }
+      while (inflight.length > 0) await writeHead();
+      await output.close(false);
+    } catch (err) {
+      await output.abort();
+      throw err;
+    }
+    if (hash) manifestEntry.checksum = hash.digest('hex');
+    manifestEntry.storedSize = stored;
+    this.storedBytes += stored;
+    this.dataBytes += entry.size;
+    await this.sink(manifestEntry);
+  }
+
+  async finish() {
+    return { storedBytes: this.storedBytes, dataBytes: this.dataBytes };
+  }
+
+  async abort(): Promise<void> {}
+}
