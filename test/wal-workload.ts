@@ -48,6 +48,11 @@ export async function runVariedWorkload(cluster: TestCluster, tablespaceDir: str
   // Tail truncation by VACUUM (SMGR_TRUNCATE) and TRUNCATE (new relfilenode, old one dropped).
   await q(`DELETE FROM w_main WHERE id > 15000`);
   await q(`VACUUM w_main`);
+  await q(`CREATE TABLE w_vac (id int, pad text)`);
+  await q(`INSERT INTO w_vac SELECT g, repeat('v', 200) FROM generate_series(1, 5000) g`);
+  await q(`VACUUM w_vac`);
+  await q(`DELETE FROM w_vac WHERE id > 1000`);
+  await q(`VACUUM w_vac`);
   await q(`CREATE TABLE w_trunc (a int, b text)`);
   await q(`INSERT INTO w_trunc SELECT g, repeat('t', 100) FROM generate_series(1, 3000) g`);
   await q(`TRUNCATE w_trunc`);
