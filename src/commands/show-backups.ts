@@ -1,6 +1,109 @@
-import type { CommandContext } from './context.js';
-import { notImplemented } from './not-yet.js';
+import type { ServerConfig } from '../config/types.js';
+import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
+import { walUsageByBackup, type BackupWalUsage } from '../catalog/backup-wal.js';
+import { BartError } from '../util/errors.js';
+import { formatBytes, formatTable, formatTimestamp } from '../util/format.js';
+import { selectServers, type CommandContext } from './context.js';
 
-export async function showBackups(_ctx: CommandContext, ..._args: unknown[]): Promise<number> {
-  notImplemented('SHOW-BACKUPS');
+/** SHOW-BACKUPS options. */
+export interface ShowBackupsOptions {
+  server?: string;
+  backupid?: string;
+  showAll?: boolean;
+  output?: string;
+}
+
+interface Row {
+  server: ServerConfig;
+  entry: CatalogEntry;
+  wal: BackupWalUsage;
+}
+
+function matches(entry: CatalogEntry, id: string | undefined): boolean {
+  if (!id || id.toLowerCase() === 'all') return true;
+  return entry.info.id === id || entry.info.name === id;
+}
+
+/** `bart SHOW-BACKUPS`: BART's table, `-t` detail blocks, or JSON (docs/json-output.md). */
+export async function showBackups(ctx: CommandContext, options: unknown): Promise<number> {
+  const o = options as ShowBackupsOptions;
+  const rows: Row[] = [];
+  for (const server of selectServers(ctx.config, o.server)) {
+    const entries = await listBackups(ctx.config, server);
+    const usage = await walUsageByBackup(server.archivePath, entries);
+    for (const entry of entries) {
+      if (!matches(entry, o.backupid)) continue;
+      rows.push({ server, entry, wal: usage.get(entry.info.id) ?? { files: 0, bytes: 0 } });
+    }
+  }
+  if (o.backupid && o.backupid.toLowerCase() !== 'all' && rows.length === 0) {
+    throw new BartError(`backup "${o.backupid}" not found${o.server ? ` for server ${o.server}` : ''}`);
+  }
+  rows.sort((a, b) => a.server.name.localeCompare(b.server.name) || (BigInt(b.entry.info.id) > BigInt(a.entry.info.id) ? 1 : -1));
+
+  if (o.output === 'json') {
+    const json = rows.map(({ server, entry, wal }) => ({
+      server: server.name,
+      id: entry.info.id,
+      name: entry.info.name ?? null,
+      parent: entry.info.parent ?? null,
+      status: entry.info.status,
+      format: entry.info.format,
+      compression: entry.info.compression,
+      startTime: entry.info.startTime.toISOString(),
+      stopTime: entry.complete ? entry.info.stopTime.toISOString() : null,
+      sizeBytes: entry.info.sizeBytes,
+      dataBytes: entry.info.dataBytes,
+      timeline: entry.info.timeline || null,
+      startLsn: entry.info.startLsn || null,
+      stopLsn: entry.info.stopLsn || null,
+      walFiles: wal.files,
+      walBytes: wal.bytes,
+      firstWalFile: wal.first?.name ?? null,
+      lastWalFile: wal.last?.name ?? null,
+      tablespaces: entry.info.tablespaces,
+      location: entry.dir,
+    }));
+    process.stdout.write(JSON.stringify(json, null, 2) + '\n');
+    return 0;
+  }
+
+  const time = (e: CatalogEntry) => formatTimestamp(e.complete ? e.info.stopTime : e.info.startTime);
+  if (o.showAll) {
+    const blocks = rows.map(({ server, entry, wal }) => {
+      const fields: [string, string][] = [
+        ['SERVER NAME', server.name],
+        ['BACKUP ID', entry.info.id],
+        ['BACKUP NAME', entry.info.name ?? 'none'],
+        ['BACKUP PARENT', entry.info.parent ?? 'none'],
+        ['BACKUP STATUS', entry.info.status],
+        ['BACKUP TIME', time(entry)],
+        ['BACKUP SIZE', formatBytes(entry.info.sizeBytes)],
+        ['WAL(S) SIZE', formatBytes(wal.bytes)],
+        ['NO. OF WALS', String(wal.files)],
+        ['FIRST WAL FILE', wal.first?.name ?? 'none'],
+        ['CREATION TIME', wal.first ? formatTimestamp(wal.first.mtime) : 'none'],
+        ['LAST WAL FILE', wal.last?.name ?? 'none'],
+        ['CREATION TIME', wal.last ? formatTimestamp(wal.last.mtime) : 'none'],
+      ];
+      const width = Math.max(...fields.map(([k]) => k.length));
+      return fields.map(([k, v]) => `${k.padEnd(width)} : ${v}`).join('\n');
+    });
+    process.stdout.write(blocks.join('\n\n') + (blocks.length ? '\n' : ''));
+    return 0;
+  }
+  const header = ['SERVER NAME', 'BACKUP ID', 'BACKUP NAME', 'BACKUP PARENT', 'BACKUP TIME', 'BACKUP SIZE', 'WAL(s) SIZE', 'WAL FILES', 'STATUS'];
+  const table = rows.map(({ server, entry, wal }) => [
+    server.name,
+    entry.info.id,
+    entry.info.name ?? 'none',
+    entry.info.parent ?? 'none',
+    time(entry),
+    entry.complete ? formatBytes(entry.info.sizeBytes) : '-',
+    formatBytes(wal.bytes),
+    String(wal.files),
+    entry.info.status,
+  ]);
+  process.stdout.write(formatTable(header, table).split('\n').map((l) => (l ? ' ' + l : '')).join('\n') + '\n');
+  return 0;
 }

@@ -1,6 +1,42 @@
-import type { CommandContext } from './context.js';
-import { notImplemented } from './not-yet.js';
+import { listBackups } from '../catalog/catalog.js';
+import { verifyBackup } from '../catalog/verify-backup.js';
+import { BartError } from '../util/errors.js';
+import { formatTable } from '../util/format.js';
+import { log } from '../util/log.js';
+import { selectServers, type CommandContext } from './context.js';
 
-export async function verifyChksum(_ctx: CommandContext, ..._args: unknown[]): Promise<number> {
-  notImplemented('VERIFY-CHKSUM');
+/** VERIFY-CHKSUM options. */
+export interface VerifyOptions {
+  server?: string;
+  backupid?: string;
+}
+
+/** `bart VERIFY-CHKSUM`: recomputes every checksum of the selected backups; exit 1 on any failure. */
+export async function verifyChksum(ctx: CommandContext, options: unknown): Promise<number> {
+  const o = options as VerifyOptions;
+  const rows: string[][] = [];
+  let failed = 0;
+  for (const server of selectServers(ctx.config, o.server)) {
+    const entries = (await listBackups(ctx.config, server)).filter((e) => e.complete);
+    const selected = !o.backupid || o.backupid.toLowerCase() === 'all'
+      ? entries
+      : entries.filter((e) => e.info.id === o.backupid || e.info.name === o.backupid);
+    if (o.backupid && o.backupid.toLowerCase() !== 'all' && selected.length === 0 && o.server && o.server.toLowerCase() !== 'all') {
+      throw new BartError(`backup "${o.backupid}" not found for server ${server.name}`);
+    }
+    for (const entry of selected) {
+      const result = await verifyBackup(entry);
+      if (result.failures.length === 0) {
+        rows.push([server.name, entry.info.id, 'OK']);
+        log.fileOnly('INFO', `VERIFY-CHKSUM ${server.name} ${entry.info.id}: OK (${result.filesChecked} files)`);
+      } else {
+        failed++;
+        rows.push([server.name, entry.info.id, `FAILED (${result.failures[0]}${result.failures.length > 1 ? `, and ${result.failures.length - 1} more` : ''})`]);
+        for (const f of result.failures) log.error(`server ${server.name} backup ${entry.info.id}: ${f}`);
+      }
+    }
+  }
+  if (rows.length === 0) log.info('no backups to verify');
+  else process.stdout.write(formatTable(['SERVER NAME', 'BACKUP ID', 'VERIFY'], rows).split('\n').map((l) => (l ? ' ' + l : '')).join('\n') + '\n');
+  return failed > 0 ? 1 : 0;
 }

@@ -1,0 +1,58 @@
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
+import { isErrnoError } from '../util/errors.js';
+import type { CatalogEntry } from './catalog.js';
+
+/** The archived WAL a backup's recovery window uses: from its start segment to the next backup's. */
+export interface BackupWalUsage {
+  files: number;
+  bytes: number;
+  first?: { name: string; mtime: Date };
+  last?: { name: string; mtime: Date };
+}
+
+/**
+ * Counts, for each complete backup, the archived WAL segments from its start segment up to (not
+ * including) the next complete backup's start segment: the WAL that SHOW-BACKUPS reports as the
+ * backup's WAL(s) SIZE / WAL FILES.
+ */
+export async function walUsageByBackup(archivePath: string, entries: CatalogEntry[]): Promise<Map<string, BackupWalUsage>> {
+  const segments: { name: string; segNo: bigint; size: number; mtime: Date }[] = [];
+  let names: string[] = [];
+  try {
+    names = await readdir(archivePath);
+  } catch (err) {
+    if (!isErrnoError(err) || err.code !== 'ENOENT') throw err;
+  }
+  const complete = entries.filter((e) => e.complete && e.info.startWalFile !== '');
+  const segSize = complete[0]?.info.walSegmentSize ?? 16 * 1024 * 1024;
+  for (const name of names) {
+    const base = name.endsWith('.gz') ? name.slice(0, -3) : name;
+    const parsed = parseArchiveFileName(base);
+    if (parsed?.kind !== 'segment') continue;
+    try {
+      const st = await stat(join(archivePath, name));
+      segments.push({ name: base, segNo: segmentNumberFromName(base, segSize), size: st.size, mtime: st.mtime });
+    } catch {
+      /* removed meanwhile */
+    }
+  }
+  segments.sort((a, b) => (a.segNo < b.segNo ? -1 : a.segNo > b.segNo ? 1 : a.name.localeCompare(b.name)));
+  const out = new Map<string, BackupWalUsage>();
+  for (let i = 0; i < complete.length; i++) {
+    const from = segmentNumberFromName(complete[i]!.info.startWalFile, segSize);
+    const next = complete[i + 1];
+    const to = next ? segmentNumberFromName(next.info.startWalFile, segSize) : undefined;
+    const mine = segments.filter((s) => s.segNo >= from && (to === undefined || s.segNo < to));
+    const first = mine[0];
+    const last = mine[mine.length - 1];
+    out.set(complete[i]!.info.id, {
+      files: mine.length,
+      bytes: mine.reduce((sum, s) => sum + s.size, 0),
+      ...(first ? { first: { name: first.name, mtime: first.mtime } } : {}),
+      ...(last ? { last: { name: last.name, mtime: last.mtime } } : {}),
+    });
+  }
+  return out;
+}

@@ -1,0 +1,107 @@
+import { createReadStream } from 'node:fs';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Writable } from 'node:stream';
+import tar from 'tar-stream';
+import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
+import { artifactHasher } from './archive-writer.js';
+import type { CatalogEntry } from './catalog.js';
+import { MANIFEST_FILE, PLAIN_BASE_DIR } from './layout.js';
+import { createChecksum, readManifest, type ManifestArtifact, type ManifestFileEntry } from './manifest.js';
+
+/** Outcome of verifying one backup: empty `failures` means every checksum matched. */
+export interface VerifyResult {
+  failures: string[];
+  filesChecked: number;
+}
+
+async function hashStream(stream: NodeJS.ReadableStream, update: (d: Buffer) => void): Promise<number> {
+  let bytes = 0;
+  await pipeline(stream, new Writable({
+    write(chunk: Buffer, _e, cb) {
+      update(chunk);
+      bytes += chunk.length;
+      cb();
+    },
+  }));
+  return bytes;
+}
+
+/**
+ * Recomputes every checksum of a backup: the manifest's own hash, each stored artifact's checksum,
+ * and each file's content checksum (tar entries decoded from the archive, plain files decompressed
+ * one by one). Reports every file at fault, not just the first.
+ */
+export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
+  const failures: string[] = [];
+  const files = new Map<string, ManifestFileEntry>();
+  const artifacts: ManifestArtifact[] = [];
+  try {
+    for await (const line of readManifest(join(entry.dir, MANIFEST_FILE))) {
+      if (line.kind === 'artifact') artifacts.push(line.artifact);
+      else if (line.entry.type === 'file') files.set(`${line.entry.archive}\0${line.entry.path}`, line.entry);
+    }
+  } catch (err) {
+    return { failures: [`${MANIFEST_FILE}: ${(err as Error).message}`], filesChecked: 0 };
+  }
+  const algorithm = entry.info.checksumAlgorithm;
+  const compression = entry.info.compression as CompressionMethod;
+  let checked = 0;
+
+  const checkFile = (key: string, label: string, digest: string | undefined, size: number) => {
+    const expected = files.get(key);
+    if (!expected) {
+      failures.push(`${label}: not in the manifest`);
+      return;
+    }
+    files.delete(key);
+    checked++;
+    if (size !== expected.size) failures.push(`${label}: size ${size}, expected ${expected.size}`);
+    else if (digest !== undefined && expected.checksum !== undefined && digest !== expected.checksum) failures.push(`${label}: checksum mismatch`);
+  };
+
+  if (entry.info.format === 'tar') {
+    for (const artifact of artifacts) {
+      const path = join(entry.dir, artifact.artifact);
+      const archive = artifact.artifact.replace(/\.tar.*$/, '');
+      try {
+        const h = artifactHasher();
+        const size = await hashStream(createReadStream(path), (d) => h.update(d));
+        if (size !== artifact.size || h.hex() !== artifact.checksum) failures.push(`${artifact.artifact}: stored file checksum mismatch`);
+        const extract = tar.extract();
+        const done = (async () => {
+          for await (const item of extract) {
+            const name = item.header.name.replace(/\/$/, '');
+            if (item.header.type !== 'file') {
+              item.resume();
+              continue;
+            }
+            const hash = createChecksum(algorithm);
+            const size2 = await hashStream(item as unknown as NodeJS.ReadableStream, (d) => hash?.update(d));
+            checkFile(`${archive}\0${name}`, `${artifact.artifact}:${name}`, hash?.digest('hex'), size2);
+          }
+        })();
+        await pipeline(createReadStream(path), createDecompressor(compression), extract);
+        await done;
+      } catch (err) {
+        failures.push(`${artifact.artifact}: cannot be read (${(err as Error).message})`);
+      }
+    }
+  } else {
+    const ext = compressionExtension(compression);
+    for (const [key, expected] of [...files]) {
+      const root = expected.archive === 'base' ? PLAIN_BASE_DIR : expected.archive;
+      const stored = join(root, expected.path) + ext;
+      try {
+        const hash = createChecksum(algorithm);
+        const size = await hashStream(createReadStream(join(entry.dir, stored)).pipe(createDecompressor(compression)), (d) => hash?.update(d));
+        checkFile(key, stored, hash?.digest('hex'), size);
+      } catch (err) {
+        files.delete(key);
+        failures.push(`${stored}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      }
+    }
+  }
+  for (const missing of files.values()) failures.push(`${missing.archive === 'base' ? '' : missing.archive + ':'}${missing.path}: missing from the backup`);
+  return { failures, filesChecked: checked };
+}
