@@ -120,6 +120,7 @@ export class WalDecoder {
     if (length < LONG_PAGE_HEADER_SIZE) this.fail(length, `file is truncated: ${length} bytes, shorter than a WAL page header`);
     this.readPageHeader(0, true);
     if (this.segmentSize !== 0 && length > this.segmentSize) this.fail(this.segmentSize, `file is longer (${length} bytes) than the WAL segment size ${this.segmentSize}`);
+    if (!this.allowEndOfWal && length < this.segmentSize) this.fail(length, `file is truncated: ${length} bytes, expected the WAL segment size ${this.segmentSize}`);
     this.segStart = segNo * this.segmentSize;
     if (!Number.isSafeInteger(this.segStart + this.segmentSize)) this.fail(0, 'segment number too large');
     // The page address check in readPageHeader needs segStart: re-check the first page now.

@@ -1,0 +1,157 @@
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { BartError } from '../util/errors.js';
+import { formatLsn, type Lsn } from '../util/lsn.js';
+import { DEFAULT_WAL_SEGMENT_SIZE, segmentName } from '../wal/segment-name.js';
+import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
+import { readMbmFile } from './mbm-format.js';
+import { parseMbmFileName } from './mbm-name.js';
+import { forkKey, type ForkChanges, type MbmEvent } from './modified-block-map.js';
+
+/** What to merge: the WAL records starting in [startLsn, endLsn) on `timeline`'s history. */
+export interface ChangeSetRequest {
+  timeline: number;
+  startLsn: Lsn;
+  endLsn: Lsn;
+  segmentSize?: number;
+}
+
+/** A database directory (tablespace, database OID) whose files must be copied whole. */
+export interface DatabaseDir {
+  spcOid: number;
+  dbOid: number;
+}
+
+/** The merged changes of an LSN range: what an incremental backup must copy. */
+export interface ChangeSet {
+  timeline: number;
+  startLsn: Lsn;
+  endLsn: Lsn;
+  /** Per fork: union of modified blocks, lowest limit. Key: `spc/db/rel/fork` ({@link forkKey}). */
+  relations: Map<string, ForkChanges>;
+  /** Databases created in the range (either strategy): copy their directories in full. */
+  createdDatabases: DatabaseDir[];
+  droppedDatabases: DatabaseDir[];
+  createdTablespaces: number[];
+  droppedTablespaces: number[];
+  /** Every event of the range, in LSN order. */
+  events: MbmEvent[];
+  /** Segment names in the range without an MBM (scan them, or refuse naming the first). */
+  missingSegments: string[];
+  /** MBM files merged. */
+  mbmFiles: string[];
+  /** System identifier the MBMs were made for (undefined when none was read). */
+  systemId?: bigint;
+}
+
+/**
+ * True when `block` of the fork must be taken from the newer backup: it was modified in the
+ * range, or lies at or past the fork's limit, or its whole database/tablespace is new.
+ */
+export function isBlockModified(cs: ChangeSet, spcOid: number, dbOid: number, relNumber: number, fork: number, block: number): boolean {
+  if (cs.createdDatabases.some((d) => d.dbOid === dbOid && d.spcOid === spcOid)) return true;
+  if (cs.createdTablespaces.includes(spcOid)) return true;
+  const f = cs.relations.get(forkKey(spcOid, dbOid, relNumber, fork));
+  if (!f) return false;
+  if (f.limit !== null && block >= f.limit) return true;
+  // Binary search in the sorted block list.
+  let lo = 0;
+  let hi = f.blocks.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const v = f.blocks[mid]!;
+    if (v === block) return true;
+    if (v < block) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return false;
+}
+
+/** Lists the MBM files of an archive: key `timeline:endLsn` → file name. */
+export function indexMbmFiles(archivePath: string): Map<string, string> {
+  const index = new Map<string, string>();
+  let names: string[];
+  try {
+    names = readdirSync(archivePath);
+  } catch (err) {
+    throw new BartError(`cannot read the WAL archive directory "${archivePath}": ${(err as Error).message}`);
+  }
+  for (const n of names) {
+    const p = parseMbmFileName(n);
+    if (p) index.set(`${p.timeline}:${p.endLsn}`, n);
+  }
+  return index;
+}
+
+/** The WAL segments (timeline, name) whose records start in [startLsn, endLsn). */
+export function segmentsOfRange(archivePath: string, req: ChangeSetRequest): Array<{ timeline: number; segNo: bigint; name: string }> {
+  const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
+  if (req.endLsn <= req.startLsn) return [];
+  const history = readTimelineHistory(archivePath, req.timeline);
+  const first = req.startLsn / BigInt(segSize);
+  const last = (req.endLsn - 1n) / BigInt(segSize);
+  const out: Array<{ timeline: number; segNo: bigint; name: string }> = [];
+  for (let s = first; s <= last; s++) {
+    const tli = timelineOfSegment(history, s, segSize);
+    out.push({ timeline: tli, segNo: s, name: segmentName(tli, s, segSize) });
+  }
+  return out;
+}
+
+/**
+ * Merges the MBMs covering the WAL records that start in [startLsn, endLsn) on the given
+ * timeline's history into one change set. Segments without an MBM are reported in
+ * `missingSegments` (never silently skipped): the caller scans them or refuses the backup.
+ */
+export async function loadChangeSet(archivePath: string, req: ChangeSetRequest): Promise<ChangeSet> {
+  const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
+  const index = indexMbmFiles(archivePath);
+  const cs: ChangeSet = {
+    timeline: req.timeline, startLsn: req.startLsn, endLsn: req.endLsn, relations: new Map(),
+    createdDatabases: [], droppedDatabases: [], createdTablespaces: [], droppedTablespaces: [],
+    events: [], missingSegments: [], mbmFiles: [],
+  };
+  const blockSets = new Map<string, Set<number>>();
+  for (const seg of segmentsOfRange(archivePath, req)) {
+    const segEnd = (seg.segNo + 1n) * BigInt(segSize);
+    const file = index.get(`${seg.timeline}:${segEnd}`);
+    if (!file) {
+      cs.missingSegments.push(seg.name);
+      continue;
+    }
+    const path = join(archivePath, file);
+    const m = await readMbmFile(path);
+    if (m.segmentSize !== segSize) throw new BartError(`MBM file "${path}" was made for WAL segments of ${m.segmentSize} bytes, not ${segSize}`);
+    if (cs.systemId === undefined) cs.systemId = m.systemId;
+    else if (m.systemId !== cs.systemId) throw new BartError(`MBM file "${path}" belongs to another cluster (system identifier ${m.systemId}, expected ${cs.systemId})`);
+    cs.mbmFiles.push(path);
+    for (const r of m.relations) {
+      const key = forkKey(r.spcOid, r.dbOid, r.relNumber, r.fork);
+      let acc = cs.relations.get(key);
+      if (!acc) {
+        acc = { spcOid: r.spcOid, dbOid: r.dbOid, relNumber: r.relNumber, fork: r.fork, limit: null, blocks: new Uint32Array(0) };
+        cs.relations.set(key, acc);
+        blockSets.set(key, new Set());
+      }
+      if (r.limit !== null && (acc.limit === null || r.limit < acc.limit)) acc.limit = r.limit;
+      const set = blockSets.get(key)!;
+      for (const b of r.blocks) set.add(b);
+    }
+    for (const e of m.events) {
+      cs.events.push(e);
+      if (e.kind === 'database-create') cs.createdDatabases.push({ spcOid: e.spcOid, dbOid: e.dbOid });
+      else if (e.kind === 'database-drop') for (const s of e.spcOids) cs.droppedDatabases.push({ spcOid: s, dbOid: e.dbOid });
+      else if (e.kind === 'tablespace-create') cs.createdTablespaces.push(e.spcOid);
+      else if (e.kind === 'tablespace-drop') cs.droppedTablespaces.push(e.spcOid);
+    }
+  }
+  for (const [key, acc] of cs.relations) acc.blocks = Uint32Array.from(blockSets.get(key)!).sort();
+  return cs;
+}
+
+/** One-line description of the first missing segment, for errors. */
+export function describeMissing(archivePath: string, cs: ChangeSet): string | undefined {
+  const first = cs.missingSegments[0];
+  if (first === undefined) return undefined;
+  return `WAL segment ${first} has no modified block map (MBM) in ${archivePath}; ${cs.missingSegments.length} of the segments from ${formatLsn(cs.startLsn)} to ${formatLsn(cs.endLsn)} are not scanned`;
+}

@@ -1,0 +1,105 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { writeFileAtomic } from '../util/fs-atomic.js';
+import { segmentName } from '../wal/segment-name.js';
+import { collectEvents, mayCarryEvent, type WalEvent } from '../wal/relation-events.js';
+import { WalDecodeError } from '../wal/wal-decode-error.js';
+import { WalDecoder } from '../wal/wal-decoder.js';
+import { loadWalFile, parseWalFileName, walFileSegNo } from '../wal/wal-file.js';
+import type { WalRecord } from '../wal/wal-record.js';
+import { encodeMbm } from './mbm-format.js';
+import { mbmFileName } from './mbm-name.js';
+import { BlockMapBuilder, type ModifiedBlockMap } from './modified-block-map.js';
+
+/** Outcome of scanning one WAL segment. */
+export type ScanResult =
+  | { status: 'written'; mbmPath: string; map: ModifiedBlockMap }
+  /** The segment's last record continues in the next segment, which is not in the archive yet. */
+  | { status: 'waiting'; nextSegment: string };
+
+/** Buffers reused between scans (two segments: the one scanned and the next one's head). */
+export interface ScanBuffers {
+  current?: Buffer;
+  next?: Buffer;
+}
+
+/** Options of {@link scanWalFile}. */
+export interface ScanOptions {
+  /** Where to write the MBM (default: next to the WAL file). */
+  outDir?: string;
+  /** Do not write the MBM, just return it. */
+  dryRun?: boolean;
+  buffers?: ScanBuffers;
+}
+
+/** Finds segment `name` in `dir`, plain or gzip-compressed; undefined when absent. */
+export function findSegmentFile(dir: string, name: string): string | undefined {
+  for (const candidate of [name, `${name}.gz`]) {
+    const p = join(dir, candidate);
+    if (existsSync(p)) return p;
+  }
+  return undefined;
+}
+
+/**
+ * Scans one archived WAL segment (plain or `.gz`) and writes its MBM atomically next to it:
+ * every block reference and whole-object event of the records that START in this segment. A
+ * record that continues into the next segment is finished from that file (read from the same
+ * directory); when it is not there yet the result is `waiting` and nothing is written.
+ * Malformed WAL throws {@link WalDecodeError} (file and offset) and writes nothing.
+ */
+export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise<ScanResult> {
+  const parsed = parseWalFileName(path);
+  if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (24 hexadecimal digits, optionally .gz)');
+  if (parsed.partial) throw new WalDecodeError(path, 0, 'partial segments (.partial) are not scanned: the next timeline\'s segment holds the same records');
+  const buffers = opts.buffers ?? {};
+  const builder = new BlockMapBuilder();
+  const events: WalEvent[] = [];
+  let segStart = 0;
+  let currentFile = path;
+  const onRecord = (r: WalRecord) => {
+    builder.addRecordBlocks(r);
+    if (mayCarryEvent(r.rmid)) {
+      events.length = 0;
+      if (!collectEvents(r, events)) {
+        const off = r.lsn >= segStart ? r.lsn - segStart : 0;
+        throw new WalDecodeError(currentFile, off, `main data of the record at LSN ${r.lsn.toString(16)} is too short for its type`);
+      }
+      for (const e of events) builder.addEvent(e);
+    }
+  };
+  const decoder = new WalDecoder({ onRecord, timeline: parsed.timeline });
+  const f = await loadWalFile(path, buffers.current);
+  buffers.current = f.buffer;
+  // The decoder validates the first page before the segment size is trusted.
+  const segSize = f.segmentSize >= 1024 * 1024 && (f.segmentSize & (f.segmentSize - 1)) === 0 ? f.segmentSize : 16 * 1024 * 1024;
+  const segNo = walFileSegNo(parsed.segmentName, segSize);
+  segStart = segNo * segSize;
+  const res = decoder.feedSegment(f.buffer, f.length, segNo, path);
+  let records = res.records;
+  if (res.status === 'needNext') {
+    const nextName = segmentName(parsed.timeline, BigInt(segNo + 1), segSize);
+    const nextPath = findSegmentFile(dirname(path), nextName);
+    if (!nextPath) return { status: 'waiting', nextSegment: nextName };
+    currentFile = nextPath;
+    const n = await loadWalFile(nextPath, buffers.next);
+    buffers.next = n.buffer;
+    records += decoder.feedSegment(n.buffer, n.length, segNo + 1, nextPath, { finishPendingOnly: true }).records;
+  }
+  const segEnd = BigInt(segStart + segSize);
+  const map: ModifiedBlockMap = {
+    timeline: parsed.timeline,
+    startLsn: BigInt(Math.min(res.firstRecordLsn, segStart + segSize)),
+    endLsn: segEnd,
+    systemId: decoder.systemId ?? 0n,
+    segmentSize: segSize,
+    walMagic: decoder.version?.magic ?? 0,
+    endedWithSwitch: res.status === 'switch',
+    records,
+    relations: builder.relations(),
+    events: builder.events,
+  };
+  const mbmPath = join(opts.outDir ?? dirname(path), mbmFileName(map.timeline, map.startLsn, map.endLsn));
+  if (!opts.dryRun) await writeFileAtomic(mbmPath, encodeMbm(map), 0o600);
+  return { status: 'written', mbmPath, map };
+}
