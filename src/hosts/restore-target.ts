@@ -1,0 +1,68 @@
+/**
+ * Where RESTORE writes a cluster: this host (direct file access, {@link LocalRestoreTarget}) or, in
+ * the remote-restore issue, another host over ssh. The restore engine only talks to this interface,
+ * so adding a remote target means implementing it (and a {@link RestoreTargetSpec} kind that worker
+ * threads can rebuild it from), not changing the engine.
+ */
+
+/** What is at a path we are about to restore into. */
+export type PathState =
+  | { kind: 'absent'; /** Nearest existing ancestor directory. */ existingParent: string }
+  | { kind: 'empty'; /** Permission bits, put back if a failed restore empties it again. */ mode: number }
+  | { kind: 'not-empty'; /** One entry found inside, for the message. */ sample: string }
+  | { kind: 'not-directory' };
+
+/** Free space of the file system that holds (or will hold) a path. */
+export interface FreeSpace {
+  /** The existing directory that was measured. */
+  measuredAt: string;
+  /** Identifies the file system, so requirements on the same one can be added up. */
+  device: string;
+  freeBytes: number;
+}
+
+/** A file being written on the target; `finish()` makes it durable, `abort()` drops the handle. */
+export interface TargetFileWriter {
+  write(chunk: Uint8Array): Promise<void>;
+  /** Flushes to stable storage and closes. */
+  finish(): Promise<void>;
+  /** Closes without syncing (the caller removes what it wrote). */
+  abort(): Promise<void>;
+}
+
+/** Serializable description of a target, from which a worker thread rebuilds it. */
+export type RestoreTargetSpec = { kind: 'local'; /** uid/gid to chown written files to (root only). */ owner?: { uid: number; gid: number } };
+
+/** Operations RESTORE needs on the host that receives the cluster. */
+export interface RestoreTarget {
+  /** For messages: `local` or `user@host`. */
+  readonly description: string;
+  /** What a worker thread needs to rebuild this target. */
+  readonly spec: RestoreTargetSpec;
+  /** Absent / empty / not empty / not a directory. */
+  inspect(path: string): Promise<PathState>;
+  /** True when this process may create entries in the directory `dir`. */
+  writable(dir: string): Promise<boolean>;
+  /** Free space where `path` is or will be (measured at its nearest existing ancestor). */
+  freeSpace(path: string): Promise<FreeSpace>;
+  /** mkdir -p; directories it creates get `mode`. */
+  makeDir(path: string, mode: number): Promise<void>;
+  /** Sets permission bits. */
+  chmod(path: string, mode: number): Promise<void>;
+  /** Writes a whole small file (config files, markers). */
+  writeFile(path: string, data: string, mode: number): Promise<void>;
+  /** Reads a whole small file; undefined when absent. */
+  readFile(path: string): Promise<string | undefined>;
+  /** Opens a new file for streaming content into it, creating missing parent directories. */
+  openWriter(path: string, mode: number): Promise<TargetFileWriter>;
+  symlink(linkTarget: string, path: string): Promise<void>;
+  rename(from: string, to: string): Promise<void>;
+  /** Removes a file, a symlink or a directory tree; absent is fine. */
+  remove(path: string): Promise<void>;
+  /** Removes everything inside a directory, keeping the directory. */
+  emptyDir(path: string): Promise<void>;
+  /** Gives a tree to an OS user (only possible as root). */
+  chownTree(path: string, uid: number, gid: number): Promise<void>;
+  /** fsyncs a directory (after renames and creates in it). */
+  syncDir(path: string): Promise<void>;
+}
