@@ -78,7 +78,7 @@ async function checkGlobal(config: BartConfig, report: CheckReport): Promise<voi
   await report.run(`backup_path "${g.backupPath}" is writable`, async () => {
     const existing = await nearestExisting(g.backupPath);
     await probeWritableDir(existing, `backup_path: make "${existing}" writable by "${g.bartHost.user}" (chown ${g.bartHost.user} ${existing})`);
-    if (existing !== g.backupPath) return `it does not exist yet; "bart INIT" will create it in "${existing}"`;
+    if (existing !== g.backupPath) return `it does not exist yet; "bart INIT" will create it ("${existing}" is writable)`;
     return undefined;
   });
   if (g.pgBasebackupPath) {

@@ -1,5 +1,5 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { withConnection } from '../postgres/connection.js';
 import { alterSystem, archivingEnabled, readArchiveSettings, readRoleAttributes, reloadConf } from '../postgres/server-settings.js';
@@ -83,7 +83,8 @@ export async function createCatalogDirs(config: BartConfig, server: ServerConfig
   const made: string[] = [];
   if (await ensurePrivateDir(serverDir)) made.push(serverDir);
   try {
-    await mkdir(server.archivePath, { recursive: true, mode: 0o700 });
+    // Parents of a custom archive_path may be missing; the archive directory itself is made below.
+    await mkdir(dirname(server.archivePath), { recursive: true, mode: 0o700 });
   } catch (err) {
     throw new BartError(`cannot create archive path "${server.archivePath}": ${errorMessage(err)}`);
   }
