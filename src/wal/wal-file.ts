@@ -88,3 +88,43 @@ export async function loadWalFile(path: string, reuse?: Buffer): Promise<LoadedW
   const segmentSize = length >= LONG_PAGE_HEADER_SIZE ? buffer.readUInt32LE(32) : 0;
   return { buffer, length, segmentSize, timeline: parsed.timeline, segmentName: parsed.segmentName, compressed: parsed.compressed, partial: parsed.partial };
 }
+
+/**
+ * Segment size announced by a WAL file's long page header (reads only the first bytes; gunzips
+ * just enough of a `.gz`). Undefined when the header is missing or implausible.
+ */
+export async function readSegmentSize(path: string): Promise<number | undefined> {
+  let head: Buffer;
+  try {
+    if (path.endsWith('.gz')) {
+      const stream = createReadStream(path).pipe(createGunzip());
+      const chunks: Buffer[] = [];
+      let n = 0;
+      try {
+        for await (const chunk of stream as AsyncIterable<Buffer>) {
+          chunks.push(chunk);
+          n += chunk.length;
+          if (n >= LONG_PAGE_HEADER_SIZE) break;
+        }
+      } finally {
+        stream.destroy();
+      }
+      head = Buffer.concat(chunks);
+    } else {
+      const fh = await open(path, 'r');
+      try {
+        head = Buffer.alloc(LONG_PAGE_HEADER_SIZE);
+        const { bytesRead } = await fh.read(head, 0, LONG_PAGE_HEADER_SIZE, 0);
+        head = head.subarray(0, bytesRead);
+      } finally {
+        await fh.close();
+      }
+    }
+  } catch {
+    return undefined;
+  }
+  if (head.length < LONG_PAGE_HEADER_SIZE) return undefined;
+  const size = head.readUInt32LE(32);
+  if (size < 1024 * 1024 || size > MAX_SEGMENT_SIZE || (size & (size - 1)) !== 0) return undefined;
+  return size;
+}
