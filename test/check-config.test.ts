@@ -32,7 +32,7 @@ for (const version of versionsUnderTest()) {
     const setup = createBartSetup();
     try {
       const unusedPort = await freePort();
-      await cluster.query('CREATE ROLE plain LOGIN REPLICATION');
+      await cluster.query('CREATE ROLE plain LOGIN');
       await cluster.query(`CREATE ROLE pwuser LOGIN SUPERUSER REPLICATION PASSWORD '${SECRET}'`);
       // Password authentication for pwuser only (the harness trusts everybody else); first match wins.
       const hba = join(cluster.dataDir, 'pg_hba.conf');
@@ -59,11 +59,12 @@ for (const version of versionsUnderTest()) {
       assert.notEqual(wrong.code, 0);
       assert.match(wrong.stderr, new RegExp(`ERROR:\\s+connection to 127\\.0\\.0\\.1:${unusedPort} as user "postgres": no PostgreSQL server is listening on 127\\.0\\.0\\.1:${unusedPort} \\(connection refused\\): start the server, or fix host/port in \\[wrongport\\]`));
 
-      // Not a superuser.
+      // Not a superuser (and no REPLICATION attribute either).
       const plain = await setup.bart(['CHECK-CONFIG', '-s', 'plain']);
       assert.notEqual(plain.code, 0);
       assert.match(plain.stderr, /ERROR:\s+user "plain" is a database superuser: "plain" is not a superuser: run "ALTER ROLE plain SUPERUSER"/);
       assert.match(plain.stdout, /connection to .* as user "plain": success/);
+      assert.match(plain.stderr, /ERROR:\s+replication connection as user "plain": .*run "ALTER ROLE plain REPLICATION"/);
 
       // Passwords: a wrong one fails with a fix, a right one works; neither shows up anywhere.
       const badPw = await setup.bart(['-d', 'CHECK-CONFIG', '-s', 'pw'], { PGPASSWORD: `${SECRET}-wrong` });

@@ -354,7 +354,7 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
   } else {
     const dest = server.remoteHost ? `${server.remoteHost.user}@${server.remoteHost.host}` : `${server.clusterOwner}@${server.host}`;
     r = await runProgram('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', dest, 'test', ...args.map(shellWord)]);
-    if (r.code === 255) {
+    if (r.code === 255 || r.code === -1) {
       throw new CheckFailed(`cannot reach ${dest} over ssh to check as "${server.clusterOwner}" (${r.stderr.trim()}): set up passwordless ssh for "${config.global.bartHost.user}"`);
     }
   }
