@@ -1,0 +1,157 @@
+/**
+ * End-to-end: bart-scanner --daemon on a live cluster of every version under test. WAL archived
+ * during a workload gets MBMs within seconds; the blocks the workload touched are in them;
+ * RELOAD, STOP and kill -9 followed by a restart lose nothing.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, chownSync, readdirSync, readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { withCluster, type TestCluster } from './harness/cluster.js';
+import { versionsUnderTest } from './harness/pg-binaries.js';
+import { createBartSetup, serverSection } from './harness/bart.js';
+import { testUserIds } from './harness/os.js';
+import { loadChangeSet, isBlockModified, type ChangeSet } from '../src/scanner/change-set.js';
+import { forkKey } from '../src/scanner/modified-block-map.js';
+import { parseLsn, type Lsn } from '../src/util/lsn.js';
+import { parseMbmFileName } from '../src/scanner/mbm-name.js';
+import { archiveCommand, runVariedWorkload, waitFor } from './wal-workload.js';
+import { bartScanner, killScanner, scannerPid } from './scanner-helpers.js';
+
+interface RelInfo { spc: number; db: number; rel: number }
+
+async function relInfo(c: TestCluster, table: string): Promise<RelInfo> {
+  const r = await c.query<{ spc: string; db: string; rel: string }>(
+    `SELECT CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END::text AS spc, d.oid::text AS db, pg_relation_filenode(c.oid)::text AS rel
+       FROM pg_class c, pg_database d WHERE c.oid = $1::regclass AND d.datname = current_database()`, [table]);
+  return { spc: Number(r[0]!.spc), db: Number(r[0]!.db), rel: Number(r[0]!.rel) };
+}
+
+async function blocksOf(c: TestCluster, where: string): Promise<number[]> {
+  const r = await c.query<{ b: number }>(`SELECT DISTINCT (ctid::text::point)[0]::int AS b FROM e2e_t WHERE ${where} ORDER BY 1`);
+  return r.map((x) => x.b);
+}
+
+async function insertLsn(c: TestCluster): Promise<Lsn> {
+  return parseLsn(String(await c.scalar('SELECT pg_current_wal_insert_lsn()::text')));
+}
+
+/** Waits until the MBMs of [start, end) are complete, returns the merged change set. */
+async function waitChangeSet(archive: string, start: Lsn, end: Lsn, timeoutMs: number): Promise<ChangeSet> {
+  let cs: ChangeSet | undefined;
+  await waitFor(async () => {
+    cs = await loadChangeSet(archive, { timeline: 1, startLsn: start, endLsn: end });
+    return cs.missingSegments.length === 0;
+  }, timeoutMs, `MBMs covering ${start.toString(16)}..${end.toString(16)} (missing: ${cs?.missingSegments.join(', ')})`);
+  return cs!;
+}
+
+/** Updates rows, returning the blocks touched (old and new tuple versions) and the LSN range. */
+async function touchRows(c: TestCluster, mod: number, value: string): Promise<{ blocks: number[]; start: Lsn; end: Lsn }> {
+  await c.switchWal();
+  const start = await insertLsn(c);
+  const before = await blocksOf(c, `id % ${mod} = 0`);
+  await c.query(`UPDATE e2e_t SET pad = '${value}' WHERE id % ${mod} = 0`);
+  const after = await blocksOf(c, `id % ${mod} = 0`);
+  const end = await insertLsn(c);
+  await c.switchWal();
+  return { blocks: [...new Set([...before, ...after])], start, end };
+}
+
+function assertBlocks(cs: ChangeSet, rel: RelInfo, blocks: number[], what: string): void {
+  const f = cs.relations.get(forkKey(rel.spc, rel.db, rel.rel, 0));
+  assert.ok(f, `${what}: relation ${rel.spc}/${rel.db}/${rel.rel} is in the change set`);
+  assert.equal(f.limit, null, `${what}: no limit (the relation was neither created nor truncated in the range)`);
+  for (const b of blocks) assert.ok(isBlockModified(cs, rel.spc, rel.db, rel.rel, 0, b), `${what}: block ${b} is marked modified`);
+  // Blocks never touched must not be reported, or the test would prove nothing.
+  const listed = f.blocks.length;
+  assert.ok(listed <= blocks.length + 5, `${what}: only touched blocks are listed (${listed} listed, ${blocks.length} touched)`);
+}
+
+for (const version of versionsUnderTest()) {
+  test(`bart-scanner daemon: PostgreSQL ${version} WAL gets complete MBMs; RELOAD, STOP, kill -9 + restart lose nothing`, async () => {
+    const setup = createBartSetup();
+    const server = `pg${version}`;
+    const archive = join(setup.backupPath, server, 'archived_wals');
+    mkdirSync(archive, { recursive: true });
+    const ids = testUserIds();
+    if (ids) for (const d of [setup.backupPath, join(setup.backupPath, server), archive]) chownSync(d, ids.uid, ids.gid);
+    try {
+      await withCluster({ version, conf: { archive_mode: 'on', archive_command: archiveCommand(archive), max_prepared_transactions: 5 } }, async (c) => {
+        const section = serverSection(c, server, { allow_incremental_backups: 'enabled', archive_path: archive, scan_interval: '5' });
+        setup.writeConfig(readFileSync(setup.configPath, 'utf8') + '\n' + section);
+        const started = await bartScanner(setup.configPath, ['--daemon']);
+        assert.equal(started.code, 0, started.stderr + started.stdout);
+        assert.match(started.stdout, /started/);
+        const again = await bartScanner(setup.configPath, ['--daemon']);
+        assert.notEqual(again.code, 0, 'a second scanner is refused');
+        assert.match(again.stderr, /already running/);
+
+        // Varied workload on every version: every segment must decode (no scan errors).
+        const wlStart = await insertLsn(c);
+        await runVariedWorkload(c, join(setup.dir, 'ts'));
+        await c.query(`CREATE TABLE e2e_t (id int, pad text) WITH (fillfactor = 50)`);
+        await c.query(`INSERT INTO e2e_t SELECT g, repeat('p', 100) FROM generate_series(1, 20000) g`);
+        // Set hint bits and the visibility map now, so later updates touch only their own pages.
+        await c.query(`VACUUM (FREEZE) e2e_t`);
+        await c.query(`CHECKPOINT`);
+        const wlEnd = await insertLsn(c);
+        await c.switchWal();
+        const t0 = Date.now();
+        const wl = await waitChangeSet(archive, wlStart, wlEnd, 30_000);
+        const kinds = new Set(wl.events.map((e) => e.kind));
+        for (const k of ['database-create', 'database-drop', 'tablespace-create', 'tablespace-drop', 'relation-drop']) assert.ok(kinds.has(k as never), `event ${k} recorded`);
+        const newRel = await relInfo(c, 'e2e_t');
+        const nf = wl.relations.get(forkKey(newRel.spc, newRel.db, newRel.rel, 0));
+        assert.equal(nf?.limit, 0, 'a table created in the range has limit 0');
+
+        const rel = await relInfo(c, 'e2e_t');
+        const a = await touchRows(c, 97, 'a');
+        const csA = await waitChangeSet(archive, a.start, a.end, 15_000);
+        assert.ok(Date.now() - t0 < 60_000);
+        assertBlocks(csA, rel, a.blocks, 'first update');
+
+        // RELOAD re-reads the configuration and keeps scanning.
+        const reload = await bartScanner(setup.configPath, ['RELOAD']);
+        assert.equal(reload.code, 0, reload.stderr);
+        const b = await touchRows(c, 89, 'b');
+        assertBlocks(await waitChangeSet(archive, b.start, b.end, 15_000), rel, b.blocks, 'after RELOAD');
+
+        // kill -9: WAL archived while the scanner is dead is scanned at restart (backlog).
+        const pid = scannerPid(setup.dir);
+        assert.ok(pid, 'pid file names a live process');
+        process.kill(pid, 'SIGKILL');
+        await waitFor(() => scannerPid(setup.dir) === undefined, 10_000, 'scanner death');
+        const k = await touchRows(c, 83, 'k');
+        const last = await c.switchWal();
+        await waitFor(() => existsSync(join(archive, last)), 30_000, `archiving of ${last}`);
+        const before = await loadChangeSet(archive, { timeline: 1, startLsn: k.start, endLsn: k.end });
+        assert.ok(before.missingSegments.length > 0, 'nothing scans while the scanner is dead');
+        const restarted = await bartScanner(setup.configPath, ['--daemon']);
+        assert.equal(restarted.code, 0, restarted.stderr + restarted.stdout);
+        assertBlocks(await waitChangeSet(archive, k.start, k.end, 15_000), rel, k.blocks, 'after kill -9 and restart');
+
+        // -p prints an MBM, as text and as JSON.
+        const mbm = readdirSync(archive).filter((n) => parseMbmFileName(n)).sort().pop()!;
+        const printed = await bartScanner(setup.configPath, ['-p', join(archive, mbm), '--output', 'json']);
+        assert.equal(printed.code, 0, printed.stderr);
+        const j = JSON.parse(printed.stdout) as Record<string, unknown>;
+        assert.deepEqual(Object.keys(j), ['timeline', 'startLsn', 'endLsn', 'relations', 'events']);
+        const text = await bartScanner(setup.configPath, ['-p', join(archive, mbm)]);
+        assert.match(text.stdout, /TIMELINE\s+: 1/);
+
+        // STOP: the daemon ends, removes its pid file and socket.
+        const stop = await bartScanner(setup.configPath, ['STOP']);
+        assert.equal(stop.code, 0, stop.stderr);
+        assert.equal(scannerPid(setup.dir), undefined);
+        assert.equal(existsSync(join(setup.dir, 'bart_scanner.sock')), false);
+        const log = readFileSync(join(setup.dir, 'bart_scanner.log'), 'utf8');
+        assert.match(log, /RELOAD/);
+        assert.doesNotMatch(log, /no MBM for/, 'no segment failed to scan');
+      });
+    } finally {
+      killScanner(setup.dir);
+      setup.cleanup();
+    }
+  });
+}
