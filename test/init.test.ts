@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBartSetup, serverSection } from './harness/bart.js';
 import { TestCluster } from './harness/cluster.js';
@@ -30,6 +30,20 @@ for (const version of versionsUnderTest()) {
     const setup = createBartSetup();
     try {
       setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Prod')}\n${serverSection(cluster, 'manual')}`);
+
+      // 0. A bart.cfg only root can read: bart itself works (it reads it before switching users), but
+      // the archive_command would not, so INIT refuses before touching the server.
+      const cfgText = readFileSync(setup.configPath, 'utf8');
+      if (testUserIds()) {
+        chownSync(setup.configPath, 0, 0);
+        chmodSync(setup.configPath, 0o600);
+        const unreadable = await setup.bart(['INIT', '-s', 'prod']);
+        assert.notEqual(unreadable.code, 0);
+        assert.match(unreadable.stderr, /the configuration file ".*bart\.cfg" is not readable by the BART user "postgres".*archive_command INIT would set could not run/);
+        assert.equal(await cluster.scalar('SHOW archive_mode'), 'off');
+        assert.doesNotMatch(readFileSync(join(cluster.dataDir, 'postgresql.auto.conf'), 'utf8'), /archive/);
+        setup.writeConfig(cfgText);
+      }
 
       // 1. INIT: catalog directories, archive_mode + archive_command, and "restart needed".
       const init = await setup.bart(['INIT', '-s', 'prod']);

@@ -75,6 +75,15 @@ async function checkGlobal(config: BartConfig, report: CheckReport): Promise<voi
   const g = config.global;
   log.info(`Checking the [BART] section of ${config.path}`);
   await report.run(`BART user "${g.bartHost.user}"`, async () => `running as "${currentUserName()}"`);
+  await report.run(`configuration file is readable by "${g.bartHost.user}"`, async () => {
+    // bart reads it as root before switching users; archive_command and cron jobs read it as the BART user.
+    try {
+      await access(config.path, constants.R_OK);
+    } catch (err) {
+      throw new CheckFailed(`cannot read "${config.path}" (${describeFsError(err)}): chown ${g.bartHost.user} "${config.path}"`);
+    }
+    return undefined;
+  });
   await report.run(`backup_path "${g.backupPath}" is writable`, async () => {
     const existing = await nearestExisting(g.backupPath);
     await probeWritableDir(existing, `backup_path: make "${existing}" writable by "${g.bartHost.user}" (chown ${g.bartHost.user} ${existing})`);

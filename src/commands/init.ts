@@ -1,11 +1,13 @@
-import { chmod, mkdir, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { withConnection } from '../postgres/connection.js';
 import { alterSystem, archivingEnabled, readArchiveSettings, readRoleAttributes, reloadConf } from '../postgres/server-settings.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
-import { expectedArchiveCommand } from './archive-command.js';
+import { currentUserName } from '../util/os-user.js';
+import { archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
 import { selectServers, type CommandContext } from './context.js';
 
 /** Options of `bart INIT`. */
@@ -109,6 +111,7 @@ export async function configureArchiving(config: BartConfig, server: ServerConfi
     const settings = await readArchiveSettings(client);
     const result: ArchiveConfigureResult = { changed: [], restartNeeded: false, reloaded: false };
     const wanted = expectedArchiveCommand(config, server);
+    if (server.archiveCommand === undefined && archivesLocally(config, server)) await requireReadableByBartUser(config);
 
     if (settings.walLevel === 'minimal') {
       await alterSystem(client, 'wal_level', 'replica');
@@ -152,4 +155,22 @@ export async function configureArchiving(config: BartConfig, server: ServerConfi
     }
     return result;
   });
+}
+
+/**
+ * The archive_command INIT writes runs bart as the server's OS user (here: the BART user) with this
+ * bart.cfg. bart read the config as root before switching users, so a config only root can read
+ * works for INIT itself but would make every archive_command fail: refuse before ALTER SYSTEM.
+ */
+export async function requireReadableByBartUser(config: BartConfig): Promise<void> {
+  for (const [what, path] of [['configuration file', config.path], ['bart program', bartScriptPath()]] as const) {
+    try {
+      await access(path, constants.R_OK);
+    } catch (err) {
+      throw new BartError(
+        `the ${what} "${path}" is not readable by the BART user "${currentUserName()}" (${errorMessage(err)}), so the archive_command INIT would set could not run: ` +
+          `make it readable (e.g. chown ${currentUserName()} "${path}", or install pgbart where that user can read it)`,
+      );
+    }
+  }
 }
