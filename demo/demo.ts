@@ -6,7 +6,7 @@
  * Later features add themselves by appending steps to {@link steps}.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBartSetup, serverSection, type BartSetup } from '../test/harness/bart.js';
 import { TestCluster } from '../test/harness/cluster.js';
@@ -98,6 +98,20 @@ export const steps: DemoStep[] = [
     title: 'SHOW-SERVERS again: NUMBER OF ARCHIVES and DISK UTILIZATION have grown',
     async run(ctx) {
       await ctx.bart(['SHOW-SERVERS', '-s', ctx.server]);
+    },
+  },
+  {
+    title: 'ARCHIVE-GET, the restore_command side: fetch an archived segment; a missing one exits 1 quietly',
+    async run(ctx) {
+      const archiveDir = join(ctx.setup.backupPath, ctx.server, 'archived_wals');
+      const archived = readdirSync(archiveDir).filter((f) => /^[0-9A-F]{24}$/.test(f)).sort();
+      const last = archived[archived.length - 1]!;
+      // The segment after the last archived one is the one PostgreSQL is still writing: not archived yet.
+      const next = `${last.slice(0, 16)}${(parseInt(last.slice(16), 16) + 1).toString(16).toUpperCase().padStart(8, '0')}`;
+      const target = join(ctx.setup.dir, 'RECOVERYXLOG');
+      await ctx.bart(['ARCHIVE-GET', '-s', ctx.server, last, target]);
+      ctx.say(`(${target} now holds the segment: ${statSync(target).size} bytes)`);
+      await ctx.bart(['ARCHIVE-GET', '-s', ctx.server, next, target], 1);
     },
   },
 ];
