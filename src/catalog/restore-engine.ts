@@ -1,5 +1,6 @@
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { BartError } from '../util/errors.js';
+import { log } from '../util/log.js';
 import { WorkerPool } from '../util/worker-pool.js';
 import type { PlanItem } from './restore-plan.js';
 import type { RestoreTaskResult } from './restore-reader.js';
@@ -23,6 +24,8 @@ export async function extractBackup(plan: AsyncIterable<PlanItem>, target: Resto
   let failure: unknown;
   let files = 0;
   let bytes = 0;
+  // WorkerPool unrefs its threads; while we only wait for them, this timer keeps the process alive.
+  const keepAlive = setInterval(() => log.debug(`restore: ${files} files, ${bytes} bytes written so far`), 5000);
   try {
     for await (const item of plan) {
       if (signal?.aborted) failure ??= new BartError('RESTORE was interrupted');
@@ -54,6 +57,7 @@ export async function extractBackup(plan: AsyncIterable<PlanItem>, target: Resto
     if (failure !== undefined) throw failure;
     return { files, bytes };
   } finally {
+    clearInterval(keepAlive);
     await Promise.all(inflight);
     await pool.close();
   }

@@ -66,7 +66,9 @@ export function recoverySettings(opts: RecoveryOptions): [string, string][] {
     ['recovery_target_lsn', t.kind === 'lsn' ? t.value : ''],
     ['recovery_target_name', t.kind === 'name' ? t.value : ''],
   ];
-  out.push(...targets);
+  // Empty ones first: PostgreSQL's assign hooks refuse any target setting, even an empty one,
+  // once another target is set, so the one that counts must come last.
+  out.push(...targets.filter(([, v]) => v === ''), ...targets.filter(([, v]) => v !== ''));
   if (t.kind === 'time' || t.kind === 'xid' || t.kind === 'lsn') out.push(['recovery_target_inclusive', opts.inclusive ? 'on' : 'off']);
   if (opts.timeline !== undefined) out.push(['recovery_target_timeline', opts.timeline]);
   if (opts.action !== undefined) out.push(['recovery_target_action', opts.action]);
