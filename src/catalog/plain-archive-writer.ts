@@ -72,6 +72,8 @@ export class PlainArchiveWriter implements ArchiveWriter {
           await file?.close();
         }
       }
+      // An empty file still needs a valid (empty) compressed stream for gzip/lz4/zstd -d.
+      if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0) await onPiece(Buffer.alloc(0));
       while (inflight.length > 0) await writeHead();
       await output.close(false);
     } catch (err) {

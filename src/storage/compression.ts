@@ -54,6 +54,7 @@ export function compressChunk(method: CompressionMethod, level: number, data: Bu
     case 'zstd':
       return zstd.compress(data, { compressionLevel: level });
     case 'lz4': {
+      if (data.length === 0) return Buffer.concat([LZ4_HEADER, Buffer.alloc(4)]);
       // lz4-napi block mode is fast on incompressible data (frame mode is not); we frame it ourselves.
       const block = lz4.compressSync(data).subarray(4); // drop lz4_flex's size prefix
       const stored = block.length >= data.length;

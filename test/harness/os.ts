@@ -59,6 +59,7 @@ export function run(cmd: string, args: string[], opts: SpawnOptions & { asTestUs
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
     child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
+    child.stdin!.on('error', () => undefined); // a program that exits without reading its input
     child.stdin!.end(opts.input ?? '');
   });
 }
