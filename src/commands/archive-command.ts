@@ -1,18 +1,10 @@
 import { fileURLToPath } from 'node:url';
 import type { BartConfig, ServerConfig } from '../config/types.js';
+import { quoteForPostgresCommand } from '../util/shell-quote.js';
 
 /** Absolute path of this installation's `bin/bart.js` (found from this module, not from argv). */
 export function bartScriptPath(): string {
   return fileURLToPath(new URL('../../../bin/bart.js', import.meta.url));
-}
-
-/**
- * Quotes one word (when it needs it) for /bin/sh (archive_command runs through the shell) and doubles `%`, which
- * PostgreSQL would otherwise read as a %p/%f/%r placeholder.
- */
-export function quoteForArchiveCommand(word: string): string {
-  if (/^[A-Za-z0-9_.,:/=+@-]+$/.test(word)) return word;
-  return `'${word.replace(/'/g, `'\\''`)}'`.replace(/%/g, '%%');
 }
 
 /** True when the server's WAL reaches the catalog without ssh: no remote_host, run by the BART user. */
@@ -42,13 +34,13 @@ export function expectedArchiveCommand(config: BartConfig, server: ServerConfig)
   if (server.archiveCommand !== undefined) return expandArchiveTemplate(server.archiveCommand, config, server);
   if (archivesLocally(config, server)) {
     return [
-      quoteForArchiveCommand(process.execPath),
-      quoteForArchiveCommand(bartScriptPath()),
+      quoteForPostgresCommand(process.execPath),
+      quoteForPostgresCommand(bartScriptPath()),
       '-c',
-      quoteForArchiveCommand(config.path),
+      quoteForPostgresCommand(config.path),
       'ARCHIVE-PUSH',
       '-s',
-      quoteForArchiveCommand(server.name),
+      quoteForPostgresCommand(server.name),
       '%p',
     ].join(' ');
   }

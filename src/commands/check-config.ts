@@ -11,6 +11,7 @@ import { archivingEnabled, readArchiveSettings, readRoleAttributes, type Archive
 import { errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
+import { shellQuote } from '../util/shell-quote.js';
 import { archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
 import { selectServers, type CommandContext } from './context.js';
 
@@ -362,7 +363,7 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
     r = await runProgram('test', args, { uid: owner.uid, gid: owner.gid });
   } else {
     const dest = server.remoteHost ? `${server.remoteHost.user}@${server.remoteHost.host}` : `${server.clusterOwner}@${server.host}`;
-    r = await runProgram('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', dest, 'test', ...args.map(shellWord)]);
+    r = await runProgram('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', dest, 'test', ...args.map(shellQuote)]);
     if (r.code === 255 || r.code === -1) {
       throw new CheckFailed(`cannot reach ${dest} over ssh to check as "${server.clusterOwner}" (${r.stderr.trim()}): set up passwordless ssh for "${config.global.bartHost.user}"`);
     }
@@ -381,10 +382,6 @@ async function checkScannerRunning(_config: BartConfig, _server: ServerConfig): 
 
 function quoteIdent(name: string): string {
   return /^[a-z_][a-z0-9_]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
-}
-
-function shellWord(word: string): string {
-  return /^[A-Za-z0-9_./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
 /** Turns a libpq/node-postgres connection failure into what is wrong and how to fix it. */
