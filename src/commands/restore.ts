@@ -316,7 +316,9 @@ async function fixOwnership(plan: Plan, target: RestoreTarget): Promise<void> {
  */
 export async function restore(ctx: CommandContext, options: RestoreOptions): Promise<number> {
   const target: RestoreTarget = new LocalRestoreTarget();
+  const checkStart = Date.now();
   const plan = await preparePlan(ctx, options, target);
+  log.debug(`checks took ${Date.now() - checkStart} ms`);
   const { info, path } = plan;
   log.info(`restoring backup ${info.id}${info.name ? ` (${info.name})` : ''} of server ${plan.server.name}: ${info.format} format, compression ${info.compression}, ${plan.scan.totalFiles} files, ${formatBytes(plan.scan.totalBytes)}`);
   log.info(`restore path: ${path}; recovery target: ${plan.target.description}${plan.target.timeline ? `, timeline ${plan.target.timeline}` : ''}`);
@@ -342,9 +344,14 @@ export async function restore(ctx: CommandContext, options: RestoreOptions): Pro
       controller.signal,
     );
     controller.signal.throwIfAborted();
+    log.debug(`files written after ${Date.now() - started} ms`);
     settings = await finishDataDirectory(plan, options, target);
     await fixOwnership(plan, target);
     controller.signal.throwIfAborted();
+    log.debug(`recovery settings written after ${Date.now() - started} ms`);
+    for (const root of plan.roots) await target.syncTree(root.path);
+    log.debug(`synced to disk after ${Date.now() - started} ms`);
+    // Only now, with everything durable, does the directory become a startable cluster.
     await target.rename(join(path, PG_VERSION_PENDING), join(path, 'PG_VERSION'));
     await target.remove(join(path, INCOMPLETE_MARKER));
     await target.syncDir(path);
@@ -363,8 +370,8 @@ export async function restore(ctx: CommandContext, options: RestoreOptions): Pro
   log.info(`restored ${extracted.files} files, ${formatBytes(extracted.bytes)} in ${formatDuration(seconds * 1000)}${rate} with ${plan.workers} worker(s); ${verified}`);
   for (const t of info.tablespaces) log.info(`tablespace ${t.name} (OID ${t.oid}) restored to ${plan.tablespaceDest.get(t.oid)} (pg_tblspc/${t.oid} links there)`);
   if (plan.copyWals) log.info(`copied ${plan.wal.length} archived WAL files to ${join(path, COPIED_WAL_DIR)}`);
-  const shown = settings.filter(([k, v]) => v !== '' && k !== 'archive_mode');
-  log.info(`${signalFileName({ standby: options.standby === true })} created; recovery settings in postgresql.auto.conf: ${shown.map(([k, v]) => `${k} = '${v}'`).join(', ')}`);
+  log.info(`${signalFileName({ standby: options.standby === true })} created; recovery settings added to postgresql.auto.conf:`);
+  for (const [k, v] of settings) if (v !== '' && k !== 'archive_mode') log.info(`  ${k} = ${v}`);
   log.info('archive_mode is turned off in the restored cluster (postgresql.auto.conf), so it does not archive into the catalog of the server it was copied from; turn it back on when it becomes a primary that must be backed up');
   if (plan.target.target.kind !== 'none' && options.standby !== true) {
     const action = plan.target.action ?? 'pause';

@@ -21,10 +21,10 @@ export interface FreeSpace {
   freeBytes: number;
 }
 
-/** A file being written on the target; `finish()` makes it durable, `abort()` drops the handle. */
+/** A file being written on the target; `finish()` closes it (durable after {@link RestoreTarget.syncTree}), `abort()` drops it. */
 export interface TargetFileWriter {
   write(chunk: Uint8Array): Promise<void>;
-  /** Flushes to stable storage and closes. */
+  /** Completes the file. */
   finish(): Promise<void>;
   /** Closes without syncing (the caller removes what it wrote). */
   abort(): Promise<void>;
@@ -65,4 +65,6 @@ export interface RestoreTarget {
   chownTree(path: string, uid: number, gid: number): Promise<void>;
   /** fsyncs a directory (after renames and creates in it). */
   syncDir(path: string): Promise<void>;
+  /** Makes everything written under `path` durable (files are not synced one by one as they are written). */
+  syncTree(path: string): Promise<void>;
 }
