@@ -12,6 +12,8 @@ import { versionsUnderTest } from './harness/pg-binaries.js';
 import { createBartSetup, serverSection } from './harness/bart.js';
 import { testUserIds } from './harness/os.js';
 import { loadChangeSet, isBlockModified, type ChangeSet } from '../src/scanner/change-set.js';
+import { isScannerRunning, requestMbms } from '../src/scanner/scanner-client.js';
+import { loadConfig } from '../src/config/parse-config.js';
 import { forkKey } from '../src/scanner/modified-block-map.js';
 import { parseLsn, type Lsn } from '../src/util/lsn.js';
 import { parseMbmFileName } from '../src/scanner/mbm-name.js';
@@ -131,6 +133,24 @@ for (const version of versionsUnderTest()) {
         assert.equal(restarted.code, 0, restarted.stderr + restarted.stdout);
         assertBlocks(await waitChangeSet(archive, k.start, k.end, 15_000), rel, k.blocks, 'after kill -9 and restart');
 
+        // The client API: the daemon answers, and waits for WAL that has not arrived yet.
+        const config = loadConfig(setup.configPath);
+        const srv = config.servers.find((x) => x.name === server)!;
+        assert.equal((await isScannerRunning(config)).running, true);
+        const p0 = await insertLsn(c);
+        await c.query(`UPDATE e2e_t SET pad = 'w' WHERE id % 79 = 0`);
+        const p1 = await insertLsn(c);
+        const pending = requestMbms(config, srv, { timeline: 1, startLsn: p0, endLsn: p1 }, 20);
+        await new Promise((r) => setTimeout(r, 1000));
+        await c.switchWal();
+        const answer = await pending;
+        assert.equal(answer.scannerRunning, true);
+        assert.equal(answer.complete, true, JSON.stringify(answer));
+        assert.equal((await loadChangeSet(archive, { timeline: 1, startLsn: p0, endLsn: p1 })).missingSegments.length, 0);
+        const timedOut = await requestMbms(config, srv, { timeline: 1, startLsn: p1, endLsn: p1 + 64n * 1024n * 1024n }, 1);
+        assert.equal(timedOut.complete, false, 'WAL that never arrives is reported missing after the timeout');
+        assert.ok(timedOut.missingWal.length > 0);
+
         // -p prints an MBM, as text and as JSON.
         const mbm = readdirSync(archive).filter((n) => parseMbmFileName(n)).sort().pop()!;
         const printed = await bartScanner(setup.configPath, ['-p', join(archive, mbm), '--output', 'json']);
@@ -145,6 +165,17 @@ for (const version of versionsUnderTest()) {
         assert.equal(stop.code, 0, stop.stderr);
         assert.equal(scannerPid(setup.dir), undefined);
         assert.equal(existsSync(join(setup.dir, 'bart_scanner.sock')), false);
+        assert.equal((await isScannerRunning(config)).running, false);
+        // Without a scanner, requestMbms scans on the spot.
+        const q0 = await insertLsn(c);
+        await c.query(`UPDATE e2e_t SET pad = 'q' WHERE id % 73 = 0`);
+        const q1 = await insertLsn(c);
+        const lastSeg = await c.switchWal();
+        await waitFor(() => existsSync(join(archive, lastSeg)), 30_000, `archiving of ${lastSeg}`);
+        const local = await requestMbms(config, srv, { timeline: 1, startLsn: q0, endLsn: q1 }, 5);
+        assert.equal(local.scannerRunning, false);
+        assert.equal(local.complete, true, JSON.stringify(local));
+        assert.ok(local.written.length > 0);
         const log = readFileSync(join(setup.dir, 'bart_scanner.log'), 'utf8');
         assert.match(log, /RELOAD/);
         assert.doesNotMatch(log, /no MBM for/, 'no segment failed to scan');
