@@ -36,12 +36,18 @@ for (const version of versionsUnderTest()) {
       await cluster.query(`CREATE ROLE pwuser LOGIN SUPERUSER REPLICATION PASSWORD '${SECRET}'`);
       // Password authentication for pwuser only (the harness trusts everybody else); first match wins.
       const hba = join(cluster.dataDir, 'pg_hba.conf');
-      writeFileSync(hba, `host all pwuser 127.0.0.1/32 scram-sha-256\nhost replication pwuser 127.0.0.1/32 scram-sha-256\n${readFileSync(hba, 'utf8')}`);
+      await cluster.query('CREATE ROLE nohba LOGIN SUPERUSER REPLICATION');
+      writeFileSync(
+        hba,
+        'host all pwuser 127.0.0.1/32 scram-sha-256\nhost replication pwuser 127.0.0.1/32 scram-sha-256\n' +
+          `host replication nohba 127.0.0.1/32 reject\n${readFileSync(hba, 'utf8')}`,
+      );
       await cluster.reload();
       setup.writeConfig(
         `${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'db')}\n` +
           `${serverSection(cluster, 'wrongport', { port: String(unusedPort) })}\n` +
-          `${serverSection(cluster, 'plain', { user: 'plain' })}\n${serverSection(cluster, 'pw', { user: 'pwuser' })}`,
+          `${serverSection(cluster, 'plain', { user: 'plain' })}\n${serverSection(cluster, 'pw', { user: 'pwuser' })}\n` +
+          `${serverSection(cluster, 'nohba', { user: 'nohba' })}`,
       );
       await setup.bart(['INIT', '-s', 'all', '--no-configure']);
 
@@ -65,6 +71,12 @@ for (const version of versionsUnderTest()) {
       assert.match(plain.stderr, /ERROR:\s+user "plain" is a database superuser: "plain" is not a superuser: run "ALTER ROLE plain SUPERUSER"/);
       assert.match(plain.stdout, /connection to .* as user "plain": success/);
       assert.match(plain.stderr, /ERROR:\s+replication connection as user "plain": .*run "ALTER ROLE plain REPLICATION"/);
+
+      // pg_hba.conf refuses replication connections for this user: the fix names the pg_hba line.
+      const noHba = await setup.bart(['CHECK-CONFIG', '-s', 'nohba']);
+      assert.notEqual(noHba.code, 0);
+      assert.match(noHba.stderr, /ERROR:\s+replication connection as user "nohba": pg_hba\.conf does not let "nohba" open replication connections .*add "host replication nohba <bart host address>\/32 scram-sha-256"/);
+      assert.match(noHba.stdout, /user "nohba" is a database superuser: success/);
 
       // Passwords: a wrong one fails with a fix, a right one works; neither shows up anywhere.
       const badPw = await setup.bart(['-d', 'CHECK-CONFIG', '-s', 'pw'], { PGPASSWORD: `${SECRET}-wrong` });

@@ -405,8 +405,8 @@ function explainConnectionError(message: string, server: ServerConfig, where: st
 }
 
 function explainReplicationError(message: string, server: ServerConfig): string {
-  if (/no pg_hba\.conf entry for replication/.test(message)) {
-    return `pg_hba.conf has no replication entry for "${server.user}" from this host (${message}): add "host replication ${server.user} <bart host address>/32 scram-sha-256" to pg_hba.conf and reload`;
+  if (/no pg_hba\.conf entry for replication|pg_hba\.conf rejects replication/.test(message)) {
+    return `pg_hba.conf does not let "${server.user}" open replication connections from this host (${message}): add "host replication ${server.user} <bart host address>/32 scram-sha-256" to pg_hba.conf (before any line that rejects it) and reload`;
   }
   if (/max_wal_senders|too many clients|remaining connection slots/i.test(message)) {
     return `${message}: raise max_wal_senders (and max_connections) in postgresql.conf and restart the server`;
