@@ -24,6 +24,17 @@ if [ ${#packages[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
+# archive_command and restore_command run bart as the cluster's OS user (postgres), and bart itself
+# switches to the BART user: both must be able to reach this checkout. A clone under a 0700 home
+# directory (e.g. /root) is made traversable (o+x only: nothing becomes listable or readable).
+if [ "$(id -u)" -eq 0 ]; then
+  dir=$(pwd -P)
+  while [ "$dir" != "/" ]; do
+    [ -n "$(find "$dir" -maxdepth 0 -perm -o=x)" ] || chmod o+x "$dir"
+    dir=$(dirname "$dir")
+  done
+fi
+
 # The Debian package creates the unprivileged `postgres` user that runs test clusters.
 id postgres >/dev/null 2>&1 || { echo "pgbart: the postgres OS user is missing" >&2; exit 1; }
 

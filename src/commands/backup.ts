@@ -5,6 +5,7 @@ import { takeFullBackup, type FullBackupOptions } from '../catalog/full-backup.j
 import { defaultCompressionLevel, type CompressionMethod } from '../storage/compression.js';
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';
+import { logPeakRss } from '../util/peak-rss.js';
 import { selectServers, type CommandContext } from './context.js';
 
 /** BACKUP's options as commander parses them. */
@@ -77,5 +78,6 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
       failures++;
     }
   }
+  logPeakRss('BACKUP');
   return failures > 0 ? 1 : 0;
 }
