@@ -7,6 +7,8 @@ import { findArchived } from '../catalog/wal-archive.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { connect, type ConnectionTarget } from '../postgres/connection.js';
 import { probeReplicationConnection } from '../postgres/replication-probe.js';
+import { isScannerRunning } from '../scanner/scanner-client.js';
+import { scannerSocketPath } from '../scanner/scanner-paths.js';
 import { archivingEnabled, readArchiveSettings, readRoleAttributes, type ArchiveSettings } from '../postgres/server-settings.js';
 import { errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -372,12 +374,16 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
 }
 
 /**
- * SCANNER CHECK — to be completed by the bart-scanner issue: verify that a bart-scanner daemon
- * serves this server (socket in bart_socket_directory answers, worker for `server` running) and
- * throw CheckFailed with the fix ("start it: bart-scanner --daemon") otherwise.
+ * A bart-scanner daemon serves this server: its socket in bart_socket_directory answers and it
+ * runs a worker for `server`; otherwise CheckFailed with the fix.
  */
-async function checkScannerRunning(_config: BartConfig, _server: ServerConfig): Promise<string> {
-  throw new CheckSkipped('checking bart-scanner is not available in this version of pgbart yet');
+async function checkScannerRunning(config: BartConfig, server: ServerConfig): Promise<string> {
+  const s = await isScannerRunning(config);
+  if (!s.running) throw new CheckFailed(`bart-scanner is not running (nothing answers on ${scannerSocketPath(config)}): start it with "bart-scanner --daemon"`);
+  if (s.servers && !s.servers.includes(server.name)) {
+    throw new CheckFailed(`bart-scanner (pid ${s.pid}) does not scan server "${server.name}": run "bart-scanner RELOAD" so it re-reads ${config.path}`);
+  }
+  return `pid ${s.pid}`;
 }
 
 function quoteIdent(name: string): string {
