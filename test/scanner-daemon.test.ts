@@ -89,6 +89,10 @@ for (const version of versionsUnderTest()) {
         assert.notEqual(again.code, 0, 'a second scanner is refused');
         assert.match(again.stderr, /already running/);
 
+        // CHECK-CONFIG sees the scanner.
+        const check = await setup.bart(['CHECK-CONFIG', '-s', server]);
+        assert.match(check.stdout, /bart-scanner is configured and running: success \(pid \d+\)/, check.stdout + check.stderr);
+
         // Varied workload on every version: every segment must decode (no scan errors).
         const wlStart = await insertLsn(c);
         await runVariedWorkload(c, join(setup.dir, 'ts'));
@@ -166,6 +170,8 @@ for (const version of versionsUnderTest()) {
         assert.equal(scannerPid(setup.dir), undefined);
         assert.equal(existsSync(join(setup.dir, 'bart_scanner.sock')), false);
         assert.equal((await isScannerRunning(config)).running, false);
+        const check2 = await setup.bart(['CHECK-CONFIG', '-s', server]);
+        assert.match(check2.stderr, /bart-scanner is configured and running: bart-scanner is not running .*bart-scanner --daemon/);
         // Without a scanner, requestMbms scans on the spot.
         const q0 = await insertLsn(c);
         await c.query(`UPDATE e2e_t SET pad = 'q' WHERE id % 73 = 0`);
