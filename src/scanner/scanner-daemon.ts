@@ -1,9 +1,12 @@
 import { watch, type FSWatcher } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, isErrnoError } from '../util/errors.js';
+import { WorkerPool } from '../util/worker-pool.js';
+import type { ScanSummary } from './scan-worker.js';
 import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
 import { parseWalFileName, readSegmentSize, walFileSegNo } from '../wal/wal-file.js';
@@ -37,8 +40,11 @@ class ServerWorker {
   private dirProblem = false;
   private chain: Promise<unknown> = Promise.resolve();
 
-  constructor(server: ServerConfig) {
+  private readonly pool: WorkerPool<ScanSummary> | undefined;
+
+  constructor(server: ServerConfig, pool: WorkerPool<ScanSummary> | undefined) {
     this.server = server;
+    this.pool = pool;
   }
 
   start(): void {
@@ -131,34 +137,55 @@ class ServerWorker {
     const segSize = this.segmentSize;
     const index = indexMbmFiles(dir);
     const plainNames = new Set(names);
+    const todo: Array<{ name: string; path: string; version: string }> = [];
     for (const n of wal) {
-      if (this.stopped) return;
       const p = parseWalFileName(n)!;
       // Prefer the plain file when both it and its .gz exist (compression in progress).
       if (p.compressed && plainNames.has(n.slice(0, -3))) continue;
       const segNo = walFileSegNo(p.segmentName, segSize);
       if (index.has(`${p.timeline}:${BigInt(segNo + 1) * BigInt(segSize)}`)) continue;
       const path = join(dir, n);
-      let version: string;
       try {
         const st = await stat(path);
-        version = `${n}:${st.size}:${st.mtimeMs}`;
+        const version = `${n}:${st.size}:${st.mtimeMs}`;
         if (!p.compressed && st.size < segSize && Date.now() - st.mtimeMs < COPY_GRACE_MS) {
           log.debug(`server ${this.server.sectionName}: ${n} is ${st.size} bytes, probably still being copied; later`);
           continue;
         }
+        if (!this.failed.has(version)) todo.push({ name: n, path, version });
       } catch {
         continue; // removed meanwhile (e.g. MANAGE compressed or deleted it)
       }
-      if (this.failed.has(version)) continue;
-      try {
-        const r = await scanWalFile(path, { buffers: this.buffers });
-        if (r.status === 'written') log.info(`server ${this.server.sectionName}: scanned ${n} (${r.map.records} records, ${r.map.relations.length} relation forks) -> ${r.mbmPath.slice(dir.length + 1)}`);
-        else log.debug(`server ${this.server.sectionName}: ${n} ends inside a record that continues in ${r.nextSegment}, which has not arrived yet`);
-      } catch (err) {
-        this.failed.add(version);
-        log.error(`server ${this.server.sectionName}: no MBM for ${n}: ${errorMessage(err)}`);
+    }
+    // Segments are independent (a record crossing into the next one is finished from that
+    // file), so they are scanned in parallel on worker threads when there are several.
+    await Promise.all(todo.map((t) => this.scanOne(t)));
+  }
+
+  private async scanOne(t: { name: string; path: string; version: string }): Promise<void> {
+    if (this.stopped) return;
+    const dir = this.server.archivePath;
+    try {
+      let s: ScanSummary;
+      if (this.pool) {
+        s = await this.pool.run({ path: t.path });
+      } else {
+        try {
+          const r = await scanWalFile(t.path, { buffers: this.buffers });
+          s = r.status === 'written'
+            ? { status: 'written', mbmPath: r.mbmPath, records: r.map.records, relations: r.map.relations.length, events: r.map.events.length }
+            : { status: 'waiting', nextSegment: r.nextSegment };
+        } catch (err) {
+          if (isErrnoError(err) && err.code === 'ENOENT') s = { status: 'vanished' };
+          else throw err;
+        }
       }
+      if (s.status === 'written') log.info(`server ${this.server.sectionName}: scanned ${t.name} (${s.records} records, ${s.relations} relation forks) -> ${s.mbmPath.slice(dir.length + 1)}`);
+      else if (s.status === 'waiting') log.debug(`server ${this.server.sectionName}: ${t.name} ends inside a record that continues in ${s.nextSegment}, which has not arrived yet`);
+      else log.debug(`server ${this.server.sectionName}: ${t.name} disappeared while being scanned`);
+    } catch (err) {
+      this.failed.add(t.version);
+      log.error(`server ${this.server.sectionName}: no MBM for ${t.name}: ${errorMessage(err)}`);
     }
   }
 }
@@ -173,6 +200,7 @@ export class ScannerDaemon {
   private readonly loadConfig: () => BartConfig;
   private workers = new Map<string, ServerWorker>();
   private server: Server | undefined;
+  private pool: WorkerPool<ScanSummary> | undefined;
   private stopping: Promise<void> | undefined;
   private resolveDone: (() => void) | undefined;
   /** Settles when the daemon has stopped. */
@@ -194,6 +222,14 @@ export class ScannerDaemon {
       this.server!.listen(sockPath, () => resolvePromise());
     });
     await writeFile(scannerPidPath(this.config), `${process.pid}\n`, { mode: 0o600 });
+    const threads = Math.min(4, availableParallelism());
+    if (threads > 1) {
+      try {
+        this.pool = new WorkerPool<ScanSummary>(new URL('./scan-worker.js', import.meta.url), threads);
+      } catch (err) {
+        log.warning(`scanning on one thread: cannot start worker threads (${errorMessage(err)})`);
+      }
+    }
     this.startWorkers();
     process.on('SIGHUP', () => void this.reload());
     process.on('SIGTERM', () => void this.stop());
@@ -205,7 +241,7 @@ export class ScannerDaemon {
     const servers = this.config.servers.filter((s) => s.allowIncrementalBackups);
     if (servers.length === 0) log.warning(`no server in ${this.config.path} has allow_incremental_backups = enabled; nothing to scan`);
     for (const s of servers) {
-      const w = new ServerWorker(s);
+      const w = new ServerWorker(s, this.pool);
       this.workers.set(s.name, w);
       log.info(`server ${s.sectionName}: scanning ${s.archivePath}${s.scanInterval > 0 ? `, forced scan every ${s.scanInterval} s` : ''}`);
       w.start();
@@ -236,6 +272,7 @@ export class ScannerDaemon {
       log.info('bart-scanner stopping');
       await Promise.all([...this.workers.values()].map((w) => w.stop()));
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+      await this.pool?.close();
       await unlink(scannerSocketPath(this.config)).catch(() => undefined);
       await unlink(scannerPidPath(this.config)).catch(() => undefined);
       log.info('bart-scanner stopped');
