@@ -46,63 +46,56 @@ for (const version of versionsUnderTest()) {
       await src?.destroy();
     });
 
-    test('every format and compression restores to what the source held at backup end, tablespace mapped', async () => {
-      for (const [i, b] of backups.entries()) {
-        const path = freshPath(src, `data-${b.label}`);
-        const tsPath = freshPath(src, `ts-${b.label}`);
-        const workers = i % 2 === 0 ? '2' : '1';
-        const r = await src.restore(['-i', b.id, '-p', path, '-w', workers, '--target-immediate', '--target-action', 'promote', '--tablespace-map', `${tsOid}=${tsPath}`]);
-        assert.equal(r.code, 0, `${b.label}: ${r.stdout}\n${r.stderr}`);
-        assert.match(r.stdout, /restore complete; start the restored server/);
-        assert.match(r.stdout, /archive_mode is turned off/);
-        assert.equal(statSync(path).mode & 0o777, 0o700, 'data directory mode 0700');
-        const link = join(path, 'pg_tblspc', String(tsOid));
-        assert.ok(lstatSync(link).isSymbolicLink());
-        assert.equal(readlinkSync(link), tsPath);
-        assert.equal(existsSync(join(path, 'tablespace_map')), false);
-        assert.equal(existsSync(join(path, '.pgbart-restore-incomplete')), false);
-        const auto = readFileSync(join(path, 'postgresql.auto.conf'), 'utf8');
-        assert.match(auto, /^archive_mode = 'off'$/m);
-        assert.match(auto, /^recovery_target = 'immediate'$/m);
-        assert.match(auto, /^restore_command = '.*ARCHIVE-GET -s ''src'' %f %p'$/m);
-        assert.ok(existsSync(join(path, 'recovery.signal')));
-        const restored = await startRestored(version, path);
-        try {
-          await waitPromoted(restored);
-          assert.deepEqual(await tableFingerprints(restored), atBackups, `${b.label}: restored data differs from the source at backup end`);
-        } finally {
-          await restored.destroy();
-          removeTree(path);
-          removeTree(tsPath);
-        }
-      }
-    });
-
-    test('without a target, recovery replays all archived WAL (writes after the backup, -c copies WAL)', async () => {
+    test('every format and compression restores: to the backup end (--target-immediate) or to the end of the archive, with -c or ARCHIVE-GET', async () => {
+      // Writes after the backups: a restore without a target must replay them from the archive.
       const c = src.cluster;
       const writer = await startWriter(c);
       await new Promise((r) => setTimeout(r, 500));
       await writer.stop();
       await c.query('UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 13 = 0');
-      const expected = await tableFingerprints(c);
+      const atEnd = await tableFingerprints(c);
       await src.archiveCurrentWal();
-      for (const copy of [false, true]) {
-        const path = freshPath(src, 'data-end');
-        const tsPath = freshPath(src, 'ts-end');
-        const args = ['-i', backups[1]!.id, '-p', path, '-w', '2', '--tablespace-map', `${tsOid}=${tsPath}`, ...(copy ? ['-c'] : [])];
+      const plans: Record<string, { toEnd: boolean; copy: boolean }> = {
+        tar: { toEnd: false, copy: false },
+        'tar-gzip': { toEnd: true, copy: false },
+        'tar-lz4': { toEnd: false, copy: true },
+        'tar-zstd': { toEnd: false, copy: false },
+        plain: { toEnd: false, copy: false },
+        'plain-zstd': { toEnd: true, copy: true },
+      };
+      for (const [i, b] of backups.entries()) {
+        const { toEnd, copy } = plans[b.label]!;
+        const path = freshPath(src, `data-${b.label}`);
+        const tsPath = freshPath(src, `ts-${b.label}`);
+        const args = ['-i', b.id, '-p', path, '-w', i % 2 === 0 ? '2' : '1', '--tablespace-map', `${tsOid}=${tsPath}`];
+        if (!toEnd) args.push('--target-immediate', '--target-action', 'promote');
+        if (copy) args.push('-c');
         const r = await src.restore(args);
-        assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+        assert.equal(r.code, 0, `${b.label}: ${r.stdout}\n${r.stderr}`);
+        assert.match(r.stdout, /restore complete; start the restored server with: \S*pg_ctl -D \S+ start/);
+        assert.match(r.stdout, /archive_mode is turned off/);
+        assert.equal(statSync(path).mode & 0o777, 0o700, 'data directory mode 0700');
+        const link = join(path, 'pg_tblspc', String(tsOid));
+        assert.ok(lstatSync(link).isSymbolicLink());
+        assert.equal(readlinkSync(link), tsPath);
+        assert.ok(readdirSync(tsPath).some((n) => n.startsWith(`PG_${version}_`)), 'tablespace content at the mapped location');
+        assert.equal(existsSync(join(path, 'tablespace_map')), false);
+        assert.equal(existsSync(join(path, '.pgbart-restore-incomplete')), false);
+        assert.ok(existsSync(join(path, 'recovery.signal')));
         const auto = readFileSync(join(path, 'postgresql.auto.conf'), 'utf8');
+        assert.match(auto, /^archive_mode = 'off'$/m);
+        assert.match(auto, toEnd ? /^recovery_target = ''$/m : /^recovery_target = 'immediate'$/m);
         if (copy) {
           assert.match(auto, /^restore_command = 'cp ''.*archived_wals''\/%f %p'$/m);
           const copied = readdirSync(join(path, 'archived_wals'));
           assert.ok(copied.length >= 2 && copied.every((n) => /^0000000[1-9]/.test(n)), `copied WAL: ${copied.join(' ')}`);
+        } else {
+          assert.match(auto, /^restore_command = '.*bart\.js'' -c ''.*bart\.cfg'' ARCHIVE-GET -s ''src'' %f %p'$/m);
         }
         const restored = await startRestored(version, path);
         try {
-          // Recovery without a target ends at the end of the archive, then the server is promoted.
           await waitPromoted(restored);
-          assert.deepEqual(await tableFingerprints(restored), expected, `restore ${copy ? 'with -c' : 'via ARCHIVE-GET'} lacks writes made after the backup`);
+          assert.deepEqual(await tableFingerprints(restored), toEnd ? atEnd : atBackups, `${b.label}: restored data differs from the source`);
         } finally {
           await restored.destroy();
           removeTree(path);
