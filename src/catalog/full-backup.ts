@@ -300,15 +300,6 @@ export async function takeFullBackup(config: BartConfig, server: ServerConfig, o
     }
     writers.length = 0;
     await sinkChain;
-    await manifest.finish();
-    manifest = undefined;
-    if (pgManifest) {
-      await pgManifest.finish(label.timeline, label.startLsn, stop.stopLsn);
-      pgManifest = undefined;
-    }
-    if (opts.format === 'plain') await repository.syncTree(partialDir);
-    progress.end();
-
     const stopTime = new Date();
     const done: BackupInfo = {
       ...info,
@@ -326,6 +317,16 @@ export async function takeFullBackup(config: BartConfig, server: ServerConfig, o
       stopTime,
     };
     delete done.pid;
+    const { status: _status, ...recorded } = done;
+    await manifest.addInfo({ ...recorded, startTime: done.startTime.toISOString(), stopTime: done.stopTime.toISOString() });
+    await manifest.finish();
+    manifest = undefined;
+    if (pgManifest) {
+      await pgManifest.finish(label.timeline, label.startLsn, stop.stopLsn);
+      pgManifest = undefined;
+    }
+    if (opts.format === 'plain') await repository.syncTree(partialDir);
+    progress.end();
     await writeBackupInfo(partialDir, done);
     const finalDir = backupDir(config, server, id);
     await rename(partialDir, finalDir);

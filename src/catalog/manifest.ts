@@ -11,6 +11,8 @@ import type { ChecksumAlgorithm } from './backup-info.js';
  *   {"h": ManifestHeader}             first line
  *   {"f": ManifestFileEntry}          one per file, directory and symlink of the backup
  *   {"a": ManifestArtifact}           one per stored artifact (tar file), with its own checksum
+ *   {"i": object}                     the final backupinfo fields (without status), so that a lost or
+ *                                     damaged backupinfo can be rebuilt exactly (INIT -r), name included
  *   {"end": {"entries": N, "sha256": hex}}   last line: count and SHA-256 of every line before it
  *
  * A manifest without its end line, or whose hash does not match, is damaged: the backup is not
@@ -108,6 +110,12 @@ export class ManifestWriter {
     await this.handle.write(text);
   }
 
+  /** Records the backup's final details (see {@link readManifestInfo}). */
+  async addInfo(info: Record<string, unknown>): Promise<void> {
+    this.push({ i: info });
+    await this.flush();
+  }
+
   /** Writes the end line, fsyncs and closes. */
   async finish(): Promise<void> {
     const digest = this.hash.digest('hex');
@@ -130,7 +138,11 @@ export type ManifestLine = { kind: 'file'; entry: ManifestFileEntry } | { kind: 
  * Streams a manifest: the header first (via `onHeader`), then every entry. Throws when the end
  * line is missing or the content hash does not match (a damaged or truncated manifest).
  */
-export async function* readManifest(path: string, onHeader?: (h: ManifestHeader) => void): AsyncGenerator<ManifestLine> {
+export async function* readManifest(
+  path: string,
+  onHeader?: (h: ManifestHeader) => void,
+  onInfo?: (info: Record<string, unknown>) => void,
+): AsyncGenerator<ManifestLine> {
   const hash = createHash('sha256');
   const rl = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
   let lineNo = 0;
@@ -139,7 +151,7 @@ export async function* readManifest(path: string, onHeader?: (h: ManifestHeader)
   for await (const line of rl) {
     lineNo++;
     if (ended) throw new Error(`${path}:${lineNo}: data after the end line`);
-    let obj: { h?: ManifestHeader; f?: ManifestFileEntry; a?: ManifestArtifact; end?: { entries: number; sha256: string } };
+    let obj: { h?: ManifestHeader; f?: ManifestFileEntry; a?: ManifestArtifact; i?: unknown; end?: { entries: number; sha256: string } };
     try {
       obj = JSON.parse(line) as typeof obj;
     } catch {
@@ -160,6 +172,8 @@ export async function* readManifest(path: string, onHeader?: (h: ManifestHeader)
       yield { kind: 'file', entry: obj.f };
     } else if (obj.a) {
       yield { kind: 'artifact', artifact: obj.a };
+    } else if (obj.i) {
+      onInfo?.(obj.i as Record<string, unknown>);
     } else {
       throw new Error(`${path}:${lineNo}: unknown manifest line`);
     }
@@ -178,4 +192,16 @@ export async function readManifestHeader(path: string): Promise<ManifestHeader> 
   rl.close();
   if (!header) throw new Error(`${path}: empty manifest`);
   return header;
+}
+
+/**
+ * The backup details recorded in a complete manifest (verified by the manifest's own hash), or
+ * undefined for a manifest written before they were recorded.
+ */
+export async function readManifestInfo(path: string): Promise<Record<string, unknown> | undefined> {
+  let info: Record<string, unknown> | undefined;
+  for await (const _line of readManifest(path, undefined, (i) => (info = i))) {
+    // every line must be read: the hash is only checked at the end
+  }
+  return info;
 }
