@@ -6,6 +6,7 @@ import type pg from 'pg';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { DataHost, HostEntry } from '../hosts/data-host.js';
 import { LocalHost } from '../hosts/local-host.js';
+import { dataHostFor } from '../hosts/host-for-server.js';
 import { BackupSession, parseBackupLabel } from '../postgres/backup-session.js';
 import { connect, queryValue } from '../postgres/connection.js';
 import { backupEntries } from '../postgres/data-directory.js';
@@ -143,8 +144,7 @@ export async function takeFullBackup(config: BartConfig, server: ServerConfig, o
   try {
     client = await connect({ host: server.host, port: server.port, user: server.user, applicationName: 'pgbart backup' });
     const facts = await readServerFacts(client, server);
-    if (server.remoteHost) throw new BartError(`server ${server.name} has remote_host set; backups of remote servers arrive with the SSH support`);
-    host = new LocalHost();
+    host = await dataHostFor(server);
     await checkFreeSpace(config.global.backupPath, facts.estimatedBytes, opts.compression);
 
     const id = newBackupId(config, server);
