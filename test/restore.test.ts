@@ -4,7 +4,7 @@ import { existsSync, lstatSync, readdirSync, mkdirSync, chownSync, readFileSync,
 import { join } from 'node:path';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { pgbenchInit, startWriter, tableFingerprints } from './harness/load.js';
-import { removeTree, testUserIds } from './harness/os.js';
+import { removeTree, runOk, testUserIds } from './harness/os.js';
 import { createRestoreSource, freshPath, snapshot, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
 
 for (const version of versionsUnderTest()) {
@@ -55,21 +55,22 @@ for (const version of versionsUnderTest()) {
       await c.query('UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 13 = 0');
       const atEnd = await tableFingerprints(c);
       await src.archiveCurrentWal();
-      const plans: Record<string, { toEnd: boolean; copy: boolean }> = {
+      const plans: Record<string, { toEnd: boolean; copy: boolean; standby?: boolean }> = {
         tar: { toEnd: false, copy: false },
         'tar-gzip': { toEnd: true, copy: false },
         'tar-lz4': { toEnd: false, copy: true },
         'tar-zstd': { toEnd: false, copy: false },
-        plain: { toEnd: false, copy: false },
+        plain: { toEnd: true, copy: false, standby: true },
         'plain-zstd': { toEnd: true, copy: true },
       };
       for (const [i, b] of backups.entries()) {
-        const { toEnd, copy } = plans[b.label]!;
+        const { toEnd, copy, standby } = plans[b.label]!;
         const path = freshPath(src, `data-${b.label}`);
         const tsPath = freshPath(src, `ts-${b.label}`);
         const args = ['-i', b.id, '-p', path, '-w', i % 2 === 0 ? '2' : '1', '--tablespace-map', `${tsOid}=${tsPath}`];
         if (!toEnd) args.push('--target-immediate', '--target-action', 'promote');
         if (copy) args.push('-c');
+        if (standby) args.push('--standby');
         const r = await src.restore(args);
         assert.equal(r.code, 0, `${b.label}: ${r.stdout}\n${r.stderr}`);
         assert.match(r.stdout, /restore complete; start the restored server with: \S*pg_ctl -D \S+ start/);
@@ -81,7 +82,8 @@ for (const version of versionsUnderTest()) {
         assert.ok(readdirSync(tsPath).some((n) => n.startsWith(`PG_${version}_`)), 'tablespace content at the mapped location');
         assert.equal(existsSync(join(path, 'tablespace_map')), false);
         assert.equal(existsSync(join(path, '.pgbart-restore-incomplete')), false);
-        assert.ok(existsSync(join(path, 'recovery.signal')));
+        assert.equal(existsSync(join(path, 'recovery.signal')), !standby);
+        assert.equal(existsSync(join(path, 'standby.signal')), standby === true);
         const auto = readFileSync(join(path, 'postgresql.auto.conf'), 'utf8');
         assert.match(auto, /^archive_mode = 'off'$/m);
         assert.match(auto, toEnd ? /^recovery_target = ''$/m : /^recovery_target = 'immediate'$/m);
@@ -94,7 +96,14 @@ for (const version of versionsUnderTest()) {
         }
         const restored = await startRestored(version, path);
         try {
-          await waitPromoted(restored);
+          if (standby) {
+            // A standby replays the archive and stays in recovery, polling for more WAL.
+            const deadline = Date.now() + 60_000;
+            while (JSON.stringify(await tableFingerprints(restored)) !== JSON.stringify(atEnd) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 300));
+            assert.equal(await restored.scalar('SELECT pg_is_in_recovery()'), true, 'a standby stays in recovery');
+          } else {
+            await waitPromoted(restored);
+          }
           assert.deepEqual(await tableFingerprints(restored), toEnd ? atEnd : atBackups, `${b.label}: restored data differs from the source`);
         } finally {
           await restored.destroy();
@@ -134,6 +143,23 @@ for (const version of versionsUnderTest()) {
       r = await src.restore(['-p', absent]);
       assert.match(r.stderr, /ERROR: +tablespace ts1 .* is not empty/);
       assert.equal(existsSync(absent), false);
+    });
+
+    test('not enough free space is refused before anything is written', async () => {
+      const mnt = freshPath(src, 'small-fs');
+      mkdirSync(mnt);
+      const ids = testUserIds();
+      await runOk('mount', ['-t', 'tmpfs', '-o', `size=5m,mode=0700${ids ? `,uid=${ids.uid},gid=${ids.gid}` : ''}`, 'tmpfs', mnt], { asTestUser: false });
+      try {
+        const tsPath = freshPath(src, 'ts-small');
+        const r = await src.restore(['-i', backups[0]!.id, '-p', join(mnt, 'data'), '--tablespace-map', `${tsOid}=${tsPath}`]);
+        assert.notEqual(r.code, 0);
+        assert.match(r.stderr, /ERROR: +not enough free space for .*data: the restore needs [\d.]+ MB, the file system of ".*small-fs-\d+" has [\d.]+ (MB|kB) free/);
+        assert.deepEqual(readdirSync(mnt), []);
+        assert.equal(existsSync(tsPath), false);
+      } finally {
+        await runOk('umount', [mnt], { asTestUser: false });
+      }
     });
 
     test('a corrupted backup file is detected while streaming; PATH absent stays absent, empty stays empty', async () => {
