@@ -94,9 +94,8 @@ function shellWord(s: string): string {
 function pickBackup(entries: CatalogEntry[], server: ServerConfig, id: string | undefined): CatalogEntry {
   if (id !== undefined) {
     const hit = findBackup(entries, server, id);
-    if (hit.info.status !== 'active' && hit.info.status !== 'keep') {
-      throw new BartError(`backup "${id}" of server ${server.name} is ${hit.info.status}; only active or keep backups are restored`);
-    }
+    // An obsolete backup is still whole until MANAGE deletes it; under pressure it may be the one needed.
+    if (hit.info.status === 'obsolete') log.warning(`backup ${hit.info.id} is marked obsolete (MANAGE will delete it); restoring it as asked`);
     return hit;
   }
   const latest = latestBackup(entries);
@@ -235,6 +234,12 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
     ...roots.map((r, i) => ({ path: r.path, bytes: r.bytes + r.files * 2048 + (i === 0 ? walCopyBytes(wal, info.walSegmentSize) : 0) })),
   ]);
 
+  if (!copyWals && server.clusterOwner !== ctx.config.global.bartHost.user) {
+    log.warning(
+      `restore_command (bart ARCHIVE-GET) will run as cluster_owner "${server.clusterOwner}", but bart runs only as the BART user "${ctx.config.global.bartHost.user}" or root: ` +
+        'recovery cannot fetch WAL that way; use -c to copy the WAL into the restored cluster',
+    );
+  }
   const workers = o.workers ?? server.workers;
   const checksumAlgorithm: ChecksumAlgorithm = o.disableChecksum ? 'NONE' : info.checksumAlgorithm;
   return { config: ctx.config, server, info, backupDir: entry.dir, path, target: parsed, scan, roots, tablespaceDest, wal, copyWals, workers, checksumAlgorithm };
