@@ -53,6 +53,8 @@ interface ForkAcc {
   fork: number;
   limit: number | null;
   blocks: Set<number>;
+  /** Last block added: consecutive records mostly touch the same block, skip the Set then. */
+  lastBlock: number;
 }
 
 /** Key of a relation fork in maps: `spc/db/rel/fork`. */
@@ -78,7 +80,7 @@ export class BlockMapBuilder {
     const key = forkKey(spcOid, dbOid, relNumber, fork);
     let a = this.forks.get(key);
     if (!a) {
-      a = { spcOid, dbOid, relNumber, fork, limit: null, blocks: new Set() };
+      a = { spcOid, dbOid, relNumber, fork, limit: null, blocks: new Set(), lastBlock: -1 };
       this.forks.set(key, a);
     }
     this.lastSpc = spcOid;
@@ -92,7 +94,12 @@ export class BlockMapBuilder {
   /** Adds every block reference of a record. */
   addRecordBlocks(r: WalRecord): void {
     for (let i = 0; i < r.blockCount; i++) {
-      this.acc(r.spcOid[i]!, r.dbOid[i]!, r.relNumber[i]!, r.forkNum[i]!).blocks.add(r.blockNo[i]!);
+      const a = this.acc(r.spcOid[i]!, r.dbOid[i]!, r.relNumber[i]!, r.forkNum[i]!);
+      const b = r.blockNo[i]!;
+      if (b !== a.lastBlock) {
+        a.blocks.add(b);
+        a.lastBlock = b;
+      }
     }
   }
 

@@ -1,4 +1,4 @@
-import { crc32cRange } from './crc32c.js';
+import { walRecordCrc, walRecordCrcWords, wordView } from './crc32c.js';
 import {
   BKPBLOCK_FORK_MASK, BKPBLOCK_HAS_DATA, BKPBLOCK_HAS_IMAGE, BKPBLOCK_SAME_REL, BKPIMAGE_HAS_HOLE,
   BLOCK_SIZE, LONG_PAGE_HEADER_SIZE, MAX_RECORD_SIZE, RECORD_CRC_OFFSET, RECORD_HEADER_SIZE,
@@ -73,6 +73,8 @@ export class WalDecoder {
   /** File and offset where the record being reassembled starts, for error messages. */
   private asmFile = '';
   private asmOffset = 0;
+  /** Where decoding resumes after an abandoned (overwritten) record. */
+  private abandonedAt = 0;
   /** A record is being reassembled and continues in the next segment. */
   private pending = false;
   /** Segment number expected next when {@link pending}. */
@@ -80,6 +82,9 @@ export class WalDecoder {
 
   private file = '';
   private seg: Buffer = Buffer.alloc(0);
+  /** Word views of {@link seg} and {@link asm} for the CRC (undefined when unaligned). */
+  private segWords: Int32Array | undefined;
+  private asmWords: Int32Array | undefined = wordView(this.asm);
   private segLen = 0;
   private segStart = 0;
 
@@ -115,6 +120,7 @@ export class WalDecoder {
    */
   feedSegment(buf: Buffer, length: number, segNo: number, file: string, opts: { finishPendingOnly?: boolean } = {}): FeedResult {
     this.file = file;
+    if (buf !== this.seg) this.segWords = wordView(buf);
     this.seg = buf;
     this.segLen = length;
     if (length < LONG_PAGE_HEADER_SIZE) this.fail(length, `file is truncated: ${length} bytes, shorter than a WAL page header`);
@@ -139,6 +145,7 @@ export class WalDecoder {
         pos = LONG_PAGE_HEADER_SIZE;
       } else {
         const r = this.continueRecord(0);
+        if (r === -2) throw new Error('unreachable: overwrite flag handled above');
         if (r < 0) return { status: 'needNext', firstRecordLsn: this.segStart + this.segmentSize, endLsn: this.segStart + this.segmentSize, records };
         records++;
         if (this.rec.rmid === RM_XLOG_ID && (this.rec.info & 0xf0) === XLOG_SWITCH) {
@@ -171,7 +178,7 @@ export class WalDecoder {
         pos += hdr;
       }
       if (pos + 4 > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
-      const totLen = this.seg.readUInt32LE(pos);
+      const totLen = u32(this.seg, pos);
       if (totLen === 0) {
         if (this.allowEndOfWal) return { status: 'endOfWal', firstRecordLsn: firstRecordLsn < 0 ? this.segStart + pos : firstRecordLsn, endLsn: this.segStart + pos, records };
         this.fail(pos, `zero record length at LSN ${lsnText(this.segStart + pos)}: the WAL ends here, but an archived segment must be complete`);
@@ -182,7 +189,7 @@ export class WalDecoder {
       let end: number;
       if (pos + totLen <= pageEnd) {
         if (pos + totLen > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
-        this.decodeRecord(this.seg, pos, totLen, this.segStart + pos, this.file, pos);
+        this.decodeRecord(this.seg, pos, totLen, this.segStart + pos, this.segStart + pos + totLen, this.file, pos);
         end = pos + totLen;
       } else {
         // Spans pages: gather it into the reassembly buffer.
@@ -193,6 +200,10 @@ export class WalDecoder {
         this.asmOffset = pos;
         this.appendAsm(pos, pageEnd - pos);
         const r = this.continueRecord(pageEnd);
+        if (r === -2) {
+          pos = this.abandonedAt;
+          continue;
+        }
         if (r < 0) return { status: 'needNext', firstRecordLsn, endLsn: this.asmLsn, records };
         end = r;
       }
@@ -218,6 +229,7 @@ export class WalDecoder {
       const grown = Buffer.allocUnsafe(Math.min(size, Math.max(need, MAX_RECORD_SIZE)));
       this.asm.copy(grown, 0, 0, this.asmHave);
       this.asm = grown;
+      this.asmWords = wordView(grown);
     }
     this.seg.copy(this.asm, this.asmHave, from, from + n);
     this.asmHave = need;
@@ -225,7 +237,8 @@ export class WalDecoder {
 
   /**
    * Continues the record in the reassembly buffer from the page at `pagePos`. Returns the segment
-   * offset just past the record, or -1 when the segment ended first (the record stays pending).
+   * offset just past the record, -1 when the segment ended first (the record stays pending), or
+   * -2 when the server abandoned the record (see {@link abandonedAt}).
    */
   private continueRecord(pagePos: number): number {
     let page = pagePos;
@@ -244,6 +257,14 @@ export class WalDecoder {
       }
       const hdr = this.readPageHeader(page, page === 0);
       const info = this.seg.readUInt16LE(page + 2);
+      if (info & XLP_FIRST_IS_OVERWRITE_CONTRECORD && page !== 0) {
+        // The server crashed before finishing the record and wrote new WAL over its tail
+        // (XLOG_OVERWRITE_CONTRECORD follows): the record never happened; go on from here.
+        this.pending = false;
+        this.asmHave = 0;
+        this.abandonedAt = page + hdr;
+        return -2;
+      }
       if (!(info & XLP_FIRST_IS_CONTRECORD)) {
         this.fail(page, `there is no contrecord flag on the page at LSN ${lsnText(this.segStart + page)}, continuing the record at LSN ${lsnText(this.asmLsn)}`);
       }
@@ -265,7 +286,7 @@ export class WalDecoder {
       this.appendAsm(start, n);
       if (this.asmHave === this.asmTotal) {
         this.pending = false;
-        this.decodeRecord(this.asm, 0, this.asmTotal, this.asmLsn, this.asmFile, this.asmOffset);
+        this.decodeRecord(this.asm, 0, this.asmTotal, this.asmLsn, this.segStart + start + n, this.asmFile, this.asmOffset);
         return start + n;
       }
       page += WAL_PAGE_SIZE;
@@ -339,11 +360,20 @@ export class WalDecoder {
   }
 
   /** Validates one complete record at buf[off, off+totLen), verifies its CRC, fills {@link rec}, calls back. */
-  private decodeRecord(buf: Buffer, off: number, totLen: number, lsn: number, file: string, fileOffset: number): void {
+  private decodeRecord(buf: Buffer, off: number, totLen: number, lsn: number, endLsn: number, file: string, fileOffset: number): void {
+    this.rec.endLsn = endLsn;
+    if (file === this.file) {
+      this.decodeRecordAt(buf, off, totLen, lsn, fileOffset);
+      return;
+    }
+    // A record finished from the next segment: errors name the file where it starts.
     const saved = this.file;
     this.file = file;
-    this.decodeRecordAt(buf, off, totLen, lsn, fileOffset);
-    this.file = saved;
+    try {
+      this.decodeRecordAt(buf, off, totLen, lsn, fileOffset);
+    } finally {
+      this.file = saved;
+    }
   }
 
   private decodeRecordAt(buf: Buffer, off: number, totLen: number, lsn: number, fileOffset: number): void {
@@ -353,13 +383,13 @@ export class WalDecoder {
     if (rmid > RM_MAX_BUILTIN_ID && !(version.hasCustomRmgrs && rmid >= RM_MIN_CUSTOM_ID)) {
       this.fail(fileOffset, `invalid resource manager ID ${rmid} in the record at LSN ${lsnText(lsn)}`);
     }
-    const prev = buf.readUInt32LE(off + 12) * 0x100000000 + buf.readUInt32LE(off + 8);
+    const prev = u32(buf, off + 12) * 0x100000000 + u32(buf, off + 8);
     if (this.prevRecordLsn >= 0 && prev !== this.prevRecordLsn) {
       this.fail(fileOffset, `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`);
     }
-    let crc = crc32cRange(buf, off + RECORD_HEADER_SIZE, end, 0);
-    crc = crc32cRange(buf, off, off + RECORD_CRC_OFFSET, crc);
-    if (crc !== buf.readUInt32LE(off + RECORD_CRC_OFFSET)) {
+    const words = buf === this.seg ? this.segWords : buf === this.asm ? this.asmWords : undefined;
+    const crc = words ? walRecordCrcWords(buf, words, off, totLen) : walRecordCrc(buf, off, totLen);
+    if (crc !== u32(buf, off + RECORD_CRC_OFFSET)) {
       this.fail(fileOffset, `incorrect resource manager data checksum (CRC-32C) in the record at LSN ${lsnText(lsn)}`);
     }
     const rec = this.rec;
@@ -382,7 +412,7 @@ export class WalDecoder {
         break;
       } else if (id === XLR_BLOCK_ID_DATA_LONG) {
         if (p + 4 > end) this.short(fileOffset, lsn);
-        mainLen = buf.readUInt32LE(p);
+        mainLen = u32(buf, p);
         p += 4;
         datatotal += mainLen;
         break;
@@ -427,9 +457,9 @@ export class WalDecoder {
         }
         if (!(flags & BKPBLOCK_SAME_REL)) {
           if (p + 12 > end) this.short(fileOffset, lsn);
-          spc = buf.readUInt32LE(p);
-          db = buf.readUInt32LE(p + 4);
-          rel = buf.readUInt32LE(p + 8);
+          spc = u32(buf, p);
+          db = u32(buf, p + 4);
+          rel = u32(buf, p + 8);
           p += 12;
           haveRel = true;
         } else if (!haveRel) {
@@ -442,7 +472,7 @@ export class WalDecoder {
         rec.relNumber[nblocks] = rel;
         rec.forkNum[nblocks] = flags & BKPBLOCK_FORK_MASK;
         rec.blockFlags[nblocks] = flags;
-        rec.blockNo[nblocks] = buf.readUInt32LE(p);
+        rec.blockNo[nblocks] = u32(buf, p);
         p += 4;
         nblocks++;
       } else {
@@ -451,9 +481,8 @@ export class WalDecoder {
     }
     if (end - p !== datatotal) this.fail(fileOffset, `record at LSN ${lsnText(lsn)} has ${end - p} data bytes, its headers announce ${datatotal}`);
     rec.lsn = lsn;
-    rec.endLsn = lsn + totLen + (this.pagesCrossed(lsn, totLen) ? this.headerBytesWithin(lsn, totLen) : 0);
     rec.totalLength = totLen;
-    rec.xid = buf.readUInt32LE(off + 4);
+    rec.xid = u32(buf, off + 4);
     rec.prevLsn = prev;
     rec.info = buf[off + 16]!;
     rec.rmid = rmid;
@@ -466,27 +495,14 @@ export class WalDecoder {
     this.onRecord(rec);
   }
 
-  private pagesCrossed(lsn: number, totLen: number): boolean {
-    return (lsn % WAL_PAGE_SIZE) + totLen > WAL_PAGE_SIZE;
-  }
-
-  /** Page-header bytes inside a record's byte range (so endLsn is its true end in the stream). */
-  private headerBytesWithin(lsn: number, totLen: number): number {
-    let extra = 0;
-    let left = totLen - (WAL_PAGE_SIZE - (lsn % WAL_PAGE_SIZE));
-    let page = lsn - (lsn % WAL_PAGE_SIZE) + WAL_PAGE_SIZE;
-    while (left > 0) {
-      const hdr = page % this.segmentSize === 0 ? LONG_PAGE_HEADER_SIZE : SHORT_PAGE_HEADER_SIZE;
-      extra += hdr;
-      left -= WAL_PAGE_SIZE - hdr;
-      page += WAL_PAGE_SIZE;
-    }
-    return extra;
-  }
-
   private short(fileOffset: number, lsn: number): never {
     this.fail(fileOffset, `record at LSN ${lsnText(lsn)} is too short for its block headers`);
   }
+}
+
+/** Little-endian uint32 without Buffer's bounds-check call (callers stay within the record). */
+function u32(b: Buffer, p: number): number {
+  return (b[p]! | (b[p + 1]! << 8) | (b[p + 2]! << 16) | (b[p + 3]! << 24)) >>> 0;
 }
 
 function hex4(n: number): string {
