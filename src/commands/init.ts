@@ -35,9 +35,7 @@ export interface ArchiveConfigureResult {
  * the exit status says whether all succeeded.
  */
 export async function init(ctx: CommandContext, options: InitOptions): Promise<number> {
-  if (options.rebuild) {
-    throw new BartError('INIT -r/--rebuild (rebuilding backupinfo files) is not available in this version of pgbart yet');
-  }
+  if (options.rebuild) return (await import('./init-rebuild.js')).initRebuild(ctx, options.server, options.backupid);
   if (options.backupid !== undefined) throw new BartError('INIT -i/--backupid is only valid together with -r/--rebuild');
   const servers = selectServers(ctx.config, options.server);
   let failures = 0;

@@ -1,0 +1,101 @@
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BartConfig, ServerConfig } from '../config/types.js';
+import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { readBackupInfo, renderBackupInfo, writeBackupInfo, type BackupInfo, type BackupStatus } from './backup-info.js';
+import { MANIFEST_FILE, serverCatalogDir } from './layout.js';
+import { readManifestInfo } from './manifest.js';
+
+/** What INIT -r did (or found) for one backup directory. */
+export interface RebuildOutcome {
+  id: string;
+  name?: string;
+  /** `rebuilt`: backupinfo was missing, damaged or different and has been rewritten. */
+  result: 'rebuilt' | 'unchanged' | 'failed';
+  message: string;
+}
+
+const KEPT_STATUSES: ReadonlySet<BackupStatus> = new Set(['active', 'obsolete', 'keep']);
+
+/**
+ * The backupinfo a backup directory should have, from the details its manifest recorded (verified
+ * by the manifest's own hash): every field, the name included (BART's INIT -r lost names). The
+ * status is the one the current backupinfo holds when it is readable (keep/obsolete survive a
+ * rebuild), else `active` (the next MANAGE applies the retention policy again). The location is
+ * where the directory is now.
+ */
+export async function backupInfoFromManifest(dir: string, id: string): Promise<BackupInfo> {
+  let recorded: Record<string, unknown> | undefined;
+  try {
+    recorded = await readManifestInfo(join(dir, MANIFEST_FILE));
+  } catch (err) {
+    throw new BartError(`cannot rebuild the backupinfo of backup ${id}: ${isErrnoError(err) && err.code === 'ENOENT' ? `${join(dir, MANIFEST_FILE)} is missing` : errorMessage(err)}`);
+  }
+  if (!recorded) throw new BartError(`cannot rebuild the backupinfo of backup ${id}: ${join(dir, MANIFEST_FILE)} records no backup details (written by an older pgbart)`);
+  if (recorded.id !== id) throw new BartError(`cannot rebuild the backupinfo of backup ${id}: its manifest describes backup ${String(recorded.id)}`);
+  let status: BackupStatus = 'active';
+  try {
+    const current = await readBackupInfo(dir);
+    if (KEPT_STATUSES.has(current.status)) status = current.status;
+  } catch {
+    /* missing or damaged: that is why we are here */
+  }
+  const info = {
+    ...(recorded as unknown as Omit<BackupInfo, 'status' | 'startTime' | 'stopTime'>),
+    status,
+    location: dir,
+    startTime: new Date(String(recorded.startTime)),
+    stopTime: new Date(String(recorded.stopTime)),
+  } as BackupInfo;
+  delete info.pid;
+  // Round trip through the text form: a field the manifest lacks fails here, not in a later reader.
+  const text = renderBackupInfo(info);
+  if (text.includes('undefined') || text.includes('NaN')) throw new BartError(`cannot rebuild the backupinfo of backup ${id}: its manifest's backup details are incomplete`);
+  return info;
+}
+
+/**
+ * `INIT -r`: rebuilds the backupinfo of each complete backup directory of a server (all of them,
+ * or those whose identifier or name is in `select`) from its manifest, writing it atomically only
+ * when it differs. The caller holds the server lock.
+ */
+export async function rebuildBackupInfos(config: BartConfig, server: ServerConfig, select: string | undefined, dryRun = false): Promise<RebuildOutcome[]> {
+  const root = serverCatalogDir(config, server);
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') throw new BartError(`the catalog directory ${root} of server ${server.name} does not exist`);
+    throw err;
+  }
+  const ids = names.filter((n) => /^\d+$/.test(n)).sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1));
+  const all = select === undefined || select.toLowerCase() === 'all';
+  const out: RebuildOutcome[] = [];
+  for (const id of ids) {
+    const dir = join(root, id);
+    let info: BackupInfo;
+    try {
+      info = await backupInfoFromManifest(dir, id);
+    } catch (err) {
+      if (all || select === id) out.push({ id, result: 'failed', message: errorMessage(err) });
+      continue;
+    }
+    if (!all && select !== id && select !== info.name) continue;
+    let current: string | undefined;
+    try {
+      current = renderBackupInfo(await readBackupInfo(dir));
+    } catch {
+      current = undefined;
+    }
+    const wanted = renderBackupInfo(info);
+    const named = info.name ? { name: info.name } : {};
+    if (current === wanted) {
+      out.push({ id, ...named, result: 'unchanged', message: 'backupinfo matches the manifest' });
+      continue;
+    }
+    if (!dryRun) await writeBackupInfo(dir, info);
+    out.push({ id, ...named, result: 'rebuilt', message: `${current === undefined ? 'missing or unreadable' : 'different'} backupinfo ${dryRun ? 'would be ' : ''}rebuilt from the manifest (status ${info.status})` });
+  }
+  if (!all && out.length === 0) throw new BartError(`backup "${select}" not found for server ${server.name} (no backup directory with that identifier or name in ${root})`);
+  return out;
+}
