@@ -82,7 +82,8 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
     const nextPath = findSegmentFile(dirname(path), nextName);
     if (!nextPath) return { status: 'waiting', nextSegment: nextName };
     currentFile = nextPath;
-    const n = await loadWalFile(nextPath, buffers.next);
+    // Only the head of the next segment is needed to finish the record.
+    const n = await loadWalFile(nextPath, buffers.next, decoder.pendingBytesNeeded);
     buffers.next = n.buffer;
     records += decoder.feedSegment(n.buffer, n.length, segNo + 1, nextPath, { finishPendingOnly: true }).records;
   }

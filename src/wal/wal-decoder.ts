@@ -104,6 +104,16 @@ export class WalDecoder {
     return this.asmLsn;
   }
 
+  /**
+   * How many bytes of the next segment finishing the pending record can need at most (its
+   * remaining bytes plus the page headers in between), rounded up to whole pages.
+   */
+  get pendingBytesNeeded(): number {
+    const remaining = this.asmTotal - this.asmHave;
+    const pages = Math.ceil((remaining + LONG_PAGE_HEADER_SIZE) / (WAL_PAGE_SIZE - SHORT_PAGE_HEADER_SIZE)) + 1;
+    return Math.min(pages * WAL_PAGE_SIZE, this.segmentSize);
+  }
+
   /** Forgets a pending record (e.g. when the next segment will not be read). */
   dropPending(): void {
     this.pending = false;
@@ -126,7 +136,7 @@ export class WalDecoder {
     if (length < LONG_PAGE_HEADER_SIZE) this.fail(length, `file is truncated: ${length} bytes, shorter than a WAL page header`);
     this.readPageHeader(0, true);
     if (this.segmentSize !== 0 && length > this.segmentSize) this.fail(this.segmentSize, `file is longer (${length} bytes) than the WAL segment size ${this.segmentSize}`);
-    if (!this.allowEndOfWal && length < this.segmentSize) this.fail(length, `file is truncated: ${length} bytes, expected the WAL segment size ${this.segmentSize}`);
+    if (!this.allowEndOfWal && !opts.finishPendingOnly && length < this.segmentSize) this.fail(length, `file is truncated: ${length} bytes, expected the WAL segment size ${this.segmentSize}`);
     this.segStart = segNo * this.segmentSize;
     if (!Number.isSafeInteger(this.segStart + this.segmentSize)) this.fail(0, 'segment number too large');
     // The page address check in readPageHeader needs segStart: re-check the first page now.

@@ -1,4 +1,5 @@
 import { open } from 'node:fs/promises';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { createGunzip } from 'node:zlib';
 import { createReadStream } from 'node:fs';
 import { basename } from 'node:path';
@@ -45,7 +46,7 @@ export function walFileSegNo(segmentName: string, segmentSize: number): number {
  * buffer. Never reads more than the segment size announced by the file's first page: a larger
  * file is an error, not a memory hazard.
  */
-export async function loadWalFile(path: string, reuse?: Buffer): Promise<LoadedWalFile> {
+export async function loadWalFile(path: string, reuse?: Buffer, maxBytes = MAX_SEGMENT_SIZE): Promise<LoadedWalFile> {
   const parsed = parseWalFileName(path);
   if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)');
   let buffer = reuse ?? Buffer.alloc(0);
@@ -53,7 +54,7 @@ export async function loadWalFile(path: string, reuse?: Buffer): Promise<LoadedW
   const ensure = (n: number) => {
     if (n > MAX_SEGMENT_SIZE) throw new WalDecodeError(path, MAX_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
     if (n <= buffer.length) return;
-    let size = Math.max(buffer.length * 2, 16 * 1024 * 1024);
+    let size = Math.max(buffer.length * 2, Math.min(16 * 1024 * 1024, MAX_SEGMENT_SIZE));
     while (size < n) size *= 2;
     const grown = Buffer.allocUnsafe(Math.min(size, MAX_SEGMENT_SIZE));
     buffer.copy(grown, 0, 0, length);
@@ -63,26 +64,32 @@ export async function loadWalFile(path: string, reuse?: Buffer): Promise<LoadedW
     const stream = createReadStream(path).pipe(createGunzip());
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
-        ensure(length + chunk.length);
-        chunk.copy(buffer, length);
-        length += chunk.length;
+        const take = Math.min(chunk.length, maxBytes - length);
+        ensure(length + take);
+        chunk.copy(buffer, length, 0, take);
+        length += take;
+        if (length >= maxBytes) break;
       }
     } catch (err) {
       if (err instanceof WalDecodeError) throw err;
       throw new WalDecodeError(path, length, `cannot decompress: ${(err as Error).message}`);
+    } finally {
+      stream.destroy();
     }
   } else {
-    const fh = await open(path, 'r');
+    // Synchronous reads: one segment from the page cache takes milliseconds, and it spares the
+    // libuv thread pool hop per read (scans run on worker threads anyway).
+    const fd = openSync(path, 'r');
     try {
-      const size = (await fh.stat()).size;
+      const size = Math.min(fstatSync(fd).size, maxBytes);
       ensure(size);
       while (length < size) {
-        const { bytesRead } = await fh.read(buffer, length, size - length, length);
-        if (bytesRead === 0) break;
-        length += bytesRead;
+        const n = readSync(fd, buffer, length, size - length, length);
+        if (n === 0) break;
+        length += n;
       }
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
   }
   const segmentSize = length >= LONG_PAGE_HEADER_SIZE ? buffer.readUInt32LE(32) : 0;
