@@ -117,6 +117,8 @@ class ServerWorker {
       names = await readdir(dir);
       if (this.dirProblem) log.info(`server ${this.server.sectionName}: archive directory ${dir} is readable again`);
       this.dirProblem = false;
+      // The directory may have been created after we started (bart INIT): watch it now.
+      if (!this.watcher && !this.stopped) this.startWatch();
     } catch (err) {
       if (!this.dirProblem) log.error(`server ${this.server.sectionName}: cannot read the archive directory ${dir}: ${errorMessage(err)}`);
       this.dirProblem = true;
