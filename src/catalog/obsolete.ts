@@ -8,6 +8,7 @@ import { log } from '../util/log.js';
 import { listBackups, type CatalogEntry } from './catalog.js';
 import { serverCatalogDir } from './layout.js';
 import { DELETING_SUFFIX, type Leftover } from './obsolete-leftovers.js';
+import { descendantsBy } from './retention.js';
 import { planWalCleanup, type WalCleanupPlan } from './wal-retention.js';
 
 /** The archive files a removal would delete, with their total size. */
@@ -117,4 +118,27 @@ export async function removeFromCatalog(config: BartConfig, server: ServerConfig
   }
   if (doomed.length > 0 || removedLeftovers > 0) await fsyncDir(serverDir);
   return { backups: targets.map((t) => t.info.id), walFiles, walBytes: wal.bytes, leftovers: removedLeftovers };
+}
+
+/** A backup and its incremental descendants (children first), for catalog entries. */
+export function entryWithDescendants(entries: readonly CatalogEntry[], id: string): CatalogEntry[] {
+  return descendantsBy(entries, id, (e) => ({ id: e.info.id, parent: e.info.parent }));
+}
+
+/** Backup label for messages: `1700000000000 (name)`. */
+export function backupLabel(entry: CatalogEntry): string {
+  return `${entry.info.id}${entry.info.name ? ` (${entry.info.name})` : ''}`;
+}
+
+/** Sorts backups children first (an incremental is always taken after its parent: higher identifier). */
+export function childrenFirst(entries: readonly CatalogEntry[]): CatalogEntry[] {
+  return [...entries].sort((a, b) => (BigInt(b.info.id) > BigInt(a.info.id) ? 1 : BigInt(b.info.id) < BigInt(a.info.id) ? -1 : 0));
+}
+
+/** Complete backups MANAGE -d deletes: the obsolete ones and every incremental depending on them, children first. */
+export function obsoleteTargets(entries: readonly CatalogEntry[]): CatalogEntry[] {
+  const complete = entries.filter((e) => e.complete);
+  const ids = new Set<string>();
+  for (const e of complete) if (e.info.status === 'obsolete') for (const d of entryWithDescendants(complete, e.info.id)) ids.add(d.info.id);
+  return childrenFirst(complete.filter((e) => ids.has(e.info.id)));
 }

@@ -45,22 +45,30 @@ export function chainRoot<T extends { id: string; parent?: string }>(backups: re
  * incremental whose parent is already gone.
  */
 export function withDescendants<T extends { id: string; parent?: string }>(backups: readonly T[], id: string): T[] {
+  return descendantsBy(backups, id, (b) => b);
+}
+
+/** {@link withDescendants} for any record that knows its identifier and parent through `link`. */
+export function descendantsBy<T>(items: readonly T[], id: string, link: (item: T) => { id: string; parent?: string | undefined }): T[] {
   const children = new Map<string, T[]>();
-  for (const b of backups) {
-    if (b.parent === undefined) continue;
-    const list = children.get(b.parent) ?? [];
-    list.push(b);
-    children.set(b.parent, list);
+  for (const item of items) {
+    const parent = link(item).parent;
+    if (parent === undefined) continue;
+    const list = children.get(parent) ?? [];
+    list.push(item);
+    children.set(parent, list);
   }
   const out: T[] = [];
-  const visit = (node: T, seen: Set<string>) => {
-    if (seen.has(node.id)) return;
-    seen.add(node.id);
-    for (const child of children.get(node.id) ?? []) visit(child, seen);
+  const seen = new Set<string>();
+  const visit = (node: T) => {
+    const nodeId = link(node).id;
+    if (seen.has(nodeId)) return;
+    seen.add(nodeId);
+    for (const child of children.get(nodeId) ?? []) visit(child);
     out.push(node);
   };
-  const start = backups.find((b) => b.id === id);
-  if (start) visit(start, new Set());
+  const start = items.find((item) => link(item).id === id);
+  if (start) visit(start);
   return out;
 }
 
