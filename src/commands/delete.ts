@@ -39,7 +39,7 @@ export function deletionTargets(entries: readonly CatalogEntry[], server: Server
     const wanted = select.split(',').map((s) => s.trim());
     if (wanted.some((w) => w === '')) throw new BartError(`DELETE -i "${select}": empty backup identifier in the list`);
     for (const w of wanted) {
-      const hit = findBackup(entries, server, w);
+      const hit = findBackup([...entries], server, w);
       for (const d of entryWithDescendants(complete, hit.info.id)) {
         if (d.info.status === 'keep') {
           const what = d === hit ? `backup ${backupLabel(d)}` : `backup ${backupLabel(hit)} has the incremental ${backupLabel(d)} which`;
