@@ -91,9 +91,9 @@ export async function runVariedWorkload(cluster: TestCluster, tablespaceDir: str
   await q(`DROP TABLE w_in_ts`);
   await q(`DROP TABLESPACE w_ts`);
   if (opts.bigRecords) {
-    // A record spanning many pages, and one longer than a whole 16 MB segment.
+    // A record spanning many pages, and one longer than two whole 16 MB segments.
     await q(`SELECT pg_logical_emit_message(true, 'w', repeat('m', 100000))`);
-    await q(`SELECT pg_logical_emit_message(true, 'w', repeat('M', 17 * 1024 * 1024))`);
+    await q(`SELECT pg_logical_emit_message(true, 'w', repeat('M', 33 * 1024 * 1024))`);
   }
   await q(`CHECKPOINT`);
   return methods;

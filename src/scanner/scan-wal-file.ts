@@ -77,15 +77,18 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
   segStart = segNo * segSize;
   const res = decoder.feedSegment(f.buffer, f.length, segNo, path);
   let records = res.records;
-  if (res.status === 'needNext') {
-    const nextName = segmentName(parsed.timeline, BigInt(segNo + 1), segSize);
+  // A record crossing into the next segment is finished from it (only its head is read); a
+  // record longer than a segment may need several.
+  let nextSegNo = segNo + 1;
+  while (decoder.hasPendingRecord) {
+    const nextName = segmentName(parsed.timeline, BigInt(nextSegNo), segSize);
     const nextPath = findSegmentFile(dirname(path), nextName);
     if (!nextPath) return { status: 'waiting', nextSegment: nextName };
     currentFile = nextPath;
-    // Only the head of the next segment is needed to finish the record.
     const n = await loadWalFile(nextPath, buffers.next, decoder.pendingBytesNeeded);
     buffers.next = n.buffer;
-    records += decoder.feedSegment(n.buffer, n.length, segNo + 1, nextPath, { finishPendingOnly: true }).records;
+    records += decoder.feedSegment(n.buffer, n.length, nextSegNo, nextPath, { finishPendingOnly: true }).records;
+    nextSegNo++;
   }
   const segEnd = BigInt(segStart + segSize);
   const map: ModifiedBlockMap = {
