@@ -117,7 +117,13 @@ for (const version of versionsUnderTest()) {
       const plain = ids.find((id) => readFileSync(join(fx.backupDir(id), 'backupinfo'), 'utf8').includes('BACKUP FORMAT: plain\n') && readFileSync(join(fx.backupDir(id), 'backupinfo'), 'utf8').includes('COMPRESSION: none'))!;
       const tarId = ids.find((id) => existsSync(join(fx.backupDir(id), 'base.tar')))!;
       const flip = async (path: string, at: number) => {
-        await runOk('sh', ['-c', `printf '\\377' | dd of='${path}' bs=1 seek=${at} conv=notrunc status=none`], { asTestUser: false });
+        const { openSync, readSync, writeSync, closeSync } = await import('node:fs');
+        const fd = openSync(path, 'r+');
+        const b = Buffer.alloc(1);
+        readSync(fd, b, 0, 1, at);
+        b[0] = b[0]! ^ 0xff; // always a different byte
+        writeSync(fd, b, 0, 1, at);
+        closeSync(fd);
       };
       const accounts = (await fx.cluster.query<{ p: string }>("SELECT pg_relation_filepath('pgbench_accounts') AS p"))[0]!.p;
       await flip(join(fx.backupDir(plain), 'base', accounts), 8192 * 3 + 100);
