@@ -108,6 +108,11 @@ test('change set: merges across a timeline switch, unions blocks, lowest limit, 
     assert.ok(isBlockModified(cs, 1663, 5, 100, 0, 25), 'past the limit');
     assert.ok(isBlockModified(cs, 1663, 777, 1, 0, 0), 'a database created in the range is new as a whole');
     assert.deepEqual(cs.createdDatabases, [{ spcOid: 1663, dbOid: 777 }]);
+    // An end LSN just past the long page header of a segment (a backup's start after the
+    // segment switch) does not need that segment.
+    const cs1 = await loadChangeSet(dir, { timeline: 2, startLsn: parseLsn('0/1000028'), endLsn: parseLsn('0/5000028') });
+    assert.deepEqual(cs1.missingSegments, []);
+    assert.equal(cs1.mbmFiles.length, 4);
     // A range reaching segments without MBMs reports them (and still merges the others).
     const cs2 = await loadChangeSet(dir, { timeline: 2, startLsn: parseLsn('0/1000100'), endLsn: parseLsn('0/6000010') });
     assert.deepEqual(cs2.missingSegments, ['000000020000000000000005', '000000020000000000000006']);

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { BartError } from '../util/errors.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
 import { DEFAULT_WAL_SEGMENT_SIZE, segmentName } from '../wal/segment-name.js';
+import { LONG_PAGE_HEADER_SIZE } from '../wal/wal-constants.js';
 import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
 import { readMbmFile } from './mbm-format.js';
 import { parseMbmFileName } from './mbm-name.js';
@@ -89,7 +90,11 @@ export function segmentsOfRange(archivePath: string, req: ChangeSetRequest): Arr
   if (req.endLsn <= req.startLsn) return [];
   const history = readTimelineHistory(archivePath, req.timeline);
   const first = req.startLsn / BigInt(segSize);
-  const last = (req.endLsn - 1n) / BigInt(segSize);
+  let last = (req.endLsn - 1n) / BigInt(segSize);
+  // A backup's start LSN usually sits right after the long page header of a fresh segment
+  // (pg_backup_start switches segments first): no record starts in that segment before it, so
+  // it is not needed (and is not archived yet when the incremental backup starts).
+  if (req.endLsn - last * BigInt(segSize) <= BigInt(LONG_PAGE_HEADER_SIZE) && last > first) last--;
   const out: Array<{ timeline: number; segNo: bigint; name: string }> = [];
   for (let s = first; s <= last; s++) {
     const tli = timelineOfSegment(history, s, segSize);
