@@ -96,7 +96,7 @@ test('change set: merges across a timeline switch, unions blocks, lowest limit, 
     await put(1, 3, [[300, null, [666]]]); // timeline 1 after the switch point: not on timeline 2's history
     await put(2, 3, [[100, 20, [3, 1]]], [{ kind: 'database-create', lsn: 3 * SEG + 100, dbOid: 777, spcOid: 1663, strategy: 'file_copy', srcDbOid: 1, srcSpcOid: 1663 }]);
     await put(2, 4, [[200, null, [5]]]);
-    const cs = await loadChangeSet(dir, { timeline: 2, startLsn: parseLsn('0/1000100'), endLsn: parseLsn('0/4000010') });
+    const cs = await loadChangeSet(dir, { timeline: 2, startLsn: parseLsn('0/1000100'), endLsn: parseLsn('0/4000100') });
     assert.deepEqual(cs.missingSegments, []);
     assert.equal(cs.mbmFiles.length, 4);
     assert.equal(cs.relations.has(forkKey(1663, 5, 300, 0)), false, 'the abandoned timeline is not used');
