@@ -1,0 +1,205 @@
+import { BartError } from '../util/errors.js';
+import type { DataHost, HostEntry, HostFile } from './data-host.js';
+import type { SshChannel } from './ssh-channel.js';
+import { remoteWord, SshSession, type SshDestination } from './ssh-session.js';
+
+/**
+ * Channels open at most at once: below sshd's default MaxSessions (10) per connection, leaving room
+ * for one-shot commands; plain backups read `threads * 2` files at once and wait for a channel.
+ */
+const MAX_CHANNELS = 8;
+
+/** Lists one directory: GNU find prints type, mode, size, mtime, name, then the link target, NUL-separated. */
+function findCommand(dir: string): string {
+  return `find ${remoteWord(dir)} -mindepth 1 -maxdepth 1 -printf '%y %m %s %T@ %f\\0%l\\0'`;
+}
+
+/**
+ * The same listing without GNU find (BusyBox, BSD): a shell loop over the directory with `stat`
+ * (GNU/BusyBox `-c`, else BSD `-f`) and `readlink`.
+ */
+function portableListCommand(dir: string): string {
+  return (
+    `cd ${remoteWord(dir)} && for f in * .[!.]* ..?*; do [ -e "$f" ] || [ -L "$f" ] || continue; ` +
+    `if [ -L "$f" ]; then y=l; elif [ -d "$f" ]; then y=d; elif [ -f "$f" ]; then y=f; else y=o; fi; ` +
+    `s=$(stat -c '%a %s %Y' -- "$f" 2>/dev/null || stat -f '%Lp %z %m' -- "$f" 2>/dev/null) || continue; ` +
+    `l=; [ $y = l ] && l=$(readlink -- "$f"); printf '%s %s %s\\0%s\\0' "$y" "$s" "$f" "$l"; done`
+  );
+}
+
+/** Parses the NUL-framed listing of one directory. */
+export function parseListing(out: Buffer, dirRel: string): HostEntry[] {
+  const fields = out.toString('utf8').split('\0');
+  const entries: HostEntry[] = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const head = fields[i]!;
+    const m = /^(\S) (\d+) (\d+) (\d+(?:\.\d+)?) (.*)$/s.exec(head);
+    if (!m) throw new BartError(`unexpected directory listing line from the database host: "${head.slice(0, 80)}"`);
+    const [, y, mode, size, mtime, name] = m as unknown as [string, string, string, string, string, string];
+    const type = y === 'f' ? 'file' : y === 'd' ? 'dir' : y === 'l' ? 'symlink' : undefined;
+    if (!type) continue; // sockets, fifos and devices are not part of a backup
+    const path = dirRel === '' ? name : `${dirRel}/${name}`;
+    entries.push({
+      path,
+      type,
+      size: type === 'file' ? Number(size) : 0,
+      mode: parseInt(mode, 8) & 0o7777,
+      mtimeMs: Math.round(Number(mtime) * 1000),
+      ...(type === 'symlink' ? { linkTarget: fields[i + 1]! } : {}),
+    });
+  }
+  return entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** Does stderr of a listing hold only "vanished while we looked" complaints? */
+function onlyVanished(stderr: string): boolean {
+  return stderr.split('\n').every((l) => l.trim() === '' || /No such file or directory/.test(l));
+}
+
+/**
+ * A data directory on another host, read as `cluster_owner` over one ssh connection: directories
+ * are listed with `find` (or a portable fallback), files are streamed by long-lived remote shells,
+ * one per file being read, reused from file to file. Nothing but sh and standard tools is needed
+ * on the database host.
+ */
+export class SshDataHost implements DataHost {
+  readonly description: string;
+  private readonly idle: SshChannel[] = [];
+  private readonly all = new Set<SshChannel>();
+  private readonly waiting: ((c: SshChannel | Error) => void)[] = [];
+  private opening = 0;
+  private gnuFind: boolean | undefined;
+  private closed = false;
+
+  private constructor(private readonly session: SshSession, private readonly forcePortable: boolean) {
+    this.description = session.destination;
+  }
+
+  /** Connects to `user@host`; throws a BartError with the fix when ssh cannot log in. */
+  static async connect(target: SshDestination, opts: { portableListing?: boolean } = {}): Promise<SshDataHost> {
+    return new SshDataHost(await SshSession.open(target), opts.portableListing === true);
+  }
+
+  private async acquire(): Promise<SshChannel> {
+    if (this.closed) throw new BartError(`the connection to ${this.description} is closed`);
+    const ready = this.idle.pop();
+    if (ready) return ready;
+    if (this.all.size + this.opening < MAX_CHANNELS) {
+      this.opening++;
+      try {
+        const c = await this.session.channel();
+        this.all.add(c);
+        return c;
+      } finally {
+        this.opening--;
+      }
+    }
+    return new Promise<SshChannel>((resolvePromise, reject) => {
+      this.waiting.push((c) => (c instanceof Error ? reject(c) : resolvePromise(c)));
+    });
+  }
+
+  private release(c: SshChannel): void {
+    if (c.broken || this.closed) {
+      this.all.delete(c);
+      c.close();
+      // A waiter gets a fresh channel instead.
+      const w = this.waiting.shift();
+      if (w) this.acquire().then(w, (e: Error) => w(e));
+      return;
+    }
+    const w = this.waiting.shift();
+    if (w) w(c);
+    else this.idle.push(c);
+  }
+
+  private async listDir(root: string, rel: string): Promise<HostEntry[]> {
+    const dir = rel === '' ? root : `${root}/${rel}`;
+    const c = await this.acquire();
+    try {
+      if (this.gnuFind === undefined) {
+        const probe = await c.run("find /dev/null -maxdepth 0 -printf x");
+        this.gnuFind = !this.forcePortable && probe.code === 0 && probe.stdout.toString() === 'x';
+      }
+      const r = await c.run(this.gnuFind ? findCommand(dir) : portableListCommand(dir));
+      if (r.code !== 0 && !onlyVanished(r.stderr)) {
+        const why = r.stderr.trim().split('\n').find((l) => !/No such file or directory/.test(l)) ?? `exit ${r.code}`;
+        throw new BartError(`cannot list "${dir}" on ${this.description}: ${why}${/Permission denied/.test(why) ? ' (the data directory must be readable by cluster_owner)' : ''}`);
+      }
+      return parseListing(r.stdout, rel);
+    } finally {
+      this.release(c);
+    }
+  }
+
+  async *walk(root: string): AsyncIterable<HostEntry> {
+    const stripped = root.length > 1 ? root.replace(/\/+$/, '') : root;
+    yield* this.walkDir(stripped, '');
+  }
+
+  private async *walkDir(root: string, rel: string): AsyncIterable<HostEntry> {
+    for (const entry of await this.listDir(root, rel)) {
+      yield entry;
+      if (entry.type === 'dir') yield* this.walkDir(root, entry.path);
+    }
+  }
+
+  async open(path: string): Promise<HostFile | undefined> {
+    const c = await this.acquire();
+    let released = false;
+    const done = () => {
+      if (!released) {
+        released = true;
+        this.release(c);
+      }
+    };
+    let opened;
+    try {
+      opened = await c.readFile(path);
+    } catch (err) {
+      done();
+      throw err;
+    }
+    if (!opened) {
+      done();
+      return undefined;
+    }
+    const { stream } = opened;
+    let position = 0;
+    return {
+      // The engine reads front to back, so the remote file is streamed once, in order; a short
+      // stream (the file shrank since the walk) ends early and the engine pads, as it does locally.
+      read: async (buffer, offset, length, pos) => {
+        try {
+          if (pos !== position) throw new BartError(`internal error: "${path}" read at byte ${pos}, but files from ${this.description} stream in order (at ${position})`);
+          const n = await stream.read(buffer, offset, length);
+          position += n;
+          return n;
+        } catch (err) {
+          c.broken = true;
+          done();
+          throw err;
+        }
+      },
+      close: async () => {
+        try {
+          if (!released) await stream.finish();
+        } catch {
+          c.broken = true;
+        } finally {
+          done();
+        }
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const w of this.waiting.splice(0)) w(new BartError(`the connection to ${this.description} is closed`));
+    for (const c of this.all) c.close();
+    this.all.clear();
+    this.idle.length = 0;
+    await this.session.close();
+  }
+}
