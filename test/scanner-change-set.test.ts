@@ -114,7 +114,7 @@ test('change set: merges across a timeline switch, unions blocks, lowest limit, 
     assert.deepEqual(cs1.missingSegments, []);
     assert.equal(cs1.mbmFiles.length, 4);
     // A range reaching segments without MBMs reports them (and still merges the others).
-    const cs2 = await loadChangeSet(dir, { timeline: 2, startLsn: parseLsn('0/1000100'), endLsn: parseLsn('0/6000010') });
+    const cs2 = await loadChangeSet(dir, { timeline: 2, startLsn: parseLsn('0/1000100'), endLsn: parseLsn('0/6000100') });
     assert.deepEqual(cs2.missingSegments, ['000000020000000000000005', '000000020000000000000006']);
     // Another cluster's MBM in the archive is refused.
     const other = encodeMbm({ ...(await readMbmFile(join(dir, mbmFileName(2, BigInt(4 * SEG + 40), BigInt(5 * SEG))))), systemId: 43n });
