@@ -11,7 +11,7 @@
  * PostgreSQL 15 is used because Debian's pg_waldump reads only version 15 WAL.
  */
 import { chownSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus } from 'node:os';
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { withCluster, type TestCluster } from '../test/harness/cluster.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
@@ -140,6 +140,7 @@ async function main(): Promise<void> {
       `# Scanner benchmark — ${new Date().toISOString().slice(0, 10)}`,
       '',
       `Machine: ${cpus().length} × ${cpus()[0]?.model ?? '?'}; Node ${process.version}; PostgreSQL 15 WAL; best of ${RUNS} runs, page cache warm.`,
+      `Load average when the measurements ended: ${loadavg().map((l) => l.toFixed(2)).join(', ')} (other work on the machine slows both tools alike).`,
       'pgbart verifies every record\'s CRC-32C. "1 thread": decoding all block references in order (decodeWalFiles).',
       `"N threads": the scanner's work per segment (decode, CRC, build the MBM, not written) on N worker threads.`,
       '',

@@ -4,7 +4,7 @@ import { readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
-import { errorMessage, isErrnoError } from '../util/errors.js';
+import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { WorkerPool } from '../util/worker-pool.js';
 import type { ScanSummary } from './scan-worker.js';
 import { log } from '../util/log.js';
@@ -219,10 +219,14 @@ export class ScannerDaemon {
     const sockPath = scannerSocketPath(this.config);
     await unlink(sockPath).catch(() => undefined);
     this.server = createServer((sock) => this.serve(sock));
-    await new Promise<void>((resolvePromise, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(sockPath, () => resolvePromise());
-    });
+    try {
+      await new Promise<void>((resolvePromise, reject) => {
+        this.server!.once('error', reject);
+        this.server!.listen(sockPath, () => resolvePromise());
+      });
+    } catch (err) {
+      throw new BartError(`cannot listen on the scanner socket ${sockPath} (bart_socket_directory / bart_socket_name): ${errorMessage(err)}`);
+    }
     await writeFile(scannerPidPath(this.config), `${process.pid}\n`, { mode: 0o600 });
     const threads = Math.min(4, availableParallelism());
     if (threads > 1) {
