@@ -2,11 +2,12 @@ import { backupNameProblem, expandBackupName } from '../config/backup-name.js';
 import type { ServerConfig } from '../config/types.js';
 import { renderBackupInfo, type ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { takeFullBackup, type FullBackupOptions } from '../catalog/full-backup.js';
+import { checkIncremental, takeIncrementalBackup } from '../catalog/incremental-backup.js';
 import { defaultCompressionLevel, type CompressionMethod } from '../storage/compression.js';
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { logPeakRss } from '../util/peak-rss.js';
-import { selectServers, type CommandContext } from './context.js';
+import { selectOneServer, selectServers, type CommandContext } from './context.js';
 
 /** BACKUP's options as commander parses them. */
 export interface BackupCommandOptions {
@@ -56,7 +57,8 @@ function backupName(o: BackupCommandOptions, server: ServerConfig, at: Date): st
 export async function backup(ctx: CommandContext, options: unknown): Promise<number> {
   const o = options as BackupCommandOptions;
   if (!o.server) throw new BartError('BACKUP needs -s/--server NAME|all');
-  if (o.parent !== undefined || o.check) throw new BartError('incremental backups (--parent, --check) are not available in this version of pgbart yet');
+  if (o.check && o.parent === undefined) throw new BartError('--check needs --parent ID|NAME (it checks what an incremental backup on that parent needs)');
+  if (o.parent !== undefined) return incrementalBackup(ctx, o);
   if (o.withPg_basebackup && o.pg_basebackup === false) throw new BartError('--with-pg_basebackup and --no-pg_basebackup contradict each other');
   if (o.withPg_basebackup) throw new BartError('--with-pg_basebackup is not available in this version of pgbart yet; the native engine needs no external binary');
   const common = resolveCommon(o);
@@ -80,4 +82,29 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
   }
   logPeakRss('BACKUP');
   return failures > 0 ? 1 : 0;
+}
+
+/** `BACKUP --parent P [--check]`: an incremental backup of one server (or only the check of what it needs). */
+async function incrementalBackup(ctx: CommandContext, o: BackupCommandOptions): Promise<number> {
+  if (o.server?.toLowerCase() === 'all') throw new BartError('--parent needs one server (-s NAME), not -s all: the parent belongs to one server');
+  if (o.withPg_basebackup) throw new BartError('--with-pg_basebackup cannot take incremental backups (--parent)');
+  const server = selectOneServer(ctx.config, o.server, 'BACKUP --parent');
+  if (o.check) {
+    const r = await checkIncremental(ctx.config, server, o.parent!);
+    log.info(`parent backup ${r.parent.info.id}: ${r.segments} WAL segments since its start, ${r.withMbm} scanned (MBM present), ${r.toScan.length} archived but not scanned yet, ${r.missingWal.length} missing`);
+    if (r.missingWal.length > 0) {
+      throw new BartError(`WAL segment ${r.missingWal[0]} is missing from ${server.archivePath}: an incremental backup on parent ${r.parent.info.id} is impossible; take a new full backup`);
+    }
+    if (r.toScan.length > 0) log.info(`the incremental backup will scan ${r.toScan.length} segment(s) first (from ${r.toScan[0]}); bart-scanner would have done it`);
+    log.info('check passed: an incremental backup can be taken');
+    return 0;
+  }
+  if (server.xlogMethod === 'stream') throw new BartError(`server ${server.name}: xlog_method = stream is not supported yet; use xlog_method = fetch`);
+  const common = resolveCommon(o);
+  const name = backupName(o, server, new Date());
+  const info = await takeIncrementalBackup(ctx.config, server, { ...common, threads: o.threadCount ?? server.threadCount, parent: o.parent!, ...(name ? { name } : {}) });
+  log.info('backup completed successfully');
+  process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
+  logPeakRss('BACKUP');
+  return 0;
 }

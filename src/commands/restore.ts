@@ -4,6 +4,8 @@ import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { findBackup, latestBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
+import { readRestoredState, resolveChain } from '../catalog/incremental-chain.js';
+import { applyIncremental, removeDropped } from '../catalog/incremental-restore.js';
 import { extractBackup } from '../catalog/restore-engine.js';
 import { BASE_ARCHIVE, planRestore, scanBackup, type BackupScan } from '../catalog/restore-plan.js';
 import { checkTargetAgainstBackup, isKnownTimeZone, parseTargetOptions, type ParsedTarget, type TargetOptions } from '../catalog/restore-recovery-target.js';
@@ -173,6 +175,8 @@ interface Plan {
   server: ServerConfig;
   info: BackupInfo;
   backupDir: string;
+  /** The backups to restore, full backup first (just one for a full backup). */
+  chain: CatalogEntry[];
   path: string;
   target: ParsedTarget;
   scan: BackupScan;
@@ -193,16 +197,18 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   const path = resolve(o.restorePath);
   const cliMap = o.tablespaceMap !== undefined ? parseTablespaceMap(o.tablespaceMap) : undefined;
 
-  const entry = pickBackup(await listBackups(ctx.config, server), server, o.backupid);
+  const entries = await listBackups(ctx.config, server);
+  const entry = pickBackup(entries, server, o.backupid);
   const info = entry.info;
-  if (info.parent !== undefined) {
-    throw new BartError(`backup ${info.id} is an incremental backup (parent ${info.parent}); restoring incremental backups is not supported by this version of pgbart yet`);
-  }
+  // An incremental is restored from its chain: the full backup, then each incremental in order.
+  const chain = info.parent !== undefined ? resolveChain(entries, entry, server) : [entry];
   const zone = isKnownTimeZone(info.timezone) ? info.timezone : Intl.DateTimeFormat().resolvedOptions().timeZone;
   const parsed = parseTargetOptions(o, zone);
   await checkTargetAgainstBackup(parsed, info, server.archivePath);
 
-  const scan = await scanBackup(entry.dir, info);
+  const scan = await scanBackup(chain[0]!.dir, chain[0]!.info);
+  for (const link of chain.slice(1)) await scanBackup(link.dir, link.info);
+  const restored = chain.length > 1 ? (await readRestoredState(entry.dir)).archives : undefined;
 
   // Tablespaces: --tablespace-map over tablespace_path over the original location.
   const tablespaceDest = new Map<number, string>();
@@ -213,11 +219,11 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   for (const t of info.tablespaces) tablespaceDest.set(t.oid, cliMap?.get(t.oid) ?? server.tablespacePath.get(t.oid) ?? t.location);
 
   const roots: RestoreRoot[] = [];
-  const base = scan.archives.get(BASE_ARCHIVE)!;
+  const base = restored?.get(BASE_ARCHIVE) ?? scan.archives.get(BASE_ARCHIVE)!;
   roots.push({ path, what: 'restore path', state: await target.inspect(path), bytes: base.bytes, files: base.files });
   for (const t of info.tablespaces) {
     const dest = tablespaceDest.get(t.oid)!;
-    const sum = scan.archives.get(String(t.oid)) ?? { bytes: 0, files: 0 };
+    const sum = (restored ?? scan.archives).get(String(t.oid)) ?? { bytes: 0, files: 0 };
     for (const other of roots) {
       if (within(dest, other.path) || within(other.path, dest)) {
         throw new BartError(`tablespace ${t.name} (OID ${t.oid}) would be restored to "${dest}", which overlaps ${other.what} "${other.path}"; map it elsewhere with --tablespace-map ${t.oid}=/path`);
@@ -242,7 +248,7 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   }
   const workers = o.workers ?? server.workers;
   const checksumAlgorithm: ChecksumAlgorithm = o.disableChecksum ? 'NONE' : info.checksumAlgorithm;
-  return { config: ctx.config, server, info, backupDir: entry.dir, path, target: parsed, scan, roots, tablespaceDest, wal, copyWals, workers, checksumAlgorithm };
+  return { config: ctx.config, server, info, backupDir: entry.dir, chain, path, target: parsed, scan, roots, tablespaceDest, wal, copyWals, workers, checksumAlgorithm };
 }
 
 /** restore_command for the restored cluster. */
@@ -343,12 +349,21 @@ export async function restore(ctx: CommandContext, options: RestoreOptions): Pro
     for (const [oid, dest] of plan.tablespaceDest) destinations.set(String(oid), dest);
     const taskBytes = Math.min(256 * 1024 * 1024, Math.max(16 * 1024 * 1024, Math.ceil(plan.scan.totalBytes / (plan.workers * 4))));
     extracted = await extractBackup(
-      planRestore({ backupDir: plan.backupDir, info, scan: plan.scan, destinations, checksumAlgorithm: plan.checksumAlgorithm, taskBytes, holdBack: { PG_VERSION: PG_VERSION_PENDING } }),
+      planRestore({ backupDir: plan.chain[0]!.dir, info: plan.chain[0]!.info, scan: plan.scan, destinations, checksumAlgorithm: plan.checksumAlgorithm, taskBytes, holdBack: { PG_VERSION: PG_VERSION_PENDING } }),
       target,
       plan.workers,
       controller.signal,
     );
     controller.signal.throwIfAborted();
+    if (plan.chain.length > 1) {
+      const applyOpts = { destinations, holdBack: { PG_VERSION: PG_VERSION_PENDING }, checksumAlgorithm: plan.checksumAlgorithm, target, keepInBase: [INCOMPLETE_MARKER] };
+      for (const link of plan.chain.slice(1)) {
+        const applied = await applyIncremental(link, applyOpts);
+        log.info(`applied incremental backup ${link.info.id}: ${applied.files} files, ${formatBytes(applied.bytes)}`);
+        controller.signal.throwIfAborted();
+      }
+      await removeDropped(plan.chain[plan.chain.length - 1]!, applyOpts);
+    }
     log.debug(`files written after ${Date.now() - started} ms`);
     settings = await finishDataDirectory(plan, options, target);
     await fixOwnership(plan, target);

@@ -1,4 +1,5 @@
 import { listBackups } from '../catalog/catalog.js';
+import { chainProblem } from '../catalog/incremental-chain.js';
 import { verifyBackup } from '../catalog/verify-backup.js';
 import { BartError } from '../util/errors.js';
 import { formatTable } from '../util/format.js';
@@ -17,7 +18,8 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
   const rows: string[][] = [];
   let failed = 0;
   for (const server of selectServers(ctx.config, o.server)) {
-    const entries = (await listBackups(ctx.config, server)).filter((e) => e.complete);
+    const all = await listBackups(ctx.config, server);
+    const entries = all.filter((e) => e.complete);
     const selected = !o.backupid || o.backupid.toLowerCase() === 'all'
       ? entries
       : entries.filter((e) => e.info.id === o.backupid || e.info.name === o.backupid);
@@ -25,7 +27,10 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
       throw new BartError(`backup "${o.backupid}" not found for server ${server.name}`);
     }
     for (const entry of selected) {
+      // An incremental is only as good as its chain: a missing ancestor fails it too.
+      const broken = chainProblem(all, entry);
       const result = await verifyBackup(entry);
+      if (broken) result.failures.unshift(broken);
       if (result.failures.length === 0) {
         rows.push([server.name, entry.info.id, 'OK']);
         log.fileOnly('INFO', `VERIFY-CHKSUM ${server.name} ${entry.info.id}: OK (${result.filesChecked} files)`);

@@ -1,0 +1,254 @@
+import { crc32c } from '@node-rs/crc32';
+import { createReadStream } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { LocalHost } from '../hosts/local-host.js';
+import type { RestoreTarget } from '../hosts/restore-target.js';
+import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
+import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { log } from '../util/log.js';
+import type { ChecksumAlgorithm } from './backup-info.js';
+import type { CatalogEntry } from './catalog.js';
+import { readRestoredState } from './incremental-chain.js';
+import { BLOCK_SIZE, fileKey, type IncrementalManifestEntry } from './incremental-format.js';
+import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from './layout.js';
+import { createChecksum, readManifest } from './manifest.js';
+import { ByteReader, nextTarHeader, tarPadding } from './restore-tar-reader.js';
+
+/** Where and how the incrementals of a chain are applied on top of the restored full backup. */
+export interface ApplyOptions {
+  /** Restore root of each archive of the newest backup (`base` → the data directory, OID → location). */
+  destinations: Map<string, string>;
+  /** Base-archive paths written under another name until the end (`PG_VERSION`). */
+  holdBack: Record<string, string>;
+  /** NONE: do not verify checksums. */
+  checksumAlgorithm: ChecksumAlgorithm;
+  target: RestoreTarget;
+  /** Names in the data directory that the restore itself keeps there (its in-progress marker). */
+  keepInBase: string[];
+}
+
+/** Files the restore never takes from a backup: it makes the pg_tblspc links itself. */
+const SKIPPED_BASE_FILES = new Set(['tablespace_map']);
+
+function decoded(path: string, compression: CompressionMethod): Readable {
+  const raw = createReadStream(path, { highWaterMark: 1024 * 1024 });
+  if (compression === 'none') return raw;
+  const decoder = createDecompressor(compression);
+  raw.on('error', (err) => decoder.destroy(err));
+  decoder.on('close', () => raw.destroy());
+  return raw.pipe(decoder);
+}
+
+/** Applies one file of an incremental: a whole file replaces, a block-level one patches the file already restored. */
+async function applyFile(
+  entry: IncrementalManifestEntry,
+  pieces: AsyncIterable<Buffer>,
+  dest: string | undefined,
+  opts: ApplyOptions,
+  label: string,
+): Promise<number> {
+  const hash = entry.checksum && opts.checksumAlgorithm !== 'NONE' ? createChecksum(opts.checksumAlgorithm) : undefined;
+  let bytes = 0;
+  if (dest === undefined) {
+    for await (const piece of pieces) {
+      bytes += piece.length;
+      hash?.update(piece);
+    }
+  } else if (!entry.incr) {
+    const writer = await opts.target.openWriter(dest, entry.mode & 0o777);
+    try {
+      for await (const piece of pieces) {
+        bytes += piece.length;
+        hash?.update(piece);
+        await writer.write(piece);
+      }
+      await writer.finish();
+    } catch (err) {
+      await writer.abort();
+      throw err;
+    }
+  } else {
+    const incr = entry.incr;
+    let handle;
+    try {
+      handle = await open(dest, 'r+');
+    } catch (err) {
+      if (isErrnoError(err) && err.code === 'ENOENT') {
+        throw new BartError(`${label}: "${entry.path}" is stored as changed blocks, but the parent backups did not restore it (inconsistent chain)`);
+      }
+      throw err;
+    }
+    try {
+      // Shrink (truncation) or extend (zeros, overwritten below where blocks were stored) to the recorded length.
+      await handle.truncate(incr.length);
+      let run = 0;
+      let inRun = 0;
+      let blockCrc = 0;
+      let blockFill = 0;
+      let stored = 0;
+      for await (const piece of pieces) {
+        hash?.update(piece);
+        let at = 0;
+        while (at < piece.length) {
+          const r = incr.runs[run];
+          if (!r) throw new BartError(`${label}: "${entry.path}" holds more than its ${incr.runs.length} block runs (damaged backup)`);
+          const block = r[0] + inRun;
+          const n = Math.min(piece.length - at, BLOCK_SIZE - blockFill);
+          const part = piece.subarray(at, at + n);
+          await handle.write(part, 0, n, block * BLOCK_SIZE + blockFill);
+          blockCrc = crc32c(part, blockCrc);
+          blockFill += n;
+          at += n;
+          if (blockFill === BLOCK_SIZE) {
+            const expected = incr.crcs.slice(stored * 8, stored * 8 + 8);
+            const got = (blockCrc >>> 0).toString(16).padStart(8, '0');
+            if (expected !== '' && expected !== got) throw new BartError(`${label}: block ${block} of "${entry.path}" has CRC ${got}, the manifest says ${expected} (damaged backup)`);
+            stored++;
+            blockFill = 0;
+            blockCrc = 0;
+            inRun++;
+            if (inRun === r[1]) {
+              run++;
+              inRun = 0;
+            }
+          }
+        }
+        bytes += piece.length;
+      }
+      if (blockFill !== 0) throw new BartError(`${label}: "${entry.path}" ends in the middle of a block (damaged backup)`);
+    } finally {
+      await handle.close();
+    }
+  }
+  if (bytes !== entry.size) throw new BartError(`${label}: "${entry.path}" holds ${bytes} bytes, the manifest says ${entry.size} (damaged backup)`);
+  if (hash) {
+    const digest = hash.digest('hex');
+    if (digest !== entry.checksum) throw new BartError(`${label}: checksum mismatch for "${entry.path}" (expected ${entry.checksum}, got ${digest}): the backup is damaged`);
+  }
+  return bytes;
+}
+
+/**
+ * Applies one incremental backup on top of what the previous backups of its chain restored:
+ * directories created, whole files replaced, block-level files truncated or extended to their
+ * recorded length and patched with the stored blocks (each block's CRC-32C and each file's checksum
+ * verified). Archives (tablespaces) the newest backup does not have are skipped.
+ */
+export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions): Promise<{ files: number; bytes: number }> {
+  const info = entry.info;
+  const label = `incremental backup ${info.id}`;
+  const files = new Map<string, Map<string, IncrementalManifestEntry>>();
+  let count = 0;
+  let total = 0;
+  try {
+    for await (const line of readManifest(join(entry.dir, MANIFEST_FILE))) {
+      if (line.kind !== 'file') continue;
+      const e = line.entry as IncrementalManifestEntry;
+      const root = opts.destinations.get(e.archive);
+      if (root === undefined) continue;
+      if (e.type === 'dir') {
+        await opts.target.makeDir(join(root, e.path), e.mode & 0o777);
+      } else if (e.type === 'symlink') {
+        if (e.archive === 'base' && e.path.startsWith('pg_tblspc/')) continue;
+        await opts.target.remove(join(root, e.path));
+        await opts.target.symlink(e.linkTarget ?? '', join(root, e.path));
+      } else {
+        let m = files.get(e.archive);
+        if (!m) files.set(e.archive, (m = new Map()));
+        m.set(e.path, e);
+      }
+    }
+  } catch (err) {
+    if (err instanceof BartError) throw err;
+    throw new BartError(`${label} cannot be restored: ${errorMessage(err)}`);
+  }
+  const destFor = (archive: string, e: IncrementalManifestEntry): string | undefined => {
+    if (archive === 'base' && SKIPPED_BASE_FILES.has(e.path)) return undefined;
+    const hold = archive === 'base' ? opts.holdBack[e.path] : undefined;
+    return join(opts.destinations.get(archive)!, hold ?? e.path);
+  };
+  const ext = compressionExtension(info.compression);
+  for (const [archive, entries] of files) {
+    if (info.format === 'tar') {
+      const artifact = join(entry.dir, tarName(archive, ext));
+      const stream = decoded(artifact, info.compression);
+      const reader = new ByteReader(stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+      try {
+        for (;;) {
+          const header = await nextTarHeader(reader);
+          if (!header) break;
+          if (header.type !== 'file') {
+            await reader.skip(header.size + tarPadding(header.size));
+            continue;
+          }
+          const e = entries.get(header.path);
+          if (!e) throw new BartError(`${label}: ${tarName(archive, ext)} holds "${header.path}", which its manifest does not list (damaged backup)`);
+          entries.delete(header.path);
+          total += await applyFile(e, reader.stream(header.size), destFor(archive, e), opts, label);
+          await reader.skip(tarPadding(header.size));
+          count++;
+        }
+      } finally {
+        stream.destroy();
+      }
+      const missing = entries.keys().next();
+      if (!missing.done) throw new BartError(`${label}: "${missing.value}" is listed in the manifest but not in ${tarName(archive, ext)} (damaged backup)`);
+    } else {
+      const root = join(entry.dir, archive === 'base' ? PLAIN_BASE_DIR : archive);
+      for (const e of entries.values()) {
+        let stored = join(root, e.path + ext);
+        let compression = info.compression;
+        if (ext !== '') {
+          try {
+            await stat(stored);
+          } catch {
+            stored = join(root, e.path);
+            compression = 'none';
+          }
+        }
+        const stream = decoded(stored, compression);
+        try {
+          total += await applyFile(e, stream as AsyncIterable<Buffer>, destFor(archive, e), opts, label);
+        } catch (err) {
+          if (isErrnoError(err) && err.code === 'ENOENT') throw new BartError(`${label}: "${e.path}" is missing from the backup (damaged backup)`);
+          throw err;
+        } finally {
+          stream.destroy();
+        }
+        count++;
+      }
+    }
+  }
+  return { files: count, bytes: total };
+}
+
+/**
+ * Removes from the restored directories everything the newest backup does not list: files and
+ * directories of relations, databases and tablespaces dropped since the full backup, and the older
+ * backups' WAL. Run after the last incremental is applied.
+ */
+export async function removeDropped(newest: CatalogEntry, opts: ApplyOptions): Promise<number> {
+  const state = await readRestoredState(newest.dir);
+  const heldBack = new Map(Object.entries(opts.holdBack).map(([k, v]) => [v, k]));
+  const host = new LocalHost();
+  let removed = 0;
+  for (const [archive, root] of opts.destinations) {
+    for await (const e of host.walk(root)) {
+      let path = e.path;
+      if (archive === 'base') {
+        if (opts.keepInBase.includes(path)) continue;
+        if (path.startsWith('pg_tblspc/')) continue;
+        path = heldBack.get(path) ?? path;
+      }
+      const key = fileKey(archive, path);
+      const listed = e.type === 'file' ? state.files.has(key) : state.others.has(key);
+      if (listed) continue;
+      await opts.target.remove(join(root, e.path));
+      removed++;
+    }
+  }
+  log.debug(`restore of chain ending at ${newest.info.id}: removed ${removed} files and directories dropped since the full backup`);
+  return removed;
+}
