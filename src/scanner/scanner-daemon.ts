@@ -1,6 +1,6 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { readdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
@@ -224,6 +224,8 @@ export class ScannerDaemon {
         this.server!.once('error', reject);
         this.server!.listen(sockPath, () => resolvePromise());
       });
+      // Only the BART user (bart runs as that user) may ask for scans.
+      await chmod(sockPath, 0o600);
     } catch (err) {
       throw new BartError(`cannot listen on the scanner socket ${sockPath} (bart_socket_directory / bart_socket_name): ${errorMessage(err)}`);
     }
