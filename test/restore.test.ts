@@ -2,7 +2,8 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, lstatSync, readdirSync, mkdirSync, chownSync, readFileSync, readlinkSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { versionsUnderTest } from './harness/pg-binaries.js';
+import { spawn } from 'node:child_process';
+import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { pgbenchInit, startWriter, tableFingerprints } from './harness/load.js';
 import { removeTree, runOk, testUserIds } from './harness/os.js';
 import { createRestoreSource, freshPath, snapshot, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
@@ -160,6 +161,24 @@ for (const version of versionsUnderTest()) {
       } finally {
         await runOk('umount', [mnt], { asTestUser: false });
       }
+    });
+
+    test('an interrupted restore (SIGTERM) removes what it wrote', async () => {
+      const path = freshPath(src, 'interrupted');
+      const tsPath = freshPath(src, 'ts-interrupted');
+      const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', src.setup.configPath, 'RESTORE', '-s', 'src', '-i', backups[1]!.id, '-p', path, '-w', '1', '--tablespace-map', `${tsOid}=${tsPath}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
+      const deadline = Date.now() + 30_000;
+      while (!existsSync(join(path, '.pgbart-restore-incomplete')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(existsSync(join(path, '.pgbart-restore-incomplete')), 'the restore started writing');
+      child.kill('SIGTERM');
+      const code = await exited;
+      assert.equal(code, 130, stderr);
+      assert.match(stderr, /ERROR: +RESTORE was interrupted; nothing was left in/);
+      assert.equal(existsSync(path), false);
+      assert.equal(existsSync(tsPath), false);
     });
 
     test('a corrupted backup file is detected while streaming; PATH absent stays absent, empty stays empty', async () => {

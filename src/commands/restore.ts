@@ -387,6 +387,7 @@ export async function restore(ctx: CommandContext, options: RestoreOptions): Pro
   const seconds = (Date.now() - started) / 1000;
   const rate = seconds > 0 ? ` (${formatBytes(extracted.bytes / seconds)}/s)` : '';
   const verified = plan.checksumAlgorithm === 'NONE' ? (options.disableChecksum ? 'checksums not verified (--disable-checksum)' : 'the backup has no file checksums') : `${plan.checksumAlgorithm} checksums verified`;
+  log.fileOnly('INFO', `RESTORE: peak RSS ${Math.round(process.resourceUsage().maxRSS / 1024)} MB`);
   log.info(`restored ${extracted.files} files, ${formatBytes(extracted.bytes)} in ${formatDuration(seconds * 1000)}${rate} with ${plan.workers} worker(s); ${verified}`);
   for (const t of info.tablespaces) log.info(`tablespace ${t.name} (OID ${t.oid}) restored to ${plan.tablespaceDest.get(t.oid)} (pg_tblspc/${t.oid} links there)`);
   if (plan.copyWals) log.info(`copied ${plan.wal.length} archived WAL files to ${join(path, COPIED_WAL_DIR)}`);
