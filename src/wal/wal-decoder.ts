@@ -199,7 +199,8 @@ export class WalDecoder {
       let end: number;
       if (pos + totLen <= pageEnd) {
         if (pos + totLen > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
-        this.decodeRecord(this.seg, pos, totLen, this.segStart + pos, this.segStart + pos + totLen, this.file, pos);
+        this.rec.endLsn = this.segStart + pos + totLen;
+        this.decodeRecordAt(this.seg, this.segWords, pos, totLen, this.segStart + pos, pos);
         end = pos + totLen;
       } else {
         // Spans pages: gather it into the reassembly buffer.
@@ -373,20 +374,21 @@ export class WalDecoder {
   private decodeRecord(buf: Buffer, off: number, totLen: number, lsn: number, endLsn: number, file: string, fileOffset: number): void {
     this.rec.endLsn = endLsn;
     if (file === this.file) {
-      this.decodeRecordAt(buf, off, totLen, lsn, fileOffset);
+      this.decodeRecordAt(buf, this.asmWords, off, totLen, lsn, fileOffset);
       return;
     }
     // A record finished from the next segment: errors name the file where it starts.
     const saved = this.file;
     this.file = file;
     try {
-      this.decodeRecordAt(buf, off, totLen, lsn, fileOffset);
+      this.decodeRecordAt(buf, this.asmWords, off, totLen, lsn, fileOffset);
     } finally {
       this.file = saved;
     }
   }
 
-  private decodeRecordAt(buf: Buffer, off: number, totLen: number, lsn: number, fileOffset: number): void {
+  /** `words` is the word view of `buf` (undefined when it has none). */
+  private decodeRecordAt(buf: Buffer, words: Int32Array | undefined, off: number, totLen: number, lsn: number, fileOffset: number): void {
     const end = off + totLen;
     const rmid = buf[off + 17]!;
     const version = this.version!;
@@ -397,7 +399,6 @@ export class WalDecoder {
     if (this.prevRecordLsn >= 0 && prev !== this.prevRecordLsn) {
       this.fail(fileOffset, `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`);
     }
-    const words = buf === this.seg ? this.segWords : buf === this.asm ? this.asmWords : undefined;
     const crc = words ? walRecordCrcWords(buf, words, off, totLen) : walRecordCrc(buf, off, totLen);
     if (crc !== u32(buf, off + RECORD_CRC_OFFSET)) {
       this.fail(fileOffset, `incorrect resource manager data checksum (CRC-32C) in the record at LSN ${lsnText(lsn)}`);
