@@ -88,6 +88,9 @@ class Lz4FrameDecoder extends Transform {
   private pending: Buffer = Buffer.alloc(0);
   private inFrame = false;
   private blockChecksum = false;
+  /** Blocks that may refer to the previous 64 KB of output (pg_basebackup and `lz4` write these). */
+  private linked = false;
+  private history: Buffer = Buffer.alloc(0);
   private contentChecksum = false;
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -116,7 +119,8 @@ class Lz4FrameDecoder extends Transform {
         const hasDictId = (flg & 0x01) !== 0;
         const headerLen = 7 + (hasContentSize ? 8 : 0) + (hasDictId ? 4 : 0);
         if (buf.length < headerLen) return;
-        if ((flg & 0x20) === 0) throw new Error('LZ4 frames with linked blocks are not supported');
+        this.linked = (flg & 0x20) === 0;
+        this.history = Buffer.alloc(0);
         this.blockChecksum = (flg & 0x10) !== 0;
         this.contentChecksum = (flg & 0x04) !== 0;
         this.pending = buf.subarray(headerLen);
@@ -136,7 +140,12 @@ class Lz4FrameDecoder extends Transform {
       const total = 4 + size + (this.blockChecksum ? 4 : 0);
       if (buf.length < total) return;
       const body = buf.subarray(4, 4 + size);
-      if (word & 0x80000000) {
+      if (this.linked) {
+        const out = word & 0x80000000 ? Buffer.from(body) : decodeLz4Block(body, this.history);
+        this.push(out);
+        const keep = Buffer.concat([this.history, out]);
+        this.history = keep.length > 65536 ? Buffer.from(keep.subarray(keep.length - 65536)) : keep;
+      } else if (word & 0x80000000) {
         this.push(Buffer.from(body));
       } else {
         const withSize = Buffer.allocUnsafe(size + 4);
@@ -147,4 +156,60 @@ class Lz4FrameDecoder extends Transform {
       this.pending = buf.subarray(total);
     }
   }
+}
+
+/**
+ * Decodes one LZ4 block whose matches may reach into `dict` (the previous output of a frame with
+ * linked blocks). lz4-napi cannot take a prefix, so this one is ours; it is only used for frames
+ * other tools wrote.
+ */
+export function decodeLz4Block(src: Buffer, dict: Buffer): Buffer {
+  let out = Buffer.allocUnsafe(dict.length + Math.max(src.length * 4, 65536));
+  dict.copy(out, 0);
+  let op = dict.length;
+  let ip = 0;
+  const ensure = (extra: number) => {
+    if (op + extra <= out.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(out.length * 2, op + extra));
+    out.copy(bigger, 0, 0, op);
+    out = bigger;
+  };
+  while (ip < src.length) {
+    const token = src[ip++]!;
+    let literals = token >> 4;
+    if (literals === 15) {
+      let b: number;
+      do {
+        b = src[ip++]!;
+        literals += b;
+      } while (b === 255);
+    }
+    if (ip + literals > src.length) throw new Error('corrupt LZ4 block (literals past the end)');
+    ensure(literals);
+    src.copy(out, op, ip, ip + literals);
+    op += literals;
+    ip += literals;
+    if (ip >= src.length) break; // the last sequence has literals only
+    const offset = src[ip]! | (src[ip + 1]! << 8);
+    ip += 2;
+    let length = token & 15;
+    if (length === 15) {
+      let b: number;
+      do {
+        b = src[ip++]!;
+        length += b;
+      } while (b === 255);
+    }
+    length += 4;
+    if (offset === 0 || offset > op) throw new Error('corrupt LZ4 block (bad match offset)');
+    ensure(length);
+    let from = op - offset;
+    if (offset >= length) {
+      out.copy(out, op, from, from + length);
+      op += length;
+    } else {
+      for (let i = 0; i < length; i++) out[op++] = out[from++]!;
+    }
+  }
+  return Buffer.from(out.subarray(dict.length, op));
 }

@@ -50,7 +50,10 @@ export async function restoreByHand(backupDir: string, version: number, target: 
     }
   }
   // Link tablespaces to their new place ourselves; without tablespace_map PostgreSQL keeps our links.
-  for (const ts of tablespaces) symlinkSync(tsTarget(ts.oid), join(target, 'pg_tblspc', ts.oid));
+  for (const ts of tablespaces) {
+    rmSync(join(target, 'pg_tblspc', ts.oid), { force: true }); // pg_basebackup's tar carries the original link
+    symlinkSync(tsTarget(ts.oid), join(target, 'pg_tblspc', ts.oid));
+  }
   rmSync(join(target, 'tablespace_map'), { force: true });
   const walDir = join(target, 'backup_wal');
   mkdirSync(walDir);
