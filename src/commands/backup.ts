@@ -1,6 +1,7 @@
 import { backupNameProblem, expandBackupName } from '../config/backup-name.js';
 import type { ServerConfig } from '../config/types.js';
 import { renderBackupInfo, type ChecksumAlgorithm } from '../catalog/backup-info.js';
+import { takeBasebackup } from '../catalog/basebackup-engine.js';
 import { takeFullBackup, type FullBackupOptions } from '../catalog/full-backup.js';
 import { checkIncremental, takeIncrementalBackup } from '../catalog/incremental-backup.js';
 import { defaultCompressionLevel, type CompressionMethod } from '../storage/compression.js';
@@ -60,18 +61,18 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
   if (o.check && o.parent === undefined) throw new BartError('--check needs --parent ID|NAME (it checks what an incremental backup on that parent needs)');
   if (o.parent !== undefined) return incrementalBackup(ctx, o);
   if (o.withPg_basebackup && o.pg_basebackup === false) throw new BartError('--with-pg_basebackup and --no-pg_basebackup contradict each other');
-  if (o.withPg_basebackup) throw new BartError('--with-pg_basebackup is not available in this version of pgbart yet; the native engine needs no external binary');
   const common = resolveCommon(o);
   const servers = selectServers(ctx.config, o.server);
   let failures = 0;
   for (const server of servers) {
     try {
-      if (server.xlogMethod === 'stream') {
-        throw new BartError(`server ${server.name}: xlog_method = stream is not supported yet; use xlog_method = fetch`);
+      if (server.xlogMethod === 'stream' && !o.withPg_basebackup) {
+        throw new BartError(`server ${server.name}: xlog_method = stream needs --with-pg_basebackup in this version; use xlog_method = fetch for the native engine`);
       }
       const threads = o.threadCount ?? server.threadCount;
       const name = backupName(o, server, new Date());
-      const info = await takeFullBackup(ctx.config, server, { ...common, threads, ...(name ? { name } : {}) });
+      const request = { ...common, threads, ...(name ? { name } : {}) };
+      const info = o.withPg_basebackup ? await takeBasebackup(ctx.config, server, request) : await takeFullBackup(ctx.config, server, request);
       log.info('backup completed successfully');
       process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
     } catch (err) {
