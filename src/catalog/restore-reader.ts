@@ -78,7 +78,7 @@ class FileSink {
 
   async copy(pieces: AsyncIterable<Buffer>, dest: string | undefined, spec: RestoreFileSpec, alg: ChecksumAlgorithm, where: string): Promise<number> {
     const hash = spec.checksum ? createChecksum(alg) : undefined;
-    const writer: TargetFileWriter | undefined = dest === undefined ? undefined : await this.target.openWriter(dest, spec.mode & 0o777);
+    const writer: TargetFileWriter | undefined = dest === undefined ? undefined : await this.target.openWriter(dest, spec.mode & 0o777, spec.size);
     let bytes = 0;
     try {
       for await (const piece of pieces) {

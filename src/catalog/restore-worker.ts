@@ -11,8 +11,22 @@ export interface RestoreWorkerMessage {
 
 // Runs in a worker thread: decoding, hashing and writing are CPU-bound, so `-w N` workers use N cores.
 parentPort!.on('message', (msg: RestoreWorkerMessage) => {
-  runRestoreTask(msg.task, restoreTargetFromSpec(msg.target)).then(
-    (value) => parentPort!.postMessage({ ok: true, value }),
-    (err: unknown) => parentPort!.postMessage({ ok: false, error: err instanceof Error ? err.message : String(err) }),
-  );
+  const target = restoreTargetFromSpec(msg.target);
+  // A remote target streams a task's files over one connection; close() completes it (and reports
+  // remote failures) before the task counts as done.
+  runRestoreTask(msg.task, target)
+    .then(
+      async (value) => {
+        await target.close?.();
+        return value;
+      },
+      async (err: unknown) => {
+        await target.close?.().catch(() => undefined);
+        throw err;
+      },
+    )
+    .then(
+      (value) => parentPort!.postMessage({ ok: true, value }),
+      (err: unknown) => parentPort!.postMessage({ ok: false, error: err instanceof Error ? err.message : String(err) }),
+    );
 });

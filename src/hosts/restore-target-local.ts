@@ -4,6 +4,7 @@ import { access, chmod, chown, lchown, lstat, mkdir, readFile, readdir, rename, 
 import { dirname, join } from 'node:path';
 import { isErrnoError } from '../util/errors.js';
 import { fsyncDir } from '../util/fs-atomic.js';
+import { SshRestoreTarget } from './restore-target-ssh.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetFileWriter } from './restore-target.js';
 
 function missing(err: unknown): boolean {
@@ -60,7 +61,7 @@ class LocalFileWriter implements TargetFileWriter {
 /** Restores onto this host's file systems. */
 export class LocalRestoreTarget implements RestoreTarget {
   readonly description = 'local';
-  readonly spec: RestoreTargetSpec;
+  readonly spec: Extract<RestoreTargetSpec, { kind: 'local' }>;
 
   constructor(owner?: { uid: number; gid: number }) {
     this.spec = { kind: 'local', ...(owner ? { owner } : {}) };
@@ -199,5 +200,7 @@ export function restoreTargetFromSpec(spec: RestoreTargetSpec): RestoreTarget {
   switch (spec.kind) {
     case 'local':
       return new LocalRestoreTarget(spec.owner);
+    case 'ssh':
+      return SshRestoreTarget.fromSpec(spec);
   }
 }

@@ -31,7 +31,9 @@ export interface TargetFileWriter {
 }
 
 /** Serializable description of a target, from which a worker thread rebuilds it. */
-export type RestoreTargetSpec = { kind: 'local'; /** uid/gid to chown written files to (root only). */ owner?: { uid: number; gid: number } };
+export type RestoreTargetSpec =
+  | { kind: 'local'; /** uid/gid to chown written files to (root only). */ owner?: { uid: number; gid: number } }
+  | { kind: 'ssh'; user: string; host: string; /** The main thread's ssh ControlMaster socket, shared by the workers. */ controlPath: string };
 
 /** Operations RESTORE needs on the host that receives the cluster. */
 export interface RestoreTarget {
@@ -53,8 +55,11 @@ export interface RestoreTarget {
   writeFile(path: string, data: string, mode: number): Promise<void>;
   /** Reads a whole small file; undefined when absent. */
   readFile(path: string): Promise<string | undefined>;
-  /** Opens a new file for streaming content into it, creating missing parent directories. */
-  openWriter(path: string, mode: number): Promise<TargetFileWriter>;
+  /**
+   * Opens a new file for streaming content into it, creating missing parent directories. `size`
+   * (the bytes that will be written) is required by targets that frame files, e.g. tar over ssh.
+   */
+  openWriter(path: string, mode: number, size?: number): Promise<TargetFileWriter>;
   symlink(linkTarget: string, path: string): Promise<void>;
   rename(from: string, to: string): Promise<void>;
   /** Removes a file, a symlink or a directory tree; absent is fine. */
@@ -67,4 +72,6 @@ export interface RestoreTarget {
   syncDir(path: string): Promise<void>;
   /** Makes everything written under `path` durable (files are not synced one by one as they are written). */
   syncTree(path: string): Promise<void>;
+  /** Completes what is still being written and releases connections (remote targets; a restore task ends with it). */
+  close?(): Promise<void>;
 }

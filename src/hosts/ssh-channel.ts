@@ -1,37 +1,43 @@
 import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { BartError } from '../util/errors.js';
 import { shellQuote } from '../util/shell-quote.js';
 import { explainSshFailure } from './ssh-errors.js';
 import type { SshSession } from './ssh-session.js';
 
+/** tar's record size with `-b 20`: an archive's length is a multiple of it. */
+const TAR_RECORD = 10240;
+const BLOCK = 512;
+
 /**
  * The remote half of a channel: a POSIX sh loop (nothing else needed on the database host) that
- * reads one request per line. `R rd PATH` streams a file framed as one status byte (V vanished,
- * E unreadable, D data); after D, the size SIZE the file had when asked and a newline, exactly SIZE
- * bytes (the first SIZE bytes, zero-padded if the file shrank meanwhile, as the engine pads a
- * relation truncated under it) and one trailer byte (0 ok, 1 read error).
- * Any other line is a shell command whose exit status, stdout and stderr come back length-framed.
+ * reads one request per line, and forks as little as possible per request (a fork and exec cost
+ * ~2 ms, which per file would dominate a backup of many small files).
+ * - `R rd PATH`: `V` when it does not exist, else `T` and `tar -c` of that one file (tar frames it exactly, pads a file that shrank
+ *   while read with zeros, as the engine does for a relation truncated under it), then `K`, or `F`,
+ *   tar's error output and the boundary line.
+ * - anything else: a shell command; its stdout, a line `BOUNDARY STATUS`, and when the status is not
+ *   0 its stderr followed by the boundary line. The boundary is random per channel.
  * Output of the user's shell startup files before `pgbart-ready` is skipped.
  */
-const REMOTE_SCRIPT = [
-  't=$(mktemp -d "${TMPDIR:-/tmp}/pgbart.XXXXXX") || exit 1',
-  "trap 'rm -rf \"$t\"' EXIT",
-  // rd streams large files directly; a small one is framed into a file first and sent with one
-  // write, since ssh's non-interactive sessions leave Nagle on and a reply in several small writes
-  // would wait for delayed ACKs (~10 ms a file instead of ~2).
-  'rd() { if [ ! -e "$1" ]; then printf V; elif [ -d "$1" ] || [ ! -r "$1" ]; then printf E; else' +
-    ' s=$(wc -c <"$1" 2>/dev/null) || s=0; s=$((s + 0));' +
-    ' if [ "$s" -le 262144 ]; then rf "$1" "$s" >"$t/r"; cat "$t/r"; else rf "$1" "$s"; fi; fi; }',
-  'rf() { printf \'D%s\\n\' "$2"; { head -c "$2" -- "$1" 2>"$t/e" || : >"$t/f"; head -c "$2" /dev/zero; } | head -c "$2";' +
-    ' if [ -f "$t/f" ]; then rm -f "$t/f"; printf 1; else printf 0; fi; }',
-  "printf 'pgbart-ready\\n'",
-  'while IFS= read -r l; do',
-  '  case $l in',
-  '  "R "*) eval "${l#R }" </dev/null ;;',
-  '  *) eval "$l" </dev/null >"$t/o" 2>"$t/e"; r=$?; { printf \'%s %s %s\\n\' "$r" $(wc -c <"$t/o") $(wc -c <"$t/e"); cat "$t/o" "$t/e"; } >"$t/r"; cat "$t/r" ;;',
-  '  esac',
-  'done',
-].join('\n');
+function remoteScript(boundary: string): string {
+  return [
+    `B=${boundary}`,
+    't=$(mktemp -d "${TMPDIR:-/tmp}/pgbart.XXXXXX") || exit 1',
+    "trap 'rm -rf \"$t\"' EXIT",
+    // An absolute member name (tar strips the `/`, saying so on stderr) rather than -C DIR: tar
+    // then always writes a well-formed archive, even for a file that vanished or cannot be read.
+    'rd() { if [ ! -e "$1" ]; then printf V; return; fi; printf T; tar -cf - -b 20 -- "$1" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
+    "command -v tar >/dev/null 2>&1 || { echo 'pgbart: tar is not installed on this host' >&2; exit 1; }",
+    "printf 'pgbart-ready\\n'",
+    'while IFS= read -r l; do',
+    '  case $l in',
+    '  "R "*) eval "${l#R }" </dev/null ;;',
+    '  *) eval "$l" </dev/null 2>"$t/e"; r=$?; printf \'\\n%s %s\\n\' "$B" "$r"; [ "$r" -eq 0 ] || { cat "$t/e"; printf \'\\n%s\\n\' "$B"; } ;;',
+    '  esac',
+    'done',
+  ].join('\n');
+}
 
 const READY = Buffer.from('pgbart-ready\n');
 /** Incoming bytes buffered before ssh's output is paused (bounds memory per channel). */
@@ -52,6 +58,20 @@ export interface ChannelFileStream {
   finish(): Promise<void>;
 }
 
+function tarNumber(field: Buffer): number {
+  if ((field[0]! & 0x80) !== 0) {
+    let v = 0n;
+    for (let i = 1; i < field.length; i++) v = (v << 8n) | BigInt(field[i]!);
+    return Number(v);
+  }
+  const text = field.toString('ascii').replace(/\0.*$/s, '').trim();
+  return text === '' ? 0 : parseInt(text, 8);
+}
+
+function roundUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
 /**
  * One long-lived `sh` on the remote host, multiplexed over the session's master connection.
  * Requests are strictly one at a time (callers hold the channel while they use it).
@@ -63,13 +83,16 @@ export class SshChannel {
   private ended = false;
   private stderrTail = '';
   private paused = false;
+  private readonly boundary: string;
   /** Set when the framing can no longer be trusted; the channel is then unusable. */
   broken = false;
 
   private constructor(
     private readonly session: SshSession,
+    boundary: string,
     private readonly child: ChildProcess,
   ) {
+    this.boundary = boundary;
     child.stdout!.on('data', (d: Buffer) => {
       this.chunks.push(d);
       this.buffered += d.length;
@@ -97,8 +120,14 @@ export class SshChannel {
 
   /** Starts the remote loop and waits for it to be ready. */
   static async open(session: SshSession): Promise<SshChannel> {
-    const channel = new SshChannel(session, session.spawn(`exec sh -c ${shellQuote(REMOTE_SCRIPT)}`));
-    await channel.skipToReady();
+    const boundary = `pgbart-${randomBytes(16).toString('hex')}`;
+    const channel = new SshChannel(session, boundary, session.spawn(`exec sh -c ${shellQuote(remoteScript(boundary))}`));
+    try {
+      await channel.skipToReady();
+    } catch (err) {
+      channel.close();
+      throw err;
+    }
     return channel;
   }
 
@@ -154,37 +183,33 @@ export class SshChannel {
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
   }
 
-  private async takeLine(doing: string): Promise<string> {
+  /** Takes everything up to `marker` (consuming the marker too) and returns what came before it. */
+  private async takeUntil(marker: Buffer, doing: string): Promise<Buffer> {
+    let scanned = 0;
     for (;;) {
-      const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
-      const nl = all.indexOf(10);
-      if (nl >= 0) {
+      if (this.chunks.length > 1) this.chunks.splice(0, this.chunks.length, Buffer.concat(this.chunks));
+      const all = this.chunks[0] ?? Buffer.alloc(0);
+      const at = all.indexOf(marker, Math.max(0, scanned - marker.length));
+      if (at >= 0) {
+        const rest = all.subarray(at + marker.length);
         this.chunks.length = 0;
-        if (nl + 1 < all.length) this.chunks.push(all.subarray(nl + 1));
-        this.consumed(nl + 1);
-        return all.subarray(0, nl).toString();
+        if (rest.length > 0) this.chunks.push(rest);
+        this.consumed(at + marker.length);
+        return all.subarray(0, at);
       }
-      if (all.length > 1 << 20) throw this.failure(`${doing} (no line ending in 1 MB of output)`);
-      this.chunks.length = 0;
-      if (all.length > 0) this.chunks.push(all);
+      scanned = all.length;
+      // Waiting for the marker: keep reading even past the high-water mark.
+      if (this.paused) {
+        this.paused = false;
+        this.child.stdout!.resume();
+      }
       await this.more(doing);
     }
   }
 
   private async skipToReady(): Promise<void> {
     // Whatever the login shell's startup files print comes before our marker.
-    for (;;) {
-      const all = Buffer.concat(this.chunks);
-      const at = all.indexOf(READY);
-      if (at >= 0) {
-        this.chunks.length = 0;
-        const rest = all.subarray(at + READY.length);
-        if (rest.length > 0) this.chunks.push(rest);
-        this.buffered = rest.length;
-        return;
-      }
-      await this.more('starting a remote shell');
-    }
+    await this.takeUntil(READY, 'starting a remote shell');
   }
 
   private send(line: string): void {
@@ -193,19 +218,24 @@ export class SshChannel {
     this.child.stdin!.write(line + '\n');
   }
 
-  /** Runs one shell command line on the remote host. */
+  /** Runs one shell command line on the remote host (its output is held in memory: small outputs only). */
   async run(command: string): Promise<ChannelResult> {
     const doing = `running "${command.length > 80 ? command.slice(0, 77) + '...' : command}"`;
     this.send(command);
-    const header = (await this.takeLine(doing)).trim().split(/\s+/);
-    const [code, outLen, errLen] = header.map(Number) as [number, number, number];
-    if (header.length !== 3 || [code, outLen, errLen].some((n) => !Number.isInteger(n))) {
+    const stdout = await this.takeUntil(Buffer.from(`\n${this.boundary} `), doing);
+    const statusLine = (await this.takeUntil(Buffer.from('\n'), doing)).toString();
+    const code = Number(statusLine);
+    if (!/^\d+$/.test(statusLine)) {
       this.broken = true;
-      throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}: "${header.join(' ')}"`);
+      throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}: "${statusLine.slice(0, 80)}"`);
     }
-    const stdout = await this.takeExact(outLen, doing);
-    const stderr = (await this.takeExact(errLen, doing)).toString();
+    const stderr = code === 0 ? '' : (await this.takeUntil(Buffer.from(`\n${this.boundary}\n`), doing)).toString();
     return { code, stdout, stderr };
+  }
+
+  /** tar's error output after an `F` status. */
+  private async tarErrors(doing: string): Promise<string> {
+    return (await this.takeUntil(Buffer.from(`\n${this.boundary}\n`), doing)).toString().trim();
   }
 
   /**
@@ -214,30 +244,64 @@ export class SshChannel {
    */
   async readFile(path: string): Promise<{ size: number; stream: ChannelFileStream } | undefined> {
     const doing = `reading ${path}`;
+    const host = this.session.target.host;
     this.send(`R rd ${shellQuote(path)}`);
-    const status = (await this.takeExact(1, doing)).toString();
-    if (status === 'V') return undefined;
-    if (status === 'E') throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied or not a file): the data directory must be readable by cluster_owner`);
-    const sizeText = status === 'D' ? await this.takeLine(doing) : '';
-    const size = Number(sizeText);
-    if (status !== 'D' || !/^\d+$/.test(sizeText) || !Number.isSafeInteger(size)) {
+    const lead = (await this.takeExact(1, doing)).toString();
+    if (lead === 'V') return undefined;
+    if (lead !== 'T') {
       this.broken = true;
       throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}`);
     }
+    let consumed = 0;
+    let header: Buffer;
+    // Skip GNU long-name and pax headers: the member we asked for is the only one.
+    for (;;) {
+      header = await this.takeExact(BLOCK, doing);
+      consumed += BLOCK;
+      if (header.every((b) => b === 0)) {
+        await this.takeExact(roundUp(consumed + BLOCK, TAR_RECORD) - consumed, doing);
+        const status = (await this.takeExact(1, doing)).toString();
+        const errors = status === 'F' ? await this.tarErrors(doing) : '';
+        if (status !== 'K' && status !== 'F') this.broken = true;
+        if (status === 'K' || /No such file or directory/.test(errors)) return undefined;
+        if (/Permission denied/.test(errors)) {
+          throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${host} (permission denied): the data directory must be readable by cluster_owner`);
+        }
+        throw new BartError(`cannot read "${path}" on ${host}: ${errors.split('\n')[0] ?? 'tar failed'}`);
+      }
+      const type = String.fromCharCode(header[156]!);
+      const size = tarNumber(header.subarray(124, 136));
+      if (type === 'L' || type === 'K' || type === 'x' || type === 'g') {
+        const skip = roundUp(size, BLOCK);
+        if (skip > 0) await this.takeExact(skip, doing);
+        consumed += skip;
+        continue;
+      }
+      if (type !== '0' && type !== '\0') {
+        this.broken = true;
+        throw new BartError(`"${path}" on ${host} is not a regular file (tar type ${type})`);
+      }
+      break;
+    }
+    const size = tarNumber(header.subarray(124, 136));
     let remaining = size;
     let done = false;
-    const trailer = async () => {
+    const end = async () => {
       done = true;
-      const t = (await this.takeExact(1, doing)).toString();
-      if (t !== '0') {
-        if (t !== '1') this.broken = true;
-        throw new BartError(`reading "${path}" on ${this.session.target.host} failed (I/O error on the database host)`);
+      const after = consumed + roundUp(size, BLOCK);
+      await this.takeExact(roundUp(after + 2 * BLOCK, TAR_RECORD) - consumed - size, doing);
+      const status = (await this.takeExact(1, doing)).toString();
+      if (status === 'K') return;
+      if (status !== 'F') {
+        this.broken = true;
+        throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}`);
       }
+      throw new BartError(`reading "${path}" on ${host} failed: ${(await this.tarErrors(doing)).split('\n')[0]}`);
     };
     const stream: ChannelFileStream = {
       read: async (buffer, offset, length) => {
         if (remaining === 0) {
-          if (!done) await trailer();
+          if (!done) await end();
           return 0;
         }
         const b = await this.takeSome(Math.min(length, remaining), doing);
@@ -247,7 +311,7 @@ export class SshChannel {
       },
       finish: async () => {
         while (remaining > 0) remaining -= (await this.takeSome(remaining, doing)).length;
-        if (!done) await trailer();
+        if (!done) await end();
       },
     };
     return { size, stream };

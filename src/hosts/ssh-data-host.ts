@@ -9,36 +9,42 @@ import { remoteWord, SshSession, type SshDestination } from './ssh-session.js';
  */
 const MAX_CHANNELS = 8;
 
-/** Lists one directory: GNU find prints type, mode, size, mtime, name, then the link target, NUL-separated. */
-function findCommand(dir: string): string {
-  return `find ${remoteWord(dir)} -mindepth 1 -maxdepth 1 -printf '%y %m %s %T@ %f\\0%l\\0'`;
+/** Lists a tree: GNU find prints type, mode, size, mtime, relative path, then the link target, NUL-separated. */
+function findCommand(root: string): string {
+  return `find -H ${remoteWord(root)} -mindepth 1 -printf '%y %m %s %T@ %P\\0%l\\0'`;
 }
 
 /**
- * The same listing without GNU find (BusyBox, BSD): a shell loop over the directory with `stat`
- * (GNU/BusyBox `-c`, else BSD `-f`) and `readlink`.
+ * The same listing without GNU find's -printf (BusyBox, BSD): `stat` in batches (GNU/BusyBox `-c`,
+ * else BSD `-f`), raw mode in hex so the type comes with it; symlink targets are read afterwards.
  */
-function portableListCommand(dir: string): string {
-  return (
-    `cd ${remoteWord(dir)} && for f in * .[!.]* ..?*; do [ -e "$f" ] || [ -L "$f" ] || continue; ` +
-    `if [ -L "$f" ]; then y=l; elif [ -d "$f" ]; then y=d; elif [ -f "$f" ]; then y=f; else y=o; fi; ` +
-    `s=$(stat -c '%a %s %Y' -- "$f" 2>/dev/null || stat -f '%Lp %z %m' -- "$f" 2>/dev/null) || continue; ` +
-    `l=; [ $y = l ] && l=$(readlink -- "$f"); printf '%s %s %s\\0%s\\0' "$y" "$s" "$f" "$l"; done`
-  );
+function portableListCommand(root: string): string {
+  const r = remoteWord(root);
+  return `find -H ${r} -mindepth 1 -exec stat -c '%f %s %Y %n' {} + 2>/dev/null || find -H ${r} -mindepth 1 -exec stat -f '%Xp %z %m %N' {} +`;
 }
 
-/** Parses the NUL-framed listing of one directory. */
-export function parseListing(out: Buffer, dirRel: string): HostEntry[] {
+/** Orders paths as a depth-first walk with names sorted per directory (as {@link LocalHost} walks). */
+function walkOrder(a: string, b: string): number {
+  const x = a.replace(/\//g, '\0');
+  const y = b.replace(/\//g, '\0');
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+function entryType(y: string): HostEntry['type'] | undefined {
+  return y === 'f' ? 'file' : y === 'd' ? 'dir' : y === 'l' ? 'symlink' : undefined;
+}
+
+/** Parses GNU find's NUL-framed listing of a tree (paths relative to the root). */
+export function parseFindListing(out: Buffer): HostEntry[] {
   const fields = out.toString('utf8').split('\0');
   const entries: HostEntry[] = [];
   for (let i = 0; i + 1 < fields.length; i += 2) {
     const head = fields[i]!;
     const m = /^(\S) (\d+) (\d+) (\d+(?:\.\d+)?) (.*)$/s.exec(head);
     if (!m) throw new BartError(`unexpected directory listing line from the database host: "${head.slice(0, 80)}"`);
-    const [, y, mode, size, mtime, name] = m as unknown as [string, string, string, string, string, string];
-    const type = y === 'f' ? 'file' : y === 'd' ? 'dir' : y === 'l' ? 'symlink' : undefined;
+    const [, y, mode, size, mtime, path] = m as unknown as [string, string, string, string, string, string];
+    const type = entryType(y);
     if (!type) continue; // sockets, fifos and devices are not part of a backup
-    const path = dirRel === '' ? name : `${dirRel}/${name}`;
     entries.push({
       path,
       type,
@@ -48,7 +54,23 @@ export function parseListing(out: Buffer, dirRel: string): HostEntry[] {
       ...(type === 'symlink' ? { linkTarget: fields[i + 1]! } : {}),
     });
   }
-  return entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return entries.sort((a, b) => walkOrder(a.path, b.path));
+}
+
+/** Parses the portable listing (`RAWMODE_HEX SIZE MTIME PATH` lines); symlink targets still empty. */
+export function parseStatListing(out: Buffer, root: string): HostEntry[] {
+  const entries: HostEntry[] = [];
+  const prefix = root.endsWith('/') ? root : root + '/';
+  for (const line of out.toString('utf8').split('\n')) {
+    const m = /^([0-9a-fA-F]+) (\d+) (\d+) (.*)$/s.exec(line);
+    if (!m || !m[4]!.startsWith(prefix)) continue;
+    const raw = parseInt(m[1]!, 16);
+    const fmt = raw & 0o170000;
+    const type = fmt === 0o100000 ? 'file' : fmt === 0o040000 ? 'dir' : fmt === 0o120000 ? 'symlink' : undefined;
+    if (!type) continue;
+    entries.push({ path: m[4]!.slice(prefix.length), type, size: type === 'file' ? Number(m[2]) : 0, mode: raw & 0o7777, mtimeMs: Number(m[3]) * 1000 });
+  }
+  return entries.sort((a, b) => walkOrder(a.path, b.path));
 }
 
 /** Does stderr of a listing hold only "vanished while we looked" complaints? */
@@ -113,20 +135,26 @@ export class SshDataHost implements DataHost {
     else this.idle.push(c);
   }
 
-  private async listDir(root: string, rel: string): Promise<HostEntry[]> {
-    const dir = rel === '' ? root : `${root}/${rel}`;
+  /** Lists a whole tree in one request (one `find` on the database host, however many files). */
+  private async listTree(root: string): Promise<HostEntry[]> {
     const c = await this.acquire();
     try {
       if (this.gnuFind === undefined) {
-        const probe = await c.run("find /dev/null -maxdepth 0 -printf x");
+        const probe = await c.run('find /dev/null -maxdepth 0 -printf x');
         this.gnuFind = !this.forcePortable && probe.code === 0 && probe.stdout.toString() === 'x';
       }
-      const r = await c.run(this.gnuFind ? findCommand(dir) : portableListCommand(dir));
+      const r = await c.run(this.gnuFind ? findCommand(root) : portableListCommand(root));
       if (r.code !== 0 && !onlyVanished(r.stderr)) {
         const why = r.stderr.trim().split('\n').find((l) => !/No such file or directory/.test(l)) ?? `exit ${r.code}`;
-        throw new BartError(`cannot list "${dir}" on ${this.description}: ${why}${/Permission denied/.test(why) ? ' (the data directory must be readable by cluster_owner)' : ''}`);
+        throw new BartError(`cannot list "${root}" on ${this.description}: ${why}${/Permission denied/.test(why) ? ' (the data directory must be readable by cluster_owner)' : ''}`);
       }
-      return parseListing(r.stdout, rel);
+      if (this.gnuFind) return parseFindListing(r.stdout);
+      const entries = parseStatListing(r.stdout, root);
+      for (const e of entries.filter((x) => x.type === 'symlink')) {
+        const l = await c.run(`readlink ${remoteWord(`${root}/${e.path}`)}`);
+        if (l.code === 0) e.linkTarget = l.stdout.toString().replace(/\n$/, '');
+      }
+      return entries.filter((e) => e.type !== 'symlink' || e.linkTarget !== undefined);
     } finally {
       this.release(c);
     }
@@ -134,14 +162,8 @@ export class SshDataHost implements DataHost {
 
   async *walk(root: string): AsyncIterable<HostEntry> {
     const stripped = root.length > 1 ? root.replace(/\/+$/, '') : root;
-    yield* this.walkDir(stripped, '');
-  }
-
-  private async *walkDir(root: string, rel: string): AsyncIterable<HostEntry> {
-    for (const entry of await this.listDir(root, rel)) {
-      yield entry;
-      if (entry.type === 'dir') yield* this.walkDir(root, entry.path);
-    }
+    // A listing is metadata only (~100 bytes a file); the walk order is the local walker's.
+    yield* await this.listTree(stripped);
   }
 
   async open(path: string): Promise<HostFile | undefined> {

@@ -1,0 +1,157 @@
+import type { ChildProcess } from 'node:child_process';
+import { BartError } from '../util/errors.js';
+import { explainSshFailure } from './ssh-errors.js';
+import type { SshSession } from './ssh-session.js';
+import type { TargetFileWriter } from './restore-target.js';
+
+const BLOCK = 512;
+
+function octal(buf: Buffer, offset: number, width: number, value: number): void {
+  const digits = value.toString(8);
+  if (digits.length <= width - 1) {
+    buf.write(digits.padStart(width - 1, '0') + '\0', offset, width, 'ascii');
+    return;
+  }
+  // GNU base-256 for sizes that do not fit in octal (over 8 GiB).
+  buf[offset] = 0x80;
+  let v = BigInt(value);
+  for (let i = offset + width - 1; i > offset; i--) {
+    buf[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+}
+
+function header(name: string, prefix: string, type: string, size: number, mode: number, mtime: number): Buffer {
+  const h = Buffer.alloc(BLOCK);
+  h.write(name, 0, 100, 'utf8');
+  octal(h, 100, 8, mode & 0o7777);
+  octal(h, 108, 8, 0);
+  octal(h, 116, 8, 0);
+  octal(h, 124, 12, size);
+  octal(h, 136, 12, mtime);
+  h.write('        ', 148, 8, 'ascii');
+  h.write(type, 156, 1, 'ascii');
+  h.write('ustar\0', 257, 6, 'ascii');
+  h.write('00', 263, 2, 'ascii');
+  h.write(prefix, 345, 155, 'utf8');
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'ascii');
+  return h;
+}
+
+function padding(size: number): Buffer {
+  return Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK);
+}
+
+/** Tar header block(s) for a regular file; a pax header carries names ustar cannot hold. */
+export function tarFileHeader(path: string, size: number, mode: number, mtime: number): Buffer {
+  const name = path.replace(/^\/+/, '');
+  if (Buffer.byteLength(name) <= 100) return header(name, '', '0', size, mode, mtime);
+  for (let i = name.length - 1; i > 0; i--) {
+    if (name[i] !== '/') continue;
+    const prefix = name.slice(0, i);
+    const base = name.slice(i + 1);
+    if (Buffer.byteLength(prefix) <= 155 && Buffer.byteLength(base) <= 100 && base !== '') return header(base, prefix, '0', size, mode, mtime);
+  }
+  // pax record: "<len> path=<name>\n", where <len> counts itself.
+  const body = ` path=${name}\n`;
+  let len = Buffer.byteLength(body) + 1;
+  while (String(len).length + Buffer.byteLength(body) !== len) len = String(len).length + Buffer.byteLength(body);
+  const record = Buffer.from(`${len}${body}`);
+  return Buffer.concat([header('pgbart-pax-header', '', 'x', record.length, 0o600, mtime), record, padding(record.length), header(name.slice(0, 100), '', '0', size, mode, mtime)]);
+}
+
+/**
+ * Streams files into `tar -x` on a remote host over one multiplexed ssh session: one session per
+ * restore task (not per file), so the data crosses the network once and tar, found on every host,
+ * writes it. {@link finish} ends the archive and reports tar's failures (e.g. a full disk).
+ */
+export class TarUpload {
+  private readonly child: ChildProcess;
+  private stderr = '';
+  private exited: Promise<number>;
+  private failed: Error | undefined;
+  private current: { path: string; left: number } | undefined;
+  private aborted = false;
+
+  constructor(private readonly session: SshSession) {
+    // -p: modes from the archive, not the umask; -m: no mtime restore (PostgreSQL does not care).
+    this.child = session.spawn('exec tar -x -f - -b 20 -p -m -C /');
+    this.child.stderr!.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
+    this.child.stdin!.on('error', (err) => (this.failed ??= err));
+    this.exited = new Promise((resolvePromise) => {
+      this.child.on('error', (err) => {
+        this.failed ??= err;
+        resolvePromise(-1);
+      });
+      this.child.on('close', (code) => resolvePromise(code ?? -1));
+    });
+  }
+
+  /** What went wrong on the remote side, as one line. */
+  private async remoteError(): Promise<BartError> {
+    const code = await Promise.race([this.exited, new Promise<number>((r) => setTimeout(() => r(-2), 3000))]);
+    const dest = this.session.destination;
+    const text = this.stderr.trim();
+    if (/No space left on device/.test(text)) return new BartError(`the disk of ${dest} is full (tar: ${text.split('\n').find((l) => /No space/.test(l))?.replace(/^tar: /, '')})`);
+    if (code === 255 || code === -1 || code === -2 || text === '') return new BartError(`lost the ssh connection to ${dest} while restoring: ${explainSshFailure(text || 'connection closed', { destination: dest })}`);
+    return new BartError(`writing the restore on ${dest} failed: ${text.split('\n').filter((l) => !/Exiting with failure/.test(l)).slice(0, 2).join('; ')}`);
+  }
+
+  private async write(data: Buffer | Uint8Array): Promise<void> {
+    if (this.aborted) throw new BartError('internal error: write after abort');
+    if (this.failed || this.child.exitCode !== null) throw await this.remoteError();
+    if (!this.child.stdin!.write(data)) {
+      await new Promise<void>((resolvePromise) => {
+        const done = () => {
+          this.child.stdin!.off('drain', done);
+          this.child.off('close', done);
+          resolvePromise();
+        };
+        this.child.stdin!.on('drain', done);
+        this.child.on('close', done);
+      });
+      if (this.failed || this.child.exitCode !== null) throw await this.remoteError();
+    }
+  }
+
+  /** Starts a file of exactly `size` bytes; write its content through the returned writer. */
+  async open(path: string, mode: number, size: number): Promise<TargetFileWriter> {
+    if (this.current) throw new BartError(`internal error: "${this.current.path}" is still being written over ssh`);
+    await this.write(tarFileHeader(path, size, mode, Math.floor(Date.now() / 1000)));
+    const file = { path, left: size };
+    this.current = file;
+    return {
+      write: async (chunk) => {
+        if (chunk.length > file.left) throw new BartError(`"${path}" got more bytes than the ${size} announced`);
+        file.left -= chunk.length;
+        await this.write(chunk);
+      },
+      finish: async () => {
+        if (file.left !== 0) throw new BartError(`"${path}" is ${file.left} bytes short of the ${size} announced`);
+        await this.write(padding(size));
+        this.current = undefined;
+      },
+      abort: async () => {
+        // The archive cannot be resumed after a partial member: stop tar; the caller removes what was written.
+        this.current = undefined;
+        this.aborted = true;
+        this.child.kill();
+      },
+    };
+  }
+
+  /** Ends the archive and waits for tar; throws what went wrong remotely. */
+  async finish(): Promise<void> {
+    if (this.aborted) {
+      await this.exited;
+      return;
+    }
+    if (this.failed) throw await this.remoteError();
+    await this.write(Buffer.alloc(2 * BLOCK));
+    this.child.stdin!.end();
+    const code = await this.exited;
+    if (code !== 0) throw await this.remoteError();
+  }
+}
