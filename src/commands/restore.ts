@@ -12,6 +12,8 @@ import { checkTargetAgainstBackup, isKnownTimeZone, parseTargetOptions, type Par
 import { copyWal, selectWalToCopy, walCopyBytes, type WalToCopy } from '../catalog/restore-wal.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { LocalRestoreTarget } from '../hosts/restore-target-local.js';
+import { parseRemoteDestination, scpRestoreCommand, SshRestoreTarget } from '../hosts/restore-target-ssh.js';
+import { uploadWalFiles } from '../hosts/restore-target-ssh-wal.js';
 import type { PathState, RestoreTarget } from '../hosts/restore-target.js';
 import { mergeAutoConf, recoverySettings, recoverySettingsIn, shellQuoteForRestoreCommand, signalFileName } from '../postgres/recovery-config.js';
 import { BartError, errorMessage } from '../util/errors.js';
@@ -115,7 +117,7 @@ async function checkRoot(target: RestoreTarget, root: RestoreRoot): Promise<void
     throw new BartError(`${root.what} "${root.path}" is not empty (it holds "${s.sample}"); RESTORE writes only into an empty or absent directory`);
   }
   const dir = s.kind === 'absent' ? s.existingParent : root.path;
-  if (!(await target.writable(dir))) throw new BartError(`${root.what} "${root.path}": "${dir}" is not writable by ${currentUserName()}`);
+  if (!(await target.writable(dir))) throw new BartError(`${root.what} "${root.path}": "${dir}" is not writable by ${target.description === 'local' ? currentUserName() : target.description}`);
 }
 
 /** Sums what each file system must hold and refuses when one has less free space. */
@@ -186,12 +188,12 @@ interface Plan {
   copyWals: boolean;
   workers: number;
   checksumAlgorithm: ChecksumAlgorithm;
+  /** Restoring to another host over ssh (-r). */
+  remote: boolean;
 }
 
 async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: RestoreTarget): Promise<Plan> {
-  if (o.remoteHost !== undefined) {
-    throw new BartError('-r/--remote-host: restoring to another host is not supported by this version of pgbart yet; restore on this host, or run bart on the target host');
-  }
+  const remote = o.remoteHost !== undefined;
   const server = selectOneServer(ctx.config, o.server, 'RESTORE');
   if (!o.restorePath) throw new BartError('RESTORE needs -p/--restore-path PATH (the directory to restore into; empty or absent)');
   const path = resolve(o.restorePath);
@@ -202,6 +204,9 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   const info = entry.info;
   // An incremental is restored from its chain: the full backup, then each incremental in order.
   const chain = info.parent !== undefined ? resolveChain(entries, entry, server) : [entry];
+  if (remote && chain.length > 1) {
+    throw new BartError(`backup ${info.id} is an incremental backup; restoring incremental backups to another host (-r) is not supported yet: restore it on this host, or restore its full backup ${chain[0]!.info.id} remotely`);
+  }
   const zone = isKnownTimeZone(info.timezone) ? info.timezone : Intl.DateTimeFormat().resolvedOptions().timeZone;
   const parsed = parseTargetOptions(o, zone);
   await checkTargetAgainstBackup(parsed, info, server.archivePath);
@@ -240,7 +245,7 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
     ...roots.map((r, i) => ({ path: r.path, bytes: r.bytes + r.files * 2048 + (i === 0 ? walCopyBytes(wal, info.walSegmentSize) : 0) })),
   ]);
 
-  if (!copyWals && server.clusterOwner !== ctx.config.global.bartHost.user) {
+  if (!remote && !copyWals && server.clusterOwner !== ctx.config.global.bartHost.user) {
     log.warning(
       `restore_command (bart ARCHIVE-GET) will run as cluster_owner "${server.clusterOwner}", but bart runs only as the BART user "${ctx.config.global.bartHost.user}" or root: ` +
         'recovery cannot fetch WAL that way; use -c to copy the WAL into the restored cluster',
@@ -248,12 +253,14 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   }
   const workers = o.workers ?? server.workers;
   const checksumAlgorithm: ChecksumAlgorithm = o.disableChecksum ? 'NONE' : info.checksumAlgorithm;
-  return { config: ctx.config, server, info, backupDir: entry.dir, chain, path, target: parsed, scan, roots, tablespaceDest, wal, copyWals, workers, checksumAlgorithm };
+  return { config: ctx.config, server, info, backupDir: entry.dir, chain, path, target: parsed, scan, roots, tablespaceDest, wal, copyWals, workers, checksumAlgorithm, remote };
 }
 
 /** restore_command for the restored cluster. */
 function restoreCommand(plan: Plan): string {
   if (plan.copyWals) return `cp ${shellQuoteForRestoreCommand(join(plan.path, COPIED_WAL_DIR))}/%f %p`;
+  // On another host, bart is not there: fetch from the BART host's archive with scp, as BART did.
+  if (plan.remote) return scpRestoreCommand(`${plan.config.global.bartHost.user}@${plan.config.global.bartHost.host}`, plan.server.archivePath);
   return [process.execPath, bartScript()].map(shellQuoteForRestoreCommand).join(' ') +
     ` -c ${shellQuoteForRestoreCommand(plan.config.path)} ARCHIVE-GET -s ${shellQuoteForRestoreCommand(plan.server.name)} %f %p`;
 }
@@ -279,7 +286,8 @@ async function finishDataDirectory(plan: Plan, o: RestoreOptions, target: Restor
   if (plan.copyWals) {
     const dir = join(path, COPIED_WAL_DIR);
     await target.makeDir(dir, 0o700);
-    await copyWal(plan.server.archivePath, plan.wal, dir, Math.max(2, plan.workers));
+    if (plan.remote) await uploadWalFiles(target, plan.server.archivePath, plan.wal.map((w) => w.name), dir);
+    else await copyWal(plan.server.archivePath, plan.wal, dir, Math.max(2, plan.workers));
   }
 
   const settings = recoverySettings({
@@ -306,6 +314,12 @@ async function finishDataDirectory(plan: Plan, o: RestoreOptions, target: Restor
 /** Makes the restored tree belong to cluster_owner (possible only as root) or says who must. */
 async function fixOwnership(plan: Plan, target: RestoreTarget): Promise<void> {
   const owner = plan.server.clusterOwner;
+  if (plan.remote) {
+    // Files written over ssh belong to the ssh user.
+    const user = target.description.slice(0, target.description.indexOf('@'));
+    if (user !== owner) log.warning(`the restored files belong to "${user}" on ${target.description.slice(user.length + 1)}, but cluster_owner is "${owner}": PostgreSQL must run as the owner of the files`);
+    return;
+  }
   if (isRoot()) {
     const user = lookupOsUser(owner);
     if (!user) throw new BartError(`cluster_owner "${owner}" of server ${plan.server.name} does not exist on this host`);
@@ -326,7 +340,16 @@ async function fixOwnership(plan: Plan, target: RestoreTarget): Promise<void> {
  * removes what was written, leaving PATH (and tablespace locations) as they were.
  */
 export async function restore(ctx: CommandContext, options: RestoreOptions): Promise<number> {
-  const target: RestoreTarget = new LocalRestoreTarget();
+  if (options.remoteHost === undefined) return restoreTo(ctx, options, new LocalRestoreTarget());
+  const target = await SshRestoreTarget.connect(parseRemoteDestination(options.remoteHost));
+  try {
+    return await restoreTo(ctx, options, target);
+  } finally {
+    await target.close().catch(() => undefined);
+  }
+}
+
+async function restoreTo(ctx: CommandContext, options: RestoreOptions, target: RestoreTarget): Promise<number> {
   const checkStart = Date.now();
   const plan = await preparePlan(ctx, options, target);
   log.debug(`checks took ${Date.now() - checkStart} ms`);

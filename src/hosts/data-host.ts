@@ -18,6 +18,12 @@ export interface HostFile {
   close(): Promise<void>;
 }
 
+/** How a file will be read. */
+export interface OpenOptions {
+  /** Reads jump to block positions instead of going front to back. */
+  random?: boolean;
+}
+
 /**
  * Where a data directory lives: this host (direct file access) or another one (over ssh, the
  * remote issue). The backup engine reads through this interface only.
@@ -30,8 +36,12 @@ export interface DataHost {
    * symlinks. Entries that vanish while we walk (a hot database drops files) are left out.
    */
   walk(root: string): AsyncIterable<HostEntry>;
-  /** Opens a file for reading; undefined when it no longer exists. */
-  open(path: string): Promise<HostFile | undefined>;
+  /**
+   * Opens a file for reading; undefined when it no longer exists. Files are read front to back
+   * unless `random` says the reads jump (incremental backups read only changed blocks): hosts that
+   * stream whole files (ssh) then fetch each requested range instead.
+   */
+  open(path: string, opts?: OpenOptions): Promise<HostFile | undefined>;
   /** Closes connections the host holds. */
   close(): Promise<void>;
 }

@@ -28,6 +28,10 @@ function remoteScript(boundary: string): string {
     // An absolute member name (tar strips the `/`, saying so on stderr) rather than -C DIR: tar
     // then always writes a well-formed archive, even for a file that vanished or cannot be read.
     'rd() { if [ ! -e "$1" ]; then printf V; return; fi; printf T; tar -cf - -b 20 -- "$1" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
+    // rg PATH BLOCK COUNT: COUNT 8 KB blocks from BLOCK on (incremental backups), zero-padded past the end.
+    'rg() { printf T; { dd if="$1" bs=8192 skip="$2" count="$3" 2>/dev/null; head -c $(($3 * 8192)) /dev/zero; } | head -c $(($3 * 8192)); }',
+    // rb PATH OFFSET LENGTH: the same for unaligned ranges (slower, never used by the engines today).
+    'rb() { printf T; { tail -c +$(($2 + 1)) -- "$1" 2>/dev/null | head -c "$3"; head -c "$3" /dev/zero; } | head -c "$3"; }',
     "command -v tar >/dev/null 2>&1 || { echo 'pgbart: tar is not installed on this host' >&2; exit 1; }",
     "printf 'pgbart-ready\\n'",
     'while IFS= read -r l; do',
@@ -315,6 +319,26 @@ export class SshChannel {
       },
     };
     return { size, stream };
+  }
+
+  /**
+   * Reads `length` bytes at `position` of a remote file into `buffer` (zeros past its end, as the
+   * engines treat a file that shrank).
+   */
+  async readRange(path: string, buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
+    const doing = `reading ${path} at byte ${position}`;
+    const aligned = position % 8192 === 0 && length % 8192 === 0;
+    this.send(aligned ? `R rg ${shellQuote(path)} ${position / 8192} ${length / 8192}` : `R rb ${shellQuote(path)} ${position} ${length}`);
+    if ((await this.takeExact(1, doing)).toString() !== 'T') {
+      this.broken = true;
+      throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}`);
+    }
+    let got = 0;
+    while (got < length) {
+      const b = await this.takeSome(length - got, doing);
+      b.copy(buffer, offset + got);
+      got += b.length;
+    }
   }
 
   /** Ends the remote shell. */

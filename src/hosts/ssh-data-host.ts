@@ -1,5 +1,5 @@
 import { BartError } from '../util/errors.js';
-import type { DataHost, HostEntry, HostFile } from './data-host.js';
+import type { DataHost, HostEntry, HostFile, OpenOptions } from './data-host.js';
 import type { SshChannel } from './ssh-channel.js';
 import { remoteWord, SshSession, type SshDestination } from './ssh-session.js';
 
@@ -166,7 +166,8 @@ export class SshDataHost implements DataHost {
     yield* await this.listTree(stripped);
   }
 
-  async open(path: string): Promise<HostFile | undefined> {
+  async open(path: string, opts: OpenOptions = {}): Promise<HostFile | undefined> {
+    if (opts.random) return this.openRandom(path);
     const c = await this.acquire();
     let released = false;
     const done = () => {
@@ -212,6 +213,43 @@ export class SshDataHost implements DataHost {
           done();
         }
       },
+    };
+  }
+
+  /** A file read at jumping positions: each read fetches its range (changed blocks only cross the network). */
+  private async openRandom(path: string): Promise<HostFile | undefined> {
+    const c = await this.acquire();
+    let released = false;
+    const done = () => {
+      if (!released) {
+        released = true;
+        this.release(c);
+      }
+    };
+    try {
+      const p = remoteWord(path);
+      const r = await c.run(`if [ ! -e ${p} ]; then exit 3; elif [ -d ${p} ] || [ ! -r ${p} ]; then exit 4; fi`);
+      if (r.code === 3) {
+        done();
+        return undefined;
+      }
+      if (r.code !== 0) throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied): the data directory must be readable by cluster_owner`);
+    } catch (err) {
+      done();
+      throw err;
+    }
+    return {
+      read: async (buffer, offset, length, position) => {
+        try {
+          await c.readRange(path, buffer, offset, length, position);
+          return length;
+        } catch (err) {
+          c.broken = true;
+          done();
+          throw err;
+        }
+      },
+      close: async () => done(),
     };
   }
 
