@@ -66,44 +66,57 @@ for (const version of versionsUnderTest()) {
       if (tsDir) removeTree(tsDir);
     });
 
+    /** Backs up under writes with `args`, restores by hand, and compares with the source. */
+    const backupAndRestoreByHand = async (args: string[]) => {
+      const writer = await startInsertWriter(fx);
+      await new Promise((r) => setTimeout(r, 200));
+      const committedBefore = writer.committed();
+      const r = await fx.setup.bart(['BACKUP', '-s', fx.server, ...args]);
+      await writer.stop();
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      const id = backupIdFrom(r.stdout);
+      assert.match(r.stdout, /backup completed successfully/);
+      const dir = fx.backupDir(id);
+      assert.ok(existsSync(join(dir, 'manifest.jsonl')));
+      assert.ok(!readdirSync(join(fx.setup.backupPath, fx.server)).some((n) => n.endsWith('.partial')), 'no partial backup left');
+      if (args[1] === 'p' && !args.includes('--compress')) {
+        const v = await run(clientTool('pg_verifybackup'), version === 15 ? [join(dir, 'base')] : ['-n', join(dir, 'base')]);
+        assert.equal(v.code, 0, `pg_verifybackup: ${v.stdout}${v.stderr}`);
+      }
+      const target = join(makeTempDir('restore'), 'data');
+      const restored = await restoreByHand(dir, version, target);
+      try {
+        const now = await tableFingerprints(restored);
+        for (const [table, fp] of Object.entries(static_)) assert.equal(now[table], fp, `table ${table} differs after restore`);
+        const rows = await restored.query<{ n: string; max: string; bad: string }>(
+          "SELECT count(*) AS n, coalesce(max(id), 0) AS max, count(*) FILTER (WHERE payload <> md5(id::text)) AS bad FROM ins");
+        const { n, max, bad } = rows[0]!;
+        assert.equal(bad, '0');
+        assert.equal(n, max, 'rows committed during the backup form a gap-free prefix');
+        assert.ok(Number(max) >= committedBefore, `restored ${max} rows, ${committedBefore} were committed before the backup started`);
+        assert.equal(await restored.scalar('SELECT count(*) FROM scratch'), '0', 'unlogged table exists and is empty');
+        const check = await run(clientTool('pg_amcheck'), ['-h', restored.host, '-p', String(restored.port), '-U', 'postgres', '--heapallindexed', 'postgres']);
+        assert.equal(check.code, 0, `pg_amcheck: ${check.stdout}${check.stderr}`);
+      } finally {
+        await restored.destroy();
+        removeRestored(target);
+        removeTree(join(target, '..'));
+      }
+    };
+
     for (const args of combinations) {
-      test(`${args.join(' ')}: a hot backup taken under writes restores by hand to the data it held`, async () => {
-        const writer = await startInsertWriter(fx);
-        await new Promise((r) => setTimeout(r, 200));
-        const committedBefore = writer.committed();
-        const r = await fx.setup.bart(['BACKUP', '-s', fx.server, ...args]);
-        await writer.stop();
-        assert.equal(r.code, 0, r.stderr + r.stdout);
-        const id = backupIdFrom(r.stdout);
-        assert.match(r.stdout, /backup completed successfully/);
-        const dir = fx.backupDir(id);
-        assert.ok(existsSync(join(dir, 'manifest.jsonl')));
-        assert.ok(!readdirSync(join(fx.setup.backupPath, fx.server)).some((n) => n.endsWith('.partial')), 'no partial backup left');
-        if (args[1] === 'p' && !args.includes('--compress')) {
-          const v = await run(clientTool('pg_verifybackup'), version === 15 ? [join(dir, 'base')] : ['-n', join(dir, 'base')]);
-          assert.equal(v.code, 0, `pg_verifybackup: ${v.stdout}${v.stderr}`);
-        }
-        const target = join(makeTempDir('restore'), 'data');
-        const restored = await restoreByHand(dir, version, target);
-        try {
-          const now = await tableFingerprints(restored);
-          for (const [table, fp] of Object.entries(static_)) assert.equal(now[table], fp, `table ${table} differs after restore`);
-          const rows = await restored.query<{ n: string; max: string; bad: string }>(
-            "SELECT count(*) AS n, coalesce(max(id), 0) AS max, count(*) FILTER (WHERE payload <> md5(id::text)) AS bad FROM ins");
-          const { n, max, bad } = rows[0]!;
-          assert.equal(bad, '0');
-          assert.equal(n, max, 'rows committed during the backup form a gap-free prefix');
-          assert.ok(Number(max) >= committedBefore, `restored ${max} rows, ${committedBefore} were committed before the backup started`);
-          assert.equal(await restored.scalar('SELECT count(*) FROM scratch'), '0', 'unlogged table exists and is empty');
-          const check = await run(clientTool('pg_amcheck'), ['-h', restored.host, '-p', String(restored.port), '-U', 'postgres', '--heapallindexed', 'postgres']);
-          assert.equal(check.code, 0, `pg_amcheck: ${check.stdout}${check.stderr}`);
-        } finally {
-          await restored.destroy();
-          removeRestored(target);
-          removeTree(join(target, '..'));
-        }
-      });
+      test(`${args.join(' ')}: a hot backup taken under writes restores by hand to the data it held`, () => backupAndRestoreByHand(args));
     }
+
+    test('xlog_method = stream: the WAL received over replication makes the backup consistent on its own', async () => {
+      const cfg = readFileSync(fx.setup.configPath, 'utf8');
+      fx.setup.writeConfig(cfg.replace(/^(\[pg\])$/m, '$1\nxlog_method = stream'));
+      try {
+        await backupAndRestoreByHand(['-F', 't', '--compress', 'lz4']);
+      } finally {
+        fx.setup.writeConfig(cfg);
+      }
+    });
 
     if (version > 15) {
       test('--with-pg_basebackup refuses a server newer than pg_basebackup_path, naming both versions', async () => {
@@ -117,13 +130,13 @@ for (const version of versionsUnderTest()) {
       const list = await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server]);
       assert.equal(list.code, 0, list.stderr);
       const ids = readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => /^\d+$/.test(n));
-      assert.equal(ids.length, combinations.length);
+      assert.equal(ids.length, combinations.length + 1);
       for (const id of ids) assert.match(list.stdout, new RegExp(`${id}\\s+none\\s+none.*active`));
       const json = JSON.parse((await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json'])).stdout) as { id: string; status: string }[];
       assert.deepEqual(json.map((b) => b.id).sort(), ids.sort());
       const ok = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server]);
       assert.equal(ok.code, 0, ok.stdout + ok.stderr);
-      assert.equal((ok.stdout.match(/ OK/g) ?? []).length, combinations.length);
+      assert.equal((ok.stdout.match(/ OK/g) ?? []).length, combinations.length + 1);
 
       // Flip one byte in the middle of a data file of a plain backup and of an uncompressed tar.
       const plain = ids.find((id) => /BACKUP FORMAT: plain\n[\s\S]*COMPRESSION: none\n[\s\S]*ENGINE: native/.test(readFileSync(join(fx.backupDir(id), 'backupinfo'), 'utf8')))!;
@@ -145,7 +158,7 @@ for (const version of versionsUnderTest()) {
       assert.notEqual(bad.code, 0);
       assert.match(bad.stdout, new RegExp(`${plain}\\s+FAILED \\(base/${accounts}: checksum mismatch`));
       assert.match(bad.stdout, new RegExp(`${tarId}\\s+FAILED`));
-      assert.equal((bad.stdout.match(/ OK/g) ?? []).length, combinations.length - 2);
+      assert.equal((bad.stdout.match(/ OK/g) ?? []).length, combinations.length + 1 - 2);
     });
   });
 }

@@ -67,7 +67,9 @@ export async function readServerFacts(client: pg.Client, server: ServerConfig): 
   const superuser = await queryValue(client, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user');
   if (superuser !== 'true') throw new BartError(`user "${server.user}" of server ${server.name} is not a superuser; bart needs a superuser with replication rights`);
   const archiveMode = await queryValue(client, 'SHOW archive_mode');
-  if (archiveMode === 'off') {
+  if (archiveMode === 'off' && server.xlogMethod === 'stream') {
+    log.warning(`server ${server.name} has archive_mode = off: the backup streams its own WAL, but point-in-time recovery needs archived WAL (bart INIT -s ${server.name})`);
+  } else if (archiveMode === 'off') {
     throw new BartError(`server ${server.name} has archive_mode = off, so the WAL a backup needs cannot be fetched: run "bart INIT -s ${server.name}" and restart the server`);
   }
   const tablespaces = await client.query<{ oid: string; spcname: string; location: string }>(

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, stat, symlink } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { BartConfig, ServerConfig } from '../config/types.js';
@@ -7,6 +7,7 @@ import type { DataHost, HostEntry } from '../hosts/data-host.js';
 import { LocalHost } from '../hosts/local-host.js';
 import { BackupSession, parseBackupLabel } from '../postgres/backup-session.js';
 import { backupEntries } from '../postgres/data-directory.js';
+import { WalStreamer } from '../postgres/wal-streamer.js';
 import { compressionExtension } from '../storage/compression.js';
 import type { CompressTask } from '../storage/compress-worker.js';
 import { PosixRepository } from '../storage/repository.js';
@@ -26,6 +27,9 @@ import { TarArchiveWriter } from './tar-archive-writer.js';
 
 /** How to take a full backup (already validated by the command). */
 export type FullBackupOptions = Omit<BackupRequest, 'engine' | 'parent'>;
+
+/** Where xlog_method = stream writes WAL inside the partial backup before it goes into pg_wal/. */
+const STREAM_DIR = 'wal-stream';
 
 /** Uncompressed bytes per compression unit: large enough to compress well, small enough to bound memory. */
 const UNIT_SIZE = 1024 * 1024;
@@ -47,6 +51,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
   const writers: ArchiveWriter[] = [];
   let manifest: ManifestWriter | undefined;
   let pgManifest: PgBackupManifestWriter | undefined;
+  let streamer: WalStreamer | undefined;
   try {
     if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
     const compress: UnitCompressor = pool
@@ -95,8 +100,13 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       pgManifest = await PgBackupManifestWriter.create(join(partialDir, PLAIN_BASE_DIR, 'backup_manifest'), request.checksum);
     }
 
+    if (server.xlogMethod === 'stream') {
+      await mkdir(join(partialDir, STREAM_DIR), { mode: 0o700 });
+      streamer = await WalStreamer.open({ host: server.host, port: server.port, user: server.user }, facts.walSegmentSize, join(partialDir, STREAM_DIR));
+    }
     const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart backup ${id}`);
     log.debug(`backup mode started at ${startLsn}`);
+    streamer?.begin(parseLsn(startLsn));
     const base = await makeWriter('base');
     await copyTree(host, facts.dataDirectory, base, request, false);
     for (const ts of facts.tablespaces) {
@@ -104,7 +114,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       await copyTree(host, ts.location, writer, request, true);
       if (request.format === 'plain') await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
-    const stop = await session.stop();
+    const stop = await session.stop(!streamer);
     const label = parseBackupLabel(stop.labelFile);
     const now = Date.now();
     const made = (path: string, data: string): [HostEntry, { data: Buffer }] => [
@@ -128,9 +138,11 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       const history = `${label.timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
       if (existsSync(join(server.archivePath, history))) walNames.push(history);
     }
-    for (let seg = firstSegNo; seg <= lastSegNo; seg++) walNames.push(segmentName(label.timeline, seg, segSize));
+    const streamed = streamer ? await streamer.finish(stopLsn) : [];
+    if (streamer) walNames.push(...streamed.filter((n) => segmentNumberFromName(n, segSize) >= firstSegNo));
+    else for (let seg = firstSegNo; seg <= lastSegNo; seg++) walNames.push(segmentName(label.timeline, seg, segSize));
     for (const name of walNames) {
-      const path = await waitForArchivedWal(server.archivePath, name, 60_000);
+      const path = streamed.includes(name) ? join(partialDir, STREAM_DIR, name) : await waitForArchivedWal(server.archivePath, name, 60_000);
       const entryPath = `pg_wal/${name}`;
       if (path.endsWith('.gz')) {
         const data = gunzipSync(await readFile(path));
@@ -184,6 +196,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     }
     if (request.format === 'plain') await repository.syncTree(partialDir);
     progress.end();
+    if (streamer) await rm(join(partialDir, STREAM_DIR), { recursive: true, force: true });
     return done;
   } catch (err) {
     for (const w of writers) await w.abort().catch(() => undefined);
@@ -192,6 +205,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     throw err;
   } finally {
     await pool?.close();
+    await streamer?.close();
   }
 }
 

@@ -44,11 +44,11 @@ export class BackupSession {
     }
   }
 
-  /** Ends backup mode, waiting until the last WAL segment is archived. */
-  async stop(): Promise<BackupStopResult> {
+  /** Ends backup mode; by default waits until the last WAL segment is archived. */
+  async stop(waitForArchive = true): Promise<BackupStopResult> {
     try {
       // pg_backup_stop waits for archiving without a time limit; the server logs a warning while it waits.
-      const r = await this.client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(backupStopSql(this.major));
+      const r = await this.client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(backupStopSql(this.major, waitForArchive));
       const row = r.rows[0]!;
       return { stopLsn: row.lsn, labelFile: row.labelfile, tablespaceMap: row.spcmapfile ?? '' };
     } catch (err) {

@@ -27,9 +27,12 @@ export function backupStartSql(major: number): string {
   return major >= 15 ? 'SELECT pg_backup_start($1, $2) AS lsn' : 'SELECT pg_start_backup($1, $2, false) AS lsn';
 }
 
-/** SQL that ends a non-exclusive backup (waiting for WAL archiving); returns lsn, labelfile, spcmapfile. */
-export function backupStopSql(major: number): string {
+/**
+ * SQL that ends a non-exclusive backup; returns lsn, labelfile, spcmapfile. With `waitForArchive`
+ * it returns only once the last WAL segment the backup needs is archived.
+ */
+export function backupStopSql(major: number, waitForArchive = true): string {
   return major >= 15
-    ? 'SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(true)'
-    : 'SELECT lsn, labelfile, spcmapfile FROM pg_stop_backup(false, true)';
+    ? `SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(${waitForArchive})`
+    : `SELECT lsn, labelfile, spcmapfile FROM pg_stop_backup(false, ${waitForArchive})`;
 }
