@@ -66,9 +66,6 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
   let failures = 0;
   for (const server of servers) {
     try {
-      if (server.xlogMethod === 'stream' && !o.withPg_basebackup) {
-        throw new BartError(`server ${server.name}: xlog_method = stream needs --with-pg_basebackup in this version; use xlog_method = fetch for the native engine`);
-      }
       const threads = o.threadCount ?? server.threadCount;
       const name = backupName(o, server, new Date());
       const request = { ...common, threads, ...(name ? { name } : {}) };
