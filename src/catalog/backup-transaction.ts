@@ -1,5 +1,5 @@
 import { existsSync, rmSync } from 'node:fs';
-import { mkdir, rename, rm, statfs } from 'node:fs/promises';
+import { mkdir, open, rename, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pg from 'pg';
 import type { BartConfig, ServerConfig } from '../config/types.js';
@@ -98,13 +98,32 @@ async function checkFreeSpace(path: string, estimated: number, compression: Comp
   if (free < estimated) log.warning(`free space in ${path} (${formatBytes(free)}) is less than the database size (${formatBytes(estimated)}); relying on compression`);
 }
 
-/** Waits until a WAL file is in the archive (plain or .gz) and returns its path. */
+/**
+ * True unless `path` is a WAL segment still being copied: BART's `scp` archive_command writes in
+ * place, so a segment shows up before it is whole. Its first page header records the segment size.
+ */
+async function segmentComplete(path: string, name: string): Promise<boolean> {
+  if (!/^[0-9A-F]{24}$/.test(name)) return true;
+  let handle;
+  try {
+    handle = await open(path, 'r');
+    const head = Buffer.alloc(40);
+    const { bytesRead } = await handle.read(head, 0, 40, 0);
+    if (bytesRead < 40) return false;
+    return (await handle.stat()).size >= head.readUInt32LE(32);
+  } catch {
+    return false;
+  } finally {
+    await handle?.close();
+  }
+}
+
+/** Waits until a WAL file is in the archive (plain or .gz), completely, and returns its path. */
 export async function waitForArchivedWal(archivePath: string, name: string, timeoutMs: number): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    for (const candidate of [join(archivePath, name), join(archivePath, name + '.gz')]) {
-      if (existsSync(candidate)) return candidate;
-    }
+    if (existsSync(join(archivePath, name)) && (await segmentComplete(join(archivePath, name), name))) return join(archivePath, name);
+    if (existsSync(join(archivePath, name + '.gz'))) return join(archivePath, name + '.gz');
     if (Date.now() > deadline) {
       throw new BartError(`WAL file ${name} needed by the backup did not arrive in ${archivePath} within ${timeoutMs / 1000} s; check archive_command (bart CHECK-CONFIG)`);
     }
