@@ -35,7 +35,12 @@ export async function acquireLock(dir: string, name: string, command: string): P
     // (never empty), and link(), unlike rename(), fails when the lock exists.
     const holderNow: LockHolder = { pid: process.pid, command, started: new Date().toISOString() };
     const tmp = join(dir, `.${name}.lock.tmp-${process.pid}-${Date.now().toString(36)}`);
-    await writeFile(tmp, JSON.stringify(holderNow), { mode: 0o600 });
+    try {
+      await writeFile(tmp, JSON.stringify(holderNow), { mode: 0o600 });
+    } catch (err) {
+      if (isErrnoError(err) && err.code === 'ENOENT') throw new BartError(`catalog directory ${dir} does not exist (run bart INIT for this server first)`);
+      throw err;
+    }
     try {
       await link(tmp, path);
       return {

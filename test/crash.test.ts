@@ -1,0 +1,206 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { versionsUnderTest, REPO_ROOT } from './harness/pg-binaries.js';
+import { removeTree, testUserIds, type RunResult } from './harness/os.js';
+import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
+
+const version = versionsUnderTest()[0]!;
+const SEED = Number(process.env.PGBART_CRASH_SEED ?? 20261124);
+
+/** Small seeded PRNG (mulberry32): a failing sequence can be replayed with PGBART_CRASH_SEED. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Scenario {
+  name: string;
+  /** The bart command to crash; `backup-kill` is killed from outside after a random delay. */
+  args: (ctx: { oldest: string }) => string[];
+  crashAt?: string;
+  /** Prepare the catalog so that the crash point is reached. */
+  prepare?: 'mark' | 'mark-leftover' | 'age-wal';
+}
+
+const SCENARIOS: Scenario[] = [
+  { name: 'MANAGE -d after taking the lock', args: () => ['MANAGE', '-d'], crashAt: 'manage:locked', prepare: 'mark' },
+  { name: 'MANAGE -d after renaming a backup to .deleting', args: () => ['MANAGE', '-d'], crashAt: 'delete:renamed', prepare: 'mark' },
+  { name: 'MANAGE -d in the middle of WAL deletion', args: () => ['MANAGE', '-d'], crashAt: 'delete:wal', prepare: 'mark' },
+  { name: 'MANAGE -d before removing directories', args: () => ['MANAGE', '-d'], crashAt: 'delete:before-rm', prepare: 'mark' },
+  { name: 'MANAGE -d after removing directories', args: () => ['MANAGE', '-d'], crashAt: 'delete:after-rm', prepare: 'mark' },
+  { name: 'MANAGE -d while removing leftovers', args: () => ['MANAGE', '-d'], crashAt: 'delete:leftovers', prepare: 'mark-leftover' },
+  { name: 'MANAGE while marking obsolete', args: () => ['MANAGE'], crashAt: 'manage:marked' },
+  { name: 'MANAGE between gzip rename and unlink', args: () => ['MANAGE'], crashAt: 'compress:renamed', prepare: 'age-wal' },
+  { name: 'DELETE after taking the lock', args: ({ oldest }) => ['DELETE', '-i', oldest], crashAt: 'delete:locked' },
+  { name: 'DELETE after renaming', args: ({ oldest }) => ['DELETE', '-i', oldest], crashAt: 'delete:renamed' },
+  { name: 'DELETE in the middle of WAL deletion', args: ({ oldest }) => ['DELETE', '-i', oldest], crashAt: 'delete:wal' },
+  { name: 'BACKUP killed after a random delay', args: () => ['BACKUP'] },
+  { name: 'BACKUP killed after a random delay', args: () => ['BACKUP'] },
+];
+
+function bartProcess(src: RestoreSource, args: string[], env: NodeJS.ProcessEnv = {}) {
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', src.setup.configPath, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<RunResult & { signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+  return { child, done };
+}
+
+describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () => {
+  let src: RestoreSource;
+  let serverDir: string;
+  let marker = 0;
+  const ok = async (args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const r = await src.setup.bart(args, env);
+    assert.equal(r.code, 0, `bart ${args.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
+    return r;
+  };
+  const backupNow = async () => {
+    await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
+    await src.archiveCurrentWal();
+    return src.backup([]);
+  };
+  const complete = () => readdirSync(serverDir).filter((n) => /^\d+$/.test(n)).sort();
+  const segmentsInArchive = () => new Set(readdirSync(src.archivePath).filter((n) => /^[0-9A-F]{24}(\.gz)?$/.test(n)).map((n) => n.slice(0, 24)));
+
+  /** Every complete backup verifies, and the archive holds every segment from its start to the newest one. */
+  const assertCatalogSound = async (when: string) => {
+    if (complete().length > 0) {
+      const v = await src.setup.bart(['VERIFY-CHKSUM', '-s', src.server]);
+      assert.equal(v.code, 0, `${when}: VERIFY-CHKSUM\n${v.stdout}\n${v.stderr}`);
+    }
+    assertWalKept(when);
+  };
+  /** The archive holds every segment from each complete backup's start to the newest archived one. */
+  const assertWalKept = (when: string) => {
+    const ids = complete();
+    const segs = segmentsInArchive();
+    const newest = [...segs].sort().pop();
+    for (const id of ids) {
+      const start = readFileSync(join(serverDir, id, 'backupinfo'), 'utf8').match(/^START WAL LOCATION: (\w+)$/m)![1]!;
+      if (!newest) assert.fail(`${when}: archive empty while backup ${id} exists`);
+      for (let n = parseInt(start.slice(16), 16); n <= parseInt(newest.slice(16), 16); n++) {
+        const name = start.slice(0, 16) + n.toString(16).toUpperCase().padStart(8, '0');
+        assert.ok(segs.has(name), `${when}: WAL ${name} needed by backup ${id} is gone`);
+      }
+    }
+  };
+
+  before(async () => {
+    src = await createRestoreSource(version, 'pg');
+    src.configure(src.cluster, { retention_policy: '2 BACKUPS', wal_compression: 'enabled' });
+    serverDir = join(src.setup.backupPath, src.server);
+    await src.cluster.query('CREATE TABLE t (id int)');
+    await backupNow();
+    await backupNow();
+  });
+  after(async () => {
+    await src?.destroy();
+  });
+
+  test('two BACKUPs at the same moment: one refuses naming the other; BACKUP vs MANAGE -d; stale lock', async () => {
+    const a = bartProcess(src, ['BACKUP', '-s', src.server]);
+    const b = bartProcess(src, ['BACKUP', '-s', src.server]);
+    const results = await Promise.all([a.done, b.done]);
+    const failed = results.filter((r) => r.code !== 0);
+    assert.equal(failed.length, 1, results.map((r) => r.stderr).join('\n'));
+    assert.match(failed[0]!.stderr, /ERROR: +BACKUP is running for this server \(pid \d+, started \d{4}-\d\d-\d\dT[^)]*\); try again when it has finished/);
+
+    // While a BACKUP holds the lock, MANAGE -d refuses and names it; the dry run and -l still work.
+    const running = bartProcess(src, ['BACKUP', '-s', src.server]);
+    const lockPath = join(serverDir, 'backup.lock');
+    for (let i = 0; i < 400 && !existsSync(lockPath); i++) await new Promise((r) => setTimeout(r, 10));
+    const refused = await src.setup.bart(['MANAGE', '-s', src.server, '-d']);
+    const listing = await src.setup.bart(['MANAGE', '-s', src.server, '-l']);
+    const backup = await running.done;
+    assert.equal(backup.code, 0, backup.stderr);
+    assert.notEqual(refused.code, 0, 'MANAGE -d ran while BACKUP held the lock');
+    assert.match(refused.stderr, new RegExp(`ERROR: .*BACKUP is running for this server \\(pid ${running.child.pid}, started `));
+    assert.equal(listing.code, 0, listing.stderr);
+
+    // Started at the same moment: whichever loses says who holds the lock; nothing is corrupted.
+    const [x, y] = await Promise.all([bartProcess(src, ['BACKUP', '-s', src.server]).done, bartProcess(src, ['MANAGE', '-s', src.server, '-d']).done]);
+    for (const r of [x, y]) if (r.code !== 0) assert.match(r.stderr, /(BACKUP|MANAGE -d) is running for this server \(pid \d+/);
+    assert.ok(x.code === 0 || y.code === 0);
+
+    // A lock left by a dead process is taken over.
+    const dead = Number(spawnSync('sh', ['-c', 'echo $$']).stdout.toString().trim());
+    writeFileSync(lockPath, JSON.stringify({ pid: dead, command: 'DELETE', started: new Date().toISOString() }));
+    const ids = testUserIds();
+    if (ids) spawnSync('chown', [`${ids.uid}:${ids.gid}`, lockPath]);
+    await ok(['MANAGE', '-s', src.server]);
+    await ok(['MANAGE', '-s', src.server, '-d']);
+    assert.ok(!existsSync(lockPath));
+    await assertCatalogSound('after the lock tests');
+  });
+
+  test('SIGKILL at many points of BACKUP, MANAGE, MANAGE -d and DELETE leaves a sound catalog', async () => {
+    const random = rng(SEED);
+    const order = [...SCENARIOS].sort(() => random() - 0.5);
+    await backupNow(); // every step starts with one backup more than the policy keeps
+    for (const [k, scenario] of order.entries()) {
+      const when = `step ${k} (${scenario.name}${scenario.crashAt ? `, PGBART_CRASH_AT=${scenario.crashAt}` : ''}, seed ${SEED})`;
+      // Each step ends with a new backup: one more than the policy keeps, so MANAGE marks one obsolete.
+      if (scenario.prepare === 'mark' || scenario.prepare === 'mark-leftover') await ok(['MANAGE', '-s', src.server]);
+      if (scenario.prepare === 'mark-leftover') {
+        const dead = Number(spawnSync('sh', ['-c', 'echo $$']).stdout.toString().trim());
+        writeFileSync(join(src.archivePath, `.000000010000000000000001.gz.tmp-${dead}-zz`), 'half');
+      }
+      if (scenario.prepare === 'age-wal') {
+        await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
+        await src.archiveCurrentWal();
+        const old = new Date(Date.now() - 60_000).toISOString();
+        for (const n of readdirSync(src.archivePath)) spawnSync('touch', ['-d', old, join(src.archivePath, n)]);
+      }
+      if (scenario.args({ oldest: '' })[0] === 'DELETE' && complete().length < 2) await backupNow();
+      const args = [...scenario.args({ oldest: complete()[0]! }).slice(0, 1), '-s', src.server, ...scenario.args({ oldest: complete()[0]! }).slice(1)];
+      if (scenario.crashAt) {
+        const r = await bartProcess(src, args, { PGBART_CRASH_AT: scenario.crashAt }).done;
+        assert.equal(r.signal, 'SIGKILL', `${when}: the crash point was not reached (exit ${r.code})\n${r.stdout}\n${r.stderr}`);
+      } else {
+        await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
+        const p = bartProcess(src, args);
+        const delay = 50 + Math.floor(random() * 2500);
+        const timer = setTimeout(() => p.child.kill('SIGKILL'), delay);
+        const r = await p.done;
+        clearTimeout(timer);
+        assert.ok(r.signal === 'SIGKILL' || r.code === 0, `${when}: BACKUP failed on its own\n${r.stderr}`);
+      }
+      await assertCatalogSound(`${when}, right after the kill`);
+      await ok(['MANAGE', '-s', src.server]);
+      await ok(['MANAGE', '-s', src.server, '-d']);
+      const left = readdirSync(serverDir).filter((n) => n.endsWith('.partial') || n.endsWith('.deleting') || n.includes('.tmp-'));
+      assert.deepEqual(left, [], `${when}: MANAGE -d left leftovers`);
+      assert.ok(!readdirSync(src.archivePath).some((n) => n.includes('.tmp-')), `${when}: temp files left in the archive`);
+      await backupNow();
+      assertWalKept(`${when}, after MANAGE -d and BACKUP`);
+    }
+    await assertCatalogSound('after the crash loop');
+    // The oldest retained backup still restores, replaying the archive to the newest WAL.
+    await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
+    await src.archiveCurrentWal();
+    const oldest = complete()[0]!;
+    const path = freshPath(src, 'after-crashes');
+    const r = await src.restore(['-i', oldest, '-p', path]);
+    assert.equal(r.code, 0, r.stderr);
+    const restored = await startRestored(version, path);
+    try {
+      await waitPromoted(restored);
+      assert.equal(Number(await restored.scalar('SELECT max(id) FROM t')), marker);
+    } finally {
+      await restored.destroy();
+      removeTree(path);
+    }
+  });
+});
