@@ -36,9 +36,16 @@ test('scanner across a timeline switch: MBMs of timelines 1 and 2 merge along th
       const start = await lsn(c);
       await c.query(`UPDATE tl SET pad = 'before' WHERE id % 61 = 0`);
       const before = await blocks(c, 'id % 61 = 0');
-      // Leave the last records of timeline 1 in a segment that is not complete: the switch
-      // happens in its middle.
-      await c.stop('fast');
+      // A record from here to 1 MB past the next segment boundary: the last complete segment of
+      // timeline 1 ends inside it, and its continuation lives only in the segment where the
+      // timeline ends (the .partial file, or timeline 2's copy of it).
+      const here = Number(await lsn(c));
+      const boundary = (Math.floor(here / 16777216) + 1) * 16777216;
+      await c.query(`SELECT pg_logical_emit_message(true, 'tl', repeat('M', ${boundary - here + 1024 * 1024}))`);
+      // Leave the last records of timeline 1 in a segment that is not complete (an immediate
+      // stop does not switch segments, a clean one does when archiving): the switch happens in
+      // its middle.
+      await c.stop('immediate');
       writeFileSync(join(c.dataDir, 'recovery.signal'), '');
       const ids = testUserIds();
       if (ids) chownSync(join(c.dataDir, 'recovery.signal'), ids.uid, ids.gid);
@@ -59,6 +66,7 @@ test('scanner across a timeline switch: MBMs of timelines 1 and 2 merge along th
       const cs = await loadChangeSet(archive, req);
       assert.deepEqual(cs.missingSegments, []);
       assert.ok(cs.mbmFiles.some((f) => f.includes('/00000002_')), 'timeline 2 MBMs used');
+      assert.ok(cs.mbmFiles.some((f) => f.includes('/00000001_')), 'timeline 1 MBM (segment ending inside the 20 MB record) used');
       for (const b of [...before, ...after]) assert.ok(isBlockModified(cs, 1663, db, relNo, 0, b), `block ${b}`);
       assert.ok(readdirSync(archive).some((n) => n.endsWith('.partial')), 'the old timeline left a .partial segment');
     });

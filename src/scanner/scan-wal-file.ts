@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { segmentName } from '../wal/segment-name.js';
@@ -42,6 +42,28 @@ export function findSegmentFile(dir: string, name: string): string | undefined {
 }
 
 /**
+ * The file holding the continuation of a record into segment `name` (timeline `timeline`): that
+ * segment, else its `.partial` (the timeline ended in it), else the same segment of a later
+ * timeline, which starts with a copy of this timeline's WAL up to the switch point.
+ */
+export function findContinuationFile(dir: string, timeline: number, name: string): string | undefined {
+  const direct = findSegmentFile(dir, name);
+  if (direct) return direct;
+  for (const candidate of [`${name}.partial`, `${name}.partial.gz`]) {
+    const p = join(dir, candidate);
+    if (existsSync(p)) return p;
+  }
+  const suffix = name.slice(8);
+  let best: string | undefined;
+  for (const n of readdirSync(dir)) {
+    const f = parseWalFileName(n);
+    if (!f || f.partial || f.segmentName.slice(8) !== suffix || f.timeline <= timeline) continue;
+    if (!best || n < best) best = n;
+  }
+  return best ? join(dir, best) : undefined;
+}
+
+/**
  * Scans one archived WAL segment (plain or `.gz`) and writes its MBM atomically next to it:
  * every block reference and whole-object event of the records that START in this segment. A
  * record that continues into the next segment is finished from that file (read from the same
@@ -82,7 +104,7 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
   let nextSegNo = segNo + 1;
   while (decoder.hasPendingRecord) {
     const nextName = segmentName(parsed.timeline, BigInt(nextSegNo), segSize);
-    const nextPath = findSegmentFile(dirname(path), nextName);
+    const nextPath = findContinuationFile(dirname(path), parsed.timeline, nextName);
     if (!nextPath) return { status: 'waiting', nextSegment: nextName };
     currentFile = nextPath;
     const n = await loadWalFile(nextPath, buffers.next, decoder.pendingBytesNeeded);
