@@ -23,6 +23,7 @@ for (const version of versionsUnderTest()) {
   describe(`PITR on PostgreSQL ${version}`, () => {
     let src: RestoreSource;
     let b1: string;
+    let b1b: string;
     const commits: Commit[] = [];
 
     /** One transaction writing rows of `batch`; returns what identifies its commit. */
@@ -74,6 +75,8 @@ for (const version of versionsUnderTest()) {
         commits.push(await commitBatch(src.cluster, batch));
         if (batch === 5) await src.cluster.query(`SELECT pg_create_restore_point('after_batch_5')`);
       }
+      // A newer backup: a time target without -i must still pick b1, the newest that ended before it.
+      b1b = await src.backup(['-F', 't', '--compress', 'lz4']);
       await src.archiveCurrentWal();
     });
 
@@ -82,16 +85,19 @@ for (const version of versionsUnderTest()) {
     });
 
     test('to a timestamp, an xid (exclusive) and an LSN: exactly the transactions committed up to it', async () => {
-      await expectBatches(['-i', b1, '-g', commits[2]!.time], range(1, 3));
+      await expectBatches(['-g', commits[2]!.time], range(1, 3));
       await expectBatches(['-i', b1, '-x', commits[4]!.xid, '--target-exclusive', '--target-action', 'promote'], range(1, 4), false);
       await expectBatches(['-i', b1, '--target-lsn', commits[1]!.lsn], range(1, 2));
     });
 
     test('targets before the end of the backup are refused, naming the earliest reachable point; PATH untouched', async () => {
       const path = freshPath(src, 'early');
-      let r = await src.restore(['-i', b1, '-p', path, '-g', '2020-01-01 00:00:00+00']);
+      // Without -i the oldest backup is the candidate for so early a time: the error names its end.
+      let r = await src.restore(['-p', path, '-g', '2020-01-01 00:00:00+00']);
       assert.notEqual(r.code, 0);
-      assert.match(r.stderr, /ERROR: +recovery target time 2020-01-01 00:00:00\+00 is before the end of backup \d+ .*the earliest time this backup can reach is \d{4}-/);
+      assert.match(r.stderr, new RegExp(`ERROR: +recovery target time 2020-01-01 00:00:00\\+00 is before the end of backup ${b1} .*the earliest time this backup can reach is \\d{4}-`));
+      r = await src.restore(['-i', b1b, '-p', path, '-g', commits[2]!.time]);
+      assert.match(r.stderr, new RegExp(`ERROR: +recovery target time .* is before the end of backup ${b1b} `));
       r = await src.restore(['-i', b1, '-p', path, '--target-lsn', '0/10']);
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /ERROR: +recovery target LSN 0\/10 is before the end of backup \d+ \(STOP LSN [0-9A-F]+\/[0-9A-F]+\): the earliest LSN/);

@@ -19,6 +19,7 @@ import { mergeAutoConf, recoverySettings, recoverySettingsIn, shellQuoteForResto
 import { BartError, errorMessage } from '../util/errors.js';
 import { formatBytes, formatDuration } from '../util/format.js';
 import { log } from '../util/log.js';
+import { parseLsn } from '../util/lsn.js';
 import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
 import { selectOneServer, type CommandContext } from './context.js';
 
@@ -105,6 +106,29 @@ function pickBackup(entries: CatalogEntry[], server: ServerConfig, id: string | 
   const latest = latestBackup(entries);
   if (!latest) throw new BartError(`server ${server.name} has no complete active backup to restore (see bart SHOW-BACKUPS -s ${server.name})`);
   return latest;
+}
+
+/** The zone a target time without one is read in: the backup's (the BART host's), else ours. */
+function zoneOf(info: BackupInfo): string {
+  return isKnownTimeZone(info.timezone) ? info.timezone : Intl.DateTimeFormat().resolvedOptions().timeZone;
+}
+
+/**
+ * Without -i: the newest restorable backup, or, for a time or LSN target, the newest one that ended
+ * before the target (what a DBA restoring "to 10:42" means). When none did, the oldest is taken and the
+ * target check then names the earliest point any backup can reach.
+ */
+function pickBackupForTarget(entries: CatalogEntry[], server: ServerConfig, o: TargetOptions): CatalogEntry {
+  const newest = pickBackup(entries, server, undefined);
+  const usable = entries.filter((e) => e.complete && (e.info.status === 'active' || e.info.status === 'keep'));
+  const t = parseTargetOptions(o, zoneOf(newest.info));
+  let fits: CatalogEntry[] | undefined;
+  if (t.target.kind === 'time' && t.time) fits = usable.filter((e) => e.info.stopTime.getTime() <= t.time!.getTime());
+  else if (t.target.kind === 'lsn') fits = usable.filter((e) => parseLsn(e.info.stopLsn) <= parseLsn((t.target as { value: string }).value));
+  if (!fits) return newest;
+  const pick = fits[fits.length - 1] ?? usable[0]!;
+  if (pick !== newest) log.info(`no -i given: using backup ${pick.info.id}, the newest that ended before the recovery target (${t.description})`);
+  return pick;
 }
 
 async function checkRoot(target: RestoreTarget, root: RestoreRoot): Promise<void> {
@@ -200,15 +224,14 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   const cliMap = o.tablespaceMap !== undefined ? parseTablespaceMap(o.tablespaceMap) : undefined;
 
   const entries = await listBackups(ctx.config, server);
-  const entry = pickBackup(entries, server, o.backupid);
+  const entry = o.backupid !== undefined ? pickBackup(entries, server, o.backupid) : pickBackupForTarget(entries, server, o);
   const info = entry.info;
   // An incremental is restored from its chain: the full backup, then each incremental in order.
   const chain = info.parent !== undefined ? resolveChain(entries, entry, server) : [entry];
   if (remote && chain.length > 1) {
     throw new BartError(`backup ${info.id} is an incremental backup; restoring incremental backups to another host (-r) is not supported yet: restore it on this host, or restore its full backup ${chain[0]!.info.id} remotely`);
   }
-  const zone = isKnownTimeZone(info.timezone) ? info.timezone : Intl.DateTimeFormat().resolvedOptions().timeZone;
-  const parsed = parseTargetOptions(o, zone);
+  const parsed = parseTargetOptions(o, zoneOf(info));
   await checkTargetAgainstBackup(parsed, info, server.archivePath);
 
   const scan = await scanBackup(chain[0]!.dir, chain[0]!.info);
