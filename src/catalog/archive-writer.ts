@@ -43,7 +43,10 @@ export function artifactHasher(): { update(d: Uint8Array): void; hex(): string }
   };
 }
 
-/** Reads a file's `size` bytes in pieces, hashing as it goes; pads with zeros if the file shrank. */
+/**
+ * Reads a file's `size` bytes in pieces, hashing as it goes, with the next read already under way
+ * while a piece is processed; pads with zeros if the file shrank.
+ */
 export async function readPieces(
   file: HostFile | undefined,
   size: number,
@@ -51,10 +54,8 @@ export async function readPieces(
   hash: Hash | undefined,
   onPiece: (piece: Buffer) => Promise<void>,
 ): Promise<void> {
-  let position = 0;
   let eof = file === undefined;
-  while (position < size) {
-    const want = Math.min(size - position, pieceSize(size - position));
+  const readOne = async (position: number, want: number): Promise<Buffer> => {
     const buf = Buffer.allocUnsafe(want);
     let got = 0;
     while (!eof && got < want) {
@@ -65,9 +66,22 @@ export async function readPieces(
     // A relation truncated under us (VACUUM) reads short; the tar header already promised `size`
     // bytes, and WAL replay from the backup start restores the real content, as with pg_basebackup.
     if (got < want) buf.fill(0, got);
+    return buf;
+  };
+  let position = 0;
+  let want = Math.min(size, pieceSize(size));
+  let pending = size > 0 ? readOne(0, want) : undefined;
+  while (pending) {
+    const buf = await pending;
+    position += want;
+    pending = undefined;
+    if (position < size) {
+      want = Math.min(size - position, pieceSize(size - position));
+      pending = readOne(position, want);
+      pending.catch(() => undefined); // handled when awaited; never an unhandled rejection meanwhile
+    }
     hash?.update(buf);
     await onPiece(buf);
-    position += want;
   }
 }
 

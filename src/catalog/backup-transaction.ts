@@ -120,14 +120,21 @@ async function segmentComplete(path: string, name: string): Promise<boolean> {
 
 /** Waits until a WAL file is in the archive (plain or .gz), completely, and returns its path. */
 export async function waitForArchivedWal(archivePath: string, name: string, timeoutMs: number): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
+  const started = Date.now();
+  const deadline = started + timeoutMs;
+  let warned = false;
   for (;;) {
     if (existsSync(join(archivePath, name)) && (await segmentComplete(join(archivePath, name), name))) return join(archivePath, name);
     if (existsSync(join(archivePath, name + '.gz'))) return join(archivePath, name + '.gz');
     if (Date.now() > deadline) {
       throw new BartError(`WAL file ${name} needed by the backup did not arrive in ${archivePath} within ${timeoutMs / 1000} s; check archive_command (bart CHECK-CONFIG)`);
     }
-    await new Promise((r) => setTimeout(r, 200));
+    if (!warned && Date.now() - started > 30_000) {
+      warned = true;
+      log.warning(`still waiting for WAL file ${name} to be archived into ${archivePath}; is archive_command working? (bart CHECK-CONFIG)`);
+    }
+    // The archiver usually delivers a switched segment within milliseconds: poll briskly.
+    await new Promise((r) => setTimeout(r, 25));
   }
 }
 

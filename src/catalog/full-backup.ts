@@ -107,6 +107,8 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart backup ${id}`);
     log.debug(`backup mode started at ${startLsn}`);
     streamer?.begin(parseLsn(startLsn));
+    const t0 = Date.now();
+    const phase = (what: string) => log.debug(`${what} after ${Date.now() - t0} ms`);
     const base = await makeWriter('base');
     await copyTree(host, facts.dataDirectory, base, request, false);
     for (const ts of facts.tablespaces) {
@@ -114,7 +116,11 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       await copyTree(host, ts.location, writer, request, true);
       if (request.format === 'plain') await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
-    const stop = await session.stop(!streamer);
+    phase('data files copied');
+    // We wait for the archive ourselves (below, polling every 25 ms): pg_backup_stop's own wait
+    // sleeps a full second between checks.
+    const stop = await session.stop(false);
+    phase('backup mode stopped');
     const label = parseBackupLabel(stop.labelFile);
     const now = Date.now();
     const made = (path: string, data: string): [HostEntry, { data: Buffer }] => [
@@ -142,7 +148,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     if (streamer) walNames.push(...streamed.filter((n) => segmentNumberFromName(n, segSize) >= firstSegNo));
     else for (let seg = firstSegNo; seg <= lastSegNo; seg++) walNames.push(segmentName(label.timeline, seg, segSize));
     for (const name of walNames) {
-      const path = streamed.includes(name) ? join(partialDir, STREAM_DIR, name) : await waitForArchivedWal(server.archivePath, name, 60_000);
+      const path = streamed.includes(name) ? join(partialDir, STREAM_DIR, name) : await waitForArchivedWal(server.archivePath, name, 600_000);
       const entryPath = `pg_wal/${name}`;
       if (path.endsWith('.gz')) {
         const data = gunzipSync(await readFile(path));
@@ -156,6 +162,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       if (!name.endsWith('.history')) walFiles.push(name);
     }
 
+    phase('WAL stored');
     let storedBytes = 0;
     let dataBytes = 0;
     for (const writer of writers) {
@@ -194,7 +201,9 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       await pgManifest.finish(label.timeline, label.startLsn, stop.stopLsn);
       pgManifest = undefined;
     }
+    phase('archives finished');
     if (request.format === 'plain') await repository.syncTree(partialDir);
+    phase('synced');
     progress.end();
     if (streamer) await rm(join(partialDir, STREAM_DIR), { recursive: true, force: true });
     return done;

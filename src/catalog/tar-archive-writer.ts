@@ -58,7 +58,7 @@ export class TarArchiveWriter implements ArchiveWriter {
       } else {
         const file = content ? await content.host.open(content.path) : undefined;
         try {
-          await readPieces(file, entry.size, () => this.settings.unitSize - (this.pieceBytes % this.settings.unitSize), hash, (p) => this.pushBytes(p));
+          await readPieces(file, entry.size, () => this.settings.unitSize, hash, (p) => this.pushBytes(p));
         } finally {
           await file?.close();
         }
