@@ -1,11 +1,13 @@
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
-import { access, open, stat, unlink } from 'node:fs/promises';
+import { access, mkdtemp, open, rm, stat, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type pg from 'pg';
 import { findArchived } from '../catalog/wal-archive.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { connect, type ConnectionTarget } from '../postgres/connection.js';
+import { explainSshFailure } from '../hosts/ssh-errors.js';
 import { probeReplicationConnection } from '../postgres/replication-probe.js';
 import { isScannerRunning } from '../scanner/scanner-client.js';
 import { scannerSocketPath } from '../scanner/scanner-paths.js';
@@ -181,11 +183,12 @@ async function checkServer(config: BartConfig, server: ServerConfig, report: Che
   if (server.remoteHost) {
     const remote = `${server.remoteHost.user}@${server.remoteHost.host}`;
     await report.run(`cluster_owner and ssh/scp connectivity to ${remote}`, async () => {
-      const r = await runProgram('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', remote, 'true']);
-      if (r.code !== 0) {
-        throw new CheckFailed(`passwordless ssh as "${currentUserName()}" to ${remote} failed (${(r.stderr || `exit ${r.code}`).trim()}): install the BART user's public key in ${remote}'s ~/.ssh/authorized_keys`);
+      const r = await runProgram('ssh', [...SSH_CHECK_OPTIONS, remote, 'echo pgbart-ssh-ok']);
+      if (r.code !== 0 || !r.stdout.includes('pgbart-ssh-ok')) {
+        if (r.code === 255 || r.code === -1) throw new CheckFailed(`passwordless ssh as "${currentUserName()}" failed: ${explainSshFailure(r.stderr, { destination: remote })}`);
+        throw new CheckFailed(`ssh ${remote} runs, but a command there failed (${(r.stderr || `exit ${r.code}`).trim()}): check the login shell of "${server.remoteHost!.user}" on ${server.remoteHost!.host}`);
       }
-      return undefined;
+      return 'passwordless ssh works';
     });
   } else {
     await report.run(`cluster_owner "${server.clusterOwner}"`, async () => {
@@ -365,9 +368,25 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
     r = await runProgram('test', args, { uid: owner.uid, gid: owner.gid });
   } else {
     const dest = server.remoteHost ? `${server.remoteHost.user}@${server.remoteHost.host}` : `${server.clusterOwner}@${server.host}`;
-    r = await runProgram('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', dest, 'test', ...args.map(shellQuote)]);
+    // Whatever the permissions say, read the files for real, with scp (BART's tool) and with the
+    // shell channel BACKUP uses (tar), so a missing scp or tar shows up here and not mid-backup.
+    r = await runProgram('ssh', [...SSH_CHECK_OPTIONS, dest, 'test', ...args.map(shellQuote), '&&', 'tar', '-cf', '/dev/null', shellQuote(files[1]!)]);
     if (r.code === 255 || r.code === -1) {
-      throw new CheckFailed(`cannot reach ${dest} over ssh to check as "${server.clusterOwner}" (${r.stderr.trim()}): set up passwordless ssh for "${config.global.bartHost.user}"`);
+      throw new CheckFailed(`cannot check as "${server.clusterOwner}" over ssh: ${explainSshFailure(r.stderr, { destination: dest })}`);
+    }
+    if (r.code === 0) {
+      const scratch = await mkdtemp(join(tmpdir(), 'pgbart-scp-'));
+      try {
+        const scp = await runProgram('scp', [...SSH_CHECK_OPTIONS, '-q', `${dest}:${files[0]!}`, join(scratch, 'PG_VERSION')]);
+        if (scp.code !== 0) {
+          if (/not found|No such file or directory.*scp|sftp-server/i.test(scp.stderr) && !/PG_VERSION/.test(scp.stderr)) {
+            throw new CheckFailed(`scp from ${dest} failed (${scp.stderr.trim()}): install scp/sftp (the OpenSSH server's sftp subsystem) on ${server.remoteHost?.host ?? server.host}`);
+          }
+          throw new CheckFailed(`scp of ${files[0]} from ${dest} failed: ${scp.code === 255 ? explainSshFailure(scp.stderr, { destination: dest }) : scp.stderr.trim()}`);
+        }
+      } finally {
+        await rm(scratch, { recursive: true, force: true });
+      }
     }
   }
   if (r.code !== 0) throw new CheckFailed(`"${server.clusterOwner}" cannot read ${files.join(' and ')}: ${fix}`);
@@ -423,6 +442,9 @@ function explainReplicationError(message: string, server: ServerConfig): string 
   if (/wal_level/.test(message)) return `${message}: set wal_level = replica and restart the server`;
   return `replication connection failed: ${message}`;
 }
+
+/** ssh/scp options for checks: never prompt (a password prompt means the setup is wrong), fail fast. */
+const SSH_CHECK_OPTIONS = ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10'];
 
 /** Result of a helper program. */
 interface ProgramResult {

@@ -1,0 +1,243 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createBartSetup, serverSection, type BartSetup } from './harness/bart.js';
+import { TestCluster } from './harness/cluster.js';
+import { removeTree, run, runOk, type RunResult } from './harness/os.js';
+import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
+import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
+
+const BART = BART_TEST_USER;
+
+/** Backups of a server in the catalog, from SHOW-BACKUPS --output json. */
+async function backups(setup: BartSetup, server: string): Promise<{ id: string; name?: string; status: string; parent?: string }[]> {
+  const r = await setup.bart(['SHOW-BACKUPS', '-s', server, '--output', 'json']);
+  assert.equal(r.code, 0, r.stderr);
+  const parsed = JSON.parse(r.stdout) as unknown;
+  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<string, unknown>[];
+  return list.map((b) => ({
+    id: String(b.id ?? b.backupId),
+    ...(b.name ? { name: String(b.name) } : {}),
+    status: String(b.status),
+    ...(b.parent ? { parent: String(b.parent) } : {}),
+  }));
+}
+
+/** Waits until PostgreSQL reports `walfile` (or a later one) archived. */
+async function waitArchived(cluster: TestCluster, walfile: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const last = (await cluster.scalar('SELECT last_archived_wal FROM pg_stat_archiver')) as string | null;
+    if (last !== null && last >= walfile) return;
+    if (Date.now() > deadline) throw new Error(`${walfile} not archived within 60 s\n${cluster.logTail()}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function switchAndArchive(cluster: TestCluster): Promise<void> {
+  await cluster.query('SELECT txid_current()');
+  const w = (await cluster.scalar('SELECT pg_walfile_name(pg_switch_wal())')) as string;
+  await waitArchived(cluster, w);
+}
+
+function partialDirs(setup: BartSetup, server: string): string[] {
+  const dir = join(setup.backupPath, server);
+  return existsSync(dir) ? readdirSync(dir).filter((n) => n.endsWith('.partial')) : [];
+}
+
+/** Runs bart (started as root, it becomes the BART user) without waiting, for the kill-mid-backup case. */
+function bartInBackground(setup: BartSetup, args: string[]): Promise<RunResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', setup.configPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: setup.dir });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
+  });
+}
+
+const version = versionsUnderTest()[0]!;
+
+test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_command, CHECK-CONFIG, full and incremental backups, RESTORE -r with PITR, failures`, async () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  try {
+    const sshd = await TestSshd.start(['postgres', BART]);
+    cleanups.push(() => sshd.stop());
+    sshd.authorize(BART, 'postgres'); // bart reads the data directory and restores as cluster_owner
+    sshd.authorize('postgres', BART); // archive_command and restore_command scp to/from the BART host
+    const cluster = await TestCluster.create({ version, conf: { archive_mode: 'on' } });
+    cleanups.push(() => cluster.destroy());
+
+    const setup = createBartSetup({ bart_host: `${BART}@${sshd.alias}` });
+    const rawBart = setup.bart.bind(setup);
+    setup.bart = async (args, env) => {
+      const t0 = Date.now();
+      const r = await rawBart(args, env);
+      if (process.env.PGBART_TEST_TIMING) console.error(`bart ${args.join(' ')}: ${Date.now() - t0} ms, exit ${r.code}`);
+      return r;
+    };
+    cleanups.push(() => setup.cleanup());
+    setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Rem', { remote_host: `postgres@${sshd.alias}` })}`);
+    // The catalog belongs to the BART user, who is not the cluster owner.
+    execFileSync('chown', ['-R', `${BART}:`, setup.dir]);
+
+    // 1. INIT writes BART's scp archive_command (bart_host, archive path expanded) and reloads.
+    const init = await setup.bart(['INIT', '-s', 'rem']);
+    assert.equal(init.code, 0, init.stderr);
+    const archiveDir = join(setup.backupPath, 'rem', 'archived_wals');
+    assert.equal(await cluster.scalar('SHOW archive_command'), `scp %p ${BART}@${sshd.alias}:${archiveDir}/%f`);
+
+    // 2. CHECK-CONFIG: every check succeeds, the ssh ones included; WAL arrives through scp.
+    const check = await setup.bart(['CHECK-CONFIG', '-s', 'rem']);
+    assert.equal(check.code, 0, `${check.stdout}\n${check.stderr}`);
+    assert.match(check.stdout, new RegExp(`ssh/scp .*postgres@${sshd.alias}.*: success`));
+    assert.match(check.stdout, /cluster_owner "postgres" can read the data files: success/);
+    assert.match(check.stdout, /WAL archiving is working: success/);
+    const archived = readdirSync(archiveDir).filter((n) => /^[0-9A-F]{24}$/.test(n));
+    assert.ok(archived.length > 0, 'WAL arrived in the archive through scp');
+    assert.equal(statSync(join(archiveDir, archived[0]!)).uid, Number(execFileSync('id', ['-u', BART], { encoding: 'utf8' })), 'archived WAL belongs to the BART user');
+
+    // 3. Full backup over ssh; then changes, a restore point, more changes.
+    await cluster.query('CREATE TABLE tx (batch int, pad text)');
+    await cluster.query("INSERT INTO tx SELECT 1, repeat('x', 200) FROM generate_series(1, 20000)");
+    const full = await setup.bart(['BACKUP', '-s', 'rem', '--backup-name', 'full1', '--thread-count', '2']);
+    assert.equal(full.code, 0, full.stderr);
+    let list = await backups(setup, 'rem');
+    assert.deepEqual(list.map((b) => [b.name, b.status]), [['full1', 'active']]);
+    assert.deepEqual(partialDirs(setup, 'rem'), []);
+
+    await cluster.query("INSERT INTO tx SELECT 2, repeat('y', 200) FROM generate_series(1, 5000)");
+    await cluster.query("SELECT pg_create_restore_point('after_batch_2')");
+    await cluster.query("INSERT INTO tx SELECT 3, repeat('z', 200) FROM generate_series(1, 5000)");
+    await switchAndArchive(cluster);
+
+    // 4. Incremental backup over ssh (changed blocks read as ranges), plain format.
+    setup.writeConfig(readFileSync(setup.configPath, 'utf8').replace(`remote_host = postgres@${sshd.alias}`, `remote_host = postgres@${sshd.alias}\nallow_incremental_backups = enabled`));
+    await cluster.query("UPDATE tx SET pad = 'changed' WHERE ctid = (SELECT min(ctid) FROM tx WHERE batch = 3)");
+    const incr = await setup.bart(['BACKUP', '-s', 'rem', '-F', 'p', '--parent', 'full1', '--backup-name', 'incr1']);
+    assert.equal(incr.code, 0, `${incr.stdout}\n${incr.stderr}`);
+    list = await backups(setup, 'rem');
+    assert.deepEqual(list.map((b) => b.name).sort(), ['full1', 'incr1']);
+    // Restored here, the chain holds exactly what the server held.
+    const localParent = mkdtempSync(join(tmpdir(), 'pgbart-remote-local-'));
+    chmodSync(localParent, 0o755);
+    execFileSync('chown', [`${BART}:`, localParent]);
+    cleanups.push(() => removeTree(localParent));
+    const localRestore = join(localParent, 'restored');
+    const lr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', localRestore, '-c']);
+    assert.equal(lr.code, 0, lr.stderr);
+    execFileSync('chown', ['-R', 'postgres:', localRestore]);
+    const local = await TestCluster.create({ version, dataDir: localRestore });
+    cleanups.push(async () => {
+      await local.destroy();
+      removeTree(localRestore);
+    });
+    await waitRecovered(local);
+    assert.deepEqual(await local.query('SELECT batch, count(*)::int AS n FROM tx GROUP BY 1 ORDER BY 1'), [
+      { batch: 1, n: 20000 },
+      { batch: 2, n: 5000 },
+      { batch: 3, n: 5000 },
+    ]);
+    assert.equal(await local.scalar("SELECT count(*)::int FROM tx WHERE pad = 'changed'"), 1);
+    await local.destroy();
+
+    // 5. RESTORE -r postgres@host of the full backup with PITR to the restore point: restore_command
+    // scp's WAL from the BART host; the restored cluster starts and holds batches 1 and 2 only.
+    const remotePath = join(cluster.baseDir, 'restored');
+    const refusedIncr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
+    assert.notEqual(refusedIncr.code, 0);
+    assert.match(refusedIncr.stderr, /incremental backup.*another host \(-r\) is not supported/);
+    const rr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_batch_2', '-w', '2']);
+    assert.equal(rr.code, 0, rr.stderr);
+    assert.ok(existsSync(join(remotePath, 'PG_VERSION')));
+    assert.ok(!existsSync(join(remotePath, '.pgbart-restore-incomplete')));
+    assert.equal(statSync(join(remotePath, 'global', 'pg_control')).uid, statSync(cluster.dataDir).uid, 'restored files belong to the ssh user');
+    assert.equal(statSync(remotePath).mode & 0o777, 0o700);
+    assert.match(readFileSync(join(remotePath, 'postgresql.auto.conf'), 'utf8'), new RegExp(`restore_command = 'scp -q -o BatchMode=yes ${BART}@${sshd.alias}:`));
+    const restored = await TestCluster.create({ version, dataDir: remotePath });
+    cleanups.push(() => restored.destroy());
+    await waitPaused(restored);
+    assert.deepEqual(await restored.query('SELECT batch, count(*)::int AS n FROM tx GROUP BY 1 ORDER BY 1'), [
+      { batch: 1, n: 20000 },
+      { batch: 2, n: 5000 },
+    ]);
+    await restored.destroy();
+
+    // 6. A non-empty remote path is refused before anything is written.
+    const notEmpty = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
+    assert.notEqual(notEmpty.code, 0);
+    assert.match(notEmpty.stderr, /is not empty/);
+
+    // 7. The BART user's key removed from the cluster owner's authorized keys: CHECK-CONFIG and
+    // BACKUP say what to fix, and no backup is left behind.
+    sshd.revoke(BART, 'postgres');
+    const noKey = await setup.bart(['CHECK-CONFIG', '-s', 'rem']);
+    assert.notEqual(noKey.code, 0);
+    assert.match(noKey.stderr, new RegExp(`ssh key of "${BART}" is not authorized for postgres@${sshd.alias}.*authorized_keys`));
+    const noKeyBackup = await setup.bart(['BACKUP', '-s', 'rem']);
+    assert.notEqual(noKeyBackup.code, 0);
+    assert.match(noKeyBackup.stderr, /not authorized/);
+    assert.equal((await backups(setup, 'rem')).length, 2);
+    assert.deepEqual(partialDirs(setup, 'rem'), []);
+    sshd.authorize(BART, 'postgres');
+
+    // 8. Unknown host key: the fix says how to accept it.
+    const knownHosts = sshd.knownHostsOf(BART);
+    const savedKnownHosts = readFileSync(knownHosts, 'utf8');
+    writeFileSync(knownHosts, '');
+    const unknownKey = await setup.bart(['CHECK-CONFIG', '-s', 'rem']);
+    assert.notEqual(unknownKey.code, 0);
+    assert.match(unknownKey.stderr, /host key of .* is unknown to "pgbartbu"/);
+    writeFileSync(knownHosts, savedKnownHosts);
+
+    // 9. sshd killed in the middle of a backup (a large sparse file keeps it busy): a clear error,
+    // no backup that looks valid, nothing partial left.
+    const big = join(cluster.dataDir, 'pgbart_big_file');
+    await runOk('truncate', ['-s', '3G', big]);
+    const running = bartInBackground(setup, ['BACKUP', '-s', 'rem', '-z', '--backup-name', 'killed']);
+    const deadline = Date.now() + 60_000;
+    while (partialDirs(setup, 'rem').length === 0) {
+      if (Date.now() > deadline) throw new Error('the backup did not start');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+    sshd.kill();
+    const killed = await running;
+    assert.notEqual(killed.code, 0, killed.stdout);
+    assert.match(killed.stderr, /ssh connection to postgres@.* (was closed|closed)|lost the ssh connection/);
+    assert.deepEqual(partialDirs(setup, 'rem'), []);
+    await run('rm', ['-f', big]);
+    await sshd.restart();
+    list = await backups(setup, 'rem');
+    assert.deepEqual(list.map((b) => b.name).sort(), ['full1', 'incr1']);
+  } finally {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch {
+        /* keep cleaning */
+      }
+    }
+  }
+});
+
+async function waitPaused(cluster: TestCluster): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while ((await cluster.scalar('SELECT pg_get_wal_replay_pause_state()')) !== 'paused') {
+    if (Date.now() > deadline) throw new Error(`recovery did not pause within 60 s\n${cluster.logTail()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function waitRecovered(cluster: TestCluster): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while ((await cluster.scalar('SELECT pg_is_in_recovery()')) === true) {
+    if (Date.now() > deadline) throw new Error(`still in recovery after 60 s\n${cluster.logTail()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
