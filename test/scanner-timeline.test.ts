@@ -11,7 +11,7 @@ import { withCluster, type TestCluster } from './harness/cluster.js';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { ensureMbms } from '../src/scanner/ensure-mbms.js';
 import { isBlockModified, loadChangeSet } from '../src/scanner/change-set.js';
-import { parseLsn, type Lsn } from '../src/util/lsn.js';
+import { formatLsn, parseLsn, type Lsn } from '../src/util/lsn.js';
 import { archiveCommand, waitFor } from './wal-workload.js';
 
 async function lsn(c: TestCluster): Promise<Lsn> {
@@ -42,6 +42,9 @@ test('scanner across a timeline switch: MBMs of timelines 1 and 2 merge along th
       const here = Number(await lsn(c));
       const boundary = (Math.floor(here / 16777216) + 1) * 16777216;
       await c.query(`SELECT pg_logical_emit_message(true, 'tl', repeat('M', ${boundary - here + 1024 * 1024}))`);
+      // Archive recovery may delete completed segments the archiver had not sent yet: wait first.
+      const complete = String(await c.scalar(`SELECT pg_walfile_name('${formatLsn(BigInt(here))}')`));
+      await waitFor(() => existsSync(join(archive, complete)), 30_000, `archiving of ${complete}`);
       // Leave the last records of timeline 1 in a segment that is not complete (an immediate
       // stop does not switch segments, a clean one does when archiving): the switch happens in
       // its middle.
@@ -61,8 +64,11 @@ test('scanner across a timeline switch: MBMs of timelines 1 and 2 merge along th
       await waitFor(() => existsSync(join(archive, last)) && existsSync(join(archive, '00000002.history')), 30_000, `archiving of ${last}`);
 
       const req = { timeline: 2, startLsn: start, endLsn: end };
-      const ensured = await ensureMbms(archive, req);
-      assert.equal(ensured.complete, true, JSON.stringify(ensured));
+      // The archiver sends the old timeline's last complete segment after the crash in no
+      // particular order: wait until everything the range needs is there and scanned.
+      let ensured = await ensureMbms(archive, req);
+      await waitFor(async () => (ensured = await ensureMbms(archive, req)).complete, 30_000, `MBMs of the range (${JSON.stringify(ensured)})`);
+      assert.deepEqual(ensured.errors, []);
       const cs = await loadChangeSet(archive, req);
       assert.deepEqual(cs.missingSegments, []);
       assert.ok(cs.mbmFiles.some((f) => f.includes('/00000002_')), 'timeline 2 MBMs used');
