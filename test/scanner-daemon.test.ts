@@ -113,7 +113,7 @@ for (const version of versionsUnderTest()) {
 
         const rel = await relInfo(c, 'e2e_t');
         const a = await touchRows(c, 97, 'a');
-        const csA = await waitChangeSet(archive, a.start, a.end, 15_000);
+        const csA = await waitChangeSet(archive, a.start, a.end, 30_000);
         assert.ok(Date.now() - t0 < 60_000);
         assertBlocks(csA, rel, a.blocks, 'first update');
 
