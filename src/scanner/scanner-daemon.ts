@@ -38,6 +38,7 @@ class ServerWorker {
   /** Files that failed, by `name:size:mtime`, so an error is logged once per file version. */
   private readonly failed = new Set<string>();
   private dirProblem = false;
+  private watchWarned = false;
   private chain: Promise<unknown> = Promise.resolve();
 
   private readonly pool: WorkerPool<ScanSummary> | undefined;
@@ -70,7 +71,9 @@ class ServerWorker {
         this.watcher = undefined;
       });
     } catch (err) {
-      log.warning(`server ${this.server.sectionName}: cannot watch ${this.server.archivePath} (${errorMessage(err)}); relying on periodic scans`);
+      // Retried after each successful pass (the directory may appear later); said once.
+      if (!this.watchWarned) log.warning(`server ${this.server.sectionName}: cannot watch ${this.server.archivePath} (${errorMessage(err)}); relying on periodic scans`);
+      this.watchWarned = true;
     }
   }
 
