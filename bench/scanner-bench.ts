@@ -43,8 +43,12 @@ async function generate(root: string): Promise<void> {
   const fpiDir = join(root, 'fpi');
   const smallDir = join(root, 'small');
   const want = Math.ceil((RANGE_MB * 1024 * 1024) / SEG);
-  if (existsSync(fpiDir) && existsSync(smallDir) && segs(fpiDir).length >= want && segs(smallDir).length >= want) return;
+  const marker = join(root, 'generated');
+  if (existsSync(marker)) return;
   const ids = testUserIds();
+  // A half-generated directory from an interrupted run is not reused.
+  removeTree(fpiDir);
+  removeTree(smallDir);
   for (const d of [root, fpiDir, smallDir]) {
     mkdirSync(d, { recursive: true });
     if (ids) chownSync(d, ids.uid, ids.gid);
@@ -77,6 +81,7 @@ async function generate(root: string): Promise<void> {
     for (const n of segs(archDir).filter((n) => !skip.has(n)).slice(0, want)) await runOk('mv', [join(archDir, n), join(smallDir, n)], { asTestUser: false });
   });
   removeTree(archDir);
+  writeFileSync(marker, `${RANGE_MB} MB per range\n`);
 }
 
 async function best(fn: () => Promise<void>): Promise<number> {
