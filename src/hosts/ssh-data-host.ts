@@ -1,3 +1,4 @@
+import { posix } from 'node:path';
 import { BartError } from '../util/errors.js';
 import type { DataHost, HostEntry, HostFile, OpenOptions } from './data-host.js';
 import type { SshChannel } from './ssh-channel.js';
@@ -8,6 +9,12 @@ import { remoteWord, SshSession, type SshDestination } from './ssh-session.js';
  * for one-shot commands; plain backups read `threads * 2` files at once and wait for a channel.
  */
 const MAX_CHANNELS = 8;
+
+/** Files up to this size are prefetched together (most files of a data directory are small). */
+const SMALL_FILE = 128 * 1024;
+/** One prefetch: at most this many files and bytes (bounds memory). */
+const BATCH_FILES = 200;
+const BATCH_BYTES = 4 * 1024 * 1024;
 
 /** Lists a tree: GNU find prints type, mode, size, mtime, relative path, then the link target, NUL-separated. */
 function findCommand(root: string): string {
@@ -92,6 +99,12 @@ export class SshDataHost implements DataHost {
   private opening = 0;
   private gnuFind: boolean | undefined;
   private closed = false;
+  /** Small files in walk order (absolute paths) with their listed sizes: what to prefetch next. */
+  private readonly smallFiles: { path: string; size: number }[] = [];
+  private readonly smallIndex = new Map<string, number>();
+  /** Prefetched contents waiting for open(), and batches still arriving. */
+  private readonly prefetched = new Map<string, Buffer>();
+  private readonly arriving = new Map<string, Promise<void>>();
 
   private constructor(private readonly session: SshSession, private readonly forcePortable: boolean) {
     this.description = session.destination;
@@ -163,11 +176,71 @@ export class SshDataHost implements DataHost {
   async *walk(root: string): AsyncIterable<HostEntry> {
     const stripped = root.length > 1 ? root.replace(/\/+$/, '') : root;
     // A listing is metadata only (~100 bytes a file); the walk order is the local walker's.
-    yield* await this.listTree(stripped);
+    const entries = await this.listTree(stripped);
+    for (const e of entries) {
+      if (e.type !== 'file' || e.size > SMALL_FILE) continue;
+      const path = posix.join(stripped, e.path);
+      this.smallIndex.set(path, this.smallFiles.length);
+      this.smallFiles.push({ path, size: e.size });
+    }
+    yield* entries;
+  }
+
+  /** Fetches the small files from `path` on in walk order with one remote tar. */
+  private async prefetch(path: string): Promise<void> {
+    const first = this.smallIndex.get(path);
+    if (first === undefined) return;
+    const batch: string[] = [];
+    let bytes = 0;
+    for (let i = first; i < this.smallFiles.length && batch.length < BATCH_FILES && bytes < BATCH_BYTES; i++) {
+      const f = this.smallFiles[i]!;
+      if (!this.smallIndex.has(f.path) || this.prefetched.has(f.path) || this.arriving.has(f.path)) continue;
+      batch.push(f.path);
+      bytes += f.size;
+    }
+    if (batch.length === 0) return;
+    const done = (async () => {
+      const c = await this.acquire();
+      try {
+        for (const [p, data] of await c.readBatch(batch, SMALL_FILE * 8)) this.prefetched.set(p, data);
+      } catch (err) {
+        c.broken = true;
+        throw err;
+      } finally {
+        this.release(c);
+      }
+    })();
+    for (const p of batch) this.arriving.set(p, done);
+    try {
+      await done;
+    } finally {
+      for (const p of batch) if (this.arriving.get(p) === done) this.arriving.delete(p);
+    }
+  }
+
+  /** A prefetched file, served from memory. */
+  private bufferedFile(data: Buffer): HostFile {
+    return {
+      read: async (buffer, offset, length, position) => {
+        if (position >= data.length) return 0;
+        return data.copy(buffer, offset, position, Math.min(data.length, position + length));
+      },
+      close: async () => undefined,
+    };
   }
 
   async open(path: string, opts: OpenOptions = {}): Promise<HostFile | undefined> {
     if (opts.random) return this.openRandom(path);
+    if (this.smallIndex.has(path)) {
+      const coming = this.arriving.get(path);
+      if (coming) await coming;
+      else if (!this.prefetched.has(path)) await this.prefetch(path);
+      const data = this.prefetched.get(path);
+      this.prefetched.delete(path);
+      this.smallIndex.delete(path);
+      if (data) return this.bufferedFile(data);
+      // Not in the batch (vanished, or changed type): ask for it alone below.
+    }
     const c = await this.acquire();
     let released = false;
     const done = () => {
@@ -258,6 +331,7 @@ export class SshDataHost implements DataHost {
     this.closed = true;
     for (const w of this.waiting.splice(0)) w(new BartError(`the connection to ${this.description} is closed`));
     for (const c of this.all) c.close();
+    this.prefetched.clear();
     this.all.clear();
     this.idle.length = 0;
     await this.session.close();
