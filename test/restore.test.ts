@@ -117,7 +117,7 @@ for (const version of versionsUnderTest()) {
       }
     });
 
-    test('refusals leave PATH as it was: non-empty PATH, unknown backup, -r, bad options', async () => {
+    test('refusals leave PATH as it was: non-empty PATH, unknown backup, bad options', async () => {
       const nonEmpty = freshPath(src, 'nonempty');
       mkdirSync(nonEmpty);
       writeFileSync(join(nonEmpty, 'keep.txt'), 'precious');
@@ -135,8 +135,6 @@ for (const version of versionsUnderTest()) {
       assert.match(r.stderr, /ERROR: +backup "1234567" not found for server src/);
       assert.equal(existsSync(absent), false);
 
-      r = await src.restore(['-p', absent, '-r', 'postgres@otherhost']);
-      assert.match(r.stderr, /ERROR: +-r\/--remote-host/);
       r = await src.restore(['-p', absent, '-x', '1000', '--target-lsn', '0/1000000']);
       assert.match(r.stderr, /ERROR: +choose one recovery target/);
       r = await src.restore(['-p', absent, '--target-exclusive']);
