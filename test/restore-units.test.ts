@@ -9,6 +9,7 @@ import { checkTargetAgainstBackup, parseTargetOptions, parseTargetTime } from '.
 import { parseTablespaceMap } from '../src/commands/restore.js';
 import { LocalRestoreTarget } from '../src/hosts/restore-target-local.js';
 import { mergeAutoConf, recoverySettings } from '../src/postgres/recovery-config.js';
+import { compressChunk, defaultCompressionLevel } from '../src/storage/compression.js';
 import { BartError } from '../src/util/errors.js';
 import { makeTempDir, removeTree, runOk } from './harness/os.js';
 
@@ -124,6 +125,46 @@ test('tar reader: a GNU tar archive (pax long names, any order) restores with ch
     await assert.rejects(runRestoreTask(bad, new LocalRestoreTarget()), /a\.tar: checksum mismatch for "d{90}\/e{90}\/f{120}"/);
     const missing = { ...task, destRoot: join(dir, 'out3'), files: [...specs, { path: 'not-there', size: 1, mode: 0o600 }] };
     await assert.rejects(runRestoreTask(missing, new LocalRestoreTarget()), /archive ends before "not-there"/);
+  } finally {
+    removeTree(dir);
+  }
+});
+
+test('tar reader over gzip, lz4 and zstd units: restores from a unit offset; a damaged unit fails the task', async () => {
+  const dir = makeTempDir('tarz');
+  try {
+    const src = join(dir, 'src');
+    mkdirSync(src);
+    const data = Buffer.alloc(3 * 1024 * 1024); // units hold at most 4 MiB (MAX_CHUNK)
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i); // poorly compressible
+    writeFileSync(join(src, 'one'), data.subarray(0, 3000));
+    writeFileSync(join(src, 'two'), data);
+    const tar = join(dir, 'a.tar');
+    await runOk('tar', ['--format=ustar', '-cf', tar, '-C', src, 'one', 'two'], { asTestUser: false });
+    const raw = readFileSync(tar);
+    for (const method of ['gzip', 'lz4', 'zstd'] as const) {
+      // Two units, as BACKUP writes them: the second starts with "two"'s header (at 512 + 3072).
+      const cut = 512 + 3072;
+      const first = compressChunk(method, defaultCompressionLevel(method), raw.subarray(0, cut));
+      const second = compressChunk(method, defaultCompressionLevel(method), raw.subarray(cut));
+      const artifact = join(dir, `a.tar.${method}`);
+      writeFileSync(artifact, Buffer.concat([first, second]));
+      const spec = (name: string, content: Buffer): RestoreFileSpec => ({ path: name, size: content.length, mode: 0o600, checksum: createHash('sha256').update(content).digest('hex') });
+      const out = join(dir, `out-${method}`);
+      mkdirSync(out);
+      const base = { kind: 'tar-range' as const, artifactPath: artifact, compression: method, anyOrder: false, destRoot: out, checksumAlgorithm: 'SHA256' as const, holdBack: {}, label: `a.tar.${method}` };
+      // Start at the second unit only: "two" alone, without decoding the first unit.
+      assert.deepEqual(await runRestoreTask({ ...base, offset: first.length, unitSkip: 0, files: [spec('two', data)] }, new LocalRestoreTarget()), { files: 1, bytes: data.length });
+      assert.ok(readFileSync(join(out, 'two')).equals(data), method);
+      // From the first unit with both files: the reader crosses the unit boundary.
+      await runRestoreTask({ ...base, destRoot: out, offset: 0, unitSkip: 0, files: [spec('one', data.subarray(0, 3000)), spec('two', data)] }, new LocalRestoreTarget());
+      assert.ok(readFileSync(join(out, 'one')).equals(data.subarray(0, 3000)), method);
+      // A flipped byte inside the second unit's payload: a decode error or a checksum mismatch, never success.
+      const damaged = Buffer.concat([first, second]);
+      damaged[first.length + Math.floor(second.length / 2)]! ^= 0x55;
+      writeFileSync(artifact, damaged);
+      await assert.rejects(runRestoreTask({ ...base, destRoot: out, offset: first.length, unitSkip: 0, files: [spec('two', data)] }, new LocalRestoreTarget()), /a\.tar\./, method);
+    }
   } finally {
     removeTree(dir);
   }
