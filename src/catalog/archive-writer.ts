@@ -2,6 +2,7 @@ import type { Hash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import type { CompressionMethod } from '../storage/compression.js';
+import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import type { ChecksumAlgorithm } from './backup-info.js';
 import type { ManifestArtifact, ManifestFileEntry } from './manifest.js';
 
@@ -24,12 +25,19 @@ export interface ArchiveOutput {
 /** Settings shared by the archive writers of one backup. */
 export interface ArchiveWriterSettings {
   compression: CompressionMethod;
+  /** Compression level (gzip/zstd); the method's default when absent. */
+  level?: number;
   checksum: ChecksumAlgorithm;
   compress: UnitCompressor;
   /** How many units may be compressing at once (bounds memory: each is at most unitSize). */
   maxInFlight: number;
   /** Uncompressed bytes per unit. */
   unitSize: number;
+  /**
+   * Copies a whole file of this host into the repository in a worker thread (plain format):
+   * returns its checksum and stored size. Absent: files stream through the main thread.
+   */
+  copyLocalFile?: (task: FileCopyTask) => Promise<FileCopyResult>;
 }
 
 /** The checksum of stored artifacts: xxh64, fast enough to never slow a backup down. */

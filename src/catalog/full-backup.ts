@@ -10,6 +10,7 @@ import { backupEntries } from '../postgres/data-directory.js';
 import { WalStreamer } from '../postgres/wal-streamer.js';
 import { compressionExtension } from '../storage/compression.js';
 import type { CompressTask } from '../storage/compress-worker.js';
+import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import { PosixRepository } from '../storage/repository.js';
 import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
 import { log } from '../util/log.js';
@@ -52,6 +53,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
   let manifest: ManifestWriter | undefined;
   let pgManifest: PgBackupManifestWriter | undefined;
   let streamer: WalStreamer | undefined;
+  let filePool: WorkerPool<FileCopyResult> | undefined;
   try {
     if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
     const compress: UnitCompressor = pool
@@ -62,12 +64,17 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
           return Buffer.from(await pool!.run(task, [copy.buffer]));
         }
       : async (unit) => unit;
+    if (request.format === 'plain') {
+      filePool = new WorkerPool<FileCopyResult>(new URL('../storage/file-copy-worker.js', import.meta.url), request.threads);
+    }
     const settings: ArchiveWriterSettings = {
       compression: request.compression,
+      level: request.level,
       checksum: request.checksum,
       compress,
       maxInFlight: Math.max(2, request.threads * 2),
       unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
+      ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool!, task) } : {}),
     };
     manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
       manifest: 'pgbart', version: 1, server: server.name, id, format: request.format, compression: request.compression, checksumAlgorithm: request.checksum,
@@ -214,7 +221,19 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     throw err;
   } finally {
     await pool?.close();
+    await filePool?.close();
     await streamer?.close();
+  }
+}
+
+/** Runs a file copy in the pool; a full disk keeps its errno so the transaction says so. */
+async function copyInWorker(pool: WorkerPool<FileCopyResult>, task: FileCopyTask): Promise<FileCopyResult> {
+  try {
+    return await pool.run(task);
+  } catch (err) {
+    const message = (err as Error).message;
+    if (message.startsWith('ENOSPC')) throw Object.assign(new Error(message), { code: 'ENOSPC' });
+    throw err;
   }
 }
 

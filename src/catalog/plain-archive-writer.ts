@@ -1,9 +1,9 @@
 import { chmod, mkdir, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { HostEntry } from '../hosts/data-host.js';
-import { compressionExtension } from '../storage/compression.js';
+import { compressionExtension, defaultCompressionLevel } from '../storage/compression.js';
 import type { Repository } from '../storage/repository.js';
-import { createChecksum } from './manifest.js';
+import { createChecksum, hashName } from './manifest.js';
 import {
   manifestEntryFor, readPieces,
   type ArchiveWriter, type ArchiveWriterSettings, type EntryContent, type EntrySink,
@@ -44,6 +44,23 @@ export class PlainArchiveWriter implements ArchiveWriter {
     await this.ensureDir(dirname(target));
     if (entry.type === 'symlink') {
       await symlink(entry.linkTarget ?? '', target);
+      await this.sink(manifestEntry);
+      return;
+    }
+    if (this.settings.copyLocalFile && content && 'host' in content && content.host.description === 'local') {
+      const result = await this.settings.copyLocalFile({
+        source: content.path,
+        target: target + compressionExtension(this.settings.compression),
+        size: entry.size,
+        method: this.settings.compression,
+        level: this.settings.level ?? defaultCompressionLevel(this.settings.compression),
+        ...(hashName(this.settings.checksum) ? { hash: hashName(this.settings.checksum)! } : {}),
+        chunk: this.settings.unitSize,
+      });
+      if (result.checksum) manifestEntry.checksum = result.checksum;
+      manifestEntry.storedSize = result.storedSize;
+      this.storedBytes += result.storedSize;
+      this.dataBytes += entry.size;
       await this.sink(manifestEntry);
       return;
     }

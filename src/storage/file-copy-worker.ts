@@ -1,0 +1,90 @@
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { parentPort } from 'node:worker_threads';
+import { compressChunk, type CompressionMethod } from './compression.js';
+
+/** Copy one file of this host into the repository, hashing (and compressing) it on the way. */
+export interface FileCopyTask {
+  source: string;
+  target: string;
+  /** Bytes to store: the size seen when the file was listed (a file that shrank is zero-padded). */
+  size: number;
+  method: CompressionMethod;
+  level: number;
+  /** Node hash name (sha256, md5) or undefined for none. */
+  hash?: string;
+  chunk: number;
+}
+
+/** What a copy produced. */
+export interface FileCopyResult {
+  checksum?: string;
+  storedSize: number;
+}
+
+function isMissing(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+function writeAll(fd: number, data: Uint8Array): void {
+  let done = 0;
+  while (done < data.length) done += writeSync(fd, data, done, data.length - done);
+}
+
+/**
+ * Runs in a worker thread: a plain-format backup copies whole files in parallel, and hashing
+ * (SHA-256 at ~1.8 GB/s per core) and compression belong off the main thread so that
+ * `thread_count` really means cores at work.
+ */
+function copy(task: FileCopyTask): FileCopyResult {
+  const hash = task.hash ? createHash(task.hash) : undefined;
+  let src: number | undefined;
+  try {
+    src = openSync(task.source, 'r');
+  } catch (err) {
+    if (!isMissing(err)) throw err; // dropped while we copied: WAL replay recreates what matters
+  }
+  const dst = openSync(task.target, 'wx', 0o600);
+  let stored = 0;
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(task.chunk, Math.max(task.size, 1)));
+    let position = 0;
+    let eof = src === undefined;
+    while (position < task.size) {
+      const want = Math.min(buf.length, task.size - position);
+      let got = 0;
+      while (!eof && got < want) {
+        const n = readSync(src!, buf, got, want - got, position + got);
+        if (n === 0) eof = true;
+        got += n;
+      }
+      if (got < want) buf.fill(0, got, want);
+      const piece = buf.subarray(0, want);
+      hash?.update(piece);
+      const out = task.method === 'none' ? piece : compressChunk(task.method, task.level, piece);
+      writeAll(dst, out);
+      stored += out.length;
+      position += want;
+    }
+    if (task.size === 0 && task.method !== 'none') {
+      const empty = compressChunk(task.method, task.level, Buffer.alloc(0));
+      writeAll(dst, empty);
+      stored += empty.length;
+    }
+    // No fsync here: the backup fsyncs every file at the end, many at a time (Repository.syncTree).
+  } finally {
+    closeSync(dst);
+    if (src !== undefined) closeSync(src);
+  }
+  return { ...(hash ? { checksum: hash.digest('hex') } : {}), storedSize: stored };
+}
+
+parentPort!.on('message', (task: FileCopyTask) => {
+  try {
+    parentPort!.postMessage({ ok: true, value: copy(task) });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    parentPort!.postMessage({ ok: false, error: e.code === 'ENOSPC' ? 'ENOSPC: no space left on device' : e.message });
+  }
+});
