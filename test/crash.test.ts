@@ -22,29 +22,41 @@ function rng(seed: number): () => number {
   };
 }
 
+/** One kill: a bart command and the crash point it must reach (none: BACKUP killed from outside). */
+interface Kill {
+  args: string[];
+  crashAt?: string;
+}
+
+/**
+ * A group of kills run back to back, each one crashing the recovery of the one before, before the
+ * catalog is repaired by MANAGE + MANAGE -d and a new BACKUP. The points are ordered so that each is
+ * reached (the test asserts the process died by SIGKILL); `pick` chooses backups with the seeded PRNG.
+ */
 interface Scenario {
   name: string;
-  /** The bart command to crash; `backup-kill` is killed from outside after a random delay. */
-  args: (ctx: { oldest: string }) => string[];
-  crashAt?: string;
-  /** Prepare the catalog so that the crash point is reached. */
-  prepare?: 'mark' | 'mark-leftover' | 'age-wal';
+  prepare?: 'mark-leftover' | 'age-wal';
+  kills: (pick: { oldest: () => string; any: () => string }) => Kill[];
 }
 
 const SCENARIOS: Scenario[] = [
-  { name: 'MANAGE -d after taking the lock', args: () => ['MANAGE', '-d'], crashAt: 'manage:locked', prepare: 'mark' },
-  { name: 'MANAGE -d after renaming a backup to .deleting', args: () => ['MANAGE', '-d'], crashAt: 'delete:renamed', prepare: 'mark' },
-  { name: 'MANAGE -d in the middle of WAL deletion', args: () => ['MANAGE', '-d'], crashAt: 'delete:wal', prepare: 'mark' },
-  { name: 'MANAGE -d before removing directories', args: () => ['MANAGE', '-d'], crashAt: 'delete:before-rm', prepare: 'mark' },
-  { name: 'MANAGE -d after removing directories', args: () => ['MANAGE', '-d'], crashAt: 'delete:after-rm', prepare: 'mark' },
-  { name: 'MANAGE -d while removing leftovers', args: () => ['MANAGE', '-d'], crashAt: 'delete:leftovers', prepare: 'mark-leftover' },
-  { name: 'MANAGE while marking obsolete', args: () => ['MANAGE'], crashAt: 'manage:marked' },
-  { name: 'MANAGE between gzip rename and unlink', args: () => ['MANAGE'], crashAt: 'compress:renamed', prepare: 'age-wal' },
-  { name: 'DELETE after taking the lock', args: ({ oldest }) => ['DELETE', '-i', oldest], crashAt: 'delete:locked' },
-  { name: 'DELETE after renaming', args: ({ oldest }) => ['DELETE', '-i', oldest], crashAt: 'delete:renamed' },
-  { name: 'DELETE in the middle of WAL deletion', args: ({ oldest }) => ['DELETE', '-i', oldest], crashAt: 'delete:wal' },
-  { name: 'BACKUP killed after a random delay', args: () => ['BACKUP'] },
-  { name: 'BACKUP killed after a random delay', args: () => ['BACKUP'] },
+  {
+    name: 'MANAGE -d killed at every step of a removal',
+    prepare: 'mark-leftover',
+    kills: () => ['manage:locked', 'delete:renamed', 'delete:wal', 'delete:before-rm', 'delete:after-rm', 'delete:leftovers'].map((crashAt) => ({ args: ['MANAGE', '-d'], crashAt })),
+  },
+  { name: 'MANAGE killed while marking obsolete', kills: () => [{ args: ['MANAGE'], crashAt: 'manage:marked' }] },
+  { name: 'MANAGE killed between gzip rename and unlink', prepare: 'age-wal', kills: () => [{ args: ['MANAGE'], crashAt: 'compress:renamed' }] },
+  {
+    name: 'DELETE killed at every step',
+    kills: (pick) => [
+      { args: ['DELETE', '-i', pick.any()], crashAt: 'delete:locked' },
+      { args: ['DELETE', '-i', pick.any()], crashAt: 'delete:renamed' },
+      { args: ['DELETE', '-i', pick.oldest()], crashAt: 'delete:wal' },
+    ],
+  },
+  { name: 'BACKUP killed after a random delay', kills: () => [{ args: ['BACKUP'] }] },
+  { name: 'BACKUP killed after a random delay', kills: () => [{ args: ['BACKUP'] }] },
 ];
 
 function bartProcess(src: RestoreSource, args: string[], env: NodeJS.ProcessEnv = {}) {
@@ -145,15 +157,26 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
     await assertCatalogSound('after the lock tests');
   });
 
-  test('SIGKILL at many points of BACKUP, MANAGE, MANAGE -d and DELETE leaves a sound catalog', async () => {
+  test('SIGKILL at many points of BACKUP, MANAGE, MANAGE -d and DELETE leaves a sound catalog', async (t) => {
+    const timing: string[] = [];
+    let mark = Date.now();
+    const lap = (what: string) => {
+      timing.push(`${what} ${Date.now() - mark} ms`);
+      mark = Date.now();
+    };
     const random = rng(SEED);
-    const order = [...SCENARIOS].sort(() => random() - 0.5);
-    await backupNow(); // every step starts with one backup more than the policy keeps
+    const order = [...SCENARIOS];
+    for (let i = order.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
     for (const [k, scenario] of order.entries()) {
-      const when = `step ${k} (${scenario.name}${scenario.crashAt ? `, PGBART_CRASH_AT=${scenario.crashAt}` : ''}, seed ${SEED})`;
-      // Each step ends with a new backup: one more than the policy keeps, so MANAGE marks one obsolete.
-      if (scenario.prepare === 'mark' || scenario.prepare === 'mark-leftover') await ok(['MANAGE', '-s', src.server]);
+      const step = `step ${k} (${scenario.name}, seed ${SEED})`;
+      // Every step starts with one backup more than the policy (2 BACKUPS) keeps.
+      while (complete().length < 3) await backupNow();
+      lap('backups');
       if (scenario.prepare === 'mark-leftover') {
+        await ok(['MANAGE', '-s', src.server]);
         const dead = Number(spawnSync('sh', ['-c', 'echo $$']).stdout.toString().trim());
         writeFileSync(join(src.archivePath, `.000000010000000000000001.gz.tmp-${dead}-zz`), 'half');
       }
@@ -163,29 +186,43 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
         const old = new Date(Date.now() - 60_000).toISOString();
         for (const n of readdirSync(src.archivePath)) spawnSync('touch', ['-d', old, join(src.archivePath, n)]);
       }
-      if (scenario.args({ oldest: '' })[0] === 'DELETE' && complete().length < 2) await backupNow();
-      const args = [...scenario.args({ oldest: complete()[0]! }).slice(0, 1), '-s', src.server, ...scenario.args({ oldest: complete()[0]! }).slice(1)];
-      if (scenario.crashAt) {
-        const r = await bartProcess(src, args, { PGBART_CRASH_AT: scenario.crashAt }).done;
-        assert.equal(r.signal, 'SIGKILL', `${when}: the crash point was not reached (exit ${r.code})\n${r.stdout}\n${r.stderr}`);
-      } else {
-        await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
-        const p = bartProcess(src, args);
-        const delay = 50 + Math.floor(random() * 2500);
-        const timer = setTimeout(() => p.child.kill('SIGKILL'), delay);
-        const r = await p.done;
-        clearTimeout(timer);
-        assert.ok(r.signal === 'SIGKILL' || r.code === 0, `${when}: BACKUP failed on its own\n${r.stderr}`);
+      const pick = { oldest: () => complete()[0]!, any: () => { const c = complete(); return c[Math.floor(random() * c.length)]!; } };
+      for (const kill of scenario.kills(pick)) {
+        const args = [kill.args[0]!, '-s', src.server, ...kill.args.slice(1)];
+        const when = `${step}: bart ${args.join(' ')}${kill.crashAt ? ` with PGBART_CRASH_AT=${kill.crashAt}` : ''}`;
+        if (kill.crashAt) {
+          const r = await bartProcess(src, args, { PGBART_CRASH_AT: kill.crashAt }).done;
+          assert.equal(r.signal, 'SIGKILL', `${when}: the crash point was not reached (exit ${r.code})\n${r.stdout}\n${r.stderr}`);
+        } else {
+          await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
+          const p = bartProcess(src, args);
+          const delay = 50 + Math.floor(random() * 2500);
+          const timer = setTimeout(() => p.child.kill('SIGKILL'), delay);
+          const r = await p.done;
+          clearTimeout(timer);
+          assert.ok(r.signal === 'SIGKILL' || r.code === 0, `${when}: BACKUP failed on its own\n${r.stderr}`);
+        }
+        lap(`kill ${kill.crashAt ?? 'backup'}`);
+        // Cheap after every kill: each directory that looks like a backup is a listed, complete backup with its WAL.
+        const listed = JSON.parse((await ok(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout) as { id: string; status: string }[];
+        for (const id of complete()) assert.ok(['active', 'obsolete', 'keep'].includes(listed.find((b) => b.id === id)?.status ?? ''), `${when}: ${id} looks like a backup but is not a complete one`);
+        assertWalKept(`${when}, right after the kill`);
       }
-      await assertCatalogSound(`${when}, right after the kill`);
+      // Every retained backup still verifies after the kills, before anything repairs the catalog.
+      await assertCatalogSound(`${step}, after its kills`);
+      lap('verify');
+      const when = step;
       await ok(['MANAGE', '-s', src.server]);
       await ok(['MANAGE', '-s', src.server, '-d']);
       const left = readdirSync(serverDir).filter((n) => n.endsWith('.partial') || n.endsWith('.deleting') || n.includes('.tmp-'));
       assert.deepEqual(left, [], `${when}: MANAGE -d left leftovers`);
       assert.ok(!readdirSync(src.archivePath).some((n) => n.includes('.tmp-')), `${when}: temp files left in the archive`);
+      lap('manage');
       await backupNow();
+      lap('backup');
       assertWalKept(`${when}, after MANAGE -d and BACKUP`);
     }
+    t.diagnostic(timing.join(', '));
     await assertCatalogSound('after the crash loop');
     // The oldest retained backup still restores, replaying the archive to the newest WAL.
     await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
