@@ -77,8 +77,9 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const rawBart = setup.bart.bind(setup);
     setup.bart = async (args, env) => {
       const t0 = Date.now();
-      const r = await rawBart(args, env);
-      if (process.env.PGBART_TEST_TIMING) console.error(`bart ${args.join(' ')}: ${Date.now() - t0} ms, exit ${r.code}`);
+      const timing = process.env.PGBART_TEST_TIMING !== undefined;
+      const r = await rawBart(timing && args[0] === 'BACKUP' ? ['-d', ...args] : args, env);
+      if (timing) console.error(`bart ${args.join(' ')}: ${Date.now() - t0} ms, exit ${r.code}\n${r.stdout.split('\n').filter((l) => /DEBUG/.test(l)).join('\n')}`);
       return r;
     };
     cleanups.push(() => setup.cleanup());

@@ -31,9 +31,9 @@ function remoteScript(boundary: string): string {
     // rdm PATH...: one tar of many (small) files: one fork for all of them.
     'rdm() { printf T; tar -cf - -b 20 -- "$@" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
     // rg PATH BLOCK COUNT: COUNT 8 KB blocks from BLOCK on (incremental backups), zero-padded past the end.
-    'rg() { printf T; { dd if="$1" bs=8192 skip="$2" count="$3" 2>/dev/null; head -c $(($3 * 8192)) /dev/zero; } | head -c $(($3 * 8192)); }',
+    'rg() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { dd if="$1" bs=8192 skip="$2" count="$3" 2>/dev/null; head -c $(($3 * 8192)) /dev/zero; } | head -c $(($3 * 8192)); }',
     // rb PATH OFFSET LENGTH: the same for unaligned ranges (slower, never used by the engines today).
-    'rb() { printf T; { tail -c +$(($2 + 1)) -- "$1" 2>/dev/null | head -c "$3"; head -c "$3" /dev/zero; } | head -c "$3"; }',
+    'rb() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { tail -c +$(($2 + 1)) -- "$1" 2>/dev/null | head -c "$3"; head -c "$3" /dev/zero; } | head -c "$3"; }',
     "command -v tar >/dev/null 2>&1 || { echo 'pgbart: tar is not installed on this host' >&2; exit 1; }",
     "printf 'pgbart-ready\\n'",
     'while IFS= read -r l; do',
@@ -383,14 +383,16 @@ export class SshChannel {
   }
 
   /**
-   * Reads `length` bytes at `position` of a remote file into `buffer` (zeros past its end, as the
-   * engines treat a file that shrank).
+   * Reads `length` bytes at `position` of a remote file into `buffer` (zeros past its end, or for a
+   * file that vanished, as the engines treat a file that shrank or went away).
    */
   async readRange(path: string, buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
     const doing = `reading ${path} at byte ${position}`;
     const aligned = position % 8192 === 0 && length % 8192 === 0;
     this.send(aligned ? `R rg ${shellQuote(path)} ${position / 8192} ${length / 8192}` : `R rb ${shellQuote(path)} ${position} ${length}`);
-    if ((await this.takeExact(1, doing)).toString() !== 'T') {
+    const status = (await this.takeExact(1, doing)).toString();
+    if (status === 'E') throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied): the data directory must be readable by cluster_owner`);
+    if (status !== 'T') {
       this.broken = true;
       throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}`);
     }
