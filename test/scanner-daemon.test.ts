@@ -106,7 +106,9 @@ for (const version of versionsUnderTest()) {
         const t0 = Date.now();
         const wl = await waitChangeSet(archive, wlStart, wlEnd, 30_000);
         const kinds = new Set(wl.events.map((e) => e.kind));
-        for (const k of ['database-create', 'database-drop', 'tablespace-create', 'tablespace-drop', 'relation-drop']) assert.ok(kinds.has(k as never), `event ${k} recorded`);
+        for (const k of ['database-create', 'database-drop', 'tablespace-create', 'tablespace-drop', 'relation-drop', 'full-page-writes-change']) assert.ok(kinds.has(k as never), `event ${k} recorded`);
+        assert.equal(wl.fullPageWritesOff, true, 'full_page_writes = off in the range is reported');
+        assert.equal(wl.walLevelMinimal, false);
         const newRel = await relInfo(c, 'e2e_t');
         const nf = wl.relations.get(forkKey(newRel.spc, newRel.db, newRel.rel, 0));
         assert.equal(nf?.limit, 0, 'a table created in the range has limit 0');

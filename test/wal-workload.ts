@@ -44,7 +44,14 @@ export async function runVariedWorkload(cluster: TestCluster, tablespaceDir: str
     await q(`UPDATE w_main SET v = '${method}' WHERE id % ${mod++} = 0`);
   }
   await q(`ALTER SYSTEM RESET wal_compression`);
+  // full_page_writes off and on again (XLOG_FPW_CHANGE records).
+  await q(`ALTER SYSTEM SET full_page_writes = off`);
   await q(`SELECT pg_reload_conf()`);
+  await q(`CHECKPOINT`);
+  await q(`UPDATE w_main SET v = 'f' WHERE id % 23 = 0`);
+  await q(`ALTER SYSTEM RESET full_page_writes`);
+  await q(`SELECT pg_reload_conf()`);
+  await q(`CHECKPOINT`);
   // Tail truncation by VACUUM (SMGR_TRUNCATE) and TRUNCATE (new relfilenode, old one dropped).
   await q(`DELETE FROM w_main WHERE id > 15000`);
   await q(`VACUUM w_main`);

@@ -35,6 +35,13 @@ export interface ChangeSet {
   droppedDatabases: DatabaseDir[];
   createdTablespaces: number[];
   droppedTablespaces: number[];
+  /**
+   * The server ran with wal_level = minimal at some point of the range: bulk operations left
+   * no block references, so an incremental backup over it would be wrong (take a full one).
+   */
+  walLevelMinimal: boolean;
+  /** full_page_writes was turned off in the range (torn pages cannot be repaired by replay). */
+  fullPageWritesOff: boolean;
   /** Every event of the range, in LSN order. */
   events: MbmEvent[];
   /** Segment names in the range without an MBM (scan them, or refuse naming the first). */
@@ -114,6 +121,7 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
   const cs: ChangeSet = {
     timeline: req.timeline, startLsn: req.startLsn, endLsn: req.endLsn, relations: new Map(),
     createdDatabases: [], droppedDatabases: [], createdTablespaces: [], droppedTablespaces: [],
+    walLevelMinimal: false, fullPageWritesOff: false,
     events: [], missingSegments: [], mbmFiles: [],
   };
   const blockSets = new Map<string, Set<number>>();
@@ -148,6 +156,8 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
       else if (e.kind === 'database-drop') for (const s of e.spcOids) cs.droppedDatabases.push({ spcOid: s, dbOid: e.dbOid });
       else if (e.kind === 'tablespace-create') cs.createdTablespaces.push(e.spcOid);
       else if (e.kind === 'tablespace-drop') cs.droppedTablespaces.push(e.spcOid);
+      else if (e.kind === 'wal-level-change' && e.walLevel === 'minimal') cs.walLevelMinimal = true;
+      else if (e.kind === 'full-page-writes-change' && !e.on) cs.fullPageWritesOff = true;
     }
   }
   for (const [key, acc] of cs.relations) acc.blocks = Uint32Array.from(blockSets.get(key)!).sort();

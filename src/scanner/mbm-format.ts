@@ -13,7 +13,8 @@ export const MBM_FORMAT_VERSION = 1;
 const HEADER_SIZE = 72;
 const FLAG_SWITCH = 1;
 
-const EVENT_CODES = { 'relation-drop': 1, 'database-create': 2, 'database-drop': 3, 'tablespace-create': 4, 'tablespace-drop': 5 } as const;
+const EVENT_CODES = { 'relation-drop': 1, 'database-create': 2, 'database-drop': 3, 'tablespace-create': 4, 'tablespace-drop': 5, 'wal-level-change': 6, 'full-page-writes-change': 7 } as const;
+const WAL_LEVELS = ['minimal', 'replica', 'logical'] as const;
 const VIA = ['commit', 'abort', 'commit-prepared', 'abort-prepared'] as const;
 
 /** Growable output buffer. */
@@ -69,6 +70,12 @@ function eventPayload(e: MbmEvent): Writer {
       break;
     case 'tablespace-drop':
       w.u32(e.spcOid);
+      break;
+    case 'wal-level-change':
+      w.u32(WAL_LEVELS.indexOf(e.walLevel));
+      break;
+    case 'full-page-writes-change':
+      w.u32(e.on ? 1 : 0);
       break;
   }
   return w;
@@ -191,6 +198,15 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
       }
       case 5:
         events.push({ kind: 'tablespace-drop', lsn, spcOid: u32() });
+        break;
+      case 6: {
+        const walLevel = WAL_LEVELS[u32()];
+        if (walLevel === undefined) bad(p - 4, 'unknown wal_level');
+        events.push({ kind: 'wal-level-change', lsn, walLevel });
+        break;
+      }
+      case 7:
+        events.push({ kind: 'full-page-writes-change', lsn, on: u32() !== 0 });
         break;
       default:
         bad(p - 16, `unknown event code ${code}`);

@@ -32,6 +32,10 @@ export function eventJson(e: MbmEvent): Record<string, unknown> {
       return { kind: e.kind, lsn: lsn(e.lsn), tablespace: e.spcOid, path: e.path };
     case 'tablespace-drop':
       return { kind: e.kind, lsn: lsn(e.lsn), tablespace: e.spcOid };
+    case 'wal-level-change':
+      return { kind: e.kind, lsn: lsn(e.lsn), walLevel: e.walLevel };
+    case 'full-page-writes-change':
+      return { kind: e.kind, lsn: lsn(e.lsn), fullPageWrites: e.on };
   }
 }
 

@@ -81,7 +81,7 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
   let currentFile = path;
   const onRecord = (r: WalRecord) => {
     builder.addRecordBlocks(r);
-    if (mayCarryEvent(r.rmid)) {
+    if (mayCarryEvent(r.rmid, r.info)) {
       events.length = 0;
       if (!collectEvents(r, events)) {
         const off = r.lsn >= segStart ? r.lsn - segStart : 0;

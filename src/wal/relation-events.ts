@@ -1,4 +1,4 @@
-import { RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID } from './wal-constants.js';
+import { RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID, RM_XLOG_ID } from './wal-constants.js';
 import type { WalRecord } from './wal-record.js';
 
 /** A relation file identity: tablespace, database and relfilenode (RelFileNode / RelFileLocator). */
@@ -24,7 +24,15 @@ export type WalEvent =
   /** DROP DATABASE (its directory in each listed tablespace). */
   | { kind: 'database-drop'; lsn: number; dbOid: number; spcOids: number[] }
   | { kind: 'tablespace-create'; lsn: number; spcOid: number; path: string }
-  | { kind: 'tablespace-drop'; lsn: number; spcOid: number };
+  | { kind: 'tablespace-drop'; lsn: number; spcOid: number }
+  /**
+   * XLOG_PARAMETER_CHANGE (written at startup when settings recorded in pg_control changed):
+   * with wal_level = minimal, bulk operations leave no block references, so no incremental
+   * backup may span it.
+   */
+  | { kind: 'wal-level-change'; lsn: number; walLevel: 'minimal' | 'replica' | 'logical' }
+  /** XLOG_FPW_CHANGE: full_page_writes turned on or off (off risks torn pages in backups). */
+  | { kind: 'full-page-writes-change'; lsn: number; on: boolean };
 
 /** The kinds of {@link WalEvent}. */
 export type WalEventKind = WalEvent['kind'];
@@ -48,8 +56,16 @@ const XACT_XINFO_HAS_RELFILENODES = 1 << 2;
 const XLOG_TBLSPC_CREATE = 0x00;
 const XLOG_TBLSPC_DROP = 0x10;
 
-/** True for the resource managers whose records may carry a {@link WalEvent}. */
-export function mayCarryEvent(rmid: number): boolean {
+const XLOG_PARAMETER_CHANGE = 0x60;
+const XLOG_FPW_CHANGE = 0x80;
+const WAL_LEVELS = ['minimal', 'replica', 'logical'] as const;
+
+/** Cheap filter: true for the records (rmgr, xl_info) that may carry a {@link WalEvent}. */
+export function mayCarryEvent(rmid: number, info: number): boolean {
+  if (rmid === RM_XLOG_ID) {
+    const i = info & 0xf0;
+    return i === XLOG_PARAMETER_CHANGE || i === XLOG_FPW_CHANGE;
+  }
   return rmid === RM_XACT_ID || rmid === RM_SMGR_ID || rmid === RM_DBASE_ID || rmid === RM_TBLSPC_ID;
 }
 
@@ -67,6 +83,18 @@ export function collectEvents(rec: WalRecord, out: WalEvent[]): boolean {
   const lsn = rec.lsn;
   const u32 = (o: number) => b.readUInt32LE(p + o);
   switch (rec.rmid) {
+    case RM_XLOG_ID:
+      if (info === XLOG_PARAMETER_CHANGE) {
+        // xl_parameter_change: five ints, then wal_level (int), wal_log_hints, track_commit_timestamp.
+        if (len < 24) return false;
+        const level = WAL_LEVELS[u32(20)];
+        if (level === undefined) return false;
+        out.push({ kind: 'wal-level-change', lsn, walLevel: level });
+      } else if (info === XLOG_FPW_CHANGE) {
+        if (len < 1) return false;
+        out.push({ kind: 'full-page-writes-change', lsn, on: b[p] !== 0 });
+      }
+      return true;
     case RM_SMGR_ID:
       if (info === XLOG_SMGR_CREATE) {
         if (len < 16) return false;
