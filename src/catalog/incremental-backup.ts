@@ -45,6 +45,7 @@ const UNIT_SIZE = 1024 * 1024;
 /** Most blocks held in memory per file being read, whatever batch_size says (its default is 384 MB). */
 const MAX_BATCH_BLOCKS = 4096;
 const FSM_FORK = 1;
+const VM_FORK = 2;
 const INIT_FORK = 3;
 
 /** The parent checks that need no server connection; returns the parent's catalog entry. */
@@ -66,7 +67,10 @@ async function checkParent(config: BartConfig, server: ServerConfig, parentRef: 
 export function selectBlocks(archive: string, entry: HostEntry, parent: RestoredState, cs: ChangeSet): number[] | undefined {
   const rel = parseRelationPath(archive, entry.path);
   // Non-relation files are not block-tracked; the FSM is not fully WAL-logged; init forks are tiny.
-  if (!rel || rel.fork === FSM_FORK || rel.fork === INIT_FORK) return undefined;
+  // Visibility-map bits are also cleared by heap records that carry no block reference to the VM
+  // (XLH_*_ALL_VISIBLE_CLEARED: PostgreSQL's WAL summarizer marks those VM pages, our MBMs do not),
+  // so the VM, 1/32768 of its heap, is copied whole too.
+  if (!rel || rel.fork === FSM_FORK || rel.fork === VM_FORK || rel.fork === INIT_FORK) return undefined;
   const before = parent.files.get(fileKey(archive, entry.path));
   if (!before) return undefined; // new since the parent: there is nothing to start from
   if (entry.size % BLOCK_SIZE !== 0 || before.length % BLOCK_SIZE !== 0) return undefined;

@@ -4,6 +4,7 @@ import { findSegmentFile } from '../scanner/scan-wal-file.js';
 import { requestMbms } from '../scanner/scanner-client.js';
 import { decodeWalFiles } from '../wal/decode-files.js';
 import { readTimelineHistory } from '../wal/timeline-history.js';
+import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
 import { RM_XLOG_ID } from '../wal/wal-constants.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -21,6 +22,15 @@ export interface IncrementalRange {
 }
 
 const NEEDS_FULL = 'take a new full backup';
+
+function missingWal(server: ServerConfig, parent: BackupInfo, segment: string): BartError {
+  return new BartError(`WAL segment ${segment} is missing from ${server.archivePath}: the changes since parent backup ${parent.id} cannot be known; ${NEEDS_FULL}`);
+}
+
+/** The name of the segment after `name` on the same timeline. */
+function nextSegmentName(name: string, segmentSize: number): string {
+  return segmentName(parseInt(name.slice(0, 8), 16), segmentNumberFromName(name, segmentSize) + 1n, segmentSize);
+}
 
 /**
  * Refuses a parent that is not an ancestor of the server's current timeline: its timeline must be
@@ -86,13 +96,15 @@ export async function gatherChangeSet(config: BartConfig, server: ServerConfig, 
   const ensured = await requestMbms(config, server, range);
   log.debug(`MBMs for ${formatLsn(range.startLsn)}..${formatLsn(range.endLsn)}: ${ensured.complete ? 'complete' : 'incomplete'} (scanner ${ensured.scannerRunning ? 'running' : 'not running, scanned here'})`);
   const cs = await loadChangeSet(server.archivePath, range);
-  if (cs.missingSegments.length > 0) {
-    const first = cs.missingSegments[0]!;
-    const error = ensured.errors.find((e) => e.segment === first);
-    if (!findSegmentFile(server.archivePath, first)) {
-      throw new BartError(`WAL segment ${first} is missing from ${server.archivePath}: the changes since parent backup ${parent.id} cannot be known; ${NEEDS_FULL}`);
+  for (const seg of cs.missingSegments) {
+    if (!findSegmentFile(server.archivePath, seg)) throw missingWal(server, parent, seg);
+    const error = ensured.errors.find((e) => e.segment === seg);
+    if (error) throw new BartError(`WAL segment ${seg} cannot be scanned (${error.message}); ${NEEDS_FULL}`);
+    if (ensured.waiting.includes(seg)) {
+      // Its last record continues in the next segment, which is what is really missing.
+      const next = nextSegmentName(seg, range.segmentSize);
+      if (!findSegmentFile(server.archivePath, next)) throw missingWal(server, parent, next);
     }
-    if (error) throw new BartError(`WAL segment ${first} cannot be scanned (${error.message}); ${NEEDS_FULL}`);
     throw new BartError(`${describeMissing(server.archivePath, cs)}; is bart-scanner keeping up (mbm_scan_timeout = ${server.mbmScanTimeout} s)?`);
   }
   if (cs.systemId !== undefined && cs.systemId !== 0n && String(cs.systemId) !== parent.systemIdentifier) {
