@@ -9,6 +9,7 @@ import { TestCluster } from './harness/cluster.js';
 import { removeTree, run, runOk, type RunResult } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
+import { explainSshFailure } from '../src/hosts/ssh-errors.js';
 
 const BART = BART_TEST_USER;
 
@@ -216,6 +217,38 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await sshd.restart();
     list = await backups(setup, 'rem');
     assert.deepEqual(list.map((b) => b.name).sort(), ['full1', 'incr1']);
+
+    // 10. Not enough room on the remote file system: refused before anything is written (df over ssh).
+    const small = join(cluster.baseDir, 'small-fs');
+    await runOk('mkdir', ['-p', small]);
+    await runOk('mount', ['-t', 'tmpfs', '-o', 'size=5m', 'tmpfs', small], { asTestUser: false });
+    cleanups.push(async () => {
+      await run('umount', [small], { asTestUser: false });
+    });
+    execFileSync('chown', ['postgres:', small]);
+    const tooSmall = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', join(small, 'r'), '-r', `postgres@${sshd.alias}`]);
+    assert.notEqual(tooSmall.code, 0);
+    assert.match(tooSmall.stderr, /not enough free space/);
+    assert.deepEqual(readdirSync(small), []);
+
+    // 11. sshd killed during a remote restore: a clear error, and the target never becomes a
+    // directory that starts (the cleanup cannot reach it: marker kept, no PG_VERSION).
+    const killedPath = join(cluster.baseDir, 'restore-killed');
+    const restoring = bartInBackground(setup, ['RESTORE', '-s', 'rem', '-i', 'full1', '-p', killedPath, '-r', `postgres@${sshd.alias}`]);
+    const marker = join(killedPath, '.pgbart-restore-incomplete');
+    const until = Date.now() + 60_000;
+    while (!existsSync(marker)) {
+      if (Date.now() > until) throw new Error('the remote restore did not start');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    sshd.kill();
+    const cut = await restoring;
+    assert.notEqual(cut.code, 0, cut.stdout);
+    assert.match(cut.stderr, /ssh connection to postgres@.*(closed|lost)|lost the ssh connection/);
+    assert.match(cut.stderr, /could not be cleaned up: it holds an incomplete restore .* will not start/);
+    assert.ok(!existsSync(join(killedPath, 'PG_VERSION')), 'a half-restored directory has no PG_VERSION');
+    assert.ok(existsSync(marker));
+    await sshd.restart();
   } finally {
     for (const c of cleanups.reverse()) {
       try {
@@ -225,6 +258,16 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
       }
     }
   }
+});
+
+test('ssh failures are explained with the fix', () => {
+  const ctx = { destination: 'postgres@db1', localUser: 'bart' };
+  assert.match(explainSshFailure('spawn ssh ENOENT (spawn ssh)', ctx), /ssh is not installed on this host .*apt-get install openssh-client/);
+  assert.match(explainSshFailure('Host key verification failed.', ctx), /host key of db1 is unknown to "bart": as "bart" run ssh postgres@db1 once/);
+  assert.match(explainSshFailure('@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@', ctx), /host key of db1 changed .*ssh-keygen -R db1/);
+  assert.match(explainSshFailure('postgres@db1: Permission denied (publickey).', ctx), /ssh key of "bart" is not authorized for postgres@db1 .*~postgres\/.ssh\/authorized_keys on db1/);
+  assert.match(explainSshFailure('ssh: connect to host db1 port 22: Connection refused', ctx), /no ssh server answers on db1/);
+  assert.match(explainSshFailure('ssh: Could not resolve hostname db1: Name or service not known', ctx), /cannot be resolved/);
 });
 
 async function waitPaused(cluster: TestCluster): Promise<void> {

@@ -183,15 +183,18 @@ class RestoreTransaction {
     await this.target.chmod(root.path, 0o700);
   }
 
-  /** Puts every root back as it was (best effort, reporting what could not be undone). */
-  async rollback(): Promise<void> {
+  /** Puts every root back as it was (best effort, reporting what could not be undone); false when something remains. */
+  async rollback(): Promise<boolean> {
+    let clean = true;
     for (const step of this.undo.reverse()) {
       try {
         await step();
       } catch (err) {
+        clean = false;
         log.warning(`could not remove what the failed restore wrote: ${errorMessage(err)}`);
       }
     }
+    return clean;
   }
 }
 
@@ -422,9 +425,14 @@ async function restoreTo(ctx: CommandContext, options: RestoreOptions, target: R
     await target.remove(join(path, INCOMPLETE_MARKER));
     await target.syncDir(path);
   } catch (err) {
-    await txn.rollback();
+    const clean = await txn.rollback();
     const why = controller.signal.aborted ? 'RESTORE was interrupted' : errorMessage(err);
-    throw new BartError(`${why}; nothing was left in ${plan.roots.map((r) => `"${r.path}"`).join(', ')}`, controller.signal.aborted ? 130 : 1);
+    // A target we could not clean (e.g. the ssh connection to it is gone) still holds the marker and
+    // no PG_VERSION, so PostgreSQL refuses to start it.
+    const left = clean
+      ? `nothing was left in ${plan.roots.map((r) => `"${r.path}"`).join(', ')}`
+      : `"${path}" on ${target.description === 'local' ? 'this host' : target.description} could not be cleaned up: it holds an incomplete restore (${INCOMPLETE_MARKER}, no PG_VERSION) that will not start; remove it`;
+    throw new BartError(`${why}; ${left}`, controller.signal.aborted ? 130 : 1);
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
