@@ -159,8 +159,7 @@ async function main(argv: string[]): Promise<number> {
   if (a.action) return signalScanner(a);
   if (a.walFile !== undefined) {
     const path = resolve(a.walFile);
-    const config = boot(a);
-    void config;
+    boot(a); // become the BART user (the MBM is written as that user) and open the log
     const r = await scanWalFile(path);
     if (r.status === 'waiting') throw new BartError(`${path}: its last record continues in segment ${r.nextSegment}, which is not next to it; no MBM written`);
     log.info(`MBM file written: ${r.mbmPath} (${r.map.records} records, ${r.map.relations.length} relation forks, ${r.map.events.length} events)`);
