@@ -45,11 +45,14 @@ describe('MANAGE / DELETE / INIT -r refusals', () => {
     assert.match(r.stderr, /ERROR: +environment variable PGBART_NOW="tomorrow" is not an ISO 8601 time/);
   });
 
-  test('MANAGE -l on a catalog without backups; INIT -r names the damaged manifest', async () => {
+  test('MANAGE -l on a catalog without valid backups keeps WAL for an unreadable one; INIT -r names the damaged manifest', async () => {
     const r = await setup.bart(['MANAGE', '-s', 'pg', '-l', '--output', 'json']);
     assert.equal(r.code, 0, r.stderr);
-    const listing = JSON.parse(r.stdout) as { server: string; retentionPolicy: string; obsoleteBackups: unknown[]; leftovers: unknown[] }[];
+    const listing = JSON.parse(r.stdout) as { server: string; retentionPolicy: string; obsoleteBackups: unknown[]; leftovers: unknown[]; wal: { skipped: boolean; reason: string } }[];
     assert.deepEqual(listing.map((l) => [l.server, l.retentionPolicy, l.obsoleteBackups.length, l.leftovers.length]), [['pg', '2 Backups', 0, 0]]);
+    // A backup directory without readable backupinfo may come back with INIT -r: no archived WAL may go meanwhile.
+    assert.equal(listing[0]!.wal.skipped, true);
+    assert.match(listing[0]!.wal.reason, /backup 1700000000000 has no readable backupinfo \(repair it with bart INIT -r -s pg\)/);
     const rebuild = await setup.bart(['INIT', '-r', '-s', 'pg']);
     assert.notEqual(rebuild.code, 0);
     assert.match(rebuild.stderr, /ERROR: +cannot rebuild the backupinfo of backup 1700000000000: .*manifest\.jsonl.*(incomplete|end line)/);

@@ -15,7 +15,7 @@ import { planWalCleanup, type WalCleanupPlan } from './wal-retention.js';
 export interface WalRemoval {
   plan: WalCleanupPlan;
   bytes: number;
-  /** True when a BACKUP is in progress, so the archive is left alone this time. */
+  /** True when the archive is left alone this time (a BACKUP in progress, an unreadable backupinfo). */
   skipped: boolean;
 }
 
@@ -43,10 +43,17 @@ async function sizeOf(path: string): Promise<number> {
  * (an obsolete backup still restores until it is deleted). While a BACKUP is in progress its start
  * is unknown, so the archive is left alone.
  */
-export async function planWalRemoval(server: ServerConfig, entries: readonly CatalogEntry[], removed: ReadonlySet<string>): Promise<WalRemoval> {
+export async function planWalRemoval(config: BartConfig, server: ServerConfig, entries: readonly CatalogEntry[], removed: ReadonlySet<string>): Promise<WalRemoval> {
   const remaining = entries.filter((e) => e.complete && !removed.has(e.info.id));
   if (entries.some((e) => !e.complete && e.info.status === 'in progress')) {
     return { plan: { remove: [], reason: 'a BACKUP is in progress, so archived WAL is left alone this time' }, bytes: 0, skipped: true };
+  }
+  // A backup whose backupinfo cannot be read is not in `entries`, yet INIT -r can bring it back: its start
+  // is unknown, so nothing may go.
+  const listed = new Set(entries.map((e) => e.info.id));
+  const unreadable = (await archiveNames(serverCatalogDir(config, server))).filter((n) => /^\d+$/.test(n) && !listed.has(n));
+  if (unreadable.length > 0) {
+    return { plan: { remove: [], reason: `backup ${unreadable.join(', ')} has no readable backupinfo (repair it with bart INIT -r -s ${server.name}), so archived WAL is left alone` }, bytes: 0, skipped: true };
   }
   const plan = planWalCleanup(
     await archiveNames(server.archivePath),
@@ -89,7 +96,7 @@ export async function removeFromCatalog(config: BartConfig, server: ServerConfig
     crashPoint('delete:renamed');
   }
   const entries = await listBackups(config, server);
-  const wal = await planWalRemoval(server, entries, new Set());
+  const wal = await planWalRemoval(config, server, entries, new Set());
   let walFiles = 0;
   for (const name of wal.plan.remove) {
     try {
@@ -104,7 +111,7 @@ export async function removeFromCatalog(config: BartConfig, server: ServerConfig
     await fsyncDir(server.archivePath);
     log.info(`deleted ${walFiles} archived WAL/MBM file(s) of server ${server.name} no backup needs (${wal.plan.reason})`);
   } else if (wal.skipped) {
-    log.info(`server ${server.name}: ${wal.plan.reason}`);
+    log.warning(`server ${server.name}: ${wal.plan.reason}`);
   }
   crashPoint('delete:before-rm');
   for (const dir of doomed) await rm(dir, { recursive: true, force: true });

@@ -82,7 +82,7 @@ export async function deleteBackups(ctx: CommandContext, options: unknown): Prom
       return 0;
     }
     if (o.dryRun) {
-      const wal = await planWalRemoval(server, entries, new Set(targets.map((t) => t.info.id)));
+      const wal = await planWalRemoval(ctx.config, server, entries, new Set(targets.map((t) => t.info.id)));
       log.info(`(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`);
       return 0;
     }

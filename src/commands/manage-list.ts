@@ -36,7 +36,7 @@ export async function manageListing(config: BartConfig, server: ServerConfig): P
   const targetIds = new Set(targets.map((t) => t.info.id));
   // Listed as BART did: each obsolete backup whose parent is not itself listed, with its incrementals.
   const heads = targets.filter((t) => t.info.parent === undefined || !targetIds.has(t.info.parent)).reverse();
-  const wal = await planWalRemoval(server, entries, targetIds);
+  const wal = await planWalRemoval(config, server, entries, targetIds);
   const leftovers = await findLeftovers(config, server, false);
   return {
     server: server.name,

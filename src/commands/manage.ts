@@ -134,7 +134,7 @@ async function deleteObsolete(ctx: CommandContext, server: ServerConfig, dryRun:
   const leftovers = await findLeftovers(ctx.config, server, !dryRun);
   if (dryRun) {
     for (const t of targets) log.info(`(dry run) would delete ${t.info.parent ? 'incremental ' : ''}backup ${backupLabel(t)} (${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)})`);
-    const wal = await planWalRemoval(server, entries, new Set(targets.map((t) => t.info.id)));
+    const wal = await planWalRemoval(ctx.config, server, entries, new Set(targets.map((t) => t.info.id)));
     log.info(`(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`);
     for (const l of leftovers) log.info(`(dry run) would remove ${l.description}: ${l.path}`);
     return;
