@@ -80,7 +80,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
       const t0 = Date.now();
       const timing = process.env.PGBART_TEST_TIMING !== undefined;
       const r = await rawBart(timing && args[0] === 'BACKUP' ? ['-d', ...args] : args, env);
-      if (timing) console.error(`bart ${args.join(' ')}: ${Date.now() - t0} ms, exit ${r.code}\n${r.stdout.split('\n').filter((l) => /DEBUG/.test(l)).join('\n')}`);
+      if (timing) console.error(`bart ${args.join(' ')}: ${Date.now() - t0} ms, exit ${r.code}\n${r.stdout.split('\n').filter((l) => /DEBUG/.test(l)).join('\n')}${r.code !== 0 ? r.stderr : ''}`);
       return r;
     };
     cleanups.push(() => setup.cleanup());
@@ -210,6 +210,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await new Promise((r) => setTimeout(r, 1500));
     sshd.kill();
     const killed = await running;
+    if (process.env.PGBART_TEST_TIMING) console.error(killed.stderr);
     assert.notEqual(killed.code, 0, killed.stdout);
     assert.match(killed.stderr, /ssh connection to postgres@.* (was closed|closed)|lost the ssh connection/);
     assert.deepEqual(partialDirs(setup, 'rem'), []);
@@ -243,6 +244,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     }
     sshd.kill();
     const cut = await restoring;
+    if (process.env.PGBART_TEST_TIMING) console.error(cut.stderr);
     assert.notEqual(cut.code, 0, cut.stdout);
     assert.match(cut.stderr, /ssh connection to postgres@.*(closed|lost)|lost the ssh connection/);
     assert.match(cut.stderr, /could not be cleaned up: it holds an incomplete restore .* will not start/);

@@ -145,8 +145,11 @@ export class SshChannel {
 
   private failure(doing: string): BartError {
     this.broken = true;
-    const why = explainSshFailure(this.stderrTail || 'connection closed', { destination: this.session.destination });
-    return new BartError(`lost the ssh connection to ${this.session.destination} while ${doing}: ${why}`);
+    const dest = this.session.destination;
+    const why = this.stderrTail.trim() === ''
+      ? `the connection closed without a message: check that sshd runs on ${this.session.target.host} and that the host is reachable`
+      : explainSshFailure(this.stderrTail, { destination: dest });
+    return new BartError(`lost the ssh connection to ${dest} while ${doing}: ${why}`);
   }
 
   /** Waits until more bytes arrive; throws when the channel ended. */
