@@ -209,20 +209,25 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     const i4 = String(BigInt(b4) + 1n);
     cpSync(join(serverDir, b4), join(serverDir, i4), { recursive: true });
     writeFileSync(join(serverDir, i4, 'backupinfo'), readFileSync(join(serverDir, i4, 'backupinfo'), 'utf8').replace(`BACKUP IDENTIFIER: ${b4}`, `BACKUP IDENTIFIER: ${i4}`).replace('BACKUP PARENT: none', `BACKUP PARENT: ${b4}`).replace('BACKUP NAME: b4', 'BACKUP NAME: none'));
+    // An active incremental on the keep backup b2: DELETE -i all must leave the keep chain whole.
+    const i2k = String(BigInt(b2) + 1n);
+    cpSync(join(serverDir, b2), join(serverDir, i2k), { recursive: true });
+    writeFileSync(join(serverDir, i2k, 'backupinfo'), readFileSync(join(serverDir, i2k, 'backupinfo'), 'utf8').replace(`BACKUP IDENTIFIER: ${b2}`, `BACKUP IDENTIFIER: ${i2k}`).replace('BACKUP PARENT: none', `BACKUP PARENT: ${b2}`).replace('BACKUP NAME: b2', 'BACKUP NAME: none').replace('BACKUP STATUS: keep', 'BACKUP STATUS: active'));
     const owner = testUserIds();
-    if (owner) spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, join(serverDir, i4)]);
+    if (owner) spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, join(serverDir, i4), join(serverDir, i2k)]);
     const before_ = catalogState(serverDir);
     const dry = await ok(['DELETE', '-s', src.server, '-i', 'b4', '-n']);
     assert.match(dry.stdout, new RegExp(`would delete incremental backup ${i4} .*incremental descendant of ${b4}`));
     assert.deepEqual(catalogState(serverDir), before_, 'DELETE -n changed nothing');
     const all = await ok(['DELETE', '-s', src.server, '-i', 'all']);
     assert.match(all.stdout, /marked keep: not deleted/);
-    assert.deepEqual(readdirSync(serverDir).filter((n) => /^\d/.test(n)), [b2]);
+    assert.deepEqual(readdirSync(serverDir).filter((n) => /^\d/.test(n)).sort(), [b2, i2k]);
     const b2Start = readFileSync(join(serverDir, b2, 'backupinfo'), 'utf8').match(/^START WAL LOCATION: (\w+)$/m)![1]!;
     assert.ok(archived().some((n) => n.startsWith(b2Start)), 'the kept backup still has its WAL');
     await ok(['MANAGE', '-s', src.server, '-c', 'nokeep', '-i', 'all']);
     assert.equal((await shown()).get(b2)!.status, 'active');
-    await ok(['DELETE', '-s', src.server, '-i', b2]);
+    const last = await ok(['DELETE', '-s', src.server, '-i', b2]);
+    assert.match(last.stdout, new RegExp(`deleting incremental backup ${i2k} .*incremental descendant of ${b2}`));
     assert.deepEqual(readdirSync(serverDir).filter((n) => /^\d/.test(n)), []);
     assert.ok(!archived().some((n) => /^[0-9A-F]{24}(\.gz)?$/.test(n)), 'no backup left: no WAL kept');
   });

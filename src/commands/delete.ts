@@ -2,6 +2,7 @@ import { acquireServerLock } from '../catalog/backup-lock.js';
 import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { serverCatalogDir } from '../catalog/layout.js';
 import { backupLabel, childrenFirst, entryWithDescendants, planWalRemoval, removeFromCatalog } from '../catalog/obsolete.js';
+import { chainRoot } from '../catalog/retention.js';
 import type { ServerConfig } from '../config/types.js';
 import { crashPoint } from '../util/crash-point.js';
 import { BartError } from '../util/errors.js';
@@ -29,8 +30,10 @@ export function deletionTargets(entries: readonly CatalogEntry[], server: Server
   const ids = new Set<string>();
   if (select.trim().toLowerCase() === 'all') {
     for (const e of complete) {
-      if (e.info.status === 'keep') {
-        if (e.info.parent === undefined) log.info(`backup ${backupLabel(e)} is marked keep: not deleted (bart MANAGE -s ${server.name} -c nokeep -i ${e.info.id} first to delete it)`);
+      // A keep chain stays whole: its full backup and every incremental built on it.
+      const root = chainRoot(complete.map((c) => ({ id: c.info.id, parent: c.info.parent, status: c.info.status })), e.info.id);
+      if (e.info.status === 'keep' || root?.status === 'keep') {
+        if (e.info.parent === undefined) log.info(`backup ${backupLabel(e)} is marked keep: not deleted, nor its incrementals (bart MANAGE -s ${server.name} -c nokeep -i ${e.info.id} first to delete it)`);
         continue;
       }
       ids.add(e.info.id);
