@@ -215,7 +215,11 @@ export class WalDecoder {
           pos = this.abandonedAt;
           continue;
         }
-        if (r < 0) return { status: 'needNext', firstRecordLsn, endLsn: this.asmLsn, records };
+        if (r < 0) {
+          // Without a pending record the file simply ended (allowEndOfWal): the record is cut.
+          if (!this.pending) return { status: 'endOfWal', firstRecordLsn, endLsn: this.asmLsn, records };
+          return { status: 'needNext', firstRecordLsn, endLsn: this.asmLsn, records };
+        }
         end = r;
       }
       records++;
