@@ -58,8 +58,9 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
     const compress: UnitCompressor = pool
       ? async (unit) => {
-          const copy = new Uint8Array(unit.length);
-          copy.set(unit);
+          // A unit that owns its whole ArrayBuffer is handed over as it is; others are copied.
+          const owned = unit.byteOffset === 0 && unit.byteLength === unit.buffer.byteLength && !(unit.buffer instanceof SharedArrayBuffer);
+          const copy = owned ? new Uint8Array(unit.buffer, 0, unit.byteLength) : Uint8Array.from(unit);
           const task: CompressTask = { method: request.compression, level: request.level, data: copy };
           return Buffer.from(await pool!.run(task, [copy.buffer]));
         }
