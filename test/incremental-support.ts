@@ -16,7 +16,7 @@ export async function createIncrementalSource(version: number, extra: Record<str
 
 /**
  * What a cluster holds, database by database: each permanent table's row count and content hash,
- * each sequence's state, and the large objects' content. Compared between a source at backup time
+ * each permanent sequence's state (unlogged ones restart after a restore), and the large objects' content. Compared between a source at backup time
  * and the restored cluster.
  */
 export async function contentSnapshot(cluster: TestCluster): Promise<Record<string, string>> {
@@ -25,7 +25,9 @@ export async function contentSnapshot(cluster: TestCluster): Promise<Record<stri
   for (const { datname } of dbs) {
     for (const [t, v] of Object.entries(await tableFingerprints(cluster, datname))) out[`${datname}:${t}`] = v;
     const seqs = await cluster.query<{ name: string; v: string }>(
-      "SELECT format('%I.%I', schemaname, sequencename) AS name, coalesce(last_value::text, 'null') AS v FROM pg_sequences ORDER BY 1", [], datname,
+      `SELECT format('%I.%I', s.schemaname, s.sequencename) AS name, coalesce(s.last_value::text, 'null') AS v FROM pg_sequences s
+       JOIN pg_class c ON c.oid = format('%I.%I', s.schemaname, s.sequencename)::regclass
+       WHERE c.relpersistence = 'p' ORDER BY 1`, [], datname,
     );
     for (const s of seqs) out[`${datname}:seq:${s.name}`] = s.v;
     const lo = await cluster.query<{ n: string; h: string | null }>(
@@ -64,7 +66,7 @@ export interface RestoreCheck {
  */
 export async function restoreAndCheck(src: RestoreSource, id: string, expected: Record<string, string>, what: string, opts: RestoreCheck = {}): Promise<void> {
   const path = freshPath(src, 'incr');
-  const args = ['-i', id, '-p', path, ...(opts.targetArgs ?? ['--target-immediate', '--target-action', 'promote'])];
+  const args = ['-i', id, '-p', path, '-c', ...(opts.targetArgs ?? ['--target-immediate', '--target-action', 'promote'])];
   if (opts.tablespaceMap) args.push('--tablespace-map', opts.tablespaceMap);
   const r = await src.restore(args);
   assert.equal(r.code, 0, `${what}: RESTORE failed\n${r.stdout}\n${r.stderr}`);

@@ -83,6 +83,9 @@ for (const version of versionsUnderTest()) {
         const r = await src.restore(['-i', ids[2]!, '-p', join(src.scratch, 'broken-chain')]);
         assert.notEqual(r.code, 0);
         assert.match(r.stderr, new RegExp(`ERROR: .*backup ${ids[2]} needs its parent ${ids[1]}, which is no longer in the catalog \\(broken chain\\)`));
+        const show = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server]);
+        assert.equal(show.code, 0);
+        assert.match(show.stderr, new RegExp(`WARNING: +server src: backup ${ids[2]} needs its parent ${ids[1]}, which is no longer in the catalog \\(broken chain\\); it cannot be restored`));
         const b = await tryBackup(src, ['--parent', ids[2]!]);
         assert.notEqual(b.code, 0);
         assert.match(b.stderr, /broken chain/);

@@ -1,11 +1,10 @@
 import type { BartConfig, ServerConfig } from '../config/types.js';
-import { describeMissing, loadChangeSet, segmentsOfRange, type ChangeSet } from '../scanner/change-set.js';
+import { describeMissing, loadChangeSet, type ChangeSet } from '../scanner/change-set.js';
+import { ensureMbms } from '../scanner/ensure-mbms.js';
 import { findSegmentFile } from '../scanner/scan-wal-file.js';
 import { requestMbms } from '../scanner/scanner-client.js';
-import { decodeWalFiles } from '../wal/decode-files.js';
 import { readTimelineHistory } from '../wal/timeline-history.js';
 import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
-import { RM_XLOG_ID } from '../wal/wal-constants.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { formatLsn, parseLsn, type Lsn } from '../util/lsn.js';
@@ -55,45 +54,19 @@ export function checkParentOnHistory(archivePath: string, parent: BackupInfo, ti
   }
 }
 
-/** xl_info of XLOG_PARAMETER_CHANGE, and the offset of wal_level in xl_parameter_change (six ints: ..., max_locks_per_xact, wal_level). */
-const XLOG_PARAMETER_CHANGE = 0x60;
-const WAL_LEVEL_OFFSET = 20;
-const WAL_LEVEL_MINIMAL = 0;
-
-/**
- * Refuses a range in which the server ran with wal_level = minimal: relations created and loaded in
- * one transaction then have no block references in WAL at all, so no MBM can know about them. The
- * server announces every wal_level change with an XLOG_PARAMETER_CHANGE record at startup; the MBMs
- * do not keep those, so the range's WAL is read once more here (records are only decoded, cheap next
- * to copying data).
- */
-export async function checkNoMinimalWal(archivePath: string, range: IncrementalRange): Promise<void> {
-  const paths: string[] = [];
-  for (const seg of segmentsOfRange(archivePath, range)) {
-    const p = findSegmentFile(archivePath, seg.name);
-    if (!p) throw new BartError(`WAL segment ${seg.name} (between the parent's start and this backup's start) is missing from ${archivePath}; ${NEEDS_FULL}`);
-    paths.push(p);
-  }
-  let minimalAt: number | undefined;
-  const start = Number(range.startLsn);
-  const end = Number(range.endLsn);
-  await decodeWalFiles(paths, (r) => {
-    if (r.rmid !== RM_XLOG_ID || (r.info & 0xf0) !== XLOG_PARAMETER_CHANGE || r.lsn < start || r.lsn >= end) return;
-    if (r.mainDataLength >= WAL_LEVEL_OFFSET + 4 && r.buffer.readInt32LE(r.mainDataOffset + WAL_LEVEL_OFFSET) === WAL_LEVEL_MINIMAL) minimalAt ??= r.lsn;
-  }, { timeline: range.timeline });
-  if (minimalAt !== undefined) {
-    throw new BartError(`the server ran with wal_level = minimal after the parent backup (from LSN ${formatLsn(BigInt(minimalAt))}); WAL then lacks the changes of bulk loads, so no incremental backup can be taken from that parent: ${NEEDS_FULL}`);
-  }
-}
-
 /**
  * The change set of an incremental backup: asks bart-scanner for the MBMs of the range (it waits
  * up to mbm_scan_timeout for WAL still arriving), scans the rest on the spot when no scanner runs,
  * and merges them. Fails naming the first segment whose WAL is missing or unreadable: the blocks
- * it changed can never be known, so only a new full backup is safe.
+ * it changed can never be known, so only a new full backup is safe. Also refuses a range in which
+ * the server ran with wal_level = minimal (the MBMs record XLOG_PARAMETER_CHANGE).
  */
 export async function gatherChangeSet(config: BartConfig, server: ServerConfig, parent: BackupInfo, range: IncrementalRange): Promise<ChangeSet> {
-  const ensured = await requestMbms(config, server, range);
+  let ensured = await requestMbms(config, server, range);
+  if (ensured.scannerRunning && !ensured.complete) {
+    // The scanner did not finish within mbm_scan_timeout (busy, or not watching this server): scan here.
+    ensured = { ...(await ensureMbms(server.archivePath, range)), scannerRunning: true };
+  }
   log.debug(`MBMs for ${formatLsn(range.startLsn)}..${formatLsn(range.endLsn)}: ${ensured.complete ? 'complete' : 'incomplete'} (scanner ${ensured.scannerRunning ? 'running' : 'not running, scanned here'})`);
   const cs = await loadChangeSet(server.archivePath, range);
   for (const seg of cs.missingSegments) {
@@ -110,6 +83,10 @@ export async function gatherChangeSet(config: BartConfig, server: ServerConfig, 
   if (cs.systemId !== undefined && cs.systemId !== 0n && String(cs.systemId) !== parent.systemIdentifier) {
     throw new BartError(`the WAL since parent backup ${parent.id} belongs to another cluster (system identifier ${cs.systemId}, the parent's is ${parent.systemIdentifier})`);
   }
-  await checkNoMinimalWal(server.archivePath, range);
+  if (cs.walLevelMinimal) {
+    // Relations created and loaded in one transaction under wal_level = minimal have no block
+    // references at all: no MBM can know about them.
+    throw new BartError(`the server ran with wal_level = minimal after parent backup ${parent.id}; WAL then lacks the changes of bulk loads, so no incremental backup can be taken on that parent: ${NEEDS_FULL}`);
+  }
   return cs;
 }

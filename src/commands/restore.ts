@@ -406,8 +406,8 @@ async function restoreTo(ctx: CommandContext, options: RestoreOptions, target: R
     controller.signal.throwIfAborted();
     if (plan.chain.length > 1) {
       const applyOpts = { destinations, holdBack: { PG_VERSION: PG_VERSION_PENDING }, checksumAlgorithm: plan.checksumAlgorithm, target, keepInBase: [INCOMPLETE_MARKER] };
-      for (const link of plan.chain.slice(1)) {
-        const applied = await applyIncremental(link, applyOpts);
+      for (const [i, link] of plan.chain.slice(1).entries()) {
+        const applied = await applyIncremental(link, applyOpts, { newest: i === plan.chain.length - 2 });
         log.info(`applied incremental backup ${link.info.id}: ${applied.files} files, ${formatBytes(applied.bytes)}`);
         controller.signal.throwIfAborted();
       }

@@ -1,6 +1,8 @@
 import type { ServerConfig } from '../config/types.js';
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { walUsageByBackup, type BackupWalUsage } from '../catalog/backup-wal.js';
+import { chainProblem } from '../catalog/incremental-chain.js';
+import { log } from '../util/log.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes, formatTable, formatTimestamp } from '../util/format.js';
 import { selectServers, type CommandContext } from './context.js';
@@ -34,6 +36,9 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
     for (const entry of entries) {
       if (!matches(entry, o.backupid)) continue;
       rows.push({ server, entry, wal: usage.get(entry.info.id) ?? { files: 0, bytes: 0 } });
+      // An incremental whose chain lost a link cannot be restored: say so next to the listing.
+      const broken = entry.complete && entry.info.parent !== undefined ? chainProblem(entries, entry) : undefined;
+      if (broken) log.warning(`server ${server.name}: ${broken}; it cannot be restored`);
     }
   }
   if (o.backupid && o.backupid.toLowerCase() !== 'all' && rows.length === 0) {
