@@ -24,7 +24,8 @@ function rng(seed: number): () => number {
 
 /** One kill: a bart command and the crash point it must reach (none: BACKUP killed from outside). */
 interface Kill {
-  args: string[];
+  /** Evaluated when the kill runs, so picks see the catalog as the previous kill left it. */
+  args: () => string[];
   crashAt?: string;
 }
 
@@ -43,20 +44,20 @@ const SCENARIOS: Scenario[] = [
   {
     name: 'MANAGE -d killed at every step of a removal',
     prepare: 'mark-leftover',
-    kills: () => ['manage:locked', 'delete:renamed', 'delete:wal', 'delete:before-rm', 'delete:after-rm', 'delete:leftovers'].map((crashAt) => ({ args: ['MANAGE', '-d'], crashAt })),
+    kills: () => ['manage:locked', 'delete:renamed', 'delete:wal', 'delete:before-rm', 'delete:after-rm', 'delete:leftovers'].map((crashAt) => ({ args: () => ['MANAGE', '-d'], crashAt })),
   },
-  { name: 'MANAGE killed while marking obsolete', kills: () => [{ args: ['MANAGE'], crashAt: 'manage:marked' }] },
-  { name: 'MANAGE killed between gzip rename and unlink', prepare: 'age-wal', kills: () => [{ args: ['MANAGE'], crashAt: 'compress:renamed' }] },
+  { name: 'MANAGE killed while marking obsolete', kills: () => [{ args: () => ['MANAGE'], crashAt: 'manage:marked' }] },
+  { name: 'MANAGE killed between gzip rename and unlink', prepare: 'age-wal', kills: () => [{ args: () => ['MANAGE'], crashAt: 'compress:renamed' }] },
   {
     name: 'DELETE killed at every step',
     kills: (pick) => [
-      { args: ['DELETE', '-i', pick.any()], crashAt: 'delete:locked' },
-      { args: ['DELETE', '-i', pick.any()], crashAt: 'delete:renamed' },
-      { args: ['DELETE', '-i', pick.oldest()], crashAt: 'delete:wal' },
+      { args: () => ['DELETE', '-i', pick.any()], crashAt: 'delete:locked' },
+      { args: () => ['DELETE', '-i', pick.any()], crashAt: 'delete:renamed' },
+      { args: () => ['DELETE', '-i', pick.oldest()], crashAt: 'delete:wal' },
     ],
   },
-  { name: 'BACKUP killed after a random delay', kills: () => [{ args: ['BACKUP'] }] },
-  { name: 'BACKUP killed after a random delay', kills: () => [{ args: ['BACKUP'] }] },
+  { name: 'BACKUP killed after a random delay', kills: () => [{ args: () => ['BACKUP'] }] },
+  { name: 'BACKUP killed after a random delay', kills: () => [{ args: () => ['BACKUP'] }] },
 ];
 
 function bartProcess(src: RestoreSource, args: string[], env: NodeJS.ProcessEnv = {}) {
@@ -188,7 +189,8 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
       }
       const pick = { oldest: () => complete()[0]!, any: () => { const c = complete(); return c[Math.floor(random() * c.length)]!; } };
       for (const kill of scenario.kills(pick)) {
-        const args = [kill.args[0]!, '-s', src.server, ...kill.args.slice(1)];
+        const [command, ...rest] = kill.args();
+        const args = [command!, '-s', src.server, ...rest];
         const when = `${step}: bart ${args.join(' ')}${kill.crashAt ? ` with PGBART_CRASH_AT=${kill.crashAt}` : ''}`;
         if (kill.crashAt) {
           const r = await bartProcess(src, args, { PGBART_CRASH_AT: kill.crashAt }).done;
