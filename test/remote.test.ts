@@ -97,9 +97,9 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // 2. CHECK-CONFIG: every check succeeds, the ssh ones included; WAL arrives through scp.
     const check = await setup.bart(['CHECK-CONFIG', '-s', 'rem']);
     assert.equal(check.code, 0, `${check.stdout}\n${check.stderr}`);
-    assert.match(check.stdout, new RegExp(`ssh/scp .*postgres@${sshd.alias}.*: success`));
-    assert.match(check.stdout, /cluster_owner "postgres" can read the data files: success/);
-    assert.match(check.stdout, /WAL archiving is working: success/);
+    assert.match(check.stdout, new RegExp(`ssh/scp .*postgres@${sshd.alias}.*: success`), check.stdout);
+    assert.match(check.stdout, /cluster_owner "postgres" can read the data files: success/, check.stdout);
+    assert.match(check.stdout, /WAL archiving is working: success/, check.stdout);
     const archived = readdirSync(archiveDir).filter((n) => /^[0-9A-F]{24}$/.test(n));
     assert.ok(archived.length > 0, 'WAL arrived in the archive through scp');
     assert.equal(statSync(join(archiveDir, archived[0]!)).uid, Number(execFileSync('id', ['-u', BART], { encoding: 'utf8' })), 'archived WAL belongs to the BART user');
@@ -152,8 +152,8 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // scp's WAL from the BART host; the restored cluster starts and holds batches 1 and 2 only.
     const remotePath = join(cluster.baseDir, 'restored');
     const refusedIncr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
-    assert.notEqual(refusedIncr.code, 0);
-    assert.match(refusedIncr.stderr, /incremental backup.*another host \(-r\) is not supported/);
+    assert.notEqual(refusedIncr.code, 0, refusedIncr.stdout);
+    assert.match(refusedIncr.stderr, /incremental backup.*another host \(-r\) is not supported/, refusedIncr.stderr);
     const rr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_batch_2', '-w', '2']);
     assert.equal(rr.code, 0, rr.stderr);
     assert.ok(existsSync(join(remotePath, 'PG_VERSION')));
@@ -170,20 +170,32 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     ]);
     await restored.destroy();
 
+    // 5b. -c copies the WAL over ssh into the restored directory (restore_command becomes a local cp).
+    const copiedPath = join(cluster.baseDir, 'restored-c');
+    const rc = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', copiedPath, '-r', `postgres@${sshd.alias}`, '-c']);
+    assert.equal(rc.code, 0, rc.stderr);
+    const copied = readdirSync(join(copiedPath, 'archived_wals')).sort();
+    const segments = readdirSync(archiveDir).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort();
+    assert.ok(copied.length > 0 && copied.every((n) => segments.includes(n)), `copied ${copied.join(' ')}`);
+    for (const n of copied) assert.ok(readFileSync(join(copiedPath, 'archived_wals', n)).equals(readFileSync(join(archiveDir, n))), `${n} copied intact`);
+    assert.equal(copied[copied.length - 1], segments[segments.length - 1]);
+    assert.match(readFileSync(join(copiedPath, 'postgresql.auto.conf'), 'utf8'), /restore_command = 'cp .*archived_wals\/%f %p'/);
+    removeTree(copiedPath);
+
     // 6. A non-empty remote path is refused before anything is written.
     const notEmpty = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
-    assert.notEqual(notEmpty.code, 0);
-    assert.match(notEmpty.stderr, /is not empty/);
+    assert.notEqual(notEmpty.code, 0, notEmpty.stdout);
+    assert.match(notEmpty.stderr, /is not empty/, notEmpty.stderr);
 
     // 7. The BART user's key removed from the cluster owner's authorized keys: CHECK-CONFIG and
     // BACKUP say what to fix, and no backup is left behind.
     sshd.revoke(BART, 'postgres');
     const noKey = await setup.bart(['CHECK-CONFIG', '-s', 'rem']);
-    assert.notEqual(noKey.code, 0);
-    assert.match(noKey.stderr, new RegExp(`ssh key of "${BART}" is not authorized for postgres@${sshd.alias}.*authorized_keys`));
+    assert.notEqual(noKey.code, 0, noKey.stdout);
+    assert.match(noKey.stderr, new RegExp(`ssh key of "${BART}" is not authorized for postgres@${sshd.alias}.*authorized_keys`), noKey.stderr);
     const noKeyBackup = await setup.bart(['BACKUP', '-s', 'rem']);
-    assert.notEqual(noKeyBackup.code, 0);
-    assert.match(noKeyBackup.stderr, /not authorized/);
+    assert.notEqual(noKeyBackup.code, 0, noKeyBackup.stdout);
+    assert.match(noKeyBackup.stderr, /not authorized/, noKeyBackup.stderr);
     assert.equal((await backups(setup, 'rem')).length, 2);
     assert.deepEqual(partialDirs(setup, 'rem'), []);
     sshd.authorize(BART, 'postgres');
@@ -193,8 +205,8 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const savedKnownHosts = readFileSync(knownHosts, 'utf8');
     writeFileSync(knownHosts, '');
     const unknownKey = await setup.bart(['CHECK-CONFIG', '-s', 'rem']);
-    assert.notEqual(unknownKey.code, 0);
-    assert.match(unknownKey.stderr, /host key of .* is unknown to "pgbartbu"/);
+    assert.notEqual(unknownKey.code, 0, unknownKey.stdout);
+    assert.match(unknownKey.stderr, /host key of .* is unknown to "pgbartbu"/, unknownKey.stderr);
     writeFileSync(knownHosts, savedKnownHosts);
 
     // 9. sshd killed in the middle of a backup (a large sparse file keeps it busy): a clear error,
@@ -212,7 +224,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const killed = await running;
     if (process.env.PGBART_TEST_TIMING) console.error(killed.stderr);
     assert.notEqual(killed.code, 0, killed.stdout);
-    assert.match(killed.stderr, /ssh connection to postgres@.* (was closed|closed)|lost the ssh connection/);
+    assert.match(killed.stderr, /ssh connection to postgres@.* (was closed|closed)|lost the ssh connection/, killed.stderr);
     assert.deepEqual(partialDirs(setup, 'rem'), []);
     await run('rm', ['-f', big]);
     await sshd.restart();
@@ -228,8 +240,8 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     });
     execFileSync('chown', ['postgres:', small]);
     const tooSmall = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', join(small, 'r'), '-r', `postgres@${sshd.alias}`]);
-    assert.notEqual(tooSmall.code, 0);
-    assert.match(tooSmall.stderr, /not enough free space/);
+    assert.notEqual(tooSmall.code, 0, tooSmall.stdout);
+    assert.match(tooSmall.stderr, /not enough free space/, tooSmall.stderr);
     assert.deepEqual(readdirSync(small), []);
 
     // 11. sshd killed during a remote restore: a clear error, and the target never becomes a
@@ -246,8 +258,8 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const cut = await restoring;
     if (process.env.PGBART_TEST_TIMING) console.error(cut.stderr);
     assert.notEqual(cut.code, 0, cut.stdout);
-    assert.match(cut.stderr, /ssh connection to postgres@.*(closed|lost)|lost the ssh connection/);
-    assert.match(cut.stderr, /could not be cleaned up: it holds an incomplete restore .* will not start/);
+    assert.match(cut.stderr, /ssh connection to postgres@.*(closed|lost)|lost the ssh connection/, cut.stderr);
+    assert.match(cut.stderr, /could not be cleaned up: it holds an incomplete restore .* will not start/, cut.stderr);
     assert.ok(!existsSync(join(killedPath, 'PG_VERSION')), 'a half-restored directory has no PG_VERSION');
     assert.ok(existsSync(marker));
     await sshd.restart();

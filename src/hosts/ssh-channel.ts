@@ -48,6 +48,8 @@ function remoteScript(boundary: string): string {
 const READY = Buffer.from('pgbart-ready\n');
 /** Incoming bytes buffered before ssh's output is paused (bounds memory per channel). */
 const HIGH_WATER = 4 * 1024 * 1024;
+/** Unread bytes of a streamed file that are skipped to reuse the channel; beyond, it is closed. */
+const MAX_DRAIN = 8 * 1024 * 1024;
 
 /** Result of a shell command run on a channel. */
 export interface ChannelResult {
@@ -319,6 +321,12 @@ export class SshChannel {
         return b.length;
       },
       finish: async () => {
+        // A few bytes more than the engine wanted (the file grew) are skipped; a whole unread
+        // file (the backup failed mid-way) is not worth draining: the channel is dropped instead.
+        if (remaining > MAX_DRAIN) {
+          this.close();
+          return;
+        }
         while (remaining > 0) remaining -= (await this.takeSome(remaining, doing)).length;
         if (!done) await end();
       },

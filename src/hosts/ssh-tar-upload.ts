@@ -102,7 +102,9 @@ export class TarUpload {
   private async write(data: Buffer | Uint8Array): Promise<void> {
     if (this.aborted) throw new BartError('internal error: write after abort');
     if (this.failed || this.child.exitCode !== null) throw await this.remoteError();
-    if (!this.child.stdin!.write(data)) {
+    // The stream keeps a reference until the bytes reach the pipe, and callers reuse their buffers
+    // (the restore reader's staging buffer) as soon as write() returns: hand over a copy.
+    if (!this.child.stdin!.write(Buffer.from(data))) {
       await new Promise<void>((resolvePromise) => {
         const done = () => {
           this.child.stdin!.off('drain', done);
