@@ -186,12 +186,21 @@ async function compareWithArchived(sourcePath: string, archived: string): Promis
  */
 export async function getWalFile(archiveDir: string, name: string, destination: string): Promise<GetOutcome> {
   requireArchiveFileName(name, 'WAL file name');
-  const archived = await findArchived(archiveDir, name);
+  let archived = await findArchived(archiveDir, name);
   if (!archived) return 'missing';
   const target = resolve(destination);
   const tmp = tempSibling(target);
   try {
-    await writeSynced(openArchived(archived), tmp);
+    try {
+      await writeSynced(openArchived(archived), tmp);
+    } catch (err) {
+      // MANAGE (wal_compression) may unlink the plain segment right after we found it; its .gz is
+      // complete by then. Failing here would make recovery believe the archive ends at this segment.
+      if (!(isErrnoError(err) && err.code === 'ENOENT' && !archived.endsWith(GZIP_SUFFIX) && (await exists(archived + GZIP_SUFFIX)))) throw err;
+      await unlink(tmp).catch(() => undefined);
+      archived += GZIP_SUFFIX;
+      await writeSynced(openArchived(archived), tmp);
+    }
     await rename(tmp, target);
     await fsyncDir(dirname(target));
   } catch (err) {
