@@ -25,8 +25,8 @@ export interface CatalogLock {
 export const SERVER_LOCK_NAME = 'backup';
 
 /**
- * Takes `<dir>/<name>.lock` exclusively (O_EXCL). A lock whose process is gone is taken over; a
- * live one makes this fail with a message naming the holder.
+ * Takes `<dir>/<name>.lock` exclusively (created by link(), so it never exists half-written). A lock
+ * whose process is gone is taken over; a live one makes this fail with a message naming the holder.
  */
 export async function acquireLock(dir: string, name: string, command: string): Promise<CatalogLock> {
   const path = join(dir, `${name}.lock`);
@@ -57,12 +57,10 @@ export async function acquireLock(dir: string, name: string, command: string): P
     if (holder && processAlive(holder.pid) && holder.pid !== process.pid) {
       throw new BartError(`${holder.command} is running for this server (pid ${holder.pid}, started ${holder.started}); try again when it has finished (lock file ${path})`);
     }
-    // Stale (its process is dead) or half-written by a process killed at that instant: take it over.
-    // A process that read the same stale lock may have taken it over already; unlink only what we read.
-    if (holder === undefined || !processAlive(holder.pid)) {
-      const again = await readHolder(path);
-      if (again === undefined || (holder !== undefined && again.pid === holder.pid && again.started === holder.started)) await unlink(path).catch(() => undefined);
-    }
+    // Stale (its process is dead), unreadable, or our own: take it over. A process that read the same
+    // stale lock may have taken it over already; unlink only what we read.
+    const again = await readHolder(path);
+    if (again === undefined || (holder !== undefined && again.pid === holder.pid && again.started === holder.started)) await unlink(path).catch(() => undefined);
   }
   throw new BartError(`could not take the lock ${path}`);
 }
