@@ -179,7 +179,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     assert.ok(copied.length > 0 && copied.every((n) => segments.includes(n)), `copied ${copied.join(' ')}`);
     for (const n of copied) assert.ok(readFileSync(join(copiedPath, 'archived_wals', n)).equals(readFileSync(join(archiveDir, n))), `${n} copied intact`);
     assert.equal(copied[copied.length - 1], segments[segments.length - 1]);
-    assert.match(readFileSync(join(copiedPath, 'postgresql.auto.conf'), 'utf8'), /restore_command = 'cp .*archived_wals\/%f %p'/);
+    assert.match(readFileSync(join(copiedPath, 'postgresql.auto.conf'), 'utf8'), /restore_command = 'cp .*restored-c\/archived_wals'*\/%f %p'/);
     removeTree(copiedPath);
 
     // 6. A non-empty remote path is refused before anything is written.
