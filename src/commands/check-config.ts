@@ -374,6 +374,9 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
     if (r.code === 255 || r.code === -1) {
       throw new CheckFailed(`cannot check as "${server.clusterOwner}" over ssh: ${explainSshFailure(r.stderr, { destination: dest })}`);
     }
+    if (r.code === 127) {
+      throw new CheckFailed(`a command BACKUP needs is missing on ${server.remoteHost?.host ?? server.host} (${r.stderr.trim()}): install tar (and coreutils) there`);
+    }
     if (r.code === 0) {
       const scratch = await mkdtemp(join(tmpdir(), 'pgbart-scp-'));
       try {
