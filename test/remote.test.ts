@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBartSetup, serverSection, type BartSetup } from './harness/bart.js';
@@ -105,6 +105,14 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     assert.equal(statSync(join(archiveDir, archived[0]!)).uid, Number(execFileSync('id', ['-u', BART], { encoding: 'utf8' })), 'archived WAL belongs to the BART user');
 
     // 3. Full backup over ssh; then changes, a restore point, more changes.
+    // A tablespace: a second tree to walk over ssh, and pg_tblspc links to list and restore.
+    const tsDir = join(cluster.baseDir, 'ts1');
+    await runOk('mkdir', [tsDir]);
+    await cluster.query(`CREATE TABLESPACE ts1 LOCATION '${tsDir}'`);
+    await cluster.query('CREATE TABLE tts (v int) TABLESPACE ts1');
+    await cluster.query('INSERT INTO tts SELECT generate_series(1, 1000)');
+    const tsOid = String(await cluster.scalar("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'"));
+    const tsMap = (path: string) => ['--tablespace-map', `${tsOid}=${path}`];
     await cluster.query('CREATE TABLE tx (batch int, pad text)');
     await cluster.query("INSERT INTO tx SELECT 1, repeat('x', 200) FROM generate_series(1, 20000)");
     const full = await setup.bart(['BACKUP', '-s', 'rem', '--backup-name', 'full1', '--thread-count', '2']);
@@ -131,9 +139,9 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     execFileSync('chown', [`${BART}:`, localParent]);
     cleanups.push(() => removeTree(localParent));
     const localRestore = join(localParent, 'restored');
-    const lr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', localRestore, '-c']);
+    const lr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', localRestore, '-c', ...tsMap(join(localParent, 'ts'))]);
     assert.equal(lr.code, 0, lr.stderr);
-    execFileSync('chown', ['-R', 'postgres:', localRestore]);
+    execFileSync('chown', ['-R', 'postgres:', localRestore, join(localParent, 'ts')]);
     const local = await TestCluster.create({ version, dataDir: localRestore });
     cleanups.push(async () => {
       await local.destroy();
@@ -146,6 +154,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
       { batch: 3, n: 5000 },
     ]);
     assert.equal(await local.scalar("SELECT count(*)::int FROM tx WHERE pad = 'changed'"), 1);
+    assert.equal(await local.scalar('SELECT count(*)::int FROM tts'), 1000);
     await local.destroy();
 
     // 5. RESTORE -r postgres@host of the full backup with PITR to the restore point: restore_command
@@ -154,7 +163,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const refusedIncr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
     assert.notEqual(refusedIncr.code, 0, refusedIncr.stdout);
     assert.match(refusedIncr.stderr, /incremental backup.*another host \(-r\) is not supported/, refusedIncr.stderr);
-    const rr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_batch_2', '-w', '2']);
+    const rr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_batch_2', '-w', '2', ...tsMap(join(cluster.baseDir, 'ts-restored'))]);
     assert.equal(rr.code, 0, rr.stderr);
     assert.ok(existsSync(join(remotePath, 'PG_VERSION')));
     assert.ok(!existsSync(join(remotePath, '.pgbart-restore-incomplete')));
@@ -168,11 +177,13 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
       { batch: 1, n: 20000 },
       { batch: 2, n: 5000 },
     ]);
+    assert.equal(await restored.scalar('SELECT count(*)::int FROM tts'), 1000);
+    assert.equal(readlinkSync(join(remotePath, 'pg_tblspc', tsOid)), join(cluster.baseDir, 'ts-restored'));
     await restored.destroy();
 
     // 5b. -c copies the WAL over ssh into the restored directory (restore_command becomes a local cp).
     const copiedPath = join(cluster.baseDir, 'restored-c');
-    const rc = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', copiedPath, '-r', `postgres@${sshd.alias}`, '-c']);
+    const rc = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', copiedPath, '-r', `postgres@${sshd.alias}`, '-c', ...tsMap(join(cluster.baseDir, 'ts-c'))]);
     assert.equal(rc.code, 0, rc.stderr);
     const copied = readdirSync(join(copiedPath, 'archived_wals')).sort();
     const segments = readdirSync(archiveDir).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort();
@@ -181,6 +192,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     assert.equal(copied[copied.length - 1], segments[segments.length - 1]);
     assert.match(readFileSync(join(copiedPath, 'postgresql.auto.conf'), 'utf8'), /restore_command = 'cp .*restored-c\/archived_wals'*\/%f %p'/);
     removeTree(copiedPath);
+    removeTree(join(cluster.baseDir, 'ts-c'));
 
     // 6. A non-empty remote path is refused before anything is written.
     const notEmpty = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
@@ -239,7 +251,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
       await run('umount', [small], { asTestUser: false });
     });
     execFileSync('chown', ['postgres:', small]);
-    const tooSmall = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', join(small, 'r'), '-r', `postgres@${sshd.alias}`]);
+    const tooSmall = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', join(small, 'r'), '-r', `postgres@${sshd.alias}`, ...tsMap(join(small, 'ts'))]);
     assert.notEqual(tooSmall.code, 0, tooSmall.stdout);
     assert.match(tooSmall.stderr, /not enough free space/, tooSmall.stderr);
     assert.deepEqual(readdirSync(small), []);
@@ -247,7 +259,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // 11. sshd killed during a remote restore: a clear error, and the target never becomes a
     // directory that starts (the cleanup cannot reach it: marker kept, no PG_VERSION).
     const killedPath = join(cluster.baseDir, 'restore-killed');
-    const restoring = bartInBackground(setup, ['RESTORE', '-s', 'rem', '-i', 'full1', '-p', killedPath, '-r', `postgres@${sshd.alias}`]);
+    const restoring = bartInBackground(setup, ['RESTORE', '-s', 'rem', '-i', 'full1', '-p', killedPath, '-r', `postgres@${sshd.alias}`, ...tsMap(join(cluster.baseDir, 'ts-killed'))]);
     const marker = join(killedPath, '.pgbart-restore-incomplete');
     const until = Date.now() + 60_000;
     while (!existsSync(marker)) {
