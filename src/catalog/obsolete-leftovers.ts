@@ -51,8 +51,8 @@ export async function treeBytes(path: string): Promise<number> {
 
 /**
  * Finds the leftovers of crashed commands in a server's catalog: `<id>.partial` directories whose
- * BACKUP is dead (backupinfo PID gone; without a readable backupinfo only when no BACKUP holds the
- * lock, since a live one writes it right after mkdir), `<id>.deleting` directories of an
+ * BACKUP is dead (no live process holds the server lock, or its backupinfo PID is gone; without a
+ * readable backupinfo only when no BACKUP holds the lock, since a live one writes it right after mkdir), `<id>.deleting` directories of an
  * interrupted DELETE / MANAGE -d, and temp files of dead processes in the catalog directory, the
  * archive and at the top of each backup directory. Pass `lockHeld` when the caller holds the
  * server lock (then no BACKUP can be running).
@@ -81,8 +81,10 @@ export async function findLeftovers(config: BartConfig, server: ServerConfig, lo
       } catch {
         readable = false;
       }
-      const dead = readable ? pid === undefined || !processAlive(pid) : holder === undefined;
-      if (dead) out.push({ kind: 'failed-backup', path, description: `backup directory of a BACKUP that died${pid ? ` (pid ${pid})` : ''}`, bytes: await treeBytes(path) });
+      // Every BACKUP holds the server lock while it writes: without a live holder (or when we hold it)
+      // a .partial is dead even if its PID now belongs to some other process.
+      const dead = lockHeld || holder === undefined || !readable || pid === undefined || !processAlive(pid);
+      if (dead && (readable || holder === undefined)) out.push({ kind: 'failed-backup', path, description: `backup directory of a BACKUP that died${pid ? ` (pid ${pid})` : ''}`, bytes: await treeBytes(path) });
     } else if (name.endsWith(DELETING_SUFFIX) && /^\d+$/.test(name.slice(0, -DELETING_SUFFIX.length))) {
       out.push({ kind: 'deleting-backup', path, description: 'backup directory whose deletion was interrupted', bytes: await treeBytes(path) });
     }

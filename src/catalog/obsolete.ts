@@ -5,6 +5,7 @@ import { crashPoint } from '../util/crash-point.js';
 import { isErrnoError } from '../util/errors.js';
 import { fsyncDir } from '../util/fs-atomic.js';
 import { log } from '../util/log.js';
+import { serverLockHolder } from './backup-lock.js';
 import { listBackups, type CatalogEntry } from './catalog.js';
 import { serverCatalogDir } from './layout.js';
 import { DELETING_SUFFIX, type Leftover } from './obsolete-leftovers.js';
@@ -45,7 +46,9 @@ async function sizeOf(path: string): Promise<number> {
  */
 export async function planWalRemoval(config: BartConfig, server: ServerConfig, entries: readonly CatalogEntry[], removed: ReadonlySet<string>): Promise<WalRemoval> {
   const remaining = entries.filter((e) => e.complete && !removed.has(e.info.id));
-  if (entries.some((e) => !e.complete && e.info.status === 'in progress')) {
+  // A BACKUP in progress holds the server lock; a .partial whose PID merely looks alive (reused) does not count.
+  const holder = await serverLockHolder(serverCatalogDir(config, server));
+  if (holder !== undefined && holder.pid !== process.pid && entries.some((e) => !e.complete && e.info.status === 'in progress')) {
     return { plan: { remove: [], reason: 'a BACKUP is in progress, so archived WAL is left alone this time' }, bytes: 0, skipped: true };
   }
   // A backup whose backupinfo cannot be read is not in `entries`, yet INIT -r can bring it back: its start
