@@ -196,19 +196,28 @@ export class SshChannel {
 
   /** Takes everything up to `marker` (consuming the marker too) and returns what came before it. */
   private async takeUntil(marker: Buffer, doing: string): Promise<Buffer> {
-    let scanned = 0;
+    // Each chunk is searched once (with the tail of the previous one, for a marker split between
+    // them), so a long listing costs linear time; everything is joined once at the end.
+    let examined = 0;
+    let examinedBytes = 0;
+    let carry = Buffer.alloc(0);
     for (;;) {
-      if (this.chunks.length > 1) this.chunks.splice(0, this.chunks.length, Buffer.concat(this.chunks));
-      const all = this.chunks[0] ?? Buffer.alloc(0);
-      const at = all.indexOf(marker, Math.max(0, scanned - marker.length));
-      if (at >= 0) {
-        const rest = all.subarray(at + marker.length);
-        this.chunks.length = 0;
-        if (rest.length > 0) this.chunks.push(rest);
-        this.consumed(at + marker.length);
-        return all.subarray(0, at);
+      while (examined < this.chunks.length) {
+        const window = Buffer.concat([carry, this.chunks[examined]!]);
+        const at = window.indexOf(marker);
+        if (at >= 0) {
+          const start = examinedBytes - carry.length + at;
+          const all = Buffer.concat(this.chunks);
+          const rest = all.subarray(start + marker.length);
+          this.chunks.length = 0;
+          if (rest.length > 0) this.chunks.push(rest);
+          this.consumed(start + marker.length);
+          return all.subarray(0, start);
+        }
+        carry = window.subarray(Math.max(0, window.length - (marker.length - 1)));
+        examinedBytes += this.chunks[examined]!.length;
+        examined++;
       }
-      scanned = all.length;
       // Waiting for the marker: keep reading even past the high-water mark.
       if (this.paused) {
         this.paused = false;
