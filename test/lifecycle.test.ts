@@ -88,6 +88,10 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     const failed = join(serverDir, `${BigInt(b4) + 5n}.partial`);
     cpSync(join(serverDir, b4), failed, { recursive: true });
     writeFileSync(join(failed, 'backupinfo'), readFileSync(join(failed, 'backupinfo'), 'utf8').replace('BACKUP STATUS: active', 'BACKUP STATUS: in progress') + `PID: ${dead}\n`);
+    // A dead BACKUP whose PID now belongs to a live process (here: this test runner): no lock is held, so it is dead too.
+    const reused = join(serverDir, `${BigInt(b4) + 6n}.partial`);
+    cpSync(failed, reused, { recursive: true });
+    writeFileSync(join(reused, 'backupinfo'), readFileSync(join(failed, 'backupinfo'), 'utf8').replace(`PID: ${dead}`, `PID: ${process.pid}`));
     mkdirSync(join(serverDir, '12345.deleting', 'base'), { recursive: true });
     const temp = join(src.archivePath, `.000000010000000000000001.gz.tmp-${dead}-abc`);
     writeFileSync(temp, 'half');
@@ -116,7 +120,7 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     const segs = archived().filter((n) => /^[0-9A-F]{24}$/.test(n));
     assert.deepEqual(listing.wal.names.filter((n) => /^[0-9A-F]{24}$/.test(n)), segs.filter((n) => n < b2Start), 'WAL before the oldest retained backup (b2, keep) is listed for deletion');
     assert.ok(listing.wal.files > 0);
-    assert.deepEqual(listing.leftovers.map((l) => l.kind).sort(), ['deleting-backup', 'failed-backup', 'temp-file']);
+    assert.deepEqual(listing.leftovers.map((l) => l.kind).sort(), ['deleting-backup', 'failed-backup', 'failed-backup', 'temp-file']);
 
     before_ = catalogState(serverDir);
     const archiveBefore = archived();
