@@ -37,7 +37,8 @@ export class BlockSourceHost implements DataHost {
     const selection = this.selections.get(path);
     this.selections.delete(path);
     if (!selection) return this.host.open(path);
-    const file = await this.host.open(path, { random: true });
+    // An unchanged relation file is listed with no blocks: nothing to open.
+    const file = selection.runs.length === 0 ? undefined : await this.host.open(path, { random: true });
     return new BlockReader(file, selection, this.batchBlocks);
   }
 
