@@ -15,6 +15,13 @@ export interface RebuildOutcome {
   message: string;
 }
 
+/** Fields backupinfo cannot do without (name and parent are optional). */
+const REQUIRED_FIELDS = [
+  'id', 'sizeBytes', 'dataBytes', 'format', 'compression', 'compressionLevel', 'timezone', 'xlogMethod', 'checksumAlgorithm',
+  'artifactChecksums', 'tablespaces', 'timeline', 'startWalFile', 'stopWalFile', 'startLsn', 'stopLsn', 'checkpointLsn',
+  'walFiles', 'walBytes', 'serverVersionNum', 'systemIdentifier', 'walSegmentSize', 'engine', 'threadCount', 'startTime', 'stopTime',
+] as const;
+
 const KEPT_STATUSES: ReadonlySet<BackupStatus> = new Set(['active', 'obsolete', 'keep']);
 
 /**
@@ -48,9 +55,10 @@ export async function backupInfoFromManifest(dir: string, id: string): Promise<B
     stopTime: new Date(String(recorded.stopTime)),
   } as BackupInfo;
   delete info.pid;
-  // Round trip through the text form: a field the manifest lacks fails here, not in a later reader.
-  const text = renderBackupInfo(info);
-  if (text.includes('undefined') || text.includes('NaN')) throw new BartError(`cannot rebuild the backupinfo of backup ${id}: its manifest's backup details are incomplete`);
+  const missing = REQUIRED_FIELDS.filter((k) => recorded[k] === undefined || recorded[k] === null);
+  if (missing.length > 0 || Number.isNaN(info.startTime.getTime()) || Number.isNaN(info.stopTime.getTime())) {
+    throw new BartError(`cannot rebuild the backupinfo of backup ${id}: its manifest's backup details lack ${missing.join(', ') || 'valid start/stop times'}`);
+  }
   return info;
 }
 
