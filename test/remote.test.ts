@@ -256,6 +256,26 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     assert.match(tooSmall.stderr, /not enough free space/, tooSmall.stderr);
     assert.deepEqual(readdirSync(small), []);
 
+    // 10b. The remote disk fills up during the restore (the tablespace's file system, filled right
+    // after the checks passed): the error names the full disk and everything written is removed.
+    const fullPath = join(cluster.baseDir, 'restore-full');
+    const fillingUp = bartInBackground(setup, ['RESTORE', '-s', 'rem', '-i', 'full1', '-p', fullPath, '-r', `postgres@${sshd.alias}`, ...tsMap(join(small, 'ts'))]);
+    const fullMarker = join(fullPath, '.pgbart-restore-incomplete');
+    const fillBy = Date.now() + 60_000;
+    while (!existsSync(fullMarker)) {
+      if (Date.now() > fillBy) throw new Error('the remote restore did not start');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await run('dd', ['if=/dev/zero', `of=${join(small, 'filler')}`, 'bs=64k'], { asTestUser: false });
+    const diskFull = await fillingUp;
+    if (process.env.PGBART_TEST_TIMING) console.error(diskFull.stderr);
+    assert.notEqual(diskFull.code, 0, diskFull.stdout);
+    assert.match(diskFull.stderr, /disk of postgres@.* is full|No space left on device/, diskFull.stderr);
+    assert.match(diskFull.stderr, /nothing was left in/, diskFull.stderr);
+    assert.ok(!existsSync(fullPath), 'the restore path is removed again');
+    assert.deepEqual(readdirSync(small), ['filler']);
+    await run('rm', ['-f', join(small, 'filler')], { asTestUser: false });
+
     // 11. sshd killed during a remote restore: a clear error, and the target never becomes a
     // directory that starts (the cleanup cannot reach it: marker kept, no PG_VERSION).
     const killedPath = join(cluster.baseDir, 'restore-killed');
