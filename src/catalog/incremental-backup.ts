@@ -3,7 +3,7 @@ import { mkdir, readFile, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { BartConfig, ServerConfig } from '../config/types.js';
-import type { DataHost, HostEntry } from '../hosts/data-host.js';
+import type { HostEntry } from '../hosts/data-host.js';
 import { LocalHost } from '../hosts/local-host.js';
 import { BackupSession, parseBackupLabel } from '../postgres/backup-session.js';
 import { connect, queryValue } from '../postgres/connection.js';
@@ -184,7 +184,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
   let pool: WorkerPool<Uint8Array> | undefined;
   const writers: ArchiveWriter[] = [];
   let manifest: ManifestWriter | undefined;
-  const blockHost = new BlockSourceHost(ctx.host as DataHost, Math.max(1, Math.min(server.batchSize, MAX_BATCH_BLOCKS)));
+  const blockHost = new BlockSourceHost(ctx.host, Math.max(1, Math.min(server.batchSize, MAX_BATCH_BLOCKS)));
   try {
     if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
     const compress: UnitCompressor = pool
