@@ -454,11 +454,15 @@ async function restoreTo(ctx: CommandContext, options: RestoreOptions, target: R
     else log.info(`at the target, recovery will ${action === 'promote' ? 'end and the server accept writes (promote)' : 'shut the server down (shutdown)'}`);
   }
   const localNames = new Set(['localhost', '127.0.0.1', '::1', hostname()]);
-  if (localNames.has(plan.server.host)) {
+  if (!plan.remote && localNames.has(plan.server.host)) {
     log.info(`the source server runs on this host (port ${plan.server.port}): set another port in ${join(path, 'postgresql.conf')} before starting the restored one`);
   }
   const owner = plan.server.clusterOwner;
   const command = `${pgCtlFor(Math.floor(info.serverVersionNum / 10000))} -D ${shellWord(path)} start`;
+  if (plan.remote) {
+    log.info(`restore complete; on ${target.description.slice(target.description.indexOf('@') + 1)}, start the restored server as ${target.description.slice(0, target.description.indexOf('@'))} with: pg_ctl -D ${shellWord(path)} start`);
+    return 0;
+  }
   log.info(`restore complete; start the restored server${currentUserName() !== owner || isRoot() ? ` as ${owner}` : ''} with: ${command}`);
   return 0;
 }
