@@ -1,0 +1,91 @@
+import { execFileSync } from 'node:child_process';
+import { chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { BackupFixture } from '../test/harness/backup-fixture.js';
+import { pgbenchInit } from '../test/harness/load.js';
+import { removeTree, runOk, testUserIds } from '../test/harness/os.js';
+
+/** Benchmark settings from the environment, shared by every benchmark script. */
+export const BENCH = {
+  /** pgbench scale (100 ≈ 1.5 GB), plus the same size of random data. */
+  scale: Number(process.env.BENCH_SCALE ?? 100),
+  /** PostgreSQL major version of the benchmark cluster. */
+  version: Number(process.env.BENCH_PG ?? 15),
+  /** Skip pg_basebackup and pgbackrest. */
+  onlyPgbart: process.env.BENCH_ONLY === 'pgbart',
+};
+
+/** The benchmark cluster's settings: room for bulk loads without checkpoints in the way. */
+export const BENCH_CLUSTER_CONF = { max_wal_size: '4GB', checkpoint_timeout: '30min', shared_buffers: '256MB' };
+
+/** What the data load made. */
+export interface BenchData {
+  dbBytes: number;
+  pgbenchBytes: number;
+  randomMb: number;
+}
+
+/** Seconds an async function takes. */
+export async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/** Bytes under a path. */
+export function du(path: string): number {
+  return Number(execFileSync('du', ['-sb', path], { encoding: 'utf8' }).split('\t')[0]);
+}
+
+/** `pgbench -i -s scale` plus as much incompressible bytea (stored uncompressed), checkpointed. */
+export async function loadBenchData(fx: BackupFixture): Promise<BenchData> {
+  await pgbenchInit(fx.cluster, BENCH.scale);
+  const pgbenchBytes = Number(await fx.cluster.scalar('SELECT pg_database_size(current_database())'));
+  const randomMb = Math.round(pgbenchBytes / 2 ** 20);
+  const noise = join(fx.cluster.baseDir, 'noise.bin');
+  await runOk('dd', ['if=/dev/urandom', `of=${noise}`, 'bs=1M', `count=${randomMb}`, 'status=none']);
+  await fx.cluster.query('CREATE TABLE random_data (b bytea)');
+  await fx.cluster.query('ALTER TABLE random_data ALTER COLUMN b SET STORAGE EXTERNAL');
+  await fx.cluster.query(`INSERT INTO random_data SELECT pg_read_binary_file('${noise}', i * 1048576, 1048576) FROM generate_series(0, ${randomMb - 1}) i`);
+  removeTree(noise);
+  await fx.cluster.query('CHECKPOINT');
+  await fx.cluster.switchWal();
+  const dbBytes = Number(await fx.cluster.scalar('SELECT sum(pg_database_size(oid)) FROM pg_database'));
+  return { dbBytes, pgbenchBytes, randomMb };
+}
+
+/** A pgbackrest stanza `bench` for the fixture's cluster, with its repository under `work`. */
+export async function setupPgbackrest(fx: BackupFixture, work: string): Promise<{ repo: string; run: (args: string[]) => Promise<unknown> }> {
+  const ids = testUserIds()!;
+  const repo = join(work, 'pgbackrest-repo');
+  mkdirSync(repo, { recursive: true });
+  chownSync(repo, ids.uid, ids.gid);
+  const conf = join(work, 'pgbackrest.conf');
+  writeFileSync(
+    conf,
+    `[global]\nrepo1-path=${repo}\nlog-level-console=warn\nlog-path=${work}\nlock-path=${work}\nstart-fast=y\narchive-check=n\n\n` +
+      `[bench]\npg1-path=${fx.cluster.dataDir}\npg1-port=${fx.cluster.port}\npg1-socket-path=${fx.cluster.baseDir}\npg1-user=postgres\n`,
+  );
+  chownSync(conf, ids.uid, ids.gid);
+  chownSync(work, ids.uid, ids.gid);
+  const run = (args: string[]) => runOk('pgbackrest', [`--config=${conf}`, '--stanza=bench', ...args]);
+  await run(['stanza-create']);
+  return { repo, run };
+}
+
+/** The machine line of a results file. */
+export function machineDescription(): string {
+  const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*: (.*)/)?.[1] ?? 'unknown CPU';
+  const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  return `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores (${cpu}); Node ${process.version}; load average at the end ${load}`;
+}
+
+/** Installs pgbackrest from Debian when missing (the benchmark's only extra dependency). */
+export async function ensurePgbackrest(): Promise<void> {
+  try {
+    execFileSync('pgbackrest', ['version'], { stdio: 'ignore' });
+  } catch {
+    console.log('installing pgbackrest (Debian package) for the comparison');
+    await runOk('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null'], { asTestUser: false });
+  }
+}
