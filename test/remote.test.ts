@@ -10,6 +10,7 @@ import { removeTree, run, runOk, type RunResult } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
 import { explainSshFailure } from '../src/hosts/ssh-errors.js';
+import { tarFileHeader } from '../src/hosts/ssh-tar-upload.js';
 
 const BART = BART_TEST_USER;
 
@@ -314,6 +315,17 @@ test('ssh failures are explained with the fix', () => {
   assert.match(explainSshFailure('postgres@db1: Permission denied (publickey).', ctx), /ssh key of "bart" is not authorized for postgres@db1 .*~postgres\/.ssh\/authorized_keys on db1/);
   assert.match(explainSshFailure('ssh: connect to host db1 port 22: Connection refused', ctx), /no ssh server answers on db1/);
   assert.match(explainSshFailure('ssh: Could not resolve hostname db1: Name or service not known', ctx), /cannot be resolved/);
+});
+
+test('tar framing of the remote restore: ustar prefix and pax names that GNU tar reads back', () => {
+  const names = ['/tmp/short/PG_VERSION', `/tmp/${'d'.repeat(120)}/base/16384/2619`, `/tmp/${'x'.repeat(90)}/${'y'.repeat(90)}/${'z'.repeat(120)}`];
+  const parts: Buffer[] = [];
+  for (const name of names) {
+    parts.push(tarFileHeader(name, 3, 0o600, 1_700_000_000), Buffer.from('abc'), Buffer.alloc(509));
+  }
+  parts.push(Buffer.alloc(1024));
+  const listed = execFileSync('tar', ['-tf', '-'], { input: Buffer.concat(parts), encoding: 'utf8' }).trim().split('\n');
+  assert.deepEqual(listed, names.map((n) => n.slice(1)));
 });
 
 async function waitPaused(cluster: TestCluster): Promise<void> {
