@@ -57,7 +57,7 @@ export function createBartSetup(globalExtra: Record<string, string> = {}, sectio
     },
     bart(args: string[], env: NodeJS.ProcessEnv = {}) {
       // Started as root on purpose: bart must switch to the bart_host user by itself.
-      return run(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', configPath, ...args], {
+      return run(process.execPath, [...(process.env.BART_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof2'] : []), join(REPO_ROOT, 'bin', 'bart.js'), '-c', configPath, ...args], {
         asTestUser: false,
         env: { ...process.env, ...env },
         cwd: dir,
