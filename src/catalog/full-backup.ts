@@ -17,7 +17,7 @@ import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
 import { Progress } from '../util/progress.js';
 import { WorkerPool } from '../util/worker-pool.js';
-import type { ArchiveWriter, ArchiveWriterSettings, UnitCompressor } from './archive-writer.js';
+import type { ArchiveWriter, ArchiveWriterSettings, EntryContent, UnitCompressor } from './archive-writer.js';
 import type { BackupInfo } from './backup-info.js';
 import { runBackupTransaction, waitForArchivedWal, type BackupContext, type BackupRequest } from './backup-transaction.js';
 import { PLAIN_BASE_DIR, tarName, MANIFEST_FILE } from './layout.js';
@@ -112,8 +112,9 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       await mkdir(join(partialDir, STREAM_DIR), { mode: 0o700 });
       streamer = await WalStreamer.open({ host: server.host, port: server.port, user: server.user }, facts.walSegmentSize, join(partialDir, STREAM_DIR));
     }
+    log.debug(`starting backup mode ${Math.round(performance.now())} ms after process start`);
     const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart backup ${id}`);
-    log.debug(`backup mode started at ${startLsn}`);
+    log.debug(`backup mode started at ${startLsn}, ${Math.round(performance.now())} ms after process start`);
     streamer?.begin(parseLsn(startLsn));
     const t0 = Date.now();
     const phase = (what: string) => log.debug(`${what} after ${Date.now() - t0} ms`);
@@ -242,11 +243,27 @@ async function copyInWorker(pool: WorkerPool<FileCopyResult>, task: FileCopyTask
 async function copyTree(host: DataHost, root: string, writer: ArchiveWriter, request: FullBackupOptions, isTablespace: boolean): Promise<void> {
   const running = new Set<Promise<void>>();
   const parallel = request.format === 'plain' ? request.threads * 2 : 1;
+  // A tar is written in order, one file after the other; reading the next small files of this host
+  // ahead keeps the disk busy while the current one is hashed and written (most files of a cluster are small).
+  const readAhead = parallel === 1 && host.description === 'local';
+  const window: { entry: HostEntry; content: Promise<EntryContent | undefined> }[] = [];
   let failure: unknown;
+  const addNext = async () => {
+    const next = window.shift()!;
+    await writer.add(next.entry, await next.content);
+  };
   for await (const raw of backupEntries(host.walk(root), isTablespace)) {
     // pg_wal may be a symlink to another disk (initdb -X); in the backup it is a directory.
     const entry: HostEntry = raw.type === 'symlink' && raw.path === 'pg_wal' ? { ...raw, type: 'dir', size: 0 } : raw;
-    const task = writer.add(entry, entry.type === 'file' ? { host, path: join(root, entry.path) } : undefined);
+    const source = entry.type === 'file' ? { host, path: join(root, entry.path) } : undefined;
+    if (readAhead) {
+      const content = source && entry.size <= READ_AHEAD_MAX_FILE ? readSmallFile(host, source.path, entry.size) : Promise.resolve(source);
+      content.catch(() => undefined); // awaited in order below; never an unhandled rejection meanwhile
+      window.push({ entry, content });
+      if (window.length >= READ_AHEAD_FILES) await addNext();
+      continue;
+    }
+    const task = writer.add(entry, source);
     if (parallel === 1) {
       await task;
       continue;
@@ -258,6 +275,33 @@ async function copyTree(host: DataHost, root: string, writer: ArchiveWriter, req
     if (running.size >= parallel) await Promise.race(running);
     if (failure) break;
   }
+  while (window.length > 0) await addNext();
   await Promise.all(running);
   if (failure) throw failure;
+}
+
+/** Files up to this size are read ahead whole (tar format, local host). */
+const READ_AHEAD_MAX_FILE = 256 * 1024;
+/** How many entries may be read ahead of the one being written (bounds memory to ~8 MB). */
+const READ_AHEAD_FILES = 32;
+
+/**
+ * Reads a small file whole, exactly `size` bytes as listed: zero-padded if it shrank or vanished
+ * meanwhile (WAL replay repairs it, as for any file changed during a hot backup), cut if it grew.
+ */
+async function readSmallFile(host: DataHost, path: string, size: number): Promise<EntryContent> {
+  const data = Buffer.alloc(size);
+  const file = await host.open(path);
+  if (!file) return { data };
+  try {
+    let got = 0;
+    while (got < size) {
+      const n = await file.read(data, got, size - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+  } finally {
+    await file.close();
+  }
+  return { data };
 }
