@@ -50,7 +50,10 @@ export function tryBackup(src: RestoreSource, args: string[]): Promise<RunResult
 
 /** Options of {@link restoreAndCheck}. */
 export interface RestoreCheck {
-  /** Extra RESTORE arguments (default: --target-immediate, promote). */
+  /**
+   * Extra RESTORE arguments (default: --target-immediate, promote, on the backup's own timeline: the
+   * archive may hold the history of a newer timeline that forked off earlier, see the timeline test).
+   */
   targetArgs?: string[];
   /** Run pg_amcheck on every database (slower). */
   amcheck?: boolean;
@@ -66,7 +69,7 @@ export interface RestoreCheck {
  */
 export async function restoreAndCheck(src: RestoreSource, id: string, expected: Record<string, string>, what: string, opts: RestoreCheck = {}): Promise<void> {
   const path = freshPath(src, 'incr');
-  const args = ['-i', id, '-p', path, '-c', ...(opts.targetArgs ?? ['--target-immediate', '--target-action', 'promote'])];
+  const args = ['-i', id, '-p', path, '-c', ...(opts.targetArgs ?? ['--target-immediate', '--target-action', 'promote', '-t', 'current'])];
   if (opts.tablespaceMap) args.push('--tablespace-map', opts.tablespaceMap);
   const r = await src.restore(args);
   assert.equal(r.code, 0, `${what}: RESTORE failed\n${r.stdout}\n${r.stderr}`);
