@@ -25,6 +25,8 @@ function remoteScript(boundary: string): string {
     `B=${boundary}`,
     't=$(mktemp -d "${TMPDIR:-/tmp}/pgbart.XXXXXX") || exit 1',
     "trap 'rm -rf \"$t\"' EXIT",
+    // A dropped connection (SIGHUP) or a kill must not leave the scratch directory behind.
+    "trap 'exit 1' HUP INT TERM PIPE",
     // An absolute member name (tar strips the `/`, saying so on stderr) rather than -C DIR: tar
     // then always writes a well-formed archive, even for a file that vanished or cannot be read.
     'rd() { if [ ! -e "$1" ]; then printf V; return; fi; printf T; tar -cf - -b 20 -- "$1" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
