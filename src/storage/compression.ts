@@ -46,6 +46,7 @@ const LZ4_HEADER = (() => {
  * anywhere a unit starts.
  */
 export function compressChunk(method: CompressionMethod, level: number, data: Buffer): Buffer {
+  if (method !== 'none' && looksIncompressible(data)) return storeChunk(method, data);
   switch (method) {
     case 'none':
       return data;
@@ -212,4 +213,57 @@ export function decodeLz4Block(src: Buffer, dict: Buffer): Buffer {
     }
   }
   return Buffer.from(out.subarray(dict.length, op));
+}
+
+/**
+ * True when a chunk is almost surely incompressible (random, encrypted or already compressed data):
+ * the byte entropy of three 4 KiB samples is near 8 bits. Compressors crawl over such data
+ * (lz4_flex and zstd at ~0.2 GB/s, gzip far slower) only to store it as it is, so we store it
+ * at once, in the method's own "stored" form.
+ */
+export function looksIncompressible(data: Buffer): boolean {
+  const SAMPLE = 4096;
+  if (data.length < 16 * SAMPLE) return false;
+  const counts = new Uint32Array(256);
+  for (const start of [0, (data.length >> 1) - (SAMPLE >> 1), data.length - SAMPLE]) {
+    for (let i = start; i < start + SAMPLE; i++) counts[data[i]!]!++;
+  }
+  const total = 3 * SAMPLE;
+  let entropy = 0;
+  for (let b = 0; b < 256; b++) {
+    const c = counts[b]!;
+    if (c > 0) entropy -= (c / total) * Math.log2(c / total);
+  }
+  return entropy > 7.9;
+}
+
+/** The chunk as a valid unit of `method` that stores the bytes uncompressed. */
+function storeChunk(method: 'gzip' | 'lz4' | 'zstd', data: Buffer): Buffer {
+  if (method === 'gzip') return gzipSync(data, { level: 0 });
+  if (method === 'lz4') {
+    const out = Buffer.allocUnsafe(LZ4_HEADER.length + 4 + data.length + 4);
+    LZ4_HEADER.copy(out, 0);
+    out.writeUInt32LE((data.length | 0x80000000) >>> 0, 7);
+    data.copy(out, 11);
+    out.writeUInt32LE(0, 11 + data.length);
+    return out;
+  }
+  // zstd frame: magic, header descriptor 0 (no content size, no checksum), window 128 KiB, raw blocks.
+  const BLOCK = 128 * 1024;
+  const blocks = Math.max(1, Math.ceil(data.length / BLOCK));
+  const out = Buffer.allocUnsafe(6 + blocks * 3 + data.length);
+  out.writeUInt32LE(0xfd2fb528, 0);
+  out[4] = 0x00;
+  out[5] = 0x38;
+  let at = 6;
+  for (let i = 0; i < blocks; i++) {
+    const size = Math.min(BLOCK, data.length - i * BLOCK);
+    const header = (size << 3) | (i === blocks - 1 ? 1 : 0); // block type 0 = raw
+    out[at] = header & 0xff;
+    out[at + 1] = (header >> 8) & 0xff;
+    out[at + 2] = (header >> 16) & 0xff;
+    data.copy(out, at + 3, i * BLOCK, i * BLOCK + size);
+    at += 3 + size;
+  }
+  return out;
 }
