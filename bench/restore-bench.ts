@@ -93,7 +93,7 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     `# Restore benchmark, ${date}`,
     '',
     `PostgreSQL ${BENCH.version}; cluster ${(dbBytes / 2 ** 30).toFixed(2)} GB = pgbench -i -s ${BENCH.scale} (${(pgbenchBytes / 2 ** 20).toFixed(0)} MB) + ${randomMb} MB of random bytea; ` +
-      `warm page cache; ${machineDescription()}; catalog and target on the same disk.`,
+      `data directory read once before measuring (compare the raw read time: here the page cache did not keep a whole 3 GB cluster, so runs are partly disk-bound); ${machineDescription()}; catalog and target on the same disk.`,
     '',
     'Each time covers the whole command (process start, checks, extraction with checksum verification for pgbart, durable on disk). ' +
       'pgbart restores with `--target-immediate`; pgbackrest (Debian) with `--type=immediate`; the tar rows add `sync -f` of the target.',
