@@ -118,7 +118,9 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
       // Unlogged tables get no serial: an unlogged sequence created after a backup comes back zeroed
       // ("bad magic number in sequence") from archive recovery to a later target, with a plain full
       // backup just as well (PostgreSQL 15 and 18 tried): PostgreSQL's, not the backup's, behaviour.
-      const id = unlogged ? "id bigint PRIMARY KEY DEFAULT (extract(epoch from clock_timestamp()) * 1e6)::bigint + (random() * 1e6)::bigint" : 'id bigserial PRIMARY KEY';
+      // Their ids come from a logged sequence instead (a random/clock default collided: birthday odds).
+      const id = unlogged ? "id bigint PRIMARY KEY DEFAULT nextval('chaos_ids')" : 'id bigserial PRIMARY KEY';
+      if (unlogged) await q('CREATE SEQUENCE IF NOT EXISTS chaos_ids', db);
       await q(`CREATE ${unlogged ? 'UNLOGGED ' : ''}TABLE ${name} (${id}, k int, v text)${ts}`, db);
       await q(`CREATE INDEX ${name}_k ON ${name} (k)`, db);
       await q(`INSERT INTO ${name} (k, v) SELECT g % 97, md5(g::text) FROM generate_series(1, ${int(100, 3000)}) g`, db);
