@@ -87,6 +87,8 @@ for (const version of versionsUnderTest()) {
     test('to a timestamp, an xid (exclusive) and an LSN: exactly the transactions committed up to it', async () => {
       await expectBatches(['-g', commits[2]!.time], range(1, 3));
       await expectBatches(['-i', b1, '-x', commits[4]!.xid, '--target-exclusive', '--target-action', 'promote'], range(1, 4), false);
+      // BART's spelling of the same thing.
+      await expectBatches(['-i', b1, '-x', commits[4]!.xid, '--target-inclusive', 'false', '--target-action', 'promote'], range(1, 4), false);
       await expectBatches(['-i', b1, '--target-lsn', commits[1]!.lsn], range(1, 2));
     });
 

@@ -13,6 +13,28 @@ const SUBCOMMANDS = [
   'MANAGE', 'RESTORE', 'DELETE', 'ARCHIVE-PUSH', 'ARCHIVE-GET',
 ];
 
+/** Parses BART-style boolean words (true/false, on/off, yes/no, 1/0) of an option. */
+function booleanWord(option: string) {
+  return (value: string): boolean => {
+    const v = value.toLowerCase();
+    if (['true', 'on', 'yes', '1'].includes(v)) return true;
+    if (['false', 'off', 'no', '0'].includes(v)) return false;
+    throw new InvalidArgumentError(`${option} takes true or false, not "${value}"`);
+  };
+}
+
+/**
+ * Folds `--target-inclusive [bool]` (BART's spelling, PostgreSQL's recovery_target_inclusive) into
+ * the `targetExclusive` flag RESTORE reads; contradicting `--target-exclusive` is an error.
+ */
+function withInclusive(o: Record<string, unknown>): Record<string, unknown> {
+  if (o.targetInclusive === undefined) return o;
+  const inclusive = o.targetInclusive !== false;
+  if (inclusive && o.targetExclusive === true) throw new BartError('--target-inclusive and --target-exclusive contradict each other: give one of them');
+  const { targetInclusive: _ignored, ...rest } = o;
+  return { ...rest, targetExclusive: !inclusive };
+}
+
 function integer(min: number, max: number, what: string) {
   return (value: string): number => {
     if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max}, not "${value}"`);
@@ -142,13 +164,14 @@ function buildProgram(): Command {
     .option('--target-name <name>', 'recovery_target_name (a restore point)')
     .option('--target-immediate', 'stop as soon as the backup is consistent')
     .option('--target-exclusive', 'stop just before the target instead of just after it')
+    .addOption(new Option('--target-inclusive [bool]', 'stop just after the target (the default); "--target-inclusive false" is --target-exclusive').argParser(booleanWord('--target-inclusive')))
     .addOption(new Option('--target-action <action>', 'what to do at the target').choices(['pause', 'promote', 'shutdown']))
     .option('-c, --copy-wals', 'copy the needed WAL into the restored cluster')
     .option('--disable-checksum', 'skip checksum verification')
     .option('--tablespace-map <map>', 'OID=PATH;OID=PATH restore locations of tablespaces')
     .option('--standby', 'write standby.signal instead of recovery.signal')
     .action(async (o: Record<string, unknown>) => {
-      await withContext(program, async (ctx) => (await import('../commands/restore.js')).restore(ctx, o));
+      await withContext(program, async (ctx) => (await import('../commands/restore.js')).restore(ctx, withInclusive(o)));
     });
 
   program
