@@ -10,7 +10,7 @@ import { removeTree, run, runOk, type RunResult } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
 import { explainSshFailure } from '../src/hosts/ssh-errors.js';
-import { tarFileHeader } from '../src/hosts/ssh-tar-upload.js';
+import { tarFileHeader } from '../src/storage/tar-header.js';
 
 const BART = BART_TEST_USER;
 
@@ -321,7 +321,7 @@ test('tar framing of the remote restore: ustar prefix and pax names that GNU tar
   const names = ['/tmp/short/PG_VERSION', `/tmp/${'d'.repeat(120)}/base/16384/2619`, `/tmp/${'x'.repeat(90)}/${'y'.repeat(90)}/${'z'.repeat(120)}`];
   const parts: Buffer[] = [];
   for (const name of names) {
-    parts.push(tarFileHeader(name, 3, 0o600, 1_700_000_000), Buffer.from('abc'), Buffer.alloc(509));
+    parts.push(tarFileHeader(name.slice(1), 3, 0o600, 1_700_000_000), Buffer.from('abc'), Buffer.alloc(509));
   }
   parts.push(Buffer.alloc(1024));
   const listed = execFileSync('tar', ['-tf', '-'], { input: Buffer.concat(parts), encoding: 'utf8' }).trim().split('\n');

@@ -14,7 +14,8 @@ import { readRestoredState } from './incremental-chain.js';
 import { BLOCK_SIZE, fileKey, type IncrementalManifestEntry } from './incremental-format.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from './layout.js';
 import { createChecksum, readManifest } from './manifest.js';
-import { ByteReader, nextTarHeader, tarPadding } from './restore-tar-reader.js';
+import { tarPadding } from '../storage/tar-header.js';
+import { ByteReader, nextTarHeader } from './restore-tar-reader.js';
 
 /** Where and how the incrementals of a chain are applied on top of the restored full backup. */
 export interface ApplyOptions {

@@ -7,7 +7,8 @@ import { createDecompressor, type CompressionMethod } from '../storage/compressi
 import { isErrnoError } from '../util/errors.js';
 import type { ChecksumAlgorithm } from './backup-info.js';
 import { createChecksum } from './manifest.js';
-import { ByteReader, nextTarHeader, tarPadding } from './restore-tar-reader.js';
+import { tarPadding } from '../storage/tar-header.js';
+import { ByteReader, nextTarHeader } from './restore-tar-reader.js';
 
 /** One file to restore, as the manifest describes it. */
 export interface RestoreFileSpec {

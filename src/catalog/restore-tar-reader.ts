@@ -3,6 +3,8 @@
  * passed on in the chunks it arrives in, never buffered whole) and a ustar/pax header parser.
  */
 
+import { readTarNumber, tarPadding } from '../storage/tar-header.js';
+
 /** Pulls exact byte counts out of a stream of chunks, holding at most one chunk. */
 export class ByteReader {
   private chunk: Buffer = Buffer.alloc(0);
@@ -88,27 +90,10 @@ export interface TarHeader {
   linkTarget: string;
 }
 
-/** Bytes of padding after `size` bytes of entry data. */
-export function tarPadding(size: number): number {
-  return (512 - (size % 512)) % 512;
-}
-
 function cString(buf: Buffer, start: number, length: number): string {
   const field = buf.subarray(start, start + length);
   const nul = field.indexOf(0);
   return field.subarray(0, nul < 0 ? field.length : nul).toString('utf8');
-}
-
-function octal(buf: Buffer, start: number, length: number): number {
-  const field = buf.subarray(start, start + length);
-  if ((field[0]! & 0x80) !== 0) {
-    // GNU base-256 for values that do not fit in octal (files over 8 GB).
-    let value = BigInt(field[0]! & 0x7f);
-    for (let i = 1; i < field.length; i++) value = (value << 8n) | BigInt(field[i]!);
-    return Number(value);
-  }
-  const text = cString(buf, start, length).trim();
-  return text === '' ? 0 : parseInt(text, 8);
 }
 
 /** True for an all-zero 512-byte block (the end-of-archive marker). */
@@ -128,7 +113,7 @@ function normalizePath(raw: string): string {
 export function parseTarHeader(block: Buffer): TarHeader {
   let sum = 0;
   for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 32 : block[i]!;
-  const stored = octal(block, 148, 8);
+  const stored = readTarNumber(block, 148, 8);
   if (stored !== sum) throw new Error(`tar header checksum mismatch (stored ${stored}, computed ${sum})`);
   const name = cString(block, 0, 100);
   const magic = cString(block, 257, 6);
@@ -147,8 +132,8 @@ export function parseTarHeader(block: Buffer): TarHeader {
   return {
     path: normalizePath(prefix ? `${prefix}/${name}` : name),
     type: type === 'file' && name.endsWith('/') ? 'dir' : type,
-    size: octal(block, 124, 12),
-    mode: octal(block, 100, 8),
+    size: readTarNumber(block, 124, 12),
+    mode: readTarNumber(block, 100, 8),
     linkTarget: cString(block, 157, 100),
   };
 }

@@ -5,7 +5,7 @@ import {
   artifactHasher, manifestEntryFor, readPieces,
   type ArchiveWriter, type ArchiveWriterSettings, type EntryContent, type EntrySink,
 } from './archive-writer.js';
-import { encodeTarHeader, tarPadding, TAR_BLOCK } from './tar-header.js';
+import { encodeTarHeader, tarPadding, TAR_BLOCK } from '../storage/tar-header.js';
 
 /** An entry whose offset or completion waits for a unit to be written. */
 interface PendingEntry {

@@ -2,12 +2,13 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { BartError } from '../util/errors.js';
 import { shellQuote } from '../util/shell-quote.js';
+import { readTarNumber, TAR_BLOCK } from '../storage/tar-header.js';
 import { explainSshFailure } from './ssh-errors.js';
 import type { SshSession } from './ssh-session.js';
 
 /** tar's record size with `-b 20`: an archive's length is a multiple of it. */
 const TAR_RECORD = 10240;
-const BLOCK = 512;
+const BLOCK = TAR_BLOCK;
 
 /**
  * The remote half of a channel: a POSIX sh loop (nothing else needed on the database host) that
@@ -66,16 +67,6 @@ export interface ChannelFileStream {
   read(buffer: Buffer, offset: number, length: number): Promise<number>;
   /** Skips what was not read, leaving the channel ready for the next request. */
   finish(): Promise<void>;
-}
-
-function tarNumber(field: Buffer): number {
-  if ((field[0]! & 0x80) !== 0) {
-    let v = 0n;
-    for (let i = 1; i < field.length; i++) v = (v << 8n) | BigInt(field[i]!);
-    return Number(v);
-  }
-  const text = field.toString('ascii').replace(/\0.*$/s, '').trim();
-  return text === '' ? 0 : parseInt(text, 8);
 }
 
 function roundUp(n: number, to: number): number {
@@ -292,7 +283,7 @@ export class SshChannel {
         throw new BartError(`cannot read "${path}" on ${host}: ${errors.split('\n')[0] ?? 'tar failed'}`);
       }
       const type = String.fromCharCode(header[156]!);
-      const size = tarNumber(header.subarray(124, 136));
+      const size = readTarNumber(header, 124, 12);
       if (type === 'L' || type === 'K' || type === 'x' || type === 'g') {
         const skip = roundUp(size, BLOCK);
         if (skip > 0) await this.takeExact(skip, doing);
@@ -305,7 +296,7 @@ export class SshChannel {
       }
       break;
     }
-    const size = tarNumber(header.subarray(124, 136));
+    const size = readTarNumber(header, 124, 12);
     let remaining = size;
     let done = false;
     const end = async () => {
@@ -369,7 +360,7 @@ export class SshChannel {
       }
       consumed += BLOCK;
       const type = String.fromCharCode(header[156]!);
-      const size = tarNumber(header.subarray(124, 136));
+      const size = readTarNumber(header, 124, 12);
       const padded = roundUp(size, BLOCK);
       if (type === 'L' || type === 'x') {
         const data = (await this.takeExact(padded, doing)).subarray(0, size).toString('utf8');

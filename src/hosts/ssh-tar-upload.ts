@@ -3,64 +3,7 @@ import { BartError } from '../util/errors.js';
 import { explainSshFailure } from './ssh-errors.js';
 import type { SshSession } from './ssh-session.js';
 import type { TargetFileWriter } from './restore-target.js';
-
-const BLOCK = 512;
-
-function octal(buf: Buffer, offset: number, width: number, value: number): void {
-  const digits = value.toString(8);
-  if (digits.length <= width - 1) {
-    buf.write(digits.padStart(width - 1, '0') + '\0', offset, width, 'ascii');
-    return;
-  }
-  // GNU base-256 for sizes that do not fit in octal (over 8 GiB).
-  buf[offset] = 0x80;
-  let v = BigInt(value);
-  for (let i = offset + width - 1; i > offset; i--) {
-    buf[i] = Number(v & 0xffn);
-    v >>= 8n;
-  }
-}
-
-function header(name: string, prefix: string, type: string, size: number, mode: number, mtime: number): Buffer {
-  const h = Buffer.alloc(BLOCK);
-  h.write(name, 0, 100, 'utf8');
-  octal(h, 100, 8, mode & 0o7777);
-  octal(h, 108, 8, 0);
-  octal(h, 116, 8, 0);
-  octal(h, 124, 12, size);
-  octal(h, 136, 12, mtime);
-  h.write('        ', 148, 8, 'ascii');
-  h.write(type, 156, 1, 'ascii');
-  h.write('ustar\0', 257, 6, 'ascii');
-  h.write('00', 263, 2, 'ascii');
-  h.write(prefix, 345, 155, 'utf8');
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'ascii');
-  return h;
-}
-
-function padding(size: number): Buffer {
-  return Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK);
-}
-
-/** Tar header block(s) for a regular file; a pax header carries names ustar cannot hold. */
-export function tarFileHeader(path: string, size: number, mode: number, mtime: number): Buffer {
-  const name = path.replace(/^\/+/, '');
-  if (Buffer.byteLength(name) <= 100) return header(name, '', '0', size, mode, mtime);
-  for (let i = name.length - 1; i > 0; i--) {
-    if (name[i] !== '/') continue;
-    const prefix = name.slice(0, i);
-    const base = name.slice(i + 1);
-    if (Buffer.byteLength(prefix) <= 155 && Buffer.byteLength(base) <= 100 && base !== '') return header(base, prefix, '0', size, mode, mtime);
-  }
-  // pax record: "<len> path=<name>\n", where <len> counts itself.
-  const body = ` path=${name}\n`;
-  let len = Buffer.byteLength(body) + 1;
-  while (String(len).length + Buffer.byteLength(body) !== len) len = String(len).length + Buffer.byteLength(body);
-  const record = Buffer.from(`${len}${body}`);
-  return Buffer.concat([header('pgbart-pax-header', '', 'x', record.length, 0o600, mtime), record, padding(record.length), header(name.slice(0, 100), '', '0', size, mode, mtime)]);
-}
+import { TAR_BLOCK, tarFileHeader, tarPadding } from '../storage/tar-header.js';
 
 /**
  * Streams files into `tar -x` on a remote host over one multiplexed ssh session: one session per
@@ -121,7 +64,8 @@ export class TarUpload {
   /** Starts a file of exactly `size` bytes; write its content through the returned writer. */
   async open(path: string, mode: number, size: number): Promise<TargetFileWriter> {
     if (this.current) throw new BartError(`internal error: "${this.current.path}" is still being written over ssh`);
-    await this.write(tarFileHeader(path, size, mode, Math.floor(Date.now() / 1000)));
+    // Member names are relative: tar -x -C / puts them back at their absolute place.
+    await this.write(tarFileHeader(path.replace(/^\/+/, ''), size, mode, Math.floor(Date.now() / 1000)));
     const file = { path, left: size };
     this.current = file;
     return {
@@ -132,7 +76,7 @@ export class TarUpload {
       },
       finish: async () => {
         if (file.left !== 0) throw new BartError(`"${path}" is ${file.left} bytes short of the ${size} announced`);
-        await this.write(padding(size));
+        await this.write(Buffer.alloc(tarPadding(size)));
         this.current = undefined;
       },
       abort: async () => {
@@ -151,7 +95,7 @@ export class TarUpload {
       return;
     }
     if (this.failed) throw await this.remoteError();
-    await this.write(Buffer.alloc(2 * BLOCK));
+    await this.write(Buffer.alloc(2 * TAR_BLOCK));
     this.child.stdin!.end();
     const code = await this.exited;
     if (code !== 0) throw await this.remoteError();

@@ -32,7 +32,11 @@ function writeOctal(buf: Buffer, offset: number, width: number, value: number): 
   }
 }
 
-function readOctal(buf: Buffer, offset: number, width: number): number {
+/**
+ * Reads a numeric header field: octal text, or GNU base-256 (high bit of the first byte set) for
+ * values that do not fit (sizes over 8 GiB).
+ */
+export function readTarNumber(buf: Buffer, offset: number, width: number): number {
   if ((buf[offset]! & 0x80) !== 0) {
     let v = 0n;
     for (let i = offset + 1; i < offset + width; i++) v = (v << 8n) | BigInt(buf[i]!);
@@ -101,10 +105,15 @@ export function encodeTarHeader(entry: TarEntryHeader): Buffer {
   return Buffer.concat([paxHeader, pax, Buffer.alloc(tarPadding(pax.length)), main]);
 }
 
+/** Header block(s) of a regular file member. */
+export function tarFileHeader(path: string, size: number, mode: number, mtime: number): Buffer {
+  return encodeTarHeader({ path, type: 'file', size, mode, mtime });
+}
+
 /** Decodes a ustar header block (without pax handling); undefined for an all-zero end block. */
 export function decodeTarHeader(block: Buffer): (TarEntryHeader & { typeflag: string }) | undefined {
   if (block.every((b) => b === 0)) return undefined;
-  const stored = readOctal(block, 148, 8);
+  const stored = readTarNumber(block, 148, 8);
   const copy = Buffer.from(block);
   copy.fill(0x20, 148, 156);
   let sum = 0;
@@ -121,9 +130,9 @@ export function decodeTarHeader(block: Buffer): (TarEntryHeader & { typeflag: st
     path,
     type,
     typeflag,
-    size: readOctal(block, 124, 12),
-    mode: readOctal(block, 100, 8),
-    mtime: readOctal(block, 136, 12),
+    size: readTarNumber(block, 124, 12),
+    mode: readTarNumber(block, 100, 8),
+    mtime: readTarNumber(block, 136, 12),
     ...(link ? { linkTarget: link } : {}),
   };
 }
