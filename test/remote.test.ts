@@ -65,7 +65,7 @@ function bartInBackground(setup: BartSetup, args: string[]): Promise<RunResult> 
 
 const version = versionsUnderTest()[0]!;
 
-test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_command, CHECK-CONFIG, full and incremental backups, RESTORE -r with PITR, failures`, async () => {
+test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_command, CHECK-CONFIG, full and incremental backups, RESTORE -r of full backups and chains with PITR, failures`, async () => {
   const cleanups: (() => Promise<void> | void)[] = [];
   try {
     const sshd = await TestSshd.start(['postgres', BART]);
@@ -116,6 +116,9 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const tsMap = (path: string) => ['--tablespace-map', `${tsOid}=${path}`];
     await cluster.query('CREATE TABLE tx (batch int, pad text)');
     await cluster.query("INSERT INTO tx SELECT 1, repeat('x', 200) FROM generate_series(1, 20000)");
+    // Dropped and truncated (shrunk by VACUUM) between the incrementals of the chain restored remotely in 5c.
+    await cluster.query('CREATE TABLE tdrop AS SELECT generate_series(1, 5000) AS v');
+    await cluster.query("CREATE TABLE tshrink AS SELECT g AS v, repeat('s', 100) AS pad FROM generate_series(1, 20000) g");
     const full = await setup.bart(['BACKUP', '-s', 'rem', '--backup-name', 'full1', '--thread-count', '2']);
     assert.equal(full.code, 0, full.stderr);
     let list = await backups(setup, 'rem');
@@ -161,9 +164,6 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // 5. RESTORE -r postgres@host of the full backup with PITR to the restore point: restore_command
     // scp's WAL from the BART host; the restored cluster starts and holds batches 1 and 2 only.
     const remotePath = join(cluster.baseDir, 'restored');
-    const refusedIncr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
-    assert.notEqual(refusedIncr.code, 0, refusedIncr.stdout);
-    assert.match(refusedIncr.stderr, /incremental backup.*another host \(-r\) is not supported/, refusedIncr.stderr);
     const rr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_batch_2', '-w', '2', ...tsMap(join(cluster.baseDir, 'ts-restored'))]);
     assert.equal(rr.code, 0, rr.stderr);
     assert.ok(existsSync(join(remotePath, 'PG_VERSION')));
@@ -195,6 +195,45 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     removeTree(copiedPath);
     removeTree(join(cluster.baseDir, 'ts-c'));
 
+    // 5c. RESTORE -r of a chain of depth 2 (full1 plain → incr1 plain → incr2 tar), with a table dropped,
+    // one shrunk by VACUUM, one created and blocks changed between the links, and PITR to a restore
+    // point after incr2: changed blocks are patched in over ssh, and the restored cluster holds exactly
+    // what the source held at the restore point.
+    const droppedFile = String(await cluster.scalar("SELECT pg_relation_filepath('tdrop')"));
+    await cluster.query('DROP TABLE tdrop');
+    await cluster.query('DELETE FROM tshrink WHERE v > 1000');
+    await cluster.query('VACUUM tshrink');
+    await cluster.query("UPDATE tx SET pad = 'chain' WHERE batch = 2 AND pad LIKE 'y%' AND ctid IN (SELECT ctid FROM tx WHERE batch = 2 LIMIT 300)");
+    await cluster.query('CREATE TABLE tnew AS SELECT g AS v FROM generate_series(1, 3000) g');
+    const incr2 = await setup.bart(['BACKUP', '-s', 'rem', '--parent', 'incr1', '--backup-name', 'incr2']);
+    assert.equal(incr2.code, 0, `${incr2.stdout}\n${incr2.stderr}`);
+    await cluster.query('INSERT INTO tnew SELECT generate_series(3001, 3500)');
+    await cluster.query("SELECT pg_create_restore_point('after_incr2')");
+    const snapshot = async (c: TestCluster) =>
+      c.query(
+        "SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM tx t) AS tx, (SELECT md5(string_agg(t::text, ',' ORDER BY v)) FROM tshrink t) AS shrink, " +
+          "(SELECT count(*)::int FROM tnew) AS tnew, (SELECT count(*)::int FROM tts) AS tts, to_regclass('tdrop') IS NULL AS dropped",
+      );
+    const expected = await snapshot(cluster);
+    await cluster.query('INSERT INTO tnew SELECT generate_series(3501, 4000)');
+    await cluster.query('DELETE FROM tx WHERE batch = 3');
+    await switchAndArchive(cluster);
+    const chainPath = join(cluster.baseDir, 'restored-chain');
+    const rchain = await setup.bart(['-d', 'RESTORE', '-s', 'rem', '-i', 'incr2', '-p', chainPath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_incr2', ...tsMap(join(cluster.baseDir, 'ts-chain'))]);
+    assert.equal(rchain.code, 0, rchain.stderr);
+    if (process.env.PGBART_TEST_TIMING) console.error(rchain.stdout.split('\n').filter((l) => /applied incremental|patched|restored \d+ files/.test(l)).join('\n'));
+    assert.match(rchain.stdout, /patched \d+ files/, rchain.stdout);
+    assert.ok(!existsSync(join(chainPath, droppedFile)), `${droppedFile} of the dropped table is removed`);
+    assert.equal(execFileSync('find', [chainPath, join(cluster.baseDir, 'ts-chain'), '-name', '*.pgbart-blocks'], { encoding: 'utf8' }), '', 'no scratch files left');
+    assert.equal(statSync(join(chainPath, String(await cluster.scalar("SELECT pg_relation_filepath('tx')")))).uid, statSync(cluster.dataDir).uid, 'patched files belong to the ssh user');
+    const chainRestored = await TestCluster.create({ version, dataDir: chainPath });
+    cleanups.push(() => chainRestored.destroy());
+    await waitPaused(chainRestored);
+    assert.deepEqual(await snapshot(chainRestored), expected);
+    await chainRestored.destroy();
+    removeTree(chainPath);
+    removeTree(join(cluster.baseDir, 'ts-chain'));
+
     // 6. A non-empty remote path is refused before anything is written.
     const notEmpty = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
     assert.notEqual(notEmpty.code, 0, notEmpty.stdout);
@@ -209,7 +248,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const noKeyBackup = await setup.bart(['BACKUP', '-s', 'rem']);
     assert.notEqual(noKeyBackup.code, 0, noKeyBackup.stdout);
     assert.match(noKeyBackup.stderr, /not authorized/, noKeyBackup.stderr);
-    assert.equal((await backups(setup, 'rem')).length, 2);
+    assert.equal((await backups(setup, 'rem')).length, 3);
     assert.deepEqual(partialDirs(setup, 'rem'), []);
     sshd.authorize(BART, 'postgres');
 
@@ -242,7 +281,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await run('rm', ['-f', big]);
     await sshd.restart();
     list = await backups(setup, 'rem');
-    assert.deepEqual(list.map((b) => b.name).sort(), ['full1', 'incr1']);
+    assert.deepEqual(list.map((b) => b.name).sort(), ['full1', 'incr1', 'incr2']);
 
     // 10. Not enough room on the remote file system: refused before anything is written (df over ssh).
     const small = join(cluster.baseDir, 'small-fs');

@@ -1,9 +1,8 @@
 import { crc32c } from '@node-rs/crc32';
 import { createReadStream } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { LocalHost } from '../hosts/local-host.js';
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
@@ -48,6 +47,12 @@ function decoded(path: string, compression: CompressionMethod): Readable {
   return raw.pipe(decoder);
 }
 
+/** Checks a file's size and checksum (before it is completed on the target). */
+function verify(entry: IncrementalManifestEntry, bytes: number, digest: string | undefined, label: string): void {
+  if (bytes !== entry.size) throw new BartError(`${label}: "${entry.path}" holds ${bytes} bytes, the manifest says ${entry.size} (damaged backup)`);
+  if (digest !== undefined && digest !== entry.checksum) throw new BartError(`${label}: checksum mismatch for "${entry.path}" (expected ${entry.checksum}, got ${digest}): the backup is damaged`);
+}
+
 /** Applies one file of an incremental: a whole file replaces, a block-level one patches the file already restored. */
 async function applyFile(
   entry: IncrementalManifestEntry,
@@ -64,32 +69,26 @@ async function applyFile(
       hash?.update(piece);
     }
   } else if (!entry.incr) {
-    const writer = await opts.target.openWriter(dest, entry.mode & 0o777);
+    const writer = await opts.target.openWriter(dest, entry.mode & 0o777, entry.size);
     try {
       for await (const piece of pieces) {
         bytes += piece.length;
         hash?.update(piece);
         await writer.write(piece);
       }
+      verify(entry, bytes, hash?.digest('hex'), label);
       await writer.finish();
     } catch (err) {
       await writer.abort();
       throw err;
     }
+    return bytes;
   } else {
     const incr = entry.incr;
-    let handle;
+    // Cut or extended to the recorded length (zeros, overwritten where blocks are stored), then patched.
+    const patcher = await opts.target.openPatcher(dest, incr.length, entry.size);
+    if (!patcher) throw new BartError(`${label}: "${entry.path}" is stored as changed blocks, but the parent backups did not restore it (inconsistent chain)`);
     try {
-      handle = await open(dest, 'r+');
-    } catch (err) {
-      if (isErrnoError(err) && err.code === 'ENOENT') {
-        throw new BartError(`${label}: "${entry.path}" is stored as changed blocks, but the parent backups did not restore it (inconsistent chain)`);
-      }
-      throw err;
-    }
-    try {
-      // Shrink (truncation) or extend (zeros, overwritten below where blocks were stored) to the recorded length.
-      await handle.truncate(incr.length);
       let run = 0;
       let inRun = 0;
       let blockCrc = 0;
@@ -104,14 +103,17 @@ async function applyFile(
           const block = r[0] + inRun;
           const n = Math.min(piece.length - at, BLOCK_SIZE - blockFill);
           const part = piece.subarray(at, at + n);
-          await handle.write(part, 0, n, block * BLOCK_SIZE + blockFill);
+          // Checked here, on the BART host, whatever the target: a block is written only once its CRC matched.
           blockCrc = crc32c(part, blockCrc);
-          blockFill += n;
-          at += n;
-          if (blockFill === BLOCK_SIZE) {
+          if (blockFill + n === BLOCK_SIZE) {
             const expected = incr.crcs.slice(stored * 8, stored * 8 + 8);
             const got = (blockCrc >>> 0).toString(16).padStart(8, '0');
             if (expected !== '' && expected !== got) throw new BartError(`${label}: block ${block} of "${entry.path}" has CRC ${got}, the manifest says ${expected} (damaged backup)`);
+          }
+          await patcher.write(part, block * BLOCK_SIZE + blockFill);
+          blockFill += n;
+          at += n;
+          if (blockFill === BLOCK_SIZE) {
             stored++;
             blockFill = 0;
             blockCrc = 0;
@@ -125,15 +127,15 @@ async function applyFile(
         bytes += piece.length;
       }
       if (blockFill !== 0) throw new BartError(`${label}: "${entry.path}" ends in the middle of a block (damaged backup)`);
-    } finally {
-      await handle.close();
+      verify(entry, bytes, hash?.digest('hex'), label);
+      await patcher.finish();
+    } catch (err) {
+      await patcher.abort();
+      throw err;
     }
+    return bytes;
   }
-  if (bytes !== entry.size) throw new BartError(`${label}: "${entry.path}" holds ${bytes} bytes, the manifest says ${entry.size} (damaged backup)`);
-  if (hash) {
-    const digest = hash.digest('hex');
-    if (digest !== entry.checksum) throw new BartError(`${label}: checksum mismatch for "${entry.path}" (expected ${entry.checksum}, got ${digest}): the backup is damaged`);
-  }
+  verify(entry, bytes, hash?.digest('hex'), label);
   return bytes;
 }
 
@@ -236,6 +238,8 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
       }
     }
   }
+  // Everything of this link must be in place before the next one patches it (remote targets batch).
+  await opts.target.flush();
   return { files: count, bytes: total };
 }
 
@@ -247,10 +251,12 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
 export async function removeDropped(newest: CatalogEntry, opts: ApplyOptions): Promise<number> {
   const state = await readRestoredState(newest.dir);
   const heldBack = new Map(Object.entries(opts.holdBack).map(([k, v]) => [v, k]));
-  const host = new LocalHost();
   let removed = 0;
   for (const [archive, root] of opts.destinations) {
-    for await (const e of host.walk(root)) {
+    // Removing a directory removes its contents: what is listed below it is passed over.
+    let removedDir: string | undefined;
+    for await (const e of opts.target.walk(root)) {
+      if (removedDir !== undefined && e.path.startsWith(removedDir)) continue;
       let path = e.path;
       if (archive === 'base') {
         if (opts.keepInBase.includes(path)) continue;
@@ -261,6 +267,7 @@ export async function removeDropped(newest: CatalogEntry, opts: ApplyOptions): P
       const listed = e.type === 'file' ? state.files.has(key) : state.others.has(key);
       if (listed) continue;
       await opts.target.remove(join(root, e.path));
+      if (e.type === 'dir') removedDir = `${e.path}/`;
       removed++;
     }
   }

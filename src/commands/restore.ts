@@ -4,15 +4,17 @@ import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { findBackup, latestBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
+import { registerRestore } from '../catalog/backup-lock.js';
 import { readRestoredState, resolveChain } from '../catalog/incremental-chain.js';
 import { applyIncremental, removeDropped } from '../catalog/incremental-restore.js';
+import { serverCatalogDir } from '../catalog/layout.js';
 import { extractBackup } from '../catalog/restore-engine.js';
 import { BASE_ARCHIVE, planRestore, scanBackup, type BackupScan } from '../catalog/restore-plan.js';
 import { checkTargetAgainstBackup, isKnownTimeZone, parseTargetOptions, type ParsedTarget, type TargetOptions } from '../catalog/restore-recovery-target.js';
 import { copyWal, selectWalToCopy, walCopyBytes, type WalToCopy } from '../catalog/restore-wal.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { LocalRestoreTarget } from '../hosts/restore-target-local.js';
-import { parseRemoteDestination, scpRestoreCommand, SshRestoreTarget } from '../hosts/restore-target-ssh.js';
+import { parseRemoteDestination, PATCH_BATCH_BYTES, scpRestoreCommand, SshRestoreTarget } from '../hosts/restore-target-ssh.js';
 import { uploadWalFiles } from '../hosts/restore-target-ssh-wal.js';
 import type { PathState, RestoreTarget } from '../hosts/restore-target.js';
 import { mergeAutoConf, recoverySettings, recoverySettingsIn, shellQuoteForRestoreCommand, signalFileName } from '../postgres/recovery-config.js';
@@ -231,9 +233,6 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   const info = entry.info;
   // An incremental is restored from its chain: the full backup, then each incremental in order.
   const chain = info.parent !== undefined ? resolveChain(entries, entry, server) : [entry];
-  if (remote && chain.length > 1) {
-    throw new BartError(`backup ${info.id} is an incremental backup; restoring incremental backups to another host (-r) is not supported yet: restore it on this host, or restore its full backup ${chain[0]!.info.id} remotely`);
-  }
   const parsed = parseTargetOptions(o, zoneOf(info));
   await checkTargetAgainstBackup(parsed, info, server.archivePath);
 
@@ -268,7 +267,8 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   const maxTli = parsed.timeline !== undefined && /^\d+$/.test(parsed.timeline) ? Number(parsed.timeline) : undefined;
   const wal = copyWals ? await selectWalToCopy(server.archivePath, info, maxTli) : [];
   await checkFreeSpace(target, [
-    ...roots.map((r, i) => ({ path: r.path, bytes: r.bytes + r.files * 2048 + (i === 0 ? walCopyBytes(wal, info.walSegmentSize) : 0) })),
+    // Over ssh, changed blocks wait in scratch files (up to a batch) before they are patched in.
+    ...roots.map((r, i) => ({ path: r.path, bytes: r.bytes + r.files * 2048 + (i === 0 ? walCopyBytes(wal, info.walSegmentSize) + (remote && chain.length > 1 ? PATCH_BATCH_BYTES : 0) : 0) })),
   ]);
 
   if (!remote && !copyWals && server.clusterOwner !== ctx.config.global.bartHost.user) {
@@ -360,7 +360,8 @@ async function fixOwnership(plan: Plan, target: RestoreTarget): Promise<void> {
 }
 
 /**
- * `bart RESTORE`: restores a full backup into an empty or absent directory on this host, with
+ * `bart RESTORE`: restores a full backup, or an incremental one through its chain, into an empty or
+ * absent directory on this host or (-r) on another one over ssh, with
  * tablespaces, recovery settings for point-in-time recovery, and checksums verified as data streams.
  * Everything that can be checked is checked before the first byte is written; a failure later
  * removes what was written, leaving PATH (and tablespace locations) as they were.
@@ -378,7 +379,23 @@ export async function restore(ctx: CommandContext, options: RestoreOptions): Pro
 async function restoreTo(ctx: CommandContext, options: RestoreOptions, target: RestoreTarget): Promise<number> {
   const checkStart = Date.now();
   const plan = await preparePlan(ctx, options, target);
-  log.debug(`checks took ${Date.now() - checkStart} ms`);
+  // A reader, not the exclusive server lock: BACKUP and other RESTOREs go on, DELETE and MANAGE -d refuse.
+  const serverDir = serverCatalogDir(ctx.config, plan.server);
+  const reader = await registerRestore(serverDir, { backups: plan.chain.map((e) => e.info.id), path: target.description === 'local' ? plan.path : `${target.description}:${plan.path}` });
+  try {
+    // A DELETE that finished between our listing and the registration took a backup away.
+    const now = await listBackups(ctx.config, plan.server);
+    for (const link of plan.chain) {
+      if (!now.some((e) => e.complete && e.info.id === link.info.id)) throw new BartError(`backup ${link.info.id} of server ${plan.server.name} was deleted while RESTORE started`);
+    }
+    log.debug(`checks took ${Date.now() - checkStart} ms`);
+    return await restorePlan(plan, options, target);
+  } finally {
+    await reader.release();
+  }
+}
+
+async function restorePlan(plan: Plan, options: RestoreOptions, target: RestoreTarget): Promise<number> {
   const { info, path } = plan;
   log.info(`restoring backup ${info.id}${info.name ? ` (${info.name})` : ''} of server ${plan.server.name}: ${info.format} format, compression ${info.compression}, ${plan.scan.totalFiles} files, ${formatBytes(plan.scan.totalBytes)}`);
   log.info(`restore path: ${path}; recovery target: ${plan.target.description}${plan.target.timeline ? `, timeline ${plan.target.timeline}` : ''}`);

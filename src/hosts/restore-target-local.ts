@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process';
 import { closeSync, fchownSync, fsyncSync, openSync, writeSync } from 'node:fs';
-import { access, chmod, chown, lchown, lstat, mkdir, readFile, readdir, rename, rm, stat, statfs, symlink, writeFile, constants } from 'node:fs/promises';
+import { access, chmod, chown, lchown, lstat, mkdir, open, readFile, readdir, rename, rm, stat, statfs, symlink, writeFile, constants } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { isErrnoError } from '../util/errors.js';
 import { fsyncDir } from '../util/fs-atomic.js';
+import { LocalHost } from './local-host.js';
 import { SshRestoreTarget } from './restore-target-ssh.js';
-import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetFileWriter } from './restore-target.js';
+import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from './restore-target.js';
 
 function missing(err: unknown): boolean {
   return isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR');
@@ -132,6 +133,40 @@ export class LocalRestoreTarget implements RestoreTarget {
     }
     if (this.spec.owner) fchownSync(fd, this.spec.owner.uid, this.spec.owner.gid);
     return new LocalFileWriter(fd);
+  }
+
+  async openPatcher(path: string, length: number): Promise<TargetFilePatcher | undefined> {
+    let handle;
+    try {
+      handle = await open(path, 'r+');
+    } catch (err) {
+      if (missing(err)) return undefined;
+      throw err;
+    }
+    try {
+      // Shrink (a truncated relation) or extend with zeros (overwritten where blocks are stored).
+      await handle.truncate(length);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+    const h = handle;
+    return {
+      write: async (data, position) => {
+        let done = 0;
+        while (done < data.length) done += (await h.write(data, done, data.length - done, position + done)).bytesWritten;
+      },
+      finish: () => h.close(),
+      abort: () => h.close().catch(() => undefined),
+    };
+  }
+
+  async flush(): Promise<void> {
+    // Writes and patches here take effect at once.
+  }
+
+  async *walk(root: string): AsyncIterable<TargetEntry> {
+    yield* new LocalHost().walk(root);
   }
 
   async symlink(linkTarget: string, path: string): Promise<void> {

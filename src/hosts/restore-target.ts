@@ -1,8 +1,7 @@
 /**
- * Where RESTORE writes a cluster: this host (direct file access, {@link LocalRestoreTarget}) or, in
- * the remote-restore issue, another host over ssh. The restore engine only talks to this interface,
- * so adding a remote target means implementing it (and a {@link RestoreTargetSpec} kind that worker
- * threads can rebuild it from), not changing the engine.
+ * Where RESTORE writes a cluster: this host (direct file access, LocalRestoreTarget) or another
+ * host over ssh (SshRestoreTarget). The restore engine and the incremental patching only talk to
+ * this interface, so full backups and incremental chains restore the same way to either.
  */
 
 /** What is at a path we are about to restore into. */
@@ -28,6 +27,27 @@ export interface TargetFileWriter {
   finish(): Promise<void>;
   /** Closes without syncing (the caller removes what it wrote). */
   abort(): Promise<void>;
+}
+
+/**
+ * An existing file being patched in place (incremental restore): cut or extended with zeros to its
+ * final length, then ranges overwritten. Nothing need be visible before `finish()` (remote targets
+ * batch patches until {@link RestoreTarget.flush}).
+ */
+export interface TargetFilePatcher {
+  /** Overwrites the file at byte `position` with `data`; positions only grow from call to call. */
+  write(data: Uint8Array, position: number): Promise<void>;
+  /** Completes the patch. */
+  finish(): Promise<void>;
+  /** Drops the patch (the restore fails and removes what it wrote). */
+  abort(): Promise<void>;
+}
+
+/** One entry of a restored tree, relative to the walked root. */
+export interface TargetEntry {
+  /** POSIX relative path. */
+  path: string;
+  type: 'file' | 'dir' | 'symlink';
 }
 
 /** Serializable description of a target, from which a worker thread rebuilds it. */
@@ -60,6 +80,16 @@ export interface RestoreTarget {
    * (the bytes that will be written) is required by targets that frame files, e.g. tar over ssh.
    */
   openWriter(path: string, mode: number, size?: number): Promise<TargetFileWriter>;
+  /**
+   * Opens an existing file for patching, to end up `length` bytes long with `bytes` bytes written
+   * through the patcher. Undefined when the file does not exist (targets that learn it only when
+   * the patch is applied fail in {@link flush} instead).
+   */
+  openPatcher(path: string, length: number, bytes: number): Promise<TargetFilePatcher | undefined>;
+  /** Makes every file written and patched so far complete on the target (remote targets batch them). */
+  flush(): Promise<void>;
+  /** Lists `root` recursively, directories before their contents, without following symlinks. */
+  walk(root: string): AsyncIterable<TargetEntry>;
   symlink(linkTarget: string, path: string): Promise<void>;
   rename(from: string, to: string): Promise<void>;
   /** Removes a file, a symlink or a directory tree; absent is fine. */

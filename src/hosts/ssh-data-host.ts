@@ -32,7 +32,7 @@ function portableListCommand(root: string): string {
 }
 
 /** Orders paths as a depth-first walk with names sorted per directory (as {@link LocalHost} walks). */
-function walkOrder(a: string, b: string): number {
+export function walkOrder(a: string, b: string): number {
   const x = a.replace(/\//g, '\0');
   const y = b.replace(/\//g, '\0');
   return x < y ? -1 : x > y ? 1 : 0;
