@@ -1,4 +1,4 @@
-import { link, readFile, unlink, writeFile } from 'node:fs/promises';
+import { link, readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';
 import { processAlive } from './catalog.js';
@@ -20,7 +20,9 @@ export interface CatalogLock {
  * changes a server's catalog takes it: BACKUP, MANAGE (marking, WAL compression, -c, -d), DELETE and
  * INIT -r. They therefore never interleave: a second one refuses with the holder's command, pid and
  * start time. Read-only commands (SHOW-*, VERIFY-CHKSUM, MANAGE -l, dry runs) take no lock. The name
- * stays `backup` because BACKUP used it first (older catalogs and cleanup code know it).
+ * stays `backup` because BACKUP used it first (older catalogs and cleanup code know it). RESTORE
+ * does not take it (a long restore must not hold up the nightly BACKUP): it registers as a reader
+ * instead, see {@link registerRestore}.
  */
 export const SERVER_LOCK_NAME = 'backup';
 
@@ -73,9 +75,115 @@ async function readHolder(path: string): Promise<LockHolder | undefined> {
   }
 }
 
+/** How a command takes the server lock. */
+export interface ServerLockOptions {
+  /**
+   * The command deletes backups or archived WAL (DELETE, MANAGE -d): it refuses while a RESTORE of
+   * the server runs, since that RESTORE may be reading exactly what would be deleted.
+   */
+  deletes?: boolean;
+}
+
 /** Takes the server catalog lock (see {@link SERVER_LOCK_NAME}) for `command`. */
-export function acquireServerLock(serverDir: string, command: string): Promise<CatalogLock> {
-  return acquireLock(serverDir, SERVER_LOCK_NAME, command);
+export async function acquireServerLock(serverDir: string, command: string, opts: ServerLockOptions = {}): Promise<CatalogLock> {
+  const lock = await acquireLock(serverDir, SERVER_LOCK_NAME, command);
+  if (!opts.deletes) return lock;
+  // Checked with the lock held: a RESTORE registering from now on sees us and refuses (registerRestore).
+  let readers: RestoreReader[];
+  try {
+    readers = await liveRestores(serverDir);
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+  const r = readers[0];
+  if (r) {
+    await lock.release();
+    const more = readers.length > 1 ? ` and ${readers.length - 1} other RESTORE(s)` : '';
+    throw new BartError(
+      `RESTORE of backup ${r.backups.join(', ')} is running for this server (pid ${r.pid}, started ${r.started}, into ${r.path})${more}; ` +
+        `${command} would delete backups or WAL it reads: try again when it has finished (reader lock ${join(serverDir, readerFileName(r.pid))})`,
+    );
+  }
+  return lock;
+}
+
+/** Commands holding the server lock that delete backups or WAL; a RESTORE does not start under them. */
+const DELETING_COMMANDS = new Set(['DELETE', 'MANAGE -d']);
+
+/** A RESTORE reading a server's catalog, as recorded in its reader lock file. */
+export interface RestoreReader {
+  pid: number;
+  started: string;
+  /** The backups it reads (the chain, full backup first). */
+  backups: string[];
+  /** Where it restores to (`user@host:PATH` for a remote restore). */
+  path: string;
+}
+
+function readerFileName(pid: number): string {
+  return `restore-${pid}.lock`;
+}
+
+/**
+ * The RESTOREs of a server that are running (one reader lock file each); the files of dead
+ * processes are removed on the way (taken over).
+ */
+export async function liveRestores(serverDir: string): Promise<RestoreReader[]> {
+  let names: string[];
+  try {
+    names = await readdir(serverDir);
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') return [];
+    throw err;
+  }
+  const live: RestoreReader[] = [];
+  for (const name of names.sort()) {
+    const m = /^restore-(\d+)\.lock$/.exec(name);
+    if (!m) continue;
+    const path = join(serverDir, name);
+    let reader: RestoreReader | undefined;
+    try {
+      reader = JSON.parse(await readFile(path, 'utf8')) as RestoreReader;
+    } catch {
+      reader = undefined; // written by rename, so never half-written; unreadable means damaged: stale
+    }
+    if (reader && reader.pid === Number(m[1]) && processAlive(reader.pid)) live.push(reader);
+    else await unlink(path).catch(() => undefined);
+  }
+  return live;
+}
+
+/**
+ * Registers a RESTORE as a reader of the server's catalog (`restore-<pid>.lock`, naming its pid,
+ * start time, backups and path), so that DELETE and MANAGE -d refuse while it runs. RESTORE takes
+ * no exclusive lock: BACKUP, plain MANAGE and other RESTOREs run beside it. The reader file is
+ * written first and the server lock checked after, while a deleting command takes the server lock
+ * first and checks the readers after: whichever comes second sees the other, so they never both
+ * proceed. A deleting command that finished just before is caught by the caller, which checks once
+ * registered that its backups still exist.
+ */
+export async function registerRestore(serverDir: string, reader: Omit<RestoreReader, 'pid' | 'started'>): Promise<CatalogLock> {
+  const me: RestoreReader = { pid: process.pid, started: new Date().toISOString(), ...reader };
+  const path = join(serverDir, readerFileName(me.pid));
+  const tmp = join(serverDir, `.${readerFileName(me.pid)}.tmp-${me.pid}-${Date.now().toString(36)}`);
+  try {
+    await writeFile(tmp, JSON.stringify(me), { mode: 0o600 });
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    if (isErrnoError(err) && err.code === 'ENOENT') throw new BartError(`catalog directory ${serverDir} does not exist (run bart INIT for this server first)`);
+    throw err;
+  }
+  const release = async () => {
+    await unlink(path).catch(() => undefined);
+  };
+  const holder = await serverLockHolder(serverDir);
+  if (holder && DELETING_COMMANDS.has(holder.command)) {
+    await release();
+    throw new BartError(`${holder.command} is running for this server (pid ${holder.pid}, started ${holder.started}) and may delete what RESTORE would read; try again when it has finished`);
+  }
+  return { release };
 }
 
 /** The live holder of the server catalog lock, if any (for read-only commands that report it). */

@@ -65,7 +65,7 @@ export async function deleteBackups(ctx: CommandContext, options: unknown): Prom
   const o = options as DeleteOptions;
   const server = selectOneServer(ctx.config, o.server, 'DELETE');
   if (o.backupid === undefined || o.backupid.trim() === '') throw new BartError('DELETE needs -i/--backupid ID|NAME[,ID|NAME...]|all');
-  const lock = o.dryRun ? undefined : await acquireServerLock(serverCatalogDir(ctx.config, server), 'DELETE');
+  const lock = o.dryRun ? undefined : await acquireServerLock(serverCatalogDir(ctx.config, server), 'DELETE', { deletes: true });
   try {
     crashPoint('delete:locked');
     const entries = await listBackups(ctx.config, server);

@@ -57,7 +57,7 @@ export async function manage(ctx: CommandContext, options: unknown): Promise<num
   for (const server of servers) {
     let lock: CatalogLock | undefined;
     try {
-      if (!o.dryRun) lock = await acquireServerLock(serverCatalogDir(ctx.config, server), o.deleteObsolete ? 'MANAGE -d' : o.changeStatus ? 'MANAGE -c' : 'MANAGE');
+      if (!o.dryRun) lock = await acquireServerLock(serverCatalogDir(ctx.config, server), o.deleteObsolete ? 'MANAGE -d' : o.changeStatus ? 'MANAGE -c' : 'MANAGE', { deletes: o.deleteObsolete === true });
       crashPoint('manage:locked');
       if (o.deleteObsolete) await deleteObsolete(ctx, server, o.dryRun === true);
       else if (o.changeStatus) await changeStatus(ctx, server, o.changeStatus, o.backupid!, o.dryRun === true);
