@@ -1,10 +1,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { versionsUnderTest } from './harness/pg-binaries.js';
+import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { removeTree, testUserIds } from './harness/os.js';
 import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
 
@@ -188,6 +188,65 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     const again = await ok(['INIT', '-r', '-s', src.server, '-i', 'b4']);
     assert.match(again.stdout, /matches the manifest/);
     await ok(['MANAGE', '-s', src.server, '-c', 'keep', '-i', b2]);
+  });
+
+  test('RESTORE is a reader: DELETE and MANAGE -d refuse while it runs, naming it; other RESTOREs and the server lock go on; stale readers are taken over', async () => {
+    const [, b2, , b4] = ids as [string, string, string, string];
+    // A deleting command holds the server lock (a fake holder with a live pid): RESTORE refuses before writing.
+    const lockFile = join(serverDir, 'backup.lock');
+    writeFileSync(lockFile, JSON.stringify({ pid: process.pid, command: 'MANAGE -d', started: '2026-01-02T03:04:05.000Z' }));
+    const underDelete = freshPath(src, 'under-delete');
+    const refusedRestore = await src.restore(['-i', b4, '-p', underDelete]);
+    spawnSync('rm', ['-f', lockFile]);
+    assert.notEqual(refusedRestore.code, 0);
+    assert.match(refusedRestore.stderr, new RegExp(`MANAGE -d is running for this server \\(pid ${process.pid}, started 2026-01-02T03:04:05.000Z\\)`), refusedRestore.stderr);
+    assert.ok(!existsSync(underDelete));
+    assert.deepEqual(readdirSync(serverDir).filter((n) => n.startsWith('restore-')), [], 'the refused RESTORE unregistered');
+
+    // A real RESTORE, stopped (SIGSTOP) as soon as its reader file appears.
+    const path = freshPath(src, 'reader');
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', src.setup.configPath, 'RESTORE', '-s', src.server, '-i', b4, '-p', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((r) => child.on('close', r));
+    const readerFile = join(serverDir, `restore-${child.pid}.lock`);
+    await new Promise<void>((resolvePromise, reject) => {
+      const watcher = watch(serverDir, () => {
+        if (!existsSync(readerFile)) return;
+        process.kill(child.pid!, 'SIGSTOP');
+        watcher.close();
+        resolvePromise();
+      });
+      void exited.then(() => reject(new Error(`RESTORE ended before it was stopped: ${stderr}`)));
+    });
+    try {
+      const reader = JSON.parse(readFileSync(readerFile, 'utf8')) as { pid: number; started: string; backups: string[]; path: string };
+      assert.deepEqual([reader.pid, reader.backups, reader.path], [child.pid, [b4], path]);
+      const refused = await bart(['DELETE', '-s', src.server, '-i', b4]);
+      assert.notEqual(refused.code, 0);
+      assert.match(refused.stderr, new RegExp(`RESTORE of backup ${b4} is running for this server \\(pid ${child.pid}, started ${reader.started.replace(/\./g, '\\.')}, into ${path}\\); DELETE would delete backups or WAL it reads`), refused.stderr);
+      const refusedManage = await bart(['MANAGE', '-s', src.server, '-d']);
+      assert.notEqual(refusedManage.code, 0);
+      assert.match(refusedManage.stderr, new RegExp(`RESTORE of backup ${b4} is running .*pid ${child.pid}.*MANAGE -d would delete`), refusedManage.stderr);
+      // The exclusive server lock is free (BACKUP would run), and a second RESTORE of the server goes on.
+      await ok(['MANAGE', '-s', src.server, '-c', 'keep', '-i', b2]);
+      const second = freshPath(src, 'second');
+      const r2 = await src.restore(['-i', b4, '-p', second]);
+      assert.equal(r2.code, 0, r2.stderr);
+      removeTree(second);
+    } finally {
+      process.kill(child.pid!, 'SIGCONT');
+    }
+    assert.equal(await exited, 0, stderr);
+    assert.ok(existsSync(join(path, 'PG_VERSION')));
+    removeTree(path);
+    assert.ok(existsSync(join(serverDir, b4)), 'nothing was deleted');
+
+    // The reader file of a dead RESTORE is taken over: MANAGE -d runs and removes it.
+    const stale = join(serverDir, `restore-${deadPid()}.lock`);
+    writeFileSync(stale, JSON.stringify({ pid: Number(/restore-(\d+)/.exec(stale)![1]), started: '2026-01-02T03:04:05.000Z', backups: [b4], path: '/nowhere' }));
+    await ok(['MANAGE', '-s', src.server, '-d']);
+    assert.ok(!existsSync(stale));
   });
 
   test('window policies with the PGBART_NOW clock; DELETE refuses keep, deletes chains, honours -n', async () => {
