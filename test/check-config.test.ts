@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBartSetup, serverSection } from './harness/bart.js';
 import { freePort, TestCluster } from './harness/cluster.js';
@@ -23,6 +24,33 @@ test('CHECK-CONFIG without -s checks the [BART] section and names a broken pg_ba
     assert.match(bad.stderr, /ERROR:\s+pg_basebackup_path "\/nonexistent\/pg_basebackup" is executable: does not exist: set pg_basebackup_path/);
   } finally {
     setup.cleanup();
+  }
+});
+
+test('CHECK-CONFIG of a remote server on a host without ssh says to install the OpenSSH client', async () => {
+  // PATH holds every program of this host except the OpenSSH client, as on a host where it is not installed.
+  const bin = mkdtempSync(join(tmpdir(), 'pgbart-nossh-'));
+  chmodSync(bin, 0o755);
+  const setup = createBartSetup();
+  try {
+    for (const dir of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin']) {
+      for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+        if (/^(ssh|scp|sftp|slogin)$/.test(name) || existsSync(join(bin, name))) continue;
+        symlinkSync(join(dir, name), join(bin, name));
+      }
+    }
+    const port = await freePort();
+    setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n[db1]\nhost = 127.0.0.1\nport = ${port}\nuser = postgres\ncluster_owner = postgres\nremote_host = postgres@127.0.0.1\n`);
+    const r = await setup.bart(['CHECK-CONFIG', '-s', 'db1'], { PATH: bin });
+    assert.equal(r.code, 1, `${r.stdout}\n${r.stderr}`);
+    assert.match(
+      r.stderr,
+      /ERROR:\s+cluster_owner and ssh\/scp connectivity to postgres@127\.0\.0\.1: passwordless ssh as "[^"]+" failed: ssh is not installed on this host \(or not in PATH of "[^"]+"\): install the OpenSSH client \(Debian: apt-get install openssh-client\)/,
+      r.stderr,
+    );
+  } finally {
+    setup.cleanup();
+    rmSync(bin, { recursive: true, force: true });
   }
 });
 
