@@ -33,6 +33,12 @@ export interface ApplyOptions {
 export interface ApplyStep {
   /** The newest backup of the chain: only its WAL is kept (older links' pg_wal files are removed at the end anyway). */
   newest: boolean;
+  /**
+   * The link restored just before this one: its manifest gives every file's length so far, so a
+   * block-level file without a changed block and with the same length is left alone (most of them:
+   * on a remote target each patch costs a process there).
+   */
+  previous?: CatalogEntry;
 }
 
 /** Files the restore never takes from a backup: it makes the pg_tblspc links itself. */
@@ -175,9 +181,11 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
   }
   // WAL of an intermediate link is neither needed nor kept: read past it unchecked (VERIFY-CHKSUM covers it).
   const passOver = (archive: string, e: IncrementalManifestEntry) => !step.newest && archive === 'base' && e.path.startsWith('pg_wal/');
+  const before = step.previous ? (await readRestoredState(step.previous.dir)).files : undefined;
   const destFor = (archive: string, e: IncrementalManifestEntry): string | undefined => {
     if (archive === 'base' && SKIPPED_BASE_FILES.has(e.path)) return undefined;
     if (passOver(archive, e)) return undefined;
+    if (e.incr && e.size === 0 && before?.get(fileKey(archive, e.path))?.length === e.incr.length) return undefined;
     const hold = archive === 'base' ? opts.holdBack[e.path] : undefined;
     return join(opts.destinations.get(archive)!, hold ?? e.path);
   };

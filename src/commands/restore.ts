@@ -424,7 +424,7 @@ async function restorePlan(plan: Plan, options: RestoreOptions, target: RestoreT
     if (plan.chain.length > 1) {
       const applyOpts = { destinations, holdBack: { PG_VERSION: PG_VERSION_PENDING }, checksumAlgorithm: plan.checksumAlgorithm, target, keepInBase: [INCOMPLETE_MARKER] };
       for (const [i, link] of plan.chain.slice(1).entries()) {
-        const applied = await applyIncremental(link, applyOpts, { newest: i === plan.chain.length - 2 });
+        const applied = await applyIncremental(link, applyOpts, { newest: i === plan.chain.length - 2, previous: plan.chain[i]! });
         log.info(`applied incremental backup ${link.info.id}: ${applied.files} files, ${formatBytes(applied.bytes)}`);
         controller.signal.throwIfAborted();
       }
