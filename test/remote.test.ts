@@ -224,6 +224,10 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     if (process.env.PGBART_TEST_TIMING) console.error(rchain.stdout.split('\n').filter((l) => /applied incremental|patched|restored \d+ files/.test(l)).join('\n'));
     assert.match(rchain.stdout, /patched \d+ files/, rchain.stdout);
     assert.ok(!existsSync(join(chainPath, droppedFile)), `${droppedFile} of the dropped table is removed`);
+    // Deleted rows left in pages past the end would be invisible: the length itself proves the truncation.
+    const shrunk = String(await cluster.scalar("SELECT pg_relation_filepath('tshrink')"));
+    assert.equal(statSync(join(chainPath, shrunk)).size, statSync(join(cluster.dataDir, shrunk)).size, 'the shrunk table is cut to its length at incr2');
+    assert.ok(statSync(join(chainPath, shrunk)).size < 20000 * 140, 'tshrink was shrunk by VACUUM');
     assert.equal(execFileSync('find', [chainPath, join(cluster.baseDir, 'ts-chain'), '-name', '*.pgbart-blocks'], { encoding: 'utf8' }), '', 'no scratch files left');
     assert.equal(statSync(join(chainPath, String(await cluster.scalar("SELECT pg_relation_filepath('tx')")))).uid, statSync(cluster.dataDir).uid, 'patched files belong to the ssh user');
     const chainRestored = await TestCluster.create({ version, dataDir: chainPath });
