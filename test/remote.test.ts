@@ -237,6 +237,24 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await chainRestored.destroy();
     removeTree(chainPath);
     removeTree(join(cluster.baseDir, 'ts-chain'));
+    // A damaged stored block of incr1 is caught on the BART host (its CRC-32C) before it is patched in
+    // there, and the remote restore is removed again.
+    const incr1Id = (await backups(setup, 'rem')).find((b) => b.name === 'incr1')!.id;
+    const incr1Dir = join(setup.backupPath, 'rem', incr1Id);
+    const patched = readFileSync(join(incr1Dir, 'manifest.jsonl'), 'utf8').split('\n').filter((l) => l.startsWith('{"f"'))
+      .map((l) => (JSON.parse(l) as { f: { archive: string; path: string; incr?: { runs: unknown[] } } }).f)
+      .find((f) => f.archive === 'base' && f.path.startsWith('base/') && (f.incr?.runs.length ?? 0) > 0)!;
+    const storedBlocks = join(incr1Dir, 'base', patched.path);
+    const good = readFileSync(storedBlocks);
+    const bad = Buffer.from(good);
+    bad[100] = bad[100]! ^ 0xff;
+    writeFileSync(storedBlocks, bad);
+    const damagedPath = join(cluster.baseDir, 'restored-damaged');
+    const damaged = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr2', '-p', damagedPath, '-r', `postgres@${sshd.alias}`, ...tsMap(join(cluster.baseDir, 'ts-damaged'))]);
+    writeFileSync(storedBlocks, good);
+    assert.notEqual(damaged.code, 0, damaged.stdout);
+    assert.match(damaged.stderr, new RegExp(`incremental backup ${incr1Id}: block \\d+ of "${patched.path}" has CRC \\w+, the manifest says \\w+ \\(damaged backup\\); nothing was left in`), damaged.stderr);
+    assert.ok(!existsSync(damagedPath) && !existsSync(join(cluster.baseDir, 'ts-damaged')));
 
     // 6. A non-empty remote path is refused before anything is written.
     const notEmpty = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
