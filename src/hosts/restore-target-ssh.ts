@@ -42,7 +42,7 @@ interface PendingPatch {
  * file is checked to exist, cut or extended to its length (dd of nothing with seek= truncates
  * there) and its ranges copied in place (conv=notrunc); then the scratch files are removed.
  */
-export function patchScript(patches: PendingPatch[]): string {
+function patchScript(patches: PendingPatch[]): string {
   const lines = [
     'e=$(mktemp "${TMPDIR:-/tmp}/pgbart-dd.XXXXXX") || exit 1',
     "trap 'rm -f \"$e\"' EXIT",
