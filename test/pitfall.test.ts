@@ -9,7 +9,7 @@ import { forkKey } from '../src/scanner/modified-block-map.js';
 import { TestCluster } from './harness/cluster.js';
 import { pgbenchInit, startWriter } from './harness/load.js';
 import { removeTree, runOk, testUserIds } from './harness/os.js';
-import { versionsUnderTest } from './harness/pg-binaries.js';
+import { DEBIAN_PG15_BIN, versionsUnderTest } from './harness/pg-binaries.js';
 import { contentSnapshot, createIncrementalSource, manifestEntries, relationPath, restoreAndCheck, takeBackup, tryBackup } from './incremental-support.js';
 import { freshPath, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
 
@@ -383,3 +383,41 @@ for (const version of pitfallVersions) {
     });
   });
 }
+
+// pg_checksums exists only as Debian's PostgreSQL 15 client tool, so this row runs on a 15 cluster.
+test('pitfall: data checksums enabled or disabled with pg_checksums between parent and child are refused', async () => {
+  const src = await createIncrementalSource(15);
+  const c = src.cluster;
+  const pgChecksums = async (action: '--enable' | '--disable') => {
+    await c.stop();
+    await runOk(join(DEBIAN_PG15_BIN, 'pg_checksums'), [action, '-D', c.dataDir], { asTestUser: true });
+    await c.start();
+  };
+  try {
+    await c.query("CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    await src.archiveCurrentWal();
+    // Checksums on (initdb -k), then turned off: the control file changes, no WAL says so.
+    const withChecksums = await takeBackup(src);
+    await pgChecksums('--disable');
+    await src.archiveCurrentWal();
+    let r = await tryBackup(src, ['--parent', withChecksums]);
+    assert.notEqual(r.code, 0, 'an incremental over checksums turned off is refused');
+    assert.match(r.stderr, new RegExp(`ERROR: +data checksums were turned off since parent backup ${withChecksums} .*take a new full backup`));
+    // Checksums off, then turned on: pg_checksums rewrites every page without WAL.
+    const withoutChecksums = await takeBackup(src);
+    await pgChecksums('--enable');
+    await src.archiveCurrentWal();
+    r = await tryBackup(src, ['--parent', withoutChecksums]);
+    assert.notEqual(r.code, 0, 'an incremental over checksums turned on is refused');
+    assert.match(r.stderr, new RegExp(`ERROR: +data checksums were turned on since parent backup ${withoutChecksums} .*take a new full backup`));
+    r = await tryBackup(src, ['--parent', withoutChecksums, '--check']);
+    assert.notEqual(r.code, 0, '--check reports it too');
+    // A new full backup is the way on: an incremental on top of it works.
+    const fresh = await takeBackup(src);
+    await c.query('UPDATE t SET v = v || \'x\' WHERE g < 100');
+    await src.archiveCurrentWal();
+    await takeBackup(src, fresh);
+  } finally {
+    await src.destroy();
+  }
+});

@@ -51,6 +51,12 @@ export interface BackupInfo {
   walBytes: number;
   serverVersionNum: number;
   systemIdentifier: string;
+  /**
+   * pg_control's data_page_checksum_version when the backup started (0 = off). Absent in backups
+   * taken before pgbart recorded it. pg_checksums rewrites every page without WAL, so an
+   * incremental whose parent differs here would restore stale pages: it is refused.
+   */
+  dataChecksumVersion?: number;
   walSegmentSize: number;
   /** `native` or `pg_basebackup`. */
   engine: string;
@@ -110,6 +116,7 @@ export function renderBackupInfo(info: BackupInfo): string {
   kv('WAL SIZE BYTES', info.walBytes);
   kv('SERVER VERSION NUM', info.serverVersionNum);
   kv('SYSTEM IDENTIFIER', info.systemIdentifier);
+  if (info.dataChecksumVersion !== undefined) kv('DATA CHECKSUM VERSION', info.dataChecksumVersion);
   kv('WAL SEGMENT SIZE', info.walSegmentSize);
   kv('ENGINE', info.engine);
   kv('THREAD COUNT', info.threadCount);
@@ -180,6 +187,7 @@ export function parseBackupInfo(text: string, source: string): BackupInfo {
     walBytes: Number(get('WAL SIZE BYTES')),
     serverVersionNum: Number(get('SERVER VERSION NUM')),
     systemIdentifier: get('SYSTEM IDENTIFIER'),
+    ...(optional('DATA CHECKSUM VERSION') !== undefined ? { dataChecksumVersion: Number(optional('DATA CHECKSUM VERSION')) } : {}),
     walSegmentSize: Number(get('WAL SEGMENT SIZE')),
     engine: get('ENGINE'),
     threadCount: Number(get('THREAD COUNT')),

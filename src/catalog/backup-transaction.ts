@@ -39,6 +39,8 @@ export interface ServerFacts {
   dataDirectory: string;
   walSegmentSize: number;
   systemIdentifier: string;
+  /** pg_control's data_page_checksum_version: 0 = data checksums off. */
+  dataChecksumVersion: number;
   tablespaces: TablespaceInfo[];
   estimatedBytes: number;
 }
@@ -81,6 +83,7 @@ export async function readServerFacts(client: pg.Client, server: ServerConfig): 
     dataDirectory: (await queryValue(client, 'SHOW data_directory'))!,
     walSegmentSize: Number(await queryValue(client, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")),
     systemIdentifier: (await queryValue(client, 'SELECT system_identifier::text FROM pg_control_system()'))!,
+    dataChecksumVersion: Number(await queryValue(client, 'SELECT data_page_checksum_version FROM pg_control_init()')),
     tablespaces: tablespaces.rows.map((r) => ({ oid: Number(r.oid), name: r.spcname, location: r.location })),
     estimatedBytes: Number(await queryValue(client, 'SELECT sum(pg_database_size(oid))::bigint FROM pg_database WHERE datallowconn OR true')),
   };
@@ -218,6 +221,7 @@ export async function runBackupTransaction(
       walBytes: 0,
       serverVersionNum: facts.versionNum,
       systemIdentifier: facts.systemIdentifier,
+      dataChecksumVersion: facts.dataChecksumVersion,
       walSegmentSize: facts.walSegmentSize,
       engine: request.engine,
       threadCount: request.threads,

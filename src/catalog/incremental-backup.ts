@@ -168,6 +168,26 @@ async function currentTimeline(ctx: BackupContext): Promise<number> {
   return Number(await queryValue(ctx.client, 'SELECT timeline_id FROM pg_control_checkpoint()'));
 }
 
+/**
+ * Refuses an incremental when data checksums were enabled or disabled since the parent:
+ * pg_checksums rewrites every page (or flips the control file) with the server stopped and writes
+ * no WAL, so the MBMs cannot show those pages as changed and the chain would restore the parent's
+ * pages under a control file that says otherwise (checksum failures, or worse).
+ */
+function checkDataChecksums(parent: BackupInfo, now: number): void {
+  if (parent.dataChecksumVersion === undefined) {
+    log.warning(`parent backup ${parent.id} does not record whether data checksums were on (taken by an older pgbart): if pg_checksums was run since, take a new full backup instead`);
+    return;
+  }
+  if (parent.dataChecksumVersion !== now) {
+    const state = (v: number) => (v === 0 ? 'off' : `on (version ${v})`);
+    throw new BartError(
+      `data checksums were turned ${now === 0 ? 'off' : 'on'} since parent backup ${parent.id} (checksums ${state(parent.dataChecksumVersion)} then, ${state(now)} now): ` +
+        'pg_checksums rewrites pages without WAL, so no incremental can capture it; take a new full backup',
+    );
+  }
+}
+
 /** The body of an incremental backup inside a backup transaction. */
 async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promise<BackupInfo> {
   const { config, server, request, client, facts, id, partialDir, info } = ctx;
@@ -178,6 +198,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
   if (Math.floor(facts.versionNum / 10000) !== Math.floor(p.serverVersionNum / 10000)) {
     throw new BartError(`parent backup ${p.id} was taken of PostgreSQL ${Math.floor(p.serverVersionNum / 10000)}, the server now runs ${facts.major}; take a new full backup`);
   }
+  checkDataChecksums(p, facts.dataChecksumVersion);
   if (facts.walSegmentSize !== p.walSegmentSize) throw new BartError(`parent backup ${p.id} has WAL segments of ${p.walSegmentSize} bytes, the server ${facts.walSegmentSize}; take a new full backup`);
   const parentState = await readRestoredState(parent.dir);
 
@@ -379,6 +400,7 @@ export async function checkIncremental(config: BartConfig, server: ServerConfig,
   try {
     const sysid = await queryValue(client, 'SELECT system_identifier::text FROM pg_control_system()');
     if (sysid !== parent.info.systemIdentifier) throw new BartError(`parent backup ${parent.info.id} was taken of another cluster (system identifier ${parent.info.systemIdentifier}, the server's is ${sysid})`);
+    checkDataChecksums(parent.info, Number(await queryValue(client, 'SELECT data_page_checksum_version FROM pg_control_init()')));
     const timeline = Number(await queryValue(client, 'SELECT timeline_id FROM pg_control_checkpoint()'));
     checkParentOnHistory(server.archivePath, parent.info, timeline);
     const segSize = parent.info.walSegmentSize;
