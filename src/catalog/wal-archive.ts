@@ -5,6 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
 import { parseArchiveFileName, type ArchiveFileName } from '../wal/segment-name.js';
 
@@ -155,6 +156,7 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
   try {
     const written = await writeSynced(createReadStream(sourcePath), tmp);
     if (written !== size) throw new BartError(`"${sourcePath}" changed while it was being archived (${size} bytes expected, ${written} read)`);
+    crashPoint('push:copied');
     try {
       await link(tmp, target);
     } catch (err) {
@@ -162,6 +164,7 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
       if (isErrnoError(err) && err.code === 'EEXIST') return await compareWithArchived(sourcePath, target);
       throw err;
     }
+    crashPoint('push:linked');
     await unlink(tmp);
     await fsyncDir(archiveDir);
     return 'archived';

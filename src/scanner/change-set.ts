@@ -1,13 +1,16 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { BartError } from '../util/errors.js';
+import { unlink } from 'node:fs/promises';
+import { BartError, errorMessage } from '../util/errors.js';
+import { log } from '../util/log.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
 import { DEFAULT_WAL_SEGMENT_SIZE, segmentName } from '../wal/segment-name.js';
 import { LONG_PAGE_HEADER_SIZE } from '../wal/wal-constants.js';
 import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
 import { readMbmFile } from './mbm-format.js';
 import { parseMbmFileName } from './mbm-name.js';
-import { forkKey, type ForkChanges, type MbmEvent } from './modified-block-map.js';
+import { forkKey, type ForkChanges, type MbmEvent, type ModifiedBlockMap } from './modified-block-map.js';
+import { findSegmentFile, scanWalFile } from './scan-wal-file.js';
 
 /** What to merge: the WAL records starting in [startLsn, endLsn) on `timeline`'s history. */
 export interface ChangeSetRequest {
@@ -111,6 +114,26 @@ export function segmentsOfRange(archivePath: string, req: ChangeSetRequest): Arr
 }
 
 /**
+ * Reads an MBM; when it is damaged (bit rot, a disk error: pgbart itself only ever renames complete,
+ * fsynced MBMs into place) and its WAL segment is still archived, the segment is scanned again and
+ * the rebuilt MBM replaces the damaged one. Without the WAL the damage is an error: nothing can
+ * vouch for that segment's changes.
+ */
+async function readMbmOrRescan(archivePath: string, path: string, segment: string): Promise<ModifiedBlockMap> {
+  try {
+    return await readMbmFile(path);
+  } catch (err) {
+    const wal = findSegmentFile(archivePath, segment);
+    if (!wal) throw new BartError(`${errorMessage(err)}; its WAL segment ${segment} is no longer archived, so it cannot be rebuilt: take a new full backup`);
+    log.warning(`${errorMessage(err)}; scanning WAL segment ${segment} again to rebuild it`);
+    const r = await scanWalFile(wal);
+    if (r.status !== 'written') throw new BartError(`${errorMessage(err)}; rescanning ${segment} needs WAL segment ${r.nextSegment}, which is not archived`);
+    if (r.mbmPath !== path) await unlink(path).catch(() => undefined);
+    return r.map;
+  }
+}
+
+/**
  * Merges the MBMs covering the WAL records that start in [startLsn, endLsn) on the given
  * timeline's history into one change set. Segments without an MBM are reported in
  * `missingSegments` (never silently skipped): the caller scans them or refuses the backup.
@@ -133,7 +156,7 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
       continue;
     }
     const path = join(archivePath, file);
-    const m = await readMbmFile(path);
+    const m = await readMbmOrRescan(archivePath, path, seg.name);
     if (m.segmentSize !== segSize) throw new BartError(`MBM file "${path}" was made for WAL segments of ${m.segmentSize} bytes, not ${segSize}`);
     if (cs.systemId === undefined) cs.systemId = m.systemId;
     else if (m.systemId !== cs.systemId) throw new BartError(`MBM file "${path}" belongs to another cluster (system identifier ${m.systemId}, expected ${cs.systemId})`);

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { crashPoint } from '../util/crash-point.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { segmentName } from '../wal/segment-name.js';
 import { collectEvents, mayCarryEvent, type WalEvent } from '../wal/relation-events.js';
@@ -126,6 +127,10 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
     events: builder.events,
   };
   const mbmPath = join(opts.outDir ?? dirname(path), mbmFileName(map.timeline, map.startLsn, map.endLsn));
-  if (!opts.dryRun) await writeFileAtomic(mbmPath, encodeMbm(map), 0o600);
+  if (!opts.dryRun) {
+    crashPoint('scan:decoded');
+    await writeFileAtomic(mbmPath, encodeMbm(map), 0o600);
+    crashPoint('scan:mbm-written');
+  }
   return { status: 'written', mbmPath, map };
 }
