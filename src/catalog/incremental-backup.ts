@@ -276,7 +276,10 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
       await copyTreeIncremental(blockHost, ts.location, String(ts.oid), writer, parallelism, decide, pending, stats);
       if (request.format === 'plain') await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
-    const stop = await session.stop();
+    log.debug('incremental: data files copied');
+    // pg_backup_stop(wait_for_archive) polls once a second; the WAL waits below poll every 25 ms.
+    const stop = await session.stop(false);
+    log.debug('incremental: backup mode ended');
     const label = parseBackupLabel(stop.labelFile);
     const now = Date.now();
     const made = (path: string, data: string): [HostEntry, { data: Buffer }] => [
@@ -316,6 +319,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
       if (!name.endsWith('.history')) walFiles.push(name);
     }
 
+    log.debug('incremental: WAL stored');
     let storedBytes = 0;
     let dataBytes = 0;
     for (const writer of writers) {
