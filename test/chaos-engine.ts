@@ -1,6 +1,7 @@
 import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestCluster } from './harness/cluster.js';
+import { prng } from './harness/prng.js';
 import { removeTree, run, testUserIds } from './harness/os.js';
 import { clientTool } from './harness/pg-binaries.js';
 import { contentSnapshot, createIncrementalSource } from './incremental-support.js';
@@ -29,18 +30,6 @@ export interface ChaosResult {
   maxDepth: number;
   restorePoints: number;
   restores: number;
-}
-
-/** A small, fast, seedable PRNG (mulberry32): the same seed replays the same run. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 interface Table {

@@ -5,22 +5,11 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { versionsUnderTest, REPO_ROOT } from './harness/pg-binaries.js';
 import { removeTree, testUserIds, type RunResult } from './harness/os.js';
+import { prng as rng } from './harness/prng.js';
 import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
 
 const version = versionsUnderTest()[0]!;
 const SEED = Number(process.env.PGBART_CRASH_SEED ?? 20261124);
-
-/** Small seeded PRNG (mulberry32): a failing sequence can be replayed with PGBART_CRASH_SEED. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** One kill: a bart command and the crash point it must reach (none: BACKUP killed from outside). */
 interface Kill {

@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
+import { prng as rng } from './harness/prng.js';
 import { chownSync } from 'node:fs';
 import { WalDecoder } from '../src/wal/wal-decoder.js';
 import { WalDecodeError } from '../src/wal/wal-decode-error.js';
@@ -23,19 +24,6 @@ function signature(r: WalRecord): string {
   return `${r.buffer.readUInt32LE(r.offset + 20)}:${r.totalLength}:${r.blockCount}:${r.blockCount > 0 ? r.blockNo[0] : -1}`;
 }
 
-/** Deterministic PRNG (mulberry32), so a failure can be replayed from the printed seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Decodes the first segment, finishing its last record from the second (as the scanner does). */
 /**
  * Decodes the first segment, finishing its last record from the second (as the scanner does).
  * With `prefix`, only the first `prefix` bytes of the first segment, ending there as WAL would
