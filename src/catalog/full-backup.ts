@@ -1,25 +1,21 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, stat, symlink } from 'node:fs/promises';
+import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { DataHost, HostEntry } from '../hosts/data-host.js';
-import { LocalHost } from '../hosts/local-host.js';
-import { BackupSession, parseBackupLabel } from '../postgres/backup-session.js';
+import { BackupSession } from '../postgres/backup-session.js';
 import { backupEntries } from '../postgres/data-directory.js';
 import { WalStreamer } from '../postgres/wal-streamer.js';
 import { compressionExtension } from '../storage/compression.js';
-import type { CompressTask } from '../storage/compress-worker.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import { PosixRepository } from '../storage/repository.js';
-import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
 import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
 import { Progress } from '../util/progress.js';
 import { WorkerPool } from '../util/worker-pool.js';
-import type { ArchiveWriter, ArchiveWriterSettings, EntryContent, UnitCompressor } from './archive-writer.js';
+import type { ArchiveWriter, ArchiveWriterSettings, EntryContent } from './archive-writer.js';
+import { addStopFiles, finishBackup, poolCompressor, storeBackupWal } from './backup-finish.js';
 import type { BackupInfo } from './backup-info.js';
-import { runBackupTransaction, waitForArchivedWal, type BackupContext, type BackupRequest } from './backup-transaction.js';
+import { runBackupTransaction, type BackupContext, type BackupRequest } from './backup-transaction.js';
 import { PLAIN_BASE_DIR, tarName, MANIFEST_FILE } from './layout.js';
 import { ManifestWriter, type ManifestFileEntry } from './manifest.js';
 import { PgBackupManifestWriter } from './pg-backup-manifest.js';
@@ -56,15 +52,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
   let filePool: WorkerPool<FileCopyResult> | undefined;
   try {
     if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
-    const compress: UnitCompressor = pool
-      ? async (unit) => {
-          // A unit that owns its whole ArrayBuffer is handed over as it is; others are copied.
-          const owned = unit.byteOffset === 0 && unit.byteLength === unit.buffer.byteLength && !(unit.buffer instanceof SharedArrayBuffer);
-          const copy = owned ? new Uint8Array(unit.buffer, 0, unit.byteLength) : Uint8Array.from(unit);
-          const task: CompressTask = { method: request.compression, level: request.level, data: copy };
-          return Buffer.from(await pool!.run(task, [copy.buffer]));
-        }
-      : async (unit) => unit;
+    const compress = poolCompressor(pool, request.compression, request.level);
     if (request.format === 'plain') {
       filePool = new WorkerPool<FileCopyResult>(new URL('../storage/file-copy-worker.js', import.meta.url), request.threads);
     }
@@ -130,81 +118,17 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     // sleeps a full second between checks.
     const stop = await session.stop(false);
     phase('backup mode stopped');
-    const label = parseBackupLabel(stop.labelFile);
-    const now = Date.now();
-    const made = (path: string, data: string): [HostEntry, { data: Buffer }] => [
-      { path, type: 'file', size: Buffer.byteLength(data), mode: 0o600, mtimeMs: now },
-      { data: Buffer.from(data) },
-    ];
-    await base.add(...made('backup_label', stop.labelFile));
-    if (stop.tablespaceMap !== '') await base.add(...made('tablespace_map', stop.tablespaceMap));
-
-    // The WAL from start to stop makes the backup consistent on its own.
-    const segSize = facts.walSegmentSize;
-    const stopLsn = parseLsn(stop.stopLsn);
-    const lastSegNo = (stopLsn - 1n) / BigInt(segSize);
-    const firstSegNo = segmentNumberFromName(label.startWalFile, segSize);
-    const stopWalFile = segmentName(label.timeline, lastSegNo, segSize);
-    const walFiles: string[] = [];
-    let walBytes = 0;
-    const walWriterHost = new LocalHost();
-    const walNames: string[] = [];
-    if (label.timeline > 1) {
-      const history = `${label.timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
-      if (existsSync(join(server.archivePath, history))) walNames.push(history);
-    }
-    const streamed = streamer ? await streamer.finish(stopLsn) : [];
-    if (streamer) walNames.push(...streamed.filter((n) => segmentNumberFromName(n, segSize) >= firstSegNo));
-    else for (let seg = firstSegNo; seg <= lastSegNo; seg++) walNames.push(segmentName(label.timeline, seg, segSize));
-    for (const name of walNames) {
-      const path = streamed.includes(name) ? join(partialDir, STREAM_DIR, name) : await waitForArchivedWal(server.archivePath, name, 600_000);
-      const entryPath = `pg_wal/${name}`;
-      if (path.endsWith('.gz')) {
-        const data = gunzipSync(await readFile(path));
-        await base.add({ path: entryPath, type: 'file', size: data.length, mode: 0o600, mtimeMs: now }, { data });
-        walBytes += data.length;
-      } else {
-        const size = (await stat(path)).size;
-        await base.add({ path: entryPath, type: 'file', size, mode: 0o600, mtimeMs: now }, { host: walWriterHost, path });
-        walBytes += size;
-      }
-      if (!name.endsWith('.history')) walFiles.push(name);
-    }
-
-    phase('WAL stored');
-    let storedBytes = 0;
-    let dataBytes = 0;
-    for (const writer of writers) {
-      const result = await writer.finish();
-      storedBytes += result.storedBytes;
-      dataBytes += result.dataBytes;
-      if (result.artifact) {
-        await manifest.addArtifact(result.artifact);
-        info.artifactChecksums.push({ file: result.artifact.artifact, checksum: result.artifact.checksum });
-      }
-    }
-    writers.length = 0;
-    await sinkChain;
-    const stopTime = new Date();
-    const done: BackupInfo = {
-      ...info,
-      status: 'active',
-      sizeBytes: storedBytes,
-      dataBytes,
-      timeline: label.timeline,
-      startWalFile: label.startWalFile,
-      stopWalFile,
-      startLsn: label.startLsn,
+    const label = await addStopFiles(base, stop);
+    const wal = await storeBackupWal(base, {
+      archivePath: server.archivePath,
+      label,
       stopLsn: stop.stopLsn,
-      checkpointLsn: label.checkpointLsn,
-      walFiles,
-      walBytes,
-      stopTime,
-    };
-    delete done.pid;
-    const { status: _status, ...recorded } = done;
-    await manifest.addInfo({ ...recorded, startTime: done.startTime.toISOString(), stopTime: done.stopTime.toISOString() });
-    await manifest.finish();
+      segmentSize: facts.walSegmentSize,
+      timeoutMs: 600_000,
+      ...(streamer ? { streamed: { dir: join(partialDir, STREAM_DIR), names: await streamer.finish(parseLsn(stop.stopLsn)) } } : {}),
+    });
+    phase('WAL stored');
+    const done = await finishBackup({ writers, manifest, info, label, stopLsn: stop.stopLsn, wal, manifestLinesWritten: () => sinkChain });
     manifest = undefined;
     if (pgManifest) {
       await pgManifest.finish(label.timeline, label.startLsn, stop.stopLsn);

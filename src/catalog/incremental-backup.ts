@@ -1,27 +1,24 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, stat, symlink } from 'node:fs/promises';
+import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { HostEntry } from '../hosts/data-host.js';
-import { LocalHost } from '../hosts/local-host.js';
-import { BackupSession, parseBackupLabel } from '../postgres/backup-session.js';
+import { BackupSession } from '../postgres/backup-session.js';
 import { connect, queryValue } from '../postgres/connection.js';
 import { backupEntries } from '../postgres/data-directory.js';
 import { forkKey } from '../scanner/modified-block-map.js';
 import { indexMbmFiles, segmentsOfRange, type ChangeSet } from '../scanner/change-set.js';
 import { findSegmentFile } from '../scanner/scan-wal-file.js';
 import { compressionExtension } from '../storage/compression.js';
-import type { CompressTask } from '../storage/compress-worker.js';
 import { PosixRepository } from '../storage/repository.js';
-import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
+import { segmentName } from '../wal/segment-name.js';
 import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
 import { formatLsn, parseLsn } from '../util/lsn.js';
 import { WorkerPool } from '../util/worker-pool.js';
-import type { ArchiveWriter, ArchiveWriterSettings, UnitCompressor } from './archive-writer.js';
+import type { ArchiveWriter, ArchiveWriterSettings } from './archive-writer.js';
+import { addStopFiles, finishBackup, poolCompressor, storeBackupWal } from './backup-finish.js';
 import type { BackupInfo } from './backup-info.js';
 import { runBackupTransaction, waitForArchivedWal, type BackupContext, type BackupRequest } from './backup-transaction.js';
 import { findBackup, listBackups, type CatalogEntry } from './catalog.js';
@@ -208,14 +205,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
   const blockHost = new BlockSourceHost(ctx.host, Math.max(1, Math.min(server.batchSize, MAX_BATCH_BLOCKS)));
   try {
     if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
-    const compress: UnitCompressor = pool
-      ? async (unit) => {
-          const copy = new Uint8Array(unit.length);
-          copy.set(unit);
-          const task: CompressTask = { method: request.compression, level: request.level, data: copy };
-          return Buffer.from(await pool!.run(task, [copy.buffer]));
-        }
-      : async (unit) => unit;
+    const compress = poolCompressor(pool, request.compression, request.level);
     const settings: ArchiveWriterSettings = {
       compression: request.compression,
       checksum: request.checksum,
@@ -280,78 +270,11 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     // pg_backup_stop(wait_for_archive) polls once a second; the WAL waits below poll every 25 ms.
     const stop = await session.stop(false);
     log.debug('incremental: backup mode ended');
-    const label = parseBackupLabel(stop.labelFile);
-    const now = Date.now();
-    const made = (path: string, data: string): [HostEntry, { data: Buffer }] => [
-      { path, type: 'file', size: Buffer.byteLength(data), mode: 0o600, mtimeMs: now },
-      { data: Buffer.from(data) },
-    ];
-    await base.add(...made('backup_label', stop.labelFile));
-    if (stop.tablespaceMap !== '') await base.add(...made('tablespace_map', stop.tablespaceMap));
-
+    const label = await addStopFiles(base, stop);
     // As in a full backup, the WAL from start to stop makes this backup consistent on its own.
-    const segSize = facts.walSegmentSize;
-    const stopLsn = parseLsn(stop.stopLsn);
-    const lastSegNo = (stopLsn - 1n) / BigInt(segSize);
-    const firstSegNo = segmentNumberFromName(label.startWalFile, segSize);
-    const stopWalFile = segmentName(label.timeline, lastSegNo, segSize);
-    const walFiles: string[] = [];
-    let walBytes = 0;
-    const walHost = new LocalHost();
-    const walNames: string[] = [];
-    if (label.timeline > 1) {
-      const history = `${label.timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
-      if (existsSync(join(server.archivePath, history))) walNames.push(history);
-    }
-    for (let seg = firstSegNo; seg <= lastSegNo; seg++) walNames.push(segmentName(label.timeline, seg, segSize));
-    for (const name of walNames) {
-      const path = await waitForArchivedWal(server.archivePath, name, 60_000);
-      const entryPath = `pg_wal/${name}`;
-      if (path.endsWith('.gz')) {
-        const data = gunzipSync(await readFile(path));
-        await base.add({ path: entryPath, type: 'file', size: data.length, mode: 0o600, mtimeMs: now }, { data });
-        walBytes += data.length;
-      } else {
-        const size = (await stat(path)).size;
-        await base.add({ path: entryPath, type: 'file', size, mode: 0o600, mtimeMs: now }, { host: walHost, path });
-        walBytes += size;
-      }
-      if (!name.endsWith('.history')) walFiles.push(name);
-    }
-
+    const wal = await storeBackupWal(base, { archivePath: server.archivePath, label, stopLsn: stop.stopLsn, segmentSize: facts.walSegmentSize, timeoutMs: 60_000 });
     log.debug('incremental: WAL stored');
-    let storedBytes = 0;
-    let dataBytes = 0;
-    for (const writer of writers) {
-      const result = await writer.finish();
-      storedBytes += result.storedBytes;
-      dataBytes += result.dataBytes;
-      if (result.artifact) {
-        await manifest.addArtifact(result.artifact);
-        info.artifactChecksums.push({ file: result.artifact.artifact, checksum: result.artifact.checksum });
-      }
-    }
-    writers.length = 0;
-    await sinkChain;
-    const done: BackupInfo = {
-      ...info,
-      status: 'active',
-      sizeBytes: storedBytes,
-      dataBytes,
-      timeline: label.timeline,
-      startWalFile: label.startWalFile,
-      stopWalFile,
-      startLsn: label.startLsn,
-      stopLsn: stop.stopLsn,
-      checkpointLsn: label.checkpointLsn,
-      walFiles,
-      walBytes,
-      stopTime: new Date(),
-    };
-    delete done.pid;
-    const { status: _status, ...recorded } = done;
-    await manifest.addInfo({ ...recorded, startTime: done.startTime.toISOString(), stopTime: done.stopTime.toISOString() });
-    await manifest.finish();
+    const done = await finishBackup({ writers, manifest, info, label, stopLsn: stop.stopLsn, wal, manifestLinesWritten: () => sinkChain });
     manifest = undefined;
     if (request.format === 'plain') await repository.syncTree(partialDir);
     log.info(
