@@ -34,3 +34,22 @@ test('compression units: random (stored) and compressible chunks, concatenated, 
     assert.ok(viaTool.equals(Buffer.concat(parts)), `${method}: ${TOOLS[method]![0]} -d reads ${compressionExtension(method)} units`);
   }
 });
+
+test('LZ4 frames written by the lz4 tool (independent or linked blocks, checksums, content size) decode when fed in odd-sized pieces', async () => {
+  const data = Buffer.from(randomBytes(3_000_000).toString('base64'));
+  for (const opts of [['-B4'], ['-BD', '-B4'], ['-BD', '-B7', '--content-size'], ['-B5', '-BX']]) {
+    const framed = execFileSync('lz4', ['-q', '-c', ...opts], { input: data, maxBuffer: 64 * 1024 * 1024 });
+    const d = createDecompressor('lz4');
+    const out: Buffer[] = [];
+    d.on('data', (c: Buffer) => out.push(c));
+    const done = new Promise((resolve, reject) => {
+      d.on('end', resolve);
+      d.on('error', reject);
+    });
+    // A prime-sized piece at a time: blocks and frame headers straddle every boundary.
+    for (let at = 0; at < framed.length; at += 7919) d.write(framed.subarray(at, at + 7919));
+    d.end();
+    await done;
+    assert.ok(Buffer.concat(out).equals(data), `lz4 ${opts.join(' ')}`);
+  }
+});

@@ -87,6 +87,13 @@ export function createDecompressor(method: CompressionMethod): Transform {
 /** Streaming decoder for LZ4 frames (independent blocks, as {@link compressChunk} writes them and `lz4` does by default). */
 class Lz4FrameDecoder extends Transform {
   private pending: Buffer = Buffer.alloc(0);
+  /**
+   * Input not yet joined to `pending`. A block usually spans many input chunks; joining each chunk
+   * as it comes copied a 1 MiB block ~8 times over (64 KiB chunks), so they are joined once, when a
+   * block is complete.
+   */
+  private queued: Buffer[] = [];
+  private queuedBytes = 0;
   private inFrame = false;
   private blockChecksum = false;
   /** Blocks that may refer to the previous 64 KB of output (pg_basebackup and `lz4` write these). */
@@ -95,7 +102,8 @@ class Lz4FrameDecoder extends Transform {
   private contentChecksum = false;
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    this.queued.push(chunk);
+    this.queuedBytes += chunk.length;
     try {
       this.drain();
       cb();
@@ -105,41 +113,52 @@ class Lz4FrameDecoder extends Transform {
   }
 
   override _flush(cb: TransformCallback): void {
-    if (this.pending.length !== 0 || this.inFrame) cb(new Error('truncated LZ4 stream'));
+    if (this.pending.length !== 0 || this.queuedBytes !== 0 || this.inFrame) cb(new Error('truncated LZ4 stream'));
     else cb();
+  }
+
+  /** True when at least `n` bytes are available, joined in `pending`. */
+  private have(n: number): boolean {
+    if (this.pending.length >= n) return true;
+    if (this.pending.length + this.queuedBytes < n) return false;
+    this.pending = Buffer.concat([this.pending, ...this.queued]);
+    this.queued = [];
+    this.queuedBytes = 0;
+    return true;
   }
 
   private drain(): void {
     for (;;) {
-      const buf = this.pending;
       if (!this.inFrame) {
-        if (buf.length < 7) return;
+        if (!this.have(7)) return;
+        const buf = this.pending;
         if (buf.readUInt32LE(0) !== LZ4_MAGIC) throw new Error('not an LZ4 frame (bad magic number)');
         const flg = buf[4]!;
         const hasContentSize = (flg & 0x08) !== 0;
         const hasDictId = (flg & 0x01) !== 0;
         const headerLen = 7 + (hasContentSize ? 8 : 0) + (hasDictId ? 4 : 0);
-        if (buf.length < headerLen) return;
+        if (!this.have(headerLen)) return;
         this.linked = (flg & 0x20) === 0;
         this.history = Buffer.alloc(0);
         this.blockChecksum = (flg & 0x10) !== 0;
         this.contentChecksum = (flg & 0x04) !== 0;
-        this.pending = buf.subarray(headerLen);
+        this.pending = this.pending.subarray(headerLen);
         this.inFrame = true;
         continue;
       }
-      if (buf.length < 4) return;
-      const word = buf.readUInt32LE(0);
+      if (!this.have(4)) return;
+      const word = this.pending.readUInt32LE(0);
       if (word === 0) {
         const tail = 4 + (this.contentChecksum ? 4 : 0);
-        if (buf.length < tail) return;
-        this.pending = buf.subarray(tail);
+        if (!this.have(tail)) return;
+        this.pending = this.pending.subarray(tail);
         this.inFrame = false;
         continue;
       }
       const size = word & 0x7fffffff;
       const total = 4 + size + (this.blockChecksum ? 4 : 0);
-      if (buf.length < total) return;
+      if (!this.have(total)) return;
+      const buf = this.pending;
       const body = buf.subarray(4, 4 + size);
       if (this.linked) {
         const out = word & 0x80000000 ? Buffer.from(body) : decodeLz4Block(body, this.history);
@@ -147,7 +166,8 @@ class Lz4FrameDecoder extends Transform {
         const keep = Buffer.concat([this.history, out]);
         this.history = keep.length > 65536 ? Buffer.from(keep.subarray(keep.length - 65536)) : keep;
       } else if (word & 0x80000000) {
-        this.push(Buffer.from(body));
+        // A stored block: pass it on as it is (nothing writes into pending's memory later).
+        this.push(body);
       } else {
         const withSize = Buffer.allocUnsafe(size + 4);
         withSize.writeUInt32LE(MAX_CHUNK, 0);
