@@ -58,7 +58,16 @@ export class TarArchiveWriter implements ArchiveWriter {
       } else {
         const file = content ? await content.host.open(content.path) : undefined;
         try {
-          await readPieces(file, entry.size, () => this.settings.unitSize, hash, (p) => this.pushBytes(p));
+          // The first piece fills the current unit exactly, so every later piece is a whole unit on its
+          // own: no unit of a large file needs to be copied together from two pieces.
+          const unitSize = this.settings.unitSize;
+          let first = true;
+          const pieceSize = () => {
+            const room = first ? unitSize - (this.pieceBytes % unitSize) : unitSize;
+            first = false;
+            return room;
+          };
+          await readPieces(file, entry.size, pieceSize, hash, (p) => this.pushBytes(p));
         } finally {
           await file?.close();
         }
