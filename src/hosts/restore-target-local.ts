@@ -4,6 +4,7 @@ import { access, chmod, chown, lchown, lstat, mkdir, open, readFile, readdir, re
 import { dirname, join } from 'node:path';
 import { isErrnoError } from '../util/errors.js';
 import { fsyncDir } from '../util/fs-atomic.js';
+import { SyncFlushBehind } from '../util/flush-behind.js';
 import { LocalHost } from './local-host.js';
 import { SshRestoreTarget } from './restore-target-ssh.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from './restore-target.js';
@@ -33,11 +34,16 @@ async function existingAncestor(path: string): Promise<string> {
  * blocking write costs nothing and saves a thread-pool round trip per chunk.
  */
 class LocalFileWriter implements TargetFileWriter {
-  constructor(private fd: number | undefined) {}
+  private readonly flushBehind: SyncFlushBehind | undefined;
+
+  constructor(private fd: number | undefined) {
+    if (fd !== undefined) this.flushBehind = new SyncFlushBehind(fd);
+  }
 
   async write(chunk: Uint8Array): Promise<void> {
     let done = 0;
     while (done < chunk.length) done += writeSync(this.fd!, chunk, done, chunk.length - done);
+    this.flushBehind?.wrote(chunk.length);
   }
 
   async finish(): Promise<void> {

@@ -1,6 +1,7 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
+import { SyncFlushBehind } from '../util/flush-behind.js';
 import { compressChunk, type CompressionMethod } from './compression.js';
 
 /** Copy one file of this host into the repository, hashing (and compressing) it on the way. */
@@ -46,6 +47,7 @@ function copy(task: FileCopyTask): FileCopyResult {
     if (!isMissing(err)) throw err; // dropped while we copied: WAL replay recreates what matters
   }
   const dst = openSync(task.target, 'wx', 0o600);
+  const flushBehind = new SyncFlushBehind(dst);
   let stored = 0;
   try {
     const buf = Buffer.allocUnsafe(Math.min(task.chunk, Math.max(task.size, 1)));
@@ -64,6 +66,7 @@ function copy(task: FileCopyTask): FileCopyResult {
       hash?.update(piece);
       const out = task.method === 'none' ? piece : compressChunk(task.method, task.level, piece);
       writeAll(dst, out);
+      flushBehind.wrote(out.length);
       stored += out.length;
       position += want;
     }
@@ -72,7 +75,7 @@ function copy(task: FileCopyTask): FileCopyResult {
       writeAll(dst, empty);
       stored += empty.length;
     }
-    // No fsync here: the backup fsyncs every file at the end, many at a time (Repository.syncTree).
+    // No final fsync here: the backup fsyncs every file at the end, many at a time (Repository.syncTree).
   } finally {
     closeSync(dst);
     if (src !== undefined) closeSync(src);
