@@ -4,7 +4,7 @@ import { access, chmod, chown, lchown, lstat, mkdir, open, readFile, readdir, re
 import { dirname, join } from 'node:path';
 import { isErrnoError } from '../util/errors.js';
 import { fsyncDir } from '../util/fs-atomic.js';
-import { SyncFlushBehind } from '../util/flush-behind.js';
+import { FlushBehind } from '../util/flush-behind.js';
 import { LocalHost } from './local-host.js';
 import { SshRestoreTarget } from './restore-target-ssh.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from './restore-target.js';
@@ -34,21 +34,22 @@ async function existingAncestor(path: string): Promise<string> {
  * blocking write costs nothing and saves a thread-pool round trip per chunk.
  */
 class LocalFileWriter implements TargetFileWriter {
-  private readonly flushBehind: SyncFlushBehind | undefined;
+  private readonly flushBehind: FlushBehind | undefined;
 
   constructor(private fd: number | undefined) {
-    if (fd !== undefined) this.flushBehind = new SyncFlushBehind(fd);
+    if (fd !== undefined) this.flushBehind = new FlushBehind(fd);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
     let done = 0;
     while (done < chunk.length) done += writeSync(this.fd!, chunk, done, chunk.length - done);
-    this.flushBehind?.wrote(chunk.length);
+    await this.flushBehind?.wrote(chunk.length);
   }
 
   async finish(): Promise<void> {
     const fd = this.fd!;
     this.fd = undefined;
+    await this.flushBehind?.drain();
     // No fsync here: one syncfs per file system at the end (syncTree) is far cheaper than one per file.
     closeSync(fd);
   }
@@ -57,6 +58,7 @@ class LocalFileWriter implements TargetFileWriter {
     if (this.fd === undefined) return;
     const fd = this.fd;
     this.fd = undefined;
+    await this.flushBehind?.drain();
     try {
       closeSync(fd);
     } catch {

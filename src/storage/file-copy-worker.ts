@@ -1,7 +1,7 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
-import { SyncFlushBehind } from '../util/flush-behind.js';
+import { FlushBehind } from '../util/flush-behind.js';
 import { compressChunk, type CompressionMethod } from './compression.js';
 
 /** Copy one file of this host into the repository, hashing (and compressing) it on the way. */
@@ -38,7 +38,7 @@ function writeAll(fd: number, data: Uint8Array): void {
  * (SHA-256 at ~1.8 GB/s per core) and compression belong off the main thread so that
  * `thread_count` really means cores at work.
  */
-function copy(task: FileCopyTask): FileCopyResult {
+async function copy(task: FileCopyTask): Promise<FileCopyResult> {
   const hash = task.hash ? createHash(task.hash) : undefined;
   let src: number | undefined;
   try {
@@ -47,7 +47,7 @@ function copy(task: FileCopyTask): FileCopyResult {
     if (!isMissing(err)) throw err; // dropped while we copied: WAL replay recreates what matters
   }
   const dst = openSync(task.target, 'wx', 0o600);
-  const flushBehind = new SyncFlushBehind(dst);
+  const flushBehind = new FlushBehind(dst);
   let stored = 0;
   try {
     const buf = Buffer.allocUnsafe(Math.min(task.chunk, Math.max(task.size, 1)));
@@ -66,7 +66,7 @@ function copy(task: FileCopyTask): FileCopyResult {
       hash?.update(piece);
       const out = task.method === 'none' ? piece : compressChunk(task.method, task.level, piece);
       writeAll(dst, out);
-      flushBehind.wrote(out.length);
+      await flushBehind.wrote(out.length);
       stored += out.length;
       position += want;
     }
@@ -77,15 +77,16 @@ function copy(task: FileCopyTask): FileCopyResult {
     }
     // No final fsync here: the backup fsyncs every file at the end, many at a time (Repository.syncTree).
   } finally {
+    await flushBehind.drain();
     closeSync(dst);
     if (src !== undefined) closeSync(src);
   }
   return { ...(hash ? { checksum: hash.digest('hex') } : {}), storedSize: stored };
 }
 
-parentPort!.on('message', (task: FileCopyTask) => {
+parentPort!.on('message', async (task: FileCopyTask) => {
   try {
-    parentPort!.postMessage({ ok: true, value: copy(task) });
+    parentPort!.postMessage({ ok: true, value: await copy(task) });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     parentPort!.postMessage({ ok: false, error: e.code === 'ENOSPC' ? 'ENOSPC: no space left on device' : e.message });

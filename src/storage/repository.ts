@@ -1,7 +1,7 @@
 import { open, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BartError, errorMessage } from '../util/errors.js';
-import { FLUSH_EVERY_BYTES } from '../util/flush-behind.js';
+import { FlushBehind } from '../util/flush-behind.js';
 
 /** A file being written into the backup repository. */
 export interface RepositoryOutput {
@@ -26,11 +26,11 @@ export interface Repository {
 }
 
 class PosixOutput implements RepositoryOutput {
-  private unflushed = 0;
-  /** The background fdatasync under way, if any (at most one). */
-  private flushing: Promise<void> | undefined;
+  private readonly flushBehind: FlushBehind;
 
-  constructor(private readonly handle: FileHandle) {}
+  constructor(private readonly handle: FileHandle) {
+    this.flushBehind = new FlushBehind(handle.fd);
+  }
 
   async write(data: Buffer): Promise<void> {
     let offset = 0;
@@ -38,25 +38,17 @@ class PosixOutput implements RepositoryOutput {
       const { bytesWritten } = await this.handle.write(data, offset, data.length - offset);
       offset += bytesWritten;
     }
-    this.unflushed += data.length;
-    if (this.unflushed >= FLUSH_EVERY_BYTES && !this.flushing) {
-      this.unflushed = 0;
-      // Early writeback (see FLUSH_EVERY_BYTES), not awaited: the disk writes while we go on reading
-      // and compressing. An error here shows up again in the final fsync of close(), which is awaited.
-      this.flushing = this.handle.datasync().catch(() => undefined).finally(() => {
-        this.flushing = undefined;
-      });
-    }
+    await this.flushBehind.wrote(data.length);
   }
 
   async close(durable = true): Promise<void> {
-    await this.flushing;
+    await this.flushBehind.drain();
     if (durable) await this.handle.sync();
     await this.handle.close();
   }
 
   async abort(): Promise<void> {
-    await this.flushing;
+    await this.flushBehind.drain();
     await this.handle.close().catch(() => undefined);
   }
 }

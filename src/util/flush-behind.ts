@@ -1,4 +1,4 @@
-import { fdatasyncSync } from 'node:fs';
+import { fdatasync } from 'node:fs';
 
 /**
  * Bytes written to one file between early flushes. On a machine with much memory the kernel starts
@@ -9,19 +9,31 @@ import { fdatasyncSync } from 'node:fs';
 export const FLUSH_EVERY_BYTES = 64 * 1024 * 1024;
 
 /**
- * Counts the bytes written to a file descriptor and fdatasyncs it every {@link FLUSH_EVERY_BYTES},
- * for writers that block anyway (worker threads): that worker waits for its share of the disk while
- * the others go on. Durability still comes from the final fsync; this only spreads the writeback.
+ * Counts the bytes written to a file descriptor and starts an fdatasync of it in the background
+ * every {@link FLUSH_EVERY_BYTES}, at most one at a time: the writer goes on while the disk writes.
+ * Durability still comes from the caller's final fsync; this only spreads the writeback. Call
+ * {@link drain} before closing the descriptor.
  */
-export class SyncFlushBehind {
+export class FlushBehind {
   private unflushed = 0;
+  private flushing: Promise<void> | undefined;
 
   constructor(private readonly fd: number) {}
 
-  wrote(bytes: number): void {
+  /** Records `bytes` written; resolves at once unless the previous flush must finish first. */
+  async wrote(bytes: number): Promise<void> {
     this.unflushed += bytes;
     if (this.unflushed < FLUSH_EVERY_BYTES) return;
+    await this.flushing;
     this.unflushed = 0;
-    fdatasyncSync(this.fd);
+    // A failure here is not reported: the final fsync, which the caller awaits, meets it again.
+    this.flushing = new Promise<void>((resolve) => fdatasync(this.fd, () => resolve())).finally(() => {
+      this.flushing = undefined;
+    });
+  }
+
+  /** Waits for the flush under way, if any. */
+  async drain(): Promise<void> {
+    await this.flushing;
   }
 }
