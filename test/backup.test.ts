@@ -134,6 +134,15 @@ for (const version of versionsUnderTest()) {
       for (const id of ids) assert.match(list.stdout, new RegExp(`${id}\\s+none\\s+none.*active`));
       const json = JSON.parse((await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json'])).stdout) as { id: string; status: string }[];
       assert.deepEqual(json.map((b) => b.id).sort(), ids.sort());
+      // BART's list format, under its short and long option names.
+      for (const flag of ['-t', '--toggle']) {
+        const detail = await fx.setup.bart(['show-backups', '-s', fx.server, '-i', ids[0]!, flag]);
+        assert.equal(detail.code, 0, detail.stderr);
+        assert.match(detail.stdout, new RegExp(`^BACKUP ID\\s*: ${ids[0]}$`, 'm'));
+        assert.match(detail.stdout, /^BACKUP STATUS\s*: active$/m);
+        assert.match(detail.stdout, /^FIRST WAL FILE\s*: [0-9A-F]{24}$/m);
+        assert.equal((detail.stdout.match(/^SERVER NAME/gm) ?? []).length, 1, 'only the backup asked for');
+      }
       const ok = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server]);
       assert.equal(ok.code, 0, ok.stdout + ok.stderr);
       assert.equal((ok.stdout.match(/ OK/g) ?? []).length, combinations.length + 1);

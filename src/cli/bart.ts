@@ -120,10 +120,13 @@ function buildProgram(): Command {
     .description('list backups')
     .option('-s, --server <name>', 'server name or all')
     .option('-i, --backupid <id>', 'backup id, name or all')
-    .option('-t, --show-all', 'one detailed block per backup')
+    .option('-t, --toggle', 'one detailed block per backup (BART\'s list format)')
+    // Earlier pgbart releases spelled the long form --show-all; still accepted.
+    .addOption(new Option('--show-all').hideHelp())
     .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'))
-    .action(async (o: { server?: string; backupid?: string; showAll?: boolean; output: string }) => {
-      await withContext(program, async (ctx) => (await import('../commands/show-backups.js')).showBackups(ctx, o), { quiet: o.output === 'json' });
+    .action(async (o: { server?: string; backupid?: string; toggle?: boolean; showAll?: boolean; output: string }) => {
+      const opts = { ...o, showAll: o.toggle === true || o.showAll === true };
+      await withContext(program, async (ctx) => (await import('../commands/show-backups.js')).showBackups(ctx, opts), { quiet: o.output === 'json' });
     });
 
   program
