@@ -145,6 +145,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const localRestore = join(localParent, 'restored');
     const lr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', localRestore, '-c', ...tsMap(join(localParent, 'ts'))]);
     assert.equal(lr.code, 0, lr.stderr);
+    assert.match(lr.stdout + lr.stderr, new RegExp(`restoring on this host .*add -r postgres@${sshd.alias}`), 'a local restore of a remote server says where it goes');
     execFileSync('chown', ['-R', 'postgres:', localRestore, join(localParent, 'ts')]);
     const local = await TestCluster.create({ version, dataDir: localRestore });
     cleanups.push(async () => {

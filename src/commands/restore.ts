@@ -399,6 +399,11 @@ async function restorePlan(plan: Plan, options: RestoreOptions, target: RestoreT
   const { info, path } = plan;
   log.info(`restoring backup ${info.id}${info.name ? ` (${info.name})` : ''} of server ${plan.server.name}: ${info.format} format, compression ${info.compression}, ${plan.scan.totalFiles} files, ${formatBytes(plan.scan.totalBytes)}`);
   log.info(`restore path: ${path}; recovery target: ${plan.target.description}${plan.target.timeline ? `, timeline ${plan.target.timeline}` : ''}`);
+  const dbHost = plan.server.remoteHost;
+  if (!plan.remote && dbHost) {
+    // BART restored to remote_host when -r was left out; pgbart restores where it is told (-r), so say where this goes.
+    log.info(`restoring on this host (the BART host); to restore on the database host, add -r ${dbHost.user}@${dbHost.host}`);
+  }
 
   const controller = new AbortController();
   const onSignal = () => controller.abort();
