@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from './harness/backup-fixture.js';
@@ -169,6 +169,26 @@ for (const version of versionsUnderTest()) {
       assert.match(bad.stdout, new RegExp(`${tarId}\\s+FAILED`));
       assert.equal((bad.stdout.match(/ OK/g) ?? []).length, combinations.length + 1 - 2);
     });
+
+    if (version <= 15) {
+      test('--with-pg_basebackup: when pg_basebackup fails, the error shows its error line, not its last words', async () => {
+        // The real pg_basebackup, told to stream WAL from a slot that does not exist: it fails once the
+        // copy has begun, prints its error, then "removing data directory ...".
+        const wrapper = join(fx.cluster.baseDir, 'pg_basebackup-no-slot');
+        writeFileSync(wrapper, `#!/bin/sh\nexec ${clientTool('pg_basebackup')} "$@" -X stream -S pgbart_no_such_slot\n`, { mode: 0o755 });
+        const cfg = readFileSync(fx.setup.configPath, 'utf8');
+        fx.setup.writeConfig(cfg.replace(/^pg_basebackup_path = .*$/m, `pg_basebackup_path = ${wrapper}`));
+        try {
+          const before_ = readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => /^\d+$/.test(n));
+          const r = await fx.setup.bart(['BACKUP', '-s', fx.server, '--with-pg_basebackup']);
+          assert.notEqual(r.code, 0);
+          assert.match(r.stderr, /ERROR: +pg_basebackup failed \(exit 1\): pg_basebackup: error: .*pgbart_no_such_slot/);
+          assert.deepEqual(readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => /^\d+$/.test(n)), before_, 'no backup looks complete');
+        } finally {
+          fx.setup.writeConfig(cfg);
+        }
+      });
+    }
   });
 }
 

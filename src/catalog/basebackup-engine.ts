@@ -43,14 +43,28 @@ function compressionArgs(opts: FullBackupOptions, major: number): string[] {
   return ['-Z', String(opts.level)];
 }
 
+/** What to do about the errors pg_basebackup is known for. */
+function basebackupHint(errorLine: string | undefined): string {
+  if (errorLine && /has already been removed/.test(errorLine)) {
+    return ' (the server recycled WAL the backup still needed: raise wal_keep_size on the server, or set xlog_method = stream, or use the native engine, which takes WAL from the archive)';
+  }
+  return '';
+}
+
 /** Runs pg_basebackup; its progress and errors go to the log, never a password to argv. */
 function runBasebackup(path: string, args: string[]): Promise<void> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGAPPNAME: 'pgbart pg_basebackup' } });
     let lastLines = '';
+    // The line that says what went wrong: pg_basebackup's last words are usually only
+    // "removing data directory ...", printed after its error.
+    let errorLine: string | undefined;
     const collect = (d: Buffer) => {
       const text = d.toString();
-      for (const line of text.split('\n').filter((l) => l.trim() !== '')) log.debug(`pg_basebackup: ${line}`);
+      for (const line of text.split('\n').filter((l) => l.trim() !== '')) {
+        log.debug(`pg_basebackup: ${line}`);
+        if (errorLine === undefined && /\b(error|FATAL|ERROR):/.test(line)) errorLine = line.trim();
+      }
       lastLines = (lastLines + text).split('\n').slice(-5).join('\n');
     };
     child.stdout!.on('data', collect);
@@ -58,7 +72,7 @@ function runBasebackup(path: string, args: string[]): Promise<void> {
     child.on('error', (err) => reject(new BartError(`cannot run ${path}: ${err.message}`)));
     child.on('close', (code) => {
       if (code === 0) resolvePromise();
-      else reject(new BartError(`pg_basebackup failed (exit ${code}): ${lastLines.trim().split('\n').pop() ?? ''}`));
+      else reject(new BartError(`pg_basebackup failed (exit ${code}): ${errorLine ?? lastLines.trim().split('\n').pop() ?? ''}${basebackupHint(errorLine)}`));
     });
   });
 }
