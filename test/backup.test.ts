@@ -52,7 +52,10 @@ for (const version of versionsUnderTest()) {
     let static_: Record<string, string>;
 
     before(async () => {
-      fx = await createBackupFixture({ version, serverExtra: { thread_count: '2' } });
+      // pg_basebackup -X fetch collects the WAL at the end from pg_wal: a timed checkpoint during a
+      // slow run (this suite backs up under writes) would recycle it. Its documented requirement:
+      // wal_keep_size large enough (the native engine takes WAL from the archive instead).
+      fx = await createBackupFixture({ version, serverExtra: { thread_count: '2' }, conf: { wal_keep_size: '1GB' } });
       tsDir = makeTempDir('ts');
       await pgbenchInit(fx.cluster, 3);
       await fx.cluster.query(`CREATE TABLESPACE ts1 LOCATION '${tsDir}'`);
