@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { runChaos } from './chaos-engine.js';
+import { runChaos } from './harness/chaos-engine.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 
 // The short, fixed-seed run of the randomized correctness suite (the long one: npm run test:chaos).

@@ -13,9 +13,9 @@ import { after, before, describe, test } from 'node:test';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { testUserIds, type RunResult } from './harness/os.js';
 import type { TestCluster } from './harness/cluster.js';
-import { contentSnapshot, createIncrementalSource, restoreAndCheck, takeBackup } from './incremental-support.js';
-import { freshPath, type RestoreSource } from './restore-support.js';
-import { scannerPid } from './scanner-helpers.js';
+import { contentSnapshot, createIncrementalSource, restoreAndCheck, takeBackup } from './harness/incremental.js';
+import { freshPath, type RestoreSource } from './harness/restore.js';
+import { scannerPid } from './harness/scanner.js';
 
 const version = versionsUnderTest()[0]!;
 const SEGMENT_RE = /^[0-9A-F]{24}$/;

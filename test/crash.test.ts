@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { versionsUnderTest, REPO_ROOT } from './harness/pg-binaries.js';
 import { removeTree, testUserIds, type RunResult } from './harness/os.js';
 import { prng as rng } from './harness/prng.js';
-import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
+import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
 
 const version = versionsUnderTest()[0]!;
 const SEED = Number(process.env.PGBART_CRASH_SEED ?? 20261124);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
-import { LocalRestoreTarget } from '../src/hosts/restore-target-local.js';
+import { LocalRestoreTarget } from '../src/hosts/local/restore-target.js';
 import type { FileCopyResult } from '../src/storage/file-copy-worker.js';
 import { PosixRepository } from '../src/storage/repository.js';
 import { WorkerPool } from '../src/util/worker-pool.js';

@@ -12,10 +12,10 @@ import { crc32c } from '@node-rs/crc32';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { prng as rng } from './harness/prng.js';
 import { chownSync } from 'node:fs';
-import { WalDecoder } from '../src/wal/wal-decoder.js';
-import { WalDecodeError } from '../src/wal/wal-decode-error.js';
-import type { WalRecord } from '../src/wal/wal-record.js';
-import { makeArchivedWal } from './wal-fixture.js';
+import { WalDecoder } from '../src/wal/decoder.js';
+import { WalDecodeError } from '../src/wal/decode-error.js';
+import type { WalRecord } from '../src/wal/record.js';
+import { makeArchivedWal } from './harness/wal-fixture.js';
 
 const SEG = 16 * 1024 * 1024;
 

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pgbenchInit } from './harness/load.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
-import { contentSnapshot, createIncrementalSource, manifestEntries, restoreAndCheck, takeBackup, tryBackup } from './incremental-support.js';
-import type { RestoreSource } from './restore-support.js';
+import { contentSnapshot, createIncrementalSource, manifestEntries, restoreAndCheck, takeBackup, tryBackup } from './harness/incremental.js';
+import type { RestoreSource } from './harness/restore.js';
 
 for (const version of versionsUnderTest()) {
   describe(`incremental backups, PostgreSQL ${version}`, { concurrency: false }, () => {

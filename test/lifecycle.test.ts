@@ -6,7 +6,7 @@ import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, wat
 import { join } from 'node:path';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { removeTree, testUserIds } from './harness/os.js';
-import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
+import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
 
 const version = versionsUnderTest()[0]!;
 const DAY = 86_400_000;

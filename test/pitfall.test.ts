@@ -3,15 +3,15 @@ import { chownSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync } fro
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { ChangeSet } from '../src/scanner/change-set.js';
-import { selectBlocks } from '../src/catalog/incremental-backup.js';
-import type { RestoredState } from '../src/catalog/incremental-chain.js';
+import { selectBlocks } from '../src/backup/incremental-backup.js';
+import type { RestoredState } from '../src/catalog/chain.js';
 import { forkKey } from '../src/scanner/modified-block-map.js';
 import { TestCluster } from './harness/cluster.js';
 import { pgbenchInit, startWriter } from './harness/load.js';
 import { removeTree, runOk, testUserIds } from './harness/os.js';
 import { DEBIAN_PG15_BIN, versionsUnderTest } from './harness/pg-binaries.js';
-import { contentSnapshot, createIncrementalSource, manifestEntries, relationPath, restoreAndCheck, takeBackup, tryBackup } from './incremental-support.js';
-import { freshPath, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
+import { contentSnapshot, createIncrementalSource, manifestEntries, relationPath, restoreAndCheck, takeBackup, tryBackup } from './harness/incremental.js';
+import { freshPath, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
 
 /**
  * One named test per row of ../shared/incremental-pitfalls.md. Each takes an incremental on top of

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { TestCluster } from './harness/cluster.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { removeTree } from './harness/os.js';
-import { batches, createRestoreSource, freshPath, startRestored, waitPaused, waitPromoted, type RestoreSource } from './restore-support.js';
+import { batches, createRestoreSource, freshPath, startRestored, waitPaused, waitPromoted, type RestoreSource } from './harness/restore.js';
 
 /** What the source recorded right after committing one batch of rows. */
 interface Commit {

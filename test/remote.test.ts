@@ -9,7 +9,7 @@ import { TestCluster } from './harness/cluster.js';
 import { removeTree, run, runOk, type RunResult } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
-import { explainSshFailure } from '../src/hosts/ssh-errors.js';
+import { explainSshFailure } from '../src/hosts/ssh/errors.js';
 import { tarFileHeader } from '../src/storage/tar-header.js';
 
 const BART = BART_TEST_USER;

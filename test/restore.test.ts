@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { pgbenchInit, startWriter, tableFingerprints } from './harness/load.js';
 import { removeTree, runOk, testUserIds } from './harness/os.js';
-import { createRestoreSource, freshPath, snapshot, startRestored, waitPromoted, type RestoreSource } from './restore-support.js';
+import { createRestoreSource, freshPath, snapshot, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
 
 for (const version of versionsUnderTest()) {
   describe(`RESTORE on PostgreSQL ${version}`, () => {

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chainRoot, evaluateRetention, windowStart, withDescendants, type RetentionBackup } from '../src/catalog/retention.js';
-import { planWalCleanup } from '../src/catalog/wal-retention.js';
-import { retentionNow } from '../src/catalog/retention-clock.js';
+import { chainRoot, evaluateRetention, windowStart, withDescendants, type RetentionBackup } from '../src/retention/retention.js';
+import { planWalCleanup } from '../src/retention/wal-cleanup.js';
+import { retentionNow } from '../src/retention/clock.js';
 import { parseRetentionPolicy } from '../src/config/retention-policy.js';
 import { BartError } from '../src/util/errors.js';
 

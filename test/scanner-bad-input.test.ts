@@ -12,9 +12,9 @@ import { createBartSetup } from './harness/bart.js';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { decodeWalFiles } from '../src/wal/decode-files.js';
 import { parseMbmFileName } from '../src/scanner/mbm-name.js';
-import { makeArchivedWal } from './wal-fixture.js';
-import { waitFor } from './wal-workload.js';
-import { bartScanner, killScanner } from './scanner-helpers.js';
+import { makeArchivedWal } from './harness/wal-fixture.js';
+import { waitFor } from './harness/wal-workload.js';
+import { bartScanner, killScanner } from './harness/scanner.js';
 
 const SEG = 16 * 1024 * 1024;
 

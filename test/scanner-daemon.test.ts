@@ -12,13 +12,13 @@ import { versionsUnderTest } from './harness/pg-binaries.js';
 import { createBartSetup, serverSection } from './harness/bart.js';
 import { testUserIds } from './harness/os.js';
 import { loadChangeSet, isBlockModified, type ChangeSet } from '../src/scanner/change-set.js';
-import { isScannerRunning, requestMbms } from '../src/scanner/scanner-client.js';
+import { isScannerRunning, requestMbms } from '../src/scanner/client.js';
 import { loadConfig } from '../src/config/parse-config.js';
 import { forkKey } from '../src/scanner/modified-block-map.js';
 import { parseLsn, type Lsn } from '../src/util/lsn.js';
 import { parseMbmFileName } from '../src/scanner/mbm-name.js';
-import { archiveCommand, runVariedWorkload, waitFor } from './wal-workload.js';
-import { bartScanner, killScanner, scannerPid } from './scanner-helpers.js';
+import { archiveCommand, runVariedWorkload, waitFor } from './harness/wal-workload.js';
+import { bartScanner, killScanner, scannerPid } from './harness/scanner.js';
 
 interface RelInfo { spc: number; db: number; rel: number }
 

@@ -12,7 +12,7 @@ import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { ensureMbms } from '../src/scanner/ensure-mbms.js';
 import { isBlockModified, loadChangeSet } from '../src/scanner/change-set.js';
 import { formatLsn, parseLsn, type Lsn } from '../src/util/lsn.js';
-import { archiveCommand, waitFor } from './wal-workload.js';
+import { archiveCommand, waitFor } from './harness/wal-workload.js';
 
 async function lsn(c: TestCluster): Promise<Lsn> {
   return parseLsn(String(await c.scalar('SELECT pg_current_wal_insert_lsn()::text')));

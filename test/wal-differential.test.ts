@@ -13,10 +13,10 @@ import { clientTool } from './harness/pg-binaries.js';
 import { makeTempDir, removeTree, runOk, run } from './harness/os.js';
 import { decodeWalFiles } from '../src/wal/decode-files.js';
 import { collectEvents, mayCarryEvent, type RelFileId, type WalEvent } from '../src/wal/relation-events.js';
-import { FORK_NAMES } from '../src/wal/wal-constants.js';
-import { lsnText } from '../src/wal/wal-decoder.js';
+import { FORK_NAMES } from '../src/wal/constants.js';
+import { lsnText } from '../src/wal/decoder.js';
 import { formatLsn, parseLsn } from '../src/util/lsn.js';
-import { archiveCommand, inDir, runVariedWorkload, waitFor, walFileNames } from './wal-workload.js';
+import { archiveCommand, inDir, runVariedWorkload, waitFor, walFileNames } from './harness/wal-workload.js';
 
 /** One record as "LSN|blkref;blkref..." in pg_waldump's notation. */
 function waldumpRecords(output: string): string[] {

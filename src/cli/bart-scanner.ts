@@ -19,9 +19,9 @@ import { bootstrap } from './bootstrap.js';
 import { readMbmFile } from '../scanner/mbm-format.js';
 import { mbmToJson, mbmToText } from '../scanner/mbm-print.js';
 import { scanWalFile } from '../scanner/scan-wal-file.js';
-import { ScannerDaemon } from '../scanner/scanner-daemon.js';
-import { isScannerRunning } from '../scanner/scanner-client.js';
-import { scannerPidPath } from '../scanner/scanner-paths.js';
+import { ScannerDaemon } from '../scanner/daemon.js';
+import { isScannerRunning } from '../scanner/client.js';
+import { scannerPidPath } from '../scanner/paths.js';
 
 const USAGE = `Usage: bart-scanner [-d] [-c CONFIG] { --daemon | -p <mbm_file> [--output json] | <wal_file> | RELOAD | STOP }
 

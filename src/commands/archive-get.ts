@@ -1,4 +1,4 @@
-import { getWalFile } from '../catalog/wal-archive.js';
+import { getWalFile } from '../archive/wal-archive.js';
 import { log } from '../util/log.js';
 import { selectOneServer, type CommandContext } from './context.js';
 

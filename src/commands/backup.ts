@@ -1,9 +1,9 @@
 import { backupNameProblem, expandBackupName } from '../config/backup-name.js';
 import type { ServerConfig } from '../config/types.js';
 import { renderBackupInfo, type ChecksumAlgorithm } from '../catalog/backup-info.js';
-import { takeBasebackup } from '../catalog/basebackup-engine.js';
-import { takeFullBackup, type FullBackupOptions } from '../catalog/full-backup.js';
-import { checkIncremental, takeIncrementalBackup } from '../catalog/incremental-backup.js';
+import { takeBasebackup } from '../backup/basebackup-engine.js';
+import { takeFullBackup, type FullBackupOptions } from '../backup/full-backup.js';
+import { checkIncremental, takeIncrementalBackup } from '../backup/incremental-backup.js';
 import { defaultCompressionLevel, type CompressionMethod } from '../storage/compression.js';
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';

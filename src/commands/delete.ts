@@ -1,8 +1,8 @@
-import { acquireServerLock } from '../catalog/backup-lock.js';
+import { acquireServerLock } from '../catalog/lock.js';
 import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { serverCatalogDir } from '../catalog/layout.js';
-import { backupLabel, childrenFirst, entryWithDescendants, planWalRemoval, removeFromCatalog } from '../catalog/obsolete.js';
-import { chainRoot } from '../catalog/retention.js';
+import { backupLabel, childrenFirst, entryWithDescendants, planWalRemoval, removeFromCatalog } from '../retention/obsolete.js';
+import { chainRoot } from '../retention/retention.js';
 import type { ServerConfig } from '../config/types.js';
 import { crashPoint } from '../util/crash-point.js';
 import { BartError } from '../util/errors.js';

@@ -1,4 +1,4 @@
-import { acquireServerLock } from '../catalog/backup-lock.js';
+import { acquireServerLock } from '../catalog/lock.js';
 import { serverCatalogDir } from '../catalog/layout.js';
 import { rebuildBackupInfos } from '../catalog/rebuild-backupinfo.js';
 import { errorMessage } from '../util/errors.js';

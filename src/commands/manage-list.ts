@@ -1,8 +1,8 @@
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { formatRetentionPolicy } from '../config/retention-policy.js';
 import { listBackups } from '../catalog/catalog.js';
-import { entryWithDescendants, obsoleteTargets, planWalRemoval } from '../catalog/obsolete.js';
-import { findLeftovers, type LeftoverKind } from '../catalog/obsolete-leftovers.js';
+import { entryWithDescendants, obsoleteTargets, planWalRemoval } from '../retention/obsolete.js';
+import { findLeftovers, type LeftoverKind } from '../retention/leftovers.js';
 import { formatBytes, formatTimestamp } from '../util/format.js';
 import { log } from '../util/log.js';
 

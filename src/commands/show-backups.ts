@@ -1,7 +1,7 @@
 import type { ServerConfig } from '../config/types.js';
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
-import { walUsageByBackup, type BackupWalUsage } from '../catalog/backup-wal.js';
-import { chainProblem } from '../catalog/incremental-chain.js';
+import { walUsageByBackup, type BackupWalUsage } from '../catalog/wal-usage.js';
+import { chainProblem } from '../catalog/chain.js';
 import { log } from '../util/log.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes, formatTable, formatTimestamp } from '../util/format.js';

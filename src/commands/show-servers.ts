@@ -1,6 +1,6 @@
 import { join, relative, isAbsolute } from 'node:path';
-import { diskUsage } from '../catalog/disk-usage.js';
-import { countArchivedSegments } from '../catalog/wal-archive.js';
+import { diskUsage } from '../util/disk-usage.js';
+import { countArchivedSegments } from '../archive/wal-archive.js';
 import { formatRetentionPolicy } from '../config/retention-policy.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { withConnection } from '../postgres/connection.js';

@@ -1,5 +1,5 @@
 import { listBackups } from '../catalog/catalog.js';
-import { chainProblem } from '../catalog/incremental-chain.js';
+import { chainProblem } from '../catalog/chain.js';
 import { verifyBackup } from '../catalog/verify-backup.js';
 import { BartError } from '../util/errors.js';
 import { formatTable } from '../util/format.js';

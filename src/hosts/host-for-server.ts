@@ -1,7 +1,7 @@
 import type { ServerConfig } from '../config/types.js';
 import type { DataHost } from './data-host.js';
-import { LocalHost } from './local-host.js';
-import { SshDataHost } from './ssh-data-host.js';
+import { LocalHost } from './local/data-host.js';
+import { SshDataHost } from './ssh/data-host.js';
 
 /**
  * The host where a server's data directory lives: this one, or `remote_host` over ssh (as

@@ -5,7 +5,7 @@ import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
 import { DEFAULT_WAL_SEGMENT_SIZE, segmentName } from '../wal/segment-name.js';
-import { LONG_PAGE_HEADER_SIZE } from '../wal/wal-constants.js';
+import { LONG_PAGE_HEADER_SIZE } from '../wal/constants.js';
 import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
 import { readMbmFile } from './mbm-format.js';
 import { parseMbmFileName } from './mbm-name.js';

@@ -1,6 +1,6 @@
-import { FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM } from '../wal/wal-constants.js';
+import { FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM } from '../wal/constants.js';
 import type { RelFileId, WalEvent } from '../wal/relation-events.js';
-import type { WalRecord } from '../wal/wal-record.js';
+import type { WalRecord } from '../wal/record.js';
 
 /** Changes to one relation fork file within a WAL range. */
 export interface ForkChanges {

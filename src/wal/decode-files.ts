@@ -1,6 +1,6 @@
-import { loadWalFile, walFileSegNo } from './wal-file.js';
-import { WalDecoder } from './wal-decoder.js';
-import type { WalRecord } from './wal-record.js';
+import { loadWalFile, walFileSegNo } from './file.js';
+import { WalDecoder } from './decoder.js';
+import type { WalRecord } from './record.js';
 
 /** Summary of decoding a run of WAL files. */
 export interface DecodeFilesResult {

@@ -1,5 +1,5 @@
-import { RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID, RM_XLOG_ID } from './wal-constants.js';
-import type { WalRecord } from './wal-record.js';
+import { RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID, RM_XLOG_ID } from './constants.js';
+import type { WalRecord } from './record.js';
 
 /** A relation file identity: tablespace, database and relfilenode (RelFileNode / RelFileLocator). */
 export interface RelFileId {

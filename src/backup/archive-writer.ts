@@ -1,0 +1,119 @@
+import type { Hash } from 'node:crypto';
+import { createRequire } from 'node:module';
+import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
+import type { CompressionMethod } from '../storage/compression.js';
+import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
+import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
+import type { ManifestArtifact, ManifestFileEntry } from '../catalog/manifest.js';
+
+const require = createRequire(import.meta.url);
+const { Xxh64 } = require('@node-rs/xxhash') as { Xxh64: new (seed?: bigint) => { update(d: Uint8Array): unknown; digest(): bigint } };
+
+/** Compresses one unit; identity for `none`. Provided by the engine (a worker pool or inline). */
+export type UnitCompressor = (unit: Buffer) => Promise<Buffer>;
+
+/** Receives every completed manifest entry, in archive order. */
+export type EntrySink = (entry: ManifestFileEntry) => Promise<void>;
+
+/** Byte-level output of an archive (a file in the repository); see src/storage. */
+export interface ArchiveOutput {
+  write(data: Buffer): Promise<void>;
+  /** Flushes to stable storage and closes. */
+  close(): Promise<void>;
+}
+
+/** Settings shared by the archive writers of one backup. */
+export interface ArchiveWriterSettings {
+  compression: CompressionMethod;
+  /** Compression level (gzip/zstd); the method's default when absent. */
+  level?: number;
+  checksum: ChecksumAlgorithm;
+  compress: UnitCompressor;
+  /** How many units may be compressing at once (bounds memory: each is at most unitSize). */
+  maxInFlight: number;
+  /** Uncompressed bytes per unit. */
+  unitSize: number;
+  /**
+   * Copies a whole file of this host into the repository in a worker thread (plain format):
+   * returns its checksum and stored size. Absent: files stream through the main thread.
+   */
+  copyLocalFile?: (task: FileCopyTask) => Promise<FileCopyResult>;
+}
+
+/** The checksum of stored artifacts: xxh64, fast enough to never slow a backup down. */
+export function artifactHasher(): { update(d: Uint8Array): void; hex(): string } {
+  const h = new Xxh64(0n);
+  return {
+    update: (d) => {
+      h.update(d);
+    },
+    hex: () => 'xxh64:' + h.digest().toString(16).padStart(16, '0'),
+  };
+}
+
+/**
+ * Reads a file's `size` bytes in pieces, hashing as it goes, with the next read already under way
+ * while a piece is processed; pads with zeros if the file shrank.
+ */
+export async function readPieces(
+  file: HostFile | undefined,
+  size: number,
+  pieceSize: (remaining: number) => number,
+  hash: Hash | undefined,
+  onPiece: (piece: Buffer) => Promise<void>,
+): Promise<void> {
+  let eof = file === undefined;
+  const readOne = async (position: number, want: number): Promise<Buffer> => {
+    const buf = Buffer.allocUnsafe(want);
+    let got = 0;
+    while (!eof && got < want) {
+      const n = await file!.read(buf, got, want - got, position + got);
+      if (n === 0) eof = true;
+      got += n;
+    }
+    // A relation truncated under us (VACUUM) reads short; the tar header already promised `size`
+    // bytes, and WAL replay from the backup start restores the real content, as with pg_basebackup.
+    if (got < want) buf.fill(0, got);
+    return buf;
+  };
+  let position = 0;
+  let want = Math.min(size, pieceSize(size));
+  let pending = size > 0 ? readOne(0, want) : undefined;
+  while (pending) {
+    const buf = await pending;
+    position += want;
+    pending = undefined;
+    if (position < size) {
+      want = Math.min(size - position, pieceSize(size - position));
+      pending = readOne(position, want);
+      pending.catch(() => undefined); // handled when awaited; never an unhandled rejection meanwhile
+    }
+    hash?.update(buf);
+    await onPiece(buf);
+  }
+}
+
+/** Manifest entry for a host entry (without checksum or offsets). */
+export function manifestEntryFor(entry: HostEntry, archive: string): ManifestFileEntry {
+  return {
+    path: entry.path,
+    archive,
+    type: entry.type,
+    size: entry.type === 'file' ? entry.size : 0,
+    mode: entry.mode,
+    mtime: Math.floor(entry.mtimeMs / 1000),
+    ...(entry.linkTarget !== undefined ? { linkTarget: entry.linkTarget } : {}),
+  };
+}
+
+/** Source of an entry's content: a file on a host, or bytes we made (backup_label, tablespace_map). */
+export type EntryContent = { host: DataHost; path: string } | { data: Buffer };
+
+/** Writes entries of one archive (`base` or a tablespace) into the backup. */
+export interface ArchiveWriter {
+  add(entry: HostEntry, content?: EntryContent): Promise<void>;
+  /** Completes the archive; returns its stored artifact (tar) or undefined (plain). */
+  finish(): Promise<{ artifact?: ManifestArtifact; storedBytes: number; dataBytes: number }>;
+  /** Releases resources after a failure. */
+  abort(): Promise<void>;
+}

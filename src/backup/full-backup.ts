@@ -1,0 +1,231 @@
+import { mkdir, rm, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BartConfig, ServerConfig } from '../config/types.js';
+import type { DataHost, HostEntry } from '../hosts/data-host.js';
+import { BackupSession } from '../postgres/backup-session.js';
+import { backupEntries } from '../postgres/data-directory.js';
+import { WalStreamer } from '../postgres/wal-streamer.js';
+import { compressionExtension } from '../storage/compression.js';
+import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
+import { PosixRepository } from '../storage/repository.js';
+import { log } from '../util/log.js';
+import { parseLsn } from '../util/lsn.js';
+import { Progress } from '../util/progress.js';
+import { WorkerPool } from '../util/worker-pool.js';
+import type { ArchiveWriter, ArchiveWriterSettings, EntryContent } from './archive-writer.js';
+import { addStopFiles, finishBackup, poolCompressor, storeBackupWal } from './finish.js';
+import type { BackupInfo } from '../catalog/backup-info.js';
+import { runBackupTransaction, type BackupContext, type BackupRequest } from './transaction.js';
+import { PLAIN_BASE_DIR, tarName, MANIFEST_FILE } from '../catalog/layout.js';
+import { ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
+import { PgBackupManifestWriter } from './pg-backup-manifest.js';
+import { PlainArchiveWriter } from './plain-archive-writer.js';
+import { TarArchiveWriter } from './tar-archive-writer.js';
+
+/** How to take a full backup (already validated by the command). */
+export type FullBackupOptions = Omit<BackupRequest, 'engine' | 'parent'>;
+
+/** Where xlog_method = stream writes WAL inside the partial backup before it goes into pg_wal/. */
+const STREAM_DIR = 'wal-stream';
+
+/** Uncompressed bytes per compression unit: large enough to compress well, small enough to bound memory. */
+const UNIT_SIZE = 1024 * 1024;
+
+/**
+ * Takes a full backup of one server with the native engine: non-exclusive backup mode held in one
+ * session, the data directory and tablespaces copied through a {@link DataHost}, compressed by a
+ * worker pool, the WAL from start to stop fetched from the archive into the backup; the whole is
+ * written under `<id>.partial` until it is complete and durable (see runBackupTransaction).
+ */
+export async function takeFullBackup(config: BartConfig, server: ServerConfig, opts: FullBackupOptions): Promise<BackupInfo> {
+  return runBackupTransaction(config, server, { ...opts, engine: 'native' }, nativeFullBackup);
+}
+
+/** The native engine's work inside a backup transaction. */
+async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
+  const { server, request, client, facts, host, id, partialDir, info } = ctx;
+  let pool: WorkerPool<Uint8Array> | undefined;
+  const writers: ArchiveWriter[] = [];
+  let manifest: ManifestWriter | undefined;
+  let pgManifest: PgBackupManifestWriter | undefined;
+  let streamer: WalStreamer | undefined;
+  let filePool: WorkerPool<FileCopyResult> | undefined;
+  try {
+    if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
+    const compress = poolCompressor(pool, request.compression, request.level);
+    if (request.format === 'plain') {
+      filePool = new WorkerPool<FileCopyResult>(new URL('../storage/file-copy-worker.js', import.meta.url), request.threads);
+    }
+    const settings: ArchiveWriterSettings = {
+      compression: request.compression,
+      level: request.level,
+      checksum: request.checksum,
+      compress,
+      maxInFlight: Math.max(2, request.threads * 2),
+      unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
+      ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool!, task) } : {}),
+    };
+    manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
+      manifest: 'pgbart', version: 1, server: server.name, id, format: request.format, compression: request.compression, checksumAlgorithm: request.checksum,
+    });
+    const repository = new PosixRepository();
+    const progress = new Progress(`backup ${server.name}`, facts.estimatedBytes);
+    // Manifest lines are appended one at a time even when plain writers finish files concurrently.
+    let sinkChain: Promise<void> = Promise.resolve();
+    const sinkFor = (archive: string) => (entry: ManifestFileEntry) => {
+      progress.add(entry.size);
+      sinkChain = sinkChain.then(async () => {
+        await manifest!.addFile(entry);
+        if (pgManifest && entry.type === 'file') {
+          const path = archive === 'base' ? entry.path : `pg_tblspc/${archive}/${entry.path}`;
+          await pgManifest.addFile(path, entry.size, entry.mtime, entry.checksum);
+        }
+      });
+      return sinkChain;
+    };
+    const ext = compressionExtension(request.compression);
+    const makeWriter = async (archive: string): Promise<ArchiveWriter> => {
+      const writer = request.format === 'tar'
+        ? new TarArchiveWriter(tarName(archive, ext), archive, await repository.createOutput(join(partialDir!, tarName(archive, ext))), settings, sinkFor(archive))
+        : new PlainArchiveWriter(join(partialDir!, archive === 'base' ? PLAIN_BASE_DIR : archive), archive, repository, settings, sinkFor(archive));
+      writers.push(writer);
+      return writer;
+    };
+    if (request.format === 'plain' && request.compression === 'none') {
+      await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
+      pgManifest = await PgBackupManifestWriter.create(join(partialDir, PLAIN_BASE_DIR, 'backup_manifest'), request.checksum);
+    }
+
+    if (server.xlogMethod === 'stream') {
+      await mkdir(join(partialDir, STREAM_DIR), { mode: 0o700 });
+      streamer = await WalStreamer.open({ host: server.host, port: server.port, user: server.user }, facts.walSegmentSize, join(partialDir, STREAM_DIR));
+    }
+    log.debug(`starting backup mode ${Math.round(performance.now())} ms after process start`);
+    const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart backup ${id}`);
+    log.debug(`backup mode started at ${startLsn}, ${Math.round(performance.now())} ms after process start`);
+    streamer?.begin(parseLsn(startLsn));
+    const t0 = Date.now();
+    const phase = (what: string) => log.debug(`${what} after ${Date.now() - t0} ms`);
+    const base = await makeWriter('base');
+    await copyTree(host, facts.dataDirectory, base, request, false);
+    for (const ts of facts.tablespaces) {
+      const writer = await makeWriter(String(ts.oid));
+      await copyTree(host, ts.location, writer, request, true);
+      if (request.format === 'plain') await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
+    }
+    phase('data files copied');
+    // We wait for the archive ourselves (below, polling every 25 ms): pg_backup_stop's own wait
+    // sleeps a full second between checks.
+    const stop = await session.stop(false);
+    phase('backup mode stopped');
+    const label = await addStopFiles(base, stop);
+    const wal = await storeBackupWal(base, {
+      archivePath: server.archivePath,
+      label,
+      stopLsn: stop.stopLsn,
+      segmentSize: facts.walSegmentSize,
+      timeoutMs: 600_000,
+      ...(streamer ? { streamed: { dir: join(partialDir, STREAM_DIR), names: await streamer.finish(parseLsn(stop.stopLsn)) } } : {}),
+    });
+    phase('WAL stored');
+    const done = await finishBackup({ writers, manifest, info, label, stopLsn: stop.stopLsn, wal, manifestLinesWritten: () => sinkChain });
+    manifest = undefined;
+    if (pgManifest) {
+      await pgManifest.finish(label.timeline, label.startLsn, stop.stopLsn);
+      pgManifest = undefined;
+    }
+    phase('archives finished');
+    if (request.format === 'plain') await repository.syncTree(partialDir);
+    phase('synced');
+    progress.end();
+    if (streamer) await rm(join(partialDir, STREAM_DIR), { recursive: true, force: true });
+    return done;
+  } catch (err) {
+    for (const w of writers) await w.abort().catch(() => undefined);
+    await manifest?.abandon();
+    await pgManifest?.abort();
+    throw err;
+  } finally {
+    await pool?.close();
+    await filePool?.close();
+    await streamer?.close();
+  }
+}
+
+/** Runs a file copy in the pool; a full disk keeps its errno so the transaction says so. */
+async function copyInWorker(pool: WorkerPool<FileCopyResult>, task: FileCopyTask): Promise<FileCopyResult> {
+  try {
+    return await pool.run(task);
+  } catch (err) {
+    const message = (err as Error).message;
+    if (message.startsWith('ENOSPC')) throw Object.assign(new Error(message), { code: 'ENOSPC' });
+    throw err;
+  }
+}
+
+/** Copies a data directory or tablespace through an archive writer (files in parallel for plain). */
+async function copyTree(host: DataHost, root: string, writer: ArchiveWriter, request: FullBackupOptions, isTablespace: boolean): Promise<void> {
+  const running = new Set<Promise<void>>();
+  const parallel = request.format === 'plain' ? request.threads * 2 : 1;
+  // A tar is written in order, one file after the other; reading the next small files of this host
+  // ahead keeps the disk busy while the current one is hashed and written (most files of a cluster are small).
+  const readAhead = parallel === 1 && host.description === 'local';
+  const window: { entry: HostEntry; content: Promise<EntryContent | undefined> }[] = [];
+  let failure: unknown;
+  const addNext = async () => {
+    const next = window.shift()!;
+    await writer.add(next.entry, await next.content);
+  };
+  for await (const raw of backupEntries(host.walk(root), isTablespace)) {
+    // pg_wal may be a symlink to another disk (initdb -X); in the backup it is a directory.
+    const entry: HostEntry = raw.type === 'symlink' && raw.path === 'pg_wal' ? { ...raw, type: 'dir', size: 0 } : raw;
+    const source = entry.type === 'file' ? { host, path: join(root, entry.path) } : undefined;
+    if (readAhead) {
+      const content = source && entry.size <= READ_AHEAD_MAX_FILE ? readSmallFile(host, source.path, entry.size) : Promise.resolve(source);
+      content.catch(() => undefined); // awaited in order below; never an unhandled rejection meanwhile
+      window.push({ entry, content });
+      if (window.length >= READ_AHEAD_FILES) await addNext();
+      continue;
+    }
+    const task = writer.add(entry, source);
+    if (parallel === 1) {
+      await task;
+      continue;
+    }
+    const tracked: Promise<void> = task.catch((err) => {
+      failure ??= err;
+    }).finally(() => running.delete(tracked));
+    running.add(tracked);
+    if (running.size >= parallel) await Promise.race(running);
+    if (failure) break;
+  }
+  while (window.length > 0) await addNext();
+  await Promise.all(running);
+  if (failure) throw failure;
+}
+
+/** Files up to this size are read ahead whole (tar format, local host). */
+const READ_AHEAD_MAX_FILE = 256 * 1024;
+/** How many entries may be read ahead of the one being written (bounds memory to ~8 MB). */
+const READ_AHEAD_FILES = 32;
+
+/**
+ * Reads a small file whole, exactly `size` bytes as listed: zero-padded if it shrank or vanished
+ * meanwhile (WAL replay repairs it, as for any file changed during a hot backup), cut if it grew.
+ */
+async function readSmallFile(host: DataHost, path: string, size: number): Promise<EntryContent> {
+  const data = Buffer.alloc(size);
+  const file = await host.open(path);
+  if (!file) return { data };
+  try {
+    let got = 0;
+    while (got < size) {
+      const n = await file.read(data, got, size - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+  } finally {
+    await file.close();
+  }
+  return { data };
+}

@@ -1,0 +1,112 @@
+import { chmod, mkdir, symlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { HostEntry } from '../hosts/data-host.js';
+import { compressionExtension, defaultCompressionLevel } from '../storage/compression.js';
+import type { Repository } from '../storage/repository.js';
+import { createChecksum, hashName } from '../catalog/manifest.js';
+import {
+  manifestEntryFor, readPieces,
+  type ArchiveWriter, type ArchiveWriterSettings, type EntryContent, type EntrySink,
+} from './archive-writer.js';
+
+/**
+ * Writes one archive as a directory tree (plain format): every file stored on its own, compressed
+ * one by one when asked. Calls to `add` may run concurrently (one per worker).
+ */
+export class PlainArchiveWriter implements ArchiveWriter {
+  private readonly createdDirs = new Set<string>();
+  private storedBytes = 0;
+  private dataBytes = 0;
+
+  constructor(
+    private readonly root: string,
+    private readonly archive: string,
+    private readonly repository: Repository,
+    private readonly settings: ArchiveWriterSettings,
+    private readonly sink: EntrySink,
+  ) {}
+
+  private async ensureDir(path: string, mode = 0o700): Promise<void> {
+    if (this.createdDirs.has(path)) return;
+    await mkdir(path, { recursive: true, mode });
+    this.createdDirs.add(path);
+  }
+
+  async add(entry: HostEntry, content?: EntryContent): Promise<void> {
+    const manifestEntry = manifestEntryFor(entry, this.archive);
+    const target = join(this.root, entry.path);
+    if (entry.type === 'dir') {
+      await this.ensureDir(target);
+      await chmod(target, entry.mode & 0o777 | 0o700);
+      await this.sink(manifestEntry);
+      return;
+    }
+    await this.ensureDir(dirname(target));
+    if (entry.type === 'symlink') {
+      await symlink(entry.linkTarget ?? '', target);
+      await this.sink(manifestEntry);
+      return;
+    }
+    if (this.settings.copyLocalFile && content && 'host' in content && content.host.description === 'local') {
+      const result = await this.settings.copyLocalFile({
+        source: content.path,
+        target: target + compressionExtension(this.settings.compression),
+        size: entry.size,
+        method: this.settings.compression,
+        level: this.settings.level ?? defaultCompressionLevel(this.settings.compression),
+        ...(hashName(this.settings.checksum) ? { hash: hashName(this.settings.checksum)! } : {}),
+        chunk: this.settings.unitSize,
+      });
+      if (result.checksum) manifestEntry.checksum = result.checksum;
+      manifestEntry.storedSize = result.storedSize;
+      this.storedBytes += result.storedSize;
+      this.dataBytes += entry.size;
+      await this.sink(manifestEntry);
+      return;
+    }
+    const hash = createChecksum(this.settings.checksum);
+    const output = await this.repository.createOutput(target + compressionExtension(this.settings.compression), 0o600);
+    let stored = 0;
+    try {
+      const inflight: Promise<Buffer>[] = [];
+      const writeHead = async () => {
+        const out = await inflight.shift()!;
+        await output.write(out);
+        stored += out.length;
+      };
+      const onPiece = async (piece: Buffer) => {
+        inflight.push(this.settings.compress(piece));
+        if (inflight.length >= 2) await writeHead();
+      };
+      if (content && 'data' in content) {
+        hash?.update(content.data);
+        if (content.data.length > 0) await onPiece(content.data);
+      } else {
+        const file = content ? await content.host.open(content.path) : undefined;
+        try {
+          await readPieces(file, entry.size, () => this.settings.unitSize, hash, onPiece);
+        } finally {
+          await file?.close();
+        }
+      }
+      // An empty file still needs a valid (empty) compressed stream for gzip/lz4/zstd -d.
+      if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0) await onPiece(Buffer.alloc(0));
+      while (inflight.length > 0) await writeHead();
+      await output.close(false);
+    } catch (err) {
+      await output.abort();
+      throw err;
+    }
+    if (hash) manifestEntry.checksum = hash.digest('hex');
+    manifestEntry.storedSize = stored;
+    this.storedBytes += stored;
+    this.dataBytes += entry.size;
+    await this.sink(manifestEntry);
+  }
+
+  async finish() {
+    return { storedBytes: this.storedBytes, dataBytes: this.dataBytes };
+  }
+
+  async abort(): Promise<void> {}
+}

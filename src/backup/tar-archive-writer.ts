@@ -1,0 +1,138 @@
+import type { HostEntry } from '../hosts/data-host.js';
+import type { RepositoryOutput } from '../storage/repository.js';
+import { createChecksum, type ManifestFileEntry } from '../catalog/manifest.js';
+import {
+  artifactHasher, manifestEntryFor, readPieces,
+  type ArchiveWriter, type ArchiveWriterSettings, type EntryContent, type EntrySink,
+} from './archive-writer.js';
+import { encodeTarHeader, tarPadding, TAR_BLOCK } from '../storage/tar-header.js';
+
+/** An entry whose offset or completion waits for a unit to be written. */
+interface PendingEntry {
+  entry: ManifestFileEntry;
+  unitSkip: number;
+}
+
+interface Unit {
+  stored: Promise<Buffer>;
+  starts: PendingEntry[];
+  completes: PendingEntry[];
+}
+
+/**
+ * Writes one tar archive as a sequence of independently compressed units (see
+ * docs/catalog-format.md). Units compress in parallel in the worker pool and are written in order;
+ * each manifest entry learns the stored offset of the unit its header starts in, so restore and
+ * VERIFY-CHKSUM can decode any entry without reading what precedes it.
+ */
+export class TarArchiveWriter implements ArchiveWriter {
+  private pieces: Buffer[] = [];
+  private pieceBytes = 0;
+  private starts: PendingEntry[] = [];
+  private completes: PendingEntry[] = [];
+  private readonly inflight: Unit[] = [];
+  private storedBytes = 0;
+  private dataBytes = 0;
+  private readonly artifactHash = artifactHasher();
+
+  constructor(
+    private readonly name: string,
+    private readonly archive: string,
+    private readonly output: RepositoryOutput,
+    private readonly settings: ArchiveWriterSettings,
+    private readonly sink: EntrySink,
+  ) {}
+
+  async add(entry: HostEntry, content?: EntryContent): Promise<void> {
+    const manifestEntry = manifestEntryFor(entry, this.archive);
+    const isFile = entry.type === 'file';
+    await this.pushBytes(Buffer.alloc(0)); // emits a full unit first, so unitSkip is exact
+    const pending: PendingEntry = { entry: manifestEntry, unitSkip: this.pieceBytes };
+    this.starts.push(pending);
+    await this.pushBytes(encodeTarHeader({ ...manifestEntry, size: isFile ? entry.size : 0 }));
+    if (isFile) {
+      const hash = createChecksum(this.settings.checksum);
+      if (content && 'data' in content) {
+        hash?.update(content.data);
+        await this.pushBytes(content.data);
+      } else {
+        const file = content ? await content.host.open(content.path) : undefined;
+        try {
+          // The first piece fills the current unit exactly, so every later piece is a whole unit on its
+          // own: no unit of a large file needs to be copied together from two pieces.
+          const unitSize = this.settings.unitSize;
+          let first = true;
+          const pieceSize = () => {
+            const room = first ? unitSize - (this.pieceBytes % unitSize) : unitSize;
+            first = false;
+            return room;
+          };
+          await readPieces(file, entry.size, pieceSize, hash, (p) => this.pushBytes(p));
+        } finally {
+          await file?.close();
+        }
+      }
+      await this.pushBytes(Buffer.alloc(tarPadding(entry.size)));
+      if (hash) manifestEntry.checksum = hash.digest('hex');
+      this.dataBytes += entry.size;
+    }
+    this.completes.push(pending);
+  }
+
+  /** Appends tar stream bytes, cutting a unit whenever one is full. */
+  private async pushBytes(data: Buffer): Promise<void> {
+    let rest = data;
+    for (;;) {
+      if (this.pieceBytes >= this.settings.unitSize) await this.emitUnit();
+      if (rest.length === 0) return;
+      const take = Math.min(rest.length, this.settings.unitSize - this.pieceBytes);
+      this.pieces.push(take === rest.length ? rest : rest.subarray(0, take));
+      this.pieceBytes += take;
+      rest = rest.subarray(take);
+    }
+  }
+
+  private async emitUnit(): Promise<void> {
+    if (this.pieceBytes === 0 && this.starts.length === 0 && this.completes.length === 0) return;
+    const data = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces, this.pieceBytes);
+    this.inflight.push({ stored: this.settings.compress(data), starts: this.starts, completes: this.completes });
+    this.pieces = [];
+    this.pieceBytes = 0;
+    this.starts = [];
+    this.completes = [];
+    while (this.inflight.length >= this.settings.maxInFlight) await this.writeHead();
+  }
+
+  private async writeHead(): Promise<void> {
+    const unit = this.inflight[0]!;
+    const stored = await unit.stored;
+    this.inflight.shift();
+    const compressed = this.settings.compression !== 'none';
+    for (const p of unit.starts) {
+      // Uncompressed: the header's exact byte position. Compressed: the unit's position plus a skip.
+      p.entry.offset = compressed ? this.storedBytes : this.storedBytes + p.unitSkip;
+      if (compressed && p.unitSkip > 0) p.entry.unitSkip = p.unitSkip;
+    }
+    await this.output.write(stored);
+    this.artifactHash.update(stored);
+    this.storedBytes += stored.length;
+    for (const p of unit.completes) await this.sink(p.entry);
+  }
+
+  async finish() {
+    await this.pushBytes(Buffer.alloc(2 * TAR_BLOCK)); // end-of-archive marker
+    await this.emitUnit();
+    while (this.inflight.length > 0) await this.writeHead();
+    await this.output.close();
+    return {
+      artifact: { artifact: this.name, size: this.storedBytes, checksum: this.artifactHash.hex() },
+      storedBytes: this.storedBytes,
+      dataBytes: this.dataBytes,
+    };
+  }
+
+  async abort(): Promise<void> {
+    await Promise.allSettled(this.inflight.map((u) => u.stored));
+    await this.output.abort();
+  }
+}

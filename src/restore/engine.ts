@@ -1,0 +1,64 @@
+import type { RestoreTarget } from '../hosts/restore-target.js';
+import { BartError } from '../util/errors.js';
+import { log } from '../util/log.js';
+import { WorkerPool } from '../util/worker-pool.js';
+import type { PlanItem } from './plan.js';
+import type { RestoreTaskResult } from './reader.js';
+import type { RestoreWorkerMessage } from './worker.js';
+
+/** Totals of an extraction. */
+export interface ExtractResult {
+  files: number;
+  bytes: number;
+}
+
+/**
+ * Runs a restore plan: directories and links are made here, in manifest order; file tasks go to
+ * `workers` worker threads. At most one task per worker is outstanding, so memory stays flat and,
+ * after a failure (or `signal`), nothing new starts and only the tasks already running finish
+ * before the error is thrown: the caller then removes what was written.
+ */
+export async function extractBackup(plan: AsyncIterable<PlanItem>, target: RestoreTarget, workers: number, signal?: AbortSignal): Promise<ExtractResult> {
+  const pool = new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers);
+  const inflight = new Set<Promise<void>>();
+  let failure: unknown;
+  let files = 0;
+  let bytes = 0;
+  // WorkerPool unrefs its threads; while we only wait for them, this timer keeps the process alive.
+  const keepAlive = setInterval(() => log.debug(`restore: ${files} files, ${bytes} bytes written so far`), 5000);
+  try {
+    for await (const item of plan) {
+      if (signal?.aborted) failure ??= new BartError('RESTORE was interrupted');
+      if (failure !== undefined) break;
+      if (item.kind === 'dir') {
+        await target.makeDir(item.path, item.mode);
+      } else if (item.kind === 'symlink') {
+        await target.symlink(item.linkTarget, item.path);
+      } else {
+        const message: RestoreWorkerMessage = { target: target.spec, task: item.task };
+        const running: Promise<void> = pool
+          .run(message)
+          .then(
+            (r) => {
+              files += r.files;
+              bytes += r.bytes;
+            },
+            (err: unknown) => {
+              failure ??= err;
+            },
+          )
+          .finally(() => inflight.delete(running));
+        inflight.add(running);
+        while (inflight.size >= workers) await Promise.race(inflight);
+      }
+    }
+    await Promise.all(inflight);
+    if (signal?.aborted) failure ??= new BartError('RESTORE was interrupted');
+    if (failure !== undefined) throw failure;
+    return { files, bytes };
+  } finally {
+    clearInterval(keepAlive);
+    await Promise.all(inflight);
+    await pool.close();
+  }
+}

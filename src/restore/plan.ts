@@ -1,0 +1,223 @@
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { compressionExtension, type CompressionMethod } from '../storage/compression.js';
+import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
+import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
+import { readManifest, type ManifestArtifact, type ManifestFileEntry, type ManifestHeader } from '../catalog/manifest.js';
+import type { RestoreFileSpec, RestoreTask } from './reader.js';
+
+/** The data directory's archive name in manifests. */
+export const BASE_ARCHIVE = 'base';
+
+/** What one archive (`base` or a tablespace OID) of a backup holds. */
+export interface ArchiveSummary {
+  files: number;
+  /** Bytes of file content once restored. */
+  bytes: number;
+  /**
+   * Tar entries without offsets (written by pg_basebackup) or out of order: read the artifact
+   * from its start in one task.
+   */
+  sequential: boolean;
+}
+
+/** The result of the first, read-only pass over a backup. */
+export interface BackupScan {
+  header: ManifestHeader;
+  archives: Map<string, ArchiveSummary>;
+  artifacts: ManifestArtifact[];
+  totalFiles: number;
+  totalBytes: number;
+}
+
+/** Files restore does not copy from the base archive: it makes the `pg_tblspc` links itself. */
+const SKIPPED_BASE_FILES = new Set(['tablespace_map']);
+
+/** Where a file entry is stored in a plain backup. */
+function plainStoredPath(backupDir: string, entry: ManifestFileEntry, ext: string): string {
+  return join(backupDir, entry.archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : entry.archive, entry.path + ext);
+}
+
+async function storedSize(path: string): Promise<number | undefined> {
+  try {
+    return (await stat(path)).size;
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * First pass, before anything is written: the manifest is complete and undamaged, it belongs to this
+ * backup, and every stored artifact (tar) or file (plain) is present with the size the manifest
+ * records, so a truncated or half-deleted backup is refused up front. Reads the manifest as a stream.
+ */
+export async function scanBackup(backupDir: string, info: BackupInfo): Promise<BackupScan> {
+  const manifestPath = join(backupDir, MANIFEST_FILE);
+  let header: ManifestHeader | undefined;
+  const archives = new Map<string, ArchiveSummary>();
+  const artifacts: ManifestArtifact[] = [];
+  const lastPos = new Map<string, [number, number]>();
+  const ext = compressionExtension(info.compression);
+  let totalFiles = 0;
+  let totalBytes = 0;
+  try {
+    for await (const line of readManifest(manifestPath, (h) => (header = h))) {
+      if (line.kind === 'artifact') {
+        artifacts.push(line.artifact);
+        continue;
+      }
+      const e = line.entry;
+      let summary = archives.get(e.archive);
+      if (!summary) {
+        summary = { files: 0, bytes: 0, sequential: false };
+        archives.set(e.archive, summary);
+      }
+      if (e.type !== 'file') continue;
+      summary.files++;
+      summary.bytes += e.size;
+      totalFiles++;
+      totalBytes += e.size;
+      if (info.format === 'tar') {
+        if (e.offset === undefined) {
+          summary.sequential = true;
+        } else {
+          const prev = lastPos.get(e.archive);
+          const pos: [number, number] = [e.offset, e.unitSkip ?? 0];
+          if (prev && (pos[0] < prev[0] || (pos[0] === prev[0] && pos[1] <= prev[1]))) summary.sequential = true;
+          lastPos.set(e.archive, pos);
+        }
+      } else {
+        const path = plainStoredPath(backupDir, e, ext);
+        const size = (await storedSize(path)) ?? (ext !== '' ? await storedSize(plainStoredPath(backupDir, e, '')) : undefined);
+        if (size === undefined) throw new BartError(`backup ${info.id} is damaged: "${path}" is missing`);
+        if (e.storedSize !== undefined && size !== e.storedSize) {
+          throw new BartError(`backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${e.storedSize}`);
+        }
+      }
+    }
+  } catch (err) {
+    if (err instanceof BartError) throw err;
+    throw new BartError(`backup ${info.id} cannot be restored: ${errorMessage(err)}`);
+  }
+  if (!header) throw new BartError(`backup ${info.id} cannot be restored: ${manifestPath} has no header`);
+  if (header.id !== info.id || header.format !== info.format) {
+    throw new BartError(`backup ${info.id} cannot be restored: ${manifestPath} describes backup ${header.id} (${header.format}), not this one`);
+  }
+  if (info.format === 'tar') {
+    for (const archive of archives.keys()) {
+      const name = tarName(archive, ext);
+      const path = join(backupDir, name);
+      const size = await storedSize(path);
+      if (size === undefined) throw new BartError(`backup ${info.id} is damaged: "${path}" is missing`);
+      const recorded = artifacts.find((a) => a.artifact === name);
+      if (recorded && recorded.size !== size) {
+        throw new BartError(`backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${recorded.size}`);
+      }
+    }
+  }
+  for (const archive of archives.keys()) {
+    if (archive !== BASE_ARCHIVE && !info.tablespaces.some((t) => String(t.oid) === archive)) {
+      throw new BartError(`backup ${info.id} cannot be restored: its manifest has archive "${archive}", which backupinfo does not list as a tablespace`);
+    }
+  }
+  if (!archives.has(BASE_ARCHIVE)) throw new BartError(`backup ${info.id} cannot be restored: its manifest lists no data directory files`);
+  return { header, archives, artifacts, totalFiles, totalBytes };
+}
+
+/** Settings of the second pass. */
+export interface PlanOptions {
+  backupDir: string;
+  info: BackupInfo;
+  scan: BackupScan;
+  /** Restore root of each archive: `base` → the data directory, OID → the tablespace location. */
+  destinations: Map<string, string>;
+  /** NONE when checksums are not verified. */
+  checksumAlgorithm: ChecksumAlgorithm;
+  /** Bytes of content per task; smaller tasks balance better, larger ones restart decoding less often. */
+  taskBytes: number;
+  /** Paths of the base archive written under another name until the end. */
+  holdBack: Record<string, string>;
+}
+
+/** One step of a restore: make a directory or link (done in order by the caller), or a task for a worker. */
+export type PlanItem =
+  | { kind: 'dir'; path: string; mode: number }
+  | { kind: 'symlink'; path: string; linkTarget: string }
+  | { kind: 'task'; task: RestoreTask };
+
+/** Most files in one plain task, so no task message grows without bound. */
+const MAX_FILES_PER_TASK = 2000;
+
+interface Pending {
+  files: RestoreFileSpec[];
+  bytes: number;
+  offset: number;
+  unitSkip: number;
+}
+
+/**
+ * Second pass: streams the manifest again and yields directories and links (in manifest order, so
+ * parents come first) and tasks of about `taskBytes` each. Tar tasks are runs of consecutive files
+ * starting at an entry's unit offset, which is what lets N workers decode one archive in parallel.
+ */
+export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> {
+  const { info, scan, backupDir } = opts;
+  const compression: CompressionMethod = info.compression;
+  const ext = compressionExtension(compression);
+  const pending = new Map<string, Pending>();
+  const holdBackFor = (archive: string) => (archive === BASE_ARCHIVE ? opts.holdBack : {});
+
+  const makeTask = (archive: string, p: Pending): RestoreTask => {
+    const anyOrder = scan.archives.get(archive)!.sequential;
+    const destRoot = opts.destinations.get(archive)!;
+    const label = info.format === 'tar' ? tarName(archive, ext) : archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : archive;
+    const common = { destRoot, files: p.files, checksumAlgorithm: opts.checksumAlgorithm, holdBack: holdBackFor(archive), label };
+    if (info.format === 'tar') {
+      return { kind: 'tar-range', ...common, artifactPath: join(backupDir, tarName(archive, ext)), compression, offset: p.offset, unitSkip: p.unitSkip, anyOrder };
+    }
+    const sourceRoot = join(backupDir, archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : archive);
+    return { kind: 'plain-files', ...common, sourceRoot, compression, extension: ext };
+  };
+
+  for await (const line of readManifest(join(backupDir, MANIFEST_FILE))) {
+    if (line.kind !== 'file') continue;
+    const e = line.entry;
+    const destRoot = opts.destinations.get(e.archive);
+    if (destRoot === undefined) continue;
+    if (e.type === 'dir') {
+      yield { kind: 'dir', path: join(destRoot, e.path), mode: e.mode & 0o777 };
+      continue;
+    }
+    if (e.type === 'symlink') {
+      // pg_tblspc links are made from backupinfo's tablespaces (and any mapping), not copied.
+      if (e.archive === BASE_ARCHIVE && e.path.startsWith('pg_tblspc/')) continue;
+      yield { kind: 'symlink', path: join(destRoot, e.path), linkTarget: e.linkTarget ?? '' };
+      continue;
+    }
+    const spec: RestoreFileSpec = { path: e.path, size: e.size, mode: e.mode };
+    if (e.checksum && opts.checksumAlgorithm !== 'NONE') spec.checksum = e.checksum;
+    const skip = e.archive === BASE_ARCHIVE && SKIPPED_BASE_FILES.has(e.path);
+    if (skip) {
+      // A plain backup's file can simply be left out; a tar's must still be read past.
+      if (info.format !== 'tar') continue;
+      spec.skip = true;
+    }
+    const summary = scan.archives.get(e.archive)!;
+    let p = pending.get(e.archive);
+    const split = info.format === 'tar' ? !summary.sequential && e.offset !== undefined : true;
+    if (p && split && (p.bytes >= opts.taskBytes || p.files.length >= MAX_FILES_PER_TASK)) {
+      yield { kind: 'task', task: makeTask(e.archive, p) };
+      p = undefined;
+    }
+    if (!p) {
+      const sequential = info.format === 'tar' && (summary.sequential || e.offset === undefined);
+      p = { files: [], bytes: 0, offset: sequential ? 0 : (e.offset ?? 0), unitSkip: sequential ? 0 : (e.unitSkip ?? 0) };
+      pending.set(e.archive, p);
+    }
+    p.files.push(spec);
+    p.bytes += e.size + 512;
+  }
+  for (const [archive, p] of pending) if (p.files.length > 0) yield { kind: 'task', task: makeTask(archive, p) };
+}

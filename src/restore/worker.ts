@@ -1,0 +1,32 @@
+import { parentPort } from 'node:worker_threads';
+import { restoreTargetFromSpec } from '../hosts/local/restore-target.js';
+import type { RestoreTargetSpec } from '../hosts/restore-target.js';
+import { runRestoreTask, type RestoreTask } from './reader.js';
+
+/** What the restore engine posts to a worker. */
+export interface RestoreWorkerMessage {
+  target: RestoreTargetSpec;
+  task: RestoreTask;
+}
+
+// Runs in a worker thread: decoding, hashing and writing are CPU-bound, so `-w N` workers use N cores.
+parentPort!.on('message', (msg: RestoreWorkerMessage) => {
+  const target = restoreTargetFromSpec(msg.target);
+  // A remote target streams a task's files over one connection; close() completes it (and reports
+  // remote failures) before the task counts as done.
+  runRestoreTask(msg.task, target)
+    .then(
+      async (value) => {
+        await target.close?.();
+        return value;
+      },
+      async (err: unknown) => {
+        await target.close?.().catch(() => undefined);
+        throw err;
+      },
+    )
+    .then(
+      (value) => parentPort!.postMessage({ ok: true, value }),
+      (err: unknown) => parentPort!.postMessage({ ok: false, error: err instanceof Error ? err.message : String(err) }),
+    );
+});

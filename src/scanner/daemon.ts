@@ -1,0 +1,344 @@
+import { watch, type FSWatcher } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { chmod, readdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import type { BartConfig, ServerConfig } from '../config/types.js';
+import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { WorkerPool } from '../util/worker-pool.js';
+import type { ScanSummary } from './scan-worker.js';
+import { log } from '../util/log.js';
+import { parseLsn } from '../util/lsn.js';
+import { parseWalFileName, readSegmentSize, walFileSegNo } from '../wal/file.js';
+import { indexMbmFiles } from './change-set.js';
+import { ensureMbms } from './ensure-mbms.js';
+import { scanWalFile, type ScanBuffers } from './scan-wal-file.js';
+import type { ScannerRequest, ScannerResponse } from './protocol.js';
+import { scannerPidPath, scannerSocketPath } from './paths.js';
+
+/** With scan_interval = 0 we still rescan this often, in case a file notification was lost. */
+const SAFETY_RESCAN_MS = 60_000;
+/** A plain WAL file shorter than a segment and younger than this is still being copied. */
+const COPY_GRACE_MS = 30_000;
+
+/**
+ * Scans one server's archive: the backlog at start, then whatever arrives (fs.watch plus a
+ * periodic rescan). Passes never overlap; a trigger during a pass causes one more pass.
+ */
+class ServerWorker {
+  readonly server: ServerConfig;
+  private watcher: FSWatcher | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private debounce: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+  private segmentSize: number | undefined;
+  private readonly buffers: ScanBuffers = {};
+  /** Files that failed, by `name:size:mtime`, so an error is logged once per file version. */
+  private readonly failed = new Set<string>();
+  private dirProblem = false;
+  private watchWarned = false;
+  private chain: Promise<unknown> = Promise.resolve();
+
+  private readonly pool: WorkerPool<ScanSummary> | undefined;
+
+  constructor(server: ServerConfig, pool: WorkerPool<ScanSummary> | undefined) {
+    this.server = server;
+    this.pool = pool;
+  }
+
+  start(): void {
+    const interval = this.server.scanInterval > 0 ? this.server.scanInterval * 1000 : SAFETY_RESCAN_MS;
+    this.timer = setInterval(() => this.trigger(), interval);
+    this.startWatch();
+    this.trigger();
+  }
+
+  private startWatch(): void {
+    try {
+      this.watcher = watch(this.server.archivePath, { persistent: true }, (_event, name) => {
+        if (name && (name.endsWith('.mbm') || name.startsWith('.'))) return;
+        if (this.debounce) return;
+        this.debounce = setTimeout(() => {
+          this.debounce = undefined;
+          this.trigger();
+        }, 100);
+      });
+      this.watcher.on('error', (err) => {
+        log.warning(`server ${this.server.sectionName}: watching ${this.server.archivePath} failed (${err.message}); relying on periodic scans`);
+        this.watcher?.close();
+        this.watcher = undefined;
+      });
+    } catch (err) {
+      // Retried after each successful pass (the directory may appear later); said once.
+      if (!this.watchWarned) log.warning(`server ${this.server.sectionName}: cannot watch ${this.server.archivePath} (${errorMessage(err)}); relying on periodic scans`);
+      this.watchWarned = true;
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    if (this.debounce) clearTimeout(this.debounce);
+    this.watcher?.close();
+    await this.running;
+  }
+
+  /** Runs `fn` when no pass or other exclusive task of this server runs (never two scans of one file). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const r = this.chain.then(fn, fn);
+    this.chain = r.catch(() => undefined);
+    return r;
+  }
+
+  /** Requests a pass (now, or right after the running one). */
+  trigger(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      try {
+        do {
+          this.again = false;
+          await this.exclusive(() => this.pass());
+        } while (this.again && !this.stopped);
+      } finally {
+        this.running = undefined;
+      }
+    })();
+    return this.running;
+  }
+
+  /** One scan of every WAL file in the archive that has no MBM yet, oldest first. */
+  private async pass(): Promise<void> {
+    const dir = this.server.archivePath;
+    let names: string[];
+    try {
+      names = await readdir(dir);
+      if (this.dirProblem) log.info(`server ${this.server.sectionName}: archive directory ${dir} is readable again`);
+      this.dirProblem = false;
+      // The directory may have been created after we started (bart INIT): watch it now.
+      if (!this.watcher && !this.stopped) this.startWatch();
+    } catch (err) {
+      if (!this.dirProblem) log.error(`server ${this.server.sectionName}: cannot read the archive directory ${dir}: ${errorMessage(err)}`);
+      this.dirProblem = true;
+      return;
+    }
+    const wal = names.filter((n) => {
+      const p = parseWalFileName(n);
+      return p !== undefined && !p.partial;
+    }).sort();
+    if (wal.length === 0) return;
+    if (this.segmentSize === undefined) {
+      for (const n of wal) {
+        this.segmentSize = await readSegmentSize(join(dir, n));
+        if (this.segmentSize) break;
+      }
+      if (this.segmentSize === undefined) this.segmentSize = 16 * 1024 * 1024;
+    }
+    const segSize = this.segmentSize;
+    const index = indexMbmFiles(dir);
+    const plainNames = new Set(names);
+    const todo: Array<{ name: string; path: string; version: string }> = [];
+    for (const n of wal) {
+      const p = parseWalFileName(n)!;
+      // Prefer the plain file when both it and its .gz exist (compression in progress).
+      if (p.compressed && plainNames.has(n.slice(0, -3))) continue;
+      const segNo = walFileSegNo(p.segmentName, segSize);
+      if (index.has(`${p.timeline}:${BigInt(segNo + 1) * BigInt(segSize)}`)) continue;
+      const path = join(dir, n);
+      try {
+        const st = await stat(path);
+        const version = `${n}:${st.size}:${st.mtimeMs}`;
+        if (!p.compressed && st.size < segSize && Date.now() - st.mtimeMs < COPY_GRACE_MS) {
+          log.debug(`server ${this.server.sectionName}: ${n} is ${st.size} bytes, probably still being copied; later`);
+          continue;
+        }
+        if (!this.failed.has(version)) todo.push({ name: n, path, version });
+      } catch {
+        continue; // removed meanwhile (e.g. MANAGE compressed or deleted it)
+      }
+    }
+    // Segments are independent (a record crossing into the next one is finished from that
+    // file), so they are scanned in parallel on worker threads when there are several.
+    await Promise.all(todo.map((t) => this.scanOne(t)));
+  }
+
+  private async scanOne(t: { name: string; path: string; version: string }): Promise<void> {
+    if (this.stopped) return;
+    const dir = this.server.archivePath;
+    try {
+      let s: ScanSummary;
+      if (this.pool) {
+        s = await this.pool.run({ path: t.path });
+      } else {
+        try {
+          const r = await scanWalFile(t.path, { buffers: this.buffers });
+          s = r.status === 'written'
+            ? { status: 'written', mbmPath: r.mbmPath, records: r.map.records, relations: r.map.relations.length, events: r.map.events.length }
+            : { status: 'waiting', nextSegment: r.nextSegment };
+        } catch (err) {
+          if (isErrnoError(err) && err.code === 'ENOENT') s = { status: 'vanished' };
+          else throw err;
+        }
+      }
+      if (s.status === 'written') log.info(`server ${this.server.sectionName}: scanned ${t.name} (${s.records} records, ${s.relations} relation forks) -> ${s.mbmPath.slice(dir.length + 1)}`);
+      else if (s.status === 'waiting') log.debug(`server ${this.server.sectionName}: ${t.name} ends inside a record that continues in ${s.nextSegment}, which has not arrived yet`);
+      else log.debug(`server ${this.server.sectionName}: ${t.name} disappeared while being scanned`);
+    } catch (err) {
+      this.failed.add(t.version);
+      log.error(`server ${this.server.sectionName}: no MBM for ${t.name}: ${errorMessage(err)}`);
+    }
+  }
+}
+
+/**
+ * The bart-scanner daemon: one {@link ServerWorker} per server with allow_incremental_backups
+ * enabled, a unix socket for `bart` (ping, ensure), a pid file, SIGHUP = reload, SIGTERM/SIGINT =
+ * stop. `loadConfig` re-reads bart.cfg on reload.
+ */
+export class ScannerDaemon {
+  private config: BartConfig;
+  private readonly loadConfig: () => BartConfig;
+  private workers = new Map<string, ServerWorker>();
+  private server: Server | undefined;
+  private pool: WorkerPool<ScanSummary> | undefined;
+  private stopping: Promise<void> | undefined;
+  private resolveDone: (() => void) | undefined;
+  /** Settles when the daemon has stopped. */
+  readonly done: Promise<void>;
+
+  constructor(config: BartConfig, loadConfig: () => BartConfig) {
+    this.config = config;
+    this.loadConfig = loadConfig;
+    this.done = new Promise((r) => (this.resolveDone = r));
+  }
+
+  /** Starts workers, the socket and the pid file. */
+  async start(): Promise<void> {
+    const sockPath = scannerSocketPath(this.config);
+    await unlink(sockPath).catch(() => undefined);
+    this.server = createServer((sock) => this.serve(sock));
+    try {
+      await new Promise<void>((resolvePromise, reject) => {
+        this.server!.once('error', reject);
+        this.server!.listen(sockPath, () => resolvePromise());
+      });
+      // Only the BART user (bart runs as that user) may ask for scans.
+      await chmod(sockPath, 0o600);
+    } catch (err) {
+      throw new BartError(`cannot listen on the scanner socket ${sockPath} (bart_socket_directory / bart_socket_name): ${errorMessage(err)}`);
+    }
+    await writeFile(scannerPidPath(this.config), `${process.pid}\n`, { mode: 0o600 });
+    const threads = Math.min(4, availableParallelism());
+    if (threads > 1) {
+      try {
+        this.pool = new WorkerPool<ScanSummary>(new URL('./scan-worker.js', import.meta.url), threads);
+      } catch (err) {
+        log.warning(`scanning on one thread: cannot start worker threads (${errorMessage(err)})`);
+      }
+    }
+    this.startWorkers();
+    process.on('SIGHUP', () => void this.reload());
+    process.on('SIGTERM', () => void this.stop());
+    process.on('SIGINT', () => void this.stop());
+    log.info(`bart-scanner started (pid ${process.pid}), socket ${sockPath}`);
+  }
+
+  private startWorkers(): void {
+    const servers = this.config.servers.filter((s) => s.allowIncrementalBackups);
+    if (servers.length === 0) log.warning(`no server in ${this.config.path} has allow_incremental_backups = enabled; nothing to scan`);
+    for (const s of servers) {
+      const w = new ServerWorker(s, this.pool);
+      this.workers.set(s.name, w);
+      log.info(`server ${s.sectionName}: scanning ${s.archivePath}${s.scanInterval > 0 ? `, forced scan every ${s.scanInterval} s` : ''}`);
+      w.start();
+    }
+  }
+
+  /** Re-reads bart.cfg and restarts the workers (the socket stays). */
+  async reload(): Promise<void> {
+    let next: BartConfig;
+    try {
+      next = this.loadConfig();
+    } catch (err) {
+      log.error(`RELOAD: keeping the old configuration: ${errorMessage(err)}`);
+      return;
+    }
+    log.info(`RELOAD: re-read ${next.path}`);
+    const old = [...this.workers.values()];
+    this.workers = new Map();
+    await Promise.all(old.map((w) => w.stop()));
+    this.config = next;
+    this.startWorkers();
+  }
+
+  /** Stops workers (letting a running scan finish its file), removes socket and pid file. */
+  stop(): Promise<void> {
+    if (this.stopping) return this.stopping;
+    this.stopping = (async () => {
+      log.info('bart-scanner stopping');
+      await Promise.all([...this.workers.values()].map((w) => w.stop()));
+      await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+      await this.pool?.close();
+      await unlink(scannerSocketPath(this.config)).catch(() => undefined);
+      await unlink(scannerPidPath(this.config)).catch(() => undefined);
+      log.info('bart-scanner stopped');
+      this.resolveDone?.();
+    })();
+    return this.stopping;
+  }
+
+  private serve(sock: Socket): void {
+    let buf = '';
+    sock.setEncoding('utf8');
+    sock.on('error', () => undefined);
+    sock.on('data', (chunk: string) => {
+      buf += chunk;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) {
+        if (buf.length > 65536) sock.destroy();
+        return;
+      }
+      const line = buf.slice(0, nl);
+      buf = '';
+      void this.answer(line).then((resp) => sock.end(JSON.stringify(resp) + '\n'));
+    });
+  }
+
+  private async answer(line: string): Promise<ScannerResponse> {
+    let req: ScannerRequest;
+    try {
+      req = JSON.parse(line) as ScannerRequest;
+    } catch {
+      return { ok: false, error: 'request is not JSON' };
+    }
+    try {
+      if (req.op === 'ping') return { ok: true, op: 'ping', pid: process.pid, servers: [...this.workers.keys()] };
+      if (req.op === 'ensure') return await this.ensure(req);
+      return { ok: false, error: `unknown request "${(req as { op?: unknown }).op}"` };
+    } catch (err) {
+      return { ok: false, error: errorMessage(err) };
+    }
+  }
+
+  /** Scans what the range lacks, retrying until complete or the timeout passes. */
+  private async ensure(req: Extract<ScannerRequest, { op: 'ensure' }>): Promise<ScannerResponse> {
+    const worker = this.workers.get(req.server.toLowerCase());
+    const server = worker?.server ?? this.config.servers.find((s) => s.name === req.server.toLowerCase());
+    if (!server) return { ok: false, error: `server "${req.server}" is not in ${this.config.path}` };
+    const range = { timeline: req.timeline, startLsn: parseLsn(req.startLsn), endLsn: parseLsn(req.endLsn), ...(req.segmentSize ? { segmentSize: req.segmentSize } : {}) };
+    const until = Date.now() + Math.max(0, req.timeoutSec) * 1000;
+    for (;;) {
+      const r = worker ? await worker.exclusive(() => ensureMbms(server.archivePath, range)) : await ensureMbms(server.archivePath, range);
+      const hopeless = r.errors.length > 0;
+      if (r.complete || hopeless || Date.now() >= until) {
+        return { ok: true, op: 'ensure', complete: r.complete, missingWal: r.missingWal, waiting: r.waiting, errors: r.errors };
+      }
+      await new Promise((res) => setTimeout(res, 250));
+    }
+  }
+}

@@ -1,0 +1,137 @@
+import { open } from 'node:fs/promises';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { createGunzip } from 'node:zlib';
+import { createReadStream } from 'node:fs';
+import { basename } from 'node:path';
+import { parseArchiveFileName, segmentNumberFromName } from './segment-name.js';
+import { WalDecodeError } from './decode-error.js';
+import { LONG_PAGE_HEADER_SIZE } from './constants.js';
+
+/** The largest WAL segment PostgreSQL allows (initdb --wal-segsize=1024). */
+const MAX_SEGMENT_SIZE = 1024 * 1024 * 1024;
+
+/** A WAL file read into memory (one segment at most). */
+export interface LoadedWalFile {
+  /** Holds the content in [0, length); may be larger (reused between files). */
+  buffer: Buffer;
+  length: number;
+  /** Segment size from the long page header (0 when the file is too short to have one). */
+  segmentSize: number;
+  timeline: number;
+  /** Segment name (24 hex digits) from the file name. */
+  segmentName: string;
+  /** The file is gzip-compressed (`.gz`). */
+  compressed: boolean;
+  /** The file is a `.partial` segment (may end early). */
+  partial: boolean;
+}
+
+/** Parses a WAL file name (plain, `.partial`, `.gz`, `.partial.gz`); undefined if it is not one. */
+export function parseWalFileName(path: string): { timeline: number; segmentName: string; compressed: boolean; partial: boolean } | undefined {
+  let name = basename(path);
+  const compressed = name.endsWith('.gz');
+  if (compressed) name = name.slice(0, -3);
+  const parsed = parseArchiveFileName(name);
+  if (!parsed || (parsed.kind !== 'segment' && parsed.kind !== 'partial') || !parsed.segment) return undefined;
+  return { timeline: parsed.timeline, segmentName: parsed.segment, compressed, partial: parsed.kind === 'partial' };
+}
+
+/** Segment number of a WAL file name for a segment size, as a JS number (exact below 2^53). */
+export function walFileSegNo(segmentName: string, segmentSize: number): number {
+  return Number(segmentNumberFromName(segmentName, segmentSize));
+}
+
+/**
+ * Reads a WAL segment file (gunzipping `.gz`) into `reuse` when it is big enough, else into a new
+ * buffer. Never reads more than the segment size announced by the file's first page: a larger
+ * file is an error, not a memory hazard.
+ */
+export async function loadWalFile(path: string, reuse?: Buffer, maxBytes = MAX_SEGMENT_SIZE): Promise<LoadedWalFile> {
+  const parsed = parseWalFileName(path);
+  if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)');
+  let buffer = reuse ?? Buffer.alloc(0);
+  let length = 0;
+  const ensure = (n: number) => {
+    if (n > MAX_SEGMENT_SIZE) throw new WalDecodeError(path, MAX_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
+    if (n <= buffer.length) return;
+    let size = Math.max(buffer.length * 2, Math.min(16 * 1024 * 1024, MAX_SEGMENT_SIZE));
+    while (size < n) size *= 2;
+    const grown = Buffer.allocUnsafe(Math.min(size, MAX_SEGMENT_SIZE));
+    buffer.copy(grown, 0, 0, length);
+    buffer = grown;
+  };
+  if (parsed.compressed) {
+    const stream = createReadStream(path).pipe(createGunzip());
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        const take = Math.min(chunk.length, maxBytes - length);
+        ensure(length + take);
+        chunk.copy(buffer, length, 0, take);
+        length += take;
+        if (length >= maxBytes) break;
+      }
+    } catch (err) {
+      if (err instanceof WalDecodeError) throw err;
+      throw new WalDecodeError(path, length, `cannot decompress: ${(err as Error).message}`);
+    } finally {
+      stream.destroy();
+    }
+  } else {
+    // Synchronous reads: one segment from the page cache takes milliseconds, and it spares the
+    // libuv thread pool hop per read (scans run on worker threads anyway).
+    const fd = openSync(path, 'r');
+    try {
+      const size = Math.min(fstatSync(fd).size, maxBytes);
+      ensure(size);
+      while (length < size) {
+        const n = readSync(fd, buffer, length, size - length, length);
+        if (n === 0) break;
+        length += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+  const segmentSize = length >= LONG_PAGE_HEADER_SIZE ? buffer.readUInt32LE(32) : 0;
+  return { buffer, length, segmentSize, timeline: parsed.timeline, segmentName: parsed.segmentName, compressed: parsed.compressed, partial: parsed.partial };
+}
+
+/**
+ * Segment size announced by a WAL file's long page header (reads only the first bytes; gunzips
+ * just enough of a `.gz`). Undefined when the header is missing or implausible.
+ */
+export async function readSegmentSize(path: string): Promise<number | undefined> {
+  let head: Buffer;
+  try {
+    if (path.endsWith('.gz')) {
+      const stream = createReadStream(path).pipe(createGunzip());
+      const chunks: Buffer[] = [];
+      let n = 0;
+      try {
+        for await (const chunk of stream as AsyncIterable<Buffer>) {
+          chunks.push(chunk);
+          n += chunk.length;
+          if (n >= LONG_PAGE_HEADER_SIZE) break;
+        }
+      } finally {
+        stream.destroy();
+      }
+      head = Buffer.concat(chunks);
+    } else {
+      const fh = await open(path, 'r');
+      try {
+        head = Buffer.alloc(LONG_PAGE_HEADER_SIZE);
+        const { bytesRead } = await fh.read(head, 0, LONG_PAGE_HEADER_SIZE, 0);
+        head = head.subarray(0, bytesRead);
+      } finally {
+        await fh.close();
+      }
+    }
+  } catch {
+    return undefined;
+  }
+  if (head.length < LONG_PAGE_HEADER_SIZE) return undefined;
+  const size = head.readUInt32LE(32);
+  if (size < 1024 * 1024 || size > MAX_SEGMENT_SIZE || (size & (size - 1)) !== 0) return undefined;
+  return size;
+}
