@@ -33,7 +33,7 @@ test('pitfall: relation files over 1 GB map block N to segment N / 131072 at off
       ['base\0base/5/16384.1', { length: seg, mode: 0o600 }],
       ['base\0base/5/16384.2', { length: 4 * 8192, mode: 0o600 }],
     ]),
-    others: new Set(),
+    others: new Map(),
     archives: new Map(),
   };
   const file = (path: string, size: number) => ({ path, type: 'file' as const, size, mode: 0o600, mtimeMs: 0 });

@@ -8,6 +8,8 @@ import { promisify } from 'node:util';
 import tar from 'tar-stream';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { LocalHost } from '../hosts/local/data-host.js';
+import { checkedWalk } from '../hosts/checked-walk.js';
+import { TreeShapeCheck } from '../util/untrusted-path.js';
 import { parseBackupLabel } from '../postgres/backup-session.js';
 import { createDecompressor } from '../storage/compression.js';
 import { segmentName, parseArchiveFileName } from '../wal/segment-name.js';
@@ -148,11 +150,12 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
         const size = (await stat(join(partialDir, name))).size;
         storedBytes += size;
         const extract = tar.extract();
+        const shape = new TreeShapeCheck(`${name} written by pg_basebackup`, false);
         const reading = (async () => {
           for await (const item of extract) {
             const h = item.header;
-            const entryPath = h.name.replace(/^\.\//, '').replace(/\/$/, '');
             const type = h.type === 'directory' ? 'dir' : h.type === 'symlink' ? 'symlink' : 'file';
+            const entryPath = shape.add(h.name.replace(/^\.\//, '').replace(/\/$/, ''), type);
             const hash = createChecksum(opts.checksum);
             const keep: Buffer[] = [];
             let bytes = 0;
@@ -174,6 +177,7 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
         source.on('data', (d) => hashing.write(d));
         await pipeline(source, createDecompressor(opts.compression), extract);
         await reading;
+        shape.finish();
         hashing.end();
         await manifest.addArtifact({ artifact: name, size, checksum: artifactHash.hex() });
         info.artifactChecksums.push({ file: name, checksum: artifactHash.hex() });
@@ -182,7 +186,7 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
       const host = new LocalHost();
       const roots: [string, string][] = [['base', join(partialDir, PLAIN_BASE_DIR)], ...facts.tablespaces.map((t): [string, string] => [String(t.oid), join(partialDir, String(t.oid))])];
       for (const [archive, root] of roots) {
-        for await (const e of host.walk(root)) {
+        for await (const e of checkedWalk(host, root)) {
           if (archive === 'base' && (e.path === 'backup_manifest' || (e.type === 'symlink' && e.path.startsWith('pg_tblspc/')))) continue;
           const hash = createChecksum(opts.checksum);
           let content: Buffer | undefined;

@@ -2,6 +2,7 @@ import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { DataHost, HostEntry } from '../hosts/data-host.js';
+import { checkedWalk } from '../hosts/checked-walk.js';
 import { BackupSession } from '../postgres/backup-session.js';
 import { backupEntries } from '../postgres/data-directory.js';
 import { WalStreamer } from '../postgres/wal-streamer.js';
@@ -176,7 +177,7 @@ async function copyTree(host: DataHost, root: string, writer: ArchiveWriter, req
     const next = window.shift()!;
     await writer.add(next.entry, await next.content);
   };
-  for await (const raw of backupEntries(host.walk(root), isTablespace)) {
+  for await (const raw of backupEntries(checkedWalk(host, root), isTablespace)) {
     // pg_wal may be a symlink to another disk (initdb -X); in the backup it is a directory.
     const entry: HostEntry = raw.type === 'symlink' && raw.path === 'pg_wal' ? { ...raw, type: 'dir', size: 0 } : raw;
     const source = entry.type === 'file' ? { host, path: join(root, entry.path) } : undefined;

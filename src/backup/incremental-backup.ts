@@ -2,6 +2,7 @@ import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { HostEntry } from '../hosts/data-host.js';
+import { checkedWalk } from '../hosts/checked-walk.js';
 import { BackupSession } from '../postgres/backup-session.js';
 import { connect, queryValue } from '../postgres/connection.js';
 import { backupEntries } from '../postgres/data-directory.js';
@@ -122,7 +123,7 @@ async function copyTreeIncremental(
 ): Promise<void> {
   const running = new Set<Promise<void>>();
   let failure: unknown;
-  for await (const raw of backupEntries(host.walk(root), archive !== 'base')) {
+  for await (const raw of backupEntries(checkedWalk(host, root), archive !== 'base')) {
     const entry: HostEntry = raw.type === 'symlink' && raw.path === 'pg_wal' ? { ...raw, type: 'dir', size: 0 } : raw;
     let add: Promise<void>;
     if (entry.type !== 'file') {

@@ -16,6 +16,7 @@ import { writeBackupInfo, type BackupInfo, type ChecksumAlgorithm, type Tablespa
 import { acquireLock } from '../catalog/lock.js';
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { backupDir, partialBackupDir, serverCatalogDir } from '../catalog/layout.js';
+import { checkAbsolutePath, checkPrintable } from '../util/untrusted-path.js';
 
 /** What every kind of backup (native full, pg_basebackup, incremental) is asked for. */
 export interface BackupRequest {
@@ -84,9 +85,20 @@ export async function readServerFacts(client: pg.Client, server: ServerConfig): 
     walSegmentSize: Number(await queryValue(client, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")),
     systemIdentifier: (await queryValue(client, 'SELECT system_identifier::text FROM pg_control_system()'))!,
     dataChecksumVersion: Number(await queryValue(client, 'SELECT data_page_checksum_version FROM pg_control_init()')),
-    tablespaces: tablespaces.rows.map((r) => ({ oid: Number(r.oid), name: r.spcname, location: r.location })),
+    tablespaces: tablespaces.rows.map((r) => checkedTablespace(r, server.name)),
     estimatedBytes: Number(await queryValue(client, 'SELECT sum(pg_database_size(oid))::bigint FROM pg_database WHERE datallowconn OR true')),
   };
+}
+
+/**
+ * A tablespace as the server reports it, checked: its OID names a directory of the backup and its
+ * location and name are written into backupinfo (one tab-separated line each) and restored to.
+ */
+function checkedTablespace(r: { oid: string; spcname: string; location: string }, serverName: string): TablespaceInfo {
+  const origin = `pg_tablespace of server ${serverName}`;
+  if (!/^[1-9]\d{0,9}$/.test(r.oid)) throw new BartError(`refusing tablespace OID "${r.oid}" from ${origin}`);
+  const name = checkPrintable(r.spcname, `the name of tablespace ${r.oid}`, origin);
+  return { oid: Number(r.oid), name, location: checkAbsolutePath(r.location, `${origin} (tablespace ${r.oid})`) };
 }
 
 /** Refuses to start when the catalog's file system clearly cannot hold the backup. */

@@ -51,8 +51,8 @@ export interface RestoredFile {
 export interface RestoredState {
   /** Files by {@link fileKey}. */
   files: Map<string, RestoredFile>;
-  /** Directories and symlinks by {@link fileKey}. */
-  others: Set<string>;
+  /** Directories and symlinks by {@link fileKey}, with their type. */
+  others: Map<string, 'dir' | 'symlink'>;
   /** Restored bytes and file count per archive. */
   archives: Map<string, { bytes: number; files: number }>;
 }
@@ -63,14 +63,14 @@ export interface RestoredState {
  * lists every file of the cluster, one manifest describes the whole restored state.
  */
 export async function readRestoredState(dir: string): Promise<RestoredState> {
-  const state: RestoredState = { files: new Map(), others: new Set(), archives: new Map() };
+  const state: RestoredState = { files: new Map(), others: new Map(), archives: new Map() };
   try {
     for await (const line of readManifest(join(dir, MANIFEST_FILE))) {
       if (line.kind !== 'file') continue;
       const e = line.entry as IncrementalManifestEntry;
       const key = fileKey(e.archive, e.path);
       if (e.type !== 'file') {
-        state.others.add(key);
+        state.others.set(key, e.type);
         continue;
       }
       const length = e.incr ? e.incr.length : e.size;

@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import type { ChecksumAlgorithm } from './backup-info.js';
+import { relativePathProblem } from '../util/untrusted-path.js';
 
 /**
  * The machine-readable manifest of a backup, `manifest.jsonl`: one JSON object per line, so it is
@@ -131,6 +132,27 @@ export class ManifestWriter {
   }
 }
 
+const isCount = (n: unknown): boolean => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+
+/**
+ * Why a manifest entry cannot be used, or undefined: manifests are read back from the repository and
+ * are not trusted, so every field that decides where bytes go or how many is checked before use.
+ */
+export function manifestEntryProblem(f: ManifestFileEntry): string | undefined {
+  if (typeof f !== 'object' || f === null) return 'an entry is not an object';
+  const pathProblem = relativePathProblem(f.path);
+  if (pathProblem) return `entry path ${JSON.stringify(String(f.path)).slice(0, 200)} ${pathProblem}`;
+  if (typeof f.archive !== 'string' || !/^(base|[1-9]\d{0,9})$/.test(f.archive)) return `"${f.path}" has a bad archive name`;
+  if (f.type !== 'file' && f.type !== 'dir' && f.type !== 'symlink') return `"${f.path}" has an unknown type`;
+  if (!isCount(f.size) || !isCount(f.mode) || f.mode > 0o7777) return `"${f.path}" has a bad size or mode`;
+  for (const n of [f.offset, f.unitSkip, f.storedSize]) if (n !== undefined && !isCount(n)) return `"${f.path}" has a bad offset or stored size`;
+  if (f.checksum !== undefined && (typeof f.checksum !== 'string' || !/^[0-9a-f]*$/.test(f.checksum))) return `"${f.path}" has a bad checksum`;
+  if (f.type === 'symlink' && (typeof f.linkTarget !== 'string' || /[\u0000-\u001f\u007f]/.test(f.linkTarget))) {
+    return `symlink "${f.path}" has a bad target`;
+  }
+  return undefined;
+}
+
 /** What a manifest line holds. */
 export type ManifestLine = { kind: 'file'; entry: ManifestFileEntry } | { kind: 'artifact'; artifact: ManifestArtifact };
 
@@ -169,6 +191,8 @@ export async function* readManifest(
       onHeader?.(obj.h);
     } else if (obj.f) {
       entries++;
+      const problem = manifestEntryProblem(obj.f);
+      if (problem) throw new Error(`${path}:${lineNo}: ${problem} (damaged manifest)`);
       yield { kind: 'file', entry: obj.f };
     } else if (obj.a) {
       yield { kind: 'artifact', artifact: obj.a };

@@ -155,6 +155,12 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
   const info = entry.info;
   const label = `incremental backup ${info.id}`;
   const files = new Map<string, Map<string, IncrementalManifestEntry>>();
+  const dirs: { path: string; mode: number }[] = [];
+  const links: { path: string; linkTarget: string }[] = [];
+  const previous = step.previous ? await readRestoredState(step.previous.dir) : undefined;
+  // What the previous link restored as another type (a directory that became a symlink or a file, or
+  // the reverse) is removed before this link writes: nothing is ever created or written through it.
+  const typeChanged: string[] = [];
   let count = 0;
   let total = 0;
   try {
@@ -163,12 +169,14 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
       const e = line.entry as IncrementalManifestEntry;
       const root = opts.destinations.get(e.archive);
       if (root === undefined) continue;
+      const key = fileKey(e.archive, e.path);
+      const was = previous ? (previous.files.has(key) ? 'file' : previous.others.get(key)) : undefined;
+      if (was !== undefined && was !== e.type) typeChanged.push(join(root, e.path));
       if (e.type === 'dir') {
-        await opts.target.makeDir(join(root, e.path), e.mode & 0o777);
+        dirs.push({ path: join(root, e.path), mode: e.mode & 0o777 });
       } else if (e.type === 'symlink') {
         if (e.archive === 'base' && e.path.startsWith('pg_tblspc/')) continue;
-        await opts.target.remove(join(root, e.path));
-        await opts.target.symlink(e.linkTarget ?? '', join(root, e.path));
+        links.push({ path: join(root, e.path), linkTarget: e.linkTarget ?? '' });
       } else {
         let m = files.get(e.archive);
         if (!m) files.set(e.archive, (m = new Map()));
@@ -179,9 +187,20 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
     if (err instanceof BartError) throw err;
     throw new BartError(`${label} cannot be restored: ${errorMessage(err)}`);
   }
+  // The target now holds what the previous link restored plus what older links left that it dropped;
+  // removing those first makes `previous` describe the target exactly, so type changes are all seen.
+  if (step.previous) await removeDropped(step.previous, opts);
+  for (const path of typeChanged) await opts.target.remove(path);
+  // Parents before children, whatever order the manifest lists them in.
+  dirs.sort((a, b) => a.path.split('/').length - b.path.split('/').length);
+  for (const d of dirs) await opts.target.makeDir(d.path, d.mode);
+  for (const l of links) {
+    await opts.target.remove(l.path);
+    await opts.target.symlink(l.linkTarget, l.path);
+  }
   // WAL of an intermediate link is neither needed nor kept: read past it unchecked (VERIFY-CHKSUM covers it).
   const passOver = (archive: string, e: IncrementalManifestEntry) => !step.newest && archive === 'base' && e.path.startsWith('pg_wal/');
-  const before = step.previous ? (await readRestoredState(step.previous.dir)).files : undefined;
+  const before = previous?.files;
   const destFor = (archive: string, e: IncrementalManifestEntry): string | undefined => {
     if (archive === 'base' && SKIPPED_BASE_FILES.has(e.path)) return undefined;
     if (passOver(archive, e)) return undefined;
@@ -272,7 +291,7 @@ export async function removeDropped(newest: CatalogEntry, opts: ApplyOptions): P
         path = heldBack.get(path) ?? path;
       }
       const key = fileKey(archive, path);
-      const listed = e.type === 'file' ? state.files.has(key) : state.others.has(key);
+      const listed = e.type === 'file' ? state.files.has(key) : state.others.get(key) === e.type;
       if (listed) continue;
       await opts.target.remove(join(root, e.path));
       if (e.type === 'dir') removedDir = `${e.path}/`;

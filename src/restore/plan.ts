@@ -6,6 +6,7 @@ import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { readManifest, type ManifestArtifact, type ManifestFileEntry, type ManifestHeader } from '../catalog/manifest.js';
 import type { RestoreFileSpec, RestoreTask } from './reader.js';
+import { checkAbsolutePath, TreeShapeCheck } from '../util/untrusted-path.js';
 
 /** The data directory's archive name in manifests. */
 export const BASE_ARCHIVE = 'base';
@@ -62,6 +63,9 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
   const ext = compressionExtension(info.compression);
   let totalFiles = 0;
   let totalBytes = 0;
+  // Checked before anything is written: no entry lies below a symlink or a file of the backup, so
+  // no write of this restore can go through a link (the manifest is read back, not trusted).
+  const shapes = new Map<string, TreeShapeCheck>();
   try {
     for await (const line of readManifest(manifestPath, (h) => (header = h))) {
       if (line.kind === 'artifact') {
@@ -73,7 +77,9 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
       if (!summary) {
         summary = { files: 0, bytes: 0, sequential: false };
         archives.set(e.archive, summary);
+        shapes.set(e.archive, new TreeShapeCheck(`the manifest of backup ${info.id} (archive ${e.archive})`, false));
       }
+      shapes.get(e.archive)!.add(e.path, e.type);
       if (e.type !== 'file') continue;
       summary.files++;
       summary.bytes += e.size;
@@ -100,6 +106,12 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
   } catch (err) {
     if (err instanceof BartError) throw err;
     throw new BartError(`backup ${info.id} cannot be restored: ${errorMessage(err)}`);
+  }
+  for (const shape of shapes.values()) shape.finish();
+  for (const t of info.tablespaces) {
+    const origin = `the backupinfo of backup ${info.id}`;
+    if (!Number.isSafeInteger(t.oid) || t.oid <= 0) throw new BartError(`backup ${info.id} cannot be restored: ${origin} lists a tablespace with OID "${t.oid}"`);
+    checkAbsolutePath(t.location, `${origin} (tablespace ${t.oid})`);
   }
   if (!header) throw new BartError(`backup ${info.id} cannot be restored: ${manifestPath} has no header`);
   if (header.id !== info.id || header.format !== info.format) {

@@ -9,6 +9,9 @@ import { LocalHost } from './data-host.js';
 import { SshRestoreTarget } from '../ssh/restore-target.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from '../restore-target.js';
 
+/** Create or truncate for writing, refusing (ELOOP) a symlink in the file's place. */
+const WRITE_NO_FOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+
 function missing(err: unknown): boolean {
   return isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR');
 }
@@ -129,15 +132,16 @@ export class LocalRestoreTarget implements RestoreTarget {
     }
   }
 
+  /** Files are opened with O_NOFOLLOW: a restore never writes through a symlink it finds in place of a file. */
   async openWriter(path: string, mode: number): Promise<TargetFileWriter> {
     let fd: number;
     try {
-      fd = openSync(path, 'w', mode);
+      fd = openSync(path, WRITE_NO_FOLLOW, mode);
     } catch (err) {
       if (!missing(err)) throw err;
       // A parent directory that the manifest listed later (or another worker has not made yet).
       await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-      fd = openSync(path, 'w', mode);
+      fd = openSync(path, WRITE_NO_FOLLOW, mode);
     }
     if (this.spec.owner) fchownSync(fd, this.spec.owner.uid, this.spec.owner.gid);
     return new LocalFileWriter(fd);
@@ -146,7 +150,7 @@ export class LocalRestoreTarget implements RestoreTarget {
   async openPatcher(path: string, length: number): Promise<TargetFilePatcher | undefined> {
     let handle;
     try {
-      handle = await open(path, 'r+');
+      handle = await open(path, constants.O_RDWR | constants.O_NOFOLLOW);
     } catch (err) {
       if (missing(err)) return undefined;
       throw err;
