@@ -133,14 +133,16 @@ describe('server lock under contention', () => {
     rmSync(work, { recursive: true, force: true });
   });
 
-  test(`${PROCESSES} processes take over a stale lock at once, ${ROUNDS} rounds: exactly one holder each round`, async () => {
-    for (let i = 0; i < PROCESSES; i++) contenders.push(new Contender(join(work, 'contender.mjs'), lockDir, join(markerDir, 'holding')));
+  test(`${PROCESSES} processes take over a stale lock at once, ${ROUNDS} rounds: one holder each round`, async () => {
+    const script = join(work, 'contender.mjs');
+    for (let i = 0; i < PROCESSES; i++) contenders.push(new Contender(script, lockDir, join(markerDir, 'holding')));
     const dead = deadPid();
     const lockPath = join(lockDir, 'backup.lock');
     const failures: string[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       // A lock left by a dead BACKUP; every fifth round a damaged one (also stale).
-      const stale = round % 5 === 4 ? '{"pid": 12' : JSON.stringify({ pid: dead, command: 'BACKUP', started: new Date().toISOString() });
+      const started = new Date().toISOString();
+      const stale = round % 5 === 4 ? '{"pid": 12' : JSON.stringify({ pid: dead, command: 'BACKUP', started });
       writeFileSync(lockPath, stale);
       for (const c of contenders) c.send('go');
       const reports = await Promise.all(contenders.map((c) => c.next()));
@@ -151,8 +153,13 @@ describe('server lock under contention', () => {
       for (const r of reports) if (r.kind === 'error') problems.push(`error: ${r.message}`);
       if (holders.length === 1) {
         // The others refuse naming the one holder, in the usual message.
-        const named = new RegExp(`^BACKUP is running for this server \\(pid ${holders[0]!.child.pid}, started \\d{4}-[^)]*\\); try again when it has finished \\(lock file ${lockPath}\\)$`);
-        for (const r of reports) if (r.kind === 'refused' && !named.test(r.message!.split('\n')[0]!.replace(/^BartError: /, ''))) problems.push(`refusal: ${r.message}`);
+        const named = new RegExp(
+          `^BartError: BACKUP is running for this server \\(pid ${holders[0]!.child.pid}, started \\d{4}-[^)]*\\); ` +
+            `try again when it has finished \\(lock file ${lockPath}\\)$`,
+        );
+        for (const r of reports) {
+          if (r.kind === 'refused' && !named.test(r.message!.split('\n')[0]!)) problems.push(`refusal: ${r.message}`);
+        }
       }
       for (const h of holders) h.send('release');
       for (const h of holders) {
@@ -176,12 +183,16 @@ describe('server lock under contention', () => {
     const sleeper = spawn('sleep', ['30'], { stdio: 'ignore' });
     try {
       const pid = sleeper.pid!;
-      const write = (extra: object) => writeFileSync(lockPath, JSON.stringify({ pid, command: 'MANAGE -d', started: '2026-01-02T03:04:05.000Z', ...extra }));
-      const refusal = new RegExp(`^MANAGE -d is running for this server \\(pid ${pid}, started 2026-01-02T03:04:05.000Z\\); try again`);
+      const started = '2026-01-02T03:04:05.000Z';
+      const write = (extra: object) => {
+        writeFileSync(lockPath, JSON.stringify({ pid, command: 'MANAGE -d', started, ...extra }));
+      };
+      const refusal = new RegExp(`^MANAGE -d is running for this server \\(pid ${pid}, started ${started}\\); try`);
       // Live, recorded without a start time (older pgbart) or with the right one: refused, named.
       for (const extra of [{}, { procStart: startOf(pid) }]) {
         write(extra);
-        await assert.rejects(acquireLock(dir, 'backup', 'BACKUP'), (err: Error) => err.name === 'BartError' && refusal.test(err.message));
+        const refused = (err: Error) => err.name === 'BartError' && refusal.test(err.message);
+        await assert.rejects(acquireLock(dir, 'backup', 'BACKUP'), refused);
         assert.equal((await serverLockHolder(dir))?.pid, pid);
       }
       // The pid now belongs to another process (its start time differs): the lock is stale.
@@ -195,8 +206,11 @@ describe('server lock under contention', () => {
     // A zombie (exited, not reaped: sh execs into sleep, which never waits for it) holds nothing.
     const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
-      const zombie = Number((await new Promise<string>((r) => parent.stdout.once('data', (d: Buffer) => r(d.toString())))).trim());
-      for (let i = 0; i < 200 && !/\) Z /.test(readFileSync(`/proc/${zombie}/stat`, 'utf8')); i++) await new Promise((r) => setTimeout(r, 10));
+      const line = await new Promise<string>((r) => parent.stdout.once('data', (d: Buffer) => r(d.toString())));
+      const zombie = Number(line.trim());
+      const isZombie = () => /\) Z /.test(readFileSync(`/proc/${zombie}/stat`, 'utf8'));
+      for (let i = 0; i < 200 && !isZombie(); i++) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(isZombie(), `pid ${zombie} is not a zombie`);
       writeFileSync(lockPath, JSON.stringify({ pid: zombie, command: 'BACKUP', started: '2026-01-02T03:04:05.000Z' }));
       await (await acquireLock(dir, 'backup', 'BACKUP')).release();
     } finally {
@@ -226,7 +240,8 @@ describe('server lock under contention', () => {
     const sleeper = spawn('sleep', ['30'], { stdio: 'ignore' });
     try {
       const claim = staleWithClaim(sleeper.pid!);
-      await assert.rejects(acquireLock(dir, 'backup', 'BACKUP'), new RegExp(`^BartError: could not take the lock ${lockPath}$`));
+      const gaveUp = new RegExp(`^BartError: could not take the lock ${lockPath}$`);
+      await assert.rejects(acquireLock(dir, 'backup', 'BACKUP'), gaveUp);
       assert.deepEqual(readdirSync(dir).sort(), [claim.slice(dir.length + 1), 'backup.lock']);
     } finally {
       sleeper.kill();
