@@ -25,7 +25,7 @@ function errorLine(stderr: string): string {
   return lines[0]!;
 }
 
-test('ARCHIVE-PUSH: 8 parallel pushes of the same segment all succeed, leave one archived file and no temp files', async () => {
+test('ARCHIVE-PUSH: 8 parallel pushes of one segment all succeed, leave one archived file, no temp files', async () => {
   const setup = createBartSetup({}, '[ARCH]\nhost = 127.0.0.1\nport = 1\nuser = postgres\ncluster_owner = postgres\n');
   try {
     const init = await setup.bart(['INIT', '-s', 'arch', '--no-configure']);
@@ -42,7 +42,8 @@ test('ARCHIVE-PUSH: 8 parallel pushes of the same segment all succeed, leave one
     // Several rounds: whether pushes overlap (copy running when another links) depends on timing.
     for (let round = 0; round < 3; round++) {
       for (const f of readdirSync(archiveDir)) removeTree(join(archiveDir, f));
-      const results = await Promise.all(Array.from({ length: 8 }, () => setup.bart(['ARCHIVE-PUSH', '-s', 'arch', src])));
+      const pushes = Array.from({ length: 8 }, () => setup.bart(['ARCHIVE-PUSH', '-s', 'arch', src]));
+      const results = await Promise.all(pushes);
       for (const r of results) assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(readdirSync(archiveDir), [name], `round ${round}: exactly the archived segment, no temp files`);
       assert.ok(readFileSync(join(archiveDir, name)).equals(readFileSync(src)));
@@ -55,41 +56,54 @@ test('ARCHIVE-PUSH: 8 parallel pushes of the same segment all succeed, leave one
 test('recovery settings: a line break or NUL in any value is refused, naming the setting', () => {
   const base = { major: 16, restoreCommand: 'cp /x/%f %p', inclusive: false, standby: false } as const;
   for (const bad of ['a\nb', 'a\rb', 'a\0b']) {
-    assert.throws(() => recoverySettings({ ...base, target: { kind: 'name', value: bad } }), /recovery_target_name .* contains a line break or NUL/);
-    assert.throws(() => recoverySettings({ ...base, restoreCommand: `cp '/r${bad}/%f' %p`, target: { kind: 'none' } }), /restore_command .* contains a line break or NUL/);
+    assert.throws(
+      () => recoverySettings({ ...base, target: { kind: 'name', value: bad } }),
+      /recovery_target_name .* contains a line break or NUL/,
+    );
+    assert.throws(
+      () => recoverySettings({ ...base, restoreCommand: `cp '/r${bad}/%f' %p`, target: { kind: 'none' } }),
+      /restore_command .* contains a line break or NUL/,
+    );
   }
-  assert.equal(recoverySettings({ ...base, target: { kind: 'name', value: "it's fine \\ here" } }).find(([k]) => k === 'recovery_target_name')![1], "it's fine \\ here");
+  const fine = recoverySettings({ ...base, target: { kind: 'name', value: "it's fine \\ here" } });
+  assert.equal(fine.find(([k]) => k === 'recovery_target_name')![1], "it's fine \\ here");
 });
 
 test('archive_command: the archive path (%a) in BART\'s scp template is shell-quoted', async () => {
   const archivePath = "/srv/wal archive/it's 100%";
   const config = parseConfig(
     `[BART]\nbart_host = bartuser@bart.example.com\nbackup_path = /srv/bart\n\n` +
-      `[db1]\nhost = 10.0.0.5\nuser = postgres\ncluster_owner = postgres\nremote_host = postgres@10.0.0.5\narchive_path = ${archivePath}\n`,
+      '[db1]\nhost = 10.0.0.5\nuser = postgres\ncluster_owner = postgres\nremote_host = postgres@10.0.0.5\n' +
+      `archive_path = ${archivePath}\n`,
     '/etc/bart.cfg',
   );
   const command = expectedArchiveCommand(config, config.servers.find((s) => s.name === 'db1')!);
   // What PostgreSQL does with it: %p and %f replaced, %% becomes %; then /bin/sh runs it.
-  const expanded = command.replace(/%([pf%])/g, (_, c: string) => (c === 'p' ? 'pg_wal/000000010000000000000003' : c === 'f' ? '000000010000000000000003' : '%'));
+  const seg = '000000010000000000000003';
+  const placeholders: Record<string, string> = { p: `pg_wal/${seg}`, f: seg, '%': '%' };
+  const expanded = command.replace(/%([pf%])/g, (_, c: string) => placeholders[c]!);
   const r = await run('sh', ['-c', `scp() { printf '%s\\n' "$@"; }; ${expanded}`], { asTestUser: false });
   assert.equal(r.code, 0, r.stderr);
-  assert.deepEqual(r.stdout.split('\n').slice(0, -1), ['pg_wal/000000010000000000000003', `bartuser@bart.example.com:${archivePath}/000000010000000000000003`], command);
+  const argv = r.stdout.split('\n').slice(0, -1);
+  assert.deepEqual(argv, [`pg_wal/${seg}`, `bartuser@bart.example.com:${archivePath}/${seg}`], command);
 });
 
-test('bart.cfg: a remote_host that ssh would take as an option is a <file>:<line> error from CHECK-CONFIG', async () => {
+test('bart.cfg: a remote_host that ssh would take as an option is a <file>:<line> error', async () => {
   const setup = createBartSetup();
   try {
     const base = readFileSync(setup.configPath, 'utf8');
     for (const value of ['postgres@-oProxyCommand', '-oProxyCommand=touch /tmp/x']) {
       const path = join(setup.dir, 'bad.cfg');
-      const text = `${base}\n[db1]\nhost = 127.0.0.1\nuser = postgres\ncluster_owner = postgres\nremote_host = ${value}\n`;
+      const text = `${base}\n[db1]\nhost = 127.0.0.1\nuser = postgres\ncluster_owner = postgres\n` +
+        `remote_host = ${value}\n`;
       writeFileSync(path, text);
       chmodSync(path, 0o644);
       const line = text.split('\n').findIndex((l) => l.startsWith('remote_host')) + 1;
       const r = await setup.bart(['-c', path, 'CHECK-CONFIG']);
       assert.notEqual(r.code, 0, value);
       const escaped = path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
-      assert.match(errorLine(r.stderr), new RegExp(`^ERROR:\\s+${escaped}:${line}: remote_host = ".*" is invalid: .*must not start with "-"`), value);
+      const expected = `^ERROR:\\s+${escaped}:${line}: remote_host = ".*" is invalid: .*must not start with "-"`;
+      assert.match(errorLine(r.stderr), new RegExp(expected), value);
     }
   } finally {
     setup.cleanup();
@@ -115,12 +129,13 @@ describe('RESTORE refuses untrusted option values before anything is written', (
     for (const [what, args] of [
       ['-p with a newline', (p: string) => ['-p', `${p}\nrecovery_target_action = 'promote'`, '-c']],
       ['-p with a carriage return', (p: string) => ['-p', `${p}\rx`]],
-      ['--target-name with a newline', (p: string) => ['-p', p, '--target-name', "rp\nrestore_command = 'touch /tmp/pwned'"]],
+      ['--target-name with a newline', (p: string) => ['-p', p, '--target-name', "rp\nrestore_command = 'touch /x'"]],
     ] as const) {
       const path = freshPath(src, 'nl');
       const r = await src.restore(['-i', backupId, ...args(path)]);
       assert.notEqual(r.code, 0, `${what}: ${r.stdout}`);
-      assert.match(errorLine(r.stderr), /^ERROR:\s+(-p\/--restore-path|--target-name) ".*" contains a line break or NUL/, what);
+      const says = /^ERROR:\s+(-p\/--restore-path|--target-name) ".*" contains a line break or NUL/;
+      assert.match(errorLine(r.stderr), says, what);
       assert.deepEqual(readdirSync(src.scratch).filter((n) => n.startsWith('nl-')), [], `${what}: nothing created`);
     }
   });
@@ -129,11 +144,17 @@ describe('RESTORE refuses untrusted option values before anything is written', (
     const marker = join(makeTempDir('marker'), 'touched');
     try {
       // The first passes a plain user@host pattern: ssh would take it as -o ProxyCommand=... .
-      for (const remote of [`-oProxyCommand=touch\${IFS}${marker}@localhost`, '-oProxyCommand=touch /tmp/x', 'postgres@-oProxyCommand=x']) {
+      const values = [
+        `-oProxyCommand=touch\${IFS}${marker}@localhost`,
+        '-oProxyCommand=touch /tmp/x',
+        'postgres@-oProxyCommand=x',
+      ];
+      for (const remote of values) {
         const path = freshPath(src, 'r');
         const r = await src.restore(['-i', backupId, '-p', path, '-r', remote]);
         assert.notEqual(r.code, 0, remote);
-        assert.match(errorLine(r.stderr), /^ERROR:\s+-r\/--remote-host ".*" is invalid: .*must not start with "-"/, remote);
+        const says = /^ERROR:\s+-r\/--remote-host ".*" is invalid: .*must not start with "-"/;
+        assert.match(errorLine(r.stderr), says, remote);
         assert.ok(!existsSync(path), `${remote}: nothing created`);
       }
       assert.ok(!existsSync(marker), 'no ProxyCommand ran');

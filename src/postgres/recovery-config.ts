@@ -59,14 +59,18 @@ export function signalFileName(opts: Pick<RecoveryOptions, 'standby'>): 'standby
  */
 export function requireConfSafe(what: string, value: string): void {
   if (/[\n\r\0]/.test(value)) {
-    throw new BartError(`${what} ${JSON.stringify(value)} contains a line break or NUL, which would break the restored cluster's postgresql.auto.conf`);
+    throw new BartError(
+      `${what} ${JSON.stringify(value)} contains a line break or NUL, ` +
+        "which would break the restored cluster's postgresql.auto.conf",
+    );
   }
 }
 
 /**
- * The settings, in the order they are written; a value with a line break or NUL is a BartError (see
- * {@link requireConfSafe}), so no caller can write a broken postgresql.auto.conf. archive_mode is turned off so the restored cluster
- * does not archive into the source's archive (BART did the same; the DBA turns it back on).
+ * The settings, in the order they are written. archive_mode is turned off so the restored cluster
+ * does not archive into the source's archive (BART did the same; the DBA turns it back on). A value
+ * with a line break or NUL is a BartError ({@link requireConfSafe}): no caller can write a broken
+ * postgresql.auto.conf.
  */
 export function recoverySettings(opts: RecoveryOptions): [string, string][] {
   if (opts.major < 12) throw new Error(`PostgreSQL ${opts.major} needs recovery.conf, which pgbart does not write (it supports 13-18)`);

@@ -6,6 +6,8 @@
  */
 export function sshDestinationProblem(text: string): string | undefined {
   const host = text.slice(text.lastIndexOf('@') + 1);
-  if (text.startsWith('-') || host.startsWith('-')) return 'the user and the host must not start with "-" (ssh would read it as an option)';
+  if (text.startsWith('-') || host.startsWith('-')) {
+    return 'the user and the host must not start with "-" (ssh would read it as an option)';
+  }
   return undefined;
 }
