@@ -105,6 +105,16 @@ export async function findArchived(archiveDir: string, name: string): Promise<st
   return undefined;
 }
 
+/** fsyncs an existing file (read-only is enough: fsync flushes the file, not the descriptor). */
+async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Copies a stream into a new file (mode 0600) and fsyncs it; returns the bytes written. */
 async function writeSynced(source: Readable, target: string): Promise<number> {
   const handle = await open(target, 'wx', 0o600);
@@ -150,7 +160,7 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
 
   const target = join(archiveDir, name);
   const existing = await findArchived(archiveDir, name);
-  if (existing) return compareWithArchived(sourcePath, existing);
+  if (existing) return compareWithArchived(sourcePath, existing, archiveDir);
 
   const tmp = tempSibling(target);
   try {
@@ -160,9 +170,12 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
     try {
       await link(tmp, target);
     } catch (err) {
-      // Another ARCHIVE-PUSH stored the same name while we copied: judge by content, as above.
-      if (isErrnoError(err) && err.code === 'EEXIST') return await compareWithArchived(sourcePath, target);
-      throw err;
+      if (!(isErrnoError(err) && err.code === 'EEXIST')) throw err;
+      // Another ARCHIVE-PUSH stored the same name while we copied: our copy is not needed whatever the
+      // verdict, so it goes first (parallel pushes of one segment used to leave theirs behind); then
+      // judge by content, as above.
+      await unlink(tmp);
+      return await compareWithArchived(sourcePath, target, archiveDir);
     }
     crashPoint('push:linked');
     await unlink(tmp);
@@ -175,8 +188,21 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
   }
 }
 
-async function compareWithArchived(sourcePath: string, archived: string): Promise<PushOutcome> {
-  if (await sameContent(createReadStream(sourcePath), openArchived(archived))) return 'already-archived';
+/**
+ * The verdict when `archived` already holds the name: identical content is a success, made durable
+ * first (PostgreSQL recycles the segment once told it is archived, and the copy found may be another
+ * push's that has not fsynced the directory yet, or one written by scp that was never fsynced).
+ */
+async function compareWithArchived(sourcePath: string, archived: string, archiveDir: string): Promise<PushOutcome> {
+  if (await sameContent(createReadStream(sourcePath), openArchived(archived))) {
+    try {
+      await fsyncFile(archived);
+      await fsyncDir(archiveDir);
+    } catch (err) {
+      throw new BartError(`cannot make the archived "${archived}" durable: ${errorMessage(err)}`);
+    }
+    return 'already-archived';
+  }
   throw new BartError(
     `"${archived}" already exists in the archive with different content than "${sourcePath}"; the archived file was kept. ` +
       'Two servers may be archiving into the same archive_path, or the server was re-created: check archive_path/archive_command',

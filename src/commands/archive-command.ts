@@ -14,13 +14,16 @@ export function archivesLocally(config: BartConfig, server: ServerConfig): boole
 
 /**
  * Expands BART's archive_command template: `%h` = bart_host (user@host), `%a` = the server's archive
- * path; `%p`, `%f`, `%r` and `%%` are left for PostgreSQL.
+ * path; `%p`, `%f`, `%r` and `%%` are left for PostgreSQL. Both are shell-quoted (and `%` doubled)
+ * when they hold anything the shell would interpret, since PostgreSQL runs the command with /bin/sh:
+ * an archive path with a space or a quote would otherwise split or break the command. Plain values,
+ * the usual case, come out unchanged, so templates that worked before produce the same command.
  */
 export function expandArchiveTemplate(template: string, config: BartConfig, server: ServerConfig): string {
   const bartHost = `${config.global.bartHost.user}@${config.global.bartHost.host}`;
   return template.replace(/%(.)/g, (whole, c: string) => {
-    if (c === 'h') return bartHost.replace(/%/g, '%%');
-    if (c === 'a') return server.archivePath.replace(/%/g, '%%');
+    if (c === 'h') return quoteForPostgresCommand(bartHost);
+    if (c === 'a') return quoteForPostgresCommand(server.archivePath);
     return whole;
   });
 }

@@ -17,7 +17,7 @@ import { LocalRestoreTarget } from '../hosts/local/restore-target.js';
 import { parseRemoteDestination, PATCH_BATCH_BYTES, scpRestoreCommand, SshRestoreTarget } from '../hosts/ssh/restore-target.js';
 import { uploadWalFiles } from '../hosts/ssh/restore-wal.js';
 import type { PathState, RestoreTarget } from '../hosts/restore-target.js';
-import { mergeAutoConf, recoverySettings, recoverySettingsIn, shellQuoteForRestoreCommand, signalFileName } from '../postgres/recovery-config.js';
+import { mergeAutoConf, recoverySettings, recoverySettingsIn, requireConfSafe, shellQuoteForRestoreCommand, signalFileName } from '../postgres/recovery-config.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { formatBytes, formatDuration } from '../util/format.js';
 import { log } from '../util/log.js';
@@ -225,6 +225,8 @@ async function preparePlan(ctx: CommandContext, o: RestoreOptions, target: Resto
   const remote = o.remoteHost !== undefined;
   const server = selectOneServer(ctx.config, o.server, 'RESTORE');
   if (!o.restorePath) throw new BartError('RESTORE needs -p/--restore-path PATH (the directory to restore into; empty or absent)');
+  // With -c the path is part of restore_command; refused in any case, before anything is written.
+  requireConfSafe('-p/--restore-path', o.restorePath);
   const path = resolve(o.restorePath);
   const cliMap = o.tablespaceMap !== undefined ? parseTablespaceMap(o.tablespaceMap) : undefined;
 

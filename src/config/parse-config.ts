@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';
+import { sshDestinationProblem } from '../util/ssh-destination.js';
 import { backupNameProblem } from './backup-name.js';
 import { parseRetentionPolicy } from './retention-policy.js';
 import type { BartConfig, GlobalConfig, OverridableSettings, ServerConfig, UserAtHost, XlogMethod } from './types.js';
@@ -170,6 +171,8 @@ function unquote(value: string): string {
 type At = (line: number) => string;
 
 function parseUserAtHost(entry: RawEntry, key: string, at: At): UserAtHost {
+  const problem = sshDestinationProblem(entry.value);
+  if (problem) throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" is invalid: ${problem}`);
   const m = /^([A-Za-z0-9_][A-Za-z0-9_.-]*)@([A-Za-z0-9_.:-]+|\[[0-9A-Fa-f:]+\])$/.exec(entry.value);
   if (!m) throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" is invalid: expected user@host (e.g. postgres@192.168.0.10)`);
   return { user: m[1]!, host: m[2]! };

@@ -4,6 +4,8 @@
  * `recovery.signal` (or `standby.signal`) exists; recovery.conf is gone and would stop them starting.
  */
 
+import { BartError } from '../util/errors.js';
+
 /** Where recovery stops; `none` replays all archived WAL. */
 export type RecoveryTarget =
   | { kind: 'none' }
@@ -50,8 +52,25 @@ export function signalFileName(opts: Pick<RecoveryOptions, 'standby'>): 'standby
 }
 
 /**
+ * Throws a BartError when `value` holds a line break or NUL. postgresql.auto.conf is read line by
+ * line: a line break inside a quoted value would end the setting there and turn the rest into lines
+ * of its own (another setting, or a syntax error that stops the restored server from starting).
+ * `what` names the value for the message: an option (`--target-name`) or a setting.
+ */
+export function requireConfSafe(what: string, value: string): void {
+  if (/[\n\r\0]/.test(value)) {
+    throw new BartError(
+      `${what} ${JSON.stringify(value)} contains a line break or NUL, ` +
+        "which would break the restored cluster's postgresql.auto.conf",
+    );
+  }
+}
+
+/**
  * The settings, in the order they are written. archive_mode is turned off so the restored cluster
- * does not archive into the source's archive (BART did the same; the DBA turns it back on).
+ * does not archive into the source's archive (BART did the same; the DBA turns it back on). A value
+ * with a line break or NUL is a BartError ({@link requireConfSafe}): no caller can write a broken
+ * postgresql.auto.conf.
  */
 export function recoverySettings(opts: RecoveryOptions): [string, string][] {
   if (opts.major < 12) throw new Error(`PostgreSQL ${opts.major} needs recovery.conf, which pgbart does not write (it supports 13-18)`);
@@ -73,6 +92,7 @@ export function recoverySettings(opts: RecoveryOptions): [string, string][] {
   if (opts.timeline !== undefined) out.push(['recovery_target_timeline', opts.timeline]);
   if (opts.action !== undefined) out.push(['recovery_target_action', opts.action]);
   out.push(['archive_mode', 'off']);
+  for (const [name, value] of out) requireConfSafe(`recovery setting ${name} =`, value);
   return out;
 }
 

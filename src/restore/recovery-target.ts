@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { gunzipSync } from 'node:zlib';
-import type { RecoveryTarget } from '../postgres/recovery-config.js';
+import { requireConfSafe, type RecoveryTarget } from '../postgres/recovery-config.js';
 import { BartError } from '../util/errors.js';
 import { formatLsn, isLsn, parseLsn } from '../util/lsn.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
@@ -150,6 +150,7 @@ export function parseTargetOptions(o: TargetOptions, defaultZone: string): Parse
     target = { kind: 'lsn', value: formatLsn(parseLsn(o.targetLsn)) };
     description = `LSN ${target.value}`;
   } else if (o.targetName !== undefined) {
+    requireConfSafe('--target-name', o.targetName);
     if (o.targetName === '' || o.targetName.length > 63) throw new BartError(`--target-name "${o.targetName}" is not a restore point name (1 to 63 characters)`);
     target = { kind: 'name', value: o.targetName };
     description = `restore point "${o.targetName}"`;

@@ -1,6 +1,7 @@
 import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import { quoteForPostgresCommand } from '../../util/shell-quote.js';
+import { sshDestinationProblem } from '../../util/ssh-destination.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from '../restore-target.js';
 import { walkOrder } from './data-host.js';
 import type { SshChannel } from './channel.js';
@@ -74,8 +75,10 @@ function octalMode(mode: number): string {
 
 /** Parses `user@host` from -r/--remote-host. */
 export function parseRemoteDestination(text: string): SshDestination {
+  const problem = sshDestinationProblem(text.trim());
+  if (problem) throw new BartError(`-r/--remote-host ${JSON.stringify(text)} is invalid: ${problem}`);
   const m = /^([^@\s]+)@([^@\s]+)$/.exec(text.trim());
-  if (!m) throw new BartError(`-r/--remote-host "${text}" is invalid: expected user@host`);
+  if (!m) throw new BartError(`-r/--remote-host ${JSON.stringify(text)} is invalid: expected user@host`);
   return { user: m[1]!, host: m[2]! };
 }
 

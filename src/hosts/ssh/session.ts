@@ -71,7 +71,7 @@ export class SshSession {
   private async startMaster(): Promise<void> {
     // -f: ssh returns once authenticated and keeps the master in the background; ControlPersist makes
     // that master exit by itself when idle, so a killed bart leaves nothing behind for long.
-    const args = [...SSH_BASE_OPTIONS, '-o', 'ControlMaster=yes', '-o', `ControlPersist=${MASTER_IDLE_SECONDS}`, '-S', this.controlPath, '-f', '-N', this.destination];
+    const args = [...SSH_BASE_OPTIONS, '-o', 'ControlMaster=yes', '-o', `ControlPersist=${MASTER_IDLE_SECONDS}`, '-S', this.controlPath, '-f', '-N', '--', this.destination];
     const { code, stderr } = await new Promise<{ code: number; stderr: string }>((resolvePromise) => {
       let err = '';
       let child: ChildProcess;
@@ -97,9 +97,9 @@ export class SshSession {
     log.debug(`ssh: connected to ${this.destination} (control socket ${this.controlPath})`);
   }
 
-  /** ssh arguments that reuse the master for a new session. */
+  /** ssh arguments that reuse the master for a new session; `--` keeps the destination from being read as an option. */
   sessionArgs(): string[] {
-    return [...SSH_BASE_OPTIONS, '-o', 'ControlMaster=no', '-S', this.controlPath, this.destination];
+    return [...SSH_BASE_OPTIONS, '-o', 'ControlMaster=no', '-S', this.controlPath, '--', this.destination];
   }
 
   /** Starts `command` (a shell command line for the remote login shell) as a multiplexed session. */
@@ -142,7 +142,7 @@ export class SshSession {
     this.closed = true;
     if (this.dir === '') return; // attached: the owner stops the master
     await new Promise<void>((resolvePromise) => {
-      const child = spawn('ssh', ['-S', this.controlPath, '-O', 'exit', this.destination], { stdio: 'ignore' });
+      const child = spawn('ssh', ['-S', this.controlPath, '-O', 'exit', '--', this.destination], { stdio: 'ignore' });
       child.on('error', () => resolvePromise());
       child.on('close', () => resolvePromise());
     });
