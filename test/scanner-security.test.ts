@@ -14,6 +14,7 @@ import { createBartSetup, type BartSetup } from './harness/bart.js';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { waitFor } from './harness/wal-workload.js';
 import { bartScanner, killScanner, scannerPid } from './harness/scanner.js';
+import { REPO_ROOT } from './harness/pg-binaries.js';
 import { loadConfig } from '../src/config/parse-config.js';
 import { BartError } from '../src/util/errors.js';
 import { crc32cRange } from '../src/wal/crc32c.js';
@@ -154,6 +155,24 @@ test('the daemon creates its pid file without following a symlink; a stale pid f
     assert.equal(r.code, 0, r.stderr);
   } finally {
     killScanner(setup.dir);
+    setup.cleanup();
+  }
+});
+
+test('STOP stops a scanner started as root in the foreground (it switched users in place)', { skip: needsRoot }, async () => {
+  const setup = createBartSetup();
+  // Such a process is not dumpable, and on most kernels its /proc entries then belong to root
+  // whatever user it runs as: STOP must go by the uid it runs as.
+  const fg = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart-scanner.js'), '-c', setup.configPath], { stdio: 'ignore' });
+  try {
+    await waitFor(() => scannerPid(setup.dir) === fg.pid, 15_000, 'the foreground scanner');
+    assert.match(readFileSync(`/proc/${fg.pid}/status`, 'utf8'), new RegExp(`^Uid:\\s+${ids!.uid}\\s+${ids!.uid}\\s`, 'm'), 'runs as the BART user');
+    const r = await bartScanner(setup.configPath, ['STOP']);
+    assert.equal(r.code, 0, r.stderr);
+    await waitFor(() => fg.exitCode !== null, 10_000, 'exit');
+    assert.equal(fg.exitCode, 0);
+  } finally {
+    fg.kill('SIGKILL');
     setup.cleanup();
   }
 });

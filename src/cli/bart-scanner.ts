@@ -20,7 +20,7 @@ import { mbmToJson, mbmToText } from '../scanner/mbm-print.js';
 import { scanWalFile } from '../scanner/scan-wal-file.js';
 import { ScannerDaemon } from '../scanner/daemon.js';
 import { isScannerRunning } from '../scanner/client.js';
-import { prepareSocketDirectory, scannerPidPath, scannerSocketPath } from '../scanner/paths.js';
+import { prepareSocketDirectory, scannerPidPath, scannerSocketDirectory, scannerSocketPath } from '../scanner/paths.js';
 import { canInspectProcesses, inspectProcess, readPidFile } from '../scanner/pid-file.js';
 
 const USAGE = `Usage: bart-scanner [-d] [-c CONFIG] { --daemon | -p <mbm_file> [--output json] | <wal_file> | RELOAD | STOP }
@@ -90,7 +90,7 @@ function boot(a: Args): BartConfig {
  */
 async function scannerPidToSignal(config: BartConfig): Promise<number> {
   const path = scannerPidPath(config);
-  if (!prepareSocketDirectory(config, false)) throw new BartError(`bart-scanner is not running (no directory ${path.slice(0, path.lastIndexOf('/'))})`);
+  if (!prepareSocketDirectory(config, false)) throw new BartError(`bart-scanner is not running (no directory ${scannerSocketDirectory(config)})`);
   const pid = readPidFile(path);
   if (pid === undefined) throw new BartError(`bart-scanner is not running (no pid file ${path})`);
   const ping = await isScannerRunning(config);

@@ -11,6 +11,9 @@ import { effectiveUid } from './paths.js';
 /** A pid file holds one decimal number and a newline; anything longer is not ours. */
 const MAX_PID_FILE_BYTES = 32;
 
+/** Thrown by {@link readPidFile} for a trustworthy file that holds no pid (e.g. a crash before the write). */
+class NoPidInFile extends BartError {}
+
 /**
  * Reads the pid file after checking that it is a regular file (not a symlink) owned by the
  * effective user and not writable by group or others. Returns undefined when there is none;
@@ -36,9 +39,10 @@ export function readPidFile(path: string): number | undefined {
     const buf = Buffer.alloc(MAX_PID_FILE_BYTES + 1);
     const n = readSync(fd, buf, 0, buf.length, 0);
     const text = buf.toString('ascii', 0, n);
-    if (n > MAX_PID_FILE_BYTES || !/^[1-9][0-9]{0,9}\n?$/.test(text)) throw new BartError(`the scanner pid file "${path}" does not hold a process id`);
     const pid = Number(text.trim());
-    if (pid > 0x3fffffff) throw new BartError(`the scanner pid file "${path}" does not hold a process id`);
+    if (n > MAX_PID_FILE_BYTES || !/^[1-9][0-9]{0,9}\n?$/.test(text) || pid > 0x3fffffff) {
+      throw new NoPidInFile(`the scanner pid file "${path}" does not hold a process id`);
+    }
     return pid;
   } finally {
     closeSync(fd);
@@ -64,8 +68,9 @@ export function canInspectProcesses(): boolean {
 }
 
 /**
- * Whether `pid` is a bart-scanner of the effective user: /proc/<pid> owned by that uid and its
- * command line naming bart-scanner. Without /proc only liveness can be told (isOurScanner false).
+ * Whether `pid` is a bart-scanner of the effective user: its effective uid (/proc/<pid>/status) is
+ * ours and its command line names bart-scanner. Without /proc only liveness can be told
+ * (isOurScanner false).
  */
 export function inspectProcess(pid: number): ProcessCheck {
   if (!canInspectProcesses()) {
@@ -79,7 +84,12 @@ export function inspectProcess(pid: number): ProcessCheck {
   let uid: number;
   let cmdline: string;
   try {
-    uid = lstatSync(`/proc/${pid}`).uid;
+    // Not the owner of /proc/<pid>: a process that switched users in place (bart-scanner started
+    // as root in the foreground) is not dumpable, and its /proc entries then belong to root.
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const m = /^Uid:\s+\d+\s+(\d+)/m.exec(status);
+    if (!m) return { alive: true, isOurScanner: false, reason: 'its /proc status has no Uid line' };
+    uid = Number(m[1]);
     cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
   } catch (err) {
     if (isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ESRCH')) return { alive: false, isOurScanner: false };
@@ -88,7 +98,7 @@ export function inspectProcess(pid: number): ProcessCheck {
   // A zombie has an empty command line: it is gone for our purposes.
   if (cmdline === '') return { alive: false, isOurScanner: false };
   const me = effectiveUid();
-  if (uid !== me) return { alive: true, isOurScanner: false, reason: `it belongs to uid ${uid}, not to the BART user (uid ${me})` };
+  if (uid !== me) return { alive: true, isOurScanner: false, reason: `it runs as uid ${uid}, not as the BART user (uid ${me})` };
   const args = cmdline.split('\0');
   if (!args.some((a) => /bart-scanner(\.[cm]?js)?$/.test(a))) {
     return { alive: true, isOurScanner: false, reason: `it is not bart-scanner (${args.filter((a) => a !== '').join(' ').slice(0, 80)})` };
@@ -114,7 +124,13 @@ export function createPidFile(path: string): void {
       // O_EXCL fails with EEXIST on a symlink too (dangling or not); readPidFile names it.
       const lst = lstatSync(path, { throwIfNoEntry: false });
       if (lst?.isSymbolicLink()) throw new BartError(`the scanner pid file "${path}" is a symbolic link: refusing to use it (remove it)`);
-      const old = readPidFile(path);
+      let old: number | undefined;
+      try {
+        old = readPidFile(path);
+      } catch (e) {
+        // Ours, but empty or garbled (a crash between create and write): stale like a dead pid.
+        if (!(e instanceof NoPidInFile)) throw e;
+      }
       if (old !== undefined) {
         const p = inspectProcess(old);
         if (p.isOurScanner && old !== process.pid) throw new BartError(`bart-scanner is already running (pid ${old}, pid file "${path}")`);
