@@ -7,7 +7,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { createBartSetup, type BartSetup } from './harness/bart.js';
@@ -51,13 +54,19 @@ function writePidFile(setup: BartSetup, pid: number, owner: 'bart' | 'root', mod
   return f;
 }
 
+/** An assert.throws/rejects validator: a BartError whose message matches `re`. */
+function bartError(re: RegExp): (e: unknown) => boolean {
+  return (e) => e instanceof BartError && re.test(e.message);
+}
+
 function assertOneLineError(stderr: string, re: RegExp, what: string): void {
   assert.match(stderr, /^ERROR: /m, `${what}: ${stderr}`);
   assert.match(stderr, re, `${what}: ${stderr}`);
   assert.doesNotMatch(stderr, /^\s+at /m, `${what}: no stack trace`);
 }
 
-test('STOP and RELOAD refuse a pid file naming another process of the BART user; that process lives', { skip: needsRoot }, async () => {
+const PID_OF_OTHER = 'STOP and RELOAD refuse a pid file naming another process of the BART user; that process lives';
+test(PID_OF_OTHER, { skip: needsRoot }, async () => {
   const setup = createBartSetup();
   const child = sleeper();
   try {
@@ -66,7 +75,8 @@ test('STOP and RELOAD refuse a pid file naming another process of the BART user;
     for (const action of ['RELOAD', 'STOP']) {
       const r = await bartScanner(setup.configPath, [action]);
       assert.notEqual(r.code, 0, `${action} refused`);
-      assertOneLineError(r.stderr, new RegExp(`names pid ${child.pid}, which is not this configuration's bart-scanner \\(it is not bart-scanner`), action);
+      const why = `names pid ${child.pid}, which is not this configuration's bart-scanner \\(it is not bart-scanner`;
+      assertOneLineError(r.stderr, new RegExp(why), action);
       await new Promise((r) => setTimeout(r, 200));
       assert.equal(child.exitCode, null, `${action}: the sleep child still runs`);
       assert.equal(child.signalCode, null, `${action}: the sleep child got no signal`);
@@ -77,7 +87,8 @@ test('STOP and RELOAD refuse a pid file naming another process of the BART user;
   }
 });
 
-test('STOP refuses a pid file owned by another user or writable by others, then stops the scanner from a good one', { skip: needsRoot }, async () => {
+const FOREIGN_PID_FILE = 'STOP refuses a pid file owned by another user or writable by others, then obeys a good one';
+test(FOREIGN_PID_FILE, { skip: needsRoot }, async () => {
   const setup = createBartSetup();
   try {
     const started = await bartScanner(setup.configPath, ['--daemon']);
@@ -112,7 +123,8 @@ test('STOP refuses a pid file owned by another user or writable by others, then 
   }
 });
 
-test('the daemon creates its pid file without following a symlink; a stale pid file is replaced only when it is ours', { skip: needsRoot }, async () => {
+const SYMLINK = 'the daemon creates its pid file without following a symlink; replaces a stale one only if ours';
+test(SYMLINK, { skip: needsRoot }, async () => {
   const setup = createBartSetup();
   const pidFile = join(setup.dir, 'bart_scanner.pid');
   const logOf = () => readFileSync(join(setup.dir, 'bart_scanner.log'), 'utf8');
@@ -159,14 +171,17 @@ test('the daemon creates its pid file without following a symlink; a stale pid f
   }
 });
 
-test('STOP stops a scanner started as root in the foreground (it switched users in place)', { skip: needsRoot }, async () => {
+const FOREGROUND = 'STOP stops a scanner started as root in the foreground (it switched users in place)';
+test(FOREGROUND, { skip: needsRoot }, async () => {
   const setup = createBartSetup();
   // Such a process is not dumpable, and on most kernels its /proc entries then belong to root
   // whatever user it runs as: STOP must go by the uid it runs as.
-  const fg = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart-scanner.js'), '-c', setup.configPath], { stdio: 'ignore' });
+  const bin = join(REPO_ROOT, 'bin', 'bart-scanner.js');
+  const fg = spawn(process.execPath, [bin, '-c', setup.configPath], { stdio: 'ignore' });
   try {
     await waitFor(() => scannerPid(setup.dir) === fg.pid, 15_000, 'the foreground scanner');
-    assert.match(readFileSync(`/proc/${fg.pid}/status`, 'utf8'), new RegExp(`^Uid:\\s+${ids!.uid}\\s+${ids!.uid}\\s`, 'm'), 'runs as the BART user');
+    const uidLine = new RegExp(`^Uid:\\s+${ids!.uid}\\s+${ids!.uid}\\s`, 'm');
+    assert.match(readFileSync(`/proc/${fg.pid}/status`, 'utf8'), uidLine, 'runs as the BART user');
     const r = await bartScanner(setup.configPath, ['STOP']);
     assert.equal(r.code, 0, r.stderr);
     await waitFor(() => fg.exitCode !== null, 10_000, 'exit');
@@ -204,13 +219,16 @@ function rawAsk(sockPath: string, payload: Buffer | string, timeoutMs: number): 
   });
 }
 
-test('socket requests: an absurd LSN range, bad fields and an oversized line are refused at once; the daemon keeps answering', async () => {
+const SOCKET = 'socket requests: an absurd LSN range, bad fields and an oversized line are refused at once';
+test(SOCKET, async () => {
   const setup = createBartSetup();
   const arch = join(setup.dir, 'arch');
   mkdirSync(arch);
   if (ids) chownSync(arch, ids.uid, ids.gid);
   const owner = ids ? 'postgres' : process.env.USER;
-  setup.writeConfig(readFileSync(setup.configPath, 'utf8') + `\n[srv]\nhost = 127.0.0.1\nport = 5999\nuser = postgres\ncluster_owner = ${owner}\nallow_incremental_backups = enabled\narchive_path = ${arch}\n`);
+  const section = `[srv]\nhost = 127.0.0.1\nport = 5999\nuser = postgres\ncluster_owner = ${owner}\n` +
+    `allow_incremental_backups = enabled\narchive_path = ${arch}\n`;
+  setup.writeConfig(readFileSync(setup.configPath, 'utf8') + '\n' + section);
   const sockPath = join(setup.dir, 'bart_scanner.sock');
   try {
     const started = await bartScanner(setup.configPath, ['--daemon']);
@@ -222,11 +240,13 @@ test('socket requests: an absurd LSN range, bad fields and an oversized line are
       assert.equal(p.pid, pid, `${what}: by the scanner`);
     };
 
-    const ensure = (fields: Record<string, unknown>) => JSON.stringify({ op: 'ensure', server: 'srv', timeline: 1, startLsn: '0/0', endLsn: '0/1000000', timeoutSec: 0, ...fields }) + '\n';
+    const base = { op: 'ensure', server: 'srv', timeline: 1, startLsn: '0/0', endLsn: '0/1000000', timeoutSec: 0 };
+    const ensure = (fields: Record<string, unknown>) => JSON.stringify({ ...base, ...fields }) + '\n';
     const t0 = Date.now();
     const huge = await rawAsk(sockPath, ensure({ endLsn: 'FFFFFFFF/0' }), 5000);
     assert.equal(huge.ok, false);
-    assert.match(String(huge.error), /LSN range 0\/0\.\.FFFFFFFF\/0 spans 1099511627521 WAL segments, more than the 1000000 one request may cover/);
+    const tooBig = /LSN range 0\/0\.\.FFFFFFFF\/0 spans 1099511627521 WAL segments, more than the 1000000 one request/;
+    assert.match(String(huge.error), tooBig);
     assert.ok(Date.now() - t0 < 2000, `answered in ${Date.now() - t0} ms`);
     await ping('after the absurd range');
 
@@ -266,8 +286,8 @@ test('socket requests: an absurd LSN range, bad fields and an oversized line are
     const config = loadConfig(setup.configPath);
     const srv = config.servers.find((s) => s.name === 'srv')!;
     const absurd = { timeline: 1, startLsn: 0n, endLsn: 0xffffffff00000000n };
-    await assert.rejects(requestMbms(config, srv, absurd, 1), (e: Error) => e instanceof BartError && /spans \d+ WAL segments/.test(e.message));
-    await assert.rejects(loadChangeSet(arch, absurd), (e: Error) => e instanceof BartError && /spans \d+ WAL segments/.test(e.message));
+    await assert.rejects(requestMbms(config, srv, absurd, 1), bartError(/spans \d+ WAL segments/));
+    await assert.rejects(loadChangeSet(arch, absurd), bartError(/spans \d+ WAL segments/));
 
     const stop = await bartScanner(setup.configPath, ['STOP']);
     assert.equal(stop.code, 0, stop.stderr);
@@ -298,23 +318,27 @@ test('MBM files claiming huge counts are refused before anything is allocated', 
   // (4) at 92, the run (first, count) at 96 and 100.
   const manyForks = Buffer.from(oneForkMbm());
   manyForks.writeUInt32LE(0xffffffff, 56);
-  assert.throws(() => decodeMbm(reseal(manyForks), 'many-forks'), (e: Error) => e instanceof BartError && /at byte offset 56: 4294967295 relation fork entries and 0 events cannot fit in the 32 bytes/.test(e.message));
+  const forksMsg = /at byte offset 56: 4294967295 relation fork entries and 0 events cannot fit in the 32 bytes/;
+  assert.throws(() => decodeMbm(reseal(manyForks), 'many-forks'), bartError(forksMsg));
   const manyEvents = Buffer.from(oneForkMbm());
   manyEvents.writeUInt32LE(0x10000000, 60);
-  assert.throws(() => decodeMbm(reseal(manyEvents), 'many-events'), (e: Error) => e instanceof BartError && /cannot fit/.test(e.message));
+  assert.throws(() => decodeMbm(reseal(manyEvents), 'many-events'), bartError(/cannot fit/));
 
   const manyBlocks = Buffer.from(oneForkMbm());
   manyBlocks.writeUInt32LE(100_000_000, 100);
-  assert.throws(() => decodeMbm(reseal(manyBlocks), 'many-blocks'), (e: Error) => e instanceof BartError && /at byte offset 100: more modified blocks than a WAL segment of 16777216 bytes can reference/.test(e.message));
+  const blocksMsg = /at byte offset 100: more modified blocks than a WAL segment of 16777216 bytes can reference/;
+  assert.throws(() => decodeMbm(reseal(manyBlocks), 'many-blocks'), bartError(blocksMsg));
 
   const wraps = Buffer.from(oneForkMbm());
   wraps.writeUInt32LE(0xfffffff0, 96);
   wraps.writeUInt32LE(0x20, 100);
-  assert.throws(() => decodeMbm(reseal(wraps), 'wraps'), (e: Error) => e instanceof BartError && /block run 4294967280\+32 goes past the last block number/.test(e.message));
+  const wrapsMsg = /block run 4294967280\+32 goes past the last block number/;
+  assert.throws(() => decodeMbm(reseal(wraps), 'wraps'), bartError(wrapsMsg));
 
   const badSegSize = Buffer.from(oneForkMbm());
   badSegSize.writeUInt32LE(0xffffffff, 20);
-  assert.throws(() => decodeMbm(reseal(badSegSize), 'segsize'), (e: Error) => e instanceof BartError && /WAL segment size 4294967295 is not a power of two/.test(e.message));
+  const segMsg = /WAL segment size 4294967295 is not a power of two/;
+  assert.throws(() => decodeMbm(reseal(badSegSize), 'segsize'), bartError(segMsg));
 
   // The untouched file still decodes, and bart-scanner -p gives a one-line error for a bad one.
   assert.deepEqual([...decodeMbm(oneForkMbm(), 'good').relations[0]!.blocks], [5]);
@@ -331,7 +355,8 @@ test('MBM files claiming huge counts are refused before anything is allocated', 
   }
 });
 
-test('the default socket directory is a private /tmp/bart-<uid>; a foreign or loose one is refused or fixed', async () => {
+const SOCKET_DIR = 'the default socket directory is a private /tmp/bart-<uid>; a foreign or loose one refused or fixed';
+test(SOCKET_DIR, async () => {
   // Imported here so that this test, not the whole file, fails on a pgbart without these functions.
   const paths = (await import('../src/scanner/paths.js')) as Record<string, unknown>;
   assert.equal(typeof paths.ensurePrivateDirectory, 'function', 'ensurePrivateDirectory exists');
@@ -358,14 +383,15 @@ test('the default socket directory is a private /tmp/bart-<uid>; a foreign or lo
     assert.equal(statSync(d).mode & 0o777, 0o700, 'a loose mode of our own directory is fixed');
     if (ids) {
       chownSync(d, ids.uid, ids.gid);
-      assert.throws(() => ensurePrivateDirectory(d, true), (e: Error) => e instanceof BartError && new RegExp(`"${d}" belongs to uid ${ids.uid}, not to the BART user`).test(e.message));
+      const foreign = new RegExp(`"${d}" belongs to uid ${ids.uid}, not to the BART user`);
+      assert.throws(() => ensurePrivateDirectory(d, true), bartError(foreign));
     }
     removeTree(d);
     symlinkSync(work, d);
-    assert.throws(() => ensurePrivateDirectory(d, true), (e: Error) => e instanceof BartError && /is not a directory/.test(e.message));
+    assert.throws(() => ensurePrivateDirectory(d, true), bartError(/is not a directory/));
     unlinkSync(d);
     writeFileSync(d, '');
-    assert.throws(() => ensurePrivateDirectory(d, false), (e: Error) => e instanceof BartError && /is not a directory/.test(e.message));
+    assert.throws(() => ensurePrivateDirectory(d, false), bartError(/is not a directory/));
   } finally {
     setup.cleanup();
     removeTree(work);

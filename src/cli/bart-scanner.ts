@@ -90,18 +90,28 @@ function boot(a: Args): BartConfig {
  */
 async function scannerPidToSignal(config: BartConfig): Promise<number> {
   const path = scannerPidPath(config);
-  if (!prepareSocketDirectory(config, false)) throw new BartError(`bart-scanner is not running (no directory ${scannerSocketDirectory(config)})`);
+  if (!prepareSocketDirectory(config, false)) {
+    throw new BartError(`bart-scanner is not running (no directory ${scannerSocketDirectory(config)})`);
+  }
   const pid = readPidFile(path);
   if (pid === undefined) throw new BartError(`bart-scanner is not running (no pid file ${path})`);
   const ping = await isScannerRunning(config);
   if (ping.running && ping.pid !== pid) {
-    throw new BartError(`the pid file ${path} names pid ${pid}, but the bart-scanner answering on ${scannerSocketPath(config)} is pid ${ping.pid}: refusing to signal pid ${pid}`);
+    throw new BartError(
+      `the pid file ${path} names pid ${pid}, but the bart-scanner answering on ${scannerSocketPath(config)} ` +
+        `is pid ${ping.pid}: refusing to signal pid ${pid}`,
+    );
   }
   const proc = inspectProcess(pid);
   if (!proc.alive) throw new BartError(`bart-scanner is not running (pid ${pid} of ${path} is gone)`);
   if (!proc.isOurScanner) {
     // Without /proc, the daemon's own answer on its private socket is the only proof.
-    if (!(ping.running && !canInspectProcesses())) throw new BartError(`the pid file ${path} names pid ${pid}, which is not this configuration's bart-scanner (${proc.reason}): refusing to signal it`);
+    if (!(ping.running && !canInspectProcesses())) {
+      throw new BartError(
+        `the pid file ${path} names pid ${pid}, which is not this configuration's bart-scanner (${proc.reason}): ` +
+          'refusing to signal it',
+      );
+    }
   }
   return pid;
 }

@@ -256,7 +256,9 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
     scannerLogfile: e.get('scanner_logfile') ? parsePath(e.get('scanner_logfile')!, 'scanner_logfile', at) : '/tmp/bart_scanner.log',
     // Unset: a private per-user directory, /tmp/bart-<uid>, decided where the scanner paths are built
     // (src/scanner/paths.ts), once bart runs as the BART user.
-    ...(e.get('bart_socket_directory') ? { bartSocketDirectory: parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) } : {}),
+    ...(e.get('bart_socket_directory')
+      ? { bartSocketDirectory: parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) }
+      : {}),
     ...(socketName ? { bartSocketName: socketName.value } : {}),
   };
 }

@@ -113,12 +113,16 @@ export function isWalSegmentSize(size: number): boolean {
  */
 export function checkRangeBounds(req: ChangeSetRequest): void {
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
-  if (!isWalSegmentSize(segSize)) throw new BartError(`invalid WAL segment size ${segSize}: expected a power of two from 1 MB to 1 GB`);
+  if (!isWalSegmentSize(segSize)) {
+    throw new BartError(`invalid WAL segment size ${segSize}: expected a power of two from 1 MB to 1 GB`);
+  }
   if (req.endLsn <= req.startLsn) return;
   const range = `${formatLsn(req.startLsn)}..${formatLsn(req.endLsn)}`;
   const segments = req.endLsn / BigInt(segSize) - req.startLsn / BigInt(segSize) + 1n;
   if (segments > BigInt(MAX_RANGE_SEGMENTS)) {
-    throw new BartError(`LSN range ${range} spans ${segments} WAL segments, more than the ${MAX_RANGE_SEGMENTS} one request may cover`);
+    throw new BartError(
+      `LSN range ${range} spans ${segments} WAL segments, more than the ${MAX_RANGE_SEGMENTS} one request may cover`,
+    );
   }
 }
 

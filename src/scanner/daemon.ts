@@ -322,7 +322,8 @@ export class ScannerDaemon {
       if (size + part.length > MAX_REQUEST_BYTES) {
         done = true;
         chunks.length = 0;
-        sock.end(JSON.stringify({ ok: false, error: `request line longer than ${MAX_REQUEST_BYTES} bytes` } satisfies ScannerResponse) + '\n');
+        const resp: ScannerResponse = { ok: false, error: `request line longer than ${MAX_REQUEST_BYTES} bytes` };
+        sock.end(JSON.stringify(resp) + '\n');
         setTimeout(() => sock.destroy(), 2000).unref();
         return;
       }
@@ -353,7 +354,10 @@ export class ScannerDaemon {
     const worker = this.workers.get(req.server.toLowerCase());
     const server = worker?.server ?? this.config.servers.find((s) => s.name === req.server.toLowerCase());
     if (!server) return { ok: false, error: `server "${req.server}" is not in ${this.config.path}` };
-    const range = { timeline: req.timeline, startLsn: parseLsn(req.startLsn), endLsn: parseLsn(req.endLsn), ...(req.segmentSize !== undefined ? { segmentSize: req.segmentSize } : {}) };
+    const range = {
+      timeline: req.timeline, startLsn: parseLsn(req.startLsn), endLsn: parseLsn(req.endLsn),
+      ...(req.segmentSize !== undefined ? { segmentSize: req.segmentSize } : {}),
+    };
     const until = Date.now() + Math.max(0, req.timeoutSec) * 1000;
     for (;;) {
       const r = worker ? await worker.exclusive(() => ensureMbms(server.archivePath, range)) : await ensureMbms(server.archivePath, range);

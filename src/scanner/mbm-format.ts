@@ -175,7 +175,9 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
       const n = buf.readUInt32LE(p + 8 * k + 4);
       if (first + n > 0x100000000) bad(p + 8 * k, `block run ${first}+${n} goes past the last block number`);
       count += n;
-      if (count > blockBudget) bad(p + 8 * k + 4, `more modified blocks than a WAL segment of ${segmentSize} bytes can reference`);
+      if (count > blockBudget) {
+        bad(p + 8 * k + 4, `more modified blocks than a WAL segment of ${segmentSize} bytes can reference`);
+      }
     }
     blockBudget -= count;
     const blocks = new Uint32Array(count);

@@ -49,7 +49,9 @@ export function ensurePrivateDirectory(dir: string, create: boolean): boolean {
     try {
       mkdirSync(dir, { mode: 0o700 });
     } catch (err) {
-      if (!isErrnoError(err) || err.code !== 'EEXIST') throw new BartError(`cannot create the scanner socket directory "${dir}": ${errorMessage(err)}`);
+      if (!isErrnoError(err) || err.code !== 'EEXIST') {
+        throw new BartError(`cannot create the scanner socket directory "${dir}": ${errorMessage(err)}`);
+      }
     }
   }
   let st;
@@ -62,16 +64,22 @@ export function ensurePrivateDirectory(dir: string, create: boolean): boolean {
   }
   const uid = effectiveUid();
   if (st.isSymbolicLink() || !st.isDirectory()) {
-    throw new BartError(`the scanner socket directory "${dir}" is not a directory (remove it, or set bart_socket_directory)`);
+    throw new BartError(
+      `the scanner socket directory "${dir}" is not a directory (remove it, or set bart_socket_directory)`,
+    );
   }
   if (st.uid !== uid) {
-    throw new BartError(`the scanner socket directory "${dir}" belongs to uid ${st.uid}, not to the BART user (uid ${uid}): remove it, or set bart_socket_directory`);
+    throw new BartError(
+      `the scanner socket directory "${dir}" belongs to uid ${st.uid}, not to the BART user (uid ${uid}): ` +
+        'remove it, or set bart_socket_directory',
+    );
   }
   if ((st.mode & 0o777) !== 0o700) {
     try {
       chmodSync(dir, 0o700);
     } catch (err) {
-      throw new BartError(`cannot make the scanner socket directory "${dir}" private (mode 0700): ${errorMessage(err)}`);
+      const why = errorMessage(err);
+      throw new BartError(`cannot make the scanner socket directory "${dir}" private (mode 0700): ${why}`);
     }
   }
   return true;

@@ -4,7 +4,9 @@
  * reused by another process since the scanner died. Nothing is signalled or removed on its word
  * alone.
  */
-import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeSync,
+} from 'node:fs';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { effectiveUid } from './paths.js';
 
@@ -13,6 +15,11 @@ const MAX_PID_FILE_BYTES = 32;
 
 /** Thrown by {@link readPidFile} for a trustworthy file that holds no pid (e.g. a crash before the write). */
 class NoPidInFile extends BartError {}
+
+/** The error for a pid file that is not to be trusted: what is wrong with it, and the fix. */
+function untrusted(path: string, what: string): BartError {
+  return new BartError(`the scanner pid file "${path}" ${what}: refusing to use it (remove it)`);
+}
 
 /**
  * Reads the pid file after checking that it is a regular file (not a symlink) owned by the
@@ -26,16 +33,16 @@ export function readPidFile(path: string): number | undefined {
     fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (err) {
     if (isErrnoError(err) && err.code === 'ENOENT') return undefined;
-    if (isErrnoError(err) && err.code === 'ELOOP') throw new BartError(`the scanner pid file "${path}" is a symbolic link: refusing to use it (remove it)`);
+    if (isErrnoError(err) && err.code === 'ELOOP') throw untrusted(path, 'is a symbolic link');
     throw new BartError(`cannot read the scanner pid file "${path}": ${errorMessage(err)}`);
   }
   try {
     // fstat of the open file: what is checked is what is read.
     const st = fstatSync(fd);
-    if (!st.isFile()) throw new BartError(`the scanner pid file "${path}" is not a regular file: refusing to use it (remove it)`);
+    if (!st.isFile()) throw untrusted(path, 'is not a regular file');
     const uid = effectiveUid();
-    if (st.uid !== uid) throw new BartError(`the scanner pid file "${path}" belongs to uid ${st.uid}, not to the BART user (uid ${uid}): refusing to use it (remove it)`);
-    if ((st.mode & 0o022) !== 0) throw new BartError(`the scanner pid file "${path}" is writable by others (mode ${(st.mode & 0o777).toString(8)}): refusing to use it (remove it)`);
+    if (st.uid !== uid) throw untrusted(path, `belongs to uid ${st.uid}, not to the BART user (uid ${uid})`);
+    if ((st.mode & 0o022) !== 0) throw untrusted(path, `is writable by others (mode ${(st.mode & 0o777).toString(8)})`);
     const buf = Buffer.alloc(MAX_PID_FILE_BYTES + 1);
     const n = readSync(fd, buf, 0, buf.length, 0);
     const text = buf.toString('ascii', 0, n);
@@ -78,7 +85,9 @@ export function inspectProcess(pid: number): ProcessCheck {
       process.kill(pid, 0);
       return { alive: true, isOurScanner: false, reason: 'cannot inspect processes without /proc' };
     } catch (err) {
-      return isErrnoError(err) && err.code === 'EPERM' ? { alive: true, isOurScanner: false, reason: 'it belongs to another user' } : { alive: false, isOurScanner: false };
+      return isErrnoError(err) && err.code === 'EPERM'
+        ? { alive: true, isOurScanner: false, reason: 'it belongs to another user' }
+        : { alive: false, isOurScanner: false };
     }
   }
   let uid: number;
@@ -92,16 +101,20 @@ export function inspectProcess(pid: number): ProcessCheck {
     uid = Number(m[1]);
     cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
   } catch (err) {
-    if (isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ESRCH')) return { alive: false, isOurScanner: false };
+    const gone = isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ESRCH');
+    if (gone) return { alive: false, isOurScanner: false };
     return { alive: true, isOurScanner: false, reason: `cannot inspect it: ${errorMessage(err)}` };
   }
   // A zombie has an empty command line: it is gone for our purposes.
   if (cmdline === '') return { alive: false, isOurScanner: false };
   const me = effectiveUid();
-  if (uid !== me) return { alive: true, isOurScanner: false, reason: `it runs as uid ${uid}, not as the BART user (uid ${me})` };
+  if (uid !== me) {
+    return { alive: true, isOurScanner: false, reason: `it runs as uid ${uid}, not as the BART user (uid ${me})` };
+  }
   const args = cmdline.split('\0');
   if (!args.some((a) => /bart-scanner(\.[cm]?js)?$/.test(a))) {
-    return { alive: true, isOurScanner: false, reason: `it is not bart-scanner (${args.filter((a) => a !== '').join(' ').slice(0, 80)})` };
+    const shown = args.filter((a) => a !== '').join(' ').slice(0, 80);
+    return { alive: true, isOurScanner: false, reason: `it is not bart-scanner (${shown})` };
   }
   return { alive: true, isOurScanner: true };
 }
@@ -123,7 +136,7 @@ export function createPidFile(path: string): void {
       }
       // O_EXCL fails with EEXIST on a symlink too (dangling or not); readPidFile names it.
       const lst = lstatSync(path, { throwIfNoEntry: false });
-      if (lst?.isSymbolicLink()) throw new BartError(`the scanner pid file "${path}" is a symbolic link: refusing to use it (remove it)`);
+      if (lst?.isSymbolicLink()) throw untrusted(path, 'is a symbolic link');
       let old: number | undefined;
       try {
         old = readPidFile(path);
@@ -133,7 +146,9 @@ export function createPidFile(path: string): void {
       }
       if (old !== undefined) {
         const p = inspectProcess(old);
-        if (p.isOurScanner && old !== process.pid) throw new BartError(`bart-scanner is already running (pid ${old}, pid file "${path}")`);
+        if (p.isOurScanner && old !== process.pid) {
+          throw new BartError(`bart-scanner is already running (pid ${old}, pid file "${path}")`);
+        }
       }
       unlinkSync(path);
       continue;

@@ -42,19 +42,28 @@ export function parseScannerRequest(line: string): ScannerRequest {
   if (o.op === 'ping') return { op: 'ping' };
   if (o.op !== 'ensure') throw new BartError(`unknown request "${String(o.op).slice(0, 40)}"`);
   const { server, timeline, startLsn, endLsn, timeoutSec, segmentSize } = o;
-  if (typeof server !== 'string' || server === '' || server.length > 256) throw new BartError('ensure: "server" must be a server name');
+  if (typeof server !== 'string' || server === '' || server.length > 256) {
+    throw new BartError('ensure: "server" must be a server name');
+  }
   if (typeof timeline !== 'number' || !Number.isInteger(timeline) || timeline < 1 || timeline > 0xffffffff) {
     throw new BartError('ensure: "timeline" must be an integer from 1 to 4294967295');
   }
-  if (typeof startLsn !== 'string' || !LSN_TEXT.test(startLsn)) throw new BartError('ensure: "startLsn" must be an LSN of the form X/Y');
-  if (typeof endLsn !== 'string' || !LSN_TEXT.test(endLsn)) throw new BartError('ensure: "endLsn" must be an LSN of the form X/Y');
-  if (typeof timeoutSec !== 'number' || !Number.isFinite(timeoutSec) || timeoutSec < 0 || timeoutSec > MAX_ENSURE_TIMEOUT_SEC) {
+  for (const [name, value] of [['startLsn', startLsn], ['endLsn', endLsn]] as const) {
+    if (typeof value !== 'string' || !LSN_TEXT.test(value)) {
+      throw new BartError(`ensure: "${name}" must be an LSN of the form X/Y`);
+    }
+  }
+  if (typeof timeoutSec !== 'number' || !(timeoutSec >= 0 && timeoutSec <= MAX_ENSURE_TIMEOUT_SEC)) {
     throw new BartError(`ensure: "timeoutSec" must be a number of seconds from 0 to ${MAX_ENSURE_TIMEOUT_SEC}`);
   }
-  if (segmentSize !== undefined && typeof segmentSize !== 'number') throw new BartError('ensure: "segmentSize" must be a number');
-  const start = parseLsn(startLsn);
-  const end = parseLsn(endLsn);
+  if (segmentSize !== undefined && typeof segmentSize !== 'number') {
+    throw new BartError('ensure: "segmentSize" must be a number');
+  }
+  const start = parseLsn(startLsn as string);
+  const end = parseLsn(endLsn as string);
   if (end < start) throw new BartError(`ensure: the range ${startLsn}..${endLsn} ends before it starts`);
-  checkRangeBounds({ timeline, startLsn: start, endLsn: end, ...(segmentSize !== undefined ? { segmentSize } : {}) });
-  return { op: 'ensure', server, timeline, startLsn, endLsn, timeoutSec, ...(segmentSize !== undefined ? { segmentSize } : {}) };
+  const size = segmentSize !== undefined ? { segmentSize } : {};
+  checkRangeBounds({ timeline, startLsn: start, endLsn: end, ...size });
+  return { op: 'ensure', server, timeline, startLsn: startLsn as string, endLsn: endLsn as string, timeoutSec,
+    ...size };
 }
