@@ -9,7 +9,6 @@
  *   bart-scanner -p <mbm_file> [--output json]    print an MBM file
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { loadConfig } from '../config/parse-config.js';
 import type { BartConfig } from '../config/types.js';
@@ -21,7 +20,8 @@ import { mbmToJson, mbmToText } from '../scanner/mbm-print.js';
 import { scanWalFile } from '../scanner/scan-wal-file.js';
 import { ScannerDaemon } from '../scanner/daemon.js';
 import { isScannerRunning } from '../scanner/client.js';
-import { scannerPidPath } from '../scanner/paths.js';
+import { prepareSocketDirectory, scannerPidPath, scannerSocketDirectory, scannerSocketPath } from '../scanner/paths.js';
+import { canInspectProcesses, inspectProcess, readPidFile } from '../scanner/pid-file.js';
 
 const USAGE = `Usage: bart-scanner [-d] [-c CONFIG] { --daemon | -p <mbm_file> [--output json] | <wal_file> | RELOAD | STOP }
 
@@ -81,23 +81,44 @@ function boot(a: Args): BartConfig {
   return bootstrap({ ...(a.configPath ? { configPath: a.configPath } : {}), debug: a.debug, logTo: 'scannerLogfile' });
 }
 
-function readPid(config: BartConfig): number | undefined {
+/**
+ * The pid of this configuration's running bart-scanner, established before anything is signalled:
+ * the pid file must pass readPidFile's checks (regular file of the BART user, not writable by
+ * others); the process must be a bart-scanner of the BART user (/proc); and when the daemon
+ * answers on its socket, the pid it gives must be the same. A pid file naming any other process
+ * (a reused pid, or one written there on purpose) is refused.
+ */
+async function scannerPidToSignal(config: BartConfig): Promise<number> {
   const path = scannerPidPath(config);
-  if (!existsSync(path)) return undefined;
-  const pid = Number(readFileSync(path, 'utf8').trim());
-  if (!Number.isInteger(pid) || pid <= 0) return undefined;
-  try {
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return undefined;
+  if (!prepareSocketDirectory(config, false)) {
+    throw new BartError(`bart-scanner is not running (no directory ${scannerSocketDirectory(config)})`);
   }
+  const pid = readPidFile(path);
+  if (pid === undefined) throw new BartError(`bart-scanner is not running (no pid file ${path})`);
+  const ping = await isScannerRunning(config);
+  if (ping.running && ping.pid !== pid) {
+    throw new BartError(
+      `the pid file ${path} names pid ${pid}, but the bart-scanner answering on ${scannerSocketPath(config)} ` +
+        `is pid ${ping.pid}: refusing to signal pid ${pid}`,
+    );
+  }
+  const proc = inspectProcess(pid);
+  if (!proc.alive) throw new BartError(`bart-scanner is not running (pid ${pid} of ${path} is gone)`);
+  if (!proc.isOurScanner) {
+    // Without /proc, the daemon's own answer on its private socket is the only proof.
+    if (!(ping.running && !canInspectProcesses())) {
+      throw new BartError(
+        `the pid file ${path} names pid ${pid}, which is not this configuration's bart-scanner (${proc.reason}): ` +
+          'refusing to signal it',
+      );
+    }
+  }
+  return pid;
 }
 
 async function signalScanner(a: Args): Promise<number> {
   const config = boot(a);
-  const pid = readPid(config);
-  if (pid === undefined) throw new BartError(`bart-scanner is not running (no live process in ${scannerPidPath(config)})`);
+  const pid = await scannerPidToSignal(config);
   if (a.action === 'RELOAD') {
     process.kill(pid, 'SIGHUP');
     log.info(`asked bart-scanner (pid ${pid}) to reload ${config.path}`);

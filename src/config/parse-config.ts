@@ -257,7 +257,11 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
     ...(pgb ? { pgBasebackupPath: parsePath(pgb, 'pg_basebackup_path', at) } : {}),
     logfile: e.get('logfile') ? parsePath(e.get('logfile')!, 'logfile', at) : '/tmp/bart.log',
     scannerLogfile: e.get('scanner_logfile') ? parsePath(e.get('scanner_logfile')!, 'scanner_logfile', at) : '/tmp/bart_scanner.log',
-    bartSocketDirectory: e.get('bart_socket_directory') ? parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) : '/tmp',
+    // Unset: a private per-user directory, /tmp/bart-<uid>, decided where the scanner paths are built
+    // (src/scanner/paths.ts), once bart runs as the BART user.
+    ...(e.get('bart_socket_directory')
+      ? { bartSocketDirectory: parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) }
+      : {}),
     ...(socketName ? { bartSocketName: socketName.value } : {}),
   };
 }

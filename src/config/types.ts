@@ -36,7 +36,8 @@ export interface GlobalConfig extends OverridableSettings {
   pgBasebackupPath?: string;
   logfile: string;
   scannerLogfile: string;
-  bartSocketDirectory: string;
+  /** bart_socket_directory when set; unset means the private default `/tmp/bart-<uid>`. */
+  bartSocketDirectory?: string;
   bartSocketName?: string;
 }
 

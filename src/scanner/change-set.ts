@@ -94,8 +94,44 @@ export function indexMbmFiles(archivePath: string): Map<string, string> {
   return index;
 }
 
-/** The WAL segments (timeline, name) whose records start in [startLsn, endLsn). */
+/**
+ * Most segments one LSN range may span: 1,000,000 segments are 16 TB of WAL at the default size,
+ * far beyond any real interval between two backups, while a range such as 0/0..FFFFFFFF/0 (2^40
+ * segments) would otherwise have every segment name built (minutes of CPU, gigabytes of memory).
+ */
+export const MAX_RANGE_SEGMENTS = 1_000_000;
+
+/** True for a WAL segment size PostgreSQL allows (initdb --wal-segsize): a power of two, 1 MB to 1 GB. */
+export function isWalSegmentSize(size: number): boolean {
+  return Number.isInteger(size) && size >= 1024 * 1024 && size <= 1024 * 1024 * 1024 && (size & (size - 1)) === 0;
+}
+
+/**
+ * Checks an LSN range before any work is done on it: a valid segment size and at most
+ * {@link MAX_RANGE_SEGMENTS} segments (an empty range, end <= start, is fine: it has none).
+ * Throws BartError naming the range otherwise.
+ */
+export function checkRangeBounds(req: ChangeSetRequest): void {
+  const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
+  if (!isWalSegmentSize(segSize)) {
+    throw new BartError(`invalid WAL segment size ${segSize}: expected a power of two from 1 MB to 1 GB`);
+  }
+  if (req.endLsn <= req.startLsn) return;
+  const range = `${formatLsn(req.startLsn)}..${formatLsn(req.endLsn)}`;
+  const segments = req.endLsn / BigInt(segSize) - req.startLsn / BigInt(segSize) + 1n;
+  if (segments > BigInt(MAX_RANGE_SEGMENTS)) {
+    throw new BartError(
+      `LSN range ${range} spans ${segments} WAL segments, more than the ${MAX_RANGE_SEGMENTS} one request may cover`,
+    );
+  }
+}
+
+/**
+ * The WAL segments (timeline, name) whose records start in [startLsn, endLsn). Throws BartError
+ * for a range {@link checkRangeBounds} refuses, so no caller builds an unbounded list.
+ */
 export function segmentsOfRange(archivePath: string, req: ChangeSetRequest): Array<{ timeline: number; segNo: bigint; name: string }> {
+  checkRangeBounds(req);
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
   if (req.endLsn <= req.startLsn) return [];
   const history = readTimelineHistory(archivePath, req.timeline);

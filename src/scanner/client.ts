@@ -1,13 +1,29 @@
 import { createConnection } from 'node:net';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
+import { checkRangeBounds } from './change-set.js';
 import { ensureMbms, type EnsureMbmsResult } from './ensure-mbms.js';
 import type { ScannerRequest, ScannerResponse } from './protocol.js';
-import { scannerSocketPath } from './paths.js';
+import { prepareSocketDirectory, scannerSocketPath } from './paths.js';
 
-/** Sends one request to the scanner socket; rejects on connection failure or timeout. */
+/**
+ * Longest answer read from the socket: an ensure answer lists at most MAX_RANGE_SEGMENTS segment
+ * names (about 30 bytes each); whatever answers there must not make us buffer without end.
+ */
+const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Sends one request to the scanner socket; rejects on connection failure or timeout, and when
+ * the default socket directory is not private to us (whoever controls it could answer for the scanner).
+ */
 export function askScanner(config: BartConfig, req: ScannerRequest, timeoutMs: number): Promise<ScannerResponse> {
   return new Promise((resolvePromise, reject) => {
+    try {
+      prepareSocketDirectory(config, false);
+    } catch (err) {
+      reject(err as Error);
+      return;
+    }
     const sock = createConnection(scannerSocketPath(config));
     let data = '';
     const timer = setTimeout(() => {
@@ -19,6 +35,12 @@ export function askScanner(config: BartConfig, req: ScannerRequest, timeoutMs: n
     sock.on('data', (chunk: string) => {
       data += chunk;
       const nl = data.indexOf('\n');
+      if (nl < 0 && data.length > MAX_RESPONSE_BYTES) {
+        clearTimeout(timer);
+        sock.destroy();
+        reject(new Error(`bart-scanner's answer is longer than ${MAX_RESPONSE_BYTES} bytes`));
+        return;
+      }
       if (nl >= 0) {
         clearTimeout(timer);
         sock.end();
@@ -64,6 +86,8 @@ export interface MbmRange {
  * missing; merge with loadChangeSet() afterwards.
  */
 export async function requestMbms(config: BartConfig, server: ServerConfig, range: MbmRange, timeoutSec = server.mbmScanTimeout): Promise<EnsureMbmsResult & { scannerRunning: boolean }> {
+  // The scanner refuses an unbounded range too; failing here names it without a round trip.
+  checkRangeBounds(range);
   const req: ScannerRequest = {
     op: 'ensure', server: server.name, timeline: range.timeline, startLsn: formatLsn(range.startLsn), endLsn: formatLsn(range.endLsn), timeoutSec,
     ...(range.segmentSize ? { segmentSize: range.segmentSize } : {}),

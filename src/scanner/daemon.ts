@@ -1,6 +1,6 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { chmod, readdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, readdir, stat, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
@@ -13,13 +13,18 @@ import { parseWalFileName, readSegmentSize, walFileSegNo } from '../wal/file.js'
 import { indexMbmFiles } from './change-set.js';
 import { ensureMbms } from './ensure-mbms.js';
 import { scanWalFile, type ScanBuffers } from './scan-wal-file.js';
-import type { ScannerRequest, ScannerResponse } from './protocol.js';
-import { scannerPidPath, scannerSocketPath } from './paths.js';
+import { MAX_REQUEST_BYTES, parseScannerRequest, type ScannerRequest, type ScannerResponse } from './protocol.js';
+import { prepareSocketDirectory, scannerPidPath, scannerSocketPath } from './paths.js';
+import { createPidFile, removeOwnPidFile } from './pid-file.js';
 
 /** With scan_interval = 0 we still rescan this often, in case a file notification was lost. */
 const SAFETY_RESCAN_MS = 60_000;
 /** A plain WAL file shorter than a segment and younger than this is still being copied. */
 const COPY_GRACE_MS = 30_000;
+/** A client that sends no complete request line within this time is dropped (it holds a descriptor). */
+const REQUEST_IDLE_MS = 10_000;
+/** Simultaneous socket connections; more are refused, so a flood cannot exhaust descriptors. */
+const MAX_CONNECTIONS = 64;
 
 /**
  * Scans one server's archive: the backlog at start, then whatever arrives (fs.watch plus a
@@ -217,11 +222,16 @@ export class ScannerDaemon {
     this.done = new Promise((r) => (this.resolveDone = r));
   }
 
-  /** Starts workers, the socket and the pid file. */
+  /** Starts workers, the pid file and the socket. */
   async start(): Promise<void> {
+    prepareSocketDirectory(this.config, true);
+    // The pid file first: created exclusively, it also keeps a second scanner from taking the socket.
+    const pidPath = scannerPidPath(this.config);
+    createPidFile(pidPath);
     const sockPath = scannerSocketPath(this.config);
     await unlink(sockPath).catch(() => undefined);
     this.server = createServer((sock) => this.serve(sock));
+    this.server.maxConnections = MAX_CONNECTIONS;
     try {
       await new Promise<void>((resolvePromise, reject) => {
         this.server!.once('error', reject);
@@ -230,9 +240,9 @@ export class ScannerDaemon {
       // Only the BART user (bart runs as that user) may ask for scans.
       await chmod(sockPath, 0o600);
     } catch (err) {
+      removeOwnPidFile(pidPath);
       throw new BartError(`cannot listen on the scanner socket ${sockPath} (bart_socket_directory / bart_socket_name): ${errorMessage(err)}`);
     }
-    await writeFile(scannerPidPath(this.config), `${process.pid}\n`, { mode: 0o600 });
     const threads = Math.min(4, availableParallelism());
     if (threads > 1) {
       try {
@@ -285,41 +295,55 @@ export class ScannerDaemon {
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
       await this.pool?.close();
       await unlink(scannerSocketPath(this.config)).catch(() => undefined);
-      await unlink(scannerPidPath(this.config)).catch(() => undefined);
+      removeOwnPidFile(scannerPidPath(this.config));
       log.info('bart-scanner stopped');
       this.resolveDone?.();
     })();
     return this.stopping;
   }
 
+  /**
+   * One request per connection: at most {@link MAX_REQUEST_BYTES} are buffered until the first
+   * newline (a longer line is answered with an error), nothing after it is read, and a client
+   * that stays silent is dropped after {@link REQUEST_IDLE_MS}.
+   */
   private serve(sock: Socket): void {
-    let buf = '';
-    sock.setEncoding('utf8');
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
     sock.on('error', () => undefined);
-    sock.on('data', (chunk: string) => {
-      buf += chunk;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) {
-        if (buf.length > 65536) sock.destroy();
+    sock.setTimeout(REQUEST_IDLE_MS, () => sock.destroy());
+    sock.on('data', (chunk: Buffer) => {
+      // Whatever follows the request line (or an oversized line) is read and dropped: the client
+      // then reads the answer instead of blocking in its write.
+      if (done) return;
+      const nl = chunk.indexOf(0x0a);
+      const part = nl < 0 ? chunk : chunk.subarray(0, nl);
+      if (size + part.length > MAX_REQUEST_BYTES) {
+        done = true;
+        chunks.length = 0;
+        const resp: ScannerResponse = { ok: false, error: `request line longer than ${MAX_REQUEST_BYTES} bytes` };
+        sock.end(JSON.stringify(resp) + '\n');
+        setTimeout(() => sock.destroy(), 2000).unref();
         return;
       }
-      const line = buf.slice(0, nl);
-      buf = '';
+      chunks.push(part);
+      size += part.length;
+      if (nl < 0) return;
+      done = true;
+      // An ensure may rightly take its whole timeout: no idle limit once the request is in.
+      sock.setTimeout(0);
+      const line = Buffer.concat(chunks).toString('utf8');
       void this.answer(line).then((resp) => sock.end(JSON.stringify(resp) + '\n'));
     });
   }
 
   private async answer(line: string): Promise<ScannerResponse> {
-    let req: ScannerRequest;
     try {
-      req = JSON.parse(line) as ScannerRequest;
-    } catch {
-      return { ok: false, error: 'request is not JSON' };
-    }
-    try {
+      // Every field is checked before any work: a bad range must not cost the daemon anything.
+      const req = parseScannerRequest(line);
       if (req.op === 'ping') return { ok: true, op: 'ping', pid: process.pid, servers: [...this.workers.keys()] };
-      if (req.op === 'ensure') return await this.ensure(req);
-      return { ok: false, error: `unknown request "${(req as { op?: unknown }).op}"` };
+      return await this.ensure(req);
     } catch (err) {
       return { ok: false, error: errorMessage(err) };
     }
@@ -330,12 +354,16 @@ export class ScannerDaemon {
     const worker = this.workers.get(req.server.toLowerCase());
     const server = worker?.server ?? this.config.servers.find((s) => s.name === req.server.toLowerCase());
     if (!server) return { ok: false, error: `server "${req.server}" is not in ${this.config.path}` };
-    const range = { timeline: req.timeline, startLsn: parseLsn(req.startLsn), endLsn: parseLsn(req.endLsn), ...(req.segmentSize ? { segmentSize: req.segmentSize } : {}) };
+    const range = {
+      timeline: req.timeline, startLsn: parseLsn(req.startLsn), endLsn: parseLsn(req.endLsn),
+      ...(req.segmentSize !== undefined ? { segmentSize: req.segmentSize } : {}),
+    };
     const until = Date.now() + Math.max(0, req.timeoutSec) * 1000;
     for (;;) {
       const r = worker ? await worker.exclusive(() => ensureMbms(server.archivePath, range)) : await ensureMbms(server.archivePath, range);
       const hopeless = r.errors.length > 0;
-      if (r.complete || hopeless || Date.now() >= until) {
+      // A stopping daemon answers at once rather than hold STOP up for the rest of the timeout.
+      if (r.complete || hopeless || Date.now() >= until || this.stopping) {
         return { ok: true, op: 'ensure', complete: r.complete, missingWal: r.missingWal, waiting: r.waiting, errors: r.errors };
       }
       await new Promise((res) => setTimeout(res, 250));

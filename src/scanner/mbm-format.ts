@@ -11,6 +11,14 @@ import type { ForkChanges, MbmEvent, ModifiedBlockMap } from './modified-block-m
 export const MBM_MAGIC = 'PGBRTMBM';
 export const MBM_FORMAT_VERSION = 1;
 const HEADER_SIZE = 72;
+/** Smallest relation fork entry (no runs) and smallest event (no payload), to bound the counts. */
+const MIN_FORK_ENTRY_SIZE = 24;
+const MIN_EVENT_SIZE = 16;
+/**
+ * Extra block references beyond segmentSize / 4 an MBM may list: the last record of a segment may
+ * continue into the next one with its block references (a record has at most 33).
+ */
+const BLOCK_REFS_SLACK = 64;
 const FLAG_SWITCH = 1;
 
 const EVENT_CODES = { 'relation-drop': 1, 'database-create': 2, 'database-drop': 3, 'tablespace-create': 4, 'tablespace-drop': 5, 'wal-level-change': 6, 'full-page-writes-change': 7 } as const;
@@ -134,11 +142,23 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
   if (crc !== buf.readUInt32LE(buf.length - 4)) bad(buf.length - 4, 'checksum mismatch (file corrupted)');
   const headerSize = buf.readUInt16LE(10);
   const end = buf.length - 4;
+  if (headerSize < HEADER_SIZE || headerSize > end) bad(10, `header size ${headerSize} is out of range`);
+  const segmentSize = buf.readUInt32LE(20);
+  if (segmentSize < 1 << 20 || segmentSize > 1 << 30 || (segmentSize & (segmentSize - 1)) !== 0) {
+    bad(20, `WAL segment size ${segmentSize} is not a power of two from 1 MB to 1 GB`);
+  }
   let p = headerSize;
   const need = (n: number) => { if (p + n > end) bad(p, 'truncated entry'); };
   const u32 = () => { need(4); const v = buf.readUInt32LE(p); p += 4; return v; };
   const nrel = buf.readUInt32LE(56);
   const nev = buf.readUInt32LE(60);
+  // Counts are checked against the bytes that could hold them before anything is allocated.
+  if (nrel * MIN_FORK_ENTRY_SIZE + nev * MIN_EVENT_SIZE > end - p) {
+    bad(56, `${nrel} relation fork entries and ${nev} events cannot fit in the ${end - p} bytes after the header`);
+  }
+  // Runs compress blocks, so the file size does not bound them; the WAL does: every block
+  // reference carries a 4-byte block number, so one segment references at most segmentSize / 4.
+  let blockBudget = segmentSize / 4 + BLOCK_REFS_SLACK;
   const relations: ForkChanges[] = [];
   for (let i = 0; i < nrel; i++) {
     const spcOid = u32(), dbOid = u32(), relNumber = u32();
@@ -150,8 +170,16 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
     const nruns = u32();
     need(8 * nruns);
     let count = 0;
-    for (let k = 0; k < nruns; k++) count += buf.readUInt32LE(p + 8 * k + 4);
-    if (count > 0x7fffffff) bad(p, 'block count too large');
+    for (let k = 0; k < nruns; k++) {
+      const first = buf.readUInt32LE(p + 8 * k);
+      const n = buf.readUInt32LE(p + 8 * k + 4);
+      if (first + n > 0x100000000) bad(p + 8 * k, `block run ${first}+${n} goes past the last block number`);
+      count += n;
+      if (count > blockBudget) {
+        bad(p + 8 * k + 4, `more modified blocks than a WAL segment of ${segmentSize} bytes can reference`);
+      }
+    }
+    blockBudget -= count;
     const blocks = new Uint32Array(count);
     let j = 0;
     for (let k = 0; k < nruns; k++) {
@@ -217,7 +245,7 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
   if (p !== end) bad(p, `${end - p} unexpected bytes after the last entry`);
   return {
     timeline: buf.readUInt32LE(16),
-    segmentSize: buf.readUInt32LE(20),
+    segmentSize,
     startLsn: buf.readBigUInt64LE(24),
     endLsn: buf.readBigUInt64LE(32),
     systemId: buf.readBigUInt64LE(40),
