@@ -88,8 +88,12 @@ export class TestSshd {
     this.alias = `pgbart-sshd-${port}`;
   }
 
-  /** Sets up keys, users and config, and starts sshd. */
-  static async start(userNames: string[] = ['postgres', BART_TEST_USER]): Promise<TestSshd> {
+  /**
+   * Sets up keys, users and config, and starts sshd. `opts.setEnv` gives a user's sessions extra
+   * environment variables (sshd's `SetEnv` in a `Match User` block), e.g. a PATH that puts a crafted
+   * `find` first: how the hostile-host test makes the cluster owner's account lie to the BART host.
+   */
+  static async start(userNames: string[] = ['postgres', BART_TEST_USER], opts: { setEnv?: Record<string, Record<string, string>> } = {}): Promise<TestSshd> {
     const dir = mkdtempSync(join(tmpdir(), 'pgbart-sshd-'));
     chmodSync(dir, 0o755);
     const port = await freePort();
@@ -131,6 +135,11 @@ export class TestSshd {
           'Subsystem sftp internal-sftp',
           'MaxStartups 100:30:200',
           'LogLevel VERBOSE',
+          // Match blocks last: they run to the end of the file.
+          ...Object.entries(opts.setEnv ?? {}).flatMap(([user, vars]) => [
+            `Match User ${user}`,
+            ...Object.entries(vars).map(([k, v]) => `  SetEnv ${k}=${v}`),
+          ]),
           '',
         ].join('\n'),
       );

@@ -1,6 +1,7 @@
 import { posix } from 'node:path';
 import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
+import { relativePathProblem } from '../../util/untrusted-path.js';
 import type { DataHost, HostEntry, HostFile, OpenOptions } from '../data-host.js';
 import type { SshChannel } from './channel.js';
 import { remoteWord, SshSession, type SshDestination } from './session.js';
@@ -181,7 +182,9 @@ export class SshDataHost implements DataHost {
     // A listing is metadata only (~100 bytes a file); the walk order is the local walker's.
     const entries = await this.listTree(stripped);
     for (const e of entries) {
-      if (e.type !== 'file' || e.size > SMALL_FILE) continue;
+      // Prefetching runs ahead of the caller's checks (checkedWalk): a path it would refuse is never
+      // fetched, or the batch fails first with a message that names neither the entry nor the host.
+      if (e.type !== 'file' || e.size > SMALL_FILE || relativePathProblem(e.path)) continue;
       const path = posix.join(stripped, e.path);
       this.smallIndex.set(path, this.smallFiles.length);
       this.smallFiles.push({ path, size: e.size });
