@@ -1,11 +1,9 @@
-import { fileURLToPath } from 'node:url';
 import type { BartConfig, ServerConfig } from '../config/types.js';
+import { bartScriptPath } from '../util/bart-binary.js';
 import { quoteForPostgresCommand } from '../util/shell-quote.js';
 
-/** Absolute path of this installation's `bin/bart.js` (found from this module, not from argv). */
-export function bartScriptPath(): string {
-  return fileURLToPath(new URL('../../../bin/bart.js', import.meta.url));
-}
+// Re-exported so that INIT and CHECK-CONFIG keep importing it from here; the one implementation is in util/.
+export { bartScriptPath };
 
 /** True when the server's WAL reaches the catalog without ssh: no remote_host, run by the BART user. */
 export function archivesLocally(config: BartConfig, server: ServerConfig): boolean {

@@ -57,9 +57,12 @@ export type RestoreTargetSpec =
 
 /** Operations RESTORE needs on the host that receives the cluster. */
 export interface RestoreTarget {
-  /** For messages: `local` or `user@host`. */
+  /**
+   * Human text for messages only (`local` or `user@host`); never parse it: which kind of target
+   * this is, and its ssh user and host, are in {@link spec}.
+   */
   readonly description: string;
-  /** What a worker thread needs to rebuild this target. */
+  /** What a worker thread needs to rebuild this target; `kind`, `user` and `host` say where it writes. */
   readonly spec: RestoreTargetSpec;
   /** Absent / empty / not empty / not a directory. */
   inspect(path: string): Promise<PathState>;

@@ -1,5 +1,5 @@
 import { parentPort } from 'node:worker_threads';
-import { restoreTargetFromSpec } from '../hosts/local/restore-target.js';
+import { restoreTargetFromSpec } from '../hosts/restore-target-for-spec.js';
 import type { RestoreTargetSpec } from '../hosts/restore-target.js';
 import { runRestoreTask, type RestoreTask } from './reader.js';
 

@@ -6,7 +6,6 @@ import { isErrnoError } from '../../util/errors.js';
 import { fsyncDir } from '../../util/fs-atomic.js';
 import { FlushBehind } from '../../util/flush-behind.js';
 import { LocalHost } from './data-host.js';
-import { SshRestoreTarget } from '../ssh/restore-target.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from '../restore-target.js';
 
 /** Create or truncate for writing, refusing (ELOOP) a symlink in the file's place. */
@@ -239,15 +238,5 @@ export class LocalRestoreTarget implements RestoreTarget {
     } finally {
       closeSync(fd);
     }
-  }
-}
-
-/** Rebuilds a target from its spec (in a worker thread). */
-export function restoreTargetFromSpec(spec: RestoreTargetSpec): RestoreTarget {
-  switch (spec.kind) {
-    case 'local':
-      return new LocalRestoreTarget(spec.owner);
-    case 'ssh':
-      return SshRestoreTarget.fromSpec(spec);
   }
 }

@@ -1,0 +1,288 @@
+// Restore: the one entry point, running the phases in order and rolling back when one fails.
+import { existsSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
+import type { CatalogEntry } from '../catalog/catalog.js';
+import { serverCatalogDir } from '../catalog/layout.js';
+import { registerRestore } from '../catalog/lock.js';
+import type { BartConfig, ServerConfig } from '../config/types.js';
+import type { RestoreTarget } from '../hosts/restore-target.js';
+import { PATCH_BATCH_BYTES } from '../hosts/ssh/restore-target.js';
+import { signalFileName } from '../postgres/recovery-config.js';
+import { formatBytes, formatDuration } from '../util/format.js';
+import { log } from '../util/log.js';
+import { currentUserName, isRoot } from '../util/os-user.js';
+import { shellQuote } from '../util/shell-quote.js';
+import type { ExtractResult } from './engine.js';
+import { copyArchivedWal, COPIED_WAL_DIR, fixOwnership, writeBackupFiles } from './files.js';
+import { BASE_ARCHIVE, type BackupScan } from './plan.js';
+import { removeSignalFiles, writeRecoveryConfig } from './recovery-config-writer.js';
+import type { ParsedTarget, TargetOptions } from './recovery-target.js';
+import { INCOMPLETE_MARKER, PG_VERSION_PENDING, restoreFailure, RestoreTransaction } from './rollback.js';
+import { checkChainStillListed, selectBackup } from './select.js';
+import { linkTablespaces, restoreRoots, tablespaceDestinations, type RestoreRoot } from './tablespaces.js';
+import { checkFreeSpace, checkRoot, scanChain, validateRecoveryTarget, warnArchiveGetUser } from './validate.js';
+import { selectWalToCopy, walCopyBytes, type WalToCopy } from './wal.js';
+
+/** A restore as `bart RESTORE` resolved it from its options and the server's settings. */
+export interface RestoreRequest {
+  server: ServerConfig;
+  /** -p: the absolute path of the data directory to restore into (empty or absent). */
+  path: string;
+  /** -i: the backup (id or name); without it, chosen from the recovery target. */
+  backupId?: string;
+  /** --tablespace-map, parsed: OID → location. */
+  tablespaceMap?: Map<number, string>;
+  /** The recovery target options (-t, -x, -g, --target-*). */
+  targetOptions: TargetOptions;
+  /** Worker threads (-w, else the server's setting). */
+  workers: number;
+  /** -c or copy_wals_during_restore: copy the WAL recovery needs into the restored cluster. */
+  copyWals: boolean;
+  /** --disable-checksum. */
+  disableChecksum: boolean;
+  /** --standby: standby.signal instead of recovery.signal. */
+  standby: boolean;
+}
+
+/** Settings derived from the request, the server and the backup. */
+interface Plan {
+  config: BartConfig;
+  server: ServerConfig;
+  info: BackupInfo;
+  /** The backups to restore, full backup first (just one for a full backup). */
+  chain: CatalogEntry[];
+  path: string;
+  target: ParsedTarget;
+  scan: BackupScan;
+  roots: RestoreRoot[];
+  tablespaceDest: Map<number, string>;
+  wal: WalToCopy[];
+  copyWals: boolean;
+  workers: number;
+  checksumAlgorithm: ChecksumAlgorithm;
+  /** Restoring to another host over ssh (-r). */
+  remote: boolean;
+}
+
+/** Every check, before the first byte is written: select, validate, remap tablespaces, free space. */
+async function preparePlan(config: BartConfig, req: RestoreRequest, target: RestoreTarget): Promise<Plan> {
+  const remote = target.spec.kind === 'ssh';
+  const { server, path } = req;
+  const { entry, chain } = await selectBackup(config, server, req.backupId, req.targetOptions);
+  const info = entry.info;
+  const parsed = await validateRecoveryTarget(req.targetOptions, info, server.archivePath);
+  const { scan, restored } = await scanChain(chain, entry);
+
+  const tablespaceDest = tablespaceDestinations(info, server, req.tablespaceMap);
+  const base = restored?.get(BASE_ARCHIVE) ?? scan.archives.get(BASE_ARCHIVE)!;
+  const roots = await restoreRoots(target, path, base, info, tablespaceDest, restored ?? scan.archives);
+  for (const root of roots) await checkRoot(target, root);
+
+  const copyWals = req.copyWals;
+  const maxTli = parsed.timeline !== undefined && /^\d+$/.test(parsed.timeline) ? Number(parsed.timeline) : undefined;
+  const wal = copyWals ? await selectWalToCopy(server.archivePath, info, maxTli) : [];
+  // The data directory also receives the copied WAL; over ssh, changed blocks wait in scratch files
+  // (up to a batch) before they are patched in.
+  const inDataDir = walCopyBytes(wal, info.walSegmentSize) + (remote && chain.length > 1 ? PATCH_BATCH_BYTES : 0);
+  await checkFreeSpace(
+    target,
+    roots.map((r, i) => ({ path: r.path, bytes: r.bytes + r.files * 2048 + (i === 0 ? inDataDir : 0) })),
+  );
+
+  warnArchiveGetUser(config, server, remote, copyWals);
+  const checksumAlgorithm: ChecksumAlgorithm = req.disableChecksum ? 'NONE' : info.checksumAlgorithm;
+  const workers = req.workers;
+  return {
+    config,
+    server,
+    info,
+    chain,
+    path,
+    target: parsed,
+    scan,
+    roots,
+    tablespaceDest,
+    wal,
+    copyWals,
+    workers,
+    checksumAlgorithm,
+    remote,
+  };
+}
+
+/**
+ * Restores a full backup, or an incremental one through its chain, into an empty or absent directory
+ * on `target` (this host, or another one over ssh), with tablespaces, recovery settings for
+ * point-in-time recovery, and checksums verified as data streams. Everything that can be checked is
+ * checked before the first byte is written; a failure later removes what was written, leaving the
+ * restore path (and tablespace locations) as they were. Returns the exit code.
+ */
+export async function runRestore(config: BartConfig, req: RestoreRequest, target: RestoreTarget): Promise<number> {
+  const checkStart = Date.now();
+  const plan = await preparePlan(config, req, target);
+  // A reader, not the exclusive server lock: BACKUP and other RESTOREs go on, DELETE and MANAGE -d refuse.
+  const serverDir = serverCatalogDir(config, plan.server);
+  const where = target.spec.kind === 'ssh' ? `${target.spec.user}@${target.spec.host}:${plan.path}` : plan.path;
+  const reader = await registerRestore(serverDir, { backups: plan.chain.map((e) => e.info.id), path: where });
+  try {
+    await checkChainStillListed(config, plan.server, plan.chain);
+    log.debug(`checks took ${Date.now() - checkStart} ms`);
+    return await restorePlan(plan, req, target);
+  } finally {
+    await reader.release();
+  }
+}
+
+/** Writes everything after the files: links, WAL, recovery settings. Returns the settings written. */
+async function finishDataDirectory(
+  plan: Plan,
+  req: RestoreRequest,
+  target: RestoreTarget,
+): Promise<[string, string][]> {
+  await linkTablespaces(target, plan.path, plan.info, plan.tablespaceDest);
+  await removeSignalFiles(target, plan.path);
+  if (plan.copyWals) {
+    await copyArchivedWal(target, join(plan.path, COPIED_WAL_DIR), plan.server.archivePath, plan.wal, plan.workers);
+  }
+  const { config, server, info, path, copyWals } = plan;
+  const recovery = { config, server, info, path, target: plan.target, copyWals, standby: req.standby };
+  return writeRecoveryConfig(recovery, target);
+}
+
+async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarget): Promise<number> {
+  const { info, path } = plan;
+  log.info(
+    `restoring backup ${info.id}${info.name ? ` (${info.name})` : ''} of server ${plan.server.name}: ` +
+      `${info.format} format, compression ${info.compression}, ${plan.scan.totalFiles} files, ` +
+      formatBytes(plan.scan.totalBytes),
+  );
+  const timeline = plan.target.timeline ? `, timeline ${plan.target.timeline}` : '';
+  log.info(`restore path: ${path}; recovery target: ${plan.target.description}${timeline}`);
+  const dbHost = plan.server.remoteHost;
+  if (!plan.remote && dbHost) {
+    // BART restored to remote_host when -r was left out; pgbart restores where it is told (-r), so say where this goes.
+    log.info(
+      `restoring on this host (the BART host); to restore on the database host, add -r ${dbHost.user}@${dbHost.host}`,
+    );
+  }
+
+  const controller = new AbortController();
+  const onSignal = () => controller.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const txn = new RestoreTransaction(target);
+  const started = Date.now();
+  let settings: [string, string][];
+  let extracted: ExtractResult;
+  try {
+    for (const root of plan.roots) await txn.claim(root);
+    const marker =
+      `pgbart RESTORE of backup ${info.id} in progress (pid ${process.pid}, started ${new Date().toISOString()})\n`;
+    await target.writeFile(join(path, INCOMPLETE_MARKER), marker, 0o600);
+    const destinations = new Map<string, string>([[BASE_ARCHIVE, path]]);
+    for (const [oid, dest] of plan.tablespaceDest) destinations.set(String(oid), dest);
+    const { chain, scan, checksumAlgorithm, workers } = plan;
+    const files = { chain, scan, destinations, checksumAlgorithm, workers };
+    extracted = await writeBackupFiles(files, target, controller.signal);
+    log.debug(`files written after ${Date.now() - started} ms`);
+    settings = await finishDataDirectory(plan, req, target);
+    await fixOwnership(plan.server, plan.roots, target);
+    controller.signal.throwIfAborted();
+    log.debug(`recovery settings written after ${Date.now() - started} ms`);
+    for (const root of plan.roots) await target.syncTree(root.path);
+    log.debug(`synced to disk after ${Date.now() - started} ms`);
+    // Only now, with everything durable, does the directory become a startable cluster.
+    await target.rename(join(path, PG_VERSION_PENDING), join(path, 'PG_VERSION'));
+    await target.remove(join(path, INCOMPLETE_MARKER));
+    await target.syncDir(path);
+  } catch (err) {
+    const clean = await txn.rollback();
+    throw restoreFailure(err, controller.signal.aborted, clean, target, path, plan.roots);
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  }
+  reportRestored(plan, req, target, extracted, (Date.now() - started) / 1000, settings);
+  return 0;
+}
+
+/** pg_ctl of the backup's major version where the usual packages put it, else plain `pg_ctl`. */
+function pgCtlFor(major: number): string {
+  const dirs = [
+    `/usr/lib/postgresql/${major}/bin`,
+    `/usr/pgsql-${major}/bin`,
+    `/usr/edb/as${major}/bin`,
+    `/usr/local/pgsql-${major}/bin`,
+  ];
+  for (const dir of dirs) {
+    if (existsSync(join(dir, 'pg_ctl'))) return join(dir, 'pg_ctl');
+  }
+  return 'pg_ctl';
+}
+
+/** What was restored, the recovery settings, and how to start the restored server. */
+function reportRestored(
+  plan: Plan,
+  req: RestoreRequest,
+  target: RestoreTarget,
+  extracted: ExtractResult,
+  seconds: number,
+  settings: [string, string][],
+): void {
+  const { info, path } = plan;
+  const rate = seconds > 0 ? ` (${formatBytes(extracted.bytes / seconds)}/s)` : '';
+  const verified =
+    plan.checksumAlgorithm === 'NONE'
+      ? req.disableChecksum
+        ? 'checksums not verified (--disable-checksum)'
+        : 'the backup has no file checksums'
+      : `${plan.checksumAlgorithm} checksums verified`;
+  log.fileOnly('INFO', `RESTORE: peak RSS ${Math.round(process.resourceUsage().maxRSS / 1024)} MB`);
+  log.info(
+    `restored ${extracted.files} files, ${formatBytes(extracted.bytes)} in ${formatDuration(seconds * 1000)}${rate} ` +
+      `with ${plan.workers} worker(s); ${verified}`,
+  );
+  for (const t of info.tablespaces) {
+    const dest = plan.tablespaceDest.get(t.oid);
+    log.info(`tablespace ${t.name} (OID ${t.oid}) restored to ${dest} (pg_tblspc/${t.oid} links there)`);
+  }
+  if (plan.copyWals) log.info(`copied ${plan.wal.length} archived WAL files to ${join(path, COPIED_WAL_DIR)}`);
+  log.info(`${signalFileName({ standby: req.standby })} created; recovery settings added to postgresql.auto.conf:`);
+  for (const [k, v] of settings) if (v !== '' && k !== 'archive_mode') log.info(`  ${k} = ${v}`);
+  log.info(
+    'archive_mode is turned off in the restored cluster (postgresql.auto.conf), so it does not archive into ' +
+      'the catalog of the server it was copied from; turn it back on when it becomes a primary that must be backed up',
+  );
+  if (plan.target.target.kind !== 'none' && !req.standby) {
+    const action = plan.target.action ?? 'pause';
+    if (action === 'pause') {
+      log.info(
+        "recovery pauses at the target (PostgreSQL's default): check the data, then end recovery with " +
+          'SELECT pg_wal_replay_resume(); or restore again with another target',
+      );
+    } else {
+      const what =
+        action === 'promote' ? 'end and the server accept writes (promote)' : 'shut the server down (shutdown)';
+      log.info(`at the target, recovery will ${what}`);
+    }
+  }
+  const localNames = new Set(['localhost', '127.0.0.1', '::1', hostname()]);
+  if (!plan.remote && localNames.has(plan.server.host)) {
+    log.info(
+      `the source server runs on this host (port ${plan.server.port}): ` +
+        `set another port in ${join(path, 'postgresql.conf')} before starting the restored one`,
+    );
+  }
+  if (target.spec.kind === 'ssh') {
+    const { user, host } = target.spec;
+    const command = `pg_ctl -D ${shellQuote(path)} start`;
+    log.info(`restore complete; on ${host}, start the restored server as ${user} with: ${command}`);
+    return;
+  }
+  const owner = plan.server.clusterOwner;
+  const command = `${pgCtlFor(Math.floor(info.serverVersionNum / 10000))} -D ${shellQuote(path)} start`;
+  const as = currentUserName() !== owner || isRoot() ? ` as ${owner}` : '';
+  log.info(`restore complete; start the restored server${as} with: ${command}`);
+}
