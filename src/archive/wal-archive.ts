@@ -8,6 +8,7 @@ import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
 import { parseArchiveFileName, type ArchiveFileName } from '../wal/segment-name.js';
+import { isValidWalSegmentSize } from '../postgres/constants.js';
 
 /** Suffix of WAL files that MANAGE compressed (wal_compression = enabled). */
 export const GZIP_SUFFIX = '.gz';
@@ -31,11 +32,6 @@ export function requireArchiveFileName(name: string, what: string): ArchiveFileN
     );
   }
   return parsed;
-}
-
-/** True for the sizes initdb --wal-segsize allows: powers of two from 1 MB to 1 GB. */
-function isValidSegmentSize(size: number): boolean {
-  return size >= 1024 * 1024 && size <= 1024 * 1024 * 1024 && (size & (size - 1)) === 0;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -137,7 +133,7 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
     throw new BartError(`cannot read WAL file "${sourcePath}": ${errorMessage(err)}`);
   }
   // PostgreSQL always hands over whole segments (.partial ones are padded too): anything else is a wrong file.
-  if ((parsed.kind === 'segment' || parsed.kind === 'partial') && !isValidSegmentSize(size)) {
+  if ((parsed.kind === 'segment' || parsed.kind === 'partial') && !isValidWalSegmentSize(size)) {
     throw new BartError(`"${sourcePath}" is ${size} bytes, not a complete WAL segment (a power of two from 1 MB to 1 GB); refusing to archive it`);
   }
   try {

@@ -22,6 +22,12 @@ export interface ArchiveOutput {
   close(): Promise<void>;
 }
 
+/**
+ * Uncompressed bytes per compression unit of a tar archive (plain backups use 4 times as much): large
+ * enough to compress well, small enough to bound memory.
+ */
+export const UNIT_SIZE = 1024 * 1024;
+
 /** Settings shared by the archive writers of one backup. */
 export interface ArchiveWriterSettings {
   compression: CompressionMethod;

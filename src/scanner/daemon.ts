@@ -15,6 +15,7 @@ import { ensureMbms } from './ensure-mbms.js';
 import { scanWalFile, type ScanBuffers } from './scan-wal-file.js';
 import type { ScannerRequest, ScannerResponse } from './protocol.js';
 import { scannerPidPath, scannerSocketPath } from './paths.js';
+import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** With scan_interval = 0 we still rescan this often, in case a file notification was lost. */
 const SAFETY_RESCAN_MS = 60_000;
@@ -137,7 +138,7 @@ class ServerWorker {
         this.segmentSize = await readSegmentSize(join(dir, n));
         if (this.segmentSize) break;
       }
-      if (this.segmentSize === undefined) this.segmentSize = 16 * 1024 * 1024;
+      if (this.segmentSize === undefined) this.segmentSize = DEFAULT_WAL_SEGMENT_SIZE;
     }
     const segSize = this.segmentSize;
     const index = indexMbmFiles(dir);

@@ -5,6 +5,7 @@ import { shellQuote } from '../../util/shell-quote.js';
 import { isZeroBlock, parseTarHeader, TAR_BLOCK, TarExtensions, type TarHeader } from '../../storage/tar-header.js';
 import { explainSshFailure } from './errors.js';
 import type { SshSession } from './session.js';
+import { BLOCK_SIZE } from '../../postgres/constants.js';
 
 /** tar's record size with `-b 20`: an archive's length is a multiple of it. */
 const TAR_RECORD = 10240;
@@ -33,8 +34,8 @@ function remoteScript(boundary: string): string {
     'rd() { if [ ! -e "$1" ]; then printf V; return; fi; printf T; tar -cf - -b 20 -- "$1" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
     // rdm PATH...: one tar of many (small) files: one fork for all of them.
     'rdm() { printf T; tar -cf - -b 20 -- "$@" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
-    // rg PATH BLOCK COUNT: COUNT 8 KB blocks from BLOCK on (incremental backups), zero-padded past the end.
-    'rg() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { dd if="$1" bs=8192 skip="$2" count="$3" 2>/dev/null; head -c $(($3 * 8192)) /dev/zero; } | head -c $(($3 * 8192)); }',
+    // rg PATH BLOCK COUNT: COUNT blocks (BLOCK_SIZE) from BLOCK on (incremental backups), zero-padded past the end.
+    `rg() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { dd if="$1" bs=${BLOCK_SIZE} skip="$2" count="$3" 2>/dev/null; head -c $(($3 * ${BLOCK_SIZE})) /dev/zero; } | head -c $(($3 * ${BLOCK_SIZE})); }`,
     // rb PATH OFFSET LENGTH: the same for unaligned ranges (slower, never used by the engines today).
     'rb() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { tail -c +$(($2 + 1)) -- "$1" 2>/dev/null | head -c "$3"; head -c "$3" /dev/zero; } | head -c "$3"; }',
     "command -v tar >/dev/null 2>&1 || { echo 'pgbart: tar is not installed on this host' >&2; exit 1; }",
@@ -409,8 +410,9 @@ export class SshChannel {
    */
   async readRange(path: string, buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
     const doing = `reading ${path} at byte ${position}`;
-    const aligned = position % 8192 === 0 && length % 8192 === 0;
-    this.send(aligned ? `R rg ${shellQuote(path)} ${position / 8192} ${length / 8192}` : `R rb ${shellQuote(path)} ${position} ${length}`);
+    const aligned = position % BLOCK_SIZE === 0 && length % BLOCK_SIZE === 0;
+    const q = shellQuote(path);
+    this.send(aligned ? `R rg ${q} ${position / BLOCK_SIZE} ${length / BLOCK_SIZE}` : `R rb ${q} ${position} ${length}`);
     const status = (await this.takeExact(1, doing)).toString();
     if (status === 'E') throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied): the data directory must be readable by cluster_owner`);
     if (status !== 'T') {

@@ -7,6 +7,7 @@ import type { SshChannel } from './channel.js';
 import { remoteWord, SshSession, type SshDestination } from './session.js';
 import { explainSshFailure } from './errors.js';
 import { TarUpload } from './tar-upload.js';
+import { BLOCK_SIZE } from '../../postgres/constants.js';
 
 /** Spec of an ssh target: worker threads attach to the main thread's master connection. */
 export type SshRestoreTargetSpec = Extract<RestoreTargetSpec, { kind: 'ssh' }>;
@@ -59,7 +60,8 @@ function patchScript(patches: PendingPatch[]): string {
     scratch.push(from);
     for (const e of p.extents) {
       // Whole 8 KB blocks (always, for relation files) copy in block units; anything else byte-wise.
-      const bs = e.at % 8192 === 0 && e.scratchAt % 8192 === 0 && e.length % 8192 === 0 ? 8192 : 1;
+      const whole = e.at % BLOCK_SIZE === 0 && e.scratchAt % BLOCK_SIZE === 0 && e.length % BLOCK_SIZE === 0;
+      const bs = whole ? BLOCK_SIZE : 1;
       lines.push(`d if=${from} of=${f} bs=${bs} skip=${e.scratchAt / bs} seek=${e.at / bs} count=${e.length / bs} conv=notrunc`);
     }
   }
