@@ -2,7 +2,7 @@ import { posix } from 'node:path';
 import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import type { DataHost, HostEntry, HostFile, OpenOptions } from '../data-host.js';
-import type { SshChannel } from './channel.js';
+import { SshChannel } from './channel.js';
 import { remoteWord, SshSession, type SshDestination } from './session.js';
 
 /**
@@ -125,7 +125,7 @@ export class SshDataHost implements DataHost {
     if (this.all.size + this.opening < MAX_CHANNELS) {
       this.opening++;
       try {
-        const c = await this.session.channel();
+        const c = await SshChannel.open(this.session);
         this.all.add(c);
         return c;
       } finally {

@@ -3,7 +3,7 @@ import { log } from '../../util/log.js';
 import { quoteForPostgresCommand } from '../../util/shell-quote.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from '../restore-target.js';
 import { walkOrder } from './data-host.js';
-import type { SshChannel } from './channel.js';
+import { SshChannel } from './channel.js';
 import { remoteWord, SshSession, type SshDestination } from './session.js';
 import { explainSshFailure } from './errors.js';
 import { TarUpload } from './tar-upload.js';
@@ -125,7 +125,7 @@ export class SshRestoreTarget implements RestoreTarget {
   /** Runs a command on the channel (one at a time); returns stdout, or throws with `what` and stderr. */
   private run(command: string, what: string, okCodes: number[] = [0]): Promise<{ code: number; stdout: string }> {
     const next = this.queue.then(async () => {
-      this.channel ??= await this.session.channel();
+      this.channel ??= await SshChannel.open(this.session);
       const r = await this.channel.run(command);
       if (!okCodes.includes(r.code)) {
         throw new BartError(`${what} on ${this.description} failed: ${r.stderr.trim().split('\n').pop() || `exit status ${r.code}`}`);

@@ -5,7 +5,6 @@ import { join } from 'node:path';
 import { BartError, errorMessage } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import { shellQuote } from '../../util/shell-quote.js';
-import { SshChannel } from './channel.js';
 import { explainSshFailure } from './errors.js';
 
 /** What a one-shot remote command returned. */
@@ -35,7 +34,8 @@ const MASTER_IDLE_SECONDS = 15;
  * One authenticated OpenSSH connection to `user@host`, shared by everything pgbart runs there: a
  * ControlMaster started once in a private directory, then every command and long-lived channel is a
  * multiplexed session over it (no new TCP connection or authentication per file). The user's keys,
- * agent, ~/.ssh/config and known_hosts apply as with any ssh.
+ * agent, ~/.ssh/config and known_hosts apply as with any ssh. Long-lived remote shells over it are
+ * opened with SshChannel.open(session) (channel.ts builds on this file, not the other way round).
  */
 export class SshSession {
   readonly destination: string;
@@ -129,11 +129,6 @@ export class SshSession {
     if (r.code === 255 || r.code === -1) throw new BartError(`${what}: ${explainSshFailure(r.stderr, { destination: this.destination })}`);
     if (r.code !== 0) throw new BartError(`${what} on ${this.destination} failed: ${r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`}`);
     return r.stdout;
-  }
-
-  /** Opens a long-lived remote shell speaking pgbart's small request protocol. */
-  channel(): Promise<SshChannel> {
-    return SshChannel.open(this);
   }
 
   /** Stops the master connection (sessions still running end with it) and removes the control directory. */
