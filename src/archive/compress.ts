@@ -6,7 +6,7 @@ import { createGzip } from 'node:zlib';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
 import { parseArchiveFileName } from '../wal/segment-name.js';
-import { archiveNames } from '../retention/obsolete.js';
+import { archiveNames } from '../catalog/catalog.js';
 import { GZIP_SUFFIX } from './wal-archive.js';
 
 /**

@@ -6,6 +6,19 @@ import { log } from '../util/log.js';
 import { readBackupInfo, type BackupInfo } from './backup-info.js';
 import { PARTIAL_SUFFIX, serverCatalogDir } from './layout.js';
 
+/**
+ * Names in a directory of the repository: a server's catalog or WAL archive (none when it does not
+ * exist yet).
+ */
+export async function archiveNames(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
 /** A backup found in the catalog. */
 export interface CatalogEntry {
   info: BackupInfo;
