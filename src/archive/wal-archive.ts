@@ -9,9 +9,8 @@ import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
 import { parseArchiveFileName, type ArchiveFileName } from '../wal/segment-name.js';
 import { isValidWalSegmentSize } from '../postgres/constants.js';
-
-/** Suffix of WAL files that MANAGE compressed (wal_compression = enabled). */
-export const GZIP_SUFFIX = '.gz';
+import { findArchived } from '../catalog/catalog.js';
+import { GZIP_SUFFIX } from '../catalog/layout.js';
 
 /** Outcome of storing one file in the archive. */
 export type PushOutcome = 'archived' | 'already-archived';
@@ -90,15 +89,6 @@ export async function sameContent(a: Readable, b: Readable): Promise<boolean> {
     (a as ReadStream).destroy?.();
     (b as ReadStream).destroy?.();
   }
-}
-
-/** The archived copy of `name` in `archiveDir`, plain or gzip-compressed; undefined when absent. */
-export async function findArchived(archiveDir: string, name: string): Promise<string | undefined> {
-  const plain = join(archiveDir, name);
-  if (await exists(plain)) return plain;
-  const gz = plain + GZIP_SUFFIX;
-  if (await exists(gz)) return gz;
-  return undefined;
 }
 
 /** Copies a stream into a new file (mode 0600) and fsyncs it; returns the bytes written. */

@@ -4,7 +4,7 @@ import { access, mkdtemp, open, rm, stat, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type pg from 'pg';
-import { findArchived } from '../archive/wal-archive.js';
+import { findArchived } from '../catalog/catalog.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { connect, type ConnectionTarget } from '../postgres/connection.js';
 import { explainSshFailure } from '../hosts/ssh/errors.js';

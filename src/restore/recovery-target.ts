@@ -4,7 +4,7 @@ import type { RecoveryTarget } from '../postgres/recovery-config.js';
 import { BartError } from '../util/errors.js';
 import { formatLsn, isLsn, parseLsn } from '../util/lsn.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
-import { findArchived } from '../archive/wal-archive.js';
+import { findArchived } from '../catalog/catalog.js';
 import { historyFileName, parseTimelineHistory } from '../wal/timeline-history.js';
 
 /** RESTORE's target options as given on the command line. */

@@ -1,6 +1,6 @@
 import { parseMbmFileName } from '../scanner/mbm-name.js';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
-import { GZIP_SUFFIX } from '../archive/wal-archive.js';
+import { GZIP_SUFFIX } from '../catalog/layout.js';
 import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** What the WAL-retention rule needs to know about a backup that stays in the catalog. */
