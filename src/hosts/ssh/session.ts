@@ -27,6 +27,19 @@ export interface SshDestination {
  */
 export const SSH_BASE_OPTIONS = ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '-o', 'ServerAliveInterval=5', '-o', 'ServerAliveCountMax=3'];
 
+/**
+ * argv (after `ssh`) of a one-shot ssh that runs `words` (joined by ssh into one remote command line)
+ * on its own connection, without a master: for checks that must see ssh itself log in.
+ */
+export function oneShotSshArgs(destination: string, words: string[]): string[] {
+  return [...SSH_BASE_OPTIONS, destination, ...words];
+}
+
+/** argv (after `scp`) that copies `remotePath` of `destination` to `localPath`, quietly, with the same options. */
+export function scpFetchArgs(destination: string, remotePath: string, localPath: string): string[] {
+  return [...SSH_BASE_OPTIONS, '-q', `${destination}:${remotePath}`, localPath];
+}
+
 /** How long the background master may outlive us when bart is killed (it exits once idle this long). */
 const MASTER_IDLE_SECONDS = 15;
 
