@@ -65,7 +65,8 @@ export function selectBlocks(archive: string, entry: HostEntry, parent: Restored
   // Visibility-map bits are also cleared by heap records that carry no block reference to the VM
   // (XLH_*_ALL_VISIBLE_CLEARED: PostgreSQL's WAL summarizer marks those VM pages, our MBMs do not),
   // so the VM, 1/32768 of its heap, is copied whole too.
-  if (!rel || rel.fork === FSM_FORKNUM || rel.fork === VISIBILITYMAP_FORKNUM || rel.fork === INIT_FORKNUM) return undefined;
+  if (!rel) return undefined;
+  if (rel.fork === FSM_FORKNUM || rel.fork === VISIBILITYMAP_FORKNUM || rel.fork === INIT_FORKNUM) return undefined;
   const before = parent.files.get(fileKey(archive, entry.path));
   if (!before) return undefined; // new since the parent: there is nothing to start from
   if (entry.size % BLOCK_SIZE !== 0 || before.length % BLOCK_SIZE !== 0) return undefined;

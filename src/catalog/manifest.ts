@@ -70,7 +70,7 @@ export function hashName(alg: ChecksumAlgorithm): string | undefined {
   return alg === 'SHA256' ? 'sha256' : alg === 'MD5' ? 'md5' : undefined;
 }
 
-/** The checksum of stored artifacts (backup writers and VERIFY-CHKSUM): xxh64, fast enough to never slow a backup down. */
+/** The checksum of stored artifacts (backup writers, VERIFY-CHKSUM): xxh64, fast enough to never slow a backup down. */
 export function artifactHasher(): { update(d: Uint8Array): void; hex(): string } {
   const h = new Xxh64(0n);
   return {

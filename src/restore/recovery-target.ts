@@ -232,7 +232,8 @@ export async function checkTargetAgainstBackup(t: ParsedTarget, info: BackupInfo
   }
   if (entry.end! < parseLsn(info.stopLsn)) {
     throw new BartError(
-      `-t/--target-tli ${tli} branched off timeline ${info.timeline} at ${formatLsn(entry.end!)}, before backup ${info.id} ended (STOP LSN ${info.stopLsn}); ` +
+      `-t/--target-tli ${tli} branched off timeline ${info.timeline} at ${formatLsn(entry.end!)}, ` +
+        `before backup ${info.id} ended (STOP LSN ${info.stopLsn}); ` +
         'that backup cannot follow it; choose an older backup',
     );
   }

@@ -46,13 +46,19 @@ export function walFileSegNo(segmentName: string, segmentSize: number): number {
  * buffer. Never reads more than the segment size announced by the file's first page: a larger
  * file is an error, not a memory hazard.
  */
-export async function loadWalFile(path: string, reuse?: Buffer, maxBytes = MAX_WAL_SEGMENT_SIZE): Promise<LoadedWalFile> {
+export async function loadWalFile(
+  path: string,
+  reuse?: Buffer,
+  maxBytes = MAX_WAL_SEGMENT_SIZE,
+): Promise<LoadedWalFile> {
   const parsed = parseWalFileName(path);
   if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)');
   let buffer = reuse ?? Buffer.alloc(0);
   let length = 0;
   const ensure = (n: number) => {
-    if (n > MAX_WAL_SEGMENT_SIZE) throw new WalDecodeError(path, MAX_WAL_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
+    if (n > MAX_WAL_SEGMENT_SIZE) {
+      throw new WalDecodeError(path, MAX_WAL_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
+    }
     if (n <= buffer.length) return;
     let size = Math.max(buffer.length * 2, Math.min(DEFAULT_WAL_SEGMENT_SIZE, MAX_WAL_SEGMENT_SIZE));
     while (size < n) size *= 2;

@@ -35,7 +35,9 @@ function remoteScript(boundary: string): string {
     // rdm PATH...: one tar of many (small) files: one fork for all of them.
     'rdm() { printf T; tar -cf - -b 20 -- "$@" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
     // rg PATH BLOCK COUNT: COUNT blocks (BLOCK_SIZE) from BLOCK on (incremental backups), zero-padded past the end.
-    `rg() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { dd if="$1" bs=${BLOCK_SIZE} skip="$2" count="$3" 2>/dev/null; head -c $(($3 * ${BLOCK_SIZE})) /dev/zero; } | head -c $(($3 * ${BLOCK_SIZE})); }`,
+    'rg() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; ' +
+      `{ dd if="$1" bs=${BLOCK_SIZE} skip="$2" count="$3" 2>/dev/null; head -c $(($3 * ${BLOCK_SIZE})) /dev/zero; } ` +
+      `| head -c $(($3 * ${BLOCK_SIZE})); }`,
     // rb PATH OFFSET LENGTH: the same for unaligned ranges (slower, never used by the engines today).
     'rb() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { tail -c +$(($2 + 1)) -- "$1" 2>/dev/null | head -c "$3"; head -c "$3" /dev/zero; } | head -c "$3"; }',
     "command -v tar >/dev/null 2>&1 || { echo 'pgbart: tar is not installed on this host' >&2; exit 1; }",
@@ -412,7 +414,8 @@ export class SshChannel {
     const doing = `reading ${path} at byte ${position}`;
     const aligned = position % BLOCK_SIZE === 0 && length % BLOCK_SIZE === 0;
     const q = shellQuote(path);
-    this.send(aligned ? `R rg ${q} ${position / BLOCK_SIZE} ${length / BLOCK_SIZE}` : `R rb ${q} ${position} ${length}`);
+    const blocks = `${position / BLOCK_SIZE} ${length / BLOCK_SIZE}`;
+    this.send(aligned ? `R rg ${q} ${blocks}` : `R rb ${q} ${position} ${length}`);
     const status = (await this.takeExact(1, doing)).toString();
     if (status === 'E') throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied): the data directory must be readable by cluster_owner`);
     if (status !== 'T') {
