@@ -82,6 +82,13 @@ test('timeline checks read the archived history file', async () => {
     await check('3');
     await assert.rejects(check('2', '0/6000000'), /branched off timeline 1 at 0\/5000000, before backup 1 ended/);
     await assert.rejects(check('4'), /00000004\.history is not in the archive/);
+    // As PostgreSQL writes it (comments, blank lines, reasons with tabs) it parses; a damaged file is refused.
+    const pgWritten = '# history of timeline 5\n\n1\t0/5000000\tno recovery target specified\n\t\n' +
+      '4\t0/9000000\tat\trestore point\n';
+    writeFileSync(join(archive, '00000005.history'), pgWritten);
+    await check('5');
+    writeFileSync(join(archive, '00000006.history'), '1\t0/5000000\tno target\n2\t0/9000000\tx\ngarbage\n');
+    await assert.rejects(check('6'), /invalid timeline history file ".*00000006\.history", line 3: "garbage"/);
     const tl2 = { ...info, timeline: 2, stopLsn: '0/6000000' };
     await assert.rejects(checkTargetAgainstBackup(parseTargetOptions({ targetTli: '1' }, 'UTC'), tl2, archive), /older than the timeline/);
     await checkTargetAgainstBackup(parseTargetOptions({ targetTli: '3' }, 'UTC'), tl2, archive);

@@ -6,8 +6,8 @@ import { createGzip } from 'node:zlib';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
 import { parseArchiveFileName } from '../wal/segment-name.js';
-import { archiveNames } from '../retention/obsolete.js';
-import { GZIP_SUFFIX } from './wal-archive.js';
+import { archiveNames } from '../catalog/catalog.js';
+import { GZIP_SUFFIX } from '../catalog/layout.js';
 
 /**
  * Archived segments younger than this are left for the next MANAGE: an archive_command such as

@@ -8,9 +8,9 @@ import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
 import { parseArchiveFileName, type ArchiveFileName } from '../wal/segment-name.js';
-
-/** Suffix of WAL files that MANAGE compressed (wal_compression = enabled). */
-export const GZIP_SUFFIX = '.gz';
+import { isValidWalSegmentSize } from '../postgres/constants.js';
+import { findArchived } from '../catalog/catalog.js';
+import { GZIP_SUFFIX } from '../catalog/layout.js';
 
 /** Outcome of storing one file in the archive. */
 export type PushOutcome = 'archived' | 'already-archived';
@@ -31,11 +31,6 @@ export function requireArchiveFileName(name: string, what: string): ArchiveFileN
     );
   }
   return parsed;
-}
-
-/** True for the sizes initdb --wal-segsize allows: powers of two from 1 MB to 1 GB. */
-function isValidSegmentSize(size: number): boolean {
-  return size >= 1024 * 1024 && size <= 1024 * 1024 * 1024 && (size & (size - 1)) === 0;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -96,15 +91,6 @@ export async function sameContent(a: Readable, b: Readable): Promise<boolean> {
   }
 }
 
-/** The archived copy of `name` in `archiveDir`, plain or gzip-compressed; undefined when absent. */
-export async function findArchived(archiveDir: string, name: string): Promise<string | undefined> {
-  const plain = join(archiveDir, name);
-  if (await exists(plain)) return plain;
-  const gz = plain + GZIP_SUFFIX;
-  if (await exists(gz)) return gz;
-  return undefined;
-}
-
 /** fsyncs an existing file (read-only is enough: fsync flushes the file, not the descriptor). */
 async function fsyncFile(path: string): Promise<void> {
   const handle = await open(path, 'r');
@@ -147,7 +133,7 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
     throw new BartError(`cannot read WAL file "${sourcePath}": ${errorMessage(err)}`);
   }
   // PostgreSQL always hands over whole segments (.partial ones are padded too): anything else is a wrong file.
-  if ((parsed.kind === 'segment' || parsed.kind === 'partial') && !isValidSegmentSize(size)) {
+  if ((parsed.kind === 'segment' || parsed.kind === 'partial') && !isValidWalSegmentSize(size)) {
     throw new BartError(`"${sourcePath}" is ${size} bytes, not a complete WAL segment (a power of two from 1 MB to 1 GB); refusing to archive it`);
   }
   try {

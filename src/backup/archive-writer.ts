@@ -1,13 +1,9 @@
 import type { Hash } from 'node:crypto';
-import { createRequire } from 'node:module';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import type { CompressionMethod } from '../storage/compression.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { ManifestArtifact, ManifestFileEntry } from '../catalog/manifest.js';
-
-const require = createRequire(import.meta.url);
-const { Xxh64 } = require('@node-rs/xxhash') as { Xxh64: new (seed?: bigint) => { update(d: Uint8Array): unknown; digest(): bigint } };
 
 /** Compresses one unit; identity for `none`. Provided by the engine (a worker pool or inline). */
 export type UnitCompressor = (unit: Buffer) => Promise<Buffer>;
@@ -21,6 +17,12 @@ export interface ArchiveOutput {
   /** Flushes to stable storage and closes. */
   close(): Promise<void>;
 }
+
+/**
+ * Uncompressed bytes per compression unit of a tar archive (plain backups use 4 times as much): large
+ * enough to compress well, small enough to bound memory.
+ */
+export const UNIT_SIZE = 1024 * 1024;
 
 /** Settings shared by the archive writers of one backup. */
 export interface ArchiveWriterSettings {
@@ -38,17 +40,6 @@ export interface ArchiveWriterSettings {
    * returns its checksum and stored size. Absent: files stream through the main thread.
    */
   copyLocalFile?: (task: FileCopyTask) => Promise<FileCopyResult>;
-}
-
-/** The checksum of stored artifacts: xxh64, fast enough to never slow a backup down. */
-export function artifactHasher(): { update(d: Uint8Array): void; hex(): string } {
-  const h = new Xxh64(0n);
-  return {
-    update: (d) => {
-      h.update(d);
-    },
-    hex: () => 'xxh64:' + h.digest().toString(16).padStart(16, '0'),
-  };
 }
 
 /**

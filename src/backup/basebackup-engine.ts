@@ -16,12 +16,11 @@ import { segmentName, parseArchiveFileName } from '../wal/segment-name.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
-import { artifactHasher } from './archive-writer.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, type BackupContext } from './transaction.js';
 import type { FullBackupOptions } from './full-backup.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR } from '../catalog/layout.js';
-import { createChecksum, ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
+import { artifactHasher, createChecksum, ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
 
 /** Major version of a pg_basebackup binary (`pg_basebackup (PostgreSQL) 15.18`). */
 async function basebackupMajor(path: string): Promise<number> {

@@ -17,6 +17,7 @@ import type { CompressTask } from '../storage/compress-worker.js';
 import { parseLsn } from '../util/lsn.js';
 import type { WorkerPool } from '../util/worker-pool.js';
 import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
+import { historyFileName } from '../wal/timeline-history.js';
 import type { ArchiveWriter, UnitCompressor } from './archive-writer.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { waitForArchivedWal } from './transaction.js';
@@ -80,7 +81,7 @@ export async function storeBackupWal(base: ArchiveWriter, src: BackupWalSource):
   const firstSegNo = segmentNumberFromName(label.startWalFile, segmentSize);
   const names: string[] = [];
   if (label.timeline > 1) {
-    const history = `${label.timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
+    const history = historyFileName(label.timeline);
     if (existsSync(join(src.archivePath, history))) names.push(history);
   }
   const streamed = src.streamed?.names ?? [];

@@ -13,7 +13,7 @@ import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
 import { Progress } from '../util/progress.js';
 import { WorkerPool } from '../util/worker-pool.js';
-import type { ArchiveWriter, ArchiveWriterSettings, EntryContent } from './archive-writer.js';
+import { UNIT_SIZE, type ArchiveWriter, type ArchiveWriterSettings, type EntryContent } from './archive-writer.js';
 import { addStopFiles, finishBackup, poolCompressor, storeBackupWal } from './finish.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, type BackupContext, type BackupRequest } from './transaction.js';
@@ -28,9 +28,6 @@ export type FullBackupOptions = Omit<BackupRequest, 'engine' | 'parent'>;
 
 /** Where xlog_method = stream writes WAL inside the partial backup before it goes into pg_wal/. */
 const STREAM_DIR = 'wal-stream';
-
-/** Uncompressed bytes per compression unit: large enough to compress well, small enough to bound memory. */
-const UNIT_SIZE = 1024 * 1024;
 
 /**
  * Takes a full backup of one server with the native engine: non-exclusive backup mode held in one

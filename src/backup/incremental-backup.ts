@@ -18,7 +18,7 @@ import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
 import { formatLsn, parseLsn } from '../util/lsn.js';
 import { WorkerPool } from '../util/worker-pool.js';
-import type { ArchiveWriter, ArchiveWriterSettings } from './archive-writer.js';
+import { UNIT_SIZE, type ArchiveWriter, type ArchiveWriterSettings } from './archive-writer.js';
 import { addStopFiles, finishBackup, poolCompressor, storeBackupWal } from './finish.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, waitForArchivedWal, type BackupContext, type BackupRequest } from './transaction.js';
@@ -26,7 +26,10 @@ import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.j
 import { BlockSourceHost } from './incremental-block-source.js';
 import { chainProblem, readRestoredState, type RestoredState } from '../catalog/chain.js';
 import { checkParentOnHistory, gatherChangeSet, type IncrementalRange } from './incremental-change-set.js';
-import { BLOCK_SIZE, fileKey, parseRelationPath, RELSEG_BLOCKS, toRuns, type IncrementalFileInfo, type IncrementalManifestEntry } from '../catalog/incremental-format.js';
+import {
+  fileKey, parseRelationPath, toRuns, type IncrementalFileInfo, type IncrementalManifestEntry,
+} from '../catalog/incremental-format.js';
+import { BLOCK_SIZE, FSM_FORKNUM, INIT_FORKNUM, RELSEG_BLOCKS, VISIBILITYMAP_FORKNUM } from '../postgres/constants.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
 import { PlainArchiveWriter } from './plain-archive-writer.js';
@@ -38,13 +41,8 @@ export type IncrementalBackupOptions = Omit<BackupRequest, 'engine' | 'parent'> 
   parent: string;
 };
 
-/** Uncompressed bytes per compression unit (as for full backups). */
-const UNIT_SIZE = 1024 * 1024;
 /** Most blocks held in memory per file being read, whatever batch_size says (its default is 384 MB). */
 const MAX_BATCH_BLOCKS = 4096;
-const FSM_FORK = 1;
-const VM_FORK = 2;
-const INIT_FORK = 3;
 
 /** The parent checks that need no server connection; returns the parent's catalog entry. */
 async function checkParent(config: BartConfig, server: ServerConfig, parentRef: string): Promise<CatalogEntry> {
@@ -68,7 +66,8 @@ export function selectBlocks(archive: string, entry: HostEntry, parent: Restored
   // Visibility-map bits are also cleared by heap records that carry no block reference to the VM
   // (XLH_*_ALL_VISIBLE_CLEARED: PostgreSQL's WAL summarizer marks those VM pages, our MBMs do not),
   // so the VM, 1/32768 of its heap, is copied whole too.
-  if (!rel || rel.fork === FSM_FORK || rel.fork === VM_FORK || rel.fork === INIT_FORK) return undefined;
+  if (!rel) return undefined;
+  if (rel.fork === FSM_FORKNUM || rel.fork === VISIBILITYMAP_FORKNUM || rel.fork === INIT_FORKNUM) return undefined;
   const before = parent.files.get(fileKey(archive, entry.path));
   if (!before) return undefined; // new since the parent: there is nothing to start from
   if (entry.size % BLOCK_SIZE !== 0 || before.length % BLOCK_SIZE !== 0) return undefined;

@@ -1,6 +1,7 @@
 import { crc32c } from '@node-rs/crc32';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
-import { BLOCK_SIZE, runBlocks } from '../catalog/incremental-format.js';
+import { runBlocks } from '../catalog/incremental-format.js';
+import { BLOCK_SIZE } from '../postgres/constants.js';
 
 /** What to read of one file: its blocks in `runs`, and where the per-block CRCs go. */
 export interface BlockSelection {

@@ -1,10 +1,42 @@
-import { readdir } from 'node:fs/promises';
+import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { BartError, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { readBackupInfo, type BackupInfo } from './backup-info.js';
-import { PARTIAL_SUFFIX, serverCatalogDir } from './layout.js';
+import { GZIP_SUFFIX, PARTIAL_SUFFIX, serverCatalogDir } from './layout.js';
+
+/**
+ * Names in a directory of the repository: a server's catalog or WAL archive (none when it does not
+ * exist yet).
+ */
+export async function archiveNames(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
+/** The archived copy of WAL file `name` in `archiveDir`, plain or gzip-compressed; undefined when absent. */
+export async function findArchived(archiveDir: string, name: string): Promise<string | undefined> {
+  const plain = join(archiveDir, name);
+  if (await exists(plain)) return plain;
+  const gz = plain + GZIP_SUFFIX;
+  if (await exists(gz)) return gz;
+  return undefined;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') return false;
+    throw err;
+  }
+}
 
 /** A backup found in the catalog. */
 export interface CatalogEntry {

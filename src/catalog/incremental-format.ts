@@ -1,9 +1,5 @@
 import type { ManifestFileEntry } from './manifest.js';
 
-/** PostgreSQL's page size (BLCKSZ); pgbart supports the default only, as the WAL decoder does. */
-export const BLOCK_SIZE = 8192;
-/** Blocks per relation segment file (RELSEG_SIZE): block N lives in `<relfilenode>.<N / RELSEG_BLOCKS>`. */
-export const RELSEG_BLOCKS = 131072;
 
 /**
  * How a file of an incremental backup is stored when only some of its blocks are (see

@@ -10,6 +10,9 @@ export const MANIFEST_FILE = 'manifest.jsonl';
 /** In plain backups: the data directory copy. In tar backups: `base.tar[.ext]`. */
 export const PLAIN_BASE_DIR = 'base';
 
+/** Suffix of WAL files that MANAGE compressed (wal_compression = enabled). */
+export const GZIP_SUFFIX = '.gz';
+
 /** `backup_path/<server>`: everything the catalog holds for one server. */
 export function serverCatalogDir(config: BartConfig, server: ServerConfig): string {
   return join(config.global.backupPath, server.name);

@@ -1,9 +1,16 @@
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import type { ChecksumAlgorithm } from './backup-info.js';
 import { relativePathProblem } from '../util/untrusted-path.js';
+import { BLOCK_SIZE } from '../postgres/constants.js';
+
+const require = createRequire(import.meta.url);
+const { Xxh64 } = require('@node-rs/xxhash') as {
+  Xxh64: new (seed?: bigint) => { update(d: Uint8Array): unknown; digest(): bigint };
+};
 
 /**
  * The machine-readable manifest of a backup, `manifest.jsonl`: one JSON object per line, so it is
@@ -63,6 +70,17 @@ export interface ManifestArtifact {
 /** Node crypto name of a checksum algorithm; undefined for NONE. */
 export function hashName(alg: ChecksumAlgorithm): string | undefined {
   return alg === 'SHA256' ? 'sha256' : alg === 'MD5' ? 'md5' : undefined;
+}
+
+/** The checksum of stored artifacts (backup writers, VERIFY-CHKSUM): xxh64, fast enough to never slow a backup down. */
+export function artifactHasher(): { update(d: Uint8Array): void; hex(): string } {
+  const h = new Xxh64(0n);
+  return {
+    update: (d) => {
+      h.update(d);
+    },
+    hex: () => 'xxh64:' + h.digest().toString(16).padStart(16, '0'),
+  };
 }
 
 /** A new hash for an algorithm, or undefined for NONE. */
@@ -147,9 +165,37 @@ export function manifestEntryProblem(f: ManifestFileEntry): string | undefined {
   if (!isCount(f.size) || !isCount(f.mode) || f.mode > 0o7777) return `"${f.path}" has a bad size or mode`;
   for (const n of [f.offset, f.unitSkip, f.storedSize]) if (n !== undefined && !isCount(n)) return `"${f.path}" has a bad offset or stored size`;
   if (f.checksum !== undefined && (typeof f.checksum !== 'string' || !/^[0-9a-f]*$/.test(f.checksum))) return `"${f.path}" has a bad checksum`;
+  const incr = (f as { incr?: unknown }).incr;
+  if (incr !== undefined) {
+    const problem = blockListProblem(incr);
+    if (problem) return `"${f.path}" has a damaged block list: ${problem}`;
+  }
   if (f.type === 'symlink' && (typeof f.linkTarget !== 'string' || /[\u0000-\u001f\u007f]/.test(f.linkTarget))) {
     return `symlink "${f.path}" has a bad target`;
   }
+  return undefined;
+}
+
+/**
+ * Why an incremental entry's block list (`incr`: restored length, runs of stored blocks, their CRCs)
+ * cannot be used: every stored block must lie inside the restored length, runs ascending, one CRC each.
+ */
+function blockListProblem(incr: unknown): string | undefined {
+  const i = incr as { length?: unknown; runs?: unknown; crcs?: unknown };
+  if (typeof i !== 'object' || i === null || !isCount(i.length) || !Array.isArray(i.runs) || typeof i.crcs !== 'string') {
+    return 'not a length, runs and CRCs';
+  }
+  let next = 0;
+  let blocks = 0;
+  for (const run of i.runs as unknown[]) {
+    if (!Array.isArray(run) || run.length !== 2 || !isCount(run[0]) || !isCount(run[1]) || run[1] === 0) return 'a bad run';
+    const [first, count] = run as [number, number];
+    if (first < next) return 'runs not ascending';
+    next = first + count;
+    if ((next - 1) * BLOCK_SIZE >= (i.length as number)) return `block ${next - 1} starts past the restored length`;
+    blocks += count;
+  }
+  if (i.crcs !== '' && (i.crcs.length !== blocks * 8 || !/^[0-9a-f]*$/.test(i.crcs))) return 'CRCs do not match the runs';
   return undefined;
 }
 

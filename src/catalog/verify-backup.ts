@@ -4,10 +4,11 @@ import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
-import { artifactHasher } from '../backup/archive-writer.js';
 import type { CatalogEntry } from './catalog.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR } from './layout.js';
-import { createChecksum, readManifest, type ManifestArtifact, type ManifestFileEntry } from './manifest.js';
+import {
+  artifactHasher, createChecksum, readManifest, type ManifestArtifact, type ManifestFileEntry,
+} from './manifest.js';
 
 /** Outcome of verifying one backup: empty `failures` means every checksum matched. */
 export interface VerifyResult {

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
 import { isErrnoError } from '../util/errors.js';
 import type { CatalogEntry } from './catalog.js';
+import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** The archived WAL a backup's recovery window uses: from its start segment to the next backup's. */
 export interface BackupWalUsage {
@@ -26,7 +27,7 @@ export async function walUsageByBackup(archivePath: string, entries: CatalogEntr
     if (!isErrnoError(err) || err.code !== 'ENOENT') throw err;
   }
   const complete = entries.filter((e) => e.complete && e.info.startWalFile !== '');
-  const segSize = complete[0]?.info.walSegmentSize ?? 16 * 1024 * 1024;
+  const segSize = complete[0]?.info.walSegmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
   for (const name of names) {
     const base = name.endsWith('.gz') ? name.slice(0, -3) : name;
     const parsed = parseArchiveFileName(base);

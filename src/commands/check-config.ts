@@ -4,10 +4,11 @@ import { access, mkdtemp, open, rm, stat, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type pg from 'pg';
-import { findArchived } from '../archive/wal-archive.js';
+import { findArchived } from '../catalog/catalog.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { connect, type ConnectionTarget } from '../postgres/connection.js';
 import { explainSshFailure } from '../hosts/ssh/errors.js';
+import { oneShotSshArgs, scpFetchArgs } from '../hosts/ssh/session.js';
 import { probeReplicationConnection } from '../postgres/replication-probe.js';
 import { isScannerRunning } from '../scanner/client.js';
 import { scannerSocketPath } from '../scanner/paths.js';
@@ -183,7 +184,7 @@ async function checkServer(config: BartConfig, server: ServerConfig, report: Che
   if (server.remoteHost) {
     const remote = `${server.remoteHost.user}@${server.remoteHost.host}`;
     await report.run(`cluster_owner and ssh/scp connectivity to ${remote}`, async () => {
-      const r = await runProgram('ssh', [...SSH_CHECK_OPTIONS, '--', remote, 'echo pgbart-ssh-ok']);
+      const r = await runProgram('ssh', oneShotSshArgs(remote, ['echo pgbart-ssh-ok']));
       if (r.code !== 0 || !r.stdout.includes('pgbart-ssh-ok')) {
         if (r.code === 255 || r.code === -1) throw new CheckFailed(`passwordless ssh as "${currentUserName()}" failed: ${explainSshFailure(r.stderr, { destination: remote })}`);
         throw new CheckFailed(`ssh ${remote} runs, but a command there failed (${(r.stderr || `exit ${r.code}`).trim()}): check the login shell of "${server.remoteHost!.user}" on ${server.remoteHost!.host}`);
@@ -370,7 +371,8 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
     const dest = server.remoteHost ? `${server.remoteHost.user}@${server.remoteHost.host}` : `${server.clusterOwner}@${server.host}`;
     // Whatever the permissions say, read the files for real, with scp (BART's tool) and with the
     // shell channel BACKUP uses (tar), so a missing scp or tar shows up here and not mid-backup.
-    r = await runProgram('ssh', [...SSH_CHECK_OPTIONS, '--', dest, 'test', ...args.map(shellQuote), '&&', 'tar', '-cf', '/dev/null', shellQuote(files[1]!)]);
+    const words = ['test', ...args.map(shellQuote), '&&', 'tar', '-cf', '/dev/null', shellQuote(files[1]!)];
+    r = await runProgram('ssh', oneShotSshArgs(dest, words));
     if (r.code === 255 || r.code === -1) {
       throw new CheckFailed(`cannot check as "${server.clusterOwner}" over ssh: ${explainSshFailure(r.stderr, { destination: dest })}`);
     }
@@ -380,7 +382,7 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
     if (r.code === 0) {
       const scratch = await mkdtemp(join(tmpdir(), 'pgbart-scp-'));
       try {
-        const scp = await runProgram('scp', [...SSH_CHECK_OPTIONS, '-q', '--', `${dest}:${files[0]!}`, join(scratch, 'PG_VERSION')]);
+        const scp = await runProgram('scp', scpFetchArgs(dest, files[0]!, join(scratch, 'PG_VERSION')));
         if (scp.code !== 0) {
           if (/not found|No such file or directory.*scp|sftp-server/i.test(scp.stderr) && !/PG_VERSION/.test(scp.stderr)) {
             throw new CheckFailed(`scp from ${dest} failed (${scp.stderr.trim()}): install scp/sftp (the OpenSSH server's sftp subsystem) on ${server.remoteHost?.host ?? server.host}`);
@@ -445,9 +447,6 @@ function explainReplicationError(message: string, server: ServerConfig): string 
   if (/wal_level/.test(message)) return `${message}: set wal_level = replica and restart the server`;
   return `replication connection failed: ${message}`;
 }
-
-/** ssh/scp options for checks: never prompt (a password prompt means the setup is wrong), fail fast. */
-const SSH_CHECK_OPTIONS = ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10'];
 
 /** Result of a helper program. */
 interface ProgramResult {

@@ -5,6 +5,7 @@
  */
 
 import { BartError } from '../util/errors.js';
+import { singleQuote } from '../util/shell-quote.js';
 
 /** Where recovery stops; `none` replays all archived WAL. */
 export type RecoveryTarget =
@@ -103,7 +104,8 @@ export function quoteConfValue(value: string): string {
 
 /** A word quoted for /bin/sh, and with `%` doubled so restore_command's placeholder expansion leaves it alone. */
 export function shellQuoteForRestoreCommand(word: string): string {
-  return `'${word.replace(/'/g, `'\\''`).replace(/%/g, '%%')}'`;
+  // Always quoted, even a plain path: the restore_command it goes into has always looked so.
+  return singleQuote(word).replace(/%/g, '%%');
 }
 
 /** The setting name of a postgresql.auto.conf line, lower case; undefined for comments and blanks. */

@@ -1,16 +1,15 @@
 import { crc32c } from '@node-rs/crc32';
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import type { RestoreTarget } from '../hosts/restore-target.js';
-import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
+import { compressionExtension, openDecompressed } from '../storage/compression.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { CatalogEntry } from '../catalog/catalog.js';
 import { readRestoredState } from '../catalog/chain.js';
-import { BLOCK_SIZE, fileKey, type IncrementalManifestEntry } from '../catalog/incremental-format.js';
+import { fileKey, type IncrementalManifestEntry } from '../catalog/incremental-format.js';
+import { BLOCK_SIZE } from '../postgres/constants.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { createChecksum, readManifest } from '../catalog/manifest.js';
 import { tarPadding } from '../storage/tar-header.js';
@@ -43,15 +42,6 @@ export interface ApplyStep {
 
 /** Files the restore never takes from a backup: it makes the pg_tblspc links itself. */
 const SKIPPED_BASE_FILES = new Set(['tablespace_map']);
-
-function decoded(path: string, compression: CompressionMethod): Readable {
-  const raw = createReadStream(path, { highWaterMark: 1024 * 1024 });
-  if (compression === 'none') return raw;
-  const decoder = createDecompressor(compression);
-  raw.on('error', (err) => decoder.destroy(err));
-  decoder.on('close', () => raw.destroy());
-  return raw.pipe(decoder);
-}
 
 /** Checks a file's size and checksum (before it is completed on the target). */
 function verify(entry: IncrementalManifestEntry, bytes: number, digest: string | undefined, label: string): void {
@@ -212,7 +202,7 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
   for (const [archive, entries] of files) {
     if (info.format === 'tar') {
       const artifact = join(entry.dir, tarName(archive, ext));
-      const stream = decoded(artifact, info.compression);
+      const stream = openDecompressed(artifact, info.compression);
       const reader = new ByteReader(stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
       try {
         for (;;) {
@@ -252,7 +242,7 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
             compression = 'none';
           }
         }
-        const stream = decoded(stored, compression);
+        const stream = openDecompressed(stored, compression);
         try {
           total += await applyFile(e, stream as AsyncIterable<Buffer>, destFor(archive, e), opts, label);
         } catch (err) {

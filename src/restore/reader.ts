@@ -1,9 +1,7 @@
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import type { RestoreTarget, TargetFileWriter } from '../hosts/restore-target.js';
-import { createDecompressor, type CompressionMethod } from '../storage/compression.js';
+import { openDecompressed, type CompressionMethod } from '../storage/compression.js';
 import { isErrnoError } from '../util/errors.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { createChecksum } from '../catalog/manifest.js';
@@ -125,25 +123,8 @@ function destination(task: TaskBase, spec: RestoreFileSpec): string | undefined 
   return join(task.destRoot, task.holdBack[spec.path] ?? spec.path);
 }
 
-/**
- * Bytes read from a stored file at a time. Decoders turn each input chunk into up to ~20 times as much
- * output before backpressure can act, so for compressed files the input chunk bounds memory (measured:
- * 1 MiB chunks took zstd restores to 300+ MB RSS, 64 KiB keeps them near 120 MB, and is no slower).
- */
-const INPUT_CHUNK: Record<CompressionMethod, number> = { none: 1024 * 1024, lz4: 64 * 1024, gzip: 128 * 1024, zstd: 64 * 1024 };
-
-/** Opens a stored file from `start` and decodes it; errors of the raw stream surface on the decoded one. */
-function decodedStream(path: string, start: number, compression: CompressionMethod): Readable {
-  const raw = createReadStream(path, { start, highWaterMark: INPUT_CHUNK[compression] });
-  if (compression === 'none') return raw;
-  const decoder = createDecompressor(compression);
-  raw.on('error', (err) => decoder.destroy(err));
-  decoder.on('close', () => raw.destroy());
-  return raw.pipe(decoder);
-}
-
 async function runTarRange(task: TarRangeTask, target: RestoreTarget): Promise<RestoreTaskResult> {
-  const stream = decodedStream(task.artifactPath, task.offset, task.compression);
+  const stream = openDecompressed(task.artifactPath, task.compression, task.offset);
   const reader = new ByteReader(stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
   const sink = new FileSink(target);
   const where = `${task.label} (from byte ${task.offset})`;
@@ -212,7 +193,7 @@ async function runPlainFiles(task: PlainFilesTask, target: RestoreTarget): Promi
         compression = 'none';
       }
     }
-    const stream = decodedStream(stored, 0, compression);
+    const stream = openDecompressed(stored, compression);
     try {
       bytes += await sink.copy(stream as AsyncIterable<Buffer>, destination(task, spec), spec, task.checksumAlgorithm, `${task.label}/${spec.path}`);
     } catch (err) {

@@ -4,7 +4,8 @@ import { requireConfSafe, type RecoveryTarget } from '../postgres/recovery-confi
 import { BartError } from '../util/errors.js';
 import { formatLsn, isLsn, parseLsn } from '../util/lsn.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
-import { findArchived } from '../archive/wal-archive.js';
+import { findArchived } from '../catalog/catalog.js';
+import { historyFileName, parseTimelineHistory } from '../wal/timeline-history.js';
 
 /** RESTORE's target options as given on the command line. */
 export interface TargetOptions {
@@ -185,28 +186,12 @@ export function parseTargetOptions(o: TargetOptions, defaultZone: string): Parse
   };
 }
 
-/** One line of a timeline history file: timeline `tli` ended at `switchpoint`. */
-export interface HistoryEntry {
-  tli: number;
-  switchpoint: bigint;
-}
-
-/** Parses a `.history` file (`<parent tli>\t<switch LSN>\t<reason>` per line). */
-export function parseTimelineHistory(text: string): HistoryEntry[] {
-  const out: HistoryEntry[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^\s*(\d+)\s+([0-9A-Fa-f]+\/[0-9A-Fa-f]+)/.exec(line);
-    if (m) out.push({ tli: Number(m[1]), switchpoint: parseLsn(m[2]!) });
-  }
-  return out;
-}
-
-async function readHistory(archivePath: string, tli: number): Promise<string | undefined> {
-  const name = `${tli.toString(16).toUpperCase().padStart(8, '0')}.history`;
-  const path = await findArchived(archivePath, name);
+/** The archived history file of timeline `tli` (decompressed), with the path it was read from. */
+async function readHistory(archivePath: string, tli: number): Promise<{ text: string; path: string } | undefined> {
+  const path = await findArchived(archivePath, historyFileName(tli));
   if (!path) return undefined;
   const raw = await readFile(path);
-  return (path.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8');
+  return { text: (path.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'), path };
 }
 
 /**
@@ -233,17 +218,23 @@ export async function checkTargetAgainstBackup(t: ParsedTarget, info: BackupInfo
   if (tli < info.timeline) {
     throw new BartError(`-t/--target-tli ${tli} is older than the timeline of backup ${info.id} (${info.timeline}): recovery cannot go back to an earlier timeline; use an older backup`);
   }
-  const text = await readHistory(archivePath, tli);
-  if (text === undefined) {
-    throw new BartError(`-t/--target-tli ${tli}: timeline history file ${tli.toString(16).toUpperCase().padStart(8, '0')}.history is not in the archive ${archivePath}; no such timeline was archived`);
+  const history = await readHistory(archivePath, tli);
+  if (history === undefined) {
+    throw new BartError(
+      `-t/--target-tli ${tli}: timeline history file ${historyFileName(tli)} is not in the archive ${archivePath}; ` +
+        'no such timeline was archived',
+    );
   }
-  const entry = parseTimelineHistory(text).find((e) => e.tli === info.timeline);
+  // The history file is read strictly (it is input from the archive): a damaged one is an error, not "no ancestor".
+  const spans = parseTimelineHistory(history.text, tli, history.path);
+  const entry = spans.find((s) => s.timeline === info.timeline && s.end !== undefined);
   if (!entry) {
     throw new BartError(`-t/--target-tli ${tli} does not descend from timeline ${info.timeline} of backup ${info.id} (per its history file); choose a backup taken on its ancestry`);
   }
-  if (entry.switchpoint < parseLsn(info.stopLsn)) {
+  if (entry.end! < parseLsn(info.stopLsn)) {
     throw new BartError(
-      `-t/--target-tli ${tli} branched off timeline ${info.timeline} at ${formatLsn(entry.switchpoint)}, before backup ${info.id} ended (STOP LSN ${info.stopLsn}); ` +
+      `-t/--target-tli ${tli} branched off timeline ${info.timeline} at ${formatLsn(entry.end!)}, ` +
+        `before backup ${info.id} ended (STOP LSN ${info.stopLsn}); ` +
         'that backup cannot follow it; choose an older backup',
     );
   }

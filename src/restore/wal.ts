@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
-import { GZIP_SUFFIX, getWalFile } from '../archive/wal-archive.js';
+import { GZIP_SUFFIX } from '../catalog/layout.js';
+import { getWalFile } from '../archive/wal-archive.js';
 
 /** An archived file RESTORE -c copies, with its stored size (compressed for `.gz`). */
 export interface WalToCopy {

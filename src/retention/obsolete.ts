@@ -1,4 +1,4 @@
-import { readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { crashPoint } from '../util/crash-point.js';
@@ -6,7 +6,7 @@ import { isErrnoError } from '../util/errors.js';
 import { fsyncDir } from '../util/fs-atomic.js';
 import { log } from '../util/log.js';
 import { serverLockHolder } from '../catalog/lock.js';
-import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
+import { archiveNames, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { serverCatalogDir } from '../catalog/layout.js';
 import { DELETING_SUFFIX, type Leftover } from './leftovers.js';
 import { descendantsBy } from './retention.js';
@@ -18,16 +18,6 @@ export interface WalRemoval {
   bytes: number;
   /** True when the archive is left alone this time (a BACKUP in progress, an unreadable backupinfo). */
   skipped: boolean;
-}
-
-/** Names in the archive directory (none when it does not exist). */
-export async function archiveNames(archivePath: string): Promise<string[]> {
-  try {
-    return await readdir(archivePath);
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return [];
-    throw err;
-  }
 }
 
 async function sizeOf(path: string): Promise<number> {

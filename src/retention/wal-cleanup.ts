@@ -1,6 +1,7 @@
 import { parseMbmFileName } from '../scanner/mbm-name.js';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
-import { GZIP_SUFFIX } from '../archive/wal-archive.js';
+import { GZIP_SUFFIX } from '../catalog/layout.js';
+import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** What the WAL-retention rule needs to know about a backup that stays in the catalog. */
 export interface RetainedBackupWal {
@@ -39,7 +40,7 @@ export interface WalCleanupPlan {
 export function planWalCleanup(archiveNames: readonly string[], remaining: readonly RetainedBackupWal[]): WalCleanupPlan {
   let keepFrom: bigint | undefined;
   let minTimeline: number | undefined;
-  let segSize = 16 * 1024 * 1024;
+  let segSize = DEFAULT_WAL_SEGMENT_SIZE;
   let oldest: RetainedBackupWal | undefined;
   for (const b of remaining) {
     if (b.startWalFile === '' || !/^[0-9A-F]{24}$/.test(b.startWalFile) || b.timeline <= 0) {

@@ -16,6 +16,7 @@ import { scanWalFile, type ScanBuffers } from './scan-wal-file.js';
 import { MAX_REQUEST_BYTES, parseScannerRequest, type ScannerRequest, type ScannerResponse } from './protocol.js';
 import { prepareSocketDirectory, scannerPidPath, scannerSocketPath } from './paths.js';
 import { createPidFile, removeOwnPidFile } from './pid-file.js';
+import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** With scan_interval = 0 we still rescan this often, in case a file notification was lost. */
 const SAFETY_RESCAN_MS = 60_000;
@@ -142,7 +143,7 @@ class ServerWorker {
         this.segmentSize = await readSegmentSize(join(dir, n));
         if (this.segmentSize) break;
       }
-      if (this.segmentSize === undefined) this.segmentSize = 16 * 1024 * 1024;
+      if (this.segmentSize === undefined) this.segmentSize = DEFAULT_WAL_SEGMENT_SIZE;
     }
     const segSize = this.segmentSize;
     const index = indexMbmFiles(dir);

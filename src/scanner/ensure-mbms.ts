@@ -2,6 +2,7 @@ import { errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { indexMbmFiles, segmentsOfRange, type ChangeSetRequest } from './change-set.js';
 import { findSegmentFile, scanWalFile, type ScanBuffers } from './scan-wal-file.js';
+import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** Result of {@link ensureMbms}. */
 export interface EnsureMbmsResult {
@@ -23,7 +24,7 @@ export interface EnsureMbmsResult {
  * client asks, and by the incremental backup when no scanner runs.
  */
 export async function ensureMbms(archivePath: string, req: ChangeSetRequest, buffers: ScanBuffers = {}): Promise<EnsureMbmsResult> {
-  const segSize = req.segmentSize ?? 16 * 1024 * 1024;
+  const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
   const index = indexMbmFiles(archivePath);
   const out: EnsureMbmsResult = { complete: true, missingWal: [], waiting: [], errors: [], written: [] };
   for (const seg of segmentsOfRange(archivePath, req)) {

@@ -1,5 +1,5 @@
 import { formatLsn } from '../util/lsn.js';
-import { FORK_NAMES } from '../wal/constants.js';
+import { FORK_NAMES } from '../postgres/constants.js';
 import type { MbmEvent, ModifiedBlockMap } from './modified-block-map.js';
 
 function lsn(n: number | bigint): string {

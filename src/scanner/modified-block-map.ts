@@ -1,4 +1,6 @@
-import { FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM } from '../wal/constants.js';
+import {
+  BLOCK_SIZE, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, PAGE_HEADER_SIZE, VISIBILITYMAP_FORKNUM,
+} from '../postgres/constants.js';
 import type { RelFileId, WalEvent } from '../wal/relation-events.js';
 import type { WalRecord } from '../wal/record.js';
 
@@ -44,7 +46,7 @@ export interface ModifiedBlockMap {
  * Heap blocks per visibility-map page (HEAPBLOCKS_PER_PAGE for 8 KB pages: (8192 - 24) * 4), to
  * turn a heap truncation point into the VM fork's own limit.
  */
-const HEAPBLOCKS_PER_VM_PAGE = (8192 - 24) * 4;
+const HEAPBLOCKS_PER_VM_PAGE = (BLOCK_SIZE - PAGE_HEADER_SIZE) * 4;
 
 interface ForkAcc {
   spcOid: number;

@@ -11,6 +11,7 @@ import type { WalRecord } from '../wal/record.js';
 import { encodeMbm } from './mbm-format.js';
 import { mbmFileName } from './mbm-name.js';
 import { BlockMapBuilder, type ModifiedBlockMap } from './modified-block-map.js';
+import { DEFAULT_WAL_SEGMENT_SIZE, isValidWalSegmentSize } from '../postgres/constants.js';
 
 /** Outcome of scanning one WAL segment. */
 export type ScanResult =
@@ -95,7 +96,7 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
   const f = await loadWalFile(path, buffers.current);
   buffers.current = f.buffer;
   // The decoder validates the first page before the segment size is trusted.
-  const segSize = f.segmentSize >= 1024 * 1024 && (f.segmentSize & (f.segmentSize - 1)) === 0 ? f.segmentSize : 16 * 1024 * 1024;
+  const segSize = isValidWalSegmentSize(f.segmentSize) ? f.segmentSize : DEFAULT_WAL_SEGMENT_SIZE;
   const segNo = walFileSegNo(parsed.segmentName, segSize);
   segStart = segNo * segSize;
   const res = decoder.feedSegment(f.buffer, f.length, segNo, path);

@@ -110,29 +110,134 @@ export function tarFileHeader(path: string, size: number, mode: number, mtime: n
   return encodeTarHeader({ path, type: 'file', size, mode, mtime });
 }
 
-/** Decodes a ustar header block (without pax handling); undefined for an all-zero end block. */
-export function decodeTarHeader(block: Buffer): (TarEntryHeader & { typeflag: string }) | undefined {
-  if (block.every((b) => b === 0)) return undefined;
-  const stored = readTarNumber(block, 148, 8);
-  const copy = Buffer.from(block);
-  copy.fill(0x20, 148, 156);
+/**
+ * A parsed tar header. Extension headers (pax, GNU long names) come back as such; {@link TarExtensions}
+ * folds them into the entry that follows.
+ */
+export interface TarHeader {
+  /** Path without a leading `./` or trailing `/`. */
+  path: string;
+  type: 'file' | 'dir' | 'symlink' | 'hardlink' | 'pax' | 'pax-global' | 'gnu-longname' | 'gnu-longlink' | 'other';
+  /** The raw type flag (`'0'`, `'\0'`, `'5'`, ...), for callers stricter than {@link type}. */
+  typeflag: string;
+  size: number;
+  mode: number;
+  /** Epoch seconds. */
+  mtime: number;
+  linkTarget: string;
+}
+
+/** A NUL-terminated (or field-filling) string field. */
+function cString(buf: Buffer, start: number, length: number): string {
+  const field = buf.subarray(start, start + length);
+  const nul = field.indexOf(0);
+  return field.subarray(0, nul < 0 ? field.length : nul).toString('utf8');
+}
+
+/** True for an all-zero 512-byte block (the end-of-archive marker). */
+export function isZeroBlock(block: Buffer): boolean {
+  for (let i = 0; i < TAR_BLOCK; i++) if (block[i] !== 0) return false;
+  return true;
+}
+
+/** Drops leading `./` and trailing `/` (tar writes both; the manifest has neither). */
+function normalizeTarPath(raw: string): string {
+  let p = raw;
+  while (p.startsWith('./')) p = p.slice(2);
+  while (p.length > 1 && p.endsWith('/')) p = p.slice(0, -1);
+  return p;
+}
+
+/**
+ * Parses one 512-byte header block (ustar, GNU or old-style; sizes in octal or GNU base-256). Throws
+ * when its checksum is wrong: a damaged archive, or a stream that lost its framing.
+ */
+export function parseTarHeader(block: Buffer): TarHeader {
   let sum = 0;
-  for (let i = 0; i < TAR_BLOCK; i++) sum += copy[i]!;
-  if (sum !== stored) throw new Error('tar header checksum mismatch');
-  const cstr = (o: number, w: number) => block.toString('utf8', o, o + w).replace(/\0.*$/s, '');
-  const name = cstr(0, 100);
-  const prefix = cstr(345, 155);
-  const typeflag = String.fromCharCode(block[156]!);
-  const path = (prefix ? `${prefix}/${name}` : name).replace(/\/$/, '');
-  const type = typeflag === '5' ? 'dir' : typeflag === '2' ? 'symlink' : 'file';
-  const link = cstr(157, 100);
+  for (let i = 0; i < TAR_BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : block[i]!;
+  const stored = readTarNumber(block, 148, 8);
+  if (stored !== sum) throw new Error(`tar header checksum mismatch (stored ${stored}, computed ${sum})`);
+  const name = cString(block, 0, 100);
+  // Only ustar (and GNU's "ustar  ") headers have a prefix field; old tar headers keep other data there.
+  const magic = cString(block, 257, 6);
+  const prefix = magic.startsWith('ustar') ? cString(block, 345, 155) : '';
+  const flag = String.fromCharCode(block[156]!);
+  const type: TarHeader['type'] =
+    flag === '0' || flag === '\0' || flag === '7' ? 'file'
+    : flag === '5' ? 'dir'
+    : flag === '2' ? 'symlink'
+    : flag === '1' ? 'hardlink'
+    : flag === 'x' ? 'pax'
+    : flag === 'g' ? 'pax-global'
+    : flag === 'L' ? 'gnu-longname'
+    : flag === 'K' ? 'gnu-longlink'
+    : 'other';
   return {
-    path,
-    type,
-    typeflag,
+    path: normalizeTarPath(prefix ? `${prefix}/${name}` : name),
+    // Pre-POSIX tars mark a directory only by the trailing slash of a regular-file entry.
+    type: type === 'file' && name.endsWith('/') ? 'dir' : type,
+    typeflag: flag,
     size: readTarNumber(block, 124, 12),
     mode: readTarNumber(block, 100, 8),
     mtime: readTarNumber(block, 136, 12),
-    ...(link ? { linkTarget: link } : {}),
+    linkTarget: cString(block, 157, 100),
   };
+}
+
+/** Parses pax extended header records (`<len> <key>=<value>\n`). */
+export function parsePaxRecords(data: Buffer): Map<string, string> {
+  const out = new Map<string, string>();
+  let pos = 0;
+  while (pos < data.length) {
+    const space = data.indexOf(0x20, pos);
+    if (space < 0) break;
+    const len = parseInt(data.subarray(pos, space).toString('ascii'), 10);
+    if (!Number.isFinite(len) || len <= 0) break;
+    const record = data.subarray(space + 1, pos + len - 1).toString('utf8');
+    const eq = record.indexOf('=');
+    if (eq > 0) out.set(record.slice(0, eq), record.slice(eq + 1));
+    pos += len;
+  }
+  return out;
+}
+
+/**
+ * Folds the extension headers before an entry (pax `path`/`linkpath`/`size` records, GNU `L`/`K`
+ * long names) into that entry's header. Feed every header to {@link isExtension}; pass the body of
+ * the extensions to {@link add} and the real entry's header to {@link apply}. Global pax headers are
+ * read past (nothing pgbart reads needs them).
+ */
+export class TarExtensions {
+  private longPath: string | undefined;
+  private longLink: string | undefined;
+  private paxSize: number | undefined;
+
+  /** True when the header's body describes the next entry instead of being an entry itself. */
+  static isExtension(header: TarHeader): boolean {
+    const t = header.type;
+    return t === 'pax' || t === 'pax-global' || t === 'gnu-longname' || t === 'gnu-longlink';
+  }
+
+  /** Records an extension header's body (`size` bytes, without padding). */
+  add(header: TarHeader, body: Buffer): void {
+    if (header.type === 'pax') {
+      const rec = parsePaxRecords(body);
+      if (rec.has('path')) this.longPath = rec.get('path');
+      if (rec.has('linkpath')) this.longLink = rec.get('linkpath');
+      if (rec.has('size')) this.paxSize = Number(rec.get('size'));
+    } else if (header.type === 'gnu-longname') {
+      this.longPath = cString(body, 0, body.length);
+    } else if (header.type === 'gnu-longlink') {
+      this.longLink = cString(body, 0, body.length);
+    }
+  }
+
+  /** Applies what was recorded to the entry's header (in place) and forgets it for the next entry. */
+  apply(header: TarHeader): TarHeader {
+    if (this.longPath !== undefined) header.path = normalizeTarPath(this.longPath);
+    if (this.longLink !== undefined) header.linkTarget = this.longLink;
+    if (this.paxSize !== undefined) header.size = this.paxSize;
+    this.longPath = this.longLink = this.paxSize = undefined;
+    return header;
+  }
 }

@@ -4,6 +4,14 @@
  */
 export function shellQuote(word: string): string {
   if (/^[A-Za-z0-9_.,:/=+@-]+$/.test(word)) return word;
+  return singleQuote(word);
+}
+
+/**
+ * Single-quotes one word for /bin/sh even when it would not need it (an embedded `'` becomes
+ * `'\''`): for text written into files people read, where a quoted path reads as one.
+ */
+export function singleQuote(word: string): string {
   return `'${word.replace(/'/g, `'\\''`)}'`;
 }
 

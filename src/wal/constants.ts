@@ -1,13 +1,12 @@
 /**
  * On-disk constants of PostgreSQL's write-ahead log (src/include/access/xlog_internal.h,
  * xlogrecord.h, rmgrlist.h). Only what the decoder needs; values differ by major version only
- * where a table below says so.
+ * where a table below says so. PostgreSQL's build constants (block size, forks, segment sizes) are in
+ * postgres/constants.ts.
  */
 
 /** XLOG_BLCKSZ: every WAL page is 8 KB in all supported builds (checked in each long header). */
 export const WAL_PAGE_SIZE = 8192;
-/** BLCKSZ, the relation block size (full-page images and hole arithmetic). */
-export const BLOCK_SIZE = 8192;
 /** SizeOfXLogShortPHD (MAXALIGNed). */
 export const SHORT_PAGE_HEADER_SIZE = 24;
 /** SizeOfXLogLongPHD (MAXALIGNed). */
@@ -63,13 +62,13 @@ export const RMGR_NAMES: readonly string[] = [
 /** XLOG rmgr info values we act on. */
 export const XLOG_SWITCH = 0x40;
 
-/** Relation fork numbers and their names in file names (`_fsm`, `_vm`, `_init`). */
-export const FORK_NAMES: readonly string[] = ['main', 'fsm', 'vm', 'init'];
-export const MAIN_FORKNUM = 0;
-export const FSM_FORKNUM = 1;
-export const VISIBILITYMAP_FORKNUM = 2;
-export const INIT_FORKNUM = 3;
-export const MAX_FORKNUM = 3;
+/**
+ * Relation fork numbers (a block reference's fork_flags & BKPBLOCK_FORK_MASK) are PostgreSQL's, not
+ * the WAL format's: defined in postgres/constants.ts, re-exported for WAL readers.
+ */
+export {
+  FORK_NAMES, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, MAX_FORKNUM, VISIBILITYMAP_FORKNUM,
+} from '../postgres/constants.js';
 
 /** What changes from one WAL format version to the next. */
 export interface WalVersionInfo {

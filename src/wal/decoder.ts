@@ -1,12 +1,13 @@
 import { walRecordCrc, walRecordCrcWords, wordView } from './crc32c.js';
 import {
   BKPBLOCK_FORK_MASK, BKPBLOCK_HAS_DATA, BKPBLOCK_HAS_IMAGE, BKPBLOCK_SAME_REL, BKPIMAGE_HAS_HOLE,
-  BLOCK_SIZE, LONG_PAGE_HEADER_SIZE, MAX_RECORD_SIZE, RECORD_CRC_OFFSET, RECORD_HEADER_SIZE,
+  LONG_PAGE_HEADER_SIZE, MAX_RECORD_SIZE, RECORD_CRC_OFFSET, RECORD_HEADER_SIZE,
   RM_MAX_BUILTIN_ID, RM_MIN_CUSTOM_ID, RM_XLOG_ID, SHORT_PAGE_HEADER_SIZE, WAL_PAGE_SIZE,
   XLOG_SWITCH, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD,
   XLP_LONG_HEADER, XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN,
   XLR_BLOCK_ID_TOPLEVEL_XID, XLR_MAX_BLOCK_ID, maxAlign, walVersionByMagic, type WalVersionInfo,
 } from './constants.js';
+import { BLOCK_SIZE, isValidWalSegmentSize } from '../postgres/constants.js';
 import { WalDecodeError } from './decode-error.js';
 import { WalRecord } from './record.js';
 
@@ -355,7 +356,7 @@ export class WalDecoder {
       const segSize = b.readUInt32LE(pos + 32);
       const blcksz = b.readUInt32LE(pos + 36);
       if (blcksz !== WAL_PAGE_SIZE) this.fail(pos + 36, `WAL block size ${blcksz} is not supported (only ${WAL_PAGE_SIZE})`);
-      if (segSize < 1024 * 1024 || segSize > 1024 * 1024 * 1024 || (segSize & (segSize - 1)) !== 0) this.fail(pos + 32, `invalid WAL segment size ${segSize}`);
+      if (!isValidWalSegmentSize(segSize)) this.fail(pos + 32, `invalid WAL segment size ${segSize}`);
       if (this.segmentSize !== 0 && segSize !== this.segmentSize) this.fail(pos + 32, `WAL segment size ${segSize} differs from ${this.segmentSize} seen before`);
       if (this.systemId !== undefined && sysid !== this.systemId) this.fail(pos + 24, `system identifier ${sysid} differs from ${this.systemId} seen before (WAL of another cluster)`);
       this.segmentSize = segSize;

@@ -6,9 +6,9 @@ import { basename } from 'node:path';
 import { parseArchiveFileName, segmentNumberFromName } from './segment-name.js';
 import { WalDecodeError } from './decode-error.js';
 import { LONG_PAGE_HEADER_SIZE } from './constants.js';
+import { DEFAULT_WAL_SEGMENT_SIZE, isValidWalSegmentSize, MAX_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** The largest WAL segment PostgreSQL allows (initdb --wal-segsize=1024). */
-const MAX_SEGMENT_SIZE = 1024 * 1024 * 1024;
 
 /** A WAL file read into memory (one segment at most). */
 export interface LoadedWalFile {
@@ -46,17 +46,23 @@ export function walFileSegNo(segmentName: string, segmentSize: number): number {
  * buffer. Never reads more than the segment size announced by the file's first page: a larger
  * file is an error, not a memory hazard.
  */
-export async function loadWalFile(path: string, reuse?: Buffer, maxBytes = MAX_SEGMENT_SIZE): Promise<LoadedWalFile> {
+export async function loadWalFile(
+  path: string,
+  reuse?: Buffer,
+  maxBytes = MAX_WAL_SEGMENT_SIZE,
+): Promise<LoadedWalFile> {
   const parsed = parseWalFileName(path);
   if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)');
   let buffer = reuse ?? Buffer.alloc(0);
   let length = 0;
   const ensure = (n: number) => {
-    if (n > MAX_SEGMENT_SIZE) throw new WalDecodeError(path, MAX_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
+    if (n > MAX_WAL_SEGMENT_SIZE) {
+      throw new WalDecodeError(path, MAX_WAL_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
+    }
     if (n <= buffer.length) return;
-    let size = Math.max(buffer.length * 2, Math.min(16 * 1024 * 1024, MAX_SEGMENT_SIZE));
+    let size = Math.max(buffer.length * 2, Math.min(DEFAULT_WAL_SEGMENT_SIZE, MAX_WAL_SEGMENT_SIZE));
     while (size < n) size *= 2;
-    const grown = Buffer.allocUnsafe(Math.min(size, MAX_SEGMENT_SIZE));
+    const grown = Buffer.allocUnsafe(Math.min(size, MAX_WAL_SEGMENT_SIZE));
     buffer.copy(grown, 0, 0, length);
     buffer = grown;
   };
@@ -132,6 +138,6 @@ export async function readSegmentSize(path: string): Promise<number | undefined>
   }
   if (head.length < LONG_PAGE_HEADER_SIZE) return undefined;
   const size = head.readUInt32LE(32);
-  if (size < 1024 * 1024 || size > MAX_SEGMENT_SIZE || (size & (size - 1)) !== 0) return undefined;
+  if (!isValidWalSegmentSize(size)) return undefined;
   return size;
 }

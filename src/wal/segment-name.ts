@@ -1,7 +1,5 @@
+import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 import { type Lsn } from '../util/lsn.js';
-
-/** Default WAL segment size (16 MB); clusters may use other powers of two (initdb --wal-segsize). */
-export const DEFAULT_WAL_SEGMENT_SIZE = 16 * 1024 * 1024;
 
 /** What kind of file a name in the WAL archive is. */
 export type ArchiveFileKind = 'segment' | 'partial' | 'history' | 'backup';

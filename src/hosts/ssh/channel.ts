@@ -1,10 +1,11 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { BartError } from '../../util/errors.js';
+import { BartError, errorMessage } from '../../util/errors.js';
 import { shellQuote } from '../../util/shell-quote.js';
-import { readTarNumber, TAR_BLOCK } from '../../storage/tar-header.js';
+import { isZeroBlock, parseTarHeader, TAR_BLOCK, TarExtensions, type TarHeader } from '../../storage/tar-header.js';
 import { explainSshFailure } from './errors.js';
 import type { SshSession } from './session.js';
+import { BLOCK_SIZE } from '../../postgres/constants.js';
 
 /** tar's record size with `-b 20`: an archive's length is a multiple of it. */
 const TAR_RECORD = 10240;
@@ -33,8 +34,10 @@ function remoteScript(boundary: string): string {
     'rd() { if [ ! -e "$1" ]; then printf V; return; fi; printf T; tar -cf - -b 20 -- "$1" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
     // rdm PATH...: one tar of many (small) files: one fork for all of them.
     'rdm() { printf T; tar -cf - -b 20 -- "$@" 2>"$t/e"; if [ $? -le 1 ]; then printf K; else printf F; cat "$t/e"; printf \'\\n%s\\n\' "$B"; fi; }',
-    // rg PATH BLOCK COUNT: COUNT 8 KB blocks from BLOCK on (incremental backups), zero-padded past the end.
-    'rg() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { dd if="$1" bs=8192 skip="$2" count="$3" 2>/dev/null; head -c $(($3 * 8192)) /dev/zero; } | head -c $(($3 * 8192)); }',
+    // rg PATH BLOCK COUNT: COUNT blocks (BLOCK_SIZE) from BLOCK on (incremental backups), zero-padded past the end.
+    'rg() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; ' +
+      `{ dd if="$1" bs=${BLOCK_SIZE} skip="$2" count="$3" 2>/dev/null; head -c $(($3 * ${BLOCK_SIZE})) /dev/zero; } ` +
+      `| head -c $(($3 * ${BLOCK_SIZE})); }`,
     // rb PATH OFFSET LENGTH: the same for unaligned ranges (slower, never used by the engines today).
     'rb() { if [ -e "$1" ] && [ ! -r "$1" ]; then printf E; return; fi; printf T; { tail -c +$(($2 + 1)) -- "$1" 2>/dev/null | head -c "$3"; head -c "$3" /dev/zero; } | head -c "$3"; }',
     "command -v tar >/dev/null 2>&1 || { echo 'pgbart: tar is not installed on this host' >&2; exit 1; }",
@@ -246,6 +249,17 @@ export class SshChannel {
     return { code, stdout, stderr };
   }
 
+  /** Parses a header block of the remote tar; a damaged one means the stream's framing is lost. */
+  private parseHeader(block: Buffer, doing: string): TarHeader {
+    try {
+      return parseTarHeader(block);
+    } catch (err) {
+      this.broken = true;
+      const dest = this.session.destination;
+      throw new BartError(`unexpected answer from the remote shell on ${dest} while ${doing}: ${errorMessage(err)}`);
+    }
+  }
+
   /** tar's error output after an `F` status. */
   private async tarErrors(doing: string): Promise<string> {
     return (await this.takeUntil(Buffer.from(`\n${this.boundary}\n`), doing)).toString().trim();
@@ -266,12 +280,13 @@ export class SshChannel {
       throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}`);
     }
     let consumed = 0;
-    let header: Buffer;
-    // Skip GNU long-name and pax headers: the member we asked for is the only one.
+    let header: TarHeader;
+    // Extension headers (GNU long names, pax) are folded in: the member we asked for is the only one.
+    const extensions = new TarExtensions();
     for (;;) {
-      header = await this.takeExact(BLOCK, doing);
+      const block = await this.takeExact(BLOCK, doing);
       consumed += BLOCK;
-      if (header.every((b) => b === 0)) {
+      if (isZeroBlock(block)) {
         await this.takeExact(roundUp(consumed + BLOCK, TAR_RECORD) - consumed, doing);
         const status = (await this.takeExact(1, doing)).toString();
         const errors = status === 'F' ? await this.tarErrors(doing) : '';
@@ -282,21 +297,21 @@ export class SshChannel {
         }
         throw new BartError(`cannot read "${path}" on ${host}: ${errors.split('\n')[0] ?? 'tar failed'}`);
       }
-      const type = String.fromCharCode(header[156]!);
-      const size = readTarNumber(header, 124, 12);
-      if (type === 'L' || type === 'K' || type === 'x' || type === 'g') {
-        const skip = roundUp(size, BLOCK);
-        if (skip > 0) await this.takeExact(skip, doing);
-        consumed += skip;
+      const parsed = this.parseHeader(block, doing);
+      if (TarExtensions.isExtension(parsed)) {
+        const padded = roundUp(parsed.size, BLOCK);
+        extensions.add(parsed, (await this.takeExact(padded, doing)).subarray(0, parsed.size));
+        consumed += padded;
         continue;
       }
-      if (type !== '0' && type !== '\0') {
+      if (parsed.typeflag !== '0' && parsed.typeflag !== '\0') {
         this.broken = true;
-        throw new BartError(`"${path}" on ${host} is not a regular file (tar type ${type})`);
+        throw new BartError(`"${path}" on ${host} is not a regular file (tar type ${parsed.typeflag})`);
       }
+      header = extensions.apply(parsed);
       break;
     }
-    const size = readTarNumber(header, 124, 12);
+    const size = header.size;
     let remaining = size;
     let done = false;
     const end = async () => {
@@ -351,31 +366,27 @@ export class SshChannel {
     }
     const files = new Map<string, Buffer>();
     let consumed = 0;
-    let longName: string | undefined;
+    const extensions = new TarExtensions();
     for (;;) {
-      const header = await this.takeExact(BLOCK, doing);
-      if (header.every((b) => b === 0)) {
+      const block = await this.takeExact(BLOCK, doing);
+      if (isZeroBlock(block)) {
         await this.takeExact(roundUp(consumed + 2 * BLOCK, TAR_RECORD) - consumed - BLOCK, doing);
         break;
       }
       consumed += BLOCK;
-      const type = String.fromCharCode(header[156]!);
-      const size = readTarNumber(header, 124, 12);
-      const padded = roundUp(size, BLOCK);
-      if (type === 'L' || type === 'x') {
-        const data = (await this.takeExact(padded, doing)).subarray(0, size).toString('utf8');
+      const parsed = this.parseHeader(block, doing);
+      if (TarExtensions.isExtension(parsed)) {
+        const padded = roundUp(parsed.size, BLOCK);
+        extensions.add(parsed, (await this.takeExact(padded, doing)).subarray(0, parsed.size));
         consumed += padded;
-        longName = type === 'L' ? data.replace(/\0.*$/s, '') : (/(?:^|\n)\d+ path=([^\n]*)\n/.exec(data)?.[1] ?? longName);
         continue;
       }
-      const prefix = header.subarray(345, 500).toString('utf8').replace(/\0.*$/s, '');
-      const short = header.subarray(0, 100).toString('utf8').replace(/\0.*$/s, '');
-      const name = longName ?? (prefix ? `${prefix}/${short}` : short);
-      longName = undefined;
-      const keep = (type === '0' || type === '\0') && size <= maxMember;
+      const header = extensions.apply(parsed);
+      const padded = roundUp(header.size, BLOCK);
+      const keep = (header.typeflag === '0' || header.typeflag === '\0') && header.size <= maxMember;
       if (keep) {
         const data = await this.takeExact(padded, doing);
-        files.set('/' + name.replace(/^\/+/, ''), Buffer.from(data.subarray(0, size)));
+        files.set('/' + header.path.replace(/^\/+/, ''), Buffer.from(data.subarray(0, header.size)));
       } else {
         let left = padded;
         while (left > 0) left -= (await this.takeSome(left, doing)).length;
@@ -401,8 +412,10 @@ export class SshChannel {
    */
   async readRange(path: string, buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
     const doing = `reading ${path} at byte ${position}`;
-    const aligned = position % 8192 === 0 && length % 8192 === 0;
-    this.send(aligned ? `R rg ${shellQuote(path)} ${position / 8192} ${length / 8192}` : `R rb ${shellQuote(path)} ${position} ${length}`);
+    const aligned = position % BLOCK_SIZE === 0 && length % BLOCK_SIZE === 0;
+    const q = shellQuote(path);
+    const blocks = `${position / BLOCK_SIZE} ${length / BLOCK_SIZE}`;
+    this.send(aligned ? `R rg ${q} ${blocks}` : `R rb ${q} ${position} ${length}`);
     const status = (await this.takeExact(1, doing)).toString();
     if (status === 'E') throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied): the data directory must be readable by cluster_owner`);
     if (status !== 'T') {

@@ -3,7 +3,7 @@ import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import { relativePathProblem } from '../../util/untrusted-path.js';
 import type { DataHost, HostEntry, HostFile, OpenOptions } from '../data-host.js';
-import type { SshChannel } from './channel.js';
+import { SshChannel } from './channel.js';
 import { remoteWord, SshSession, type SshDestination } from './session.js';
 
 /**
@@ -126,7 +126,7 @@ export class SshDataHost implements DataHost {
     if (this.all.size + this.opening < MAX_CHANNELS) {
       this.opening++;
       try {
-        const c = await this.session.channel();
+        const c = await SshChannel.open(this.session);
         this.all.add(c);
         return c;
       } finally {

@@ -4,10 +4,11 @@ import { quoteForPostgresCommand } from '../../util/shell-quote.js';
 import { sshDestinationProblem } from '../../util/ssh-destination.js';
 import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from '../restore-target.js';
 import { walkOrder } from './data-host.js';
-import type { SshChannel } from './channel.js';
+import { SshChannel } from './channel.js';
 import { remoteWord, SshSession, type SshDestination } from './session.js';
 import { explainSshFailure } from './errors.js';
 import { TarUpload } from './tar-upload.js';
+import { BLOCK_SIZE } from '../../postgres/constants.js';
 
 /** Spec of an ssh target: worker threads attach to the main thread's master connection. */
 export type SshRestoreTargetSpec = Extract<RestoreTargetSpec, { kind: 'ssh' }>;
@@ -60,7 +61,8 @@ function patchScript(patches: PendingPatch[]): string {
     scratch.push(from);
     for (const e of p.extents) {
       // Whole 8 KB blocks (always, for relation files) copy in block units; anything else byte-wise.
-      const bs = e.at % 8192 === 0 && e.scratchAt % 8192 === 0 && e.length % 8192 === 0 ? 8192 : 1;
+      const whole = e.at % BLOCK_SIZE === 0 && e.scratchAt % BLOCK_SIZE === 0 && e.length % BLOCK_SIZE === 0;
+      const bs = whole ? BLOCK_SIZE : 1;
       lines.push(`d if=${from} of=${f} bs=${bs} skip=${e.scratchAt / bs} seek=${e.at / bs} count=${e.length / bs} conv=notrunc`);
     }
   }
@@ -126,7 +128,7 @@ export class SshRestoreTarget implements RestoreTarget {
   /** Runs a command on the channel (one at a time); returns stdout, or throws with `what` and stderr. */
   private run(command: string, what: string, okCodes: number[] = [0]): Promise<{ code: number; stdout: string }> {
     const next = this.queue.then(async () => {
-      this.channel ??= await this.session.channel();
+      this.channel ??= await SshChannel.open(this.session);
       const r = await this.channel.run(command);
       if (!okCodes.includes(r.code)) {
         throw new BartError(`${what} on ${this.description} failed: ${r.stderr.trim().split('\n').pop() || `exit status ${r.code}`}`);

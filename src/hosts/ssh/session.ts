@@ -5,7 +5,6 @@ import { join } from 'node:path';
 import { BartError, errorMessage } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import { shellQuote } from '../../util/shell-quote.js';
-import { SshChannel } from './channel.js';
 import { explainSshFailure } from './errors.js';
 
 /** What a one-shot remote command returned. */
@@ -28,6 +27,19 @@ export interface SshDestination {
  */
 export const SSH_BASE_OPTIONS = ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '-o', 'ServerAliveInterval=5', '-o', 'ServerAliveCountMax=3'];
 
+/**
+ * argv (after `ssh`) of a one-shot ssh that runs `words` (joined by ssh into one remote command line)
+ * on its own connection, without a master: for checks that must see ssh itself log in.
+ */
+export function oneShotSshArgs(destination: string, words: string[]): string[] {
+  return [...SSH_BASE_OPTIONS, '--', destination, ...words];
+}
+
+/** argv (after `scp`) that copies `remotePath` of `destination` to `localPath`, quietly, with the same options. */
+export function scpFetchArgs(destination: string, remotePath: string, localPath: string): string[] {
+  return [...SSH_BASE_OPTIONS, '-q', '--', `${destination}:${remotePath}`, localPath];
+}
+
 /** How long the background master may outlive us when bart is killed (it exits once idle this long). */
 const MASTER_IDLE_SECONDS = 15;
 
@@ -35,7 +47,8 @@ const MASTER_IDLE_SECONDS = 15;
  * One authenticated OpenSSH connection to `user@host`, shared by everything pgbart runs there: a
  * ControlMaster started once in a private directory, then every command and long-lived channel is a
  * multiplexed session over it (no new TCP connection or authentication per file). The user's keys,
- * agent, ~/.ssh/config and known_hosts apply as with any ssh.
+ * agent, ~/.ssh/config and known_hosts apply as with any ssh. Long-lived remote shells over it are
+ * opened with SshChannel.open(session) (channel.ts builds on this file, not the other way round).
  */
 export class SshSession {
   readonly destination: string;
@@ -129,11 +142,6 @@ export class SshSession {
     if (r.code === 255 || r.code === -1) throw new BartError(`${what}: ${explainSshFailure(r.stderr, { destination: this.destination })}`);
     if (r.code !== 0) throw new BartError(`${what} on ${this.destination} failed: ${r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`}`);
     return r.stdout;
-  }
-
-  /** Opens a long-lived remote shell speaking pgbart's small request protocol. */
-  channel(): Promise<SshChannel> {
-    return SshChannel.open(this);
   }
 
   /** Stops the master connection (sessions still running end with it) and removes the control directory. */
