@@ -116,7 +116,8 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
       const stored = join(root, expected.path) + ext;
       try {
         const hash = createChecksum(algorithm);
-        const size = await hashStream((d) => hash?.update(d), createReadStream(join(entry.dir, stored)), createDecompressor(compression));
+        const source = createReadStream(join(entry.dir, stored));
+        const size = await hashStream((d) => hash?.update(d), source, createDecompressor(compression));
         checkFile(key, stored, hash?.digest('hex'), size);
       } catch (err) {
         files.delete(key);
