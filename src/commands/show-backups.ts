@@ -41,7 +41,7 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
       if (broken) log.warning(`server ${server.name}: ${broken}; it cannot be restored`);
       if (entry.damage !== undefined) {
         const what = `backup ${entry.info.id} is damaged (${entry.damage})`;
-        const repair = `bart INIT -r -s ${server.name} -i ${entry.info.id} may rebuild its backupinfo; DELETE deletes it`;
+        const repair = `bart INIT -r -s ${server.name} -i ${entry.info.id} rebuilds its backupinfo; DELETE deletes it`;
         log.warning(`server ${server.name}: ${what}; it cannot be restored (${repair})`);
       }
     }
