@@ -190,7 +190,7 @@ export function parseBackupInfo(text: string, source: string, options: ParseBack
     if (line.startsWith(' ')) {
       const body = line.slice(1);
       if (block === 'checksums' && !body.startsWith('ChkSum')) {
-        const m = /^([0-9a-fA-F]+)\s+([^/\s]+)$/.exec(body);
+        const m = /^([0-9A-Za-z_:+-]+)\s+([^/\s]+)$/.exec(body);
         if (!m || m[2] === '.' || m[2] === '..') fail(`bad line in BACKUP CHECKSUM(s): ${shown(body)}`);
         artifactChecksums.push({ checksum: m![1]!, file: m![2]! });
       } else if (block === 'tablespaces' && !body.startsWith('Oid\t')) {
