@@ -1,6 +1,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  cpSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, unlinkSync, writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { createIncrementalSource } from './harness/incremental.js';
@@ -33,7 +35,8 @@ function verifyRows(stdout: string): Map<string, string> {
 function plainFile(dir: string, ext: string, min: number, incremental = false): string {
   for (const line of readFileSync(join(dir, 'manifest.jsonl'), 'utf8').split('\n')) {
     if (!line.startsWith('{"f"')) continue;
-    const f = (JSON.parse(line) as { f: { path: string; archive: string; type: string; size: number; incr?: unknown } }).f;
+    type Entry = { path: string; archive: string; type: string; size: number; incr?: unknown };
+    const f = (JSON.parse(line) as { f: Entry }).f;
     if (f.type !== 'file' || f.archive !== 'base' || f.size < min || (incremental && !f.incr)) continue;
     const stored = join('base', f.path) + ext;
     if (existsSync(join(dir, stored))) return stored;
@@ -67,7 +70,7 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
     await src?.destroy();
   });
 
-  test('VERIFY-CHKSUM fails each damaged backup with the file at fault, goes on to the next, and exits non-zero', async () => {
+  test('VERIFY-CHKSUM fails each damaged backup with the file at fault, goes on, exits non-zero', async () => {
     const expected: Record<string, RegExp> = {};
     // A stored file gone (plain format).
     const gone = plainFile(join(serverDir, id.missing!), '', 1);
@@ -109,7 +112,7 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
     assert.equal(rows.size, Object.keys(id).length, 'every backup was verified');
   });
 
-  test('a damaged backupinfo is listed as damaged with its reason; the others keep working; RESTORE refuses it, DELETE -i deletes it', async () => {
+  test('damaged backupinfos are listed as damaged with the reason; RESTORE refuses, DELETE -i deletes', async () => {
     const copyOf = (from: string, to: string, edit: (text: string) => string) => {
       cpSync(join(serverDir, from), join(serverDir, to), { recursive: true });
       const path = join(serverDir, to, 'backupinfo');
@@ -126,8 +129,10 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
     // A copied directory keeps the original's identifier; a non-numeric identifier; an unknown status; a NaN size.
     copyOf(id.good!, bad.copied!, (t) => t);
     copyOf(id.good!, bad.nonNumeric!, (t) => t.replace(`BACKUP IDENTIFIER: ${id.good}`, 'BACKUP IDENTIFIER: abc'));
-    copyOf(id.good!, bad.bogus!, (t) => t.replace(`BACKUP IDENTIFIER: ${id.good}`, `BACKUP IDENTIFIER: ${bad.bogus}`).replace(/^BACKUP STATUS: .*$/m, 'BACKUP STATUS: bogus'));
-    copyOf(id.good!, bad.nan!, (t) => t.replace(`BACKUP IDENTIFIER: ${id.good}`, `BACKUP IDENTIFIER: ${bad.nan}`).replace(/^BACKUP SIZE BYTES: .*$/m, 'BACKUP SIZE BYTES: NaN'));
+    const renamed = (t: string, to: string) => t.replace(`BACKUP IDENTIFIER: ${id.good}`, `BACKUP IDENTIFIER: ${to}`);
+    copyOf(id.good!, bad.bogus!, (t) => renamed(t, bad.bogus!).replace(/^BACKUP STATUS: .*$/m, 'BACKUP STATUS: bogus'));
+    copyOf(id.good!, bad.nan!, (t) =>
+      renamed(t, bad.nan!).replace(/^BACKUP SIZE BYTES: .*$/m, 'BACKUP SIZE BYTES: NaN'));
     // The incremental's parent (id.good) damaged through a missing field: the incremental is a broken chain.
     const goodInfo = join(serverDir, id.good!, 'backupinfo');
     const goodText = readFileSync(goodInfo, 'utf8');
@@ -136,14 +141,20 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
     const text = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server]);
     assert.equal(text.code, 0, text.stderr);
     assert.doesNotMatch(text.stderr, STACK);
-    for (const d of [...Object.values(bad), id.good!]) assert.match(text.stdout, new RegExp(`${d} .*damaged\\s*$`, 'm'), `${d} listed as damaged`);
+    for (const d of [...Object.values(bad), id.good!]) {
+      assert.match(text.stdout, new RegExp(`${d} .*damaged\\s*$`, 'm'), `${d} listed as damaged`);
+    }
     assert.match(text.stdout, new RegExp(`${id.tar} .*active\\s*$`, 'm'), 'the others are listed as before');
-    assert.match(text.stderr, new RegExp(`backup ${bad.copied} is damaged \\(BACKUP IDENTIFIER is ${id.good} but the directory is ${bad.copied}`));
-    assert.match(text.stderr, new RegExp(`backup ${id.incremental} needs its parent ${id.good}, which is damaged \\(broken chain\\)`));
+    const copied = `backup ${bad.copied} is damaged \\(`
+      + `BACKUP IDENTIFIER is ${id.good} but the directory is ${bad.copied} \\(a copied`;
+    assert.match(text.stderr, new RegExp(copied));
+    const chained = `backup ${id.incremental} needs its parent ${id.good}, which is damaged \\(broken chain\\)`;
+    assert.match(text.stderr, new RegExp(chained));
 
     const json = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server, '--output', 'json']);
     assert.equal(json.code, 0, json.stderr);
-    const listed = new Map((JSON.parse(json.stdout) as { id: string; status: string; damage: string | null; sizeBytes: number | null }[]).map((b) => [b.id, b]));
+    type Shown = { id: string; status: string; damage: string | null; sizeBytes: number | null };
+    const listed = new Map((JSON.parse(json.stdout) as Shown[]).map((b) => [b.id, b]));
     assert.equal(listed.size, Object.keys(id).length + Object.keys(bad).length, 'each directory listed once');
     assert.match(listed.get(bad.nonNumeric!)!.damage!, /BACKUP IDENTIFIER is "abc", not a backup identifier/);
     assert.match(listed.get(bad.bogus!)!.damage!, /BACKUP STATUS is "bogus", not one of active, obsolete, keep/);
@@ -161,7 +172,8 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
     const restore = await src.restore(['-i', bad.nan!, '-p', target]);
     assert.equal(restore.code, 1, restore.stderr);
     assert.doesNotMatch(restore.stderr, STACK);
-    assert.match(restore.stderr, new RegExp(`ERROR: +backup ${bad.nan} of server ${src.server} is damaged \\(BACKUP SIZE BYTES is "NaN"`));
+    const refusal = `ERROR: +backup ${bad.nan} of server ${src.server} is damaged \\(BACKUP SIZE BYTES is "NaN"`;
+    assert.match(restore.stderr, new RegExp(refusal));
     assert.ok(!existsSync(target), 'nothing restored');
     const chain = await src.restore(['-i', id.incremental!, '-p', freshPath(src, 'chain')]);
     assert.equal(chain.code, 1);
@@ -186,10 +198,11 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
     assert.ok(existsSync(join(serverDir, id.good!)), 'the original of the copy is still there');
     writeFileSync(goodInfo, goodText);
     const again = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server, '-i', id.good!, '--output', 'json']);
-    assert.equal((JSON.parse(again.stdout) as { status: string }[])[0]!.status, 'active', 'a repaired backupinfo is read again');
+    const status = (JSON.parse(again.stdout) as { status: string }[])[0]!.status;
+    assert.equal(status, 'active', 'a repaired backupinfo is read again');
   });
 
-  test('the process-level guard: an error nobody caught is one ERROR line, exit code 2, its stack in the logfile', async () => {
+  test('process-level guard: an error nobody caught is one ERROR line, exit code 2, stack in the logfile', async () => {
     const dir = makeTempDir('guard');
     try {
       const logfile = join(dir, 'bart.log');
@@ -205,12 +218,14 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
           installCrashGuard('bart');
           ${fault}
           setTimeout(() => process.stdout.write('still running\\n'), 2000);`;
-        const r = await run(process.execPath, ['--input-type=module', '-e', script], { asTestUser: false, env: { ...process.env, BART_DEBUG_STACK: '' } });
+        const env = { ...process.env, BART_DEBUG_STACK: '' };
+        const r = await run(process.execPath, ['--input-type=module', '-e', script], { asTestUser: false, env });
         assert.equal(r.code, 2, `${kind}: ${r.stderr}`);
         assert.equal(r.stderr, `ERROR:  boom second line (internal error: ${kind})\n`, kind);
         assert.equal(r.stdout, '', 'the process ends at once');
         const logged = readFileSync(logfile, 'utf8');
-        assert.match(logged, new RegExp(`ERROR: bart: ${kind}: Error: boom\\nsecond line\\n\\s+at `), 'the stack is in the logfile');
+        const stack = new RegExp(`ERROR: bart: ${kind}: Error: boom\\nsecond line\\n\\s+at `);
+        assert.match(logged, stack, 'the stack is in the logfile');
         unlinkSync(logfile);
       }
     } finally {
