@@ -1,12 +1,17 @@
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import type { CompressionMethod } from '../storage/compression.js';
+import { errorMessage, isErrnoError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { formatBytes, formatTimestamp } from '../util/format.js';
-import { BACKUPINFO_FILE } from './layout.js';
+import { isLsn } from '../util/lsn.js';
+import { BACKUPINFO_FILE, PARTIAL_SUFFIX } from './layout.js';
 
-/** Lifecycle of a backup. `in progress` and `failed` are pgbart's additions to BART's three. */
-export type BackupStatus = 'active' | 'obsolete' | 'keep' | 'in progress' | 'failed';
+/**
+ * Lifecycle of a backup. `in progress` and `failed` are pgbart's additions to BART's three;
+ * `damaged` marks a backup whose backupinfo is missing or fails its checks (never stored).
+ */
+export type BackupStatus = 'active' | 'obsolete' | 'keep' | 'in progress' | 'failed' | 'damaged';
 
 /** Per-file checksum algorithm. */
 export type ChecksumAlgorithm = 'SHA256' | 'MD5' | 'NONE';
@@ -126,8 +131,57 @@ export function renderBackupInfo(info: BackupInfo): string {
   return lines.join('\n') + '\n';
 }
 
-/** Parses a backupinfo file's text; throws an Error naming the missing field. */
-export function parseBackupInfo(text: string, source: string): BackupInfo {
+/**
+ * A backupinfo that cannot be trusted: missing, unreadable or with a field out of its domain.
+ * `reason` says what is wrong without the path (SHOW-BACKUPS prints it next to the backup).
+ */
+export class BackupInfoError extends Error {
+  /** What is wrong, e.g. `BACKUP SIZE BYTES is "NaN", not a byte count`. */
+  readonly reason: string;
+
+  constructor(source: string, reason: string) {
+    super(`${source}: ${reason}`);
+    this.name = 'BackupInfoError';
+    this.reason = reason;
+  }
+}
+
+/** Statuses a backupinfo may hold: `in progress` only in a `.partial` directory; `failed`, `damaged` are derived. */
+const STORED_STATUSES: readonly BackupStatus[] = ['active', 'obsolete', 'keep'];
+const PARTIAL_STATUSES: readonly BackupStatus[] = [...STORED_STATUSES, 'in progress'];
+/** A WAL segment file name: timeline, log and segment, 8 upper-case hex digits each. */
+const SEGMENT_NAME = /^[0-9A-F]{24}$/;
+const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,3})?Z$/;
+/** Far more than any backupinfo (a long WAL FILES list included): a bigger file is not one. */
+const MAX_BACKUPINFO_BYTES = 16 * 1024 * 1024;
+
+/** A field value for a message: quoted, escaped (no control characters reach the terminal), shortened. */
+function shown(value: string): string {
+  return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
+}
+
+/** Options of {@link parseBackupInfo}. */
+export interface ParseBackupInfoOptions {
+  /**
+   * The backupinfo of a `.partial` directory: BACKUP writes it before the start LSN, WAL location
+   * and timeline are known (empty, 0) and with status `in progress`.
+   */
+  partial?: boolean;
+}
+
+/**
+ * Parses a backupinfo file's text and checks every field against its domain (statuses, formats,
+ * integers, LSNs, WAL file names, times, the checksum and tablespace blocks against their counts):
+ * the catalog is read by every command, and a damaged or hand-edited file must not reach them as
+ * NaN sizes, unknown statuses or identifiers BigInt cannot read. Throws a {@link BackupInfoError}
+ * naming the first field at fault.
+ */
+export function parseBackupInfo(text: string, source: string, options: ParseBackupInfoOptions = {}): BackupInfo {
+  const partial = options.partial === true;
+  const fail = (reason: string): never => {
+    throw new BackupInfoError(source, reason);
+  };
+  if (text.includes('\0')) fail('holds NUL bytes (not a backupinfo text file)');
   const fields = new Map<string, string>();
   const artifactChecksums: { file: string; checksum: string }[] = [];
   const tablespaces: TablespaceInfo[] = [];
@@ -136,11 +190,18 @@ export function parseBackupInfo(text: string, source: string): BackupInfo {
     if (line.startsWith(' ')) {
       const body = line.slice(1);
       if (block === 'checksums' && !body.startsWith('ChkSum')) {
-        const m = /^(\S+)\s+(.+)$/.exec(body);
-        if (m) artifactChecksums.push({ checksum: m[1]!, file: m[2]! });
+        const m = /^([0-9A-Za-z_:+-]+)\s+([^/\s]+)$/.exec(body);
+        if (!m || m[2] === '.' || m[2] === '..') fail(`bad line in BACKUP CHECKSUM(s): ${shown(body)}`);
+        artifactChecksums.push({ checksum: m![1]!, file: m![2]! });
       } else if (block === 'tablespaces' && !body.startsWith('Oid\t')) {
-        const [oid, name, location] = body.split('\t');
-        if (oid && name !== undefined && location !== undefined) tablespaces.push({ oid: Number(oid), name, location });
+        const [oid, name, location, extra] = body.split('\t');
+        const ok = oid !== undefined && /^\d{1,10}$/.test(oid) && Number(oid) > 0 && Number(oid) <= 0xffffffff;
+        if (!ok || !name || !location?.startsWith('/') || extra !== undefined) {
+          fail(`bad line in TABLESPACE(s): ${shown(body)}`);
+        }
+        tablespaces.push({ oid: Number(oid), name: name!, location: location! });
+      } else if (block === 'none' && body.trim() !== '') {
+        fail(`unexpected indented line ${shown(body)}`);
       }
       continue;
     }
@@ -152,55 +213,163 @@ export function parseBackupInfo(text: string, source: string): BackupInfo {
   }
   const get = (k: string): string => {
     const v = fields.get(k);
-    if (v === undefined) throw new Error(`${source}: missing "${k}"`);
-    return v;
+    if (v === undefined) fail(`missing "${k}"`);
+    return v!;
   };
   const optional = (k: string): string | undefined => {
     const v = fields.get(k);
     return v === undefined || v === 'none' ? undefined : v;
   };
+  const int = (k: string, min: number, max: number, raw = get(k)): number => {
+    const n = Number(raw);
+    if (!/^\d{1,16}$/.test(raw) || !Number.isSafeInteger(n) || n < min || n > max) {
+      fail(`${k} is ${shown(raw)}, not an integer from ${min} to ${max}`);
+    }
+    return n;
+  };
+  const oneOf = <T extends string>(k: string, allowed: readonly T[]): T => {
+    const v = get(k);
+    if (!(allowed as readonly string[]).includes(v)) fail(`${k} is ${shown(v)}, not one of ${allowed.join(', ')}`);
+    return v as T;
+  };
+  // A partial backupinfo is written before the backup starts: these are still empty then.
+  const walName = (k: string): string => {
+    const v = get(k);
+    if (!(SEGMENT_NAME.test(v) || (partial && v === ''))) fail(`${k} is ${shown(v)}, not a WAL file name`);
+    return v;
+  };
+  const lsn = (k: string): string => {
+    const v = get(k);
+    if (!(isLsn(v) || (partial && v === ''))) fail(`${k} is ${shown(v)}, not an LSN`);
+    return v;
+  };
+  const time = (k: string): Date => {
+    const v = get(k);
+    const d = new Date(v);
+    if (!ISO_TIME.test(v) || Number.isNaN(d.getTime())) fail(`${k} is ${shown(v)}, not an ISO 8601 UTC time`);
+    return d;
+  };
+  const MAX_BYTES = Number.MAX_SAFE_INTEGER;
+
+  const status = oneOf('BACKUP STATUS', partial ? PARTIAL_STATUSES : STORED_STATUSES);
+  const id = get('BACKUP IDENTIFIER');
+  if (!/^\d{1,20}$/.test(id)) fail(`BACKUP IDENTIFIER is ${shown(id)}, not a backup identifier (digits)`);
+  const name = optional('BACKUP NAME');
+  const badName = (n: string) =>
+    n.length > 64 || /[\s/,\\\p{Cc}]/u.test(n) || /^\d+$/.test(n) || n.toLowerCase() === 'all';
+  if (name !== undefined && badName(name)) fail(`BACKUP NAME is ${shown(name)}, not a backup name`);
+  const parent = optional('BACKUP PARENT');
+  if (parent !== undefined && (!/^\d{1,20}$/.test(parent) || parent === id)) {
+    fail(`BACKUP PARENT is ${shown(parent)}, not another backup's identifier`);
+  }
+  const checksumCount = int('BACKUP CHECKSUM(s)', 0, 1_000_000);
+  if (checksumCount !== artifactChecksums.length) {
+    fail(`BACKUP CHECKSUM(s) is ${checksumCount} but ${artifactChecksums.length} are listed`);
+  }
+  const tablespaceCount = int('TABLESPACE(s)', 0, 1_000_000);
+  if (tablespaceCount !== tablespaces.length) {
+    fail(`TABLESPACE(s) is ${tablespaceCount} but ${tablespaces.length} are listed`);
+  }
   const walFiles = get('WAL FILES');
+  const walList = walFiles === 'none' ? [] : walFiles.split(',');
+  for (const w of walList) {
+    if (!/^[0-9A-F]{24}(\.[0-9A-Za-z.]+)?$/.test(w)) fail(`WAL FILES lists ${shown(w)}, not a WAL file name`);
+  }
+  const segmentSize = int('WAL SEGMENT SIZE', 1024 * 1024, 1024 * 1024 * 1024);
+  if ((segmentSize & (segmentSize - 1)) !== 0) fail(`WAL SEGMENT SIZE is ${segmentSize}, not a power of two`);
+  const dataChecksumVersion = optional('DATA CHECKSUM VERSION');
   const pid = fields.get('PID');
+  const startTime = time(DATE_KEY('START TIME'));
+  const stopTime = time(DATE_KEY('STOP TIME'));
+  const location = get('BACKUP LOCATION');
+  const timezone = get('BACKUP TIMEZONE');
+  const systemIdentifier = get('SYSTEM IDENTIFIER');
+  if (!/^\d{1,20}$/.test(systemIdentifier)) {
+    fail(`SYSTEM IDENTIFIER is ${shown(systemIdentifier)}, not a system identifier (digits)`);
+  }
   return {
-    status: get('BACKUP STATUS') as BackupStatus,
-    id: get('BACKUP IDENTIFIER'),
-    ...(optional('BACKUP NAME') ? { name: optional('BACKUP NAME')! } : {}),
-    ...(optional('BACKUP PARENT') ? { parent: optional('BACKUP PARENT')! } : {}),
-    location: get('BACKUP LOCATION'),
-    sizeBytes: Number(get('BACKUP SIZE BYTES')),
-    dataBytes: Number(get('DATA SIZE BYTES')),
-    format: get('BACKUP FORMAT') as 'tar' | 'plain',
-    compression: get('COMPRESSION') as CompressionMethod,
-    compressionLevel: Number(get('COMPRESSION LEVEL')),
-    timezone: get('BACKUP TIMEZONE'),
-    xlogMethod: get('XLOG METHOD') as 'fetch' | 'stream',
-    checksumAlgorithm: get('CHECKSUM ALGORITHM') as ChecksumAlgorithm,
+    status,
+    id,
+    ...(name !== undefined ? { name } : {}),
+    ...(parent !== undefined ? { parent } : {}),
+    location,
+    sizeBytes: int('BACKUP SIZE BYTES', 0, MAX_BYTES),
+    dataBytes: int('DATA SIZE BYTES', 0, MAX_BYTES),
+    format: oneOf('BACKUP FORMAT', ['tar', 'plain'] as const),
+    compression: oneOf<CompressionMethod>('COMPRESSION', ['none', 'gzip', 'lz4', 'zstd']),
+    compressionLevel: int('COMPRESSION LEVEL', 0, 22),
+    timezone,
+    xlogMethod: oneOf('XLOG METHOD', ['fetch', 'stream'] as const),
+    checksumAlgorithm: oneOf<ChecksumAlgorithm>('CHECKSUM ALGORITHM', ['SHA256', 'MD5', 'NONE']),
     artifactChecksums,
     tablespaces,
-    timeline: Number(get('TIMELINE')),
-    startWalFile: get('START WAL LOCATION'),
-    stopWalFile: get('STOP WAL LOCATION'),
-    startLsn: get('START LSN'),
-    stopLsn: get('STOP LSN'),
-    checkpointLsn: get('CHECKPOINT LOCATION'),
-    walFiles: walFiles === 'none' ? [] : walFiles.split(','),
-    walBytes: Number(get('WAL SIZE BYTES')),
-    serverVersionNum: Number(get('SERVER VERSION NUM')),
-    systemIdentifier: get('SYSTEM IDENTIFIER'),
-    ...(optional('DATA CHECKSUM VERSION') !== undefined ? { dataChecksumVersion: Number(optional('DATA CHECKSUM VERSION')) } : {}),
-    walSegmentSize: Number(get('WAL SEGMENT SIZE')),
-    engine: get('ENGINE'),
-    threadCount: Number(get('THREAD COUNT')),
-    startTime: new Date(get(DATE_KEY('START TIME'))),
-    stopTime: new Date(get(DATE_KEY('STOP TIME'))),
-    ...(pid ? { pid: Number(pid) } : {}),
+    timeline: int('TIMELINE', partial ? 0 : 1, 0xffffffff),
+    startWalFile: walName('START WAL LOCATION'),
+    stopWalFile: walName('STOP WAL LOCATION'),
+    startLsn: lsn('START LSN'),
+    stopLsn: lsn('STOP LSN'),
+    checkpointLsn: lsn('CHECKPOINT LOCATION'),
+    walFiles: walList,
+    walBytes: int('WAL SIZE BYTES', 0, MAX_BYTES),
+    serverVersionNum: int('SERVER VERSION NUM', 1, 99_999_999),
+    systemIdentifier,
+    ...(dataChecksumVersion !== undefined
+      ? { dataChecksumVersion: int('DATA CHECKSUM VERSION', 0, 255, dataChecksumVersion) }
+      : {}),
+    walSegmentSize: segmentSize,
+    engine: oneOf('ENGINE', ['native', 'pg_basebackup']),
+    threadCount: int('THREAD COUNT', 1, 65_536),
+    startTime,
+    stopTime,
+    ...(pid ? { pid: int('PID', 1, 0x7fffffff, pid) } : {}),
   };
 }
 
-/** Reads `<dir>/backupinfo`. */
+/**
+ * Reads `<dir>/backupinfo` and checks it (see {@link parseBackupInfo}), also against the directory:
+ * its identifier must be the directory's name (`<id>` or `<id>.partial`); a copied directory would
+ * otherwise give two backups one identifier. Throws a {@link BackupInfoError}.
+ */
 export async function readBackupInfo(dir: string): Promise<BackupInfo> {
   const path = join(dir, BACKUPINFO_FILE);
-  return parseBackupInfo(await readFile(path, 'utf8'), path);
+  const dirName = basename(dir);
+  const partial = dirName.endsWith(PARTIAL_SUFFIX);
+  const dirId = partial ? dirName.slice(0, -PARTIAL_SUFFIX.length) : dirName;
+  let text: string;
+  try {
+    // A backupinfo is small; a huge file is damage, and is not read into memory.
+    const size = (await stat(path)).size;
+    if (size > MAX_BACKUPINFO_BYTES) throw new BackupInfoError(path, `${size} bytes, too big for a backupinfo`);
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if (err instanceof BackupInfoError) throw err;
+    if (isErrnoError(err) && err.code === 'ENOENT') throw new BackupInfoError(path, 'backupinfo is missing');
+    throw new BackupInfoError(path, `backupinfo cannot be read (${errorMessage(err)})`);
+  }
+  const info = parseBackupInfo(text, path, { partial });
+  if (/^\d+$/.test(dirId) && info.id !== dirId) {
+    const reason = `BACKUP IDENTIFIER is ${info.id} but the directory is ${dirName} (a copied or renamed backup)`;
+    throw new BackupInfoError(path, reason);
+  }
+  return info;
+}
+
+/**
+ * The stand-in backupinfo of a damaged backup (status `damaged`): its identifier is the directory's
+ * name, its start time the one that identifier encodes; every other field is empty or zero. Nothing
+ * of the damaged file is taken over: no command may act on it.
+ */
+export function damagedBackupInfo(id: string, location: string): BackupInfo {
+  const encoded = new Date(Number(id));
+  const time = Number.isNaN(encoded.getTime()) ? new Date(0) : encoded;
+  return {
+    status: 'damaged', id, location, sizeBytes: 0, dataBytes: 0, format: 'tar', compression: 'none',
+    compressionLevel: 0, timezone: 'UTC', xlogMethod: 'fetch', checksumAlgorithm: 'NONE', artifactChecksums: [],
+    tablespaces: [], timeline: 0,
+    startWalFile: '', stopWalFile: '', startLsn: '', stopLsn: '', checkpointLsn: '', walFiles: [], walBytes: 0,
+    serverVersionNum: 0, systemIdentifier: '', walSegmentSize: 16 * 1024 * 1024, engine: '', threadCount: 0,
+    startTime: time, stopTime: time,
+  };
 }
 
 /** Writes `<dir>/backupinfo` atomically. */

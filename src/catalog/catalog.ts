@@ -1,9 +1,9 @@
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
-import { BartError, isErrnoError } from '../util/errors.js';
+import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
-import { readBackupInfo, type BackupInfo } from './backup-info.js';
+import { BackupInfoError, damagedBackupInfo, readBackupInfo, type BackupInfo } from './backup-info.js';
 import { GZIP_SUFFIX, PARTIAL_SUFFIX, serverCatalogDir } from './layout.js';
 
 /**
@@ -43,8 +43,16 @@ export interface CatalogEntry {
   info: BackupInfo;
   /** Its directory (`<id>` or `<id>.partial`). */
   dir: string;
-  /** False for backups still being written or left behind by a failed/killed BACKUP. */
+  /**
+   * False for backups still being written or left behind by a failed/killed BACKUP, and for
+   * damaged ones: no command takes them for a backup.
+   */
   complete: boolean;
+  /**
+   * Set when the backupinfo is missing or fails its checks (status `damaged`): what is wrong. The
+   * backup is listed so that it can be seen and deleted; it is never restored, verified or kept.
+   */
+  damage?: string;
 }
 
 /** True when a process with this pid exists. */
@@ -60,7 +68,9 @@ export function processAlive(pid: number): boolean {
 /**
  * Every backup of a server, oldest first. Directories `<id>.partial` are backups being written
  * (status `in progress` while their writer lives) or left by a crash (status `failed`); they are
- * never valid for restore.
+ * never valid for restore. A complete directory whose backupinfo is missing or damaged is listed
+ * with status `damaged` and the reason ({@link CatalogEntry.damage}), never as a usable backup and
+ * never as an error for the whole listing.
  */
 export async function listBackups(config: BartConfig, server: ServerConfig): Promise<CatalogEntry[]> {
   const root = serverCatalogDir(config, server);
@@ -81,7 +91,11 @@ export async function listBackups(config: BartConfig, server: ServerConfig): Pro
     try {
       info = await readBackupInfo(dir);
     } catch (err) {
-      if (!partial) log.warning(`backup ${id} of server ${server.name}: unreadable backupinfo (${(err as Error).message}); skipped`);
+      // A .partial without a readable backupinfo is a dead BACKUP's leftover (MANAGE -l lists it).
+      if (partial) continue;
+      const reason = err instanceof BackupInfoError ? err.reason : errorMessage(err);
+      log.debug(`backup ${id} of server ${server.name}: damaged backupinfo: ${errorMessage(err)}`);
+      out.push({ info: damagedBackupInfo(id, dir), dir, complete: false, damage: reason });
       continue;
     }
     if (partial) {
@@ -94,10 +108,40 @@ export async function listBackups(config: BartConfig, server: ServerConfig): Pro
   return out;
 }
 
-/** Finds a complete backup by identifier or name; a clear error when there is none. */
-export function findBackup(entries: CatalogEntry[], server: ServerConfig, idOrName: string): CatalogEntry {
+/** Options of {@link findBackup}. */
+export interface FindBackupOptions {
+  /** Also return a damaged backup (DELETE removes it); every other command refuses it. */
+  damaged?: boolean;
+}
+
+/**
+ * Finds a complete backup by identifier or name; a clear error when there is none, when the name
+ * is given to more than one backup (damage: BACKUP keeps names unique), or when the backup is
+ * damaged (its reason and the commands that repair or remove it).
+ */
+export function findBackup(
+  entries: CatalogEntry[],
+  server: ServerConfig,
+  idOrName: string,
+  options: FindBackupOptions = {},
+): CatalogEntry {
+  const byId = entries.find((e) => e.info.id === idOrName);
+  if (byId?.damage !== undefined) {
+    if (options.damaged) return byId;
+    throw new BartError(
+      `backup ${byId.info.id} of server ${server.name} is damaged (${byId.damage}); it cannot be used: ` +
+        `bart INIT -r -s ${server.name} -i ${byId.info.id} may rebuild its backupinfo from the manifest, ` +
+        `bart DELETE -s ${server.name} -i ${byId.info.id} deletes it`,
+    );
+  }
   const complete = entries.filter((e) => e.complete);
-  const hit = complete.find((e) => e.info.id === idOrName) ?? complete.find((e) => e.info.name === idOrName);
+  const named = complete.filter((e) => e.info.name === idOrName);
+  const hit = complete.find((e) => e.info.id === idOrName) ?? named[0];
+  if (hit && hit.info.id !== idOrName && named.length > 1) {
+    const ids = named.map((e) => e.info.id).join(', ');
+    const where = `backups ${ids} of server ${server.name}`;
+    throw new BartError(`backup name "${idOrName}" is given to ${where}; use the identifier`);
+  }
   if (hit) return hit;
   const partial = entries.find((e) => !e.complete && (e.info.id === idOrName || e.info.name === idOrName));
   if (partial) throw new BartError(`backup "${idOrName}" of server ${server.name} is ${partial.info.status}, not a complete backup`);

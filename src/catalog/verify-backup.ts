@@ -4,6 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
+import { errorMessage, isErrnoError } from '../util/errors.js';
 import type { CatalogEntry } from './catalog.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR } from './layout.js';
 import {
@@ -16,16 +17,31 @@ export interface VerifyResult {
   filesChecked: number;
 }
 
-async function hashStream(stream: NodeJS.ReadableStream, update: (d: Buffer) => void): Promise<number> {
+/**
+ * Feeds the output of `source` (through `transforms`, e.g. a decompressor) to `update`; returns the
+ * byte count. One pipeline for the whole chain: a `.pipe()` would not forward a read error (a
+ * missing or unreadable file) and the process would die of an unhandled 'error' event.
+ */
+async function hashStream(
+  update: (d: Buffer) => void,
+  source: NodeJS.ReadableStream,
+  ...transforms: NodeJS.ReadWriteStream[]
+): Promise<number> {
   let bytes = 0;
-  await pipeline(stream, new Writable({
+  await pipeline([source, ...transforms, new Writable({
     write(chunk: Buffer, _e, cb) {
       update(chunk);
       bytes += chunk.length;
       cb();
     },
-  }));
+  })]);
   return bytes;
+}
+
+/** What went wrong reading a stored file, for a FAILED line: `missing` or the decoder's complaint. */
+function unreadable(err: unknown): string {
+  if (isErrnoError(err) && err.code === 'ENOENT') return 'missing from the backup directory';
+  return `cannot be read (${errorMessage(err)})`;
 }
 
 /**
@@ -67,7 +83,7 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
       const archive = artifact.artifact.replace(/\.tar.*$/, '');
       try {
         const h = artifactHasher();
-        const size = await hashStream(createReadStream(path), (d) => h.update(d));
+        const size = await hashStream((d) => h.update(d), createReadStream(path));
         if (size !== artifact.size || h.hex() !== artifact.checksum) failures.push(`${artifact.artifact}: stored file checksum mismatch`);
         const extract = tar.extract();
         const done = (async () => {
@@ -78,14 +94,20 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
               continue;
             }
             const hash = createChecksum(algorithm);
-            const size2 = await hashStream(item as unknown as NodeJS.ReadableStream, (d) => hash?.update(d));
+            const size2 = await hashStream((d) => hash?.update(d), item as unknown as NodeJS.ReadableStream);
             checkFile(`${archive}\0${name}`, `${artifact.artifact}:${name}`, hash?.digest('hex'), size2);
           }
         })();
-        await pipeline(createReadStream(path), createDecompressor(compression), extract);
-        await done;
+        // Wait for both: a truncated archive fails the pipeline and the entry loop alike, and a
+        // rejection nobody awaits would end the process instead of failing this one backup.
+        const [piped, consumed] = await Promise.allSettled([
+          pipeline(createReadStream(path), createDecompressor(compression), extract),
+          done,
+        ]);
+        if (piped.status === 'rejected') throw piped.reason;
+        if (consumed.status === 'rejected') throw consumed.reason;
       } catch (err) {
-        failures.push(`${artifact.artifact}: cannot be read (${(err as Error).message})`);
+        failures.push(`${artifact.artifact}: ${unreadable(err)}`);
       }
     }
   } else {
@@ -95,11 +117,12 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
       const stored = join(root, expected.path) + ext;
       try {
         const hash = createChecksum(algorithm);
-        const size = await hashStream(createReadStream(join(entry.dir, stored)).pipe(createDecompressor(compression)), (d) => hash?.update(d));
+        const source = createReadStream(join(entry.dir, stored));
+        const size = await hashStream((d) => hash?.update(d), source, createDecompressor(compression));
         checkFile(key, stored, hash?.digest('hex'), size);
       } catch (err) {
         files.delete(key);
-        failures.push(`${stored}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+        failures.push(`${stored}: ${unreadable(err)}`);
       }
     }
   }

@@ -14,7 +14,7 @@ import { loadConfig } from '../config/parse-config.js';
 import type { BartConfig } from '../config/types.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
-import { bootstrap } from './bootstrap.js';
+import { bootstrap, installCrashGuard } from './bootstrap.js';
 import { readMbmFile } from '../scanner/mbm-format.js';
 import { mbmToJson, mbmToText } from '../scanner/mbm-print.js';
 import { scanWalFile } from '../scanner/scan-wal-file.js';
@@ -191,6 +191,7 @@ async function main(argv: string[]): Promise<number> {
   return runForeground(a, config);
 }
 
+installCrashGuard('bart-scanner');
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

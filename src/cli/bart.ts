@@ -1,6 +1,6 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
-import { bootstrap } from './bootstrap.js';
+import { bootstrap, installCrashGuard } from './bootstrap.js';
 import type { CommandContext } from '../commands/context.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -238,9 +238,11 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     log.error(`unexpected failure: ${errorMessage(err)}`);
+    log.fileOnly('ERROR', `bart: unexpected failure: ${err instanceof Error && err.stack ? err.stack : String(err)}`);
     if (process.env.BART_DEBUG_STACK || program.opts<{ debug?: boolean }>().debug) process.stderr.write(`${(err as Error).stack}\n`);
     process.exitCode = 2;
   }
 }
 
+installCrashGuard('bart');
 await main(process.argv.slice(2));

@@ -23,7 +23,8 @@ export interface DeleteOptions {
  * is exempt from deletion as it is from retention. Naming a keep backup (or one whose chain holds
  * a keep backup) is refused with the MANAGE -c nokeep command to run first; `-i all` deletes every
  * backup except keep chains, which it names. Backups in progress or failed are not backups yet:
- * MANAGE -d removes failed ones.
+ * MANAGE -d removes failed ones. A damaged backup (unreadable backupinfo) is deleted only when named
+ * by its identifier, with the incrementals built on it; `-i all` leaves it and names it.
  */
 export function deletionTargets(entries: readonly CatalogEntry[], server: ServerConfig, select: string): CatalogEntry[] {
   const complete = entries.filter((e) => e.complete);
@@ -38,13 +39,20 @@ export function deletionTargets(entries: readonly CatalogEntry[], server: Server
       }
       ids.add(e.info.id);
     }
+    for (const e of entries) {
+      if (e.damage === undefined) continue;
+      const how = `DELETE -s ${server.name} -i ${e.info.id} deletes it`;
+      log.info(`backup ${e.info.id} is damaged (${e.damage}): not deleted by -i all (${how})`);
+    }
   } else {
     const wanted = select.split(',').map((s) => s.trim());
     if (wanted.some((w) => w === '')) throw new BartError(`DELETE -i "${select}": empty backup identifier in the list`);
     for (const w of wanted) {
-      const hit = findBackup([...entries], server, w);
-      for (const d of entryWithDescendants(complete, hit.info.id)) {
-        if (d.info.status === 'keep') {
+      const hit = findBackup([...entries], server, w, { damaged: true });
+      const family = hit.damage !== undefined ? [...complete, hit] : complete;
+      for (const d of entryWithDescendants(family, hit.info.id)) {
+        // Incrementals of a damaged backup are a broken chain: keep cannot save them (nor can MANAGE -c reach them).
+        if (d.info.status === 'keep' && hit.damage === undefined) {
           const what = d === hit ? `backup ${backupLabel(d)}` : `backup ${backupLabel(hit)} has the incremental ${backupLabel(d)} which`;
           throw new BartError(`${what} is marked keep (exempt from deletion); run "bart MANAGE -s ${server.name} -c nokeep -i ${d.info.parent ?? d.info.id}" first`);
         }
@@ -52,7 +60,7 @@ export function deletionTargets(entries: readonly CatalogEntry[], server: Server
       }
     }
   }
-  return childrenFirst(complete.filter((e) => ids.has(e.info.id)));
+  return childrenFirst(entries.filter((e) => (e.complete || e.damage !== undefined) && ids.has(e.info.id)));
 }
 
 /**
@@ -78,7 +86,11 @@ export async function deleteBackups(ctx: CommandContext, options: unknown): Prom
     const verb = o.dryRun ? '(dry run) would delete' : 'deleting';
     for (const t of [...targets].reverse()) {
       const how = explicit.has(t.info.id) ? '' : ` (incremental descendant of ${t.info.parent}, deleted with it)`;
-      log.info(`${verb} ${t.info.parent ? 'incremental ' : ''}backup ${backupLabel(t)} of server ${server.name}: ${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)}${how}`);
+      const what = t.damage !== undefined
+        ? `damaged (${t.damage})`
+        : `${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)}`;
+      const kind = t.info.parent ? 'incremental backup' : 'backup';
+      log.info(`${verb} ${kind} ${backupLabel(t)} of server ${server.name}: ${what}${how}`);
     }
     if (targets.length === 0) {
       log.info(`server ${server.name}: no backup to delete`);

@@ -74,10 +74,22 @@ export async function manage(ctx: CommandContext, options: unknown): Promise<num
 
 const would = (dryRun: boolean, doing: string, future: string) => (dryRun ? `(dry run) would ${future}` : doing);
 
+/** Names each damaged backup: retention neither counts nor deletes it, and it keeps the archive whole. */
+function warnDamaged(entries: readonly CatalogEntry[], server: ServerConfig): void {
+  for (const e of entries) {
+    if (e.damage === undefined) continue;
+    const repair = `bart INIT -r -s ${server.name} -i ${e.info.id} may rebuild its backupinfo`;
+    const remove = `bart DELETE -s ${server.name} -i ${e.info.id} deletes it`;
+    const what = `backup ${e.info.id} is damaged (${e.damage})`;
+    log.warning(`server ${server.name}: ${what}; MANAGE leaves it alone (${repair}, ${remove})`);
+  }
+}
+
 /** Plain MANAGE: mark obsolete by policy, then gzip archived WAL when enabled. */
 async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date, dryRun: boolean): Promise<void> {
   log.info(`processing server ${server.name} (retention policy ${formatRetentionPolicy(server.retentionPolicy)}, now ${now.toISOString()})`);
   const entries = await listBackups(ctx.config, server);
+  warnDamaged(entries, server);
   const complete = entries.filter((e) => e.complete);
   const changes = evaluateRetention(complete.map((e) => ({ id: e.info.id, ...(e.info.parent ? { parent: e.info.parent } : {}), status: e.info.status, startTime: e.info.startTime })), server.retentionPolicy, now);
   const byId = new Map(complete.map((e) => [e.info.id, e]));
@@ -130,6 +142,7 @@ async function changeStatus(ctx: CommandContext, server: ServerConfig, status: '
 /** MANAGE -d: obsolete backups (with what depends on them), WAL no remaining backup needs, leftovers. */
 async function deleteObsolete(ctx: CommandContext, server: ServerConfig, dryRun: boolean): Promise<void> {
   const entries = await listBackups(ctx.config, server);
+  warnDamaged(entries, server);
   const targets = obsoleteTargets(entries);
   const leftovers = await findLeftovers(ctx.config, server, !dryRun);
   if (dryRun) {

@@ -39,6 +39,11 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
       // An incremental whose chain lost a link cannot be restored: say so next to the listing.
       const broken = entry.complete && entry.info.parent !== undefined ? chainProblem(entries, entry) : undefined;
       if (broken) log.warning(`server ${server.name}: ${broken}; it cannot be restored`);
+      if (entry.damage !== undefined) {
+        const what = `backup ${entry.info.id} is damaged (${entry.damage})`;
+        const repair = `bart INIT -r -s ${server.name} -i ${entry.info.id} rebuilds its backupinfo; DELETE deletes it`;
+        log.warning(`server ${server.name}: ${what}; it cannot be restored (${repair})`);
+      }
     }
   }
   if (o.backupid && o.backupid.toLowerCase() !== 'all' && rows.length === 0) {
@@ -47,18 +52,20 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
   rows.sort((a, b) => a.server.name.localeCompare(b.server.name) || (BigInt(b.entry.info.id) > BigInt(a.entry.info.id) ? 1 : -1));
 
   if (o.output === 'json') {
+    // A damaged backup's backupinfo is not trusted: what it would say is null (docs/json-output.md).
     const json = rows.map(({ server, entry, wal }) => ({
       server: server.name,
       id: entry.info.id,
       name: entry.info.name ?? null,
       parent: entry.info.parent ?? null,
       status: entry.info.status,
-      format: entry.info.format,
-      compression: entry.info.compression,
+      damage: entry.damage ?? null,
+      format: entry.damage === undefined ? entry.info.format : null,
+      compression: entry.damage === undefined ? entry.info.compression : null,
       startTime: entry.info.startTime.toISOString(),
       stopTime: entry.complete ? entry.info.stopTime.toISOString() : null,
-      sizeBytes: entry.info.sizeBytes,
-      dataBytes: entry.info.dataBytes,
+      sizeBytes: entry.damage === undefined ? entry.info.sizeBytes : null,
+      dataBytes: entry.damage === undefined ? entry.info.dataBytes : null,
       timeline: entry.info.timeline || null,
       startLsn: entry.info.startLsn || null,
       stopLsn: entry.info.stopLsn || null,
@@ -73,7 +80,10 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
     return 0;
   }
 
-  const time = (e: CatalogEntry) => formatTimestamp(e.complete ? e.info.stopTime : e.info.startTime);
+  const time = (e: CatalogEntry) => {
+    if (e.damage !== undefined) return '-';
+    return formatTimestamp(e.complete ? e.info.stopTime : e.info.startTime);
+  };
   if (o.showAll) {
     const blocks = rows.map(({ server, entry, wal }) => {
       const fields: [string, string][] = [
@@ -83,7 +93,7 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
         ['BACKUP PARENT', entry.info.parent ?? 'none'],
         ['BACKUP STATUS', entry.info.status],
         ['BACKUP TIME', time(entry)],
-        ['BACKUP SIZE', formatBytes(entry.info.sizeBytes)],
+        ['BACKUP SIZE', entry.damage !== undefined ? '-' : formatBytes(entry.info.sizeBytes)],
         ['WAL(S) SIZE', formatBytes(wal.bytes)],
         ['NO. OF WALS', String(wal.files)],
         ['FIRST WAL FILE', wal.first?.name ?? 'none'],

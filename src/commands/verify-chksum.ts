@@ -1,7 +1,8 @@
-import { listBackups } from '../catalog/catalog.js';
+import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
+import { BACKUPINFO_FILE } from '../catalog/layout.js';
 import { chainProblem } from '../catalog/chain.js';
-import { verifyBackup } from '../catalog/verify-backup.js';
-import { BartError } from '../util/errors.js';
+import { verifyBackup, type VerifyResult } from '../catalog/verify-backup.js';
+import { BartError, errorMessage } from '../util/errors.js';
 import { formatTable } from '../util/format.js';
 import { log } from '../util/log.js';
 import { selectServers, type CommandContext } from './context.js';
@@ -12,6 +13,19 @@ export interface VerifyOptions {
   backupid?: string;
 }
 
+/**
+ * Verifies one backup; whatever goes wrong is a failure of this backup, never the end of the
+ * command (the next backups are still checked).
+ */
+async function verifyOne(entry: CatalogEntry): Promise<VerifyResult> {
+  if (entry.damage !== undefined) return { failures: [`${BACKUPINFO_FILE}: ${entry.damage}`], filesChecked: 0 };
+  try {
+    return await verifyBackup(entry);
+  } catch (err) {
+    return { failures: [`cannot be verified: ${errorMessage(err)}`], filesChecked: 0 };
+  }
+}
+
 /** `bart VERIFY-CHKSUM`: recomputes every checksum of the selected backups; exit 1 on any failure. */
 export async function verifyChksum(ctx: CommandContext, options: unknown): Promise<number> {
   const o = options as VerifyOptions;
@@ -19,7 +33,8 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
   let failed = 0;
   for (const server of selectServers(ctx.config, o.server)) {
     const all = await listBackups(ctx.config, server);
-    const entries = all.filter((e) => e.complete);
+    // A damaged backup is verified too: it fails with the reason, so that it is not mistaken for a good one.
+    const entries = all.filter((e) => e.complete || e.damage !== undefined);
     const selected = !o.backupid || o.backupid.toLowerCase() === 'all'
       ? entries
       : entries.filter((e) => e.info.id === o.backupid || e.info.name === o.backupid);
@@ -28,8 +43,8 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
     }
     for (const entry of selected) {
       // An incremental is only as good as its chain: a missing ancestor fails it too.
-      const broken = chainProblem(all, entry);
-      const result = await verifyBackup(entry);
+      const broken = entry.damage === undefined ? chainProblem(all, entry) : undefined;
+      const result = await verifyOne(entry);
       if (broken) result.failures.unshift(broken);
       if (result.failures.length === 0) {
         rows.push([server.name, entry.info.id, 'OK']);

@@ -41,10 +41,11 @@ export async function planWalRemoval(config: BartConfig, server: ServerConfig, e
   if (holder !== undefined && holder.pid !== process.pid && entries.some((e) => !e.complete && e.info.status === 'in progress')) {
     return { plan: { remove: [], reason: 'a BACKUP is in progress, so archived WAL is left alone this time' }, bytes: 0, skipped: true };
   }
-  // A backup whose backupinfo cannot be read is not in `entries`, yet INIT -r can bring it back: its start
-  // is unknown, so nothing may go.
-  const listed = new Set(entries.map((e) => e.info.id));
-  const unreadable = (await archiveNames(serverCatalogDir(config, server))).filter((n) => /^\d+$/.test(n) && !listed.has(n));
+  // A backup whose backupinfo cannot be read (listed as damaged, or not at all) may come back with INIT -r:
+  // its start is unknown, so nothing may go, unless it is being removed.
+  const listed = new Set(entries.filter((e) => e.damage === undefined).map((e) => e.info.id));
+  const unreadable = (await archiveNames(serverCatalogDir(config, server)))
+    .filter((n) => /^\d+$/.test(n) && !listed.has(n) && !removed.has(n));
   if (unreadable.length > 0) {
     return { plan: { remove: [], reason: `backup ${unreadable.join(', ')} has no readable backupinfo (repair it with bart INIT -r -s ${server.name}), so archived WAL is left alone` }, bytes: 0, skipped: true };
   }
