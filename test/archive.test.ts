@@ -170,11 +170,8 @@ test(`ARCHIVE-GET as restore_command: PostgreSQL ${firstVersion} recovers a cold
     writeOwned(join(copy, 'recovery.signal'), '');
     restored = await TestCluster.create({ version: firstVersion, dataDir: copy });
     const copyCluster = restored;
-    const recovering = async () => (await copyCluster.scalar('SELECT pg_is_in_recovery()')) === true;
-    await waitFor('the end of recovery', async () => !(await recovering()), {
-      timeoutMs: 60_000,
-      intervalMs: 200,
-    });
+    const recovered = async () => (await copyCluster.scalar('SELECT pg_is_in_recovery()')) !== true;
+    await waitFor('the end of recovery', recovered, { timeoutMs: 60_000, intervalMs: 200 });
     assert.equal(Number(await restored.scalar('SELECT count(*) FROM t')), 1001);
     assert.match(restored.logTail(200), new RegExp(`restored log file "${last}" from archive`));
   } finally {
