@@ -8,6 +8,7 @@ import { createBartSetup, serverSection, type BartSetup } from './harness/bart.j
 import { TestCluster } from './harness/cluster.js';
 import { makeTempDir, removeTree, runOk, testUserIds } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
+import { waitFor } from './harness/wait.js';
 
 const SEGMENT_SIZE = 16 * 1024 * 1024;
 
@@ -156,11 +157,10 @@ test(`ARCHIVE-GET as restore_command: PostgreSQL ${firstVersion} recovers a cold
     await cluster.query('INSERT INTO t SELECT g FROM generate_series(1, 1000) g');
     const last = await cluster.switchWal();
     const archiveDir = join(setup.backupPath, 'src', 'archived_wals');
-    const deadline = Date.now() + 30_000;
-    while (!readdirSync(archiveDir).includes(last)) {
-      assert.ok(Date.now() < deadline, `${last} was not archived`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    await waitFor(`${last} to be archived`, () => readdirSync(archiveDir).includes(last), {
+      timeoutMs: 30_000,
+      intervalMs: 200,
+    });
     await cluster.stop();
 
     // Everything the copy needs beyond its own state must come through ARCHIVE-GET.
@@ -169,11 +169,9 @@ test(`ARCHIVE-GET as restore_command: PostgreSQL ${firstVersion} recovers a cold
     appendFileSync(join(copy, 'postgresql.auto.conf'), `archive_mode = 'off'\nrestore_command = '${restoreCommand}'\n`);
     writeOwned(join(copy, 'recovery.signal'), '');
     restored = await TestCluster.create({ version: firstVersion, dataDir: copy });
-    const deadline2 = Date.now() + 60_000;
-    while ((await restored.scalar('SELECT pg_is_in_recovery()')) === true) {
-      assert.ok(Date.now() < deadline2, 'recovery did not finish');
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    const copyCluster = restored;
+    const recovered = async () => (await copyCluster.scalar('SELECT pg_is_in_recovery()')) !== true;
+    await waitFor('the end of recovery', recovered, { timeoutMs: 60_000, intervalMs: 200 });
     assert.equal(Number(await restored.scalar('SELECT count(*) FROM t')), 1001);
     assert.match(restored.logTail(200), new RegExp(`restored log file "${last}" from archive`));
   } finally {

@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from './harness/backup-fixture.js';
@@ -8,6 +8,7 @@ import { restoreByHand, removeRestored } from './harness/manual-restore.js';
 import { pgbenchInit, tableFingerprints } from './harness/load.js';
 import { clientTool, versionsUnderTest } from './harness/pg-binaries.js';
 import { makeTempDir, removeTree, run, runOk, testUserIds } from './harness/os.js';
+import { waitFor } from './harness/wait.js';
 
 /** Inserts rows with consecutive ids in small transactions until stopped: an oracle for "committed before the backup ended". */
 async function startInsertWriter(fx: BackupFixture) {
@@ -41,11 +42,18 @@ const COMBINATIONS: string[][] = [
   ['-F', 'p', '--compress', 'zstd'],
 ];
 
+/** The same, through pg_basebackup: Debian's pg_basebackup is version 15, so for servers up to 15 only. */
+const PG_BASEBACKUP_COMBINATIONS: string[][] = [
+  ['-F', 't', '-z', '--with-pg_basebackup'],
+  ['-F', 'p', '--with-pg_basebackup'],
+];
+
 for (const version of versionsUnderTest()) {
-  // Debian's pg_basebackup is version 15: it backs up 15 and older only.
-  const combinations = version === 15
-    ? [...COMBINATIONS, ['-F', 't', '-z', '--with-pg_basebackup'], ['-F', 'p', '--with-pg_basebackup']]
-    : COMBINATIONS;
+  // Tests that do not apply to this version are registered as skipped (with the reason), not left out.
+  const noPgBasebackup = version > 15 ? `pg_basebackup_path (15) cannot back up PostgreSQL ${version}` : false;
+  const olderOnly = version <= 15 ? `PostgreSQL ${version} is not newer than pg_basebackup_path (15)` : false;
+  /** The combinations that run on this version (the backups the later tests count). */
+  const combinations = noPgBasebackup ? COMBINATIONS : [...COMBINATIONS, ...PG_BASEBACKUP_COMBINATIONS];
   describe(`BACKUP on PostgreSQL ${version}`, () => {
     let fx: BackupFixture;
     let tsDir: string;
@@ -107,8 +115,10 @@ for (const version of versionsUnderTest()) {
       }
     };
 
-    for (const args of combinations) {
-      test(`${args.join(' ')}: a hot backup taken under writes restores by hand to the data it held`, () => backupAndRestoreByHand(args));
+    for (const args of [...COMBINATIONS, ...PG_BASEBACKUP_COMBINATIONS]) {
+      const skip = PG_BASEBACKUP_COMBINATIONS.includes(args) ? noPgBasebackup : false;
+      const name = `${args.join(' ')}: a hot backup taken under writes restores by hand to the data it held`;
+      test(name, { skip }, () => backupAndRestoreByHand(args));
     }
 
     test('xlog_method = stream: the WAL received over replication makes the backup consistent on its own', async () => {
@@ -121,13 +131,12 @@ for (const version of versionsUnderTest()) {
       }
     });
 
-    if (version > 15) {
-      test('--with-pg_basebackup refuses a server newer than pg_basebackup_path, naming both versions', async () => {
-        const r = await fx.setup.bart(['BACKUP', '-s', fx.server, '--with-pg_basebackup']);
-        assert.notEqual(r.code, 0);
-        assert.match(r.stderr, new RegExp(`pg_basebackup 15 .* cannot back up PostgreSQL ${version}`));
-      });
-    }
+    const refusesNewer = '--with-pg_basebackup refuses a server newer than pg_basebackup_path, naming both versions';
+    test(refusesNewer, { skip: olderOnly }, async () => {
+      const r = await fx.setup.bart(['BACKUP', '-s', fx.server, '--with-pg_basebackup']);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, new RegExp(`pg_basebackup 15 .* cannot back up PostgreSQL ${version}`));
+    });
 
     test('SHOW-BACKUPS lists every backup; VERIFY-CHKSUM passes, then catches one flipped byte', async () => {
       const list = await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server]);
@@ -173,25 +182,27 @@ for (const version of versionsUnderTest()) {
       assert.equal((bad.stdout.match(/ OK/g) ?? []).length, combinations.length + 1 - 2);
     });
 
-    if (version <= 15) {
-      test('--with-pg_basebackup: when pg_basebackup fails, the error shows its error line, not its last words', async () => {
-        // The real pg_basebackup, told to stream WAL from a slot that does not exist: it fails once the
-        // copy has begun, prints its error, then "removing data directory ...".
-        const wrapper = join(fx.cluster.baseDir, 'pg_basebackup-no-slot');
-        writeFileSync(wrapper, `#!/bin/sh\nexec ${clientTool('pg_basebackup')} "$@" -X stream -S pgbart_no_such_slot\n`, { mode: 0o755 });
-        const cfg = readFileSync(fx.setup.configPath, 'utf8');
-        fx.setup.writeConfig(cfg.replace(/^pg_basebackup_path = .*$/m, `pg_basebackup_path = ${wrapper}`));
-        try {
-          const before_ = readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => /^\d+$/.test(n));
-          const r = await fx.setup.bart(['BACKUP', '-s', fx.server, '--with-pg_basebackup']);
-          assert.notEqual(r.code, 0);
-          assert.match(r.stderr, /ERROR: +pg_basebackup failed \(exit 1\): pg_basebackup: error: .*pgbart_no_such_slot/);
-          assert.deepEqual(readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => /^\d+$/.test(n)), before_, 'no backup looks complete');
-        } finally {
-          fx.setup.writeConfig(cfg);
-        }
-      });
-    }
+    const failing =
+      '--with-pg_basebackup: when pg_basebackup fails, the error shows its error line, not its last words';
+    test(failing, { skip: noPgBasebackup }, async () => {
+      // The real pg_basebackup, told to stream WAL from a slot that does not exist: it fails once the
+      // copy has begun, prints its error, then "removing data directory ...".
+      const wrapper = join(fx.cluster.baseDir, 'pg_basebackup-no-slot');
+      const script = `#!/bin/sh\nexec ${clientTool('pg_basebackup')} "$@" -X stream -S pgbart_no_such_slot\n`;
+      writeFileSync(wrapper, script, { mode: 0o755 });
+      const cfg = readFileSync(fx.setup.configPath, 'utf8');
+      fx.setup.writeConfig(cfg.replace(/^pg_basebackup_path = .*$/m, `pg_basebackup_path = ${wrapper}`));
+      try {
+        const backupIds = () => readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => /^\d+$/.test(n));
+        const before_ = backupIds();
+        const r = await fx.setup.bart(['BACKUP', '-s', fx.server, '--with-pg_basebackup']);
+        assert.notEqual(r.code, 0);
+        assert.match(r.stderr, /ERROR: +pg_basebackup failed \(exit 1\): pg_basebackup: error: .*pgbart_no_such_slot/);
+        assert.deepEqual(backupIds(), before_, 'no backup looks complete');
+      } finally {
+        fx.setup.writeConfig(cfg);
+      }
+    });
   });
 }
 
@@ -224,14 +235,27 @@ describe('BACKUP failures leave no valid-looking backup', () => {
     const { spawn } = await import('node:child_process');
     const { REPO_ROOT } = await import('./harness/pg-binaries.js');
     const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', fx.setup.configPath, 'BACKUP', '-s', fx.server, '-z', '-c', '9', '--thread-count', '1'], { stdio: 'ignore' });
-    // Wait until the backup directory appears, then kill it while it copies.
+    // Kill it while it copies, as seen on disk (not after a guessed delay): once the partial backup's
+    // base.tar.gz holds 4 MiB, the copy has begun, and it is far from done (the 200 MB of random data
+    // above do not compress).
     const serverDir = join(fx.setup.backupPath, fx.server);
-    for (let i = 0; i < 200 && !readdirSync(serverDir).some((n) => n.endsWith('.partial')); i++) await new Promise((r) => setTimeout(r, 25));
-    await new Promise((r) => setTimeout(r, 300));
+    const copying = (): string | undefined => {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`BACKUP ended (${child.exitCode ?? child.signalCode}) before it could be killed mid-copy`);
+      }
+      const dir = readdirSync(serverDir).find((n) => n.endsWith('.partial'));
+      if (dir === undefined) return undefined;
+      const tar = statSync(join(serverDir, dir, 'base.tar.gz'), { throwIfNoEntry: false });
+      return tar !== undefined && tar.size >= 4 * 1024 * 1024 ? dir : undefined;
+    };
+    const copyingDir = await waitFor('BACKUP to write 4 MiB of base.tar.gz', copying, {
+      timeoutMs: 120_000,
+      intervalMs: 10,
+    });
     child.kill('SIGKILL');
     await new Promise((r) => child.on('exit', r));
     const partial = readdirSync(serverDir).find((n) => n.endsWith('.partial'));
-    assert.ok(partial, 'the killed backup was still in progress');
+    assert.equal(partial, copyingDir, 'the killed backup was still in progress');
     const show = await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server]);
     assert.match(show.stdout, new RegExp(`${partial!.replace('.partial', '')}.*failed`));
     const restoreCandidates = JSON.parse((await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json'])).stdout) as { id: string; status: string }[];

@@ -14,36 +14,51 @@ function bartWithEnv(args: string[], env: Record<string, string>, uid?: { uid: n
   return run(process.execPath, [BART, ...args], { asTestUser: false, env: base, cwd: '/', ...(uid ?? {}) });
 }
 
-/** A valid bart.cfg body: [BART] then one server section; each case below breaks one line of it. */
-function validConfig(backupPath: string, logfile: string): string[] {
+/**
+ * A valid bart.cfg body: [BART] then one server section; each case below breaks one line of it. Every
+ * path BART would otherwise default (logfile, scanner_logfile, bart_socket_directory under /tmp) points
+ * into `dir`, so the result does not depend on what else is on the machine.
+ */
+function validConfig(dir: string, backupPath: string, logfile: string): string[] {
   return [
-    '[BART]', // 1
-    `bart_host = ${testUserName()}@127.0.0.1`, // 2
-    `backup_path = ${backupPath}`, // 3
-    `logfile = ${logfile}`, // 4
-    '', // 5
-    '[Acctg]', // 6
-    'host = 127.0.0.1', // 7
-    'port = 5444', // 8
-    'user = postgres', // 9
-    'cluster_owner = postgres', // 10
-    'description = "Accounting"', // 11
+    '[BART]',
+    `bart_host = ${testUserName()}@127.0.0.1`,
+    `backup_path = ${backupPath}`,
+    `logfile = ${logfile}`,
+    `scanner_logfile = ${join(dir, 'bart_scanner.log')}`,
+    `bart_socket_directory = ${dir}`,
+    '',
+    '[Acctg]',
+    'host = 127.0.0.1',
+    'port = 5444',
+    'user = postgres',
+    'cluster_owner = postgres',
+    'description = "Accounting"',
   ];
 }
 
 test('config: every bad bart.cfg gives ERROR: <file>:<line>: with the right line and a non-zero exit', async () => {
   const setup = createBartSetup();
   try {
-    const lines = validConfig(setup.backupPath, setup.logfile);
+    const lines = validConfig(setup.dir, setup.backupPath, setup.logfile);
+    // 1-based line numbers in the valid file: the server section, its port line, and a line appended at the end.
+    const section = lines.indexOf('[Acctg]') + 1;
+    const port = lines.indexOf('port = 5444') + 1;
+    const appended = lines.length + 1;
     const variants: Array<{ name: string; edit: (l: string[]) => string[]; line: number; says: RegExp }> = [
-      { name: 'unknown key', edit: (l) => [...l.slice(0, 8), 'colour = blue', ...l.slice(8)], line: 9, says: /unknown parameter "colour"/ },
-      { name: 'missing required key', edit: (l) => l.filter((x) => !x.startsWith('cluster_owner')), line: 6, says: /missing the required parameter "cluster_owner"/ },
-      { name: 'duplicate section (case-insensitive)', edit: (l) => [...l, '', '[ACCTG]', 'host = h', 'user = u', 'cluster_owner = c'], line: 13, says: /duplicate section \[ACCTG\].*line 6/ },
-      { name: 'retention_policy = 8 BACKUP', edit: (l) => [...l, 'retention_policy = 8 BACKUP'], line: 12, says: /retention_policy = "8 BACKUP" is invalid/ },
-      { name: 'port = abc', edit: (l) => l.map((x) => (x.startsWith('port') ? 'port = abc' : x)), line: 8, says: /port = "abc" is not a number/ },
-      { name: 'thread_count = 0', edit: (l) => [...l, 'thread_count = 0'], line: 12, says: /thread_count = 0 is out of range/ },
-      { name: 'backup_name over 49 characters', edit: (l) => [...l, `backup_name = ${'b'.repeat(50)}`], line: 12, says: /backup_name = "b{50}" is invalid/ },
-      { name: 'remote_host = nohost', edit: (l) => [...l, 'remote_host = nohost'], line: 12, says: /remote_host = "nohost" is invalid: expected user@host/ },
+      { name: 'unknown key', edit: (l) => [...l.slice(0, port), 'colour = blue', ...l.slice(port)], line: port + 1, says: /unknown parameter "colour"/ },
+      { name: 'missing required key', edit: (l) => l.filter((x) => !x.startsWith('cluster_owner')), line: section, says: /missing the required parameter "cluster_owner"/ },
+      {
+        name: 'duplicate section (case-insensitive)',
+        edit: (l) => [...l, '', '[ACCTG]', 'host = h', 'user = u', 'cluster_owner = c'],
+        line: appended + 1,
+        says: new RegExp(`duplicate section \\[ACCTG\\].*line ${section}\\b`),
+      },
+      { name: 'retention_policy = 8 BACKUP', edit: (l) => [...l, 'retention_policy = 8 BACKUP'], line: appended, says: /retention_policy = "8 BACKUP" is invalid/ },
+      { name: 'port = abc', edit: (l) => l.map((x) => (x.startsWith('port') ? 'port = abc' : x)), line: port, says: /port = "abc" is not a number/ },
+      { name: 'thread_count = 0', edit: (l) => [...l, 'thread_count = 0'], line: appended, says: /thread_count = 0 is out of range/ },
+      { name: 'backup_name over 49 characters', edit: (l) => [...l, `backup_name = ${'b'.repeat(50)}`], line: appended, says: /backup_name = "b{50}" is invalid/ },
+      { name: 'remote_host = nohost', edit: (l) => [...l, 'remote_host = nohost'], line: appended, says: /remote_host = "nohost" is invalid: expected user@host/ },
     ];
     // Each case gets its own file so the processes can run side by side.
     const results = await Promise.all(
@@ -120,7 +135,15 @@ test('config: bart started as a user other than root or the BART user refuses, n
   try {
     chmodSync(dir, 0o755);
     const cfg = join(dir, 'bart.cfg');
-    writeFileSync(cfg, `[BART]\nbart_host = ${testUserName()}@127.0.0.1\nbackup_path = ${join(dir, 'backups')}\nlogfile = ${join(dir, 'bart.log')}\n`);
+    writeFileSync(cfg, [
+      '[BART]',
+      `bart_host = ${testUserName()}@127.0.0.1`,
+      `backup_path = ${join(dir, 'backups')}`,
+      `logfile = ${join(dir, 'bart.log')}`,
+      `scanner_logfile = ${join(dir, 'bart_scanner.log')}`,
+      `bart_socket_directory = ${dir}`,
+      '',
+    ].join('\n'));
     chmodSync(cfg, 0o644);
     const r = await bartWithEnv(['-c', cfg, 'SHOW-SERVERS'], { HOME: '/' }, { uid: 65534, gid: 65534 });
     assert.notEqual(r.code, 0);

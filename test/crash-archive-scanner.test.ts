@@ -16,6 +16,7 @@ import type { TestCluster } from './harness/cluster.js';
 import { contentSnapshot, createIncrementalSource, restoreAndCheck, takeBackup } from './harness/incremental.js';
 import { freshPath, type RestoreSource } from './harness/restore.js';
 import { scannerPid } from './harness/scanner.js';
+import { waitFor } from './harness/wait.js';
 
 const version = versionsUnderTest()[0]!;
 const SEGMENT_RE = /^[0-9A-F]{24}$/;
@@ -71,14 +72,6 @@ function tempFiles(src: RestoreSource): string[] {
 function giveToTestUser(path: string): void {
   const ids = testUserIds();
   if (ids) chownSync(path, ids.uid, ids.gid);
-}
-
-async function waitFor(what: string, cond: () => boolean, seconds = 60): Promise<void> {
-  const until = Date.now() + seconds * 1000;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out after ${seconds} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 describe(`crash safety of ARCHIVE-PUSH and bart-scanner, PostgreSQL ${version}`, { concurrency: false }, () => {

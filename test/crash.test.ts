@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { versionsUnderTest, REPO_ROOT } from './harness/pg-binaries.js';
 import { removeTree, testUserIds, type RunResult } from './harness/os.js';
 import { prng as rng } from './harness/prng.js';
+import { waitFor } from './harness/wait.js';
 import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
 
 const version = versionsUnderTest()[0]!;
@@ -122,7 +123,7 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
     // While a BACKUP holds the lock, MANAGE -d refuses and names it; the dry run and -l still work.
     const running = bartProcess(src, ['BACKUP', '-s', src.server]);
     const lockPath = join(serverDir, 'backup.lock');
-    for (let i = 0; i < 400 && !existsSync(lockPath); i++) await new Promise((r) => setTimeout(r, 10));
+    await waitFor('BACKUP to take the lock', () => existsSync(lockPath), { timeoutMs: 60_000, intervalMs: 10 });
     const refused = await src.setup.bart(['MANAGE', '-s', src.server, '-d']);
     const listing = await src.setup.bart(['MANAGE', '-s', src.server, '-l']);
     const backup = await running.done;

@@ -6,22 +6,13 @@ import { createBartSetup, serverSection } from './harness/bart.js';
 import { TestCluster } from './harness/cluster.js';
 import { testUserIds } from './harness/os.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
+import { waitFor } from './harness/wait.js';
 
 /** NUMBER OF ARCHIVES from SHOW-SERVERS text output. */
 function archivesShown(stdout: string): number {
   const m = /^NUMBER OF ARCHIVES\s*: (\d+)$/m.exec(stdout);
   assert.ok(m, `no NUMBER OF ARCHIVES line in:\n${stdout}`);
   return Number(m[1]);
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, seconds = 30): Promise<T> {
-  const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 for (const version of versionsUnderTest()) {
@@ -81,13 +72,13 @@ for (const version of versionsUnderTest()) {
       const before = archivesShown((await setup.bart(['SHOW-SERVERS', '-s', 'prod'])).stdout);
       assert.ok(before >= 1, 'CHECK-CONFIG archived at least one segment');
       const walfile = await cluster.switchWal();
-      await waitFor(`${walfile} in the archive`, async () => {
+      await waitFor(`${walfile} in the archive`, () => {
         try {
-          return statSync(join(archiveDir, walfile)).isFile() ? true : undefined;
+          return statSync(join(archiveDir, walfile)).isFile();
         } catch {
-          return undefined;
+          return false;
         }
-      });
+      }, { timeoutMs: 30_000, intervalMs: 200 });
       const after = await setup.bart(['SHOW-SERVERS', '-s', 'prod']);
       assert.equal(after.code, 0, after.stderr);
       assert.equal(archivesShown(after.stdout), before + 1);

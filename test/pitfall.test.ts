@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { ChangeSet } from '../src/scanner/change-set.js';
 import { selectBlocks } from '../src/backup/incremental-backup.js';
+import { fileKey } from '../src/catalog/incremental-format.js';
 import type { RestoredState } from '../src/catalog/chain.js';
 import { forkKey } from '../src/scanner/modified-block-map.js';
 import { TestCluster } from './harness/cluster.js';
@@ -29,9 +30,9 @@ test('pitfall: relation files over 1 GB map block N to segment N / 131072 at off
   const seg = 131072 * 8192;
   const parent: RestoredState = {
     files: new Map([
-      ['base\0base/5/16384', { length: seg, mode: 0o600 }],
-      ['base\0base/5/16384.1', { length: seg, mode: 0o600 }],
-      ['base\0base/5/16384.2', { length: 4 * 8192, mode: 0o600 }],
+      [fileKey('base', 'base/5/16384'), { length: seg, mode: 0o600 }],
+      [fileKey('base', 'base/5/16384.1'), { length: seg, mode: 0o600 }],
+      [fileKey('base', 'base/5/16384.2'), { length: 4 * 8192, mode: 0o600 }],
     ]),
     others: new Map(),
     archives: new Map(),
@@ -48,11 +49,15 @@ test('pitfall: relation files over 1 GB map block N to segment N / 131072 at off
 });
 
 // Every row costs a restore: by default the newest version under test runs them (npm test stays
-// short); naming versions explicitly (PGBART_TEST_PG=15,17 or all) runs them on each.
+// short); naming versions explicitly (PGBART_TEST_PG=15,17 or all) runs them on each. The other
+// versions are registered as skipped, so the report shows they did not run.
 const pitfallVersions = process.env.PGBART_TEST_PG ? versionsUnderTest() : versionsUnderTest().slice(-1);
 
-for (const version of pitfallVersions) {
-  describe(`incremental pitfalls, PostgreSQL ${version}`, { concurrency: false }, () => {
+for (const version of versionsUnderTest()) {
+  const skip = pitfallVersions.includes(version)
+    ? false
+    : `by default the pitfall rows run on the newest version under test only; PGBART_TEST_PG=${version} runs them here`;
+  describe(`incremental pitfalls, PostgreSQL ${version}`, { concurrency: false, skip }, () => {
     let src: RestoreSource;
     let c: TestCluster;
     let parent = '';

@@ -13,7 +13,7 @@ import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { decodeWalFiles } from '../src/wal/decode-files.js';
 import { parseMbmFileName } from '../src/scanner/mbm-name.js';
 import { makeArchivedWal } from './harness/wal-fixture.js';
-import { waitFor } from './harness/wal-workload.js';
+import { waitFor } from './harness/wait.js';
 import { bartScanner, killScanner } from './harness/scanner.js';
 
 const SEG = 16 * 1024 * 1024;
@@ -112,7 +112,9 @@ test('bart-scanner: bad WAL files are refused with file and offset, no MBM; the 
     setup.writeConfig(readFileSync(setup.configPath, 'utf8') + '\n' + section('a', archA) + '\n' + section('b', archB));
     const started = await bartScanner(setup.configPath, ['--daemon']);
     assert.equal(started.code, 0, started.stderr);
-    await waitFor(() => mbms(archB).length === segs.length && mbms(archA).length === segs.length - 1, 30_000, 'MBMs of every good segment');
+    // Each good segment gets its MBM: all of B's, all but the bad one of A's.
+    const allGood = () => mbms(archB).length === segs.length && mbms(archA).length === segs.length - 1;
+    await waitFor('MBMs of every good segment', allGood, { timeoutMs: 30_000 });
     const segEndOf = (p: string) => (BigInt('0x' + basename(p).slice(16, 24)) + 1n) * BigInt(SEG);
     assert.ok(!mbms(archA).some((m) => parseMbmFileName(m)!.endLsn === segEndOf(victim)), 'no MBM for the corrupted segment');
     const log = readFileSync(join(setup.dir, 'bart_scanner.log'), 'utf8');

@@ -17,7 +17,8 @@ import { loadConfig } from '../src/config/parse-config.js';
 import { forkKey } from '../src/scanner/modified-block-map.js';
 import { parseLsn, type Lsn } from '../src/util/lsn.js';
 import { parseMbmFileName } from '../src/scanner/mbm-name.js';
-import { archiveCommand, runVariedWorkload, waitFor } from './harness/wal-workload.js';
+import { archiveCommand, runVariedWorkload } from './harness/wal-workload.js';
+import { waitFor } from './harness/wait.js';
 import { bartScanner, killScanner, scannerPid } from './harness/scanner.js';
 
 interface RelInfo { spc: number; db: number; rel: number }
@@ -41,10 +42,10 @@ async function insertLsn(c: TestCluster): Promise<Lsn> {
 /** Waits until the MBMs of [start, end) are complete, returns the merged change set. */
 async function waitChangeSet(archive: string, start: Lsn, end: Lsn, timeoutMs: number): Promise<ChangeSet> {
   let cs: ChangeSet | undefined;
-  await waitFor(async () => {
+  await waitFor(`MBMs covering ${start.toString(16)}..${end.toString(16)}`, async () => {
     cs = await loadChangeSet(archive, { timeline: 1, startLsn: start, endLsn: end });
     return cs.missingSegments.length === 0;
-  }, timeoutMs, `MBMs covering ${start.toString(16)}..${end.toString(16)} (missing: ${cs?.missingSegments.join(', ')})`);
+  }, { timeoutMs, details: () => `missing: ${cs?.missingSegments.join(', ')}` });
   return cs!;
 }
 
@@ -129,10 +130,10 @@ for (const version of versionsUnderTest()) {
         const pid = scannerPid(setup.dir);
         assert.ok(pid, 'pid file names a live process');
         process.kill(pid, 'SIGKILL');
-        await waitFor(() => scannerPid(setup.dir) === undefined, 10_000, 'scanner death');
+        await waitFor('scanner death', () => scannerPid(setup.dir) === undefined, { timeoutMs: 10_000 });
         const k = await touchRows(c, 83, 'k');
         const last = await c.switchWal();
-        await waitFor(() => existsSync(join(archive, last)), 30_000, `archiving of ${last}`);
+        await waitFor(`archiving of ${last}`, () => existsSync(join(archive, last)), { timeoutMs: 30_000 });
         const before = await loadChangeSet(archive, { timeline: 1, startLsn: k.start, endLsn: k.end });
         assert.ok(before.missingSegments.length > 0, 'nothing scans while the scanner is dead');
         const restarted = await bartScanner(setup.configPath, ['--daemon']);
@@ -179,7 +180,7 @@ for (const version of versionsUnderTest()) {
         await c.query(`UPDATE e2e_t SET pad = 'q' WHERE id % 73 = 0`);
         const q1 = await insertLsn(c);
         const lastSeg = await c.switchWal();
-        await waitFor(() => existsSync(join(archive, lastSeg)), 30_000, `archiving of ${lastSeg}`);
+        await waitFor(`archiving of ${lastSeg}`, () => existsSync(join(archive, lastSeg)), { timeoutMs: 30_000 });
         const local = await requestMbms(config, srv, { timeline: 1, startLsn: q0, endLsn: q1 }, 5);
         assert.equal(local.scannerRunning, false);
         assert.equal(local.complete, true, JSON.stringify(local));

@@ -12,7 +12,8 @@ import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { ensureMbms } from '../src/scanner/ensure-mbms.js';
 import { isBlockModified, loadChangeSet } from '../src/scanner/change-set.js';
 import { formatLsn, parseLsn, type Lsn } from '../src/util/lsn.js';
-import { archiveCommand, waitFor } from './harness/wal-workload.js';
+import { archiveCommand } from './harness/wal-workload.js';
+import { waitFor } from './harness/wait.js';
 
 async function lsn(c: TestCluster): Promise<Lsn> {
   return parseLsn(String(await c.scalar('SELECT pg_current_wal_insert_lsn()::text')));
@@ -44,7 +45,7 @@ test('scanner across a timeline switch: MBMs of timelines 1 and 2 merge along th
       await c.query(`SELECT pg_logical_emit_message(true, 'tl', repeat('M', ${boundary - here + 1024 * 1024}))`);
       // Archive recovery may delete completed segments the archiver had not sent yet: wait first.
       const complete = String(await c.scalar(`SELECT pg_walfile_name('${formatLsn(BigInt(here))}')`));
-      await waitFor(() => existsSync(join(archive, complete)), 30_000, `archiving of ${complete}`);
+      await waitFor(`archiving of ${complete}`, () => existsSync(join(archive, complete)), { timeoutMs: 30_000 });
       // Leave the last records of timeline 1 in a segment that is not complete (an immediate
       // stop does not switch segments, a clean one does when archiving): the switch happens in
       // its middle.
@@ -54,20 +55,25 @@ test('scanner across a timeline switch: MBMs of timelines 1 and 2 merge along th
       if (ids) chownSync(join(c.dataDir, 'recovery.signal'), ids.uid, ids.gid);
       c.writeConf({ restore_command: `'cp ${archive}/%f %p'` });
       await c.start();
-      await waitFor(async () => (await c.scalar('SELECT pg_is_in_recovery()')) === false, 30_000, 'promotion');
+      const promoted = async () => (await c.scalar('SELECT pg_is_in_recovery()')) === false;
+      await waitFor('promotion', promoted, { timeoutMs: 30_000 });
       const tli = Number(await c.scalar('SELECT timeline_id FROM pg_control_checkpoint()'));
       assert.equal(tli, 2);
       await c.query(`UPDATE tl SET pad = 'after' WHERE id % 59 = 0`);
       const after = await blocks(c, 'id % 59 = 0');
       const end = await lsn(c);
       const last = await c.switchWal();
-      await waitFor(() => existsSync(join(archive, last)) && existsSync(join(archive, '00000002.history')), 30_000, `archiving of ${last}`);
+      const archived = () => existsSync(join(archive, last)) && existsSync(join(archive, '00000002.history'));
+      await waitFor(`archiving of ${last}`, archived, { timeoutMs: 30_000 });
 
       const req = { timeline: 2, startLsn: start, endLsn: end };
       // The archiver sends the old timeline's last complete segment after the crash in no
       // particular order: wait until everything the range needs is there and scanned.
       let ensured = await ensureMbms(archive, req);
-      await waitFor(async () => (ensured = await ensureMbms(archive, req)).complete, 30_000, `MBMs of the range (${JSON.stringify(ensured)})`);
+      await waitFor('MBMs of the range', async () => (ensured = await ensureMbms(archive, req)).complete, {
+        timeoutMs: 30_000,
+        details: () => JSON.stringify(ensured),
+      });
       assert.deepEqual(ensured.errors, []);
       const cs = await loadChangeSet(archive, req);
       assert.deepEqual(cs.missingSegments, []);

@@ -16,7 +16,8 @@ import { collectEvents, mayCarryEvent, type RelFileId, type WalEvent } from '../
 import { FORK_NAMES } from '../src/wal/constants.js';
 import { lsnText } from '../src/wal/decoder.js';
 import { formatLsn, parseLsn } from '../src/util/lsn.js';
-import { archiveCommand, inDir, runVariedWorkload, waitFor, walFileNames } from './harness/wal-workload.js';
+import { archiveCommand, inDir, runVariedWorkload, walFileNames } from './harness/wal-workload.js';
+import { waitFor } from './harness/wait.js';
 
 /** One record as "LSN|blkref;blkref..." in pg_waldump's notation. */
 function waldumpRecords(output: string): string[] {
@@ -105,7 +106,7 @@ test('wal decoder: records and block references equal pg_waldump (PostgreSQL 15,
       const methods = await runVariedWorkload(cluster, join(tsDir, 'ts'), { bigRecords: true });
       assert.ok(methods.includes('lz4') && methods.includes('zstd'), 'Debian PostgreSQL 15 offers lz4 and zstd WAL compression');
       const last = await cluster.switchWal();
-      await waitFor(() => readdirSync(archive).includes(last), 60_000, `archiving of ${last}`);
+      await waitFor(`archiving of ${last}`, () => readdirSync(archive).includes(last), { timeoutMs: 60_000 });
     });
     const names = walFileNames(readdirSync(archive));
     assert.ok(names.length >= 3, `expected several archived segments, got ${names.length}`);

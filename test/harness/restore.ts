@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { createBartSetup, serverSection, type BartSetup } from './bart.js';
 import { TestCluster } from './cluster.js';
 import { makeTempDir, removeTree, testUserIds, type RunResult } from './os.js';
+import { waitFor } from './wait.js';
 
 /** A cluster archiving into a bart catalog (plain `cp`, so these tests need no INIT), and its bart.cfg. */
 export interface RestoreSource {
@@ -61,11 +62,7 @@ export async function createRestoreSource(version: number, server = 'src'): Prom
       return setup.bart(['RESTORE', '-s', server, ...args]);
     },
     async waitArchived(walfile) {
-      const deadline = Date.now() + 60_000;
-      while (!existsSync(join(archivePath, walfile))) {
-        if (Date.now() > deadline) throw new Error(`${walfile} was not archived within 60 s`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await waitFor(`${walfile} to be archived`, () => existsSync(join(archivePath, walfile)), { timeoutMs: 60_000 });
     },
     async archiveCurrentWal(c = cluster) {
       await source.waitArchived(await c.switchWal());
@@ -115,18 +112,17 @@ export async function batches(cluster: TestCluster): Promise<number[]> {
 
 /** Waits until a restored cluster has finished recovery and accepts writes. */
 export async function waitPromoted(cluster: TestCluster): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  while ((await cluster.scalar('SELECT pg_is_in_recovery()')) === true) {
-    if (Date.now() > deadline) throw new Error(`still in recovery after 60 s\n${cluster.logTail()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await waitFor('the end of recovery', async () => (await cluster.scalar('SELECT pg_is_in_recovery()')) !== true, {
+    timeoutMs: 60_000,
+    details: () => cluster.logTail(),
+  });
 }
 
 /** Waits until recovery has paused at its target (recovery_target_action = pause). */
 export async function waitPaused(cluster: TestCluster): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  while ((await cluster.scalar('SELECT pg_get_wal_replay_pause_state()')) !== 'paused') {
-    if (Date.now() > deadline) throw new Error(`recovery did not pause within 60 s\n${cluster.logTail()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  const paused = async () => (await cluster.scalar('SELECT pg_get_wal_replay_pause_state()')) === 'paused';
+  await waitFor('recovery to pause', paused, {
+    timeoutMs: 60_000,
+    details: () => cluster.logTail(),
+  });
 }

@@ -4,7 +4,8 @@
  */
 import { readdirSync } from 'node:fs';
 import { withCluster } from './cluster.js';
-import { archiveCommand, inDir, waitFor, walFileNames } from './wal-workload.js';
+import { archiveCommand, inDir, walFileNames } from './wal-workload.js';
+import { waitFor } from './wait.js';
 
 /** Archives at least `segments` complete segments into `archive`; returns their paths, in order. */
 export async function makeArchivedWal(archive: string, segments: number): Promise<string[]> {
@@ -17,7 +18,7 @@ export async function makeArchivedWal(archive: string, segments: number): Promis
       if (i % 2 === 1) await c.query('CHECKPOINT');
       last = await c.switchWal();
     }
-    await waitFor(() => readdirSync(archive).includes(last), 60_000, `archiving of ${last}`);
+    await waitFor(`archiving of ${last}`, () => readdirSync(archive).includes(last), { timeoutMs: 60_000 });
   });
   return inDir(archive, walFileNames(readdirSync(archive)));
 }

@@ -111,16 +111,6 @@ export function walFileNames(names: readonly string[]): string[] {
   return names.filter((n) => /^[0-9A-F]{24}$/.test(n)).sort();
 }
 
-/** Waits until `pred` holds, polling; throws with `what` after `timeoutMs`. */
-export async function waitFor(pred: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (await pred()) return;
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 /** Joins a directory and names. */
 export function inDir(dir: string, names: readonly string[]): string[] {
   return names.map((n) => join(dir, n));
