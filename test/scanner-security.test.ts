@@ -15,7 +15,7 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { createBartSetup, type BartSetup } from './harness/bart.js';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
-import { waitFor } from './harness/wal-workload.js';
+import { waitFor } from './harness/wait.js';
 import { bartScanner, killScanner, scannerPid } from './harness/scanner.js';
 import { REPO_ROOT } from './harness/pg-binaries.js';
 import { loadConfig } from '../src/config/parse-config.js';
@@ -70,7 +70,7 @@ test(PID_OF_OTHER, { skip: needsRoot }, async () => {
   const setup = createBartSetup();
   const child = sleeper();
   try {
-    await waitFor(() => child.pid !== undefined && alive(child.pid), 5000, 'sleep child');
+    await waitFor('sleep child', () => child.pid !== undefined && alive(child.pid), { timeoutMs: 5000 });
     writePidFile(setup, child.pid!, 'bart', 0o600);
     for (const action of ['RELOAD', 'STOP']) {
       const r = await bartScanner(setup.configPath, [action]);
@@ -179,12 +179,12 @@ test(FOREGROUND, { skip: needsRoot }, async () => {
   const bin = join(REPO_ROOT, 'bin', 'bart-scanner.js');
   const fg = spawn(process.execPath, [bin, '-c', setup.configPath], { stdio: 'ignore' });
   try {
-    await waitFor(() => scannerPid(setup.dir) === fg.pid, 15_000, 'the foreground scanner');
+    await waitFor('the foreground scanner', () => scannerPid(setup.dir) === fg.pid, { timeoutMs: 15_000 });
     const uidLine = new RegExp(`^Uid:\\s+${ids!.uid}\\s+${ids!.uid}\\s`, 'm');
     assert.match(readFileSync(`/proc/${fg.pid}/status`, 'utf8'), uidLine, 'runs as the BART user');
     const r = await bartScanner(setup.configPath, ['STOP']);
     assert.equal(r.code, 0, r.stderr);
-    await waitFor(() => fg.exitCode !== null, 10_000, 'exit');
+    await waitFor('exit', () => fg.exitCode !== null, { timeoutMs: 10_000 });
     assert.equal(fg.exitCode, 0);
   } finally {
     fg.kill('SIGKILL');
