@@ -1,3 +1,5 @@
+// Benchmark: settings, data load, timing helpers and pgbackrest setup shared by every benchmark script.
+
 import { execFileSync } from 'node:child_process';
 import { chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

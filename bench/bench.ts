@@ -1,3 +1,5 @@
+// Benchmark: npm run bench, backup timed against pg_basebackup and pgbackrest, then the restore and scanner parts.
+
 /**
  * npm run bench — one ~3 GB cluster (pgbench -i -s 100 plus the same size of random data), and on
  * it, in the same run: BACKUP timed against pg_basebackup and pgbackrest (bench/results/<date>-backup.md),

@@ -1,3 +1,5 @@
+// Benchmark: incremental backup time and size against the full backup and pgbackrest --type=incr.
+
 /**
  * Incremental backup benchmark (part `incremental` of npm run bench): on the benchmark cluster,
  * a full backup, then about 1% of the cluster's blocks changed by random updates, then an

@@ -1,3 +1,5 @@
+// Benchmark: RESTORE timed against pgbackrest restore and tar -x of a pg_basebackup tar.
+
 /**
  * Restore benchmark: part of `npm run bench` (bench.ts calls {@link restoreBench} on its loaded cluster),
  * or alone with `node dist/bench/restore-bench.js`. Times `bart RESTORE` (1 and 2 workers) of the same kinds of backups

@@ -1,3 +1,5 @@
+// Benchmark: WAL decoding throughput of the scanner against pg_waldump --stats=record.
+
 /**
  * Scanner benchmark: WAL decoding throughput of pgbart (CRC-32C verified) against
  * `pg_waldump --stats=record` on the same files in the same run, on two ranges of archived WAL:

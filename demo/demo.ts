@@ -1,3 +1,5 @@
+// Demo: npm run demo, a guided run of every bart command on a throwaway local PostgreSQL cluster.
+
 /**
  * `npm run demo`: a guided run of pgbart on a throwaway local PostgreSQL 15 cluster. It writes a
  * bart.cfg, then runs each `bart` command a DBA would, printing the command and what it shows.

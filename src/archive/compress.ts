@@ -1,3 +1,5 @@
+// WAL archive compression: MANAGE's gzip of complete archived segments old enough to be finished.
+
 import { createReadStream, createWriteStream } from 'node:fs';
 import { open, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';

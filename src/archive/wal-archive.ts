@@ -1,3 +1,5 @@
+// WAL archive: storing and fetching archived WAL files atomically, idempotently and gzip-aware.
+
 import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
 import { link, lstat, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';

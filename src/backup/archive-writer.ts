@@ -1,3 +1,5 @@
+// Archive writer: the interface, settings and shared helpers of the writers that store a backup's files.
+
 import type { Hash } from 'node:crypto';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import type { CompressionMethod } from '../storage/compression.js';

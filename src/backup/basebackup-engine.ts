@@ -1,3 +1,5 @@
+// Backup engine (pg_basebackup): a full backup taken by running pg_basebackup into the catalog.
+
 import { execFile, spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { readFile, readdir, rename, rmdir, stat, symlink, unlink } from 'node:fs/promises';

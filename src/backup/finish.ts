@@ -1,3 +1,5 @@
+// Backup end: stop files, WAL from start to stop, closed archives and backupinfo, shared by full and incremental.
+
 /**
  * The end of every native backup, full or incremental, once its data files are written: the
  * backup_label and tablespace_map that pg_backup_stop returned, the WAL from start to stop (which

@@ -1,3 +1,5 @@
+// Backup engine: a full backup of a data directory and its tablespaces with the native engine.
+
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';

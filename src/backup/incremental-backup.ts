@@ -1,3 +1,5 @@
+// Incremental backup: parent checks, block selection from the change set, and the incremental backup itself.
+
 import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';

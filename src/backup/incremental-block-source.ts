@@ -1,3 +1,5 @@
+// Incremental backup: a data host that shows each file as its selected blocks, read in batches.
+
 import { crc32c } from '@node-rs/crc32';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import { runBlocks } from '../catalog/incremental-format.js';

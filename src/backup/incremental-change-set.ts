@@ -1,3 +1,5 @@
+// Incremental backup: the change set since the parent, gathered from the MBMs of the archived WAL range.
+
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { describeMissing, loadChangeSet, type ChangeSet } from '../scanner/change-set.js';
 import { ensureMbms } from '../scanner/ensure-mbms.js';

@@ -1,3 +1,5 @@
+// PostgreSQL backup manifest: a backup_manifest written as files are stored, for pg_verifybackup.
+
 import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';

@@ -1,3 +1,5 @@
+// Archive writer (plain): one archive as a directory tree, each file stored and compressed on its own.
+
 import { chmod, mkdir, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { HostEntry } from '../hosts/data-host.js';

@@ -1,3 +1,5 @@
+// Archive writer (tar): one tar archive as independently compressed units, with each entry's stored offset.
+
 import type { HostEntry } from '../hosts/data-host.js';
 import type { RepositoryOutput } from '../storage/repository.js';
 import { artifactHasher, createChecksum, type ManifestFileEntry } from '../catalog/manifest.js';

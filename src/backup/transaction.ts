@@ -1,3 +1,5 @@
+// Backup transaction: server facts, the <id>.partial lifecycle and archived-WAL waits shared by every backup.
+
 import { existsSync, rmSync } from 'node:fs';
 import { mkdir, open, rename, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';

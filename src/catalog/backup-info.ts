@@ -1,3 +1,5 @@
+// Backup info: the backupinfo file of a backup, its fields and statuses, rendered, parsed, read and written.
+
 import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { CompressionMethod } from '../storage/compression.js';

@@ -1,3 +1,5 @@
+// Catalog: the backups of a server, listed oldest first, complete or partial, and found by id or name.
+
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';

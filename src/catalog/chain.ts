@@ -1,3 +1,5 @@
+// Backup chain: whether an incremental's ancestors are whole, the chain resolved, and its restored state.
+
 import { join } from 'node:path';
 import type { ServerConfig } from '../config/types.js';
 import { BartError, errorMessage } from '../util/errors.js';

@@ -1,3 +1,5 @@
+// Incremental format: block runs and CRCs of a block-level incremental file, and relation file paths.
+
 import type { ManifestFileEntry } from './manifest.js';
 
 

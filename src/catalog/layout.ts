@@ -1,3 +1,5 @@
+// Catalog layout: where a server's catalog, its backup directories and their files live.
+
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 

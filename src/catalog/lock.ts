@@ -1,3 +1,5 @@
+// Catalog lock: the one lock every command takes on a server's catalog, and restore readers.
+
 import { link, open, readdir, readFile, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';

@@ -1,3 +1,5 @@
+// Manifest: a backup's manifest.jsonl, one JSON line per file and artifact, hashed, streamed in and out.
+
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';

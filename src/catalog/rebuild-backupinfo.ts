@@ -1,3 +1,5 @@
+// Backup info rebuild: INIT -r, backupinfo files rebuilt from each backup's verified manifest.
+
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';

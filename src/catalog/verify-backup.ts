@@ -1,3 +1,5 @@
+// Backup verification: every checksum of a backup recomputed, manifest, artifacts and file contents.
+
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';

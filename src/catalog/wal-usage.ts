@@ -1,3 +1,5 @@
+// WAL usage: the archived WAL each backup's recovery window uses, as SHOW-BACKUPS reports it.
+
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';

@@ -1,3 +1,5 @@
+// CLI: the bart-scanner program, run the scanner daemon, signal it, scan one WAL file or print an MBM.
+
 /**
  * bart-scanner: writes a modified block map (MBM) for every archived WAL segment of the servers
  * with allow_incremental_backups = enabled.

@@ -1,3 +1,5 @@
+// CLI: the bart program, its subcommands and options parsed with commander and dispatched.
+
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { bootstrap, installCrashGuard } from './bootstrap.js';

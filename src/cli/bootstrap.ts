@@ -1,3 +1,5 @@
+// CLI bootstrap: how bart and bart-scanner start, config found, BART user taken and log opened.
+
 import { loadConfig } from '../config/parse-config.js';
 import { locateConfig } from '../config/locate-config.js';
 import type { BartConfig } from '../config/types.js';

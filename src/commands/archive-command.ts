@@ -1,3 +1,5 @@
+// Archive command: the archive_command INIT sets and CHECK-CONFIG expects, template expanded.
+
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { bartScriptPath } from '../util/bart-binary.js';
 import { quoteForPostgresCommand } from '../util/shell-quote.js';

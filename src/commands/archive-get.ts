@@ -1,3 +1,5 @@
+// Command: ARCHIVE-GET, one WAL file fetched from the archive for restore_command.
+
 import { getWalFile } from '../archive/wal-archive.js';
 import { log } from '../util/log.js';
 import { selectOneServer, type CommandContext } from './context.js';

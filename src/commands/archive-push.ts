@@ -1,3 +1,5 @@
+// Command: ARCHIVE-PUSH, one WAL file stored in the archive for archive_command.
+
 import { pushWalFile } from '../archive/wal-archive.js';
 import { log } from '../util/log.js';
 import { selectOneServer, type CommandContext } from './context.js';

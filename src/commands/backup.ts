@@ -1,3 +1,5 @@
+// Command: BACKUP, options resolved and the full, incremental or pg_basebackup engine run.
+
 import { backupNameProblem, expandBackupName } from '../config/backup-name.js';
 import type { ServerConfig } from '../config/types.js';
 import { renderBackupInfo, type ChecksumAlgorithm } from '../catalog/backup-info.js';

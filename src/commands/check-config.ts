@@ -1,3 +1,5 @@
+// Command: CHECK-CONFIG, each server's configuration, connections, archiving and scanner checked.
+
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, mkdtemp, open, rm, stat, unlink } from 'node:fs/promises';

@@ -1,3 +1,5 @@
+// Command context: what every command receives, and -s NAME|all resolved to servers.
+
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { BartError } from '../util/errors.js';
 

@@ -1,3 +1,5 @@
+// Command: DELETE, backups and their incremental descendants removed from the catalog, keep exempt.
+
 import { acquireServerLock } from '../catalog/lock.js';
 import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { serverCatalogDir } from '../catalog/layout.js';

@@ -1,3 +1,5 @@
+// Command: INIT -r, backupinfo files rebuilt from manifests under the server lock.
+
 import { acquireServerLock } from '../catalog/lock.js';
 import { serverCatalogDir } from '../catalog/layout.js';
 import { rebuildBackupInfos } from '../catalog/rebuild-backupinfo.js';

@@ -1,3 +1,5 @@
+// Command: INIT, catalog directories created and the server's WAL archiving configured.
+
 import { constants } from 'node:fs';
 import { access, chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';

@@ -1,3 +1,5 @@
+// Command: MANAGE -l, the obsolete backups, WAL and leftovers of a server listed as text or JSON.
+
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { formatRetentionPolicy } from '../config/retention-policy.js';
 import { listBackups } from '../catalog/catalog.js';

@@ -1,3 +1,5 @@
+// Command: MANAGE, retention marking, WAL compression, -l/-d of obsolete backups and keep/nokeep.
+
 import type { ServerConfig } from '../config/types.js';
 import { formatRetentionPolicy } from '../config/retention-policy.js';
 import { writeBackupInfo } from '../catalog/backup-info.js';

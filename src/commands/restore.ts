@@ -1,3 +1,5 @@
+// Command: RESTORE, options resolved and a backup or incremental chain restored to a path, local or remote.
+
 import { resolve } from 'node:path';
 import { openRestoreTarget } from '../hosts/restore-target-for-spec.js';
 import type { TargetOptions } from '../restore/recovery-target.js';

@@ -1,3 +1,5 @@
+// Command: SHOW-BACKUPS, the backups of each server as BART's table, detail blocks or JSON.
+
 import type { ServerConfig } from '../config/types.js';
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { walUsageByBackup, type BackupWalUsage } from '../catalog/wal-usage.js';

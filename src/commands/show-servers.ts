@@ -1,3 +1,5 @@
+// Command: SHOW-SERVERS, each server's settings, disk use and archiving reported as text or JSON.
+
 import { join, relative, isAbsolute } from 'node:path';
 import { diskUsage } from '../util/disk-usage.js';
 import { countArchivedSegments } from '../archive/wal-archive.js';

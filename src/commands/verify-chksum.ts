@@ -1,3 +1,5 @@
+// Command: VERIFY-CHKSUM, every checksum of the selected backups recomputed and reported.
+
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { BACKUPINFO_FILE } from '../catalog/layout.js';
 import { chainProblem } from '../catalog/chain.js';

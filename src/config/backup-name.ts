@@ -1,3 +1,5 @@
+// Configuration: backup name templates checked and expanded (%year ... %second).
+
 /** Longest backup name BART accepts, before and after template expansion. */
 export const MAX_BACKUP_NAME_LENGTH = 49;
 

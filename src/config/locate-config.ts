@@ -1,3 +1,5 @@
+// Configuration: which bart.cfg to read, -c, $BART_CONFIG, /etc/bart.cfg or $BART_HOME.
+
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BartError } from '../util/errors.js';

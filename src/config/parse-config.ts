@@ -1,3 +1,5 @@
+// Configuration: bart.cfg parsed and validated, every parameter, its scope and its check.
+
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';

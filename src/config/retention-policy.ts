@@ -1,3 +1,5 @@
+// Configuration: retention_policy parsed and formatted (N BACKUPS|DAYS|WEEKS|MONTHS or none).
+
 import type { RetentionPolicy } from './types.js';
 
 /** Parses `N BACKUPS|DAYS|WEEKS|MONTHS`, a bare N (= backups) or `none`; undefined when malformed. */

@@ -1,3 +1,5 @@
+// Configuration types: the validated bart.cfg, global and per-server settings.
+
 /** A `user@host` pair as written in bart_host and remote_host. */
 export interface UserAtHost {
   user: string;

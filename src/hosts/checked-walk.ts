@@ -1,4 +1,4 @@
-// Listings of a data directory, checked where they enter the BART host (the untrusted-path boundary).
+// Data host listing: a data directory walk checked where it enters the BART host (untrusted paths).
 
 import { checkAbsolutePath, checkPrintable, TreeShapeCheck } from '../util/untrusted-path.js';
 import { BartError } from '../util/errors.js';

@@ -1,3 +1,5 @@
+// Data host: the interface through which backups list and read a data directory on some host.
+
 /** One entry of a data directory listing, relative to the directory walked. */
 export interface HostEntry {
   /** POSIX relative path, e.g. `base/5/16384`. */

@@ -1,3 +1,5 @@
+// Data host choice: the host of a server's data directory, this one or remote_host over ssh.
+
 import type { ServerConfig } from '../config/types.js';
 import type { DataHost } from './data-host.js';
 import { LocalHost } from './local/data-host.js';

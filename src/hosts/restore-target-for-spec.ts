@@ -1,4 +1,5 @@
-// Hosts layer: building the RestoreTarget that a restore writes to (local or ssh driver).
+// Restore target choice: the target RESTORE writes to, local or ssh, opened or rebuilt from its spec.
+
 import { LocalRestoreTarget } from './local/restore-target.js';
 import { parseRemoteDestination, SshRestoreTarget } from './ssh/restore-target.js';
 import type { RestoreTarget, RestoreTargetSpec } from './restore-target.js';

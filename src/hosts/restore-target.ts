@@ -1,3 +1,5 @@
+// Restore target: the interface through which RESTORE writes a cluster to this host or over ssh.
+
 /**
  * Where RESTORE writes a cluster: this host (direct file access, LocalRestoreTarget) or another
  * host over ssh (SshRestoreTarget). The restore engine and the incremental patching only talk to

@@ -1,3 +1,5 @@
+// PostgreSQL backup session: pg_backup_start and pg_backup_stop held in one session, backup_label parsed.
+
 import type pg from 'pg';
 import { BartError, errorMessage } from '../util/errors.js';
 import { backupStartSql, backupStopSql } from './server-version.js';

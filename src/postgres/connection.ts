@@ -1,3 +1,5 @@
+// PostgreSQL connection: connecting with one-line errors, one-shot connections and single-value queries.
+
 import pg from 'pg';
 import { BartError, errorMessage } from '../util/errors.js';
 

@@ -1,3 +1,5 @@
+// PostgreSQL constants: block and relation segment sizes, fork numbers and WAL segment size limits.
+
 /**
  * Compile-time constants of PostgreSQL that pgbart relies on (pg_config.h, common/relpath.h,
  * access/xlog_internal.h). pgbart supports the default build's block sizes only; WAL record-format

@@ -1,3 +1,5 @@
+// PostgreSQL data directory: what a base backup leaves out, unlogged relations and temp files included.
+
 import type { HostEntry } from '../hosts/data-host.js';
 
 /**

@@ -1,3 +1,5 @@
+// PostgreSQL recovery settings: a restored cluster's recovery target, restore_command and signal file.
+
 /**
  * Recovery settings of a restored cluster. PostgreSQL 12 and later (all pgbart supports, 13-18)
  * read them from the ordinary configuration (we write postgresql.auto.conf) and start recovery when

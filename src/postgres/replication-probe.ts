@@ -1,3 +1,5 @@
+// PostgreSQL replication probe: a physical replication connection opened to run IDENTIFY_SYSTEM.
+
 import pg from 'pg';
 import { errorMessage } from '../util/errors.js';
 

@@ -1,3 +1,5 @@
+// PostgreSQL settings: archiving settings and role attributes read, ALTER SYSTEM and reload.
+
 import type pg from 'pg';
 import { queryValue } from './connection.js';
 

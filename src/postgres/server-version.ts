@@ -1,3 +1,5 @@
+// PostgreSQL version: supported major versions checked, and the backup start and stop SQL for each.
+
 import type pg from 'pg';
 import { BartError } from '../util/errors.js';
 import { queryValue } from './connection.js';

@@ -1,3 +1,5 @@
+// WAL streamer: WAL received over a physical replication connection while a backup runs (xlog_method = stream).
+
 import { closeSync, ftruncateSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';

@@ -1,3 +1,5 @@
+// Restore engine: a restore plan run, directories and links here, file tasks in worker threads.
+
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';

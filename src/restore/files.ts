@@ -1,4 +1,5 @@
-// Restore phase: writing the files: the backup (through its incremental chain), WAL for -c, ownership.
+// Restore phase: writing the files, the backup through its incremental chain, WAL for -c, ownership.
+
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { CatalogEntry } from '../catalog/catalog.js';
 import type { ServerConfig } from '../config/types.js';

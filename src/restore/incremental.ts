@@ -1,3 +1,5 @@
+// Restore of incrementals: each incremental of a chain applied on top of the restored full backup.
+
 import { crc32c } from '@node-rs/crc32';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';

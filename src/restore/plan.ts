@@ -1,3 +1,5 @@
+// Restore plan: a read-only scan of a backup's manifest, then the directories, links and file tasks to restore.
+
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compressionExtension, type CompressionMethod } from '../storage/compression.js';

@@ -1,3 +1,5 @@
+// Restore reader: one restore task's files read from a tar range or plain files, verified and written.
+
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RestoreTarget, TargetFileWriter } from '../hosts/restore-target.js';

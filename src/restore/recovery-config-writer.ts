@@ -1,4 +1,5 @@
-// Restore phase: writing the recovery configuration (restore_command, targets, signal file) of the restored cluster.
+// Restore phase: the recovery configuration of the restored cluster, restore_command, target, signal file.
+
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BackupInfo } from '../catalog/backup-info.js';

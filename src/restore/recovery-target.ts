@@ -1,3 +1,5 @@
+// Recovery target: RESTORE's target options parsed and checked against the backup and timeline history.
+
 import { readFile } from 'node:fs/promises';
 import { gunzipSync } from 'node:zlib';
 import { requireConfSafe, type RecoveryTarget } from '../postgres/recovery-config.js';

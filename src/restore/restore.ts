@@ -1,4 +1,5 @@
-// Restore: the one entry point, running the phases in order and rolling back when one fails.
+// Restore: the one entry point, running the restore phases in order and rolling back when one fails.
+
 import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';

@@ -1,4 +1,5 @@
-// Restore phase: cleaning up on failure, so a failed or interrupted restore leaves every root as it was.
+// Restore phase: cleanup on failure, so a failed or interrupted restore leaves every root as it was.
+
 import { join, relative, sep } from 'node:path';
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { BartError, errorMessage } from '../util/errors.js';

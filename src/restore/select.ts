@@ -1,4 +1,5 @@
 // Restore phase: choosing the backup or incremental chain to restore.
+
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { findBackup, latestBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { resolveChain } from '../catalog/chain.js';

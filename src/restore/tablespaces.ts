@@ -1,4 +1,5 @@
-// Restore phase: remapping tablespaces (--tablespace-map, tablespace_path) and the places a restore writes to.
+// Restore phase: tablespaces remapped (--tablespace-map, tablespace_path) and the roots a restore writes to.
+
 import { isAbsolute, join, relative } from 'node:path';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import type { ServerConfig } from '../config/types.js';

@@ -1,3 +1,5 @@
+// Tar reader: a pull-based byte reader over decoded tar streams, and the reading of entry headers, for RESTORE.
+
 /**
  * Reading a tar stream for RESTORE: a pull-based byte reader over decoded chunks (so file data is
  * passed on in the chunks it arrives in, never buffered whole), and the loop that reads an entry's

@@ -1,4 +1,5 @@
-// Restore phase: the checks made before the first byte is written (target, backups, restore roots, free space).
+// Restore phase: the checks made before the first byte is written, target, backups, roots, free space.
+
 import type { BackupInfo } from '../catalog/backup-info.js';
 import type { CatalogEntry } from '../catalog/catalog.js';
 import { readRestoredState } from '../catalog/chain.js';

@@ -1,3 +1,5 @@
+// Restore WAL: RESTORE -c, the archived WAL a restore can need selected, sized and copied.
+
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';

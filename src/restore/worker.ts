@@ -1,3 +1,5 @@
+// Restore worker: a worker thread running restore tasks against the restore target it is handed.
+
 import { parentPort } from 'node:worker_threads';
 import { restoreTargetFromSpec } from '../hosts/restore-target-for-spec.js';
 import type { RestoreTargetSpec } from '../hosts/restore-target.js';

@@ -1,3 +1,5 @@
+// Retention clock: the instant retention policies are measured from, fixed by PGBART_NOW in tests.
+
 import { BartError } from '../util/errors.js';
 
 /** Environment variable that fixes "now" for retention decisions. */

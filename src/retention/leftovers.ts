@@ -1,3 +1,5 @@
+// Retention leftovers: failed backups, half-deleted backups and temp files left by crashed commands.
+
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';

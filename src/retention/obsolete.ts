@@ -1,3 +1,5 @@
+// Retention removal: obsolete backups and the archived WAL they alone needed removed from the catalog.
+
 import { rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';

@@ -1,3 +1,5 @@
+// Retention: which backups a retention policy marks obsolete, incremental chains following their full backup.
+
 import type { RetentionPolicy } from '../config/types.js';
 import type { BackupStatus } from '../catalog/backup-info.js';
 

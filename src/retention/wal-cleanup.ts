@@ -1,3 +1,5 @@
+// Retention of WAL: which archived WAL files no remaining backup needs and can be deleted.
+
 import { parseMbmFileName } from '../scanner/mbm-name.js';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
 import { GZIP_SUFFIX } from '../catalog/layout.js';

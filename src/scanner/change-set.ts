@@ -1,3 +1,5 @@
+// Change set: the MBMs of an LSN range merged into what an incremental backup must copy.
+
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { unlink } from 'node:fs/promises';

@@ -1,3 +1,5 @@
+// Scanner client: requests to the bart-scanner socket, ping and ensure the MBMs of an LSN range.
+
 import { createConnection } from 'node:net';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';

@@ -1,3 +1,5 @@
+// Scanner daemon: each server's archive watched and every new WAL segment scanned into an MBM.
+
 import { watch, type FSWatcher } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { chmod, readdir, stat, unlink } from 'node:fs/promises';

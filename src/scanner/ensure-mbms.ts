@@ -1,3 +1,5 @@
+// Scanner: every WAL segment of an LSN range given its MBM, scanning the ones that lack it.
+
 import { errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { indexMbmFiles, segmentsOfRange, type ChangeSetRequest } from './change-set.js';

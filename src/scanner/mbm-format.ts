@@ -1,3 +1,5 @@
+// MBM format: the binary modified block map file, version 1, encoded, decoded and read.
+
 import { readFile } from 'node:fs/promises';
 import { BartError } from '../util/errors.js';
 import { crc32cRange } from '../wal/crc32c.js';

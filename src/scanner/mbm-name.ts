@@ -1,3 +1,5 @@
+// MBM name: an MBM's file name, timeline and start and end LSN, built and parsed.
+
 import { basename } from 'node:path';
 
 /**

@@ -1,3 +1,5 @@
+// MBM printing: bart-scanner -p, a modified block map shown as text or JSON.
+
 import { formatLsn } from '../util/lsn.js';
 import { FORK_NAMES } from '../postgres/constants.js';
 import type { MbmEvent, ModifiedBlockMap } from './modified-block-map.js';

@@ -1,3 +1,5 @@
+// Modified block map: the blocks and events one WAL range changed, per relation fork, and its builder.
+
 import {
   BLOCK_SIZE, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, PAGE_HEADER_SIZE, VISIBILITYMAP_FORKNUM,
 } from '../postgres/constants.js';

@@ -1,3 +1,5 @@
+// Scanner paths: the directory of the bart-scanner socket and pid file, and their names.
+
 import { chmodSync, lstatSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BartConfig } from '../config/types.js';

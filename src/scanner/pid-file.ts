@@ -1,3 +1,5 @@
+// Scanner pid file: the bart-scanner pid file, read as untrusted input, created and removed safely.
+
 /**
  * The bart-scanner pid file, handled as untrusted input: it lives in a directory others may be able
  * to write to (an explicit bart_socket_directory such as /tmp), and the pid in it may have been

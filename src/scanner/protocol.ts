@@ -1,3 +1,5 @@
+// Scanner protocol: the JSON-line requests and answers on the bart-scanner socket.
+
 /**
  * Messages on the bart-scanner socket: one JSON object per line each way.
  * `ping` answers whether the scanner runs; `ensure` asks it to make the MBMs of an LSN range

@@ -1,3 +1,5 @@
+// Scanner benchmark worker: a worker thread scanning a segment without writing its MBM.
+
 /**
  * Worker thread for the scanner benchmark: does a scan's whole work on a segment (decode, CRC,
  * MBM build) without writing the MBM, so repeated runs measure the same thing.

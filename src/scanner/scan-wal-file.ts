@@ -1,3 +1,5 @@
+// WAL scan: one archived WAL segment decoded into its MBM, waiting when its last record continues.
+
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { crashPoint } from '../util/crash-point.js';

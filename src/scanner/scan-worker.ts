@@ -1,3 +1,5 @@
+// Scanner worker: a worker thread scanning WAL segments into MBMs for the daemon.
+
 /**
  * Worker thread body for parallel scanning: receives `{ path }`, scans that WAL segment (writing
  * its MBM) and answers with a {@link ScanSummary}. Buffers are reused across tasks.

@@ -1,3 +1,5 @@
+// Compression worker: a worker thread compressing the units a backup hands it.
+
 import { parentPort } from 'node:worker_threads';
 import { compressChunk, type CompressionMethod } from './compression.js';
 

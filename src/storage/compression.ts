@@ -1,3 +1,5 @@
+// Compression: gzip, lz4 and zstd chunks compressed, streams decompressed, incompressible data spotted.
+
 import { createReadStream } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';

@@ -1,3 +1,5 @@
+// File copy worker: a worker thread copying one local file into the repository, hashed and compressed.
+
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';

@@ -1,3 +1,5 @@
+// Repository: the driver where backups are stored, POSIX files with durable writes.
+
 import { open, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BartError, errorMessage } from '../util/errors.js';

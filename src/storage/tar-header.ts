@@ -1,3 +1,5 @@
+// Tar header: ustar headers encoded and decoded, tar blocks and padding.
+
 /** Size of a tar block. */
 export const TAR_BLOCK = 512;
 

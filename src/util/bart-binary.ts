@@ -1,4 +1,5 @@
-// Where this installation's bart program (bin/bart.js) is, for commands PostgreSQL runs.
+// Bart binary: where this installation's bin/bart.js is, for commands PostgreSQL runs.
+
 import { fileURLToPath } from 'node:url';
 
 /**

@@ -1,3 +1,5 @@
+// Crash point: the PGBART_CRASH_AT test hook that kills the process with SIGKILL at a named point.
+
 /** Environment variable naming the crash point to die at (test hook). */
 export const CRASH_ENV = 'PGBART_CRASH_AT';
 

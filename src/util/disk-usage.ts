@@ -1,3 +1,5 @@
+// Disk usage: total size of the regular files under a path, symlinks not followed.
+
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BartError, errorMessage, isErrnoError } from './errors.js';

@@ -1,3 +1,5 @@
+// Errors: BartError, the one error users see, and helpers for thrown values.
+
 /**
  * The one error type pgbart shows to users. Its message is a single line that names the file,
  * line, option or object at fault; the CLI prints it as `ERROR: <message>` and exits non-zero.

@@ -1,3 +1,5 @@
+// Formatting: byte sizes, timestamps, durations and tables printed the way BART printed them.
+
 /** Human-readable byte sizes as BART printed them (`4.61 MB`, `0.00 bytes`). */
 export function formatBytes(bytes: number): string {
   const units = ['bytes', 'kB', 'MB', 'GB', 'TB', 'PB'];

@@ -1,3 +1,5 @@
+// Atomic files: directory fsyncs, temp siblings and files written atomically by rename.
+
 import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync, constants } from 'node:fs';
 import { open, rename, unlink, mkdir } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';

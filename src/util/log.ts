@@ -1,3 +1,5 @@
+// Logging: console and logfile lines in BART's style, debug and quiet modes, secrets redacted.
+
 import { appendFileSync } from 'node:fs';
 
 /** Severity of a log line; `debug` lines appear only with `-d/--debug`. */

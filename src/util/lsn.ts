@@ -1,3 +1,5 @@
+// LSN: PostgreSQL log sequence numbers as bigint, parsed, checked and formatted.
+
 /**
  * PostgreSQL log sequence numbers. An LSN is a 64-bit byte position in the WAL stream, written
  * `X/Y` (two hex halves). We keep LSNs as bigint so arithmetic never loses precision.

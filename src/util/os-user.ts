@@ -1,3 +1,5 @@
+// OS user: OS accounts looked up through NSS, the current user, root, and switching to the BART user.
+
 import { execFileSync } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { BartError } from './errors.js';

@@ -1,3 +1,5 @@
+// Peak memory: the process's peak resident memory logged for the benchmarks.
+
 import { log } from './log.js';
 
 /** Logs the process's peak resident memory (all threads) to the logfile; benchmarks read it. */

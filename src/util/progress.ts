@@ -1,3 +1,5 @@
+// Progress: a progress bar on stderr when it is a terminal.
+
 import { formatBytes } from './format.js';
 
 /** A progress bar on a terminal (stderr); silent when stderr is not a TTY. */

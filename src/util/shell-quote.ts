@@ -1,3 +1,5 @@
+// Shell quoting: words quoted for /bin/sh and for archive_command and restore_command.
+
 /**
  * Quotes one word for /bin/sh: left as is when it holds only characters the shell never
  * interprets, else single-quoted (an embedded `'` becomes `'\''`).

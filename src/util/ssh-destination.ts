@@ -1,3 +1,5 @@
+// SSH destination: why a user@host is unsafe on an ssh or scp command line (a leading "-").
+
 /**
  * Why a `user@host` given by the user (RESTORE -r, bart.cfg's remote_host and bart_host) is unsafe
  * on an ssh or scp command line, or undefined. A user or host starting with "-" would be read as an

@@ -1,3 +1,5 @@
+// Worker pool: a fixed set of worker threads running one script, tasks queued when all are busy.
+
 import { Worker, type TransferListItem } from 'node:worker_threads';
 
 interface Pending<R> {

@@ -1,3 +1,5 @@
+// WAL constants: PostgreSQL's on-disk WAL constants the decoder needs, per major version.
+
 /**
  * On-disk constants of PostgreSQL's write-ahead log (src/include/access/xlog_internal.h,
  * xlogrecord.h, rmgrlist.h). Only what the decoder needs; values differ by major version only

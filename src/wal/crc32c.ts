@@ -1,3 +1,5 @@
+// CRC-32C: Castagnoli checksums of WAL records, native for large ranges, table-driven for small.
+
 import { crc32c as nativeCrc32c } from '@node-rs/crc32';
 
 /**

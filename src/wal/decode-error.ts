@@ -1,3 +1,5 @@
+// WAL decode error: a WAL file that cannot be decoded, named with the byte offset of the fault.
+
 /**
  * A WAL file that cannot be decoded: bad page header, bad record, CRC mismatch, truncation.
  * The message names the file and the byte offset in it, so an operator can look at the spot

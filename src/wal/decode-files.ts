@@ -1,3 +1,5 @@
+// WAL decoding: WAL files decoded in order, records stitched across file boundaries.
+
 import { loadWalFile, walFileSegNo } from './file.js';
 import { WalDecoder } from './decoder.js';
 import type { WalRecord } from './record.js';

@@ -1,3 +1,5 @@
+// WAL decoder: page headers and records of WAL segments decoded and CRC-checked, record by record.
+
 import { walRecordCrc, walRecordCrcWords, wordView } from './crc32c.js';
 import {
   BKPBLOCK_FORK_MASK, BKPBLOCK_HAS_DATA, BKPBLOCK_HAS_IMAGE, BKPBLOCK_SAME_REL, BKPIMAGE_HAS_HOLE,

@@ -1,3 +1,5 @@
+// WAL file: a WAL segment (plain, .partial or .gz) loaded into memory, its name and segment size.
+
 import { open } from 'node:fs/promises';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { createGunzip } from 'node:zlib';

@@ -1,3 +1,5 @@
+// WAL record: one decoded record and its block references, a single instance reused by the decoder.
+
 import { XLR_MAX_BLOCK_ID } from './constants.js';
 
 /**

@@ -1,3 +1,5 @@
+// WAL events: records that create, truncate or drop relations, databases and tablespaces as a whole.
+
 import { RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID, RM_XLOG_ID } from './constants.js';
 import type { WalRecord } from './record.js';
 

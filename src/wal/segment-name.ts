@@ -1,3 +1,5 @@
+// WAL segment names: archive file names parsed, segment numbers, names and start LSNs computed.
+
 import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 import { type Lsn } from '../util/lsn.js';
 

@@ -1,3 +1,5 @@
+// Timeline history: history files parsed and read, and the timeline a segment belongs to.
+
 import { existsSync, readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { join } from 'node:path';

@@ -1,3 +1,5 @@
+// Test harness: a cluster archiving its WAL into a bart catalog, and the bart.cfg describing it.
+
 import { chownSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestCluster, type ClusterOptions } from './cluster.js';

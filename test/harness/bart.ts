@@ -1,3 +1,5 @@
+// Test harness: a bart.cfg and catalog in a temp directory, server sections, and running bart.
+
 import { writeFileSync, chownSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestCluster } from './cluster.js';

@@ -1,3 +1,5 @@
+// Test harness: one randomized chaos run, seeded workload, full and incremental backups, every restore checked.
+
 import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestCluster } from './cluster.js';

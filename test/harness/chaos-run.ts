@@ -1,3 +1,5 @@
+// Test harness: npm run test:chaos, rounds of chaos runs until the minutes are used up.
+
 /**
  * The long randomized correctness run: `npm run test:chaos -- --seed S --minutes M --pg VERSION [--big]`.
  * Runs rounds of {@link runChaos} (seed, seed + 1, ...) until the minutes are used up; prints every

@@ -1,3 +1,5 @@
+// Test harness: throwaway PostgreSQL clusters, started, queried and always stopped.
+
 import { execFileSync } from 'node:child_process';
 import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';

@@ -1,3 +1,5 @@
+// Test harness: incremental sources, content snapshots, backups and restores checked against them.
+
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readManifest } from '../../src/catalog/manifest.js';

@@ -1,3 +1,5 @@
+// Test harness: load on a test cluster, pgbench, a background writer and table fingerprints.
+
 import pg from 'pg';
 import type { TestCluster } from './cluster.js';
 import { clientTool } from './pg-binaries.js';

@@ -1,3 +1,5 @@
+// Test harness: a pgbart backup restored with standard tools only, as the catalog format documents.
+
 import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, appendFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestCluster } from './cluster.js';

@@ -1,3 +1,5 @@
+// Test harness: the test OS user, temp directories and running commands as that user.
+
 import { execFileSync, spawn, type SpawnOptions } from 'node:child_process';
 import { chownSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

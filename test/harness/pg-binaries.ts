@@ -1,3 +1,5 @@
+// Test harness: the repository root, PostgreSQL binaries per major version and the versions under test.
+
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -1,3 +1,5 @@
+// Test harness: a small seedable PRNG (mulberry32) so randomized tests replay from their seed.
+
 /**
  * A small, fast, seedable PRNG (mulberry32): the same seed replays the same sequence, so a failing
  * randomized test (chaos, crash loop, fuzzer) can be replayed from the seed it prints.

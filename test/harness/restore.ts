@@ -1,3 +1,5 @@
+// Test harness: a restore source cluster and catalog, restored clusters started and waited on.
+
 import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBartSetup, serverSection, type BartSetup } from './bart.js';

@@ -1,3 +1,5 @@
+// Test harness: bart-scanner run as the CLI, its pid found, and a left-over scanner killed.
+
 /** Helpers for the scanner tests: run bart-scanner as the CLI, find its pid, stop it for sure. */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';

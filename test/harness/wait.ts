@@ -1,3 +1,5 @@
+// Test harness: waitFor, polling a probe until it holds or the timeout expires.
+
 /** What a probe returns while the condition does not hold yet. */
 export type NotYet = false | null | undefined;
 

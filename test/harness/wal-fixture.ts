@@ -1,3 +1,5 @@
+// Test harness: a few real archived WAL segments from a throwaway cluster, for bad-input and fuzz tests.
+
 /**
  * Produces a few real archived WAL segments from a throwaway PostgreSQL 15 cluster (for the
  * bad-input and fuzz tests). The cluster is destroyed before returning.

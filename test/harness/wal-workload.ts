@@ -1,3 +1,5 @@
+// Test harness: a varied SQL workload producing every kind of WAL record the scanner must understand.
+
 /**
  * A varied SQL workload for WAL tests: every kind of record the scanner must understand
  * (heap, indexes of several access methods, VACUUM truncation, TRUNCATE, CREATE/DROP DATABASE

@@ -1,3 +1,5 @@
+// Data host (local driver): a data directory on this host, walked and read directly.
+
 import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isErrnoError } from '../../util/errors.js';

@@ -1,3 +1,5 @@
+// Restore target (local driver): RESTORE writing to this host through direct file access.
+
 import { execFile } from 'node:child_process';
 import { closeSync, fchownSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { access, chmod, chown, lchown, lstat, mkdir, open, readFile, readdir, rename, rm, stat, statfs, symlink, writeFile, constants } from 'node:fs/promises';

@@ -1,3 +1,5 @@
+// SSH channel: a POSIX sh loop on the remote host serving file reads and commands over one ssh channel.
+
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { BartError, errorMessage } from '../../util/errors.js';

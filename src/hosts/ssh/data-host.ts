@@ -1,3 +1,5 @@
+// Data host (ssh driver): a data directory on remote_host, listed with find or stat and read over ssh.
+
 import { posix } from 'node:path';
 import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';

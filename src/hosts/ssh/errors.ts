@@ -1,3 +1,5 @@
+// SSH errors: OpenSSH failure output turned into one line saying what is wrong and what to fix.
+
 import { currentUserName } from '../../util/os-user.js';
 
 /** Where an ssh failure happened, for messages: who connects to whom. */

@@ -1,3 +1,5 @@
+// Restore target (ssh driver): RESTORE writing to another host over ssh, with batched incremental patches.
+
 import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import { quoteForPostgresCommand } from '../../util/shell-quote.js';

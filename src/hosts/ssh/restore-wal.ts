@@ -1,3 +1,5 @@
+// Restore WAL (ssh driver): RESTORE -c sending archived WAL files to a remote target, .gz decompressed.
+
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';

@@ -1,3 +1,5 @@
+// SSH session: one multiplexed ssh master connection to a host, its one-shot commands and spawned processes.
+
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

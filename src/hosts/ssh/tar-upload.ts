@@ -1,3 +1,5 @@
+// Tar upload (ssh driver): files streamed into tar -x on a remote host over one ssh session.
+
 import type { ChildProcess } from 'node:child_process';
 import { BartError } from '../../util/errors.js';
 import { explainSshFailure } from './errors.js';
