@@ -48,7 +48,9 @@ export async function loadBenchData(fx: BackupFixture): Promise<BenchData> {
   await runOk('dd', ['if=/dev/urandom', `of=${noise}`, 'bs=1M', `count=${randomMb}`, 'status=none']);
   await fx.cluster.query('CREATE TABLE random_data (b bytea)');
   await fx.cluster.query('ALTER TABLE random_data ALTER COLUMN b SET STORAGE EXTERNAL');
-  await fx.cluster.query(`INSERT INTO random_data SELECT pg_read_binary_file('${noise}', i * 1048576, 1048576) FROM generate_series(0, ${randomMb - 1}) i`);
+  await fx.cluster.query(
+    `INSERT INTO random_data SELECT pg_read_binary_file('${noise}', i * 1048576, 1048576) FROM generate_series(0, ${randomMb - 1}) i`,
+  );
   removeTree(noise);
   // Set hint bits and the visibility map now: otherwise autovacuum does it during the first
   // measurements and its WAL (full-page images, data checksums are on) lands in those backups.
@@ -60,7 +62,10 @@ export async function loadBenchData(fx: BackupFixture): Promise<BenchData> {
 }
 
 /** A pgbackrest stanza `bench` for the fixture's cluster, with its repository under `work`. */
-export async function setupPgbackrest(fx: BackupFixture, work: string): Promise<{ repo: string; run: (args: string[]) => Promise<unknown> }> {
+export async function setupPgbackrest(
+  fx: BackupFixture,
+  work: string,
+): Promise<{ repo: string; run: (args: string[]) => Promise<unknown> }> {
   const ids = testUserIds()!;
   const repo = join(work, 'pgbackrest-repo');
   mkdirSync(repo, { recursive: true });
@@ -91,6 +96,10 @@ export async function ensurePgbackrest(): Promise<void> {
     execFileSync('pgbackrest', ['version'], { stdio: 'ignore' });
   } catch {
     console.log('installing pgbackrest (Debian package) for the comparison');
-    await runOk('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null'], { asTestUser: false });
+    await runOk(
+      'sh',
+      ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null'],
+      { asTestUser: false },
+    );
   }
 }

@@ -15,7 +15,17 @@ import { join } from 'node:path';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
 import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
-import { BENCH, BENCH_CLUSTER_CONF, du, ensurePgbackrest, loadBenchData, machineDescription, setupPgbackrest, timed, type BenchData } from './bench-data.js';
+import {
+  BENCH,
+  BENCH_CLUSTER_CONF,
+  du,
+  ensurePgbackrest,
+  loadBenchData,
+  machineDescription,
+  setupPgbackrest,
+  timed,
+  type BenchData,
+} from './bench-data.js';
 
 const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,scanner').split(',');
 
@@ -42,7 +52,22 @@ async function backupBench(fx: BackupFixture, work: string, data: BenchData, raw
   };
   const basebackup = async (args: string[]) => {
     const dir = join(work, 'pg_basebackup');
-    await runOk(clientTool('pg_basebackup'), ['-h', fx.cluster.host, '-p', String(fx.cluster.port), '-U', 'postgres', '-D', dir, '-X', 'fetch', '-c', 'fast', '--no-manifest', ...args]);
+    await runOk(clientTool('pg_basebackup'), [
+      '-h',
+      fx.cluster.host,
+      '-p',
+      String(fx.cluster.port),
+      '-U',
+      'postgres',
+      '-D',
+      dir,
+      '-X',
+      'fetch',
+      '-c',
+      'fast',
+      '--no-manifest',
+      ...args,
+    ]);
     removeTree(dir);
   };
   const pgbackrest = BENCH.onlyPgbart ? undefined : await setupPgbackrest(fx, join(work, 'pgbackrest'));
@@ -57,8 +82,18 @@ async function backupBench(fx: BackupFixture, work: string, data: BenchData, raw
     { label: 'plain, uncompressed', bart: ['-F', 'p'], basebackup: ['-Fp'], pgbackrest: 'none' },
     { label: 'tar, uncompressed', bart: ['-F', 't'], basebackup: ['-Ft'], pgbackrest: 'none' },
     { label: 'tar + gzip', bart: ['-F', 't', '-z'], basebackup: ['-Ft', '-z'], pgbackrest: 'gz' },
-    { label: 'tar + lz4', bart: ['-F', 't', '--compress', 'lz4'], basebackup: ['-Ft', '--compress=client-lz4'], pgbackrest: 'lz4' },
-    { label: 'tar + zstd', bart: ['-F', 't', '--compress', 'zstd'], basebackup: ['-Ft', '--compress=client-zstd'], pgbackrest: 'zst' },
+    {
+      label: 'tar + lz4',
+      bart: ['-F', 't', '--compress', 'lz4'],
+      basebackup: ['-Ft', '--compress=client-lz4'],
+      pgbackrest: 'lz4',
+    },
+    {
+      label: 'tar + zstd',
+      bart: ['-F', 't', '--compress', 'zstd'],
+      basebackup: ['-Ft', '--compress=client-zstd'],
+      pgbackrest: 'zst',
+    },
   ];
   const basebackupTimes = new Map<string, number>();
   const ratio = (a?: number, b?: number) => (a && b ? (a / b).toFixed(2) : '-');
@@ -78,7 +113,9 @@ async function backupBench(fx: BackupFixture, work: string, data: BenchData, raw
         row.pgbackrest = await timed(() => pgbackrestBackup(c.pgbackrest, threads));
       }
       rows.push(row);
-      console.log(`${row.label.padEnd(34)} pgbart ${row.pgbart.toFixed(2)} s (${((row.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} MB, RSS ${row.pgbartRss ?? '?'} MB)  pg_basebackup ${row.basebackup?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.basebackup)})  pgbackrest ${row.pgbackrest?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.pgbackrest)})`);
+      console.log(
+        `${row.label.padEnd(34)} pgbart ${row.pgbart.toFixed(2)} s (${((row.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} MB, RSS ${row.pgbartRss ?? '?'} MB)  pg_basebackup ${row.basebackup?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.basebackup)})  pgbackrest ${row.pgbackrest?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.pgbackrest)})`,
+      );
     }
   }
 
@@ -97,7 +134,10 @@ async function backupBench(fx: BackupFixture, work: string, data: BenchData, raw
     '',
     '| case | pgbart (s) | size (MB) | peak RSS (MB) | pg_basebackup (s) | pgbart / pg_basebackup | pgbackrest (s) | pgbart / pgbackrest |',
     '|---|---:|---:|---:|---:|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.label} | ${fmt(r.pgbart)} | ${((r.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} | ${r.pgbartRss ?? '-'} | ${fmt(r.basebackup)} | ${ratio(r.pgbart, r.basebackup)} | ${fmt(r.pgbackrest)} | ${ratio(r.pgbart, r.pgbackrest)} |`),
+    ...rows.map(
+      (r) =>
+        `| ${r.label} | ${fmt(r.pgbart)} | ${((r.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} | ${r.pgbartRss ?? '-'} | ${fmt(r.basebackup)} | ${ratio(r.pgbart, r.basebackup)} | ${fmt(r.pgbackrest)} | ${ratio(r.pgbart, r.pgbackrest)} |`,
+    ),
     '',
   ];
   mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
@@ -109,7 +149,9 @@ async function backupBench(fx: BackupFixture, work: string, data: BenchData, raw
 async function main(): Promise<void> {
   if (!testUserIds()) throw new Error('run the benchmark as root (clusters run as the postgres user)');
   if (!BENCH.onlyPgbart) await ensurePgbackrest();
-  console.log(`pgbart benchmark: PostgreSQL ${BENCH.version}, pgbench scale ${BENCH.scale} plus the same size of random data`);
+  console.log(
+    `pgbart benchmark: PostgreSQL ${BENCH.version}, pgbench scale ${BENCH.scale} plus the same size of random data`,
+  );
   if (PARTS.includes('backup') || PARTS.includes('restore')) {
     const fx = await createBackupFixture({ version: BENCH.version, conf: BENCH_CLUSTER_CONF });
     const work = makeTempDir('bench');

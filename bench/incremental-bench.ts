@@ -18,7 +18,12 @@ import { BENCH, du, machineDescription, setupPgbackrest, timed, type BenchData }
 async function dataBytes(dir: string): Promise<number> {
   let n = 0;
   for await (const line of readManifest(join(dir, 'manifest.jsonl'))) {
-    if (line.kind === 'file' && line.entry.type === 'file' && !(line.entry.archive === 'base' && line.entry.path.startsWith('pg_wal/'))) n += line.entry.size;
+    if (
+      line.kind === 'file' &&
+      line.entry.type === 'file' &&
+      !(line.entry.archive === 'base' && line.entry.path.startsWith('pg_wal/'))
+    )
+      n += line.entry.size;
   }
   return n;
 }
@@ -26,7 +31,8 @@ async function dataBytes(dir: string): Promise<number> {
 /** Runs the incremental benchmark on a loaded cluster; writes bench/results/<date>-incremental.md. */
 export async function incrementalBench(fx: BackupFixture, work: string, data: BenchData): Promise<void> {
   const config = readFileSync(fx.setup.configPath, 'utf8');
-  if (!/allow_incremental_backups/.test(config)) fx.setup.writeConfig(`${config.trimEnd()}\nallow_incremental_backups = enabled\n`);
+  if (!/allow_incremental_backups/.test(config))
+    fx.setup.writeConfig(`${config.trimEnd()}\nallow_incremental_backups = enabled\n`);
   const bart = async (args: string[]) => {
     const r = await fx.setup.bart(['BACKUP', '-s', fx.server, ...args]);
     if (r.code !== 0) throw new Error(`bart BACKUP ${args.join(' ')} failed: ${r.stderr}`);
@@ -38,7 +44,9 @@ export async function incrementalBench(fx: BackupFixture, work: string, data: Be
   const fullTime = await timed(async () => {
     fullId = await bart(['-F', 't', '--thread-count', '2']);
   });
-  const pgbackrestFull = pgbackrest ? await timed(() => pgbackrest.run(['--process-max=2', '--compress-type=none', '--type=full', 'backup'])) : undefined;
+  const pgbackrestFull = pgbackrest
+    ? await timed(() => pgbackrest.run(['--process-max=2', '--compress-type=none', '--type=full', 'backup']))
+    : undefined;
 
   // About 1% of all blocks: one tuple updated in each of that many random pages of the big tables.
   const totalBlocks = Math.floor(data.dbBytes / 8192);
@@ -60,7 +68,9 @@ export async function incrementalBench(fx: BackupFixture, work: string, data: Be
   const incrTime = await timed(async () => {
     incrId = await bart(['-F', 't', '--thread-count', '2', '--parent', fullId]);
   });
-  const pgbackrestIncr = pgbackrest ? await timed(() => pgbackrest.run(['--process-max=2', '--compress-type=none', '--type=incr', 'backup'])) : undefined;
+  const pgbackrestIncr = pgbackrest
+    ? await timed(() => pgbackrest.run(['--process-max=2', '--compress-type=none', '--type=incr', 'backup']))
+    : undefined;
   // What the pgbackrest incremental added to its repository (its files and their WAL).
   const pgbackrestIncrBytes = pgbackrest ? du(pgbackrest.repo) - repoBefore : undefined;
 
@@ -81,10 +91,12 @@ export async function incrementalBench(fx: BackupFixture, work: string, data: Be
     '|---|---:|---:|---:|',
     `| pgbart full | ${fullTime.toFixed(2)} | ${(fullData / 2 ** 20).toFixed(1)} | ${(fullDisk / 2 ** 20).toFixed(1)} |`,
     `| pgbart incremental | ${incrTime.toFixed(2)} (${pct(incrTime, fullTime)} of full) | ${(incrData / 2 ** 20).toFixed(1)} (${pct(incrData, fullData)} of full) | ${(incrDisk / 2 ** 20).toFixed(1)} |`,
-    ...(pgbackrest ? [
-      `| pgbackrest full | ${pgbackrestFull!.toFixed(2)} | - | - |`,
-      `| pgbackrest --type=incr (file-level) | ${pgbackrestIncr!.toFixed(2)} (${pct(pgbackrestIncr!, pgbackrestFull!)} of its full) | - | ${(pgbackrestIncrBytes! / 2 ** 20).toFixed(1)} (repository growth) |`,
-    ] : []),
+    ...(pgbackrest
+      ? [
+          `| pgbackrest full | ${pgbackrestFull!.toFixed(2)} | - | - |`,
+          `| pgbackrest --type=incr (file-level) | ${pgbackrestIncr!.toFixed(2)} (${pct(pgbackrestIncr!, pgbackrestFull!)} of its full) | - | ${(pgbackrestIncrBytes! / 2 ** 20).toFixed(1)} (repository growth) |`,
+        ]
+      : []),
     '',
     `Targets: time ≤ 10% of the full's (${incrTime <= fullTime * 0.1 ? 'met' : 'NOT met'}), size ≤ 3% of the full's (${incrData <= fullData * 0.03 ? 'met' : 'NOT met'}).`,
     '',
@@ -102,7 +114,11 @@ async function main(): Promise<void> {
   const { makeTempDir, removeTree } = await import('../test/harness/os.js');
   const { BENCH_CLUSTER_CONF, ensurePgbackrest, loadBenchData } = await import('./bench-data.js');
   if (!BENCH.onlyPgbart) await ensurePgbackrest();
-  const fx = await createBackupFixture({ version: BENCH.version, conf: BENCH_CLUSTER_CONF, serverExtra: { allow_incremental_backups: 'enabled' } });
+  const fx = await createBackupFixture({
+    version: BENCH.version,
+    conf: BENCH_CLUSTER_CONF,
+    serverExtra: { allow_incremental_backups: 'enabled' },
+  });
   const work = makeTempDir('bench-incr');
   try {
     const data = await loadBenchData(fx);

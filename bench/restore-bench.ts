@@ -53,10 +53,25 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     const size = du(fx.backupDir(id));
     for (const workers of [1, 2]) {
       const seconds = await timed(async () => {
-        const r = await fx.setup.bart(['RESTORE', '-s', fx.server, '-i', id, '-p', target, '-w', String(workers), '--target-immediate']);
+        const r = await fx.setup.bart([
+          'RESTORE',
+          '-s',
+          fx.server,
+          '-i',
+          id,
+          '-p',
+          target,
+          '-w',
+          String(workers),
+          '--target-immediate',
+        ]);
         if (r.code !== 0) throw new Error(`bart RESTORE failed: ${r.stderr}`);
       });
-      report({ label: `pgbart RESTORE ${c.label}, ${workers} worker${workers > 1 ? 's' : ''}`, seconds, note: `backup ${(size / 2 ** 20).toFixed(0)} MB` });
+      report({
+        label: `pgbart RESTORE ${c.label}, ${workers} worker${workers > 1 ? 's' : ''}`,
+        seconds,
+        note: `backup ${(size / 2 ** 20).toFixed(0)} MB`,
+      });
       removeTree(target);
     }
     removeTree(fx.backupDir(id));
@@ -69,8 +84,14 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     for (const processes of [1, 2]) {
       mkdirSync(target, { mode: 0o700 });
       chownSync(target, ids.uid, ids.gid);
-      const seconds = await timed(() => pgbackrest([`--process-max=${processes}`, `--pg1-path=${target}`, '--type=immediate', 'restore']));
-      report({ label: `pgbackrest restore lz4, process-max ${processes}`, seconds, note: `repository ${(du(repo) / 2 ** 20).toFixed(0)} MB` });
+      const seconds = await timed(() =>
+        pgbackrest([`--process-max=${processes}`, `--pg1-path=${target}`, '--type=immediate', 'restore']),
+      );
+      report({
+        label: `pgbackrest restore lz4, process-max ${processes}`,
+        seconds,
+        note: `repository ${(du(repo) / 2 ** 20).toFixed(0)} MB`,
+      });
       removeTree(target);
     }
 
@@ -80,11 +101,30 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
       ['uncompressed', ['-Ft'], `tar -xf base.tar -C '${target}'`],
       ['gzip', ['-Ft', '-z'], `tar -xzf base.tar.gz -C '${target}'`],
     ] as const) {
-      await runOk(clientTool('pg_basebackup'), ['-h', fx.cluster.host, '-p', String(fx.cluster.port), '-U', 'postgres', '-D', bb, '-X', 'fetch', '-c', 'fast', '--no-manifest', ...args]);
+      await runOk(clientTool('pg_basebackup'), [
+        '-h',
+        fx.cluster.host,
+        '-p',
+        String(fx.cluster.port),
+        '-U',
+        'postgres',
+        '-D',
+        bb,
+        '-X',
+        'fetch',
+        '-c',
+        'fast',
+        '--no-manifest',
+        ...args,
+      ]);
       mkdirSync(target, { mode: 0o700 });
       chownSync(target, ids.uid, ids.gid);
       const seconds = await timed(() => runOk('sh', ['-c', `cd '${bb}' && ${extract} && sync -f '${target}'`]));
-      report({ label: `tar -x of a pg_basebackup tar, ${label}`, seconds, note: `tar ${(du(bb) / 2 ** 20).toFixed(0)} MB` });
+      report({
+        label: `tar -x of a pg_basebackup tar, ${label}`,
+        seconds,
+        note: `tar ${(du(bb) / 2 ** 20).toFixed(0)} MB`,
+      });
       removeTree(target);
       removeTree(bb);
     }

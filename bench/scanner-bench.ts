@@ -28,7 +28,9 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SEG = 16 * 1024 * 1024;
 
 function segs(dir: string): string[] {
-  return readdirSync(dir).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort();
+  return readdirSync(dir)
+    .filter((n) => /^[0-9A-F]{24}$/.test(n))
+    .sort();
 }
 
 async function archivedCount(dir: string): Promise<number> {
@@ -58,30 +60,61 @@ async function generate(root: string): Promise<void> {
   const archDir = join(root, 'current');
   mkdirSync(archDir, { recursive: true });
   if (ids) chownSync(archDir, ids.uid, ids.gid);
-  await withCluster({ version: 15, conf: { archive_mode: 'on', archive_command: `'cp %p ${archDir}/.%f.tmp && mv ${archDir}/.%f.tmp ${archDir}/%f'`, max_wal_size: '4GB', shared_buffers: '128MB', synchronous_commit: 'off' } }, async (c) => {
-    // Range 1: pgbench with a checkpoint every few seconds, so most records carry full-page images.
-    await pgbenchInit(c, 20);
-    await waitArchived(c, archDir);
-    const skip = new Set(segs(archDir));
-    console.log(`generating ${RANGE_MB} MB of pgbench WAL ...`);
-    while ((await archivedCount(archDir)) - skip.size < want + 1) {
-      await runOk(clientTool('pgbench'), ['-n', '-T', '5', '-c', '4', '-h', c.host, '-p', String(c.port), '-U', 'postgres', 'postgres']);
+  await withCluster(
+    {
+      version: 15,
+      conf: {
+        archive_mode: 'on',
+        archive_command: `'cp %p ${archDir}/.%f.tmp && mv ${archDir}/.%f.tmp ${archDir}/%f'`,
+        max_wal_size: '4GB',
+        shared_buffers: '128MB',
+        synchronous_commit: 'off',
+      },
+    },
+    async (c) => {
+      // Range 1: pgbench with a checkpoint every few seconds, so most records carry full-page images.
+      await pgbenchInit(c, 20);
+      await waitArchived(c, archDir);
+      const skip = new Set(segs(archDir));
+      console.log(`generating ${RANGE_MB} MB of pgbench WAL ...`);
+      while ((await archivedCount(archDir)) - skip.size < want + 1) {
+        await runOk(clientTool('pgbench'), [
+          '-n',
+          '-T',
+          '5',
+          '-c',
+          '4',
+          '-h',
+          c.host,
+          '-p',
+          String(c.port),
+          '-U',
+          'postgres',
+          'postgres',
+        ]);
+        await c.query('CHECKPOINT');
+      }
+      await waitArchived(c, archDir);
+      for (const n of segs(archDir)
+        .filter((n) => !skip.has(n))
+        .slice(0, want))
+        await runOk('mv', [join(archDir, n), join(fpiDir, n)], { asTestUser: false });
+      // Range 2: one bulk INSERT of small rows: millions of small heap-insert records.
+      for (const n of segs(archDir)) skip.add(n);
+      console.log(`generating ${RANGE_MB} MB of small-record WAL ...`);
+      await c.query('CREATE TABLE small_rows (a int)');
       await c.query('CHECKPOINT');
-    }
-    await waitArchived(c, archDir);
-    for (const n of segs(archDir).filter((n) => !skip.has(n)).slice(0, want)) await runOk('mv', [join(archDir, n), join(fpiDir, n)], { asTestUser: false });
-    // Range 2: one bulk INSERT of small rows: millions of small heap-insert records.
-    for (const n of segs(archDir)) skip.add(n);
-    console.log(`generating ${RANGE_MB} MB of small-record WAL ...`);
-    await c.query('CREATE TABLE small_rows (a int)');
-    await c.query('CHECKPOINT');
-    await waitArchived(c, archDir);
-    for (const n of segs(archDir)) skip.add(n);
-    const rows = Math.ceil((RANGE_MB * 1024 * 1024) / 70) + 1_000_000;
-    await c.query(`INSERT INTO small_rows SELECT generate_series(1, ${rows})`);
-    await waitArchived(c, archDir);
-    for (const n of segs(archDir).filter((n) => !skip.has(n)).slice(0, want)) await runOk('mv', [join(archDir, n), join(smallDir, n)], { asTestUser: false });
-  });
+      await waitArchived(c, archDir);
+      for (const n of segs(archDir)) skip.add(n);
+      const rows = Math.ceil((RANGE_MB * 1024 * 1024) / 70) + 1_000_000;
+      await c.query(`INSERT INTO small_rows SELECT generate_series(1, ${rows})`);
+      await waitArchived(c, archDir);
+      for (const n of segs(archDir)
+        .filter((n) => !skip.has(n))
+        .slice(0, want))
+        await runOk('mv', [join(archDir, n), join(smallDir, n)], { asTestUser: false });
+    },
+  );
   removeTree(archDir);
   writeFileSync(marker, `${RANGE_MB} MB per range\n`);
 }
@@ -96,7 +129,15 @@ async function best(fn: () => Promise<void>): Promise<number> {
   return t;
 }
 
-interface Result { label: string; mb: number; records: number; waldump: number; single: number; parallel: number; threads: number }
+interface Result {
+  label: string;
+  mb: number;
+  records: number;
+  waldump: number;
+  single: number;
+  parallel: number;
+  threads: number;
+}
 
 async function measure(label: string, dir: string): Promise<Result> {
   const names = segs(dir);
@@ -105,7 +146,9 @@ async function measure(label: string, dir: string): Promise<Result> {
   // Warm the page cache.
   await runOk('sh', ['-c', `cat ${dir}/* > /dev/null`], { asTestUser: false });
   const waldump = await best(async () => {
-    await runOk(clientTool('pg_waldump'), ['--stats=record', '-p', dir, names[0]!, names[names.length - 1]!], { asTestUser: false }).catch((e: Error) => {
+    await runOk(clientTool('pg_waldump'), ['--stats=record', '-p', dir, names[0]!, names[names.length - 1]!], {
+      asTestUser: false,
+    }).catch((e: Error) => {
       // pg_waldump ends with an error when the last record continues past the last file.
       if (!/Total/.test(e.message)) throw e;
     });
@@ -141,19 +184,27 @@ async function main(): Promise<void> {
   const root = keep ?? makeTempDir('scanner-bench');
   try {
     await generate(root);
-    const results = [await measure('pgbench, frequent checkpoints (mostly full-page images)', join(root, 'fpi')), await measure('bulk INSERT of small rows (small records)', join(root, 'small'))];
+    const results = [
+      await measure('pgbench, frequent checkpoints (mostly full-page images)', join(root, 'fpi')),
+      await measure('bulk INSERT of small rows (small records)', join(root, 'small')),
+    ];
     const rate = (mb: number, s: number) => `${(mb / 1024 / s).toFixed(2)} GB/s`;
     const lines = [
       `# Scanner benchmark — ${new Date().toISOString().slice(0, 10)}`,
       '',
       `Machine: ${cpus().length} × ${cpus()[0]?.model ?? '?'}; Node ${process.version}; PostgreSQL 15 WAL; best of ${RUNS} runs, page cache warm.`,
-      `Load average when the measurements ended: ${loadavg().map((l) => l.toFixed(2)).join(', ')} (other work on the machine slows both tools alike).`,
+      `Load average when the measurements ended: ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(', ')} (other work on the machine slows both tools alike).`,
       'pgbart verifies every record\'s CRC-32C. "1 thread": decoding all block references in order (decodeWalFiles).',
       `"N threads": the scanner's work per segment (decode, CRC, build the MBM, not written) on N worker threads.`,
       '',
       '| WAL range | size | records | pg_waldump --stats=record | pgbart 1 thread | pgbart N threads | ratio (N threads / pg_waldump) |',
       '|---|---|---|---|---|---|---|',
-      ...results.map((r) => `| ${r.label} | ${r.mb} MB | ${(r.records / 1e6).toFixed(2)} M | ${rate(r.mb, r.waldump)} | ${rate(r.mb, r.single)} | ${rate(r.mb, r.parallel)} (${r.threads}) | ${(r.waldump / r.parallel).toFixed(2)}x |`),
+      ...results.map(
+        (r) =>
+          `| ${r.label} | ${r.mb} MB | ${(r.records / 1e6).toFixed(2)} M | ${rate(r.mb, r.waldump)} | ${rate(r.mb, r.single)} | ${rate(r.mb, r.parallel)} (${r.threads}) | ${(r.waldump / r.parallel).toFixed(2)}x |`,
+      ),
       '',
     ];
     const text = lines.join('\n');

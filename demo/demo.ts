@@ -93,7 +93,9 @@ export const steps: DemoStep[] = [
     title: 'Write some data and switch WAL segments: archive_command stores each finished segment',
     async run(ctx) {
       ctx.say('$ psql -c "CREATE TABLE demo AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g"');
-      await ctx.cluster.query('CREATE TABLE demo AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g');
+      await ctx.cluster.query(
+        'CREATE TABLE demo AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g',
+      );
       // Sets the rows' hint bits now: with data checksums, the first scan that sets them WAL-logs every
       // page (full-page images), which an incremental backup would then rightly copy.
       ctx.say('$ psql -c "VACUUM demo"');
@@ -117,7 +119,9 @@ export const steps: DemoStep[] = [
     title: 'ARCHIVE-GET, the restore_command side: fetch an archived segment; a missing one exits 1 quietly',
     async run(ctx) {
       const archiveDir = join(ctx.setup.backupPath, ctx.server, 'archived_wals');
-      const archived = readdirSync(archiveDir).filter((f) => /^[0-9A-F]{24}$/.test(f)).sort();
+      const archived = readdirSync(archiveDir)
+        .filter((f) => /^[0-9A-F]{24}$/.test(f))
+        .sort();
       const last = archived[archived.length - 1]!;
       // The segment after the last archived one is the one PostgreSQL is still writing: not archived yet.
       const next = `${last.slice(0, 16)}${(parseInt(last.slice(16), 16) + 1).toString(16).toUpperCase().padStart(8, '0')}`;
@@ -128,9 +132,12 @@ export const steps: DemoStep[] = [
     },
   },
   {
-    title: 'Enable block-level incremental backups: bart-scanner turns each archived WAL file into a modified block map',
+    title:
+      'Enable block-level incremental backups: bart-scanner turns each archived WAL file into a modified block map',
     async run(ctx) {
-      ctx.setup.writeConfig(`${ctx.baseConfig}\n${serverSection(ctx.cluster, ctx.server, { description: '"pgbart demo server"', allow_incremental_backups: 'enabled' })}`);
+      ctx.setup.writeConfig(
+        `${ctx.baseConfig}\n${serverSection(ctx.cluster, ctx.server, { description: '"pgbart demo server"', allow_incremental_backups: 'enabled' })}`,
+      );
       ctx.say(`(bart.cfg: [${ctx.server}] now has allow_incremental_backups = enabled)`);
       await ctx.scanner(['--daemon']);
     },
@@ -138,7 +145,15 @@ export const steps: DemoStep[] = [
   {
     title: 'BACKUP: a hot full backup, tar format, LZ4-compressed, every file checksummed',
     async run(ctx) {
-      const out = await ctx.bart(['BACKUP', '-s', ctx.server, '--compress', 'lz4', '--backup-name', 'full_%year%month%day']);
+      const out = await ctx.bart([
+        'BACKUP',
+        '-s',
+        ctx.server,
+        '--compress',
+        'lz4',
+        '--backup-name',
+        'full_%year%month%day',
+      ]);
       ctx.state.fullId = backupId(out);
     },
   },
@@ -148,7 +163,17 @@ export const steps: DemoStep[] = [
       const sql = "UPDATE demo SET v = 'changed' WHERE id BETWEEN 50001 AND 51000";
       ctx.say(`$ psql -c "${sql}"`);
       await ctx.cluster.query(sql);
-      const out = await ctx.bart(['BACKUP', '-s', ctx.server, '--parent', ctx.state.fullId!, '--compress', 'lz4', '--backup-name', 'incr_%hour%minute%second']);
+      const out = await ctx.bart([
+        'BACKUP',
+        '-s',
+        ctx.server,
+        '--parent',
+        ctx.state.fullId!,
+        '--compress',
+        'lz4',
+        '--backup-name',
+        'incr_%hour%minute%second',
+      ]);
       ctx.state.incrementalId = backupId(out);
     },
   },
@@ -180,7 +205,19 @@ export const steps: DemoStep[] = [
     title: 'RESTORE the incremental (full backup + blocks) with point-in-time recovery to the restore point',
     async run(ctx) {
       const path = join(ctx.setup.dir, 'restored');
-      await ctx.bart(['RESTORE', '-s', ctx.server, '-i', ctx.state.incrementalId!, '-p', path, '--target-name', 'before_mistake', '--target-action', 'promote']);
+      await ctx.bart([
+        'RESTORE',
+        '-s',
+        ctx.server,
+        '-i',
+        ctx.state.incrementalId!,
+        '-p',
+        path,
+        '--target-name',
+        'before_mistake',
+        '--target-action',
+        'promote',
+      ]);
       ctx.say(`$ pg_ctl start -D ${path}   (on another port)`);
       const restored = await TestCluster.create({ version: PG_VERSION, dataDir: path });
       ctx.state.restored = restored;
@@ -191,7 +228,10 @@ export const steps: DemoStep[] = [
       }
       const got = await tableDigest(restored);
       ctx.say(`restored cluster on port ${restored.port}: table demo holds ${got}`);
-      if (got !== ctx.state.expected) throw new Error(`the restored data differs from the source at the restore point: ${got} vs ${ctx.state.expected}`);
+      if (got !== ctx.state.expected)
+        throw new Error(
+          `the restored data differs from the source at the restore point: ${got} vs ${ctx.state.expected}`,
+        );
       ctx.say('(identical to the source at the restore point: the deleted rows are back)');
     },
   },
@@ -219,7 +259,9 @@ function backupId(output: string): string {
 
 /** Row count and content hash of table demo, compared between source and restored cluster. */
 async function tableDigest(cluster: TestCluster): Promise<string> {
-  const rows = await cluster.query<{ n: string; h: string }>("SELECT count(*)::text AS n, md5(string_agg(id || ':' || v, ',' ORDER BY id)) AS h FROM demo");
+  const rows = await cluster.query<{ n: string; h: string }>(
+    "SELECT count(*)::text AS n, md5(string_agg(id || ':' || v, ',' ORDER BY id)) AS h FROM demo",
+  );
   return `${rows[0]!.n} rows, md5 ${rows[0]!.h}`;
 }
 
@@ -251,7 +293,9 @@ async function main(): Promise<number> {
     cleaning ??= (async () => {
       if (setup) {
         // The scanner daemon, if a step started it and the demo failed before STOP (harmless otherwise).
-        spawnSync(process.execPath, [join(REPO_ROOT, 'bin', 'bart-scanner.js'), '-c', setup.configPath, 'STOP'], { stdio: 'ignore' });
+        spawnSync(process.execPath, [join(REPO_ROOT, 'bin', 'bart-scanner.js'), '-c', setup.configPath, 'STOP'], {
+          stdio: 'ignore',
+        });
       }
       await state.restored?.destroy().catch(() => undefined);
       const c = cluster ?? (await creating?.catch(() => undefined));
@@ -271,7 +315,9 @@ async function main(): Promise<number> {
     banner(`Creating a throwaway PostgreSQL ${PG_VERSION} cluster`);
     creating = TestCluster.create({ version: PG_VERSION });
     cluster = await creating;
-    process.stdout.write(`PostgreSQL ${PG_VERSION} runs on ${cluster.host}:${cluster.port}, data directory ${cluster.dataDir} (OS user ${cluster.osUser})\n`);
+    process.stdout.write(
+      `PostgreSQL ${PG_VERSION} runs on ${cluster.host}:${cluster.port}, data directory ${cluster.dataDir} (OS user ${cluster.osUser})\n`,
+    );
     setup = createBartSetup();
     const server = 'demo';
     const baseConfig = readFileSync(setup.configPath, 'utf8');
@@ -282,7 +328,10 @@ async function main(): Promise<number> {
     const runTool = async (tool: 'bart' | 'bart-scanner', args: string[], expectExit: number): Promise<string> => {
       process.stdout.write(`$ ${tool} ${args.join(' ')}\n`);
       const r = await new Promise<{ code: number | null; stdout: string }>((resolvePromise, reject) => {
-        const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', `${tool}.js`), ...args], { env: { ...process.env, BART_CONFIG: configPath }, stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', `${tool}.js`), ...args], {
+          env: { ...process.env, BART_CONFIG: configPath },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
         let stdout = '';
         child.stdout.on('data', (d: Buffer) => {
           stdout += d.toString();
@@ -292,7 +341,8 @@ async function main(): Promise<number> {
         child.on('error', reject);
         child.on('close', (code) => resolvePromise({ code, stdout }));
       });
-      if (r.code !== expectExit) throw new Error(`${tool} ${args.join(' ')} exited with ${r.code} (expected ${expectExit})`);
+      if (r.code !== expectExit)
+        throw new Error(`${tool} ${args.join(' ')} exited with ${r.code} (expected ${expectExit})`);
       return r.stdout;
     };
     const ctx: DemoContext = {

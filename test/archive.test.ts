@@ -50,7 +50,10 @@ test('ARCHIVE-PUSH: stores atomically, the same file twice succeeds, a different
 
     const again = await setup.bart(['ARCHIVE-PUSH', '-s', 'arch', src]);
     assert.equal(again.code, 0, again.stderr);
-    assert.match(again.stdout, /INFO:\s+WAL file ".*000000010000000000000007" is already archived for server "arch" with identical content/);
+    assert.match(
+      again.stdout,
+      /INFO:\s+WAL file ".*000000010000000000000007" is already archived for server "arch" with identical content/,
+    );
 
     // Same size, one byte different at the very end: the whole file is compared.
     const other = Buffer.from(original);
@@ -61,7 +64,10 @@ test('ARCHIVE-PUSH: stores atomically, the same file twice succeeds, a different
     writeOwned(join(otherDir, name), other);
     const clash = await setup.bart(['ARCHIVE-PUSH', '-s', 'arch', join(otherDir, name)]);
     assert.notEqual(clash.code, 0);
-    assert.match(clash.stderr, /^ERROR:\s+".*000000010000000000000007" already exists in the archive with different content .*the archived file was kept/);
+    assert.match(
+      clash.stderr,
+      /^ERROR:\s+".*000000010000000000000007" already exists in the archive with different content .*the archived file was kept/,
+    );
     assert.ok(readFileSync(stored).equals(original), 'the archived file is untouched');
 
     // .history, .backup and .partial are archive files too.
@@ -77,11 +83,22 @@ test('ARCHIVE-PUSH: stores atomically, the same file twice succeeds, a different
     }
 
     // Nothing that is not a WAL archive name, and no truncated segment.
-    for (const bad of ['foo.txt', '00000001000000000000000G', '000000010000000000000009.gz', '0000000100000000000000090']) {
+    for (const bad of [
+      'foo.txt',
+      '00000001000000000000000G',
+      '000000010000000000000009.gz',
+      '0000000100000000000000090',
+    ]) {
       writeOwned(join(work, bad), 'x');
       const r = await setup.bart(['ARCHIVE-PUSH', '-s', 'arch', join(work, bad)]);
       assert.notEqual(r.code, 0, bad);
-      assert.match(r.stderr, new RegExp(`^ERROR:\\s+file "${bad.replace('.', '\\.')}" is not a WAL archive file name: expected a WAL segment`), bad);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `^ERROR:\\s+file "${bad.replace('.', '\\.')}" is not a WAL archive file name: expected a WAL segment`,
+        ),
+        bad,
+      );
     }
     writeOwned(join(work, '00000001000000000000000A'), randomBytes(1000));
     const short = await setup.bart(['ARCHIVE-PUSH', '-s', 'arch', join(work, '00000001000000000000000A')]);
@@ -93,11 +110,16 @@ test('ARCHIVE-PUSH: stores atomically, the same file twice succeeds, a different
 
     // No temp files are left behind, and only the accepted files are there.
     assert.deepEqual(readdirSync(archiveDir).sort(), [
-      '000000010000000000000007', '000000010000000000000007.00000028.backup', '000000010000000000000008.partial', '00000002.history',
+      '000000010000000000000007',
+      '000000010000000000000007.00000028.backup',
+      '000000010000000000000008.partial',
+      '00000002.history',
     ]);
 
     // A server whose catalog was never created: the fix is INIT.
-    setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n[fresh]\nhost = 127.0.0.1\nuser = postgres\ncluster_owner = postgres\n`);
+    setup.writeConfig(
+      `${readFileSync(setup.configPath, 'utf8')}\n[fresh]\nhost = 127.0.0.1\nuser = postgres\ncluster_owner = postgres\n`,
+    );
     const noInit = await setup.bart(['ARCHIVE-PUSH', '-s', 'fresh', src]);
     assert.notEqual(noInit.code, 0);
     assert.match(noInit.stderr, /archive path ".*fresh\/archived_wals" is not usable .*run "bart INIT" to create it/);
@@ -126,13 +148,20 @@ test('ARCHIVE-GET: a present file, a .gz file and an absent file', async () => {
     const absent = await setup.bart(['ARCHIVE-GET', '-s', 'arch', '00000003.history', join(work, 'RECOVERYHISTORY')]);
     assert.equal(absent.code, 1);
     assert.equal(absent.stderr, '');
-    assert.match(absent.stdout, /^INFO:\s+WAL file "00000003\.history" is not in the archive of server "arch" \(.*\)\n$/);
+    assert.match(
+      absent.stdout,
+      /^INFO:\s+WAL file "00000003\.history" is not in the archive of server "arch" \(.*\)\n$/,
+    );
     assert.throws(() => statSync(join(work, 'RECOVERYHISTORY')));
 
     const bad = await setup.bart(['ARCHIVE-GET', '-s', 'arch', '../../etc/passwd', join(work, 'X')]);
     assert.notEqual(bad.code, 0);
     assert.match(bad.stderr, /^ERROR:\s+WAL file name "\.\.\/\.\.\/etc\/passwd" is not a WAL archive file name/);
-    assert.deepEqual(readdirSync(work).filter((f) => f.startsWith('.')), [], 'no temp files left next to the destination');
+    assert.deepEqual(
+      readdirSync(work).filter((f) => f.startsWith('.')),
+      [],
+      'no temp files left next to the destination',
+    );
   } finally {
     setup.cleanup();
   }
@@ -164,7 +193,8 @@ test(`ARCHIVE-GET as restore_command: PostgreSQL ${firstVersion} recovers a cold
     await cluster.stop();
 
     // Everything the copy needs beyond its own state must come through ARCHIVE-GET.
-    for (const f of readdirSync(join(copy, 'pg_wal'))) if (/^[0-9A-F]{24}$/.test(f)) removeTree(join(copy, 'pg_wal', f));
+    for (const f of readdirSync(join(copy, 'pg_wal')))
+      if (/^[0-9A-F]{24}$/.test(f)) removeTree(join(copy, 'pg_wal', f));
     const restoreCommand = `${process.execPath} ${join(REPO_ROOT, 'bin', 'bart.js')} -c ${setup.configPath} ARCHIVE-GET -s src %f %p`;
     appendFileSync(join(copy, 'postgresql.auto.conf'), `archive_mode = 'off'\nrestore_command = '${restoreCommand}'\n`);
     writeOwned(join(copy, 'recovery.signal'), '');

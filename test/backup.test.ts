@@ -19,7 +19,9 @@ async function startInsertWriter(fx: BackupFixture) {
   let running = true;
   const loop = (async () => {
     while (running) {
-      await client.query('INSERT INTO ins SELECT g, md5(g::text) FROM generate_series($1::bigint, $1::bigint + 49) g', [next]);
+      await client.query('INSERT INTO ins SELECT g, md5(g::text) FROM generate_series($1::bigint, $1::bigint + 49) g', [
+        next,
+      ]);
       next += 50;
     }
   })();
@@ -67,8 +69,10 @@ for (const version of versionsUnderTest()) {
       tsDir = makeTempDir('ts');
       await pgbenchInit(fx.cluster, 3);
       await fx.cluster.query(`CREATE TABLESPACE ts1 LOCATION '${tsDir}'`);
-      await fx.cluster.query("CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g AS id, repeat(md5(g::text), 20) AS big FROM generate_series(1, 20000) g");
-      await fx.cluster.query("CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 10000) g");
+      await fx.cluster.query(
+        'CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g AS id, repeat(md5(g::text), 20) AS big FROM generate_series(1, 20000) g',
+      );
+      await fx.cluster.query('CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 10000) g');
       await fx.cluster.query('CREATE EXTENSION IF NOT EXISTS amcheck');
       static_ = await tableFingerprints(fx.cluster);
     });
@@ -89,24 +93,44 @@ for (const version of versionsUnderTest()) {
       assert.match(r.stdout, /backup completed successfully/);
       const dir = fx.backupDir(id);
       assert.ok(existsSync(join(dir, 'manifest.jsonl')));
-      assert.ok(!readdirSync(join(fx.setup.backupPath, fx.server)).some((n) => n.endsWith('.partial')), 'no partial backup left');
+      assert.ok(
+        !readdirSync(join(fx.setup.backupPath, fx.server)).some((n) => n.endsWith('.partial')),
+        'no partial backup left',
+      );
       if (args[1] === 'p' && !args.includes('--compress')) {
-        const v = await run(clientTool('pg_verifybackup'), version === 15 ? [join(dir, 'base')] : ['-n', join(dir, 'base')]);
+        const v = await run(
+          clientTool('pg_verifybackup'),
+          version === 15 ? [join(dir, 'base')] : ['-n', join(dir, 'base')],
+        );
         assert.equal(v.code, 0, `pg_verifybackup: ${v.stdout}${v.stderr}`);
       }
       const target = join(makeTempDir('restore'), 'data');
       const restored = await restoreByHand(dir, version, target);
       try {
         const now = await tableFingerprints(restored);
-        for (const [table, fp] of Object.entries(static_)) assert.equal(now[table], fp, `table ${table} differs after restore`);
+        for (const [table, fp] of Object.entries(static_))
+          assert.equal(now[table], fp, `table ${table} differs after restore`);
         const rows = await restored.query<{ n: string; max: string; bad: string }>(
-          "SELECT count(*) AS n, coalesce(max(id), 0) AS max, count(*) FILTER (WHERE payload <> md5(id::text)) AS bad FROM ins");
+          'SELECT count(*) AS n, coalesce(max(id), 0) AS max, count(*) FILTER (WHERE payload <> md5(id::text)) AS bad FROM ins',
+        );
         const { n, max, bad } = rows[0]!;
         assert.equal(bad, '0');
         assert.equal(n, max, 'rows committed during the backup form a gap-free prefix');
-        assert.ok(Number(max) >= committedBefore, `restored ${max} rows, ${committedBefore} were committed before the backup started`);
+        assert.ok(
+          Number(max) >= committedBefore,
+          `restored ${max} rows, ${committedBefore} were committed before the backup started`,
+        );
         assert.equal(await restored.scalar('SELECT count(*) FROM scratch'), '0', 'unlogged table exists and is empty');
-        const check = await run(clientTool('pg_amcheck'), ['-h', restored.host, '-p', String(restored.port), '-U', 'postgres', '--heapallindexed', 'postgres']);
+        const check = await run(clientTool('pg_amcheck'), [
+          '-h',
+          restored.host,
+          '-p',
+          String(restored.port),
+          '-U',
+          'postgres',
+          '--heapallindexed',
+          'postgres',
+        ]);
         assert.equal(check.code, 0, `pg_amcheck: ${check.stdout}${check.stderr}`);
       } finally {
         await restored.destroy();
@@ -144,7 +168,10 @@ for (const version of versionsUnderTest()) {
       const ids = readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => /^\d+$/.test(n));
       assert.equal(ids.length, combinations.length + 1);
       for (const id of ids) assert.match(list.stdout, new RegExp(`${id}\\s+none\\s+none.*active`));
-      const json = JSON.parse((await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json'])).stdout) as { id: string; status: string }[];
+      const json = JSON.parse((await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json'])).stdout) as {
+        id: string;
+        status: string;
+      }[];
       assert.deepEqual(json.map((b) => b.id).sort(), ids.sort());
       // BART's list format, under its short and long option names.
       for (const flag of ['-t', '--toggle']) {
@@ -160,7 +187,11 @@ for (const version of versionsUnderTest()) {
       assert.equal((ok.stdout.match(/ OK/g) ?? []).length, combinations.length + 1);
 
       // Flip one byte in the middle of a data file of a plain backup and of an uncompressed tar.
-      const plain = ids.find((id) => /BACKUP FORMAT: plain\n[\s\S]*COMPRESSION: none\n[\s\S]*ENGINE: native/.test(readFileSync(join(fx.backupDir(id), 'backupinfo'), 'utf8')))!;
+      const plain = ids.find((id) =>
+        /BACKUP FORMAT: plain\n[\s\S]*COMPRESSION: none\n[\s\S]*ENGINE: native/.test(
+          readFileSync(join(fx.backupDir(id), 'backupinfo'), 'utf8'),
+        ),
+      )!;
       const tarId = ids.find((id) => existsSync(join(fx.backupDir(id), 'base.tar')))!;
       const flip = async (path: string, at: number) => {
         const { openSync, readSync, writeSync, closeSync } = await import('node:fs');
@@ -171,7 +202,9 @@ for (const version of versionsUnderTest()) {
         writeSync(fd, b, 0, 1, at);
         closeSync(fd);
       };
-      const accounts = (await fx.cluster.query<{ p: string }>("SELECT pg_relation_filepath('pgbench_accounts') AS p"))[0]!.p;
+      const accounts = (
+        await fx.cluster.query<{ p: string }>("SELECT pg_relation_filepath('pgbench_accounts') AS p")
+      )[0]!.p;
       await flip(join(fx.backupDir(plain), 'base', accounts), 8192 * 3 + 100);
       const tarPath = join(fx.backupDir(tarId), 'base.tar');
       await flip(tarPath, Math.floor(readFileSync(join(fx.backupDir(tarId), 'manifest.jsonl'), 'utf8').length)); // lands in file data
@@ -217,7 +250,9 @@ describe('BACKUP failures leave no valid-looking backup', () => {
     await runOk('dd', ['if=/dev/urandom', `of=${noise}`, 'bs=1M', 'count=200', 'status=none']);
     await fx.cluster.query('CREATE TABLE noise (b bytea)');
     await fx.cluster.query('ALTER TABLE noise ALTER COLUMN b SET STORAGE EXTERNAL');
-    await fx.cluster.query(`INSERT INTO noise SELECT pg_read_binary_file('${noise}', i * 1048576, 1048576) FROM generate_series(0, 199) i`);
+    await fx.cluster.query(
+      `INSERT INTO noise SELECT pg_read_binary_file('${noise}', i * 1048576, 1048576) FROM generate_series(0, 199) i`,
+    );
   });
   after(async () => fx?.destroy());
 
@@ -234,7 +269,23 @@ describe('BACKUP failures leave no valid-looking backup', () => {
   test('kill -9 in the middle of a backup: nothing looks valid, and the next BACKUP works', async () => {
     const { spawn } = await import('node:child_process');
     const { REPO_ROOT } = await import('./harness/pg-binaries.js');
-    const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', fx.setup.configPath, 'BACKUP', '-s', fx.server, '-z', '-c', '9', '--thread-count', '1'], { stdio: 'ignore' });
+    const child = spawn(
+      process.execPath,
+      [
+        join(REPO_ROOT, 'bin', 'bart.js'),
+        '-c',
+        fx.setup.configPath,
+        'BACKUP',
+        '-s',
+        fx.server,
+        '-z',
+        '-c',
+        '9',
+        '--thread-count',
+        '1',
+      ],
+      { stdio: 'ignore' },
+    );
     // Kill it while it copies, as seen on disk (not after a guessed delay): once the partial backup's
     // base.tar.gz holds 4 MiB, the copy has begun, and it is far from done (the 200 MB of random data
     // above do not compress).
@@ -258,7 +309,9 @@ describe('BACKUP failures leave no valid-looking backup', () => {
     assert.equal(partial, copyingDir, 'the killed backup was still in progress');
     const show = await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server]);
     assert.match(show.stdout, new RegExp(`${partial!.replace('.partial', '')}.*failed`));
-    const restoreCandidates = JSON.parse((await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json'])).stdout) as { id: string; status: string }[];
+    const restoreCandidates = JSON.parse(
+      (await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json'])).stdout,
+    ) as { id: string; status: string }[];
     assert.equal(restoreCandidates.find((b) => partial!.startsWith(b.id))?.status, 'failed');
     // The server is not stuck in backup mode and the stale lock is taken over.
     const next = await fx.setup.bart(['BACKUP', '-s', fx.server]);
@@ -272,7 +325,10 @@ describe('BACKUP failures leave no valid-looking backup', () => {
       const r = await fx.setup.bart(['BACKUP', '-s', fx.server]);
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /ERROR: +cannot connect to PostgreSQL server 127\.0\.0\.1:\d+/);
-      assert.deepEqual(readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => !n.endsWith('.partial')), before_);
+      assert.deepEqual(
+        readdirSync(join(fx.setup.backupPath, fx.server)).filter((n) => !n.endsWith('.partial')),
+        before_,
+      );
     } finally {
       await fx.cluster.start();
     }
@@ -290,7 +346,11 @@ describe('BACKUP failures leave no valid-looking backup', () => {
       const ids = testUserIds()!;
       chownSync(mnt, ids.uid, ids.gid);
       chownSync(backupPath, ids.uid, ids.gid);
-      fx.setup.writeConfig(cfg.replace(/^backup_path = .*$/m, `backup_path = ${backupPath}`).replace(/^(\[pg\])$/m, `$1\narchive_path = ${archive}`));
+      fx.setup.writeConfig(
+        cfg
+          .replace(/^backup_path = .*$/m, `backup_path = ${backupPath}`)
+          .replace(/^(\[pg\])$/m, `$1\narchive_path = ${archive}`),
+      );
       const tooSmall = await fx.setup.bart(['BACKUP', '-s', fx.server]);
       assert.notEqual(tooSmall.code, 0);
       assert.match(tooSmall.stderr, /not enough free space in .*catalog/);
@@ -303,7 +363,9 @@ describe('BACKUP failures leave no valid-looking backup', () => {
       const full = await fx.setup.bart(['BACKUP', '-s', fx.server, '--compress', 'lz4']);
       assert.notEqual(full.code, 0, full.stdout);
       assert.match(full.stderr, /no space left on device/);
-      const left = existsSync(join(backupPath, fx.server)) ? readdirSync(join(backupPath, fx.server)).filter((n) => !n.endsWith('.lock')) : [];
+      const left = existsSync(join(backupPath, fx.server))
+        ? readdirSync(join(backupPath, fx.server)).filter((n) => !n.endsWith('.lock'))
+        : [];
       assert.deepEqual(left, [], 'nothing of the failed backup is left');
     } finally {
       fx.setup.writeConfig(cfg);

@@ -1,6 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBartSetup, serverSection } from './harness/bart.js';
@@ -14,14 +23,28 @@ test('CHECK-CONFIG without -s checks the [BART] section and names a broken pg_ba
   try {
     const ok = await setup.bart(['CHECK-CONFIG']);
     assert.equal(ok.code, 0, ok.stderr);
-    assert.match(ok.stdout, /backup_path ".*" is writable: success \(it does not exist yet; "bart INIT" will create it/);
-    assert.match(ok.stdout, /pg_basebackup_path ".*pg_basebackup" is executable: success \(returns version "pg_basebackup \(PostgreSQL\) 15\./);
+    assert.match(
+      ok.stdout,
+      /backup_path ".*" is writable: success \(it does not exist yet; "bart INIT" will create it/,
+    );
+    assert.match(
+      ok.stdout,
+      /pg_basebackup_path ".*pg_basebackup" is executable: success \(returns version "pg_basebackup \(PostgreSQL\) 15\./,
+    );
     assert.match(ok.stdout, /logfile ".*bart\.log" is writable: success/);
 
-    setup.writeConfig(readFileSync(setup.configPath, 'utf8').replace(/^pg_basebackup_path = .*$/m, 'pg_basebackup_path = /nonexistent/pg_basebackup'));
+    setup.writeConfig(
+      readFileSync(setup.configPath, 'utf8').replace(
+        /^pg_basebackup_path = .*$/m,
+        'pg_basebackup_path = /nonexistent/pg_basebackup',
+      ),
+    );
     const bad = await setup.bart(['CHECK-CONFIG']);
     assert.notEqual(bad.code, 0);
-    assert.match(bad.stderr, /ERROR:\s+pg_basebackup_path "\/nonexistent\/pg_basebackup" is executable: does not exist: set pg_basebackup_path/);
+    assert.match(
+      bad.stderr,
+      /ERROR:\s+pg_basebackup_path "\/nonexistent\/pg_basebackup" is executable: does not exist: set pg_basebackup_path/,
+    );
   } finally {
     setup.cleanup();
   }
@@ -40,7 +63,9 @@ test('CHECK-CONFIG of a remote server on a host without ssh says to install the 
       }
     }
     const port = await freePort();
-    setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n[db1]\nhost = 127.0.0.1\nport = ${port}\nuser = postgres\ncluster_owner = postgres\nremote_host = postgres@127.0.0.1\n`);
+    setup.writeConfig(
+      `${readFileSync(setup.configPath, 'utf8')}\n[db1]\nhost = 127.0.0.1\nport = ${port}\nuser = postgres\ncluster_owner = postgres\nremote_host = postgres@127.0.0.1\n`,
+    );
     const r = await setup.bart(['CHECK-CONFIG', '-s', 'db1'], { PATH: bin });
     assert.equal(r.code, 1, `${r.stdout}\n${r.stderr}`);
     assert.match(
@@ -91,19 +116,33 @@ for (const version of versionsUnderTest()) {
       // Wrong port: nothing listens there.
       const wrong = await setup.bart(['CHECK-CONFIG', '-s', 'wrongport']);
       assert.notEqual(wrong.code, 0);
-      assert.match(wrong.stderr, new RegExp(`ERROR:\\s+connection to 127\\.0\\.0\\.1:${unusedPort} as user "postgres": no PostgreSQL server is listening on 127\\.0\\.0\\.1:${unusedPort} \\(connection refused\\): start the server, or fix host/port in \\[wrongport\\]`));
+      assert.match(
+        wrong.stderr,
+        new RegExp(
+          `ERROR:\\s+connection to 127\\.0\\.0\\.1:${unusedPort} as user "postgres": no PostgreSQL server is listening on 127\\.0\\.0\\.1:${unusedPort} \\(connection refused\\): start the server, or fix host/port in \\[wrongport\\]`,
+        ),
+      );
 
       // Not a superuser (and no REPLICATION attribute either).
       const plain = await setup.bart(['CHECK-CONFIG', '-s', 'plain']);
       assert.notEqual(plain.code, 0);
-      assert.match(plain.stderr, /ERROR:\s+user "plain" is a database superuser: "plain" is not a superuser: run "ALTER ROLE plain SUPERUSER"/);
+      assert.match(
+        plain.stderr,
+        /ERROR:\s+user "plain" is a database superuser: "plain" is not a superuser: run "ALTER ROLE plain SUPERUSER"/,
+      );
       assert.match(plain.stdout, /connection to .* as user "plain": success/);
-      assert.match(plain.stderr, /ERROR:\s+replication connection as user "plain": .*run "ALTER ROLE plain REPLICATION"/);
+      assert.match(
+        plain.stderr,
+        /ERROR:\s+replication connection as user "plain": .*run "ALTER ROLE plain REPLICATION"/,
+      );
 
       // pg_hba.conf refuses replication connections for this user: the fix names the pg_hba line.
       const noHba = await setup.bart(['CHECK-CONFIG', '-s', 'nohba']);
       assert.notEqual(noHba.code, 0);
-      assert.match(noHba.stderr, /ERROR:\s+replication connection as user "nohba": pg_hba\.conf does not let "nohba" open replication connections .*add "host replication nohba <bart host address>\/32 scram-sha-256"/);
+      assert.match(
+        noHba.stderr,
+        /ERROR:\s+replication connection as user "nohba": pg_hba\.conf does not let "nohba" open replication connections .*add "host replication nohba <bart host address>\/32 scram-sha-256"/,
+      );
       assert.match(noHba.stdout, /user "nohba" is a database superuser: success/);
 
       // Passwords: a wrong one fails with a fix, a right one works; neither shows up anywhere.
@@ -128,8 +167,14 @@ for (const version of versionsUnderTest()) {
       // that is reported is for benchmarks, not for an assertion on a shared machine's clock.
       const failing = await setup.bart(['CHECK-CONFIG', '-s', 'db']);
       assert.notEqual(failing.code, 0);
-      assert.match(failing.stderr, /ERROR:\s+archive_command is set: archive_command 'false' does not store WAL in ".*archived_wals"/);
-      assert.match(failing.stderr, /ERROR:\s+WAL archiving is working: archive_command failed \d+ times? while archiving; [0-9A-F]{24} did not reach ".*" \(pg_stat_archiver: failed_count \d+, last_failed_wal [0-9A-F]{24}/);
+      assert.match(
+        failing.stderr,
+        /ERROR:\s+archive_command is set: archive_command 'false' does not store WAL in ".*archived_wals"/,
+      );
+      assert.match(
+        failing.stderr,
+        /ERROR:\s+WAL archiving is working: archive_command failed \d+ times? while archiving; [0-9A-F]{24} did not reach ".*" \(pg_stat_archiver: failed_count \d+, last_failed_wal [0-9A-F]{24}/,
+      );
 
       // Back to pgbart's command: everything passes again (the archiver retries after the reload).
       const fixed = await setup.bart(['INIT', '-s', 'db', '-o']);
@@ -141,7 +186,12 @@ for (const version of versionsUnderTest()) {
       await cluster.stop();
       const down = await setup.bart(['CHECK-CONFIG', '-s', 'db']);
       assert.notEqual(down.code, 0);
-      assert.match(down.stderr, new RegExp(`ERROR:\\s+connection to 127\\.0\\.0\\.1:${cluster.port} as user "postgres": no PostgreSQL server is listening on 127\\.0\\.0\\.1:${cluster.port}.*start the server`));
+      assert.match(
+        down.stderr,
+        new RegExp(
+          `ERROR:\\s+connection to 127\\.0\\.0\\.1:${cluster.port} as user "postgres": no PostgreSQL server is listening on 127\\.0\\.0\\.1:${cluster.port}.*start the server`,
+        ),
+      );
       assert.match(down.stderr, /WARNING:\s+WAL archiving is working: not checked: no connection to the server/);
     } finally {
       await cluster.destroy();

@@ -2,7 +2,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { compressChunk, compressionExtension, createDecompressor, looksIncompressible, type CompressionMethod } from '../src/storage/compression.js';
+import {
+  compressChunk,
+  compressionExtension,
+  createDecompressor,
+  looksIncompressible,
+  type CompressionMethod,
+} from '../src/storage/compression.js';
 
 const TOOLS: Record<string, string[]> = { gzip: ['gzip', '-dc'], lz4: ['lz4', '-dc'], zstd: ['zstd', '-dc', '-q'] };
 
@@ -30,8 +36,14 @@ test('compression units: random (stored) and compressible chunks, concatenated, 
     assert.ok(units[1]!.length < text.length / 10, `${method}: text is compressed`);
     const stream = Buffer.concat(units);
     assert.ok((await decode(method, stream)).equals(Buffer.concat(parts)), `${method}: our decoder`);
-    const viaTool = execFileSync(TOOLS[method]![0]!, TOOLS[method]!.slice(1), { input: stream, maxBuffer: 64 * 1024 * 1024 });
-    assert.ok(viaTool.equals(Buffer.concat(parts)), `${method}: ${TOOLS[method]![0]} -d reads ${compressionExtension(method)} units`);
+    const viaTool = execFileSync(TOOLS[method]![0]!, TOOLS[method]!.slice(1), {
+      input: stream,
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    assert.ok(
+      viaTool.equals(Buffer.concat(parts)),
+      `${method}: ${TOOLS[method]![0]} -d reads ${compressionExtension(method)} units`,
+    );
   }
 });
 

@@ -9,7 +9,11 @@ import { REPO_ROOT } from './harness/pg-binaries.js';
 const BART = join(REPO_ROOT, 'bin', 'bart.js');
 
 /** Runs bart (as root, like the harness) with exactly this environment, so $BART_CONFIG/$BART_HOME are under control. */
-function bartWithEnv(args: string[], env: Record<string, string>, uid?: { uid: number; gid: number }): Promise<RunResult> {
+function bartWithEnv(
+  args: string[],
+  env: Record<string, string>,
+  uid?: { uid: number; gid: number },
+): Promise<RunResult> {
   const base: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env };
   return run(process.execPath, [BART, ...args], { asTestUser: false, env: base, cwd: '/', ...(uid ?? {}) });
 }
@@ -46,19 +50,54 @@ test('config: every bad bart.cfg gives ERROR: <file>:<line>: with the right line
     const port = lines.indexOf('port = 5444') + 1;
     const appended = lines.length + 1;
     const variants: Array<{ name: string; edit: (l: string[]) => string[]; line: number; says: RegExp }> = [
-      { name: 'unknown key', edit: (l) => [...l.slice(0, port), 'colour = blue', ...l.slice(port)], line: port + 1, says: /unknown parameter "colour"/ },
-      { name: 'missing required key', edit: (l) => l.filter((x) => !x.startsWith('cluster_owner')), line: section, says: /missing the required parameter "cluster_owner"/ },
+      {
+        name: 'unknown key',
+        edit: (l) => [...l.slice(0, port), 'colour = blue', ...l.slice(port)],
+        line: port + 1,
+        says: /unknown parameter "colour"/,
+      },
+      {
+        name: 'missing required key',
+        edit: (l) => l.filter((x) => !x.startsWith('cluster_owner')),
+        line: section,
+        says: /missing the required parameter "cluster_owner"/,
+      },
       {
         name: 'duplicate section (case-insensitive)',
         edit: (l) => [...l, '', '[ACCTG]', 'host = h', 'user = u', 'cluster_owner = c'],
         line: appended + 1,
         says: new RegExp(`duplicate section \\[ACCTG\\].*line ${section}\\b`),
       },
-      { name: 'retention_policy = 8 BACKUP', edit: (l) => [...l, 'retention_policy = 8 BACKUP'], line: appended, says: /retention_policy = "8 BACKUP" is invalid/ },
-      { name: 'port = abc', edit: (l) => l.map((x) => (x.startsWith('port') ? 'port = abc' : x)), line: port, says: /port = "abc" is not a number/ },
-      { name: 'thread_count = 0', edit: (l) => [...l, 'thread_count = 0'], line: appended, says: /thread_count = 0 is out of range/ },
-      { name: 'backup_name over 49 characters', edit: (l) => [...l, `backup_name = ${'b'.repeat(50)}`], line: appended, says: /backup_name = "b{50}" is invalid/ },
-      { name: 'remote_host = nohost', edit: (l) => [...l, 'remote_host = nohost'], line: appended, says: /remote_host = "nohost" is invalid: expected user@host/ },
+      {
+        name: 'retention_policy = 8 BACKUP',
+        edit: (l) => [...l, 'retention_policy = 8 BACKUP'],
+        line: appended,
+        says: /retention_policy = "8 BACKUP" is invalid/,
+      },
+      {
+        name: 'port = abc',
+        edit: (l) => l.map((x) => (x.startsWith('port') ? 'port = abc' : x)),
+        line: port,
+        says: /port = "abc" is not a number/,
+      },
+      {
+        name: 'thread_count = 0',
+        edit: (l) => [...l, 'thread_count = 0'],
+        line: appended,
+        says: /thread_count = 0 is out of range/,
+      },
+      {
+        name: 'backup_name over 49 characters',
+        edit: (l) => [...l, `backup_name = ${'b'.repeat(50)}`],
+        line: appended,
+        says: /backup_name = "b{50}" is invalid/,
+      },
+      {
+        name: 'remote_host = nohost',
+        edit: (l) => [...l, 'remote_host = nohost'],
+        line: appended,
+        says: /remote_host = "nohost" is invalid: expected user@host/,
+      },
     ];
     // Each case gets its own file so the processes can run side by side.
     const results = await Promise.all(
@@ -72,7 +111,11 @@ test('config: every bad bart.cfg gives ERROR: <file>:<line>: with the right line
     for (const { v, path, r } of results) {
       assert.notEqual(r.code, 0, `${v.name}: exit status`);
       const first = r.stderr.split('\n')[0] ?? '';
-      assert.match(first, new RegExp(`^ERROR:\\s+${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:${v.line}: `), `${v.name}: ${r.stderr}`);
+      assert.match(
+        first,
+        new RegExp(`^ERROR:\\s+${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:${v.line}: `),
+        `${v.name}: ${r.stderr}`,
+      );
       assert.match(first, v.says, `${v.name}: ${r.stderr}`);
       assert.equal(r.stdout, '', `${v.name}: nothing on stdout`);
     }
@@ -93,10 +136,16 @@ test('config: -c beats $BART_CONFIG, which beats $BART_HOME; a missing file name
   const home = makeTempDir('barthome');
   try {
     const fromEnv = join(setup.dir, 'env.cfg');
-    writeFileSync(fromEnv, readFileSync(setup.configPath, 'utf8').replace(/^logfile = .*$/m, `logfile = ${join(setup.dir, 'env.log')}`));
+    writeFileSync(
+      fromEnv,
+      readFileSync(setup.configPath, 'utf8').replace(/^logfile = .*$/m, `logfile = ${join(setup.dir, 'env.log')}`),
+    );
     mkdirSync(join(home, 'etc'), { recursive: true });
     const fromHome = join(home, 'etc', 'bart.cfg');
-    writeFileSync(fromHome, readFileSync(setup.configPath, 'utf8').replace(/^logfile = .*$/m, `logfile = ${join(setup.dir, 'home.log')}`));
+    writeFileSync(
+      fromHome,
+      readFileSync(setup.configPath, 'utf8').replace(/^logfile = .*$/m, `logfile = ${join(setup.dir, 'home.log')}`),
+    );
     for (const f of [fromEnv, fromHome]) chmodSync(f, 0o644);
 
     const viaHome = await bartWithEnv(['CHECK-CONFIG'], { BART_HOME: home });
@@ -107,7 +156,10 @@ test('config: -c beats $BART_CONFIG, which beats $BART_HOME; a missing file name
     assert.equal(viaEnv.code, 0, viaEnv.stderr);
     assert.match(viaEnv.stdout, new RegExp(`Checking the \\[BART\\] section of ${fromEnv}`));
 
-    const viaOption = await bartWithEnv(['-c', setup.configPath, 'CHECK-CONFIG'], { BART_HOME: home, BART_CONFIG: fromEnv });
+    const viaOption = await bartWithEnv(['-c', setup.configPath, 'CHECK-CONFIG'], {
+      BART_HOME: home,
+      BART_CONFIG: fromEnv,
+    });
     assert.equal(viaOption.code, 0, viaOption.stderr);
     assert.match(viaOption.stdout, new RegExp(`Checking the \\[BART\\] section of ${setup.configPath}`));
 
@@ -135,19 +187,25 @@ test('config: bart started as a user other than root or the BART user refuses, n
   try {
     chmodSync(dir, 0o755);
     const cfg = join(dir, 'bart.cfg');
-    writeFileSync(cfg, [
-      '[BART]',
-      `bart_host = ${testUserName()}@127.0.0.1`,
-      `backup_path = ${join(dir, 'backups')}`,
-      `logfile = ${join(dir, 'bart.log')}`,
-      `scanner_logfile = ${join(dir, 'bart_scanner.log')}`,
-      `bart_socket_directory = ${dir}`,
-      '',
-    ].join('\n'));
+    writeFileSync(
+      cfg,
+      [
+        '[BART]',
+        `bart_host = ${testUserName()}@127.0.0.1`,
+        `backup_path = ${join(dir, 'backups')}`,
+        `logfile = ${join(dir, 'bart.log')}`,
+        `scanner_logfile = ${join(dir, 'bart_scanner.log')}`,
+        `bart_socket_directory = ${dir}`,
+        '',
+      ].join('\n'),
+    );
     chmodSync(cfg, 0o644);
     const r = await bartWithEnv(['-c', cfg, 'SHOW-SERVERS'], { HOME: '/' }, { uid: 65534, gid: 65534 });
     assert.notEqual(r.code, 0);
-    assert.match(r.stderr, new RegExp(`^ERROR:\\s+bart must run as the BART user "${testUserName()}".* not as "nobody"`));
+    assert.match(
+      r.stderr,
+      new RegExp(`^ERROR:\\s+bart must run as the BART user "${testUserName()}".* not as "nobody"`),
+    );
     assert.equal(existsSync(join(dir, 'bart.log')), false, 'nothing was logged as the wrong user');
   } finally {
     removeTree(dir);

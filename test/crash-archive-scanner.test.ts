@@ -7,7 +7,16 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
@@ -25,7 +34,12 @@ const MBM_RE = /^([0-9A-F]{8})_([0-9A-F]{16})_([0-9A-F]{16})\.mbm$/;
 type Exit = RunResult & { signal: NodeJS.Signals | null };
 
 /** Runs bin/<tool>.js with the test config and extra environment; resolves with exit code and signal. */
-function runTool(src: RestoreSource, tool: 'bart' | 'bart-scanner', args: string[], env: NodeJS.ProcessEnv = {}): Promise<Exit> {
+function runTool(
+  src: RestoreSource,
+  tool: 'bart' | 'bart-scanner',
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<Exit> {
   const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', `${tool}.js`), '-c', src.setup.configPath, ...args], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -39,7 +53,9 @@ function runTool(src: RestoreSource, tool: 'bart' | 'bart-scanner', args: string
 
 /** Archived segments, oldest first. */
 function segments(src: RestoreSource): string[] {
-  return readdirSync(src.archivePath).filter((n) => SEGMENT_RE.test(n)).sort();
+  return readdirSync(src.archivePath)
+    .filter((n) => SEGMENT_RE.test(n))
+    .sort();
 }
 
 /** Segment names (same timeline) that have an MBM: an MBM is named after the end LSN of its segment. */
@@ -49,7 +65,9 @@ function segmentsWithMbm(src: RestoreSource): Set<string> {
     const m = MBM_RE.exec(n);
     if (!m) continue;
     const segNo = BigInt(`0x${m[3]}`) / BigInt(16 * 1024 * 1024) - 1n;
-    out.add(`${m[1]}${(segNo >> 8n).toString(16).toUpperCase().padStart(8, '0')}${(segNo & 0xffn).toString(16).toUpperCase().padStart(8, '0')}`);
+    out.add(
+      `${m[1]}${(segNo >> 8n).toString(16).toUpperCase().padStart(8, '0')}${(segNo & 0xffn).toString(16).toUpperCase().padStart(8, '0')}`,
+    );
   }
   return out;
 }
@@ -82,7 +100,7 @@ describe(`crash safety of ARCHIVE-PUSH and bart-scanner, PostgreSQL ${version}`,
   before(async () => {
     src = await createIncrementalSource(version);
     c = src.cluster;
-    await c.query("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    await c.query('CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g');
     await c.query('VACUUM t');
     await src.archiveCurrentWal();
     full = await takeBackup(src);
@@ -103,7 +121,8 @@ describe(`crash safety of ARCHIVE-PUSH and bart-scanner, PostgreSQL ${version}`,
     const staged = join(stagedDir, name);
     writeFileSync(staged, original);
     giveToTestUser(staged);
-    const push = (env: NodeJS.ProcessEnv = {}, path = staged) => runTool(src, 'bart', ['ARCHIVE-PUSH', '-s', src.server, path], env);
+    const push = (env: NodeJS.ProcessEnv = {}, path = staged) =>
+      runTool(src, 'bart', ['ARCHIVE-PUSH', '-s', src.server, path], env);
 
     // Killed once the copy is complete but before it is linked in: the WAL name stays absent.
     rmSync(archived);
@@ -201,7 +220,10 @@ describe(`crash safety of ARCHIVE-PUSH and bart-scanner, PostgreSQL ${version}`,
     const snap = await contentSnapshot(c);
     const r2 = await src.setup.bart(['BACKUP', '-s', src.server, '--parent', full]);
     assert.equal(r2.code, 0, `incremental over a damaged MBM\n${r2.stdout}\n${r2.stderr}`);
-    assert.match(r2.stderr + r2.stdout, new RegExp(`invalid MBM file .*${damaged}.*scanning WAL segment .* again to rebuild it`));
+    assert.match(
+      r2.stderr + r2.stdout,
+      new RegExp(`invalid MBM file .*${damaged}.*scanning WAL segment .* again to rebuild it`),
+    );
     assert.ok(readFileSync(damagedPath).equals(intact), 'the rebuilt MBM equals the original');
     const id = /backup identifier: '(\d+)'/.exec(r2.stdout)![1]!;
     await restoreAndCheck(src, id, snap, 'incremental taken after scanner crashes and a damaged MBM');

@@ -34,10 +34,17 @@ const SCENARIOS: Scenario[] = [
   {
     name: 'MANAGE -d killed at every step of a removal',
     prepare: 'mark-leftover',
-    kills: () => ['manage:locked', 'delete:renamed', 'delete:wal', 'delete:before-rm', 'delete:after-rm', 'delete:leftovers'].map((crashAt) => ({ args: () => ['MANAGE', '-d'], crashAt })),
+    kills: () =>
+      ['manage:locked', 'delete:renamed', 'delete:wal', 'delete:before-rm', 'delete:after-rm', 'delete:leftovers'].map(
+        (crashAt) => ({ args: () => ['MANAGE', '-d'], crashAt }),
+      ),
   },
   { name: 'MANAGE killed while marking obsolete', kills: () => [{ args: () => ['MANAGE'], crashAt: 'manage:marked' }] },
-  { name: 'MANAGE killed between gzip rename and unlink', prepare: 'age-wal', kills: () => [{ args: () => ['MANAGE'], crashAt: 'compress:renamed' }] },
+  {
+    name: 'MANAGE killed between gzip rename and unlink',
+    prepare: 'age-wal',
+    kills: () => [{ args: () => ['MANAGE'], crashAt: 'compress:renamed' }],
+  },
   {
     name: 'DELETE killed at every step',
     kills: (pick) => [
@@ -51,12 +58,17 @@ const SCENARIOS: Scenario[] = [
 ];
 
 function bartProcess(src: RestoreSource, args: string[], env: NodeJS.ProcessEnv = {}) {
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', src.setup.configPath, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', src.setup.configPath, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const done = new Promise<RunResult & { signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+  const done = new Promise<RunResult & { signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })),
+  );
   return { child, done };
 }
 
@@ -74,8 +86,16 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
     await src.archiveCurrentWal();
     return src.backup([]);
   };
-  const complete = () => readdirSync(serverDir).filter((n) => /^\d+$/.test(n)).sort();
-  const segmentsInArchive = () => new Set(readdirSync(src.archivePath).filter((n) => /^[0-9A-F]{24}(\.gz)?$/.test(n)).map((n) => n.slice(0, 24)));
+  const complete = () =>
+    readdirSync(serverDir)
+      .filter((n) => /^\d+$/.test(n))
+      .sort();
+  const segmentsInArchive = () =>
+    new Set(
+      readdirSync(src.archivePath)
+        .filter((n) => /^[0-9A-F]{24}(\.gz)?$/.test(n))
+        .map((n) => n.slice(0, 24)),
+    );
 
   /** Every complete backup verifies, and the archive holds every segment from its start to the newest one. */
   const assertCatalogSound = async (when: string) => {
@@ -118,7 +138,10 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
     const results = await Promise.all([a.done, b.done]);
     const failed = results.filter((r) => r.code !== 0);
     assert.equal(failed.length, 1, results.map((r) => r.stderr).join('\n'));
-    assert.match(failed[0]!.stderr, /ERROR: +BACKUP is running for this server \(pid \d+, started \d{4}-\d\d-\d\dT[^)]*\); try again when it has finished/);
+    assert.match(
+      failed[0]!.stderr,
+      /ERROR: +BACKUP is running for this server \(pid \d+, started \d{4}-\d\d-\d\dT[^)]*\); try again when it has finished/,
+    );
 
     // While a BACKUP holds the lock, MANAGE -d refuses and names it; the dry run and -l still work.
     const running = bartProcess(src, ['BACKUP', '-s', src.server]);
@@ -129,12 +152,19 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
     const backup = await running.done;
     assert.equal(backup.code, 0, backup.stderr);
     assert.notEqual(refused.code, 0, 'MANAGE -d ran while BACKUP held the lock');
-    assert.match(refused.stderr, new RegExp(`ERROR: .*BACKUP is running for this server \\(pid ${running.child.pid}, started `));
+    assert.match(
+      refused.stderr,
+      new RegExp(`ERROR: .*BACKUP is running for this server \\(pid ${running.child.pid}, started `),
+    );
     assert.equal(listing.code, 0, listing.stderr);
 
     // Started at the same moment: whichever loses says who holds the lock; nothing is corrupted.
-    const [x, y] = await Promise.all([bartProcess(src, ['BACKUP', '-s', src.server]).done, bartProcess(src, ['MANAGE', '-s', src.server, '-d']).done]);
-    for (const r of [x, y]) if (r.code !== 0) assert.match(r.stderr, /(BACKUP|MANAGE -d) is running for this server \(pid \d+/);
+    const [x, y] = await Promise.all([
+      bartProcess(src, ['BACKUP', '-s', src.server]).done,
+      bartProcess(src, ['MANAGE', '-s', src.server, '-d']).done,
+    ]);
+    for (const r of [x, y])
+      if (r.code !== 0) assert.match(r.stderr, /(BACKUP|MANAGE -d) is running for this server \(pid \d+/);
     assert.ok(x.code === 0 || y.code === 0);
 
     // A lock left by a dead process is taken over.
@@ -177,14 +207,24 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
         const old = new Date(Date.now() - 60_000).toISOString();
         for (const n of readdirSync(src.archivePath)) spawnSync('touch', ['-d', old, join(src.archivePath, n)]);
       }
-      const pick = { oldest: () => complete()[0]!, any: () => { const c = complete(); return c[Math.floor(random() * c.length)]!; } };
+      const pick = {
+        oldest: () => complete()[0]!,
+        any: () => {
+          const c = complete();
+          return c[Math.floor(random() * c.length)]!;
+        },
+      };
       for (const kill of scenario.kills(pick)) {
         const [command, ...rest] = kill.args();
         const args = [command!, '-s', src.server, ...rest];
         const when = `${step}: bart ${args.join(' ')}${kill.crashAt ? ` with PGBART_CRASH_AT=${kill.crashAt}` : ''}`;
         if (kill.crashAt) {
           const r = await bartProcess(src, args, { PGBART_CRASH_AT: kill.crashAt }).done;
-          assert.equal(r.signal, 'SIGKILL', `${when}: the crash point was not reached (exit ${r.code})\n${r.stdout}\n${r.stderr}`);
+          assert.equal(
+            r.signal,
+            'SIGKILL',
+            `${when}: the crash point was not reached (exit ${r.code})\n${r.stdout}\n${r.stderr}`,
+          );
         } else {
           await src.cluster.query('INSERT INTO t VALUES ($1)', [++marker]);
           const p = bartProcess(src, args);
@@ -196,8 +236,15 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
         }
         lap(`kill ${kill.crashAt ?? 'backup'}`);
         // Cheap after every kill: each directory that looks like a backup is a listed, complete backup with its WAL.
-        const listed = JSON.parse((await ok(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout) as { id: string; status: string }[];
-        for (const id of complete()) assert.ok(['active', 'obsolete', 'keep'].includes(listed.find((b) => b.id === id)?.status ?? ''), `${when}: ${id} looks like a backup but is not a complete one`);
+        const listed = JSON.parse((await ok(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout) as {
+          id: string;
+          status: string;
+        }[];
+        for (const id of complete())
+          assert.ok(
+            ['active', 'obsolete', 'keep'].includes(listed.find((b) => b.id === id)?.status ?? ''),
+            `${when}: ${id} looks like a backup but is not a complete one`,
+          );
         assertWalKept(`${when}, right after the kill`);
       }
       // Every retained backup still verifies after the kills, before anything repairs the catalog.
@@ -206,9 +253,14 @@ describe(`crash safety and locking on PostgreSQL ${version} (seed ${SEED})`, () 
       const when = step;
       await ok(['MANAGE', '-s', src.server]);
       await ok(['MANAGE', '-s', src.server, '-d']);
-      const left = readdirSync(serverDir).filter((n) => n.endsWith('.partial') || n.endsWith('.deleting') || n.includes('.tmp-'));
+      const left = readdirSync(serverDir).filter(
+        (n) => n.endsWith('.partial') || n.endsWith('.deleting') || n.includes('.tmp-'),
+      );
       assert.deepEqual(left, [], `${when}: MANAGE -d left leftovers`);
-      assert.ok(!readdirSync(src.archivePath).some((n) => n.includes('.tmp-')), `${when}: temp files left in the archive`);
+      assert.ok(
+        !readdirSync(src.archivePath).some((n) => n.includes('.tmp-')),
+        `${when}: temp files left in the archive`,
+      );
       lap('manage');
       await backupNow();
       lap('backup');

@@ -1,7 +1,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  cpSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, unlinkSync, writeFileSync,
+  cpSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  truncateSync,
+  unlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -132,7 +139,8 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
     const renamed = (t: string, to: string) => t.replace(`BACKUP IDENTIFIER: ${id.good}`, `BACKUP IDENTIFIER: ${to}`);
     copyOf(id.good!, bad.bogus!, (t) => renamed(t, bad.bogus!).replace(/^BACKUP STATUS: .*$/m, 'BACKUP STATUS: bogus'));
     copyOf(id.good!, bad.nan!, (t) =>
-      renamed(t, bad.nan!).replace(/^BACKUP SIZE BYTES: .*$/m, 'BACKUP SIZE BYTES: NaN'));
+      renamed(t, bad.nan!).replace(/^BACKUP SIZE BYTES: .*$/m, 'BACKUP SIZE BYTES: NaN'),
+    );
     // The incremental's parent (id.good) damaged through a missing field: the incremental is a broken chain.
     const goodInfo = join(serverDir, id.good!, 'backupinfo');
     const goodText = readFileSync(goodInfo, 'utf8');
@@ -145,8 +153,9 @@ describe(`damaged backups and catalogs (PostgreSQL ${version})`, () => {
       assert.match(text.stdout, new RegExp(`${d} .*damaged\\s*$`, 'm'), `${d} listed as damaged`);
     }
     assert.match(text.stdout, new RegExp(`${id.tar} .*active\\s*$`, 'm'), 'the others are listed as before');
-    const copied = `backup ${bad.copied} is damaged \\(`
-      + `BACKUP IDENTIFIER is ${id.good} but the directory is ${bad.copied} \\(a copied`;
+    const copied =
+      `backup ${bad.copied} is damaged \\(` +
+      `BACKUP IDENTIFIER is ${id.good} but the directory is ${bad.copied} \\(a copied`;
     assert.match(text.stderr, new RegExp(copied));
     const chained = `backup ${id.incremental} needs its parent ${id.good}, which is damaged \\(broken chain\\)`;
     assert.match(text.stderr, new RegExp(chained));

@@ -51,7 +51,15 @@ test('write-behind flushes lose nothing: repository outputs and restore files wr
     try {
       const copied = join(dir, 'copied');
       const size = Math.ceil((FLUSH_EVERY_BYTES * 2.5) / 2 ** 20) * 2 ** 20;
-      const result = await pool.run({ source: restorePath, target: copied, size, method: 'none', level: 0, hash: 'sha256', chunk: 4 * 2 ** 20 });
+      const result = await pool.run({
+        source: restorePath,
+        target: copied,
+        size,
+        method: 'none',
+        level: 0,
+        hash: 'sha256',
+        chunk: 4 * 2 ** 20,
+      });
       assert.equal(result.checksum, expected2);
       assert.equal(result.storedSize, size);
       assert.equal(await sha256File(copied), expected2);

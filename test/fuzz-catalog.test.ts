@@ -26,8 +26,30 @@ const STACK = /^\s+at .+[(:]\d+/m;
 type Rng = () => number;
 const pick = <T>(r: Rng, items: readonly T[]): T => items[Math.floor(r() * items.length)]!;
 const BAD_VALUES = [
-  '', 'NaN', '-1', '1e400', '0x10', 'abc', 'none', ' 7', '7 ', '99999999999999999999999', '1.5', 'Infinity', '٣',
-  'bogus', '0/ZZ', 'FFFFFFFFF/0', '2026-13-45T99:99:99Z', '\u0000', '\r', '../../etc', 'active', 'keep', '0', 'damaged',
+  '',
+  'NaN',
+  '-1',
+  '1e400',
+  '0x10',
+  'abc',
+  'none',
+  ' 7',
+  '7 ',
+  '99999999999999999999999',
+  '1.5',
+  'Infinity',
+  '٣',
+  'bogus',
+  '0/ZZ',
+  'FFFFFFFFF/0',
+  '2026-13-45T99:99:99Z',
+  '\u0000',
+  '\r',
+  '../../etc',
+  'active',
+  'keep',
+  '0',
+  'damaged',
 ];
 
 /** A random change to a backupinfo: a bad value, a line lost, doubled or swapped, a cut, a flipped byte, garbage. */
@@ -85,7 +107,10 @@ function mutateManifest(text: string, r: Rng): string {
       lines.splice(at, 0, lines[at]!);
       return lines.join('\n');
     case 3:
-      return lines.slice(0, end).join('\n').slice(0, Math.floor(r() * lines.slice(0, end).join('\n').length));
+      return lines
+        .slice(0, end)
+        .join('\n')
+        .slice(0, Math.floor(r() * lines.slice(0, end).join('\n').length));
     case 4:
       lines[end] = lines[end]!.replace(/"sha256":"([0-9a-f])/, (_m, d: string) => `"sha256":"${d === '0' ? '1' : '0'}`);
       return lines.join('\n');
@@ -198,7 +223,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
     assert.deepEqual(unhandled, []);
   });
 
-  test('in-process: VERIFY and RESTORE\'s manifest reader never accept a mutated manifest or stored file', async () => {
+  test("in-process: VERIFY and RESTORE's manifest reader never accept a mutated manifest or stored file", async () => {
     const r = prng(SEED + 1);
     for (const id of [tarId, plainId]) {
       const dir = fx.backupDir(id);

@@ -29,7 +29,13 @@ function signature(r: WalRecord): string {
  * With `prefix`, only the first `prefix` bytes of the first segment, ending there as WAL would
  * (quick iterations for mutations near the start).
  */
-function decodeAll(segs: Buffer[], lengths: number[], segNos: number[], onRecord: (r: WalRecord) => void, prefix?: number): void {
+function decodeAll(
+  segs: Buffer[],
+  lengths: number[],
+  segNos: number[],
+  onRecord: (r: WalRecord) => void,
+  prefix?: number,
+): void {
   const d = new WalDecoder({ onRecord, timeline: 1, allowEndOfWal: prefix !== undefined });
   const r = d.feedSegment(segs[0]!, prefix ?? lengths[0]!, segNos[0]!, 'seg0');
   if (r.status === 'needNext') d.feedSegment(segs[1]!, lengths[1]!, segNos[1]!, 'seg1', { finishPendingOnly: true });
@@ -49,7 +55,12 @@ test('fuzz: mutated WAL gives only WalDecodeError, terminates, never yields a re
     assert.equal(segNos[1], segNos[0]! + 1, 'consecutive segments');
     const baseline = new Map<number, string>();
     // When the first segment ends inside a record, its stitching from the second is fuzzed too.
-    decodeAll(originals, originals.map((o) => o.length), segNos, (r) => baseline.set(r.lsn, signature(r)));
+    decodeAll(
+      originals,
+      originals.map((o) => o.length),
+      segNos,
+      (r) => baseline.set(r.lsn, signature(r)),
+    );
     assert.ok(baseline.size > 1000);
 
     const seed = Number(process.env.PGBART_FUZZ_SEED ?? Date.now() % 1e9);
@@ -72,7 +83,8 @@ test('fuzz: mutated WAL gives only WalDecodeError, terminates, never yields a re
       // Mostly the first segment; the second only where the stitched record continues.
       const target = rand() < 0.85 ? 0 : 1;
       const hot = rand() < 0.8;
-      const pos = () => (target === 1 ? int(64 * 1024) : hot ? (rand() < 0.5 ? int(256 * 1024) : SEG - 1 - int(64 * 1024)) : int(SEG));
+      const pos = () =>
+        target === 1 ? int(64 * 1024) : hot ? (rand() < 0.5 ? int(256 * 1024) : SEG - 1 - int(64 * 1024)) : int(SEG);
       const qpos = () => int(PREFIX);
       // Iteration 1 breaks a page header: the decoder must notice (checks the check itself).
       const kind = iterations === 1 ? 6 : int(6);
@@ -84,36 +96,75 @@ test('fuzz: mutated WAL gives only WalDecodeError, terminates, never yields a re
       const what: string[] = [];
       const at = quick ? qpos : pos;
       if (kind === 6) {
-        w.writeUInt16LE(0xbeef, 8192); what.push('magic@8192');
+        w.writeUInt16LE(0xbeef, 8192);
+        what.push('magic@8192');
       } else if (kind === 0) {
-        for (let k = 1 + int(8); k > 0; k--) { const p = at(); w[p] ^= 1 << int(8); what.push(`flip@${p}`); }
+        for (let k = 1 + int(8); k > 0; k--) {
+          const p = at();
+          w[p] ^= 1 << int(8);
+          what.push(`flip@${p}`);
+        }
       } else if (kind === 1) {
-        const p = at() & ~3; w.writeUInt32LE(int(2 ** 32), p); what.push(`u32@${p}`);
+        const p = at() & ~3;
+        w.writeUInt32LE(int(2 ** 32), p);
+        what.push(`u32@${p}`);
       } else if (kind === 2) {
-        lengths[target] = quick ? int(PREFIX) : int(SEG); what.push(`truncate@${lengths[target]}`);
+        lengths[target] = quick ? int(PREFIX) : int(SEG);
+        what.push(`truncate@${lengths[target]}`);
       } else if (kind === 3) {
-        const p = at(); const n = 1 + int(20000); w.fill(0, p, Math.min(SEG, p + n)); what.push(`zero@${p}+${n}`);
+        const p = at();
+        const n = 1 + int(20000);
+        w.fill(0, p, Math.min(SEG, p + n));
+        what.push(`zero@${p}+${n}`);
       } else if (kind === 4) {
-        const pages = (quick ? PREFIX : SEG) / 8192; const a = int(pages) * 8192; const b = int(pages) * 8192; w.copy(w, a, b, b + 8192); what.push(`page ${b}->${a}`);
+        const pages = (quick ? PREFIX : SEG) / 8192;
+        const a = int(pages) * 8192;
+        const b = int(pages) * 8192;
+        w.copy(w, a, b, b + 8192);
+        what.push(`page ${b}->${a}`);
       } else {
-        const p = at(); w[p] = 0xff; w[p + 1] = 0xff; what.push(`ff@${p}`);
+        const p = at();
+        w[p] = 0xff;
+        w[p + 1] = 0xff;
+        what.push(`ff@${p}`);
       }
       try {
-        decodeAll(work, lengths, segNos, (r) => {
-          yielded++;
-          // Independent CRC check over the bytes the decoder handed out.
-          const body = crc32c(r.buffer.subarray(r.offset + 24, r.offset + r.totalLength));
-          const crc = crc32c(r.buffer.subarray(r.offset, r.offset + 20), body);
-          assert.equal(crc, r.buffer.readUInt32LE(r.offset + 20), `seed ${seed} iteration ${iterations} (${what.join(',')}): record at ${r.lsn} yielded with a bad CRC`);
-          assert.equal(signature(r), baseline.get(r.lsn), `seed ${seed} iteration ${iterations} (${what.join(',')}): record at ${r.lsn} differs from the intact WAL`);
-        }, quick ? Math.min(PREFIX, lengths[0]!) : undefined);
+        decodeAll(
+          work,
+          lengths,
+          segNos,
+          (r) => {
+            yielded++;
+            // Independent CRC check over the bytes the decoder handed out.
+            const body = crc32c(r.buffer.subarray(r.offset + 24, r.offset + r.totalLength));
+            const crc = crc32c(r.buffer.subarray(r.offset, r.offset + 20), body);
+            assert.equal(
+              crc,
+              r.buffer.readUInt32LE(r.offset + 20),
+              `seed ${seed} iteration ${iterations} (${what.join(',')}): record at ${r.lsn} yielded with a bad CRC`,
+            );
+            assert.equal(
+              signature(r),
+              baseline.get(r.lsn),
+              `seed ${seed} iteration ${iterations} (${what.join(',')}): record at ${r.lsn} differs from the intact WAL`,
+            );
+          },
+          quick ? Math.min(PREFIX, lengths[0]!) : undefined,
+        );
       } catch (err) {
-        if (err instanceof WalDecodeError) { errors++; continue; }
-        throw new Error(`seed ${seed} iteration ${iterations} (${target}:${what.join(',')}): ${err instanceof Error ? err.stack : String(err)}`);
+        if (err instanceof WalDecodeError) {
+          errors++;
+          continue;
+        }
+        throw new Error(
+          `seed ${seed} iteration ${iterations} (${target}:${what.join(',')}): ${err instanceof Error ? err.stack : String(err)}`,
+        );
       }
     }
     assert.ok(errors > 0, 'the broken page header of iteration 1 was detected');
-    process.stdout.write(`# fuzz: seed ${seed}, ${iterations} iterations, ${errors} decode errors, ${yielded} records yielded\n`);
+    process.stdout.write(
+      `# fuzz: seed ${seed}, ${iterations} iterations, ${errors} decode errors, ${yielded} records yielded\n`,
+    );
   } finally {
     removeTree(dir);
   }

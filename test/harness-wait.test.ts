@@ -32,7 +32,14 @@ test('waitFor: a timeout names what it waited for and the details, after a last 
 test('waitFor: an exception from the probe fails the wait at once', async () => {
   let probes = 0;
   await assert.rejects(
-    waitFor('a broken probe', () => { probes++; throw new Error('probe broke'); }, { timeoutMs: 60_000 }),
+    waitFor(
+      'a broken probe',
+      () => {
+        probes++;
+        throw new Error('probe broke');
+      },
+      { timeoutMs: 60_000 },
+    ),
     /probe broke/,
   );
   assert.equal(probes, 1);

@@ -3,8 +3,18 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import {
-  chmodSync, chownSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync,
-  rmSync, writeFileSync,
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -68,8 +78,15 @@ async function backups(setup: BartSetup, server: string): Promise<{ id: string; 
   const r = await setup.bart(['SHOW-BACKUPS', '-s', server, '--output', 'json']);
   assert.equal(r.code, 0, r.stderr);
   const parsed = JSON.parse(r.stdout) as unknown;
-  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<string, unknown>[];
-  return list.map((b) => ({ id: String(b.id ?? b.backupId), ...(b.name ? { name: String(b.name) } : {}), status: String(b.status) }));
+  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<
+    string,
+    unknown
+  >[];
+  return list.map((b) => ({
+    id: String(b.id ?? b.backupId),
+    ...(b.name ? { name: String(b.name) } : {}),
+    status: String(b.status),
+  }));
 }
 
 /**
@@ -102,7 +119,13 @@ process.exitCode = r.status === null ? 1 : r.status;
 `;
 }
 
-interface PlanEntry { y: 'f' | 'd' | 'l'; mode: string; size: number; path: string; target?: string }
+interface PlanEntry {
+  y: 'f' | 'd' | 'l';
+  mode: string;
+  size: number;
+  path: string;
+  target?: string;
+}
 
 test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh are refused by BACKUP of every format; a directory swapped for a symlink between links of a chain is restored without writing through it`, async () => {
   const cleanups: (() => Promise<void> | void)[] = [];
@@ -116,7 +139,9 @@ test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh a
     const planFile = join(wrapDir, 'plan.json');
 
     // The cluster owner's sessions find the crafted `find` first.
-    const sshd = await TestSshd.start(['postgres', BART], { setEnv: { postgres: { PATH: `${wrapDir}:/usr/local/bin:/usr/bin:/bin` } } });
+    const sshd = await TestSshd.start(['postgres', BART], {
+      setEnv: { postgres: { PATH: `${wrapDir}:/usr/local/bin:/usr/bin:/bin` } },
+    });
     cleanups.push(() => sshd.stop());
     sshd.authorize(BART, 'postgres');
     sshd.authorize('postgres', BART);
@@ -124,12 +149,15 @@ test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh a
     cleanups.push(() => cluster.destroy());
     const dataDir = cluster.dataDir;
     const host = `postgres@${sshd.alias}`;
-    const setPlan = (drop: string[], add: PlanEntry[]) => writeFileSync(planFile, JSON.stringify({ root: dataDir, drop, add }), { mode: 0o644 });
+    const setPlan = (drop: string[], add: PlanEntry[]) =>
+      writeFileSync(planFile, JSON.stringify({ root: dataDir, drop, add }), { mode: 0o644 });
     const clearPlan = () => rmSync(planFile, { force: true });
 
     const setup = createBartSetup({ bart_host: `${BART}@${sshd.alias}` });
     cleanups.push(() => setup.cleanup());
-    setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Rem', { remote_host: host, allow_incremental_backups: 'enabled' })}`);
+    setup.writeConfig(
+      `${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Rem', { remote_host: host, allow_incremental_backups: 'enabled' })}`,
+    );
     execFileSync('chown', ['-R', `${BART}:`, setup.dir]);
     const init = await setup.bart(['INIT', '-s', 'rem']);
     assert.equal(init.code, 0, init.stderr);
@@ -148,7 +176,10 @@ test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh a
     await cluster.query('SELECT txid_current()');
     await cluster.query('SELECT pg_switch_wal()');
     const before = await backups(setup, 'rem');
-    assert.deepEqual(before.map((b) => [b.name, b.status]), [['good', 'active']]);
+    assert.deepEqual(
+      before.map((b) => [b.name, b.status]),
+      [['good', 'active']],
+    );
 
     const catalog = join(setup.backupPath, 'rem');
     // The `..` entry resolves, from the data directory, to a real file in the sentinel directory (what
@@ -157,10 +188,25 @@ test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh a
     const dotdot = `${'../'.repeat(ups)}${sentinel.slice(1)}/escaped`;
     writeFileSync(join(sentinel, 'escaped'), 'hostile\n', { mode: 0o644 });
     const evilDir = join(dataDir, 'evil');
-    const cases: { name: string; refused: string; add: PlanEntry[]; drop?: string[]; setup?: () => void; teardown?: () => void }[] = [
+    const cases: {
+      name: string;
+      refused: string;
+      add: PlanEntry[];
+      drop?: string[];
+      setup?: () => void;
+      teardown?: () => void;
+    }[] = [
       { name: '".." entry', refused: dotdot, add: [{ y: 'f', mode: '644', size: 8, path: dotdot }] },
-      { name: 'absolute path', refused: `${sentinel}/absolute`, add: [{ y: 'f', mode: '644', size: 0, path: `${sentinel}/absolute` }] },
-      { name: 'file name with a newline', refused: 'hostile\nname', add: [{ y: 'f', mode: '600', size: 0, path: 'hostile\nname' }] },
+      {
+        name: 'absolute path',
+        refused: `${sentinel}/absolute`,
+        add: [{ y: 'f', mode: '644', size: 0, path: `${sentinel}/absolute` }],
+      },
+      {
+        name: 'file name with a newline',
+        refused: 'hostile\nname',
+        add: [{ y: 'f', mode: '600', size: 0, path: 'hostile\nname' }],
+      },
       {
         name: 'file below a symlink',
         refused: 'evil/x',
@@ -179,7 +225,11 @@ test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh a
     for (const c of cases) {
       c.setup?.();
       setPlan(c.drop ?? [], c.add);
-      for (const args of [['-F', 't'], ['-F', 'p'], ['-F', 'p', '--parent', 'good']]) {
+      for (const args of [
+        ['-F', 't'],
+        ['-F', 'p'],
+        ['-F', 'p', '--parent', 'good'],
+      ]) {
         const what = `${c.name}, BACKUP ${args.join(' ')}`;
         const catalogBefore = tree(catalog, ['archived_wals']);
         const r = await setup.bart(['BACKUP', '-s', 'rem', ...args]);
@@ -208,7 +258,10 @@ test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh a
     // Chain full → swap1: the restored directory of the full is replaced by the symlink, not written through.
     const r1 = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'swap1', '-p', join(parent, 'r1')]);
     assert.equal(r1.code, 0, `${r1.stdout}\n${r1.stderr}`);
-    assert.ok(lstatSync(join(parent, 'r1', 'swapdir')).isSymbolicLink(), 'swap1 restores swapdir as the symlink it listed');
+    assert.ok(
+      lstatSync(join(parent, 'r1', 'swapdir')).isSymbolicLink(),
+      'swap1 restores swapdir as the symlink it listed',
+    );
     assert.equal(readlinkSync(join(parent, 'r1', 'swapdir')), sentinel);
     assert.deepEqual(tree(sentinel), sentinelBefore, 'the restore of swap1 wrote nothing through the symlink');
     // Chain full → swap1 → swap2: the symlink is replaced by a directory again, its file restored in it.
@@ -233,7 +286,12 @@ type Line = Record<string, unknown> & { f?: Record<string, unknown> };
 function tamperManifest(backupDir: string, edit: (lines: Line[]) => Line[]): () => void {
   const file = join(backupDir, 'manifest.jsonl');
   const original = readFileSync(file);
-  const lines = original.toString('utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Line).filter((l) => !l.end);
+  const lines = original
+    .toString('utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Line)
+    .filter((l) => !l.end);
   const edited = edit(lines).map((l) => JSON.stringify(l));
   const hash = createHash('sha256');
   for (const l of edited) hash.update(`${l}\n`);
@@ -260,16 +318,38 @@ test(`tampered manifests (PostgreSQL ${version}): RESTORE refuses before writing
       copyFileSync(join(fullDir, 'base', 'PG_VERSION'), path);
       if (ids) chownSync(path, ids.uid, ids.gid);
     };
-    const rename = (from: string, to: string) => (lines: Line[]) => lines.map((l) => (l.f?.path === from ? { f: { ...l.f, path: to } } : l));
-    const symlinkEntry = (path: string): Line => ({ f: { path, archive: 'base', type: 'symlink', size: 0, mode: 0o777, mtime: 0, linkTarget: sentinel } });
-    const cases: { name: string; id: string; dir: string; refused: string[]; edit: (lines: Line[]) => Line[]; planted?: string; remove?: string }[] = [
-      { name: '".." entry', id: full, dir: fullDir, refused: ['../escaped'], edit: rename('PG_VERSION', '../escaped'), planted: join(fullDir, 'escaped') },
+    const rename = (from: string, to: string) => (lines: Line[]) =>
+      lines.map((l) => (l.f?.path === from ? { f: { ...l.f, path: to } } : l));
+    const symlinkEntry = (path: string): Line => ({
+      f: { path, archive: 'base', type: 'symlink', size: 0, mode: 0o777, mtime: 0, linkTarget: sentinel },
+    });
+    const cases: {
+      name: string;
+      id: string;
+      dir: string;
+      refused: string[];
+      edit: (lines: Line[]) => Line[];
+      planted?: string;
+      remove?: string;
+    }[] = [
+      {
+        name: '".." entry',
+        id: full,
+        dir: fullDir,
+        refused: ['../escaped'],
+        edit: rename('PG_VERSION', '../escaped'),
+        planted: join(fullDir, 'escaped'),
+      },
       {
         name: 'file below a symlink entry',
         id: full,
         dir: fullDir,
         refused: ['evil/x', '"evil" is a symlink'],
-        edit: (lines) => rename('PG_VERSION', 'evil/x')(lines).flatMap((l) => (l.f?.path === 'evil/x' ? [symlinkEntry('evil'), l] : [l])),
+        edit: (lines) =>
+          rename(
+            'PG_VERSION',
+            'evil/x',
+          )(lines).flatMap((l) => (l.f?.path === 'evil/x' ? [symlinkEntry('evil'), l] : [l])),
         planted: join(fullDir, 'base', 'evil', 'x'),
         remove: join(fullDir, 'base', 'evil'),
       },
@@ -278,14 +358,18 @@ test(`tampered manifests (PostgreSQL ${version}): RESTORE refuses before writing
         id: full,
         dir: fullDir,
         refused: ['"global"'],
-        edit: (lines) => lines.flatMap((l) => (l.f?.path === 'global' && l.f.type === 'dir' ? [l, symlinkEntry('global')] : [l])),
+        edit: (lines) =>
+          lines.flatMap((l) => (l.f?.path === 'global' && l.f.type === 'dir' ? [l, symlinkEntry('global')] : [l])),
       },
       {
         name: 'incremental turning a directory of the full into a symlink outside, with files below it',
         id: incr,
         dir: incrDir,
         refused: ['"base/1" is a symlink'],
-        edit: (lines) => lines.map((l) => (l.f?.path === 'base/1' ? { f: { ...l.f, type: 'symlink', size: 0, mode: 0o777, linkTarget: sentinel } } : l)),
+        edit: (lines) =>
+          lines.map((l) =>
+            l.f?.path === 'base/1' ? { f: { ...l.f, type: 'symlink', size: 0, mode: 0o777, linkTarget: sentinel } } : l,
+          ),
       },
     ];
     for (const c of cases) {

@@ -4,7 +4,14 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pgbenchInit } from './harness/load.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
-import { contentSnapshot, createIncrementalSource, manifestEntries, restoreAndCheck, takeBackup, tryBackup } from './harness/incremental.js';
+import {
+  contentSnapshot,
+  createIncrementalSource,
+  manifestEntries,
+  restoreAndCheck,
+  takeBackup,
+  tryBackup,
+} from './harness/incremental.js';
 import type { RestoreSource } from './harness/restore.js';
 
 for (const version of versionsUnderTest()) {
@@ -17,7 +24,9 @@ for (const version of versionsUnderTest()) {
       src = await createIncrementalSource(version);
       await pgbenchInit(src.cluster, 2);
       await src.cluster.query('CREATE TABLE tx (id bigserial PRIMARY KEY, batch int, payload text)');
-      await src.cluster.query("INSERT INTO tx (batch, payload) SELECT 0, repeat('x', 200) FROM generate_series(1, 5000)");
+      await src.cluster.query(
+        "INSERT INTO tx (batch, payload) SELECT 0, repeat('x', 200) FROM generate_series(1, 5000)",
+      );
     });
     after(async () => {
       await src?.destroy();
@@ -47,7 +56,8 @@ for (const version of versionsUnderTest()) {
       // Writes after the last backup: the restores stop at each backup's end, not here.
       await c.query("INSERT INTO tx (batch, payload) SELECT 9, 'after' FROM generate_series(1, 100)");
 
-      for (const [i, id] of ids.entries()) await restoreAndCheck(src, id, snaps[i]!, `backup #${i} (${id})`, { amcheck: i === ids.length - 1 });
+      for (const [i, id] of ids.entries())
+        await restoreAndCheck(src, id, snaps[i]!, `backup #${i} (${id})`, { amcheck: i === ids.length - 1 });
     });
 
     test('an incremental stores changed blocks only, lists every file, and records its parent', async () => {
@@ -56,21 +66,36 @@ for (const version of versionsUnderTest()) {
       const accounts = String(await src.cluster.scalar("SELECT pg_relation_filepath('pgbench_accounts')"));
       const e = incr.get(`base:${accounts}`);
       assert.ok(e?.incr, `pgbench_accounts (${accounts}) is stored as blocks`);
-      assert.ok(e.incr.runs.length > 0 && e.size < e.incr.length, `only some blocks stored: ${e.size} of ${e.incr.length} bytes`);
+      assert.ok(
+        e.incr.runs.length > 0 && e.size < e.incr.length,
+        `only some blocks stored: ${e.size} of ${e.incr.length} bytes`,
+      );
       assert.equal(e.size, e.incr.runs.reduce((n, r) => n + r[1], 0) * 8192);
       const unchanged = [...incr.values()].filter((x) => x.incr && x.incr.runs.length === 0);
       assert.ok(unchanged.length > 50, `unchanged relation files are only listed (${unchanged.length})`);
       const branches = String(await src.cluster.scalar("SELECT pg_relation_filepath('pgbench_branches')"));
-      assert.ok(full.has(`base:${branches}`) && incr.has(`base:${branches}`), 'files unchanged since the full backup are listed');
-      assert.ok([...incr.keys()].some((k) => k.startsWith('base:global/')), 'global relations are listed');
+      assert.ok(
+        full.has(`base:${branches}`) && incr.has(`base:${branches}`),
+        'files unchanged since the full backup are listed',
+      );
+      assert.ok(
+        [...incr.keys()].some((k) => k.startsWith('base:global/')),
+        'global relations are listed',
+      );
       const show = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server]);
       assert.equal(show.code, 0, show.stderr);
       assert.match(show.stdout, new RegExp(`${ids[1]}\\s+none\\s+${ids[0]}`), 'SHOW-BACKUPS shows the parent');
-      const json = JSON.parse((await src.setup.bart(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout) as Array<{ id: string; parent: string | null }>;
+      const json = JSON.parse(
+        (await src.setup.bart(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout,
+      ) as Array<{ id: string; parent: string | null }>;
       assert.equal(json.find((s) => s.id === ids[1])!.parent, ids[0]);
       // Stored data, WAL excluded: the incremental holds the changed blocks and the small non-relation files.
-      const dataBytes = (m: Map<string, { size: number }>) => [...m].filter(([k]) => !k.startsWith('base:pg_wal/')).reduce((n, [, v]) => n + v.size, 0);
-      assert.ok(dataBytes(incr) < dataBytes(full) / 3, `incremental stores ${dataBytes(incr)} bytes, the full ${dataBytes(full)}`);
+      const dataBytes = (m: Map<string, { size: number }>) =>
+        [...m].filter(([k]) => !k.startsWith('base:pg_wal/')).reduce((n, [, v]) => n + v.size, 0);
+      assert.ok(
+        dataBytes(incr) < dataBytes(full) / 3,
+        `incremental stores ${dataBytes(incr)} bytes, the full ${dataBytes(full)}`,
+      );
     });
 
     test('VERIFY-CHKSUM checks incrementals; a broken chain is reported and not restored', async () => {
@@ -82,10 +107,20 @@ for (const version of versionsUnderTest()) {
       try {
         const r = await src.restore(['-i', ids[2]!, '-p', join(src.scratch, 'broken-chain')]);
         assert.notEqual(r.code, 0);
-        assert.match(r.stderr, new RegExp(`ERROR: .*backup ${ids[2]} needs its parent ${ids[1]}, which is no longer in the catalog \\(broken chain\\)`));
+        assert.match(
+          r.stderr,
+          new RegExp(
+            `ERROR: .*backup ${ids[2]} needs its parent ${ids[1]}, which is no longer in the catalog \\(broken chain\\)`,
+          ),
+        );
         const show = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server]);
         assert.equal(show.code, 0);
-        assert.match(show.stderr, new RegExp(`WARNING: +server src: backup ${ids[2]} needs its parent ${ids[1]}, which is no longer in the catalog \\(broken chain\\); it cannot be restored`));
+        assert.match(
+          show.stderr,
+          new RegExp(
+            `WARNING: +server src: backup ${ids[2]} needs its parent ${ids[1]}, which is no longer in the catalog \\(broken chain\\); it cannot be restored`,
+          ),
+        );
         const b = await tryBackup(src, ['--parent', ids[2]!]);
         assert.notEqual(b.code, 0);
         assert.match(b.stderr, /broken chain/);

@@ -20,7 +20,9 @@ for (const version of versionsUnderTest()) {
     const cluster = await TestCluster.create({ version });
     const setup = createBartSetup();
     try {
-      setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Prod')}\n${serverSection(cluster, 'manual')}`);
+      setup.writeConfig(
+        `${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Prod')}\n${serverSection(cluster, 'manual')}`,
+      );
 
       // 0. A bart.cfg only root can read: bart itself works (it reads it before switching users), but
       // the archive_command would not, so INIT refuses before touching the server.
@@ -30,7 +32,10 @@ for (const version of versionsUnderTest()) {
         chmodSync(setup.configPath, 0o600);
         const unreadable = await setup.bart(['INIT', '-s', 'prod']);
         assert.notEqual(unreadable.code, 0);
-        assert.match(unreadable.stderr, /the configuration file ".*bart\.cfg" is not readable by the BART user "postgres".*archive_command INIT would set could not run/);
+        assert.match(
+          unreadable.stderr,
+          /the configuration file ".*bart\.cfg" is not readable by the BART user "postgres".*archive_command INIT would set could not run/,
+        );
         assert.equal(await cluster.scalar('SHOW archive_mode'), 'off');
         assert.doesNotMatch(readFileSync(join(cluster.dataDir, 'postgresql.auto.conf'), 'utf8'), /archive/);
         setup.writeConfig(cfgText);
@@ -39,7 +44,10 @@ for (const version of versionsUnderTest()) {
       // 1. INIT: catalog directories, archive_mode + archive_command, and "restart needed".
       const init = await setup.bart(['INIT', '-s', 'prod']);
       assert.equal(init.code, 0, init.stderr);
-      assert.match(init.stderr, /WARNING:\s+archive_mode is not active yet on server "prod": restart the PostgreSQL server/);
+      assert.match(
+        init.stderr,
+        /WARNING:\s+archive_mode is not active yet on server "prod": restart the PostgreSQL server/,
+      );
       const archiveDir = join(setup.backupPath, 'prod', 'archived_wals');
       for (const dir of [join(setup.backupPath, 'prod'), archiveDir]) {
         const st = statSync(dir);
@@ -55,7 +63,10 @@ for (const version of versionsUnderTest()) {
       // 2. Before the restart, CHECK-CONFIG says what is missing.
       const early = await setup.bart(['CHECK-CONFIG', '-s', 'prod']);
       assert.notEqual(early.code, 0);
-      assert.match(early.stderr, /archive_mode is on: archive_mode is off in the running server but set to on .*restart the PostgreSQL server/);
+      assert.match(
+        early.stderr,
+        /archive_mode is on: archive_mode is off in the running server but set to on .*restart the PostgreSQL server/,
+      );
 
       // 3. Restart as told: every check succeeds.
       await cluster.restart();
@@ -64,21 +75,37 @@ for (const version of versionsUnderTest()) {
       assert.equal(check.stderr, '');
       const lines = check.stdout.trim().split('\n');
       assert.equal(lines[0], 'INFO:  Checking server prod');
-      for (const label of ['connection to', 'replication connection', 'is a database superuser', 'can read the data files', 'is writable', 'archive_mode is on', 'archive_command is set', 'WAL archiving is working']) {
-        assert.ok(lines.some((l) => l.includes(label) && /: success\b/.test(l)), `"${label}: success" missing in:\n${check.stdout}`);
+      for (const label of [
+        'connection to',
+        'replication connection',
+        'is a database superuser',
+        'can read the data files',
+        'is writable',
+        'archive_mode is on',
+        'archive_command is set',
+        'WAL archiving is working',
+      ]) {
+        assert.ok(
+          lines.some((l) => l.includes(label) && /: success\b/.test(l)),
+          `"${label}: success" missing in:\n${check.stdout}`,
+        );
       }
 
       // 4. SHOW-SERVERS: NUMBER OF ARCHIVES grows after pg_switch_wal().
       const before = archivesShown((await setup.bart(['SHOW-SERVERS', '-s', 'prod'])).stdout);
       assert.ok(before >= 1, 'CHECK-CONFIG archived at least one segment');
       const walfile = await cluster.switchWal();
-      await waitFor(`${walfile} in the archive`, () => {
-        try {
-          return statSync(join(archiveDir, walfile)).isFile();
-        } catch {
-          return false;
-        }
-      }, { timeoutMs: 30_000, intervalMs: 200 });
+      await waitFor(
+        `${walfile} in the archive`,
+        () => {
+          try {
+            return statSync(join(archiveDir, walfile)).isFile();
+          } catch {
+            return false;
+          }
+        },
+        { timeoutMs: 30_000, intervalMs: 200 },
+      );
       const after = await setup.bart(['SHOW-SERVERS', '-s', 'prod']);
       assert.equal(after.code, 0, after.stderr);
       assert.equal(archivesShown(after.stdout), before + 1);

@@ -11,7 +11,12 @@ import { createRestoreSource, freshPath, startRestored, waitPromoted, type Resto
 const version = versionsUnderTest()[0]!;
 const DAY = 86_400_000;
 
-interface ShownBackup { id: string; name: string | null; parent: string | null; status: string }
+interface ShownBackup {
+  id: string;
+  name: string | null;
+  parent: string | null;
+  status: string;
+}
 interface Listing {
   server: string;
   obsoleteBackups: { id: string; incrementals: string[] }[];
@@ -26,7 +31,12 @@ function catalogState(dir: string): string[] {
     for (const name of readdirSync(join(dir, rel)).sort()) {
       const p = rel ? `${rel}/${name}` : name;
       const st = statSync(join(dir, p));
-      const extra = name === 'backupinfo' ? createHash('sha256').update(readFileSync(join(dir, p))).digest('hex') : String(st.mtimeMs);
+      const extra =
+        name === 'backupinfo'
+          ? createHash('sha256')
+              .update(readFileSync(join(dir, p)))
+              .digest('hex')
+          : String(st.mtimeMs);
       out.push(`${p} ${st.isDirectory() ? 'dir' : st.size} ${st.isDirectory() ? '' : extra}`);
       if (st.isDirectory()) walk(p);
     }
@@ -52,8 +62,13 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     return r;
   };
   const shown = async (): Promise<Map<string, ShownBackup>> =>
-    new Map((JSON.parse((await ok(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout) as ShownBackup[]).map((b) => [b.id, b]));
-  const setPolicy = (policy: string, extra: Record<string, string> = {}) => src.configure(src.cluster, { retention_policy: policy, ...extra });
+    new Map(
+      (JSON.parse((await ok(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout) as ShownBackup[]).map(
+        (b) => [b.id, b],
+      ),
+    );
+  const setPolicy = (policy: string, extra: Record<string, string> = {}) =>
+    src.configure(src.cluster, { retention_policy: policy, ...extra });
   const archived = () => readdirSync(src.archivePath).sort();
 
   before(async () => {
@@ -61,7 +76,10 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     serverDir = join(src.setup.backupPath, src.server);
     await src.cluster.query('CREATE TABLE t (id int PRIMARY KEY, note text)');
     for (let i = 1; i <= 4; i++) {
-      await src.cluster.query('INSERT INTO t SELECT g, $1 FROM generate_series($2::int, $2::int + 999) g', [`before backup ${i}`, i * 1000]);
+      await src.cluster.query('INSERT INTO t SELECT g, $1 FROM generate_series($2::int, $2::int + 999) g', [
+        `before backup ${i}`,
+        i * 1000,
+      ]);
       await src.archiveCurrentWal();
       ids.push(await src.backup(['-F', 'p', '--backup-name', `b${i}`]));
     }
@@ -75,7 +93,10 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     // Two incrementals chained on b1 (copies of b1 with a parent line: the catalog treats them as a chain).
     const i1 = String(BigInt(b1) + 1n);
     const i2 = String(BigInt(b1) + 2n);
-    for (const [child, parent] of [[i1, b1], [i2, i1]] as const) {
+    for (const [child, parent] of [
+      [i1, b1],
+      [i2, i1],
+    ] as const) {
       cpSync(join(serverDir, b1), join(serverDir, child), { recursive: true });
       const info = readFileSync(join(serverDir, child, 'backupinfo'), 'utf8')
         .replace(`BACKUP IDENTIFIER: ${b1}`, `BACKUP IDENTIFIER: ${child}`)
@@ -87,11 +108,18 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     const dead = deadPid();
     const failed = join(serverDir, `${BigInt(b4) + 5n}.partial`);
     cpSync(join(serverDir, b4), failed, { recursive: true });
-    writeFileSync(join(failed, 'backupinfo'), readFileSync(join(failed, 'backupinfo'), 'utf8').replace('BACKUP STATUS: active', 'BACKUP STATUS: in progress') + `PID: ${dead}\n`);
+    writeFileSync(
+      join(failed, 'backupinfo'),
+      readFileSync(join(failed, 'backupinfo'), 'utf8').replace('BACKUP STATUS: active', 'BACKUP STATUS: in progress') +
+        `PID: ${dead}\n`,
+    );
     // A dead BACKUP whose PID now belongs to a live process (here: this test runner): no lock is held, so it is dead too.
     const reused = join(serverDir, `${BigInt(b4) + 6n}.partial`);
     cpSync(failed, reused, { recursive: true });
-    writeFileSync(join(reused, 'backupinfo'), readFileSync(join(failed, 'backupinfo'), 'utf8').replace(`PID: ${dead}`, `PID: ${process.pid}`));
+    writeFileSync(
+      join(reused, 'backupinfo'),
+      readFileSync(join(failed, 'backupinfo'), 'utf8').replace(`PID: ${dead}`, `PID: ${process.pid}`),
+    );
     mkdirSync(join(serverDir, '12345.deleting', 'base'), { recursive: true });
     const temp = join(src.archivePath, `.000000010000000000000001.gz.tmp-${dead}-abc`);
     writeFileSync(temp, 'half');
@@ -112,15 +140,35 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
 
     await ok(['MANAGE', '-s', src.server]);
     let s = await shown();
-    assert.deepEqual([b1, i1, i2, b2, b3, b4].map((id) => s.get(id)!.status), ['obsolete', 'obsolete', 'obsolete', 'keep', 'obsolete', 'active']);
+    assert.deepEqual(
+      [b1, i1, i2, b2, b3, b4].map((id) => s.get(id)!.status),
+      ['obsolete', 'obsolete', 'obsolete', 'keep', 'obsolete', 'active'],
+    );
 
-    const listing = (JSON.parse((await ok(['MANAGE', '-s', src.server, '-l', '--output', 'json'])).stdout) as Listing[])[0]!;
-    assert.deepEqual(listing.obsoleteBackups.map((b) => [b.id, b.incrementals]), [[b1, [i1, i2]], [b3, []]]);
+    const listing = (
+      JSON.parse((await ok(['MANAGE', '-s', src.server, '-l', '--output', 'json'])).stdout) as Listing[]
+    )[0]!;
+    assert.deepEqual(
+      listing.obsoleteBackups.map((b) => [b.id, b.incrementals]),
+      [
+        [b1, [i1, i2]],
+        [b3, []],
+      ],
+    );
     const b2Start = readFileSync(join(serverDir, b2, 'backupinfo'), 'utf8').match(/^START WAL LOCATION: (\w+)$/m)![1]!;
     const segs = archived().filter((n) => /^[0-9A-F]{24}$/.test(n));
-    assert.deepEqual(listing.wal.names.filter((n) => /^[0-9A-F]{24}$/.test(n)), segs.filter((n) => n < b2Start), 'WAL before the oldest retained backup (b2, keep) is listed for deletion');
+    assert.deepEqual(
+      listing.wal.names.filter((n) => /^[0-9A-F]{24}$/.test(n)),
+      segs.filter((n) => n < b2Start),
+      'WAL before the oldest retained backup (b2, keep) is listed for deletion',
+    );
     assert.ok(listing.wal.files > 0);
-    assert.deepEqual(listing.leftovers.map((l) => l.kind).sort(), ['deleting-backup', 'failed-backup', 'failed-backup', 'temp-file']);
+    assert.deepEqual(listing.leftovers.map((l) => l.kind).sort(), [
+      'deleting-backup',
+      'failed-backup',
+      'failed-backup',
+      'temp-file',
+    ]);
 
     before_ = catalogState(serverDir);
     const archiveBefore = archived();
@@ -131,20 +179,35 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
 
     await ok(['MANAGE', '-s', src.server, '-d']);
     const left = readdirSync(serverDir).sort();
-    assert.deepEqual(left.filter((n) => /^\d/.test(n)), [b2, b4].sort(), 'obsolete backups, their chain and the leftovers are gone');
+    assert.deepEqual(
+      left.filter((n) => /^\d/.test(n)),
+      [b2, b4].sort(),
+      'obsolete backups, their chain and the leftovers are gone',
+    );
     assert.ok(!existsSync(temp));
     const after_ = archived().filter((n) => /^[0-9A-F]{24}$/.test(n));
     assert.equal(after_[0], b2Start, 'archive starts at the oldest retained backup start segment');
-    assert.deepEqual(after_, segs.filter((n) => n >= b2Start), 'everything from there on stays');
+    assert.deepEqual(
+      after_,
+      segs.filter((n) => n >= b2Start),
+      'everything from there on stays',
+    );
     // Gap-free from there to the newest segment.
-    for (let k = 1; k < after_.length; k++) assert.equal(parseInt(after_[k]!.slice(16), 16), parseInt(after_[k - 1]!.slice(16), 16) + 1, `gap after ${after_[k - 1]}`);
+    for (let k = 1; k < after_.length; k++)
+      assert.equal(
+        parseInt(after_[k]!.slice(16), 16),
+        parseInt(after_[k - 1]!.slice(16), 16) + 1,
+        `gap after ${after_[k - 1]}`,
+      );
   });
 
   test('wal_compression gzips archived segments; the oldest retained backup restores with PITR to the newest archived WAL', async () => {
     const [, b2] = ids as [string, string];
     await src.cluster.query("INSERT INTO t VALUES (999999, 'after every backup')");
     await src.archiveCurrentWal();
-    const newest = archived().filter((n) => /^[0-9A-F]{24}$/.test(n)).pop()!;
+    const newest = archived()
+      .filter((n) => /^[0-9A-F]{24}$/.test(n))
+      .pop()!;
     // Segments younger than 10 s are left alone (an archive_command may still be writing them): age them.
     const old = new Date(Date.now() - 60_000);
     for (const n of archived()) spawnSync('touch', ['-d', old.toISOString(), join(src.archivePath, n)]);
@@ -165,7 +228,11 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     const restored = await startRestored(version, path);
     try {
       await waitPromoted(restored);
-      assert.equal(await restored.scalar("SELECT note FROM t WHERE id = 999999"), 'after every backup', 'replayed up to the newest archived WAL');
+      assert.equal(
+        await restored.scalar('SELECT note FROM t WHERE id = 999999'),
+        'after every backup',
+        'replayed up to the newest archived WAL',
+      );
       assert.equal(Number(await restored.scalar('SELECT count(*) FROM t')), 4001);
     } finally {
       await restored.destroy();
@@ -194,18 +261,44 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     const [, b2, , b4] = ids as [string, string, string, string];
     // A deleting command holds the server lock (a fake holder with a live pid): RESTORE refuses before writing.
     const lockFile = join(serverDir, 'backup.lock');
-    writeFileSync(lockFile, JSON.stringify({ pid: process.pid, command: 'MANAGE -d', started: '2026-01-02T03:04:05.000Z' }));
+    writeFileSync(
+      lockFile,
+      JSON.stringify({ pid: process.pid, command: 'MANAGE -d', started: '2026-01-02T03:04:05.000Z' }),
+    );
     const underDelete = freshPath(src, 'under-delete');
     const refusedRestore = await src.restore(['-i', b4, '-p', underDelete]);
     spawnSync('rm', ['-f', lockFile]);
     assert.notEqual(refusedRestore.code, 0);
-    assert.match(refusedRestore.stderr, new RegExp(`MANAGE -d is running for this server \\(pid ${process.pid}, started 2026-01-02T03:04:05.000Z\\)`), refusedRestore.stderr);
+    assert.match(
+      refusedRestore.stderr,
+      new RegExp(`MANAGE -d is running for this server \\(pid ${process.pid}, started 2026-01-02T03:04:05.000Z\\)`),
+      refusedRestore.stderr,
+    );
     assert.ok(!existsSync(underDelete));
-    assert.deepEqual(readdirSync(serverDir).filter((n) => n.startsWith('restore-')), [], 'the refused RESTORE unregistered');
+    assert.deepEqual(
+      readdirSync(serverDir).filter((n) => n.startsWith('restore-')),
+      [],
+      'the refused RESTORE unregistered',
+    );
 
     // A real RESTORE, stopped (SIGSTOP) as soon as its reader file appears.
     const path = freshPath(src, 'reader');
-    const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', src.setup.configPath, 'RESTORE', '-s', src.server, '-i', b4, '-p', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [
+        join(REPO_ROOT, 'bin', 'bart.js'),
+        '-c',
+        src.setup.configPath,
+        'RESTORE',
+        '-s',
+        src.server,
+        '-i',
+        b4,
+        '-p',
+        path,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((r) => child.on('close', r));
@@ -220,14 +313,29 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
       void exited.then(() => reject(new Error(`RESTORE ended before it was stopped: ${stderr}`)));
     });
     try {
-      const reader = JSON.parse(readFileSync(readerFile, 'utf8')) as { pid: number; started: string; backups: string[]; path: string };
+      const reader = JSON.parse(readFileSync(readerFile, 'utf8')) as {
+        pid: number;
+        started: string;
+        backups: string[];
+        path: string;
+      };
       assert.deepEqual([reader.pid, reader.backups, reader.path], [child.pid, [b4], path]);
       const refused = await bart(['DELETE', '-s', src.server, '-i', b4]);
       assert.notEqual(refused.code, 0);
-      assert.match(refused.stderr, new RegExp(`RESTORE of backup ${b4} is running for this server \\(pid ${child.pid}, started ${reader.started.replace(/\./g, '\\.')}, into ${path}\\); DELETE would delete backups or WAL it reads`), refused.stderr);
+      assert.match(
+        refused.stderr,
+        new RegExp(
+          `RESTORE of backup ${b4} is running for this server \\(pid ${child.pid}, started ${reader.started.replace(/\./g, '\\.')}, into ${path}\\); DELETE would delete backups or WAL it reads`,
+        ),
+        refused.stderr,
+      );
       const refusedManage = await bart(['MANAGE', '-s', src.server, '-d']);
       assert.notEqual(refusedManage.code, 0);
-      assert.match(refusedManage.stderr, new RegExp(`RESTORE of backup ${b4} is running .*pid ${child.pid}.*MANAGE -d would delete`), refusedManage.stderr);
+      assert.match(
+        refusedManage.stderr,
+        new RegExp(`RESTORE of backup ${b4} is running .*pid ${child.pid}.*MANAGE -d would delete`),
+        refusedManage.stderr,
+      );
       // The exclusive server lock is free (BACKUP would run), and a second RESTORE of the server goes on.
       await ok(['MANAGE', '-s', src.server, '-c', 'keep', '-i', b2]);
       const second = freshPath(src, 'second');
@@ -244,7 +352,15 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
 
     // The reader file of a dead RESTORE is taken over: MANAGE -d runs and removes it.
     const stale = join(serverDir, `restore-${deadPid()}.lock`);
-    writeFileSync(stale, JSON.stringify({ pid: Number(/restore-(\d+)/.exec(stale)![1]), started: '2026-01-02T03:04:05.000Z', backups: [b4], path: '/nowhere' }));
+    writeFileSync(
+      stale,
+      JSON.stringify({
+        pid: Number(/restore-(\d+)/.exec(stale)![1]),
+        started: '2026-01-02T03:04:05.000Z',
+        backups: [b4],
+        path: '/nowhere',
+      }),
+    );
     await ok(['MANAGE', '-s', src.server, '-d']);
     assert.ok(!existsSync(stale));
   });
@@ -271,11 +387,24 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     assert.match(refused.stderr, /ERROR: +backup \d+ \(b2\) is marked keep .*-c nokeep -i \d+/);
     const i4 = String(BigInt(b4) + 1n);
     cpSync(join(serverDir, b4), join(serverDir, i4), { recursive: true });
-    writeFileSync(join(serverDir, i4, 'backupinfo'), readFileSync(join(serverDir, i4, 'backupinfo'), 'utf8').replace(`BACKUP IDENTIFIER: ${b4}`, `BACKUP IDENTIFIER: ${i4}`).replace('BACKUP PARENT: none', `BACKUP PARENT: ${b4}`).replace('BACKUP NAME: b4', 'BACKUP NAME: none'));
+    writeFileSync(
+      join(serverDir, i4, 'backupinfo'),
+      readFileSync(join(serverDir, i4, 'backupinfo'), 'utf8')
+        .replace(`BACKUP IDENTIFIER: ${b4}`, `BACKUP IDENTIFIER: ${i4}`)
+        .replace('BACKUP PARENT: none', `BACKUP PARENT: ${b4}`)
+        .replace('BACKUP NAME: b4', 'BACKUP NAME: none'),
+    );
     // An active incremental on the keep backup b2: DELETE -i all must leave the keep chain whole.
     const i2k = String(BigInt(b2) + 1n);
     cpSync(join(serverDir, b2), join(serverDir, i2k), { recursive: true });
-    writeFileSync(join(serverDir, i2k, 'backupinfo'), readFileSync(join(serverDir, i2k, 'backupinfo'), 'utf8').replace(`BACKUP IDENTIFIER: ${b2}`, `BACKUP IDENTIFIER: ${i2k}`).replace('BACKUP PARENT: none', `BACKUP PARENT: ${b2}`).replace('BACKUP NAME: b2', 'BACKUP NAME: none').replace('BACKUP STATUS: keep', 'BACKUP STATUS: active'));
+    writeFileSync(
+      join(serverDir, i2k, 'backupinfo'),
+      readFileSync(join(serverDir, i2k, 'backupinfo'), 'utf8')
+        .replace(`BACKUP IDENTIFIER: ${b2}`, `BACKUP IDENTIFIER: ${i2k}`)
+        .replace('BACKUP PARENT: none', `BACKUP PARENT: ${b2}`)
+        .replace('BACKUP NAME: b2', 'BACKUP NAME: none')
+        .replace('BACKUP STATUS: keep', 'BACKUP STATUS: active'),
+    );
     const owner = testUserIds();
     if (owner) spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, join(serverDir, i4), join(serverDir, i2k)]);
     const before_ = catalogState(serverDir);
@@ -284,14 +413,25 @@ describe(`backup lifecycle on PostgreSQL ${version}: retention, MANAGE, DELETE, 
     assert.deepEqual(catalogState(serverDir), before_, 'DELETE -n changed nothing');
     const all = await ok(['DELETE', '-s', src.server, '-i', 'all']);
     assert.match(all.stdout, /marked keep: not deleted/);
-    assert.deepEqual(readdirSync(serverDir).filter((n) => /^\d/.test(n)).sort(), [b2, i2k]);
+    assert.deepEqual(
+      readdirSync(serverDir)
+        .filter((n) => /^\d/.test(n))
+        .sort(),
+      [b2, i2k],
+    );
     const b2Start = readFileSync(join(serverDir, b2, 'backupinfo'), 'utf8').match(/^START WAL LOCATION: (\w+)$/m)![1]!;
-    assert.ok(archived().some((n) => n.startsWith(b2Start)), 'the kept backup still has its WAL');
+    assert.ok(
+      archived().some((n) => n.startsWith(b2Start)),
+      'the kept backup still has its WAL',
+    );
     await ok(['MANAGE', '-s', src.server, '-c', 'nokeep', '-i', 'all']);
     assert.equal((await shown()).get(b2)!.status, 'active');
     const last = await ok(['DELETE', '-s', src.server, '-i', b2]);
     assert.match(last.stdout, new RegExp(`deleting incremental backup ${i2k} .*incremental descendant of ${b2}`));
-    assert.deepEqual(readdirSync(serverDir).filter((n) => /^\d/.test(n)), []);
+    assert.deepEqual(
+      readdirSync(serverDir).filter((n) => /^\d/.test(n)),
+      [],
+    );
     assert.ok(!archived().some((n) => /^[0-9A-F]{24}(\.gz)?$/.test(n)), 'no backup left: no WAL kept');
   });
 });

@@ -10,7 +10,10 @@ import { testUserIds } from './harness/os.js';
 describe('MANAGE / DELETE / INIT -r refusals', () => {
   let setup: BartSetup;
   before(() => {
-    setup = createBartSetup({}, '[pg]\nhost = 127.0.0.1\nport = 1\nuser = postgres\ncluster_owner = postgres\nretention_policy = 2\n');
+    setup = createBartSetup(
+      {},
+      '[pg]\nhost = 127.0.0.1\nport = 1\nuser = postgres\ncluster_owner = postgres\nretention_policy = 2\n',
+    );
     mkdirSync(join(setup.backupPath, 'pg', 'archived_wals'), { recursive: true });
     // A backup directory whose backupinfo and manifest are both damaged.
     mkdirSync(join(setup.backupPath, 'pg', '1700000000000'));
@@ -35,7 +38,10 @@ describe('MANAGE / DELETE / INIT -r refusals', () => {
     await refused(['DELETE', '-s', 'pg'], /ERROR: +DELETE needs -i/);
     await refused(['DELETE', '-i', 'all'], /ERROR: +DELETE needs -s/);
     await refused(['DELETE', '-s', 'pg', '-i', 'nosuch'], /ERROR: +backup "nosuch" not found for server pg/);
-    await refused(['DELETE', '-s', 'pg', '-i', '1700000000000,'], /ERROR: +DELETE -i "1700000000000,": empty backup identifier/);
+    await refused(
+      ['DELETE', '-s', 'pg', '-i', '1700000000000,'],
+      /ERROR: +DELETE -i "1700000000000,": empty backup identifier/,
+    );
     await refused(['MANAGE', '-s', 'pg', '-c', 'keep', '-i', 'nosuch'], /backup "nosuch" not found for server pg/);
   });
 
@@ -48,13 +54,28 @@ describe('MANAGE / DELETE / INIT -r refusals', () => {
   test('MANAGE -l on a catalog without valid backups keeps WAL for an unreadable one; INIT -r names the damaged manifest', async () => {
     const r = await setup.bart(['MANAGE', '-s', 'pg', '-l', '--output', 'json']);
     assert.equal(r.code, 0, r.stderr);
-    const listing = JSON.parse(r.stdout) as { server: string; retentionPolicy: string; obsoleteBackups: unknown[]; leftovers: unknown[]; wal: { skipped: boolean; reason: string } }[];
-    assert.deepEqual(listing.map((l) => [l.server, l.retentionPolicy, l.obsoleteBackups.length, l.leftovers.length]), [['pg', '2 Backups', 0, 0]]);
+    const listing = JSON.parse(r.stdout) as {
+      server: string;
+      retentionPolicy: string;
+      obsoleteBackups: unknown[];
+      leftovers: unknown[];
+      wal: { skipped: boolean; reason: string };
+    }[];
+    assert.deepEqual(
+      listing.map((l) => [l.server, l.retentionPolicy, l.obsoleteBackups.length, l.leftovers.length]),
+      [['pg', '2 Backups', 0, 0]],
+    );
     // A backup directory without readable backupinfo may come back with INIT -r: no archived WAL may go meanwhile.
     assert.equal(listing[0]!.wal.skipped, true);
-    assert.match(listing[0]!.wal.reason, /backup 1700000000000 has no readable backupinfo \(repair it with bart INIT -r -s pg\)/);
+    assert.match(
+      listing[0]!.wal.reason,
+      /backup 1700000000000 has no readable backupinfo \(repair it with bart INIT -r -s pg\)/,
+    );
     const rebuild = await setup.bart(['INIT', '-r', '-s', 'pg']);
     assert.notEqual(rebuild.code, 0);
-    assert.match(rebuild.stderr, /ERROR: +cannot rebuild the backupinfo of backup 1700000000000: .*manifest\.jsonl.*(incomplete|end line)/);
+    assert.match(
+      rebuild.stderr,
+      /ERROR: +cannot rebuild the backupinfo of backup 1700000000000: .*manifest\.jsonl.*(incomplete|end line)/,
+    );
   });
 });

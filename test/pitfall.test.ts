@@ -11,7 +11,15 @@ import { TestCluster } from './harness/cluster.js';
 import { pgbenchInit, startWriter } from './harness/load.js';
 import { removeTree, runOk, testUserIds } from './harness/os.js';
 import { DEBIAN_PG15_BIN, versionsUnderTest } from './harness/pg-binaries.js';
-import { contentSnapshot, createIncrementalSource, manifestEntries, relationPath, restoreAndCheck, takeBackup, tryBackup } from './harness/incremental.js';
+import {
+  contentSnapshot,
+  createIncrementalSource,
+  manifestEntries,
+  relationPath,
+  restoreAndCheck,
+  takeBackup,
+  tryBackup,
+} from './harness/incremental.js';
 import { freshPath, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
 
 /**
@@ -23,10 +31,26 @@ import { freshPath, startRestored, waitPromoted, type RestoreSource } from './ha
 
 test('pitfall: relation files over 1 GB map block N to segment N / 131072 at offset N % 131072', () => {
   const cs = {
-    timeline: 1, startLsn: 0n, endLsn: 1n, relations: new Map(), createdDatabases: [], droppedDatabases: [],
-    createdTablespaces: [], droppedTablespaces: [], events: [], missingSegments: [], mbmFiles: [],
+    timeline: 1,
+    startLsn: 0n,
+    endLsn: 1n,
+    relations: new Map(),
+    createdDatabases: [],
+    droppedDatabases: [],
+    createdTablespaces: [],
+    droppedTablespaces: [],
+    events: [],
+    missingSegments: [],
+    mbmFiles: [],
   } as unknown as ChangeSet;
-  cs.relations.set(forkKey(1663, 5, 16384, 0), { spcOid: 1663, dbOid: 5, relNumber: 16384, fork: 0, limit: null, blocks: Uint32Array.from([3, 131072 + 5, 131072 + 7, 2 * 131072 + 1]) });
+  cs.relations.set(forkKey(1663, 5, 16384, 0), {
+    spcOid: 1663,
+    dbOid: 5,
+    relNumber: 16384,
+    fork: 0,
+    limit: null,
+    blocks: Uint32Array.from([3, 131072 + 5, 131072 + 7, 2 * 131072 + 1]),
+  });
   const seg = 131072 * 8192;
   const parent: RestoredState = {
     files: new Map([
@@ -45,7 +69,11 @@ test('pitfall: relation files over 1 GB map block N to segment N / 131072 at off
   // A truncation limit inside the second segment makes everything from there on modified.
   cs.relations.get(forkKey(1663, 5, 16384, 0))!.limit = 131072 + 131070;
   assert.deepEqual(selectBlocks('base', file('base/5/16384.1', seg), parent, cs), [5, 7, 131070, 131071]);
-  assert.equal(selectBlocks('base', file('base/5/16384.2', 6 * 8192), parent, cs), undefined, 'past the limit: the whole segment');
+  assert.equal(
+    selectBlocks('base', file('base/5/16384.2', 6 * 8192), parent, cs),
+    undefined,
+    'past the limit: the whole segment',
+  );
 });
 
 // Every row costs a restore: by default the newest version under test runs them (npm test stays
@@ -86,7 +114,7 @@ for (const version of versionsUnderTest()) {
       tsOid = Number(await c.scalar("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'"));
       await pgbenchInit(c, 1);
       await c.query('CREATE EXTENSION pg_visibility');
-      await c.query("CREATE TABLE shrink (id int, pad text) WITH (fillfactor = 50)");
+      await c.query('CREATE TABLE shrink (id int, pad text) WITH (fillfactor = 50)');
       await c.query("INSERT INTO shrink SELECT g, repeat('s', 500) FROM generate_series(1, 20000) g");
       // All pages all-visible before the full backup, so later VACUUMs touch only the pages they change.
       await c.query('VACUUM shrink');
@@ -94,15 +122,19 @@ for (const version of versionsUnderTest()) {
         await c.query(`CREATE TABLE ${t} (id int PRIMARY KEY, v text)`);
         await c.query(`INSERT INTO ${t} SELECT g, md5(g::text) FROM generate_series(1, 3000) g`);
       }
-      await c.query("CREATE TABLE in_ts (id int, v text) TABLESPACE ts1");
-      await c.query("INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+      await c.query('CREATE TABLE in_ts (id int, v text) TABLESPACE ts1');
+      await c.query('INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 20000) g');
       // Hint bits set now: with data checksums, setting them later would WAL-log every page.
       await c.query('VACUUM in_ts');
       await c.query('CREATE DATABASE to_drop');
       await c.query('CREATE DATABASE to_move');
-      await c.query("CREATE TABLE moving AS SELECT g FROM generate_series(1, 1000) g", [], 'to_move');
+      await c.query('CREATE TABLE moving AS SELECT g FROM generate_series(1, 1000) g', [], 'to_move');
       await c.query('CREATE DATABASE tmpl');
-      await c.query("CREATE TABLE from_template AS SELECT g, 'template' AS src FROM generate_series(1, 500) g", [], 'tmpl');
+      await c.query(
+        "CREATE TABLE from_template AS SELECT g, 'template' AS src FROM generate_series(1, 500) g",
+        [],
+        'tmpl',
+      );
       if (version >= 15) {
         await c.query('CREATE DATABASE reused OID = 60000');
         await c.query("CREATE TABLE old_content AS SELECT g, 'old' AS v FROM generate_series(1, 5000) g", [], 'reused');
@@ -128,7 +160,12 @@ for (const version of versionsUnderTest()) {
       assert.ok(e.incr.length < (before.incr?.length ?? before.size), 'the file shrank');
       await restoreAndCheck(src, id, snap, 'truncation', {
         tablespaceMap: mapArg(),
-        inspect: async (r) => assert.equal(Number(await r.scalar("SELECT pg_relation_size('shrink')")), size, 'restored file has the truncated length'),
+        inspect: async (r) =>
+          assert.equal(
+            Number(await r.scalar("SELECT pg_relation_size('shrink')")),
+            size,
+            'restored file has the truncated length',
+          ),
       });
     });
 
@@ -169,9 +206,16 @@ for (const version of versionsUnderTest()) {
       const { id, snap } = await incremental();
       const m = await manifestEntries(src, id);
       const copiedOid = String(await c.scalar("SELECT oid FROM pg_database WHERE datname = 'copied'"));
-      for (const [k, e] of m) if (k.startsWith(`base:base/${copiedOid}/`) || k.startsWith('base:base/60000/')) assert.equal(e.incr, undefined, `${k} stored whole`);
+      for (const [k, e] of m)
+        if (k.startsWith(`base:base/${copiedOid}/`) || k.startsWith('base:base/60000/'))
+          assert.equal(e.incr, undefined, `${k} stored whole`);
       assert.ok(snap['copied:public.from_template'], 'the copied database has the template table');
-      if (version >= 15) assert.equal(snap['reused:public.old_content'], undefined, 'the recreated database has none of the old content');
+      if (version >= 15)
+        assert.equal(
+          snap['reused:public.old_content'],
+          undefined,
+          'the recreated database has none of the old content',
+        );
       await restoreAndCheck(src, id, snap, 'file-copy databases', { tablespaceMap: mapArg() });
     });
 
@@ -226,7 +270,8 @@ for (const version of versionsUnderTest()) {
       // ... then, in the next range, UPDATE clears all-visible bits through heap-record flags.
       await c.query('UPDATE shrink SET pad = pad WHERE id IN (3, 1500)');
       const { id, snap } = await incremental();
-      const vmBits = "SELECT string_agg(CASE WHEN all_visible THEN '1' ELSE '0' END, '' ORDER BY blkno) FROM pg_visibility_map('shrink')";
+      const vmBits =
+        "SELECT string_agg(CASE WHEN all_visible THEN '1' ELSE '0' END, '' ORDER BY blkno) FROM pg_visibility_map('shrink')";
       const expectedBits = await c.scalar(vmBits);
       assert.match(String(expectedBits), /0/, 'some all-visible bits were cleared');
       const e = (await manifestEntries(src, id)).get(`base:${vmPath}`);
@@ -235,15 +280,19 @@ for (const version of versionsUnderTest()) {
         tablespaceMap: mapArg(),
         inspect: async (r) => {
           await r.query('CREATE EXTENSION IF NOT EXISTS pg_visibility');
-          assert.equal(await r.scalar(vmBits), expectedBits, 'the restored visibility map equals the source\'s');
-          assert.equal(await r.scalar("SELECT count(*)::int FROM pg_check_visible('shrink')"), 0, 'no page marked all-visible holds invisible tuples');
+          assert.equal(await r.scalar(vmBits), expectedBits, "the restored visibility map equals the source's");
+          assert.equal(
+            await r.scalar("SELECT count(*)::int FROM pg_check_visible('shrink')"),
+            0,
+            'no page marked all-visible holds invisible tuples',
+          );
           assert.equal(await r.scalar("SELECT count(*)::int FROM pg_check_frozen('shrink')"), 0);
         },
       });
     });
 
     test('pitfall: unlogged relations: only the init fork is backed up, the table restores empty', async () => {
-      await c.query("CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 5000) g");
+      await c.query('CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 5000) g');
       const path = await relationPath(c, 'scratch');
       const { id, snap } = await incremental();
       const m = await manifestEntries(src, id);
@@ -260,15 +309,32 @@ for (const version of versionsUnderTest()) {
       parent = id;
       await writer.stop();
       const path = freshPath(src, 'torn');
-      const r = await src.restore(['-i', id, '-p', path, '-c', '--target-immediate', '--target-action', 'promote', '--tablespace-map', mapArg()]);
+      const r = await src.restore([
+        '-i',
+        id,
+        '-p',
+        path,
+        '-c',
+        '--target-immediate',
+        '--target-action',
+        'promote',
+        '--tablespace-map',
+        mapArg(),
+      ]);
       assert.equal(r.code, 0, r.stderr);
       const restored = await startRestored(version, path);
       try {
         await waitPromoted(restored);
-        const [n, max] = (await restored.query<{ n: string; m: string }>('SELECT count(*)::text AS n, coalesce(max(id), 0)::text AS m FROM torn'))
-          .map((x) => [x.n, x.m])[0]!;
+        const [n, max] = (
+          await restored.query<{ n: string; m: string }>(
+            'SELECT count(*)::text AS n, coalesce(max(id), 0)::text AS m FROM torn',
+          )
+        ).map((x) => [x.n, x.m])[0]!;
         assert.equal(n, max, 'rows committed during the backup form a gap-free prefix');
-        assert.equal(await restored.scalar('SELECT sum(abalance)::int FROM pgbench_accounts WHERE aid < 20000'), await c.scalar('SELECT sum(abalance)::int FROM pgbench_accounts WHERE aid < 20000'));
+        assert.equal(
+          await restored.scalar('SELECT sum(abalance)::int FROM pgbench_accounts WHERE aid < 20000'),
+          await c.scalar('SELECT sum(abalance)::int FROM pgbench_accounts WHERE aid < 20000'),
+        );
       } finally {
         await restored.destroy();
         removeTree(path);
@@ -276,7 +342,7 @@ for (const version of versionsUnderTest()) {
     });
 
     test('pitfall: hint-bit-only changes (checksums on: WAL-logged) restore pages with valid checksums', async () => {
-      await c.query("CREATE TABLE hinted AS SELECT g, md5(g::text) AS v FROM generate_series(1, 20000) g");
+      await c.query('CREATE TABLE hinted AS SELECT g, md5(g::text) AS v FROM generate_series(1, 20000) g');
       await incremental();
       await c.query('CHECKPOINT');
       await c.query('SELECT count(*) FROM hinted'); // sets hint bits on every page
@@ -294,7 +360,18 @@ for (const version of versionsUnderTest()) {
       await c.query("INSERT INTO t_new SELECT g, 'tli1 only' FROM generate_series(100001, 100100) g");
       const offHistory = (await incremental()).id;
       const path = freshPath(src, 'tli2');
-      const r = await src.restore(['-i', branchPoint, '-p', path, '-c', '--target-immediate', '--target-action', 'promote', '--tablespace-map', `${tsOid}=${freshPath(src, 'ts')}`]);
+      const r = await src.restore([
+        '-i',
+        branchPoint,
+        '-p',
+        path,
+        '-c',
+        '--target-immediate',
+        '--target-action',
+        'promote',
+        '--tablespace-map',
+        `${tsOid}=${freshPath(src, 'ts')}`,
+      ]);
       assert.equal(r.code, 0, r.stderr);
       const promoted = await startRestored(version, path);
       try {
@@ -302,13 +379,18 @@ for (const version of versionsUnderTest()) {
         const history = readdirSync(join(path, 'pg_wal')).find((n) => n.endsWith('.history'))!;
         await runOk('cp', [join(path, 'pg_wal', history), join(src.archivePath, history)]);
         await promoted.query(`ALTER SYSTEM SET archive_mode = 'on'`);
-        await promoted.query(`ALTER SYSTEM SET archive_command = 'test ! -f ${src.archivePath}/%f && cp %p ${src.archivePath}/%f'`);
+        await promoted.query(
+          `ALTER SYSTEM SET archive_command = 'test ! -f ${src.archivePath}/%f && cp %p ${src.archivePath}/%f'`,
+        );
         await promoted.restart();
         await promoted.query("INSERT INTO t_new SELECT g, 'tli2' FROM generate_series(200001, 200050) g");
         src.configure(promoted, { allow_incremental_backups: 'enabled', mbm_scan_timeout: '2' });
         const refused = await tryBackup(src, ['--parent', offHistory]);
         assert.notEqual(refused.code, 0);
-        assert.match(refused.stderr, new RegExp(`ERROR: +parent backup ${offHistory} .* is not an ancestor of the server's current timeline 2`));
+        assert.match(
+          refused.stderr,
+          new RegExp(`ERROR: +parent backup ${offHistory} .* is not an ancestor of the server's current timeline 2`),
+        );
         const id = await takeBackup(src, branchPoint);
         const snap = await contentSnapshot(promoted);
         assert.equal(snap['postgres:public.t_new']!.split(':')[0], '4050');
@@ -322,8 +404,8 @@ for (const version of versionsUnderTest()) {
     });
 
     test('pitfall: tablespaces: blocks are keyed by tablespace and restored to the mapped location', async () => {
-      await c.query('UPDATE in_ts SET v = v || \'!\' WHERE id < 2000 AND id % 50 = 0');
-      await c.query("CREATE TABLE new_in_ts TABLESPACE ts1 AS SELECT g FROM generate_series(1, 3000) g");
+      await c.query("UPDATE in_ts SET v = v || '!' WHERE id < 2000 AND id % 50 = 0");
+      await c.query('CREATE TABLE new_in_ts TABLESPACE ts1 AS SELECT g FROM generate_series(1, 3000) g');
       const path = String(await c.scalar("SELECT pg_relation_filepath('in_ts')")).replace(/^pg_tblspc\/\d+\//, '');
       const { id, snap } = await incremental();
       const e = (await manifestEntries(src, id)).get(`${tsOid}:${path}`);
@@ -337,7 +419,14 @@ for (const version of versionsUnderTest()) {
       const { id, snap } = await incremental();
       const m = await manifestEntries(src, id);
       const dbOid = String(await c.scalar("SELECT oid FROM pg_database WHERE datname = 'postgres'"));
-      for (const k of ['base:global/pg_control', 'base:pg_xact/0000', `base:base/${dbOid}/pg_filenode.map`, 'base:global/pg_filenode.map', 'base:postgresql.auto.conf', 'base:PG_VERSION']) {
+      for (const k of [
+        'base:global/pg_control',
+        'base:pg_xact/0000',
+        `base:base/${dbOid}/pg_filenode.map`,
+        'base:global/pg_filenode.map',
+        'base:postgresql.auto.conf',
+        'base:PG_VERSION',
+      ]) {
         assert.ok(m.has(k), `${k} listed`);
         assert.equal(m.get(k)!.incr, undefined, `${k} stored whole`);
       }
@@ -349,15 +438,23 @@ for (const version of versionsUnderTest()) {
       for (const n of readdirSync(src.archivePath)) if (n.endsWith('.mbm')) rmSync(join(src.archivePath, n));
       await c.query("INSERT INTO t_new SELECT g, 'unscanned' FROM generate_series(400001, 400010) g");
       const { id, snap } = await incremental();
-      assert.ok(readdirSync(src.archivePath).some((n) => n.endsWith('.mbm')), 'MBMs were made');
+      assert.ok(
+        readdirSync(src.archivePath).some((n) => n.endsWith('.mbm')),
+        'MBMs were made',
+      );
       const e = (await manifestEntries(src, id)).get(`base:${await relationPath(c, 't_new')}`);
-      assert.ok(e?.incr && e.incr.runs.length > 0 && e.incr.runs.length < 20, 'the change set came from the MBMs made on the spot');
+      assert.ok(
+        e?.incr && e.incr.runs.length > 0 && e.incr.runs.length < 20,
+        'the change set came from the MBMs made on the spot',
+      );
       assert.equal(snap['postgres:public.t_new']!.split(':')[0], String(4000 + 100 + 10 + 10));
       // Missing: one segment of the range disappears from the archive.
       await c.query("INSERT INTO t_new SELECT g, 'gap' FROM generate_series(500001, 500010) g");
       await src.archiveCurrentWal();
       await src.archiveCurrentWal();
-      const segs = readdirSync(src.archivePath).filter((n) => /^00000001[0-9A-F]{16}$/.test(n)).sort();
+      const segs = readdirSync(src.archivePath)
+        .filter((n) => /^00000001[0-9A-F]{16}$/.test(n))
+        .sort();
       const victim = segs[segs.length - 2]!;
       for (const n of readdirSync(src.archivePath)) if (n.endsWith('.mbm')) rmSync(join(src.archivePath, n));
       renameSync(join(src.archivePath, victim), join(src.scratch, victim));
@@ -377,7 +474,9 @@ for (const version of versionsUnderTest()) {
       await c.stop();
       c.writeConf({ wal_level: 'minimal', archive_mode: 'off', max_wal_senders: 0 });
       await c.start();
-      await c.query("BEGIN; CREATE TABLE bulk (g int, v text); INSERT INTO bulk SELECT g, repeat('b', 100) FROM generate_series(1, 50000) g; COMMIT;");
+      await c.query(
+        "BEGIN; CREATE TABLE bulk (g int, v text); INSERT INTO bulk SELECT g, repeat('b', 100) FROM generate_series(1, 50000) g; COMMIT;",
+      );
       await c.stop();
       c.writeConf({ wal_level: 'replica', archive_mode: 'on', max_wal_senders: 10 });
       await c.start();
@@ -399,7 +498,7 @@ test('pitfall: data checksums enabled or disabled with pg_checksums between pare
     await c.start();
   };
   try {
-    await c.query("CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    await c.query('CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 20000) g');
     await src.archiveCurrentWal();
     // Checksums on (initdb -k), then turned off: the control file changes, no WAL says so.
     const withChecksums = await takeBackup(src);
@@ -407,19 +506,29 @@ test('pitfall: data checksums enabled or disabled with pg_checksums between pare
     await src.archiveCurrentWal();
     let r = await tryBackup(src, ['--parent', withChecksums]);
     assert.notEqual(r.code, 0, 'an incremental over checksums turned off is refused');
-    assert.match(r.stderr, new RegExp(`ERROR: +data checksums were turned off since parent backup ${withChecksums} .*take a new full backup`));
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `ERROR: +data checksums were turned off since parent backup ${withChecksums} .*take a new full backup`,
+      ),
+    );
     // Checksums off, then turned on: pg_checksums rewrites every page without WAL.
     const withoutChecksums = await takeBackup(src);
     await pgChecksums('--enable');
     await src.archiveCurrentWal();
     r = await tryBackup(src, ['--parent', withoutChecksums]);
     assert.notEqual(r.code, 0, 'an incremental over checksums turned on is refused');
-    assert.match(r.stderr, new RegExp(`ERROR: +data checksums were turned on since parent backup ${withoutChecksums} .*take a new full backup`));
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `ERROR: +data checksums were turned on since parent backup ${withoutChecksums} .*take a new full backup`,
+      ),
+    );
     r = await tryBackup(src, ['--parent', withoutChecksums, '--check']);
     assert.notEqual(r.code, 0, '--check reports it too');
     // A new full backup is the way on: an incremental on top of it works.
     const fresh = await takeBackup(src);
-    await c.query('UPDATE t SET v = v || \'x\' WHERE g < 100');
+    await c.query("UPDATE t SET v = v || 'x' WHERE g < 100");
     await src.archiveCurrentWal();
     await takeBackup(src, fresh);
   } finally {

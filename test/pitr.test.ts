@@ -5,7 +5,15 @@ import { join } from 'node:path';
 import type { TestCluster } from './harness/cluster.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { removeTree } from './harness/os.js';
-import { batches, createRestoreSource, freshPath, startRestored, waitPaused, waitPromoted, type RestoreSource } from './harness/restore.js';
+import {
+  batches,
+  createRestoreSource,
+  freshPath,
+  startRestored,
+  waitPaused,
+  waitPromoted,
+  type RestoreSource,
+} from './harness/restore.js';
 
 /** What the source recorded right after committing one batch of rows. */
 interface Commit {
@@ -40,7 +48,11 @@ for (const version of versionsUnderTest()) {
     }
 
     /** Restores B, starts it, returns the cluster (paused at the target or promoted) and its path. */
-    async function restoreAndStart(args: string[], expectPause: boolean, prepare?: (path: string) => void): Promise<{ cluster: TestCluster; path: string }> {
+    async function restoreAndStart(
+      args: string[],
+      expectPause: boolean,
+      prepare?: (path: string) => void,
+    ): Promise<{ cluster: TestCluster; path: string }> {
       const path = freshPath(src, 'pitr');
       const r = await src.restore(['-p', path, '-w', '2', ...args]);
       assert.equal(r.code, 0, `RESTORE ${args.join(' ')}: ${r.stdout}\n${r.stderr}`);
@@ -86,9 +98,17 @@ for (const version of versionsUnderTest()) {
 
     test('to a timestamp, an xid (exclusive) and an LSN: exactly the transactions committed up to it', async () => {
       await expectBatches(['-g', commits[2]!.time], range(1, 3));
-      await expectBatches(['-i', b1, '-x', commits[4]!.xid, '--target-exclusive', '--target-action', 'promote'], range(1, 4), false);
+      await expectBatches(
+        ['-i', b1, '-x', commits[4]!.xid, '--target-exclusive', '--target-action', 'promote'],
+        range(1, 4),
+        false,
+      );
       // BART's spelling of the same thing.
-      await expectBatches(['-i', b1, '-x', commits[4]!.xid, '--target-inclusive', 'false', '--target-action', 'promote'], range(1, 4), false);
+      await expectBatches(
+        ['-i', b1, '-x', commits[4]!.xid, '--target-inclusive', 'false', '--target-action', 'promote'],
+        range(1, 4),
+        false,
+      );
       await expectBatches(['-i', b1, '--target-lsn', commits[1]!.lsn], range(1, 2));
     });
 
@@ -97,21 +117,38 @@ for (const version of versionsUnderTest()) {
       // Without -i the oldest backup is the candidate for so early a time: the error names its end.
       let r = await src.restore(['-p', path, '-g', '2020-01-01 00:00:00+00']);
       assert.notEqual(r.code, 0);
-      assert.match(r.stderr, new RegExp(`ERROR: +recovery target time 2020-01-01 00:00:00\\+00 is before the end of backup ${b1} .*the earliest time this backup can reach is \\d{4}-`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `ERROR: +recovery target time 2020-01-01 00:00:00\\+00 is before the end of backup ${b1} .*the earliest time this backup can reach is \\d{4}-`,
+        ),
+      );
       r = await src.restore(['-i', b1b, '-p', path, '-g', commits[2]!.time]);
       assert.match(r.stderr, new RegExp(`ERROR: +recovery target time .* is before the end of backup ${b1b} `));
       r = await src.restore(['-i', b1, '-p', path, '--target-lsn', '0/10']);
       assert.notEqual(r.code, 0);
-      assert.match(r.stderr, /ERROR: +recovery target LSN 0\/10 is before the end of backup \d+ \(STOP LSN [0-9A-F]+\/[0-9A-F]+\): the earliest LSN/);
+      assert.match(
+        r.stderr,
+        /ERROR: +recovery target LSN 0\/10 is before the end of backup \d+ \(STOP LSN [0-9A-F]+\/[0-9A-F]+\): the earliest LSN/,
+      );
       r = await src.restore(['-i', b1, '-p', path, '-t', '7']);
-      assert.match(r.stderr, /ERROR: +-t\/--target-tli 7: timeline history file 00000007\.history is not in the archive/);
+      assert.match(
+        r.stderr,
+        /ERROR: +-t\/--target-tli 7: timeline history file 00000007\.history is not in the archive/,
+      );
       assert.equal(existsSync(path), false);
     });
 
     test('to a restore point; then timelines: promote, write, back up on timeline 2, restore with -t', async () => {
       // Restore to the restore point and let the new primary archive into the same catalog.
-      const { cluster: r1, path: r1Path } = await restoreAndStart(['-i', b1, '--target-name', 'after_batch_5'], true, (path) =>
-        appendFileSync(join(path, 'postgresql.auto.conf'), `archive_mode = 'on'\narchive_command = 'cp %p ${src.archivePath}/%f'\n`),
+      const { cluster: r1, path: r1Path } = await restoreAndStart(
+        ['-i', b1, '--target-name', 'after_batch_5'],
+        true,
+        (path) =>
+          appendFileSync(
+            join(path, 'postgresql.auto.conf'),
+            `archive_mode = 'on'\narchive_command = 'cp %p ${src.archivePath}/%f'\n`,
+          ),
       );
       try {
         assert.deepEqual(await batches(r1), range(1, 5), 'paused at restore point after_batch_5');

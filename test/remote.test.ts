@@ -1,7 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBartSetup, serverSection, type BartSetup } from './harness/bart.js';
@@ -15,11 +24,17 @@ import { tarFileHeader } from '../src/storage/tar-header.js';
 const BART = BART_TEST_USER;
 
 /** Backups of a server in the catalog, from SHOW-BACKUPS --output json. */
-async function backups(setup: BartSetup, server: string): Promise<{ id: string; name?: string; status: string; parent?: string }[]> {
+async function backups(
+  setup: BartSetup,
+  server: string,
+): Promise<{ id: string; name?: string; status: string; parent?: string }[]> {
   const r = await setup.bart(['SHOW-BACKUPS', '-s', server, '--output', 'json']);
   assert.equal(r.code, 0, r.stderr);
   const parsed = JSON.parse(r.stdout) as unknown;
-  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<string, unknown>[];
+  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<
+    string,
+    unknown
+  >[];
   return list.map((b) => ({
     id: String(b.id ?? b.backupId),
     ...(b.name ? { name: String(b.name) } : {}),
@@ -53,7 +68,10 @@ function partialDirs(setup: BartSetup, server: string): string[] {
 /** Runs bart (started as root, it becomes the BART user) without waiting, for the kill-mid-backup case. */
 function bartInBackground(setup: BartSetup, args: string[]): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', setup.configPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: setup.dir });
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', setup.configPath, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: setup.dir,
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -81,11 +99,19 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
       const t0 = Date.now();
       const timing = process.env.PGBART_TEST_TIMING !== undefined;
       const r = await rawBart(timing && args[0] === 'BACKUP' ? ['-d', ...args] : args, env);
-      if (timing) console.error(`bart ${args.join(' ')}: ${Date.now() - t0} ms, exit ${r.code}\n${r.stdout.split('\n').filter((l) => /DEBUG/.test(l)).join('\n')}${r.code !== 0 ? r.stderr : ''}`);
+      if (timing)
+        console.error(
+          `bart ${args.join(' ')}: ${Date.now() - t0} ms, exit ${r.code}\n${r.stdout
+            .split('\n')
+            .filter((l) => /DEBUG/.test(l))
+            .join('\n')}${r.code !== 0 ? r.stderr : ''}`,
+        );
       return r;
     };
     cleanups.push(() => setup.cleanup());
-    setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Rem', { remote_host: `postgres@${sshd.alias}` })}`);
+    setup.writeConfig(
+      `${readFileSync(setup.configPath, 'utf8')}\n${serverSection(cluster, 'Rem', { remote_host: `postgres@${sshd.alias}` })}`,
+    );
     // The catalog belongs to the BART user, who is not the cluster owner.
     execFileSync('chown', ['-R', `${BART}:`, setup.dir]);
 
@@ -103,7 +129,11 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     assert.match(check.stdout, /WAL archiving is working: success/, check.stdout);
     const archived = readdirSync(archiveDir).filter((n) => /^[0-9A-F]{24}$/.test(n));
     assert.ok(archived.length > 0, 'WAL arrived in the archive through scp');
-    assert.equal(statSync(join(archiveDir, archived[0]!)).uid, Number(execFileSync('id', ['-u', BART], { encoding: 'utf8' })), 'archived WAL belongs to the BART user');
+    assert.equal(
+      statSync(join(archiveDir, archived[0]!)).uid,
+      Number(execFileSync('id', ['-u', BART], { encoding: 'utf8' })),
+      'archived WAL belongs to the BART user',
+    );
 
     // 3. Full backup over ssh; then changes, a restore point, more changes.
     // A tablespace: a second tree to walk over ssh, and pg_tblspc links to list and restore.
@@ -118,11 +148,16 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await cluster.query("INSERT INTO tx SELECT 1, repeat('x', 200) FROM generate_series(1, 20000)");
     // Dropped and truncated (shrunk by VACUUM) between the incrementals of the chain restored remotely in 5c.
     await cluster.query('CREATE TABLE tdrop AS SELECT generate_series(1, 5000) AS v');
-    await cluster.query("CREATE TABLE tshrink AS SELECT g AS v, repeat('s', 100) AS pad FROM generate_series(1, 20000) g");
+    await cluster.query(
+      "CREATE TABLE tshrink AS SELECT g AS v, repeat('s', 100) AS pad FROM generate_series(1, 20000) g",
+    );
     const full = await setup.bart(['BACKUP', '-s', 'rem', '--backup-name', 'full1', '--thread-count', '2']);
     assert.equal(full.code, 0, full.stderr);
     let list = await backups(setup, 'rem');
-    assert.deepEqual(list.map((b) => [b.name, b.status]), [['full1', 'active']]);
+    assert.deepEqual(
+      list.map((b) => [b.name, b.status]),
+      [['full1', 'active']],
+    );
     assert.deepEqual(partialDirs(setup, 'rem'), []);
 
     await cluster.query("INSERT INTO tx SELECT 2, repeat('y', 200) FROM generate_series(1, 5000)");
@@ -131,7 +166,12 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await switchAndArchive(cluster);
 
     // 4. Incremental backup over ssh (changed blocks read as ranges), plain format.
-    setup.writeConfig(readFileSync(setup.configPath, 'utf8').replace(`remote_host = postgres@${sshd.alias}`, `remote_host = postgres@${sshd.alias}\nallow_incremental_backups = enabled`));
+    setup.writeConfig(
+      readFileSync(setup.configPath, 'utf8').replace(
+        `remote_host = postgres@${sshd.alias}`,
+        `remote_host = postgres@${sshd.alias}\nallow_incremental_backups = enabled`,
+      ),
+    );
     await cluster.query("UPDATE tx SET pad = 'changed' WHERE ctid = (SELECT min(ctid) FROM tx WHERE batch = 3)");
     const incr = await setup.bart(['BACKUP', '-s', 'rem', '-F', 'p', '--parent', 'full1', '--backup-name', 'incr1']);
     assert.equal(incr.code, 0, `${incr.stdout}\n${incr.stderr}`);
@@ -143,9 +183,23 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     execFileSync('chown', [`${BART}:`, localParent]);
     cleanups.push(() => removeTree(localParent));
     const localRestore = join(localParent, 'restored');
-    const lr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr1', '-p', localRestore, '-c', ...tsMap(join(localParent, 'ts'))]);
+    const lr = await setup.bart([
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'incr1',
+      '-p',
+      localRestore,
+      '-c',
+      ...tsMap(join(localParent, 'ts')),
+    ]);
     assert.equal(lr.code, 0, lr.stderr);
-    assert.match(lr.stdout + lr.stderr, new RegExp(`restoring on this host .*add -r postgres@${sshd.alias}`), 'a local restore of a remote server says where it goes');
+    assert.match(
+      lr.stdout + lr.stderr,
+      new RegExp(`restoring on this host .*add -r postgres@${sshd.alias}`),
+      'a local restore of a remote server says where it goes',
+    );
     execFileSync('chown', ['-R', 'postgres:', localRestore, join(localParent, 'ts')]);
     const local = await TestCluster.create({ version, dataDir: localRestore });
     cleanups.push(async () => {
@@ -165,13 +219,35 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // 5. RESTORE -r postgres@host of the full backup with PITR to the restore point: restore_command
     // scp's WAL from the BART host; the restored cluster starts and holds batches 1 and 2 only.
     const remotePath = join(cluster.baseDir, 'restored');
-    const rr = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_batch_2', '-w', '2', ...tsMap(join(cluster.baseDir, 'ts-restored'))]);
+    const rr = await setup.bart([
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'full1',
+      '-p',
+      remotePath,
+      '-r',
+      `postgres@${sshd.alias}`,
+      '--target-name',
+      'after_batch_2',
+      '-w',
+      '2',
+      ...tsMap(join(cluster.baseDir, 'ts-restored')),
+    ]);
     assert.equal(rr.code, 0, rr.stderr);
     assert.ok(existsSync(join(remotePath, 'PG_VERSION')));
     assert.ok(!existsSync(join(remotePath, '.pgbart-restore-incomplete')));
-    assert.equal(statSync(join(remotePath, 'global', 'pg_control')).uid, statSync(cluster.dataDir).uid, 'restored files belong to the ssh user');
+    assert.equal(
+      statSync(join(remotePath, 'global', 'pg_control')).uid,
+      statSync(cluster.dataDir).uid,
+      'restored files belong to the ssh user',
+    );
     assert.equal(statSync(remotePath).mode & 0o777, 0o700);
-    assert.match(readFileSync(join(remotePath, 'postgresql.auto.conf'), 'utf8'), new RegExp(`restore_command = 'scp -q -o BatchMode=yes ${BART}@${sshd.alias}:`));
+    assert.match(
+      readFileSync(join(remotePath, 'postgresql.auto.conf'), 'utf8'),
+      new RegExp(`restore_command = 'scp -q -o BatchMode=yes ${BART}@${sshd.alias}:`),
+    );
     const restored = await TestCluster.create({ version, dataDir: remotePath });
     cleanups.push(() => restored.destroy());
     await waitPaused(restored);
@@ -185,14 +261,35 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
 
     // 5b. -c copies the WAL over ssh into the restored directory (restore_command becomes a local cp).
     const copiedPath = join(cluster.baseDir, 'restored-c');
-    const rc = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', copiedPath, '-r', `postgres@${sshd.alias}`, '-c', ...tsMap(join(cluster.baseDir, 'ts-c'))]);
+    const rc = await setup.bart([
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'full1',
+      '-p',
+      copiedPath,
+      '-r',
+      `postgres@${sshd.alias}`,
+      '-c',
+      ...tsMap(join(cluster.baseDir, 'ts-c')),
+    ]);
     assert.equal(rc.code, 0, rc.stderr);
     const copied = readdirSync(join(copiedPath, 'archived_wals')).sort();
-    const segments = readdirSync(archiveDir).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort();
+    const segments = readdirSync(archiveDir)
+      .filter((n) => /^[0-9A-F]{24}$/.test(n))
+      .sort();
     assert.ok(copied.length > 0 && copied.every((n) => segments.includes(n)), `copied ${copied.join(' ')}`);
-    for (const n of copied) assert.ok(readFileSync(join(copiedPath, 'archived_wals', n)).equals(readFileSync(join(archiveDir, n))), `${n} copied intact`);
+    for (const n of copied)
+      assert.ok(
+        readFileSync(join(copiedPath, 'archived_wals', n)).equals(readFileSync(join(archiveDir, n))),
+        `${n} copied intact`,
+      );
     assert.equal(copied[copied.length - 1], segments[segments.length - 1]);
-    assert.match(readFileSync(join(copiedPath, 'postgresql.auto.conf'), 'utf8'), /restore_command = 'cp .*restored-c\/archived_wals'*\/%f %p'/);
+    assert.match(
+      readFileSync(join(copiedPath, 'postgresql.auto.conf'), 'utf8'),
+      /restore_command = 'cp .*restored-c\/archived_wals'*\/%f %p'/,
+    );
     removeTree(copiedPath);
     removeTree(join(cluster.baseDir, 'ts-c'));
 
@@ -204,7 +301,9 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await cluster.query('DROP TABLE tdrop');
     await cluster.query('DELETE FROM tshrink WHERE v > 1000');
     await cluster.query('VACUUM tshrink');
-    await cluster.query("UPDATE tx SET pad = 'chain' WHERE batch = 2 AND pad LIKE 'y%' AND ctid IN (SELECT ctid FROM tx WHERE batch = 2 LIMIT 300)");
+    await cluster.query(
+      "UPDATE tx SET pad = 'chain' WHERE batch = 2 AND pad LIKE 'y%' AND ctid IN (SELECT ctid FROM tx WHERE batch = 2 LIMIT 300)",
+    );
     await cluster.query('CREATE TABLE tnew AS SELECT g AS v FROM generate_series(1, 3000) g');
     const incr2 = await setup.bart(['BACKUP', '-s', 'rem', '--parent', 'incr1', '--backup-name', 'incr2']);
     assert.equal(incr2.code, 0, `${incr2.stdout}\n${incr2.stderr}`);
@@ -220,17 +319,51 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     await cluster.query('DELETE FROM tx WHERE batch = 3');
     await switchAndArchive(cluster);
     const chainPath = join(cluster.baseDir, 'restored-chain');
-    const rchain = await setup.bart(['-d', 'RESTORE', '-s', 'rem', '-i', 'incr2', '-p', chainPath, '-r', `postgres@${sshd.alias}`, '--target-name', 'after_incr2', ...tsMap(join(cluster.baseDir, 'ts-chain'))]);
+    const rchain = await setup.bart([
+      '-d',
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'incr2',
+      '-p',
+      chainPath,
+      '-r',
+      `postgres@${sshd.alias}`,
+      '--target-name',
+      'after_incr2',
+      ...tsMap(join(cluster.baseDir, 'ts-chain')),
+    ]);
     assert.equal(rchain.code, 0, rchain.stderr);
-    if (process.env.PGBART_TEST_TIMING) console.error(rchain.stdout.split('\n').filter((l) => /applied incremental|patched|restored \d+ files/.test(l)).join('\n'));
+    if (process.env.PGBART_TEST_TIMING)
+      console.error(
+        rchain.stdout
+          .split('\n')
+          .filter((l) => /applied incremental|patched|restored \d+ files/.test(l))
+          .join('\n'),
+      );
     assert.match(rchain.stdout, /patched \d+ files/, rchain.stdout);
     assert.ok(!existsSync(join(chainPath, droppedFile)), `${droppedFile} of the dropped table is removed`);
     // Deleted rows left in pages past the end would be invisible: the length itself proves the truncation.
     const shrunk = String(await cluster.scalar("SELECT pg_relation_filepath('tshrink')"));
-    assert.equal(statSync(join(chainPath, shrunk)).size, statSync(join(cluster.dataDir, shrunk)).size, 'the shrunk table is cut to its length at incr2');
+    assert.equal(
+      statSync(join(chainPath, shrunk)).size,
+      statSync(join(cluster.dataDir, shrunk)).size,
+      'the shrunk table is cut to its length at incr2',
+    );
     assert.ok(statSync(join(chainPath, shrunk)).size < 20000 * 140, 'tshrink was shrunk by VACUUM');
-    assert.equal(execFileSync('find', [chainPath, join(cluster.baseDir, 'ts-chain'), '-name', '*.pgbart-blocks'], { encoding: 'utf8' }), '', 'no scratch files left');
-    assert.equal(statSync(join(chainPath, String(await cluster.scalar("SELECT pg_relation_filepath('tx')")))).uid, statSync(cluster.dataDir).uid, 'patched files belong to the ssh user');
+    assert.equal(
+      execFileSync('find', [chainPath, join(cluster.baseDir, 'ts-chain'), '-name', '*.pgbart-blocks'], {
+        encoding: 'utf8',
+      }),
+      '',
+      'no scratch files left',
+    );
+    assert.equal(
+      statSync(join(chainPath, String(await cluster.scalar("SELECT pg_relation_filepath('tx')")))).uid,
+      statSync(cluster.dataDir).uid,
+      'patched files belong to the ssh user',
+    );
     const chainRestored = await TestCluster.create({ version, dataDir: chainPath });
     cleanups.push(() => chainRestored.destroy());
     await waitPaused(chainRestored);
@@ -242,7 +375,9 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // there, and the remote restore is removed again.
     const incr1Id = (await backups(setup, 'rem')).find((b) => b.name === 'incr1')!.id;
     const incr1Dir = join(setup.backupPath, 'rem', incr1Id);
-    const patched = readFileSync(join(incr1Dir, 'manifest.jsonl'), 'utf8').split('\n').filter((l) => l.startsWith('{"f"'))
+    const patched = readFileSync(join(incr1Dir, 'manifest.jsonl'), 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('{"f"'))
       .map((l) => (JSON.parse(l) as { f: { archive: string; path: string; incr?: { runs: unknown[] } } }).f)
       .find((f) => f.archive === 'base' && f.path.startsWith('base/') && (f.incr?.runs.length ?? 0) > 0)!;
     const storedBlocks = join(incr1Dir, 'base', patched.path);
@@ -251,14 +386,41 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     bad[100] = bad[100]! ^ 0xff;
     writeFileSync(storedBlocks, bad);
     const damagedPath = join(cluster.baseDir, 'restored-damaged');
-    const damaged = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'incr2', '-p', damagedPath, '-r', `postgres@${sshd.alias}`, ...tsMap(join(cluster.baseDir, 'ts-damaged'))]);
+    const damaged = await setup.bart([
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'incr2',
+      '-p',
+      damagedPath,
+      '-r',
+      `postgres@${sshd.alias}`,
+      ...tsMap(join(cluster.baseDir, 'ts-damaged')),
+    ]);
     writeFileSync(storedBlocks, good);
     assert.notEqual(damaged.code, 0, damaged.stdout);
-    assert.match(damaged.stderr, new RegExp(`incremental backup ${incr1Id}: block \\d+ of "${patched.path}" has CRC \\w+, the manifest says \\w+ \\(damaged backup\\); nothing was left in`), damaged.stderr);
+    assert.match(
+      damaged.stderr,
+      new RegExp(
+        `incremental backup ${incr1Id}: block \\d+ of "${patched.path}" has CRC \\w+, the manifest says \\w+ \\(damaged backup\\); nothing was left in`,
+      ),
+      damaged.stderr,
+    );
     assert.ok(!existsSync(damagedPath) && !existsSync(join(cluster.baseDir, 'ts-damaged')));
 
     // 6. A non-empty remote path is refused before anything is written.
-    const notEmpty = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', remotePath, '-r', `postgres@${sshd.alias}`]);
+    const notEmpty = await setup.bart([
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'full1',
+      '-p',
+      remotePath,
+      '-r',
+      `postgres@${sshd.alias}`,
+    ]);
     assert.notEqual(notEmpty.code, 0, notEmpty.stdout);
     assert.match(notEmpty.stderr, /is not empty/, notEmpty.stderr);
 
@@ -267,7 +429,11 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     sshd.revoke(BART, 'postgres');
     const noKey = await setup.bart(['CHECK-CONFIG', '-s', 'rem']);
     assert.notEqual(noKey.code, 0, noKey.stdout);
-    assert.match(noKey.stderr, new RegExp(`ssh key of "${BART}" is not authorized for postgres@${sshd.alias}.*authorized_keys`), noKey.stderr);
+    assert.match(
+      noKey.stderr,
+      new RegExp(`ssh key of "${BART}" is not authorized for postgres@${sshd.alias}.*authorized_keys`),
+      noKey.stderr,
+    );
     const noKeyBackup = await setup.bart(['BACKUP', '-s', 'rem']);
     assert.notEqual(noKeyBackup.code, 0, noKeyBackup.stdout);
     assert.match(noKeyBackup.stderr, /not authorized/, noKeyBackup.stderr);
@@ -299,7 +465,11 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     const killed = await running;
     if (process.env.PGBART_TEST_TIMING) console.error(killed.stderr);
     assert.notEqual(killed.code, 0, killed.stdout);
-    assert.match(killed.stderr, /ssh connection to postgres@.* (was closed|closed)|lost the ssh connection/, killed.stderr);
+    assert.match(
+      killed.stderr,
+      /ssh connection to postgres@.* (was closed|closed)|lost the ssh connection/,
+      killed.stderr,
+    );
     assert.deepEqual(partialDirs(setup, 'rem'), []);
     await run('rm', ['-f', big]);
     await sshd.restart();
@@ -314,7 +484,18 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
       await run('umount', [small], { asTestUser: false });
     });
     execFileSync('chown', ['postgres:', small]);
-    const tooSmall = await setup.bart(['RESTORE', '-s', 'rem', '-i', 'full1', '-p', join(small, 'r'), '-r', `postgres@${sshd.alias}`, ...tsMap(join(small, 'ts'))]);
+    const tooSmall = await setup.bart([
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'full1',
+      '-p',
+      join(small, 'r'),
+      '-r',
+      `postgres@${sshd.alias}`,
+      ...tsMap(join(small, 'ts')),
+    ]);
     assert.notEqual(tooSmall.code, 0, tooSmall.stdout);
     assert.match(tooSmall.stderr, /not enough free space/, tooSmall.stderr);
     assert.deepEqual(readdirSync(small), []);
@@ -322,7 +503,18 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // 10b. The remote disk fills up during the restore (the tablespace's file system, filled right
     // after the checks passed): the error names the full disk and everything written is removed.
     const fullPath = join(cluster.baseDir, 'restore-full');
-    const fillingUp = bartInBackground(setup, ['RESTORE', '-s', 'rem', '-i', 'full1', '-p', fullPath, '-r', `postgres@${sshd.alias}`, ...tsMap(join(small, 'ts'))]);
+    const fillingUp = bartInBackground(setup, [
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'full1',
+      '-p',
+      fullPath,
+      '-r',
+      `postgres@${sshd.alias}`,
+      ...tsMap(join(small, 'ts')),
+    ]);
     const fullMarker = join(fullPath, '.pgbart-restore-incomplete');
     const fillBy = Date.now() + 60_000;
     while (!existsSync(fullMarker)) {
@@ -342,7 +534,18 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     // 11. sshd killed during a remote restore: a clear error, and the target never becomes a
     // directory that starts (the cleanup cannot reach it: marker kept, no PG_VERSION).
     const killedPath = join(cluster.baseDir, 'restore-killed');
-    const restoring = bartInBackground(setup, ['RESTORE', '-s', 'rem', '-i', 'full1', '-p', killedPath, '-r', `postgres@${sshd.alias}`, ...tsMap(join(cluster.baseDir, 'ts-killed'))]);
+    const restoring = bartInBackground(setup, [
+      'RESTORE',
+      '-s',
+      'rem',
+      '-i',
+      'full1',
+      '-p',
+      killedPath,
+      '-r',
+      `postgres@${sshd.alias}`,
+      ...tsMap(join(cluster.baseDir, 'ts-killed')),
+    ]);
     const marker = join(killedPath, '.pgbart-restore-incomplete');
     const until = Date.now() + 60_000;
     while (!existsSync(marker)) {
@@ -371,23 +574,50 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
 
 test('ssh failures are explained with the fix', () => {
   const ctx = { destination: 'postgres@db1', localUser: 'bart' };
-  assert.match(explainSshFailure('spawn ssh ENOENT (spawn ssh)', ctx), /ssh is not installed on this host .*apt-get install openssh-client/);
-  assert.match(explainSshFailure('Host key verification failed.', ctx), /host key of db1 is unknown to "bart": as "bart" run ssh postgres@db1 once/);
-  assert.match(explainSshFailure('@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@', ctx), /host key of db1 changed .*ssh-keygen -R db1/);
-  assert.match(explainSshFailure('postgres@db1: Permission denied (publickey).', ctx), /ssh key of "bart" is not authorized for postgres@db1 .*~postgres\/.ssh\/authorized_keys on db1/);
-  assert.match(explainSshFailure('ssh: connect to host db1 port 22: Connection refused', ctx), /no ssh server answers on db1/);
-  assert.match(explainSshFailure('ssh: Could not resolve hostname db1: Name or service not known', ctx), /cannot be resolved/);
+  assert.match(
+    explainSshFailure('spawn ssh ENOENT (spawn ssh)', ctx),
+    /ssh is not installed on this host .*apt-get install openssh-client/,
+  );
+  assert.match(
+    explainSshFailure('Host key verification failed.', ctx),
+    /host key of db1 is unknown to "bart": as "bart" run ssh postgres@db1 once/,
+  );
+  assert.match(
+    explainSshFailure('@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@', ctx),
+    /host key of db1 changed .*ssh-keygen -R db1/,
+  );
+  assert.match(
+    explainSshFailure('postgres@db1: Permission denied (publickey).', ctx),
+    /ssh key of "bart" is not authorized for postgres@db1 .*~postgres\/.ssh\/authorized_keys on db1/,
+  );
+  assert.match(
+    explainSshFailure('ssh: connect to host db1 port 22: Connection refused', ctx),
+    /no ssh server answers on db1/,
+  );
+  assert.match(
+    explainSshFailure('ssh: Could not resolve hostname db1: Name or service not known', ctx),
+    /cannot be resolved/,
+  );
 });
 
 test('tar framing of the remote restore: ustar prefix and pax names that GNU tar reads back', () => {
-  const names = ['/tmp/short/PG_VERSION', `/tmp/${'d'.repeat(120)}/base/16384/2619`, `/tmp/${'x'.repeat(90)}/${'y'.repeat(90)}/${'z'.repeat(120)}`];
+  const names = [
+    '/tmp/short/PG_VERSION',
+    `/tmp/${'d'.repeat(120)}/base/16384/2619`,
+    `/tmp/${'x'.repeat(90)}/${'y'.repeat(90)}/${'z'.repeat(120)}`,
+  ];
   const parts: Buffer[] = [];
   for (const name of names) {
     parts.push(tarFileHeader(name.slice(1), 3, 0o600, 1_700_000_000), Buffer.from('abc'), Buffer.alloc(509));
   }
   parts.push(Buffer.alloc(1024));
-  const listed = execFileSync('tar', ['-tf', '-'], { input: Buffer.concat(parts), encoding: 'utf8' }).trim().split('\n');
-  assert.deepEqual(listed, names.map((n) => n.slice(1)));
+  const listed = execFileSync('tar', ['-tf', '-'], { input: Buffer.concat(parts), encoding: 'utf8' })
+    .trim()
+    .split('\n');
+  assert.deepEqual(
+    listed,
+    names.map((n) => n.slice(1)),
+  );
 });
 
 async function waitPaused(cluster: TestCluster): Promise<void> {

@@ -23,18 +23,34 @@ test('target times: zones, offsets, DST, fractions, and clear errors', () => {
   assert.equal(assumed.zoneAssumed, true);
   assert.equal(parseTargetTime('2024-02-29', 'UTC').instant.toISOString(), '2024-02-29T00:00:00.000Z');
   for (const bad of ['yesterday', '2024-02-30 10:00:00', '2024-01-01 25:00:00', '2024-01-01 10:00:00 Mars/Base']) {
-    assert.throws(() => parseTargetTime(bad, 'UTC'), (e: unknown) => e instanceof BartError && /-g\/--target-timestamp/.test(e.message), bad);
+    assert.throws(
+      () => parseTargetTime(bad, 'UTC'),
+      (e: unknown) => e instanceof BartError && /-g\/--target-timestamp/.test(e.message),
+      bad,
+    );
   }
 });
 
 test('target options: one target, dependent options, well-formed values', () => {
-  assert.throws(() => parseTargetOptions({ targetXid: '100', targetName: 'x' }, 'UTC'), /choose one recovery target, not -x\/--target-xid and --target-name/);
-  assert.throws(() => parseTargetOptions({ targetName: 'x', targetExclusive: true }, 'UTC'), /--target-exclusive needs/);
-  assert.throws(() => parseTargetOptions({ targetAction: 'promote' }, 'UTC'), /--target-action needs a recovery target/);
+  assert.throws(
+    () => parseTargetOptions({ targetXid: '100', targetName: 'x' }, 'UTC'),
+    /choose one recovery target, not -x\/--target-xid and --target-name/,
+  );
+  assert.throws(
+    () => parseTargetOptions({ targetName: 'x', targetExclusive: true }, 'UTC'),
+    /--target-exclusive needs/,
+  );
+  assert.throws(
+    () => parseTargetOptions({ targetAction: 'promote' }, 'UTC'),
+    /--target-action needs a recovery target/,
+  );
   assert.throws(() => parseTargetOptions({ targetXid: 'abc' }, 'UTC'), /not a transaction id/);
   assert.throws(() => parseTargetOptions({ targetLsn: '12345' }, 'UTC'), /is not an LSN/);
   assert.throws(() => parseTargetOptions({ targetTli: 'newest' }, 'UTC'), /timeline number, latest or current/);
-  const p = parseTargetOptions({ targetLsn: '0/1a2b', targetExclusive: true, targetTli: '2', targetAction: 'shutdown' }, 'UTC');
+  const p = parseTargetOptions(
+    { targetLsn: '0/1a2b', targetExclusive: true, targetTli: '2', targetAction: 'shutdown' },
+    'UTC',
+  );
   assert.deepEqual(p.target, { kind: 'lsn', value: '0/1A2B' });
   assert.equal(p.inclusive, false);
   assert.equal(p.timeline, '2');
@@ -43,7 +59,13 @@ test('target options: one target, dependent options, well-formed values', () => 
 });
 
 test('--tablespace-map parsing', () => {
-  assert.deepEqual([...parseTablespaceMap('16385=/a/b; 16386=/c/')], [[16385, '/a/b'], [16386, '/c']]);
+  assert.deepEqual(
+    [...parseTablespaceMap('16385=/a/b; 16386=/c/')],
+    [
+      [16385, '/a/b'],
+      [16386, '/c'],
+    ],
+  );
   assert.throws(() => parseTablespaceMap('16385=relative'), /--tablespace-map entry "16385=relative" is invalid/);
   assert.throws(() => parseTablespaceMap('1=/a;1=/b'), /names OID 1 twice/);
 });
@@ -58,13 +80,21 @@ test('postgresql.auto.conf: stale recovery settings replaced, others kept, empty
     "archive_command = 'cp %p /arch/%f'",
     '',
   ].join('\n');
-  const settings = recoverySettings({ major: 16, restoreCommand: "'/x y/bart' ARCHIVE-GET %f %p", target: { kind: 'xid', value: '1234' }, inclusive: false, standby: false });
+  const settings = recoverySettings({
+    major: 16,
+    restoreCommand: "'/x y/bart' ARCHIVE-GET %f %p",
+    target: { kind: 'xid', value: '1234' },
+    inclusive: false,
+    standby: false,
+  });
   const merged = mergeAutoConf(existing, settings, 'by test');
   const lines = merged.trim().split('\n');
   assert.ok(lines.includes("work_mem = '8MB'") && lines.includes("archive_command = 'cp %p /arch/%f'"));
   assert.ok(!merged.includes('old_point') && !merged.includes('/old/%f') && !lines.includes("archive_mode = 'on'"));
   assert.ok(lines.includes(`restore_command = '''/x y/bart'' ARCHIVE-GET %f %p'`));
-  const targetLines = lines.filter((l) => l.startsWith('recovery_target') && !l.startsWith('recovery_target_inclusive'));
+  const targetLines = lines.filter(
+    (l) => l.startsWith('recovery_target') && !l.startsWith('recovery_target_inclusive'),
+  );
   assert.equal(targetLines.length, 5);
   assert.equal(targetLines[4], "recovery_target_xid = '1234'", 'the set target comes after the emptied ones');
   assert.ok(lines.includes("recovery_target_inclusive = 'off'"));
@@ -75,22 +105,35 @@ test('timeline checks read the archived history file', async () => {
   const archive = makeTempDir('tli');
   try {
     writeFileSync(join(archive, '00000002.history'), '1\t0/5000000\tno recovery target specified\n');
-    writeFileSync(join(archive, '00000003.history'), '1\t0/5000000\tno recovery target specified\n2\t0/9000000\tbefore 2000-01-01\n');
-    const info = { id: '1', timeline: 1, stopLsn: '0/4000000', stopTime: new Date('2026-01-01T00:00:00Z') } as BackupInfo;
-    const check = (tli: string, stopLsn = info.stopLsn) => checkTargetAgainstBackup(parseTargetOptions({ targetTli: tli }, 'UTC'), { ...info, stopLsn }, archive);
+    writeFileSync(
+      join(archive, '00000003.history'),
+      '1\t0/5000000\tno recovery target specified\n2\t0/9000000\tbefore 2000-01-01\n',
+    );
+    const info = {
+      id: '1',
+      timeline: 1,
+      stopLsn: '0/4000000',
+      stopTime: new Date('2026-01-01T00:00:00Z'),
+    } as BackupInfo;
+    const check = (tli: string, stopLsn = info.stopLsn) =>
+      checkTargetAgainstBackup(parseTargetOptions({ targetTli: tli }, 'UTC'), { ...info, stopLsn }, archive);
     await check('2');
     await check('3');
     await assert.rejects(check('2', '0/6000000'), /branched off timeline 1 at 0\/5000000, before backup 1 ended/);
     await assert.rejects(check('4'), /00000004\.history is not in the archive/);
     // As PostgreSQL writes it (comments, blank lines, reasons with tabs) it parses; a damaged file is refused.
-    const pgWritten = '# history of timeline 5\n\n1\t0/5000000\tno recovery target specified\n\t\n' +
+    const pgWritten =
+      '# history of timeline 5\n\n1\t0/5000000\tno recovery target specified\n\t\n' +
       '4\t0/9000000\tat\trestore point\n';
     writeFileSync(join(archive, '00000005.history'), pgWritten);
     await check('5');
     writeFileSync(join(archive, '00000006.history'), '1\t0/5000000\tno target\n2\t0/9000000\tx\ngarbage\n');
     await assert.rejects(check('6'), /invalid timeline history file ".*00000006\.history", line 3: "garbage"/);
     const tl2 = { ...info, timeline: 2, stopLsn: '0/6000000' };
-    await assert.rejects(checkTargetAgainstBackup(parseTargetOptions({ targetTli: '1' }, 'UTC'), tl2, archive), /older than the timeline/);
+    await assert.rejects(
+      checkTargetAgainstBackup(parseTargetOptions({ targetTli: '1' }, 'UTC'), tl2, archive),
+      /older than the timeline/,
+    );
     await checkTargetAgainstBackup(parseTargetOptions({ targetTli: '3' }, 'UTC'), tl2, archive);
     await assert.rejects(
       checkTargetAgainstBackup(parseTargetOptions({ targetTimestamp: '2025-12-31 23:59:59+00' }, 'UTC'), info, archive),
@@ -109,7 +152,7 @@ test('tar reader: a GNU tar archive (pax long names, any order) restores with ch
     mkdirSync(longDir, { recursive: true });
     const files: Record<string, Buffer> = {
       'small.txt': Buffer.from('hello\n'),
-      'empty': Buffer.alloc(0),
+      empty: Buffer.alloc(0),
       [`${'d'.repeat(90)}/${'e'.repeat(90)}/${'f'.repeat(120)}`]: Buffer.alloc(3 * 1024 * 1024 + 17, 7),
     };
     for (const [p, data] of Object.entries(files)) writeFileSync(join(src, p), data);
@@ -117,10 +160,27 @@ test('tar reader: a GNU tar archive (pax long names, any order) restores with ch
     await runOk('tar', ['--format=pax', '-cf', tar, '-C', src, '.'], { asTestUser: false });
     const specs: RestoreFileSpec[] = Object.entries(files)
       .reverse()
-      .map(([path, data]) => ({ path, size: data.length, mode: 0o600, checksum: createHash('sha256').update(data).digest('hex') }));
+      .map(([path, data]) => ({
+        path,
+        size: data.length,
+        mode: 0o600,
+        checksum: createHash('sha256').update(data).digest('hex'),
+      }));
     const out = join(dir, 'out');
     mkdirSync(out);
-    const task = { kind: 'tar-range' as const, artifactPath: tar, compression: 'none' as const, offset: 0, unitSkip: 0, anyOrder: true, destRoot: out, files: specs, checksumAlgorithm: 'SHA256' as const, holdBack: { 'small.txt': 'small.pending' }, label: 'a.tar' };
+    const task = {
+      kind: 'tar-range' as const,
+      artifactPath: tar,
+      compression: 'none' as const,
+      offset: 0,
+      unitSkip: 0,
+      anyOrder: true,
+      destRoot: out,
+      files: specs,
+      checksumAlgorithm: 'SHA256' as const,
+      holdBack: { 'small.txt': 'small.pending' },
+      label: 'a.tar',
+    };
     const r = await runRestoreTask(task, new LocalRestoreTarget());
     assert.deepEqual(r, { files: 3, bytes: Object.values(files).reduce((s, b) => s + b.length, 0) });
     assert.equal(readFileSync(join(out, 'small.pending'), 'utf8'), 'hello\n');
@@ -128,9 +188,20 @@ test('tar reader: a GNU tar archive (pax long names, any order) restores with ch
     assert.ok(readFileSync(join(out, long)).equals(files[long]!));
     assert.equal(statSync(join(out, long)).mode & 0o777, 0o600);
 
-    const bad = { ...task, destRoot: join(dir, 'out2'), files: specs.map((s) => (s.path === long ? { ...s, checksum: '0'.repeat(64) } : s)) };
-    await assert.rejects(runRestoreTask(bad, new LocalRestoreTarget()), /a\.tar: checksum mismatch for "d{90}\/e{90}\/f{120}"/);
-    const missing = { ...task, destRoot: join(dir, 'out3'), files: [...specs, { path: 'not-there', size: 1, mode: 0o600 }] };
+    const bad = {
+      ...task,
+      destRoot: join(dir, 'out2'),
+      files: specs.map((s) => (s.path === long ? { ...s, checksum: '0'.repeat(64) } : s)),
+    };
+    await assert.rejects(
+      runRestoreTask(bad, new LocalRestoreTarget()),
+      /a\.tar: checksum mismatch for "d{90}\/e{90}\/f{120}"/,
+    );
+    const missing = {
+      ...task,
+      destRoot: join(dir, 'out3'),
+      files: [...specs, { path: 'not-there', size: 1, mode: 0o600 }],
+    };
     await assert.rejects(runRestoreTask(missing, new LocalRestoreTarget()), /archive ends before "not-there"/);
   } finally {
     removeTree(dir);
@@ -156,21 +227,57 @@ test('tar reader over gzip, lz4 and zstd units: restores from a unit offset; a d
       const second = compressChunk(method, defaultCompressionLevel(method), raw.subarray(cut));
       const artifact = join(dir, `a.tar.${method}`);
       writeFileSync(artifact, Buffer.concat([first, second]));
-      const spec = (name: string, content: Buffer): RestoreFileSpec => ({ path: name, size: content.length, mode: 0o600, checksum: createHash('sha256').update(content).digest('hex') });
+      const spec = (name: string, content: Buffer): RestoreFileSpec => ({
+        path: name,
+        size: content.length,
+        mode: 0o600,
+        checksum: createHash('sha256').update(content).digest('hex'),
+      });
       const out = join(dir, `out-${method}`);
       mkdirSync(out);
-      const base = { kind: 'tar-range' as const, artifactPath: artifact, compression: method, anyOrder: false, destRoot: out, checksumAlgorithm: 'SHA256' as const, holdBack: {}, label: `a.tar.${method}` };
+      const base = {
+        kind: 'tar-range' as const,
+        artifactPath: artifact,
+        compression: method,
+        anyOrder: false,
+        destRoot: out,
+        checksumAlgorithm: 'SHA256' as const,
+        holdBack: {},
+        label: `a.tar.${method}`,
+      };
       // Start at the second unit only: "two" alone, without decoding the first unit.
-      assert.deepEqual(await runRestoreTask({ ...base, offset: first.length, unitSkip: 0, files: [spec('two', data)] }, new LocalRestoreTarget()), { files: 1, bytes: data.length });
+      assert.deepEqual(
+        await runRestoreTask(
+          { ...base, offset: first.length, unitSkip: 0, files: [spec('two', data)] },
+          new LocalRestoreTarget(),
+        ),
+        { files: 1, bytes: data.length },
+      );
       assert.ok(readFileSync(join(out, 'two')).equals(data), method);
       // From the first unit with both files: the reader crosses the unit boundary.
-      await runRestoreTask({ ...base, destRoot: out, offset: 0, unitSkip: 0, files: [spec('one', data.subarray(0, 3000)), spec('two', data)] }, new LocalRestoreTarget());
+      await runRestoreTask(
+        {
+          ...base,
+          destRoot: out,
+          offset: 0,
+          unitSkip: 0,
+          files: [spec('one', data.subarray(0, 3000)), spec('two', data)],
+        },
+        new LocalRestoreTarget(),
+      );
       assert.ok(readFileSync(join(out, 'one')).equals(data.subarray(0, 3000)), method);
       // A flipped byte inside the second unit's payload: a decode error or a checksum mismatch, never success.
       const damaged = Buffer.concat([first, second]);
       damaged[first.length + Math.floor(second.length / 2)]! ^= 0x55;
       writeFileSync(artifact, damaged);
-      await assert.rejects(runRestoreTask({ ...base, destRoot: out, offset: first.length, unitSkip: 0, files: [spec('two', data)] }, new LocalRestoreTarget()), /a\.tar\./, method);
+      await assert.rejects(
+        runRestoreTask(
+          { ...base, destRoot: out, offset: first.length, unitSkip: 0, files: [spec('two', data)] },
+          new LocalRestoreTarget(),
+        ),
+        /a\.tar\./,
+        method,
+      );
     }
   } finally {
     removeTree(dir);

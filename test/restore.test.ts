@@ -1,12 +1,33 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, lstatSync, readdirSync, mkdirSync, chownSync, readFileSync, readlinkSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  readdirSync,
+  mkdirSync,
+  chownSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+  writeFileSync,
+  openSync,
+  readSync,
+  writeSync,
+  closeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { pgbenchInit, startWriter, tableFingerprints } from './harness/load.js';
 import { removeTree, runOk, testUserIds } from './harness/os.js';
-import { createRestoreSource, freshPath, snapshot, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
+import {
+  createRestoreSource,
+  freshPath,
+  snapshot,
+  startRestored,
+  waitPromoted,
+  type RestoreSource,
+} from './harness/restore.js';
 
 for (const version of versionsUnderTest()) {
   describe(`RESTORE on PostgreSQL ${version}`, () => {
@@ -26,8 +47,12 @@ for (const version of versionsUnderTest()) {
       await c.query(`CREATE TABLESPACE ts1 LOCATION '${tsDir}'`);
       tsOid = Number(await c.scalar(`SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'`));
       await pgbenchInit(c, 1);
-      await c.query(`CREATE TABLE in_ts (id int PRIMARY KEY, t text) TABLESPACE ts1; INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 20000) g`);
-      await c.query(`CREATE TABLE big (id int, payload text); INSERT INTO big SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 30000) g`);
+      await c.query(
+        `CREATE TABLE in_ts (id int PRIMARY KEY, t text) TABLESPACE ts1; INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 20000) g`,
+      );
+      await c.query(
+        `CREATE TABLE big (id int, payload text); INSERT INTO big SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 30000) g`,
+      );
       await c.query('CHECKPOINT');
       atBackups = await tableFingerprints(c);
       for (const [label, args] of [
@@ -41,7 +66,11 @@ for (const version of versionsUnderTest()) {
         backups.push({ label, id: await src.backup([...args]) });
       }
       // pg_basebackup's tars have no unit offsets: restored sequentially (bart.cfg's pg_basebackup is version 15).
-      if (version === 15) backups.push({ label: 'pg_basebackup-tar-gzip', id: await src.backup(['-F', 't', '-z', '--with-pg_basebackup']) });
+      if (version === 15)
+        backups.push({
+          label: 'pg_basebackup-tar-gzip',
+          id: await src.backup(['-F', 't', '-z', '--with-pg_basebackup']),
+        });
       await src.archiveCurrentWal();
     });
 
@@ -83,7 +112,10 @@ for (const version of versionsUnderTest()) {
         const link = join(path, 'pg_tblspc', String(tsOid));
         assert.ok(lstatSync(link).isSymbolicLink());
         assert.equal(readlinkSync(link), tsPath);
-        assert.ok(readdirSync(tsPath).some((n) => n.startsWith(`PG_${version}_`)), 'tablespace content at the mapped location');
+        assert.ok(
+          readdirSync(tsPath).some((n) => n.startsWith(`PG_${version}_`)),
+          'tablespace content at the mapped location',
+        );
         assert.equal(existsSync(join(path, 'tablespace_map')), false);
         assert.equal(existsSync(join(path, '.pgbart-restore-incomplete')), false);
         assert.equal(existsSync(join(path, 'recovery.signal')), !standby);
@@ -94,7 +126,10 @@ for (const version of versionsUnderTest()) {
         if (copy) {
           assert.match(auto, /^restore_command = 'cp ''.*archived_wals''\/%f %p'$/m);
           const copied = readdirSync(join(path, 'archived_wals'));
-          assert.ok(copied.length >= 2 && copied.every((n) => /^0000000[1-9]/.test(n)), `copied WAL: ${copied.join(' ')}`);
+          assert.ok(
+            copied.length >= 2 && copied.every((n) => /^0000000[1-9]/.test(n)),
+            `copied WAL: ${copied.join(' ')}`,
+          );
         } else {
           assert.match(auto, /^restore_command = '.*bart\.js'' -c ''.*bart\.cfg'' ARCHIVE-GET -s ''src'' %f %p'$/m);
         }
@@ -103,12 +138,17 @@ for (const version of versionsUnderTest()) {
           if (standby) {
             // A standby replays the archive and stays in recovery, polling for more WAL.
             const deadline = Date.now() + 60_000;
-            while (JSON.stringify(await tableFingerprints(restored)) !== JSON.stringify(atEnd) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 300));
+            while (JSON.stringify(await tableFingerprints(restored)) !== JSON.stringify(atEnd) && Date.now() < deadline)
+              await new Promise((res) => setTimeout(res, 300));
             assert.equal(await restored.scalar('SELECT pg_is_in_recovery()'), true, 'a standby stays in recovery');
           } else {
             await waitPromoted(restored);
           }
-          assert.deepEqual(await tableFingerprints(restored), toEnd ? atEnd : atBackups, `${b.label}: restored data differs from the source`);
+          assert.deepEqual(
+            await tableFingerprints(restored),
+            toEnd ? atEnd : atBackups,
+            `${b.label}: restored data differs from the source`,
+          );
         } finally {
           await restored.destroy();
           removeTree(path);
@@ -151,12 +191,26 @@ for (const version of versionsUnderTest()) {
       const mnt = freshPath(src, 'small-fs');
       mkdirSync(mnt);
       const ids = testUserIds();
-      await runOk('mount', ['-t', 'tmpfs', '-o', `size=5m,mode=0700${ids ? `,uid=${ids.uid},gid=${ids.gid}` : ''}`, 'tmpfs', mnt], { asTestUser: false });
+      await runOk(
+        'mount',
+        ['-t', 'tmpfs', '-o', `size=5m,mode=0700${ids ? `,uid=${ids.uid},gid=${ids.gid}` : ''}`, 'tmpfs', mnt],
+        { asTestUser: false },
+      );
       try {
         const tsPath = freshPath(src, 'ts-small');
-        const r = await src.restore(['-i', backups[0]!.id, '-p', join(mnt, 'data'), '--tablespace-map', `${tsOid}=${tsPath}`]);
+        const r = await src.restore([
+          '-i',
+          backups[0]!.id,
+          '-p',
+          join(mnt, 'data'),
+          '--tablespace-map',
+          `${tsOid}=${tsPath}`,
+        ]);
         assert.notEqual(r.code, 0);
-        assert.match(r.stderr, /ERROR: +not enough free space for .*data: the restore needs [\d.]+ MB, the file system of ".*small-fs-\d+" has [\d.]+ (MB|kB) free/);
+        assert.match(
+          r.stderr,
+          /ERROR: +not enough free space for .*data: the restore needs [\d.]+ MB, the file system of ".*small-fs-\d+" has [\d.]+ (MB|kB) free/,
+        );
         assert.deepEqual(readdirSync(mnt), []);
         assert.equal(existsSync(tsPath), false);
       } finally {
@@ -167,12 +221,32 @@ for (const version of versionsUnderTest()) {
     test('an interrupted restore (SIGTERM) removes what it wrote', async () => {
       const path = freshPath(src, 'interrupted');
       const tsPath = freshPath(src, 'ts-interrupted');
-      const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'bart.js'), '-c', src.setup.configPath, 'RESTORE', '-s', 'src', '-i', backups[1]!.id, '-p', path, '-w', '1', '--tablespace-map', `${tsOid}=${tsPath}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(
+        process.execPath,
+        [
+          join(REPO_ROOT, 'bin', 'bart.js'),
+          '-c',
+          src.setup.configPath,
+          'RESTORE',
+          '-s',
+          'src',
+          '-i',
+          backups[1]!.id,
+          '-p',
+          path,
+          '-w',
+          '1',
+          '--tablespace-map',
+          `${tsOid}=${tsPath}`,
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       let stderr = '';
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
       const deadline = Date.now() + 30_000;
-      while (!existsSync(join(path, '.pgbart-restore-incomplete')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      while (!existsSync(join(path, '.pgbart-restore-incomplete')) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 5));
       assert.ok(existsSync(join(path, '.pgbart-restore-incomplete')), 'the restore started writing');
       child.kill('SIGTERM');
       const code = await exited;
@@ -205,7 +279,16 @@ for (const version of versionsUnderTest()) {
       try {
         const absent = freshPath(src, 'corrupt-absent');
         const tsPath = freshPath(src, 'ts-corrupt');
-        let r = await src.restore(['-i', backups[0]!.id, '-p', absent, '-w', '2', '--tablespace-map', `${tsOid}=${tsPath}`]);
+        let r = await src.restore([
+          '-i',
+          backups[0]!.id,
+          '-p',
+          absent,
+          '-w',
+          '2',
+          '--tablespace-map',
+          `${tsOid}=${tsPath}`,
+        ]);
         assert.notEqual(r.code, 0, r.stdout);
         assert.match(r.stderr, /ERROR: +.*(checksum mismatch|damaged)/);
         assert.equal(existsSync(absent), false, 'absent PATH stays absent');

@@ -31,7 +31,9 @@ function mbms(dir: string): string[] {
 
 /** A record of the segment lying wholly inside one page, at least `minLen` long: its file offset. */
 async function recordInsidePage(path: string, minLen: number): Promise<number> {
-  const segStart = Number(BigInt('0x' + basename(path).slice(16, 24)) * BigInt(SEG)) + Number(BigInt('0x' + basename(path).slice(8, 16)) * 0x100000000n);
+  const segStart =
+    Number(BigInt('0x' + basename(path).slice(16, 24)) * BigInt(SEG)) +
+    Number(BigInt('0x' + basename(path).slice(8, 16)) * 0x100000000n);
   let found = -1;
   await decodeWalFiles([path], (r) => {
     const off = r.lsn - segStart;
@@ -62,10 +64,20 @@ test('bart-scanner: bad WAL files are refused with file and offset, no MBM; the 
     cases.push({ name: 'unknown version', data: badMagic, offset: 3 * 8192, reason: /invalid magic number 0x1234/ });
     const otherVersion = Buffer.from(good);
     otherVersion.writeUInt16LE(0xd113, 0);
-    cases.push({ name: 'another version', data: otherVersion, offset: 8192, reason: /differs from the one seen before/ });
+    cases.push({
+      name: 'another version',
+      data: otherVersion,
+      offset: 8192,
+      reason: /differs from the one seen before/,
+    });
     const badTli = Buffer.from(good);
     badTli.writeUInt32LE(2, 5 * 8192 + 4);
-    cases.push({ name: 'wrong timeline', data: badTli, offset: 5 * 8192 + 4, reason: /timeline 2, newer than the file's timeline 1/ });
+    cases.push({
+      name: 'wrong timeline',
+      data: badTli,
+      offset: 5 * 8192 + 4,
+      reason: /timeline 2, newer than the file's timeline 1/,
+    });
     const badCrc = Buffer.from(good);
     badCrc[crcOff + 30] ^= 0x40;
     cases.push({ name: 'CRC mismatch', data: badCrc, offset: crcOff, reason: /checksum/ });
@@ -80,7 +92,10 @@ test('bart-scanner: bad WAL files are refused with file and offset, no MBM; the 
       chownTree(dir);
       const r = await bartScanner(setup.configPath, [path]);
       assert.notEqual(r.code, 0, `${c.name}: exit code`);
-      assert.ok(r.stderr.includes(`"${path}" at byte offset ${c.offset} `), `${c.name}: names file and offset ${c.offset}: ${r.stderr}`);
+      assert.ok(
+        r.stderr.includes(`"${path}" at byte offset ${c.offset} `),
+        `${c.name}: names file and offset ${c.offset}: ${r.stderr}`,
+      );
       assert.match(r.stderr, c.reason, c.name);
       assert.match(r.stderr, /^ERROR: /m);
       assert.deepEqual(mbms(dir), [], `${c.name}: no MBM written`);
@@ -108,7 +123,8 @@ test('bart-scanner: bad WAL files are refused with file and offset, no MBM; the 
     writeFileSync(join(archA, basename(victim)), badCrc);
     chownTree(archA);
     chownTree(archB);
-    const section = (name: string, arch: string) => `[${name}]\nhost = 127.0.0.1\nport = 5999\nuser = postgres\ncluster_owner = ${testUserIds() ? 'postgres' : process.env.USER}\nallow_incremental_backups = enabled\narchive_path = ${arch}\n`;
+    const section = (name: string, arch: string) =>
+      `[${name}]\nhost = 127.0.0.1\nport = 5999\nuser = postgres\ncluster_owner = ${testUserIds() ? 'postgres' : process.env.USER}\nallow_incremental_backups = enabled\narchive_path = ${arch}\n`;
     setup.writeConfig(readFileSync(setup.configPath, 'utf8') + '\n' + section('a', archA) + '\n' + section('b', archB));
     const started = await bartScanner(setup.configPath, ['--daemon']);
     assert.equal(started.code, 0, started.stderr);
@@ -116,9 +132,15 @@ test('bart-scanner: bad WAL files are refused with file and offset, no MBM; the 
     const allGood = () => mbms(archB).length === segs.length && mbms(archA).length === segs.length - 1;
     await waitFor('MBMs of every good segment', allGood, { timeoutMs: 30_000 });
     const segEndOf = (p: string) => (BigInt('0x' + basename(p).slice(16, 24)) + 1n) * BigInt(SEG);
-    assert.ok(!mbms(archA).some((m) => parseMbmFileName(m)!.endLsn === segEndOf(victim)), 'no MBM for the corrupted segment');
+    assert.ok(
+      !mbms(archA).some((m) => parseMbmFileName(m)!.endLsn === segEndOf(victim)),
+      'no MBM for the corrupted segment',
+    );
     const log = readFileSync(join(setup.dir, 'bart_scanner.log'), 'utf8');
-    assert.match(log, new RegExp(`no MBM for ${basename(victim)}: invalid WAL in ".*${basename(victim)}" at byte offset ${crcOff} `));
+    assert.match(
+      log,
+      new RegExp(`no MBM for ${basename(victim)}: invalid WAL in ".*${basename(victim)}" at byte offset ${crcOff} `),
+    );
     const stop = await bartScanner(setup.configPath, ['STOP']);
     assert.equal(stop.code, 0, stop.stderr);
     assert.equal(existsSync(join(setup.dir, 'bart_scanner.pid')), false);

@@ -8,7 +8,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import {
-  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, unlinkSync,
+  chmodSync,
+  chownSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { createConnection } from 'node:net';
@@ -226,7 +234,8 @@ test(SOCKET, async () => {
   mkdirSync(arch);
   if (ids) chownSync(arch, ids.uid, ids.gid);
   const owner = ids ? 'postgres' : process.env.USER;
-  const section = `[srv]\nhost = 127.0.0.1\nport = 5999\nuser = postgres\ncluster_owner = ${owner}\n` +
+  const section =
+    `[srv]\nhost = 127.0.0.1\nport = 5999\nuser = postgres\ncluster_owner = ${owner}\n` +
     `allow_incremental_backups = enabled\narchive_path = ${arch}\n`;
   setup.writeConfig(readFileSync(setup.configPath, 'utf8') + '\n' + section);
   const sockPath = join(setup.dir, 'bart_scanner.sock');
@@ -300,8 +309,15 @@ test(SOCKET, async () => {
 /** A valid one-fork MBM with the block list [5]. */
 function oneForkMbm(): Buffer {
   const m: ModifiedBlockMap = {
-    timeline: 1, startLsn: 0x1000028n, endLsn: 0x2000000n, systemId: 42n, segmentSize: SEG, walMagic: 0xd110,
-    endedWithSwitch: false, records: 1, events: [],
+    timeline: 1,
+    startLsn: 0x1000028n,
+    endLsn: 0x2000000n,
+    systemId: 42n,
+    segmentSize: SEG,
+    walMagic: 0xd110,
+    endedWithSwitch: false,
+    records: 1,
+    events: [],
     relations: [{ spcOid: 1663, dbOid: 5, relNumber: 16384, fork: 0, limit: null, blocks: Uint32Array.from([5]) }],
   };
   return encodeMbm(m);

@@ -39,7 +39,9 @@ test('change set: a wal_level = minimal period in the range is reported', async 
       const cs = await loadChangeSet(archive, req);
       assert.deepEqual(cs.missingSegments, []);
       assert.equal(cs.walLevelMinimal, true);
-      const levels = cs.events.filter((e) => e.kind === 'wal-level-change').map((e) => (e.kind === 'wal-level-change' ? e.walLevel : ''));
+      const levels = cs.events
+        .filter((e) => e.kind === 'wal-level-change')
+        .map((e) => (e.kind === 'wal-level-change' ? e.walLevel : ''));
       assert.deepEqual(levels, ['minimal', 'replica']);
     });
   } finally {

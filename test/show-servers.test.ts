@@ -8,9 +8,22 @@ import { testUserIds } from './harness/os.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 
 const FIELDS = [
-  'SERVER NAME', 'BACKUP FRIENDLY NAME', 'HOST NAME', 'USER NAME', 'PORT', 'REMOTE HOST', 'RETENTION POLICY',
-  'DISK UTILIZATION', 'NUMBER OF ARCHIVES', 'ARCHIVE PATH', 'ARCHIVE COMMAND', 'XLOG METHOD', 'WAL COMPRESSION',
-  'TABLESPACE PATH(s)', 'INCREMENTAL BACKUP', 'DESCRIPTION',
+  'SERVER NAME',
+  'BACKUP FRIENDLY NAME',
+  'HOST NAME',
+  'USER NAME',
+  'PORT',
+  'REMOTE HOST',
+  'RETENTION POLICY',
+  'DISK UTILIZATION',
+  'NUMBER OF ARCHIVES',
+  'ARCHIVE PATH',
+  'ARCHIVE COMMAND',
+  'XLOG METHOD',
+  'WAL COMPRESSION',
+  'TABLESPACE PATH(s)',
+  'INCREMENTAL BACKUP',
+  'DESCRIPTION',
 ];
 
 function writeOwned(path: string, data: Buffer): void {
@@ -53,7 +66,11 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
     assert.equal(blocks.length, 2, `two servers separated by one blank line:\n${r.stdout}`);
     for (const block of blocks) {
       const lines = block.split('\n');
-      assert.deepEqual(lines.map((l) => l.slice(0, 20).trimEnd()), FIELDS, 'every field, in order');
+      assert.deepEqual(
+        lines.map((l) => l.slice(0, 20).trimEnd()),
+        FIELDS,
+        'every field, in order',
+      );
       for (const l of lines) assert.match(l, /^.{20}:( .*)?$/, `aligned at column 21: "${l}"`);
     }
     const value = (block: string, key: string) => {
@@ -68,7 +85,7 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
     assert.equal(value(live, 'DISK UTILIZATION'), '4.00 MB');
     assert.equal(value(live, 'NUMBER OF ARCHIVES'), '3');
     assert.equal(value(live, 'ARCHIVE PATH'), archiveDir);
-    assert.equal(value(live, 'ARCHIVE COMMAND'), 'cp %p /mnt/archive/%f', 'the running server\'s archive_command');
+    assert.equal(value(live, 'ARCHIVE COMMAND'), 'cp %p /mnt/archive/%f', "the running server's archive_command");
     assert.equal(value(live, 'XLOG METHOD'), 'stream');
     assert.equal(value(live, 'WAL COMPRESSION'), 'enabled');
     assert.equal(value(live, 'TABLESPACE PATH(s)'), '16385=/srv/ts1;16386=/srv/ts2');
@@ -77,7 +94,11 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
     assert.equal(value(down, 'RETENTION POLICY'), '4 Weeks');
     assert.equal(value(down, 'DISK UTILIZATION'), '0.00 bytes');
     assert.equal(value(down, 'NUMBER OF ARCHIVES'), '0');
-    assert.match(value(down, 'ARCHIVE COMMAND'), /bart\.js -c .* ARCHIVE-PUSH -s down %p$/, 'unreachable: the command INIT would set');
+    assert.match(
+      value(down, 'ARCHIVE COMMAND'),
+      /bart\.js -c .* ARCHIVE-PUSH -s down %p$/,
+      'unreachable: the command INIT would set',
+    );
     assert.equal(value(down, 'DESCRIPTION'), '"Gone away"');
     assert.equal(value(down, 'INCREMENTAL BACKUP'), 'DISABLED');
 
@@ -108,7 +129,10 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
 
     const unknown = await setup.bart(['SHOW-SERVERS', '-s', 'nosuch']);
     assert.notEqual(unknown.code, 0);
-    assert.match(unknown.stderr, /^ERROR:\s+server "nosuch" is not defined in .*bart\.cfg \(servers defined: Live, down\)/);
+    assert.match(
+      unknown.stderr,
+      /^ERROR:\s+server "nosuch" is not defined in .*bart\.cfg \(servers defined: Live, down\)/,
+    );
   } finally {
     await cluster.destroy();
     setup.cleanup();

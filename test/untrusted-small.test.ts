@@ -69,7 +69,7 @@ test('recovery settings: a line break or NUL in any value is refused, naming the
   assert.equal(fine.find(([k]) => k === 'recovery_target_name')![1], "it's fine \\ here");
 });
 
-test('archive_command: the archive path (%a) in BART\'s scp template is shell-quoted', async () => {
+test("archive_command: the archive path (%a) in BART's scp template is shell-quoted", async () => {
   const archivePath = "/srv/wal archive/it's 100%";
   const config = parseConfig(
     `[BART]\nbart_host = bartuser@bart.example.com\nbackup_path = /srv/bart\n\n` +
@@ -77,7 +77,10 @@ test('archive_command: the archive path (%a) in BART\'s scp template is shell-qu
       `archive_path = ${archivePath}\n`,
     '/etc/bart.cfg',
   );
-  const command = expectedArchiveCommand(config, config.servers.find((s) => s.name === 'db1')!);
+  const command = expectedArchiveCommand(
+    config,
+    config.servers.find((s) => s.name === 'db1')!,
+  );
   // What PostgreSQL does with it: %p and %f replaced, %% becomes %; then /bin/sh runs it.
   const seg = '000000010000000000000003';
   const placeholders: Record<string, string> = { p: `pg_wal/${seg}`, f: seg, '%': '%' };
@@ -94,8 +97,8 @@ test('bart.cfg: a remote_host that ssh would take as an option is a <file>:<line
     const base = readFileSync(setup.configPath, 'utf8');
     for (const value of ['postgres@-oProxyCommand', '-oProxyCommand=touch /tmp/x']) {
       const path = join(setup.dir, 'bad.cfg');
-      const text = `${base}\n[db1]\nhost = 127.0.0.1\nuser = postgres\ncluster_owner = postgres\n` +
-        `remote_host = ${value}\n`;
+      const text =
+        `${base}\n[db1]\nhost = 127.0.0.1\nuser = postgres\ncluster_owner = postgres\n` + `remote_host = ${value}\n`;
       writeFileSync(path, text);
       chmodSync(path, 0o644);
       const line = text.split('\n').findIndex((l) => l.startsWith('remote_host')) + 1;
@@ -136,7 +139,11 @@ describe('RESTORE refuses untrusted option values before anything is written', (
       assert.notEqual(r.code, 0, `${what}: ${r.stdout}`);
       const says = /^ERROR:\s+(-p\/--restore-path|--target-name) ".*" contains a line break or NUL/;
       assert.match(errorLine(r.stderr), says, what);
-      assert.deepEqual(readdirSync(src.scratch).filter((n) => n.startsWith('nl-')), [], `${what}: nothing created`);
+      assert.deepEqual(
+        readdirSync(src.scratch).filter((n) => n.startsWith('nl-')),
+        [],
+        `${what}: nothing created`,
+      );
     }
   });
 

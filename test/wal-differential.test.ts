@@ -65,7 +65,8 @@ function waldumpEvents(output: string): string[] {
     } else if (rmgr === 'Database') {
       let d = /copy dir (\d+)\/(\d+) to (\d+)\/(\d+)/.exec(rest);
       if (d) out.push(`${lsn} dbcreate file_copy ${d[3]}/${d[4]} from ${d[1]}/${d[2]}`);
-      else if ((d = /dir (\d+)\/(\d+)$/.exec(rest.trim())) && op === 'CREATE_WAL_LOG') out.push(`${lsn} dbcreate wal_log ${d[1]}/${d[2]}`);
+      else if ((d = /dir (\d+)\/(\d+)$/.exec(rest.trim())) && op === 'CREATE_WAL_LOG')
+        out.push(`${lsn} dbcreate wal_log ${d[1]}/${d[2]}`);
       else if (op === 'DROP') {
         const dirs = [...rest.matchAll(/(\d+)\/(\d+)/g)];
         out.push(`${lsn} dbdrop ${dirs.map((x) => `${x[1]}/${x[2]}`).join(' ')}`);
@@ -83,18 +84,30 @@ function ourEvent(e: WalEvent): string[] {
   const lsn = lsnText(e.lsn);
   const rel = (r: RelFileId, fork = 0) => `${r.spcOid}/${r.dbOid}/${r.relNumber} ${FORK_NAMES[fork]}`;
   switch (e.kind) {
-    case 'relation-create': return [`${lsn} create ${rel(e.rel, e.fork)}`];
+    case 'relation-create':
+      return [`${lsn} create ${rel(e.rel, e.fork)}`];
     case 'relation-truncate': {
       const flags = (e.forks.includes(0) ? 1 : 0) | (e.forks.includes(2) ? 2 : 0) | (e.forks.includes(1) ? 4 : 0);
       return [`${lsn} truncate ${rel(e.rel)} ${e.blocks} flags ${flags}`];
     }
-    case 'relation-drop': return e.rels.map((r) => `${lsn} drop ${rel(r)}`);
-    case 'database-create': return [e.strategy === 'file_copy' ? `${lsn} dbcreate file_copy ${e.spcOid}/${e.dbOid} from ${e.srcSpcOid}/${e.srcDbOid}` : `${lsn} dbcreate wal_log ${e.spcOid}/${e.dbOid}`];
-    case 'database-drop': return [`${lsn} dbdrop ${e.spcOids.map((s) => `${s}/${e.dbOid}`).join(' ')}`];
-    case 'tablespace-create': return [`${lsn} tablespace CREATE ${e.spcOid}`];
-    case 'tablespace-drop': return [`${lsn} tablespace DROP ${e.spcOid}`];
-    case 'wal-level-change': return [`${lsn} wal_level ${e.walLevel}`];
-    case 'full-page-writes-change': return [`${lsn} fpw ${e.on ? 'on' : 'off'}`];
+    case 'relation-drop':
+      return e.rels.map((r) => `${lsn} drop ${rel(r)}`);
+    case 'database-create':
+      return [
+        e.strategy === 'file_copy'
+          ? `${lsn} dbcreate file_copy ${e.spcOid}/${e.dbOid} from ${e.srcSpcOid}/${e.srcDbOid}`
+          : `${lsn} dbcreate wal_log ${e.spcOid}/${e.dbOid}`,
+      ];
+    case 'database-drop':
+      return [`${lsn} dbdrop ${e.spcOids.map((s) => `${s}/${e.dbOid}`).join(' ')}`];
+    case 'tablespace-create':
+      return [`${lsn} tablespace CREATE ${e.spcOid}`];
+    case 'tablespace-drop':
+      return [`${lsn} tablespace DROP ${e.spcOid}`];
+    case 'wal-level-change':
+      return [`${lsn} wal_level ${e.walLevel}`];
+    case 'full-page-writes-change':
+      return [`${lsn} fpw ${e.on ? 'on' : 'off'}`];
   }
 }
 
@@ -102,12 +115,26 @@ test('wal decoder: records and block references equal pg_waldump (PostgreSQL 15,
   const archive = makeTempDir('wal-archive');
   const tsDir = makeTempDir('wal-ts');
   try {
-    await withCluster({ version: 15, conf: { archive_mode: 'on', archive_command: archiveCommand(archive), max_prepared_transactions: 5, wal_keep_size: '0' } }, async (cluster) => {
-      const methods = await runVariedWorkload(cluster, join(tsDir, 'ts'), { bigRecords: true });
-      assert.ok(methods.includes('lz4') && methods.includes('zstd'), 'Debian PostgreSQL 15 offers lz4 and zstd WAL compression');
-      const last = await cluster.switchWal();
-      await waitFor(`archiving of ${last}`, () => readdirSync(archive).includes(last), { timeoutMs: 60_000 });
-    });
+    await withCluster(
+      {
+        version: 15,
+        conf: {
+          archive_mode: 'on',
+          archive_command: archiveCommand(archive),
+          max_prepared_transactions: 5,
+          wal_keep_size: '0',
+        },
+      },
+      async (cluster) => {
+        const methods = await runVariedWorkload(cluster, join(tsDir, 'ts'), { bigRecords: true });
+        assert.ok(
+          methods.includes('lz4') && methods.includes('zstd'),
+          'Debian PostgreSQL 15 offers lz4 and zstd WAL compression',
+        );
+        const last = await cluster.switchWal();
+        await waitFor(`archiving of ${last}`, () => readdirSync(archive).includes(last), { timeoutMs: 60_000 });
+      },
+    );
     const names = walFileNames(readdirSync(archive));
     assert.ok(names.length >= 3, `expected several archived segments, got ${names.length}`);
     const files = inDir(archive, names);
@@ -120,10 +147,13 @@ test('wal decoder: records and block references equal pg_waldump (PostgreSQL 15,
     const events: WalEvent[] = [];
     const res = await decodeWalFiles(files, (r) => {
       rmgrs.add(r.rmid);
-      if (mayCarryEvent(r.rmid, r.info)) assert.ok(collectEvents(r, events), `main data of ${lsnText(r.lsn)} too short`);
+      if (mayCarryEvent(r.rmid, r.info))
+        assert.ok(collectEvents(r, events), `main data of ${lsnText(r.lsn)} too short`);
       const refs: string[] = [];
       for (let i = 0; i < r.blockCount; i++) {
-        refs.push(`#${r.blockId[i]} ${r.spcOid[i]}/${r.dbOid[i]}/${r.relNumber[i]} ${FORK_NAMES[r.forkNum[i]!]} ${r.blockNo[i]}`);
+        refs.push(
+          `#${r.blockId[i]} ${r.spcOid[i]}/${r.dbOid[i]}/${r.relNumber[i]} ${FORK_NAMES[r.forkNum[i]!]} ${r.blockNo[i]}`,
+        );
         if (r.blockFlags[i]! & 0x10) fpis++;
       }
       got.push(`${lsnText(r.lsn)}|${refs.join(';')}`);
@@ -132,20 +162,41 @@ test('wal decoder: records and block references equal pg_waldump (PostgreSQL 15,
     // Record for record: report the first difference clearly rather than a 30000-line diff.
     const n = Math.min(got.length, expected.length);
     for (let i = 0; i < n; i++) {
-      if (got[i] !== expected[i]) assert.fail(`record ${i} differs:\n  pgbart:     ${got[i]}\n  pg_waldump: ${expected[i]}`);
+      if (got[i] !== expected[i])
+        assert.fail(`record ${i} differs:\n  pgbart:     ${got[i]}\n  pg_waldump: ${expected[i]}`);
     }
     assert.equal(got.length, expected.length, `record count: pgbart ${got.length}, pg_waldump ${expected.length}`);
-    for (const rm of [0, 1, 2, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17]) assert.ok(rmgrs.has(rm), `workload produced rmgr ${rm}`);
+    for (const rm of [0, 1, 2, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17])
+      assert.ok(rmgrs.has(rm), `workload produced rmgr ${rm}`);
     assert.ok(fpis > 100, `full-page images seen: ${fpis}`);
     // Whole-relation and database events equal pg_waldump's descriptions.
     const expectedEvents = waldumpEvents(dump.stdout);
     const gotEvents = events.flatMap(ourEvent);
     assert.deepEqual(gotEvents, expectedEvents);
-    for (const kind of ['relation-create', 'relation-truncate', 'relation-drop', 'database-create', 'database-drop', 'tablespace-create', 'tablespace-drop', 'wal-level-change', 'full-page-writes-change']) {
-      assert.ok(events.some((e) => e.kind === kind), `workload produced a ${kind} event`);
+    for (const kind of [
+      'relation-create',
+      'relation-truncate',
+      'relation-drop',
+      'database-create',
+      'database-drop',
+      'tablespace-create',
+      'tablespace-drop',
+      'wal-level-change',
+      'full-page-writes-change',
+    ]) {
+      assert.ok(
+        events.some((e) => e.kind === kind),
+        `workload produced a ${kind} event`,
+      );
     }
-    assert.ok(events.some((e) => e.kind === 'database-create' && e.strategy === 'wal_log') && events.some((e) => e.kind === 'database-create' && e.strategy === 'file_copy'));
-    assert.ok(events.some((e) => e.kind === 'relation-drop' && e.via === 'abort') && events.some((e) => e.kind === 'relation-drop' && e.via === 'commit-prepared'));
+    assert.ok(
+      events.some((e) => e.kind === 'database-create' && e.strategy === 'wal_log') &&
+        events.some((e) => e.kind === 'database-create' && e.strategy === 'file_copy'),
+    );
+    assert.ok(
+      events.some((e) => e.kind === 'relation-drop' && e.via === 'abort') &&
+        events.some((e) => e.kind === 'relation-drop' && e.via === 'commit-prepared'),
+    );
     // MBMs: scanning the segments one by one as they "arrive" gives, merged, exactly the blocks
     // pg_waldump lists; a segment whose last record continues in the next one waits for it.
     const scratch = makeTempDir('wal-scan');
@@ -172,7 +223,11 @@ test('wal decoder: records and block references equal pg_waldump (PostgreSQL 15,
       assert.ok(waited > 0, 'some segment ended inside a record');
       assert.ok(longWait, 'the 33 MB record made a segment wait for the one after next');
       const first = parseLsn(expected[0]!.split('|')[0]!);
-      const cs = await loadChangeSet(scratch, { timeline: 1, startLsn: first, endLsn: (BigInt(parseInt(names[names.length - 1]!.slice(16), 16)) + 1n) * 16777216n });
+      const cs = await loadChangeSet(scratch, {
+        timeline: 1,
+        startLsn: first,
+        endLsn: (BigInt(parseInt(names[names.length - 1]!.slice(16), 16)) + 1n) * 16777216n,
+      });
       assert.deepEqual(cs.missingSegments, []);
       assert.equal(cs.mbmFiles.length, names.length);
       const want = new Map<string, Set<number>>();
@@ -187,14 +242,28 @@ test('wal decoder: records and block references equal pg_waldump (PostgreSQL 15,
       const have = new Map<string, number[]>();
       for (const [key, f] of cs.relations) if (f.blocks.length) have.set(key, Array.from(f.blocks));
       assert.deepEqual([...have.keys()].sort(), [...want.keys()].sort());
-      for (const [key, blocks] of have) assert.deepEqual(blocks, [...want.get(key)!].sort((a, b) => a - b), key);
-      assert.ok([...cs.relations.values()].some((f) => f.limit === 0), 'limits from creations');
+      for (const [key, blocks] of have)
+        assert.deepEqual(
+          blocks,
+          [...want.get(key)!].sort((a, b) => a - b),
+          key,
+        );
+      assert.ok(
+        [...cs.relations.values()].some((f) => f.limit === 0),
+        'limits from creations',
+      );
       assert.ok(cs.createdDatabases.length >= 2 && cs.createdTablespaces.length === 1);
     } finally {
       removeTree(scratch);
     }
     // pg_waldump's own summary agrees on the total as well.
-    const stats = await runOk(clientTool('pg_waldump'), ['--stats', '-p', archive, names[0]!, names[names.length - 1]!]).catch((e: Error) => ({ stdout: e.message }));
+    const stats = await runOk(clientTool('pg_waldump'), [
+      '--stats',
+      '-p',
+      archive,
+      names[0]!,
+      names[names.length - 1]!,
+    ]).catch((e: Error) => ({ stdout: e.message }));
     const total = /Total\s+(\d+)/.exec(stats.stdout);
     if (total) assert.equal(Number(total[1]), got.length);
   } finally {

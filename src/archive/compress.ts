@@ -58,7 +58,11 @@ export async function compressSegment(archivePath: string, name: string): Promis
   const tmp = tempSibling(target);
   const handle = await open(tmp, 'wx', 0o600);
   try {
-    await pipeline(createReadStream(source), createGzip({ level: 6 }), createWriteStream('', { fd: handle.fd, autoClose: false }));
+    await pipeline(
+      createReadStream(source),
+      createGzip({ level: 6 }),
+      createWriteStream('', { fd: handle.fd, autoClose: false }),
+    );
     await handle.sync();
   } catch (err) {
     await handle.close().catch(() => undefined);

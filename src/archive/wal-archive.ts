@@ -136,14 +136,18 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
   }
   // PostgreSQL always hands over whole segments (.partial ones are padded too): anything else is a wrong file.
   if ((parsed.kind === 'segment' || parsed.kind === 'partial') && !isValidWalSegmentSize(size)) {
-    throw new BartError(`"${sourcePath}" is ${size} bytes, not a complete WAL segment (a power of two from 1 MB to 1 GB); refusing to archive it`);
+    throw new BartError(
+      `"${sourcePath}" is ${size} bytes, not a complete WAL segment (a power of two from 1 MB to 1 GB); refusing to archive it`,
+    );
   }
   try {
     const st = await stat(archiveDir);
     if (!st.isDirectory()) throw new BartError(`archive path "${archiveDir}" is not a directory`);
   } catch (err) {
     if (err instanceof BartError) throw err;
-    throw new BartError(`archive path "${archiveDir}" is not usable (${errorMessage(err)}); run "bart INIT" to create it`);
+    throw new BartError(
+      `archive path "${archiveDir}" is not usable (${errorMessage(err)}); run "bart INIT" to create it`,
+    );
   }
 
   const target = join(archiveDir, name);
@@ -153,7 +157,10 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
   const tmp = tempSibling(target);
   try {
     const written = await writeSynced(createReadStream(sourcePath), tmp);
-    if (written !== size) throw new BartError(`"${sourcePath}" changed while it was being archived (${size} bytes expected, ${written} read)`);
+    if (written !== size)
+      throw new BartError(
+        `"${sourcePath}" changed while it was being archived (${size} bytes expected, ${written} read)`,
+      );
     crashPoint('push:copied');
     try {
       await link(tmp, target);
@@ -213,7 +220,13 @@ export async function getWalFile(archiveDir: string, name: string, destination: 
     } catch (err) {
       // MANAGE (wal_compression) may unlink the plain segment right after we found it; its .gz is
       // complete by then. Failing here would make recovery believe the archive ends at this segment.
-      if (!(isErrnoError(err) && err.code === 'ENOENT' && !archived.endsWith(GZIP_SUFFIX) && (await exists(archived + GZIP_SUFFIX)))) throw err;
+      if (!(
+        isErrnoError(err) &&
+        err.code === 'ENOENT' &&
+        !archived.endsWith(GZIP_SUFFIX) &&
+        (await exists(archived + GZIP_SUFFIX))
+      ))
+        throw err;
       await unlink(tmp).catch(() => undefined);
       archived += GZIP_SUFFIX;
       await writeSynced(openArchived(archived), tmp);

@@ -39,10 +39,16 @@ async function basebackupMajor(path: string): Promise<number> {
 function compressionArgs(opts: FullBackupOptions, major: number): string[] {
   if (opts.compression === 'none') return [];
   if (opts.format === 'plain') {
-    throw new BartError('pg_basebackup writes plain backups uncompressed: use -F t with compression, or the native engine (without --with-pg_basebackup)');
+    throw new BartError(
+      'pg_basebackup writes plain backups uncompressed: use -F t with compression, or the native engine (without --with-pg_basebackup)',
+    );
   }
-  if (major >= 15) return [`--compress=client-${opts.compression}${opts.compression === 'lz4' ? '' : `:${opts.level}`}`];
-  if (opts.compression !== 'gzip') throw new BartError(`pg_basebackup ${major} supports only gzip; use pg_basebackup 15 or later for ${opts.compression}`);
+  if (major >= 15)
+    return [`--compress=client-${opts.compression}${opts.compression === 'lz4' ? '' : `:${opts.level}`}`];
+  if (opts.compression !== 'gzip')
+    throw new BartError(
+      `pg_basebackup ${major} supports only gzip; use pg_basebackup 15 or later for ${opts.compression}`,
+    );
   return ['-Z', String(opts.level)];
 }
 
@@ -57,7 +63,10 @@ function basebackupHint(errorLine: string | undefined): string {
 /** Runs pg_basebackup; its progress and errors go to the log, never a password to argv. */
 function runBasebackup(path: string, args: string[]): Promise<void> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGAPPNAME: 'pgbart pg_basebackup' } });
+    const child = spawn(path, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, PGAPPNAME: 'pgbart pg_basebackup' },
+    });
     let lastLines = '';
     // The line that says what went wrong: pg_basebackup's last words are usually only
     // "removing data directory ...", printed after its error.
@@ -75,7 +84,12 @@ function runBasebackup(path: string, args: string[]): Promise<void> {
     child.on('error', (err) => reject(new BartError(`cannot run ${path}: ${err.message}`)));
     child.on('close', (code) => {
       if (code === 0) resolvePromise();
-      else reject(new BartError(`pg_basebackup failed (exit ${code}): ${errorLine ?? lastLines.trim().split('\n').pop() ?? ''}${basebackupHint(errorLine)}`));
+      else
+        reject(
+          new BartError(
+            `pg_basebackup failed (exit ${code}): ${errorLine ?? lastLines.trim().split('\n').pop() ?? ''}${basebackupHint(errorLine)}`,
+          ),
+        );
     });
   });
 }
@@ -86,25 +100,56 @@ function runBasebackup(path: string, args: string[]): Promise<void> {
  * VERIFY-CHKSUM and SHOW-BACKUPS treat both alike. Its tar entries carry no unit offsets: readers
  * decode those archives sequentially.
  */
-export async function takeBasebackup(config: BartConfig, server: ServerConfig, opts: FullBackupOptions): Promise<BackupInfo> {
+export async function takeBasebackup(
+  config: BartConfig,
+  server: ServerConfig,
+  opts: FullBackupOptions,
+): Promise<BackupInfo> {
   const path = config.global.pgBasebackupPath;
-  if (!path) throw new BartError(`--with-pg_basebackup needs pg_basebackup_path in the [BART] section of ${config.path}`);
+  if (!path)
+    throw new BartError(`--with-pg_basebackup needs pg_basebackup_path in the [BART] section of ${config.path}`);
   const major = await basebackupMajor(path);
-  return runBackupTransaction(config, server, { ...opts, engine: 'pg_basebackup' }, (ctx) => basebackupBody(ctx, path, major, opts));
+  return runBackupTransaction(config, server, { ...opts, engine: 'pg_basebackup' }, (ctx) =>
+    basebackupBody(ctx, path, major, opts),
+  );
 }
 
-async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number, opts: FullBackupOptions): Promise<BackupInfo> {
+async function basebackupBody(
+  ctx: BackupContext,
+  path: string,
+  pgbMajor: number,
+  opts: FullBackupOptions,
+): Promise<BackupInfo> {
   const { server, facts, partialDir, info, id } = ctx;
   if (facts.major > pgbMajor) {
-    throw new BartError(`pg_basebackup ${pgbMajor} (${path}) cannot back up PostgreSQL ${facts.major}: set pg_basebackup_path to pg_basebackup ${facts.major} or later, or use the native engine`);
+    throw new BartError(
+      `pg_basebackup ${pgbMajor} (${path}) cannot back up PostgreSQL ${facts.major}: set pg_basebackup_path to pg_basebackup ${facts.major} or later, or use the native engine`,
+    );
   }
   const target = opts.format === 'tar' ? join(partialDir, 'pg_basebackup') : join(partialDir, PLAIN_BASE_DIR);
   const args = [
-    '-h', server.host, '-p', String(server.port), '-U', server.user, '-w',
-    '-D', target, '-F', opts.format === 'tar' ? 't' : 'p',
-    '-X', server.xlogMethod, '-c', 'fast', '-l', `pgbart backup ${id}`, '--manifest-checksums=SHA256',
+    '-h',
+    server.host,
+    '-p',
+    String(server.port),
+    '-U',
+    server.user,
+    '-w',
+    '-D',
+    target,
+    '-F',
+    opts.format === 'tar' ? 't' : 'p',
+    '-X',
+    server.xlogMethod,
+    '-c',
+    'fast',
+    '-l',
+    `pgbart backup ${id}`,
+    '--manifest-checksums=SHA256',
     ...compressionArgs(opts, pgbMajor),
-    ...(opts.format === 'plain' ? facts.tablespaces.map((t) => `--tablespace-mapping=${t.location}=${join(partialDir, String(t.oid))}`) : []),
+    ...(opts.format === 'plain'
+      ? facts.tablespaces.map((t) => `--tablespace-mapping=${t.location}=${join(partialDir, String(t.oid))}`)
+      : []),
   ];
   log.info(`creating full backup using pg_basebackup for server '${server.name}'`);
   await runBasebackup(path, args);
@@ -120,12 +165,21 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
       await symlink(`../../${t.oid}`, link);
     }
   }
-  const pgManifestPath = opts.format === 'tar' ? join(partialDir, 'backup_manifest') : join(partialDir, PLAIN_BASE_DIR, 'backup_manifest');
-  const pgManifest = JSON.parse(await readFile(pgManifestPath, 'utf8')) as { 'WAL-Ranges': { Timeline: number; 'Start-LSN': string; 'End-LSN': string }[] };
+  const pgManifestPath =
+    opts.format === 'tar' ? join(partialDir, 'backup_manifest') : join(partialDir, PLAIN_BASE_DIR, 'backup_manifest');
+  const pgManifest = JSON.parse(await readFile(pgManifestPath, 'utf8')) as {
+    'WAL-Ranges': { Timeline: number; 'Start-LSN': string; 'End-LSN': string }[];
+  };
   const range = pgManifest['WAL-Ranges'][0]!;
 
   const manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
-    manifest: 'pgbart', version: 1, server: server.name, id, format: opts.format, compression: opts.compression, checksumAlgorithm: opts.checksum,
+    manifest: 'pgbart',
+    version: 1,
+    server: server.name,
+    id,
+    format: opts.format,
+    compression: opts.compression,
+    checksumAlgorithm: opts.checksum,
   });
   let labelText = '';
   const walFiles: string[] = [];
@@ -165,15 +219,27 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
               bytes += chunk.length;
               if (entryPath === 'backup_label') keep.push(chunk);
             }
-            await note({
-              path: entryPath, archive, type, size: type === 'file' ? bytes : 0, mode: h.mode ?? 0o600,
-              mtime: Math.floor((h.mtime?.getTime() ?? Date.now()) / 1000),
-              ...(type === 'file' && hash ? { checksum: hash.digest('hex') } : {}),
-              ...(h.linkname ? { linkTarget: h.linkname } : {}),
-            }, Buffer.concat(keep));
+            await note(
+              {
+                path: entryPath,
+                archive,
+                type,
+                size: type === 'file' ? bytes : 0,
+                mode: h.mode ?? 0o600,
+                mtime: Math.floor((h.mtime?.getTime() ?? Date.now()) / 1000),
+                ...(type === 'file' && hash ? { checksum: hash.digest('hex') } : {}),
+                ...(h.linkname ? { linkTarget: h.linkname } : {}),
+              },
+              Buffer.concat(keep),
+            );
           }
         })();
-        const hashing = new Writable({ write(chunk: Buffer, _e, cb) { artifactHash.update(chunk); cb(); } });
+        const hashing = new Writable({
+          write(chunk: Buffer, _e, cb) {
+            artifactHash.update(chunk);
+            cb();
+          },
+        });
         const source = createReadStream(join(partialDir, name));
         source.on('data', (d) => hashing.write(d));
         await pipeline(source, createDecompressor(opts.compression), extract);
@@ -185,10 +251,17 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
       }
     } else {
       const host = new LocalHost();
-      const roots: [string, string][] = [['base', join(partialDir, PLAIN_BASE_DIR)], ...facts.tablespaces.map((t): [string, string] => [String(t.oid), join(partialDir, String(t.oid))])];
+      const roots: [string, string][] = [
+        ['base', join(partialDir, PLAIN_BASE_DIR)],
+        ...facts.tablespaces.map((t): [string, string] => [String(t.oid), join(partialDir, String(t.oid))]),
+      ];
       for (const [archive, root] of roots) {
         for await (const e of checkedWalk(host, root)) {
-          if (archive === 'base' && (e.path === 'backup_manifest' || (e.type === 'symlink' && e.path.startsWith('pg_tblspc/')))) continue;
+          if (
+            archive === 'base' &&
+            (e.path === 'backup_manifest' || (e.type === 'symlink' && e.path.startsWith('pg_tblspc/')))
+          )
+            continue;
           const hash = createChecksum(opts.checksum);
           let content: Buffer | undefined;
           if (e.type === 'file') {
@@ -200,11 +273,19 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
             content = Buffer.concat(chunks);
             storedBytes += e.size;
           }
-          await note({
-            path: e.path, archive, type: e.type, size: e.type === 'file' ? e.size : 0, mode: e.mode, mtime: Math.floor(e.mtimeMs / 1000),
-            ...(e.type === 'file' && hash ? { checksum: hash.digest('hex') } : {}),
-            ...(e.linkTarget !== undefined ? { linkTarget: e.linkTarget } : {}),
-          }, content);
+          await note(
+            {
+              path: e.path,
+              archive,
+              type: e.type,
+              size: e.type === 'file' ? e.size : 0,
+              mode: e.mode,
+              mtime: Math.floor(e.mtimeMs / 1000),
+              ...(e.type === 'file' && hash ? { checksum: hash.digest('hex') } : {}),
+              ...(e.linkTarget !== undefined ? { linkTarget: e.linkTarget } : {}),
+            },
+            content,
+          );
         }
       }
     }
@@ -226,7 +307,11 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
       stopTime: new Date(),
     };
     const { status: _status, pid: _pid, ...recorded } = done;
-    await manifest.addInfo({ ...recorded, startTime: done.startTime.toISOString(), stopTime: done.stopTime.toISOString() });
+    await manifest.addInfo({
+      ...recorded,
+      startTime: done.startTime.toISOString(),
+      stopTime: done.stopTime.toISOString(),
+    });
     await manifest.finish();
     return done;
   } catch (err) {

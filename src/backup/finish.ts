@@ -29,10 +29,17 @@ import type { ManifestWriter } from '../catalog/manifest.js';
  * Compresses units in the worker pool (or passes them through without one). A unit that owns its
  * whole ArrayBuffer is transferred to the worker as it is; others are copied first.
  */
-export function poolCompressor(pool: WorkerPool<Uint8Array> | undefined, method: CompressionMethod, level: number): UnitCompressor {
+export function poolCompressor(
+  pool: WorkerPool<Uint8Array> | undefined,
+  method: CompressionMethod,
+  level: number,
+): UnitCompressor {
   if (!pool) return async (unit) => unit;
   return async (unit) => {
-    const owned = unit.byteOffset === 0 && unit.byteLength === unit.buffer.byteLength && !(unit.buffer instanceof SharedArrayBuffer);
+    const owned =
+      unit.byteOffset === 0 &&
+      unit.byteLength === unit.buffer.byteLength &&
+      !(unit.buffer instanceof SharedArrayBuffer);
     const copy = owned ? new Uint8Array(unit.buffer, 0, unit.byteLength) : Uint8Array.from(unit);
     const task: CompressTask = { method, level, data: copy };
     return Buffer.from(await pool.run(task, [copy.buffer]));
@@ -91,9 +98,16 @@ export async function storeBackupWal(base: ArchiveWriter, src: BackupWalSource):
   else for (let seg = firstSegNo; seg <= lastSegNo; seg++) names.push(segmentName(label.timeline, seg, segmentSize));
   const host = new LocalHost();
   const now = Date.now();
-  const out: StoredWal = { walFiles: [], walBytes: 0, stopWalFile: segmentName(label.timeline, lastSegNo, segmentSize) };
+  const out: StoredWal = {
+    walFiles: [],
+    walBytes: 0,
+    stopWalFile: segmentName(label.timeline, lastSegNo, segmentSize),
+  };
   for (const name of names) {
-    const path = src.streamed && streamed.includes(name) ? join(src.streamed.dir, name) : await waitForArchivedWal(src.archivePath, name, src.timeoutMs);
+    const path =
+      src.streamed && streamed.includes(name)
+        ? join(src.streamed.dir, name)
+        : await waitForArchivedWal(src.archivePath, name, src.timeoutMs);
     const entryPath = `pg_wal/${name}`;
     if (path.endsWith('.gz')) {
       const data = gunzipSync(await readFile(path));
@@ -159,7 +173,11 @@ export async function finishBackup(end: BackupEnd): Promise<BackupInfo> {
   };
   delete done.pid;
   const { status: _status, ...recorded } = done;
-  await end.manifest.addInfo({ ...recorded, startTime: done.startTime.toISOString(), stopTime: done.stopTime.toISOString() });
+  await end.manifest.addInfo({
+    ...recorded,
+    startTime: done.startTime.toISOString(),
+    stopTime: done.stopTime.toISOString(),
+  });
   await end.manifest.finish();
   return done;
 }

@@ -37,7 +37,11 @@ const STREAM_DIR = 'wal-stream';
  * worker pool, the WAL from start to stop fetched from the archive into the backup; the whole is
  * written under `<id>.partial` until it is complete and durable (see runBackupTransaction).
  */
-export async function takeFullBackup(config: BartConfig, server: ServerConfig, opts: FullBackupOptions): Promise<BackupInfo> {
+export async function takeFullBackup(
+  config: BartConfig,
+  server: ServerConfig,
+  opts: FullBackupOptions,
+): Promise<BackupInfo> {
   return runBackupTransaction(config, server, { ...opts, engine: 'native' }, nativeFullBackup);
 }
 
@@ -51,10 +55,14 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
   let streamer: WalStreamer | undefined;
   let filePool: WorkerPool<FileCopyResult> | undefined;
   try {
-    if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
+    if (request.compression !== 'none')
+      pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
     const compress = poolCompressor(pool, request.compression, request.level);
     if (request.format === 'plain') {
-      filePool = new WorkerPool<FileCopyResult>(new URL('../storage/file-copy-worker.js', import.meta.url), request.threads);
+      filePool = new WorkerPool<FileCopyResult>(
+        new URL('../storage/file-copy-worker.js', import.meta.url),
+        request.threads,
+      );
     }
     const settings: ArchiveWriterSettings = {
       compression: request.compression,
@@ -66,7 +74,13 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool!, task) } : {}),
     };
     manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
-      manifest: 'pgbart', version: 1, server: server.name, id, format: request.format, compression: request.compression, checksumAlgorithm: request.checksum,
+      manifest: 'pgbart',
+      version: 1,
+      server: server.name,
+      id,
+      format: request.format,
+      compression: request.compression,
+      checksumAlgorithm: request.checksum,
     });
     const repository = new PosixRepository();
     const progress = new Progress(`backup ${server.name}`, facts.estimatedBytes);
@@ -85,20 +99,40 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     };
     const ext = compressionExtension(request.compression);
     const makeWriter = async (archive: string): Promise<ArchiveWriter> => {
-      const writer = request.format === 'tar'
-        ? new TarArchiveWriter(tarName(archive, ext), archive, await repository.createOutput(join(partialDir!, tarName(archive, ext))), settings, sinkFor(archive))
-        : new PlainArchiveWriter(join(partialDir!, archive === 'base' ? PLAIN_BASE_DIR : archive), archive, repository, settings, sinkFor(archive));
+      const writer =
+        request.format === 'tar'
+          ? new TarArchiveWriter(
+              tarName(archive, ext),
+              archive,
+              await repository.createOutput(join(partialDir!, tarName(archive, ext))),
+              settings,
+              sinkFor(archive),
+            )
+          : new PlainArchiveWriter(
+              join(partialDir!, archive === 'base' ? PLAIN_BASE_DIR : archive),
+              archive,
+              repository,
+              settings,
+              sinkFor(archive),
+            );
       writers.push(writer);
       return writer;
     };
     if (request.format === 'plain' && request.compression === 'none') {
       await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
-      pgManifest = await PgBackupManifestWriter.create(join(partialDir, PLAIN_BASE_DIR, 'backup_manifest'), request.checksum);
+      pgManifest = await PgBackupManifestWriter.create(
+        join(partialDir, PLAIN_BASE_DIR, 'backup_manifest'),
+        request.checksum,
+      );
     }
 
     if (server.xlogMethod === 'stream') {
       await mkdir(join(partialDir, STREAM_DIR), { mode: 0o700 });
-      streamer = await WalStreamer.open({ host: server.host, port: server.port, user: server.user }, facts.walSegmentSize, join(partialDir, STREAM_DIR));
+      streamer = await WalStreamer.open(
+        { host: server.host, port: server.port, user: server.user },
+        facts.walSegmentSize,
+        join(partialDir, STREAM_DIR),
+      );
     }
     log.debug(`starting backup mode ${Math.round(performance.now())} ms after process start`);
     const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart backup ${id}`);
@@ -111,7 +145,8 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     for (const ts of facts.tablespaces) {
       const writer = await makeWriter(String(ts.oid));
       await copyTree(host, ts.location, writer, request, true);
-      if (request.format === 'plain') await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
+      if (request.format === 'plain')
+        await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
     phase('data files copied');
     // We wait for the archive ourselves (below, polling every 25 ms): pg_backup_stop's own wait
@@ -125,10 +160,20 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       stopLsn: stop.stopLsn,
       segmentSize: facts.walSegmentSize,
       timeoutMs: 600_000,
-      ...(streamer ? { streamed: { dir: join(partialDir, STREAM_DIR), names: await streamer.finish(parseLsn(stop.stopLsn)) } } : {}),
+      ...(streamer
+        ? { streamed: { dir: join(partialDir, STREAM_DIR), names: await streamer.finish(parseLsn(stop.stopLsn)) } }
+        : {}),
     });
     phase('WAL stored');
-    const done = await finishBackup({ writers, manifest, info, label, stopLsn: stop.stopLsn, wal, manifestLinesWritten: () => sinkChain });
+    const done = await finishBackup({
+      writers,
+      manifest,
+      info,
+      label,
+      stopLsn: stop.stopLsn,
+      wal,
+      manifestLinesWritten: () => sinkChain,
+    });
     manifest = undefined;
     if (pgManifest) {
       await pgManifest.finish(label.timeline, label.startLsn, stop.stopLsn);
@@ -164,7 +209,13 @@ async function copyInWorker(pool: WorkerPool<FileCopyResult>, task: FileCopyTask
 }
 
 /** Copies a data directory or tablespace through an archive writer (files in parallel for plain). */
-async function copyTree(host: DataHost, root: string, writer: ArchiveWriter, request: FullBackupOptions, isTablespace: boolean): Promise<void> {
+async function copyTree(
+  host: DataHost,
+  root: string,
+  writer: ArchiveWriter,
+  request: FullBackupOptions,
+  isTablespace: boolean,
+): Promise<void> {
   const running = new Set<Promise<void>>();
   const parallel = request.format === 'plain' ? request.threads * 2 : 1;
   // A tar is written in order, one file after the other; reading the next small files of this host
@@ -181,7 +232,10 @@ async function copyTree(host: DataHost, root: string, writer: ArchiveWriter, req
     const entry: HostEntry = raw.type === 'symlink' && raw.path === 'pg_wal' ? { ...raw, type: 'dir', size: 0 } : raw;
     const source = entry.type === 'file' ? { host, path: join(root, entry.path) } : undefined;
     if (readAhead) {
-      const content = source && entry.size <= READ_AHEAD_MAX_FILE ? readSmallFile(host, source.path, entry.size) : Promise.resolve(source);
+      const content =
+        source && entry.size <= READ_AHEAD_MAX_FILE
+          ? readSmallFile(host, source.path, entry.size)
+          : Promise.resolve(source);
       content.catch(() => undefined); // awaited in order below; never an unhandled rejection meanwhile
       window.push({ entry, content });
       if (window.length >= READ_AHEAD_FILES) await addNext();
@@ -192,9 +246,11 @@ async function copyTree(host: DataHost, root: string, writer: ArchiveWriter, req
       await task;
       continue;
     }
-    const tracked: Promise<void> = task.catch((err) => {
-      failure ??= err;
-    }).finally(() => running.delete(tracked));
+    const tracked: Promise<void> = task
+      .catch((err) => {
+        failure ??= err;
+      })
+      .finally(() => running.delete(tracked));
     running.add(tracked);
     if (running.size >= parallel) await Promise.race(running);
     if (failure) break;

@@ -29,7 +29,11 @@ import { BlockSourceHost } from './incremental-block-source.js';
 import { chainProblem, readRestoredState, type RestoredState } from '../catalog/chain.js';
 import { checkParentOnHistory, gatherChangeSet, type IncrementalRange } from './incremental-change-set.js';
 import {
-  fileKey, parseRelationPath, toRuns, type IncrementalFileInfo, type IncrementalManifestEntry,
+  fileKey,
+  parseRelationPath,
+  toRuns,
+  type IncrementalFileInfo,
+  type IncrementalManifestEntry,
 } from '../catalog/incremental-format.js';
 import { BLOCK_SIZE, FSM_FORKNUM, INIT_FORKNUM, RELSEG_BLOCKS, VISIBILITYMAP_FORKNUM } from '../postgres/constants.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
@@ -49,12 +53,16 @@ const MAX_BATCH_BLOCKS = 4096;
 /** The parent checks that need no server connection; returns the parent's catalog entry. */
 async function checkParent(config: BartConfig, server: ServerConfig, parentRef: string): Promise<CatalogEntry> {
   if (!server.allowIncrementalBackups) {
-    throw new BartError(`server ${server.name} has allow_incremental_backups disabled; enable it in ${config.path} (and run bart-scanner) to take incremental backups`);
+    throw new BartError(
+      `server ${server.name} has allow_incremental_backups disabled; enable it in ${config.path} (and run bart-scanner) to take incremental backups`,
+    );
   }
   const entries = await listBackups(config, server);
   const parent = findBackup(entries, server, parentRef);
   if (parent.info.status !== 'active' && parent.info.status !== 'keep') {
-    throw new BartError(`parent backup "${parentRef}" of server ${server.name} is ${parent.info.status}; an incremental needs an active or keep parent`);
+    throw new BartError(
+      `parent backup "${parentRef}" of server ${server.name} is ${parent.info.status}; an incremental needs an active or keep parent`,
+    );
   }
   const problem = chainProblem(entries, parent);
   if (problem) throw new BartError(`parent backup "${parentRef}" cannot be used: ${problem}`);
@@ -62,7 +70,12 @@ async function checkParent(config: BartConfig, server: ServerConfig, parentRef: 
 }
 
 /** Which blocks of a file the incremental stores; undefined = the whole file. */
-export function selectBlocks(archive: string, entry: HostEntry, parent: RestoredState, cs: ChangeSet): number[] | undefined {
+export function selectBlocks(
+  archive: string,
+  entry: HostEntry,
+  parent: RestoredState,
+  cs: ChangeSet,
+): number[] | undefined {
   const rel = parseRelationPath(archive, entry.path);
   // Non-relation files are not block-tracked; the FSM is not fully WAL-logged; init forks are tiny.
   // Visibility-map bits are also cleared by heap records that carry no block reference to the VM
@@ -76,7 +89,12 @@ export function selectBlocks(archive: string, entry: HostEntry, parent: Restored
   // Databases created (either strategy, or moved with SET TABLESPACE) or dropped and recreated under
   // the same OID, and new tablespaces: their files carry no usable history.
   const sameDb = (d: { spcOid: number; dbOid: number }) => d.spcOid === rel.spcOid && d.dbOid === rel.dbOid;
-  if (cs.createdDatabases.some(sameDb) || cs.droppedDatabases.some(sameDb) || cs.createdTablespaces.includes(rel.spcOid)) return undefined;
+  if (
+    cs.createdDatabases.some(sameDb) ||
+    cs.droppedDatabases.some(sameDb) ||
+    cs.createdTablespaces.includes(rel.spcOid)
+  )
+    return undefined;
   const nblocks = entry.size / BLOCK_SIZE;
   const base = rel.segment * RELSEG_BLOCKS;
   const f = cs.relations.get(forkKey(rel.spcOid, rel.dbOid, rel.relNumber, rel.fork));
@@ -151,9 +169,11 @@ async function copyTreeIncremental(
       await add;
       continue;
     }
-    const tracked: Promise<void> = add.catch((err) => {
-      failure ??= err;
-    }).finally(() => running.delete(tracked));
+    const tracked: Promise<void> = add
+      .catch((err) => {
+        failure ??= err;
+      })
+      .finally(() => running.delete(tracked));
     running.add(tracked);
     if (running.size >= parallelism) await Promise.race(running);
     if (failure) break;
@@ -175,7 +195,9 @@ async function currentTimeline(ctx: BackupContext): Promise<number> {
  */
 function checkDataChecksums(parent: BackupInfo, now: number): void {
   if (parent.dataChecksumVersion === undefined) {
-    log.warning(`parent backup ${parent.id} does not record whether data checksums were on (taken by an older pgbart): if pg_checksums was run since, take a new full backup instead`);
+    log.warning(
+      `parent backup ${parent.id} does not record whether data checksums were on (taken by an older pgbart): if pg_checksums was run since, take a new full backup instead`,
+    );
     return;
   }
   if (parent.dataChecksumVersion !== now) {
@@ -192,13 +214,20 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
   const { config, server, request, client, facts, id, partialDir, info } = ctx;
   const p = parent.info;
   if (facts.systemIdentifier !== p.systemIdentifier) {
-    throw new BartError(`parent backup ${p.id} was taken of another cluster (system identifier ${p.systemIdentifier}, the server's is ${facts.systemIdentifier}); take a new full backup`);
+    throw new BartError(
+      `parent backup ${p.id} was taken of another cluster (system identifier ${p.systemIdentifier}, the server's is ${facts.systemIdentifier}); take a new full backup`,
+    );
   }
   if (Math.floor(facts.versionNum / 10000) !== Math.floor(p.serverVersionNum / 10000)) {
-    throw new BartError(`parent backup ${p.id} was taken of PostgreSQL ${Math.floor(p.serverVersionNum / 10000)}, the server now runs ${facts.major}; take a new full backup`);
+    throw new BartError(
+      `parent backup ${p.id} was taken of PostgreSQL ${Math.floor(p.serverVersionNum / 10000)}, the server now runs ${facts.major}; take a new full backup`,
+    );
   }
   checkDataChecksums(p, facts.dataChecksumVersion);
-  if (facts.walSegmentSize !== p.walSegmentSize) throw new BartError(`parent backup ${p.id} has WAL segments of ${p.walSegmentSize} bytes, the server ${facts.walSegmentSize}; take a new full backup`);
+  if (facts.walSegmentSize !== p.walSegmentSize)
+    throw new BartError(
+      `parent backup ${p.id} has WAL segments of ${p.walSegmentSize} bytes, the server ${facts.walSegmentSize}; take a new full backup`,
+    );
   const parentState = await readRestoredState(parent.dir);
 
   let pool: WorkerPool<Uint8Array> | undefined;
@@ -206,7 +235,8 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
   let manifest: ManifestWriter | undefined;
   const blockHost = new BlockSourceHost(ctx.host, Math.max(1, Math.min(server.batchSize, MAX_BATCH_BLOCKS)));
   try {
-    if (request.compression !== 'none') pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
+    if (request.compression !== 'none')
+      pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
     const compress = poolCompressor(pool, request.compression, request.level);
     const settings: ArchiveWriterSettings = {
       compression: request.compression,
@@ -216,7 +246,14 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
       unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
     };
     manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
-      manifest: 'pgbart', version: 1, server: server.name, id, format: request.format, compression: request.compression, checksumAlgorithm: request.checksum, parent: p.id,
+      manifest: 'pgbart',
+      version: 1,
+      server: server.name,
+      id,
+      format: request.format,
+      compression: request.compression,
+      checksumAlgorithm: request.checksum,
+      parent: p.id,
     });
     const repository = new PosixRepository();
     const pending = new Map<string, IncrementalFileInfo & { crcList: string[] }>();
@@ -234,29 +271,58 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     };
     const ext = compressionExtension(request.compression);
     const makeWriter = async (archive: string): Promise<ArchiveWriter> => {
-      const writer = request.format === 'tar'
-        ? new TarArchiveWriter(tarName(archive, ext), archive, await repository.createOutput(join(partialDir, tarName(archive, ext))), settings, sinkFor(archive))
-        : new PlainArchiveWriter(join(partialDir, archive === 'base' ? PLAIN_BASE_DIR : archive), archive, repository, settings, sinkFor(archive));
+      const writer =
+        request.format === 'tar'
+          ? new TarArchiveWriter(
+              tarName(archive, ext),
+              archive,
+              await repository.createOutput(join(partialDir, tarName(archive, ext))),
+              settings,
+              sinkFor(archive),
+            )
+          : new PlainArchiveWriter(
+              join(partialDir, archive === 'base' ? PLAIN_BASE_DIR : archive),
+              archive,
+              repository,
+              settings,
+              sinkFor(archive),
+            );
       writers.push(writer);
       return writer;
     };
     if (request.format === 'plain') await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
 
-    const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart incremental backup ${id} (parent ${p.id})`);
+    const { session, startLsn } = await BackupSession.start(
+      client,
+      facts.major,
+      `pgbart incremental backup ${id} (parent ${p.id})`,
+    );
     const timeline = await currentTimeline(ctx);
     checkParentOnHistory(server.archivePath, p, timeline);
     // The segment holding our start LSN must reach the archive (and its MBM be made) now, not
     // whenever it fills up.
     await client.query('SELECT pg_switch_wal()');
-    const range: IncrementalRange = { timeline, startLsn: parseLsn(p.startLsn), endLsn: parseLsn(startLsn), segmentSize: facts.walSegmentSize };
-    if (range.endLsn < range.startLsn) throw new BartError(`parent backup ${p.id} starts at ${p.startLsn}, after this backup's start ${startLsn}`);
+    const range: IncrementalRange = {
+      timeline,
+      startLsn: parseLsn(p.startLsn),
+      endLsn: parseLsn(startLsn),
+      segmentSize: facts.walSegmentSize,
+    };
+    if (range.endLsn < range.startLsn)
+      throw new BartError(`parent backup ${p.id} starts at ${p.startLsn}, after this backup's start ${startLsn}`);
     if (range.endLsn > range.startLsn) {
       const lastSeg = (range.endLsn - 1n) / BigInt(facts.walSegmentSize);
-      const lastTli = timelineOfSegment(readTimelineHistory(server.archivePath, timeline), lastSeg, facts.walSegmentSize);
+      const lastTli = timelineOfSegment(
+        readTimelineHistory(server.archivePath, timeline),
+        lastSeg,
+        facts.walSegmentSize,
+      );
       await waitForArchivedWal(server.archivePath, segmentName(lastTli, lastSeg, facts.walSegmentSize), 60_000);
     }
     const cs = await gatherChangeSet(config, server, p, range);
-    log.info(`changes since parent ${p.id} (${p.startLsn} to ${startLsn}): ${cs.relations.size} relation forks from ${cs.mbmFiles.length} MBM files`);
+    log.info(
+      `changes since parent ${p.id} (${p.startLsn} to ${startLsn}): ${cs.relations.size} relation forks from ${cs.mbmFiles.length} MBM files`,
+    );
 
     const stats: Stats = { whole: 0, wholeBytes: 0, partial: 0, blocks: 0, unchanged: 0 };
     const decide = (archive: string, entry: HostEntry) => selectBlocks(archive, entry, parentState, cs);
@@ -266,7 +332,8 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     for (const ts of facts.tablespaces) {
       const writer = await makeWriter(String(ts.oid));
       await copyTreeIncremental(blockHost, ts.location, String(ts.oid), writer, parallelism, decide, pending, stats);
-      if (request.format === 'plain') await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
+      if (request.format === 'plain')
+        await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
     log.debug('incremental: data files copied');
     // pg_backup_stop(wait_for_archive) polls once a second; the WAL waits below poll every 25 ms.
@@ -274,14 +341,28 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     log.debug('incremental: backup mode ended');
     const label = await addStopFiles(base, stop);
     // As in a full backup, the WAL from start to stop makes this backup consistent on its own.
-    const wal = await storeBackupWal(base, { archivePath: server.archivePath, label, stopLsn: stop.stopLsn, segmentSize: facts.walSegmentSize, timeoutMs: 60_000 });
+    const wal = await storeBackupWal(base, {
+      archivePath: server.archivePath,
+      label,
+      stopLsn: stop.stopLsn,
+      segmentSize: facts.walSegmentSize,
+      timeoutMs: 60_000,
+    });
     log.debug('incremental: WAL stored');
-    const done = await finishBackup({ writers, manifest, info, label, stopLsn: stop.stopLsn, wal, manifestLinesWritten: () => sinkChain });
+    const done = await finishBackup({
+      writers,
+      manifest,
+      info,
+      label,
+      stopLsn: stop.stopLsn,
+      wal,
+      manifestLinesWritten: () => sinkChain,
+    });
     manifest = undefined;
     if (request.format === 'plain') await repository.syncTree(partialDir);
     log.info(
       `incremental backup: ${stats.blocks} blocks (${formatBytes(stats.blocks * BLOCK_SIZE)}) of ${stats.partial} changed relation files, ` +
-      `${stats.whole} files whole (${formatBytes(stats.wholeBytes)}), ${stats.unchanged} relation files unchanged`,
+        `${stats.whole} files whole (${formatBytes(stats.wholeBytes)}), ${stats.unchanged} relation files unchanged`,
     );
     return done;
   } catch (err) {
@@ -299,10 +380,16 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
  * files stored as the blocks changed since the parent's start LSN (from the MBMs), everything the
  * MBMs cannot vouch for stored whole.
  */
-export async function takeIncrementalBackup(config: BartConfig, server: ServerConfig, opts: IncrementalBackupOptions): Promise<BackupInfo> {
+export async function takeIncrementalBackup(
+  config: BartConfig,
+  server: ServerConfig,
+  opts: IncrementalBackupOptions,
+): Promise<BackupInfo> {
   const parent = await checkParent(config, server, opts.parent);
   const { parent: _ref, ...rest } = opts;
-  return runBackupTransaction(config, server, { ...rest, engine: 'native', parent: parent.info.id }, (ctx) => incrementalBody(ctx, parent));
+  return runBackupTransaction(config, server, { ...rest, engine: 'native', parent: parent.info.id }, (ctx) =>
+    incrementalBody(ctx, parent),
+  );
 }
 
 /** What `BACKUP --parent P --check` found. */
@@ -323,13 +410,28 @@ export interface IncrementalCheck {
  * to the server's current position (the segments completed so far) is archived and scanned. Takes
  * no backup and changes nothing.
  */
-export async function checkIncremental(config: BartConfig, server: ServerConfig, parentRef: string): Promise<IncrementalCheck> {
+export async function checkIncremental(
+  config: BartConfig,
+  server: ServerConfig,
+  parentRef: string,
+): Promise<IncrementalCheck> {
   const parent = await checkParent(config, server, parentRef);
-  const client = await connect({ host: server.host, port: server.port, user: server.user, applicationName: 'pgbart backup --check' });
+  const client = await connect({
+    host: server.host,
+    port: server.port,
+    user: server.user,
+    applicationName: 'pgbart backup --check',
+  });
   try {
     const sysid = await queryValue(client, 'SELECT system_identifier::text FROM pg_control_system()');
-    if (sysid !== parent.info.systemIdentifier) throw new BartError(`parent backup ${parent.info.id} was taken of another cluster (system identifier ${parent.info.systemIdentifier}, the server's is ${sysid})`);
-    checkDataChecksums(parent.info, Number(await queryValue(client, 'SELECT data_page_checksum_version FROM pg_control_init()')));
+    if (sysid !== parent.info.systemIdentifier)
+      throw new BartError(
+        `parent backup ${parent.info.id} was taken of another cluster (system identifier ${parent.info.systemIdentifier}, the server's is ${sysid})`,
+      );
+    checkDataChecksums(
+      parent.info,
+      Number(await queryValue(client, 'SELECT data_page_checksum_version FROM pg_control_init()')),
+    );
     const timeline = Number(await queryValue(client, 'SELECT timeline_id FROM pg_control_checkpoint()'));
     checkParentOnHistory(server.archivePath, parent.info, timeline);
     const segSize = parent.info.walSegmentSize;

@@ -23,7 +23,10 @@ export class BlockSourceHost implements DataHost {
   readonly description: string;
   private readonly selections = new Map<string, BlockSelection>();
 
-  constructor(private readonly host: DataHost, private readonly batchBlocks: number) {
+  constructor(
+    private readonly host: DataHost,
+    private readonly batchBlocks: number,
+  ) {
     this.description = host.description;
   }
 
@@ -58,7 +61,11 @@ class BlockReader implements HostFile {
   /** Stored index → block number, built lazily per run. */
   private readonly runStarts: number[] = [];
 
-  constructor(private readonly file: HostFile | undefined, private readonly selection: BlockSelection, private readonly batchBlocks: number) {
+  constructor(
+    private readonly file: HostFile | undefined,
+    private readonly selection: BlockSelection,
+    private readonly batchBlocks: number,
+  ) {
     this.total = runBlocks(selection.runs);
     let at = 0;
     for (const [, count] of selection.runs) {
@@ -102,7 +109,9 @@ class BlockReader implements HostFile {
     for (let i = 0; i < count; i++) {
       const stored = index + i;
       if (this.selection.crcs[stored] === undefined) {
-        this.selection.crcs[stored] = (crc32c(this.cache.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE)) >>> 0).toString(16).padStart(8, '0');
+        this.selection.crcs[stored] = (crc32c(this.cache.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE)) >>> 0)
+          .toString(16)
+          .padStart(8, '0');
       }
     }
     this.cacheFirst = index;

@@ -25,7 +25,9 @@ export interface IncrementalRange {
 const NEEDS_FULL = 'take a new full backup';
 
 function missingWal(server: ServerConfig, parent: BackupInfo, segment: string): BartError {
-  return new BartError(`WAL segment ${segment} is missing from ${server.archivePath}: the changes since parent backup ${parent.id} cannot be known; ${NEEDS_FULL}`);
+  return new BartError(
+    `WAL segment ${segment} is missing from ${server.archivePath}: the changes since parent backup ${parent.id} cannot be known; ${NEEDS_FULL}`,
+  );
 }
 
 /** The name of the segment after `name` on the same timeline. */
@@ -44,12 +46,16 @@ export function checkParentOnHistory(archivePath: string, parent: BackupInfo, ti
   try {
     history = readTimelineHistory(archivePath, timeline);
   } catch (err) {
-    throw new BartError(`cannot check that parent backup ${parent.id} is on the history of timeline ${timeline}: ${errorMessage(err)}`);
+    throw new BartError(
+      `cannot check that parent backup ${parent.id} is on the history of timeline ${timeline}: ${errorMessage(err)}`,
+    );
   }
   const span = history.find((s) => s.timeline === parent.timeline);
   const stop = parseLsn(parent.stopLsn);
   if (!span || stop < span.begin || (span.end !== undefined && stop > span.end)) {
-    const path = history.map((s) => `${s.timeline}${s.end !== undefined ? ` (until ${formatLsn(s.end)})` : ''}`).join(' → ');
+    const path = history
+      .map((s) => `${s.timeline}${s.end !== undefined ? ` (until ${formatLsn(s.end)})` : ''}`)
+      .join(' → ');
     throw new BartError(
       `parent backup ${parent.id} (timeline ${parent.timeline}, consistent at ${parent.stopLsn}) is not an ancestor of the server's current timeline ${timeline} (history ${path}); ${NEEDS_FULL} or choose another parent`,
     );
@@ -63,13 +69,20 @@ export function checkParentOnHistory(archivePath: string, parent: BackupInfo, ti
  * it changed can never be known, so only a new full backup is safe. Also refuses a range in which
  * the server ran with wal_level = minimal (the MBMs record XLOG_PARAMETER_CHANGE).
  */
-export async function gatherChangeSet(config: BartConfig, server: ServerConfig, parent: BackupInfo, range: IncrementalRange): Promise<ChangeSet> {
+export async function gatherChangeSet(
+  config: BartConfig,
+  server: ServerConfig,
+  parent: BackupInfo,
+  range: IncrementalRange,
+): Promise<ChangeSet> {
   let ensured = await requestMbms(config, server, range);
   if (ensured.scannerRunning && !ensured.complete) {
     // The scanner did not finish within mbm_scan_timeout (busy, or not watching this server): scan here.
     ensured = { ...(await ensureMbms(server.archivePath, range)), scannerRunning: true };
   }
-  log.debug(`MBMs for ${formatLsn(range.startLsn)}..${formatLsn(range.endLsn)}: ${ensured.complete ? 'complete' : 'incomplete'} (scanner ${ensured.scannerRunning ? 'running' : 'not running, scanned here'})`);
+  log.debug(
+    `MBMs for ${formatLsn(range.startLsn)}..${formatLsn(range.endLsn)}: ${ensured.complete ? 'complete' : 'incomplete'} (scanner ${ensured.scannerRunning ? 'running' : 'not running, scanned here'})`,
+  );
   const cs = await loadChangeSet(server.archivePath, range);
   for (const seg of cs.missingSegments) {
     if (!findSegmentFile(server.archivePath, seg)) throw missingWal(server, parent, seg);
@@ -80,15 +93,21 @@ export async function gatherChangeSet(config: BartConfig, server: ServerConfig, 
       const next = nextSegmentName(seg, range.segmentSize);
       if (!findSegmentFile(server.archivePath, next)) throw missingWal(server, parent, next);
     }
-    throw new BartError(`${describeMissing(server.archivePath, cs)}; is bart-scanner keeping up (mbm_scan_timeout = ${server.mbmScanTimeout} s)?`);
+    throw new BartError(
+      `${describeMissing(server.archivePath, cs)}; is bart-scanner keeping up (mbm_scan_timeout = ${server.mbmScanTimeout} s)?`,
+    );
   }
   if (cs.systemId !== undefined && cs.systemId !== 0n && String(cs.systemId) !== parent.systemIdentifier) {
-    throw new BartError(`the WAL since parent backup ${parent.id} belongs to another cluster (system identifier ${cs.systemId}, the parent's is ${parent.systemIdentifier})`);
+    throw new BartError(
+      `the WAL since parent backup ${parent.id} belongs to another cluster (system identifier ${cs.systemId}, the parent's is ${parent.systemIdentifier})`,
+    );
   }
   if (cs.walLevelMinimal) {
     // Relations created and loaded in one transaction under wal_level = minimal have no block
     // references at all: no MBM can know about them.
-    throw new BartError(`the server ran with wal_level = minimal after parent backup ${parent.id}; WAL then lacks the changes of bulk loads, so no incremental backup can be taken on that parent: ${NEEDS_FULL}`);
+    throw new BartError(
+      `the server ran with wal_level = minimal after parent backup ${parent.id}; WAL then lacks the changes of bulk loads, so no incremental backup can be taken on that parent: ${NEEDS_FULL}`,
+    );
   }
   return cs;
 }

@@ -13,7 +13,10 @@ export class PgBackupManifestWriter {
   private readonly hash = createHash('sha256');
   private first = true;
 
-  private constructor(private readonly handle: FileHandle, private readonly algorithm: ChecksumAlgorithm) {}
+  private constructor(
+    private readonly handle: FileHandle,
+    private readonly algorithm: ChecksumAlgorithm,
+  ) {}
 
   static async create(path: string, algorithm: ChecksumAlgorithm): Promise<PgBackupManifestWriter> {
     const w = new PgBackupManifestWriter(await open(path, 'w', 0o600), algorithm);
@@ -28,16 +31,24 @@ export class PgBackupManifestWriter {
 
   /** Adds one file (path relative to the data directory, as PostgreSQL names it). */
   async addFile(path: string, size: number, mtime: number, checksum: string | undefined): Promise<void> {
-    const modified = new Date(mtime * 1000).toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' GMT');
+    const modified = new Date(mtime * 1000)
+      .toISOString()
+      .replace('T', ' ')
+      .replace(/\.\d+Z$/, ' GMT');
     // pg_verifybackup knows SHA256 but not MD5: an MD5 backup's manifest carries sizes only.
-    const sum = this.algorithm === 'SHA256' && checksum ? `, "Checksum-Algorithm": "SHA256", "Checksum": "${checksum}"` : '';
-    await this.write(`${this.first ? '\n' : ',\n'}{ "Path": ${JSON.stringify(path)}, "Size": ${size}, "Last-Modified": "${modified}"${sum} }`);
+    const sum =
+      this.algorithm === 'SHA256' && checksum ? `, "Checksum-Algorithm": "SHA256", "Checksum": "${checksum}"` : '';
+    await this.write(
+      `${this.first ? '\n' : ',\n'}{ "Path": ${JSON.stringify(path)}, "Size": ${size}, "Last-Modified": "${modified}"${sum} }`,
+    );
     this.first = false;
   }
 
   /** Writes the WAL range and the manifest checksum, and closes. */
   async finish(timeline: number, startLsn: string, endLsn: string): Promise<void> {
-    await this.write(`\n],\n"WAL-Ranges": [\n{ "Timeline": ${timeline}, "Start-LSN": "${startLsn}", "End-LSN": "${endLsn}" }\n],\n`);
+    await this.write(
+      `\n],\n"WAL-Ranges": [\n{ "Timeline": ${timeline}, "Start-LSN": "${startLsn}", "End-LSN": "${endLsn}" }\n],\n`,
+    );
     const digest = this.hash.digest('hex');
     await this.handle.write(`"Manifest-Checksum": "${digest}"}\n`);
     await this.handle.close();

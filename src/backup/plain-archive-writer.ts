@@ -7,8 +7,12 @@ import { compressionExtension, defaultCompressionLevel } from '../storage/compre
 import type { Repository } from '../storage/repository.js';
 import { createChecksum, hashName } from '../catalog/manifest.js';
 import {
-  manifestEntryFor, readPieces,
-  type ArchiveWriter, type ArchiveWriterSettings, type EntryContent, type EntrySink,
+  manifestEntryFor,
+  readPieces,
+  type ArchiveWriter,
+  type ArchiveWriterSettings,
+  type EntryContent,
+  type EntrySink,
 } from './archive-writer.js';
 
 /**
@@ -39,7 +43,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
     const target = join(this.root, entry.path);
     if (entry.type === 'dir') {
       await this.ensureDir(target);
-      await chmod(target, entry.mode & 0o777 | 0o700);
+      await chmod(target, (entry.mode & 0o777) | 0o700);
       await this.sink(manifestEntry);
       return;
     }
@@ -92,7 +96,8 @@ export class PlainArchiveWriter implements ArchiveWriter {
         }
       }
       // An empty file still needs a valid (empty) compressed stream for gzip/lz4/zstd -d.
-      if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0) await onPiece(Buffer.alloc(0));
+      if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0)
+        await onPiece(Buffer.alloc(0));
       while (inflight.length > 0) await writeHead();
       await output.close(false);
     } catch (err) {

@@ -4,8 +4,12 @@ import type { HostEntry } from '../hosts/data-host.js';
 import type { RepositoryOutput } from '../storage/repository.js';
 import { artifactHasher, createChecksum, type ManifestFileEntry } from '../catalog/manifest.js';
 import {
-  manifestEntryFor, readPieces,
-  type ArchiveWriter, type ArchiveWriterSettings, type EntryContent, type EntrySink,
+  manifestEntryFor,
+  readPieces,
+  type ArchiveWriter,
+  type ArchiveWriterSettings,
+  type EntryContent,
+  type EntrySink,
 } from './archive-writer.js';
 import { encodeTarHeader, tarPadding, TAR_BLOCK } from '../storage/tar-header.js';
 

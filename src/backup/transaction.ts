@@ -14,7 +14,12 @@ import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { fsyncDir } from '../util/fs-atomic.js';
 import { log } from '../util/log.js';
-import { writeBackupInfo, type BackupInfo, type ChecksumAlgorithm, type TablespaceInfo } from '../catalog/backup-info.js';
+import {
+  writeBackupInfo,
+  type BackupInfo,
+  type ChecksumAlgorithm,
+  type TablespaceInfo,
+} from '../catalog/backup-info.js';
 import { acquireLock } from '../catalog/lock.js';
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { backupDir, partialBackupDir, serverCatalogDir } from '../catalog/layout.js';
@@ -70,12 +75,19 @@ export interface BackupContext {
 export async function readServerFacts(client: pg.Client, server: ServerConfig): Promise<ServerFacts> {
   const version = await serverVersion(client);
   const superuser = await queryValue(client, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user');
-  if (superuser !== 'true') throw new BartError(`user "${server.user}" of server ${server.name} is not a superuser; bart needs a superuser with replication rights`);
+  if (superuser !== 'true')
+    throw new BartError(
+      `user "${server.user}" of server ${server.name} is not a superuser; bart needs a superuser with replication rights`,
+    );
   const archiveMode = await queryValue(client, 'SHOW archive_mode');
   if (archiveMode === 'off' && server.xlogMethod === 'stream') {
-    log.warning(`server ${server.name} has archive_mode = off: the backup streams its own WAL, but point-in-time recovery needs archived WAL (bart INIT -s ${server.name})`);
+    log.warning(
+      `server ${server.name} has archive_mode = off: the backup streams its own WAL, but point-in-time recovery needs archived WAL (bart INIT -s ${server.name})`,
+    );
   } else if (archiveMode === 'off') {
-    throw new BartError(`server ${server.name} has archive_mode = off, so the WAL a backup needs cannot be fetched: run "bart INIT -s ${server.name}" and restart the server`);
+    throw new BartError(
+      `server ${server.name} has archive_mode = off, so the WAL a backup needs cannot be fetched: run "bart INIT -s ${server.name}" and restart the server`,
+    );
   }
   const tablespaces = await client.query<{ oid: string; spcname: string; location: string }>(
     "SELECT oid::text, spcname, pg_tablespace_location(oid) AS location FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
@@ -88,7 +100,9 @@ export async function readServerFacts(client: pg.Client, server: ServerConfig): 
     systemIdentifier: (await queryValue(client, 'SELECT system_identifier::text FROM pg_control_system()'))!,
     dataChecksumVersion: Number(await queryValue(client, 'SELECT data_page_checksum_version FROM pg_control_init()')),
     tablespaces: tablespaces.rows.map((r) => checkedTablespace(r, server.name)),
-    estimatedBytes: Number(await queryValue(client, 'SELECT sum(pg_database_size(oid))::bigint FROM pg_database WHERE datallowconn OR true')),
+    estimatedBytes: Number(
+      await queryValue(client, 'SELECT sum(pg_database_size(oid))::bigint FROM pg_database WHERE datallowconn OR true'),
+    ),
   };
 }
 
@@ -110,9 +124,14 @@ async function checkFreeSpace(path: string, estimated: number, compression: Comp
   // Compressed size is unknown until written; assume at worst half for compressed backups.
   const needed = Math.ceil(estimated * (compression === 'none' ? 1 : 0.5)) + 64 * 1024 * 1024;
   if (free < needed) {
-    throw new BartError(`not enough free space in ${path}: ${formatBytes(free)} available, about ${formatBytes(needed)} needed for a database of ${formatBytes(estimated)}`);
+    throw new BartError(
+      `not enough free space in ${path}: ${formatBytes(free)} available, about ${formatBytes(needed)} needed for a database of ${formatBytes(estimated)}`,
+    );
   }
-  if (free < estimated) log.warning(`free space in ${path} (${formatBytes(free)}) is less than the database size (${formatBytes(estimated)}); relying on compression`);
+  if (free < estimated)
+    log.warning(
+      `free space in ${path} (${formatBytes(free)}) is less than the database size (${formatBytes(estimated)}); relying on compression`,
+    );
 }
 
 /**
@@ -141,14 +160,19 @@ export async function waitForArchivedWal(archivePath: string, name: string, time
   const deadline = started + timeoutMs;
   let warned = false;
   for (;;) {
-    if (existsSync(join(archivePath, name)) && (await segmentComplete(join(archivePath, name), name))) return join(archivePath, name);
+    if (existsSync(join(archivePath, name)) && (await segmentComplete(join(archivePath, name), name)))
+      return join(archivePath, name);
     if (existsSync(join(archivePath, name + '.gz'))) return join(archivePath, name + '.gz');
     if (Date.now() > deadline) {
-      throw new BartError(`WAL file ${name} needed by the backup did not arrive in ${archivePath} within ${timeoutMs / 1000} s; check archive_command (bart CHECK-CONFIG)`);
+      throw new BartError(
+        `WAL file ${name} needed by the backup did not arrive in ${archivePath} within ${timeoutMs / 1000} s; check archive_command (bart CHECK-CONFIG)`,
+      );
     }
     if (!warned && Date.now() - started > 30_000) {
       warned = true;
-      log.warning(`still waiting for WAL file ${name} to be archived into ${archivePath}; is archive_command working? (bart CHECK-CONFIG)`);
+      log.warning(
+        `still waiting for WAL file ${name} to be archived into ${archivePath}; is archive_command working? (bart CHECK-CONFIG)`,
+      );
     }
     // The archiver usually delivers a switched segment within milliseconds: poll briskly.
     await new Promise((r) => setTimeout(r, 25));
@@ -158,10 +182,10 @@ export async function waitForArchivedWal(archivePath: string, name: string, time
 /** Unique backup identifier: epoch milliseconds, bumped if a backup already has it. */
 function newBackupId(config: BartConfig, server: ServerConfig): string {
   let id = Date.now();
-  while (existsSync(backupDir(config, server, String(id))) || existsSync(partialBackupDir(config, server, String(id)))) id++;
+  while (existsSync(backupDir(config, server, String(id))) || existsSync(partialBackupDir(config, server, String(id))))
+    id++;
   return String(id);
 }
-
 
 /**
  * Runs one backup as a transaction on the catalog: takes the server's backup lock, connects,
@@ -179,7 +203,9 @@ export async function runBackupTransaction(
 ): Promise<BackupInfo> {
   const serverDir = serverCatalogDir(config, server);
   if (!existsSync(server.archivePath)) {
-    throw new BartError(`the archive directory ${server.archivePath} of server ${server.name} does not exist: run "bart INIT -s ${server.name}" first`);
+    throw new BartError(
+      `the archive directory ${server.archivePath} of server ${server.name} does not exist: run "bart INIT -s ${server.name}" first`,
+    );
   }
   await mkdir(serverDir, { recursive: true, mode: 0o700 });
   const lock = await acquireLock(serverDir, 'backup', 'BACKUP');
@@ -196,7 +222,12 @@ export async function runBackupTransaction(
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    client = await connect({ host: server.host, port: server.port, user: server.user, applicationName: 'pgbart backup' });
+    client = await connect({
+      host: server.host,
+      port: server.port,
+      user: server.user,
+      applicationName: 'pgbart backup',
+    });
     const facts = await readServerFacts(client, server);
     host = await dataHostFor(server);
     await checkFreeSpace(config.global.backupPath, facts.estimatedBytes, request.compression);
@@ -204,7 +235,9 @@ export async function runBackupTransaction(
     const id = newBackupId(config, server);
     const existing = await listBackups(config, server);
     if (request.name && existing.some((e) => e.info.name === request.name)) {
-      throw new BartError(`backup name "${request.name}" is already used by another backup of server ${server.name}; names are unique per server`);
+      throw new BartError(
+        `backup name "${request.name}" is already used by another backup of server ${server.name}; names are unique per server`,
+      );
     }
     partialDir = partialBackupDir(config, server, id);
     await mkdir(partialDir, { mode: 0o700 });
@@ -247,7 +280,18 @@ export async function runBackupTransaction(
     log.info(`creating ${request.parent ? 'incremental ' : ''}backup for server '${server.name}'`);
     log.info(`backup identifier: '${id}'`);
 
-    const done = await body({ config, server, request, client, facts, host, id, partialDir, info, existing: existing.filter((e) => e.complete) });
+    const done = await body({
+      config,
+      server,
+      request,
+      client,
+      facts,
+      host,
+      id,
+      partialDir,
+      info,
+      existing: existing.filter((e) => e.complete),
+    });
     const final: BackupInfo = { ...done, status: 'active' };
     delete final.pid;
     await writeBackupInfo(partialDir, final);
@@ -258,7 +302,10 @@ export async function runBackupTransaction(
   } catch (err) {
     if (partialDir) await rm(partialDir, { recursive: true, force: true }).catch(() => undefined);
     if (err instanceof BartError) throw err;
-    if (isErrnoError(err) && err.code === 'ENOSPC') throw new BartError(`backup of server ${server.name} failed: no space left on device in ${config.global.backupPath}; nothing was kept`);
+    if (isErrnoError(err) && err.code === 'ENOSPC')
+      throw new BartError(
+        `backup of server ${server.name} failed: no space left on device in ${config.global.backupPath}; nothing was kept`,
+      );
     throw new BartError(`backup of server ${server.name} failed: ${errorMessage(err)}`);
   } finally {
     process.off('SIGINT', onSignal);

@@ -107,7 +107,10 @@ export function renderBackupInfo(info: BackupInfo): string {
   kv('BACKUP FROM', 'master');
   kv('START TIME', formatTimestamp(info.startTime));
   kv('STOP TIME', formatTimestamp(info.stopTime));
-  kv('TOTAL DURATION', `${Math.max(0, Math.round((info.stopTime.getTime() - info.startTime.getTime()) / 1000))} sec(s)`);
+  kv(
+    'TOTAL DURATION',
+    `${Math.max(0, Math.round((info.stopTime.getTime() - info.startTime.getTime()) / 1000))} sec(s)`,
+  );
   lines.push('');
   lines.push('PGBART DETAILS:');
   kv('BACKUP SIZE BYTES', info.sizeBytes);
@@ -365,12 +368,34 @@ export function damagedBackupInfo(id: string, location: string): BackupInfo {
   const encoded = new Date(Number(id));
   const time = Number.isNaN(encoded.getTime()) ? new Date(0) : encoded;
   return {
-    status: 'damaged', id, location, sizeBytes: 0, dataBytes: 0, format: 'tar', compression: 'none',
-    compressionLevel: 0, timezone: 'UTC', xlogMethod: 'fetch', checksumAlgorithm: 'NONE', artifactChecksums: [],
-    tablespaces: [], timeline: 0,
-    startWalFile: '', stopWalFile: '', startLsn: '', stopLsn: '', checkpointLsn: '', walFiles: [], walBytes: 0,
-    serverVersionNum: 0, systemIdentifier: '', walSegmentSize: 16 * 1024 * 1024, engine: '', threadCount: 0,
-    startTime: time, stopTime: time,
+    status: 'damaged',
+    id,
+    location,
+    sizeBytes: 0,
+    dataBytes: 0,
+    format: 'tar',
+    compression: 'none',
+    compressionLevel: 0,
+    timezone: 'UTC',
+    xlogMethod: 'fetch',
+    checksumAlgorithm: 'NONE',
+    artifactChecksums: [],
+    tablespaces: [],
+    timeline: 0,
+    startWalFile: '',
+    stopWalFile: '',
+    startLsn: '',
+    stopLsn: '',
+    checkpointLsn: '',
+    walFiles: [],
+    walBytes: 0,
+    serverVersionNum: 0,
+    systemIdentifier: '',
+    walSegmentSize: 16 * 1024 * 1024,
+    engine: '',
+    threadCount: 0,
+    startTime: time,
+    stopTime: time,
   };
 }
 

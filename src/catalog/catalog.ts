@@ -146,8 +146,13 @@ export function findBackup(
   }
   if (hit) return hit;
   const partial = entries.find((e) => !e.complete && (e.info.id === idOrName || e.info.name === idOrName));
-  if (partial) throw new BartError(`backup "${idOrName}" of server ${server.name} is ${partial.info.status}, not a complete backup`);
-  throw new BartError(`backup "${idOrName}" not found for server ${server.name} (see bart SHOW-BACKUPS -s ${server.name})`);
+  if (partial)
+    throw new BartError(
+      `backup "${idOrName}" of server ${server.name} is ${partial.info.status}, not a complete backup`,
+    );
+  throw new BartError(
+    `backup "${idOrName}" not found for server ${server.name} (see bart SHOW-BACKUPS -s ${server.name})`,
+  );
 }
 
 /** The newest complete backup that may be restored (active or keep), if any. */

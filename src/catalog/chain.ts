@@ -21,8 +21,10 @@ export function chainProblem(entries: CatalogEntry[], entry: CatalogEntry): stri
     seen.add(current.info.id);
     const parentId = current.info.parent;
     const parent = entries.find((e) => e.info.id === parentId);
-    if (!parent) return `backup ${current.info.id} needs its parent ${parentId}, which is no longer in the catalog (broken chain)`;
-    if (!parent.complete) return `backup ${current.info.id} needs its parent ${parentId}, which is ${parent.info.status} (broken chain)`;
+    if (!parent)
+      return `backup ${current.info.id} needs its parent ${parentId}, which is no longer in the catalog (broken chain)`;
+    if (!parent.complete)
+      return `backup ${current.info.id} needs its parent ${parentId}, which is ${parent.info.status} (broken chain)`;
     if (parent.info.systemIdentifier !== current.info.systemIdentifier) {
       return `backup ${current.info.id} and its parent ${parentId} belong to different clusters (system identifiers ${current.info.systemIdentifier} and ${parent.info.systemIdentifier})`;
     }

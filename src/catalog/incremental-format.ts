@@ -2,7 +2,6 @@
 
 import type { ManifestFileEntry } from './manifest.js';
 
-
 /**
  * How a file of an incremental backup is stored when only some of its blocks are (see
  * docs/catalog-format.md, "Incremental backups"). The archive entry's content (its `size` and
@@ -88,12 +87,19 @@ export function parseRelationPath(archive: string, path: string): RelationFile |
       return undefined;
     }
   } else {
-    if (!/^\d+$/.test(archive) || parts.length !== 3 || !parts[0]!.startsWith('PG_') || !/^\d+$/.test(parts[1]!)) return undefined;
+    if (!/^\d+$/.test(archive) || parts.length !== 3 || !parts[0]!.startsWith('PG_') || !/^\d+$/.test(parts[1]!))
+      return undefined;
     spcOid = Number(archive);
     dbOid = Number(parts[1]);
     name = parts[2]!;
   }
   const m = RELATION_FILE.exec(name);
   if (!m) return undefined;
-  return { spcOid, dbOid, relNumber: Number(m[1]), fork: FORKS[m[2] ?? '']!, segment: m[3] === undefined ? 0 : Number(m[3]) };
+  return {
+    spcOid,
+    dbOid,
+    relNumber: Number(m[1]),
+    fork: FORKS[m[2] ?? '']!,
+    segment: m[3] === undefined ? 0 : Number(m[3]),
+  };
 }

@@ -287,7 +287,11 @@ export interface ServerLockOptions {
 }
 
 /** Takes the server catalog lock (see {@link SERVER_LOCK_NAME}) for `command`. */
-export async function acquireServerLock(serverDir: string, command: string, opts: ServerLockOptions = {}): Promise<CatalogLock> {
+export async function acquireServerLock(
+  serverDir: string,
+  command: string,
+  opts: ServerLockOptions = {},
+): Promise<CatalogLock> {
   const lock = await acquireLock(serverDir, SERVER_LOCK_NAME, command);
   if (!opts.deletes) return lock;
   // Checked with the lock held: a RESTORE registering from now on sees us and refuses (registerRestore).
@@ -375,7 +379,10 @@ export async function liveRestores(serverDir: string): Promise<RestoreReader[]> 
  * proceed. A deleting command that finished just before is caught by the caller, which checks once
  * registered that its backups still exist.
  */
-export async function registerRestore(serverDir: string, reader: Omit<RestoreReader, 'pid' | 'started'>): Promise<CatalogLock> {
+export async function registerRestore(
+  serverDir: string,
+  reader: Omit<RestoreReader, 'pid' | 'started'>,
+): Promise<CatalogLock> {
   const me: RestoreReader = { pid: process.pid, started: new Date().toISOString(), ...reader };
   const start = await myStart();
   if (start !== undefined) me.procStart = start;
@@ -386,7 +393,8 @@ export async function registerRestore(serverDir: string, reader: Omit<RestoreRea
     await rename(tmp, path);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);
-    if (isErrnoError(err) && err.code === 'ENOENT') throw new BartError(`catalog directory ${serverDir} does not exist (run bart INIT for this server first)`);
+    if (isErrnoError(err) && err.code === 'ENOENT')
+      throw new BartError(`catalog directory ${serverDir} does not exist (run bart INIT for this server first)`);
     throw err;
   }
   const release = async () => {
@@ -395,7 +403,9 @@ export async function registerRestore(serverDir: string, reader: Omit<RestoreRea
   const holder = await serverLockHolder(serverDir);
   if (holder && DELETING_COMMANDS.has(holder.command)) {
     await release();
-    throw new BartError(`${holder.command} is running for this server (pid ${holder.pid}, started ${holder.started}) and may delete what RESTORE would read; try again when it has finished`);
+    throw new BartError(
+      `${holder.command} is running for this server (pid ${holder.pid}, started ${holder.started}) and may delete what RESTORE would read; try again when it has finished`,
+    );
   }
   return { release };
 }

@@ -162,11 +162,14 @@ export function manifestEntryProblem(f: ManifestFileEntry): string | undefined {
   if (typeof f !== 'object' || f === null) return 'an entry is not an object';
   const pathProblem = relativePathProblem(f.path);
   if (pathProblem) return `entry path ${JSON.stringify(String(f.path)).slice(0, 200)} ${pathProblem}`;
-  if (typeof f.archive !== 'string' || !/^(base|[1-9]\d{0,9})$/.test(f.archive)) return `"${f.path}" has a bad archive name`;
+  if (typeof f.archive !== 'string' || !/^(base|[1-9]\d{0,9})$/.test(f.archive))
+    return `"${f.path}" has a bad archive name`;
   if (f.type !== 'file' && f.type !== 'dir' && f.type !== 'symlink') return `"${f.path}" has an unknown type`;
   if (!isCount(f.size) || !isCount(f.mode) || f.mode > 0o7777) return `"${f.path}" has a bad size or mode`;
-  for (const n of [f.offset, f.unitSkip, f.storedSize]) if (n !== undefined && !isCount(n)) return `"${f.path}" has a bad offset or stored size`;
-  if (f.checksum !== undefined && (typeof f.checksum !== 'string' || !/^[0-9a-f]*$/.test(f.checksum))) return `"${f.path}" has a bad checksum`;
+  for (const n of [f.offset, f.unitSkip, f.storedSize])
+    if (n !== undefined && !isCount(n)) return `"${f.path}" has a bad offset or stored size`;
+  if (f.checksum !== undefined && (typeof f.checksum !== 'string' || !/^[0-9a-f]*$/.test(f.checksum)))
+    return `"${f.path}" has a bad checksum`;
   const incr = (f as { incr?: unknown }).incr;
   if (incr !== undefined) {
     const problem = blockListProblem(incr);
@@ -184,25 +187,34 @@ export function manifestEntryProblem(f: ManifestFileEntry): string | undefined {
  */
 function blockListProblem(incr: unknown): string | undefined {
   const i = incr as { length?: unknown; runs?: unknown; crcs?: unknown };
-  if (typeof i !== 'object' || i === null || !isCount(i.length) || !Array.isArray(i.runs) || typeof i.crcs !== 'string') {
+  if (
+    typeof i !== 'object' ||
+    i === null ||
+    !isCount(i.length) ||
+    !Array.isArray(i.runs) ||
+    typeof i.crcs !== 'string'
+  ) {
     return 'not a length, runs and CRCs';
   }
   let next = 0;
   let blocks = 0;
   for (const run of i.runs as unknown[]) {
-    if (!Array.isArray(run) || run.length !== 2 || !isCount(run[0]) || !isCount(run[1]) || run[1] === 0) return 'a bad run';
+    if (!Array.isArray(run) || run.length !== 2 || !isCount(run[0]) || !isCount(run[1]) || run[1] === 0)
+      return 'a bad run';
     const [first, count] = run as [number, number];
     if (first < next) return 'runs not ascending';
     next = first + count;
     if ((next - 1) * BLOCK_SIZE >= (i.length as number)) return `block ${next - 1} starts past the restored length`;
     blocks += count;
   }
-  if (i.crcs !== '' && (i.crcs.length !== blocks * 8 || !/^[0-9a-f]*$/.test(i.crcs))) return 'CRCs do not match the runs';
+  if (i.crcs !== '' && (i.crcs.length !== blocks * 8 || !/^[0-9a-f]*$/.test(i.crcs)))
+    return 'CRCs do not match the runs';
   return undefined;
 }
 
 /** What a manifest line holds. */
-export type ManifestLine = { kind: 'file'; entry: ManifestFileEntry } | { kind: 'artifact'; artifact: ManifestArtifact };
+export type ManifestLine =
+  { kind: 'file'; entry: ManifestFileEntry } | { kind: 'artifact'; artifact: ManifestArtifact };
 
 /**
  * Streams a manifest: the header first (via `onHeader`), then every entry. Throws when the end
@@ -221,7 +233,13 @@ export async function* readManifest(
   for await (const line of rl) {
     lineNo++;
     if (ended) throw new Error(`${path}:${lineNo}: data after the end line`);
-    let obj: { h?: ManifestHeader; f?: ManifestFileEntry; a?: ManifestArtifact; i?: unknown; end?: { entries: number; sha256: string } };
+    let obj: {
+      h?: ManifestHeader;
+      f?: ManifestFileEntry;
+      a?: ManifestArtifact;
+      i?: unknown;
+      end?: { entries: number; sha256: string };
+    };
     try {
       obj = JSON.parse(line) as typeof obj;
     } catch {
@@ -229,7 +247,8 @@ export async function* readManifest(
     }
     if (obj.end) {
       const digest = hash.digest('hex');
-      if (obj.end.sha256 !== digest || obj.end.entries !== entries) throw new Error(`${path}: manifest checksum mismatch (damaged manifest)`);
+      if (obj.end.sha256 !== digest || obj.end.entries !== entries)
+        throw new Error(`${path}: manifest checksum mismatch (damaged manifest)`);
       ended = true;
       continue;
     }

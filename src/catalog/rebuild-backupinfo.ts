@@ -4,7 +4,13 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
-import { readBackupInfo, renderBackupInfo, writeBackupInfo, type BackupInfo, type BackupStatus } from './backup-info.js';
+import {
+  readBackupInfo,
+  renderBackupInfo,
+  writeBackupInfo,
+  type BackupInfo,
+  type BackupStatus,
+} from './backup-info.js';
 import { MANIFEST_FILE, serverCatalogDir } from './layout.js';
 import { readManifestInfo } from './manifest.js';
 
@@ -19,9 +25,32 @@ export interface RebuildOutcome {
 
 /** Fields backupinfo cannot do without (name and parent are optional). */
 const REQUIRED_FIELDS = [
-  'id', 'sizeBytes', 'dataBytes', 'format', 'compression', 'compressionLevel', 'timezone', 'xlogMethod', 'checksumAlgorithm',
-  'artifactChecksums', 'tablespaces', 'timeline', 'startWalFile', 'stopWalFile', 'startLsn', 'stopLsn', 'checkpointLsn',
-  'walFiles', 'walBytes', 'serverVersionNum', 'systemIdentifier', 'walSegmentSize', 'engine', 'threadCount', 'startTime', 'stopTime',
+  'id',
+  'sizeBytes',
+  'dataBytes',
+  'format',
+  'compression',
+  'compressionLevel',
+  'timezone',
+  'xlogMethod',
+  'checksumAlgorithm',
+  'artifactChecksums',
+  'tablespaces',
+  'timeline',
+  'startWalFile',
+  'stopWalFile',
+  'startLsn',
+  'stopLsn',
+  'checkpointLsn',
+  'walFiles',
+  'walBytes',
+  'serverVersionNum',
+  'systemIdentifier',
+  'walSegmentSize',
+  'engine',
+  'threadCount',
+  'startTime',
+  'stopTime',
 ] as const;
 
 const KEPT_STATUSES: ReadonlySet<BackupStatus> = new Set(['active', 'obsolete', 'keep']);
@@ -38,10 +67,18 @@ export async function backupInfoFromManifest(dir: string, id: string): Promise<B
   try {
     recorded = await readManifestInfo(join(dir, MANIFEST_FILE));
   } catch (err) {
-    throw new BartError(`cannot rebuild the backupinfo of backup ${id}: ${isErrnoError(err) && err.code === 'ENOENT' ? `${join(dir, MANIFEST_FILE)} is missing` : errorMessage(err)}`);
+    throw new BartError(
+      `cannot rebuild the backupinfo of backup ${id}: ${isErrnoError(err) && err.code === 'ENOENT' ? `${join(dir, MANIFEST_FILE)} is missing` : errorMessage(err)}`,
+    );
   }
-  if (!recorded) throw new BartError(`cannot rebuild the backupinfo of backup ${id}: ${join(dir, MANIFEST_FILE)} records no backup details (written by an older pgbart)`);
-  if (recorded.id !== id) throw new BartError(`cannot rebuild the backupinfo of backup ${id}: its manifest describes backup ${String(recorded.id)}`);
+  if (!recorded)
+    throw new BartError(
+      `cannot rebuild the backupinfo of backup ${id}: ${join(dir, MANIFEST_FILE)} records no backup details (written by an older pgbart)`,
+    );
+  if (recorded.id !== id)
+    throw new BartError(
+      `cannot rebuild the backupinfo of backup ${id}: its manifest describes backup ${String(recorded.id)}`,
+    );
   let status: BackupStatus = 'active';
   try {
     const current = await readBackupInfo(dir);
@@ -59,7 +96,9 @@ export async function backupInfoFromManifest(dir: string, id: string): Promise<B
   delete info.pid;
   const missing = REQUIRED_FIELDS.filter((k) => recorded[k] === undefined || recorded[k] === null);
   if (missing.length > 0 || Number.isNaN(info.startTime.getTime()) || Number.isNaN(info.stopTime.getTime())) {
-    throw new BartError(`cannot rebuild the backupinfo of backup ${id}: its manifest's backup details lack ${missing.join(', ') || 'valid start/stop times'}`);
+    throw new BartError(
+      `cannot rebuild the backupinfo of backup ${id}: its manifest's backup details lack ${missing.join(', ') || 'valid start/stop times'}`,
+    );
   }
   return info;
 }
@@ -69,13 +108,19 @@ export async function backupInfoFromManifest(dir: string, id: string): Promise<B
  * or those whose identifier or name is in `select`) from its manifest, writing it atomically only
  * when it differs. The caller holds the server lock.
  */
-export async function rebuildBackupInfos(config: BartConfig, server: ServerConfig, select: string | undefined, dryRun = false): Promise<RebuildOutcome[]> {
+export async function rebuildBackupInfos(
+  config: BartConfig,
+  server: ServerConfig,
+  select: string | undefined,
+  dryRun = false,
+): Promise<RebuildOutcome[]> {
   const root = serverCatalogDir(config, server);
   let names: string[];
   try {
     names = await readdir(root);
   } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') throw new BartError(`the catalog directory ${root} of server ${server.name} does not exist`);
+    if (isErrnoError(err) && err.code === 'ENOENT')
+      throw new BartError(`the catalog directory ${root} of server ${server.name} does not exist`);
     throw err;
   }
   const ids = names.filter((n) => /^\d+$/.test(n)).sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1));
@@ -104,8 +149,16 @@ export async function rebuildBackupInfos(config: BartConfig, server: ServerConfi
       continue;
     }
     if (!dryRun) await writeBackupInfo(dir, info);
-    out.push({ id, ...named, result: 'rebuilt', message: `${current === undefined ? 'missing or unreadable' : 'different'} backupinfo ${dryRun ? 'would be ' : ''}rebuilt from the manifest (status ${info.status})` });
+    out.push({
+      id,
+      ...named,
+      result: 'rebuilt',
+      message: `${current === undefined ? 'missing or unreadable' : 'different'} backupinfo ${dryRun ? 'would be ' : ''}rebuilt from the manifest (status ${info.status})`,
+    });
   }
-  if (!all && out.length === 0) throw new BartError(`backup "${select}" not found for server ${server.name} (no backup directory with that identifier or name in ${root})`);
+  if (!all && out.length === 0)
+    throw new BartError(
+      `backup "${select}" not found for server ${server.name} (no backup directory with that identifier or name in ${root})`,
+    );
   return out;
 }

@@ -10,7 +10,11 @@ import { errorMessage, isErrnoError } from '../util/errors.js';
 import type { CatalogEntry } from './catalog.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR } from './layout.js';
 import {
-  artifactHasher, createChecksum, readManifest, type ManifestArtifact, type ManifestFileEntry,
+  artifactHasher,
+  createChecksum,
+  readManifest,
+  type ManifestArtifact,
+  type ManifestFileEntry,
 } from './manifest.js';
 
 /** Outcome of verifying one backup: empty `failures` means every checksum matched. */
@@ -30,13 +34,17 @@ async function hashStream(
   ...transforms: NodeJS.ReadWriteStream[]
 ): Promise<number> {
   let bytes = 0;
-  await pipeline([source, ...transforms, new Writable({
-    write(chunk: Buffer, _e, cb) {
-      update(chunk);
-      bytes += chunk.length;
-      cb();
-    },
-  })]);
+  await pipeline([
+    source,
+    ...transforms,
+    new Writable({
+      write(chunk: Buffer, _e, cb) {
+        update(chunk);
+        bytes += chunk.length;
+        cb();
+      },
+    }),
+  ]);
   return bytes;
 }
 
@@ -76,7 +84,8 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
     files.delete(key);
     checked++;
     if (size !== expected.size) failures.push(`${label}: size ${size}, expected ${expected.size}`);
-    else if (digest !== undefined && expected.checksum !== undefined && digest !== expected.checksum) failures.push(`${label}: checksum mismatch`);
+    else if (digest !== undefined && expected.checksum !== undefined && digest !== expected.checksum)
+      failures.push(`${label}: checksum mismatch`);
   };
 
   if (entry.info.format === 'tar') {
@@ -86,7 +95,8 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
       try {
         const h = artifactHasher();
         const size = await hashStream((d) => h.update(d), createReadStream(path));
-        if (size !== artifact.size || h.hex() !== artifact.checksum) failures.push(`${artifact.artifact}: stored file checksum mismatch`);
+        if (size !== artifact.size || h.hex() !== artifact.checksum)
+          failures.push(`${artifact.artifact}: stored file checksum mismatch`);
         const extract = tar.extract();
         const done = (async () => {
           for await (const item of extract) {
@@ -128,6 +138,7 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
       }
     }
   }
-  for (const missing of files.values()) failures.push(`${missing.archive === 'base' ? '' : missing.archive + ':'}${missing.path}: missing from the backup`);
+  for (const missing of files.values())
+    failures.push(`${missing.archive === 'base' ? '' : missing.archive + ':'}${missing.path}: missing from the backup`);
   return { failures, filesChecked: checked };
 }

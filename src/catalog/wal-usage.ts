@@ -20,7 +20,10 @@ export interface BackupWalUsage {
  * including) the next complete backup's start segment: the WAL that SHOW-BACKUPS reports as the
  * backup's WAL(s) SIZE / WAL FILES.
  */
-export async function walUsageByBackup(archivePath: string, entries: CatalogEntry[]): Promise<Map<string, BackupWalUsage>> {
+export async function walUsageByBackup(
+  archivePath: string,
+  entries: CatalogEntry[],
+): Promise<Map<string, BackupWalUsage>> {
   const segments: { name: string; segNo: bigint; size: number; mtime: Date }[] = [];
   let names: string[] = [];
   try {

@@ -74,7 +74,9 @@ function parseArgs(argv: string[]): Args {
     else if (a.walFile === undefined) a.walFile = arg;
     else throw new BartError(`unexpected argument "${arg}" (one WAL file at a time)`);
   }
-  const modes = [a.daemon, a.print !== undefined, a.action !== undefined, a.walFile !== undefined].filter(Boolean).length;
+  const modes = [a.daemon, a.print !== undefined, a.action !== undefined, a.walFile !== undefined].filter(
+    Boolean,
+  ).length;
   if (modes > 1) throw new BartError('give only one of --daemon, -p <mbm_file>, <wal_file>, RELOAD, STOP');
   return a;
 }
@@ -184,8 +186,13 @@ async function main(argv: string[]): Promise<number> {
     const path = resolve(a.walFile);
     boot(a); // become the BART user (the MBM is written as that user) and open the log
     const r = await scanWalFile(path);
-    if (r.status === 'waiting') throw new BartError(`${path}: its last record continues in segment ${r.nextSegment}, which is not next to it; no MBM written`);
-    log.info(`MBM file written: ${r.mbmPath} (${r.map.records} records, ${r.map.relations.length} relation forks, ${r.map.events.length} events)`);
+    if (r.status === 'waiting')
+      throw new BartError(
+        `${path}: its last record continues in segment ${r.nextSegment}, which is not next to it; no MBM written`,
+      );
+    log.info(
+      `MBM file written: ${r.mbmPath} (${r.map.records} records, ${r.map.relations.length} relation forks, ${r.map.events.length} events)`,
+    );
     return 0;
   }
   const config = boot(a);
@@ -199,7 +206,10 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const msg = err instanceof BartError || (err instanceof Error && err.name === 'WalDecodeError') ? err.message : `unexpected: ${errorMessage(err)}`;
+    const msg =
+      err instanceof BartError || (err instanceof Error && err.name === 'WalDecodeError')
+        ? err.message
+        : `unexpected: ${errorMessage(err)}`;
     log.error(msg);
     process.exitCode = err instanceof BartError ? err.exitCode : 1;
   },

@@ -7,12 +7,23 @@ import type { CommandContext } from '../commands/context.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 
-const VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const VERSION = (
+  JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
 
 /** Subcommands, in the order `bart --help` lists them. Matching is case-insensitive. */
 const SUBCOMMANDS = [
-  'CHECK-CONFIG', 'INIT', 'BACKUP', 'SHOW-SERVERS', 'SHOW-BACKUPS', 'VERIFY-CHKSUM',
-  'MANAGE', 'RESTORE', 'DELETE', 'ARCHIVE-PUSH', 'ARCHIVE-GET',
+  'CHECK-CONFIG',
+  'INIT',
+  'BACKUP',
+  'SHOW-SERVERS',
+  'SHOW-BACKUPS',
+  'VERIFY-CHKSUM',
+  'MANAGE',
+  'RESTORE',
+  'DELETE',
+  'ARCHIVE-PUSH',
+  'ARCHIVE-GET',
 ];
 
 /** Parses BART-style boolean words (true/false, on/off, yes/no, 1/0) of an option. */
@@ -32,14 +43,16 @@ function booleanWord(option: string) {
 function withInclusive(o: Record<string, unknown>): Record<string, unknown> {
   if (o.targetInclusive === undefined) return o;
   const inclusive = o.targetInclusive !== false;
-  if (inclusive && o.targetExclusive === true) throw new BartError('--target-inclusive and --target-exclusive contradict each other: give one of them');
+  if (inclusive && o.targetExclusive === true)
+    throw new BartError('--target-inclusive and --target-exclusive contradict each other: give one of them');
   const { targetInclusive: _ignored, ...rest } = o;
   return { ...rest, targetExclusive: !inclusive };
 }
 
 function integer(min: number, max: number, what: string) {
   return (value: string): number => {
-    if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max}, not "${value}"`);
+    if (!/^\d+$/.test(value))
+      throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max}, not "${value}"`);
     const n = Number(value);
     if (n < min || n > max) throw new InvalidArgumentError(`${what} must be from ${min} to ${max}, not ${n}`);
     return n;
@@ -47,10 +60,19 @@ function integer(min: number, max: number, what: string) {
 }
 
 /** Loads the config, becomes the BART user, opens the logfile; then runs the command. */
-async function withContext(program: Command, action: (ctx: CommandContext) => Promise<number | void>, opts: { quiet?: boolean } = {}): Promise<void> {
+async function withContext(
+  program: Command,
+  action: (ctx: CommandContext) => Promise<number | void>,
+  opts: { quiet?: boolean } = {},
+): Promise<void> {
   const globals = program.opts<{ configPath?: string; debug?: boolean }>();
   const debug = globals.debug === true;
-  const config = bootstrap({ ...(globals.configPath ? { configPath: globals.configPath } : {}), debug, quiet: opts.quiet === true, logTo: 'logfile' });
+  const config = bootstrap({
+    ...(globals.configPath ? { configPath: globals.configPath } : {}),
+    debug,
+    quiet: opts.quiet === true,
+    logTo: 'logfile',
+  });
   log.fileOnly('INFO', `bart ${process.argv.slice(2).join(' ')}`);
   const code = await action({ config, debug });
   if (typeof code === 'number' && code !== 0) process.exitCode = code;
@@ -62,7 +84,10 @@ function buildProgram(): Command {
     .description('pgbart: Backup And Recovery Tool for PostgreSQL (BART-compatible)')
     .version(VERSION, '-v, --version', 'print the version and exit')
     .helpOption('-h, --help', 'show help')
-    .option('-c, --config-path <file>', 'bart.cfg to use (default: $BART_CONFIG, /etc/bart.cfg, $BART_HOME/etc/bart.cfg)')
+    .option(
+      '-c, --config-path <file>',
+      'bart.cfg to use (default: $BART_CONFIG, /etc/bart.cfg, $BART_HOME/etc/bart.cfg)',
+    )
     .option('-d, --debug', 'print debug output')
     .enablePositionalOptions()
     .showHelpAfterError(false)
@@ -85,9 +110,11 @@ function buildProgram(): Command {
     .option('-r, --rebuild', 'rebuild backupinfo files from the backups')
     .option('-i, --backupid <id>', 'with -r: backup id, name or all')
     .option('--no-configure', 'do not change archive_command / archive_mode')
-    .action(async (o: { server?: string; override?: boolean; rebuild?: boolean; backupid?: string; configure: boolean }) => {
-      await withContext(program, async (ctx) => (await import('../commands/init.js')).init(ctx, o));
-    });
+    .action(
+      async (o: { server?: string; override?: boolean; rebuild?: boolean; backupid?: string; configure: boolean }) => {
+        await withContext(program, async (ctx) => (await import('../commands/init.js')).init(ctx, o));
+      },
+    );
 
   program
     .command('BACKUP')
@@ -99,7 +126,16 @@ function buildProgram(): Command {
     .addOption(new Option('--compress <method>', 'compression method').choices(['gzip', 'lz4', 'zstd', 'none']))
     .option('--backup-name <name>', 'backup name (template variables allowed)')
     .option('--thread-count <n>', 'parallel workers', integer(1, 128, 'thread count'))
-    .addOption(new Option('--checksum-algorithm <alg>', 'per-file checksums').choices(['MD5', 'SHA256', 'NONE', 'md5', 'sha256', 'none']))
+    .addOption(
+      new Option('--checksum-algorithm <alg>', 'per-file checksums').choices([
+        'MD5',
+        'SHA256',
+        'NONE',
+        'md5',
+        'sha256',
+        'none',
+      ]),
+    )
     .option('--with-pg_basebackup', 'use pg_basebackup_path instead of the native engine')
     .option('--no-pg_basebackup', 'use the native engine (default)')
     .option('--parent <id>', 'take an incremental backup on top of this backup id or name')
@@ -114,7 +150,9 @@ function buildProgram(): Command {
     .option('-s, --server <name>', 'server name or all')
     .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'))
     .action(async (o: { server?: string; output: string }) => {
-      await withContext(program, async (ctx) => (await import('../commands/show-servers.js')).showServers(ctx, o), { quiet: o.output === 'json' });
+      await withContext(program, async (ctx) => (await import('../commands/show-servers.js')).showServers(ctx, o), {
+        quiet: o.output === 'json',
+      });
     });
 
   program
@@ -122,13 +160,15 @@ function buildProgram(): Command {
     .description('list backups')
     .option('-s, --server <name>', 'server name or all')
     .option('-i, --backupid <id>', 'backup id, name or all')
-    .option('-t, --toggle', 'one detailed block per backup (BART\'s list format)')
+    .option('-t, --toggle', "one detailed block per backup (BART's list format)")
     // Earlier pgbart releases spelled the long form --show-all; still accepted.
     .addOption(new Option('--show-all').hideHelp())
     .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'))
     .action(async (o: { server?: string; backupid?: string; toggle?: boolean; showAll?: boolean; output: string }) => {
       const opts = { ...o, showAll: o.toggle === true || o.showAll === true };
-      await withContext(program, async (ctx) => (await import('../commands/show-backups.js')).showBackups(ctx, opts), { quiet: o.output === 'json' });
+      await withContext(program, async (ctx) => (await import('../commands/show-backups.js')).showBackups(ctx, opts), {
+        quiet: o.output === 'json',
+      });
     });
 
   program
@@ -151,7 +191,9 @@ function buildProgram(): Command {
     .option('-n, --dry-run', 'say what would be done, change nothing')
     .addOption(new Option('--output <format>', 'output format for -l').choices(['text', 'json']).default('text'))
     .action(async (o: Record<string, unknown>) => {
-      await withContext(program, async (ctx) => (await import('../commands/manage.js')).manage(ctx, o), { quiet: o.output === 'json' });
+      await withContext(program, async (ctx) => (await import('../commands/manage.js')).manage(ctx, o), {
+        quiet: o.output === 'json',
+      });
     });
 
   program
@@ -169,14 +211,23 @@ function buildProgram(): Command {
     .option('--target-name <name>', 'recovery_target_name (a restore point)')
     .option('--target-immediate', 'stop as soon as the backup is consistent')
     .option('--target-exclusive', 'stop just before the target instead of just after it')
-    .addOption(new Option('--target-inclusive [bool]', 'stop just after the target (the default); "--target-inclusive false" is --target-exclusive').argParser(booleanWord('--target-inclusive')))
-    .addOption(new Option('--target-action <action>', 'what to do at the target').choices(['pause', 'promote', 'shutdown']))
+    .addOption(
+      new Option(
+        '--target-inclusive [bool]',
+        'stop just after the target (the default); "--target-inclusive false" is --target-exclusive',
+      ).argParser(booleanWord('--target-inclusive')),
+    )
+    .addOption(
+      new Option('--target-action <action>', 'what to do at the target').choices(['pause', 'promote', 'shutdown']),
+    )
     .option('-c, --copy-wals', 'copy the needed WAL into the restored cluster')
     .option('--disable-checksum', 'skip checksum verification')
     .option('--tablespace-map <map>', 'OID=PATH;OID=PATH restore locations of tablespaces')
     .option('--standby', 'write standby.signal instead of recovery.signal')
     .action(async (o: Record<string, unknown>) => {
-      await withContext(program, async (ctx) => (await import('../commands/restore.js')).restore(ctx, withInclusive(o)));
+      await withContext(program, async (ctx) =>
+        (await import('../commands/restore.js')).restore(ctx, withInclusive(o)),
+      );
     });
 
   program
@@ -195,7 +246,9 @@ function buildProgram(): Command {
     .option('-s, --server <name>', 'server name')
     .argument('<path>', 'WAL file to archive (%p)')
     .action(async (path: string, o: { server?: string }) => {
-      await withContext(program, async (ctx) => (await import('../commands/archive-push.js')).archivePush(ctx, o, path));
+      await withContext(program, async (ctx) =>
+        (await import('../commands/archive-push.js')).archivePush(ctx, o, path),
+      );
     });
 
   program
@@ -205,7 +258,9 @@ function buildProgram(): Command {
     .argument('<walfile>', 'WAL file name (%f)')
     .argument('<destination>', 'where to write it (%p)')
     .action(async (walfile: string, destination: string, o: { server?: string }) => {
-      await withContext(program, async (ctx) => (await import('../commands/archive-get.js')).archiveGet(ctx, o, walfile, destination));
+      await withContext(program, async (ctx) =>
+        (await import('../commands/archive-get.js')).archiveGet(ctx, o, walfile, destination),
+      );
     });
 
   return program;
@@ -216,7 +271,10 @@ function normalizeArgv(argv: string[]): string[] {
   const out = [...argv];
   for (let i = 0; i < out.length; i++) {
     const a = out[i]!;
-    if (a === '-c' || a === '--config-path') { i++; continue; }
+    if (a === '-c' || a === '--config-path') {
+      i++;
+      continue;
+    }
     if (a.startsWith('-')) continue;
     const upper = a.toUpperCase();
     if (SUBCOMMANDS.includes(upper)) out[i] = upper;
@@ -241,7 +299,8 @@ export async function main(argv: string[]): Promise<void> {
     }
     log.error(`unexpected failure: ${errorMessage(err)}`);
     log.fileOnly('ERROR', `bart: unexpected failure: ${err instanceof Error && err.stack ? err.stack : String(err)}`);
-    if (process.env.BART_DEBUG_STACK || program.opts<{ debug?: boolean }>().debug) process.stderr.write(`${(err as Error).stack}\n`);
+    if (process.env.BART_DEBUG_STACK || program.opts<{ debug?: boolean }>().debug)
+      process.stderr.write(`${(err as Error).stack}\n`);
     process.exitCode = 2;
   }
 }

@@ -28,7 +28,9 @@ export function bootstrap(opts: BootstrapOptions): BartConfig {
   if (isRoot() && bartUser !== 'root') {
     switchToUser(bartUser);
   } else if (currentUserName() !== bartUser) {
-    throw new BartError(`bart must run as the BART user "${bartUser}" (bart_host in ${config.path}) or as root, not as "${currentUserName()}"`);
+    throw new BartError(
+      `bart must run as the BART user "${bartUser}" (bart_host in ${config.path}) or as root, not as "${currentUserName()}"`,
+    );
   }
   configureLog({ logfile: config.global[opts.logTo], debug: opts.debug, quiet: opts.quiet === true });
   return config;

@@ -15,7 +15,12 @@ export interface ArchiveGetOptions {
  * PostgreSQL asks for files that do not exist (the next timeline's history, the segment after the
  * last one) and treats a non-zero exit as "not there", so this is normal and must stay quiet.
  */
-export async function archiveGet(ctx: CommandContext, options: ArchiveGetOptions, walfile: string, destination: string): Promise<number> {
+export async function archiveGet(
+  ctx: CommandContext,
+  options: ArchiveGetOptions,
+  walfile: string,
+  destination: string,
+): Promise<number> {
   const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-GET');
   const outcome = await getWalFile(server.archivePath, walfile, destination);
   if (outcome === 'missing') {
@@ -23,7 +28,10 @@ export async function archiveGet(ctx: CommandContext, options: ArchiveGetOptions
     log.info(`WAL file "${walfile}" is not in the archive of server "${server.name}" (${server.archivePath})`);
     return 1;
   }
-  log.fileOnly('INFO', `restored WAL file "${walfile}"${outcome === 'restored-from-gz' ? ' (from .gz)' : ''} to "${destination}" for server "${server.name}"`);
+  log.fileOnly(
+    'INFO',
+    `restored WAL file "${walfile}"${outcome === 'restored-from-gz' ? ' (from .gz)' : ''} to "${destination}" for server "${server.name}"`,
+  );
   log.debug(`restored "${walfile}" to "${destination}"`);
   return 0;
 }

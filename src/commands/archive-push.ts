@@ -18,7 +18,9 @@ export async function archivePush(ctx: CommandContext, options: ArchivePushOptio
   const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-PUSH');
   const outcome = await pushWalFile(server.archivePath, path);
   if (outcome === 'already-archived') {
-    log.info(`WAL file "${path}" is already archived for server "${server.name}" with identical content; nothing to do`);
+    log.info(
+      `WAL file "${path}" is already archived for server "${server.name}" with identical content; nothing to do`,
+    );
   } else {
     log.debug(`archived "${path}" to "${server.archivePath}" for server "${server.name}"`);
     log.fileOnly('INFO', `archived WAL file "${path}" for server "${server.name}"`);

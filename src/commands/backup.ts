@@ -31,12 +31,15 @@ export interface BackupCommandOptions {
 /** Resolves the options that do not depend on the server. */
 function resolveCommon(o: BackupCommandOptions): Omit<FullBackupOptions, 'threads' | 'name'> {
   let compression: CompressionMethod = o.compress ?? (o.gzip ? 'gzip' : 'none');
-  if (o.gzip && o.compress && o.compress !== 'gzip') throw new BartError(`-z/--gzip conflicts with --compress ${o.compress}`);
+  if (o.gzip && o.compress && o.compress !== 'gzip')
+    throw new BartError(`-z/--gzip conflicts with --compress ${o.compress}`);
   if (o.compressLevel !== undefined && compression === 'none') {
-    if (o.compress === 'none') throw new BartError('-c/--compress-level needs a compression method (-z or --compress gzip|zstd)');
+    if (o.compress === 'none')
+      throw new BartError('-c/--compress-level needs a compression method (-z or --compress gzip|zstd)');
     compression = 'gzip'; // BART: a level implies gzip
   }
-  if (o.compressLevel !== undefined && compression === 'lz4') throw new BartError('-c/--compress-level applies to gzip and zstd, not lz4');
+  if (o.compressLevel !== undefined && compression === 'lz4')
+    throw new BartError('-c/--compress-level applies to gzip and zstd, not lz4');
   return {
     format: o.format === 'p' ? 'plain' : 'tar',
     compression,
@@ -60,9 +63,11 @@ function backupName(o: BackupCommandOptions, server: ServerConfig, at: Date): st
 export async function backup(ctx: CommandContext, options: unknown): Promise<number> {
   const o = options as BackupCommandOptions;
   if (!o.server) throw new BartError('BACKUP needs -s/--server NAME|all');
-  if (o.check && o.parent === undefined) throw new BartError('--check needs --parent ID|NAME (it checks what an incremental backup on that parent needs)');
+  if (o.check && o.parent === undefined)
+    throw new BartError('--check needs --parent ID|NAME (it checks what an incremental backup on that parent needs)');
   if (o.parent !== undefined) return incrementalBackup(ctx, o);
-  if (o.withPg_basebackup && o.pg_basebackup === false) throw new BartError('--with-pg_basebackup and --no-pg_basebackup contradict each other');
+  if (o.withPg_basebackup && o.pg_basebackup === false)
+    throw new BartError('--with-pg_basebackup and --no-pg_basebackup contradict each other');
   const common = resolveCommon(o);
   const servers = selectServers(ctx.config, o.server);
   let failures = 0;
@@ -71,7 +76,9 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
       const threads = o.threadCount ?? server.threadCount;
       const name = backupName(o, server, new Date());
       const request = { ...common, threads, ...(name ? { name } : {}) };
-      const info = o.withPg_basebackup ? await takeBasebackup(ctx.config, server, request) : await takeFullBackup(ctx.config, server, request);
+      const info = o.withPg_basebackup
+        ? await takeBasebackup(ctx.config, server, request)
+        : await takeFullBackup(ctx.config, server, request);
       log.info('backup completed successfully');
       process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
     } catch (err) {
@@ -86,23 +93,37 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
 
 /** `BACKUP --parent P [--check]`: an incremental backup of one server (or only the check of what it needs). */
 async function incrementalBackup(ctx: CommandContext, o: BackupCommandOptions): Promise<number> {
-  if (o.server?.toLowerCase() === 'all') throw new BartError('--parent needs one server (-s NAME), not -s all: the parent belongs to one server');
+  if (o.server?.toLowerCase() === 'all')
+    throw new BartError('--parent needs one server (-s NAME), not -s all: the parent belongs to one server');
   if (o.withPg_basebackup) throw new BartError('--with-pg_basebackup cannot take incremental backups (--parent)');
   const server = selectOneServer(ctx.config, o.server, 'BACKUP --parent');
   if (o.check) {
     const r = await checkIncremental(ctx.config, server, o.parent!);
-    log.info(`parent backup ${r.parent.info.id}: ${r.segments} WAL segments since its start, ${r.withMbm} scanned (MBM present), ${r.toScan.length} archived but not scanned yet, ${r.missingWal.length} missing`);
+    log.info(
+      `parent backup ${r.parent.info.id}: ${r.segments} WAL segments since its start, ${r.withMbm} scanned (MBM present), ${r.toScan.length} archived but not scanned yet, ${r.missingWal.length} missing`,
+    );
     if (r.missingWal.length > 0) {
-      throw new BartError(`WAL segment ${r.missingWal[0]} is missing from ${server.archivePath}: an incremental backup on parent ${r.parent.info.id} is impossible; take a new full backup`);
+      throw new BartError(
+        `WAL segment ${r.missingWal[0]} is missing from ${server.archivePath}: an incremental backup on parent ${r.parent.info.id} is impossible; take a new full backup`,
+      );
     }
-    if (r.toScan.length > 0) log.info(`the incremental backup will scan ${r.toScan.length} segment(s) first (from ${r.toScan[0]}); bart-scanner would have done it`);
+    if (r.toScan.length > 0)
+      log.info(
+        `the incremental backup will scan ${r.toScan.length} segment(s) first (from ${r.toScan[0]}); bart-scanner would have done it`,
+      );
     log.info('check passed: an incremental backup can be taken');
     return 0;
   }
-  if (server.xlogMethod === 'stream') throw new BartError(`server ${server.name}: xlog_method = stream is not supported yet; use xlog_method = fetch`);
+  if (server.xlogMethod === 'stream')
+    throw new BartError(`server ${server.name}: xlog_method = stream is not supported yet; use xlog_method = fetch`);
   const common = resolveCommon(o);
   const name = backupName(o, server, new Date());
-  const info = await takeIncrementalBackup(ctx.config, server, { ...common, threads: o.threadCount ?? server.threadCount, parent: o.parent!, ...(name ? { name } : {}) });
+  const info = await takeIncrementalBackup(ctx.config, server, {
+    ...common,
+    threads: o.threadCount ?? server.threadCount,
+    parent: o.parent!,
+    ...(name ? { name } : {}),
+  });
   log.info('backup completed successfully');
   process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
   logPeakRss('BACKUP');

@@ -14,7 +14,12 @@ import { oneShotSshArgs, scpFetchArgs } from '../hosts/ssh/session.js';
 import { probeReplicationConnection } from '../postgres/replication-probe.js';
 import { isScannerRunning } from '../scanner/client.js';
 import { scannerSocketPath } from '../scanner/paths.js';
-import { archivingEnabled, readArchiveSettings, readRoleAttributes, type ArchiveSettings } from '../postgres/server-settings.js';
+import {
+  archivingEnabled,
+  readArchiveSettings,
+  readRoleAttributes,
+  type ArchiveSettings,
+} from '../postgres/server-settings.js';
 import { errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
@@ -88,14 +93,20 @@ async function checkGlobal(config: BartConfig, report: CheckReport): Promise<voi
     try {
       await access(config.path, constants.R_OK);
     } catch (err) {
-      throw new CheckFailed(`cannot read "${config.path}" (${describeFsError(err)}): chown ${g.bartHost.user} "${config.path}"`);
+      throw new CheckFailed(
+        `cannot read "${config.path}" (${describeFsError(err)}): chown ${g.bartHost.user} "${config.path}"`,
+      );
     }
     return undefined;
   });
   await report.run(`backup_path "${g.backupPath}" is writable`, async () => {
     const existing = await nearestExisting(g.backupPath);
-    await probeWritableDir(existing, `backup_path: make "${existing}" writable by "${g.bartHost.user}" (chown ${g.bartHost.user} ${existing})`);
-    if (existing !== g.backupPath) return `it does not exist yet; "bart INIT" will create it ("${existing}" is writable)`;
+    await probeWritableDir(
+      existing,
+      `backup_path: make "${existing}" writable by "${g.bartHost.user}" (chown ${g.bartHost.user} ${existing})`,
+    );
+    if (existing !== g.backupPath)
+      return `it does not exist yet; "bart INIT" will create it ("${existing}" is writable)`;
     return undefined;
   });
   if (g.pgBasebackupPath) {
@@ -104,7 +115,9 @@ async function checkGlobal(config: BartConfig, report: CheckReport): Promise<voi
       try {
         await access(path, constants.X_OK);
       } catch (err) {
-        throw new CheckFailed(`${describeFsError(err)}: set pg_basebackup_path in ${config.path} to the pg_basebackup of your PostgreSQL installation, or remove it to use pgbart's own backup engine`);
+        throw new CheckFailed(
+          `${describeFsError(err)}: set pg_basebackup_path in ${config.path} to the pg_basebackup of your PostgreSQL installation, or remove it to use pgbart's own backup engine`,
+        );
       }
       const out = await runProgram(path, ['--version']);
       if (out.code !== 0) throw new CheckFailed(`"${path} --version" failed: ${(out.stderr || out.stdout).trim()}`);
@@ -113,18 +126,26 @@ async function checkGlobal(config: BartConfig, report: CheckReport): Promise<voi
   } else {
     log.info('pg_basebackup_path is not set: pgbart uses its native backup engine');
   }
-  for (const [key, file] of [['logfile', g.logfile], ['scanner_logfile', g.scannerLogfile]] as const) {
+  for (const [key, file] of [
+    ['logfile', g.logfile],
+    ['scanner_logfile', g.scannerLogfile],
+  ] as const) {
     await report.run(`${key} "${file}" is writable`, async () => {
       try {
         await access(file, constants.W_OK);
         return undefined;
       } catch (err) {
-        if (!(isErrnoError(err) && err.code === 'ENOENT')) throw new CheckFailed(`${describeFsError(err)}: make it writable by "${g.bartHost.user}" or set ${key} elsewhere`);
+        if (!(isErrnoError(err) && err.code === 'ENOENT'))
+          throw new CheckFailed(
+            `${describeFsError(err)}: make it writable by "${g.bartHost.user}" or set ${key} elsewhere`,
+          );
       }
       try {
         await access(dirname(file), constants.W_OK | constants.X_OK);
       } catch (err) {
-        throw new CheckFailed(`cannot create it in "${dirname(file)}" (${describeFsError(err)}): choose a ${key} in a directory "${g.bartHost.user}" can write`);
+        throw new CheckFailed(
+          `cannot create it in "${dirname(file)}" (${describeFsError(err)}): choose a ${key} in a directory "${g.bartHost.user}" can write`,
+        );
       }
       return 'will be created';
     });
@@ -188,14 +209,22 @@ async function checkServer(config: BartConfig, server: ServerConfig, report: Che
     await report.run(`cluster_owner and ssh/scp connectivity to ${remote}`, async () => {
       const r = await runProgram('ssh', oneShotSshArgs(remote, ['echo pgbart-ssh-ok']));
       if (r.code !== 0 || !r.stdout.includes('pgbart-ssh-ok')) {
-        if (r.code === 255 || r.code === -1) throw new CheckFailed(`passwordless ssh as "${currentUserName()}" failed: ${explainSshFailure(r.stderr, { destination: remote })}`);
-        throw new CheckFailed(`ssh ${remote} runs, but a command there failed (${(r.stderr || `exit ${r.code}`).trim()}): check the login shell of "${server.remoteHost!.user}" on ${server.remoteHost!.host}`);
+        if (r.code === 255 || r.code === -1)
+          throw new CheckFailed(
+            `passwordless ssh as "${currentUserName()}" failed: ${explainSshFailure(r.stderr, { destination: remote })}`,
+          );
+        throw new CheckFailed(
+          `ssh ${remote} runs, but a command there failed (${(r.stderr || `exit ${r.code}`).trim()}): check the login shell of "${server.remoteHost!.user}" on ${server.remoteHost!.host}`,
+        );
       }
       return 'passwordless ssh works';
     });
   } else {
     await report.run(`cluster_owner "${server.clusterOwner}"`, async () => {
-      if (!lookupOsUser(server.clusterOwner)) throw new CheckFailed(`no OS user "${server.clusterOwner}" on this host: set cluster_owner in ${where} to the user that owns the data directory`);
+      if (!lookupOsUser(server.clusterOwner))
+        throw new CheckFailed(
+          `no OS user "${server.clusterOwner}" on this host: set cluster_owner in ${where} to the user that owns the data directory`,
+        );
       return undefined;
     });
   }
@@ -217,7 +246,13 @@ async function checkServer(config: BartConfig, server: ServerConfig, report: Che
   }
 }
 
-async function checkServerWithConnection(config: BartConfig, server: ServerConfig, report: CheckReport, client: pg.Client | undefined, where: string): Promise<void> {
+async function checkServerWithConnection(
+  config: BartConfig,
+  server: ServerConfig,
+  report: CheckReport,
+  client: pg.Client | undefined,
+  where: string,
+): Promise<void> {
   const needClient = (): pg.Client => {
     if (!client) throw new CheckSkipped('no connection to the server');
     return client;
@@ -237,7 +272,9 @@ async function checkServerWithConnection(config: BartConfig, server: ServerConfi
   await report.run(`user "${server.user}" is a database superuser`, async () => {
     const role = await readRoleAttributes(needClient());
     if (!role.superuser) {
-      throw new CheckFailed(`"${server.user}" is not a superuser: run "ALTER ROLE ${quoteIdent(server.user)} SUPERUSER" (it must also have REPLICATION), or set user in ${where} to a superuser`);
+      throw new CheckFailed(
+        `"${server.user}" is not a superuser: run "ALTER ROLE ${quoteIdent(server.user)} SUPERUSER" (it must also have REPLICATION), or set user in ${where} to a superuser`,
+      );
     }
     superuser = true;
     return undefined;
@@ -263,32 +300,51 @@ async function checkServerWithConnection(config: BartConfig, server: ServerConfi
     settings = await readArchiveSettings(needClient());
     if (archivingEnabled(settings.archiveMode)) return undefined;
     if (archivingEnabled(settings.archiveModeAfterRestart)) {
-      throw new CheckFailed(`archive_mode is off in the running server but set to ${settings.archiveModeAfterRestart} in its configuration: restart the PostgreSQL server`);
+      throw new CheckFailed(
+        `archive_mode is off in the running server but set to ${settings.archiveModeAfterRestart} in its configuration: restart the PostgreSQL server`,
+      );
     }
-    throw new CheckFailed(`archive_mode is ${settings.archiveMode}: run "bart INIT -s ${server.name}" (sets archive_mode = on and archive_command), then restart the PostgreSQL server`);
+    throw new CheckFailed(
+      `archive_mode is ${settings.archiveMode}: run "bart INIT -s ${server.name}" (sets archive_mode = on and archive_command), then restart the PostgreSQL server`,
+    );
   });
 
   const expected = expectedArchiveCommand(config, server);
   await report.run('archive_command is set', async () => {
     if (!settings) throw new CheckSkipped('archive settings could not be read');
     if (settings.archiveLibrary !== '') {
-      throw new CheckFailed(`the server archives through archive_library = '${settings.archiveLibrary}', not into the BART catalog: run "bart INIT -s ${server.name} -o"`);
+      throw new CheckFailed(
+        `the server archives through archive_library = '${settings.archiveLibrary}', not into the BART catalog: run "bart INIT -s ${server.name} -o"`,
+      );
     }
     const command = settings.archiveCommand;
-    if (command === '') throw new CheckFailed(`archive_command is empty: run "bart INIT -s ${server.name}" (then reload the configuration, or restart if archive_mode was off)`);
-    const mentionsBart = /ARCHIVE-PUSH/i.test(command) || command.includes(bartScriptPath()) || command.includes(server.archivePath);
+    if (command === '')
+      throw new CheckFailed(
+        `archive_command is empty: run "bart INIT -s ${server.name}" (then reload the configuration, or restart if archive_mode was off)`,
+      );
+    const mentionsBart =
+      /ARCHIVE-PUSH/i.test(command) || command.includes(bartScriptPath()) || command.includes(server.archivePath);
     if (!mentionsBart) {
-      throw new CheckFailed(`archive_command '${command}' does not store WAL in "${server.archivePath}" (neither ARCHIVE-PUSH nor the archive path appears in it): run "bart INIT -s ${server.name} -o" to set '${expected}'`);
+      throw new CheckFailed(
+        `archive_command '${command}' does not store WAL in "${server.archivePath}" (neither ARCHIVE-PUSH nor the archive path appears in it): run "bart INIT -s ${server.name} -o" to set '${expected}'`,
+      );
     }
     if (settings.archiveCommandShown !== '(disabled)' && settings.archiveCommandShown !== command) {
-      throw new CheckFailed(`archive_command '${command}' in the configuration files is not active yet (the server runs '${settings.archiveCommandShown}'): reload the configuration (SELECT pg_reload_conf())`);
+      throw new CheckFailed(
+        `archive_command '${command}' in the configuration files is not active yet (the server runs '${settings.archiveCommandShown}'): reload the configuration (SELECT pg_reload_conf())`,
+      );
     }
     return `'${command}'`;
   });
 
   await report.run('WAL archiving is working', async () => {
     const c = needClient();
-    if (!settings || !archivingEnabled(settings.archiveMode) || settings.archiveCommandShown === '' || settings.archiveLibrary !== '') {
+    if (
+      !settings ||
+      !archivingEnabled(settings.archiveMode) ||
+      settings.archiveCommandShown === '' ||
+      settings.archiveLibrary !== ''
+    ) {
       throw new CheckSkipped('WAL archiving is not active on the server (see above)');
     }
     if (!superuser) throw new CheckSkipped('pg_switch_wal() needs a superuser');
@@ -299,7 +355,9 @@ async function checkServerWithConnection(config: BartConfig, server: ServerConfi
     await report.run('bart-scanner is configured and running', async () => checkScannerRunning(config, server));
   }
   if (!archivesLocally(config, server)) {
-    log.info(`archive_command for server "${server.name}" is expected to copy WAL to ${config.global.bartHost.user}@${config.global.bartHost.host}:${server.archivePath} (e.g. '${expected}')`);
+    log.info(
+      `archive_command for server "${server.name}" is expected to copy WAL to ${config.global.bartHost.user}@${config.global.bartHost.host}:${server.archivePath} (e.g. '${expected}')`,
+    );
   }
 }
 
@@ -309,9 +367,18 @@ async function checkServerWithConnection(config: BartConfig, server: ServerConfi
  * failing repeatedly (PostgreSQL retries 3 times, then pauses a minute).
  */
 async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): Promise<string> {
-  type ArchiverRow = { failed_count: string; last_failed_wal: string | null; last_failed_time: string | null; last_archived_wal: string | null };
+  type ArchiverRow = {
+    failed_count: string;
+    last_failed_wal: string | null;
+    last_failed_time: string | null;
+    last_archived_wal: string | null;
+  };
   const archiver = async (): Promise<ArchiverRow> =>
-    (await client.query<ArchiverRow>('SELECT failed_count::text, last_failed_wal, last_failed_time::text, last_archived_wal FROM pg_stat_archiver')).rows[0]!;
+    (
+      await client.query<ArchiverRow>(
+        'SELECT failed_count::text, last_failed_wal, last_failed_time::text, last_archived_wal FROM pg_stat_archiver',
+      )
+    ).rows[0]!;
   if ((await client.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')).rows[0]?.r) {
     throw new CheckSkipped('the server is in recovery (a standby); pg_switch_wal() runs on primaries only');
   }
@@ -326,7 +393,9 @@ async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): 
   // Success needs both: PostgreSQL counts the segment as archived (so archive_command really ran
   // and succeeded for it, a stale file of the same name proves nothing) and the file is in the archive.
   const arrived = async (row: ArchiverRow): Promise<boolean> =>
-    row.last_archived_wal !== null && row.last_archived_wal >= walfile && (await findArchived(server.archivePath, walfile)) !== undefined;
+    row.last_archived_wal !== null &&
+    row.last_archived_wal >= walfile &&
+    (await findArchived(server.archivePath, walfile)) !== undefined;
   while (Date.now() < deadline) {
     now = await archiver();
     if (await arrived(now)) return `${walfile} arrived in the archive`;
@@ -338,9 +407,13 @@ async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): 
   const failed = Number(now.failed_count) - Number(before.failed_count);
   const stats = `pg_stat_archiver: failed_count ${now.failed_count}, last_failed_wal ${now.last_failed_wal ?? 'none'}${now.last_failed_time ? ` at ${now.last_failed_time}` : ''}, last_archived_wal ${now.last_archived_wal ?? 'none'}`;
   if (failed > 0) {
-    throw new CheckFailed(`archive_command failed ${failed} time${failed === 1 ? '' : 's'} while archiving; ${walfile} did not reach "${server.archivePath}" (${stats}): the server log shows the command's error output; fix archive_command or run "bart INIT -s ${server.name} -o"`);
+    throw new CheckFailed(
+      `archive_command failed ${failed} time${failed === 1 ? '' : 's'} while archiving; ${walfile} did not reach "${server.archivePath}" (${stats}): the server log shows the command's error output; fix archive_command or run "bart INIT -s ${server.name} -o"`,
+    );
   }
-  throw new CheckFailed(`${walfile} did not reach "${server.archivePath}" within ${ARCHIVE_WAIT_SECONDS} seconds (${stats}): check that archive_command copies %p to "${server.archivePath}/%f"`);
+  throw new CheckFailed(
+    `${walfile} did not reach "${server.archivePath}" within ${ARCHIVE_WAIT_SECONDS} seconds (${stats}): check that archive_command copies %p to "${server.archivePath}/%f"`,
+  );
 }
 
 /**
@@ -361,7 +434,8 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
     }
     const owner = lookupOsUser(server.clusterOwner);
     const st = await stat(dataDir);
-    if (owner && st.uid !== owner.uid) throw new CheckFailed(`"${dataDir}" is not owned by "${server.clusterOwner}" (uid ${st.uid}): ${fix}`);
+    if (owner && st.uid !== owner.uid)
+      throw new CheckFailed(`"${dataDir}" is not owned by "${server.clusterOwner}" (uid ${st.uid}): ${fix}`);
     return;
   }
   let r: ProgramResult;
@@ -370,26 +444,39 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
     if (!owner) throw new CheckFailed(`no OS user "${server.clusterOwner}" on this host`);
     r = await runProgram('test', args, { uid: owner.uid, gid: owner.gid });
   } else {
-    const dest = server.remoteHost ? `${server.remoteHost.user}@${server.remoteHost.host}` : `${server.clusterOwner}@${server.host}`;
+    const dest = server.remoteHost
+      ? `${server.remoteHost.user}@${server.remoteHost.host}`
+      : `${server.clusterOwner}@${server.host}`;
     // Whatever the permissions say, read the files for real, with scp (BART's tool) and with the
     // shell channel BACKUP uses (tar), so a missing scp or tar shows up here and not mid-backup.
     const words = ['test', ...args.map(shellQuote), '&&', 'tar', '-cf', '/dev/null', shellQuote(files[1]!)];
     r = await runProgram('ssh', oneShotSshArgs(dest, words));
     if (r.code === 255 || r.code === -1) {
-      throw new CheckFailed(`cannot check as "${server.clusterOwner}" over ssh: ${explainSshFailure(r.stderr, { destination: dest })}`);
+      throw new CheckFailed(
+        `cannot check as "${server.clusterOwner}" over ssh: ${explainSshFailure(r.stderr, { destination: dest })}`,
+      );
     }
     if (r.code === 127) {
-      throw new CheckFailed(`a command BACKUP needs is missing on ${server.remoteHost?.host ?? server.host} (${r.stderr.trim()}): install tar (and coreutils) there`);
+      throw new CheckFailed(
+        `a command BACKUP needs is missing on ${server.remoteHost?.host ?? server.host} (${r.stderr.trim()}): install tar (and coreutils) there`,
+      );
     }
     if (r.code === 0) {
       const scratch = await mkdtemp(join(tmpdir(), 'pgbart-scp-'));
       try {
         const scp = await runProgram('scp', scpFetchArgs(dest, files[0]!, join(scratch, 'PG_VERSION')));
         if (scp.code !== 0) {
-          if (/not found|No such file or directory.*scp|sftp-server/i.test(scp.stderr) && !/PG_VERSION/.test(scp.stderr)) {
-            throw new CheckFailed(`scp from ${dest} failed (${scp.stderr.trim()}): install scp/sftp (the OpenSSH server's sftp subsystem) on ${server.remoteHost?.host ?? server.host}`);
+          if (
+            /not found|No such file or directory.*scp|sftp-server/i.test(scp.stderr) &&
+            !/PG_VERSION/.test(scp.stderr)
+          ) {
+            throw new CheckFailed(
+              `scp from ${dest} failed (${scp.stderr.trim()}): install scp/sftp (the OpenSSH server's sftp subsystem) on ${server.remoteHost?.host ?? server.host}`,
+            );
           }
-          throw new CheckFailed(`scp of ${files[0]} from ${dest} failed: ${scp.code === 255 ? explainSshFailure(scp.stderr, { destination: dest }) : scp.stderr.trim()}`);
+          throw new CheckFailed(
+            `scp of ${files[0]} from ${dest} failed: ${scp.code === 255 ? explainSshFailure(scp.stderr, { destination: dest }) : scp.stderr.trim()}`,
+          );
         }
       } finally {
         await rm(scratch, { recursive: true, force: true });
@@ -405,9 +492,14 @@ async function checkDataFilesReadable(config: BartConfig, server: ServerConfig, 
  */
 async function checkScannerRunning(config: BartConfig, server: ServerConfig): Promise<string> {
   const s = await isScannerRunning(config);
-  if (!s.running) throw new CheckFailed(`bart-scanner is not running (nothing answers on ${scannerSocketPath(config)}): start it with "bart-scanner --daemon"`);
+  if (!s.running)
+    throw new CheckFailed(
+      `bart-scanner is not running (nothing answers on ${scannerSocketPath(config)}): start it with "bart-scanner --daemon"`,
+    );
   if (s.servers && !s.servers.includes(server.name)) {
-    throw new CheckFailed(`bart-scanner (pid ${s.pid}) does not scan server "${server.name}": run "bart-scanner RELOAD" so it re-reads ${config.path}`);
+    throw new CheckFailed(
+      `bart-scanner (pid ${s.pid}) does not scan server "${server.name}": run "bart-scanner RELOAD" so it re-reads ${config.path}`,
+    );
   }
   return `pid ${s.pid}`;
 }
@@ -432,7 +524,8 @@ function explainConnectionError(message: string, server: ServerConfig, where: st
   if (/no pg_hba\.conf entry/.test(message)) {
     return `pg_hba.conf of the server refuses "${server.user}" from this host: add e.g. "host all ${server.user} <bart host address>/32 scram-sha-256" and reload`;
   }
-  if (/role .* does not exist/.test(message)) return `role "${server.user}" does not exist on the server: create it (CREATE ROLE ... LOGIN SUPERUSER REPLICATION) or fix user in ${where}`;
+  if (/role .* does not exist/.test(message))
+    return `role "${server.user}" does not exist on the server: create it (CREATE ROLE ... LOGIN SUPERUSER REPLICATION) or fix user in ${where}`;
   return message;
 }
 

@@ -29,6 +29,7 @@ export function selectServers(config: BartConfig, name: string | undefined): Ser
 /** Like {@link selectServers} for commands that need exactly one named server. */
 export function selectOneServer(config: BartConfig, name: string | undefined, command: string): ServerConfig {
   if (!name) throw new BartError(`${command} needs -s/--server NAME`);
-  if (name.toLowerCase() === 'all') throw new BartError(`${command} works on one server at a time; -s all is not allowed`);
+  if (name.toLowerCase() === 'all')
+    throw new BartError(`${command} works on one server at a time; -s all is not allowed`);
   return selectServers(config, name)[0]!;
 }

@@ -3,7 +3,13 @@
 import { acquireServerLock } from '../catalog/lock.js';
 import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { serverCatalogDir } from '../catalog/layout.js';
-import { backupLabel, childrenFirst, entryWithDescendants, planWalRemoval, removeFromCatalog } from '../retention/obsolete.js';
+import {
+  backupLabel,
+  childrenFirst,
+  entryWithDescendants,
+  planWalRemoval,
+  removeFromCatalog,
+} from '../retention/obsolete.js';
 import { chainRoot } from '../retention/retention.js';
 import type { ServerConfig } from '../config/types.js';
 import { crashPoint } from '../util/crash-point.js';
@@ -28,15 +34,25 @@ export interface DeleteOptions {
  * MANAGE -d removes failed ones. A damaged backup (unreadable backupinfo) is deleted only when named
  * by its identifier, with the incrementals built on it; `-i all` leaves it and names it.
  */
-export function deletionTargets(entries: readonly CatalogEntry[], server: ServerConfig, select: string): CatalogEntry[] {
+export function deletionTargets(
+  entries: readonly CatalogEntry[],
+  server: ServerConfig,
+  select: string,
+): CatalogEntry[] {
   const complete = entries.filter((e) => e.complete);
   const ids = new Set<string>();
   if (select.trim().toLowerCase() === 'all') {
     for (const e of complete) {
       // A keep chain stays whole: its full backup and every incremental built on it.
-      const root = chainRoot(complete.map((c) => ({ id: c.info.id, parent: c.info.parent, status: c.info.status })), e.info.id);
+      const root = chainRoot(
+        complete.map((c) => ({ id: c.info.id, parent: c.info.parent, status: c.info.status })),
+        e.info.id,
+      );
       if (e.info.status === 'keep' || root?.status === 'keep') {
-        if (e.info.parent === undefined) log.info(`backup ${backupLabel(e)} is marked keep: not deleted, nor its incrementals (bart MANAGE -s ${server.name} -c nokeep -i ${e.info.id} first to delete it)`);
+        if (e.info.parent === undefined)
+          log.info(
+            `backup ${backupLabel(e)} is marked keep: not deleted, nor its incrementals (bart MANAGE -s ${server.name} -c nokeep -i ${e.info.id} first to delete it)`,
+          );
         continue;
       }
       ids.add(e.info.id);
@@ -55,8 +71,13 @@ export function deletionTargets(entries: readonly CatalogEntry[], server: Server
       for (const d of entryWithDescendants(family, hit.info.id)) {
         // Incrementals of a damaged backup are a broken chain: keep cannot save them (nor can MANAGE -c reach them).
         if (d.info.status === 'keep' && hit.damage === undefined) {
-          const what = d === hit ? `backup ${backupLabel(d)}` : `backup ${backupLabel(hit)} has the incremental ${backupLabel(d)} which`;
-          throw new BartError(`${what} is marked keep (exempt from deletion); run "bart MANAGE -s ${server.name} -c nokeep -i ${d.info.parent ?? d.info.id}" first`);
+          const what =
+            d === hit
+              ? `backup ${backupLabel(d)}`
+              : `backup ${backupLabel(hit)} has the incremental ${backupLabel(d)} which`;
+          throw new BartError(
+            `${what} is marked keep (exempt from deletion); run "bart MANAGE -s ${server.name} -c nokeep -i ${d.info.parent ?? d.info.id}" first`,
+          );
         }
         ids.add(d.info.id);
       }
@@ -74,8 +95,11 @@ export function deletionTargets(entries: readonly CatalogEntry[], server: Server
 export async function deleteBackups(ctx: CommandContext, options: unknown): Promise<number> {
   const o = options as DeleteOptions;
   const server = selectOneServer(ctx.config, o.server, 'DELETE');
-  if (o.backupid === undefined || o.backupid.trim() === '') throw new BartError('DELETE needs -i/--backupid ID|NAME[,ID|NAME...]|all');
-  const lock = o.dryRun ? undefined : await acquireServerLock(serverCatalogDir(ctx.config, server), 'DELETE', { deletes: true });
+  if (o.backupid === undefined || o.backupid.trim() === '')
+    throw new BartError('DELETE needs -i/--backupid ID|NAME[,ID|NAME...]|all');
+  const lock = o.dryRun
+    ? undefined
+    : await acquireServerLock(serverCatalogDir(ctx.config, server), 'DELETE', { deletes: true });
   try {
     crashPoint('delete:locked');
     const entries = await listBackups(ctx.config, server);
@@ -88,9 +112,10 @@ export async function deleteBackups(ctx: CommandContext, options: unknown): Prom
     const verb = o.dryRun ? '(dry run) would delete' : 'deleting';
     for (const t of [...targets].reverse()) {
       const how = explicit.has(t.info.id) ? '' : ` (incremental descendant of ${t.info.parent}, deleted with it)`;
-      const what = t.damage !== undefined
-        ? `damaged (${t.damage})`
-        : `${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)}`;
+      const what =
+        t.damage !== undefined
+          ? `damaged (${t.damage})`
+          : `${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)}`;
       const kind = t.info.parent ? 'incremental backup' : 'backup';
       log.info(`${verb} ${kind} ${backupLabel(t)} of server ${server.name}: ${what}${how}`);
     }
@@ -100,11 +125,15 @@ export async function deleteBackups(ctx: CommandContext, options: unknown): Prom
     }
     if (o.dryRun) {
       const wal = await planWalRemoval(ctx.config, server, entries, new Set(targets.map((t) => t.info.id)));
-      log.info(`(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`);
+      log.info(
+        `(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`,
+      );
       return 0;
     }
     const result = await removeFromCatalog(ctx.config, server, targets, []);
-    log.info(`server ${server.name}: deleted ${result.backups.length} backup(s) and ${result.walFiles} archived WAL/MBM file(s) (${formatBytes(result.walBytes)})`);
+    log.info(
+      `server ${server.name}: deleted ${result.backups.length} backup(s) and ${result.walFiles} archived WAL/MBM file(s) (${formatBytes(result.walBytes)})`,
+    );
     return 0;
   } finally {
     await lock?.release();

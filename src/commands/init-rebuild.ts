@@ -11,7 +11,11 @@ import { selectServers, type CommandContext } from './context.js';
  * `bart INIT -r [-s NAME|all] [-i ID|NAME|all]`: rebuilds backupinfo files from each backup's
  * manifest, names included, under the server lock. Non-zero exit when any backup could not be rebuilt.
  */
-export async function initRebuild(ctx: CommandContext, serverName: string | undefined, backupId: string | undefined): Promise<number> {
+export async function initRebuild(
+  ctx: CommandContext,
+  serverName: string | undefined,
+  backupId: string | undefined,
+): Promise<number> {
   let failures = 0;
   for (const server of selectServers(ctx.config, serverName)) {
     try {

@@ -5,7 +5,13 @@ import { access, chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { withConnection } from '../postgres/connection.js';
-import { alterSystem, archivingEnabled, readArchiveSettings, readRoleAttributes, reloadConf } from '../postgres/server-settings.js';
+import {
+  alterSystem,
+  archivingEnabled,
+  readArchiveSettings,
+  readRoleAttributes,
+  reloadConf,
+} from '../postgres/server-settings.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName } from '../util/os-user.js';
@@ -38,7 +44,8 @@ export interface ArchiveConfigureResult {
  */
 export async function init(ctx: CommandContext, options: InitOptions): Promise<number> {
   if (options.rebuild) return (await import('./init-rebuild.js')).initRebuild(ctx, options.server, options.backupid);
-  if (options.backupid !== undefined) throw new BartError('INIT -i/--backupid is only valid together with -r/--rebuild');
+  if (options.backupid !== undefined)
+    throw new BartError('INIT -i/--backupid is only valid together with -r/--rebuild');
   const servers = selectServers(ctx.config, options.server);
   let failures = 0;
   for (const server of servers) {
@@ -61,7 +68,10 @@ async function ensurePrivateDir(path: string): Promise<boolean> {
     created = true;
   } catch (err) {
     if (!(isErrnoError(err) && err.code === 'EEXIST')) {
-      const hint = isErrnoError(err) && err.code === 'EACCES' ? ' (permission denied: the BART user must be able to write there)' : '';
+      const hint =
+        isErrnoError(err) && err.code === 'EACCES'
+          ? ' (permission denied: the BART user must be able to write there)'
+          : '';
       throw new BartError(`cannot create directory "${path}": ${errorMessage(err)}${hint}`);
     }
     const st = await stat(path);
@@ -79,7 +89,9 @@ export async function createCatalogDirs(config: BartConfig, server: ServerConfig
   try {
     await mkdir(config.global.backupPath, { recursive: true, mode: 0o700 });
   } catch (err) {
-    throw new BartError(`cannot create backup_path "${config.global.backupPath}" (${config.path}): ${errorMessage(err)}`);
+    throw new BartError(
+      `cannot create backup_path "${config.global.backupPath}" (${config.path}): ${errorMessage(err)}`,
+    );
   }
   const serverDir = join(config.global.backupPath, server.name);
   const made: string[] = [];
@@ -100,13 +112,19 @@ export async function createCatalogDirs(config: BartConfig, server: ServerConfig
  * needed); archive_command is written when empty, or always with -o; an existing one is kept
  * otherwise. When only archive_command changed, INIT reloads the configuration itself.
  */
-export async function configureArchiving(config: BartConfig, server: ServerConfig, override: boolean): Promise<ArchiveConfigureResult> {
+export async function configureArchiving(
+  config: BartConfig,
+  server: ServerConfig,
+  override: boolean,
+): Promise<ArchiveConfigureResult> {
   const target = { host: server.host, port: server.port, user: server.user };
   return withConnection(target, async (client) => {
     log.info(`setting archive_mode/archive_command for server "${server.name}"`);
     const role = await readRoleAttributes(client);
     if (!role.superuser) {
-      throw new BartError(`user "${server.user}" is not a superuser, so INIT cannot use ALTER SYSTEM: make it one (ALTER ROLE ${server.user} SUPERUSER) or run INIT with --no-configure and set archive_command yourself`);
+      throw new BartError(
+        `user "${server.user}" is not a superuser, so INIT cannot use ALTER SYSTEM: make it one (ALTER ROLE ${server.user} SUPERUSER) or run INIT with --no-configure and set archive_command yourself`,
+      );
     }
     const settings = await readArchiveSettings(client);
     const result: ArchiveConfigureResult = { changed: [], restartNeeded: false, reloaded: false };
@@ -127,10 +145,16 @@ export async function configureArchiving(config: BartConfig, server: ServerConfi
     }
 
     if (settings.archiveLibrary !== '' && !override) {
-      log.warning(`server "${server.name}" archives through archive_library = '${settings.archiveLibrary}'; archive_command left alone (use -o to replace it with pgbart's archive_command)`);
+      log.warning(
+        `server "${server.name}" archives through archive_library = '${settings.archiveLibrary}'; archive_command left alone (use -o to replace it with pgbart's archive_command)`,
+      );
     } else if (settings.archiveCommand !== '' && !override) {
-      if (settings.archiveCommand === wanted) log.info(`archive_command of server "${server.name}" is already set to pgbart's command`);
-      else log.info(`archive_command of server "${server.name}" is already set ('${settings.archiveCommand}'); left unchanged (use -o/--override to replace it)`);
+      if (settings.archiveCommand === wanted)
+        log.info(`archive_command of server "${server.name}" is already set to pgbart's command`);
+      else
+        log.info(
+          `archive_command of server "${server.name}" is already set ('${settings.archiveCommand}'); left unchanged (use -o/--override to replace it)`,
+        );
     } else if (settings.archiveCommand !== wanted) {
       if (settings.archiveLibrary !== '') {
         await alterSystem(client, 'archive_library', '');
@@ -144,12 +168,18 @@ export async function configureArchiving(config: BartConfig, server: ServerConfi
 
     if (result.changed.length > 0) log.info(`server "${server.name}": ALTER SYSTEM SET ${result.changed.join(', ')}`);
     if (result.restartNeeded) {
-      const dataDir = await client.query<{ d: string }>('SELECT current_setting(\'data_directory\') AS d').then((r) => r.rows[0]?.d ?? '<data directory>');
-      log.warning(`archive_mode is not active yet on server "${server.name}": restart the PostgreSQL server (e.g. pg_ctl restart -D ${dataDir}) for archiving to start`);
+      const dataDir = await client
+        .query<{ d: string }>("SELECT current_setting('data_directory') AS d")
+        .then((r) => r.rows[0]?.d ?? '<data directory>');
+      log.warning(
+        `archive_mode is not active yet on server "${server.name}": restart the PostgreSQL server (e.g. pg_ctl restart -D ${dataDir}) for archiving to start`,
+      );
     } else if (result.changed.length > 0) {
       await reloadConf(client);
       result.reloaded = true;
-      log.info(`archive_command is set for server "${server.name}"; configuration reloaded with pg_reload_conf(), no restart needed`);
+      log.info(
+        `archive_command is set for server "${server.name}"; configuration reloaded with pg_reload_conf(), no restart needed`,
+      );
     } else {
       log.info(`WAL archiving of server "${server.name}" needs no change: no reload or restart needed`);
     }
@@ -163,7 +193,10 @@ export async function configureArchiving(config: BartConfig, server: ServerConfi
  * works for INIT itself but would make every archive_command fail: refuse before ALTER SYSTEM.
  */
 export async function requireReadableByBartUser(config: BartConfig): Promise<void> {
-  for (const [what, path] of [['configuration file', config.path], ['bart program', bartScriptPath()]] as const) {
+  for (const [what, path] of [
+    ['configuration file', config.path],
+    ['bart program', bartScriptPath()],
+  ] as const) {
     try {
       await access(path, constants.R_OK);
     } catch (err) {

@@ -26,7 +26,15 @@ export interface ManageListing {
   server: string;
   retentionPolicy: string;
   obsoleteBackups: ObsoleteBackupJson[];
-  wal: { files: number; bytes: number; first: string | null; last: string | null; names: string[]; reason: string; skipped: boolean };
+  wal: {
+    files: number;
+    bytes: number;
+    first: string | null;
+    last: string | null;
+    names: string[];
+    reason: string;
+    skipped: boolean;
+  };
   leftovers: { kind: LeftoverKind; path: string; description: string; bytes: number }[];
 }
 
@@ -51,7 +59,10 @@ export async function manageListing(config: BartConfig, server: ServerConfig): P
       startTime: h.info.startTime.toISOString(),
       stopTime: h.info.stopTime.toISOString(),
       sizeBytes: h.info.sizeBytes,
-      incrementals: entryWithDescendants(complete, h.info.id).filter((d) => d.info.id !== h.info.id).map((d) => d.info.id).reverse(),
+      incrementals: entryWithDescendants(complete, h.info.id)
+        .filter((d) => d.info.id !== h.info.id)
+        .map((d) => d.info.id)
+        .reverse(),
     })),
     wal: {
       files: wal.plan.remove.length,
@@ -68,13 +79,20 @@ export async function manageListing(config: BartConfig, server: ServerConfig): P
 
 /** Prints a listing as text (INFO lines, as BART's MANAGE -l did). */
 export function printListing(l: ManageListing): void {
-  log.info(`server ${l.server} (retention policy ${l.retentionPolicy}): ${l.obsoleteBackups.length} obsolete backup(s)`);
+  log.info(
+    `server ${l.server} (retention policy ${l.retentionPolicy}): ${l.obsoleteBackups.length} obsolete backup(s)`,
+  );
   for (const b of l.obsoleteBackups) {
-    log.info(`  backup ${b.id}${b.name ? ` (${b.name})` : ''}: ${b.status}, ${formatTimestamp(new Date(b.startTime))}, ${formatBytes(b.sizeBytes)}`);
+    log.info(
+      `  backup ${b.id}${b.name ? ` (${b.name})` : ''}: ${b.status}, ${formatTimestamp(new Date(b.startTime))}, ${formatBytes(b.sizeBytes)}`,
+    );
     if (b.incrementals.length > 0) log.info(`    incremental backup(s) deleted with it: ${b.incrementals.join(', ')}`);
   }
   if (l.wal.skipped) log.info(`  WAL files: ${l.wal.reason}`);
-  else log.info(`  WAL files MANAGE -d would delete: ${l.wal.files}${l.wal.first ? ` (${l.wal.first} .. ${l.wal.last})` : ''}, ${formatBytes(l.wal.bytes)}; ${l.wal.reason}`);
+  else
+    log.info(
+      `  WAL files MANAGE -d would delete: ${l.wal.files}${l.wal.first ? ` (${l.wal.first} .. ${l.wal.last})` : ''}, ${formatBytes(l.wal.bytes)}; ${l.wal.reason}`,
+    );
   log.info(`  unused files (leftovers of interrupted commands): ${l.leftovers.length}`);
   for (const f of l.leftovers) log.info(`    ${f.path}: ${f.description}, ${formatBytes(f.bytes)}`);
 }

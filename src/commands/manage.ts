@@ -6,7 +6,13 @@ import { writeBackupInfo } from '../catalog/backup-info.js';
 import { acquireServerLock, type CatalogLock } from '../catalog/lock.js';
 import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { serverCatalogDir } from '../catalog/layout.js';
-import { backupLabel, entryWithDescendants, obsoleteTargets, planWalRemoval, removeFromCatalog } from '../retention/obsolete.js';
+import {
+  backupLabel,
+  entryWithDescendants,
+  obsoleteTargets,
+  planWalRemoval,
+  removeFromCatalog,
+} from '../retention/obsolete.js';
 import { findLeftovers } from '../retention/leftovers.js';
 import { evaluateRetention } from '../retention/retention.js';
 import { retentionNow } from '../retention/clock.js';
@@ -40,10 +46,13 @@ export interface ManageOptions {
 export async function manage(ctx: CommandContext, options: unknown): Promise<number> {
   const o = options as ManageOptions;
   const modes = [o.listObsolete ? '-l' : '', o.deleteObsolete ? '-d' : '', o.changeStatus ? '-c' : ''].filter(Boolean);
-  if (modes.length > 1) throw new BartError(`MANAGE options ${modes.join(' and ')} cannot be combined; use one at a time`);
+  if (modes.length > 1)
+    throw new BartError(`MANAGE options ${modes.join(' and ')} cannot be combined; use one at a time`);
   if (o.changeStatus && o.backupid === undefined) throw new BartError('MANAGE -c keep|nokeep needs -i ID|NAME|all');
-  if (o.backupid !== undefined && !o.changeStatus) throw new BartError('MANAGE -i/--backupid is only valid together with -c keep|nokeep');
-  if (o.output === 'json' && !o.listObsolete) throw new BartError('MANAGE --output json is only valid with -l (list obsolete backups)');
+  if (o.backupid !== undefined && !o.changeStatus)
+    throw new BartError('MANAGE -i/--backupid is only valid together with -c keep|nokeep');
+  if (o.output === 'json' && !o.listObsolete)
+    throw new BartError('MANAGE --output json is only valid with -l (list obsolete backups)');
   const servers = selectServers(ctx.config, o.server);
   const now = retentionNow();
 
@@ -59,7 +68,12 @@ export async function manage(ctx: CommandContext, options: unknown): Promise<num
   for (const server of servers) {
     let lock: CatalogLock | undefined;
     try {
-      if (!o.dryRun) lock = await acquireServerLock(serverCatalogDir(ctx.config, server), o.deleteObsolete ? 'MANAGE -d' : o.changeStatus ? 'MANAGE -c' : 'MANAGE', { deletes: o.deleteObsolete === true });
+      if (!o.dryRun)
+        lock = await acquireServerLock(
+          serverCatalogDir(ctx.config, server),
+          o.deleteObsolete ? 'MANAGE -d' : o.changeStatus ? 'MANAGE -c' : 'MANAGE',
+          { deletes: o.deleteObsolete === true },
+        );
       crashPoint('manage:locked');
       if (o.deleteObsolete) await deleteObsolete(ctx, server, o.dryRun === true);
       else if (o.changeStatus) await changeStatus(ctx, server, o.changeStatus, o.backupid!, o.dryRun === true);
@@ -89,15 +103,32 @@ function warnDamaged(entries: readonly CatalogEntry[], server: ServerConfig): vo
 
 /** Plain MANAGE: mark obsolete by policy, then gzip archived WAL when enabled. */
 async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date, dryRun: boolean): Promise<void> {
-  log.info(`processing server ${server.name} (retention policy ${formatRetentionPolicy(server.retentionPolicy)}, now ${now.toISOString()})`);
+  log.info(
+    `processing server ${server.name} (retention policy ${formatRetentionPolicy(server.retentionPolicy)}, now ${now.toISOString()})`,
+  );
   const entries = await listBackups(ctx.config, server);
   warnDamaged(entries, server);
   const complete = entries.filter((e) => e.complete);
-  const changes = evaluateRetention(complete.map((e) => ({ id: e.info.id, ...(e.info.parent ? { parent: e.info.parent } : {}), status: e.info.status, startTime: e.info.startTime })), server.retentionPolicy, now);
+  const changes = evaluateRetention(
+    complete.map((e) => ({
+      id: e.info.id,
+      ...(e.info.parent ? { parent: e.info.parent } : {}),
+      status: e.info.status,
+      startTime: e.info.startTime,
+    })),
+    server.retentionPolicy,
+    now,
+  );
   const byId = new Map(complete.map((e) => [e.info.id, e]));
   for (const change of changes) {
     const entry = byId.get(change.id)!;
-    log.info(would(dryRun, `marking backup ${backupLabel(entry)} as ${change.to}: ${change.reason}`, `mark backup ${backupLabel(entry)} as ${change.to}: ${change.reason}`));
+    log.info(
+      would(
+        dryRun,
+        `marking backup ${backupLabel(entry)} as ${change.to}: ${change.reason}`,
+        `mark backup ${backupLabel(entry)} as ${change.to}: ${change.reason}`,
+      ),
+    );
     if (!dryRun) {
       await writeBackupInfo(entry.dir, { ...entry.info, status: change.to });
       crashPoint('manage:marked');
@@ -107,13 +138,25 @@ async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date,
   if (server.walCompression) {
     const result = await compressArchive(server.archivePath, dryRun);
     if (result.files.length === 0) log.info(`server ${server.name}: no archived WAL segment to compress`);
-    else if (dryRun) log.info(`(dry run) would compress ${result.files.length} archived WAL segment(s) (${formatBytes(result.bytesBefore)}) with gzip`);
-    else log.info(`compressed ${result.files.length} archived WAL segment(s) of server ${server.name}: ${formatBytes(result.bytesBefore)} -> ${formatBytes(result.bytesAfter)}`);
+    else if (dryRun)
+      log.info(
+        `(dry run) would compress ${result.files.length} archived WAL segment(s) (${formatBytes(result.bytesBefore)}) with gzip`,
+      );
+    else
+      log.info(
+        `compressed ${result.files.length} archived WAL segment(s) of server ${server.name}: ${formatBytes(result.bytesBefore)} -> ${formatBytes(result.bytesAfter)}`,
+      );
   }
 }
 
 /** MANAGE -c keep|nokeep -i: a full backup and its incrementals become keep, or active again. */
-async function changeStatus(ctx: CommandContext, server: ServerConfig, status: 'keep' | 'nokeep', select: string, dryRun: boolean): Promise<void> {
+async function changeStatus(
+  ctx: CommandContext,
+  server: ServerConfig,
+  status: 'keep' | 'nokeep',
+  select: string,
+  dryRun: boolean,
+): Promise<void> {
   const entries = await listBackups(ctx.config, server);
   const complete = entries.filter((e) => e.complete);
   let roots: CatalogEntry[];
@@ -122,7 +165,9 @@ async function changeStatus(ctx: CommandContext, server: ServerConfig, status: '
   } else {
     const hit = findBackup(entries, server, select);
     if (hit.info.parent !== undefined) {
-      throw new BartError(`backup ${backupLabel(hit)} of server ${server.name} is an incremental backup; its status follows its full backup: change that one (its whole chain changes with it)`);
+      throw new BartError(
+        `backup ${backupLabel(hit)} of server ${server.name} is an incremental backup; its status follows its full backup: change that one (its whole chain changes with it)`,
+      );
     }
     roots = [hit];
   }
@@ -133,12 +178,19 @@ async function changeStatus(ctx: CommandContext, server: ServerConfig, status: '
       // nokeep undoes keep only: it never revives a backup retention made obsolete.
       if (entry.info.status === to || (status === 'nokeep' && entry.info.status !== 'keep')) continue;
       const kind = entry === root ? 'backup' : `incremental backup (of ${root.info.id})`;
-      log.info(would(dryRun, `${kind} ${backupLabel(entry)} of server ${server.name}: ${entry.info.status} -> ${to}`, `change ${kind} ${backupLabel(entry)} of server ${server.name} from ${entry.info.status} to ${to}`));
+      log.info(
+        would(
+          dryRun,
+          `${kind} ${backupLabel(entry)} of server ${server.name}: ${entry.info.status} -> ${to}`,
+          `change ${kind} ${backupLabel(entry)} of server ${server.name} from ${entry.info.status} to ${to}`,
+        ),
+      );
       if (!dryRun) await writeBackupInfo(entry.dir, { ...entry.info, status: to });
       changed++;
     }
   }
-  if (changed === 0) log.info(`server ${server.name}: ${roots.length === 0 ? 'no backups' : `already ${to}`}; nothing changed`);
+  if (changed === 0)
+    log.info(`server ${server.name}: ${roots.length === 0 ? 'no backups' : `already ${to}`}; nothing changed`);
 }
 
 /** MANAGE -d: obsolete backups (with what depends on them), WAL no remaining backup needs, leftovers. */
@@ -148,13 +200,20 @@ async function deleteObsolete(ctx: CommandContext, server: ServerConfig, dryRun:
   const targets = obsoleteTargets(entries);
   const leftovers = await findLeftovers(ctx.config, server, !dryRun);
   if (dryRun) {
-    for (const t of targets) log.info(`(dry run) would delete ${t.info.parent ? 'incremental ' : ''}backup ${backupLabel(t)} (${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)})`);
+    for (const t of targets)
+      log.info(
+        `(dry run) would delete ${t.info.parent ? 'incremental ' : ''}backup ${backupLabel(t)} (${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)})`,
+      );
     const wal = await planWalRemoval(ctx.config, server, entries, new Set(targets.map((t) => t.info.id)));
-    log.info(`(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`);
+    log.info(
+      `(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`,
+    );
     for (const l of leftovers) log.info(`(dry run) would remove ${l.description}: ${l.path}`);
     return;
   }
   if (targets.length === 0) log.info(`server ${server.name}: no obsolete backups to delete`);
   const result = await removeFromCatalog(ctx.config, server, targets, leftovers);
-  log.info(`server ${server.name}: deleted ${result.backups.length} backup(s), ${result.walFiles} archived WAL/MBM file(s) (${formatBytes(result.walBytes)}), ${result.leftovers} leftover(s)`);
+  log.info(
+    `server ${server.name}: deleted ${result.backups.length} backup(s), ${result.walFiles} archived WAL/MBM file(s) (${formatBytes(result.walBytes)}), ${result.leftovers} leftover(s)`,
+  );
 }

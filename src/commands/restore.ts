@@ -24,7 +24,10 @@ export interface RestoreOptions extends TargetOptions {
 /** Parses `--tablespace-map OID=PATH;OID=PATH` (same form as tablespace_path in bart.cfg). */
 export function parseTablespaceMap(text: string): Map<number, string> {
   const map = new Map<number, string>();
-  for (const part of text.split(';').map((p) => p.trim()).filter((p) => p !== '')) {
+  for (const part of text
+    .split(';')
+    .map((p) => p.trim())
+    .filter((p) => p !== '')) {
     const m = /^(\d+)=(\/.*)$/.exec(part);
     if (!m) {
       throw new BartError(

@@ -51,7 +51,10 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
   if (o.backupid && o.backupid.toLowerCase() !== 'all' && rows.length === 0) {
     throw new BartError(`backup "${o.backupid}" not found${o.server ? ` for server ${o.server}` : ''}`);
   }
-  rows.sort((a, b) => a.server.name.localeCompare(b.server.name) || (BigInt(b.entry.info.id) > BigInt(a.entry.info.id) ? 1 : -1));
+  rows.sort(
+    (a, b) =>
+      a.server.name.localeCompare(b.server.name) || (BigInt(b.entry.info.id) > BigInt(a.entry.info.id) ? 1 : -1),
+  );
 
   if (o.output === 'json') {
     // A damaged backup's backupinfo is not trusted: what it would say is null (docs/json-output.md).
@@ -109,7 +112,17 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
     process.stdout.write(blocks.join('\n\n') + (blocks.length ? '\n' : ''));
     return 0;
   }
-  const header = ['SERVER NAME', 'BACKUP ID', 'BACKUP NAME', 'BACKUP PARENT', 'BACKUP TIME', 'BACKUP SIZE', 'WAL(s) SIZE', 'WAL FILES', 'STATUS'];
+  const header = [
+    'SERVER NAME',
+    'BACKUP ID',
+    'BACKUP NAME',
+    'BACKUP PARENT',
+    'BACKUP TIME',
+    'BACKUP SIZE',
+    'WAL(s) SIZE',
+    'WAL FILES',
+    'STATUS',
+  ];
   const table = rows.map(({ server, entry, wal }) => [
     server.name,
     entry.info.id,
@@ -121,6 +134,11 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
     String(wal.files),
     entry.info.status,
   ]);
-  process.stdout.write(formatTable(header, table).split('\n').map((l) => (l ? ' ' + l : '')).join('\n') + '\n');
+  process.stdout.write(
+    formatTable(header, table)
+      .split('\n')
+      .map((l) => (l ? ' ' + l : ''))
+      .join('\n') + '\n',
+  );
   return 0;
 }

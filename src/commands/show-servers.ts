@@ -66,11 +66,16 @@ export async function serverReport(config: BartConfig, server: ServerConfig): Pr
   let archiveCommand = expectedArchiveCommand(config, server);
   let archiveCommandSource: ServerReport['archiveCommandSource'] = 'config';
   try {
-    const settings = await withConnection({ host: server.host, port: server.port, user: server.user, connectTimeout: 5 }, readArchiveSettings);
+    const settings = await withConnection(
+      { host: server.host, port: server.port, user: server.user, connectTimeout: 5 },
+      readArchiveSettings,
+    );
     archiveCommand = settings.archiveCommandShown;
     archiveCommandSource = 'server';
   } catch (err) {
-    log.debug(`server "${server.name}" not reachable for SHOW-SERVERS (${errorMessage(err)}); showing the configured archive_command`);
+    log.debug(
+      `server "${server.name}" not reachable for SHOW-SERVERS (${errorMessage(err)}); showing the configured archive_command`,
+    );
   }
 
   const tablespaces = [...server.tablespacePath].map(([oid, path]) => `${oid}=${path}`).join(';');

@@ -37,10 +37,17 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
     const all = await listBackups(ctx.config, server);
     // A damaged backup is verified too: it fails with the reason, so that it is not mistaken for a good one.
     const entries = all.filter((e) => e.complete || e.damage !== undefined);
-    const selected = !o.backupid || o.backupid.toLowerCase() === 'all'
-      ? entries
-      : entries.filter((e) => e.info.id === o.backupid || e.info.name === o.backupid);
-    if (o.backupid && o.backupid.toLowerCase() !== 'all' && selected.length === 0 && o.server && o.server.toLowerCase() !== 'all') {
+    const selected =
+      !o.backupid || o.backupid.toLowerCase() === 'all'
+        ? entries
+        : entries.filter((e) => e.info.id === o.backupid || e.info.name === o.backupid);
+    if (
+      o.backupid &&
+      o.backupid.toLowerCase() !== 'all' &&
+      selected.length === 0 &&
+      o.server &&
+      o.server.toLowerCase() !== 'all'
+    ) {
       throw new BartError(`backup "${o.backupid}" not found for server ${server.name}`);
     }
     for (const entry of selected) {
@@ -53,12 +60,22 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
         log.fileOnly('INFO', `VERIFY-CHKSUM ${server.name} ${entry.info.id}: OK (${result.filesChecked} files)`);
       } else {
         failed++;
-        rows.push([server.name, entry.info.id, `FAILED (${result.failures[0]}${result.failures.length > 1 ? `, and ${result.failures.length - 1} more` : ''})`]);
+        rows.push([
+          server.name,
+          entry.info.id,
+          `FAILED (${result.failures[0]}${result.failures.length > 1 ? `, and ${result.failures.length - 1} more` : ''})`,
+        ]);
         for (const f of result.failures) log.error(`server ${server.name} backup ${entry.info.id}: ${f}`);
       }
     }
   }
   if (rows.length === 0) log.info('no backups to verify');
-  else process.stdout.write(formatTable(['SERVER NAME', 'BACKUP ID', 'VERIFY'], rows).split('\n').map((l) => (l ? ' ' + l : '')).join('\n') + '\n');
+  else
+    process.stdout.write(
+      formatTable(['SERVER NAME', 'BACKUP ID', 'VERIFY'], rows)
+        .split('\n')
+        .map((l) => (l ? ' ' + l : ''))
+        .join('\n') + '\n',
+    );
   return failed > 0 ? 1 : 0;
 }

@@ -14,7 +14,10 @@ export function backupNameProblem(name: string): string | undefined {
   if (/[\s/,\\]/.test(name)) return 'a backup name may not contain spaces, "/", "\\" or ","';
   if (/^\d+$/.test(name)) return 'a backup name may not be all digits (it would look like a backup identifier)';
   if (name.toLowerCase() === 'all') return '"all" is reserved and cannot be a backup name';
-  const unknown = name.replace(/%%/g, '').match(/%[a-z]*/gi)?.filter((v) => !(TEMPLATE_VARIABLES as readonly string[]).includes(v));
+  const unknown = name
+    .replace(/%%/g, '')
+    .match(/%[a-z]*/gi)
+    ?.filter((v) => !(TEMPLATE_VARIABLES as readonly string[]).includes(v));
   if (unknown && unknown.length > 0) {
     return `unknown template variable "${unknown[0]}"; allowed: ${TEMPLATE_VARIABLES.join(' ')} and %% for a literal %`;
   }

@@ -15,5 +15,7 @@ export function locateConfig(explicit: string | undefined, env: NodeJS.ProcessEn
   if (env.BART_HOME) tried.push(join(env.BART_HOME, 'etc', 'bart.cfg'));
   for (const candidate of tried) if (existsSync(candidate)) return candidate;
   const hint = env.BART_HOME ? '' : ' ($BART_HOME is not set)';
-  throw new BartError(`no configuration file found: tried ${tried.join(', ')}${hint}; use -c/--config-path FILE or set $BART_CONFIG`);
+  throw new BartError(
+    `no configuration file found: tried ${tried.join(', ')}${hint}; use -c/--config-path FILE or set $BART_CONFIG`,
+  );
 }

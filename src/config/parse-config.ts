@@ -73,7 +73,8 @@ export function loadConfig(path: string): BartConfig {
   try {
     text = readFileSync(absolute, 'utf8');
   } catch (err) {
-    const why = isErrnoError(err) && err.code === 'ENOENT' ? 'no such file' : isErrnoError(err) ? err.code : String(err);
+    const why =
+      isErrnoError(err) && err.code === 'ENOENT' ? 'no such file' : isErrnoError(err) ? err.code : String(err);
     throw new BartError(`cannot read configuration file "${absolute}": ${why}`);
   }
   return parseConfig(text, absolute);
@@ -93,13 +94,17 @@ export function parseConfig(text: string, file: string): BartConfig {
       const scope = PARAMETERS[key];
       if (!scope) {
         const known = Object.keys(PARAMETERS).filter((k) => PARAMETERS[k] !== (isGlobal ? 'server' : 'global'));
-        throw new BartError(`${at(entry.line)}: unknown parameter "${key}" in section [${section.name}]; allowed here: ${known.join(', ')}`);
+        throw new BartError(
+          `${at(entry.line)}: unknown parameter "${key}" in section [${section.name}]; allowed here: ${known.join(', ')}`,
+        );
       }
       if (isGlobal && scope === 'server') {
         throw new BartError(`${at(entry.line)}: parameter "${key}" belongs in a server section, not in [BART]`);
       }
       if (!isGlobal && scope === 'global') {
-        throw new BartError(`${at(entry.line)}: parameter "${key}" is allowed only in the [BART] section, not in [${section.name}]`);
+        throw new BartError(
+          `${at(entry.line)}: parameter "${key}" is allowed only in the [BART] section, not in [${section.name}]`,
+        );
       }
     }
   }
@@ -122,12 +127,16 @@ function splitSections(text: string, file: string): RawSection[] {
     if (header) {
       const name = header[1]!.trim();
       if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(name)) {
-        throw new BartError(`${file}:${lineNo}: invalid section name "[${name}]": use letters, digits, "_", "." and "-"`);
+        throw new BartError(
+          `${file}:${lineNo}: invalid section name "[${name}]": use letters, digits, "_", "." and "-"`,
+        );
       }
       const key = name.toLowerCase();
       const previous = seen.get(key);
       if (previous !== undefined) {
-        throw new BartError(`${file}:${lineNo}: duplicate section [${name}] (first defined at line ${previous}; server names are case-insensitive)`);
+        throw new BartError(
+          `${file}:${lineNo}: duplicate section [${name}] (first defined at line ${previous}; server names are case-insensitive)`,
+        );
       }
       seen.set(key, lineNo);
       current = { name, line: lineNo, entries: new Map() };
@@ -135,12 +144,15 @@ function splitSections(text: string, file: string): RawSection[] {
       continue;
     }
     const kv = /^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
-    if (!kv) throw new BartError(`${file}:${lineNo}: cannot parse "${line}": expected "[section]" or "parameter = value"`);
+    if (!kv)
+      throw new BartError(`${file}:${lineNo}: cannot parse "${line}": expected "[section]" or "parameter = value"`);
     if (!current) throw new BartError(`${file}:${lineNo}: parameter "${kv[1]}" appears before any [section]`);
     const key = kv[1]!.toLowerCase();
     const previous = current.entries.get(key);
     if (previous) {
-      throw new BartError(`${file}:${lineNo}: duplicate parameter "${key}" in [${current.name}] (first set at line ${previous.line})`);
+      throw new BartError(
+        `${file}:${lineNo}: duplicate parameter "${key}" in [${current.name}] (first set at line ${previous.line})`,
+      );
     }
     current.entries.set(key, { value: unquote(stripComment(kv[2]!)), line: lineNo });
   }
@@ -164,7 +176,10 @@ function stripComment(value: string): string {
 }
 
 function unquote(value: string): string {
-  if (value.length >= 2 && ((value.startsWith("'") && value.endsWith("'")) || (value.startsWith('"') && value.endsWith('"')))) {
+  if (
+    value.length >= 2 &&
+    ((value.startsWith("'") && value.endsWith("'")) || (value.startsWith('"') && value.endsWith('"')))
+  ) {
     return value.slice(1, -1);
   }
   return value;
@@ -176,16 +191,22 @@ function parseUserAtHost(entry: RawEntry, key: string, at: At): UserAtHost {
   const problem = sshDestinationProblem(entry.value);
   if (problem) throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" is invalid: ${problem}`);
   const m = /^([A-Za-z0-9_][A-Za-z0-9_.-]*)@([A-Za-z0-9_.:-]+|\[[0-9A-Fa-f:]+\])$/.exec(entry.value);
-  if (!m) throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" is invalid: expected user@host (e.g. postgres@192.168.0.10)`);
+  if (!m)
+    throw new BartError(
+      `${at(entry.line)}: ${key} = "${entry.value}" is invalid: expected user@host (e.g. postgres@192.168.0.10)`,
+    );
   return { user: m[1]!, host: m[2]! };
 }
 
 function parseInteger(entry: RawEntry, key: string, min: number, max: number, at: At): number {
   if (!/^\d+$/.test(entry.value)) {
-    throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" is not a number: expected an integer from ${min} to ${max}`);
+    throw new BartError(
+      `${at(entry.line)}: ${key} = "${entry.value}" is not a number: expected an integer from ${min} to ${max}`,
+    );
   }
   const n = Number(entry.value);
-  if (n < min || n > max) throw new BartError(`${at(entry.line)}: ${key} = ${entry.value} is out of range: allowed ${min} to ${max}`);
+  if (n < min || n > max)
+    throw new BartError(`${at(entry.line)}: ${key} = ${entry.value} is out of range: allowed ${min} to ${max}`);
   return n;
 }
 
@@ -193,11 +214,14 @@ function parseEnabled(entry: RawEntry, key: string, at: At): boolean {
   const v = entry.value.toLowerCase();
   if (v === 'enabled') return true;
   if (v === 'disabled') return false;
-  throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" is invalid: allowed values are enabled and disabled`);
+  throw new BartError(
+    `${at(entry.line)}: ${key} = "${entry.value}" is invalid: allowed values are enabled and disabled`,
+  );
 }
 
 function parsePath(entry: RawEntry, key: string, at: At): string {
-  if (!isAbsolute(entry.value)) throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" must be an absolute path`);
+  if (!isAbsolute(entry.value))
+    throw new BartError(`${at(entry.line)}: ${key} = "${entry.value}" must be an absolute path`);
   return entry.value.replace(/\/+$/, '') || '/';
 }
 
@@ -208,7 +232,9 @@ function parseOverridable(section: RawSection, base: OverridableSettings, at: At
   if (rp) {
     const policy = parseRetentionPolicy(rp.value);
     if (!policy) {
-      throw new BartError(`${at(rp.line)}: retention_policy = "${rp.value}" is invalid: expected "N BACKUPS", "N DAYS", "N WEEKS", "N MONTHS" (N >= 1), a bare N, or none`);
+      throw new BartError(
+        `${at(rp.line)}: retention_policy = "${rp.value}" is invalid: expected "N BACKUPS", "N DAYS", "N WEEKS", "N MONTHS" (N >= 1), a bare N, or none`,
+      );
     }
     out.retentionPolicy = policy;
   }
@@ -219,7 +245,10 @@ function parseOverridable(section: RawSection, base: OverridableSettings, at: At
   const xm = e.get('xlog_method');
   if (xm) {
     const v = xm.value.toLowerCase();
-    if (v !== 'fetch' && v !== 'stream') throw new BartError(`${at(xm.line)}: xlog_method = "${xm.value}" is invalid: allowed values are fetch and stream`);
+    if (v !== 'fetch' && v !== 'stream')
+      throw new BartError(
+        `${at(xm.line)}: xlog_method = "${xm.value}" is invalid: allowed values are fetch and stream`,
+      );
     out.xlogMethod = v as XlogMethod;
   }
   const tc = e.get('thread_count');
@@ -238,19 +267,31 @@ function parseOverridable(section: RawSection, base: OverridableSettings, at: At
 function required(section: RawSection, key: string, file: string, what: string): RawEntry {
   const entry = section.entries.get(key);
   if (!entry || entry.value === '') {
-    throw new BartError(`${file}:${section.line}: section [${section.name}] is missing the required parameter "${key}" (${what})`);
+    throw new BartError(
+      `${file}:${section.line}: section [${section.name}] is missing the required parameter "${key}" (${what})`,
+    );
   }
   return entry;
 }
 
 function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
   const e = section.entries;
-  const bartHost = parseUserAtHost(required(section, 'bart_host', file, 'user@host of the BART user on this host'), 'bart_host', at);
-  const backupPath = parsePath(required(section, 'backup_path', file, 'the directory that holds the backup catalog'), 'backup_path', at);
+  const bartHost = parseUserAtHost(
+    required(section, 'bart_host', file, 'user@host of the BART user on this host'),
+    'bart_host',
+    at,
+  );
+  const backupPath = parsePath(
+    required(section, 'backup_path', file, 'the directory that holds the backup catalog'),
+    'backup_path',
+    at,
+  );
   const pgb = e.get('pg_basebackup_path');
   const socketName = e.get('bart_socket_name');
   if (socketName && !/^[A-Za-z0-9_.-]+$/.test(socketName.value)) {
-    throw new BartError(`${at(socketName.line)}: bart_socket_name = "${socketName.value}" is invalid: use a plain file name`);
+    throw new BartError(
+      `${at(socketName.line)}: bart_socket_name = "${socketName.value}" is invalid: use a plain file name`,
+    );
   }
   return {
     ...parseOverridable(section, OVERRIDABLE_DEFAULTS, at),
@@ -258,7 +299,9 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
     backupPath,
     ...(pgb ? { pgBasebackupPath: parsePath(pgb, 'pg_basebackup_path', at) } : {}),
     logfile: e.get('logfile') ? parsePath(e.get('logfile')!, 'logfile', at) : '/tmp/bart.log',
-    scannerLogfile: e.get('scanner_logfile') ? parsePath(e.get('scanner_logfile')!, 'scanner_logfile', at) : '/tmp/bart_scanner.log',
+    scannerLogfile: e.get('scanner_logfile')
+      ? parsePath(e.get('scanner_logfile')!, 'scanner_logfile', at)
+      : '/tmp/bart_scanner.log',
     // Unset: a private per-user directory, /tmp/bart-<uid>, decided where the scanner paths are built
     // (src/scanner/paths.ts), once bart runs as the BART user.
     ...(e.get('bart_socket_directory')
@@ -270,9 +313,15 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
 
 function parseTablespacePath(entry: RawEntry, at: At): Map<number, string> {
   const map = new Map<number, string>();
-  for (const part of entry.value.split(';').map((p) => p.trim()).filter((p) => p !== '')) {
+  for (const part of entry.value
+    .split(';')
+    .map((p) => p.trim())
+    .filter((p) => p !== '')) {
     const m = /^(\d+)=(\/.*)$/.exec(part);
-    if (!m) throw new BartError(`${at(entry.line)}: tablespace_path entry "${part}" is invalid: expected OID=/absolute/path, entries separated by ";"`);
+    if (!m)
+      throw new BartError(
+        `${at(entry.line)}: tablespace_path entry "${part}" is invalid: expected OID=/absolute/path, entries separated by ";"`,
+      );
     const oid = Number(m[1]);
     if (map.has(oid)) throw new BartError(`${at(entry.line)}: tablespace_path names OID ${oid} twice`);
     map.set(oid, m[2]!.replace(/\/+$/, ''));
@@ -285,17 +334,25 @@ function parseServer(section: RawSection, global: GlobalConfig, at: At): ServerC
   const file = at(0).replace(/:0$/, '');
   const name = section.name.toLowerCase();
   const host = required(section, 'host', file, 'host name or IP address of the database server').value;
-  const user = required(section, 'user', file, 'the PostgreSQL superuser with replication rights that bart connects as').value;
+  const user = required(
+    section,
+    'user',
+    file,
+    'the PostgreSQL superuser with replication rights that bart connects as',
+  ).value;
   const clusterOwner = required(section, 'cluster_owner', file, 'the OS user that owns the data directory').value;
   if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(clusterOwner)) {
-    throw new BartError(`${at(e.get('cluster_owner')!.line)}: cluster_owner = "${clusterOwner}" is not a valid OS user name`);
+    throw new BartError(
+      `${at(e.get('cluster_owner')!.line)}: cluster_owner = "${clusterOwner}" is not a valid OS user name`,
+    );
   }
   const portEntry = e.get('port');
   const remote = e.get('remote_host');
   const backupName = e.get('backup_name');
   if (backupName) {
     const problem = backupNameProblem(backupName.value);
-    if (problem) throw new BartError(`${at(backupName.line)}: backup_name = "${backupName.value}" is invalid: ${problem}`);
+    if (problem)
+      throw new BartError(`${at(backupName.line)}: backup_name = "${backupName.value}" is invalid: ${problem}`);
   }
   const archivePath = e.get('archive_path');
   const tablespacePath = e.get('tablespace_path');
@@ -312,7 +369,9 @@ function parseServer(section: RawSection, global: GlobalConfig, at: At): ServerC
     user,
     clusterOwner,
     ...(remote ? { remoteHost: parseUserAtHost(remote, 'remote_host', at) } : {}),
-    archivePath: archivePath ? parsePath(archivePath, 'archive_path', at) : join(global.backupPath, name, 'archived_wals'),
+    archivePath: archivePath
+      ? parsePath(archivePath, 'archive_path', at)
+      : join(global.backupPath, name, 'archived_wals'),
     ...(archiveCommand && archiveCommand.value !== '' ? { archiveCommand: archiveCommand.value } : {}),
     tablespacePath: tablespacePath ? parseTablespacePath(tablespacePath, at) : new Map(),
     allowIncrementalBackups: incremental ? parseEnabled(incremental, 'allow_incremental_backups', at) : false,

@@ -19,12 +19,17 @@ export async function* checkedWalk(host: DataHost, root: string): AsyncGenerator
       throw new BartError(`refusing entry "${entry.path}" from ${origin}: unknown type`);
     }
     if (!Number.isSafeInteger(entry.size) || entry.size < 0) {
-      throw new BartError(`refusing entry "${entry.path}" from ${origin}: size ${String(entry.size)} is not a byte count`);
+      throw new BartError(
+        `refusing entry "${entry.path}" from ${origin}: size ${String(entry.size)} is not a byte count`,
+      );
     }
     if (!Number.isInteger(entry.mode) || entry.mode < 0 || entry.mode > 0o7777) {
-      throw new BartError(`refusing entry "${entry.path}" from ${origin}: mode ${String(entry.mode)} is not permission bits`);
+      throw new BartError(
+        `refusing entry "${entry.path}" from ${origin}: mode ${String(entry.mode)} is not permission bits`,
+      );
     }
-    if (!Number.isFinite(entry.mtimeMs)) throw new BartError(`refusing entry "${entry.path}" from ${origin}: bad modification time`);
+    if (!Number.isFinite(entry.mtimeMs))
+      throw new BartError(`refusing entry "${entry.path}" from ${origin}: bad modification time`);
     if (entry.type === 'symlink') {
       // A tablespace link's target becomes a tablespace location: it must be a clean absolute path.
       if (/^pg_tblspc\/[^/]+$/.test(entry.path)) checkAbsolutePath(entry.linkTarget, `${origin} (link ${entry.path})`);

@@ -55,7 +55,12 @@ export interface TargetEntry {
 /** Serializable description of a target, from which a worker thread rebuilds it. */
 export type RestoreTargetSpec =
   | { kind: 'local'; /** uid/gid to chown written files to (root only). */ owner?: { uid: number; gid: number } }
-  | { kind: 'ssh'; user: string; host: string; /** The main thread's ssh ControlMaster socket, shared by the workers. */ controlPath: string };
+  | {
+      kind: 'ssh';
+      user: string;
+      host: string;
+      /** The main thread's ssh ControlMaster socket, shared by the workers. */ controlPath: string;
+    };
 
 /** Operations RESTORE needs on the host that receives the cluster. */
 export interface RestoreTarget {

@@ -34,10 +34,17 @@ export function parseBackupLabel(text: string): BackupLabel {
  * in backup mode.
  */
 export class BackupSession {
-  private constructor(private readonly client: pg.Client, private readonly major: number) {}
+  private constructor(
+    private readonly client: pg.Client,
+    private readonly major: number,
+  ) {}
 
   /** Starts backup mode with an immediate checkpoint. */
-  static async start(client: pg.Client, major: number, label: string): Promise<{ session: BackupSession; startLsn: string }> {
+  static async start(
+    client: pg.Client,
+    major: number,
+    label: string,
+  ): Promise<{ session: BackupSession; startLsn: string }> {
     try {
       const r = await client.query<{ lsn: string }>(backupStartSql(major), [label, true]);
       return { session: new BackupSession(client, major), startLsn: r.rows[0]!.lsn };
@@ -50,7 +57,9 @@ export class BackupSession {
   async stop(waitForArchive = true): Promise<BackupStopResult> {
     try {
       // pg_backup_stop waits for archiving without a time limit; the server logs a warning while it waits.
-      const r = await this.client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(backupStopSql(this.major, waitForArchive));
+      const r = await this.client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(
+        backupStopSql(this.major, waitForArchive),
+      );
       const row = r.rows[0]!;
       return { stopLsn: row.lsn, labelFile: row.labelfile, tablespaceMap: row.spcmapfile ?? '' };
     } catch (err) {

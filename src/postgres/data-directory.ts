@@ -8,13 +8,26 @@ import type { HostEntry } from '../hosts/data-host.js';
  * directories themselves must exist.
  */
 const CONTENTS_EXCLUDED = new Set([
-  'pg_wal', 'pg_dynshmem', 'pg_notify', 'pg_replslot', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans',
+  'pg_wal',
+  'pg_dynshmem',
+  'pg_notify',
+  'pg_replslot',
+  'pg_serial',
+  'pg_snapshots',
+  'pg_stat_tmp',
+  'pg_subtrans',
 ]);
 
 /** Top-level files never copied: the backup writes its own backup_label/tablespace_map from pg_backup_stop. */
 const TOP_LEVEL_FILES_EXCLUDED = new Set([
-  'postmaster.pid', 'postmaster.opts', 'backup_label', 'tablespace_map', 'backup_manifest',
-  'backup_label.old', 'postgresql.auto.conf.tmp', 'current_logfiles.tmp',
+  'postmaster.pid',
+  'postmaster.opts',
+  'backup_label',
+  'tablespace_map',
+  'backup_manifest',
+  'backup_label.old',
+  'postgresql.auto.conf.tmp',
+  'current_logfiles.tmp',
 ]);
 
 /** Files excluded wherever they are. */
@@ -38,7 +51,11 @@ export function includeInBackup(entry: HostEntry): boolean {
   } else {
     const top = parts[0]!;
     // pg_wal/archive_status is the one subdirectory of pg_wal PostgreSQL expects to find.
-    if (CONTENTS_EXCLUDED.has(top) && !(top === 'pg_wal' && parts.length === 2 && name === 'archive_status' && entry.type === 'dir')) return false;
+    if (
+      CONTENTS_EXCLUDED.has(top) &&
+      !(top === 'pg_wal' && parts.length === 2 && name === 'archive_status' && entry.type === 'dir')
+    )
+      return false;
     if (top === 'pg_tblspc' && parts.length === 2) return false;
   }
   if (entry.type === 'file' && ANYWHERE_FILES_EXCLUDED.has(name)) return false;

@@ -19,7 +19,9 @@ export async function serverVersion(client: pg.Client): Promise<ServerVersion> {
   const num = Number(await queryValue(client, 'SHOW server_version_num'));
   const major = Math.floor(num / 10000);
   if (major < MIN_MAJOR_VERSION || major > MAX_MAJOR_VERSION) {
-    throw new BartError(`PostgreSQL ${major} is not supported: pgbart works with PostgreSQL ${MIN_MAJOR_VERSION} to ${MAX_MAJOR_VERSION}`);
+    throw new BartError(
+      `PostgreSQL ${major} is not supported: pgbart works with PostgreSQL ${MIN_MAJOR_VERSION} to ${MAX_MAJOR_VERSION}`,
+    );
   }
   return { num, major };
 }

@@ -50,8 +50,13 @@ export class WalStreamer {
   /** Opens the replication connection and creates the temporary slot (call before pg_backup_start). */
   static async open(source: StreamSource, segmentSize: number, outDir: string): Promise<WalStreamer> {
     const config: pg.ClientConfig & { replication: string } = {
-      host: source.host, port: source.port, user: source.user, database: 'postgres',
-      application_name: 'pgbart wal stream', connectionTimeoutMillis: 10_000, replication: 'true',
+      host: source.host,
+      port: source.port,
+      user: source.user,
+      database: 'postgres',
+      application_name: 'pgbart wal stream',
+      connectionTimeoutMillis: 10_000,
+      replication: 'true',
     };
     const client = new pg.Client(config);
     client.on('error', () => undefined);
@@ -64,7 +69,9 @@ export class WalStreamer {
       return new WalStreamer(client, slot, timeline, segmentSize, outDir);
     } catch (err) {
       await client.end().catch(() => undefined);
-      throw new BartError(`cannot open a replication connection to ${source.host}:${source.port} for xlog_method = stream: ${errorMessage(err)} (check pg_hba.conf "replication" entries and max_wal_senders)`);
+      throw new BartError(
+        `cannot open a replication connection to ${source.host}:${source.port} for xlog_method = stream: ${errorMessage(err)} (check pg_hba.conf "replication" entries and max_wal_senders)`,
+      );
     }
   }
 
@@ -145,7 +152,10 @@ export class WalStreamer {
     const deadline = Date.now() + timeoutMs;
     while (this.received < stopLsn) {
       if (this.failure) throw new BartError(`WAL streaming failed: ${errorMessage(this.failure)}`);
-      if (Date.now() > deadline) throw new BartError(`WAL streaming did not reach the backup's stop location ${formatLsn(stopLsn)} within ${timeoutMs / 1000} s (received up to ${formatLsn(this.received)})`);
+      if (Date.now() > deadline)
+        throw new BartError(
+          `WAL streaming did not reach the backup's stop location ${formatLsn(stopLsn)} within ${timeoutMs / 1000} s (received up to ${formatLsn(this.received)})`,
+        );
       await new Promise((r) => setTimeout(r, 20));
     }
     clearInterval(this.statusTimer);

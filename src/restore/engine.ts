@@ -20,7 +20,12 @@ export interface ExtractResult {
  * after a failure (or `signal`), nothing new starts and only the tasks already running finish
  * before the error is thrown: the caller then removes what was written.
  */
-export async function extractBackup(plan: AsyncIterable<PlanItem>, target: RestoreTarget, workers: number, signal?: AbortSignal): Promise<ExtractResult> {
+export async function extractBackup(
+  plan: AsyncIterable<PlanItem>,
+  target: RestoreTarget,
+  workers: number,
+  signal?: AbortSignal,
+): Promise<ExtractResult> {
   const pool = new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers);
   const inflight = new Set<Promise<void>>();
   let failure: unknown;

@@ -79,7 +79,13 @@ export async function copyArchivedWal(
   workers: number,
 ): Promise<void> {
   await target.makeDir(dir, 0o700);
-  if (target.spec.kind === 'ssh') await uploadWalFiles(target, archivePath, wal.map((w) => w.name), dir);
+  if (target.spec.kind === 'ssh')
+    await uploadWalFiles(
+      target,
+      archivePath,
+      wal.map((w) => w.name),
+      dir,
+    );
   else await copyWal(archivePath, wal, dir, Math.max(2, workers));
 }
 

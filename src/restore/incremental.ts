@@ -47,8 +47,14 @@ const SKIPPED_BASE_FILES = new Set(['tablespace_map']);
 
 /** Checks a file's size and checksum (before it is completed on the target). */
 function verify(entry: IncrementalManifestEntry, bytes: number, digest: string | undefined, label: string): void {
-  if (bytes !== entry.size) throw new BartError(`${label}: "${entry.path}" holds ${bytes} bytes, the manifest says ${entry.size} (damaged backup)`);
-  if (digest !== undefined && digest !== entry.checksum) throw new BartError(`${label}: checksum mismatch for "${entry.path}" (expected ${entry.checksum}, got ${digest}): the backup is damaged`);
+  if (bytes !== entry.size)
+    throw new BartError(
+      `${label}: "${entry.path}" holds ${bytes} bytes, the manifest says ${entry.size} (damaged backup)`,
+    );
+  if (digest !== undefined && digest !== entry.checksum)
+    throw new BartError(
+      `${label}: checksum mismatch for "${entry.path}" (expected ${entry.checksum}, got ${digest}): the backup is damaged`,
+    );
 }
 
 /** Applies one file of an incremental: a whole file replaces, a block-level one patches the file already restored. */
@@ -85,7 +91,10 @@ async function applyFile(
     const incr = entry.incr;
     // Cut or extended to the recorded length (zeros, overwritten where blocks are stored), then patched.
     const patcher = await opts.target.openPatcher(dest, incr.length, entry.size);
-    if (!patcher) throw new BartError(`${label}: "${entry.path}" is stored as changed blocks, but the parent backups did not restore it (inconsistent chain)`);
+    if (!patcher)
+      throw new BartError(
+        `${label}: "${entry.path}" is stored as changed blocks, but the parent backups did not restore it (inconsistent chain)`,
+      );
     try {
       let run = 0;
       let inRun = 0;
@@ -97,7 +106,10 @@ async function applyFile(
         let at = 0;
         while (at < piece.length) {
           const r = incr.runs[run];
-          if (!r) throw new BartError(`${label}: "${entry.path}" holds more than its ${incr.runs.length} block runs (damaged backup)`);
+          if (!r)
+            throw new BartError(
+              `${label}: "${entry.path}" holds more than its ${incr.runs.length} block runs (damaged backup)`,
+            );
           const block = r[0] + inRun;
           const n = Math.min(piece.length - at, BLOCK_SIZE - blockFill);
           const part = piece.subarray(at, at + n);
@@ -106,7 +118,10 @@ async function applyFile(
           if (blockFill + n === BLOCK_SIZE) {
             const expected = incr.crcs.slice(stored * 8, stored * 8 + 8);
             const got = (blockCrc >>> 0).toString(16).padStart(8, '0');
-            if (expected !== '' && expected !== got) throw new BartError(`${label}: block ${block} of "${entry.path}" has CRC ${got}, the manifest says ${expected} (damaged backup)`);
+            if (expected !== '' && expected !== got)
+              throw new BartError(
+                `${label}: block ${block} of "${entry.path}" has CRC ${got}, the manifest says ${expected} (damaged backup)`,
+              );
           }
           await patcher.write(part, block * BLOCK_SIZE + blockFill);
           blockFill += n;
@@ -124,7 +139,8 @@ async function applyFile(
         }
         bytes += piece.length;
       }
-      if (blockFill !== 0) throw new BartError(`${label}: "${entry.path}" ends in the middle of a block (damaged backup)`);
+      if (blockFill !== 0)
+        throw new BartError(`${label}: "${entry.path}" ends in the middle of a block (damaged backup)`);
       verify(entry, bytes, hash?.digest('hex'), label);
       await patcher.finish();
     } catch (err) {
@@ -143,7 +159,11 @@ async function applyFile(
  * recorded length and patched with the stored blocks (each block's CRC-32C and each file's checksum
  * verified). Archives (tablespaces) the newest backup does not have are skipped.
  */
-export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, step: ApplyStep = { newest: true }): Promise<{ files: number; bytes: number }> {
+export async function applyIncremental(
+  entry: CatalogEntry,
+  opts: ApplyOptions,
+  step: ApplyStep = { newest: true },
+): Promise<{ files: number; bytes: number }> {
   const info = entry.info;
   const label = `incremental backup ${info.id}`;
   const files = new Map<string, Map<string, IncrementalManifestEntry>>();
@@ -191,7 +211,8 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
     await opts.target.symlink(l.linkTarget, l.path);
   }
   // WAL of an intermediate link is neither needed nor kept: read past it unchecked (VERIFY-CHKSUM covers it).
-  const passOver = (archive: string, e: IncrementalManifestEntry) => !step.newest && archive === 'base' && e.path.startsWith('pg_wal/');
+  const passOver = (archive: string, e: IncrementalManifestEntry) =>
+    !step.newest && archive === 'base' && e.path.startsWith('pg_wal/');
   const before = previous?.files;
   const destFor = (archive: string, e: IncrementalManifestEntry): string | undefined => {
     if (archive === 'base' && SKIPPED_BASE_FILES.has(e.path)) return undefined;
@@ -215,7 +236,10 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
             continue;
           }
           const e = entries.get(header.path);
-          if (!e) throw new BartError(`${label}: ${tarName(archive, ext)} holds "${header.path}", which its manifest does not list (damaged backup)`);
+          if (!e)
+            throw new BartError(
+              `${label}: ${tarName(archive, ext)} holds "${header.path}", which its manifest does not list (damaged backup)`,
+            );
           entries.delete(header.path);
           if (passOver(archive, e)) {
             await reader.skip(header.size + tarPadding(header.size));
@@ -229,7 +253,10 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
         stream.destroy();
       }
       const missing = entries.keys().next();
-      if (!missing.done) throw new BartError(`${label}: "${missing.value}" is listed in the manifest but not in ${tarName(archive, ext)} (damaged backup)`);
+      if (!missing.done)
+        throw new BartError(
+          `${label}: "${missing.value}" is listed in the manifest but not in ${tarName(archive, ext)} (damaged backup)`,
+        );
     } else {
       const root = join(entry.dir, archive === 'base' ? PLAIN_BASE_DIR : archive);
       for (const e of entries.values()) {
@@ -248,7 +275,8 @@ export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, 
         try {
           total += await applyFile(e, stream as AsyncIterable<Buffer>, destFor(archive, e), opts, label);
         } catch (err) {
-          if (isErrnoError(err) && err.code === 'ENOENT') throw new BartError(`${label}: "${e.path}" is missing from the backup (damaged backup)`);
+          if (isErrnoError(err) && err.code === 'ENOENT')
+            throw new BartError(`${label}: "${e.path}" is missing from the backup (damaged backup)`);
           throw err;
         } finally {
           stream.destroy();
@@ -290,6 +318,8 @@ export async function removeDropped(newest: CatalogEntry, opts: ApplyOptions): P
       removed++;
     }
   }
-  log.debug(`restore of chain ending at ${newest.info.id}: removed ${removed} files and directories dropped since the full backup`);
+  log.debug(
+    `restore of chain ending at ${newest.info.id}: removed ${removed} files and directories dropped since the full backup`,
+  );
   return removed;
 }

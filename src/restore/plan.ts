@@ -6,7 +6,12 @@ import { compressionExtension, type CompressionMethod } from '../storage/compres
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
-import { readManifest, type ManifestArtifact, type ManifestFileEntry, type ManifestHeader } from '../catalog/manifest.js';
+import {
+  readManifest,
+  type ManifestArtifact,
+  type ManifestFileEntry,
+  type ManifestHeader,
+} from '../catalog/manifest.js';
 import type { RestoreFileSpec, RestoreTask } from './reader.js';
 import { checkAbsolutePath, TreeShapeCheck } from '../util/untrusted-path.js';
 
@@ -98,10 +103,13 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
         }
       } else {
         const path = plainStoredPath(backupDir, e, ext);
-        const size = (await storedSize(path)) ?? (ext !== '' ? await storedSize(plainStoredPath(backupDir, e, '')) : undefined);
+        const size =
+          (await storedSize(path)) ?? (ext !== '' ? await storedSize(plainStoredPath(backupDir, e, '')) : undefined);
         if (size === undefined) throw new BartError(`backup ${info.id} is damaged: "${path}" is missing`);
         if (e.storedSize !== undefined && size !== e.storedSize) {
-          throw new BartError(`backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${e.storedSize}`);
+          throw new BartError(
+            `backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${e.storedSize}`,
+          );
         }
       }
     }
@@ -112,12 +120,15 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
   for (const shape of shapes.values()) shape.finish();
   for (const t of info.tablespaces) {
     const origin = `the backupinfo of backup ${info.id}`;
-    if (!Number.isSafeInteger(t.oid) || t.oid <= 0) throw new BartError(`backup ${info.id} cannot be restored: ${origin} lists a tablespace with OID "${t.oid}"`);
+    if (!Number.isSafeInteger(t.oid) || t.oid <= 0)
+      throw new BartError(`backup ${info.id} cannot be restored: ${origin} lists a tablespace with OID "${t.oid}"`);
     checkAbsolutePath(t.location, `${origin} (tablespace ${t.oid})`);
   }
   if (!header) throw new BartError(`backup ${info.id} cannot be restored: ${manifestPath} has no header`);
   if (header.id !== info.id || header.format !== info.format) {
-    throw new BartError(`backup ${info.id} cannot be restored: ${manifestPath} describes backup ${header.id} (${header.format}), not this one`);
+    throw new BartError(
+      `backup ${info.id} cannot be restored: ${manifestPath} describes backup ${header.id} (${header.format}), not this one`,
+    );
   }
   if (info.format === 'tar') {
     for (const archive of archives.keys()) {
@@ -127,16 +138,21 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
       if (size === undefined) throw new BartError(`backup ${info.id} is damaged: "${path}" is missing`);
       const recorded = artifacts.find((a) => a.artifact === name);
       if (recorded && recorded.size !== size) {
-        throw new BartError(`backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${recorded.size}`);
+        throw new BartError(
+          `backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${recorded.size}`,
+        );
       }
     }
   }
   for (const archive of archives.keys()) {
     if (archive !== BASE_ARCHIVE && !info.tablespaces.some((t) => String(t.oid) === archive)) {
-      throw new BartError(`backup ${info.id} cannot be restored: its manifest has archive "${archive}", which backupinfo does not list as a tablespace`);
+      throw new BartError(
+        `backup ${info.id} cannot be restored: its manifest has archive "${archive}", which backupinfo does not list as a tablespace`,
+      );
     }
   }
-  if (!archives.has(BASE_ARCHIVE)) throw new BartError(`backup ${info.id} cannot be restored: its manifest lists no data directory files`);
+  if (!archives.has(BASE_ARCHIVE))
+    throw new BartError(`backup ${info.id} cannot be restored: its manifest lists no data directory files`);
   return { header, archives, artifacts, totalFiles, totalBytes };
 }
 
@@ -187,9 +203,23 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     const anyOrder = scan.archives.get(archive)!.sequential;
     const destRoot = opts.destinations.get(archive)!;
     const label = info.format === 'tar' ? tarName(archive, ext) : archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : archive;
-    const common = { destRoot, files: p.files, checksumAlgorithm: opts.checksumAlgorithm, holdBack: holdBackFor(archive), label };
+    const common = {
+      destRoot,
+      files: p.files,
+      checksumAlgorithm: opts.checksumAlgorithm,
+      holdBack: holdBackFor(archive),
+      label,
+    };
     if (info.format === 'tar') {
-      return { kind: 'tar-range', ...common, artifactPath: join(backupDir, tarName(archive, ext)), compression, offset: p.offset, unitSkip: p.unitSkip, anyOrder };
+      return {
+        kind: 'tar-range',
+        ...common,
+        artifactPath: join(backupDir, tarName(archive, ext)),
+        compression,
+        offset: p.offset,
+        unitSkip: p.unitSkip,
+        anyOrder,
+      };
     }
     const sourceRoot = join(backupDir, archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : archive);
     return { kind: 'plain-files', ...common, sourceRoot, compression, extension: ext };
@@ -227,7 +257,12 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     }
     if (!p) {
       const sequential = info.format === 'tar' && (summary.sequential || e.offset === undefined);
-      p = { files: [], bytes: 0, offset: sequential ? 0 : (e.offset ?? 0), unitSkip: sequential ? 0 : (e.unitSkip ?? 0) };
+      p = {
+        files: [],
+        bytes: 0,
+        offset: sequential ? 0 : (e.offset ?? 0),
+        unitSkip: sequential ? 0 : (e.unitSkip ?? 0),
+      };
       pending.set(e.archive, p);
     }
     p.files.push(spec);

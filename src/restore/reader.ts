@@ -77,9 +77,16 @@ class FileSink {
 
   constructor(private readonly target: RestoreTarget) {}
 
-  async copy(pieces: AsyncIterable<Buffer>, dest: string | undefined, spec: RestoreFileSpec, alg: ChecksumAlgorithm, where: string): Promise<number> {
+  async copy(
+    pieces: AsyncIterable<Buffer>,
+    dest: string | undefined,
+    spec: RestoreFileSpec,
+    alg: ChecksumAlgorithm,
+    where: string,
+  ): Promise<number> {
     const hash = spec.checksum ? createChecksum(alg) : undefined;
-    const writer: TargetFileWriter | undefined = dest === undefined ? undefined : await this.target.openWriter(dest, spec.mode & 0o777, spec.size);
+    const writer: TargetFileWriter | undefined =
+      dest === undefined ? undefined : await this.target.openWriter(dest, spec.mode & 0o777, spec.size);
     let bytes = 0;
     try {
       for await (const piece of pieces) {
@@ -96,11 +103,16 @@ class FileSink {
         }
       }
       if (writer) await this.flush(writer);
-      if (bytes !== spec.size) throw new Error(`${where}: "${spec.path}" holds ${bytes} bytes, the manifest says ${spec.size} (damaged backup)`);
+      if (bytes !== spec.size)
+        throw new Error(
+          `${where}: "${spec.path}" holds ${bytes} bytes, the manifest says ${spec.size} (damaged backup)`,
+        );
       if (hash) {
         const digest = hash.digest('hex');
         if (digest !== spec.checksum) {
-          throw new Error(`${where}: checksum mismatch for "${spec.path}" (expected ${spec.checksum}, got ${digest}): the backup is damaged`);
+          throw new Error(
+            `${where}: checksum mismatch for "${spec.path}" (expected ${spec.checksum}, got ${digest}): the backup is damaged`,
+          );
         }
       }
       await writer?.finish();
@@ -133,7 +145,8 @@ async function runTarRange(task: TarRangeTask, target: RestoreTarget): Promise<R
   let files = 0;
   let bytes = 0;
   try {
-    if (!(await reader.skip(task.unitSkip))) throw new Error(`${where}: archive ends before the first entry of this range`);
+    if (!(await reader.skip(task.unitSkip)))
+      throw new Error(`${where}: archive ends before the first entry of this range`);
     const byPath = task.anyOrder ? new Map(task.files.map((f) => [f.path, f])) : undefined;
     let next = 0;
     while (byPath ? byPath.size > 0 : next < task.files.length) {
@@ -146,7 +159,9 @@ async function runTarRange(task: TarRangeTask, target: RestoreTarget): Promise<R
       }
       if (!header) {
         const missing = expected?.path ?? byPath!.keys().next().value;
-        throw new Error(`${where}: archive ends before "${missing}", which the manifest lists (damaged or truncated backup)`);
+        throw new Error(
+          `${where}: archive ends before "${missing}", which the manifest lists (damaged or truncated backup)`,
+        );
       }
       if (header.type !== 'file') {
         // Directories and links are created from the manifest; their headers carry no data.
@@ -159,10 +174,18 @@ async function runTarRange(task: TarRangeTask, target: RestoreTarget): Promise<R
         throw new Error(`${where}: found "${header.path}"${listed} (manifest and archive disagree)`);
       }
       if (header.size !== spec.size) {
-        throw new Error(`${where}: "${header.path}" is ${header.size} bytes in the archive, ${spec.size} in the manifest (damaged backup)`);
+        throw new Error(
+          `${where}: "${header.path}" is ${header.size} bytes in the archive, ${spec.size} in the manifest (damaged backup)`,
+        );
       }
       try {
-        bytes += await sink.copy(reader.stream(header.size), destination(task, spec), spec, task.checksumAlgorithm, task.label);
+        bytes += await sink.copy(
+          reader.stream(header.size),
+          destination(task, spec),
+          spec,
+          task.checksumAlgorithm,
+          task.label,
+        );
       } catch (err) {
         const msg = (err as Error).message;
         throw new Error(msg.startsWith(task.label) ? msg : `${where}: ${msg}`);
@@ -197,7 +220,13 @@ async function runPlainFiles(task: PlainFilesTask, target: RestoreTarget): Promi
     }
     const stream = openDecompressed(stored, compression);
     try {
-      bytes += await sink.copy(stream as AsyncIterable<Buffer>, destination(task, spec), spec, task.checksumAlgorithm, `${task.label}/${spec.path}`);
+      bytes += await sink.copy(
+        stream as AsyncIterable<Buffer>,
+        destination(task, spec),
+        spec,
+        task.checksumAlgorithm,
+        `${task.label}/${spec.path}`,
+      );
     } catch (err) {
       if (isErrnoError(err) && err.code === 'ENOENT' && err.path === stored) {
         throw new Error(`${task.label}: "${spec.path}" is missing from the backup (damaged backup)`);

@@ -90,7 +90,9 @@ export function parseTargetTime(text: string, defaultZone: string): ParsedTime {
       `-g/--target-timestamp "${text}" is not a valid time: use YYYY-MM-DD HH:MM:SS[.ffffff] with an optional zone (Z, UTC, +02, -05:30 or a name such as Europe/Paris)`,
     );
   if (!m) throw bad();
-  const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4] ?? '0', m[5] ?? '0', m[6] ?? '0'].map(Number) as [number, number, number, number, number, number];
+  const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4] ?? '0', m[5] ?? '0', m[6] ?? '0'].map(
+    Number,
+  ) as [number, number, number, number, number, number];
   const fraction = m[7] ?? '';
   const zoneText = m[8]!;
   if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 59) throw bad();
@@ -102,7 +104,9 @@ export function parseTargetTime(text: string, defaultZone: string): ParsedTime {
   const offset = /^([+-])(\d{2})(?::?(\d{2}))?$/.exec(zoneText);
   if (zoneText === '') {
     zoneAssumed = true;
-    instant = isKnownTimeZone(defaultZone) ? zonedToUtc(wall, defaultZone) : new Date(year, month - 1, day, hour, minute, second).getTime();
+    instant = isKnownTimeZone(defaultZone)
+      ? zonedToUtc(wall, defaultZone)
+      : new Date(year, month - 1, day, hour, minute, second).getTime();
   } else if (/^(z|utc|gmt)$/i.test(zoneText)) {
     instant = wall;
   } else if (offset) {
@@ -140,7 +144,8 @@ export function parseTargetOptions(o: TargetOptions, defaultZone: string): Parse
   let description = 'end of the archived WAL';
   if (o.targetXid !== undefined) {
     // Plain xids and PostgreSQL 13+'s epoch-qualified 64-bit ones (pg_current_xact_id()).
-    if (!/^\d{1,20}$/.test(o.targetXid) || BigInt(o.targetXid) < 3n) throw new BartError(`-x/--target-xid "${o.targetXid}" is not a transaction id (a number of 3 or more)`);
+    if (!/^\d{1,20}$/.test(o.targetXid) || BigInt(o.targetXid) < 3n)
+      throw new BartError(`-x/--target-xid "${o.targetXid}" is not a transaction id (a number of 3 or more)`);
     target = { kind: 'xid', value: o.targetXid };
     description = `transaction ${o.targetXid}`;
   } else if (o.targetTimestamp !== undefined) {
@@ -149,12 +154,14 @@ export function parseTargetOptions(o: TargetOptions, defaultZone: string): Parse
     time = parsed.instant;
     description = `time ${parsed.normalized}${parsed.zoneAssumed ? ` ("${o.targetTimestamp}" read in time zone ${defaultZone})` : ''}`;
   } else if (o.targetLsn !== undefined) {
-    if (!isLsn(o.targetLsn)) throw new BartError(`--target-lsn "${o.targetLsn}" is not an LSN: expected X/Y in hexadecimal, e.g. 0/1A2B3C4`);
+    if (!isLsn(o.targetLsn))
+      throw new BartError(`--target-lsn "${o.targetLsn}" is not an LSN: expected X/Y in hexadecimal, e.g. 0/1A2B3C4`);
     target = { kind: 'lsn', value: formatLsn(parseLsn(o.targetLsn)) };
     description = `LSN ${target.value}`;
   } else if (o.targetName !== undefined) {
     requireConfSafe('--target-name', o.targetName);
-    if (o.targetName === '' || o.targetName.length > 63) throw new BartError(`--target-name "${o.targetName}" is not a restore point name (1 to 63 characters)`);
+    if (o.targetName === '' || o.targetName.length > 63)
+      throw new BartError(`--target-name "${o.targetName}" is not a restore point name (1 to 63 characters)`);
     target = { kind: 'name', value: o.targetName };
     description = `restore point "${o.targetName}"`;
   } else if (o.targetImmediate) {
@@ -165,7 +172,9 @@ export function parseTargetOptions(o: TargetOptions, defaultZone: string): Parse
     throw new BartError('--target-exclusive needs a -x/--target-xid, -g/--target-timestamp or --target-lsn target');
   }
   if (o.targetAction !== undefined && target.kind === 'none') {
-    throw new BartError('--target-action needs a recovery target (-x, -g, --target-lsn, --target-name or --target-immediate): without one, recovery replays all archived WAL and ends');
+    throw new BartError(
+      '--target-action needs a recovery target (-x, -g, --target-lsn, --target-name or --target-immediate): without one, recovery replays all archived WAL and ends',
+    );
   }
   if (o.targetAction !== undefined && !['pause', 'promote', 'shutdown'].includes(o.targetAction)) {
     throw new BartError(`--target-action "${o.targetAction}" must be pause, promote or shutdown`);
@@ -218,7 +227,9 @@ export async function checkTargetAgainstBackup(t: ParsedTarget, info: BackupInfo
   const tli = Number(t.timeline);
   if (tli === info.timeline) return;
   if (tli < info.timeline) {
-    throw new BartError(`-t/--target-tli ${tli} is older than the timeline of backup ${info.id} (${info.timeline}): recovery cannot go back to an earlier timeline; use an older backup`);
+    throw new BartError(
+      `-t/--target-tli ${tli} is older than the timeline of backup ${info.id} (${info.timeline}): recovery cannot go back to an earlier timeline; use an older backup`,
+    );
   }
   const history = await readHistory(archivePath, tli);
   if (history === undefined) {
@@ -231,7 +242,9 @@ export async function checkTargetAgainstBackup(t: ParsedTarget, info: BackupInfo
   const spans = parseTimelineHistory(history.text, tli, history.path);
   const entry = spans.find((s) => s.timeline === info.timeline && s.end !== undefined);
   if (!entry) {
-    throw new BartError(`-t/--target-tli ${tli} does not descend from timeline ${info.timeline} of backup ${info.id} (per its history file); choose a backup taken on its ancestry`);
+    throw new BartError(
+      `-t/--target-tli ${tli} does not descend from timeline ${info.timeline} of backup ${info.id} (per its history file); choose a backup taken on its ancestry`,
+    );
   }
   if (entry.end! < parseLsn(info.stopLsn)) {
     throw new BartError(

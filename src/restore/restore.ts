@@ -179,8 +179,7 @@ async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarge
   let extracted: ExtractResult;
   try {
     for (const root of plan.roots) await txn.claim(root);
-    const marker =
-      `pgbart RESTORE of backup ${info.id} in progress (pid ${process.pid}, started ${new Date().toISOString()})\n`;
+    const marker = `pgbart RESTORE of backup ${info.id} in progress (pid ${process.pid}, started ${new Date().toISOString()})\n`;
     await target.writeFile(join(path, INCOMPLETE_MARKER), marker, 0o600);
     const destinations = new Map<string, string>([[BASE_ARCHIVE, path]]);
     for (const [oid, dest] of plan.tablespaceDest) destinations.set(String(oid), dest);

@@ -7,7 +7,12 @@
  */
 
 import {
-  isZeroBlock, parseTarHeader, TAR_BLOCK, TarExtensions, tarPadding, type TarHeader,
+  isZeroBlock,
+  parseTarHeader,
+  TAR_BLOCK,
+  TarExtensions,
+  tarPadding,
+  type TarHeader,
 } from '../storage/tar-header.js';
 
 /** Pulls exact byte counts out of a stream of chunks, holding at most one chunk. */

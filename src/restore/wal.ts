@@ -19,7 +19,11 @@ export interface WalToCopy {
  * the backup's start segment on, on the backup's timeline and later ones (up to `maxTimeline` when
  * -t names one). Later timelines are included because recovery follows them ('latest' by default).
  */
-export async function selectWalToCopy(archivePath: string, info: BackupInfo, maxTimeline?: number): Promise<WalToCopy[]> {
+export async function selectWalToCopy(
+  archivePath: string,
+  info: BackupInfo,
+  maxTimeline?: number,
+): Promise<WalToCopy[]> {
   let names: string[];
   try {
     names = await readdir(archivePath);
@@ -50,18 +54,29 @@ export async function selectWalToCopy(archivePath: string, info: BackupInfo, max
 
 /** Bytes the copied WAL takes once decompressed (segments are whole; a .gz one expands to a segment). */
 export function walCopyBytes(files: WalToCopy[], segmentSize: number): number {
-  return files.reduce((sum, f) => sum + (parseArchiveFileName(f.name)?.kind === 'segment' ? Math.max(segmentSize, f.storedBytes) : f.storedBytes), 0);
+  return files.reduce(
+    (sum, f) =>
+      sum + (parseArchiveFileName(f.name)?.kind === 'segment' ? Math.max(segmentSize, f.storedBytes) : f.storedBytes),
+    0,
+  );
 }
 
 /** Copies the selected WAL into `destDir` (decompressing .gz), `parallel` files at a time. */
-export async function copyWal(archivePath: string, files: WalToCopy[], destDir: string, parallel: number, signal?: AbortSignal): Promise<void> {
+export async function copyWal(
+  archivePath: string,
+  files: WalToCopy[],
+  destDir: string,
+  parallel: number,
+  signal?: AbortSignal,
+): Promise<void> {
   let next = 0;
   const worker = async () => {
     while (next < files.length) {
       signal?.throwIfAborted();
       const f = files[next++]!;
       const outcome = await getWalFile(archivePath, f.name, join(destDir, f.name));
-      if (outcome === 'missing') throw new BartError(`WAL file ${f.name} vanished from the archive "${archivePath}" while it was being copied`);
+      if (outcome === 'missing')
+        throw new BartError(`WAL file ${f.name} vanished from the archive "${archivePath}" while it was being copied`);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(parallel, files.length)) }, worker));

@@ -14,6 +14,9 @@ export function retentionNow(env: NodeJS.ProcessEnv = process.env): Date {
   const text = env[NOW_ENV];
   if (text === undefined || text === '') return new Date();
   const now = new Date(text);
-  if (Number.isNaN(now.getTime())) throw new BartError(`environment variable ${NOW_ENV}="${text}" is not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)`);
+  if (Number.isNaN(now.getTime()))
+    throw new BartError(
+      `environment variable ${NOW_ENV}="${text}" is not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)`,
+    );
   return now;
 }

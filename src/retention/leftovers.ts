@@ -68,7 +68,12 @@ export async function findLeftovers(config: BartConfig, server: ServerConfig, lo
       const m = TEMP_RE.exec(name);
       if (!m || processAlive(Number(m[1]))) continue;
       const path = join(dir, name);
-      out.push({ kind: 'temp-file', path, description: `temp file of dead process ${m[1]}`, bytes: await treeBytes(path) });
+      out.push({
+        kind: 'temp-file',
+        path,
+        description: `temp file of dead process ${m[1]}`,
+        bytes: await treeBytes(path),
+      });
     }
   };
   for (const name of (await names(serverDir)).sort()) {
@@ -86,9 +91,20 @@ export async function findLeftovers(config: BartConfig, server: ServerConfig, lo
       // Every BACKUP holds the server lock while it writes: without a live holder (or when we hold it)
       // a .partial is dead even if its PID now belongs to some other process.
       const dead = lockHeld || holder === undefined || !readable || pid === undefined || !processAlive(pid);
-      if (dead && (readable || holder === undefined)) out.push({ kind: 'failed-backup', path, description: `backup directory of a BACKUP that died${pid ? ` (pid ${pid})` : ''}`, bytes: await treeBytes(path) });
+      if (dead && (readable || holder === undefined))
+        out.push({
+          kind: 'failed-backup',
+          path,
+          description: `backup directory of a BACKUP that died${pid ? ` (pid ${pid})` : ''}`,
+          bytes: await treeBytes(path),
+        });
     } else if (name.endsWith(DELETING_SUFFIX) && /^\d+$/.test(name.slice(0, -DELETING_SUFFIX.length))) {
-      out.push({ kind: 'deleting-backup', path, description: 'backup directory whose deletion was interrupted', bytes: await treeBytes(path) });
+      out.push({
+        kind: 'deleting-backup',
+        path,
+        description: 'backup directory whose deletion was interrupted',
+        bytes: await treeBytes(path),
+      });
     }
   }
   await tempIn(serverDir);

@@ -36,24 +36,50 @@ async function sizeOf(path: string): Promise<number> {
  * (an obsolete backup still restores until it is deleted). While a BACKUP is in progress its start
  * is unknown, so the archive is left alone.
  */
-export async function planWalRemoval(config: BartConfig, server: ServerConfig, entries: readonly CatalogEntry[], removed: ReadonlySet<string>): Promise<WalRemoval> {
+export async function planWalRemoval(
+  config: BartConfig,
+  server: ServerConfig,
+  entries: readonly CatalogEntry[],
+  removed: ReadonlySet<string>,
+): Promise<WalRemoval> {
   const remaining = entries.filter((e) => e.complete && !removed.has(e.info.id));
   // A BACKUP in progress holds the server lock; a .partial whose PID merely looks alive (reused) does not count.
   const holder = await serverLockHolder(serverCatalogDir(config, server));
-  if (holder !== undefined && holder.pid !== process.pid && entries.some((e) => !e.complete && e.info.status === 'in progress')) {
-    return { plan: { remove: [], reason: 'a BACKUP is in progress, so archived WAL is left alone this time' }, bytes: 0, skipped: true };
+  if (
+    holder !== undefined &&
+    holder.pid !== process.pid &&
+    entries.some((e) => !e.complete && e.info.status === 'in progress')
+  ) {
+    return {
+      plan: { remove: [], reason: 'a BACKUP is in progress, so archived WAL is left alone this time' },
+      bytes: 0,
+      skipped: true,
+    };
   }
   // A backup whose backupinfo cannot be read (listed as damaged, or not at all) may come back with INIT -r:
   // its start is unknown, so nothing may go, unless it is being removed.
   const listed = new Set(entries.filter((e) => e.damage === undefined).map((e) => e.info.id));
-  const unreadable = (await archiveNames(serverCatalogDir(config, server)))
-    .filter((n) => /^\d+$/.test(n) && !listed.has(n) && !removed.has(n));
+  const unreadable = (await archiveNames(serverCatalogDir(config, server))).filter(
+    (n) => /^\d+$/.test(n) && !listed.has(n) && !removed.has(n),
+  );
   if (unreadable.length > 0) {
-    return { plan: { remove: [], reason: `backup ${unreadable.join(', ')} has no readable backupinfo (repair it with bart INIT -r -s ${server.name}), so archived WAL is left alone` }, bytes: 0, skipped: true };
+    return {
+      plan: {
+        remove: [],
+        reason: `backup ${unreadable.join(', ')} has no readable backupinfo (repair it with bart INIT -r -s ${server.name}), so archived WAL is left alone`,
+      },
+      bytes: 0,
+      skipped: true,
+    };
   }
   const plan = planWalCleanup(
     await archiveNames(server.archivePath),
-    remaining.map((e) => ({ id: e.info.id, timeline: e.info.timeline, startWalFile: e.info.startWalFile, walSegmentSize: e.info.walSegmentSize })),
+    remaining.map((e) => ({
+      id: e.info.id,
+      timeline: e.info.timeline,
+      startWalFile: e.info.startWalFile,
+      walSegmentSize: e.info.walSegmentSize,
+    })),
   );
   let bytes = 0;
   for (const name of plan.remove) bytes += await sizeOf(join(server.archivePath, name));
@@ -80,7 +106,12 @@ export interface RemovalResult {
  * Test hook: crash points `delete:renamed`, `delete:wal`, `delete:before-rm`, `delete:after-rm`,
  * `delete:leftovers` (PGBART_CRASH_AT, util/crash-point.ts).
  */
-export async function removeFromCatalog(config: BartConfig, server: ServerConfig, targets: readonly CatalogEntry[], leftovers: readonly Leftover[]): Promise<RemovalResult> {
+export async function removeFromCatalog(
+  config: BartConfig,
+  server: ServerConfig,
+  targets: readonly CatalogEntry[],
+  leftovers: readonly Leftover[],
+): Promise<RemovalResult> {
   const serverDir = serverCatalogDir(config, server);
   const doomed: string[] = [];
   for (const entry of targets) {
@@ -88,7 +119,9 @@ export async function removeFromCatalog(config: BartConfig, server: ServerConfig
     await rename(entry.dir, to);
     await fsyncDir(serverDir);
     doomed.push(to);
-    log.info(`backup ${entry.info.id}${entry.info.name ? ` (${entry.info.name})` : ''} of server ${server.name} removed from the catalog`);
+    log.info(
+      `backup ${entry.info.id}${entry.info.name ? ` (${entry.info.name})` : ''} of server ${server.name} removed from the catalog`,
+    );
     crashPoint('delete:renamed');
   }
   const entries = await listBackups(config, server);
@@ -105,7 +138,9 @@ export async function removeFromCatalog(config: BartConfig, server: ServerConfig
   }
   if (walFiles > 0) {
     await fsyncDir(server.archivePath);
-    log.info(`deleted ${walFiles} archived WAL/MBM file(s) of server ${server.name} no backup needs (${wal.plan.reason})`);
+    log.info(
+      `deleted ${walFiles} archived WAL/MBM file(s) of server ${server.name} no backup needs (${wal.plan.reason})`,
+    );
   } else if (wal.skipped) {
     log.warning(`server ${server.name}: ${wal.plan.reason}`);
   }
@@ -135,13 +170,16 @@ export function backupLabel(entry: CatalogEntry): string {
 
 /** Sorts backups children first (an incremental is always taken after its parent: higher identifier). */
 export function childrenFirst(entries: readonly CatalogEntry[]): CatalogEntry[] {
-  return [...entries].sort((a, b) => (BigInt(b.info.id) > BigInt(a.info.id) ? 1 : BigInt(b.info.id) < BigInt(a.info.id) ? -1 : 0));
+  return [...entries].sort((a, b) =>
+    BigInt(b.info.id) > BigInt(a.info.id) ? 1 : BigInt(b.info.id) < BigInt(a.info.id) ? -1 : 0,
+  );
 }
 
 /** Complete backups MANAGE -d deletes: the obsolete ones and every incremental depending on them, children first. */
 export function obsoleteTargets(entries: readonly CatalogEntry[]): CatalogEntry[] {
   const complete = entries.filter((e) => e.complete);
   const ids = new Set<string>();
-  for (const e of complete) if (e.info.status === 'obsolete') for (const d of entryWithDescendants(complete, e.info.id)) ids.add(d.info.id);
+  for (const e of complete)
+    if (e.info.status === 'obsolete') for (const d of entryWithDescendants(complete, e.info.id)) ids.add(d.info.id);
   return childrenFirst(complete.filter((e) => ids.has(e.info.id)));
 }

@@ -51,7 +51,11 @@ export function withDescendants<T extends { id: string; parent?: string }>(backu
 }
 
 /** {@link withDescendants} for any record that knows its identifier and parent through `link`. */
-export function descendantsBy<T>(items: readonly T[], id: string, link: (item: T) => { id: string; parent?: string | undefined }): T[] {
+export function descendantsBy<T>(
+  items: readonly T[],
+  id: string,
+  link: (item: T) => { id: string; parent?: string | undefined },
+): T[] {
   const children = new Map<string, T[]>();
   for (const item of items) {
     const parent = link(item).parent;
@@ -86,7 +90,17 @@ export function windowStart(policy: Extract<RetentionPolicy, { kind: 'window' }>
   const year = Math.floor(totalMonths / 12);
   const month = totalMonths - year * 12;
   const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
-  return new Date(Date.UTC(year, month, Math.min(now.getUTCDate(), lastDay), now.getUTCHours(), now.getUTCMinutes(), now.getUTCSeconds(), now.getUTCMilliseconds()));
+  return new Date(
+    Date.UTC(
+      year,
+      month,
+      Math.min(now.getUTCDate(), lastDay),
+      now.getUTCHours(),
+      now.getUTCMinutes(),
+      now.getUTCSeconds(),
+      now.getUTCMilliseconds(),
+    ),
+  );
 }
 
 /**
@@ -102,23 +116,46 @@ export function windowStart(policy: Extract<RetentionPolicy, { kind: 'window' }>
  *   be restored and becomes obsolete too.
  * In-progress and failed backups are ignored (MANAGE -d removes failed ones as leftovers).
  */
-export function evaluateRetention(backups: readonly RetentionBackup[], policy: RetentionPolicy, now: Date): StatusChange[] {
+export function evaluateRetention(
+  backups: readonly RetentionBackup[],
+  policy: RetentionPolicy,
+  now: Date,
+): StatusChange[] {
   const live = backups.filter((b) => CATALOGUED.has(b.status));
   const fullActive = live.filter((b) => b.parent === undefined && b.status === 'active');
-  const newestFirst = [...fullActive].sort((a, b) => b.startTime.getTime() - a.startTime.getTime() || (BigInt(b.id) > BigInt(a.id) ? 1 : -1));
-  const fullStatus = new Map<string, BackupStatus>(live.filter((b) => b.parent === undefined).map((b) => [b.id, b.status]));
+  const newestFirst = [...fullActive].sort(
+    (a, b) => b.startTime.getTime() - a.startTime.getTime() || (BigInt(b.id) > BigInt(a.id) ? 1 : -1),
+  );
+  const fullStatus = new Map<string, BackupStatus>(
+    live.filter((b) => b.parent === undefined).map((b) => [b.id, b.status]),
+  );
   const changes: StatusChange[] = [];
-  const policyText = policy.kind === 'none' ? 'none' : policy.kind === 'backups' ? `${policy.count} BACKUPS` : `${policy.count} ${policy.unit}`;
+  const policyText =
+    policy.kind === 'none'
+      ? 'none'
+      : policy.kind === 'backups'
+        ? `${policy.count} BACKUPS`
+        : `${policy.count} ${policy.unit}`;
   if (policy.kind === 'backups') {
     for (const b of newestFirst.slice(policy.count)) {
-      changes.push({ id: b.id, from: 'active', to: 'obsolete', reason: `retention policy ${policyText}: ${policy.count} newer active full backup(s) exist` });
+      changes.push({
+        id: b.id,
+        from: 'active',
+        to: 'obsolete',
+        reason: `retention policy ${policyText}: ${policy.count} newer active full backup(s) exist`,
+      });
       fullStatus.set(b.id, 'obsolete');
     }
   } else if (policy.kind === 'window') {
     const cutoff = windowStart(policy, now);
     for (const b of newestFirst) {
       if (b.startTime.getTime() < cutoff.getTime()) {
-        changes.push({ id: b.id, from: 'active', to: 'obsolete', reason: `retention policy ${policyText}: started before ${cutoff.toISOString()}` });
+        changes.push({
+          id: b.id,
+          from: 'active',
+          to: 'obsolete',
+          reason: `retention policy ${policyText}: started before ${cutoff.toISOString()}`,
+        });
         fullStatus.set(b.id, 'obsolete');
       }
     }
@@ -127,7 +164,12 @@ export function evaluateRetention(backups: readonly RetentionBackup[], policy: R
     if (b.parent === undefined || b.status !== 'active') continue;
     const root = chainRoot(live, b.id);
     if (!root) {
-      changes.push({ id: b.id, from: 'active', to: 'obsolete', reason: 'its chain has no full backup any more (cannot be restored)' });
+      changes.push({
+        id: b.id,
+        from: 'active',
+        to: 'obsolete',
+        reason: 'its chain has no full backup any more (cannot be restored)',
+      });
     } else if (fullStatus.get(root.id) === 'obsolete') {
       changes.push({ id: b.id, from: 'active', to: 'obsolete', reason: `follows its full backup ${root.id}` });
     }

@@ -39,7 +39,10 @@ export interface WalCleanupPlan {
  * go, history files stay (tiny, and PostgreSQL picks new timeline IDs by looking for them). Files
  * that are not archive files (temp files, foreign files) are never touched here.
  */
-export function planWalCleanup(archiveNames: readonly string[], remaining: readonly RetainedBackupWal[]): WalCleanupPlan {
+export function planWalCleanup(
+  archiveNames: readonly string[],
+  remaining: readonly RetainedBackupWal[],
+): WalCleanupPlan {
   let keepFrom: bigint | undefined;
   let minTimeline: number | undefined;
   let segSize = DEFAULT_WAL_SEGMENT_SIZE;

@@ -62,7 +62,14 @@ export interface ChangeSet {
  * True when `block` of the fork must be taken from the newer backup: it was modified in the
  * range, or lies at or past the fork's limit, or its whole database/tablespace is new.
  */
-export function isBlockModified(cs: ChangeSet, spcOid: number, dbOid: number, relNumber: number, fork: number, block: number): boolean {
+export function isBlockModified(
+  cs: ChangeSet,
+  spcOid: number,
+  dbOid: number,
+  relNumber: number,
+  fork: number,
+  block: number,
+): boolean {
   if (cs.createdDatabases.some((d) => d.dbOid === dbOid && d.spcOid === spcOid)) return true;
   if (cs.createdTablespaces.includes(spcOid)) return true;
   const f = cs.relations.get(forkKey(spcOid, dbOid, relNumber, fork));
@@ -133,7 +140,10 @@ export function checkRangeBounds(req: ChangeSetRequest): void {
  * The WAL segments (timeline, name) whose records start in [startLsn, endLsn). Throws BartError
  * for a range {@link checkRangeBounds} refuses, so no caller builds an unbounded list.
  */
-export function segmentsOfRange(archivePath: string, req: ChangeSetRequest): Array<{ timeline: number; segNo: bigint; name: string }> {
+export function segmentsOfRange(
+  archivePath: string,
+  req: ChangeSetRequest,
+): Array<{ timeline: number; segNo: bigint; name: string }> {
   checkRangeBounds(req);
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
   if (req.endLsn <= req.startLsn) return [];
@@ -163,10 +173,16 @@ async function readMbmOrRescan(archivePath: string, path: string, segment: strin
     return await readMbmFile(path);
   } catch (err) {
     const wal = findSegmentFile(archivePath, segment);
-    if (!wal) throw new BartError(`${errorMessage(err)}; its WAL segment ${segment} is no longer archived, so it cannot be rebuilt: take a new full backup`);
+    if (!wal)
+      throw new BartError(
+        `${errorMessage(err)}; its WAL segment ${segment} is no longer archived, so it cannot be rebuilt: take a new full backup`,
+      );
     log.warning(`${errorMessage(err)}; scanning WAL segment ${segment} again to rebuild it`);
     const r = await scanWalFile(wal);
-    if (r.status !== 'written') throw new BartError(`${errorMessage(err)}; rescanning ${segment} needs WAL segment ${r.nextSegment}, which is not archived`);
+    if (r.status !== 'written')
+      throw new BartError(
+        `${errorMessage(err)}; rescanning ${segment} needs WAL segment ${r.nextSegment}, which is not archived`,
+      );
     if (r.mbmPath !== path) await unlink(path).catch(() => undefined);
     return r.map;
   }
@@ -181,10 +197,19 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
   const index = indexMbmFiles(archivePath);
   const cs: ChangeSet = {
-    timeline: req.timeline, startLsn: req.startLsn, endLsn: req.endLsn, relations: new Map(),
-    createdDatabases: [], droppedDatabases: [], createdTablespaces: [], droppedTablespaces: [],
-    walLevelMinimal: false, fullPageWritesOff: false,
-    events: [], missingSegments: [], mbmFiles: [],
+    timeline: req.timeline,
+    startLsn: req.startLsn,
+    endLsn: req.endLsn,
+    relations: new Map(),
+    createdDatabases: [],
+    droppedDatabases: [],
+    createdTablespaces: [],
+    droppedTablespaces: [],
+    walLevelMinimal: false,
+    fullPageWritesOff: false,
+    events: [],
+    missingSegments: [],
+    mbmFiles: [],
   };
   const blockSets = new Map<string, Set<number>>();
   for (const seg of segmentsOfRange(archivePath, req)) {
@@ -196,15 +221,26 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
     }
     const path = join(archivePath, file);
     const m = await readMbmOrRescan(archivePath, path, seg.name);
-    if (m.segmentSize !== segSize) throw new BartError(`MBM file "${path}" was made for WAL segments of ${m.segmentSize} bytes, not ${segSize}`);
+    if (m.segmentSize !== segSize)
+      throw new BartError(`MBM file "${path}" was made for WAL segments of ${m.segmentSize} bytes, not ${segSize}`);
     if (cs.systemId === undefined) cs.systemId = m.systemId;
-    else if (m.systemId !== cs.systemId) throw new BartError(`MBM file "${path}" belongs to another cluster (system identifier ${m.systemId}, expected ${cs.systemId})`);
+    else if (m.systemId !== cs.systemId)
+      throw new BartError(
+        `MBM file "${path}" belongs to another cluster (system identifier ${m.systemId}, expected ${cs.systemId})`,
+      );
     cs.mbmFiles.push(path);
     for (const r of m.relations) {
       const key = forkKey(r.spcOid, r.dbOid, r.relNumber, r.fork);
       let acc = cs.relations.get(key);
       if (!acc) {
-        acc = { spcOid: r.spcOid, dbOid: r.dbOid, relNumber: r.relNumber, fork: r.fork, limit: null, blocks: new Uint32Array(0) };
+        acc = {
+          spcOid: r.spcOid,
+          dbOid: r.dbOid,
+          relNumber: r.relNumber,
+          fork: r.fork,
+          limit: null,
+          blocks: new Uint32Array(0),
+        };
         cs.relations.set(key, acc);
         blockSets.set(key, new Set());
       }
@@ -215,7 +251,8 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
     for (const e of m.events) {
       cs.events.push(e);
       if (e.kind === 'database-create') cs.createdDatabases.push({ spcOid: e.spcOid, dbOid: e.dbOid });
-      else if (e.kind === 'database-drop') for (const s of e.spcOids) cs.droppedDatabases.push({ spcOid: s, dbOid: e.dbOid });
+      else if (e.kind === 'database-drop')
+        for (const s of e.spcOids) cs.droppedDatabases.push({ spcOid: s, dbOid: e.dbOid });
       else if (e.kind === 'tablespace-create') cs.createdTablespaces.push(e.spcOid);
       else if (e.kind === 'tablespace-drop') cs.droppedTablespaces.push(e.spcOid);
       else if (e.kind === 'wal-level-change' && e.walLevel === 'minimal') cs.walLevelMinimal = true;

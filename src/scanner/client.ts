@@ -61,7 +61,9 @@ export function askScanner(config: BartConfig, req: ScannerRequest, timeoutMs: n
 }
 
 /** Whether a bart-scanner answers on this configuration's socket (for CHECK-CONFIG). */
-export async function isScannerRunning(config: BartConfig): Promise<{ running: boolean; pid?: number; servers?: string[] }> {
+export async function isScannerRunning(
+  config: BartConfig,
+): Promise<{ running: boolean; pid?: number; servers?: string[] }> {
   try {
     const r = await askScanner(config, { op: 'ping' }, 3000);
     if (r.ok && r.op === 'ping') return { running: true, pid: r.pid, servers: r.servers };
@@ -87,11 +89,21 @@ export interface MbmRange {
  * scanner running, scans the archive on the spot in this process. The result says what is still
  * missing; merge with loadChangeSet() afterwards.
  */
-export async function requestMbms(config: BartConfig, server: ServerConfig, range: MbmRange, timeoutSec = server.mbmScanTimeout): Promise<EnsureMbmsResult & { scannerRunning: boolean }> {
+export async function requestMbms(
+  config: BartConfig,
+  server: ServerConfig,
+  range: MbmRange,
+  timeoutSec = server.mbmScanTimeout,
+): Promise<EnsureMbmsResult & { scannerRunning: boolean }> {
   // The scanner refuses an unbounded range too; failing here names it without a round trip.
   checkRangeBounds(range);
   const req: ScannerRequest = {
-    op: 'ensure', server: server.name, timeline: range.timeline, startLsn: formatLsn(range.startLsn), endLsn: formatLsn(range.endLsn), timeoutSec,
+    op: 'ensure',
+    server: server.name,
+    timeline: range.timeline,
+    startLsn: formatLsn(range.startLsn),
+    endLsn: formatLsn(range.endLsn),
+    timeoutSec,
     ...(range.segmentSize ? { segmentSize: range.segmentSize } : {}),
   };
   let r: ScannerResponse | undefined;
@@ -100,7 +112,15 @@ export async function requestMbms(config: BartConfig, server: ServerConfig, rang
   } catch {
     r = undefined;
   }
-  if (r && r.ok && r.op === 'ensure') return { complete: r.complete, missingWal: r.missingWal, waiting: r.waiting, errors: r.errors, written: [], scannerRunning: true };
+  if (r && r.ok && r.op === 'ensure')
+    return {
+      complete: r.complete,
+      missingWal: r.missingWal,
+      waiting: r.waiting,
+      errors: r.errors,
+      written: [],
+      scannerRunning: true,
+    };
   const local = await ensureMbms(server.archivePath, range);
   return { ...local, scannerRunning: false };
 }

@@ -74,13 +74,18 @@ class ServerWorker {
         }, 100);
       });
       this.watcher.on('error', (err) => {
-        log.warning(`server ${this.server.sectionName}: watching ${this.server.archivePath} failed (${err.message}); relying on periodic scans`);
+        log.warning(
+          `server ${this.server.sectionName}: watching ${this.server.archivePath} failed (${err.message}); relying on periodic scans`,
+        );
         this.watcher?.close();
         this.watcher = undefined;
       });
     } catch (err) {
       // Retried after each successful pass (the directory may appear later); said once.
-      if (!this.watchWarned) log.warning(`server ${this.server.sectionName}: cannot watch ${this.server.archivePath} (${errorMessage(err)}); relying on periodic scans`);
+      if (!this.watchWarned)
+        log.warning(
+          `server ${this.server.sectionName}: cannot watch ${this.server.archivePath} (${errorMessage(err)}); relying on periodic scans`,
+        );
       this.watchWarned = true;
     }
   }
@@ -131,14 +136,17 @@ class ServerWorker {
       // The directory may have been created after we started (bart INIT): watch it now.
       if (!this.watcher && !this.stopped) this.startWatch();
     } catch (err) {
-      if (!this.dirProblem) log.error(`server ${this.server.sectionName}: cannot read the archive directory ${dir}: ${errorMessage(err)}`);
+      if (!this.dirProblem)
+        log.error(`server ${this.server.sectionName}: cannot read the archive directory ${dir}: ${errorMessage(err)}`);
       this.dirProblem = true;
       return;
     }
-    const wal = names.filter((n) => {
-      const p = parseWalFileName(n);
-      return p !== undefined && !p.partial;
-    }).sort();
+    const wal = names
+      .filter((n) => {
+        const p = parseWalFileName(n);
+        return p !== undefined && !p.partial;
+      })
+      .sort();
     if (wal.length === 0) return;
     if (this.segmentSize === undefined) {
       for (const n of wal) {
@@ -185,16 +193,29 @@ class ServerWorker {
       } else {
         try {
           const r = await scanWalFile(t.path, { buffers: this.buffers });
-          s = r.status === 'written'
-            ? { status: 'written', mbmPath: r.mbmPath, records: r.map.records, relations: r.map.relations.length, events: r.map.events.length }
-            : { status: 'waiting', nextSegment: r.nextSegment };
+          s =
+            r.status === 'written'
+              ? {
+                  status: 'written',
+                  mbmPath: r.mbmPath,
+                  records: r.map.records,
+                  relations: r.map.relations.length,
+                  events: r.map.events.length,
+                }
+              : { status: 'waiting', nextSegment: r.nextSegment };
         } catch (err) {
           if (isErrnoError(err) && err.code === 'ENOENT') s = { status: 'vanished' };
           else throw err;
         }
       }
-      if (s.status === 'written') log.info(`server ${this.server.sectionName}: scanned ${t.name} (${s.records} records, ${s.relations} relation forks) -> ${s.mbmPath.slice(dir.length + 1)}`);
-      else if (s.status === 'waiting') log.debug(`server ${this.server.sectionName}: ${t.name} ends inside a record that continues in ${s.nextSegment}, which has not arrived yet`);
+      if (s.status === 'written')
+        log.info(
+          `server ${this.server.sectionName}: scanned ${t.name} (${s.records} records, ${s.relations} relation forks) -> ${s.mbmPath.slice(dir.length + 1)}`,
+        );
+      else if (s.status === 'waiting')
+        log.debug(
+          `server ${this.server.sectionName}: ${t.name} ends inside a record that continues in ${s.nextSegment}, which has not arrived yet`,
+        );
       else log.debug(`server ${this.server.sectionName}: ${t.name} disappeared while being scanned`);
     } catch (err) {
       this.failed.add(t.version);
@@ -244,7 +265,9 @@ export class ScannerDaemon {
       await chmod(sockPath, 0o600);
     } catch (err) {
       removeOwnPidFile(pidPath);
-      throw new BartError(`cannot listen on the scanner socket ${sockPath} (bart_socket_directory / bart_socket_name): ${errorMessage(err)}`);
+      throw new BartError(
+        `cannot listen on the scanner socket ${sockPath} (bart_socket_directory / bart_socket_name): ${errorMessage(err)}`,
+      );
     }
     const threads = Math.min(4, availableParallelism());
     if (threads > 1) {
@@ -263,11 +286,14 @@ export class ScannerDaemon {
 
   private startWorkers(): void {
     const servers = this.config.servers.filter((s) => s.allowIncrementalBackups);
-    if (servers.length === 0) log.warning(`no server in ${this.config.path} has allow_incremental_backups = enabled; nothing to scan`);
+    if (servers.length === 0)
+      log.warning(`no server in ${this.config.path} has allow_incremental_backups = enabled; nothing to scan`);
     for (const s of servers) {
       const w = new ServerWorker(s, this.pool);
       this.workers.set(s.name, w);
-      log.info(`server ${s.sectionName}: scanning ${s.archivePath}${s.scanInterval > 0 ? `, forced scan every ${s.scanInterval} s` : ''}`);
+      log.info(
+        `server ${s.sectionName}: scanning ${s.archivePath}${s.scanInterval > 0 ? `, forced scan every ${s.scanInterval} s` : ''}`,
+      );
       w.start();
     }
   }
@@ -358,16 +384,27 @@ export class ScannerDaemon {
     const server = worker?.server ?? this.config.servers.find((s) => s.name === req.server.toLowerCase());
     if (!server) return { ok: false, error: `server "${req.server}" is not in ${this.config.path}` };
     const range = {
-      timeline: req.timeline, startLsn: parseLsn(req.startLsn), endLsn: parseLsn(req.endLsn),
+      timeline: req.timeline,
+      startLsn: parseLsn(req.startLsn),
+      endLsn: parseLsn(req.endLsn),
       ...(req.segmentSize !== undefined ? { segmentSize: req.segmentSize } : {}),
     };
     const until = Date.now() + Math.max(0, req.timeoutSec) * 1000;
     for (;;) {
-      const r = worker ? await worker.exclusive(() => ensureMbms(server.archivePath, range)) : await ensureMbms(server.archivePath, range);
+      const r = worker
+        ? await worker.exclusive(() => ensureMbms(server.archivePath, range))
+        : await ensureMbms(server.archivePath, range);
       const hopeless = r.errors.length > 0;
       // A stopping daemon answers at once rather than hold STOP up for the rest of the timeout.
       if (r.complete || hopeless || Date.now() >= until || this.stopping) {
-        return { ok: true, op: 'ensure', complete: r.complete, missingWal: r.missingWal, waiting: r.waiting, errors: r.errors };
+        return {
+          ok: true,
+          op: 'ensure',
+          complete: r.complete,
+          missingWal: r.missingWal,
+          waiting: r.waiting,
+          errors: r.errors,
+        };
       }
       await new Promise((res) => setTimeout(res, 250));
     }

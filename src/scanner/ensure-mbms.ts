@@ -25,7 +25,11 @@ export interface EnsureMbmsResult {
  * an MBM, scanning the ones that lack it (in this process). Used by the scanner daemon when a
  * client asks, and by the incremental backup when no scanner runs.
  */
-export async function ensureMbms(archivePath: string, req: ChangeSetRequest, buffers: ScanBuffers = {}): Promise<EnsureMbmsResult> {
+export async function ensureMbms(
+  archivePath: string,
+  req: ChangeSetRequest,
+  buffers: ScanBuffers = {},
+): Promise<EnsureMbmsResult> {
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
   const index = indexMbmFiles(archivePath);
   const out: EnsureMbmsResult = { complete: true, missingWal: [], waiting: [], errors: [], written: [] };

@@ -23,7 +23,15 @@ const MIN_EVENT_SIZE = 16;
 const BLOCK_REFS_SLACK = 64;
 const FLAG_SWITCH = 1;
 
-const EVENT_CODES = { 'relation-drop': 1, 'database-create': 2, 'database-drop': 3, 'tablespace-create': 4, 'tablespace-drop': 5, 'wal-level-change': 6, 'full-page-writes-change': 7 } as const;
+const EVENT_CODES = {
+  'relation-drop': 1,
+  'database-create': 2,
+  'database-drop': 3,
+  'tablespace-create': 4,
+  'tablespace-drop': 5,
+  'wal-level-change': 6,
+  'full-page-writes-change': 7,
+} as const;
 const WAL_LEVELS = ['minimal', 'replica', 'logical'] as const;
 const VIA = ['commit', 'abort', 'commit-prepared', 'abort-prepared'] as const;
 
@@ -39,11 +47,30 @@ class Writer {
     this.buf.copy(g, 0, 0, this.len);
     this.buf = g;
   }
-  u8(v: number): void { this.ensure(1); this.buf[this.len++] = v; }
-  u16(v: number): void { this.ensure(2); this.buf.writeUInt16LE(v, this.len); this.len += 2; }
-  u32(v: number): void { this.ensure(4); this.buf.writeUInt32LE(v >>> 0, this.len); this.len += 4; }
-  u64(v: bigint): void { this.ensure(8); this.buf.writeBigUInt64LE(v, this.len); this.len += 8; }
-  bytes(b: Buffer): void { this.ensure(b.length); b.copy(this.buf, this.len); this.len += b.length; }
+  u8(v: number): void {
+    this.ensure(1);
+    this.buf[this.len++] = v;
+  }
+  u16(v: number): void {
+    this.ensure(2);
+    this.buf.writeUInt16LE(v, this.len);
+    this.len += 2;
+  }
+  u32(v: number): void {
+    this.ensure(4);
+    this.buf.writeUInt32LE(v >>> 0, this.len);
+    this.len += 4;
+  }
+  u64(v: bigint): void {
+    this.ensure(8);
+    this.buf.writeBigUInt64LE(v, this.len);
+    this.len += 8;
+  }
+  bytes(b: Buffer): void {
+    this.ensure(b.length);
+    b.copy(this.buf, this.len);
+    this.len += b.length;
+  }
 }
 
 /** Turns ascending block numbers into (first, count) runs. */
@@ -62,7 +89,11 @@ function runs(blocks: Uint32Array): number[] {
 
 function eventPayload(e: MbmEvent): Writer {
   const w = new Writer();
-  const rel = (r: RelFileId) => { w.u32(r.spcOid); w.u32(r.dbOid); w.u32(r.relNumber); };
+  const rel = (r: RelFileId) => {
+    w.u32(r.spcOid);
+    w.u32(r.dbOid);
+    w.u32(r.relNumber);
+  };
   switch (e.kind) {
     case 'relation-drop':
       w.u32(VIA.indexOf(e.via));
@@ -70,13 +101,20 @@ function eventPayload(e: MbmEvent): Writer {
       e.rels.forEach(rel);
       break;
     case 'database-create':
-      w.u32(e.dbOid); w.u32(e.spcOid); w.u32(e.strategy === 'file_copy' ? 0 : 1); w.u32(e.srcDbOid ?? 0); w.u32(e.srcSpcOid ?? 0);
+      w.u32(e.dbOid);
+      w.u32(e.spcOid);
+      w.u32(e.strategy === 'file_copy' ? 0 : 1);
+      w.u32(e.srcDbOid ?? 0);
+      w.u32(e.srcSpcOid ?? 0);
       break;
     case 'database-drop':
-      w.u32(e.dbOid); w.u32(e.spcOids.length); e.spcOids.forEach((s) => w.u32(s));
+      w.u32(e.dbOid);
+      w.u32(e.spcOids.length);
+      e.spcOids.forEach((s) => w.u32(s));
       break;
     case 'tablespace-create':
-      w.u32(e.spcOid); w.bytes(Buffer.from(e.path, 'utf8'));
+      w.u32(e.spcOid);
+      w.bytes(Buffer.from(e.path, 'utf8'));
       break;
     case 'tablespace-drop':
       w.u32(e.spcOid);
@@ -111,8 +149,12 @@ export function encodeMbm(m: ModifiedBlockMap): Buffer {
   w.u32(0);
   w.u32(0);
   for (const r of m.relations) {
-    w.u32(r.spcOid); w.u32(r.dbOid); w.u32(r.relNumber);
-    w.u8(r.fork); w.u8(r.limit === null ? 0 : 1); w.u16(0);
+    w.u32(r.spcOid);
+    w.u32(r.dbOid);
+    w.u32(r.relNumber);
+    w.u8(r.fork);
+    w.u8(r.limit === null ? 0 : 1);
+    w.u16(0);
     w.u32(r.limit ?? 0);
     const rs = runs(r.blocks);
     w.u32(rs.length / 2);
@@ -120,7 +162,9 @@ export function encodeMbm(m: ModifiedBlockMap): Buffer {
   }
   for (const e of m.events) {
     const p = eventPayload(e);
-    w.u8(EVENT_CODES[e.kind]); w.u8(0); w.u16(0);
+    w.u8(EVENT_CODES[e.kind]);
+    w.u8(0);
+    w.u16(0);
     w.u32(p.len);
     w.u64(BigInt(e.lsn));
     w.bytes(p.buf.subarray(0, p.len));
@@ -133,11 +177,14 @@ export function encodeMbm(m: ModifiedBlockMap): Buffer {
 
 /** Parses an MBM; throws BartError naming `label` and the offset on any inconsistency. */
 export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
-  const bad = (off: number, why: string): never => { throw new BartError(`invalid MBM file "${label}" at byte offset ${off}: ${why}`); };
+  const bad = (off: number, why: string): never => {
+    throw new BartError(`invalid MBM file "${label}" at byte offset ${off}: ${why}`);
+  };
   if (buf.length < HEADER_SIZE + 4) bad(buf.length, 'file too short');
   if (buf.toString('ascii', 0, 8) !== MBM_MAGIC) bad(0, 'bad magic (not an MBM file)');
   const version = buf.readUInt16LE(8);
-  if (version !== MBM_FORMAT_VERSION) bad(8, `unsupported format version ${version} (this pgbart reads version ${MBM_FORMAT_VERSION})`);
+  if (version !== MBM_FORMAT_VERSION)
+    bad(8, `unsupported format version ${version} (this pgbart reads version ${MBM_FORMAT_VERSION})`);
   const total = buf.readUInt32LE(64);
   if (total !== buf.length) bad(64, `recorded length ${total} differs from the file size ${buf.length}`);
   const crc = crc32cRange(buf, 0, buf.length - 4, 0);
@@ -150,8 +197,15 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
     bad(20, `WAL segment size ${segmentSize} is not a power of two from 1 MB to 1 GB`);
   }
   let p = headerSize;
-  const need = (n: number) => { if (p + n > end) bad(p, 'truncated entry'); };
-  const u32 = () => { need(4); const v = buf.readUInt32LE(p); p += 4; return v; };
+  const need = (n: number) => {
+    if (p + n > end) bad(p, 'truncated entry');
+  };
+  const u32 = () => {
+    need(4);
+    const v = buf.readUInt32LE(p);
+    p += 4;
+    return v;
+  };
   const nrel = buf.readUInt32LE(56);
   const nev = buf.readUInt32LE(60);
   // Counts are checked against the bytes that could hold them before anything is allocated.
@@ -163,7 +217,9 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
   let blockBudget = segmentSize / 4 + BLOCK_REFS_SLACK;
   const relations: ForkChanges[] = [];
   for (let i = 0; i < nrel; i++) {
-    const spcOid = u32(), dbOid = u32(), relNumber = u32();
+    const spcOid = u32(),
+      dbOid = u32(),
+      relNumber = u32();
     need(4);
     const fork = buf[p]!;
     const hasLimit = buf[p + 1]!;
@@ -185,7 +241,8 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
     const blocks = new Uint32Array(count);
     let j = 0;
     for (let k = 0; k < nruns; k++) {
-      const first = u32(), n = u32();
+      const first = u32(),
+        n = u32();
       for (let b = 0; b < n; b++) blocks[j++] = first + b;
     }
     relations.push({ spcOid, dbOid, relNumber, fork, limit: hasLimit ? limit : null, blocks });
@@ -209,8 +266,16 @@ export function decodeMbm(buf: Buffer, label: string): ModifiedBlockMap {
         break;
       }
       case 2: {
-        const dbOid = u32(), spcOid = u32(), strategy = u32() === 0 ? 'file_copy' : 'wal_log', srcDbOid = u32(), srcSpcOid = u32();
-        events.push(strategy === 'file_copy' ? { kind: 'database-create', lsn, dbOid, spcOid, strategy, srcDbOid, srcSpcOid } : { kind: 'database-create', lsn, dbOid, spcOid, strategy });
+        const dbOid = u32(),
+          spcOid = u32(),
+          strategy = u32() === 0 ? 'file_copy' : 'wal_log',
+          srcDbOid = u32(),
+          srcSpcOid = u32();
+        events.push(
+          strategy === 'file_copy'
+            ? { kind: 'database-create', lsn, dbOid, spcOid, strategy, srcDbOid, srcSpcOid }
+            : { kind: 'database-create', lsn, dbOid, spcOid, strategy },
+        );
         break;
       }
       case 3: {

@@ -25,9 +25,21 @@ export function blockRanges(blocks: Uint32Array): string {
 export function eventJson(e: MbmEvent): Record<string, unknown> {
   switch (e.kind) {
     case 'relation-drop':
-      return { kind: e.kind, lsn: lsn(e.lsn), via: e.via, relations: e.rels.map((r) => ({ tablespace: r.spcOid, database: r.dbOid, relfilenode: r.relNumber })) };
+      return {
+        kind: e.kind,
+        lsn: lsn(e.lsn),
+        via: e.via,
+        relations: e.rels.map((r) => ({ tablespace: r.spcOid, database: r.dbOid, relfilenode: r.relNumber })),
+      };
     case 'database-create':
-      return { kind: e.kind, lsn: lsn(e.lsn), tablespace: e.spcOid, database: e.dbOid, strategy: e.strategy, ...(e.strategy === 'file_copy' ? { sourceTablespace: e.srcSpcOid, sourceDatabase: e.srcDbOid } : {}) };
+      return {
+        kind: e.kind,
+        lsn: lsn(e.lsn),
+        tablespace: e.spcOid,
+        database: e.dbOid,
+        strategy: e.strategy,
+        ...(e.strategy === 'file_copy' ? { sourceTablespace: e.srcSpcOid, sourceDatabase: e.srcDbOid } : {}),
+      };
     case 'database-drop':
       return { kind: e.kind, lsn: lsn(e.lsn), database: e.dbOid, tablespaces: e.spcOids };
     case 'tablespace-create':
@@ -74,13 +86,18 @@ export function mbmToText(m: ModifiedBlockMap, file: string): string {
     'TABLESPACE  DATABASE  RELFILENODE  FORK  LIMIT  BLOCKS',
   ];
   for (const r of m.relations) {
-    lines.push(`${String(r.spcOid).padEnd(10)}  ${String(r.dbOid).padEnd(8)}  ${String(r.relNumber).padEnd(11)}  ${(FORK_NAMES[r.fork] ?? String(r.fork)).padEnd(4)}  ${(r.limit === null ? '-' : String(r.limit)).padEnd(5)}  ${blockRanges(r.blocks) || '-'}`);
+    lines.push(
+      `${String(r.spcOid).padEnd(10)}  ${String(r.dbOid).padEnd(8)}  ${String(r.relNumber).padEnd(11)}  ${(FORK_NAMES[r.fork] ?? String(r.fork)).padEnd(4)}  ${(r.limit === null ? '-' : String(r.limit)).padEnd(5)}  ${blockRanges(r.blocks) || '-'}`,
+    );
   }
   if (m.events.length) {
     lines.push('', 'EVENTS');
     for (const e of m.events) {
       const j = eventJson(e);
-      const rest = Object.entries(j).filter(([k]) => k !== 'kind' && k !== 'lsn').map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join(' ');
+      const rest = Object.entries(j)
+        .filter(([k]) => k !== 'kind' && k !== 'lsn')
+        .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+        .join(' ');
       lines.push(`${String(j.lsn).padEnd(12)}  ${e.kind}  ${rest}`);
     }
   }

@@ -1,7 +1,12 @@
 // Modified block map: the blocks and events one WAL range changed, per relation fork, and its builder.
 
 import {
-  BLOCK_SIZE, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, PAGE_HEADER_SIZE, VISIBILITYMAP_FORKNUM,
+  BLOCK_SIZE,
+  FSM_FORKNUM,
+  INIT_FORKNUM,
+  MAIN_FORKNUM,
+  PAGE_HEADER_SIZE,
+  VISIBILITYMAP_FORKNUM,
 } from '../postgres/constants.js';
 import type { RelFileId, WalEvent } from '../wal/relation-events.js';
 import type { WalRecord } from '../wal/record.js';
@@ -80,7 +85,14 @@ export class BlockMapBuilder {
   private last: ForkAcc | undefined;
 
   private acc(spcOid: number, dbOid: number, relNumber: number, fork: number): ForkAcc {
-    if (spcOid === this.lastSpc && dbOid === this.lastDb && relNumber === this.lastRel && fork === this.lastFork && this.last) return this.last;
+    if (
+      spcOid === this.lastSpc &&
+      dbOid === this.lastDb &&
+      relNumber === this.lastRel &&
+      fork === this.lastFork &&
+      this.last
+    )
+      return this.last;
     const key = forkKey(spcOid, dbOid, relNumber, fork);
     let a = this.forks.get(key);
     if (!a) {
@@ -128,7 +140,8 @@ export class BlockMapBuilder {
         return;
       case 'relation-drop':
         // Conservative: should a file of that name exist later, nothing of the old one counts.
-        for (const r of e.rels) for (const f of [MAIN_FORKNUM, FSM_FORKNUM, VISIBILITYMAP_FORKNUM, INIT_FORKNUM]) this.lower(r, f, 0);
+        for (const r of e.rels)
+          for (const f of [MAIN_FORKNUM, FSM_FORKNUM, VISIBILITYMAP_FORKNUM, INIT_FORKNUM]) this.lower(r, f, 0);
         this.events.push(e);
         return;
       default:

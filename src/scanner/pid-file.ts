@@ -7,7 +7,16 @@
  * alone.
  */
 import {
-  closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeSync,
+  closeSync,
+  constants,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readFileSync,
+  readSync,
+  statSync,
+  unlinkSync,
+  writeSync,
 } from 'node:fs';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { effectiveUid } from './paths.js';
@@ -115,7 +124,10 @@ export function inspectProcess(pid: number): ProcessCheck {
   }
   const args = cmdline.split('\0');
   if (!args.some((a) => /bart-scanner(\.[cm]?js)?$/.test(a))) {
-    const shown = args.filter((a) => a !== '').join(' ').slice(0, 80);
+    const shown = args
+      .filter((a) => a !== '')
+      .join(' ')
+      .slice(0, 80);
     return { alive: true, isOurScanner: false, reason: `it is not bart-scanner (${shown})` };
   }
   return { alive: true, isOurScanner: true };

@@ -11,12 +11,27 @@ import { checkRangeBounds } from './change-set.js';
 
 export type ScannerRequest =
   | { op: 'ping' }
-  | { op: 'ensure'; server: string; timeline: number; startLsn: string; endLsn: string; timeoutSec: number; segmentSize?: number };
+  | {
+      op: 'ensure';
+      server: string;
+      timeline: number;
+      startLsn: string;
+      endLsn: string;
+      timeoutSec: number;
+      segmentSize?: number;
+    };
 
 /** Answer to a {@link ScannerRequest}. */
 export type ScannerResponse =
   | { ok: true; op: 'ping'; pid: number; servers: string[] }
-  | { ok: true; op: 'ensure'; complete: boolean; missingWal: string[]; waiting: string[]; errors: Array<{ segment: string; message: string }> }
+  | {
+      ok: true;
+      op: 'ensure';
+      complete: boolean;
+      missingWal: string[];
+      waiting: string[];
+      errors: Array<{ segment: string; message: string }>;
+    }
   | { ok: false; error: string };
 
 /** Longest request line the scanner reads (a real request is about 150 bytes). */
@@ -50,7 +65,10 @@ export function parseScannerRequest(line: string): ScannerRequest {
   if (typeof timeline !== 'number' || !Number.isInteger(timeline) || timeline < 1 || timeline > 0xffffffff) {
     throw new BartError('ensure: "timeline" must be an integer from 1 to 4294967295');
   }
-  for (const [name, value] of [['startLsn', startLsn], ['endLsn', endLsn]] as const) {
+  for (const [name, value] of [
+    ['startLsn', startLsn],
+    ['endLsn', endLsn],
+  ] as const) {
     if (typeof value !== 'string' || !LSN_TEXT.test(value)) {
       throw new BartError(`ensure: "${name}" must be an LSN of the form X/Y`);
     }
@@ -66,6 +84,13 @@ export function parseScannerRequest(line: string): ScannerRequest {
   if (end < start) throw new BartError(`ensure: the range ${startLsn}..${endLsn} ends before it starts`);
   const size = segmentSize !== undefined ? { segmentSize } : {};
   checkRangeBounds({ timeline, startLsn: start, endLsn: end, ...size });
-  return { op: 'ensure', server, timeline, startLsn: startLsn as string, endLsn: endLsn as string, timeoutSec,
-    ...size };
+  return {
+    op: 'ensure',
+    server,
+    timeline,
+    startLsn: startLsn as string,
+    endLsn: endLsn as string,
+    timeoutSec,
+    ...size,
+  };
 }

@@ -12,7 +12,20 @@ const buffers: ScanBuffers = {};
 
 parentPort?.on('message', (msg: { path: string }) => {
   scanWalFile(msg.path, { buffers, dryRun: true }).then(
-    (r) => parentPort!.postMessage({ ok: true, value: r.status === 'written' ? { status: 'written', mbmPath: r.mbmPath, records: r.map.records, relations: r.map.relations.length, events: r.map.events.length } : { status: 'waiting', nextSegment: r.nextSegment } }),
+    (r) =>
+      parentPort!.postMessage({
+        ok: true,
+        value:
+          r.status === 'written'
+            ? {
+                status: 'written',
+                mbmPath: r.mbmPath,
+                records: r.map.records,
+                relations: r.map.relations.length,
+                events: r.map.events.length,
+              }
+            : { status: 'waiting', nextSegment: r.nextSegment },
+      }),
     (err: unknown) => parentPort!.postMessage({ ok: false, error: errorMessage(err) }),
   );
 });

@@ -77,7 +77,12 @@ export function findContinuationFile(dir: string, timeline: number, name: string
 export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise<ScanResult> {
   const parsed = parseWalFileName(path);
   if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (24 hexadecimal digits, optionally .gz)');
-  if (parsed.partial) throw new WalDecodeError(path, 0, 'partial segments (.partial) are not scanned: the next timeline\'s segment holds the same records');
+  if (parsed.partial)
+    throw new WalDecodeError(
+      path,
+      0,
+      "partial segments (.partial) are not scanned: the next timeline's segment holds the same records",
+    );
   const buffers = opts.buffers ?? {};
   const builder = new BlockMapBuilder();
   const events: WalEvent[] = [];
@@ -89,7 +94,11 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
       events.length = 0;
       if (!collectEvents(r, events)) {
         const off = r.lsn >= segStart ? r.lsn - segStart : 0;
-        throw new WalDecodeError(currentFile, off, `main data of the record at LSN ${r.lsn.toString(16)} is too short for its type`);
+        throw new WalDecodeError(
+          currentFile,
+          off,
+          `main data of the record at LSN ${r.lsn.toString(16)} is too short for its type`,
+        );
       }
       for (const e of events) builder.addEvent(e);
     }

@@ -20,13 +20,21 @@ const buffers: ScanBuffers = {};
 parentPort?.on('message', (msg: { path: string }) => {
   scanWalFile(msg.path, { buffers }).then(
     (r) => {
-      const value: ScanSummary = r.status === 'written'
-        ? { status: 'written', mbmPath: r.mbmPath, records: r.map.records, relations: r.map.relations.length, events: r.map.events.length }
-        : { status: 'waiting', nextSegment: r.nextSegment };
+      const value: ScanSummary =
+        r.status === 'written'
+          ? {
+              status: 'written',
+              mbmPath: r.mbmPath,
+              records: r.map.records,
+              relations: r.map.relations.length,
+              events: r.map.events.length,
+            }
+          : { status: 'waiting', nextSegment: r.nextSegment };
       parentPort!.postMessage({ ok: true, value });
     },
     (err: unknown) => {
-      if (isErrnoError(err) && err.code === 'ENOENT') parentPort!.postMessage({ ok: true, value: { status: 'vanished' } satisfies ScanSummary });
+      if (isErrnoError(err) && err.code === 'ENOENT')
+        parentPort!.postMessage({ ok: true, value: { status: 'vanished' } satisfies ScanSummary });
       else parentPort!.postMessage({ ok: false, error: errorMessage(err) });
     },
   );

@@ -93,7 +93,10 @@ export function createDecompressor(method: CompressionMethod): Transform {
  * 1 MiB chunks took zstd restores to 300+ MB RSS, 64 KiB keeps them near 120 MB, and is no slower).
  */
 const DECODE_INPUT_CHUNK: Record<CompressionMethod, number> = {
-  none: 1024 * 1024, lz4: 64 * 1024, gzip: 128 * 1024, zstd: 64 * 1024,
+  none: 1024 * 1024,
+  lz4: 64 * 1024,
+  gzip: 128 * 1024,
+  zstd: 64 * 1024,
 };
 
 /**

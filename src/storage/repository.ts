@@ -83,7 +83,6 @@ export class PosixRepository implements Repository {
       throw new BartError(`could not sync ${dir} to disk: ${errorMessage(err)}`);
     }
   }
-
 }
 
 async function fsyncPath(path: string, flags: string): Promise<void> {

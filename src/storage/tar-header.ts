@@ -44,7 +44,10 @@ export function readTarNumber(buf: Buffer, offset: number, width: number): numbe
     for (let i = offset + 1; i < offset + width; i++) v = (v << 8n) | BigInt(buf[i]!);
     return Number(v);
   }
-  const text = buf.toString('ascii', offset, offset + width).replace(/\0.*$/s, '').trim();
+  const text = buf
+    .toString('ascii', offset, offset + width)
+    .replace(/\0.*$/s, '')
+    .trim();
   return text === '' ? 0 : parseInt(text, 8);
 }
 
@@ -59,7 +62,15 @@ function splitUstarPath(path: string): { name: string; prefix: string } | undefi
   return undefined;
 }
 
-function rawHeader(name: string, prefix: string, typeflag: string, size: number, mode: number, mtime: number, link: string): Buffer {
+function rawHeader(
+  name: string,
+  prefix: string,
+  typeflag: string,
+  size: number,
+  mode: number,
+  mtime: number,
+  link: string,
+): Buffer {
   const h = Buffer.alloc(TAR_BLOCK);
   h.write(name, 0, 100, 'utf8');
   writeOctal(h, 100, 8, mode & 0o7777);
@@ -103,7 +114,15 @@ export function encodeTarHeader(entry: TarEntryHeader): Buffer {
   if (Buffer.byteLength(link) > 100) record('linkpath', link);
   const pax = Buffer.from(records.join(''));
   const paxHeader = rawHeader('PaxHeader', '', 'x', pax.length, 0o644, entry.mtime, '');
-  const main = rawHeader(split?.name ?? path.slice(-100), split?.prefix ?? '', typeflag, size, entry.mode, entry.mtime, link.slice(0, 100));
+  const main = rawHeader(
+    split?.name ?? path.slice(-100),
+    split?.prefix ?? '',
+    typeflag,
+    size,
+    entry.mode,
+    entry.mtime,
+    link.slice(0, 100),
+  );
   return Buffer.concat([paxHeader, pax, Buffer.alloc(tarPadding(pax.length)), main]);
 }
 
@@ -165,15 +184,23 @@ export function parseTarHeader(block: Buffer): TarHeader {
   const prefix = magic.startsWith('ustar') ? cString(block, 345, 155) : '';
   const flag = String.fromCharCode(block[156]!);
   const type: TarHeader['type'] =
-    flag === '0' || flag === '\0' || flag === '7' ? 'file'
-    : flag === '5' ? 'dir'
-    : flag === '2' ? 'symlink'
-    : flag === '1' ? 'hardlink'
-    : flag === 'x' ? 'pax'
-    : flag === 'g' ? 'pax-global'
-    : flag === 'L' ? 'gnu-longname'
-    : flag === 'K' ? 'gnu-longlink'
-    : 'other';
+    flag === '0' || flag === '\0' || flag === '7'
+      ? 'file'
+      : flag === '5'
+        ? 'dir'
+        : flag === '2'
+          ? 'symlink'
+          : flag === '1'
+            ? 'hardlink'
+            : flag === 'x'
+              ? 'pax'
+              : flag === 'g'
+                ? 'pax-global'
+                : flag === 'L'
+                  ? 'gnu-longname'
+                  : flag === 'K'
+                    ? 'gnu-longlink'
+                    : 'other';
   return {
     path: normalizeTarPath(prefix ? `${prefix}/${name}` : name),
     // Pre-POSIX tars mark a directory only by the trailing slash of a regular-file entry.

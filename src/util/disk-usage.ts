@@ -38,7 +38,8 @@ export async function diskUsage(path: string): Promise<number> {
         try {
           total += (await lstat(child)).size;
         } catch (err) {
-          if (!(isErrnoError(err) && err.code === 'ENOENT')) throw new BartError(`cannot stat "${child}": ${errorMessage(err)}`);
+          if (!(isErrnoError(err) && err.code === 'ENOENT'))
+            throw new BartError(`cannot stat "${child}": ${errorMessage(err)}`);
         }
       }
     }

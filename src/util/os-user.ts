@@ -15,7 +15,10 @@ export interface OsUser {
 /** Looks an OS user up by name (through NSS, so LDAP users work too); undefined when unknown. */
 export function lookupOsUser(name: string): OsUser | undefined {
   try {
-    const line = execFileSync('getent', ['passwd', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const line = execFileSync('getent', ['passwd', name], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
     const f = line.split(':');
     if (f.length < 7) return undefined;
     return { name: f[0]!, uid: Number(f[2]), gid: Number(f[3]), home: f[5]! };

@@ -9,7 +9,10 @@ export class Progress {
   private readonly started = Date.now();
   private readonly enabled: boolean;
 
-  constructor(private readonly label: string, private total: number) {
+  constructor(
+    private readonly label: string,
+    private total: number,
+  ) {
     this.enabled = process.stderr.isTTY === true;
   }
 
@@ -32,7 +35,9 @@ export class Progress {
     const rate = this.done / secs;
     const left = rate > 0 ? Math.max(0, (total - this.done) / rate) : 0;
     const bar = '#'.repeat(filled) + '-'.repeat(width - filled);
-    process.stderr.write(`\r${this.label} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(this.done)} ${formatBytes(rate)}/s ${left.toFixed(0)}s left  `);
+    process.stderr.write(
+      `\r${this.label} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(this.done)} ${formatBytes(rate)}/s ${left.toFixed(0)}s left  `,
+    );
   }
 
   /** Clears the bar. */

@@ -30,7 +30,8 @@ export function relativePathProblem(path: unknown): string | undefined {
   for (const part of path.split('/')) {
     if (part === '') return 'has an empty component (`//` or a trailing `/`)';
     if (part === '.' || part === '..') return `has a "${part}" component`;
-    if (Buffer.byteLength(part) > MAX_COMPONENT_BYTES) return `has a component longer than ${MAX_COMPONENT_BYTES} bytes`;
+    if (Buffer.byteLength(part) > MAX_COMPONENT_BYTES)
+      return `has a component longer than ${MAX_COMPONENT_BYTES} bytes`;
   }
   return undefined;
 }
@@ -49,7 +50,8 @@ export function checkRelativePath(path: unknown, origin: string): string {
 /** Like {@link checkRelativePath} for one file name (no `/`): archived WAL, MBM and catalog entry names. */
 export function checkFileName(name: unknown, origin: string): string {
   checkRelativePath(name, origin);
-  if ((name as string).includes('/')) throw new BartError(`refusing file name ${shown(name as string)} from ${origin}: it contains "/"`);
+  if ((name as string).includes('/'))
+    throw new BartError(`refusing file name ${shown(name as string)} from ${origin}: it contains "/"`);
   return name as string;
 }
 
@@ -69,7 +71,9 @@ export function checkAbsolutePath(path: unknown, origin: string): string {
 /** Returns `text` when it has no control characters (a symlink target, a name); throws otherwise. */
 export function checkPrintable(text: unknown, what: string, origin: string): string {
   if (typeof text === 'string' && !CONTROL.test(text) && Buffer.byteLength(text) < MAX_PATH_BYTES) return text;
-  throw new BartError(`refusing ${what} ${shown(String(text))} from ${origin}: it is not a printable string shorter than ${MAX_PATH_BYTES} bytes`);
+  throw new BartError(
+    `refusing ${what} ${shown(String(text))} from ${origin}: it is not a printable string shorter than ${MAX_PATH_BYTES} bytes`,
+  );
 }
 
 /** The parent of a relative path (`''` for a top-level entry). */
@@ -102,7 +106,8 @@ export class TreeShapeCheck {
     const clean = checkRelativePath(path, this.origin);
     const parent = parentOf(clean);
     if (this.links.has(parent)) this.refuse(clean, `its parent "${parent}" is a symlink`);
-    if (this.inOrder && !this.dirs.has(parent)) this.refuse(clean, `its parent "${parent}" is not a directory listed before it`);
+    if (this.inOrder && !this.dirs.has(parent))
+      this.refuse(clean, `its parent "${parent}" is not a directory listed before it`);
     if (!this.inOrder && !this.dirs.has(parent)) this.parentsNeeded.set(parent, clean);
     if (type === 'dir' || type === 'symlink') {
       if (this.dirs.has(clean) || this.links.has(clean)) this.refuse(clean, 'it is listed twice');

@@ -56,9 +56,28 @@ export const RM_MIN_CUSTOM_ID = 128;
 
 /** Names of the built-in resource managers, as pg_waldump prints them. */
 export const RMGR_NAMES: readonly string[] = [
-  'XLOG', 'Transaction', 'Storage', 'CLOG', 'Database', 'Tablespace', 'MultiXact', 'RelMap',
-  'Standby', 'Heap2', 'Heap', 'Btree', 'Hash', 'Gin', 'Gist', 'Sequence', 'SPGist', 'BRIN',
-  'CommitTs', 'ReplicationOrigin', 'Generic', 'LogicalMessage',
+  'XLOG',
+  'Transaction',
+  'Storage',
+  'CLOG',
+  'Database',
+  'Tablespace',
+  'MultiXact',
+  'RelMap',
+  'Standby',
+  'Heap2',
+  'Heap',
+  'Btree',
+  'Hash',
+  'Gin',
+  'Gist',
+  'Sequence',
+  'SPGist',
+  'BRIN',
+  'CommitTs',
+  'ReplicationOrigin',
+  'Generic',
+  'LogicalMessage',
 ];
 
 /** XLOG rmgr info values we act on. */
@@ -69,7 +88,12 @@ export const XLOG_SWITCH = 0x40;
  * the WAL format's: defined in postgres/constants.ts, re-exported for WAL readers.
  */
 export {
-  FORK_NAMES, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, MAX_FORKNUM, VISIBILITYMAP_FORKNUM,
+  FORK_NAMES,
+  FSM_FORKNUM,
+  INIT_FORKNUM,
+  MAIN_FORKNUM,
+  MAX_FORKNUM,
+  VISIBILITYMAP_FORKNUM,
 } from '../postgres/constants.js';
 
 /** What changes from one WAL format version to the next. */
@@ -91,12 +115,60 @@ export interface WalVersionInfo {
 
 /** XLOG_PAGE_MAGIC of every supported major version. */
 export const WAL_VERSIONS: readonly WalVersionInfo[] = [
-  { major: 13, magic: 0xd106, imageCompressedMask: 0x02, hasTopLevelXid: false, hasCustomRmgrs: false, dbaseCreateWalLog: false, xactDroppedStats: false },
-  { major: 14, magic: 0xd10d, imageCompressedMask: 0x02, hasTopLevelXid: true, hasCustomRmgrs: false, dbaseCreateWalLog: false, xactDroppedStats: false },
-  { major: 15, magic: 0xd110, imageCompressedMask: 0x1c, hasTopLevelXid: true, hasCustomRmgrs: true, dbaseCreateWalLog: true, xactDroppedStats: true },
-  { major: 16, magic: 0xd113, imageCompressedMask: 0x1c, hasTopLevelXid: true, hasCustomRmgrs: true, dbaseCreateWalLog: true, xactDroppedStats: true },
-  { major: 17, magic: 0xd116, imageCompressedMask: 0x1c, hasTopLevelXid: true, hasCustomRmgrs: true, dbaseCreateWalLog: true, xactDroppedStats: true },
-  { major: 18, magic: 0xd118, imageCompressedMask: 0x1c, hasTopLevelXid: true, hasCustomRmgrs: true, dbaseCreateWalLog: true, xactDroppedStats: true },
+  {
+    major: 13,
+    magic: 0xd106,
+    imageCompressedMask: 0x02,
+    hasTopLevelXid: false,
+    hasCustomRmgrs: false,
+    dbaseCreateWalLog: false,
+    xactDroppedStats: false,
+  },
+  {
+    major: 14,
+    magic: 0xd10d,
+    imageCompressedMask: 0x02,
+    hasTopLevelXid: true,
+    hasCustomRmgrs: false,
+    dbaseCreateWalLog: false,
+    xactDroppedStats: false,
+  },
+  {
+    major: 15,
+    magic: 0xd110,
+    imageCompressedMask: 0x1c,
+    hasTopLevelXid: true,
+    hasCustomRmgrs: true,
+    dbaseCreateWalLog: true,
+    xactDroppedStats: true,
+  },
+  {
+    major: 16,
+    magic: 0xd113,
+    imageCompressedMask: 0x1c,
+    hasTopLevelXid: true,
+    hasCustomRmgrs: true,
+    dbaseCreateWalLog: true,
+    xactDroppedStats: true,
+  },
+  {
+    major: 17,
+    magic: 0xd116,
+    imageCompressedMask: 0x1c,
+    hasTopLevelXid: true,
+    hasCustomRmgrs: true,
+    dbaseCreateWalLog: true,
+    xactDroppedStats: true,
+  },
+  {
+    major: 18,
+    magic: 0xd118,
+    imageCompressedMask: 0x1c,
+    hasTopLevelXid: true,
+    hasCustomRmgrs: true,
+    dbaseCreateWalLog: true,
+    xactDroppedStats: true,
+  },
 ];
 
 /** The version table entry for an xlp_magic, or undefined for an unknown WAL format. */

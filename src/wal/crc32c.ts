@@ -33,8 +33,15 @@ function crcLoop(buf: Uint8Array, i: number, end: number, c: number): number {
   const t = T;
   while (end - i >= 8) {
     const lo = (buf[i]! | (buf[i + 1]! << 8) | (buf[i + 2]! << 16) | (buf[i + 3]! << 24)) ^ c;
-    c = t[1792 + (lo & 0xff)]! ^ t[1536 + ((lo >>> 8) & 0xff)]! ^ t[1280 + ((lo >>> 16) & 0xff)]! ^ t[1024 + (lo >>> 24)]!
-      ^ t[768 + buf[i + 4]!]! ^ t[512 + buf[i + 5]!]! ^ t[256 + buf[i + 6]!]! ^ t[buf[i + 7]!]!;
+    c =
+      t[1792 + (lo & 0xff)]! ^
+      t[1536 + ((lo >>> 8) & 0xff)]! ^
+      t[1280 + ((lo >>> 16) & 0xff)]! ^
+      t[1024 + (lo >>> 24)]! ^
+      t[768 + buf[i + 4]!]! ^
+      t[512 + buf[i + 5]!]! ^
+      t[256 + buf[i + 6]!]! ^
+      t[buf[i + 7]!]!;
     i += 8;
   }
   while (i < end) {
@@ -90,8 +97,15 @@ export function walRecordCrcWords(buf: Buffer, words: Int32Array, off: number, t
     while (end - i >= 8) {
       const lo = words[w]! ^ c;
       const hi = words[w + 1]!;
-      c = t[1792 + (lo & 0xff)]! ^ t[1536 + ((lo >>> 8) & 0xff)]! ^ t[1280 + ((lo >>> 16) & 0xff)]! ^ t[1024 + (lo >>> 24)]!
-        ^ t[768 + (hi & 0xff)]! ^ t[512 + ((hi >>> 8) & 0xff)]! ^ t[256 + ((hi >>> 16) & 0xff)]! ^ t[hi >>> 24]!;
+      c =
+        t[1792 + (lo & 0xff)]! ^
+        t[1536 + ((lo >>> 8) & 0xff)]! ^
+        t[1280 + ((lo >>> 16) & 0xff)]! ^
+        t[1024 + (lo >>> 24)]! ^
+        t[768 + (hi & 0xff)]! ^
+        t[512 + ((hi >>> 8) & 0xff)]! ^
+        t[256 + ((hi >>> 16) & 0xff)]! ^
+        t[hi >>> 24]!;
       i += 8;
       w += 2;
     }
@@ -105,8 +119,15 @@ export function walRecordCrcWords(buf: Buffer, words: Int32Array, off: number, t
   for (let k = 0; k < 2; k++, w += 2) {
     const lo = words[w]! ^ c;
     const hi = words[w + 1]!;
-    c = t[1792 + (lo & 0xff)]! ^ t[1536 + ((lo >>> 8) & 0xff)]! ^ t[1280 + ((lo >>> 16) & 0xff)]! ^ t[1024 + (lo >>> 24)]!
-      ^ t[768 + (hi & 0xff)]! ^ t[512 + ((hi >>> 8) & 0xff)]! ^ t[256 + ((hi >>> 16) & 0xff)]! ^ t[hi >>> 24]!;
+    c =
+      t[1792 + (lo & 0xff)]! ^
+      t[1536 + ((lo >>> 8) & 0xff)]! ^
+      t[1280 + ((lo >>> 16) & 0xff)]! ^
+      t[1024 + (lo >>> 24)]! ^
+      t[768 + (hi & 0xff)]! ^
+      t[512 + ((hi >>> 8) & 0xff)]! ^
+      t[256 + ((hi >>> 16) & 0xff)]! ^
+      t[hi >>> 24]!;
   }
   const lo = words[w]! ^ c;
   c = t[768 + (lo & 0xff)]! ^ t[512 + ((lo >>> 8) & 0xff)]! ^ t[256 + ((lo >>> 16) & 0xff)]! ^ t[lo >>> 24]!;

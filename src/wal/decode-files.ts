@@ -22,8 +22,16 @@ export interface DecodeFilesResult {
  * does); a record crossing from one file into the next is stitched together. A gap between files
  * simply restarts at the next file's first record.
  */
-export async function decodeWalFiles(paths: readonly string[], onRecord: (r: WalRecord) => void, opts: { timeline?: number; allowEndOfWal?: boolean } = {}): Promise<DecodeFilesResult> {
-  const decoder = new WalDecoder({ onRecord, ...(opts.timeline !== undefined ? { timeline: opts.timeline } : {}), allowEndOfWal: opts.allowEndOfWal === true });
+export async function decodeWalFiles(
+  paths: readonly string[],
+  onRecord: (r: WalRecord) => void,
+  opts: { timeline?: number; allowEndOfWal?: boolean } = {},
+): Promise<DecodeFilesResult> {
+  const decoder = new WalDecoder({
+    onRecord,
+    ...(opts.timeline !== undefined ? { timeline: opts.timeline } : {}),
+    allowEndOfWal: opts.allowEndOfWal === true,
+  });
   let buf: Buffer | undefined;
   let records = 0;
   let endLsn = 0;

@@ -2,12 +2,33 @@
 
 import { walRecordCrc, walRecordCrcWords, wordView } from './crc32c.js';
 import {
-  BKPBLOCK_FORK_MASK, BKPBLOCK_HAS_DATA, BKPBLOCK_HAS_IMAGE, BKPBLOCK_SAME_REL, BKPIMAGE_HAS_HOLE,
-  LONG_PAGE_HEADER_SIZE, MAX_RECORD_SIZE, RECORD_CRC_OFFSET, RECORD_HEADER_SIZE,
-  RM_MAX_BUILTIN_ID, RM_MIN_CUSTOM_ID, RM_XLOG_ID, SHORT_PAGE_HEADER_SIZE, WAL_PAGE_SIZE,
-  XLOG_SWITCH, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD,
-  XLP_LONG_HEADER, XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN,
-  XLR_BLOCK_ID_TOPLEVEL_XID, XLR_MAX_BLOCK_ID, maxAlign, walVersionByMagic, type WalVersionInfo,
+  BKPBLOCK_FORK_MASK,
+  BKPBLOCK_HAS_DATA,
+  BKPBLOCK_HAS_IMAGE,
+  BKPBLOCK_SAME_REL,
+  BKPIMAGE_HAS_HOLE,
+  LONG_PAGE_HEADER_SIZE,
+  MAX_RECORD_SIZE,
+  RECORD_CRC_OFFSET,
+  RECORD_HEADER_SIZE,
+  RM_MAX_BUILTIN_ID,
+  RM_MIN_CUSTOM_ID,
+  RM_XLOG_ID,
+  SHORT_PAGE_HEADER_SIZE,
+  WAL_PAGE_SIZE,
+  XLOG_SWITCH,
+  XLP_ALL_FLAGS,
+  XLP_FIRST_IS_CONTRECORD,
+  XLP_FIRST_IS_OVERWRITE_CONTRECORD,
+  XLP_LONG_HEADER,
+  XLR_BLOCK_ID_DATA_LONG,
+  XLR_BLOCK_ID_DATA_SHORT,
+  XLR_BLOCK_ID_ORIGIN,
+  XLR_BLOCK_ID_TOPLEVEL_XID,
+  XLR_MAX_BLOCK_ID,
+  maxAlign,
+  walVersionByMagic,
+  type WalVersionInfo,
 } from './constants.js';
 import { BLOCK_SIZE, isValidWalSegmentSize } from '../postgres/constants.js';
 import { WalDecodeError } from './decode-error.js';
@@ -131,21 +152,33 @@ export class WalDecoder {
    * Decodes one segment: buf[0, length) is the file's content, `segNo` its segment number.
    * With `finishPendingOnly`, only the record pending from the previous segment is completed.
    */
-  feedSegment(buf: Buffer, length: number, segNo: number, file: string, opts: { finishPendingOnly?: boolean } = {}): FeedResult {
+  feedSegment(
+    buf: Buffer,
+    length: number,
+    segNo: number,
+    file: string,
+    opts: { finishPendingOnly?: boolean } = {},
+  ): FeedResult {
     this.file = file;
     if (buf !== this.seg) this.segWords = wordView(buf);
     this.seg = buf;
     this.segLen = length;
-    if (length < LONG_PAGE_HEADER_SIZE) this.fail(length, `file is truncated: ${length} bytes, shorter than a WAL page header`);
+    if (length < LONG_PAGE_HEADER_SIZE)
+      this.fail(length, `file is truncated: ${length} bytes, shorter than a WAL page header`);
     this.readPageHeader(0, true);
-    if (this.segmentSize !== 0 && length > this.segmentSize) this.fail(this.segmentSize, `file is longer (${length} bytes) than the WAL segment size ${this.segmentSize}`);
-    if (!this.allowEndOfWal && !opts.finishPendingOnly && length < this.segmentSize) this.fail(length, `file is truncated: ${length} bytes, expected the WAL segment size ${this.segmentSize}`);
+    if (this.segmentSize !== 0 && length > this.segmentSize)
+      this.fail(this.segmentSize, `file is longer (${length} bytes) than the WAL segment size ${this.segmentSize}`);
+    if (!this.allowEndOfWal && !opts.finishPendingOnly && length < this.segmentSize)
+      this.fail(length, `file is truncated: ${length} bytes, expected the WAL segment size ${this.segmentSize}`);
     this.segStart = segNo * this.segmentSize;
     if (!Number.isSafeInteger(this.segStart + this.segmentSize)) this.fail(0, 'segment number too large');
     // The page address check in readPageHeader needs segStart: re-check the first page now.
     this.checkPageAddr(0);
     if (this.pending && this.pendingSegNo !== segNo) {
-      this.fail(0, `expected segment number ${this.pendingSegNo} to finish the record at LSN ${lsnText(this.asmLsn)}, got ${segNo}`);
+      this.fail(
+        0,
+        `expected segment number ${this.pendingSegNo} to finish the record at LSN ${lsnText(this.asmLsn)}, got ${segNo}`,
+      );
     }
     let records = 0;
     let pos: number;
@@ -159,21 +192,40 @@ export class WalDecoder {
       } else {
         const r = this.continueRecord(0);
         if (r === -2) throw new Error('unreachable: overwrite flag handled above');
-        if (r < 0) return { status: 'needNext', firstRecordLsn: this.segStart + this.segmentSize, endLsn: this.segStart + this.segmentSize, records };
+        if (r < 0)
+          return {
+            status: 'needNext',
+            firstRecordLsn: this.segStart + this.segmentSize,
+            endLsn: this.segStart + this.segmentSize,
+            records,
+          };
         records++;
         if (this.rec.rmid === RM_XLOG_ID && (this.rec.info & 0xf0) === XLOG_SWITCH) {
-          return { status: 'switch', firstRecordLsn: this.segStart + this.segmentSize, endLsn: this.segStart + this.segmentSize, records };
+          return {
+            status: 'switch',
+            firstRecordLsn: this.segStart + this.segmentSize,
+            endLsn: this.segStart + this.segmentSize,
+            records,
+          };
         }
         pos = maxAlign(r);
       }
-      if (opts.finishPendingOnly) return { status: 'complete', firstRecordLsn: this.segStart + pos, endLsn: this.segStart + pos, records };
+      if (opts.finishPendingOnly)
+        return { status: 'complete', firstRecordLsn: this.segStart + pos, endLsn: this.segStart + pos, records };
     } else {
-      if (opts.finishPendingOnly) return { status: 'complete', firstRecordLsn: this.segStart, endLsn: this.segStart, records };
+      if (opts.finishPendingOnly)
+        return { status: 'complete', firstRecordLsn: this.segStart, endLsn: this.segStart, records };
       pos = LONG_PAGE_HEADER_SIZE;
       if (info & XLP_FIRST_IS_CONTRECORD) {
         // Starting mid-stream: skip the tail of a record that began in an earlier segment.
         const skipEnd = this.skipContinuation(0);
-        if (skipEnd < 0) return { status: 'complete', firstRecordLsn: this.segStart + this.segmentSize, endLsn: this.segStart + this.segmentSize, records };
+        if (skipEnd < 0)
+          return {
+            status: 'complete',
+            firstRecordLsn: this.segStart + this.segmentSize,
+            endLsn: this.segStart + this.segmentSize,
+            records,
+          };
         pos = maxAlign(skipEnd);
       }
       this.prevRecordLsn = -1;
@@ -181,22 +233,41 @@ export class WalDecoder {
 
     const segSize = this.segmentSize;
     for (;;) {
-      if (pos >= segSize) return { status: 'complete', firstRecordLsn: firstRecordLsn < 0 ? this.segStart + segSize : firstRecordLsn, endLsn: this.segStart + segSize, records };
+      if (pos >= segSize)
+        return {
+          status: 'complete',
+          firstRecordLsn: firstRecordLsn < 0 ? this.segStart + segSize : firstRecordLsn,
+          endLsn: this.segStart + segSize,
+          records,
+        };
       if ((pos & (WAL_PAGE_SIZE - 1)) === 0) {
         if (pos >= this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
         const hdr = this.readPageHeader(pos, false);
         if (this.seg.readUInt16LE(pos + 2) & XLP_FIRST_IS_CONTRECORD) {
-          this.fail(pos, `page at LSN ${lsnText(this.segStart + pos)} continues a record, but a new record was expected there`);
+          this.fail(
+            pos,
+            `page at LSN ${lsnText(this.segStart + pos)} continues a record, but a new record was expected there`,
+          );
         }
         pos += hdr;
       }
       if (pos + 4 > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
       const totLen = u32(this.seg, pos);
       if (totLen === 0) {
-        if (this.allowEndOfWal) return { status: 'endOfWal', firstRecordLsn: firstRecordLsn < 0 ? this.segStart + pos : firstRecordLsn, endLsn: this.segStart + pos, records };
-        this.fail(pos, `zero record length at LSN ${lsnText(this.segStart + pos)}: the WAL ends here, but an archived segment must be complete`);
+        if (this.allowEndOfWal)
+          return {
+            status: 'endOfWal',
+            firstRecordLsn: firstRecordLsn < 0 ? this.segStart + pos : firstRecordLsn,
+            endLsn: this.segStart + pos,
+            records,
+          };
+        this.fail(
+          pos,
+          `zero record length at LSN ${lsnText(this.segStart + pos)}: the WAL ends here, but an archived segment must be complete`,
+        );
       }
-      if (totLen < RECORD_HEADER_SIZE || totLen > MAX_RECORD_SIZE) this.fail(pos, `invalid record length ${totLen} at LSN ${lsnText(this.segStart + pos)}`);
+      if (totLen < RECORD_HEADER_SIZE || totLen > MAX_RECORD_SIZE)
+        this.fail(pos, `invalid record length ${totLen} at LSN ${lsnText(this.segStart + pos)}`);
       if (firstRecordLsn < 0) firstRecordLsn = this.segStart + pos;
       const pageEnd = (pos & ~(WAL_PAGE_SIZE - 1)) + WAL_PAGE_SIZE;
       let end: number;
@@ -234,8 +305,17 @@ export class WalDecoder {
   }
 
   private endOfFile(pos: number, firstRecordLsn: number, records: number): FeedResult {
-    if (this.allowEndOfWal) return { status: 'endOfWal', firstRecordLsn: firstRecordLsn < 0 ? this.segStart + pos : firstRecordLsn, endLsn: this.segStart + pos, records };
-    this.fail(this.segLen, `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize}`);
+    if (this.allowEndOfWal)
+      return {
+        status: 'endOfWal',
+        firstRecordLsn: firstRecordLsn < 0 ? this.segStart + pos : firstRecordLsn,
+        endLsn: this.segStart + pos,
+        records,
+      };
+    this.fail(
+      this.segLen,
+      `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize}`,
+    );
   }
 
   /** Appends seg[from, from+n) to the reassembly buffer, growing it as bytes actually arrive. */
@@ -271,7 +351,10 @@ export class WalDecoder {
           this.pending = false;
           return -1;
         }
-        this.fail(this.segLen, `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize} (record at LSN ${lsnText(this.asmLsn)} is incomplete)`);
+        this.fail(
+          this.segLen,
+          `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize} (record at LSN ${lsnText(this.asmLsn)} is incomplete)`,
+        );
       }
       const hdr = this.readPageHeader(page, page === 0);
       const info = this.seg.readUInt16LE(page + 2);
@@ -284,12 +367,18 @@ export class WalDecoder {
         return -2;
       }
       if (!(info & XLP_FIRST_IS_CONTRECORD)) {
-        this.fail(page, `there is no contrecord flag on the page at LSN ${lsnText(this.segStart + page)}, continuing the record at LSN ${lsnText(this.asmLsn)}`);
+        this.fail(
+          page,
+          `there is no contrecord flag on the page at LSN ${lsnText(this.segStart + page)}, continuing the record at LSN ${lsnText(this.asmLsn)}`,
+        );
       }
       const remLen = this.seg.readUInt32LE(page + 16);
       const remaining = this.asmTotal - this.asmHave;
       if (remLen !== remaining) {
-        this.fail(page + 16, `invalid contrecord length ${remLen} (expected ${remaining}) on the page at LSN ${lsnText(this.segStart + page)}`);
+        this.fail(
+          page + 16,
+          `invalid contrecord length ${remLen} (expected ${remaining}) on the page at LSN ${lsnText(this.segStart + page)}`,
+        );
       }
       const start = page + hdr;
       const avail = WAL_PAGE_SIZE - hdr;
@@ -299,12 +388,23 @@ export class WalDecoder {
           this.pending = false;
           return -1;
         }
-        this.fail(this.segLen, `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize}`);
+        this.fail(
+          this.segLen,
+          `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize}`,
+        );
       }
       this.appendAsm(start, n);
       if (this.asmHave === this.asmTotal) {
         this.pending = false;
-        this.decodeRecord(this.asm, 0, this.asmTotal, this.asmLsn, this.segStart + start + n, this.asmFile, this.asmOffset);
+        this.decodeRecord(
+          this.asm,
+          0,
+          this.asmTotal,
+          this.asmLsn,
+          this.segStart + start + n,
+          this.asmFile,
+          this.asmOffset,
+        );
         return start + n;
       }
       page += WAL_PAGE_SIZE;
@@ -317,7 +417,13 @@ export class WalDecoder {
     let expected = -1;
     for (;;) {
       if (page >= this.segmentSize) return -1;
-      if (page >= this.segLen) return this.allowEndOfWal ? -1 : this.fail(this.segLen, `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize}`);
+      if (page >= this.segLen)
+        return this.allowEndOfWal
+          ? -1
+          : this.fail(
+              this.segLen,
+              `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize}`,
+            );
       const hdr = this.readPageHeader(page, page === 0);
       const info = this.seg.readUInt16LE(page + 2);
       if (!(info & XLP_FIRST_IS_CONTRECORD)) {
@@ -325,7 +431,8 @@ export class WalDecoder {
         this.fail(page, `there is no contrecord flag on the page at LSN ${lsnText(this.segStart + page)}`);
       }
       const remLen = this.seg.readUInt32LE(page + 16);
-      if (expected >= 0 && remLen !== expected) this.fail(page + 16, `invalid contrecord length ${remLen} (expected ${expected})`);
+      if (expected >= 0 && remLen !== expected)
+        this.fail(page + 16, `invalid contrecord length ${remLen} (expected ${expected})`);
       const avail = WAL_PAGE_SIZE - hdr;
       if (remLen <= avail) return page + hdr + remLen;
       expected = remLen - avail;
@@ -336,12 +443,21 @@ export class WalDecoder {
   /** Validates the page header at segment offset `pos`; returns its size. */
   private readPageHeader(pos: number, first: boolean): number {
     const b = this.seg;
-    if (pos + SHORT_PAGE_HEADER_SIZE > this.segLen) this.fail(this.segLen, `file is truncated inside the page header at offset ${pos}`);
+    if (pos + SHORT_PAGE_HEADER_SIZE > this.segLen)
+      this.fail(this.segLen, `file is truncated inside the page header at offset ${pos}`);
     const magic = b.readUInt16LE(pos);
     if (this.version === undefined || magic !== this.version.magic) {
       const v = walVersionByMagic(magic);
-      if (!v) this.fail(pos, `invalid magic number ${hex4(magic)} in the page header (not WAL of PostgreSQL 13-18, or a zero-filled or corrupted file)`);
-      if (this.version !== undefined) this.fail(pos, `magic number ${hex4(magic)} (PostgreSQL ${v.major}) differs from the one seen before (${hex4(this.version.magic)}, PostgreSQL ${this.version.major})`);
+      if (!v)
+        this.fail(
+          pos,
+          `invalid magic number ${hex4(magic)} in the page header (not WAL of PostgreSQL 13-18, or a zero-filled or corrupted file)`,
+        );
+      if (this.version !== undefined)
+        this.fail(
+          pos,
+          `magic number ${hex4(magic)} (PostgreSQL ${v.major}) differs from the one seen before (${hex4(this.version.magic)}, PostgreSQL ${this.version.major})`,
+        );
       this.version = v;
       this.rec.major = v.major;
     }
@@ -349,18 +465,26 @@ export class WalDecoder {
     if (info & ~XLP_ALL_FLAGS) this.fail(pos + 2, `invalid info bits ${hex4(info)} in the page header`);
     const tli = b.readUInt32LE(pos + 4);
     if (tli === 0) this.fail(pos + 4, 'timeline 0 in the page header');
-    if (this.timeline !== undefined && tli > this.timeline) this.fail(pos + 4, `page header has timeline ${tli}, newer than the file's timeline ${this.timeline}`);
-    if (tli < this.lastTli) this.fail(pos + 4, `out-of-sequence timeline ${tli} (after ${this.lastTli}) in the page header`);
+    if (this.timeline !== undefined && tli > this.timeline)
+      this.fail(pos + 4, `page header has timeline ${tli}, newer than the file's timeline ${this.timeline}`);
+    if (tli < this.lastTli)
+      this.fail(pos + 4, `out-of-sequence timeline ${tli} (after ${this.lastTli}) in the page header`);
     this.lastTli = tli;
     if (first) {
       if (!(info & XLP_LONG_HEADER)) this.fail(pos + 2, 'the first page of a segment has no long header');
       const sysid = b.readBigUInt64LE(pos + 24);
       const segSize = b.readUInt32LE(pos + 32);
       const blcksz = b.readUInt32LE(pos + 36);
-      if (blcksz !== WAL_PAGE_SIZE) this.fail(pos + 36, `WAL block size ${blcksz} is not supported (only ${WAL_PAGE_SIZE})`);
+      if (blcksz !== WAL_PAGE_SIZE)
+        this.fail(pos + 36, `WAL block size ${blcksz} is not supported (only ${WAL_PAGE_SIZE})`);
       if (!isValidWalSegmentSize(segSize)) this.fail(pos + 32, `invalid WAL segment size ${segSize}`);
-      if (this.segmentSize !== 0 && segSize !== this.segmentSize) this.fail(pos + 32, `WAL segment size ${segSize} differs from ${this.segmentSize} seen before`);
-      if (this.systemId !== undefined && sysid !== this.systemId) this.fail(pos + 24, `system identifier ${sysid} differs from ${this.systemId} seen before (WAL of another cluster)`);
+      if (this.segmentSize !== 0 && segSize !== this.segmentSize)
+        this.fail(pos + 32, `WAL segment size ${segSize} differs from ${this.segmentSize} seen before`);
+      if (this.systemId !== undefined && sysid !== this.systemId)
+        this.fail(
+          pos + 24,
+          `system identifier ${sysid} differs from ${this.systemId} seen before (WAL of another cluster)`,
+        );
       this.segmentSize = segSize;
       this.systemId = sysid;
       return LONG_PAGE_HEADER_SIZE;
@@ -374,11 +498,23 @@ export class WalDecoder {
     const lo = this.seg.readUInt32LE(pos + 8);
     const hi = this.seg.readUInt32LE(pos + 12);
     const addr = hi * 0x100000000 + lo;
-    if (addr !== this.segStart + pos) this.fail(pos + 8, `unexpected page address ${lsnText(addr)} (expected ${lsnText(this.segStart + pos)}): the file's name and content do not match`);
+    if (addr !== this.segStart + pos)
+      this.fail(
+        pos + 8,
+        `unexpected page address ${lsnText(addr)} (expected ${lsnText(this.segStart + pos)}): the file's name and content do not match`,
+      );
   }
 
   /** Validates one complete record at buf[off, off+totLen), verifies its CRC, fills {@link rec}, calls back. */
-  private decodeRecord(buf: Buffer, off: number, totLen: number, lsn: number, endLsn: number, file: string, fileOffset: number): void {
+  private decodeRecord(
+    buf: Buffer,
+    off: number,
+    totLen: number,
+    lsn: number,
+    endLsn: number,
+    file: string,
+    fileOffset: number,
+  ): void {
     this.rec.endLsn = endLsn;
     if (file === this.file) {
       this.decodeRecordAt(buf, this.asmWords, off, totLen, lsn, fileOffset);
@@ -395,7 +531,14 @@ export class WalDecoder {
   }
 
   /** `words` is the word view of `buf` (undefined when it has none). */
-  private decodeRecordAt(buf: Buffer, words: Int32Array | undefined, off: number, totLen: number, lsn: number, fileOffset: number): void {
+  private decodeRecordAt(
+    buf: Buffer,
+    words: Int32Array | undefined,
+    off: number,
+    totLen: number,
+    lsn: number,
+    fileOffset: number,
+  ): void {
     const end = off + totLen;
     const rmid = buf[off + 17]!;
     const version = this.version!;
@@ -404,7 +547,10 @@ export class WalDecoder {
     }
     const prev = u32(buf, off + 12) * 0x100000000 + u32(buf, off + 8);
     if (this.prevRecordLsn >= 0 && prev !== this.prevRecordLsn) {
-      this.fail(fileOffset, `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`);
+      this.fail(
+        fileOffset,
+        `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`,
+      );
     }
     const crc = words ? walRecordCrcWords(buf, words, off, totLen) : walRecordCrc(buf, off, totLen);
     if (crc !== u32(buf, off + RECORD_CRC_OFFSET)) {
@@ -446,9 +592,13 @@ export class WalDecoder {
         const dataLen = buf[p + 1]! | (buf[p + 2]! << 8);
         p += 3;
         if (flags & BKPBLOCK_HAS_DATA) {
-          if (dataLen === 0) this.fail(fileOffset, `BKPBLOCK_HAS_DATA set, but no data included in the record at LSN ${lsnText(lsn)}`);
+          if (dataLen === 0)
+            this.fail(fileOffset, `BKPBLOCK_HAS_DATA set, but no data included in the record at LSN ${lsnText(lsn)}`);
         } else if (dataLen !== 0) {
-          this.fail(fileOffset, `BKPBLOCK_HAS_DATA not set, but data length is ${dataLen} in the record at LSN ${lsnText(lsn)}`);
+          this.fail(
+            fileOffset,
+            `BKPBLOCK_HAS_DATA not set, but data length is ${dataLen} in the record at LSN ${lsnText(lsn)}`,
+          );
         }
         datatotal += dataLen;
         if (flags & BKPBLOCK_HAS_IMAGE) {
@@ -467,10 +617,26 @@ export class WalDecoder {
           } else if (hasHole) {
             holeLength = BLOCK_SIZE - bimgLen;
           }
-          if (hasHole && (holeOffset === 0 || holeLength === 0 || bimgLen === BLOCK_SIZE)) this.fail(fileOffset, `inconsistent full-page image hole (offset ${holeOffset}, length ${holeLength}, image length ${bimgLen}) in the record at LSN ${lsnText(lsn)}`);
-          if (!hasHole && holeOffset !== 0) this.fail(fileOffset, `full-page image hole offset ${holeOffset} without BKPIMAGE_HAS_HOLE in the record at LSN ${lsnText(lsn)}`);
-          if (compressed && bimgLen === BLOCK_SIZE) this.fail(fileOffset, `compressed full-page image of length ${bimgLen} in the record at LSN ${lsnText(lsn)}`);
-          if (!hasHole && !compressed && bimgLen !== BLOCK_SIZE) this.fail(fileOffset, `full-page image length ${bimgLen} without hole or compression in the record at LSN ${lsnText(lsn)}`);
+          if (hasHole && (holeOffset === 0 || holeLength === 0 || bimgLen === BLOCK_SIZE))
+            this.fail(
+              fileOffset,
+              `inconsistent full-page image hole (offset ${holeOffset}, length ${holeLength}, image length ${bimgLen}) in the record at LSN ${lsnText(lsn)}`,
+            );
+          if (!hasHole && holeOffset !== 0)
+            this.fail(
+              fileOffset,
+              `full-page image hole offset ${holeOffset} without BKPIMAGE_HAS_HOLE in the record at LSN ${lsnText(lsn)}`,
+            );
+          if (compressed && bimgLen === BLOCK_SIZE)
+            this.fail(
+              fileOffset,
+              `compressed full-page image of length ${bimgLen} in the record at LSN ${lsnText(lsn)}`,
+            );
+          if (!hasHole && !compressed && bimgLen !== BLOCK_SIZE)
+            this.fail(
+              fileOffset,
+              `full-page image length ${bimgLen} without hole or compression in the record at LSN ${lsnText(lsn)}`,
+            );
           datatotal += bimgLen;
         }
         if (!(flags & BKPBLOCK_SAME_REL)) {
@@ -497,7 +663,11 @@ export class WalDecoder {
         this.fail(fileOffset, `invalid block_id ${id} in the record at LSN ${lsnText(lsn)}`);
       }
     }
-    if (end - p !== datatotal) this.fail(fileOffset, `record at LSN ${lsnText(lsn)} has ${end - p} data bytes, its headers announce ${datatotal}`);
+    if (end - p !== datatotal)
+      this.fail(
+        fileOffset,
+        `record at LSN ${lsnText(lsn)} has ${end - p} data bytes, its headers announce ${datatotal}`,
+      );
     rec.lsn = lsn;
     rec.totalLength = totLen;
     rec.xid = u32(buf, off + 4);

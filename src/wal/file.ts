@@ -29,7 +29,9 @@ export interface LoadedWalFile {
 }
 
 /** Parses a WAL file name (plain, `.partial`, `.gz`, `.partial.gz`); undefined if it is not one. */
-export function parseWalFileName(path: string): { timeline: number; segmentName: string; compressed: boolean; partial: boolean } | undefined {
+export function parseWalFileName(
+  path: string,
+): { timeline: number; segmentName: string; compressed: boolean; partial: boolean } | undefined {
   let name = basename(path);
   const compressed = name.endsWith('.gz');
   if (compressed) name = name.slice(0, -3);
@@ -54,7 +56,12 @@ export async function loadWalFile(
   maxBytes = MAX_WAL_SEGMENT_SIZE,
 ): Promise<LoadedWalFile> {
   const parsed = parseWalFileName(path);
-  if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)');
+  if (!parsed)
+    throw new WalDecodeError(
+      path,
+      0,
+      'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)',
+    );
   let buffer = reuse ?? Buffer.alloc(0);
   let length = 0;
   const ensure = (n: number) => {
@@ -101,7 +108,15 @@ export async function loadWalFile(
     }
   }
   const segmentSize = length >= LONG_PAGE_HEADER_SIZE ? buffer.readUInt32LE(32) : 0;
-  return { buffer, length, segmentSize, timeline: parsed.timeline, segmentName: parsed.segmentName, compressed: parsed.compressed, partial: parsed.partial };
+  return {
+    buffer,
+    length,
+    segmentSize,
+    timeline: parsed.timeline,
+    segmentName: parsed.segmentName,
+    compressed: parsed.compressed,
+    partial: parsed.partial,
+  };
 }
 
 /**

@@ -20,9 +20,22 @@ export type WalEvent =
    */
   | { kind: 'relation-truncate'; lsn: number; rel: RelFileId; blocks: number; forks: number[] }
   /** Relations dropped at commit or abort (also COMMIT/ROLLBACK PREPARED). */
-  | { kind: 'relation-drop'; lsn: number; rels: RelFileId[]; via: 'commit' | 'abort' | 'commit-prepared' | 'abort-prepared' }
+  | {
+      kind: 'relation-drop';
+      lsn: number;
+      rels: RelFileId[];
+      via: 'commit' | 'abort' | 'commit-prepared' | 'abort-prepared';
+    }
   /** CREATE DATABASE; with file_copy the new directory's files carry no block references. */
-  | { kind: 'database-create'; lsn: number; dbOid: number; spcOid: number; strategy: 'file_copy' | 'wal_log'; srcDbOid?: number; srcSpcOid?: number }
+  | {
+      kind: 'database-create';
+      lsn: number;
+      dbOid: number;
+      spcOid: number;
+      strategy: 'file_copy' | 'wal_log';
+      srcDbOid?: number;
+      srcSpcOid?: number;
+    }
   /** DROP DATABASE (its directory in each listed tablespace). */
   | { kind: 'database-drop'; lsn: number; dbOid: number; spcOids: number[] }
   | { kind: 'tablespace-create'; lsn: number; spcOid: number; path: string }
@@ -100,7 +113,12 @@ export function collectEvents(rec: WalRecord, out: WalEvent[]): boolean {
     case RM_SMGR_ID:
       if (info === XLOG_SMGR_CREATE) {
         if (len < 16) return false;
-        out.push({ kind: 'relation-create', lsn, rel: { spcOid: u32(0), dbOid: u32(4), relNumber: u32(8) }, fork: u32(12) });
+        out.push({
+          kind: 'relation-create',
+          lsn,
+          rel: { spcOid: u32(0), dbOid: u32(4), relNumber: u32(8) },
+          fork: u32(12),
+        });
       } else if (info === XLOG_SMGR_TRUNCATE) {
         if (len < 20) return false;
         const flags = u32(16);
@@ -108,7 +126,13 @@ export function collectEvents(rec: WalRecord, out: WalEvent[]): boolean {
         if (flags & SMGR_TRUNCATE_HEAP) forks.push(0);
         if (flags & SMGR_TRUNCATE_FSM) forks.push(1);
         if (flags & SMGR_TRUNCATE_VM) forks.push(2);
-        out.push({ kind: 'relation-truncate', lsn, rel: { spcOid: u32(4), dbOid: u32(8), relNumber: u32(12) }, blocks: u32(0), forks });
+        out.push({
+          kind: 'relation-truncate',
+          lsn,
+          rel: { spcOid: u32(4), dbOid: u32(8), relNumber: u32(12) },
+          blocks: u32(0),
+          forks,
+        });
       }
       return true;
     case RM_XACT_ID: {
@@ -147,7 +171,15 @@ export function collectEvents(rec: WalRecord, out: WalEvent[]): boolean {
       if (info === 0x00) {
         // CREATE (before 15) / CREATE_FILE_COPY: db_id, tablespace_id, src_db_id, src_tablespace_id.
         if (len < 16) return false;
-        out.push({ kind: 'database-create', lsn, dbOid: u32(0), spcOid: u32(4), strategy: 'file_copy', srcDbOid: u32(8), srcSpcOid: u32(12) });
+        out.push({
+          kind: 'database-create',
+          lsn,
+          dbOid: u32(0),
+          spcOid: u32(4),
+          strategy: 'file_copy',
+          srcDbOid: u32(8),
+          srcSpcOid: u32(12),
+        });
       } else if (walLogFormat && info === 0x10) {
         if (len < 8) return false;
         out.push({ kind: 'database-create', lsn, dbOid: u32(0), spcOid: u32(4), strategy: 'wal_log' });

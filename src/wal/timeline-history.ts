@@ -31,7 +31,8 @@ export function parseTimelineHistory(text: string, timeline: number, label: stri
     if (line === '' || line.startsWith('#')) return;
     const f = line.split(/\s+/);
     const tli = Number(f[0]);
-    if (!Number.isInteger(tli) || tli <= lastTli || f[1] === undefined) throw new BartError(`invalid timeline history file "${label}", line ${i + 1}: "${line}"`);
+    if (!Number.isInteger(tli) || tli <= lastTli || f[1] === undefined)
+      throw new BartError(`invalid timeline history file "${label}", line ${i + 1}: "${line}"`);
     let end: Lsn;
     try {
       end = parseLsn(f[1]);
@@ -42,7 +43,8 @@ export function parseTimelineHistory(text: string, timeline: number, label: stri
     begin = end;
     lastTli = tli;
   });
-  if (timeline <= lastTli) throw new BartError(`timeline history file "${label}" lists timeline ${lastTli}, not older than ${timeline}`);
+  if (timeline <= lastTli)
+    throw new BartError(`timeline history file "${label}" lists timeline ${lastTli}, not older than ${timeline}`);
   spans.push({ timeline, begin });
   return spans;
 }
@@ -53,7 +55,8 @@ export function readTimelineHistory(archiveDir: string, timeline: number): Timel
   const name = historyFileName(timeline);
   const plain = join(archiveDir, name);
   if (existsSync(plain)) return parseTimelineHistory(readFileSync(plain, 'utf8'), timeline, plain);
-  if (existsSync(`${plain}.gz`)) return parseTimelineHistory(gunzipSync(readFileSync(`${plain}.gz`)).toString('utf8'), timeline, `${plain}.gz`);
+  if (existsSync(`${plain}.gz`))
+    return parseTimelineHistory(gunzipSync(readFileSync(`${plain}.gz`)).toString('utf8'), timeline, `${plain}.gz`);
   throw new BartError(`timeline history file ${name} for timeline ${timeline} is not in the WAL archive ${archiveDir}`);
 }
 

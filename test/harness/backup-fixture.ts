@@ -21,18 +21,29 @@ export interface BackupFixture {
  * Creates a cluster whose archive_command copies WAL into `backup_path/<server>/archived_wals`
  * (a plain `cp`, so backup tests do not depend on INIT), plus a bart.cfg with one server section.
  */
-export async function createBackupFixture(opts: ClusterOptions & { server?: string; serverExtra?: Record<string, string>; globalExtra?: Record<string, string> } = {}): Promise<BackupFixture> {
+export async function createBackupFixture(
+  opts: ClusterOptions & {
+    server?: string;
+    serverExtra?: Record<string, string>;
+    globalExtra?: Record<string, string>;
+  } = {},
+): Promise<BackupFixture> {
   const server = opts.server ?? 'pg';
   const setup = createBartSetup(opts.globalExtra ?? {});
   const archivePath = join(setup.backupPath, server, 'archived_wals');
   mkdirSync(archivePath, { recursive: true, mode: 0o700 });
   const ids = testUserIds();
-  if (ids) for (const d of [setup.backupPath, join(setup.backupPath, server), archivePath]) chownSync(d, ids.uid, ids.gid);
+  if (ids)
+    for (const d of [setup.backupPath, join(setup.backupPath, server), archivePath]) chownSync(d, ids.uid, ids.gid);
   let cluster: TestCluster;
   try {
     cluster = await TestCluster.create({
       ...opts,
-      conf: { archive_mode: 'on', archive_command: `'test ! -f ${archivePath}/%f && cp %p ${archivePath}/%f'`, ...(opts.conf ?? {}) },
+      conf: {
+        archive_mode: 'on',
+        archive_command: `'test ! -f ${archivePath}/%f && cp %p ${archivePath}/%f'`,
+        ...(opts.conf ?? {}),
+      },
     });
   } catch (err) {
     setup.cleanup();

@@ -29,7 +29,9 @@ export function serverSection(cluster: TestCluster, name: string, extra: Record<
     description: `"test cluster PostgreSQL ${cluster.version}"`,
     ...extra,
   };
-  return `[${name}]\n${Object.entries(lines).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`;
+  return `[${name}]\n${Object.entries(lines)
+    .map(([k, v]) => `${k} = ${v}`)
+    .join('\n')}\n`;
 }
 
 /** Creates a catalog directory and a bart.cfg with a [BART] section (plus the given extra text). */
@@ -59,16 +61,30 @@ export function createBartSetup(globalExtra: Record<string, string> = {}, sectio
     },
     bart(args: string[], env: NodeJS.ProcessEnv = {}) {
       // Started as root on purpose: bart must switch to the bart_host user by itself.
-      return run(process.execPath, [...(process.env.BART_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof2'] : []), join(REPO_ROOT, 'bin', 'bart.js'), '-c', configPath, ...args], {
-        asTestUser: false,
-        env: { ...process.env, ...env },
-        cwd: dir,
-      });
+      return run(
+        process.execPath,
+        [
+          ...(process.env.BART_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof2'] : []),
+          join(REPO_ROOT, 'bin', 'bart.js'),
+          '-c',
+          configPath,
+          ...args,
+        ],
+        {
+          asTestUser: false,
+          env: { ...process.env, ...env },
+          cwd: dir,
+        },
+      );
     },
     cleanup() {
       removeTree(dir);
     },
   };
-  setup.writeConfig(`[BART]\n${Object.entries(globals).map(([k, v]) => `${k} = ${v}`).join('\n')}\n\n${sections}`);
+  setup.writeConfig(
+    `[BART]\n${Object.entries(globals)
+      .map(([k, v]) => `${k} = ${v}`)
+      .join('\n')}\n\n${sections}`,
+  );
   return setup;
 }

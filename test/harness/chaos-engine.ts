@@ -63,7 +63,14 @@ const SEQ_LOG_VALS = 32;
  */
 function sameContent(key: string, expected: string | undefined, got: string | undefined): boolean {
   if (expected === got) return true;
-  if (!key.includes(':seq:') || expected === undefined || got === undefined || !/^\d+$/.test(expected) || !/^\d+$/.test(got)) return false;
+  if (
+    !key.includes(':seq:') ||
+    expected === undefined ||
+    got === undefined ||
+    !/^\d+$/.test(expected) ||
+    !/^\d+$/.test(got)
+  )
+    return false;
   const ahead = Number(got) - Number(expected);
   return ahead > 0 && ahead <= SEQ_LOG_VALS;
 }
@@ -86,7 +93,16 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   const int = (lo: number, hi: number) => lo + Math.floor(rnd() * (hi - lo + 1));
   const src = await createIncrementalSource(opts.version);
   const c = src.cluster;
-  const result: ChaosResult = { seed: opts.seed, version: opts.version, operations: 0, backups: 0, incrementals: 0, maxDepth: 0, restorePoints: 0, restores: 0 };
+  const result: ChaosResult = {
+    seed: opts.seed,
+    version: opts.version,
+    operations: 0,
+    backups: 0,
+    incrementals: 0,
+    maxDepth: 0,
+    restorePoints: 0,
+    restores: 0,
+  };
   const tag = `seed ${opts.seed}, PostgreSQL ${opts.version}`;
   try {
     await c.query('ALTER SYSTEM SET autovacuum = off');
@@ -114,14 +130,17 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
       if (unlogged) await q('CREATE SEQUENCE IF NOT EXISTS chaos_ids', db);
       await q(`CREATE ${unlogged ? 'UNLOGGED ' : ''}TABLE ${name} (${id}, k int, v text)${ts}`, db);
       await q(`CREATE INDEX ${name}_k ON ${name} (k)`, db);
-      await q(`INSERT INTO ${name} (k, v) SELECT g % 97, md5(g::text) FROM generate_series(1, ${int(100, 3000)}) g`, db);
+      await q(
+        `INSERT INTO ${name} (k, v) SELECT g % 97, md5(g::text) FROM generate_series(1, ${int(100, 3000)}) g`,
+        db,
+      );
       tables.push({ name, db, unlogged });
     };
     for (let i = 0; i < 4; i++) await createTable('postgres');
     await q('CREATE SEQUENCE chaos_seq');
     if (opts.bigTables) {
       say('creating a table larger than 1 GB');
-      await q("CREATE TABLE big (id int, pad text) WITH (fillfactor = 100)");
+      await q('CREATE TABLE big (id int, pad text) WITH (fillfactor = 100)');
       await q("INSERT INTO big SELECT g, repeat('b', 1800) FROM generate_series(1, 600000) g");
     }
 
@@ -131,103 +150,203 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
       // Mostly extend the newest chain (depth), sometimes branch from an older backup, sometimes a new full.
       const incrementalOk = backups.length > 0 && rnd() < 0.85;
       const parent = incrementalOk ? (rnd() < 0.7 ? backups[backups.length - 1]! : pick(backups)) : undefined;
-      const args = [...(parent ? ['--parent', parent.id] : []), ...(rnd() < 0.3 ? ['-F', 'p'] : []), ...(rnd() < 0.3 ? ['--compress', pick(['gzip', 'lz4', 'zstd'])] : [])];
+      const args = [
+        ...(parent ? ['--parent', parent.id] : []),
+        ...(rnd() < 0.3 ? ['-F', 'p'] : []),
+        ...(rnd() < 0.3 ? ['--compress', pick(['gzip', 'lz4', 'zstd'])] : []),
+      ];
       const id = await src.backup(args);
-      const b: Backup = { id, depth: parent ? parent.depth + 1 : 0, snap: await contentSnapshot(c), ...(parent ? { parent: parent.id } : {}) };
+      const b: Backup = {
+        id,
+        depth: parent ? parent.depth + 1 : 0,
+        snap: await contentSnapshot(c),
+        ...(parent ? { parent: parent.id } : {}),
+      };
       backups.push(b);
       result.backups++;
       if (parent) result.incrementals++;
       result.maxDepth = Math.max(result.maxDepth, b.depth);
-      say(`backup ${id}${parent ? ` (incremental, parent ${parent.id}, depth ${b.depth})` : ' (full)'} ${args.join(' ')}`);
+      say(
+        `backup ${id}${parent ? ` (incremental, parent ${parent.id}, depth ${b.depth})` : ' (full)'} ${args.join(' ')}`,
+      );
     };
 
     const ops: Array<[number, string, () => Promise<void>]> = [
-      [20, 'insert', async () => {
-        const t = pick(tables);
-        const toast = rnd() < 0.3;
-        await q(`INSERT INTO ${t.name} (k, v) SELECT g % 97, ${toast ? "repeat(md5(g::text), 400)" : 'md5(random()::text)'} FROM generate_series(1, ${int(1, toast ? 50 : 2000)}) g`, t.db);
-      }],
-      [15, 'update', async () => {
-        const t = pick(tables);
-        await q(`UPDATE ${t.name} SET v = v || 'u', k = k + 1 WHERE k = ${int(0, 96)}`, t.db);
-      }],
-      [10, 'delete', async () => {
-        const t = pick(tables);
-        await q(`DELETE FROM ${t.name} WHERE k % ${int(2, 9)} = 0 OR id > (SELECT max(id) - ${int(10, 500)} FROM ${t.name})`, t.db);
-      }],
-      [4, 'truncate', async () => {
-        const t = pick(tables);
-        await q(`TRUNCATE ${t.name}`, t.db);
-        await q(`INSERT INTO ${t.name} (k, v) SELECT g % 97, 'after truncate' FROM generate_series(1, ${int(0, 300)}) g`, t.db);
-      }],
-      [4, 'drop table', async () => {
-        if (tables.length < 3) return;
-        const t = tables.splice(Math.floor(rnd() * tables.length), 1)[0]!;
-        await q(`DROP TABLE ${t.name}`, t.db);
-      }],
+      [
+        20,
+        'insert',
+        async () => {
+          const t = pick(tables);
+          const toast = rnd() < 0.3;
+          await q(
+            `INSERT INTO ${t.name} (k, v) SELECT g % 97, ${toast ? 'repeat(md5(g::text), 400)' : 'md5(random()::text)'} FROM generate_series(1, ${int(1, toast ? 50 : 2000)}) g`,
+            t.db,
+          );
+        },
+      ],
+      [
+        15,
+        'update',
+        async () => {
+          const t = pick(tables);
+          await q(`UPDATE ${t.name} SET v = v || 'u', k = k + 1 WHERE k = ${int(0, 96)}`, t.db);
+        },
+      ],
+      [
+        10,
+        'delete',
+        async () => {
+          const t = pick(tables);
+          await q(
+            `DELETE FROM ${t.name} WHERE k % ${int(2, 9)} = 0 OR id > (SELECT max(id) - ${int(10, 500)} FROM ${t.name})`,
+            t.db,
+          );
+        },
+      ],
+      [
+        4,
+        'truncate',
+        async () => {
+          const t = pick(tables);
+          await q(`TRUNCATE ${t.name}`, t.db);
+          await q(
+            `INSERT INTO ${t.name} (k, v) SELECT g % 97, 'after truncate' FROM generate_series(1, ${int(0, 300)}) g`,
+            t.db,
+          );
+        },
+      ],
+      [
+        4,
+        'drop table',
+        async () => {
+          if (tables.length < 3) return;
+          const t = tables.splice(Math.floor(rnd() * tables.length), 1)[0]!;
+          await q(`DROP TABLE ${t.name}`, t.db);
+        },
+      ],
       [5, 'create table', async () => createTable(pick(dbs))],
-      [6, 'vacuum', async () => {
-        const t = pick(tables);
-        await q(`VACUUM ${t.name}`, t.db);
-      }],
-      [3, 'vacuum full', async () => {
-        const t = pick(tables);
-        await q(`VACUUM FULL ${t.name}`, t.db);
-      }],
-      [2, 'cluster', async () => {
-        const t = pick(tables);
-        await q(`CLUSTER ${t.name} USING ${t.name}_k`, t.db);
-      }],
-      [2, 'reindex', async () => {
-        const t = pick(tables);
-        await q(`REINDEX TABLE ${t.name}`, t.db);
-      }],
-      [3, 'set tablespace', async () => {
-        const t = pick(tables);
-        await q(`ALTER TABLE ${t.name} SET TABLESPACE ${rnd() < 0.5 ? 'ts1' : 'pg_default'}`, t.db);
-      }],
-      [2, 'create database', async () => {
-        const name = `db${++counter}`;
-        const strategy = opts.version >= 15 ? ` STRATEGY ${pick(['FILE_COPY', 'WAL_LOG'])}` : '';
-        const template = dbs.length > 1 && rnd() < 0.5 ? pick(dbs.filter((d) => d !== 'postgres')) : 'template1';
-        // A template must have no other session: ours are one per query, so it is idle here.
-        await q(`CREATE DATABASE ${name} TEMPLATE ${template}${strategy}`);
-        if (template !== 'template1') for (const t of tables.filter((x) => x.db === template)) tables.push({ ...t, db: name });
-        dbs.push(name);
-        await createTable(name);
-      }],
-      [1, 'drop database', async () => {
-        const victims = dbs.filter((d) => d !== 'postgres');
-        if (victims.length === 0) return;
-        const name = pick(victims);
-        await q(`DROP DATABASE ${name}`);
-        dbs.splice(dbs.indexOf(name), 1);
-        for (let i = tables.length - 1; i >= 0; i--) if (tables[i]!.db === name) tables.splice(i, 1);
-      }],
-      [1, 'database set tablespace', async () => {
-        const victims = dbs.filter((d) => d !== 'postgres');
-        if (victims.length === 0) return;
-        await q(`ALTER DATABASE ${pick(victims)} SET TABLESPACE ${rnd() < 0.5 ? 'ts1' : 'pg_default'}`);
-      }],
-      [3, 'sequence', async () => {
-        await q(`SELECT nextval('chaos_seq') FROM generate_series(1, ${int(1, 40)})`);
-      }],
-      [3, 'large object', async () => {
-        if (rnd() < 0.7) await q(`SELECT lo_from_bytea(0, convert_to(repeat(md5(random()::text), ${int(1, 4000)}), 'UTF8'))`);
-        else await q('SELECT lo_unlink(oid) FROM pg_largeobject_metadata ORDER BY oid LIMIT 1');
-      }],
-      [3, 'checkpoint', async () => {
-        await q('CHECKPOINT');
-      }],
-      ...(opts.bigTables ? [[3, 'update big', async () => {
-        await q(`UPDATE big SET pad = repeat('u', 1800) WHERE id IN (SELECT (random() * 600000)::int FROM generate_series(1, 200))`);
-      }] as [number, string, () => Promise<void>]] : []),
-      [4, 'restore point', async () => {
-        const name = `rp${++counter}`;
-        const lsn = String(await c.scalar(`SELECT pg_create_restore_point('${name}')::text`));
-        points.push({ name, lsn, snap: await contentSnapshot(c) });
-        result.restorePoints++;
-      }],
+      [
+        6,
+        'vacuum',
+        async () => {
+          const t = pick(tables);
+          await q(`VACUUM ${t.name}`, t.db);
+        },
+      ],
+      [
+        3,
+        'vacuum full',
+        async () => {
+          const t = pick(tables);
+          await q(`VACUUM FULL ${t.name}`, t.db);
+        },
+      ],
+      [
+        2,
+        'cluster',
+        async () => {
+          const t = pick(tables);
+          await q(`CLUSTER ${t.name} USING ${t.name}_k`, t.db);
+        },
+      ],
+      [
+        2,
+        'reindex',
+        async () => {
+          const t = pick(tables);
+          await q(`REINDEX TABLE ${t.name}`, t.db);
+        },
+      ],
+      [
+        3,
+        'set tablespace',
+        async () => {
+          const t = pick(tables);
+          await q(`ALTER TABLE ${t.name} SET TABLESPACE ${rnd() < 0.5 ? 'ts1' : 'pg_default'}`, t.db);
+        },
+      ],
+      [
+        2,
+        'create database',
+        async () => {
+          const name = `db${++counter}`;
+          const strategy = opts.version >= 15 ? ` STRATEGY ${pick(['FILE_COPY', 'WAL_LOG'])}` : '';
+          const template = dbs.length > 1 && rnd() < 0.5 ? pick(dbs.filter((d) => d !== 'postgres')) : 'template1';
+          // A template must have no other session: ours are one per query, so it is idle here.
+          await q(`CREATE DATABASE ${name} TEMPLATE ${template}${strategy}`);
+          if (template !== 'template1')
+            for (const t of tables.filter((x) => x.db === template)) tables.push({ ...t, db: name });
+          dbs.push(name);
+          await createTable(name);
+        },
+      ],
+      [
+        1,
+        'drop database',
+        async () => {
+          const victims = dbs.filter((d) => d !== 'postgres');
+          if (victims.length === 0) return;
+          const name = pick(victims);
+          await q(`DROP DATABASE ${name}`);
+          dbs.splice(dbs.indexOf(name), 1);
+          for (let i = tables.length - 1; i >= 0; i--) if (tables[i]!.db === name) tables.splice(i, 1);
+        },
+      ],
+      [
+        1,
+        'database set tablespace',
+        async () => {
+          const victims = dbs.filter((d) => d !== 'postgres');
+          if (victims.length === 0) return;
+          await q(`ALTER DATABASE ${pick(victims)} SET TABLESPACE ${rnd() < 0.5 ? 'ts1' : 'pg_default'}`);
+        },
+      ],
+      [
+        3,
+        'sequence',
+        async () => {
+          await q(`SELECT nextval('chaos_seq') FROM generate_series(1, ${int(1, 40)})`);
+        },
+      ],
+      [
+        3,
+        'large object',
+        async () => {
+          if (rnd() < 0.7)
+            await q(`SELECT lo_from_bytea(0, convert_to(repeat(md5(random()::text), ${int(1, 4000)}), 'UTF8'))`);
+          else await q('SELECT lo_unlink(oid) FROM pg_largeobject_metadata ORDER BY oid LIMIT 1');
+        },
+      ],
+      [
+        3,
+        'checkpoint',
+        async () => {
+          await q('CHECKPOINT');
+        },
+      ],
+      ...(opts.bigTables
+        ? [
+            [
+              3,
+              'update big',
+              async () => {
+                await q(
+                  `UPDATE big SET pad = repeat('u', 1800) WHERE id IN (SELECT (random() * 600000)::int FROM generate_series(1, 200))`,
+                );
+              },
+            ] as [number, string, () => Promise<void>],
+          ]
+        : []),
+      [
+        4,
+        'restore point',
+        async () => {
+          const name = `rp${++counter}`;
+          const lsn = String(await c.scalar(`SELECT pg_create_restore_point('${name}')::text`));
+          points.push({ name, lsn, snap: await contentSnapshot(c) });
+          result.restorePoints++;
+        },
+      ],
       [7, 'backup', takeBackup],
     ];
     const totalWeight = ops.reduce((n, [w]) => n + w, 0);
@@ -269,7 +388,16 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     const restoreOne = async (what: string, args: string[], expected: Record<string, string>, amcheck: boolean) => {
       const path = freshPath(src, 'chaos');
       const tsPath = freshPath(src, 'chaos-ts');
-      const r = await src.restore([...args, '-p', path, '-c', '--target-action', 'promote', '--tablespace-map', `${tsOid}=${tsPath}`]);
+      const r = await src.restore([
+        ...args,
+        '-p',
+        path,
+        '-c',
+        '--target-action',
+        'promote',
+        '--tablespace-map',
+        `${tsOid}=${tsPath}`,
+      ]);
       if (r.code !== 0) throw new ChaosMismatch(`${tag}: RESTORE of ${what} failed:\n${r.stdout}\n${r.stderr}`);
       let restored: TestCluster | undefined;
       try {
@@ -279,15 +407,35 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
         try {
           got = await contentSnapshot(restored);
         } catch (err) {
-          throw new ChaosMismatch(`${tag}: ${what} cannot be read after restore: ${(err as Error).message}\n${restored.logTail()}`);
+          throw new ChaosMismatch(
+            `${tag}: ${what} cannot be read after restore: ${(err as Error).message}\n${restored.logTail()}`,
+          );
         }
-        const diff = [...new Set([...Object.keys(expected), ...Object.keys(got)])].filter((k) => !sameContent(k, expected[k], got[k]));
+        const diff = [...new Set([...Object.keys(expected), ...Object.keys(got)])].filter(
+          (k) => !sameContent(k, expected[k], got[k]),
+        );
         if (diff.length > 0) {
-          throw new ChaosMismatch(`${tag}: ${what} restored different content: ${diff.slice(0, 5).map((k) => `${k} expected ${expected[k]} got ${got[k]}`).join('; ')}`);
+          throw new ChaosMismatch(
+            `${tag}: ${what} restored different content: ${diff
+              .slice(0, 5)
+              .map((k) => `${k} expected ${expected[k]} got ${got[k]}`)
+              .join('; ')}`,
+          );
         }
         if (amcheck) {
-          const check = await run(clientTool('pg_amcheck'), ['-h', restored.host, '-p', String(restored.port), '-U', 'postgres', '--all', '--install-missing', '--heapallindexed']);
-          if (check.code !== 0) throw new ChaosMismatch(`${tag}: pg_amcheck failed on ${what}: ${check.stdout}${check.stderr}`);
+          const check = await run(clientTool('pg_amcheck'), [
+            '-h',
+            restored.host,
+            '-p',
+            String(restored.port),
+            '-U',
+            'postgres',
+            '--all',
+            '--install-missing',
+            '--heapallindexed',
+          ]);
+          if (check.code !== 0)
+            throw new ChaosMismatch(`${tag}: pg_amcheck failed on ${what}: ${check.stdout}${check.stderr}`);
         }
         result.restores++;
         say(`restored ${what}: ${Object.keys(got).length} objects match${amcheck ? ', pg_amcheck clean' : ''}`);
@@ -297,20 +445,32 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
         removeTree(tsPath);
       }
     };
-    const info = JSON.parse((await src.setup.bart(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout) as Array<{ id: string; stopLsn: string; startLsn: string }>;
+    const info = JSON.parse(
+      (await src.setup.bart(['SHOW-BACKUPS', '-s', src.server, '--output', 'json'])).stdout,
+    ) as Array<{ id: string; stopLsn: string; startLsn: string }>;
     const lsnOf = (text: string) => {
       const [hi, lo] = text.split('/');
       return (BigInt('0x' + hi) << 32n) + BigInt('0x' + lo);
     };
     for (const [i, b] of backups.entries()) {
-      await restoreOne(`backup ${b.id} (depth ${b.depth})`, ['-i', b.id, '--target-immediate'], b.snap, opts.amcheckAll === true || i === backups.length - 1);
+      await restoreOne(
+        `backup ${b.id} (depth ${b.depth})`,
+        ['-i', b.id, '--target-immediate'],
+        b.snap,
+        opts.amcheckAll === true || i === backups.length - 1,
+      );
     }
     for (const [i, p] of points.entries()) {
       // The newest backup consistent before the restore point, replayed forward to it.
       const usable = backups.filter((b) => lsnOf(info.find((x) => x.id === b.id)!.stopLsn) <= lsnOf(p.lsn));
       const base = usable[usable.length - 1];
       if (!base) continue;
-      await restoreOne(`restore point ${p.name} from backup ${base.id}`, ['-i', base.id, '--target-name', p.name], p.snap, opts.amcheckAll === true || i === points.length - 1);
+      await restoreOne(
+        `restore point ${p.name} from backup ${base.id}`,
+        ['-i', base.id, '--target-name', p.name],
+        p.snap,
+        opts.amcheckAll === true || i === points.length - 1,
+      );
     }
     return result;
   } catch (err) {

@@ -17,7 +17,9 @@ const minutes = Number(arg('minutes') ?? 5);
 const versions = (arg('pg') ?? '15').split(',').map(Number);
 const round = Number(arg('round-seconds') ?? 60);
 if (!Number.isInteger(seed) || !(minutes > 0) || versions.some((v) => !Number.isInteger(v) || v < 14 || v > 18)) {
-  process.stderr.write('usage: npm run test:chaos -- --seed N --minutes M --pg 14|15|16|17|18[,...] [--round-seconds S] [--big] [--amcheck-all]\n');
+  process.stderr.write(
+    'usage: npm run test:chaos -- --seed N --minutes M --pg 14|15|16|17|18[,...] [--round-seconds S] [--big] [--amcheck-all]\n',
+  );
   process.exit(2);
 }
 const deadline = Date.now() + minutes * 60_000;
@@ -30,14 +32,27 @@ while (Date.now() < deadline) {
     const t0 = Date.now();
     process.stdout.write(`chaos round ${rounds + 1}: seed ${s}, PostgreSQL ${version}\n`);
     try {
-      const r = await runChaos({ seed: s, seconds: round, version, bigTables: process.argv.includes('--big'), amcheckAll: process.argv.includes('--amcheck-all'), log: (l) => process.stdout.write(`  ${l}\n`) });
-      process.stdout.write(`chaos round ${rounds + 1} OK: seed ${s}, PostgreSQL ${version}: ${r.operations} operations, ${r.backups} backups (${r.incrementals} incremental, chain depth up to ${r.maxDepth}), ${r.restorePoints} restore points, ${r.restores} restores compared, ${Math.round((Date.now() - t0) / 1000)} s\n`);
+      const r = await runChaos({
+        seed: s,
+        seconds: round,
+        version,
+        bigTables: process.argv.includes('--big'),
+        amcheckAll: process.argv.includes('--amcheck-all'),
+        log: (l) => process.stdout.write(`  ${l}\n`),
+      });
+      process.stdout.write(
+        `chaos round ${rounds + 1} OK: seed ${s}, PostgreSQL ${version}: ${r.operations} operations, ${r.backups} backups (${r.incrementals} incremental, chain depth up to ${r.maxDepth}), ${r.restorePoints} restore points, ${r.restores} restores compared, ${Math.round((Date.now() - t0) / 1000)} s\n`,
+      );
     } catch (err) {
-      process.stdout.write(`CHAOS MISMATCH with seed ${s} on PostgreSQL ${version} (replay: npm run test:chaos -- --seed ${s} --minutes 1 --pg ${version}):\n${(err as Error).message}\n`);
+      process.stdout.write(
+        `CHAOS MISMATCH with seed ${s} on PostgreSQL ${version} (replay: npm run test:chaos -- --seed ${s} --minutes 1 --pg ${version}):\n${(err as Error).message}\n`,
+      );
       process.exit(1);
     }
     rounds++;
     s++;
   }
 }
-process.stdout.write(`chaos: ${rounds} rounds from seed ${seed} in ${Math.round((Date.now() - started) / 60000)} min, zero mismatches\n`);
+process.stdout.write(
+  `chaos: ${rounds} rounds from seed ${seed} in ${Math.round((Date.now() - started) / 60000)} min, zero mismatches\n`,
+);

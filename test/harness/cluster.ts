@@ -83,7 +83,11 @@ export class TestCluster {
     live.add(cluster);
     try {
       if (!opts.dataDir) {
-        await runOk(join(cluster.binDir, 'initdb'), ['-k', '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C', '-D', dataDir], { cwd: baseDir });
+        await runOk(
+          join(cluster.binDir, 'initdb'),
+          ['-k', '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C', '-D', dataDir],
+          { cwd: baseDir },
+        );
         cluster.writeConf({
           listen_addresses: "'127.0.0.1'",
           port,
@@ -96,9 +100,17 @@ export class TestCluster {
           logging_collector: 'off',
           ...(opts.conf ?? {}),
         });
-        appendFileSync(join(dataDir, 'pg_hba.conf'), '\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n');
+        appendFileSync(
+          join(dataDir, 'pg_hba.conf'),
+          '\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n',
+        );
       } else {
-        cluster.writeConf({ port, listen_addresses: "'127.0.0.1'", unix_socket_directories: `'${baseDir}'`, ...(opts.conf ?? {}) });
+        cluster.writeConf({
+          port,
+          listen_addresses: "'127.0.0.1'",
+          unix_socket_directories: `'${baseDir}'`,
+          ...(opts.conf ?? {}),
+        });
       }
       if (opts.start !== false) await cluster.start();
     } catch (err) {
@@ -110,7 +122,9 @@ export class TestCluster {
 
   /** Appends settings to postgresql.auto.conf-free postgresql.conf (later lines win). */
   writeConf(settings: Record<string, string | number>): void {
-    const lines = Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n');
+    const lines = Object.entries(settings)
+      .map(([k, v]) => `${k} = ${v}`)
+      .join('\n');
     appendFileSync(join(this.dataDir, 'postgresql.conf'), `\n${lines}\n`);
   }
 
@@ -127,7 +141,9 @@ export class TestCluster {
 
   async start(): Promise<void> {
     try {
-      await runOk(join(this.binDir, 'pg_ctl'), ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', '120', 'start'], { cwd: this.baseDir });
+      await runOk(join(this.binDir, 'pg_ctl'), ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', '120', 'start'], {
+        cwd: this.baseDir,
+      });
     } catch (err) {
       throw new Error(`${(err as Error).message}\n--- server log ---\n${this.logTail()}`);
     }
@@ -136,7 +152,9 @@ export class TestCluster {
 
   async stop(mode: 'smart' | 'fast' | 'immediate' = 'fast'): Promise<void> {
     if (!this.running) return;
-    await runOk(join(this.binDir, 'pg_ctl'), ['-D', this.dataDir, '-w', '-t', '120', '-m', mode, 'stop'], { cwd: this.baseDir });
+    await runOk(join(this.binDir, 'pg_ctl'), ['-D', this.dataDir, '-w', '-t', '120', '-m', mode, 'stop'], {
+      cwd: this.baseDir,
+    });
     this.running = false;
   }
 
@@ -164,7 +182,11 @@ export class TestCluster {
   }
 
   /** Runs SQL and returns the rows. */
-  async query<T extends Record<string, unknown> = Record<string, unknown>>(sql: string, params: unknown[] = [], database = 'postgres'): Promise<T[]> {
+  async query<T extends Record<string, unknown> = Record<string, unknown>>(
+    sql: string,
+    params: unknown[] = [],
+    database = 'postgres',
+  ): Promise<T[]> {
     const client = new pg.Client(this.connectionConfig(database));
     client.on('error', () => undefined);
     await client.connect();

@@ -10,7 +10,10 @@ import { clientTool } from './pg-binaries.js';
 import { createRestoreSource, freshPath, startRestored, waitPromoted, type RestoreSource } from './restore.js';
 
 /** A restore source whose server allows incremental backups (MBMs are scanned on the spot: no daemon). */
-export async function createIncrementalSource(version: number, extra: Record<string, string> = {}): Promise<RestoreSource> {
+export async function createIncrementalSource(
+  version: number,
+  extra: Record<string, string> = {},
+): Promise<RestoreSource> {
   const src = await createRestoreSource(version);
   src.configure(src.cluster, { allow_incremental_backups: 'enabled', mbm_scan_timeout: '2', ...extra });
   return src;
@@ -23,17 +26,21 @@ export async function createIncrementalSource(version: number, extra: Record<str
  */
 export async function contentSnapshot(cluster: TestCluster): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  const dbs = await cluster.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1");
+  const dbs = await cluster.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1');
   for (const { datname } of dbs) {
     for (const [t, v] of Object.entries(await tableFingerprints(cluster, datname))) out[`${datname}:${t}`] = v;
     const seqs = await cluster.query<{ name: string; v: string }>(
       `SELECT format('%I.%I', s.schemaname, s.sequencename) AS name, coalesce(s.last_value::text, 'null') AS v FROM pg_sequences s
        JOIN pg_class c ON c.oid = format('%I.%I', s.schemaname, s.sequencename)::regclass
-       WHERE c.relpersistence = 'p' ORDER BY 1`, [], datname,
+       WHERE c.relpersistence = 'p' ORDER BY 1`,
+      [],
+      datname,
     );
     for (const s of seqs) out[`${datname}:seq:${s.name}`] = s.v;
     const lo = await cluster.query<{ n: string; h: string | null }>(
-      "SELECT count(*)::text AS n, md5(string_agg(oid::text || ':' || md5(lo_get(oid)), ',' ORDER BY oid)) AS h FROM pg_largeobject_metadata", [], datname,
+      "SELECT count(*)::text AS n, md5(string_agg(oid::text || ':' || md5(lo_get(oid)), ',' ORDER BY oid)) AS h FROM pg_largeobject_metadata",
+      [],
+      datname,
     );
     if (lo[0]!.n !== '0') out[`${datname}:largeobjects`] = `${lo[0]!.n}:${lo[0]!.h}`;
   }
@@ -69,9 +76,22 @@ export interface RestoreCheck {
  * Restores backup `id` (to the moment it became consistent unless told otherwise), starts it,
  * and asserts it holds exactly `expected`; runs pg_amcheck when asked. Cleans up either way.
  */
-export async function restoreAndCheck(src: RestoreSource, id: string, expected: Record<string, string>, what: string, opts: RestoreCheck = {}): Promise<void> {
+export async function restoreAndCheck(
+  src: RestoreSource,
+  id: string,
+  expected: Record<string, string>,
+  what: string,
+  opts: RestoreCheck = {},
+): Promise<void> {
   const path = freshPath(src, 'incr');
-  const args = ['-i', id, '-p', path, '-c', ...(opts.targetArgs ?? ['--target-immediate', '--target-action', 'promote', '-t', 'current'])];
+  const args = [
+    '-i',
+    id,
+    '-p',
+    path,
+    '-c',
+    ...(opts.targetArgs ?? ['--target-immediate', '--target-action', 'promote', '-t', 'current']),
+  ];
   if (opts.tablespaceMap) args.push('--tablespace-map', opts.tablespaceMap);
   const r = await src.restore(args);
   assert.equal(r.code, 0, `${what}: RESTORE failed\n${r.stdout}\n${r.stderr}`);
@@ -81,7 +101,17 @@ export async function restoreAndCheck(src: RestoreSource, id: string, expected: 
     await waitPromoted(restored);
     assert.deepEqual(await contentSnapshot(restored), expected, `${what}: restored content differs from the source`);
     if (opts.amcheck) {
-      const check = await run(clientTool('pg_amcheck'), ['-h', restored.host, '-p', String(restored.port), '-U', 'postgres', '--all', '--install-missing', '--heapallindexed']);
+      const check = await run(clientTool('pg_amcheck'), [
+        '-h',
+        restored.host,
+        '-p',
+        String(restored.port),
+        '-U',
+        'postgres',
+        '--all',
+        '--install-missing',
+        '--heapallindexed',
+      ]);
       assert.equal(check.code, 0, `${what}: pg_amcheck failed: ${check.stdout}${check.stderr}`);
     }
     await opts.inspect?.(restored, path);
@@ -92,11 +122,17 @@ export async function restoreAndCheck(src: RestoreSource, id: string, expected: 
 }
 
 /** The manifest entries of a backup (file entries only), by archive and path. */
-export async function manifestEntries(src: RestoreSource, id: string): Promise<Map<string, { size: number; incr?: { length: number; runs: Array<[number, number]> } }>> {
+export async function manifestEntries(
+  src: RestoreSource,
+  id: string,
+): Promise<Map<string, { size: number; incr?: { length: number; runs: Array<[number, number]> } }>> {
   const out = new Map<string, { size: number; incr?: { length: number; runs: Array<[number, number]> } }>();
   for await (const line of readManifest(join(src.setup.backupPath, src.server, id, 'manifest.jsonl'))) {
     if (line.kind !== 'file' || line.entry.type !== 'file') continue;
-    out.set(`${line.entry.archive}:${line.entry.path}`, line.entry as { size: number; incr?: { length: number; runs: Array<[number, number]> } });
+    out.set(
+      `${line.entry.archive}:${line.entry.path}`,
+      line.entry as { size: number; incr?: { length: number; runs: Array<[number, number]> } },
+    );
   }
   return out;
 }

@@ -7,12 +7,42 @@ import { runOk } from './os.js';
 
 /** `pgbench -i -s scale` (Debian's pgbench works against every supported version). */
 export async function pgbenchInit(cluster: TestCluster, scale: number, database = 'postgres'): Promise<void> {
-  await runOk(clientTool('pgbench'), ['-i', '-q', '-s', String(scale), '-h', cluster.host, '-p', String(cluster.port), '-U', 'postgres', database]);
+  await runOk(clientTool('pgbench'), [
+    '-i',
+    '-q',
+    '-s',
+    String(scale),
+    '-h',
+    cluster.host,
+    '-p',
+    String(cluster.port),
+    '-U',
+    'postgres',
+    database,
+  ]);
 }
 
 /** Runs the pgbench TPC-B-like load for a number of seconds. */
-export async function pgbenchRun(cluster: TestCluster, seconds: number, clients = 2, database = 'postgres'): Promise<void> {
-  await runOk(clientTool('pgbench'), ['-n', '-T', String(seconds), '-c', String(clients), '-h', cluster.host, '-p', String(cluster.port), '-U', 'postgres', database]);
+export async function pgbenchRun(
+  cluster: TestCluster,
+  seconds: number,
+  clients = 2,
+  database = 'postgres',
+): Promise<void> {
+  await runOk(clientTool('pgbench'), [
+    '-n',
+    '-T',
+    String(seconds),
+    '-c',
+    String(clients),
+    '-h',
+    cluster.host,
+    '-p',
+    String(cluster.port),
+    '-U',
+    'postgres',
+    database,
+  ]);
 }
 
 /** A background writer: inserts and updates rows until stopped; `stop()` returns rows written. */
@@ -21,7 +51,11 @@ export interface BackgroundWriter {
 }
 
 /** Starts writes into `table` (created if missing) on its own connection, as a running application would. */
-export async function startWriter(cluster: TestCluster, table = 'writer_load', database = 'postgres'): Promise<BackgroundWriter> {
+export async function startWriter(
+  cluster: TestCluster,
+  table = 'writer_load',
+  database = 'postgres',
+): Promise<BackgroundWriter> {
   const client = new pg.Client(cluster.connectionConfig(database));
   client.on('error', () => undefined);
   await client.connect();
@@ -31,7 +65,9 @@ export async function startWriter(cluster: TestCluster, table = 'writer_load', d
   const loop = (async () => {
     while (running) {
       try {
-        await client.query(`INSERT INTO ${table} (v, payload) SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200) g`);
+        await client.query(
+          `INSERT INTO ${table} (v, payload) SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200) g`,
+        );
         await client.query(`UPDATE ${table} SET v = v + 1 WHERE id % 97 = $1`, [rows % 97]);
         rows += 200;
       } catch {

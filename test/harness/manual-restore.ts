@@ -1,6 +1,17 @@
 // Test harness: a pgbart backup restored with standard tools only, as the catalog format documents.
 
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, appendFileSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  appendFileSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { TestCluster } from './cluster.js';
 import { runOk, testUserIds } from './os.js';
@@ -34,7 +45,9 @@ export async function restoreByHand(backupDir: string, version: number, target: 
     for (const ts of tablespaces) {
       mkdirSync(tsTarget(ts.oid), { mode: 0o700 });
       if (ids) chownSync(tsTarget(ts.oid), ids.uid, ids.gid);
-      await sh(`${DECOMPRESS[compression]} < '${backupDir}/${ts.oid}.tar${EXT[compression]}' | tar -xf - -C '${tsTarget(ts.oid)}'`);
+      await sh(
+        `${DECOMPRESS[compression]} < '${backupDir}/${ts.oid}.tar${EXT[compression]}' | tar -xf - -C '${tsTarget(ts.oid)}'`,
+      );
     }
   } else {
     await sh(`cp -a '${backupDir}/base/.' '${target}/'`);
@@ -45,7 +58,9 @@ export async function restoreByHand(backupDir: string, version: number, target: 
       rmSync(join(target, 'pg_tblspc', ts.oid));
     }
     if (compression !== 'none') {
-      const tool = { gzip: 'gzip -d', lz4: 'lz4 -d -q --rm', zstd: 'zstd -d -q --rm' }[compression as 'gzip' | 'lz4' | 'zstd'];
+      const tool = { gzip: 'gzip -d', lz4: 'lz4 -d -q --rm', zstd: 'zstd -d -q --rm' }[
+        compression as 'gzip' | 'lz4' | 'zstd'
+      ];
       for (const dir of [target, ...tablespaces.map((t) => tsTarget(t.oid))]) {
         await sh(`find '${dir}' -type f -name '*${EXT[compression]}' -exec ${tool} {} +`);
       }
@@ -64,7 +79,10 @@ export async function restoreByHand(backupDir: string, version: number, target: 
   }
   writeFileSync(join(target, 'recovery.signal'), '');
   appendFileSync(join(target, 'postgresql.auto.conf'), `\nrestore_command = 'cp ${walDir}/%f %p'\n`);
-  if (ids) await runOk('chown', ['-R', `${ids.uid}:${ids.gid}`, target, ...tablespaces.map((t) => tsTarget(t.oid))], { asTestUser: false });
+  if (ids)
+    await runOk('chown', ['-R', `${ids.uid}:${ids.gid}`, target, ...tablespaces.map((t) => tsTarget(t.oid))], {
+      asTestUser: false,
+    });
   if (!existsSync(join(target, 'PG_VERSION'))) throw new Error('restored directory has no PG_VERSION');
   return TestCluster.create({ version, dataDir: target, conf: { archive_mode: 'off' } });
 }
@@ -73,5 +91,6 @@ export async function restoreByHand(backupDir: string, version: number, target: 
 export function removeRestored(target: string): void {
   const parent = join(target, '..');
   const base = target.slice(parent.length + 1);
-  for (const name of readdirSync(parent)) if (name === base || name.startsWith(`${base}_ts`)) rmSync(join(parent, name), { recursive: true, force: true });
+  for (const name of readdirSync(parent))
+    if (name === base || name.startsWith(`${base}_ts`)) rmSync(join(parent, name), { recursive: true, force: true });
 }

@@ -8,7 +8,10 @@ import { join } from 'node:path';
 /** The unprivileged OS user that runs test clusters (and bart itself in tests) when tests run as root. */
 export const TEST_OS_USER = 'postgres';
 
-interface Ids { uid: number; gid: number }
+interface Ids {
+  uid: number;
+  gid: number;
+}
 let cachedIds: Ids | undefined;
 
 /** uid/gid of {@link TEST_OS_USER}, or undefined when we are not root (then everything runs as us). */
@@ -47,7 +50,11 @@ export interface RunResult {
 }
 
 /** Runs a program (as the test user when root) and collects its output; never throws on exit code. */
-export function run(cmd: string, args: string[], opts: SpawnOptions & { asTestUser?: boolean; input?: string } = {}): Promise<RunResult> {
+export function run(
+  cmd: string,
+  args: string[],
+  opts: SpawnOptions & { asTestUser?: boolean; input?: string } = {},
+): Promise<RunResult> {
   const ids = opts.asTestUser === false ? undefined : testUserIds();
   return new Promise((resolvePromise, reject) => {
     const child = spawn(cmd, args, {
@@ -67,7 +74,11 @@ export function run(cmd: string, args: string[], opts: SpawnOptions & { asTestUs
 }
 
 /** Like {@link run} but throws with the output when the exit code is not 0. */
-export async function runOk(cmd: string, args: string[], opts: SpawnOptions & { asTestUser?: boolean; input?: string } = {}): Promise<RunResult> {
+export async function runOk(
+  cmd: string,
+  args: string[],
+  opts: SpawnOptions & { asTestUser?: boolean; input?: string } = {},
+): Promise<RunResult> {
   const r = await run(cmd, args, opts);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
   return r;

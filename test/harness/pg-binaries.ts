@@ -47,7 +47,8 @@ export function versionsUnderTest(): number[] {
   if (raw === 'all') return [...ALL_VERSIONS];
   return raw.split(',').map((v) => {
     const n = Number(v.trim());
-    if (!(ALL_VERSIONS as readonly number[]).includes(n)) throw new Error(`PGBART_TEST_PG: unsupported version "${v}"; use 14-18 or all`);
+    if (!(ALL_VERSIONS as readonly number[]).includes(n))
+      throw new Error(`PGBART_TEST_PG: unsupported version "${v}"; use 14-18 or all`);
     return n;
   });
 }

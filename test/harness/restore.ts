@@ -35,11 +35,15 @@ export async function createRestoreSource(version: number, server = 'src'): Prom
   const archivePath = join(setup.backupPath, server, 'archived_wals');
   mkdirSync(archivePath, { recursive: true, mode: 0o700 });
   const ids = testUserIds();
-  if (ids) for (const d of [setup.backupPath, join(setup.backupPath, server), archivePath]) chownSync(d, ids.uid, ids.gid);
+  if (ids)
+    for (const d of [setup.backupPath, join(setup.backupPath, server), archivePath]) chownSync(d, ids.uid, ids.gid);
   const baseConfig = readFileSync(setup.configPath, 'utf8');
   let cluster: TestCluster;
   try {
-    cluster = await TestCluster.create({ version, conf: { archive_mode: 'on', archive_command: `'cp %p ${archivePath}/%f'` } });
+    cluster = await TestCluster.create({
+      version,
+      conf: { archive_mode: 'on', archive_command: `'cp %p ${archivePath}/%f'` },
+    });
   } catch (err) {
     setup.cleanup();
     removeTree(scratch);

@@ -8,7 +8,9 @@ import { run, type RunResult } from './os.js';
 
 /** Runs `bart-scanner -c <config> ...args` as root (it switches to the bart user itself). */
 export function bartScanner(configPath: string, args: string[]): Promise<RunResult> {
-  return run(process.execPath, [join(REPO_ROOT, 'bin', 'bart-scanner.js'), '-c', configPath, ...args], { asTestUser: false });
+  return run(process.execPath, [join(REPO_ROOT, 'bin', 'bart-scanner.js'), '-c', configPath, ...args], {
+    asTestUser: false,
+  });
 }
 
 /** Pid from the scanner's pid file in `socketDir`, if the process lives. */

@@ -1,7 +1,17 @@
 // Test harness: a private OpenSSH server with key-only logins for remote tests.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  writeFileSync,
+} from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -95,7 +105,10 @@ export class TestSshd {
    * environment variables (sshd's `SetEnv` in a `Match User` block), e.g. a PATH that puts a crafted
    * `find` first: how the hostile-host test makes the cluster owner's account lie to the BART host.
    */
-  static async start(userNames: string[] = ['postgres', BART_TEST_USER], opts: { setEnv?: Record<string, Record<string, string>> } = {}): Promise<TestSshd> {
+  static async start(
+    userNames: string[] = ['postgres', BART_TEST_USER],
+    opts: { setEnv?: Record<string, Record<string, string>> } = {},
+  ): Promise<TestSshd> {
     const dir = mkdtempSync(join(tmpdir(), 'pgbart-sshd-'));
     chmodSync(dir, 0o755);
     const port = await freePort();
@@ -184,9 +197,15 @@ export class TestSshd {
   }
 
   private async launch(): Promise<void> {
-    const child = spawn('/usr/sbin/sshd', ['-D', '-f', join(this.dir, 'sshd_config'), '-E', join(this.dir, 'sshd.log')], { stdio: 'ignore' });
+    const child = spawn(
+      '/usr/sbin/sshd',
+      ['-D', '-f', join(this.dir, 'sshd_config'), '-E', join(this.dir, 'sshd.log')],
+      { stdio: 'ignore' },
+    );
     this.child = child;
-    const exited = new Promise<never>((_, reject) => child.once('exit', (c) => reject(new Error(`sshd exited (${c}): ${this.logTail()}`))));
+    const exited = new Promise<never>((_, reject) =>
+      child.once('exit', (c) => reject(new Error(`sshd exited (${c}): ${this.logTail()}`))),
+    );
     exited.catch(() => undefined);
     // Ready when it accepts TCP connections.
     const deadline = Date.now() + 10_000;
@@ -215,7 +234,13 @@ export class TestSshd {
   revoke(from: string, to: string): void {
     const file = join(this.dir, 'authorized', to);
     const key = this.users.get(from)!.publicKey;
-    writeFileSync(file, readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== key).join('\n'));
+    writeFileSync(
+      file,
+      readFileSync(file, 'utf8')
+        .split('\n')
+        .filter((l) => l.trim() !== key)
+        .join('\n'),
+    );
   }
 
   /** Path of `user`'s known_hosts file (to test an unknown host key). */

@@ -12,14 +12,20 @@ import type { TestCluster } from './cluster.js';
 import { testUserIds } from './os.js';
 
 /** Runs the workload; `tablespaceDir` must be an empty directory the cluster's OS user may use. */
-export async function runVariedWorkload(cluster: TestCluster, tablespaceDir: string, opts: { bigRecords?: boolean } = {}): Promise<string[]> {
+export async function runVariedWorkload(
+  cluster: TestCluster,
+  tablespaceDir: string,
+  opts: { bigRecords?: boolean } = {},
+): Promise<string[]> {
   mkdirSync(tablespaceDir, { recursive: true });
   const ids = testUserIds();
   if (ids) chownSync(tablespaceDir, ids.uid, ids.gid);
   const v = cluster.version;
   const q = (sql: string, db = 'postgres') => cluster.query(sql, [], db);
   await q(`CREATE TABLE w_main (id int PRIMARY KEY, v text, arr int[], pt point, doc tsvector)`);
-  await q(`INSERT INTO w_main SELECT g, md5(g::text), ARRAY[g % 100, g % 7], point(g % 300, g / 300), to_tsvector('simple', 'w' || (g % 50)) FROM generate_series(1, 20000) g`);
+  await q(
+    `INSERT INTO w_main SELECT g, md5(g::text), ARRAY[g % 100, g % 7], point(g % 300, g / 300), to_tsvector('simple', 'w' || (g % 50)) FROM generate_series(1, 20000) g`,
+  );
   await q(`UPDATE w_main SET v = v || 'x' WHERE id % 7 = 0`);
   await q(`DELETE FROM w_main WHERE id % 11 = 0`);
   await q(`VACUUM w_main`);
@@ -33,10 +39,14 @@ export async function runVariedWorkload(cluster: TestCluster, tablespaceDir: str
   else await q(`ALTER SYSTEM SET wal_compression = on`);
   await q(`SELECT pg_reload_conf()`);
   await q(`CHECKPOINT`);
-  await q(`INSERT INTO w_main SELECT g, md5(g::text), ARRAY[g % 100], point(g % 300, g / 300), to_tsvector('simple', 'z' || g) FROM generate_series(20001, 26000) g`);
+  await q(
+    `INSERT INTO w_main SELECT g, md5(g::text), ARRAY[g % 100], point(g % 300, g / 300), to_tsvector('simple', 'z' || g) FROM generate_series(20001, 26000) g`,
+  );
   await q(`UPDATE w_main SET v = 'u' WHERE id % 13 = 0`);
   // lz4 and zstd exist only in builds configured with them (Debian's 15 has both).
-  const methods = (await cluster.query<{ e: string[] }>(`SELECT enumvals AS e FROM pg_settings WHERE name = 'wal_compression'`))[0]?.e ?? [];
+  const methods =
+    (await cluster.query<{ e: string[] }>(`SELECT enumvals AS e FROM pg_settings WHERE name = 'wal_compression'`))[0]
+      ?.e ?? [];
   let mod = 17;
   for (const method of ['lz4', 'zstd']) {
     if (!methods.includes(method)) continue;

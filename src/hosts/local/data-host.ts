@@ -57,7 +57,8 @@ export class LocalHost implements DataHost {
     try {
       const handle = await open(path, 'r');
       return {
-        read: async (buffer, offset, length, position) => (await handle.read(buffer, offset, length, position)).bytesRead,
+        read: async (buffer, offset, length, position) =>
+          (await handle.read(buffer, offset, length, position)).bytesRead,
         close: () => handle.close(),
       };
     } catch (err) {

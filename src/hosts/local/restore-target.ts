@@ -2,13 +2,38 @@
 
 import { execFile } from 'node:child_process';
 import { closeSync, fchownSync, fsyncSync, openSync, writeSync } from 'node:fs';
-import { access, chmod, chown, lchown, lstat, mkdir, open, readFile, readdir, rename, rm, stat, statfs, symlink, writeFile, constants } from 'node:fs/promises';
+import {
+  access,
+  chmod,
+  chown,
+  lchown,
+  lstat,
+  mkdir,
+  open,
+  readFile,
+  readdir,
+  rename,
+  rm,
+  stat,
+  statfs,
+  symlink,
+  writeFile,
+  constants,
+} from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { isErrnoError } from '../../util/errors.js';
 import { fsyncDir } from '../../util/fs-atomic.js';
 import { FlushBehind } from '../../util/flush-behind.js';
 import { LocalHost } from './data-host.js';
-import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from '../restore-target.js';
+import type {
+  FreeSpace,
+  PathState,
+  RestoreTarget,
+  RestoreTargetSpec,
+  TargetEntry,
+  TargetFilePatcher,
+  TargetFileWriter,
+} from '../restore-target.js';
 
 /** Create or truncate for writing, refusing (ELOOP) a symlink in the file's place. */
 const WRITE_NO_FOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
@@ -167,7 +192,8 @@ export class LocalRestoreTarget implements RestoreTarget {
     return {
       write: async (data, position) => {
         let done = 0;
-        while (done < data.length) done += (await h.write(data, done, data.length - done, position + done)).bytesWritten;
+        while (done < data.length)
+          done += (await h.write(data, done, data.length - done, position + done)).bytesWritten;
       },
       finish: () => h.close(),
       abort: () => h.close().catch(() => undefined),

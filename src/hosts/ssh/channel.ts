@@ -28,7 +28,7 @@ function remoteScript(boundary: string): string {
   return [
     `B=${boundary}`,
     't=$(mktemp -d "${TMPDIR:-/tmp}/pgbart.XXXXXX") || exit 1',
-    "trap 'rm -rf \"$t\"' EXIT",
+    'trap \'rm -rf "$t"\' EXIT',
     // A dropped connection (SIGHUP) or a kill must not leave the scratch directory behind.
     "trap 'exit 1' HUP INT TERM PIPE",
     // An absolute member name (tar strips the `/`, saying so on stderr) rather than -C DIR: tar
@@ -127,7 +127,11 @@ export class SshChannel {
   /** Starts the remote loop and waits for it to be ready. */
   static async open(session: SshSession): Promise<SshChannel> {
     const boundary = `pgbart-${randomBytes(16).toString('hex')}`;
-    const channel = new SshChannel(session, boundary, session.spawn(`exec sh -c ${shellQuote(remoteScript(boundary))}`));
+    const channel = new SshChannel(
+      session,
+      boundary,
+      session.spawn(`exec sh -c ${shellQuote(remoteScript(boundary))}`),
+    );
     try {
       await channel.skipToReady();
     } catch (err) {
@@ -146,9 +150,10 @@ export class SshChannel {
   private failure(doing: string): BartError {
     this.broken = true;
     const dest = this.session.destination;
-    const why = this.stderrTail.trim() === ''
-      ? `the connection closed without a message: check that sshd runs on ${this.session.target.host} and that the host is reachable`
-      : explainSshFailure(this.stderrTail, { destination: dest });
+    const why =
+      this.stderrTail.trim() === ''
+        ? `the connection closed without a message: check that sshd runs on ${this.session.target.host} and that the host is reachable`
+        : explainSshFailure(this.stderrTail, { destination: dest });
     return new BartError(`lost the ssh connection to ${dest} while ${doing}: ${why}`);
   }
 
@@ -231,7 +236,8 @@ export class SshChannel {
   }
 
   private send(line: string): void {
-    if (this.broken) throw new BartError(`the ssh channel to ${this.session.destination} is unusable after an earlier failure`);
+    if (this.broken)
+      throw new BartError(`the ssh channel to ${this.session.destination} is unusable after an earlier failure`);
     if (line.includes('\n')) throw new BartError('internal error: a remote request may not contain a newline');
     this.child.stdin!.write(line + '\n');
   }
@@ -245,7 +251,9 @@ export class SshChannel {
     const code = Number(statusLine);
     if (!/^\d+$/.test(statusLine)) {
       this.broken = true;
-      throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}: "${statusLine.slice(0, 80)}"`);
+      throw new BartError(
+        `unexpected answer from the remote shell on ${this.session.destination} while ${doing}: "${statusLine.slice(0, 80)}"`,
+      );
     }
     const stderr = code === 0 ? '' : (await this.takeUntil(Buffer.from(`\n${this.boundary}\n`), doing)).toString();
     return { code, stdout, stderr };
@@ -295,7 +303,9 @@ export class SshChannel {
         if (status !== 'K' && status !== 'F') this.broken = true;
         if (status === 'K' || /No such file or directory/.test(errors)) return undefined;
         if (/Permission denied/.test(errors)) {
-          throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${host} (permission denied): the data directory must be readable by cluster_owner`);
+          throw new BartError(
+            `"${this.session.target.user}" cannot read "${path}" on ${host} (permission denied): the data directory must be readable by cluster_owner`,
+          );
         }
         throw new BartError(`cannot read "${path}" on ${host}: ${errors.split('\n')[0] ?? 'tar failed'}`);
       }
@@ -403,7 +413,10 @@ export class SshChannel {
     }
     const errors = await this.tarErrors(doing);
     const denied = errors.split('\n').find((l) => /Permission denied/.test(l));
-    if (denied) throw new BartError(`"${this.session.target.user}" cannot read a file on ${host} (${denied.replace(/^tar: /, '')}): the data directory must be readable by cluster_owner`);
+    if (denied)
+      throw new BartError(
+        `"${this.session.target.user}" cannot read a file on ${host} (${denied.replace(/^tar: /, '')}): the data directory must be readable by cluster_owner`,
+      );
     // Vanished files are simply absent (the caller asks again and learns they are gone).
     return files;
   }
@@ -419,7 +432,10 @@ export class SshChannel {
     const blocks = `${position / BLOCK_SIZE} ${length / BLOCK_SIZE}`;
     this.send(aligned ? `R rg ${q} ${blocks}` : `R rb ${q} ${position} ${length}`);
     const status = (await this.takeExact(1, doing)).toString();
-    if (status === 'E') throw new BartError(`"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied): the data directory must be readable by cluster_owner`);
+    if (status === 'E')
+      throw new BartError(
+        `"${this.session.target.user}" cannot read "${path}" on ${this.session.target.host} (permission denied): the data directory must be readable by cluster_owner`,
+      );
     if (status !== 'T') {
       this.broken = true;
       throw new BartError(`unexpected answer from the remote shell on ${this.session.destination} while ${doing}`);

@@ -79,7 +79,13 @@ export function parseStatListing(out: Buffer, root: string): HostEntry[] {
     const fmt = raw & 0o170000;
     const type = fmt === 0o100000 ? 'file' : fmt === 0o040000 ? 'dir' : fmt === 0o120000 ? 'symlink' : undefined;
     if (!type) continue;
-    entries.push({ path: m[4]!.slice(prefix.length), type, size: type === 'file' ? Number(m[2]) : 0, mode: raw & 0o7777, mtimeMs: Number(m[3]) * 1000 });
+    entries.push({
+      path: m[4]!.slice(prefix.length),
+      type,
+      size: type === 'file' ? Number(m[2]) : 0,
+      mode: raw & 0o7777,
+      mtimeMs: Number(m[3]) * 1000,
+    });
   }
   return entries.sort((a, b) => walkOrder(a.path, b.path));
 }
@@ -112,7 +118,10 @@ export class SshDataHost implements DataHost {
   /** For the debug summary: how files were fetched. */
   private readonly stats = { batches: 0, batchedFiles: 0, single: 0, random: 0, ranges: 0 };
 
-  private constructor(private readonly session: SshSession, private readonly forcePortable: boolean) {
+  private constructor(
+    private readonly session: SshSession,
+    private readonly forcePortable: boolean,
+  ) {
     this.description = session.destination;
   }
 
@@ -164,8 +173,14 @@ export class SshDataHost implements DataHost {
       }
       const r = await c.run(this.gnuFind ? findCommand(root) : portableListCommand(root));
       if (r.code !== 0 && !onlyVanished(r.stderr)) {
-        const why = r.stderr.trim().split('\n').find((l) => !/No such file or directory/.test(l)) ?? `exit ${r.code}`;
-        throw new BartError(`cannot list "${root}" on ${this.description}: ${why}${/Permission denied/.test(why) ? ' (the data directory must be readable by cluster_owner)' : ''}`);
+        const why =
+          r.stderr
+            .trim()
+            .split('\n')
+            .find((l) => !/No such file or directory/.test(l)) ?? `exit ${r.code}`;
+        throw new BartError(
+          `cannot list "${root}" on ${this.description}: ${why}${/Permission denied/.test(why) ? ' (the data directory must be readable by cluster_owner)' : ''}`,
+        );
       }
       if (this.gnuFind) return parseFindListing(r.stdout);
       const entries = parseStatListing(r.stdout, root);
@@ -280,7 +295,10 @@ export class SshDataHost implements DataHost {
       // stream (the file shrank since the walk) ends early and the engine pads, as it does locally.
       read: async (buffer, offset, length, pos) => {
         try {
-          if (pos !== position) throw new BartError(`internal error: "${path}" read at byte ${pos}, but files from ${this.description} stream in order (at ${position})`);
+          if (pos !== position)
+            throw new BartError(
+              `internal error: "${path}" read at byte ${pos}, but files from ${this.description} stream in order (at ${position})`,
+            );
           const n = await stream.read(buffer, offset, length);
           position += n;
           return n;
@@ -331,7 +349,9 @@ export class SshDataHost implements DataHost {
     if (this.closed) return;
     this.closed = true;
     const st = this.stats;
-    log.debug(`ssh ${this.description}: ${st.batchedFiles} small files in ${st.batches} batches, ${st.single} files one by one, ${st.random} files read by ranges (${st.ranges} ranges), ${this.all.size} channels`);
+    log.debug(
+      `ssh ${this.description}: ${st.batchedFiles} small files in ${st.batches} batches, ${st.single} files one by one, ${st.random} files read by ranges (${st.ranges} ranges), ${this.all.size} channels`,
+    );
     for (const w of this.waiting.splice(0)) w(new BartError(`the connection to ${this.description} is closed`));
     for (const c of this.all) c.close();
     this.prefetched.clear();

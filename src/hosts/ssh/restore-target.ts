@@ -4,7 +4,15 @@ import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import { quoteForPostgresCommand } from '../../util/shell-quote.js';
 import { sshDestinationProblem } from '../../util/ssh-destination.js';
-import type { FreeSpace, PathState, RestoreTarget, RestoreTargetSpec, TargetEntry, TargetFilePatcher, TargetFileWriter } from '../restore-target.js';
+import type {
+  FreeSpace,
+  PathState,
+  RestoreTarget,
+  RestoreTargetSpec,
+  TargetEntry,
+  TargetFilePatcher,
+  TargetFileWriter,
+} from '../restore-target.js';
 import { walkOrder } from './data-host.js';
 import { SshChannel } from './channel.js';
 import { remoteWord, SshSession, type SshDestination } from './session.js';
@@ -49,7 +57,7 @@ interface PendingPatch {
 function patchScript(patches: PendingPatch[]): string {
   const lines = [
     'e=$(mktemp "${TMPDIR:-/tmp}/pgbart-dd.XXXXXX") || exit 1',
-    "trap 'rm -f \"$e\"' EXIT",
+    'trap \'rm -f "$e"\' EXIT',
     // dd prints statistics on success: its output is shown only when it fails.
     'd() { dd "$@" 2>"$e" || { cat "$e" >&2; exit 1; }; }',
     `t() { [ -f "$1" ] || { printf '%s\\n' "$1" >&2; exit ${PATCH_MISSING}; }; d if=/dev/null of="$1" bs=1 seek="$2"; }`,
@@ -65,7 +73,9 @@ function patchScript(patches: PendingPatch[]): string {
       // Whole 8 KB blocks (always, for relation files) copy in block units; anything else byte-wise.
       const whole = e.at % BLOCK_SIZE === 0 && e.scratchAt % BLOCK_SIZE === 0 && e.length % BLOCK_SIZE === 0;
       const bs = whole ? BLOCK_SIZE : 1;
-      lines.push(`d if=${from} of=${f} bs=${bs} skip=${e.scratchAt / bs} seek=${e.at / bs} count=${e.length / bs} conv=notrunc`);
+      lines.push(
+        `d if=${from} of=${f} bs=${bs} skip=${e.scratchAt / bs} seek=${e.at / bs} count=${e.length / bs} conv=notrunc`,
+      );
     }
   }
   // One rm for the batch (a fork per file would cost as much as the patching).
@@ -112,7 +122,10 @@ export class SshRestoreTarget implements RestoreTarget {
   private pendingBytes = 0;
   private readonly patchStats = { files: 0, extents: 0, bytes: 0, batches: 0, ms: 0 };
 
-  private constructor(private readonly session: SshSession, private readonly owner: boolean) {
+  private constructor(
+    private readonly session: SshSession,
+    private readonly owner: boolean,
+  ) {
     this.description = session.destination;
     this.spec = { kind: 'ssh', user: session.target.user, host: session.target.host, controlPath: session.controlPath };
   }
@@ -133,7 +146,9 @@ export class SshRestoreTarget implements RestoreTarget {
       this.channel ??= await SshChannel.open(this.session);
       const r = await this.channel.run(command);
       if (!okCodes.includes(r.code)) {
-        throw new BartError(`${what} on ${this.description} failed: ${r.stderr.trim().split('\n').pop() || `exit status ${r.code}`}`);
+        throw new BartError(
+          `${what} on ${this.description} failed: ${r.stderr.trim().split('\n').pop() || `exit status ${r.code}`}`,
+        );
       }
       return { code: r.code, stdout: r.stdout.toString() };
     });
@@ -164,15 +179,26 @@ export class SshRestoreTarget implements RestoreTarget {
 
   async freeSpace(path: string): Promise<FreeSpace> {
     const p = remoteWord(path);
-    const out = (await this.run(`d=${p}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; echo "$d"; df -Pk "$d" | tail -n 1`, `measuring free space for "${path}"`)).stdout.split('\n');
+    const out = (
+      await this.run(
+        `d=${p}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; echo "$d"; df -Pk "$d" | tail -n 1`,
+        `measuring free space for "${path}"`,
+      )
+    ).stdout.split('\n');
     const f = (out[1] ?? '').trim().split(/\s+/);
     const avail = Number(f[3]);
-    if (!Number.isFinite(avail)) throw new BartError(`cannot read the free space of "${path}" on ${this.description} (df printed "${out[1] ?? ''}")`);
+    if (!Number.isFinite(avail))
+      throw new BartError(
+        `cannot read the free space of "${path}" on ${this.description} (df printed "${out[1] ?? ''}")`,
+      );
     return { measuredAt: out[0] ?? path, device: `${f[0]} ${f[5] ?? ''}`, freeBytes: avail * 1024 };
   }
 
   async makeDir(path: string, mode: number): Promise<void> {
-    await this.run(`mkdir -p ${remoteWord(path)} && chmod ${octalMode(mode)} ${remoteWord(path)}`, `creating directory "${path}"`);
+    await this.run(
+      `mkdir -p ${remoteWord(path)} && chmod ${octalMode(mode)} ${remoteWord(path)}`,
+      `creating directory "${path}"`,
+    );
   }
 
   async chmod(path: string, mode: number): Promise<void> {
@@ -187,7 +213,11 @@ export class SshRestoreTarget implements RestoreTarget {
   }
 
   async readFile(path: string): Promise<string | undefined> {
-    const r = await this.run(`[ -e ${remoteWord(path)} ] || exit 3; cat ${remoteWord(path)}`, `reading "${path}"`, [0, 3]);
+    const r = await this.run(
+      `[ -e ${remoteWord(path)} ] || exit 3; cat ${remoteWord(path)}`,
+      `reading "${path}"`,
+      [0, 3],
+    );
     return r.code === 3 ? undefined : r.stdout;
   }
 
@@ -246,10 +276,15 @@ export class SshRestoreTarget implements RestoreTarget {
     const r = await this.session.exec('exec sh -s', patchScript(batch));
     if (r.code === PATCH_MISSING) {
       const path = r.stderr.trim().split('\n').pop() ?? '?';
-      throw new BartError(`"${path}" on ${this.description} is patched by an incremental backup, but the parent backups did not restore it (inconsistent chain)`);
+      throw new BartError(
+        `"${path}" on ${this.description} is patched by an incremental backup, but the parent backups did not restore it (inconsistent chain)`,
+      );
     }
     if (r.code !== 0) {
-      const why = r.code === 255 || r.code === -1 ? explainSshFailure(r.stderr, { destination: this.description }) : r.stderr.trim().split('\n').pop() || `exit status ${r.code}`;
+      const why =
+        r.code === 255 || r.code === -1
+          ? explainSshFailure(r.stderr, { destination: this.description })
+          : r.stderr.trim().split('\n').pop() || `exit status ${r.code}`;
       throw new BartError(`patching ${batch.length} files on ${this.description} failed: ${why}`);
     }
     const st = this.patchStats;
@@ -291,7 +326,10 @@ export class SshRestoreTarget implements RestoreTarget {
   }
 
   async emptyDir(path: string): Promise<void> {
-    await this.run(`[ ! -d ${remoteWord(path)} ] || find ${remoteWord(path)} -mindepth 1 -maxdepth 1 -exec rm -rf {} +`, `emptying "${path}"`);
+    await this.run(
+      `[ ! -d ${remoteWord(path)} ] || find ${remoteWord(path)} -mindepth 1 -maxdepth 1 -exec rm -rf {} +`,
+      `emptying "${path}"`,
+    );
   }
 
   async chownTree(path: string, uid: number, gid: number): Promise<void> {
@@ -311,7 +349,10 @@ export class SshRestoreTarget implements RestoreTarget {
   /** Ends the upload stream (reporting remote failures), the channel and, in the main thread, the connection. */
   async close(): Promise<void> {
     const st = this.patchStats;
-    if (st.batches > 0) log.debug(`ssh ${this.description}: patched ${st.files} files (${st.extents} dd ranges, ${st.bytes} bytes) in ${st.batches} batches, ${st.ms} ms applying`);
+    if (st.batches > 0)
+      log.debug(
+        `ssh ${this.description}: patched ${st.files} files (${st.extents} dd ranges, ${st.bytes} bytes) in ${st.batches} batches, ${st.ms} ms applying`,
+      );
     try {
       await this.flushUploads();
     } finally {

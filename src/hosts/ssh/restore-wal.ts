@@ -11,7 +11,12 @@ import type { RestoreTarget } from '../restore-target.js';
  * RESTORE -c to a remote target: sends archived WAL files (decompressing `.gz` ones, which hold at
  * most one segment) into `destDir` on the target, one after the other on its upload stream.
  */
-export async function uploadWalFiles(target: RestoreTarget, archivePath: string, names: string[], destDir: string): Promise<void> {
+export async function uploadWalFiles(
+  target: RestoreTarget,
+  archivePath: string,
+  names: string[],
+  destDir: string,
+): Promise<void> {
   for (const name of names) {
     const plain = join(archivePath, name);
     let size: number;
@@ -23,7 +28,8 @@ export async function uploadWalFiles(target: RestoreTarget, archivePath: string,
       try {
         data = gunzipSync(await readFile(plain + '.gz'));
       } catch (e) {
-        if (isErrnoError(e) && e.code === 'ENOENT') throw new BartError(`WAL file ${name} vanished from the archive "${archivePath}" while it was being copied`);
+        if (isErrnoError(e) && e.code === 'ENOENT')
+          throw new BartError(`WAL file ${name} vanished from the archive "${archivePath}" while it was being copied`);
         throw e;
       }
       const w = await target.openWriter(join(destDir, name), 0o600, data.length);

@@ -27,7 +27,16 @@ export interface SshDestination {
  * Options every ssh we start gets: never prompt (BatchMode: keys, agents and known_hosts only, as
  * BART required), give up on dead peers within ~15 s instead of hanging a backup forever.
  */
-export const SSH_BASE_OPTIONS = ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '-o', 'ServerAliveInterval=5', '-o', 'ServerAliveCountMax=3'];
+export const SSH_BASE_OPTIONS = [
+  '-o',
+  'BatchMode=yes',
+  '-o',
+  'ConnectTimeout=10',
+  '-o',
+  'ServerAliveInterval=5',
+  '-o',
+  'ServerAliveCountMax=3',
+];
 
 /**
  * argv (after `ssh`) of a one-shot ssh that runs `words` (joined by ssh into one remote command line)
@@ -86,7 +95,19 @@ export class SshSession {
   private async startMaster(): Promise<void> {
     // -f: ssh returns once authenticated and keeps the master in the background; ControlPersist makes
     // that master exit by itself when idle, so a killed bart leaves nothing behind for long.
-    const args = [...SSH_BASE_OPTIONS, '-o', 'ControlMaster=yes', '-o', `ControlPersist=${MASTER_IDLE_SECONDS}`, '-S', this.controlPath, '-f', '-N', '--', this.destination];
+    const args = [
+      ...SSH_BASE_OPTIONS,
+      '-o',
+      'ControlMaster=yes',
+      '-o',
+      `ControlPersist=${MASTER_IDLE_SECONDS}`,
+      '-S',
+      this.controlPath,
+      '-f',
+      '-N',
+      '--',
+      this.destination,
+    ];
     const { code, stderr } = await new Promise<{ code: number; stderr: string }>((resolvePromise) => {
       let err = '';
       let child: ChildProcess;
@@ -107,7 +128,9 @@ export class SshSession {
       });
     });
     if (code !== 0 || !existsSync(this.controlPath)) {
-      throw new BartError(explainSshFailure(stderr || `ssh exited with status ${code}`, { destination: this.destination }));
+      throw new BartError(
+        explainSshFailure(stderr || `ssh exited with status ${code}`, { destination: this.destination }),
+      );
     }
     log.debug(`ssh: connected to ${this.destination} (control socket ${this.controlPath})`);
   }
@@ -131,7 +154,9 @@ export class SshSession {
       let err = '';
       child.stdout!.on('data', (d: Buffer) => out.push(d));
       child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-      child.on('error', (e) => resolvePromise({ code: -1, stdout: Buffer.alloc(0), stderr: `${errorMessage(e)} (spawn ssh)` }));
+      child.on('error', (e) =>
+        resolvePromise({ code: -1, stdout: Buffer.alloc(0), stderr: `${errorMessage(e)} (spawn ssh)` }),
+      );
       child.on('close', (c) => resolvePromise({ code: c ?? 255, stdout: Buffer.concat(out), stderr: err }));
       child.stdin!.on('error', () => undefined);
       child.stdin!.end(input ?? '');
@@ -141,8 +166,12 @@ export class SshSession {
   /** Like {@link exec}, but a failing command (or ssh) becomes a BartError naming `what`. */
   async execOk(command: string, what: string, input?: Buffer | string): Promise<Buffer> {
     const r = await this.exec(command, input);
-    if (r.code === 255 || r.code === -1) throw new BartError(`${what}: ${explainSshFailure(r.stderr, { destination: this.destination })}`);
-    if (r.code !== 0) throw new BartError(`${what} on ${this.destination} failed: ${r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`}`);
+    if (r.code === 255 || r.code === -1)
+      throw new BartError(`${what}: ${explainSshFailure(r.stderr, { destination: this.destination })}`);
+    if (r.code !== 0)
+      throw new BartError(
+        `${what} on ${this.destination} failed: ${r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`}`,
+      );
     return r.stdout;
   }
 
@@ -162,6 +191,7 @@ export class SshSession {
 
 /** Quotes a remote path for the remote shell; refuses newlines, which would break the line protocol. */
 export function remoteWord(path: string): string {
-  if (path.includes('\n')) throw new BartError(`path "${path.replace(/\n/g, '\\n')}" contains a newline, which pgbart cannot handle over ssh`);
+  if (path.includes('\n'))
+    throw new BartError(`path "${path.replace(/\n/g, '\\n')}" contains a newline, which pgbart cannot handle over ssh`);
   return shellQuote(path);
 }

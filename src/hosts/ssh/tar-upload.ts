@@ -39,9 +39,24 @@ export class TarUpload {
     const code = await Promise.race([this.exited, new Promise<number>((r) => setTimeout(() => r(-2), 3000))]);
     const dest = this.session.destination;
     const text = this.stderr.trim();
-    if (/No space left on device/.test(text)) return new BartError(`the disk of ${dest} is full (tar: ${text.split('\n').find((l) => /No space/.test(l))?.replace(/^tar: /, '')})`);
-    if (code === 255 || code === -1 || code === -2 || text === '') return new BartError(`lost the ssh connection to ${dest} while restoring: ${explainSshFailure(text || 'connection closed', { destination: dest })}`);
-    return new BartError(`writing the restore on ${dest} failed: ${text.split('\n').filter((l) => !/Exiting with failure/.test(l)).slice(0, 2).join('; ')}`);
+    if (/No space left on device/.test(text))
+      return new BartError(
+        `the disk of ${dest} is full (tar: ${text
+          .split('\n')
+          .find((l) => /No space/.test(l))
+          ?.replace(/^tar: /, '')})`,
+      );
+    if (code === 255 || code === -1 || code === -2 || text === '')
+      return new BartError(
+        `lost the ssh connection to ${dest} while restoring: ${explainSshFailure(text || 'connection closed', { destination: dest })}`,
+      );
+    return new BartError(
+      `writing the restore on ${dest} failed: ${text
+        .split('\n')
+        .filter((l) => !/Exiting with failure/.test(l))
+        .slice(0, 2)
+        .join('; ')}`,
+    );
   }
 
   private async write(data: Buffer | Uint8Array): Promise<void> {
