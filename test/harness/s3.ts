@@ -185,7 +185,7 @@ export class TestS3 {
     const [monmap, osdmap] = [join(dir, 'monmap'), join(dir, 'osdmap')];
     const mon = async () => {
       await Promise.all([
-        this.tool(deadline, 'monmaptool', ['--create', '--fsid', fsid, '--addv', 'a', `[v2:127.0.0.1:${this.monPort}]`, monmap]),
+        this.tool(deadline, 'monmaptool', ['--create', '--fsid', fsid, '--addv', 'a', this.monAddr, monmap]),
         this.tool(deadline, 'osdmaptool', ['-c', conf, '--createsimple', '1', osdmap]),
       ]);
       await this.tool(deadline, 'ceph-mon', ['-c', conf, '--mkfs', '-i', 'a', '--monmap', monmap, '--osdmap', osdmap]);
@@ -199,18 +199,26 @@ export class TestS3 {
 
     // radosgw-admin blocks until the OSD is up (its writes wait for an active placement group), so no polling.
     const user = ['user', 'create', '--uid=pgbart-test', '--display-name=pgbart test'];
-    await this.tool(deadline, 'radosgw-admin', ['-c', conf, ...user, `--access-key=${this.accessKey}`, `--secret-key=${this.secretKey}`]);
+    const keys = [`--access-key=${this.accessKey}`, `--secret-key=${this.secretKey}`];
+    await this.tool(deadline, 'radosgw-admin', ['-c', conf, ...user, ...keys]);
     step('user');
 
     if (this.httpsPort !== undefined) {
       mkdirSync(join(dir, 'tls'));
       const key = join(dir, 'tls', 'key.pem');
       const subject = ['-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'];
-      await this.tool(deadline, 'openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '7', '-keyout', key, '-out', this.certFile!, ...subject]);
+      const req = ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '7'];
+      req.push('-keyout', key, '-out', this.certFile!);
+      await this.tool(deadline, 'openssl', [...req, ...subject]);
       step('tls');
     }
     await this.startRgw(deadline);
     step('rgw');
+  }
+
+  /** The monitor's messenger v2 address. */
+  private get monAddr(): string {
+    return `[v2:127.0.0.1:${this.monPort}]`;
   }
 
   private get confFile(): string {
@@ -224,12 +232,13 @@ export class TestS3 {
     let frontend = `beast endpoint=127.0.0.1:${this.httpPort}`;
     if (this.httpsPort !== undefined) {
       const tls = join(dir, 'tls');
-      frontend += ` ssl_endpoint=127.0.0.1:${this.httpsPort} ssl_certificate=${tls}/cert.pem ssl_private_key=${tls}/key.pem`;
+      frontend += ` ssl_endpoint=127.0.0.1:${this.httpsPort}`;
+      frontend += ` ssl_certificate=${tls}/cert.pem ssl_private_key=${tls}/key.pem`;
     }
     return [
       '[global]',
       `fsid = ${fsid}`,
-      `mon host = [v2:127.0.0.1:${this.monPort}]`,
+      `mon host = ${this.monAddr}`,
       'mon initial members = a',
       'public addr = 127.0.0.1',
       'auth cluster required = none',
@@ -301,7 +310,8 @@ export class TestS3 {
   /** Runs a CLI program to completion (killed at the deadline) and returns its stdout; throws with its output. */
   private tool(deadline: number, program: string, args: string[]): Promise<string> {
     return new Promise((resolvePromise, reject) => {
-      const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CEPH_CONF: this.confFile } });
+      const env = { ...process.env, CEPH_CONF: this.confFile };
+      const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
       this.tools.add(child);
       let stdout = '';
       let stderr = '';
@@ -391,7 +401,8 @@ export class TestS3 {
     const payload = sha256('');
     const path = `/${encodeURIComponent(name)}`;
     const signed = 'host;x-amz-content-sha256;x-amz-date';
-    const canonical = ['PUT', path, '', `host:${host}`, `x-amz-content-sha256:${payload}`, `x-amz-date:${now}`, '', signed, payload];
+    const canonicalHeaders = [`host:${host}`, `x-amz-content-sha256:${payload}`, `x-amz-date:${now}`];
+    const canonical = ['PUT', path, '', ...canonicalHeaders, '', signed, payload];
     const scope = `${day}/${this.region}/s3/aws4_request`;
     const toSign = ['AWS4-HMAC-SHA256', now, scope, sha256(canonical.join('\n'))].join('\n');
     let key: Buffer = hmac(`AWS4${this.secretKey}`, day);
@@ -401,7 +412,8 @@ export class TestS3 {
       host,
       'x-amz-content-sha256': payload,
       'x-amz-date': now,
-      authorization: `AWS4-HMAC-SHA256 Credential=${this.accessKey}/${scope}, SignedHeaders=${signed}, Signature=${signature}`,
+      authorization:
+        `AWS4-HMAC-SHA256 Credential=${this.accessKey}/${scope}, SignedHeaders=${signed}, Signature=${signature}`,
     };
     const { status, body } = await new Promise<{ status: number; body: string }>((resolvePromise, reject) => {
       const req = httpRequest({ host: '127.0.0.1', port: this.httpPort, method: 'PUT', path, headers }, (res) => {
@@ -421,7 +433,8 @@ export class TestS3 {
    */
   async bucketEntries(name: string): Promise<{ name: string; size: number }[]> {
     const deadline = Date.now() + 60_000;
-    const json = await this.tool(deadline, 'radosgw-admin', ['-c', this.confFile, 'bucket', 'list', `--bucket=${name}`]);
+    const args = ['-c', this.confFile, 'bucket', 'list', `--bucket=${name}`];
+    const json = await this.tool(deadline, 'radosgw-admin', args);
     const entries = JSON.parse(json) as { name: string; meta?: { size?: number } }[];
     return entries.map((e) => ({ name: e.name, size: e.meta?.size ?? 0 }));
   }
@@ -429,7 +442,8 @@ export class TestS3 {
   /** Removes a bucket and everything in it with radosgw-admin (whatever state S3 clients left it in). */
   async removeBucket(name: string): Promise<void> {
     const deadline = Date.now() + 60_000;
-    await this.tool(deadline, 'radosgw-admin', ['-c', this.confFile, 'bucket', 'rm', `--bucket=${name}`, '--purge-objects']);
+    const args = ['-c', this.confFile, 'bucket', 'rm', `--bucket=${name}`, '--purge-objects'];
+    await this.tool(deadline, 'radosgw-admin', args);
   }
 
   /** Kills every process the harness started and removes its directory (idempotent). */
@@ -437,7 +451,9 @@ export class TestS3 {
     if (this.stopped) return;
     this.stopped = true;
     // SIGKILL, not a clean shutdown: nothing is kept, and memstore would spend time writing its RAM to disk.
-    const tools = [...this.tools].map((child) => new Promise((r) => (child.exitCode ?? child.signalCode) !== null ? r(null) : child.once('exit', r)));
+    const tools = [...this.tools].map(
+      (child) => new Promise((r) => ((child.exitCode ?? child.signalCode) !== null ? r(null) : child.once('exit', r))),
+    );
     for (const child of this.tools) child.kill('SIGKILL');
     for (const d of this.daemons.values()) d.child.kill('SIGKILL');
     await Promise.all([...tools, ...[...this.daemons.values()].map((d) => d.exited)]);
