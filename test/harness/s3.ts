@@ -249,6 +249,10 @@ export class TestS3 {
       'client mount timeout = 30',
       // A client whose first request finds no OSD up asks for a newer map only on this tick (default 5 s).
       'objecter tick interval = 0.1',
+      // A killed radosgw's watches (its cache notifications) linger this long, and every metadata change made
+      // meanwhile (radosgw-admin bucket rm, a restarted radosgw) waits for them: default 30 s. Live clients ping
+      // their watches on every objecter tick, so 5 s is ample.
+      'osd client watch timeout = 5',
       'osd pool default size = 1',
       'osd pool default min size = 1',
       'osd pool default pg num = 8',
