@@ -12,6 +12,10 @@ command -v zstd >/dev/null || packages+=(zstd)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || packages+=(openssh-server)
 command -v ssh >/dev/null || packages+=(openssh-client)
 command -v getent >/dev/null || packages+=(libc-bin)
+# A real S3 server for the object-storage tests: Ceph RADOS Gateway needs a monitor and an OSD beside it.
+command -v radosgw >/dev/null || packages+=(radosgw)
+command -v ceph-mon >/dev/null || packages+=(ceph-mon)
+command -v ceph-osd >/dev/null || packages+=(ceph-osd)
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
