@@ -5,7 +5,6 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { Agent } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-// @ts-ignore -- the dependency (pinned 3.1175.0) is added to package.json at merge; then delete this line
 import * as sdk from '@aws-sdk/client-s3';
 import { radosgwInstalled, TestS3 } from './harness/s3.js';
 
@@ -98,12 +97,18 @@ test(smoke, { skip }, async (t) => {
 
     // Listing, one key a page.
     const page1 = await client.send(new sdk.ListObjectsV2Command({ Bucket: bucket, Prefix: 'a/', MaxKeys: 1 }));
-    assert.deepEqual(page1.Contents!.map((o: { Key?: string }) => o.Key), ['a/one']);
+    assert.deepEqual(
+      page1.Contents!.map((o: { Key?: string }) => o.Key),
+      ['a/one'],
+    );
     assert.equal(page1.IsTruncated, true);
     const token = page1.NextContinuationToken;
     const next = { Bucket: bucket, Prefix: 'a/', ContinuationToken: token };
     const page2 = await client.send(new sdk.ListObjectsV2Command(next));
-    assert.deepEqual(page2.Contents!.map((o: { Key?: string }) => o.Key), ['a/two']);
+    assert.deepEqual(
+      page2.Contents!.map((o: { Key?: string }) => o.Key),
+      ['a/two'],
+    );
     assert.equal(page2.IsTruncated, false);
 
     // Multipart upload of three parts (every part but the last at least 5 MiB).
@@ -123,10 +128,7 @@ test(smoke, { skip }, async (t) => {
     const big = await client.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: 'big' }));
     assert.equal(sha(await big.Body!.transformToByteArray()), sha(whole));
     const entries = await s3.bucketEntries(bucket);
-    assert.deepEqual(
-      entries.map((e) => `${e.name} ${e.size}`).sort(),
-      ['a/one 11', 'a/two 6', `big ${whole.length}`],
-    );
+    assert.deepEqual(entries.map((e) => `${e.name} ${e.size}`).sort(), ['a/one 11', 'a/two 6', `big ${whole.length}`]);
 
     // Delete.
     await client.send(new sdk.DeleteObjectCommand({ Bucket: bucket, Key: 'a/two' }));

@@ -161,7 +161,9 @@ export class TestS3 {
     }
     s3.timings.total = Date.now() - t0;
     if (process.env.PGBART_TEST_TIMING) {
-      const steps = Object.entries(s3.timings).map(([k, v]) => `${k} ${v} ms`).join(', ');
+      const steps = Object.entries(s3.timings)
+        .map(([k, v]) => `${k} ${v} ms`)
+        .join(', ');
       console.error(`# s3: radosgw (${opts.store ?? 'memstore'}) at ${s3.endpoint} started: ${steps}`);
     }
     return s3;
@@ -367,7 +369,11 @@ export class TestS3 {
     for (const name of ['mon.a', 'osd.0', 'client.rgw']) {
       for (const file of [`${name}.log`, `${name}.out`]) {
         try {
-          const tail = readFileSync(join(this.dir, 'log', file), 'utf8').trimEnd().split('\n').slice(-8).join('\n');
+          const tail = readFileSync(join(this.dir, 'log', file), 'utf8')
+            .trimEnd()
+            .split('\n')
+            .slice(-8)
+            .join('\n');
           if (tail) out += `\n--- ${file}\n${tail}`;
         } catch {
           /* not started */
@@ -416,8 +422,7 @@ export class TestS3 {
       host,
       'x-amz-content-sha256': payload,
       'x-amz-date': now,
-      authorization:
-        `AWS4-HMAC-SHA256 Credential=${this.accessKey}/${scope}, SignedHeaders=${signed}, Signature=${signature}`,
+      authorization: `AWS4-HMAC-SHA256 Credential=${this.accessKey}/${scope}, SignedHeaders=${signed}, Signature=${signature}`,
     };
     const { status, body } = await new Promise<{ status: number; body: string }>((resolvePromise, reject) => {
       const req = httpRequest({ host: '127.0.0.1', port: this.httpPort, method: 'PUT', path, headers }, (res) => {
