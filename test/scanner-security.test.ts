@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { createBartSetup, type BartSetup } from './harness/bart.js';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { waitFor } from './harness/wait.js';
+import { prng } from './harness/prng.js';
 import { bartScanner, killScanner, scannerPid } from './harness/scanner.js';
 import { REPO_ROOT } from './harness/pg-binaries.js';
 import { loadConfig } from '../src/config/parse-config.js';
@@ -298,6 +299,54 @@ test(SOCKET, async () => {
     await assert.rejects(requestMbms(config, srv, absurd, 1), bartError(/spans \d+ WAL segments/));
     await assert.rejects(loadChangeSet(arch, absurd), bartError(/spans \d+ WAL segments/));
 
+    // Seeded fuzz: mutated requests each get one answer (ok or an error), and the daemon stays responsive.
+    const seed = Number(process.env.PGBART_FUZZ_SEED ?? Date.now() % 2 ** 31);
+    console.log(`socket request fuzz seed ${seed} (PGBART_FUZZ_SEED replays it)`);
+    const rand = prng(seed);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+    const values = [
+      null,
+      true,
+      -1,
+      0,
+      1,
+      1.5,
+      2 ** 53,
+      1e308,
+      '',
+      'x',
+      '0/0',
+      '0/FFFFFFFF',
+      '1/0',
+      'FFFFFFFF/0',
+      'FFFFFFFF/FFFFFFFF',
+      '-1/0',
+      '0/1000000',
+      [],
+      {},
+      'srv',
+      '../etc',
+      'a\u0000b',
+    ];
+    const fields = [...Object.keys(base), 'segmentSize', 'extra'];
+    for (let i = 0; i < 150; i++) {
+      const req: Record<string, unknown> = { ...base };
+      for (let n = 1 + Math.floor(rand() * 3); n > 0; n--) {
+        const field = pick(fields);
+        if (rand() < 0.2) delete req[field];
+        else req[field] = pick(values);
+      }
+      let line = JSON.stringify(req);
+      if (rand() < 0.3) {
+        const at = Math.floor(rand() * line.length);
+        line = line.slice(0, at) + String.fromCharCode(32 + Math.floor(rand() * 95)) + line.slice(at + 1);
+      }
+      const answer = await rawAsk(sockPath, line + '\n', 5000);
+      assert.equal(typeof answer.ok, 'boolean', `seed ${seed}, request ${i}: ${line}`);
+      if (!answer.ok) assert.equal(typeof answer.error, 'string', `seed ${seed}, request ${i}: ${line}`);
+    }
+    await ping(`after the fuzzed requests (seed ${seed})`);
+
     const stop = await bartScanner(setup.configPath, ['STOP']);
     assert.equal(stop.code, 0, stop.stderr);
   } finally {
@@ -355,6 +404,23 @@ test('MBM files claiming huge counts are refused before anything is allocated', 
   badSegSize.writeUInt32LE(0xffffffff, 20);
   const segMsg = /WAL segment size 4294967295 is not a power of two/;
   assert.throws(() => decodeMbm(reseal(badSegSize), 'segsize'), bartError(segMsg));
+
+  // Seeded fuzz: random bytes of a valid MBM changed (and the CRC resealed half of the time, so the
+  // field checks are reached): decoding either succeeds or throws a BartError, never anything else.
+  const seed = Number(process.env.PGBART_FUZZ_SEED ?? Date.now() % 2 ** 31);
+  console.log(`MBM fuzz seed ${seed} (PGBART_FUZZ_SEED replays it)`);
+  const rand = prng(seed);
+  for (let i = 0; i < 3000; i++) {
+    const buf = Buffer.from(oneForkMbm());
+    for (let n = 1 + Math.floor(rand() * 4); n > 0; n--)
+      buf[Math.floor(rand() * buf.length)] = Math.floor(rand() * 256);
+    const cut = rand() < 0.1 ? buf.subarray(0, Math.floor(rand() * buf.length)) : buf;
+    try {
+      decodeMbm(rand() < 0.5 && cut.length >= 8 ? reseal(Buffer.from(cut)) : cut, `fuzz-${i}`);
+    } catch (err) {
+      assert.ok(err instanceof BartError, `seed ${seed}, case ${i}: ${String(err)}`);
+    }
+  }
 
   // The untouched file still decodes, and bart-scanner -p gives a one-line error for a bad one.
   assert.deepEqual([...decodeMbm(oneForkMbm(), 'good').relations[0]!.blocks], [5]);
