@@ -1,6 +1,6 @@
 // Data host listing: a data directory walk checked where it enters the BART host (untrusted paths).
 
-import { checkAbsolutePath, checkPrintable, TreeShapeCheck } from '../util/untrusted-path.js';
+import { checkPrintable, TreeShapeCheck } from '../util/untrusted-path.js';
 import { BartError } from '../util/errors.js';
 import type { DataHost, HostEntry } from './data-host.js';
 
@@ -30,11 +30,9 @@ export async function* checkedWalk(host: DataHost, root: string): AsyncGenerator
     }
     if (!Number.isFinite(entry.mtimeMs))
       throw new BartError(`refusing entry "${entry.path}" from ${origin}: bad modification time`);
-    if (entry.type === 'symlink') {
-      // A tablespace link's target becomes a tablespace location: it must be a clean absolute path.
-      if (/^pg_tblspc\/[^/]+$/.test(entry.path)) checkAbsolutePath(entry.linkTarget, `${origin} (link ${entry.path})`);
-      else checkPrintable(entry.linkTarget, `the target of symlink "${entry.path}"`, origin);
-    }
+    // Link targets are stored, never followed by the BART host; tablespace links (pg_tblspc/*) are not
+    // backed up at all: locations come from pg_tablespace, checked where they are read.
+    if (entry.type === 'symlink') checkPrintable(entry.linkTarget, `the target of symlink "${entry.path}"`, origin);
     yield entry;
   }
 }
