@@ -102,6 +102,8 @@ async function basebackupBody(ctx: BackupContext, path: string, pgbMajor: number
     '-h', server.host, '-p', String(server.port), '-U', server.user, '-w',
     '-D', target, '-F', opts.format === 'tar' ? 't' : 'p',
     '-X', server.xlogMethod, '-c', 'fast', '-l', `pgbart backup ${id}`, '--manifest-checksums=SHA256',
+    // pg_basebackup verifies page checksums itself (and fails on a corrupt page) unless told not to.
+    ...(opts.verifyPages === false ? ['--no-verify-checksums'] : []),
     ...compressionArgs(opts, pgbMajor),
     ...(opts.format === 'plain' ? facts.tablespaces.map((t) => `--tablespace-mapping=${t.location}=${join(partialDir, String(t.oid))}`) : []),
   ];

@@ -1,12 +1,16 @@
 import { crc32c } from '@node-rs/crc32';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import { BLOCK_SIZE, runBlocks } from '../catalog/incremental-format.js';
+import type { PageVerifier } from '../postgres/page-checksum.js';
+import type { PageChecker, PageCheckTarget } from './page-check.js';
 
 /** What to read of one file: its blocks in `runs`, and where the per-block CRCs go. */
 export interface BlockSelection {
   runs: Array<[number, number]>;
   /** Filled while the blocks are read (stored order), 8 hex digits each. */
   crcs: string[];
+  /** Verify the blocks read against their data checksums (a relation file, when the cluster has them). */
+  pages?: { checker: PageChecker; target: PageCheckTarget };
 }
 
 /**
@@ -39,7 +43,7 @@ export class BlockSourceHost implements DataHost {
     if (!selection) return this.host.open(path);
     // An unchanged relation file is listed with no blocks: nothing to open.
     const file = selection.runs.length === 0 ? undefined : await this.host.open(path, { random: true });
-    return new BlockReader(file, selection, this.batchBlocks);
+    return new BlockReader(file, selection, this.batchBlocks, this.host, path);
   }
 
   async close(): Promise<void> {}
@@ -55,7 +59,18 @@ class BlockReader implements HostFile {
   /** Stored index → block number, built lazily per run. */
   private readonly runStarts: number[] = [];
 
-  constructor(private readonly file: HostFile | undefined, private readonly selection: BlockSelection, private readonly batchBlocks: number) {
+  /** Checks the blocks read, by their block numbers in the file (they are not contiguous). */
+  private readonly verifier: PageVerifier | undefined;
+  private words: Int32Array | undefined;
+
+  constructor(
+    private readonly file: HostFile | undefined,
+    private readonly selection: BlockSelection,
+    private readonly batchBlocks: number,
+    private readonly host: DataHost,
+    private readonly path: string,
+  ) {
+    this.verifier = selection.pages?.checker.verifier(selection.pages.target);
     this.total = runBlocks(selection.runs);
     let at = 0;
     for (const [, count] of selection.runs) {
@@ -80,7 +95,11 @@ class BlockReader implements HostFile {
 
   private async load(index: number): Promise<void> {
     const count = Math.min(this.batchBlocks, this.total - index);
-    if (this.cache.length < count * BLOCK_SIZE) this.cache = Buffer.alloc(count * BLOCK_SIZE);
+    if (this.cache.length < count * BLOCK_SIZE) {
+      // Buffer.alloc never hands out a slice of the shared pool: the cache starts 4-byte aligned.
+      this.cache = Buffer.alloc(count * BLOCK_SIZE);
+      this.words = undefined;
+    }
     let filled = 0;
     while (filled < count) {
       const { block, left } = this.locate(index + filled);
@@ -100,6 +119,10 @@ class BlockReader implements HostFile {
       const stored = index + i;
       if (this.selection.crcs[stored] === undefined) {
         this.selection.crcs[stored] = (crc32c(this.cache.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE)) >>> 0).toString(16).padStart(8, '0');
+        if (this.verifier) {
+          this.words ??= new Int32Array(this.cache.buffer, this.cache.byteOffset, this.cache.length / 4);
+          this.verifier.checkBlock(this.locate(stored).block, this.cache, this.words, (i * BLOCK_SIZE) / 4);
+        }
       }
     }
     this.cacheFirst = index;
@@ -123,5 +146,7 @@ class BlockReader implements HostFile {
 
   async close(): Promise<void> {
     await this.file?.close();
+    const pages = this.selection.pages;
+    if (pages && this.verifier) await pages.checker.settle(pages.target, this.verifier, this.host, this.path);
   }
 }

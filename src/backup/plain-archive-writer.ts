@@ -56,7 +56,10 @@ export class PlainArchiveWriter implements ArchiveWriter {
         level: this.settings.level ?? defaultCompressionLevel(this.settings.compression),
         ...(hashName(this.settings.checksum) ? { hash: hashName(this.settings.checksum)! } : {}),
         chunk: this.settings.unitSize,
+        // The worker checks the pages (and reads failing ones again) as it copies them.
+        ...(content.pages ? { pages: { firstBlock: content.pages.target.firstBlock, startLsn: content.pages.checker.startLsn } } : {}),
       });
+      if (content.pages && result.pages) content.pages.checker.record(content.pages.target, result.pages.checked, result.pages.bad);
       if (result.checksum) manifestEntry.checksum = result.checksum;
       manifestEntry.storedSize = result.storedSize;
       this.storedBytes += result.storedSize;
@@ -65,6 +68,8 @@ export class PlainArchiveWriter implements ArchiveWriter {
       return;
     }
     const hash = createChecksum(this.settings.checksum);
+    const pages = content?.pages;
+    const verifier = pages?.checker.verifier(pages.target);
     const output = await this.repository.createOutput(target + compressionExtension(this.settings.compression), 0o600);
     let stored = 0;
     try {
@@ -75,6 +80,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
         stored += out.length;
       };
       const onPiece = async (piece: Buffer) => {
+        verifier?.update(piece);
         inflight.push(this.settings.compress(piece));
         if (inflight.length >= 2) await writeHead();
       };
@@ -92,6 +98,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
       // An empty file still needs a valid (empty) compressed stream for gzip/lz4/zstd -d.
       if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0) await onPiece(Buffer.alloc(0));
       while (inflight.length > 0) await writeHead();
+      if (pages && verifier) await pages.checker.settle(pages.target, verifier, pages.host, pages.path);
       await output.close(false);
     } catch (err) {
       await output.abort();

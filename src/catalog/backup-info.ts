@@ -57,6 +57,13 @@ export interface BackupInfo {
    * incremental whose parent differs here would restore stale pages: it is refused.
    */
   dataChecksumVersion?: number;
+  /**
+   * Pages whose data checksum failed when BACKUP read them (read twice). Absent when pages were
+   * not verified: no data checksums, `--no-verify-checksums`, pg_basebackup, or an older pgbart.
+   */
+  pageChecksumErrors?: number;
+  /** The files with failing pages (paths in the cluster), up to 20 block numbers each, and their count. */
+  pageChecksumErrorFiles?: { file: string; blocks: number[]; count: number }[];
   walSegmentSize: number;
   /** `native` or `pg_basebackup`. */
   engine: string;
@@ -117,6 +124,10 @@ export function renderBackupInfo(info: BackupInfo): string {
   kv('SERVER VERSION NUM', info.serverVersionNum);
   kv('SYSTEM IDENTIFIER', info.systemIdentifier);
   if (info.dataChecksumVersion !== undefined) kv('DATA CHECKSUM VERSION', info.dataChecksumVersion);
+  if (info.pageChecksumErrors !== undefined) kv('CHECKSUM ERRORS', info.pageChecksumErrors);
+  // One line: `file:count:block,block,...` per file, space-separated (relation paths have neither).
+  const files = info.pageChecksumErrorFiles ?? [];
+  if (files.length > 0) kv('CHECKSUM ERROR FILES', files.map((f) => `${f.file}:${f.count}:${f.blocks.join(',')}`).join(' '));
   kv('WAL SEGMENT SIZE', info.walSegmentSize);
   kv('ENGINE', info.engine);
   kv('THREAD COUNT', info.threadCount);
@@ -188,6 +199,8 @@ export function parseBackupInfo(text: string, source: string): BackupInfo {
     serverVersionNum: Number(get('SERVER VERSION NUM')),
     systemIdentifier: get('SYSTEM IDENTIFIER'),
     ...(optional('DATA CHECKSUM VERSION') !== undefined ? { dataChecksumVersion: Number(optional('DATA CHECKSUM VERSION')) } : {}),
+    ...(optional('CHECKSUM ERRORS') !== undefined ? { pageChecksumErrors: Number(optional('CHECKSUM ERRORS')) } : {}),
+    ...(optional('CHECKSUM ERROR FILES') !== undefined ? { pageChecksumErrorFiles: parseErrorFiles(optional('CHECKSUM ERROR FILES')!) } : {}),
     walSegmentSize: Number(get('WAL SEGMENT SIZE')),
     engine: get('ENGINE'),
     threadCount: Number(get('THREAD COUNT')),
@@ -195,6 +208,16 @@ export function parseBackupInfo(text: string, source: string): BackupInfo {
     stopTime: new Date(get(DATE_KEY('STOP TIME'))),
     ...(pid ? { pid: Number(pid) } : {}),
   };
+}
+
+/** Parses CHECKSUM ERROR FILES (`file:count:block,block ...`); malformed items are left out. */
+function parseErrorFiles(text: string): { file: string; blocks: number[]; count: number }[] {
+  const out: { file: string; blocks: number[]; count: number }[] = [];
+  for (const item of text.split(' ')) {
+    const m = /^([^:]+):(\d+):([\d,]*)$/.exec(item);
+    if (m) out.push({ file: m[1]!, count: Number(m[2]), blocks: m[3] === '' ? [] : m[3]!.split(',').map(Number) });
+  }
+  return out;
 }
 
 /** Reads `<dir>/backupinfo`. */

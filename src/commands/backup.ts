@@ -24,6 +24,8 @@ export interface BackupCommandOptions {
   pg_basebackup?: boolean;
   parent?: string;
   check?: boolean;
+  /** false with --no-verify-checksums. */
+  verifyChecksums?: boolean;
 }
 
 /** Resolves the options that do not depend on the server. */
@@ -40,6 +42,7 @@ function resolveCommon(o: BackupCommandOptions): Omit<FullBackupOptions, 'thread
     compression,
     level: o.compressLevel ?? defaultCompressionLevel(compression),
     checksum: (o.checksumAlgorithm?.toUpperCase() ?? 'SHA256') as ChecksumAlgorithm,
+    verifyPages: o.verifyChecksums !== false,
   };
 }
 

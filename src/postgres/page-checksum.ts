@@ -168,15 +168,25 @@ export class PageVerifier {
   }
 
   private check(bytes: Uint8Array, words: Int32Array, wordOffset: number): void {
-    const verdict = checkPage(bytes, words, wordOffset, this.firstBlock + this.block, this.startHi, this.startLo);
-    if (verdict !== 'skipped') this.checked++;
-    if (verdict === 'bad') this.suspects.push(this.block);
+    this.checkBlock(this.block, bytes, words, wordOffset);
     this.block++;
   }
 
   /**
-   * Checks a page read again (block `block` of the file, `page` holding exactly its bytes): true
-   * when it now passes (or is skipped: it changed since the backup started).
+   * Checks block `block` of the file (its number within the file), found at `wordOffset` of
+   * `words` (`bytes` views the same memory), for callers that read blocks out of order: the
+   * incremental backup reads only changed blocks.
+   */
+  checkBlock(block: number, bytes: Uint8Array, words: Int32Array, wordOffset: number): void {
+    const verdict = checkPage(bytes, words, wordOffset, this.firstBlock + block, this.startHi, this.startLo);
+    if (verdict !== 'skipped') this.checked++;
+    if (verdict === 'bad') this.suspects.push(block);
+  }
+
+  /**
+   * Checks a page read again (block `block` of the file, `page` holding exactly its bytes) once
+   * the file has been read to its end: true when it now passes (or is skipped: it changed since the
+   * backup started).
    */
   recheck(block: number, page: Uint8Array): boolean {
     this.carry.set(page.subarray(0, PAGE_SIZE));
