@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
-import { openSync, readdirSync, readFileSync, closeSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { PageChecker } from '../src/backup/page-check.js';
+import { LocalHost } from '../src/hosts/local/data-host.js';
 import { PAGE_SIZE, PageVerifier, pageChecksum } from '../src/postgres/page-checksum.js';
 import { pgbenchInit, pgbenchRun } from './harness/load.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
-import { runOk } from './harness/os.js';
+import { makeTempDir, removeTree, runOk } from './harness/os.js';
 import { createIncrementalSource, relationPath, takeBackup, tryBackup } from './harness/incremental.js';
 import { createRestoreSource, type RestoreSource } from './harness/restore.js';
 
@@ -116,6 +118,33 @@ for (const version of versionsUnderTest()) {
       const v = new PageVerifier(0, 1n);
       v.update(data);
       assert.deepEqual(v.suspects, []);
+    });
+
+    test('a failing page is read again before it is reported: only a page still bad on disk is', async () => {
+      const dir = makeTempDir('pagecheck');
+      try {
+        const onDisk = Buffer.from(readFileSync(table));
+        corruptBuffer(onDisk, [5]);
+        writeFileSync(join(dir, '16384'), onDisk);
+        // What the first read saw: block 2 torn (mid-write), block 5 as corrupt as it is on disk.
+        const firstRead = Buffer.from(onDisk);
+        corruptBuffer(firstRead, [2]);
+        const checker = new PageChecker();
+        checker.begin(1n << 60n);
+        const target = checker.target('base', 'base/5/16384')!;
+        assert.deepEqual(target, { name: 'base/5/16384', firstBlock: 0 });
+        assert.equal(checker.target('base', 'base/5/pg_filenode.map'), undefined);
+        assert.equal(checker.target('base', 'global/pg_control'), undefined);
+        assert.deepEqual(checker.target('16385', 'PG_15_202209061/5/16390.2'), { name: 'pg_tblspc/16385/PG_15_202209061/5/16390.2', firstBlock: 2 * 131072 });
+        const v = checker.verifier(target);
+        v.update(firstRead);
+        assert.deepEqual(v.suspects, [2, 5]);
+        await checker.settle(target, v, new LocalHost(), join(dir, '16384'));
+        assert.deepEqual(checker.corruptFiles, [{ file: 'base/5/16384', blocks: [5], count: 1 }]);
+        assert.equal(checker.corruptPages, 1);
+      } finally {
+        removeTree(dir);
+      }
     });
 
     test('a clean cluster under heavy writes during the backup: no page is reported', async () => {
