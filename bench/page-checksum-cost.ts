@@ -21,11 +21,17 @@ interface CostRow {
 }
 
 /** Times each case with and without verification, alternating; returns the rows and writes <date>-pagecheck.md. */
-export async function pageCheckCost(fx: BackupFixture, data: BenchData, rounds = Number(process.env.BENCH_ROUNDS ?? 3)): Promise<CostRow[]> {
+export async function pageCheckCost(
+  fx: BackupFixture,
+  data: BenchData,
+  rounds = Number(process.env.BENCH_ROUNDS ?? 3),
+): Promise<CostRow[]> {
   const backup = async (args: string[]) => {
     const r = await fx.setup.bart(['BACKUP', '-s', fx.server, ...args]);
     if (r.code !== 0) throw new Error(`bart BACKUP ${args.join(' ')} failed: ${r.stderr}`);
-    if (/page verification failed/.test(r.stderr)) throw new Error(`corrupt pages reported on the benchmark cluster:\n${r.stderr}`);
+    if (/page verification failed/.test(r.stderr)) {
+      throw new Error(`corrupt pages reported on the benchmark cluster:\n${r.stderr}`);
+    }
     removeTree(fx.backupDir(backupIdFrom(r.stdout)));
   };
   const cases = [
@@ -42,18 +48,25 @@ export async function pageCheckCost(fx: BackupFixture, data: BenchData, rounds =
       unverified = Math.min(unverified, await timed(() => backup([...c.args, '--no-verify-checksums'])));
     }
     rows.push({ label: c.label, verified, unverified });
-    console.log(`${c.label.padEnd(32)} verified ${verified.toFixed(2)} s, --no-verify-checksums ${unverified.toFixed(2)} s: x${(verified / unverified).toFixed(3)}`);
+    console.log(
+      `${c.label.padEnd(32)} verified ${verified.toFixed(2)} s, ` +
+        `--no-verify-checksums ${unverified.toFixed(2)} s: x${(verified / unverified).toFixed(3)}`,
+    );
   }
   const date = new Date().toISOString().slice(0, 10);
   const lines = [
     `# Page checksum verification cost, ${date}`,
     '',
-    `PostgreSQL ${BENCH.version}; cluster ${(data.dbBytes / 2 ** 30).toFixed(2)} GB (pgbench -i -s ${BENCH.scale} + ${data.randomMb} MB of random bytea), ` +
-      `data checksums on; ${machineDescription()}. Best of ${rounds}, the two variants alternating, whole BACKUP command.`,
+    `PostgreSQL ${BENCH.version}; cluster ${(data.dbBytes / 2 ** 30).toFixed(2)} GB ` +
+      `(pgbench -i -s ${BENCH.scale} + ${data.randomMb} MB of random bytea), data checksums on; ` +
+      `${machineDescription()}. Best of ${rounds}, the two variants alternating, whole BACKUP command.`,
     '',
     '| case | verified (s) | --no-verify-checksums (s) | ratio |',
     '|---|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.label} | ${r.verified.toFixed(2)} | ${r.unverified.toFixed(2)} | ${(r.verified / r.unverified).toFixed(3)} |`),
+    ...rows.map((r) => {
+      const ratio = (r.verified / r.unverified).toFixed(3);
+      return `| ${r.label} | ${r.verified.toFixed(2)} | ${r.unverified.toFixed(2)} | ${ratio} |`;
+    }),
     '',
   ];
   mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });

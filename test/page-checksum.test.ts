@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -10,6 +11,18 @@ import { versionsUnderTest } from './harness/pg-binaries.js';
 import { makeTempDir, removeTree, runOk } from './harness/os.js';
 import { createIncrementalSource, relationPath, takeBackup, tryBackup } from './harness/incremental.js';
 import { createRestoreSource, type RestoreSource } from './harness/restore.js';
+import { createBartSetup, serverSection } from './harness/bart.js';
+import { TestCluster } from './harness/cluster.js';
+import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
+
+/** A table of ~70 pages. */
+const TABLE_T = 'CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 3) AS payload FROM generate_series(1, 4000) g';
+
+/** The WARNING BACKUP prints for a file with failing blocks. */
+function warning(file: string, blocks: number[]): string {
+  const noun = blocks.length > 1 ? 'blocks' : 'block';
+  return `WARNING: page verification failed in ${file}: ${noun} ${blocks.join(', ')} (checksum mismatch)`;
+}
 
 /** SHOW-BACKUPS --output json of one backup. */
 async function shown(src: RestoreSource, id: string): Promise<Record<string, unknown>> {
@@ -69,7 +82,7 @@ for (const version of versionsUnderTest()) {
       src.cluster.writeConf({ autovacuum: 'off' });
       await src.cluster.restart();
       await pgbenchInit(src.cluster, 2);
-      await src.cluster.query("CREATE TABLE t AS SELECT g AS id, repeat(md5(g::text), 3) AS payload FROM generate_series(1, 4000) g");
+      await src.cluster.query(TABLE_T);
       await src.cluster.query('CREATE INDEX t_id ON t (id)');
       await src.cluster.query('CHECKPOINT');
       table = join(src.cluster.dataDir, await relationPath(src.cluster, 't'));
@@ -135,7 +148,10 @@ for (const version of versionsUnderTest()) {
         assert.deepEqual(target, { name: 'base/5/16384', firstBlock: 0 });
         assert.equal(checker.target('base', 'base/5/pg_filenode.map'), undefined);
         assert.equal(checker.target('base', 'global/pg_control'), undefined);
-        assert.deepEqual(checker.target('16385', 'PG_15_202209061/5/16390.2'), { name: 'pg_tblspc/16385/PG_15_202209061/5/16390.2', firstBlock: 2 * 131072 });
+        assert.deepEqual(checker.target('16385', 'PG_15_202209061/5/16390.2'), {
+          name: 'pg_tblspc/16385/PG_15_202209061/5/16390.2',
+          firstBlock: 2 * 131072,
+        });
         const v = checker.verifier(target);
         v.update(firstRead);
         assert.deepEqual(v.suspects, [2, 5]);
@@ -177,7 +193,7 @@ for (const version of versionsUnderTest()) {
       }
     });
 
-    test('corrupt pages of a table and an index: BACKUP completes and names file and blocks (full, incremental, tar, plain)', async () => {
+    test('corrupt table and index pages: BACKUP completes, names file and blocks (full, incremental)', async () => {
       // Change blocks 3 and 7 of the table after the parent backup, so the incremental reads them.
       await src.cluster.query("UPDATE t SET payload = upper(payload) WHERE (ctid::text::point)[0] IN (3, 7)");
       await src.cluster.query('CHECKPOINT');
@@ -193,8 +209,8 @@ for (const version of versionsUnderTest()) {
         const r = await tryBackup(src, args);
         assert.equal(r.code, 0, `BACKUP ${args.join(' ')} completes:\n${r.stderr}`);
         const warnings = pageWarnings(r);
-        assert.ok(warnings.includes(`WARNING: page verification failed in ${tableName}: blocks 3, 7 (checksum mismatch)`), warnings.join('\n'));
-        assert.ok(warnings.includes(`WARNING: page verification failed in ${indexName}: block 1 (checksum mismatch)`), warnings.join('\n'));
+        assert.ok(warnings.includes(warning(tableName, [3, 7])), warnings.join('\n'));
+        assert.ok(warnings.includes(warning(indexName, [1])), warnings.join('\n'));
         assert.equal(warnings.length, 2, warnings.join('\n'));
         const id = /backup identifier: '(\d+)'/.exec(r.stdout)![1]!;
         const row = await shown(src, id);
@@ -205,7 +221,8 @@ for (const version of versionsUnderTest()) {
         ].sort((a, b) => (a.file < b.file ? -1 : 1)));
         const detail = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server, '-i', id, '-t']);
         assert.match(detail.stdout, new RegExp(`CHECKSUM ERRORS\\s+: 3 \\(.*${tableName}: blocks 3, 7`));
-        assert.match(readFileSync(join(src.setup.backupPath, src.server, id, 'backupinfo'), 'utf8'), /^CHECKSUM ERRORS: 3$/m);
+        const backupinfo = readFileSync(join(src.setup.backupPath, src.server, id, 'backupinfo'), 'utf8');
+        assert.match(backupinfo, /^CHECKSUM ERRORS: 3$/m);
         assert.match(readFileSync(src.setup.logfile, 'utf8'), new RegExp(`page verification failed in ${tableName}`));
       }
 
@@ -214,8 +231,9 @@ for (const version of versionsUnderTest()) {
       const incr = await tryBackup(src, ['--parent', parent]);
       assert.equal(incr.code, 0, incr.stderr);
       const warnings = pageWarnings(incr);
-      assert.ok(warnings.includes(`WARNING: page verification failed in ${tableName}: blocks 3, 7 (checksum mismatch)`), warnings.join('\n'));
-      assert.ok(warnings.every((w) => w.includes(tableName) || w.includes(`${indexName}: block 1 `)), warnings.join('\n'));
+      assert.ok(warnings.includes(warning(tableName, [3, 7])), warnings.join('\n'));
+      const expected = [warning(tableName, [3, 7]), warning(indexName, [1])];
+      assert.ok(warnings.every((w) => expected.includes(w)), warnings.join('\n'));
       const incrId = /backup identifier: '(\d+)'/.exec(incr.stdout)![1]!;
       assert.equal((await shown(src, incrId)).checksumErrors, warnings.length === 1 ? 2 : 3);
     });
@@ -253,11 +271,46 @@ describe('a cluster without data checksums', () => {
     const id = await takeBackup(src);
     const r = await tryBackup(src, ['-F', 'p']);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stdout.split('\n').filter((l) => /has no data checksums.*pages are not verified/.test(l)).length, 1, r.stdout);
+    const said = r.stdout.split('\n').filter((l) => /has no data checksums.*pages are not verified/.test(l));
+    assert.equal(said.length, 1, r.stdout);
     assert.deepEqual(pageWarnings(r), []);
     assert.doesNotMatch(r.stdout, /page checksums verified/);
     const row = await shown(src, id);
     assert.equal(row.pageVerification, 'no data checksums');
     assert.equal(row.checksumErrors, null);
   });
+});
+
+test('a remote server (ssh): BACKUP verifies the pages it reads over ssh, tar and plain', async () => {
+  const version = versionsUnderTest()[0]!;
+  const cleanups: (() => Promise<void> | void)[] = [];
+  try {
+    const sshd = await TestSshd.start(['postgres', BART_TEST_USER]);
+    cleanups.push(() => sshd.stop());
+    sshd.authorize(BART_TEST_USER, 'postgres'); // bart reads the data directory as cluster_owner
+    sshd.authorize('postgres', BART_TEST_USER); // archive_command scp's to the BART host
+    const cluster = await TestCluster.create({ version, conf: { archive_mode: 'on', autovacuum: 'off' } });
+    cleanups.push(() => cluster.destroy());
+    const setup = createBartSetup({ bart_host: `${BART_TEST_USER}@${sshd.alias}` });
+    cleanups.push(() => setup.cleanup());
+    const section = serverSection(cluster, 'rem', { remote_host: `postgres@${sshd.alias}` });
+    setup.writeConfig(`${readFileSync(setup.configPath, 'utf8')}\n${section}`);
+    execFileSync('chown', ['-R', `${BART_TEST_USER}:`, setup.dir]);
+    const init = await setup.bart(['INIT', '-s', 'rem']);
+    assert.equal(init.code, 0, init.stderr);
+
+    await cluster.query(TABLE_T);
+    await cluster.query('CHECKPOINT');
+    const tableName = String(await cluster.scalar("SELECT pg_relation_filepath('t')"));
+    await cluster.stop();
+    corrupt(join(cluster.dataDir, tableName), [2, 9]);
+    await cluster.start();
+    for (const format of ['t', 'p']) {
+      const r = await setup.bart(['BACKUP', '-s', 'rem', '-F', format, '--thread-count', '2']);
+      assert.equal(r.code, 0, `-F ${format}: ${r.stderr}`);
+      assert.deepEqual(pageWarnings(r), [warning(tableName, [2, 9])], `-F ${format}`);
+    }
+  } finally {
+    for (const c of cleanups.reverse()) await c();
+  }
 });

@@ -137,7 +137,8 @@ async function copyTreeIncremental(
       if (blocks === undefined) {
         stats.whole++;
         stats.wholeBytes += entry.size;
-        add = writer.add(entry, { host, path, ...(target ? { pages: { checker: checker!, target, host, path } } : {}) });
+        const pages = target ? { pages: { checker: checker!, target, host, path } } : {};
+        add = writer.add(entry, { host, path, ...pages });
       } else {
         const runs = toRuns(blocks);
         const crcList: string[] = [];
@@ -267,10 +268,12 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     const decide = (archive: string, entry: HostEntry) => selectBlocks(archive, entry, parentState, cs);
     const parallelism = request.format === 'plain' ? request.threads * 2 : 1;
     const base = await makeWriter('base');
-    await copyTreeIncremental(blockHost, facts.dataDirectory, 'base', base, parallelism, decide, pending, stats, checker);
+    const copy = (root: string, archive: string, writer: ArchiveWriter) =>
+      copyTreeIncremental(blockHost, root, archive, writer, parallelism, decide, pending, stats, checker);
+    await copy(facts.dataDirectory, 'base', base);
     for (const ts of facts.tablespaces) {
       const writer = await makeWriter(String(ts.oid));
-      await copyTreeIncremental(blockHost, ts.location, String(ts.oid), writer, parallelism, decide, pending, stats, checker);
+      await copy(ts.location, String(ts.oid), writer);
       if (request.format === 'plain') await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
     log.debug('incremental: data files copied');

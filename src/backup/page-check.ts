@@ -63,7 +63,8 @@ export class PageChecker {
   target(archive: string, path: string): PageCheckTarget | undefined {
     const rel = parseRelationPath(archive, path);
     if (!rel) return undefined;
-    return { name: archive === 'base' ? path : `pg_tblspc/${archive}/${path}`, firstBlock: rel.segment * RELSEG_BLOCKS };
+    const name = archive === 'base' ? path : `pg_tblspc/${archive}/${path}`;
+    return { name, firstBlock: rel.segment * RELSEG_BLOCKS };
   }
 
   /** A verifier for one file read front to back. */
@@ -135,7 +136,8 @@ export class PageChecker {
     } else {
       const files = this.corrupt.length;
       log.warning(
-        `page checksums: ${bad} of ${this.checkedPages} pages failed verification in ${files} file${files === 1 ? '' : 's'}; ` +
+        `page checksums: ${bad} of ${this.checkedPages} pages failed verification ` +
+          `in ${files} file${files === 1 ? '' : 's'}; ` +
           'the backup is complete, but those pages are corrupt on the server (see bart SHOW-BACKUPS -t)',
       );
     }
@@ -149,7 +151,10 @@ export class PageChecker {
 export function pageCheckerFor(verify: boolean, dataChecksumVersion: number, server: string): PageChecker | undefined {
   if (!verify) return undefined;
   if (dataChecksumVersion === 0) {
-    log.info(`server ${server} has no data checksums (initdb --data-checksums / pg_checksums --enable): pages are not verified`);
+    log.info(
+      `server ${server} has no data checksums (initdb --data-checksums / pg_checksums --enable): ` +
+        'pages are not verified',
+    );
     return undefined;
   }
   return new PageChecker();

@@ -48,6 +48,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
       return;
     }
     if (this.settings.copyLocalFile && content && 'host' in content && content.host.description === 'local') {
+      const pages = content.pages;
       const result = await this.settings.copyLocalFile({
         source: content.path,
         target: target + compressionExtension(this.settings.compression),
@@ -57,9 +58,9 @@ export class PlainArchiveWriter implements ArchiveWriter {
         ...(hashName(this.settings.checksum) ? { hash: hashName(this.settings.checksum)! } : {}),
         chunk: this.settings.unitSize,
         // The worker checks the pages (and reads failing ones again) as it copies them.
-        ...(content.pages ? { pages: { firstBlock: content.pages.target.firstBlock, startLsn: content.pages.checker.startLsn } } : {}),
+        ...(pages ? { pages: { firstBlock: pages.target.firstBlock, startLsn: pages.checker.startLsn } } : {}),
       });
-      if (content.pages && result.pages) content.pages.checker.record(content.pages.target, result.pages.checked, result.pages.bad);
+      if (pages && result.pages) pages.checker.record(pages.target, result.pages.checked, result.pages.bad);
       if (result.checksum) manifestEntry.checksum = result.checksum;
       manifestEntry.storedSize = result.storedSize;
       this.storedBytes += result.storedSize;

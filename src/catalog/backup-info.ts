@@ -127,7 +127,9 @@ export function renderBackupInfo(info: BackupInfo): string {
   if (info.pageChecksumErrors !== undefined) kv('CHECKSUM ERRORS', info.pageChecksumErrors);
   // One line: `file:count:block,block,...` per file, space-separated (relation paths have neither).
   const files = info.pageChecksumErrorFiles ?? [];
-  if (files.length > 0) kv('CHECKSUM ERROR FILES', files.map((f) => `${f.file}:${f.count}:${f.blocks.join(',')}`).join(' '));
+  if (files.length > 0) {
+    kv('CHECKSUM ERROR FILES', files.map((f) => `${f.file}:${f.count}:${f.blocks.join(',')}`).join(' '));
+  }
   kv('WAL SEGMENT SIZE', info.walSegmentSize);
   kv('ENGINE', info.engine);
   kv('THREAD COUNT', info.threadCount);
@@ -172,6 +174,7 @@ export function parseBackupInfo(text: string, source: string): BackupInfo {
   };
   const walFiles = get('WAL FILES');
   const pid = fields.get('PID');
+  const errorFiles = optional('CHECKSUM ERROR FILES');
   return {
     status: get('BACKUP STATUS') as BackupStatus,
     id: get('BACKUP IDENTIFIER'),
@@ -200,7 +203,7 @@ export function parseBackupInfo(text: string, source: string): BackupInfo {
     systemIdentifier: get('SYSTEM IDENTIFIER'),
     ...(optional('DATA CHECKSUM VERSION') !== undefined ? { dataChecksumVersion: Number(optional('DATA CHECKSUM VERSION')) } : {}),
     ...(optional('CHECKSUM ERRORS') !== undefined ? { pageChecksumErrors: Number(optional('CHECKSUM ERRORS')) } : {}),
-    ...(optional('CHECKSUM ERROR FILES') !== undefined ? { pageChecksumErrorFiles: parseErrorFiles(optional('CHECKSUM ERROR FILES')!) } : {}),
+    ...(errorFiles !== undefined ? { pageChecksumErrorFiles: parseErrorFiles(errorFiles) } : {}),
     walSegmentSize: Number(get('WAL SEGMENT SIZE')),
     engine: get('ENGINE'),
     threadCount: Number(get('THREAD COUNT')),
