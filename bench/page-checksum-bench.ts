@@ -21,12 +21,12 @@ for (let p = 0; p < pages; p++) {
 }
 const rounds = Math.round((gib * 1024) / 64);
 for (const [what, run] of [
-  ['pageChecksum', () => {
+  ['pageChecksum (JS)', () => {
     let x = 0;
     for (let p = 0; p < pages; p++) x ^= pageChecksum(words, p * (PAGE_SIZE / 4), p);
     return x;
   }],
-  ['PageVerifier (1 MiB pieces)', () => {
+  ['PageVerifier (WebAssembly SIMD, 1 MiB pieces)', () => {
     const v = new PageVerifier(0, 1n << 40n);
     for (let o = 0; o < buf.length; o += 1024 * 1024) v.update(buf.subarray(o, o + 1024 * 1024));
     if (v.suspects.length > 0) throw new Error('bad pages in the benchmark data');

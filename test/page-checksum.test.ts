@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { PageChecker } from '../src/backup/page-check.js';
 import { LocalHost } from '../src/hosts/local/data-host.js';
-import { PAGE_SIZE, PageVerifier, pageChecksum } from '../src/postgres/page-checksum.js';
+import { checksumPage, PAGE_SIZE, PageVerifier, pageChecksum } from '../src/postgres/page-checksum.js';
 import { pgbenchInit, pgbenchRun } from './harness/load.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { makeTempDir, removeTree, runOk } from './harness/os.js';
@@ -98,6 +98,8 @@ for (const version of versionsUnderTest()) {
         const copy = Buffer.from(page); // 4-byte aligned, on its own
         const words = new Int32Array(copy.buffer, copy.byteOffset, PAGE_SIZE / 4);
         assert.equal(pageChecksum(words, 0, block), page.readUInt16LE(8), `${file} block ${block}`);
+        // The WebAssembly kernel the verifier uses, on the page where it lies (any alignment).
+        assert.equal(checksumPage(page, 0, block), page.readUInt16LE(8), `${file} block ${block} (WebAssembly)`);
         pages++;
       }
       assert.ok(pages > 1000, `${pages} pages checked`);

@@ -61,7 +61,6 @@ class BlockReader implements HostFile {
 
   /** Checks the blocks read, by their block numbers in the file (they are not contiguous). */
   private readonly verifier: PageVerifier | undefined;
-  private words: Int32Array | undefined;
 
   constructor(
     private readonly file: HostFile | undefined,
@@ -95,11 +94,7 @@ class BlockReader implements HostFile {
 
   private async load(index: number): Promise<void> {
     const count = Math.min(this.batchBlocks, this.total - index);
-    if (this.cache.length < count * BLOCK_SIZE) {
-      // Buffer.alloc never hands out a slice of the shared pool: the cache starts 4-byte aligned.
-      this.cache = Buffer.alloc(count * BLOCK_SIZE);
-      this.words = undefined;
-    }
+    if (this.cache.length < count * BLOCK_SIZE) this.cache = Buffer.alloc(count * BLOCK_SIZE);
     let filled = 0;
     while (filled < count) {
       const { block, left } = this.locate(index + filled);
@@ -119,10 +114,7 @@ class BlockReader implements HostFile {
       const stored = index + i;
       if (this.selection.crcs[stored] === undefined) {
         this.selection.crcs[stored] = (crc32c(this.cache.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE)) >>> 0).toString(16).padStart(8, '0');
-        if (this.verifier) {
-          this.words ??= new Int32Array(this.cache.buffer, this.cache.byteOffset, this.cache.length / 4);
-          this.verifier.checkBlock(this.locate(stored).block, this.cache, this.words, (i * BLOCK_SIZE) / 4);
-        }
+        this.verifier?.checkBlock(this.locate(stored).block, this.cache, i * BLOCK_SIZE);
       }
     }
     this.cacheFirst = index;

@@ -67,51 +67,159 @@ export function pageChecksum(words: Int32Array, wordOffset: number, blockNumber:
   return (((folded ^ blockNumber) >>> 0) % 65535) + 1;
 }
 
-/** pd_upper of a page (PageIsNew: 0 for a page never initialised). */
-function pdUpper(bytes: Uint8Array, offset: number): number {
-  return bytes[offset + 14]! | (bytes[offset + 15]! << 8);
+/**
+ * The same checksum as WebAssembly SIMD code: 32 lanes as eight 4-lane vectors, so one multiply
+ * does four lanes' step. About twice the speed of {@link pageChecksum} in V8 (8 KiB pages copied in
+ * first included); built here byte by byte, since the project has no WebAssembly toolchain.
+ * Exports `sum(p)`: the xor-folded lanes of the page at byte `p` of `mem` (pd_checksum zeroed by the
+ * caller), before the block number is mixed in; `mem` is 17 x 64 KiB: room for 128 pages at 0.
+ */
+function buildWasmKernel(): Uint8Array<ArrayBuffer> {
+  const leb = (n: number): number[] => {
+    const out: number[] = [];
+    do {
+      let b = n & 0x7f;
+      n >>>= 7;
+      if (n !== 0) b |= 0x80;
+      out.push(b);
+    } while (n !== 0);
+    return out;
+  };
+  const simd = (op: number, ...rest: number[]) => [0xfd, ...leb(op), ...rest];
+  const v128Const = (words: ArrayLike<number>) => {
+    const b: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const w = words[i]!;
+      b.push(w & 0xff, (w >>> 8) & 0xff, (w >>> 16) & 0xff, w >>> 24);
+    }
+    return simd(12, ...b);
+  };
+  const get = (i: number) => [0x20, i];
+  const set = (i: number) => [0x21, i];
+  // Locals: 0 = p (param), 1-8 = lane vectors, 9 = tmp, 10 = FNV prime vector, 11 = end of page.
+  const [P, T, PRIME, END] = [0, 9, 10, 11];
+  const XOR = simd(81);
+  const MUL = simd(181);
+  const SHR_U = simd(173);
+  const I32_CONST_17 = [0x41, 17];
+  // lane = tmp * FNV_PRIME ^ (tmp >>> 17)
+  const mix = (lane: number) => [
+    ...[...get(T), ...get(PRIME), ...MUL],
+    ...[...get(T), ...I32_CONST_17, ...SHR_U],
+    ...[...XOR, ...set(lane)],
+  ];
+  const body: number[] = [];
+  for (let k = 0; k < 8; k++) body.push(...v128Const(BASE_OFFSETS.subarray(4 * k, 4 * k + 4)), ...set(1 + k));
+  body.push(...v128Const([FNV_PRIME, FNV_PRIME, FNV_PRIME, FNV_PRIME]), ...set(PRIME));
+  body.push(...get(P), 0x41, 0x80, 0xc0, 0x00, 0x6a, ...set(END)); // end = p + 8192
+  body.push(0x03, 0x40); // loop over the page's 64 rows of 32 words
+  for (let k = 0; k < 8; k++) {
+    // tmp = lane ^ v128.load(p + 16k); then mix
+    body.push(...get(1 + k), ...get(P), ...simd(0, 4, ...leb(16 * k)), ...XOR, ...set(T), ...mix(1 + k));
+  }
+  // p += 128; loop while p < end
+  body.push(...get(P), 0x41, 0x80, 0x01, 0x6a, 0x22, P, ...get(END), 0x49, 0x0d, 0, 0x0b);
+  for (let round = 0; round < 2; round++) {
+    for (let k = 0; k < 8; k++) body.push(...get(1 + k), ...set(T), ...mix(1 + k));
+  }
+  body.push(...get(1));
+  for (let k = 1; k < 8; k++) body.push(...get(1 + k), ...XOR);
+  body.push(...set(T));
+  // xor of the four 32-bit lanes of tmp
+  body.push(...get(T), ...simd(27, 0), ...get(T), ...simd(27, 1), 0x73);
+  body.push(...get(T), ...simd(27, 2), 0x73, ...get(T), ...simd(27, 3), 0x73);
+  body.push(0x0b);
+  const fn = [2, 10, 0x7b, 1, 0x7f, ...body]; // locals: 10 x v128, 1 x i32
+  const section = (id: number, content: number[]) => [id, ...leb(content.length), ...content];
+  const name = (n: string) => [n.length, ...Buffer.from(n)];
+  return Uint8Array.from([
+    0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0,
+    ...section(1, [1, 0x60, 1, 0x7f, 1, 0x7f]), // type: (i32) -> i32
+    ...section(3, [1, 0]),
+    ...section(5, [1, 0, 17]), // memory: 17 pages of 64 KiB
+    ...section(7, [2, ...name('sum'), 0, 0, ...name('mem'), 2, 0]),
+    ...section(10, [1, ...leb(fn.length), ...fn]),
+  ]);
+}
+
+/** Pages the kernel's memory holds at once. */
+const STAGED_PAGES = 128;
+
+/** The WebAssembly kernel of this thread, or undefined where WebAssembly SIMD is missing (then JS). */
+const kernel = ((): { sum: (p: number) => number; mem: Uint8Array } | undefined => {
+  try {
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(buildWasmKernel()));
+    const exports = instance.exports as { sum: (p: number) => number; mem: WebAssembly.Memory };
+    return { sum: exports.sum, mem: new Uint8Array(exports.mem.buffer) };
+  } catch {
+    return undefined;
+  }
+})();
+
+/** Scratch page for the JS fallback (4-byte aligned, as Int32Array wants). */
+const fallbackPage = new Int32Array(PAGE_WORDS);
+const fallbackBytes = new Uint8Array(fallbackPage.buffer);
+
+/** The checksum PostgreSQL would store in the page at `offset` of `bytes` (any alignment). */
+export function checksumPage(bytes: Uint8Array, offset: number, blockNumber: number): number {
+  if (kernel) {
+    kernel.mem.set(bytes.subarray(offset, offset + PAGE_SIZE), 0);
+    return stagedChecksum(0, blockNumber);
+  }
+  fallbackBytes.set(bytes.subarray(offset, offset + PAGE_SIZE));
+  return pageChecksum(fallbackPage, 0, blockNumber);
+}
+
+/** The checksum of the page staged at byte `at` of the kernel's memory (its pd_checksum is zeroed). */
+function stagedChecksum(at: number, blockNumber: number): number {
+  const { mem, sum } = kernel!;
+  mem[at + 8] = 0;
+  mem[at + 9] = 0;
+  return (((sum(at) ^ blockNumber) >>> 0) % 65535) + 1;
 }
 
 /**
- * The outcome of checking one page: `ok` (checksum right), `skipped` (a new page, or one changed
- * since the backup started, whose content WAL replay rewrites, as PostgreSQL's base backup skips
- * them) or `bad`.
+ * Checks one page as PostgreSQL's base backup does: new pages (pd_upper = 0, PageIsNew) and pages
+ * whose LSN is at or past the backup's start LSN (`startHi`/`startLo`: its high and low 32 bits)
+ * are not checked (`skipped`: WAL replay rewrites them); the others must carry the right checksum
+ * (`ok`, else `bad`). With `staged`, the page is at byte `offset` of the kernel's memory already.
  */
-export type PageVerdict = 'ok' | 'skipped' | 'bad';
-
-/**
- * Checks one page as PostgreSQL's base backup does: new pages (pd_upper = 0) and pages whose LSN
- * is at or past the backup's start LSN (`startHi`/`startLo`: its high and low 32 bits) are not
- * checked; the others must carry the right checksum. `words` and `bytes` view the same memory.
- */
-export function checkPage(
+function checkPage(
   bytes: Uint8Array,
-  words: Int32Array,
-  wordOffset: number,
+  offset: number,
   blockNumber: number,
   startHi: number,
   startLo: number,
+  staged: boolean,
 ): PageVerdict {
-  const byteOffset = wordOffset * 4;
-  if (pdUpper(bytes, byteOffset) === 0) return 'skipped';
-  // pd_lsn is {xlogid, xrecoff}: two native-endian 32-bit words, high half first.
-  const hi = words[wordOffset]! >>> 0;
-  const lo = words[wordOffset + 1]! >>> 0;
+  if ((bytes[offset + 14]! | (bytes[offset + 15]! << 8)) === 0) return 'skipped';
+  // pd_lsn is {xlogid, xrecoff}: two native-endian (little-endian) 32-bit words, high half first.
+  const hi = u32(bytes, offset);
+  const lo = u32(bytes, offset + 4);
   if (hi > startHi || (hi === startHi && lo >= startLo)) return 'skipped';
-  const stored = bytes[byteOffset + 8]! | (bytes[byteOffset + 9]! << 8);
-  return pageChecksum(words, wordOffset, blockNumber) === stored ? 'ok' : 'bad';
+  const stored = bytes[offset + 8]! | (bytes[offset + 9]! << 8);
+  const computed = staged ? stagedChecksum(offset, blockNumber) : checksumPage(bytes, offset, blockNumber);
+  return computed === stored ? 'ok' : 'bad';
 }
 
-/** The backup's start LSN split as {@link checkPage} wants it. */
-export function splitLsn(lsn: bigint): { startHi: number; startLo: number } {
+/** The little-endian 32-bit word at byte `at` of `bytes`. */
+function u32(bytes: Uint8Array, at: number): number {
+  return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+}
+
+/** The outcome of checking one page. */
+export type PageVerdict = 'ok' | 'skipped' | 'bad';
+
+/** The backup's start LSN split in its high and low 32 bits. */
+function splitLsn(lsn: bigint): { startHi: number; startLo: number } {
   return { startHi: Number(lsn >> 32n), startLo: Number(lsn & 0xffffffffn) };
 }
 
 /**
  * Checks the pages of one relation file read front to back in pieces of any size (as the backup
- * writers read them), without copying a piece unless a page straddles two of them or lies at an
- * address not 4-byte aligned. Collects the blocks (numbers within the file) that failed, for the
- * caller to re-read once: a page read while PostgreSQL wrote it can look torn.
+ * writers read them): whole pages are copied into the kernel's memory up to 128 at a time, a page
+ * that straddles two pieces is put together first. Collects the blocks (numbers within the file)
+ * that failed, for the caller to re-read once: a page read while PostgreSQL wrote it can look torn.
  */
 export class PageVerifier {
   /** Blocks of this file (0-based within the file) whose checksum did not match. */
@@ -119,9 +227,10 @@ export class PageVerifier {
   /** Pages checked (not skipped). */
   checked = 0;
   private readonly carry = new Uint8Array(PAGE_SIZE);
-  private readonly carryWords = new Int32Array(this.carry.buffer);
   private carryBytes = 0;
   private block = 0;
+  private readonly startHi: number;
+  private readonly startLo: number;
 
   /**
    * @param firstBlock the relation block number of the file's first page (segment * RELSEG_SIZE)
@@ -130,9 +239,6 @@ export class PageVerifier {
   constructor(private readonly firstBlock: number, startLsn: bigint) {
     ({ startHi: this.startHi, startLo: this.startLo } = splitLsn(startLsn));
   }
-
-  private readonly startHi: number;
-  private readonly startLo: number;
 
   /** Feeds the next bytes of the file. A trailing partial page (the file is being extended) is ignored. */
   update(piece: Uint8Array): void {
@@ -143,23 +249,18 @@ export class PageVerifier {
       this.carryBytes += take;
       at = take;
       if (this.carryBytes < PAGE_SIZE) return;
-      this.check(this.carry, this.carryWords, 0);
+      this.checkBlock(this.block++, this.carry, 0);
       this.carryBytes = 0;
     }
-    const whole = Math.floor((piece.length - at) / PAGE_SIZE);
-    if (whole > 0) {
-      const start = piece.byteOffset + at;
-      if (start % 4 === 0) {
-        const words = new Int32Array(piece.buffer, start, whole * PAGE_WORDS);
-        const bytes = new Uint8Array(piece.buffer, start, whole * PAGE_SIZE);
-        for (let i = 0; i < whole; i++) this.check(bytes, words, i * PAGE_WORDS);
+    while (piece.length - at >= PAGE_SIZE) {
+      const pages = Math.min(STAGED_PAGES, Math.floor((piece.length - at) / PAGE_SIZE));
+      if (kernel) {
+        kernel.mem.set(piece.subarray(at, at + pages * PAGE_SIZE), 0);
+        for (let i = 0; i < pages; i++) this.judge(this.block++, kernel.mem, i * PAGE_SIZE, true);
       } else {
-        for (let i = 0; i < whole; i++) {
-          this.carry.set(piece.subarray(at + i * PAGE_SIZE, at + (i + 1) * PAGE_SIZE));
-          this.check(this.carry, this.carryWords, 0);
-        }
+        for (let i = 0; i < pages; i++) this.judge(this.block++, piece, at + i * PAGE_SIZE, false);
       }
-      at += whole * PAGE_SIZE;
+      at += pages * PAGE_SIZE;
     }
     if (at < piece.length) {
       this.carry.set(piece.subarray(at), 0);
@@ -167,29 +268,25 @@ export class PageVerifier {
     }
   }
 
-  private check(bytes: Uint8Array, words: Int32Array, wordOffset: number): void {
-    this.checkBlock(this.block, bytes, words, wordOffset);
-    this.block++;
+  /**
+   * Checks block `block` of the file (its number within the file), at `offset` of `bytes`, for
+   * callers that read blocks out of order: the incremental backup reads only changed blocks.
+   */
+  checkBlock(block: number, bytes: Uint8Array, offset: number): void {
+    this.judge(block, bytes, offset, false);
   }
 
-  /**
-   * Checks block `block` of the file (its number within the file), found at `wordOffset` of
-   * `words` (`bytes` views the same memory), for callers that read blocks out of order: the
-   * incremental backup reads only changed blocks.
-   */
-  checkBlock(block: number, bytes: Uint8Array, words: Int32Array, wordOffset: number): void {
-    const verdict = checkPage(bytes, words, wordOffset, this.firstBlock + block, this.startHi, this.startLo);
+  private judge(block: number, bytes: Uint8Array, offset: number, staged: boolean): void {
+    const verdict = checkPage(bytes, offset, this.firstBlock + block, this.startHi, this.startLo, staged);
     if (verdict !== 'skipped') this.checked++;
     if (verdict === 'bad') this.suspects.push(block);
   }
 
   /**
-   * Checks a page read again (block `block` of the file, `page` holding exactly its bytes) once
-   * the file has been read to its end: true when it now passes (or is skipped: it changed since the
-   * backup started).
+   * Checks a page read again (block `block` of the file, `page` holding exactly its bytes): true
+   * when it now passes (or is skipped: it changed since the backup started).
    */
   recheck(block: number, page: Uint8Array): boolean {
-    this.carry.set(page.subarray(0, PAGE_SIZE));
-    return checkPage(this.carry, this.carryWords, 0, this.firstBlock + block, this.startHi, this.startLo) !== 'bad';
+    return checkPage(page, 0, this.firstBlock + block, this.startHi, this.startLo, false) !== 'bad';
   }
 }
