@@ -4,10 +4,11 @@
  * npm run bench — one ~3 GB cluster (pgbench -i -s 100 plus the same size of random data), and on
  * it, in the same run: BACKUP timed against pg_basebackup and pgbackrest (bench/results/<date>-backup.md),
  * then RESTORE against pgbackrest restore and tar -x (bench/restore-bench.ts, <date>-restore.md); then
+ * the cost of page checksum verification (bench/page-checksum-cost.ts, <date>-pagecheck.md); then
  * the WAL scanner benchmark (bench/scanner-bench.ts, <date>-scanner.md).
  *
  * Environment: BENCH_SCALE (pgbench scale, default 100), BENCH_PG (major version, default 15),
- * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,scanner`).
+ * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,pagecheck,scanner`).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -27,7 +28,7 @@ import {
   type BenchData,
 } from './bench-data.js';
 
-const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,scanner').split(',');
+const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,pagecheck,scanner').split(',');
 
 interface Row {
   label: string;
@@ -152,7 +153,7 @@ async function main(): Promise<void> {
   console.log(
     `pgbart benchmark: PostgreSQL ${BENCH.version}, pgbench scale ${BENCH.scale} plus the same size of random data`,
   );
-  if (PARTS.includes('backup') || PARTS.includes('restore')) {
+  if (PARTS.includes('backup') || PARTS.includes('restore') || PARTS.includes('pagecheck')) {
     const fx = await createBackupFixture({ version: BENCH.version, conf: BENCH_CLUSTER_CONF });
     const work = makeTempDir('bench');
     try {
@@ -167,6 +168,10 @@ async function main(): Promise<void> {
       if (PARTS.includes('restore')) {
         const { restoreBench } = await import('./restore-bench.js');
         await restoreBench(fx, work, data);
+      }
+      if (PARTS.includes('pagecheck')) {
+        const { pageCheckCost } = await import('./page-checksum-cost.js');
+        await pageCheckCost(fx, data);
       }
     } finally {
       await fx.destroy();

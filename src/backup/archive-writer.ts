@@ -6,6 +6,7 @@ import type { CompressionMethod } from '../storage/compression.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { ManifestArtifact, ManifestFileEntry } from '../catalog/manifest.js';
+import type { PageChecker, PageCheckTarget } from './page-check.js';
 
 /** Compresses one unit; identity for `none`. Provided by the engine (a worker pool or inline). */
 export type UnitCompressor = (unit: Buffer) => Promise<Buffer>;
@@ -99,8 +100,23 @@ export function manifestEntryFor(entry: HostEntry, archive: string): ManifestFil
   };
 }
 
-/** Source of an entry's content: a file on a host, or bytes we made (backup_label, tablespace_map). */
-export type EntryContent = { host: DataHost; path: string } | { data: Buffer };
+/**
+ * Pages of an entry's content to verify against their data checksums (a relation file, when the
+ * cluster has them): the writer feeds every byte it reads to a verifier, then has the failing pages
+ * read again from `host`/`path` and reported.
+ */
+export interface EntryPageCheck {
+  checker: PageChecker;
+  target: PageCheckTarget;
+  host: DataHost;
+  path: string;
+}
+
+/**
+ * Source of an entry's content: a file on a host, or bytes already read or made (small files read
+ * ahead, backup_label, tablespace_map); `pages` when its pages are to be verified.
+ */
+export type EntryContent = ({ host: DataHost; path: string } | { data: Buffer }) & { pages?: EntryPageCheck };
 
 /** Writes entries of one archive (`base` or a tablespace) into the backup. */
 export interface ArchiveWriter {

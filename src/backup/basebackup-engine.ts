@@ -146,6 +146,8 @@ async function basebackupBody(
     '-l',
     `pgbart backup ${id}`,
     '--manifest-checksums=SHA256',
+    // pg_basebackup verifies page checksums itself (and fails on a corrupt page) unless told not to.
+    ...(opts.verifyPages === false ? ['--no-verify-checksums'] : []),
     ...compressionArgs(opts, pgbMajor),
     ...(opts.format === 'plain'
       ? facts.tablespaces.map((t) => `--tablespace-mapping=${t.location}=${join(partialDir, String(t.oid))}`)

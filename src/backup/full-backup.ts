@@ -22,6 +22,7 @@ import { runBackupTransaction, type BackupContext, type BackupRequest } from './
 import { PLAIN_BASE_DIR, tarName, MANIFEST_FILE } from '../catalog/layout.js';
 import { ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
 import { PgBackupManifestWriter } from './pg-backup-manifest.js';
+import { pageCheckerFor, recordPageChecks, type PageChecker } from './page-check.js';
 import { PlainArchiveWriter } from './plain-archive-writer.js';
 import { TarArchiveWriter } from './tar-archive-writer.js';
 
@@ -134,21 +135,24 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
         join(partialDir, STREAM_DIR),
       );
     }
+    const checker = pageCheckerFor(request.verifyPages !== false, facts.dataChecksumVersion, server.name);
     log.debug(`starting backup mode ${Math.round(performance.now())} ms after process start`);
     const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart backup ${id}`);
     log.debug(`backup mode started at ${startLsn}, ${Math.round(performance.now())} ms after process start`);
     streamer?.begin(parseLsn(startLsn));
+    checker?.begin(parseLsn(startLsn));
     const t0 = Date.now();
     const phase = (what: string) => log.debug(`${what} after ${Date.now() - t0} ms`);
     const base = await makeWriter('base');
-    await copyTree(host, facts.dataDirectory, base, request, false);
+    await copyTree(host, facts.dataDirectory, 'base', base, request, checker);
     for (const ts of facts.tablespaces) {
       const writer = await makeWriter(String(ts.oid));
-      await copyTree(host, ts.location, writer, request, true);
+      await copyTree(host, ts.location, String(ts.oid), writer, request, checker);
       if (request.format === 'plain')
         await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
     phase('data files copied');
+    if (checker) recordPageChecks(checker, info);
     // We wait for the archive ourselves (below, polling every 25 ms): pg_backup_stop's own wait
     // sleeps a full second between checks.
     const stop = await session.stop(false);
@@ -208,14 +212,19 @@ async function copyInWorker(pool: WorkerPool<FileCopyResult>, task: FileCopyTask
   }
 }
 
-/** Copies a data directory or tablespace through an archive writer (files in parallel for plain). */
+/**
+ * Copies a data directory (`archive` base) or tablespace (its OID) through an archive writer (files
+ * in parallel for plain), relation files' pages verified by `checker` when given.
+ */
 async function copyTree(
   host: DataHost,
   root: string,
+  archive: string,
   writer: ArchiveWriter,
   request: FullBackupOptions,
-  isTablespace: boolean,
+  checker: PageChecker | undefined,
 ): Promise<void> {
+  const isTablespace = archive !== 'base';
   const running = new Set<Promise<void>>();
   const parallel = request.format === 'plain' ? request.threads * 2 : 1;
   // A tar is written in order, one file after the other; reading the next small files of this host
@@ -230,11 +239,14 @@ async function copyTree(
   for await (const raw of backupEntries(checkedWalk(host, root), isTablespace)) {
     // pg_wal may be a symlink to another disk (initdb -X); in the backup it is a directory.
     const entry: HostEntry = raw.type === 'symlink' && raw.path === 'pg_wal' ? { ...raw, type: 'dir', size: 0 } : raw;
-    const source = entry.type === 'file' ? { host, path: join(root, entry.path) } : undefined;
+    const path = join(root, entry.path);
+    const target = entry.type === 'file' ? checker?.target(archive, entry.path) : undefined;
+    const pages = target ? { pages: { checker: checker!, target, host, path } } : {};
+    const source = entry.type === 'file' ? { host, path, ...pages } : undefined;
     if (readAhead) {
       const content =
         source && entry.size <= READ_AHEAD_MAX_FILE
-          ? readSmallFile(host, source.path, entry.size)
+          ? readSmallFile(host, path, entry.size).then((c) => ({ ...c, ...pages }))
           : Promise.resolve(source);
       content.catch(() => undefined); // awaited in order below; never an unhandled rejection meanwhile
       window.push({ entry, content });

@@ -38,6 +38,7 @@ import {
 import { BLOCK_SIZE, FSM_FORKNUM, INIT_FORKNUM, RELSEG_BLOCKS, VISIBILITYMAP_FORKNUM } from '../postgres/constants.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
+import { pageCheckerFor, recordPageChecks, type PageChecker } from './page-check.js';
 import { PlainArchiveWriter } from './plain-archive-writer.js';
 import { TarArchiveWriter } from './tar-archive-writer.js';
 
@@ -139,6 +140,7 @@ async function copyTreeIncremental(
   decide: (archive: string, entry: HostEntry) => number[] | undefined,
   pending: Map<string, IncrementalFileInfo & { crcList: string[] }>,
   stats: Stats,
+  checker: PageChecker | undefined,
 ): Promise<void> {
   const running = new Set<Promise<void>>();
   let failure: unknown;
@@ -150,15 +152,18 @@ async function copyTreeIncremental(
     } else {
       const blocks = decide(archive, entry);
       const path = join(root, entry.path);
+      const target = checker?.target(archive, entry.path);
       if (blocks === undefined) {
         stats.whole++;
         stats.wholeBytes += entry.size;
-        add = writer.add(entry, { host, path });
+        const pages = target ? { pages: { checker: checker!, target, host, path } } : {};
+        add = writer.add(entry, { host, path, ...pages });
       } else {
         const runs = toRuns(blocks);
         const crcList: string[] = [];
         pending.set(fileKey(archive, entry.path), { length: entry.size, runs, crcs: '', crcList });
-        host.select(path, { runs, crcs: crcList });
+        // The block reader checks these blocks' pages: the writer sees them out of their order.
+        host.select(path, { runs, crcs: crcList, ...(target ? { pages: { checker: checker!, target } } : {}) });
         if (blocks.length === 0) stats.unchanged++;
         else stats.partial++;
         stats.blocks += blocks.length;
@@ -292,11 +297,13 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     };
     if (request.format === 'plain') await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
 
+    const checker = pageCheckerFor(request.verifyPages !== false, facts.dataChecksumVersion, server.name);
     const { session, startLsn } = await BackupSession.start(
       client,
       facts.major,
       `pgbart incremental backup ${id} (parent ${p.id})`,
     );
+    checker?.begin(parseLsn(startLsn));
     const timeline = await currentTimeline(ctx);
     checkParentOnHistory(server.archivePath, p, timeline);
     // The segment holding our start LSN must reach the archive (and its MBM be made) now, not
@@ -328,14 +335,17 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     const decide = (archive: string, entry: HostEntry) => selectBlocks(archive, entry, parentState, cs);
     const parallelism = request.format === 'plain' ? request.threads * 2 : 1;
     const base = await makeWriter('base');
-    await copyTreeIncremental(blockHost, facts.dataDirectory, 'base', base, parallelism, decide, pending, stats);
+    const copy = (root: string, archive: string, writer: ArchiveWriter) =>
+      copyTreeIncremental(blockHost, root, archive, writer, parallelism, decide, pending, stats, checker);
+    await copy(facts.dataDirectory, 'base', base);
     for (const ts of facts.tablespaces) {
       const writer = await makeWriter(String(ts.oid));
-      await copyTreeIncremental(blockHost, ts.location, String(ts.oid), writer, parallelism, decide, pending, stats);
+      await copy(ts.location, String(ts.oid), writer);
       if (request.format === 'plain')
         await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
     log.debug('incremental: data files copied');
+    if (checker) recordPageChecks(checker, info);
     // pg_backup_stop(wait_for_archive) polls once a second; the WAL waits below poll every 25 ms.
     const stop = await session.stop(false);
     log.debug('incremental: backup mode ended');

@@ -4,12 +4,16 @@ import { crc32c } from '@node-rs/crc32';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import { runBlocks } from '../catalog/incremental-format.js';
 import { BLOCK_SIZE } from '../postgres/constants.js';
+import type { PageVerifier } from '../postgres/page-checksum.js';
+import type { PageChecker, PageCheckTarget } from './page-check.js';
 
 /** What to read of one file: its blocks in `runs`, and where the per-block CRCs go. */
 export interface BlockSelection {
   runs: Array<[number, number]>;
   /** Filled while the blocks are read (stored order), 8 hex digits each. */
   crcs: string[];
+  /** Verify the blocks read against their data checksums (a relation file, when the cluster has them). */
+  pages?: { checker: PageChecker; target: PageCheckTarget };
 }
 
 /**
@@ -45,7 +49,7 @@ export class BlockSourceHost implements DataHost {
     if (!selection) return this.host.open(path);
     // An unchanged relation file is listed with no blocks: nothing to open.
     const file = selection.runs.length === 0 ? undefined : await this.host.open(path, { random: true });
-    return new BlockReader(file, selection, this.batchBlocks);
+    return new BlockReader(file, selection, this.batchBlocks, this.host, path);
   }
 
   async close(): Promise<void> {}
@@ -61,11 +65,17 @@ class BlockReader implements HostFile {
   /** Stored index → block number, built lazily per run. */
   private readonly runStarts: number[] = [];
 
+  /** Checks the blocks read, by their block numbers in the file (they are not contiguous). */
+  private readonly verifier: PageVerifier | undefined;
+
   constructor(
     private readonly file: HostFile | undefined,
     private readonly selection: BlockSelection,
     private readonly batchBlocks: number,
+    private readonly host: DataHost,
+    private readonly path: string,
   ) {
+    this.verifier = selection.pages?.checker.verifier(selection.pages.target);
     this.total = runBlocks(selection.runs);
     let at = 0;
     for (const [, count] of selection.runs) {
@@ -112,6 +122,7 @@ class BlockReader implements HostFile {
         this.selection.crcs[stored] = (crc32c(this.cache.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE)) >>> 0)
           .toString(16)
           .padStart(8, '0');
+        this.verifier?.checkBlock(this.locate(stored).block, this.cache, i * BLOCK_SIZE);
       }
     }
     this.cacheFirst = index;
@@ -135,5 +146,7 @@ class BlockReader implements HostFile {
 
   async close(): Promise<void> {
     await this.file?.close();
+    const pages = this.selection.pages;
+    if (pages && this.verifier) await pages.checker.settle(pages.target, this.verifier, this.host, this.path);
   }
 }

@@ -54,6 +54,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
       return;
     }
     if (this.settings.copyLocalFile && content && 'host' in content && content.host.description === 'local') {
+      const pages = content.pages;
       const result = await this.settings.copyLocalFile({
         source: content.path,
         target: target + compressionExtension(this.settings.compression),
@@ -62,7 +63,10 @@ export class PlainArchiveWriter implements ArchiveWriter {
         level: this.settings.level ?? defaultCompressionLevel(this.settings.compression),
         ...(hashName(this.settings.checksum) ? { hash: hashName(this.settings.checksum)! } : {}),
         chunk: this.settings.unitSize,
+        // The worker checks the pages (and reads failing ones again) as it copies them.
+        ...(pages ? { pages: { firstBlock: pages.target.firstBlock, startLsn: pages.checker.startLsn } } : {}),
       });
+      if (pages && result.pages) pages.checker.record(pages.target, result.pages.checked, result.pages.bad);
       if (result.checksum) manifestEntry.checksum = result.checksum;
       manifestEntry.storedSize = result.storedSize;
       this.storedBytes += result.storedSize;
@@ -71,6 +75,8 @@ export class PlainArchiveWriter implements ArchiveWriter {
       return;
     }
     const hash = createChecksum(this.settings.checksum);
+    const pages = content?.pages;
+    const verifier = pages?.checker.verifier(pages.target);
     const output = await this.repository.createOutput(target + compressionExtension(this.settings.compression), 0o600);
     let stored = 0;
     try {
@@ -81,6 +87,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
         stored += out.length;
       };
       const onPiece = async (piece: Buffer) => {
+        verifier?.update(piece);
         inflight.push(this.settings.compress(piece));
         if (inflight.length >= 2) await writeHead();
       };
@@ -99,6 +106,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
       if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0)
         await onPiece(Buffer.alloc(0));
       while (inflight.length > 0) await writeHead();
+      if (pages && verifier) await pages.checker.settle(pages.target, verifier, pages.host, pages.path);
       await output.close(false);
     } catch (err) {
       await output.abort();

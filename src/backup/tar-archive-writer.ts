@@ -58,8 +58,11 @@ export class TarArchiveWriter implements ArchiveWriter {
     await this.pushBytes(encodeTarHeader({ ...manifestEntry, size: isFile ? entry.size : 0 }));
     if (isFile) {
       const hash = createChecksum(this.settings.checksum);
+      const pages = content?.pages;
+      const verifier = pages?.checker.verifier(pages.target);
       if (content && 'data' in content) {
         hash?.update(content.data);
+        verifier?.update(content.data);
         await this.pushBytes(content.data);
       } else {
         const file = content ? await content.host.open(content.path) : undefined;
@@ -73,11 +76,15 @@ export class TarArchiveWriter implements ArchiveWriter {
             first = false;
             return room;
           };
-          await readPieces(file, entry.size, pieceSize, hash, (p) => this.pushBytes(p));
+          await readPieces(file, entry.size, pieceSize, hash, (p) => {
+            verifier?.update(p);
+            return this.pushBytes(p);
+          });
         } finally {
           await file?.close();
         }
       }
+      if (pages && verifier) await pages.checker.settle(pages.target, verifier, pages.host, pages.path);
       await this.pushBytes(Buffer.alloc(tarPadding(entry.size)));
       if (hash) manifestEntry.checksum = hash.digest('hex');
       this.dataBytes += entry.size;

@@ -38,6 +38,11 @@ export interface BackupRequest {
   engine: string;
   /** Identifier of the parent backup (incremental backups). */
   parent?: string;
+  /**
+   * Verify the data checksums of the pages read (when the cluster has them); `false` is
+   * `--no-verify-checksums`. Absent: verify.
+   */
+  verifyPages?: boolean;
 }
 
 /** Facts about the server read before the backup starts. */

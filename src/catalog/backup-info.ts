@@ -64,6 +64,13 @@ export interface BackupInfo {
    * incremental whose parent differs here would restore stale pages: it is refused.
    */
   dataChecksumVersion?: number;
+  /**
+   * Pages whose data checksum failed when BACKUP read them (read twice). Absent when pages were
+   * not verified: no data checksums, `--no-verify-checksums`, pg_basebackup, or an older pgbart.
+   */
+  pageChecksumErrors?: number;
+  /** The files with failing pages (paths in the cluster), up to 20 block numbers each, and their count. */
+  pageChecksumErrorFiles?: { file: string; blocks: number[]; count: number }[];
   walSegmentSize: number;
   /** `native` or `pg_basebackup`. */
   engine: string;
@@ -127,6 +134,12 @@ export function renderBackupInfo(info: BackupInfo): string {
   kv('SERVER VERSION NUM', info.serverVersionNum);
   kv('SYSTEM IDENTIFIER', info.systemIdentifier);
   if (info.dataChecksumVersion !== undefined) kv('DATA CHECKSUM VERSION', info.dataChecksumVersion);
+  if (info.pageChecksumErrors !== undefined) kv('CHECKSUM ERRORS', info.pageChecksumErrors);
+  // One line: `file:count:block,block,...` per file, space-separated (relation paths have neither).
+  const files = info.pageChecksumErrorFiles ?? [];
+  if (files.length > 0) {
+    kv('CHECKSUM ERROR FILES', files.map((f) => `${f.file}:${f.count}:${f.blocks.join(',')}`).join(' '));
+  }
   kv('WAL SEGMENT SIZE', info.walSegmentSize);
   kv('ENGINE', info.engine);
   kv('THREAD COUNT', info.threadCount);
@@ -292,6 +305,8 @@ export function parseBackupInfo(text: string, source: string, options: ParseBack
   if (!/^\d{1,20}$/.test(systemIdentifier)) {
     fail(`SYSTEM IDENTIFIER is ${shown(systemIdentifier)}, not a system identifier (digits)`);
   }
+  const errorFiles = optional('CHECKSUM ERROR FILES');
+  const checksumErrors = optional('CHECKSUM ERRORS');
   return {
     status,
     id,
@@ -321,6 +336,10 @@ export function parseBackupInfo(text: string, source: string, options: ParseBack
     ...(dataChecksumVersion !== undefined
       ? { dataChecksumVersion: int('DATA CHECKSUM VERSION', 0, 255, dataChecksumVersion) }
       : {}),
+    ...(checksumErrors !== undefined
+      ? { pageChecksumErrors: int('CHECKSUM ERRORS', 0, MAX_BYTES, checksumErrors) }
+      : {}),
+    ...(errorFiles !== undefined ? { pageChecksumErrorFiles: parseErrorFiles(errorFiles) } : {}),
     walSegmentSize: segmentSize,
     engine: oneOf('ENGINE', ['native', 'pg_basebackup']),
     threadCount: int('THREAD COUNT', 1, 65_536),
@@ -328,6 +347,16 @@ export function parseBackupInfo(text: string, source: string, options: ParseBack
     stopTime,
     ...(pid ? { pid: int('PID', 1, 0x7fffffff, pid) } : {}),
   };
+}
+
+/** Parses CHECKSUM ERROR FILES (`file:count:block,block ...`); malformed items are left out. */
+function parseErrorFiles(text: string): { file: string; blocks: number[]; count: number }[] {
+  const out: { file: string; blocks: number[]; count: number }[] = [];
+  for (const item of text.split(' ')) {
+    const m = /^([^:]+):(\d+):([\d,]*)$/.exec(item);
+    if (m) out.push({ file: m[1]!, count: Number(m[2]), blocks: m[3] === '' ? [] : m[3]!.split(',').map(Number) });
+  }
+  return out;
 }
 
 /**

@@ -140,6 +140,7 @@ function buildProgram(): Command {
     .option('--no-pg_basebackup', 'use the native engine (default)')
     .option('--parent <id>', 'take an incremental backup on top of this backup id or name')
     .option('--check', 'with --parent: only check that everything an incremental needs is there')
+    .option('--no-verify-checksums', 'do not verify the data checksums of the pages read')
     .action(async (o: Record<string, unknown>) => {
       await withContext(program, async (ctx) => (await import('../commands/backup.js')).backup(ctx, o));
     });

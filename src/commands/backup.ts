@@ -26,6 +26,8 @@ export interface BackupCommandOptions {
   pg_basebackup?: boolean;
   parent?: string;
   check?: boolean;
+  /** false with --no-verify-checksums. */
+  verifyChecksums?: boolean;
 }
 
 /** Resolves the options that do not depend on the server. */
@@ -45,6 +47,7 @@ function resolveCommon(o: BackupCommandOptions): Omit<FullBackupOptions, 'thread
     compression,
     level: o.compressLevel ?? defaultCompressionLevel(compression),
     checksum: (o.checksumAlgorithm?.toUpperCase() ?? 'SHA256') as ChecksumAlgorithm,
+    verifyPages: o.verifyChecksums !== false,
   };
 }
 

@@ -23,6 +23,33 @@ interface Row {
   wal: BackupWalUsage;
 }
 
+/**
+ * Whether BACKUP verified the pages' data checksums: `verified`, `no data checksums` (the cluster
+ * has none), `not verified` (--no-verify-checksums, pg_basebackup, or a backup of an older pgbart).
+ */
+function pageVerification(entry: CatalogEntry): 'verified' | 'no data checksums' | 'not verified' {
+  if (entry.info.pageChecksumErrors !== undefined) return 'verified';
+  return entry.info.dataChecksumVersion === 0 ? 'no data checksums' : 'not verified';
+}
+
+/** Files listed in `-t`'s CHECKSUM ERRORS line (all are in --output json and backupinfo). */
+const LISTED_FILES = 5;
+
+/** `-t`'s CHECKSUM ERRORS value: the count and the first files with their blocks, or why none. */
+function checksumErrorsText(entry: CatalogEntry): string {
+  const state = pageVerification(entry);
+  if (state !== 'verified') return state;
+  const errors = entry.info.pageChecksumErrors!;
+  const files = entry.info.pageChecksumErrorFiles ?? [];
+  if (errors === 0 || files.length === 0) return String(errors);
+  const listed = files.slice(0, LISTED_FILES).map((f) => {
+    const more = f.count > f.blocks.length ? ` and ${f.count - f.blocks.length} more` : '';
+    return `${f.file}: block${f.count === 1 ? '' : 's'} ${f.blocks.join(', ')}${more}`;
+  });
+  if (files.length > LISTED_FILES) listed.push(`${files.length - LISTED_FILES} more files`);
+  return `${errors} (${listed.join('; ')})`;
+}
+
 function matches(entry: CatalogEntry, id: string | undefined): boolean {
   if (!id || id.toLowerCase() === 'all') return true;
   return entry.info.id === id || entry.info.name === id;
@@ -79,6 +106,9 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
       firstWalFile: wal.first?.name ?? null,
       lastWalFile: wal.last?.name ?? null,
       tablespaces: entry.info.tablespaces,
+      pageVerification: pageVerification(entry),
+      checksumErrors: entry.info.pageChecksumErrors ?? null,
+      checksumErrorFiles: entry.info.pageChecksumErrorFiles ?? [],
       location: entry.dir,
     }));
     process.stdout.write(JSON.stringify(json, null, 2) + '\n');
@@ -105,6 +135,7 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
         ['CREATION TIME', wal.first ? formatTimestamp(wal.first.mtime) : 'none'],
         ['LAST WAL FILE', wal.last?.name ?? 'none'],
         ['CREATION TIME', wal.last ? formatTimestamp(wal.last.mtime) : 'none'],
+        ['CHECKSUM ERRORS', checksumErrorsText(entry)],
       ];
       const width = Math.max(...fields.map(([k]) => k.length));
       return fields.map(([k, v]) => `${k.padEnd(width)} : ${v}`).join('\n');

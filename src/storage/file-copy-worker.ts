@@ -3,6 +3,7 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
+import { PAGE_SIZE, PageVerifier } from '../postgres/page-checksum.js';
 import { FlushBehind } from '../util/flush-behind.js';
 import { compressChunk, type CompressionMethod } from './compression.js';
 
@@ -17,12 +18,19 @@ export interface FileCopyTask {
   /** Node hash name (sha256, md5) or undefined for none. */
   hash?: string;
   chunk: number;
+  /**
+   * Verify the pages of this relation file against their data checksums: `firstBlock` is the
+   * relation block number of its first page, `startLsn` the backup's start (later pages not checked).
+   */
+  pages?: { firstBlock: number; startLsn: bigint };
 }
 
 /** What a copy produced. */
 export interface FileCopyResult {
   checksum?: string;
   storedSize: number;
+  /** With `pages`: pages checked, and the blocks (within the file) still failing when read again. */
+  pages?: { checked: number; bad: number[] };
 }
 
 function isMissing(err: unknown): boolean {
@@ -50,6 +58,8 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
   }
   const dst = openSync(task.target, 'wx', 0o600);
   const flushBehind = new FlushBehind(dst);
+  const verifier = task.pages ? new PageVerifier(task.pages.firstBlock, task.pages.startLsn) : undefined;
+  let bad: number[] = [];
   let stored = 0;
   try {
     const buf = Buffer.allocUnsafe(Math.min(task.chunk, Math.max(task.size, 1)));
@@ -66,6 +76,7 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
       if (got < want) buf.fill(0, got, want);
       const piece = buf.subarray(0, want);
       hash?.update(piece);
+      verifier?.update(piece);
       const out = task.method === 'none' ? piece : compressChunk(task.method, task.level, piece);
       writeAll(dst, out);
       await flushBehind.wrote(out.length);
@@ -78,12 +89,37 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
       stored += empty.length;
     }
     // No final fsync here: the backup fsyncs every file at the end, many at a time (Repository.syncTree).
+    if (verifier && src !== undefined) bad = rereadFailing(src, verifier);
   } finally {
     await flushBehind.drain();
     closeSync(dst);
     if (src !== undefined) closeSync(src);
   }
-  return { ...(hash ? { checksum: hash.digest('hex') } : {}), storedSize: stored };
+  return {
+    ...(hash ? { checksum: hash.digest('hex') } : {}),
+    storedSize: stored,
+    ...(verifier ? { pages: { checked: verifier.checked, bad } } : {}),
+  };
+}
+
+/**
+ * Reads the pages that failed verification once more: a page read while PostgreSQL wrote it can
+ * look torn, and read again is whole (its LSN then shows it changed since the backup started).
+ * Returns the blocks that still fail; a page the file no longer has is not reported.
+ */
+function rereadFailing(fd: number, verifier: PageVerifier): number[] {
+  const bad: number[] = [];
+  const page = Buffer.alloc(PAGE_SIZE);
+  for (const block of verifier.suspects) {
+    let got = 0;
+    for (;;) {
+      const n = readSync(fd, page, got, PAGE_SIZE - got, block * PAGE_SIZE + got);
+      got += n;
+      if (n === 0 || got === PAGE_SIZE) break;
+    }
+    if (got === PAGE_SIZE && !verifier.recheck(block, page)) bad.push(block);
+  }
+  return bad;
 }
 
 parentPort!.on('message', async (task: FileCopyTask) => {
