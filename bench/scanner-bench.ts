@@ -21,7 +21,7 @@ import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.
 import { pgbenchInit } from '../test/harness/load.js';
 import { decodeWalFiles } from '../src/wal/decode-files.js';
 import { WorkerPool } from '../src/util/worker-pool.js';
-import type { ScanSummary } from '../src/scanner/scan-worker.js';
+import type { ScanSummary } from '../src/scanner/scan-summary.js';
 
 const RANGE_MB = Number(process.env.BENCH_WAL_MB ?? 1024);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);

@@ -1,7 +1,7 @@
 // WAL archive: storing and fetching archived WAL files atomically, idempotently and gzip-aware.
 
 import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
-import { link, lstat, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { link, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
+import { pathExists } from '../util/path-exists.js';
 import { parseArchiveFileName, type ArchiveFileName } from '../wal/segment-name.js';
 import { isValidWalSegmentSize } from '../postgres/constants.js';
 import { findArchived } from '../catalog/catalog.js';
@@ -33,16 +34,6 @@ export function requireArchiveFileName(name: string, what: string): ArchiveFileN
     );
   }
   return parsed;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return false;
-    throw err;
-  }
 }
 
 /** Opens an archived file for reading, decompressing `.gz` on the fly. */
@@ -224,7 +215,7 @@ export async function getWalFile(archiveDir: string, name: string, destination: 
         isErrnoError(err) &&
         err.code === 'ENOENT' &&
         !archived.endsWith(GZIP_SUFFIX) &&
-        (await exists(archived + GZIP_SUFFIX))
+        (await pathExists(archived + GZIP_SUFFIX))
       ))
         throw err;
       await unlink(tmp).catch(() => undefined);

@@ -15,6 +15,7 @@ import { formatBytes } from '../util/format.js';
 import { fsyncDir } from '../util/fs-atomic.js';
 import { log } from '../util/log.js';
 import {
+  noWalRange,
   writeBackupInfo,
   type BackupInfo,
   type ChecksumAlgorithm,
@@ -263,14 +264,7 @@ export async function runBackupTransaction(
       checksumAlgorithm: request.checksum,
       artifactChecksums: [],
       tablespaces: facts.tablespaces,
-      timeline: 0,
-      startWalFile: '',
-      stopWalFile: '',
-      startLsn: '',
-      stopLsn: '',
-      checkpointLsn: '',
-      walFiles: [],
-      walBytes: 0,
+      ...noWalRange(),
       serverVersionNum: facts.versionNum,
       systemIdentifier: facts.systemIdentifier,
       dataChecksumVersion: facts.dataChecksumVersion,

@@ -389,6 +389,26 @@ export async function readBackupInfo(dir: string): Promise<BackupInfo> {
 }
 
 /**
+ * The WAL fields of a backupinfo before (or without) a backup's start and stop: timeline 0, empty
+ * WAL file names and LSNs, no WAL stored. A new object each call, so its `walFiles` is never shared.
+ */
+export function noWalRange(): Pick<
+  BackupInfo,
+  'timeline' | 'startWalFile' | 'stopWalFile' | 'startLsn' | 'stopLsn' | 'checkpointLsn' | 'walFiles' | 'walBytes'
+> {
+  return {
+    timeline: 0,
+    startWalFile: '',
+    stopWalFile: '',
+    startLsn: '',
+    stopLsn: '',
+    checkpointLsn: '',
+    walFiles: [],
+    walBytes: 0,
+  };
+}
+
+/**
  * The stand-in backupinfo of a damaged backup (status `damaged`): its identifier is the directory's
  * name, its start time the one that identifier encodes; every other field is empty or zero. Nothing
  * of the damaged file is taken over: no command may act on it.
@@ -410,14 +430,7 @@ export function damagedBackupInfo(id: string, location: string): BackupInfo {
     checksumAlgorithm: 'NONE',
     artifactChecksums: [],
     tablespaces: [],
-    timeline: 0,
-    startWalFile: '',
-    stopWalFile: '',
-    startLsn: '',
-    stopLsn: '',
-    checkpointLsn: '',
-    walFiles: [],
-    walBytes: 0,
+    ...noWalRange(),
     serverVersionNum: 0,
     systemIdentifier: '',
     walSegmentSize: 16 * 1024 * 1024,

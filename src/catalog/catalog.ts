@@ -1,10 +1,11 @@
 // Catalog: the backups of a server, listed oldest first, complete or partial, and found by id or name.
 
-import { lstat, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
+import { pathExists } from '../util/path-exists.js';
 import { BackupInfoError, damagedBackupInfo, readBackupInfo, type BackupInfo } from './backup-info.js';
 import { GZIP_SUFFIX, PARTIAL_SUFFIX, serverCatalogDir } from './layout.js';
 
@@ -24,20 +25,10 @@ export async function archiveNames(dir: string): Promise<string[]> {
 /** The archived copy of WAL file `name` in `archiveDir`, plain or gzip-compressed; undefined when absent. */
 export async function findArchived(archiveDir: string, name: string): Promise<string | undefined> {
   const plain = join(archiveDir, name);
-  if (await exists(plain)) return plain;
+  if (await pathExists(plain)) return plain;
   const gz = plain + GZIP_SUFFIX;
-  if (await exists(gz)) return gz;
+  if (await pathExists(gz)) return gz;
   return undefined;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return false;
-    throw err;
-  }
 }
 
 /** A backup found in the catalog. */
@@ -76,13 +67,7 @@ export function processAlive(pid: number): boolean {
  */
 export async function listBackups(config: BartConfig, server: ServerConfig): Promise<CatalogEntry[]> {
   const root = serverCatalogDir(config, server);
-  let names: string[];
-  try {
-    names = await readdir(root);
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await archiveNames(root);
   const out: CatalogEntry[] = [];
   for (const name of names) {
     const partial = name.endsWith(PARTIAL_SUFFIX);

@@ -1,6 +1,6 @@
 // PostgreSQL replication probe: a physical replication connection opened to run IDENTIFY_SYSTEM.
 
-import pg from 'pg';
+import { replicationClient } from './replication-client.js';
 import { errorMessage } from '../util/errors.js';
 
 /** Where to open the probe connection (password from ~/.pgpass or PGPASSWORD, as always). */
@@ -24,18 +24,7 @@ export interface IdentifySystem {
  * server's own error text, which names the missing pg_hba entry or max_wal_senders limit.
  */
 export async function probeReplicationConnection(target: ReplicationProbeTarget): Promise<IdentifySystem> {
-  const config: pg.ClientConfig & { replication: string } = {
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    database: 'postgres',
-    connectionTimeoutMillis: (target.connectTimeout ?? 10) * 1000,
-    application_name: 'pgbart check-config',
-    // node-postgres sends this verbatim as the startup parameter; "true" = physical walsender.
-    replication: 'true',
-  };
-  const client = new pg.Client(config);
-  client.on('error', () => undefined);
+  const client = replicationClient(target, 'pgbart check-config', (target.connectTimeout ?? 10) * 1000);
   try {
     await client.connect();
     const result = await client.query('IDENTIFY_SYSTEM');

@@ -4,6 +4,7 @@ import { closeSync, ftruncateSync, openSync, renameSync, writeSync } from 'node:
 import { join } from 'node:path';
 import pg from 'pg';
 import { segmentName } from '../wal/segment-name.js';
+import { replicationClient } from './replication-client.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
@@ -49,17 +50,7 @@ export class WalStreamer {
 
   /** Opens the replication connection and creates the temporary slot (call before pg_backup_start). */
   static async open(source: StreamSource, segmentSize: number, outDir: string): Promise<WalStreamer> {
-    const config: pg.ClientConfig & { replication: string } = {
-      host: source.host,
-      port: source.port,
-      user: source.user,
-      database: 'postgres',
-      application_name: 'pgbart wal stream',
-      connectionTimeoutMillis: 10_000,
-      replication: 'true',
-    };
-    const client = new pg.Client(config);
-    client.on('error', () => undefined);
+    const client = replicationClient(source, 'pgbart wal stream', 10_000);
     try {
       await client.connect();
       const id = await client.query('IDENTIFY_SYSTEM');

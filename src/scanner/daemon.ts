@@ -6,15 +6,15 @@ import { chmod, readdir, stat, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
-import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { BartError, errorMessage } from '../util/errors.js';
 import { WorkerPool } from '../util/worker-pool.js';
-import type { ScanSummary } from './scan-worker.js';
+import { scanToSummary, type ScanSummary } from './scan-summary.js';
 import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
 import { parseWalFileName, readSegmentSize, walFileSegNo } from '../wal/file.js';
 import { indexMbmFiles } from './change-set.js';
 import { ensureMbms } from './ensure-mbms.js';
-import { scanWalFile, type ScanBuffers } from './scan-wal-file.js';
+import type { ScanBuffers } from './scan-wal-file.js';
 import { MAX_REQUEST_BYTES, parseScannerRequest, type ScannerRequest, type ScannerResponse } from './protocol.js';
 import { prepareSocketDirectory, scannerPidPath, scannerSocketPath } from './paths.js';
 import { createPidFile, removeOwnPidFile } from './pid-file.js';
@@ -187,27 +187,9 @@ class ServerWorker {
     if (this.stopped) return;
     const dir = this.server.archivePath;
     try {
-      let s: ScanSummary;
-      if (this.pool) {
-        s = await this.pool.run({ path: t.path });
-      } else {
-        try {
-          const r = await scanWalFile(t.path, { buffers: this.buffers });
-          s =
-            r.status === 'written'
-              ? {
-                  status: 'written',
-                  mbmPath: r.mbmPath,
-                  records: r.map.records,
-                  relations: r.map.relations.length,
-                  events: r.map.events.length,
-                }
-              : { status: 'waiting', nextSegment: r.nextSegment };
-        } catch (err) {
-          if (isErrnoError(err) && err.code === 'ENOENT') s = { status: 'vanished' };
-          else throw err;
-        }
-      }
+      const s: ScanSummary = this.pool
+        ? await this.pool.run({ path: t.path })
+        : await scanToSummary(t.path, { buffers: this.buffers });
       if (s.status === 'written')
         log.info(
           `server ${this.server.sectionName}: scanned ${t.name} (${s.records} records, ${s.relations} relation forks) -> ${s.mbmPath.slice(dir.length + 1)}`,

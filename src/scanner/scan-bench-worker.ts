@@ -7,25 +7,13 @@
 import { parentPort } from 'node:worker_threads';
 import { errorMessage } from '../util/errors.js';
 import { scanWalFile, type ScanBuffers } from './scan-wal-file.js';
+import { summarizeScan } from './scan-summary.js';
 
 const buffers: ScanBuffers = {};
 
 parentPort?.on('message', (msg: { path: string }) => {
   scanWalFile(msg.path, { buffers, dryRun: true }).then(
-    (r) =>
-      parentPort!.postMessage({
-        ok: true,
-        value:
-          r.status === 'written'
-            ? {
-                status: 'written',
-                mbmPath: r.mbmPath,
-                records: r.map.records,
-                relations: r.map.relations.length,
-                events: r.map.events.length,
-              }
-            : { status: 'waiting', nextSegment: r.nextSegment },
-      }),
+    (r) => parentPort!.postMessage({ ok: true, value: summarizeScan(r) }),
     (err: unknown) => parentPort!.postMessage({ ok: false, error: errorMessage(err) }),
   );
 });

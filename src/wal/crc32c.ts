@@ -80,43 +80,14 @@ export function wordView(buf: Buffer): Int32Array | undefined {
 }
 
 /**
- * {@link walRecordCrc} reading 4 bytes at a time through `words` (from {@link wordView} of the
- * same buffer). Record starts are 8-byte aligned in WAL, so the body and header are aligned.
+ * Continues an un-finalised CRC state `c` over `steps` 8-byte steps of `words`, from word index
+ * `w`: the slicing-by-8 step of {@link crcLoop} on two little-endian words at a time. One function
+ * for the body and the header of {@link walRecordCrcWords}; small enough for V8 to inline (measured:
+ * as fast as the two copies it replaced).
  */
-export function walRecordCrcWords(buf: Buffer, words: Int32Array, off: number, totLen: number): number {
-  if ((off & 3) !== 0) return walRecordCrc(buf, off, totLen);
+function crcWordSteps(words: Int32Array, w: number, steps: number, c: number): number {
   const t = T;
-  let c: number;
-  let i = off + 24;
-  const end = off + totLen;
-  if (totLen - 24 >= NATIVE_THRESHOLD) {
-    c = ~nativeCrc32c(buf.subarray(i, end), 0);
-  } else {
-    c = -1;
-    let w = i >> 2;
-    while (end - i >= 8) {
-      const lo = words[w]! ^ c;
-      const hi = words[w + 1]!;
-      c =
-        t[1792 + (lo & 0xff)]! ^
-        t[1536 + ((lo >>> 8) & 0xff)]! ^
-        t[1280 + ((lo >>> 16) & 0xff)]! ^
-        t[1024 + (lo >>> 24)]! ^
-        t[768 + (hi & 0xff)]! ^
-        t[512 + ((hi >>> 8) & 0xff)]! ^
-        t[256 + ((hi >>> 16) & 0xff)]! ^
-        t[hi >>> 24]!;
-      i += 8;
-      w += 2;
-    }
-    while (i < end) {
-      c = t[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
-      i++;
-    }
-  }
-  // Header bytes [0, 20): two 8-byte steps and one 4-byte step.
-  let w = off >> 2;
-  for (let k = 0; k < 2; k++, w += 2) {
+  for (const stop = w + 2 * steps; w < stop; w += 2) {
     const lo = words[w]! ^ c;
     const hi = words[w + 1]!;
     c =
@@ -129,7 +100,29 @@ export function walRecordCrcWords(buf: Buffer, words: Int32Array, off: number, t
       t[256 + ((hi >>> 16) & 0xff)]! ^
       t[hi >>> 24]!;
   }
-  const lo = words[w]! ^ c;
+  return c;
+}
+
+/**
+ * {@link walRecordCrc} reading 4 bytes at a time through `words` (from {@link wordView} of the
+ * same buffer). Record starts are 8-byte aligned in WAL, so the body and header are aligned.
+ */
+export function walRecordCrcWords(buf: Buffer, words: Int32Array, off: number, totLen: number): number {
+  if ((off & 3) !== 0) return walRecordCrc(buf, off, totLen);
+  const body = off + 24;
+  const end = off + totLen;
+  let c: number;
+  if (totLen - 24 >= NATIVE_THRESHOLD) {
+    c = ~nativeCrc32c(buf.subarray(body, end), 0);
+  } else {
+    // Whole 8-byte steps through the words, then the last 0-7 bytes one at a time.
+    const steps = (end - body) >> 3;
+    c = crcLoop(buf, body + 8 * steps, end, crcWordSteps(words, body >> 2, steps, -1));
+  }
+  // Header bytes [0, 20): two 8-byte steps and one 4-byte step.
+  c = crcWordSteps(words, off >> 2, 2, c);
+  const t = T;
+  const lo = words[(off >> 2) + 4]! ^ c;
   c = t[768 + (lo & 0xff)]! ^ t[512 + ((lo >>> 8) & 0xff)]! ^ t[256 + ((lo >>> 16) & 0xff)]! ^ t[lo >>> 24]!;
   return ~c >>> 0;
 }

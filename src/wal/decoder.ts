@@ -192,40 +192,20 @@ export class WalDecoder {
       } else {
         const r = this.continueRecord(0);
         if (r === -2) throw new Error('unreachable: overwrite flag handled above');
-        if (r < 0)
-          return {
-            status: 'needNext',
-            firstRecordLsn: this.segStart + this.segmentSize,
-            endLsn: this.segStart + this.segmentSize,
-            records,
-          };
+        if (r < 0) return this.stopAt('needNext', this.segmentSize, -1, records);
         records++;
-        if (this.rec.rmid === RM_XLOG_ID && (this.rec.info & 0xf0) === XLOG_SWITCH) {
-          return {
-            status: 'switch',
-            firstRecordLsn: this.segStart + this.segmentSize,
-            endLsn: this.segStart + this.segmentSize,
-            records,
-          };
-        }
+        if (this.rec.rmid === RM_XLOG_ID && (this.rec.info & 0xf0) === XLOG_SWITCH)
+          return this.stopAt('switch', this.segmentSize, -1, records);
         pos = maxAlign(r);
       }
-      if (opts.finishPendingOnly)
-        return { status: 'complete', firstRecordLsn: this.segStart + pos, endLsn: this.segStart + pos, records };
+      if (opts.finishPendingOnly) return this.stopAt('complete', pos, -1, records);
     } else {
-      if (opts.finishPendingOnly)
-        return { status: 'complete', firstRecordLsn: this.segStart, endLsn: this.segStart, records };
+      if (opts.finishPendingOnly) return this.stopAt('complete', 0, -1, records);
       pos = LONG_PAGE_HEADER_SIZE;
       if (info & XLP_FIRST_IS_CONTRECORD) {
         // Starting mid-stream: skip the tail of a record that began in an earlier segment.
         const skipEnd = this.skipContinuation(0);
-        if (skipEnd < 0)
-          return {
-            status: 'complete',
-            firstRecordLsn: this.segStart + this.segmentSize,
-            endLsn: this.segStart + this.segmentSize,
-            records,
-          };
+        if (skipEnd < 0) return this.stopAt('complete', this.segmentSize, -1, records);
         pos = maxAlign(skipEnd);
       }
       this.prevRecordLsn = -1;
@@ -233,13 +213,7 @@ export class WalDecoder {
 
     const segSize = this.segmentSize;
     for (;;) {
-      if (pos >= segSize)
-        return {
-          status: 'complete',
-          firstRecordLsn: firstRecordLsn < 0 ? this.segStart + segSize : firstRecordLsn,
-          endLsn: this.segStart + segSize,
-          records,
-        };
+      if (pos >= segSize) return this.stopAt('complete', segSize, firstRecordLsn, records);
       if ((pos & (WAL_PAGE_SIZE - 1)) === 0) {
         if (pos >= this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
         const hdr = this.readPageHeader(pos, false);
@@ -254,13 +228,7 @@ export class WalDecoder {
       if (pos + 4 > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
       const totLen = u32(this.seg, pos);
       if (totLen === 0) {
-        if (this.allowEndOfWal)
-          return {
-            status: 'endOfWal',
-            firstRecordLsn: firstRecordLsn < 0 ? this.segStart + pos : firstRecordLsn,
-            endLsn: this.segStart + pos,
-            records,
-          };
+        if (this.allowEndOfWal) return this.stopAt('endOfWal', pos, firstRecordLsn, records);
         this.fail(
           pos,
           `zero record length at LSN ${lsnText(this.segStart + pos)}: the WAL ends here, but an archived segment must be complete`,
@@ -298,24 +266,28 @@ export class WalDecoder {
       }
       records++;
       if (this.rec.rmid === RM_XLOG_ID && (this.rec.info & 0xf0) === XLOG_SWITCH) {
-        return { status: 'switch', firstRecordLsn, endLsn: this.segStart + segSize, records };
+        return this.stopAt('switch', segSize, firstRecordLsn, records);
       }
       pos = maxAlign(end);
     }
   }
 
   private endOfFile(pos: number, firstRecordLsn: number, records: number): FeedResult {
-    if (this.allowEndOfWal)
-      return {
-        status: 'endOfWal',
-        firstRecordLsn: firstRecordLsn < 0 ? this.segStart + pos : firstRecordLsn,
-        endLsn: this.segStart + pos,
-        records,
-      };
+    if (this.allowEndOfWal) return this.stopAt('endOfWal', pos, firstRecordLsn, records);
     this.fail(
       this.segLen,
       `file is truncated: ${this.segLen} bytes, expected the WAL segment size ${this.segmentSize}`,
     );
+  }
+
+  /**
+   * The result of a feedSegment that stops at segment offset `pos`. `firstRecordLsn` is -1 when no
+   * record starts in this segment before `pos`: then it is reported as `pos` too, as FeedResult says.
+   * Called once per segment, never per record: the decoding loop stays allocation-free.
+   */
+  private stopAt(status: FeedStatus, pos: number, firstRecordLsn: number, records: number): FeedResult {
+    const endLsn = this.segStart + pos;
+    return { status, firstRecordLsn: firstRecordLsn < 0 ? endLsn : firstRecordLsn, endLsn, records };
   }
 
   /** Appends seg[from, from+n) to the reassembly buffer, growing it as bytes actually arrive. */

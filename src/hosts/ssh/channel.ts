@@ -270,6 +270,16 @@ export class SshChannel {
     }
   }
 
+  /**
+   * Reads the body of extension header `header` (GNU long name, pax) into `extensions`, which
+   * applies it to the next member's header. Returns the bytes taken: the body padded to a block.
+   */
+  private async takeExtension(header: TarHeader, extensions: TarExtensions, doing: string): Promise<number> {
+    const padded = roundUp(header.size, BLOCK);
+    extensions.add(header, (await this.takeExact(padded, doing)).subarray(0, header.size));
+    return padded;
+  }
+
   /** tar's error output after an `F` status. */
   private async tarErrors(doing: string): Promise<string> {
     return (await this.takeUntil(Buffer.from(`\n${this.boundary}\n`), doing)).toString().trim();
@@ -311,9 +321,7 @@ export class SshChannel {
       }
       const parsed = this.parseHeader(block, doing);
       if (TarExtensions.isExtension(parsed)) {
-        const padded = roundUp(parsed.size, BLOCK);
-        extensions.add(parsed, (await this.takeExact(padded, doing)).subarray(0, parsed.size));
-        consumed += padded;
+        consumed += await this.takeExtension(parsed, extensions, doing);
         continue;
       }
       if (parsed.typeflag !== '0' && parsed.typeflag !== '\0') {
@@ -388,9 +396,7 @@ export class SshChannel {
       consumed += BLOCK;
       const parsed = this.parseHeader(block, doing);
       if (TarExtensions.isExtension(parsed)) {
-        const padded = roundUp(parsed.size, BLOCK);
-        extensions.add(parsed, (await this.takeExact(padded, doing)).subarray(0, parsed.size));
-        consumed += padded;
+        consumed += await this.takeExtension(parsed, extensions, doing);
         continue;
       }
       const header = extensions.apply(parsed);
