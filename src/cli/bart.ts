@@ -9,7 +9,7 @@ const VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import
 
 /** Subcommands, in the order `bart --help` lists them. Matching is case-insensitive. */
 const SUBCOMMANDS = [
-  'CHECK-CONFIG', 'INIT', 'BACKUP', 'SHOW-SERVERS', 'SHOW-BACKUPS', 'VERIFY-CHKSUM',
+  'CHECK-CONFIG', 'INIT', 'BACKUP', 'SHOW-SERVERS', 'SHOW-BACKUPS', 'VERIFY-CHKSUM', 'VERIFY-RESTORE',
   'MANAGE', 'RESTORE', 'DELETE', 'ARCHIVE-PUSH', 'ARCHIVE-GET',
 ];
 
@@ -136,6 +136,21 @@ function buildProgram(): Command {
     .option('-i, --backupid <id>', 'backup id, name or all')
     .action(async (o: { server?: string; backupid?: string }) => {
       await withContext(program, async (ctx) => (await import('../commands/verify-chksum.js')).verifyChksum(ctx, o));
+    });
+
+  program
+    .command('VERIFY-RESTORE')
+    .description('restore backups into a scratch directory, start them and check them (amcheck, page checksums)')
+    .option('-s, --server <name>', 'server name')
+    .option('-i, --backupid <id>', 'backup id, name or all (default: the latest)')
+    .option('-w, --workers <n>', 'parallel workers for the restore and pg_amcheck', integer(1, 128, 'workers'))
+    .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'))
+    .action(async (o: { server?: string; backupid?: string; workers?: number; output: string }) => {
+      await withContext(
+        program,
+        async (ctx) => (await import('../commands/verify-restore.js')).verifyRestore(ctx, o),
+        { quiet: o.output === 'json' },
+      );
     });
 
   program

@@ -1,6 +1,7 @@
 import { listBackups } from '../catalog/catalog.js';
 import { chainProblem } from '../catalog/chain.js';
 import { verifyBackup } from '../catalog/verify-backup.js';
+import { recordVerification } from '../catalog/verify-record.js';
 import { BartError } from '../util/errors.js';
 import { formatTable } from '../util/format.js';
 import { log } from '../util/log.js';
@@ -39,6 +40,14 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
         rows.push([server.name, entry.info.id, `FAILED (${result.failures[0]}${result.failures.length > 1 ? `, and ${result.failures.length - 1} more` : ''})`]);
         for (const f of result.failures) log.error(`server ${server.name} backup ${entry.info.id}: ${f}`);
       }
+      // The last result, for SHOW-BACKUPS.
+      const failure = result.failures[0];
+      await recordVerification(entry.dir, {
+        command: 'VERIFY-CHKSUM',
+        time: new Date().toISOString(),
+        result: failure === undefined ? 'OK' : 'FAILED',
+        ...(failure === undefined ? { details: `${result.filesChecked} files` } : { reason: failure }),
+      });
     }
   }
   if (rows.length === 0) log.info('no backups to verify');
