@@ -1,0 +1,169 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { copyFileSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createBackupFixture, backupIdFrom, type BackupFixture } from './harness/backup-fixture.js';
+import { serverBinDir, versionsUnderTest } from './harness/pg-binaries.js';
+import { makeTempDir, removeTree } from './harness/os.js';
+
+/**
+ * Replaces a stored file of a plain, uncompressed backup by `source` and redoes its manifest entry's
+ * checksum and the manifest's end line (count and SHA-256 of every line before it), so that
+ * VERIFY-CHKSUM still finds the backup intact: only starting and checking it can tell.
+ */
+function replaceStoredFile(backupDir: string, relPath: string, source: string): void {
+  const stored = join(backupDir, 'base', relPath);
+  assert.equal(statSync(source).size, statSync(stored).size, 'the replacement must have the same size');
+  copyFileSync(source, stored);
+  const sum = createHash('sha256').update(readFileSync(stored)).digest('hex');
+  const manifest = join(backupDir, 'manifest.jsonl');
+  const lines = readFileSync(manifest, 'utf8').split('\n').filter((l) => l !== '');
+  let changed = 0;
+  const body = lines.slice(0, -1).map((line) => {
+    const obj = JSON.parse(line) as { f?: { path: string; archive: string; checksum?: string } };
+    if (obj.f && obj.f.archive === 'base' && obj.f.path === relPath) {
+      changed++;
+      obj.f.checksum = sum;
+      return JSON.stringify(obj);
+    }
+    return line;
+  });
+  assert.equal(changed, 1, `${relPath} must be in the manifest once`);
+  const end = JSON.parse(lines[lines.length - 1]!) as { end: { entries: number; sha256: string } };
+  end.end.sha256 = createHash('sha256').update(body.map((l) => l + '\n').join('')).digest('hex');
+  writeFileSync(manifest, [...body, JSON.stringify(end)].map((l) => l + '\n').join(''));
+}
+
+for (const version of versionsUnderTest()) {
+  describe(`VERIFY-RESTORE on PostgreSQL ${version}`, () => {
+    let fx: BackupFixture;
+    /** TMPDIR of bart: where the scratch directories go, empty again after every run. */
+    let scratchTmp: string;
+    let goodId: string;
+    let badId: string;
+    const env = () => ({ TMPDIR: scratchTmp });
+
+    before(async () => {
+      fx = await createBackupFixture({ version, serverExtra: { postgres_bin_path: serverBinDir(version) } });
+      scratchTmp = makeTempDir('vr-tmp');
+      // Two tables of the same size with different rows, each with a primary key; a second database.
+      for (const [table, offset] of [['a', 0], ['b', 1_000_000]] as const) {
+        await fx.cluster.query(
+          `CREATE TABLE ${table} (id bigint PRIMARY KEY, v text NOT NULL);
+           INSERT INTO ${table} SELECT g + ${offset}, md5((g + ${offset})::text) FROM generate_series(1, 5000) g`,
+        );
+      }
+      await fx.cluster.query('CREATE DATABASE db2');
+      await fx.cluster.query('CREATE TABLE t2 AS SELECT g AS id FROM generate_series(1, 1000) g', [], 'db2');
+      // Frozen and checkpointed: the files on disk are final, replay during recovery does not rewrite them.
+      for (const sql of ['VACUUM FREEZE a', 'VACUUM FREEZE b', 'CHECKPOINT']) await fx.cluster.query(sql);
+    });
+
+    after(async () => {
+      await fx?.destroy();
+      if (scratchTmp) removeTree(scratchTmp);
+    });
+
+    test('a good backup passes (exit 0, verdict line, scratch removed), also with --output json', async () => {
+      const backup = await fx.setup.bart(['BACKUP', '-s', fx.server, '-F', 't', '-z']);
+      assert.equal(backup.code, 0, backup.stderr);
+      goodId = backupIdFrom(backup.stdout);
+
+      const r = await fx.setup.bart(['VERIFY-RESTORE', '-s', fx.server, '-w', '2'], env());
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      assert.match(r.stdout, new RegExp(`^backup ${goodId}: VERIFY-RESTORE OK in \\d+\\.\\d s \\(amcheck: 3 databases`, 'm'));
+      // RESTORE's own "start the restored server with" advice is not for this command.
+      assert.doesNotMatch(r.stdout, /start the restored server/);
+      if (version === 15) assert.match(r.stdout, /checksums: [\d,]+ files\)/);
+      else assert.match(r.stdout, /checksums: skipped: no pg_checksums of PostgreSQL \d+ on this host\)/);
+      assert.deepEqual(readdirSync(scratchTmp), [], 'the scratch directory is removed');
+
+      const j = await fx.setup.bart(['VERIFY-RESTORE', '-s', fx.server, '-i', goodId, '--output', 'json'], env());
+      assert.equal(j.code, 0, j.stdout + j.stderr);
+      const report = JSON.parse(j.stdout) as Record<string, unknown>[];
+      assert.equal(report.length, 1);
+      const one = report[0]!;
+      assert.equal(one.id, goodId);
+      assert.equal(one.result, 'OK');
+      assert.equal(one.reason, null);
+      assert.equal(one.dataChecksums, true);
+      assert.deepEqual(one.databaseCheck, { ok: true, summary: 'amcheck: 3 databases' });
+      assert.equal((one.pageChecksums as { checked: boolean }).checked, version === 15);
+      assert.deepEqual(readdirSync(scratchTmp), []);
+    });
+
+    test('a backup whose table file was swapped for another valid one passes VERIFY-CHKSUM and fails VERIFY-RESTORE', async () => {
+      const backup = await fx.setup.bart(['BACKUP', '-s', fx.server, '-F', 'p', '--backup-name', 'swapped']);
+      assert.equal(backup.code, 0, backup.stderr);
+      badId = backupIdFrom(backup.stdout);
+      const [pa, pb] = await Promise.all(
+        ['a', 'b'].map(async (t) => String(await fx.cluster.scalar(`SELECT pg_relation_filepath('${t}')`))),
+      );
+      replaceStoredFile(fx.backupDir(badId), pa!, join(fx.backupDir(badId), 'base', pb!));
+
+      const chk = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server, '-i', badId]);
+      assert.equal(chk.code, 0, 'VERIFY-CHKSUM cannot tell: ' + chk.stdout + chk.stderr);
+
+      const r = await fx.setup.bart(['VERIFY-RESTORE', '-s', fx.server, '-i', 'swapped'], env());
+      assert.equal(r.code, 1, r.stdout + r.stderr);
+      assert.match(r.stdout, new RegExp(`^backup ${badId} \\(swapped\\): VERIFY-RESTORE FAILED \\(amcheck found problems: .+\\)`, 'm'));
+      assert.match(r.stdout, /lacks matching index tuple|index/);
+      assert.deepEqual(readdirSync(scratchTmp), [], 'the scratch directory is removed after a failure too');
+    });
+
+    test('SHOW-BACKUPS shows the last VERIFY-CHKSUM and VERIFY-RESTORE (-t and JSON)', async () => {
+      const t = await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '-t']);
+      assert.equal(t.code, 0, t.stderr);
+      const blocks = t.stdout.split('\n\n');
+      const good = blocks.find((b) => b.includes(goodId))!;
+      const bad = blocks.find((b) => b.includes(badId))!;
+      assert.match(good, /LAST VERIFY-CHKSUM\s+: never/);
+      assert.match(good, /LAST VERIFY-RESTORE\s+: OK at \d{4}-\d\d-\d\d .+\(amcheck: 3 databases/);
+      assert.match(bad, /LAST VERIFY-CHKSUM\s+: OK at \d{4}-\d\d-\d\d .+\(\d+ files\)/);
+      assert.match(bad, /LAST VERIFY-RESTORE\s+: FAILED at \d{4}-\d\d-\d\d .+: amcheck found problems/);
+
+      const j = await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server, '--output', 'json']);
+      assert.equal(j.code, 0, j.stderr);
+      const rows = JSON.parse(j.stdout) as Record<string, Record<string, unknown> | null | string>[];
+      const g = rows.find((x) => x.id === goodId)!;
+      const b = rows.find((x) => x.id === badId)!;
+      assert.equal(g.lastVerifyChksum, null);
+      assert.equal((g.lastVerifyRestore as Record<string, unknown>).result, 'OK');
+      assert.equal((b.lastVerifyChksum as Record<string, unknown>).result, 'OK');
+      const failed = b.lastVerifyRestore as Record<string, unknown>;
+      assert.equal(failed.result, 'FAILED');
+      assert.match(String(failed.reason), /^amcheck found problems/);
+      assert.ok(!Number.isNaN(Date.parse(String(failed.time))));
+    });
+
+    test('missing or wrong server binaries: one clear error naming bart.cfg and its line', async () => {
+      const original = readFileSync(fx.setup.configPath, 'utf8');
+      const empty = makeTempDir('no-bin');
+      try {
+        const withBin = (dir: string) =>
+          original.replace(/^postgres_bin_path = .*$/m, `postgres_bin_path = ${dir}`);
+        fx.setup.writeConfig(withBin(empty));
+        const r = await fx.setup.bart(['VERIFY-RESTORE', '-s', fx.server, '-i', goodId], env());
+        assert.equal(r.code, 1);
+        assert.match(r.stderr, /^ERROR: .*bart\.cfg:\d+\): no executable pg_ctl at .*no-bin.*\/pg_ctl\n$/);
+        assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+
+        const other = version === 15 ? 17 : 15;
+        fx.setup.writeConfig(withBin(serverBinDir(other)));
+        const w = await fx.setup.bart(['VERIFY-RESTORE', '-s', fx.server, '-i', goodId], env());
+        assert.equal(w.code, 1);
+        assert.match(w.stderr, new RegExp(`is PostgreSQL ${other}, but the backup is of PostgreSQL ${version}`));
+
+        fx.setup.writeConfig(withBin('relative/bin'));
+        const rel = await fx.setup.bart(['SHOW-BACKUPS', '-s', fx.server]);
+        assert.equal(rel.code, 1);
+        assert.match(rel.stderr, /bart\.cfg:\d+: postgres_bin_path = "relative\/bin" must be an absolute path/);
+        assert.deepEqual(readdirSync(scratchTmp), []);
+      } finally {
+        fx.setup.writeConfig(original);
+        removeTree(empty);
+      }
+    });
+  });
+}
