@@ -118,14 +118,21 @@ export class ScratchCluster {
     }
   }
 
-  /** The postmaster's pid from postmaster.pid, while it runs. */
+  /** True while the postmaster named in postmaster.pid runs. */
   private postmasterAlive(): boolean {
+    let pid: number;
     try {
-      const pid = Number(readFileSync(join(this.spec.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      pid = Number(readFileSync(join(this.spec.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
       process.kill(pid, 0);
-      return true;
     } catch {
       return false;
+    }
+    // Once pg_ctl has exited the postmaster's parent is init, which in some containers never reaps it:
+    // a zombie has ended.
+    try {
+      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    } catch {
+      return true;
     }
   }
 
@@ -191,6 +198,20 @@ export interface LogicalCheck {
   problems: string[];
 }
 
+/**
+ * pg_amcheck's report as one problem per line: it names the relation on one line (`btree index
+ * "db.public.a_pkey":`) and what is wrong on the indented lines after it.
+ */
+function amcheckProblems(output: string): string[] {
+  const problems: string[] = [];
+  for (const line of output.split('\n')) {
+    if (line.trim() === '') continue;
+    if (/^\s/.test(line) && problems.length > 0) problems[problems.length - 1] += ` ${line.trim()}`;
+    else problems.push(line.trim());
+  }
+  return problems;
+}
+
 /** Databases that accept connections (what pg_amcheck --all checks). */
 async function databases(cluster: ScratchCluster): Promise<string[]> {
   return cluster.withClient('postgres', async (c) => {
@@ -221,8 +242,7 @@ export async function checkDatabases(cluster: ScratchCluster, jobs: number, sign
     args.push('--heapallindexed', '--install-missing', '--jobs', String(Math.max(1, jobs)));
     const r = await runChild(pgAmcheck!, args, signal);
     if (r.code === 0) return { ok: true, summary: `amcheck: ${dbs.length} databases`, problems: [] };
-    const problems = r.output.split('\n').filter((l) => l.trim() !== '');
-    return { ok: false, summary: `amcheck: ${dbs.length} databases`, problems: problems.slice(0, 20) };
+    return { ok: false, summary: `amcheck: ${dbs.length} databases`, problems: amcheckProblems(r.output).slice(0, 20) };
   }
   let tables = 0;
   const problems: string[] = [];
