@@ -210,7 +210,7 @@ export const steps: DemoStep[] = [
   {
     title: 'VERIFY-RESTORE: prove the incremental backup by restoring it (with its chain), starting it and checking it',
     async run(ctx) {
-      ctx.say('(a scratch copy under $TMPDIR on a free port; pg_amcheck on every database; page checksums; then removed)');
+      ctx.say('(a scratch copy under $TMPDIR on a free port; pg_amcheck on every database; page checksums; removed)');
       await ctx.bart(['VERIFY-RESTORE', '-s', ctx.server, '-i', ctx.state.incrementalId!]);
       ctx.say('(the result is recorded with the backup: SHOW-BACKUPS -t shows it as LAST VERIFY-RESTORE)');
     },

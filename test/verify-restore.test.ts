@@ -73,7 +73,8 @@ for (const version of versionsUnderTest()) {
 
       const r = await fx.setup.bart(['VERIFY-RESTORE', '-s', fx.server, '-w', '2'], env());
       assert.equal(r.code, 0, r.stdout + r.stderr);
-      assert.match(r.stdout, new RegExp(`^backup ${goodId}: VERIFY-RESTORE OK in \\d+\\.\\d s \\(amcheck: 3 databases`, 'm'));
+      const verdict = `^backup ${goodId}: VERIFY-RESTORE OK in \\d+\\.\\d s \\(amcheck: 3 databases`;
+      assert.match(r.stdout, new RegExp(verdict, 'm'));
       // RESTORE's own "start the restored server with" advice is not for this command.
       assert.doesNotMatch(r.stdout, /start the restored server/);
       if (version === 15) assert.match(r.stdout, /checksums: [\d,]+ files\)/);
@@ -94,7 +95,7 @@ for (const version of versionsUnderTest()) {
       assert.deepEqual(readdirSync(scratchTmp), []);
     });
 
-    test('a backup whose table file was swapped for another valid one passes VERIFY-CHKSUM and fails VERIFY-RESTORE', async () => {
+    test('a table file swapped for another valid one: VERIFY-CHKSUM passes, VERIFY-RESTORE fails', async () => {
       const backup = await fx.setup.bart(['BACKUP', '-s', fx.server, '-F', 'p', '--backup-name', 'swapped']);
       assert.equal(backup.code, 0, backup.stderr);
       badId = backupIdFrom(backup.stdout);
@@ -108,7 +109,8 @@ for (const version of versionsUnderTest()) {
 
       const r = await fx.setup.bart(['VERIFY-RESTORE', '-s', fx.server, '-i', 'swapped'], env());
       assert.equal(r.code, 1, r.stdout + r.stderr);
-      assert.match(r.stdout, new RegExp(`^backup ${badId} \\(swapped\\): VERIFY-RESTORE FAILED \\(amcheck found problems: .+\\)`, 'm'));
+      const verdict = `^backup ${badId} \\(swapped\\): VERIFY-RESTORE FAILED \\(amcheck found problems: .+\\)`;
+      assert.match(r.stdout, new RegExp(verdict, 'm'));
       assert.match(r.stdout, /a_pkey.*lacks matching index tuple/);
       assert.deepEqual(readdirSync(scratchTmp), [], 'the scratch directory is removed after a failure too');
     });
@@ -138,7 +140,7 @@ for (const version of versionsUnderTest()) {
       assert.ok(!Number.isNaN(Date.parse(String(failed.time))));
     });
 
-    test('Ctrl-C while the scratch server runs: it is stopped and the scratch directory removed (exit 130)', async () => {
+    test('Ctrl-C while the scratch server runs: it is stopped, the scratch directory removed (exit 130)', async () => {
       const child = spawn(
         process.execPath,
         [join(REPO_ROOT, 'bin', 'bart.js'), '-c', fx.setup.configPath, 'VERIFY-RESTORE', '-s', fx.server, '-i', goodId],
@@ -152,7 +154,8 @@ for (const version of versionsUnderTest()) {
       for (let i = 0; i < 600 && !pidFile; i++) {
         await new Promise((r) => setTimeout(r, 100));
         for (const d of readdirSync(scratchTmp)) {
-          if (existsSync(join(scratchTmp, d, 'data', 'postmaster.pid'))) pidFile = join(scratchTmp, d, 'data', 'postmaster.pid');
+          const candidate = join(scratchTmp, d, 'data', 'postmaster.pid');
+          if (existsSync(candidate)) pidFile = candidate;
         }
       }
       assert.ok(pidFile, 'the scratch server started');
@@ -160,7 +163,8 @@ for (const version of versionsUnderTest()) {
       child.kill('SIGINT');
       const code = await closed;
       assert.equal(code, 130, stderr);
-      assert.match(stderr, /^ERROR:\s+VERIFY-RESTORE was interrupted; the scratch cluster was stopped and .+ removed\n$/);
+      const interrupted = /^ERROR:\s+VERIFY-RESTORE was interrupted; the scratch cluster was stopped and .+ removed\n$/;
+      assert.match(stderr, interrupted);
       assert.deepEqual(readdirSync(scratchTmp), []);
       // Gone, or a zombie whose parent (init, in some containers) does not reap it: ended either way.
       const state = existsSync(`/proc/${postmaster}/stat`) ? readFileSync(`/proc/${postmaster}/stat`, 'utf8') : '';

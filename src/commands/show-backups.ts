@@ -28,7 +28,8 @@ interface Row {
 function verifyText(r: VerifyRecord | undefined): string {
   if (!r) return 'never';
   const at = `${r.result} at ${formatTimestamp(new Date(r.time))}`;
-  return r.result === 'OK' ? `${at}${r.details ? ` (${r.details})` : ''}` : `${at}: ${r.reason ?? 'no reason recorded'}`;
+  if (r.result === 'OK') return `${at}${r.details ? ` (${r.details})` : ''}`;
+  return `${at}: ${r.reason ?? 'no reason recorded'}`;
 }
 
 /** The JSON form of a recorded result (docs/json-output.md). */

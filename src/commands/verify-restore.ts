@@ -48,7 +48,12 @@ function jsonOf(server: string, r: VerifyRestoreResult): Record<string, unknown>
     databaseCheck: r.databases ? { ok: r.databases.ok, summary: r.databases.summary } : null,
     dataChecksums: r.dataChecksums ?? null,
     pageChecksums: r.checksums
-      ? { checked: r.checksums.checked, ok: r.checksums.ok, files: r.checksums.files ?? null, note: r.checksums.note ?? null }
+      ? {
+          checked: r.checksums.checked,
+          ok: r.checksums.ok,
+          files: r.checksums.files ?? null,
+          note: r.checksums.note ?? null,
+        }
       : null,
     binaries: r.binaries,
   };

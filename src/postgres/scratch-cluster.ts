@@ -109,7 +109,9 @@ export class ScratchCluster {
     // Recovery to the backup's end then promotes (recovery_target_action); wait for that.
     for (;;) {
       signal.throwIfAborted();
-      if (!this.postmasterAlive()) throw new BartError(`the restored cluster stopped during recovery: ${this.logTail()}`);
+      if (!this.postmasterAlive()) {
+        throw new BartError(`the restored cluster stopped during recovery: ${this.logTail()}`);
+      }
       const inRecovery = await this.withClient('postgres', (c) => queryValue(c, 'SELECT pg_is_in_recovery()')).catch(
         () => undefined,
       );
@@ -225,7 +227,11 @@ async function databases(cluster: ScratchCluster): Promise<string[]> {
  * amcheck extension are there, else reads every row of every table (`COPY ... TO '/dev/null'`,
  * which detoasts values and verifies page checksums as pages are read), and says why.
  */
-export async function checkDatabases(cluster: ScratchCluster, jobs: number, signal: AbortSignal): Promise<LogicalCheck> {
+export async function checkDatabases(
+  cluster: ScratchCluster,
+  jobs: number,
+  signal: AbortSignal,
+): Promise<LogicalCheck> {
   const dbs = await databases(cluster);
   const available = await cluster.withClient('postgres', (c) =>
     queryValue(c, "SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'"),
@@ -250,7 +256,8 @@ export async function checkDatabases(cluster: ScratchCluster, jobs: number, sign
     signal.throwIfAborted();
     await cluster.withClient(db, async (c) => {
       const r = await c.query<{ name: string }>(
-        `SELECT format('%I.%I', n.nspname, c.relname) AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        `SELECT format('%I.%I', n.nspname, c.relname) AS name
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind IN ('r', 'm') AND c.relispopulated AND c.relpersistence <> 't' ORDER BY 1`,
       );
       for (const { name } of r.rows) {
@@ -283,19 +290,29 @@ export interface ChecksumCheck {
  * pg_checksums --check of its version. (The call site is this one function, so that pgbart's own
  * page verifier can take over when it is there.)
  */
-export async function checkPageChecksums(bins: ServerBinaries, dataDir: string, signal: AbortSignal): Promise<ChecksumCheck> {
-  if (!bins.pgChecksums) {
-    return { checked: false, ok: true, note: `skipped: no pg_checksums of PostgreSQL ${bins.major} on this host`, problems: [] };
-  }
+export async function checkPageChecksums(
+  bins: ServerBinaries,
+  dataDir: string,
+  signal: AbortSignal,
+): Promise<ChecksumCheck> {
+  const skipped = (note: string): ChecksumCheck => ({
+    checked: false,
+    ok: true,
+    note: `skipped: ${note}`,
+    problems: [],
+  });
+  if (!bins.pgChecksums) return skipped(`no pg_checksums of PostgreSQL ${bins.major} on this host`);
   let r: ChildResult;
   try {
     r = await runChild(bins.pgChecksums, ['--check', '-D', dataDir], signal);
   } catch (err) {
     signal.throwIfAborted();
-    return { checked: false, ok: true, note: `skipped: ${bins.pgChecksums} failed to run: ${errorMessage(err)}`, problems: [] };
+    return skipped(`${bins.pgChecksums} failed to run: ${errorMessage(err)}`);
   }
   const files = /Files scanned:\s*(\d+)/.exec(r.output);
-  const problems = r.output.split('\n').filter((l) => /error|checksum verification failed|Bad checksums:\s*[1-9]/i.test(l));
+  const problems = r.output
+    .split('\n')
+    .filter((l) => /error|checksum verification failed|Bad checksums:\s*[1-9]/i.test(l));
   return {
     checked: true,
     ok: r.code === 0,

@@ -44,7 +44,11 @@ export function candidateBinDirs(major: number): string[] {
 /** The major version a `postgres --version` / `pg_ctl --version` prints (`postgres (PostgreSQL) 17.2`). */
 function binaryMajor(path: string): number | undefined {
   try {
-    const out = execFileSync(path, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+    const out = execFileSync(path, ['--version'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 30_000,
+    });
     const m = /\(PostgreSQL\)\s+(\d+)/.exec(out);
     return m ? Number(m[1]) : undefined;
   } catch {
@@ -95,13 +99,14 @@ export function findServerBinaries(server: ServerConfig, major: number): ServerB
     }
   } else {
     const dirs = candidateBinDirs(major);
-    const dir = dirs.find(
-      (d) => executable(join(d, 'pg_ctl')) && executable(join(d, 'postgres')) && binaryMajor(join(d, 'postgres')) === major,
-    );
+    const fits = (d: string) =>
+      executable(join(d, 'pg_ctl')) && executable(join(d, 'postgres')) && binaryMajor(join(d, 'postgres')) === major;
+    const dir = dirs.find(fits);
     if (!dir) {
       throw new BartError(
         `VERIFY-RESTORE needs the PostgreSQL ${major} server binaries (pg_ctl and postgres) on this host: none in ` +
-          `${dirs.join(', ')}; install them or set postgres_bin_path (or pg_ctl_path) in bart.cfg for server ${server.name}`,
+          `${dirs.join(', ')}; install them or set postgres_bin_path (or pg_ctl_path) in bart.cfg ` +
+          `for server ${server.name}`,
       );
     }
     pgCtl = join(dir, 'pg_ctl');

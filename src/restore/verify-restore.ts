@@ -14,6 +14,7 @@ import {
   type ChecksumCheck,
   type LogicalCheck,
 } from '../postgres/scratch-cluster.js';
+import { queryValue } from '../postgres/connection.js';
 import { findServerBinaries, type ServerBinaries } from '../postgres/server-binaries.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { configureLog, log } from '../util/log.js';
@@ -138,9 +139,9 @@ async function verifyOne(
     });
     signal.throwIfAborted();
     await phase('start', signal, () => cluster.start(signal));
-    progress.dataChecksums = await phase('start', signal, () =>
-      cluster.withClient('postgres', async (c) => (await c.query('SHOW data_checksums')).rows[0]?.data_checksums === 'on'),
-    );
+    const checksumsOn = async () =>
+      cluster.withClient('postgres', async (c) => (await queryValue(c, 'SHOW data_checksums')) === 'on');
+    progress.dataChecksums = await phase('start', signal, checksumsOn);
     const checked = await phase('amcheck', signal, () => checkDatabases(cluster, opts.workers, signal));
     progress.databases = checked;
     if (!checked.ok) {
@@ -160,7 +161,8 @@ async function verifyOne(
     if (!(err instanceof PhaseFailure) || signal.aborted) {
       await cleanUp(cluster, scratch, atExit);
       if (signal.aborted) {
-        throw new BartError(`VERIFY-RESTORE was interrupted; the scratch cluster was stopped and ${scratch} removed`, 130);
+        const what = `the scratch cluster was stopped and ${scratch} removed`;
+        throw new BartError(`VERIFY-RESTORE was interrupted; ${what}`, 130);
       }
       throw err;
     }
