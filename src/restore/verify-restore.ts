@@ -98,9 +98,14 @@ async function verifyOne(
 ): Promise<VerifyRestoreResult> {
   const startedAt = new Date();
   const info = entry.info;
-  const scratch = await mkdtemp(join(tmpdir(), 'pgbart-verify-'));
-  const dataDir = join(scratch, 'data');
   const port = await freeLocalPort();
+  let scratch: string;
+  try {
+    scratch = await mkdtemp(join(tmpdir(), 'pgbart-verify-'));
+  } catch (err) {
+    throw new BartError(`cannot create a scratch directory in ${tmpdir()} (set TMPDIR): ${errorMessage(err)}`);
+  }
+  const dataDir = join(scratch, 'data');
   const cluster = new ScratchCluster({ bins, dataDir, privateDir: scratch, port, user: server.user });
   // Last resort if the process ends without reaching the finally below (the restored data must not stay behind).
   const atExit = () => {
