@@ -107,7 +107,7 @@ async function verifyOne(
   }
   const dataDir = join(scratch, 'data');
   const cluster = new ScratchCluster({ bins, dataDir, privateDir: scratch, port, user: server.user });
-  // Last resort if the process ends without reaching the finally below (the restored data must not stay behind).
+  // Last resort if the process ends without reaching cleanUp (the restored data must not stay behind).
   const atExit = () => {
     cluster.stopSync();
     rmSync(scratch, { recursive: true, force: true });
