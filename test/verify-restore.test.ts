@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from './harness/backup-fixture.js';
 import { REPO_ROOT, serverBinDir, versionsUnderTest } from './harness/pg-binaries.js';
 import { makeTempDir, removeTree } from './harness/os.js';
+import { evaluateRetention, type RetentionBackup } from '../src/retention/retention.js';
 
 /**
  * Replaces a stored file of a plain, uncompressed backup by `source` and redoes its manifest entry's
@@ -35,6 +36,31 @@ function replaceStoredFile(backupDir: string, relPath: string, source: string): 
   end.end.sha256 = createHash('sha256').update(body.map((l) => l + '\n').join('')).digest('hex');
   writeFileSync(manifest, [...body, JSON.stringify(end)].map((l) => l + '\n').join(''));
 }
+
+test('retention_requires_verified_restore: the policy keeps the backups that passed VERIFY-RESTORE it needs', () => {
+  const day = 86_400_000;
+  const now = new Date(Date.UTC(2026, 11, 1));
+  // Full backups 1 (oldest) .. 4 (newest); only 1 and 3 passed VERIFY-RESTORE.
+  const backups: RetentionBackup[] = [1, 2, 3, 4].map((n) => ({
+    id: String(n),
+    status: 'active',
+    startTime: new Date(now.getTime() - (10 - n) * day),
+    verifiedRestore: n === 1 || n === 3,
+  }));
+  const obsolete = (policy: Parameters<typeof evaluateRetention>[1], require: boolean) =>
+    evaluateRetention(backups, policy, now, require).map((c) => c.id).sort();
+  assert.deepEqual(obsolete({ kind: 'backups', count: 1 }, false), ['1', '2', '3']);
+  // The newest verified backup (3) stays, and everything newer; 1 passed too but is not needed.
+  assert.deepEqual(obsolete({ kind: 'backups', count: 1 }, true), ['1', '2']);
+  // Two verified backups wanted: 1 and 3 both stay, so nothing is obsolete.
+  assert.deepEqual(obsolete({ kind: 'backups', count: 2 }, true), []);
+  // Window of 2 days: every backup is older; the newest verified one (3) stays.
+  assert.deepEqual(obsolete({ kind: 'window', count: 2, unit: 'DAYS' }, false), ['1', '2', '3', '4']);
+  assert.deepEqual(obsolete({ kind: 'window', count: 2, unit: 'DAYS' }, true), ['1', '2']);
+  // No verified backup at all: nothing becomes obsolete.
+  const none = backups.map((b) => ({ ...b, verifiedRestore: false }));
+  assert.deepEqual(evaluateRetention(none, { kind: 'backups', count: 1 }, now, true), []);
+});
 
 for (const version of versionsUnderTest()) {
   describe(`VERIFY-RESTORE on PostgreSQL ${version}`, () => {
@@ -138,6 +164,25 @@ for (const version of versionsUnderTest()) {
       assert.equal(failed.result, 'FAILED');
       assert.match(String(failed.reason), /^amcheck found problems/);
       assert.ok(!Number.isNaN(Date.parse(String(failed.time))));
+    });
+
+    test('MANAGE with retention_requires_verified_restore keeps the newest backup that passed', async () => {
+      const original = readFileSync(fx.setup.configPath, 'utf8');
+      try {
+        // goodId passed VERIFY-RESTORE; the newer badId failed it. 1 BACKUPS would make goodId obsolete.
+        const section = `[${fx.server}]\nretention_policy = 1 BACKUPS\n`;
+        fx.setup.writeConfig(original.replace(`[${fx.server}]\n`, section));
+        const plain = await fx.setup.bart(['MANAGE', '-s', fx.server, '-n']);
+        assert.equal(plain.code, 0, plain.stderr);
+        assert.match(plain.stdout, new RegExp(`would mark backup ${goodId}\\b.* as obsolete`));
+        const required = `${section}retention_requires_verified_restore = enabled\n`;
+        fx.setup.writeConfig(original.replace(`[${fx.server}]\n`, required));
+        const kept = await fx.setup.bart(['MANAGE', '-s', fx.server, '-n']);
+        assert.equal(kept.code, 0, kept.stderr);
+        assert.match(kept.stdout, /no backup becomes obsolete/);
+      } finally {
+        fx.setup.writeConfig(original);
+      }
     });
 
     test('Ctrl-C while the scratch server runs: it is stopped, the scratch directory removed (exit 130)', async () => {

@@ -6,7 +6,8 @@ import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.j
 import { serverCatalogDir } from '../catalog/layout.js';
 import { backupLabel, entryWithDescendants, obsoleteTargets, planWalRemoval, removeFromCatalog } from '../retention/obsolete.js';
 import { findLeftovers } from '../retention/leftovers.js';
-import { evaluateRetention } from '../retention/retention.js';
+import { chainRoot, evaluateRetention, type RetentionBackup } from '../retention/retention.js';
+import { readVerifications } from '../catalog/verify-record.js';
 import { retentionNow } from '../retention/clock.js';
 import { compressArchive } from '../archive/compress.js';
 import { crashPoint } from '../util/crash-point.js';
@@ -72,6 +73,18 @@ export async function manage(ctx: CommandContext, options: unknown): Promise<num
   return failures === 0 ? 0 : 1;
 }
 
+/**
+ * retention_requires_verified_restore: marks the full backups whose last VERIFY-RESTORE passed, or
+ * that of an incremental of their chain (which restored them too).
+ */
+async function markVerifiedRestores(backups: RetentionBackup[], complete: readonly CatalogEntry[]): Promise<void> {
+  for (const entry of complete) {
+    if ((await readVerifications(entry.dir)).restore?.result !== 'OK') continue;
+    const root = chainRoot(backups, entry.info.id);
+    if (root) root.verifiedRestore = true;
+  }
+}
+
 const would = (dryRun: boolean, doing: string, future: string) => (dryRun ? `(dry run) would ${future}` : doing);
 
 /** Plain MANAGE: mark obsolete by policy, then gzip archived WAL when enabled. */
@@ -79,7 +92,15 @@ async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date,
   log.info(`processing server ${server.name} (retention policy ${formatRetentionPolicy(server.retentionPolicy)}, now ${now.toISOString()})`);
   const entries = await listBackups(ctx.config, server);
   const complete = entries.filter((e) => e.complete);
-  const changes = evaluateRetention(complete.map((e) => ({ id: e.info.id, ...(e.info.parent ? { parent: e.info.parent } : {}), status: e.info.status, startTime: e.info.startTime })), server.retentionPolicy, now);
+  const backups: RetentionBackup[] = complete.map((e) => ({
+    id: e.info.id,
+    ...(e.info.parent ? { parent: e.info.parent } : {}),
+    status: e.info.status,
+    startTime: e.info.startTime,
+  }));
+  const requireVerified = server.retentionRequiresVerifiedRestore;
+  if (requireVerified) await markVerifiedRestores(backups, complete);
+  const changes = evaluateRetention(backups, server.retentionPolicy, now, requireVerified);
   const byId = new Map(complete.map((e) => [e.info.id, e]));
   for (const change of changes) {
     const entry = byId.get(change.id)!;

@@ -33,6 +33,11 @@ export interface OverridableSettings {
   scanInterval: number;
   mbmScanTimeout: number;
   workers: number;
+  /**
+   * retention_requires_verified_restore [pgbart]: retention never makes obsolete the full backups it
+   * still needs to keep the policy's number (or the newest one) of backups that passed VERIFY-RESTORE.
+   */
+  retentionRequiresVerifiedRestore: boolean;
   /** pg_ctl_path [pgbart]: the pg_ctl VERIFY-RESTORE starts a scratch cluster with. */
   pgCtlPath?: ConfiguredPath;
   /** postgres_bin_path [pgbart]: the directory of the server's binaries (postgres, pg_ctl, pg_amcheck, ...). */
