@@ -19,6 +19,7 @@ const SUBCOMMANDS = [
   'SHOW-SERVERS',
   'SHOW-BACKUPS',
   'VERIFY-CHKSUM',
+  'VERIFY-RESTORE',
   'MANAGE',
   'RESTORE',
   'DELETE',
@@ -179,6 +180,19 @@ function buildProgram(): Command {
     .option('-i, --backupid <id>', 'backup id, name or all')
     .action(async (o: { server?: string; backupid?: string }) => {
       await withContext(program, async (ctx) => (await import('../commands/verify-chksum.js')).verifyChksum(ctx, o));
+    });
+
+  program
+    .command('VERIFY-RESTORE')
+    .description('restore backups into a scratch directory, start them and check them (amcheck, page checksums)')
+    .option('-s, --server <name>', 'server name')
+    .option('-i, --backupid <id>', 'backup id, name or all (default: the latest)')
+    .option('-w, --workers <n>', 'parallel workers for the restore and pg_amcheck', integer(1, 128, 'workers'))
+    .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'))
+    .action(async (o: { server?: string; backupid?: string; workers?: number; output: string }) => {
+      await withContext(program, async (ctx) => (await import('../commands/verify-restore.js')).verifyRestore(ctx, o), {
+        quiet: o.output === 'json',
+      });
     });
 
   program

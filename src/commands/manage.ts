@@ -14,7 +14,8 @@ import {
   removeFromCatalog,
 } from '../retention/obsolete.js';
 import { findLeftovers } from '../retention/leftovers.js';
-import { evaluateRetention } from '../retention/retention.js';
+import { chainRoot, evaluateRetention, type RetentionBackup } from '../retention/retention.js';
+import { readVerifications } from '../catalog/verify-record.js';
 import { retentionNow } from '../retention/clock.js';
 import { compressArchive } from '../archive/compress.js';
 import { crashPoint } from '../util/crash-point.js';
@@ -88,6 +89,18 @@ export async function manage(ctx: CommandContext, options: unknown): Promise<num
   return failures === 0 ? 0 : 1;
 }
 
+/**
+ * retention_requires_verified_restore: marks the full backups whose last VERIFY-RESTORE passed, or
+ * that of an incremental of their chain (which restored them too).
+ */
+async function markVerifiedRestores(backups: RetentionBackup[], complete: readonly CatalogEntry[]): Promise<void> {
+  for (const entry of complete) {
+    if ((await readVerifications(entry.dir)).restore?.result !== 'OK') continue;
+    const root = chainRoot(backups, entry.info.id);
+    if (root) root.verifiedRestore = true;
+  }
+}
+
 const would = (dryRun: boolean, doing: string, future: string) => (dryRun ? `(dry run) would ${future}` : doing);
 
 /** Names each damaged backup: retention neither counts nor deletes it, and it keeps the archive whole. */
@@ -109,16 +122,15 @@ async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date,
   const entries = await listBackups(ctx.config, server);
   warnDamaged(entries, server);
   const complete = entries.filter((e) => e.complete);
-  const changes = evaluateRetention(
-    complete.map((e) => ({
-      id: e.info.id,
-      ...(e.info.parent ? { parent: e.info.parent } : {}),
-      status: e.info.status,
-      startTime: e.info.startTime,
-    })),
-    server.retentionPolicy,
-    now,
-  );
+  const backups: RetentionBackup[] = complete.map((e) => ({
+    id: e.info.id,
+    ...(e.info.parent ? { parent: e.info.parent } : {}),
+    status: e.info.status,
+    startTime: e.info.startTime,
+  }));
+  const requireVerified = server.retentionRequiresVerifiedRestore;
+  if (requireVerified) await markVerifiedRestores(backups, complete);
+  const changes = evaluateRetention(backups, server.retentionPolicy, now, requireVerified);
   const byId = new Map(complete.map((e) => [e.info.id, e]));
   for (const change of changes) {
     const entry = byId.get(change.id)!;

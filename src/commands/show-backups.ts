@@ -4,6 +4,7 @@ import type { ServerConfig } from '../config/types.js';
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { walUsageByBackup, type BackupWalUsage } from '../catalog/wal-usage.js';
 import { chainProblem } from '../catalog/chain.js';
+import { readVerifications, type BackupVerifications, type VerifyRecord } from '../catalog/verify-record.js';
 import { log } from '../util/log.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes, formatTable, formatTimestamp } from '../util/format.js';
@@ -21,6 +22,21 @@ interface Row {
   server: ServerConfig;
   entry: CatalogEntry;
   wal: BackupWalUsage;
+  /** The last VERIFY-CHKSUM and VERIFY-RESTORE results. */
+  verified: BackupVerifications;
+}
+
+/** `-t`'s LAST VERIFY-* value: `OK at <time> (<details>)`, `FAILED at <time>: <reason>`, or `never`. */
+function verifyText(r: VerifyRecord | undefined): string {
+  if (!r) return 'never';
+  const at = `${r.result} at ${formatTimestamp(new Date(r.time))}`;
+  if (r.result === 'OK') return `${at}${r.details ? ` (${r.details})` : ''}`;
+  return `${at}: ${r.reason ?? 'no reason recorded'}`;
+}
+
+/** The JSON form of a recorded result (docs/json-output.md). */
+function verifyJson(r: VerifyRecord | undefined): Record<string, unknown> | null {
+  return r ? { time: r.time, result: r.result, reason: r.reason ?? null, details: r.details ?? null } : null;
 }
 
 /**
@@ -64,7 +80,8 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
     const usage = await walUsageByBackup(server.archivePath, entries);
     for (const entry of entries) {
       if (!matches(entry, o.backupid)) continue;
-      rows.push({ server, entry, wal: usage.get(entry.info.id) ?? { files: 0, bytes: 0 } });
+      const verified = entry.complete ? await readVerifications(entry.dir) : {};
+      rows.push({ server, entry, wal: usage.get(entry.info.id) ?? { files: 0, bytes: 0 }, verified });
       // An incremental whose chain lost a link cannot be restored: say so next to the listing.
       const broken = entry.complete && entry.info.parent !== undefined ? chainProblem(entries, entry) : undefined;
       if (broken) log.warning(`server ${server.name}: ${broken}; it cannot be restored`);
@@ -85,7 +102,7 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
 
   if (o.output === 'json') {
     // A damaged backup's backupinfo is not trusted: what it would say is null (docs/json-output.md).
-    const json = rows.map(({ server, entry, wal }) => ({
+    const json = rows.map(({ server, entry, wal, verified }) => ({
       server: server.name,
       id: entry.info.id,
       name: entry.info.name ?? null,
@@ -110,6 +127,8 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
       checksumErrors: entry.info.pageChecksumErrors ?? null,
       checksumErrorFiles: entry.info.pageChecksumErrorFiles ?? [],
       location: entry.dir,
+      lastVerifyChksum: verifyJson(verified.chksum),
+      lastVerifyRestore: verifyJson(verified.restore),
     }));
     process.stdout.write(JSON.stringify(json, null, 2) + '\n');
     return 0;
@@ -120,7 +139,7 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
     return formatTimestamp(e.complete ? e.info.stopTime : e.info.startTime);
   };
   if (o.showAll) {
-    const blocks = rows.map(({ server, entry, wal }) => {
+    const blocks = rows.map(({ server, entry, wal, verified }) => {
       const fields: [string, string][] = [
         ['SERVER NAME', server.name],
         ['BACKUP ID', entry.info.id],
@@ -136,6 +155,8 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
         ['LAST WAL FILE', wal.last?.name ?? 'none'],
         ['CREATION TIME', wal.last ? formatTimestamp(wal.last.mtime) : 'none'],
         ['CHECKSUM ERRORS', checksumErrorsText(entry)],
+        ['LAST VERIFY-CHKSUM', verifyText(verified.chksum)],
+        ['LAST VERIFY-RESTORE', verifyText(verified.restore)],
       ];
       const width = Math.max(...fields.map(([k]) => k.length));
       return fields.map(([k, v]) => `${k.padEnd(width)} : ${v}`).join('\n');

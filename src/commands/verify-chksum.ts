@@ -5,6 +5,7 @@ import { BACKUPINFO_FILE } from '../catalog/layout.js';
 import { chainProblem } from '../catalog/chain.js';
 import { verifyBackup, type VerifyResult } from '../catalog/verify-backup.js';
 import { BartError, errorMessage } from '../util/errors.js';
+import { recordVerification } from '../catalog/verify-record.js';
 import { formatTable } from '../util/format.js';
 import { log } from '../util/log.js';
 import { selectServers, type CommandContext } from './context.js';
@@ -67,6 +68,14 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
         ]);
         for (const f of result.failures) log.error(`server ${server.name} backup ${entry.info.id}: ${f}`);
       }
+      // The last result, for SHOW-BACKUPS.
+      const failure = result.failures[0];
+      await recordVerification(entry.dir, {
+        command: 'VERIFY-CHKSUM',
+        time: new Date().toISOString(),
+        result: failure === undefined ? 'OK' : 'FAILED',
+        ...(failure === undefined ? { details: `${result.filesChecked} files` } : { reason: failure }),
+      });
     }
   }
   if (rows.length === 0) log.info('no backups to verify');

@@ -41,6 +41,10 @@ const PARAMETERS: Record<string, Scope> = {
   scan_interval: 'both',
   mbm_scan_timeout: 'both',
   workers: 'both',
+  retention_requires_verified_restore: 'both',
+  // pgbart extensions: where VERIFY-RESTORE finds the server's binaries (else auto-detected).
+  pg_ctl_path: 'both',
+  postgres_bin_path: 'both',
   host: 'server',
   port: 'server',
   user: 'server',
@@ -64,6 +68,7 @@ const OVERRIDABLE_DEFAULTS: OverridableSettings = {
   scanInterval: 0,
   mbmScanTimeout: 20,
   workers: 1,
+  retentionRequiresVerifiedRestore: false,
 };
 
 /** Reads and validates a bart.cfg; every problem is a BartError naming `file:line`. */
@@ -261,6 +266,16 @@ function parseOverridable(section: RawSection, base: OverridableSettings, at: At
   if (mt) out.mbmScanTimeout = parseInteger(mt, 'mbm_scan_timeout', 1, 86400, at);
   const w = e.get('workers');
   if (w) out.workers = parseInteger(w, 'workers', 1, 128, at);
+  const rv = e.get('retention_requires_verified_restore');
+  if (rv) out.retentionRequiresVerifiedRestore = parseEnabled(rv, 'retention_requires_verified_restore', at);
+  // Existence and version are checked where they are used (VERIFY-RESTORE), naming this line.
+  const pc = e.get('pg_ctl_path');
+  if (pc) out.pgCtlPath = { path: parsePath(pc, 'pg_ctl_path', at), at: at(pc.line) };
+  const pb = e.get('postgres_bin_path');
+  // The two describe one installation: a section that sets either does not inherit the other.
+  if (pc && !pb) delete out.postgresBinPath;
+  if (pb && !pc) delete out.pgCtlPath;
+  if (pb) out.postgresBinPath = { path: parsePath(pb, 'postgres_bin_path', at), at: at(pb.line) };
   return out;
 }
 

@@ -15,6 +15,12 @@ export type RetentionPolicy =
 /** How the WAL a backup needs to be consistent gets into it. */
 export type XlogMethod = 'fetch' | 'stream';
 
+/** A path from bart.cfg, with where it was set (`file:line`) for messages about it. */
+export interface ConfiguredPath {
+  path: string;
+  at: string;
+}
+
 /**
  * Settings that live in [BART] and may be overridden per server. In a {@link ServerConfig} they
  * are already resolved (server value, else global value, else default).
@@ -29,6 +35,15 @@ export interface OverridableSettings {
   scanInterval: number;
   mbmScanTimeout: number;
   workers: number;
+  /**
+   * retention_requires_verified_restore [pgbart]: retention never makes obsolete the full backups it
+   * still needs to keep the policy's number (or the newest one) of backups that passed VERIFY-RESTORE.
+   */
+  retentionRequiresVerifiedRestore: boolean;
+  /** pg_ctl_path [pgbart]: the pg_ctl VERIFY-RESTORE starts a scratch cluster with. */
+  pgCtlPath?: ConfiguredPath;
+  /** postgres_bin_path [pgbart]: the directory of the server's binaries (postgres, pg_ctl, pg_amcheck, ...). */
+  postgresBinPath?: ConfiguredPath;
 }
 
 /** The [BART] section. */

@@ -11,6 +11,8 @@ export interface RetentionBackup {
   status: BackupStatus;
   /** Backup start (the identifier's instant): the age the window policies compare. */
   startTime: Date;
+  /** Its last VERIFY-RESTORE passed (for retention_requires_verified_restore). */
+  verifiedRestore?: boolean;
 }
 
 /** A status change retention decided. */
@@ -24,6 +26,23 @@ export interface StatusChange {
 
 /** Statuses of backups that exist as complete backups in the catalog (not in progress/failed). */
 const CATALOGUED: ReadonlySet<BackupStatus> = new Set(['active', 'obsolete', 'keep']);
+
+/**
+ * retention_requires_verified_restore: how many of the newest active full backups (newest first)
+ * are out of the policy's reach, so that the policy's number of backups that passed VERIFY-RESTORE
+ * (N for `N BACKUPS`, one for a window) stays: up to and including the N-th newest verified one
+ * (all of them while fewer are verified). A full backup stands for its chain: an incremental of it
+ * that passed counts for it.
+ */
+function verifiedKept(newestFirst: readonly RetentionBackup[], policy: RetentionPolicy): number {
+  if (policy.kind === 'none') return 0;
+  const wanted = policy.kind === 'backups' ? policy.count : 1;
+  let found = 0;
+  for (const [i, b] of newestFirst.entries()) {
+    if (b.verifiedRestore && ++found === wanted) return i + 1;
+  }
+  return newestFirst.length;
+}
 
 /**
  * The full backup at the root of a backup's chain (itself for a full backup), or undefined when a
@@ -120,12 +139,15 @@ export function evaluateRetention(
   backups: readonly RetentionBackup[],
   policy: RetentionPolicy,
   now: Date,
+  requireVerified = false,
 ): StatusChange[] {
   const live = backups.filter((b) => CATALOGUED.has(b.status));
   const fullActive = live.filter((b) => b.parent === undefined && b.status === 'active');
   const newestFirst = [...fullActive].sort(
     (a, b) => b.startTime.getTime() - a.startTime.getTime() || (BigInt(b.id) > BigInt(a.id) ? 1 : -1),
   );
+  // The newest full backups that stay whatever the policy says, for retention_requires_verified_restore.
+  const spared = requireVerified ? verifiedKept(newestFirst, policy) : 0;
   const fullStatus = new Map<string, BackupStatus>(
     live.filter((b) => b.parent === undefined).map((b) => [b.id, b.status]),
   );
@@ -137,7 +159,7 @@ export function evaluateRetention(
         ? `${policy.count} BACKUPS`
         : `${policy.count} ${policy.unit}`;
   if (policy.kind === 'backups') {
-    for (const b of newestFirst.slice(policy.count)) {
+    for (const b of newestFirst.slice(Math.max(policy.count, spared))) {
       changes.push({
         id: b.id,
         from: 'active',
@@ -148,7 +170,7 @@ export function evaluateRetention(
     }
   } else if (policy.kind === 'window') {
     const cutoff = windowStart(policy, now);
-    for (const b of newestFirst) {
+    for (const b of newestFirst.slice(spared)) {
       if (b.startTime.getTime() < cutoff.getTime()) {
         changes.push({
           id: b.id,
