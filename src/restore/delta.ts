@@ -148,10 +148,10 @@ export async function checkDeltaTarget(target: RestoreTarget, root: RestoreRoot,
     // pg_control is written in the server's byte order; pgbart supports little-endian hosts only.
     found = control.readBigUInt64LE(0).toString();
   }
-  // An interrupted delta (or plain) restore of this backup may have been killed while rewriting
-  // pg_control: its marker names the cluster it was restoring.
+  // An interrupted delta (or plain) restore may have been killed while rewriting pg_control (left
+  // shorter than its identifier): its marker names the cluster it was restoring. A whole identifier wins.
   const fromMarker = marker !== undefined ? /^system identifier (\d+)$/m.exec(marker)?.[1] : undefined;
-  if (fromMarker !== undefined && (found === undefined || fromMarker === info.systemIdentifier)) found = fromMarker;
+  if (found === undefined && fromMarker !== undefined) found = fromMarker;
   if (found === undefined) {
     throw new BartError(
       `--delta: "${path}" is not a PostgreSQL data directory (no readable ${PG_CONTROL}); ` +
