@@ -195,7 +195,8 @@ export class SshRestoreTarget implements RestoreTarget {
   }
 
   async readFile(path: string): Promise<string | undefined> {
-    const r = await this.run(`[ -e ${remoteWord(path)} ] || exit 3; cat ${remoteWord(path)}`, `reading "${path}"`, [0, 3]);
+    // In a subshell: the channel evals each command in its loop, where `exit` would end the channel.
+    const r = await this.run(`([ -e ${remoteWord(path)} ] || exit 3; cat ${remoteWord(path)})`, `reading "${path}"`, [0, 3]);
     return r.code === 3 ? undefined : r.stdout;
   }
 
@@ -297,12 +298,14 @@ export class SshRestoreTarget implements RestoreTarget {
   ): Promise<Map<string, TargetFileState>> {
     const out = new Map<string, TargetFileState>();
     const r = remoteWord(root);
+    // Each command runs in a subshell: the channel evals commands in its loop, where `cd` would stay
+    // and `exit` would end the channel.
     for (let i = 0; i < files.length; i += COMPARE_BATCH_FILES) {
       const batch = files.slice(i, i + COMPARE_BATCH_FILES);
       const words = batch.map((f) => remoteWord(f.path)).join(' ');
       // stat fails (exit 1) for the absent ones and still prints the others.
       const st = await this.run(
-        `cd ${r} && LC_ALL=C stat --printf '%s %a %F\t%n\0' -- ${words} 2>/dev/null; exit 0`,
+        `(cd ${r} && LC_ALL=C stat --printf '%s %a %F\\t%n\\0' -- ${words} 2>/dev/null; exit 0)`,
         `comparing files in "${root}"`,
       );
       const expected = new Map(batch.map((f) => [f.path, f.size]));
@@ -316,7 +319,7 @@ export class SshRestoreTarget implements RestoreTarget {
       }
       if (toHash.length === 0) continue;
       const sums = await this.run(
-        `cd ${r} && ${hash}sum -z -- ${toHash.map((p) => remoteWord(p)).join(' ')}`,
+        `(cd ${r} && ${hash}sum -z -- ${toHash.map((p) => remoteWord(p)).join(' ')})`,
         `computing ${hash} checksums in "${root}"`,
         [0, 1],
       );
@@ -332,7 +335,7 @@ export class SshRestoreTarget implements RestoreTarget {
   async readHead(path: string, length: number): Promise<Buffer | undefined> {
     const p = remoteWord(path);
     const r = await this.run(
-      `{ [ -f ${p} ] && [ ! -L ${p} ]; } || exit 3; head -c ${length} ${p} | od -An -v -tx1`,
+      `({ [ -f ${p} ] && [ ! -L ${p} ]; } || exit 3; head -c ${length} ${p} | od -An -v -tx1)`,
       `reading "${path}"`,
       [0, 3],
     );
@@ -343,8 +346,8 @@ export class SshRestoreTarget implements RestoreTarget {
   async processAlive(pid: number): Promise<boolean> {
     // /proc where there is one; else kill -0, whose EPERM (another user's process) also means alive.
     const r = await this.run(
-      `[ -d /proc/${pid} ] && exit 0; o=$(LC_ALL=C kill -0 ${pid} 2>&1) && exit 0; ` +
-        `case "$o" in *[Nn]'o such process'*) exit 1;; esac; exit 0`,
+      `([ -d /proc/${pid} ] && exit 0; o=$(LC_ALL=C kill -0 ${pid} 2>&1) && exit 0; ` +
+        `case "$o" in *[Nn]'o such process'*) exit 1;; esac; exit 0)`,
       `checking process ${pid}`,
       [0, 1],
     );
