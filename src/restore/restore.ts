@@ -100,7 +100,9 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
     await checkDeltaTarget(target, roots[0]!, info);
     for (const root of roots.slice(1)) await checkDeltaTablespace(target, root);
     for (const root of roots) await checkWritable(target, root);
+    const compareStart = Date.now();
     delta = await planDelta(target, chain, roots, destinations);
+    log.debug(`delta restore: compared the target with the backup in ${Date.now() - compareStart} ms`);
   } else {
     for (const root of roots) await checkRoot(target, root);
   }
@@ -214,7 +216,10 @@ async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarge
       `pgbart RESTORE of backup ${info.id} in progress (pid ${process.pid}, started ${new Date().toISOString()})\n` +
       markerSystemIdLine(info);
     await target.writeFile(join(path, INCOMPLETE_MARKER), marker, 0o600);
-    if (plan.delta) removed = await startDelta(plan, plan.delta, target);
+    if (plan.delta) {
+      removed = await startDelta(plan, plan.delta, target);
+      log.debug(`delta restore: stale entries removed after ${Date.now() - started} ms`);
+    }
     const { chain, scan, checksumAlgorithm, workers, destinations, delta } = plan;
     const files = { chain, scan, destinations, checksumAlgorithm, workers, ...(delta ? { delta } : {}) };
     extracted = await writeBackupFiles(files, target, controller.signal);
