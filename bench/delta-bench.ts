@@ -79,7 +79,8 @@ export async function deltaBench(fx: BackupFixture, work: string, data: BenchDat
   if (b.code !== 0) throw new Error(`bart BACKUP failed: ${b.stderr}`);
   const id = backupIdFrom(b.stdout);
   const bart = async (path: string, extra: string[]) => {
-    const r = await fx.setup.bart(['RESTORE', '-s', fx.server, '-i', id, '-p', path, '-w', '2', '--target-immediate', ...extra]);
+    const args = ['RESTORE', '-s', fx.server, '-i', id, '-p', path, '-w', '2', '--target-immediate', ...extra];
+    const r = await fx.setup.bart(args);
     if (r.code !== 0) throw new Error(`bart RESTORE ${extra.join(' ')} failed: ${r.stderr}`);
     return r.stdout;
   };
@@ -110,9 +111,11 @@ export async function deltaBench(fx: BackupFixture, work: string, data: BenchDat
     }
     await restore(copy, []);
     drift(copy, files, block);
-    report({ label: 'pgbackrest restore (full, empty directory), process-max 2', seconds: await timed(() => restore(fresh, [])) });
+    const fullRestore = await timed(() => restore(fresh, []));
+    report({ label: 'pgbackrest restore (full, empty directory), process-max 2', seconds: fullRestore });
     removeTree(fresh);
-    report({ label: 'pgbackrest restore --delta, process-max 2', seconds: await timed(() => restore(copy, ['--delta'])) });
+    const deltaRestore = await timed(() => restore(copy, ['--delta']));
+    report({ label: 'pgbackrest restore --delta, process-max 2', seconds: deltaRestore });
     removeTree(copy);
   }
   removeTree(fx.backupDir(id));
@@ -121,7 +124,8 @@ export async function deltaBench(fx: BackupFixture, work: string, data: BenchDat
   const lines = [
     `# Delta restore benchmark, ${date}`,
     '',
-    `PostgreSQL ${BENCH.version}; cluster ${(data.dbBytes / 2 ** 30).toFixed(2)} GB (pgbench -i -s ${BENCH.scale} plus ` +
+    `PostgreSQL ${BENCH.version}; cluster ${(data.dbBytes / 2 ** 30).toFixed(2)} GB ` +
+      `(pgbench -i -s ${BENCH.scale} plus ` +
       `${data.randomMb} MB of random bytea); ${machineDescription()}.`,
     '',
     `A restored copy drifted: block 0 of ${files.length} relation files (1% of the cluster's bytes) overwritten. ` +

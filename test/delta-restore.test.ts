@@ -1,7 +1,18 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  truncateSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { TestCluster } from './harness/cluster.js';
@@ -45,7 +56,10 @@ function treeDigest(dir: string): Record<string, string> {
         out[p] = 'dir';
         walk(p);
       } else if (p === 'postgresql.auto.conf') out[p] = 'file';
-      else out[p] = `${(st.mode & 0o777).toString(8)} ${createHash('sha256').update(readFileSync(join(dir, p))).digest('hex')}`;
+      else {
+        const digest = createHash('sha256').update(readFileSync(join(dir, p))).digest('hex');
+        out[p] = `${(st.mode & 0o777).toString(8)} ${digest}`;
+      }
     }
   };
   walk('');
@@ -118,8 +132,12 @@ for (const version of versionsUnderTest()) {
       if (ids) chownSync(tsDir, ids.uid, ids.gid);
       await c.query(`CREATE TABLESPACE ts1 LOCATION '${tsDir}'`);
       tsOid = Number(await c.scalar(`SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'`));
-      await c.query(`CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 20) AS payload FROM generate_series(1, 30000) g`);
-      await c.query(`CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g AS id, md5(g::text) AS t FROM generate_series(1, 20000) g`);
+      await c.query(
+        'CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 20) AS payload FROM generate_series(1, 30000) g',
+      );
+      await c.query(
+        'CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g AS id, md5(g::text) AS t FROM generate_series(1, 20000) g',
+      );
       await c.query(`CREATE TABLE upd AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 2000) g`);
       for (const t of ['drop_me', 'trunc_me', 'remove_me']) {
         await c.query(`CREATE TABLE ${t} AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g`);
@@ -136,7 +154,7 @@ for (const version of versionsUnderTest()) {
       await src?.destroy();
     });
 
-    test('a restored, started and modified data directory becomes the same as a fresh restore, writing less', async () => {
+    test('a restored, started, modified data directory becomes the same as a fresh restore, writing less', async () => {
       const fresh = places();
       const r0 = await restoreOk(full, fresh);
       const fullBytes = fullSummary(r0.stdout);
@@ -172,7 +190,8 @@ for (const version of versionsUnderTest()) {
       try {
         await other.stop();
         const before = snapshot(other.dataDir);
-        const r = await src.restore(restoreArgs(full, { path: other.dataDir, ts: freshPath(src, 'ts-x') }, ['--delta']));
+        const elsewhere = { path: other.dataDir, ts: freshPath(src, 'ts-x') };
+        const r = await src.restore(restoreArgs(full, elsewhere, ['--delta']));
         assert.notEqual(r.code, 0);
         assert.match(r.stderr, /ERROR: .*belongs to another cluster \(system identifier \d+; backup \d+ has \d+\)/);
         assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
@@ -239,7 +258,7 @@ for (const version of versionsUnderTest()) {
       await modify(again.path);
       const r2 = await restoreOk(incr2, again, ['--delta']);
       assert.ok(deltaSummary(r2.stdout).kept > 0, r2.stdout);
-      assert.deepEqual(treeDigest(again.path), treeDigest(fresh.path), 'chain end over itself differs from a fresh restore');
+      assert.deepEqual(treeDigest(again.path), treeDigest(fresh.path), 'chain end over itself differs');
       assert.deepEqual(treeDigest(again.ts), treeDigest(fresh.ts), 'tablespace differs from a fresh restore');
       const a = await startRestored(version, target.path);
       const b = await startRestored(version, fresh.path);
@@ -280,7 +299,7 @@ for (const version of versionsUnderTest()) {
         const { wrote, kept } = deltaSummary(r.stdout);
         console.error(`-r: ${/delta restore: .*/.exec(r.stdout)![0]}`);
         assert.ok(kept > wrote, r.stdout);
-        assert.deepEqual(treeDigest(target.path), treeDigest(fresh.path), 'data directory differs from a fresh restore');
+        assert.deepEqual(treeDigest(target.path), treeDigest(fresh.path), 'data directory differs from a fresh one');
         assert.deepEqual(treeDigest(target.ts), treeDigest(fresh.ts), 'tablespace differs from a fresh restore');
       } finally {
         await sshd.stop();
@@ -293,9 +312,8 @@ for (const version of versionsUnderTest()) {
       const target = places();
       await restoreOk(full, target);
       await modify(target.path);
-      const killed = await src.setup.bart(['RESTORE', '-s', src.server, ...restoreArgs(full, target, ['--delta', '-w', '1'])], {
-        PGBART_CRASH_AT: 'restore:delta-task',
-      });
+      const args = ['RESTORE', '-s', src.server, ...restoreArgs(full, target, ['--delta', '-w', '1'])];
+      const killed = await src.setup.bart(args, { PGBART_CRASH_AT: 'restore:delta-task' });
       assert.equal(killed.code, null, `RESTORE was not killed:\n${killed.stdout}\n${killed.stderr}`);
       // Half done: it cannot be started by mistake.
       assert.ok(existsSync(join(target.path, '.pgbart-restore-incomplete')));

@@ -125,7 +125,11 @@ export interface RestoreTarget {
    * each regular file under `root` (sha256 or md5; none: no digest). Absent files and anything that
    * is not a regular file (a symlink included) are left out of the map.
    */
-  compareFiles(root: string, files: FileToCompare[], hash: 'sha256' | 'md5' | 'none'): Promise<Map<string, TargetFileState>>;
+  compareFiles(
+    root: string,
+    files: FileToCompare[],
+    hash: 'sha256' | 'md5' | 'none',
+  ): Promise<Map<string, TargetFileState>>;
   /** The first `length` bytes of a regular file (fewer when it is shorter); undefined when absent. */
   readHead(path: string, length: number): Promise<Buffer | undefined>;
   /** True when a process with this pid exists on the target host (a running postmaster). */

@@ -155,7 +155,11 @@ async function applyFile(
  * recorded length and patched with the stored blocks (each block's CRC-32C and each file's checksum
  * verified). Archives (tablespaces) the newest backup does not have are skipped.
  */
-export async function applyIncremental(entry: CatalogEntry, opts: ApplyOptions, step: ApplyStep = { newest: true }): Promise<{ files: number; bytes: number; written: number }> {
+export async function applyIncremental(
+  entry: CatalogEntry,
+  opts: ApplyOptions,
+  step: ApplyStep = { newest: true },
+): Promise<{ files: number; bytes: number; written: number }> {
   const info = entry.info;
   const label = `incremental backup ${info.id}`;
   const files = new Map<string, Map<string, IncrementalManifestEntry>>();

@@ -31,7 +31,14 @@ import {
 } from './delta.js';
 import { checkChainStillListed, selectBackup } from './select.js';
 import { linkTablespaces, restoreRoots, tablespaceDestinations, type RestoreRoot } from './tablespaces.js';
-import { checkFreeSpace, checkRoot, checkWritable, scanChain, validateRecoveryTarget, warnArchiveGetUser } from './validate.js';
+import {
+  checkFreeSpace,
+  checkRoot,
+  checkWritable,
+  scanChain,
+  validateRecoveryTarget,
+  warnArchiveGetUser,
+} from './validate.js';
 import { selectWalToCopy, walCopyBytes, type WalToCopy } from './wal.js';
 
 /** A restore as `bart RESTORE` resolved it from its options and the server's settings. */
@@ -321,8 +328,9 @@ function reportRestored(
         `in ${formatDuration(seconds * 1000)} with ${plan.workers} worker(s); ${verified}`,
     );
   } else {
+    const took = formatDuration(seconds * 1000);
     log.info(
-      `restored ${extracted.files} files, ${formatBytes(extracted.bytes)} in ${formatDuration(seconds * 1000)}${rate} ` +
+      `restored ${extracted.files} files, ${formatBytes(extracted.bytes)} in ${took}${rate} ` +
         `with ${plan.workers} worker(s); ${verified}`,
     );
   }

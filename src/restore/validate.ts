@@ -62,7 +62,8 @@ export async function checkRoot(target: RestoreTarget, root: RestoreRoot): Promi
     }
     throw new BartError(
       `${root.what} "${root.path}" is not empty (it holds "${s.sample}"); ` +
-        'RESTORE writes only into an empty or absent directory (or, with --delta, a data directory of the same cluster)',
+        'RESTORE writes only into an empty or absent directory ' +
+          '(or, with --delta, a data directory of the same cluster)',
     );
   }
   await checkWritable(target, root);

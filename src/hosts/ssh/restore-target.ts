@@ -196,7 +196,8 @@ export class SshRestoreTarget implements RestoreTarget {
 
   async readFile(path: string): Promise<string | undefined> {
     // In a subshell: the channel evals each command in its loop, where `exit` would end the channel.
-    const r = await this.run(`([ -e ${remoteWord(path)} ] || exit 3; cat ${remoteWord(path)})`, `reading "${path}"`, [0, 3]);
+    const p = remoteWord(path);
+    const r = await this.run(`([ -e ${p} ] || exit 3; cat ${p})`, `reading "${path}"`, [0, 3]);
     return r.code === 3 ? undefined : r.stdout;
   }
 
