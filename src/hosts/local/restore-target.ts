@@ -263,7 +263,8 @@ export class LocalRestoreTarget implements RestoreTarget {
     try {
       handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (err) {
-      if (missing(err)) return undefined;
+      // A symlink (ELOOP) or a directory in the file's place is not the file either.
+      if (missing(err) || (isErrnoError(err) && (err.code === 'ELOOP' || err.code === 'EISDIR'))) return undefined;
       throw err;
     }
     try {
