@@ -70,8 +70,8 @@ async function* manifestEntries(link: CatalogEntry): AsyncGenerator<IncrementalM
  * The state the chain restores, file by file, with the checksum of each file's final content where
  * the manifests give it. A file stored whole has its checksum; a later link that stores it as changed
  * blocks records only the checksum of those blocks, so its final content is known only when every
- * later link changed no block and kept its length. A path whose type changes between links, or below
- * one that does, gets no checksum either (the chain removes and recreates it on the way).
+ * later link changed no block and kept its length. A path whose type differs between any two links, or
+ * below one that does, gets no checksum either (the chain removes and recreates it on the way).
  */
 export async function finalState(chain: CatalogEntry[]): Promise<{
   files: Map<string, FinalFile>;
@@ -80,14 +80,17 @@ export async function finalState(chain: CatalogEntry[]): Promise<{
   let files = new Map<string, FinalFile>();
   let types = new Map<string, 'file' | 'dir' | 'symlink'>();
   const unstable = new Set<string>();
+  // The type each path had in any link so far (a path may skip links: a directory, gone, then a file).
+  const everType = new Map<string, 'file' | 'dir' | 'symlink'>();
   for (const link of chain) {
     const nextFiles = new Map<string, FinalFile>();
     const nextTypes = new Map<string, 'file' | 'dir' | 'symlink'>();
     const algorithm = link.info.checksumAlgorithm;
     for await (const e of manifestEntries(link)) {
       const key = fileKey(e.archive, e.path);
-      const was = types.get(key);
+      const was = everType.get(key);
       if (was !== undefined && was !== e.type) unstable.add(key);
+      everType.set(key, e.type);
       nextTypes.set(key, e.type);
       if (e.type !== 'file') continue;
       const prev = files.get(key);
