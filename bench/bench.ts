@@ -4,11 +4,13 @@
  * npm run bench — one ~3 GB cluster (pgbench -i -s 100 plus the same size of random data), and on
  * it, in the same run: BACKUP timed against pg_basebackup and pgbackrest (bench/results/<date>-backup.md),
  * then RESTORE against pgbackrest restore and tar -x (bench/restore-bench.ts, <date>-restore.md); then
- * the cost of page checksum verification (bench/page-checksum-cost.ts, <date>-pagecheck.md); then
- * the WAL scanner benchmark (bench/scanner-bench.ts, <date>-scanner.md).
+ * RESTORE --delta after 1% of a copy drifted against a full restore and pgbackrest restore --delta
+ * (bench/delta-bench.ts, <date>-delta.md); then the cost of page checksum verification
+ * (bench/page-checksum-cost.ts, <date>-pagecheck.md); then the WAL scanner benchmark
+ * (bench/scanner-bench.ts, <date>-scanner.md).
  *
  * Environment: BENCH_SCALE (pgbench scale, default 100), BENCH_PG (major version, default 15),
- * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,pagecheck,scanner`).
+ * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,scanner`).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -28,7 +30,7 @@ import {
   type BenchData,
 } from './bench-data.js';
 
-const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,pagecheck,scanner').split(',');
+const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,scanner').split(',');
 
 interface Row {
   label: string;
@@ -153,7 +155,7 @@ async function main(): Promise<void> {
   console.log(
     `pgbart benchmark: PostgreSQL ${BENCH.version}, pgbench scale ${BENCH.scale} plus the same size of random data`,
   );
-  if (PARTS.includes('backup') || PARTS.includes('restore') || PARTS.includes('pagecheck')) {
+  if (['backup', 'restore', 'delta', 'pagecheck'].some((p) => PARTS.includes(p))) {
     const fx = await createBackupFixture({ version: BENCH.version, conf: BENCH_CLUSTER_CONF });
     const work = makeTempDir('bench');
     try {
@@ -168,6 +170,10 @@ async function main(): Promise<void> {
       if (PARTS.includes('restore')) {
         const { restoreBench } = await import('./restore-bench.js');
         await restoreBench(fx, work, data);
+      }
+      if (PARTS.includes('delta')) {
+        const { deltaBench } = await import('./delta-bench.js');
+        await deltaBench(fx, work, data);
       }
       if (PARTS.includes('pagecheck')) {
         const { pageCheckCost } = await import('./page-checksum-cost.js');

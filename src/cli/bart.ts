@@ -215,7 +215,7 @@ function buildProgram(): Command {
     .command('RESTORE')
     .description('restore a backup, with optional point-in-time recovery')
     .option('-s, --server <name>', 'server name')
-    .option('-p, --restore-path <path>', 'target data directory (must be empty or absent)')
+    .option('-p, --restore-path <path>', 'target data directory (empty or absent; with --delta, an existing one)')
     .option('-i, --backupid <id>', 'backup id or name (default: latest)')
     .option('-r, --remote-host <user@host>', 'restore to another host over ssh')
     .option('-w, --workers <n>', 'parallel workers', integer(1, 128, 'workers'))
@@ -239,6 +239,7 @@ function buildProgram(): Command {
     .option('--disable-checksum', 'skip checksum verification')
     .option('--tablespace-map <map>', 'OID=PATH;OID=PATH restore locations of tablespaces')
     .option('--standby', 'write standby.signal instead of recovery.signal')
+    .option('--delta', 'rewrite only what differs in an existing data directory of the same cluster (server stopped)')
     .action(async (o: Record<string, unknown>) => {
       await withContext(program, async (ctx) =>
         (await import('../commands/restore.js')).restore(ctx, withInclusive(o)),

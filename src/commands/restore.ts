@@ -19,6 +19,7 @@ export interface RestoreOptions extends TargetOptions {
   disableChecksum?: boolean;
   tablespaceMap?: string;
   standby?: boolean;
+  delta?: boolean;
 }
 
 /** Parses `--tablespace-map OID=PATH;OID=PATH` (same form as tablespace_path in bart.cfg). */
@@ -45,7 +46,10 @@ export function parseTablespaceMap(text: string): Map<number, string> {
 function resolveRequest(ctx: CommandContext, o: RestoreOptions): RestoreRequest {
   const server = selectOneServer(ctx.config, o.server, 'RESTORE');
   if (!o.restorePath) {
-    throw new BartError('RESTORE needs -p/--restore-path PATH (the directory to restore into; empty or absent)');
+    throw new BartError(
+      'RESTORE needs -p/--restore-path PATH (the directory to restore into; empty or absent, ' +
+        'or with --delta a data directory of the same cluster)',
+    );
   }
   // With -c the path is part of restore_command; refused in any case, before anything is written.
   requireConfSafe('-p/--restore-path', o.restorePath);
@@ -61,12 +65,14 @@ function resolveRequest(ctx: CommandContext, o: RestoreOptions): RestoreRequest 
     copyWals: o.copyWals === true || server.copyWalsDuringRestore,
     disableChecksum: o.disableChecksum === true,
     standby: o.standby === true,
+    delta: o.delta === true,
   };
 }
 
 /**
  * `bart RESTORE`: restores a full backup, or an incremental one through its chain, into an empty or
- * absent directory on this host or (-r) on another one over ssh (see {@link runRestore}).
+ * absent directory (with --delta: over an existing data directory of the same cluster, rewriting only
+ * what differs) on this host or (-r) on another one over ssh (see {@link runRestore}).
  * The target is opened (for -r, ssh connected) before the other options are resolved, the order
  * in which RESTORE has always checked them.
  */

@@ -52,6 +52,21 @@ export interface TargetEntry {
   type: 'file' | 'dir' | 'symlink';
 }
 
+/** What a delta restore learns of a file already on the target. */
+export interface TargetFileState {
+  size: number;
+  /** Permission bits. */
+  mode: number;
+  /** Hex digest of the content; only when asked for and the size was the expected one. */
+  digest?: string;
+}
+
+/** A file a delta restore asks about: its path relative to the root, and the size the backup gives it. */
+export interface FileToCompare {
+  path: string;
+  size: number;
+}
+
 /** Serializable description of a target, from which a worker thread rebuilds it. */
 export type RestoreTargetSpec =
   | { kind: 'local'; /** uid/gid to chown written files to (root only). */ owner?: { uid: number; gid: number } }
@@ -112,6 +127,20 @@ export interface RestoreTarget {
   syncDir(path: string): Promise<void>;
   /** Makes everything written under `path` durable (files are not synced one by one as they are written). */
   syncTree(path: string): Promise<void>;
+  /**
+   * Delta restore: size, permission bits and, for files of the expected size, the `hash` digest of
+   * each regular file under `root` (sha256 or md5; none: no digest). Absent files and anything that
+   * is not a regular file (a symlink included) are left out of the map.
+   */
+  compareFiles(
+    root: string,
+    files: FileToCompare[],
+    hash: 'sha256' | 'md5' | 'none',
+  ): Promise<Map<string, TargetFileState>>;
+  /** The first `length` bytes of a regular file (fewer when it is shorter); undefined when absent. */
+  readHead(path: string, length: number): Promise<Buffer | undefined>;
+  /** True when a process with this pid exists on the target host (a running postmaster). */
+  processAlive(pid: number): Promise<boolean>;
   /** Completes what is still being written and releases connections (remote targets; a restore task ends with it). */
   close?(): Promise<void>;
 }

@@ -18,13 +18,15 @@ export interface ExtractResult {
  * Runs a restore plan: directories and links are made here, in manifest order; file tasks go to
  * `workers` worker threads. At most one task per worker is outstanding, so memory stays flat and,
  * after a failure (or `signal`), nothing new starts and only the tasks already running finish
- * before the error is thrown: the caller then removes what was written.
+ * before the error is thrown: the caller then removes what was written. `afterTask` runs after each
+ * task that succeeded (a crash point of the delta restore's tests).
  */
 export async function extractBackup(
   plan: AsyncIterable<PlanItem>,
   target: RestoreTarget,
   workers: number,
   signal?: AbortSignal,
+  afterTask?: () => void,
 ): Promise<ExtractResult> {
   const pool = new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers);
   const inflight = new Set<Promise<void>>();
@@ -49,6 +51,7 @@ export async function extractBackup(
             (r) => {
               files += r.files;
               bytes += r.bytes;
+              afterTask?.();
             },
             (err: unknown) => {
               failure ??= err;

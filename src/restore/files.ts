@@ -10,6 +10,8 @@ import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
 import { shellQuote } from '../util/shell-quote.js';
+import { crashPoint } from '../util/crash-point.js';
+import type { DeltaPlan } from './delta.js';
 import { extractBackup, type ExtractResult } from './engine.js';
 import { applyIncremental, removeDropped } from './incremental.js';
 import { planRestore, type BackupScan } from './plan.js';
@@ -30,19 +32,22 @@ export interface FilesToWrite {
   destinations: Map<string, string>;
   checksumAlgorithm: ChecksumAlgorithm;
   workers: number;
+  /** RESTORE --delta: what the target already holds (see {@link DeltaPlan}). */
+  delta?: DeltaPlan;
 }
 
 /**
  * Extracts the full backup with `workers` worker threads, then applies each incremental of the
  * chain in order and removes what the newest one no longer has. PG_VERSION is held back under
  * {@link PG_VERSION_PENDING}, so the directory cannot start before the restore is complete.
+ * `bytes` counts the full backup's files written, `written` adds the incrementals' writes.
  */
 export async function writeBackupFiles(
   files: FilesToWrite,
   target: RestoreTarget,
   signal: AbortSignal,
-): Promise<ExtractResult> {
-  const { chain, scan, destinations, checksumAlgorithm, workers } = files;
+): Promise<ExtractResult & { written: number }> {
+  const { chain, scan, destinations, checksumAlgorithm, workers, delta } = files;
   const holdBack = { PG_VERSION: PG_VERSION_PENDING };
   // Tasks big enough to amortise their setup, small enough to spread the backup over the workers.
   const taskBytes = Math.min(256 * 1024 * 1024, Math.max(16 * 1024 * 1024, Math.ceil(scan.totalBytes / (workers * 4))));
@@ -55,19 +60,31 @@ export async function writeBackupFiles(
     checksumAlgorithm,
     taskBytes,
     holdBack,
+    ...(delta ? { keep: delta.keep } : {}),
   });
-  const extracted = await extractBackup(plan, target, workers, signal);
+  // Test hook: a delta restore killed between two tasks, some files rewritten and others not yet.
+  const afterTask = delta ? () => crashPoint('restore:delta-task') : undefined;
+  const extracted = await extractBackup(plan, target, workers, signal, afterTask);
+  let written = extracted.bytes;
   signal.throwIfAborted();
   if (chain.length > 1) {
-    const applyOpts = { destinations, holdBack, checksumAlgorithm, target, keepInBase: [INCOMPLETE_MARKER] };
+    const applyOpts = {
+      destinations,
+      holdBack,
+      checksumAlgorithm,
+      target,
+      keepInBase: [INCOMPLETE_MARKER],
+      ...(delta ? { keep: delta.keep, protect: delta.protect } : {}),
+    };
     for (const [i, link] of chain.slice(1).entries()) {
       const applied = await applyIncremental(link, applyOpts, { newest: i === chain.length - 2, previous: chain[i]! });
       log.info(`applied incremental backup ${link.info.id}: ${applied.files} files, ${formatBytes(applied.bytes)}`);
+      written += applied.written;
       signal.throwIfAborted();
     }
     await removeDropped(chain[chain.length - 1]!, applyOpts);
   }
-  return extracted;
+  return { ...extracted, written };
 }
 
 /** -c: copies the WAL recovery needs from the archive into `dir` (uploaded over ssh to a remote target). */

@@ -28,6 +28,10 @@ export interface ApplyOptions {
   target: RestoreTarget;
   /** Names in the data directory that the restore itself keeps there (its in-progress marker). */
   keepInBase: string[];
+  /** RESTORE --delta: files ({@link fileKey}) already holding their final content, never written. */
+  keep?: ReadonlySet<string>;
+  /** RESTORE --delta: the kept files and the directories above them, never removed on the way. */
+  protect?: ReadonlySet<string>;
 }
 
 /** Options of one {@link applyIncremental} call. */
@@ -163,7 +167,7 @@ export async function applyIncremental(
   entry: CatalogEntry,
   opts: ApplyOptions,
   step: ApplyStep = { newest: true },
-): Promise<{ files: number; bytes: number }> {
+): Promise<{ files: number; bytes: number; written: number }> {
   const info = entry.info;
   const label = `incremental backup ${info.id}`;
   const files = new Map<string, Map<string, IncrementalManifestEntry>>();
@@ -175,6 +179,8 @@ export async function applyIncremental(
   const typeChanged: string[] = [];
   let count = 0;
   let total = 0;
+  // Bytes that reached the target (files read past are not counted).
+  let written = 0;
   try {
     for await (const line of readManifest(join(entry.dir, MANIFEST_FILE))) {
       if (line.kind !== 'file') continue;
@@ -217,6 +223,7 @@ export async function applyIncremental(
   const destFor = (archive: string, e: IncrementalManifestEntry): string | undefined => {
     if (archive === 'base' && SKIPPED_BASE_FILES.has(e.path)) return undefined;
     if (passOver(archive, e)) return undefined;
+    if (opts.keep?.has(fileKey(archive, e.path))) return undefined;
     if (e.incr && e.size === 0 && before?.get(fileKey(archive, e.path))?.length === e.incr.length) return undefined;
     const hold = archive === 'base' ? opts.holdBack[e.path] : undefined;
     return join(opts.destinations.get(archive)!, hold ?? e.path);
@@ -244,7 +251,10 @@ export async function applyIncremental(
           if (passOver(archive, e)) {
             await reader.skip(header.size + tarPadding(header.size));
           } else {
-            total += await applyFile(e, reader.stream(header.size), destFor(archive, e), opts, label);
+            const dest = destFor(archive, e);
+            const n = await applyFile(e, reader.stream(header.size), dest, opts, label);
+            total += n;
+            if (dest !== undefined) written += n;
             await reader.skip(tarPadding(header.size));
           }
           count++;
@@ -261,6 +271,8 @@ export async function applyIncremental(
       const root = join(entry.dir, archive === 'base' ? PLAIN_BASE_DIR : archive);
       for (const e of entries.values()) {
         if (passOver(archive, e)) continue;
+        // A delta restore's kept file: a plain backup need not even read it.
+        if (opts.keep?.has(fileKey(archive, e.path))) continue;
         let stored = join(root, e.path + ext);
         let compression = info.compression;
         if (ext !== '') {
@@ -273,7 +285,10 @@ export async function applyIncremental(
         }
         const stream = openDecompressed(stored, compression);
         try {
-          total += await applyFile(e, stream as AsyncIterable<Buffer>, destFor(archive, e), opts, label);
+          const dest = destFor(archive, e);
+          const n = await applyFile(e, stream as AsyncIterable<Buffer>, dest, opts, label);
+          total += n;
+          if (dest !== undefined) written += n;
         } catch (err) {
           if (isErrnoError(err) && err.code === 'ENOENT')
             throw new BartError(`${label}: "${e.path}" is missing from the backup (damaged backup)`);
@@ -287,7 +302,7 @@ export async function applyIncremental(
   }
   // Everything of this link must be in place before the next one patches it (remote targets batch).
   await opts.target.flush();
-  return { files: count, bytes: total };
+  return { files: count, bytes: total, written };
 }
 
 /**
@@ -311,6 +326,8 @@ export async function removeDropped(newest: CatalogEntry, opts: ApplyOptions): P
         path = heldBack.get(path) ?? path;
       }
       const key = fileKey(archive, path);
+      // A delta restore's kept file, or a directory above one, is in the newest state: never removed.
+      if (opts.protect?.has(key)) continue;
       const listed = e.type === 'file' ? state.files.has(key) : state.others.get(key) === e.type;
       if (listed) continue;
       await opts.target.remove(join(root, e.path));

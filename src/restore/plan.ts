@@ -12,6 +12,7 @@ import {
   type ManifestFileEntry,
   type ManifestHeader,
 } from '../catalog/manifest.js';
+import { fileKey } from '../catalog/incremental-format.js';
 import type { RestoreFileSpec, RestoreTask } from './reader.js';
 import { checkAbsolutePath, TreeShapeCheck } from '../util/untrusted-path.js';
 
@@ -169,6 +170,12 @@ export interface PlanOptions {
   taskBytes: number;
   /** Paths of the base archive written under another name until the end. */
   holdBack: Record<string, string>;
+  /**
+   * RESTORE --delta: files ({@link fileKey}) the target already holds with the right content. They
+   * get no task: a tar task ends before one (the next file starts a task at its own unit offset),
+   * except in an archive that can only be read from its start, where they are read past.
+   */
+  keep?: ReadonlySet<string>;
 }
 
 /** One step of a restore: make a directory or link (done in order by the caller), or a task for a worker. */
@@ -242,13 +249,24 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     }
     const spec: RestoreFileSpec = { path: e.path, size: e.size, mode: e.mode };
     if (e.checksum && opts.checksumAlgorithm !== 'NONE') spec.checksum = e.checksum;
+    const summary = scan.archives.get(e.archive)!;
+    if (opts.keep?.has(fileKey(e.archive, e.path))) {
+      const held = pending.get(e.archive);
+      if (info.format !== 'tar') continue;
+      if (!summary.sequential) {
+        // The run of files to write ends here; the next one starts its own task at its offset.
+        if (held && held.files.length > 0) yield { kind: 'task', task: makeTask(e.archive, held) };
+        pending.delete(e.archive);
+        continue;
+      }
+      spec.skip = true;
+    }
     const skip = e.archive === BASE_ARCHIVE && SKIPPED_BASE_FILES.has(e.path);
     if (skip) {
       // A plain backup's file can simply be left out; a tar's must still be read past.
       if (info.format !== 'tar') continue;
       spec.skip = true;
     }
-    const summary = scan.archives.get(e.archive)!;
     let p = pending.get(e.archive);
     const split = info.format === 'tar' ? !summary.sequential && e.offset !== undefined : true;
     if (p && split && (p.bytes >= opts.taskBytes || p.files.length >= MAX_FILES_PER_TASK)) {

@@ -178,21 +178,18 @@ async function runTarRange(task: TarRangeTask, target: RestoreTarget): Promise<R
           `${where}: "${header.path}" is ${header.size} bytes in the archive, ${spec.size} in the manifest (damaged backup)`,
         );
       }
+      const dest = destination(task, spec);
       try {
-        bytes += await sink.copy(
-          reader.stream(header.size),
-          destination(task, spec),
-          spec,
-          task.checksumAlgorithm,
-          task.label,
-        );
+        const n = await sink.copy(reader.stream(header.size), dest, spec, task.checksumAlgorithm, task.label);
+        // Files read past (tablespace_map, a delta restore's kept files) are not counted as restored.
+        if (dest !== undefined) bytes += n;
       } catch (err) {
         const msg = (err as Error).message;
         throw new Error(msg.startsWith(task.label) ? msg : `${where}: ${msg}`);
       }
       await reader.skip(tarPadding(header.size));
       byPath?.delete(header.path);
-      files++;
+      if (dest !== undefined) files++;
       next++;
     }
     return { files, bytes };

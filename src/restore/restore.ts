@@ -11,6 +11,7 @@ import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { PATCH_BATCH_BYTES } from '../hosts/ssh/restore-target.js';
 import { signalFileName } from '../postgres/recovery-config.js';
+import { BartError, errorMessage } from '../util/errors.js';
 import { formatBytes, formatDuration } from '../util/format.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot } from '../util/os-user.js';
@@ -21,9 +22,24 @@ import { BASE_ARCHIVE, type BackupScan } from './plan.js';
 import { removeSignalFiles, writeRecoveryConfig } from './recovery-config-writer.js';
 import type { ParsedTarget, TargetOptions } from './recovery-target.js';
 import { INCOMPLETE_MARKER, PG_VERSION_PENDING, restoreFailure, RestoreTransaction } from './rollback.js';
+import {
+  checkDeltaTablespace,
+  checkDeltaTarget,
+  markerSystemIdLine,
+  planDelta,
+  removeStale,
+  type DeltaPlan,
+} from './delta.js';
 import { checkChainStillListed, selectBackup } from './select.js';
 import { linkTablespaces, restoreRoots, tablespaceDestinations, type RestoreRoot } from './tablespaces.js';
-import { checkFreeSpace, checkRoot, scanChain, validateRecoveryTarget, warnArchiveGetUser } from './validate.js';
+import {
+  checkFreeSpace,
+  checkRoot,
+  checkWritable,
+  scanChain,
+  validateRecoveryTarget,
+  warnArchiveGetUser,
+} from './validate.js';
 import { selectWalToCopy, walCopyBytes, type WalToCopy } from './wal.js';
 
 /** A restore as `bart RESTORE` resolved it from its options and the server's settings. */
@@ -45,6 +61,8 @@ export interface RestoreRequest {
   disableChecksum: boolean;
   /** --standby: standby.signal instead of recovery.signal. */
   standby: boolean;
+  /** --delta: rewrite only what differs in an existing data directory of the same cluster. */
+  delta: boolean;
 }
 
 /** Settings derived from the request, the server and the backup. */
@@ -65,6 +83,10 @@ interface Plan {
   checksumAlgorithm: ChecksumAlgorithm;
   /** Restoring to another host over ssh (-r). */
   remote: boolean;
+  /** Restore root of each archive (`base` → the data directory, OID → the tablespace location). */
+  destinations: Map<string, string>;
+  /** --delta: what the target already holds. */
+  delta?: DeltaPlan;
 }
 
 /** Every check, before the first byte is written: select, validate, remap tablespaces, free space. */
@@ -79,7 +101,19 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
   const tablespaceDest = tablespaceDestinations(info, server, req.tablespaceMap);
   const base = restored?.get(BASE_ARCHIVE) ?? scan.archives.get(BASE_ARCHIVE)!;
   const roots = await restoreRoots(target, path, base, info, tablespaceDest, restored ?? scan.archives);
-  for (const root of roots) await checkRoot(target, root);
+  const destinations = new Map<string, string>([[BASE_ARCHIVE, path]]);
+  for (const [oid, dest] of tablespaceDest) destinations.set(String(oid), dest);
+  let delta: DeltaPlan | undefined;
+  if (req.delta) {
+    await checkDeltaTarget(target, roots[0]!, info);
+    for (const root of roots.slice(1)) await checkDeltaTablespace(target, root);
+    for (const root of roots) await checkWritable(target, root);
+    const compareStart = Date.now();
+    delta = await planDelta(target, chain, roots, destinations);
+    log.debug(`delta restore: compared the target with the backup in ${Date.now() - compareStart} ms`);
+  } else {
+    for (const root of roots) await checkRoot(target, root);
+  }
 
   const copyWals = req.copyWals;
   const maxTli = parsed.timeline !== undefined && /^\d+$/.test(parsed.timeline) ? Number(parsed.timeline) : undefined;
@@ -87,9 +121,11 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
   // The data directory also receives the copied WAL; over ssh, changed blocks wait in scratch files
   // (up to a batch) before they are patched in.
   const inDataDir = walCopyBytes(wal, info.walSegmentSize) + (remote && chain.length > 1 ? PATCH_BATCH_BYTES : 0);
+  // A delta restore needs room only for what its files grow by (they are rewritten in place).
+  const content = (r: RestoreRoot) => (delta ? Math.max(0, delta.growth.get(r.path) ?? 0) : r.bytes + r.files * 2048);
   await checkFreeSpace(
     target,
-    roots.map((r, i) => ({ path: r.path, bytes: r.bytes + r.files * 2048 + (i === 0 ? inDataDir : 0) })),
+    roots.map((r, i) => ({ path: r.path, bytes: content(r) + (i === 0 ? inDataDir : 0) })),
   );
 
   warnArchiveGetUser(config, server, remote, copyWals);
@@ -110,11 +146,14 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
     workers,
     checksumAlgorithm,
     remote,
+    destinations,
+    ...(delta ? { delta } : {}),
   };
 }
 
 /**
  * Restores a full backup, or an incremental one through its chain, into an empty or absent directory
+ * (with `delta`: over an existing data directory of the same cluster, rewriting only what differs)
  * on `target` (this host, or another one over ssh), with tablespaces, recovery settings for
  * point-in-time recovery, and checksums verified as data streams. Everything that can be checked is
  * checked before the first byte is written; a failure later removes what was written, leaving the
@@ -176,15 +215,21 @@ async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarge
   const txn = new RestoreTransaction(target);
   const started = Date.now();
   let settings: [string, string][];
-  let extracted: ExtractResult;
+  let extracted: ExtractResult & { written: number };
+  let removed = 0;
   try {
     for (const root of plan.roots) await txn.claim(root);
-    const marker = `pgbart RESTORE of backup ${info.id} in progress (pid ${process.pid}, started ${new Date().toISOString()})\n`;
+    // The marker names the cluster: a RESTORE --delta run after a crash trusts it when pg_control is half written.
+    const marker =
+      `pgbart RESTORE of backup ${info.id} in progress (pid ${process.pid}, started ${new Date().toISOString()})\n` +
+      markerSystemIdLine(info);
     await target.writeFile(join(path, INCOMPLETE_MARKER), marker, 0o600);
-    const destinations = new Map<string, string>([[BASE_ARCHIVE, path]]);
-    for (const [oid, dest] of plan.tablespaceDest) destinations.set(String(oid), dest);
-    const { chain, scan, checksumAlgorithm, workers } = plan;
-    const files = { chain, scan, destinations, checksumAlgorithm, workers };
+    if (plan.delta) {
+      removed = await startDelta(plan, plan.delta, target);
+      log.debug(`delta restore: stale entries removed after ${Date.now() - started} ms`);
+    }
+    const { chain, scan, checksumAlgorithm, workers, destinations, delta } = plan;
+    const files = { chain, scan, destinations, checksumAlgorithm, workers, ...(delta ? { delta } : {}) };
     extracted = await writeBackupFiles(files, target, controller.signal);
     log.debug(`files written after ${Date.now() - started} ms`);
     settings = await finishDataDirectory(plan, req, target);
@@ -198,14 +243,45 @@ async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarge
     await target.remove(join(path, INCOMPLETE_MARKER));
     await target.syncDir(path);
   } catch (err) {
+    // A delta restore cannot give back what it overwrote: it leaves a directory that will not start,
+    // which the next RESTORE --delta completes.
+    if (plan.delta) throw deltaFailure(err, controller.signal.aborted, target, path);
     const clean = await txn.rollback();
     throw restoreFailure(err, controller.signal.aborted, clean, target, path, plan.roots);
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
   }
-  reportRestored(plan, req, target, extracted, (Date.now() - started) / 1000, settings);
+  reportRestored(plan, req, target, extracted, (Date.now() - started) / 1000, settings, removed);
   return 0;
+}
+
+/**
+ * The first writes of a delta restore: PG_VERSION moves aside (made durable before anything else
+ * changes, so the directory cannot start until the restore is complete), kept files get the backup's
+ * permission bits, and what the backup does not have is removed. Returns the entries removed.
+ */
+async function startDelta(plan: Plan, delta: DeltaPlan, target: RestoreTarget): Promise<number> {
+  const path = plan.path;
+  if ((await target.readFile(join(path, 'PG_VERSION'))) !== undefined) {
+    await target.rename(join(path, 'PG_VERSION'), join(path, PG_VERSION_PENDING));
+  }
+  await target.syncDir(path);
+  for (const [file, mode] of delta.modes) await target.chmod(file, mode);
+  const removed = await removeStale(target, plan.destinations, delta);
+  log.debug(`delta restore: removed ${removed} files and directories the backup does not have`);
+  return removed;
+}
+
+/** The error a failed delta restore ends with: why, and that the next RESTORE --delta completes it. */
+function deltaFailure(err: unknown, interrupted: boolean, target: RestoreTarget, path: string): BartError {
+  const why = interrupted ? 'RESTORE --delta was interrupted' : errorMessage(err);
+  const where = target.spec.kind === 'local' ? '' : ` on ${target.description}`;
+  return new BartError(
+    `${why}; "${path}"${where} holds a partly rewritten cluster that will not start ` +
+      `(${INCOMPLETE_MARKER}, no PG_VERSION): run RESTORE --delta again to complete it`,
+    interrupted ? 130 : 1,
+  );
 }
 
 /** pg_ctl of the backup's major version where the usual packages put it, else plain `pg_ctl`. */
@@ -227,9 +303,10 @@ function reportRestored(
   plan: Plan,
   req: RestoreRequest,
   target: RestoreTarget,
-  extracted: ExtractResult,
+  extracted: ExtractResult & { written: number },
   seconds: number,
   settings: [string, string][],
+  removed: number,
 ): void {
   const { info, path } = plan;
   const rate = seconds > 0 ? ` (${formatBytes(extracted.bytes / seconds)}/s)` : '';
@@ -240,10 +317,24 @@ function reportRestored(
         : 'the backup has no file checksums'
       : `${plan.checksumAlgorithm} checksums verified`;
   log.fileOnly('INFO', `RESTORE: peak RSS ${Math.round(process.resourceUsage().maxRSS / 1024)} MB`);
-  log.info(
-    `restored ${extracted.files} files, ${formatBytes(extracted.bytes)} in ${formatDuration(seconds * 1000)}${rate} ` +
-      `with ${plan.workers} worker(s); ${verified}`,
-  );
+  if (plan.delta) {
+    const d = plan.delta;
+    const total = extracted.written + d.keptBytes;
+    const share = total > 0 ? ` (${((100 * d.keptBytes) / total).toFixed(1)}% kept)` : '';
+    for (const note of d.notes) log.info(`--delta: ${note}`);
+    log.debug(`delta restore: ${extracted.written} bytes written, ${d.keptBytes} bytes kept in ${d.keptFiles} files`);
+    log.info(
+      `delta restore: wrote ${formatBytes(extracted.written)}, kept ${formatBytes(d.keptBytes)} in ${d.keptFiles} ` +
+        `files already in place${share}, removed ${removed} files and directories, ` +
+        `in ${formatDuration(seconds * 1000)} with ${plan.workers} worker(s); ${verified}`,
+    );
+  } else {
+    const took = formatDuration(seconds * 1000);
+    log.info(
+      `restored ${extracted.files} files, ${formatBytes(extracted.bytes)} in ${took}${rate} ` +
+        `with ${plan.workers} worker(s); ${verified}`,
+    );
+  }
   for (const t of info.tablespaces) {
     const dest = plan.tablespaceDest.get(t.oid);
     log.info(`tablespace ${t.name} (OID ${t.oid}) restored to ${dest} (pg_tblspc/${t.oid} links there)`);

@@ -58,14 +58,21 @@ export async function checkRoot(target: RestoreTarget, root: RestoreRoot): Promi
     if (s.sample === INCOMPLETE_MARKER) {
       throw new BartError(
         `${root.what} "${root.path}" holds an interrupted restore (${INCOMPLETE_MARKER}); ` +
-          'remove its contents and run RESTORE again',
+          'remove its contents and run RESTORE again, or complete it with RESTORE --delta',
       );
     }
     throw new BartError(
       `${root.what} "${root.path}" is not empty (it holds "${s.sample}"); ` +
-        'RESTORE writes only into an empty or absent directory',
+        'RESTORE writes only into an empty or absent directory ' +
+        '(or, with --delta, a data directory of the same cluster)',
     );
   }
+  await checkWritable(target, root);
+}
+
+/** Refuses a root whose directory (or, when absent, nearest existing parent) this process cannot write. */
+export async function checkWritable(target: RestoreTarget, root: RestoreRoot): Promise<void> {
+  const s = root.state;
   const dir = s.kind === 'absent' ? s.existingParent : root.path;
   if (!(await target.writable(dir))) {
     const who = target.spec.kind === 'local' ? currentUserName() : target.description;

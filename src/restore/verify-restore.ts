@@ -133,6 +133,7 @@ async function verifyOne(
         copyWals: false,
         disableChecksum: false,
         standby: false,
+        delta: false,
       };
       // RESTORE's progress and "how to start it" lines would mislead here: the logfile gets them.
       if (opts.consoleInfo) configureLog({ quiet: true });

@@ -1,6 +1,7 @@
 // Restore target (local driver): RESTORE writing to this host through direct file access.
 
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, fchownSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import {
   access,
@@ -26,14 +27,19 @@ import { fsyncDir } from '../../util/fs-atomic.js';
 import { FlushBehind } from '../../util/flush-behind.js';
 import { LocalHost } from './data-host.js';
 import type {
+  FileToCompare,
   FreeSpace,
   PathState,
   RestoreTarget,
   RestoreTargetSpec,
   TargetEntry,
   TargetFilePatcher,
+  TargetFileState,
   TargetFileWriter,
 } from '../restore-target.js';
+
+/** Files hashed at once by compareFiles: enough to keep a disk busy, few enough to keep memory flat. */
+const COMPARE_CONCURRENCY = 4;
 
 /** Create or truncate for writing, refusing (ELOOP) a symlink in the file's place. */
 const WRITE_NO_FOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
@@ -230,6 +236,74 @@ export class LocalRestoreTarget implements RestoreTarget {
       throw err;
     }
     for (const name of names) await rm(join(path, name), { recursive: true, force: true });
+  }
+
+  async compareFiles(
+    root: string,
+    files: FileToCompare[],
+    hash: 'sha256' | 'md5' | 'none',
+  ): Promise<Map<string, TargetFileState>> {
+    const out = new Map<string, TargetFileState>();
+    let next = 0;
+    const one = async (f: FileToCompare): Promise<void> => {
+      let handle;
+      try {
+        // O_NOFOLLOW: a symlink in a file's place is not a file of the cluster (it will be replaced).
+        handle = await open(join(root, f.path), constants.O_RDONLY | constants.O_NOFOLLOW);
+      } catch (err) {
+        if (missing(err) || (isErrnoError(err) && (err.code === 'ELOOP' || err.code === 'EISDIR'))) return;
+        throw err;
+      }
+      try {
+        const st = await handle.stat();
+        if (!st.isFile()) return;
+        const state: TargetFileState = { size: st.size, mode: st.mode & 0o7777 };
+        if (hash !== 'none' && st.size === f.size) {
+          const h = createHash(hash);
+          // Streamed: relation segments are up to 1 GiB.
+          for await (const chunk of handle.createReadStream({ autoClose: false, highWaterMark: 1024 * 1024 })) {
+            h.update(chunk as Buffer);
+          }
+          state.digest = h.digest('hex');
+        }
+        out.set(f.path, state);
+      } finally {
+        await handle.close();
+      }
+    };
+    const lanes = Array.from({ length: Math.min(COMPARE_CONCURRENCY, files.length) }, async () => {
+      while (next < files.length) await one(files[next++]!);
+    });
+    await Promise.all(lanes);
+    return out;
+  }
+
+  async readHead(path: string, length: number): Promise<Buffer | undefined> {
+    let handle;
+    try {
+      handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      // A symlink (ELOOP) or a directory in the file's place is not the file either.
+      if (missing(err) || (isErrnoError(err) && (err.code === 'ELOOP' || err.code === 'EISDIR'))) return undefined;
+      throw err;
+    }
+    try {
+      const buf = Buffer.alloc(length);
+      const { bytesRead } = await handle.read(buf, 0, length, 0);
+      return buf.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async processAlive(pid: number): Promise<boolean> {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      // EPERM: it exists but belongs to another user (the postmaster runs as cluster_owner).
+      return !(isErrnoError(err) && err.code === 'ESRCH');
+    }
   }
 
   async chownTree(path: string, uid: number, gid: number): Promise<void> {

@@ -5,12 +5,14 @@ import { log } from '../../util/log.js';
 import { quoteForPostgresCommand } from '../../util/shell-quote.js';
 import { sshDestinationProblem } from '../../util/ssh-destination.js';
 import type {
+  FileToCompare,
   FreeSpace,
   PathState,
   RestoreTarget,
   RestoreTargetSpec,
   TargetEntry,
   TargetFilePatcher,
+  TargetFileState,
   TargetFileWriter,
 } from '../restore-target.js';
 import { walkOrder } from './data-host.js';
@@ -30,6 +32,8 @@ export type SshRestoreTargetSpec = Extract<RestoreTargetSpec, { kind: 'ssh' }>;
 export const PATCH_BATCH_BYTES = 64 * 1024 * 1024;
 /** Patched files per batch, at the most (bounds the script and the scratch files). */
 const PATCH_BATCH_FILES = 1000;
+/** Files per command of compareFiles: one round trip each, and the command line stays a few KB. */
+const COMPARE_BATCH_FILES = 200;
 /** Exit status of the patch script when a file to patch does not exist. */
 const PATCH_MISSING = 3;
 
@@ -213,11 +217,9 @@ export class SshRestoreTarget implements RestoreTarget {
   }
 
   async readFile(path: string): Promise<string | undefined> {
-    const r = await this.run(
-      `[ -e ${remoteWord(path)} ] || exit 3; cat ${remoteWord(path)}`,
-      `reading "${path}"`,
-      [0, 3],
-    );
+    // In a subshell: the channel evals each command in its loop, where `exit` would end the channel.
+    const p = remoteWord(path);
+    const r = await this.run(`([ -e ${p} ] || exit 3; cat ${p})`, `reading "${path}"`, [0, 3]);
     return r.code === 3 ? undefined : r.stdout;
   }
 
@@ -310,6 +312,74 @@ export class SshRestoreTarget implements RestoreTarget {
       entries.push({ path: m[2]!, type: m[1] === 'd' ? 'dir' : m[1] === 'l' ? 'symlink' : 'file' });
     }
     yield* entries.sort((a, b) => walkOrder(a.path, b.path));
+  }
+
+  /**
+   * Two commands per batch of files: `stat` (size, mode and type of each, NUL-separated), then
+   * `sha256sum`/`md5sum -z` of the regular files whose size is the expected one: the content is
+   * read on the target host and only the digests travel.
+   */
+  async compareFiles(
+    root: string,
+    files: FileToCompare[],
+    hash: 'sha256' | 'md5' | 'none',
+  ): Promise<Map<string, TargetFileState>> {
+    const out = new Map<string, TargetFileState>();
+    const r = remoteWord(root);
+    // Each command runs in a subshell: the channel evals commands in its loop, where `cd` would stay
+    // and `exit` would end the channel.
+    for (let i = 0; i < files.length; i += COMPARE_BATCH_FILES) {
+      const batch = files.slice(i, i + COMPARE_BATCH_FILES);
+      const words = batch.map((f) => remoteWord(f.path)).join(' ');
+      // stat fails (exit 1) for the absent ones and still prints the others.
+      const st = await this.run(
+        `(cd ${r} && LC_ALL=C stat --printf '%s %a %F\\t%n\\0' -- ${words} 2>/dev/null; exit 0)`,
+        `comparing files in "${root}"`,
+      );
+      const expected = new Map(batch.map((f) => [f.path, f.size]));
+      const toHash: string[] = [];
+      for (const item of st.stdout.split('\0')) {
+        const m = /^(\d+) ([0-7]+) ([^\t]*)\t(.+)$/s.exec(item);
+        if (!m || !m[3]!.startsWith('regular')) continue;
+        const size = Number(m[1]);
+        out.set(m[4]!, { size, mode: parseInt(m[2]!, 8) });
+        if (hash !== 'none' && expected.get(m[4]!) === size) toHash.push(m[4]!);
+      }
+      if (toHash.length === 0) continue;
+      const sums = await this.run(
+        `(cd ${r} && ${hash}sum -z -- ${toHash.map((p) => remoteWord(p)).join(' ')})`,
+        `computing ${hash} checksums in "${root}"`,
+        [0, 1],
+      );
+      for (const item of sums.stdout.split('\0')) {
+        const m = /^([0-9a-f]+) [ *](.+)$/s.exec(item);
+        const state = m ? out.get(m[2]!) : undefined;
+        if (state) state.digest = m![1]!;
+      }
+    }
+    return out;
+  }
+
+  async readHead(path: string, length: number): Promise<Buffer | undefined> {
+    const p = remoteWord(path);
+    const r = await this.run(
+      `({ [ -f ${p} ] && [ ! -L ${p} ]; } || exit 3; head -c ${length} ${p} | od -An -v -tx1)`,
+      `reading "${path}"`,
+      [0, 3],
+    );
+    if (r.code === 3) return undefined;
+    return Buffer.from(r.stdout.replace(/\s+/g, ''), 'hex');
+  }
+
+  async processAlive(pid: number): Promise<boolean> {
+    // /proc where there is one; else kill -0, whose EPERM (another user's process) also means alive.
+    const r = await this.run(
+      `([ -d /proc/${pid} ] && exit 0; o=$(LC_ALL=C kill -0 ${pid} 2>&1) && exit 0; ` +
+        `case "$o" in *[Nn]'o such process'*) exit 1;; esac; exit 0)`,
+      `checking process ${pid}`,
+      [0, 1],
+    );
+    return r.code === 0;
   }
 
   async symlink(linkTarget: string, path: string): Promise<void> {
