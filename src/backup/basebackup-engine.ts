@@ -71,16 +71,29 @@ function runBasebackup(path: string, args: string[]): Promise<void> {
     // The line that says what went wrong: pg_basebackup's last words are usually only
     // "removing data directory ...", printed after its error.
     let errorLine: string | undefined;
-    const collect = (d: Buffer) => {
-      const text = d.toString();
-      for (const line of text.split('\n').filter((l) => l.trim() !== '')) {
-        log.debug(`pg_basebackup: ${line}`);
-        if (errorLine === undefined && /\b(error|FATAL|ERROR):/.test(line)) errorLine = line.trim();
-      }
-      lastLines = (lastLines + text).split('\n').slice(-5).join('\n');
+    const onLine = (line: string) => {
+      if (line.trim() === '') return;
+      log.debug(`pg_basebackup: ${line}`);
+      if (errorLine === undefined && /\b(error|FATAL|ERROR):/.test(line)) errorLine = line.trim();
     };
-    child.stdout!.on('data', collect);
-    child.stderr!.on('data', collect);
+    // A chunk may end in the middle of a line: only whole lines are judged (each stream on its own).
+    const collector = () => {
+      let partial = '';
+      return {
+        data: (d: Buffer) => {
+          const text = partial + d.toString();
+          const lines = text.split('\n');
+          partial = lines.pop()!;
+          lines.forEach(onLine);
+          lastLines = (lastLines + d.toString()).split('\n').slice(-5).join('\n');
+        },
+        end: () => onLine(partial),
+      };
+    };
+    const out = collector();
+    const err = collector();
+    child.stdout!.on('data', out.data).on('end', out.end);
+    child.stderr!.on('data', err.data).on('end', err.end);
     child.on('error', (err) => reject(new BartError(`cannot run ${path}: ${err.message}`)));
     child.on('close', (code) => {
       if (code === 0) resolvePromise();
