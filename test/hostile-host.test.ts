@@ -18,7 +18,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { createBartSetup, serverSection, type BartSetup } from './harness/bart.js';
+import { createBartSetup, serverSection, listedBackups } from './harness/bart.js';
 import { TestCluster } from './harness/cluster.js';
 import { createIncrementalSource, takeBackup } from './harness/incremental.js';
 import { removeTree, testUserIds, type RunResult } from './harness/os.js';
@@ -73,21 +73,7 @@ function sentinelDir(): string {
   return dir;
 }
 
-/** Backups of a server in the catalog, from SHOW-BACKUPS --output json. */
-async function backups(setup: BartSetup, server: string): Promise<{ id: string; name?: string; status: string }[]> {
-  const r = await setup.bart(['SHOW-BACKUPS', '-s', server, '--output', 'json']);
-  assert.equal(r.code, 0, r.stderr);
-  const parsed = JSON.parse(r.stdout) as unknown;
-  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<
-    string,
-    unknown
-  >[];
-  return list.map((b) => ({
-    id: String(b.id ?? b.backupId),
-    ...(b.name ? { name: String(b.name) } : {}),
-    status: String(b.status),
-  }));
-}
+const backups = listedBackups;
 
 /**
  * The crafted `find`: runs the real one and, when it lists the data directory named in plan.json,

@@ -13,7 +13,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createBartSetup, serverSection, type BartSetup } from './harness/bart.js';
+import { createBartSetup, serverSection, type BartSetup, listedBackups } from './harness/bart.js';
 import { TestCluster } from './harness/cluster.js';
 import { removeTree, run, runOk, type RunResult } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
@@ -23,25 +23,7 @@ import { tarFileHeader } from '../src/storage/tar-header.js';
 
 const BART = BART_TEST_USER;
 
-/** Backups of a server in the catalog, from SHOW-BACKUPS --output json. */
-async function backups(
-  setup: BartSetup,
-  server: string,
-): Promise<{ id: string; name?: string; status: string; parent?: string }[]> {
-  const r = await setup.bart(['SHOW-BACKUPS', '-s', server, '--output', 'json']);
-  assert.equal(r.code, 0, r.stderr);
-  const parsed = JSON.parse(r.stdout) as unknown;
-  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<
-    string,
-    unknown
-  >[];
-  return list.map((b) => ({
-    id: String(b.id ?? b.backupId),
-    ...(b.name ? { name: String(b.name) } : {}),
-    status: String(b.status),
-    ...(b.parent ? { parent: String(b.parent) } : {}),
-  }));
-}
+const backups = listedBackups;
 
 /** Waits until PostgreSQL reports `walfile` (or a later one) archived. */
 async function waitArchived(cluster: TestCluster, walfile: string): Promise<void> {

@@ -1,5 +1,6 @@
 // Test harness: a bart.cfg and catalog in a temp directory, server sections, and running bart.
 
+import assert from 'node:assert/strict';
 import { writeFileSync, chownSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestCluster } from './cluster.js';
@@ -87,4 +88,29 @@ export function createBartSetup(globalExtra: Record<string, string> = {}, sectio
       .join('\n')}\n\n${sections}`,
   );
   return setup;
+}
+
+/** One backup as SHOW-BACKUPS --output json lists it (the fields the tests compare). */
+export interface ListedBackup {
+  id: string;
+  name?: string;
+  status: string;
+  parent?: string;
+}
+
+/** Backups of a server in the catalog, from SHOW-BACKUPS --output json. */
+export async function listedBackups(setup: BartSetup, server: string): Promise<ListedBackup[]> {
+  const r = await setup.bart(['SHOW-BACKUPS', '-s', server, '--output', 'json']);
+  assert.equal(r.code, 0, r.stderr);
+  const parsed = JSON.parse(r.stdout) as unknown;
+  const list = (Array.isArray(parsed) ? parsed : ((parsed as { backups?: unknown[] }).backups ?? [])) as Record<
+    string,
+    unknown
+  >[];
+  return list.map((b) => ({
+    id: String(b.id ?? b.backupId),
+    ...(b.name ? { name: String(b.name) } : {}),
+    status: String(b.status),
+    ...(b.parent ? { parent: String(b.parent) } : {}),
+  }));
 }
