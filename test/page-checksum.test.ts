@@ -1,11 +1,21 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import {
+  closeSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  symlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { PageChecker } from '../src/backup/page-check.js';
 import { LocalHost } from '../src/hosts/local/data-host.js';
 import { checksumPage, PAGE_SIZE, PageVerifier, pageChecksum } from '../src/postgres/page-checksum.js';
+import { checkPageChecksums } from '../src/postgres/scratch-cluster.js';
 import { pgbenchInit, pgbenchRun } from './harness/load.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { makeTempDir, removeTree, runOk } from './harness/os.js';
@@ -166,6 +176,52 @@ for (const version of versionsUnderTest()) {
         await checker.settle(target, v, new LocalHost(), join(dir, '16384'));
         assert.deepEqual(checker.corruptFiles, [{ file: 'base/5/16384', blocks: [5], count: 1 }]);
         assert.equal(checker.corruptPages, 1);
+      } finally {
+        removeTree(dir);
+      }
+    });
+
+    test('VERIFY-RESTORE check of a stopped cluster: every page, tablespaces too, failures by file', async () => {
+      const dir = makeTempDir('stopped-check');
+      try {
+        const data = join(dir, 'data');
+        const put = (path: string, content: Buffer, bad: number[] = []) => {
+          const copy = Buffer.from(content);
+          corruptBuffer(copy, bad);
+          mkdirSync(dirname(path), { recursive: true });
+          writeFileSync(path, copy);
+        };
+        const t = readFileSync(table);
+        const i = readFileSync(index);
+        put(join(data, 'base/5/16384'), t, [1, 4]);
+        put(join(data, 'base/5/16400'), t, [...Array(25).keys()]);
+        // Not relation files: no checksums to check (garbage would fail if they were).
+        put(join(data, 'base/5/pg_filenode.map'), Buffer.alloc(PAGE_SIZE, 0x5a));
+        put(join(data, 'global/pg_control'), Buffer.alloc(PAGE_SIZE, 0x5a));
+        // A tablespace linked from pg_tblspc, and an in-place one (a directory in pg_tblspc).
+        put(join(dir, 'spc/PG_15_202209061/5/16390'), i);
+        mkdirSync(join(data, 'pg_tblspc'));
+        symlinkSync(join(dir, 'spc'), join(data, 'pg_tblspc/16385'));
+        put(join(data, 'pg_tblspc/16386/PG_15_202209061/5/16391'), i, [2]);
+
+        const pagesOf = (b: Buffer) => {
+          let n = 0;
+          for (let at = 0; at + PAGE_SIZE <= b.length; at += PAGE_SIZE) if (b.readUInt16LE(at + 14) !== 0) n++;
+          return n;
+        };
+        const r = await checkPageChecksums(data, new AbortController().signal);
+        assert.deepEqual(r, {
+          checked: true,
+          ok: false,
+          files: 4,
+          pages: 2 * pagesOf(t) + 2 * pagesOf(i),
+          failedPages: 2 + 25 + 1,
+          problems: [
+            'base/5/16384: blocks 1, 4 (checksum mismatch)',
+            `base/5/16400: blocks ${[...Array(20).keys()].join(', ')} and 5 more (checksum mismatch)`,
+            'pg_tblspc/16386/PG_15_202209061/5/16391: block 2 (checksum mismatch)',
+          ],
+        });
       } finally {
         removeTree(dir);
       }

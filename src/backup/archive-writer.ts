@@ -5,7 +5,7 @@ import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import type { CompressionMethod } from '../storage/compression.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
-import type { ManifestArtifact, ManifestFileEntry } from '../catalog/manifest.js';
+import { createChecksum, type ManifestArtifact, type ManifestFileEntry } from '../catalog/manifest.js';
 import type { PageChecker, PageCheckTarget } from './page-check.js';
 
 /** Compresses one unit; identity for `none`. Provided by the engine (a worker pool or inline). */
@@ -85,6 +85,41 @@ export async function readPieces(
     hash?.update(buf);
     await onPiece(buf);
   }
+}
+
+/**
+ * Reads an entry's `size` bytes of content into `onPiece`: bytes given whole are passed on as they
+ * are, a file is read from its host in pieces of `pieceSize` bytes (see {@link readPieces}). Every
+ * byte is hashed with `checksum` and, for a relation file, its pages verified; the pages that failed
+ * are read again and reported before this returns. Returns the content's checksum (hex), if kept.
+ */
+export async function readEntryContent(
+  size: number,
+  content: EntryContent | undefined,
+  checksum: ChecksumAlgorithm,
+  pieceSize: (remaining: number) => number,
+  onPiece: (piece: Buffer) => Promise<void>,
+): Promise<string | undefined> {
+  const hash = createChecksum(checksum);
+  const pages = content?.pages;
+  const verifier = pages?.checker.verifier(pages.target);
+  if (content && 'data' in content) {
+    hash?.update(content.data);
+    verifier?.update(content.data);
+    await onPiece(content.data);
+  } else {
+    const file = content ? await content.host.open(content.path) : undefined;
+    try {
+      await readPieces(file, size, pieceSize, hash, (piece) => {
+        verifier?.update(piece);
+        return onPiece(piece);
+      });
+    } finally {
+      await file?.close();
+    }
+  }
+  if (pages && verifier) await pages.checker.settle(pages.target, verifier, pages.host, pages.path);
+  return hash?.digest('hex');
 }
 
 /** Manifest entry for a host entry (without checksum or offsets). */

@@ -8,23 +8,18 @@ import { checkedWalk } from '../hosts/checked-walk.js';
 import { BackupSession } from '../postgres/backup-session.js';
 import { backupEntries } from '../postgres/data-directory.js';
 import { WalStreamer } from '../postgres/wal-streamer.js';
-import { compressionExtension } from '../storage/compression.js';
-import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
-import { PosixRepository } from '../storage/repository.js';
 import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
 import { Progress } from '../util/progress.js';
-import { WorkerPool } from '../util/worker-pool.js';
-import { UNIT_SIZE, type ArchiveWriter, type ArchiveWriterSettings, type EntryContent } from './archive-writer.js';
-import { addStopFiles, finishBackup, poolCompressor, storeBackupWal } from './finish.js';
+import type { ArchiveWriter, EntryContent } from './archive-writer.js';
+import { addStopFiles, storeBackupWal } from './finish.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, type BackupContext, type BackupRequest } from './transaction.js';
-import { PLAIN_BASE_DIR, tarName, MANIFEST_FILE } from '../catalog/layout.js';
-import { ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
+import { PLAIN_BASE_DIR } from '../catalog/layout.js';
+import type { ManifestFileEntry } from '../catalog/manifest.js';
 import { PgBackupManifestWriter } from './pg-backup-manifest.js';
 import { pageCheckerFor, recordPageChecks, type PageChecker } from './page-check.js';
-import { PlainArchiveWriter } from './plain-archive-writer.js';
-import { TarArchiveWriter } from './tar-archive-writer.js';
+import { BackupOutputs, WriterCalls } from './engine-outputs.js';
 
 /** How to take a full backup (already validated by the command). */
 export type FullBackupOptions = Omit<BackupRequest, 'engine' | 'parent'>;
@@ -49,48 +44,19 @@ export async function takeFullBackup(
 /** The native engine's work inside a backup transaction. */
 async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
   const { server, request, client, facts, host, id, partialDir, info } = ctx;
-  let pool: WorkerPool<Uint8Array> | undefined;
-  const writers: ArchiveWriter[] = [];
-  let manifest: ManifestWriter | undefined;
+  let outputs: BackupOutputs | undefined;
   let pgManifest: PgBackupManifestWriter | undefined;
   let streamer: WalStreamer | undefined;
-  let filePool: WorkerPool<FileCopyResult> | undefined;
   try {
-    if (request.compression !== 'none')
-      pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
-    const compress = poolCompressor(pool, request.compression, request.level);
-    if (request.format === 'plain') {
-      filePool = new WorkerPool<FileCopyResult>(
-        new URL('../storage/file-copy-worker.js', import.meta.url),
-        request.threads,
-      );
-    }
-    const settings: ArchiveWriterSettings = {
-      compression: request.compression,
-      level: request.level,
-      checksum: request.checksum,
-      compress,
-      maxInFlight: Math.max(2, request.threads * 2),
-      unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
-      ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool!, task) } : {}),
-    };
-    manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
-      manifest: 'pgbart',
-      version: 1,
-      server: server.name,
-      id,
-      format: request.format,
-      compression: request.compression,
-      checksumAlgorithm: request.checksum,
-    });
-    const repository = new PosixRepository();
+    outputs = await BackupOutputs.open(ctx, { fileCopyWorkers: true });
+    const { manifest, repository } = outputs;
     const progress = new Progress(`backup ${server.name}`, facts.estimatedBytes);
     // Manifest lines are appended one at a time even when plain writers finish files concurrently.
     let sinkChain: Promise<void> = Promise.resolve();
     const sinkFor = (archive: string) => (entry: ManifestFileEntry) => {
       progress.add(entry.size);
       sinkChain = sinkChain.then(async () => {
-        await manifest!.addFile(entry);
+        await manifest.addFile(entry);
         if (pgManifest && entry.type === 'file') {
           const path = archive === 'base' ? entry.path : `pg_tblspc/${archive}/${entry.path}`;
           await pgManifest.addFile(path, entry.size, entry.mtime, entry.checksum);
@@ -98,27 +64,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       });
       return sinkChain;
     };
-    const ext = compressionExtension(request.compression);
-    const makeWriter = async (archive: string): Promise<ArchiveWriter> => {
-      const writer =
-        request.format === 'tar'
-          ? new TarArchiveWriter(
-              tarName(archive, ext),
-              archive,
-              await repository.createOutput(join(partialDir!, tarName(archive, ext))),
-              settings,
-              sinkFor(archive),
-            )
-          : new PlainArchiveWriter(
-              join(partialDir!, archive === 'base' ? PLAIN_BASE_DIR : archive),
-              archive,
-              repository,
-              settings,
-              sinkFor(archive),
-            );
-      writers.push(writer);
-      return writer;
-    };
+    const makeWriter = (archive: string) => outputs!.makeWriter(archive, sinkFor(archive));
     if (request.format === 'plain' && request.compression === 'none') {
       await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
       pgManifest = await PgBackupManifestWriter.create(
@@ -169,16 +115,13 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
         : {}),
     });
     phase('WAL stored');
-    const done = await finishBackup({
-      writers,
-      manifest,
+    const done = await outputs.finish({
       info,
       label,
       stopLsn: stop.stopLsn,
       wal,
       manifestLinesWritten: () => sinkChain,
     });
-    manifest = undefined;
     if (pgManifest) {
       await pgManifest.finish(label.timeline, label.startLsn, stop.stopLsn);
       pgManifest = undefined;
@@ -190,25 +133,12 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     if (streamer) await rm(join(partialDir, STREAM_DIR), { recursive: true, force: true });
     return done;
   } catch (err) {
-    for (const w of writers) await w.abort().catch(() => undefined);
-    await manifest?.abandon();
+    await outputs?.abort();
     await pgManifest?.abort();
     throw err;
   } finally {
-    await pool?.close();
-    await filePool?.close();
+    await outputs?.close();
     await streamer?.close();
-  }
-}
-
-/** Runs a file copy in the pool; a full disk keeps its errno so the transaction says so. */
-async function copyInWorker(pool: WorkerPool<FileCopyResult>, task: FileCopyTask): Promise<FileCopyResult> {
-  try {
-    return await pool.run(task);
-  } catch (err) {
-    const message = (err as Error).message;
-    if (message.startsWith('ENOSPC')) throw Object.assign(new Error(message), { code: 'ENOSPC' });
-    throw err;
   }
 }
 
@@ -225,13 +155,12 @@ async function copyTree(
   checker: PageChecker | undefined,
 ): Promise<void> {
   const isTablespace = archive !== 'base';
-  const running = new Set<Promise<void>>();
   const parallel = request.format === 'plain' ? request.threads * 2 : 1;
+  const calls = new WriterCalls(parallel);
   // A tar is written in order, one file after the other; reading the next small files of this host
   // ahead keeps the disk busy while the current one is hashed and written (most files of a cluster are small).
   const readAhead = parallel === 1 && host.description === 'local';
   const window: { entry: HostEntry; content: Promise<EntryContent | undefined> }[] = [];
-  let failure: unknown;
   const addNext = async () => {
     const next = window.shift()!;
     await writer.add(next.entry, await next.content);
@@ -253,23 +182,10 @@ async function copyTree(
       if (window.length >= READ_AHEAD_FILES) await addNext();
       continue;
     }
-    const task = writer.add(entry, source);
-    if (parallel === 1) {
-      await task;
-      continue;
-    }
-    const tracked: Promise<void> = task
-      .catch((err) => {
-        failure ??= err;
-      })
-      .finally(() => running.delete(tracked));
-    running.add(tracked);
-    if (running.size >= parallel) await Promise.race(running);
-    if (failure) break;
+    if (!(await calls.add(writer.add(entry, source)))) break;
   }
   while (window.length > 0) await addNext();
-  await Promise.all(running);
-  if (failure) throw failure;
+  await calls.drain();
 }
 
 /** Files up to this size are read ahead whole (tar format, local host). */

@@ -11,17 +11,14 @@ import { backupEntries } from '../postgres/data-directory.js';
 import { forkKey } from '../scanner/modified-block-map.js';
 import { indexMbmFiles, segmentsOfRange, type ChangeSet } from '../scanner/change-set.js';
 import { findSegmentFile } from '../scanner/scan-wal-file.js';
-import { compressionExtension } from '../storage/compression.js';
-import { PosixRepository } from '../storage/repository.js';
 import { segmentName } from '../wal/segment-name.js';
 import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
 import { formatLsn, parseLsn } from '../util/lsn.js';
-import { WorkerPool } from '../util/worker-pool.js';
-import { UNIT_SIZE, type ArchiveWriter, type ArchiveWriterSettings } from './archive-writer.js';
-import { addStopFiles, finishBackup, poolCompressor, storeBackupWal } from './finish.js';
+import type { ArchiveWriter } from './archive-writer.js';
+import { addStopFiles, storeBackupWal } from './finish.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, waitForArchivedWal, type BackupContext, type BackupRequest } from './transaction.js';
 import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
@@ -36,11 +33,10 @@ import {
   type IncrementalManifestEntry,
 } from '../catalog/incremental-format.js';
 import { BLOCK_SIZE, FSM_FORKNUM, INIT_FORKNUM, RELSEG_BLOCKS, VISIBILITYMAP_FORKNUM } from '../postgres/constants.js';
-import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
-import { ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
+import { PLAIN_BASE_DIR } from '../catalog/layout.js';
+import type { ManifestFileEntry } from '../catalog/manifest.js';
 import { pageCheckerFor, recordPageChecks, type PageChecker } from './page-check.js';
-import { PlainArchiveWriter } from './plain-archive-writer.js';
-import { TarArchiveWriter } from './tar-archive-writer.js';
+import { BackupOutputs, WriterCalls } from './engine-outputs.js';
 
 /** How to take an incremental backup (validated by the command). */
 export type IncrementalBackupOptions = Omit<BackupRequest, 'engine' | 'parent'> & {
@@ -142,8 +138,7 @@ async function copyTreeIncremental(
   stats: Stats,
   checker: PageChecker | undefined,
 ): Promise<void> {
-  const running = new Set<Promise<void>>();
-  let failure: unknown;
+  const calls = new WriterCalls(parallelism);
   for await (const raw of backupEntries(checkedWalk(host, root), archive !== 'base')) {
     const entry: HostEntry = raw.type === 'symlink' && raw.path === 'pg_wal' ? { ...raw, type: 'dir', size: 0 } : raw;
     let add: Promise<void>;
@@ -170,21 +165,9 @@ async function copyTreeIncremental(
         add = writer.add({ ...entry, size: blocks.length * BLOCK_SIZE }, { host, path });
       }
     }
-    if (parallelism === 1) {
-      await add;
-      continue;
-    }
-    const tracked: Promise<void> = add
-      .catch((err) => {
-        failure ??= err;
-      })
-      .finally(() => running.delete(tracked));
-    running.add(tracked);
-    if (running.size >= parallelism) await Promise.race(running);
-    if (failure) break;
+    if (!(await calls.add(add))) break;
   }
-  await Promise.all(running);
-  if (failure) throw failure;
+  await calls.drain();
 }
 
 /** The timeline the server is on now (that of the checkpoint pg_backup_start just made). */
@@ -235,32 +218,12 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     );
   const parentState = await readRestoredState(parent.dir);
 
-  let pool: WorkerPool<Uint8Array> | undefined;
-  const writers: ArchiveWriter[] = [];
-  let manifest: ManifestWriter | undefined;
+  let outputs: BackupOutputs | undefined;
   const blockHost = new BlockSourceHost(ctx.host, Math.max(1, Math.min(server.batchSize, MAX_BATCH_BLOCKS)));
   try {
-    if (request.compression !== 'none')
-      pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
-    const compress = poolCompressor(pool, request.compression, request.level);
-    const settings: ArchiveWriterSettings = {
-      compression: request.compression,
-      checksum: request.checksum,
-      compress,
-      maxInFlight: Math.max(2, request.threads * 2),
-      unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
-    };
-    manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
-      manifest: 'pgbart',
-      version: 1,
-      server: server.name,
-      id,
-      format: request.format,
-      compression: request.compression,
-      checksumAlgorithm: request.checksum,
-      parent: p.id,
-    });
-    const repository = new PosixRepository();
+    // No file-copy workers: relation files are read block by block through blockHost.
+    outputs = await BackupOutputs.open(ctx, { parent: p.id });
+    const { manifest, repository } = outputs;
     const pending = new Map<string, IncrementalFileInfo & { crcList: string[] }>();
     let sinkChain: Promise<void> = Promise.resolve();
     const sinkFor = (archive: string) => (entry: ManifestFileEntry) => {
@@ -271,30 +234,10 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
         pending.delete(key);
         out = { ...entry, incr: { length: incr.length, runs: incr.runs, crcs: incr.crcList.join('') } };
       }
-      sinkChain = sinkChain.then(() => manifest!.addFile(out));
+      sinkChain = sinkChain.then(() => manifest.addFile(out));
       return sinkChain;
     };
-    const ext = compressionExtension(request.compression);
-    const makeWriter = async (archive: string): Promise<ArchiveWriter> => {
-      const writer =
-        request.format === 'tar'
-          ? new TarArchiveWriter(
-              tarName(archive, ext),
-              archive,
-              await repository.createOutput(join(partialDir, tarName(archive, ext))),
-              settings,
-              sinkFor(archive),
-            )
-          : new PlainArchiveWriter(
-              join(partialDir, archive === 'base' ? PLAIN_BASE_DIR : archive),
-              archive,
-              repository,
-              settings,
-              sinkFor(archive),
-            );
-      writers.push(writer);
-      return writer;
-    };
+    const makeWriter = (archive: string) => outputs!.makeWriter(archive, sinkFor(archive));
     if (request.format === 'plain') await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
 
     const checker = pageCheckerFor(request.verifyPages !== false, facts.dataChecksumVersion, server.name);
@@ -359,16 +302,13 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
       timeoutMs: 60_000,
     });
     log.debug('incremental: WAL stored');
-    const done = await finishBackup({
-      writers,
-      manifest,
+    const done = await outputs.finish({
       info,
       label,
       stopLsn: stop.stopLsn,
       wal,
       manifestLinesWritten: () => sinkChain,
     });
-    manifest = undefined;
     if (request.format === 'plain') await repository.syncTree(partialDir);
     log.info(
       `incremental backup: ${stats.blocks} blocks (${formatBytes(stats.blocks * BLOCK_SIZE)}) of ${stats.partial} changed relation files, ` +
@@ -376,11 +316,10 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     );
     return done;
   } catch (err) {
-    for (const w of writers) await w.abort().catch(() => undefined);
-    await manifest?.abandon();
+    await outputs?.abort();
     throw err;
   } finally {
-    await pool?.close();
+    await outputs?.close();
   }
 }
 

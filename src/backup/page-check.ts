@@ -9,8 +9,8 @@
  * checked and gathers what was found.
  */
 import type { DataHost } from '../hosts/data-host.js';
-import { PAGE_SIZE, PageVerifier } from '../postgres/page-checksum.js';
-import { parseRelationPath } from '../catalog/incremental-format.js';
+import { describeBlocks, PageVerifier, rereadSuspects } from '../postgres/page-checksum.js';
+import { parseRelationPath } from '../postgres/relation-file.js';
 import { RELSEG_BLOCKS } from '../postgres/constants.js';
 import { log } from '../util/log.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
@@ -82,26 +82,7 @@ export class PageChecker {
    */
   async settle(target: PageCheckTarget, verifier: PageVerifier, host: DataHost, path: string): Promise<void> {
     this.checkedPages += verifier.checked;
-    if (verifier.suspects.length === 0) return;
-    const still: number[] = [];
-    const file = await host.open(path, { random: true });
-    const page = Buffer.alloc(PAGE_SIZE);
-    try {
-      for (const block of verifier.suspects) {
-        let got = 0;
-        while (file && got < PAGE_SIZE) {
-          const n = await file.read(page, got, PAGE_SIZE - got, block * PAGE_SIZE + got);
-          if (n === 0) break;
-          got += n;
-        }
-        // Gone (dropped or truncated meanwhile): nothing of it will be restored but what WAL replays.
-        if (got < PAGE_SIZE) continue;
-        if (!verifier.recheck(block, page)) still.push(block);
-      }
-    } finally {
-      await file?.close();
-    }
-    this.report(target, still);
+    this.report(target, await rereadSuspects(host, path, verifier));
   }
 
   /** Records what a copy worker found in one file (it read the failing pages again itself). */
@@ -114,11 +95,10 @@ export class PageChecker {
   report(target: PageCheckTarget, blocks: number[]): void {
     if (blocks.length === 0) return;
     const sorted = [...blocks].sort((a, b) => a - b);
-    const listed = sorted.slice(0, MAX_LISTED_BLOCKS);
-    const more = sorted.length > listed.length ? ` and ${sorted.length - listed.length} more` : '';
-    const noun = sorted.length === 1 ? 'block' : 'blocks';
-    log.warning(`page verification failed in ${target.name}: ${noun} ${listed.join(', ')}${more} (checksum mismatch)`);
-    this.corrupt.push({ file: target.name, blocks: listed, count: sorted.length });
+    log.warning(
+      `page verification failed in ${target.name}: ${describeBlocks(sorted, MAX_LISTED_BLOCKS)} (checksum mismatch)`,
+    );
+    this.corrupt.push({ file: target.name, blocks: sorted.slice(0, MAX_LISTED_BLOCKS), count: sorted.length });
   }
 
   /** Pages that failed, over the whole backup. */

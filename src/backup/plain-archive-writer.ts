@@ -5,10 +5,10 @@ import { dirname, join } from 'node:path';
 import type { HostEntry } from '../hosts/data-host.js';
 import { compressionExtension, defaultCompressionLevel } from '../storage/compression.js';
 import type { Repository } from '../storage/repository.js';
-import { createChecksum, hashName } from '../catalog/manifest.js';
+import { hashName } from '../catalog/manifest.js';
 import {
   manifestEntryFor,
-  readPieces,
+  readEntryContent,
   type ArchiveWriter,
   type ArchiveWriterSettings,
   type EntryContent,
@@ -74,11 +74,9 @@ export class PlainArchiveWriter implements ArchiveWriter {
       await this.sink(manifestEntry);
       return;
     }
-    const hash = createChecksum(this.settings.checksum);
-    const pages = content?.pages;
-    const verifier = pages?.checker.verifier(pages.target);
     const output = await this.repository.createOutput(target + compressionExtension(this.settings.compression), 0o600);
     let stored = 0;
+    let checksum: string | undefined;
     try {
       const inflight: Promise<Buffer>[] = [];
       const writeHead = async () => {
@@ -87,32 +85,24 @@ export class PlainArchiveWriter implements ArchiveWriter {
         stored += out.length;
       };
       const onPiece = async (piece: Buffer) => {
-        verifier?.update(piece);
         inflight.push(this.settings.compress(piece));
         if (inflight.length >= 2) await writeHead();
       };
-      if (content && 'data' in content) {
-        hash?.update(content.data);
-        if (content.data.length > 0) await onPiece(content.data);
-      } else {
-        const file = content ? await content.host.open(content.path) : undefined;
-        try {
-          await readPieces(file, entry.size, () => this.settings.unitSize, hash, onPiece);
-        } finally {
-          await file?.close();
-        }
-      }
+      // Bytes given whole may be none; the empty compressed stream is made below.
+      const unit = () => this.settings.unitSize;
+      checksum = await readEntryContent(entry.size, content, this.settings.checksum, unit, async (piece) => {
+        if (piece.length > 0) await onPiece(piece);
+      });
       // An empty file still needs a valid (empty) compressed stream for gzip/lz4/zstd -d.
       if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0)
         await onPiece(Buffer.alloc(0));
       while (inflight.length > 0) await writeHead();
-      if (pages && verifier) await pages.checker.settle(pages.target, verifier, pages.host, pages.path);
       await output.close(false);
     } catch (err) {
       await output.abort();
       throw err;
     }
-    if (hash) manifestEntry.checksum = hash.digest('hex');
+    if (checksum !== undefined) manifestEntry.checksum = checksum;
     manifestEntry.storedSize = stored;
     this.storedBytes += stored;
     this.dataBytes += entry.size;

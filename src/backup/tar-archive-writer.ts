@@ -2,10 +2,10 @@
 
 import type { HostEntry } from '../hosts/data-host.js';
 import type { RepositoryOutput } from '../storage/repository.js';
-import { artifactHasher, createChecksum, type ManifestFileEntry } from '../catalog/manifest.js';
+import { artifactHasher, type ManifestFileEntry } from '../catalog/manifest.js';
 import {
   manifestEntryFor,
-  readPieces,
+  readEntryContent,
   type ArchiveWriter,
   type ArchiveWriterSettings,
   type EntryContent,
@@ -57,36 +57,20 @@ export class TarArchiveWriter implements ArchiveWriter {
     this.starts.push(pending);
     await this.pushBytes(encodeTarHeader({ ...manifestEntry, size: isFile ? entry.size : 0 }));
     if (isFile) {
-      const hash = createChecksum(this.settings.checksum);
-      const pages = content?.pages;
-      const verifier = pages?.checker.verifier(pages.target);
-      if (content && 'data' in content) {
-        hash?.update(content.data);
-        verifier?.update(content.data);
-        await this.pushBytes(content.data);
-      } else {
-        const file = content ? await content.host.open(content.path) : undefined;
-        try {
-          // The first piece fills the current unit exactly, so every later piece is a whole unit on its
-          // own: no unit of a large file needs to be copied together from two pieces.
-          const unitSize = this.settings.unitSize;
-          let first = true;
-          const pieceSize = () => {
-            const room = first ? unitSize - (this.pieceBytes % unitSize) : unitSize;
-            first = false;
-            return room;
-          };
-          await readPieces(file, entry.size, pieceSize, hash, (p) => {
-            verifier?.update(p);
-            return this.pushBytes(p);
-          });
-        } finally {
-          await file?.close();
-        }
-      }
-      if (pages && verifier) await pages.checker.settle(pages.target, verifier, pages.host, pages.path);
+      // The first piece fills the current unit exactly, so every later piece is a whole unit on its
+      // own: no unit of a large file needs to be copied together from two pieces.
+      const unitSize = this.settings.unitSize;
+      let first = true;
+      const pieceSize = () => {
+        const room = first ? unitSize - (this.pieceBytes % unitSize) : unitSize;
+        first = false;
+        return room;
+      };
+      const checksum = await readEntryContent(entry.size, content, this.settings.checksum, pieceSize, (p) =>
+        this.pushBytes(p),
+      );
       await this.pushBytes(Buffer.alloc(tarPadding(entry.size)));
-      if (hash) manifestEntry.checksum = hash.digest('hex');
+      if (checksum !== undefined) manifestEntry.checksum = checksum;
       this.dataBytes += entry.size;
     }
     this.completes.push(pending);

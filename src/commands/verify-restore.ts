@@ -53,8 +53,9 @@ function jsonOf(server: string, r: VerifyRestoreResult): Record<string, unknown>
       ? {
           checked: r.checksums.checked,
           ok: r.checksums.ok,
-          files: r.checksums.files ?? null,
-          note: r.checksums.note ?? null,
+          files: r.checksums.files,
+          pages: r.checksums.pages,
+          failedPages: r.checksums.failedPages,
         }
       : null,
     binaries: r.binaries,

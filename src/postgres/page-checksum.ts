@@ -1,5 +1,6 @@
 // PostgreSQL page checksums: the data page checksum algorithm and a streaming verifier of relation files.
 
+import type { DataHost } from '../hosts/data-host.js';
 import { BLOCK_SIZE } from './constants.js';
 
 /**
@@ -331,4 +332,91 @@ export class PageVerifier {
   recheck(block: number, page: Uint8Array): boolean {
     return checkPage(page, 0, this.firstBlock + block, this.startHi, this.startLo, false) !== 'bad';
   }
+}
+
+/**
+ * An LSN bound past every real LSN: with it no page counts as changed since a start, so every page
+ * (but new, all-zero ones, which carry no checksum) is checked. For a stopped, consistent cluster.
+ */
+export const CHECK_EVERY_PAGE = 1n << 64n;
+
+/** Bytes read at a time when a whole file is checked: few reads, and memory bounded whatever the file. */
+const FILE_READ_SIZE = 1 << 20;
+
+/** What checking the pages of one file found. */
+export interface FilePageCheck {
+  /** Pages checked (not skipped). */
+  checked: number;
+  /** Blocks of the file (0-based within it) that failed, also when read a second time; ascending. */
+  bad: number[];
+}
+
+/**
+ * Reads once more the blocks `verifier` found bad in `path` on `host` and returns those that still
+ * fail: a page read while PostgreSQL wrote it can look torn, and read again it is whole (its LSN
+ * then says it changed since the start). A block the file no longer has (dropped or truncated
+ * meanwhile) is not returned: nothing of it is restored but what WAL replays.
+ */
+export async function rereadSuspects(host: DataHost, path: string, verifier: PageVerifier): Promise<number[]> {
+  if (verifier.suspects.length === 0) return [];
+  const still: number[] = [];
+  const file = await host.open(path, { random: true });
+  const page = Buffer.alloc(PAGE_SIZE);
+  try {
+    for (const block of verifier.suspects) {
+      let got = 0;
+      while (file && got < PAGE_SIZE) {
+        const n = await file.read(page, got, PAGE_SIZE - got, block * PAGE_SIZE + got);
+        if (n === 0) break;
+        got += n;
+      }
+      if (got < PAGE_SIZE) continue;
+      if (!verifier.recheck(block, page)) still.push(block);
+    }
+  } finally {
+    await file?.close();
+  }
+  return still;
+}
+
+/**
+ * Checks every page of the relation file `path` on `host`, read front to back in 1 MiB pieces (never
+ * the whole file at once), failing pages read a second time; undefined when the file is gone.
+ * `firstBlock` is the relation block number of its first page (segment * RELSEG_SIZE); pages whose
+ * LSN is at or past `startLsn` are not checked ({@link CHECK_EVERY_PAGE} checks them all).
+ */
+export async function checkFilePages(
+  host: DataHost,
+  path: string,
+  firstBlock: number,
+  startLsn: bigint,
+  signal?: AbortSignal,
+): Promise<FilePageCheck | undefined> {
+  const file = await host.open(path);
+  if (!file) return undefined;
+  const verifier = new PageVerifier(firstBlock, startLsn);
+  try {
+    const buf = Buffer.allocUnsafe(FILE_READ_SIZE);
+    for (let position = 0; ;) {
+      signal?.throwIfAborted();
+      const n = await file.read(buf, 0, buf.length, position);
+      if (n === 0) break;
+      verifier.update(buf.subarray(0, n));
+      position += n;
+    }
+  } finally {
+    await file.close();
+  }
+  const bad = await rereadSuspects(host, path, verifier);
+  return { checked: verifier.checked, bad: bad.sort((a, b) => a - b) };
+}
+
+/**
+ * `block 7` or `blocks 1, 4, 9 and 12 more`: failing blocks (ascending) as messages list them, at
+ * most `max` of them by number.
+ */
+export function describeBlocks(blocks: readonly number[], max: number): string {
+  const listed = blocks.slice(0, max);
+  const more = blocks.length > listed.length ? ` and ${blocks.length - listed.length} more` : '';
+  return `${blocks.length === 1 ? 'block' : 'blocks'} ${listed.join(', ')}${more}`;
 }

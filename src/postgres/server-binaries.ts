@@ -13,8 +13,6 @@ export interface ServerBinaries {
   postgres: string;
   /** pg_amcheck (a client: its own version preferred, else a newer one, else an older one from 14). */
   pgAmcheck?: string;
-  /** pg_checksums of exactly the server's major version (it reads pg_control). */
-  pgChecksums?: string;
   /** How they were found, for messages (e.g. `postgres_bin_path = ... (bart.cfg:12)` or `auto-detected`). */
   source: string;
 }
@@ -70,8 +68,8 @@ function findTool(name: string, dirs: string[], ok: (major: number) => boolean):
 /**
  * The binaries of PostgreSQL `major` for `server`: pg_ctl_path / postgres_bin_path from bart.cfg
  * when set (a missing file or another version is an error naming the line), else the first
- * standard directory holding both pg_ctl and postgres of that version. pg_amcheck and pg_checksums
- * are optional: looked for beside them, then in the other standard directories.
+ * standard directory holding both pg_ctl and postgres of that version. pg_amcheck is optional:
+ * looked for beside them, then in the other standard directories.
  */
 export function findServerBinaries(server: ServerConfig, major: number): ServerBinaries {
   const configured = server.postgresBinPath ?? server.pgCtlPath;
@@ -121,13 +119,11 @@ export function findServerBinaries(server: ServerConfig, major: number): ServerB
   const newer = [major + 1, major + 2, major + 3].flatMap((m) => candidateBinDirs(m));
   const older = [major - 1, major - 2, major - 3].filter((m) => m >= 14).flatMap((m) => candidateBinDirs(m));
   const pgAmcheck = findTool('pg_amcheck', [binDir, ...candidateBinDirs(major), ...newer, ...older], (m) => m >= 14);
-  const pgChecksums = findTool('pg_checksums', [binDir, ...candidateBinDirs(major)], (m) => m === major);
   return {
     major,
     pgCtl,
     postgres,
     ...(pgAmcheck ? { pgAmcheck } : {}),
-    ...(pgChecksums ? { pgChecksums } : {}),
     source,
   };
 }

@@ -28,7 +28,7 @@ export interface VerifyRestoreResult {
   ok: boolean;
   /** Why it failed: the phase (restore, start, amcheck, table scan, checksums) and what it said. */
   reason?: string;
-  /** More problems than the reason names (amcheck's and pg_checksums' first lines). */
+  /** More problems than the reason names (amcheck's first lines, the files with failing pages). */
   problems: string[];
   seconds: number;
   startedAt: Date;
@@ -76,9 +76,10 @@ function detailsOf(p: Progress): string {
   const parts: string[] = [];
   if (p.databases) parts.push(p.databases.summary);
   if (p.dataChecksums === false) parts.push('checksums: off in this cluster');
-  else if (p.checksums?.checked) {
-    parts.push(`checksums: ${p.checksums.files !== undefined ? p.checksums.files.toLocaleString('en-US') : '?'} files`);
-  } else if (p.checksums?.note) parts.push(`checksums: ${p.checksums.note}`);
+  else if (p.checksums) {
+    const { files, pages } = p.checksums;
+    parts.push(`checksums: ${files.toLocaleString('en-US')} files, ${pages.toLocaleString('en-US')} pages`);
+  }
   return parts.join(', ');
 }
 
@@ -156,10 +157,11 @@ async function verifyOne(
     }
     await phase('stop', signal, () => cluster.stop());
     if (progress.dataChecksums) {
-      const sums = await phase('checksums', signal, () => checkPageChecksums(bins, dataDir, signal));
+      const sums = await phase('checksums', signal, () => checkPageChecksums(dataDir, signal));
       progress.checksums = sums;
       if (!sums.ok && failure === undefined) {
-        failure = `page checksums: ${sums.problems[0] ?? 'pg_checksums failed'}`;
+        const pages = `${sums.failedPages} page${sums.failedPages === 1 ? '' : 's'} failed`;
+        failure = `page checksums: ${pages}, ${sums.problems[0] ?? ''}`;
         problems = sums.problems;
       }
     }
