@@ -138,7 +138,6 @@ for (const version of versionsUnderTest()) {
           await c.query(`CHECKPOINT`);
           const wlEnd = await insertLsn(c);
           await c.switchWal();
-          const t0 = Date.now();
           const wl = await waitChangeSet(archive, wlStart, wlEnd, 30_000);
           const kinds = new Set(wl.events.map((e) => e.kind));
           for (const k of [
@@ -159,7 +158,6 @@ for (const version of versionsUnderTest()) {
           const rel = await relInfo(c, 'e2e_t');
           const a = await touchRows(c, 97, 'a');
           const csA = await waitChangeSet(archive, a.start, a.end, 30_000);
-          assert.ok(Date.now() - t0 < 60_000);
           assertBlocks(csA, rel, a.blocks, 'first update');
 
           // RELOAD re-reads the configuration and keeps scanning.

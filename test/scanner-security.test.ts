@@ -252,12 +252,11 @@ test(SOCKET, async () => {
 
     const base = { op: 'ensure', server: 'srv', timeline: 1, startLsn: '0/0', endLsn: '0/1000000', timeoutSec: 0 };
     const ensure = (fields: Record<string, unknown>) => JSON.stringify({ ...base, ...fields }) + '\n';
-    const t0 = Date.now();
     const huge = await rawAsk(sockPath, ensure({ endLsn: 'FFFFFFFF/0' }), 5000);
     assert.equal(huge.ok, false);
     const tooBig = /LSN range 0\/0\.\.FFFFFFFF\/0 spans 1099511627521 WAL segments, more than the 1000000 one request/;
     assert.match(String(huge.error), tooBig);
-    assert.ok(Date.now() - t0 < 2000, `answered in ${Date.now() - t0} ms`);
+    // Refused at once: before the fix the daemon never answered (rawAsk's 5 s limit); no timing is asserted.
     await ping('after the absurd range');
 
     const bad: Array<[string, RegExp]> = [
