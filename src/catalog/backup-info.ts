@@ -8,6 +8,7 @@ import { writeFileAtomic } from '../util/fs-atomic.js';
 import { formatBytes, formatTimestamp } from '../util/format.js';
 import { isLsn } from '../util/lsn.js';
 import { BACKUPINFO_FILE, PARTIAL_SUFFIX } from './layout.js';
+import { absolutePathProblem } from '../util/untrusted-path.js';
 
 /**
  * Lifecycle of a backup. `in progress` and `failed` are pgbart's additions to BART's three;
@@ -214,7 +215,7 @@ export function parseBackupInfo(text: string, source: string, options: ParseBack
       } else if (block === 'tablespaces' && !body.startsWith('Oid\t')) {
         const [oid, name, location, extra] = body.split('\t');
         const ok = oid !== undefined && /^\d{1,10}$/.test(oid) && Number(oid) > 0 && Number(oid) <= 0xffffffff;
-        if (!ok || !name || !location?.startsWith('/') || extra !== undefined) {
+        if (!ok || !name || absolutePathProblem(location) || extra !== undefined) {
           fail(`bad line in TABLESPACE(s): ${shown(body)}`);
         }
         tablespaces.push({ oid: Number(oid), name: name!, location: location! });

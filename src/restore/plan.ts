@@ -14,7 +14,7 @@ import {
 } from '../catalog/manifest.js';
 import { fileKey } from '../catalog/incremental-format.js';
 import type { RestoreFileSpec, RestoreTask } from './reader.js';
-import { checkAbsolutePath, TreeShapeCheck } from '../util/untrusted-path.js';
+import { TreeShapeCheck } from '../util/untrusted-path.js';
 
 /** The data directory's archive name in manifests. */
 export const BASE_ARCHIVE = 'base';
@@ -119,12 +119,6 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
     throw new BartError(`backup ${info.id} cannot be restored: ${errorMessage(err)}`);
   }
   for (const shape of shapes.values()) shape.finish();
-  for (const t of info.tablespaces) {
-    const origin = `the backupinfo of backup ${info.id}`;
-    if (!Number.isSafeInteger(t.oid) || t.oid <= 0)
-      throw new BartError(`backup ${info.id} cannot be restored: ${origin} lists a tablespace with OID "${t.oid}"`);
-    checkAbsolutePath(t.location, `${origin} (tablespace ${t.oid})`);
-  }
   if (!header) throw new BartError(`backup ${info.id} cannot be restored: ${manifestPath} has no header`);
   if (header.id !== info.id || header.format !== info.format) {
     throw new BartError(

@@ -55,17 +55,20 @@ export function checkFileName(name: unknown, origin: string): string {
   return name as string;
 }
 
+/** Why `path` is not an absolute, normalized path without control characters, or undefined when it is one. */
+export function absolutePathProblem(path: unknown): string | undefined {
+  if (typeof path !== 'string' || !path.startsWith('/') || path.length === 1) return 'is not an absolute path';
+  return relativePathProblem(path.slice(1));
+}
+
 /**
  * Returns `path` when it is an absolute, normalized path without control characters (a tablespace
  * location); throws a BartError naming it and `origin` otherwise.
  */
 export function checkAbsolutePath(path: unknown, origin: string): string {
-  if (typeof path === 'string' && path.startsWith('/') && path.length > 1) {
-    const rest = relativePathProblem(path.slice(1));
-    if (!rest) return path;
-    throw new BartError(`refusing path ${shown(path)} from ${origin}: it ${rest}`);
-  }
-  throw new BartError(`refusing path ${shown(String(path))} from ${origin}: it is not an absolute path`);
+  const problem = absolutePathProblem(path);
+  if (problem) throw new BartError(`refusing path ${shown(String(path))} from ${origin}: it ${problem}`);
+  return path as string;
 }
 
 /** Returns `text` when it has no control characters (a symlink target, a name); throws otherwise. */
