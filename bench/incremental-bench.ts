@@ -7,6 +7,7 @@
  * `pgbackrest --type=incr` (file-level) on the same change, in the same run.
  * Targets (issue 6): time ≤ 10% of the full's, size ≤ 3% of the full's.
  */
+import { PosixStorage } from '../src/storage/posix/posix-storage.js';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readManifest } from '../src/catalog/manifest.js';
@@ -17,7 +18,7 @@ import { BENCH, du, machineDescription, setupPgbackrest, timed, type BenchData }
 /** Stored bytes of a backup's files, WAL excluded (from its manifest). */
 async function dataBytes(dir: string): Promise<number> {
   let n = 0;
-  for await (const line of readManifest(join(dir, 'manifest.jsonl'))) {
+  for await (const line of readManifest(new PosixStorage(dir), 'manifest.jsonl')) {
     if (
       line.kind === 'file' &&
       line.entry.type === 'file' &&

@@ -1,7 +1,8 @@
 import { after, before, describe, test } from 'node:test';
+import { PosixStorage } from '../src/storage/posix/posix-storage.js';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from './harness/backup-fixture.js';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
@@ -211,7 +212,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
           assert.equal(e.complete, false);
           const refused = (err: unknown) => err instanceof BartError && /is damaged/.test(err.message);
           assert.throws(() => findBackup(entries, server, plainId), refused);
-          await assert.rejects(readBackupInfo(dir), BackupInfoError);
+          await assert.rejects(readBackupInfo(new PosixStorage(dirname(dir)), basename(dir)), BackupInfoError);
         } else {
           assertSane(e.info, context);
         }
@@ -227,7 +228,8 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
     const r = prng(SEED + 1);
     for (const id of [tarId, plainId]) {
       const dir = fx.backupDir(id);
-      const entry = { info: await readBackupInfo(dir), dir, complete: true };
+      const storage = new PosixStorage(dirname(dir));
+      const entry = { info: await readBackupInfo(storage, id), storage, key: id, dataKey: id, complete: true };
       assert.deepEqual((await verifyBackup(entry)).failures, [], 'the original verifies');
       const manifestPath = join(dir, 'manifest.jsonl');
       const original = readFileSync(manifestPath, 'utf8');
@@ -238,7 +240,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
           writeFileSync(manifestPath, text);
           const result = await verifyBackup(entry);
           assert.ok(result.failures.length > 0, `${context}: VERIFY passed a mutated manifest`);
-          await assert.rejects(readRestoredState(dir), BartError, context);
+          await assert.rejects(readRestoredState(storage, id), BartError, context);
         }
       } finally {
         writeFileSync(manifestPath, original);

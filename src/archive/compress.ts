@@ -1,5 +1,6 @@
 // WAL archive compression: MANAGE's gzip of complete archived segments old enough to be finished.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { open, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -33,7 +34,8 @@ export interface CompressionResult {
  */
 export async function segmentsToCompress(archivePath: string, nowMs = Date.now()): Promise<string[]> {
   const out: string[] = [];
-  for (const name of await archiveNames(archivePath)) {
+  for (const name of await archiveNames(new PosixStorage(archivePath))) {
+    // POSIX shim: migrate
     if (parseArchiveFileName(name)?.kind !== 'segment') continue;
     try {
       const st = await stat(join(archivePath, name));

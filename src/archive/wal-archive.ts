@@ -1,5 +1,6 @@
 // WAL archive: storing and fetching archived WAL files atomically, idempotently and gzip-aware.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
 import { link, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -142,8 +143,8 @@ export async function pushWalFile(archiveDir: string, sourcePath: string): Promi
   }
 
   const target = join(archiveDir, name);
-  const existing = await findArchived(archiveDir, name);
-  if (existing) return compareWithArchived(sourcePath, existing, archiveDir);
+  const existingKey = await findArchived(new PosixStorage(archiveDir), name); // POSIX shim: migrate
+  if (existingKey) return compareWithArchived(sourcePath, join(archiveDir, existingKey), archiveDir);
 
   const tmp = tempSibling(target);
   try {
@@ -201,8 +202,9 @@ async function compareWithArchived(sourcePath: string, archived: string, archive
  */
 export async function getWalFile(archiveDir: string, name: string, destination: string): Promise<GetOutcome> {
   requireArchiveFileName(name, 'WAL file name');
-  let archived = await findArchived(archiveDir, name);
-  if (!archived) return 'missing';
+  const archivedKey = await findArchived(new PosixStorage(archiveDir), name); // POSIX shim: migrate
+  if (!archivedKey) return 'missing';
+  let archived = join(archiveDir, archivedKey);
   const target = resolve(destination);
   const tmp = tempSibling(target);
   try {

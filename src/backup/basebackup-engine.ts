@@ -1,5 +1,6 @@
 // Backup engine (pg_basebackup): a full backup taken by running pg_basebackup into the catalog.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { execFile, spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { readFile, readdir, rename, rmdir, stat, symlink, unlink } from 'node:fs/promises';
@@ -187,7 +188,8 @@ async function basebackupBody(
   };
   const range = pgManifest['WAL-Ranges'][0]!;
 
-  const manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
+  const manifest = await ManifestWriter.create(new PosixStorage(partialDir), MANIFEST_FILE, {
+    // POSIX shim: migrate
     manifest: 'pgbart',
     version: 1,
     server: server.name,

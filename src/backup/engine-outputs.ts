@@ -1,5 +1,6 @@
 // Backup engine outputs: the worker pools, archive writers and manifest the full and incremental engines share.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { join } from 'node:path';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { ManifestWriter } from '../catalog/manifest.js';
@@ -76,7 +77,8 @@ export class BackupOutputs {
         unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
         ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool, task) } : {}),
       };
-      const manifest = await ManifestWriter.create(join(partialDir, MANIFEST_FILE), {
+      const manifest = await ManifestWriter.create(new PosixStorage(partialDir), MANIFEST_FILE, {
+        // POSIX shim: migrate
         manifest: 'pgbart',
         version: 1,
         server: server.name,

@@ -216,7 +216,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     throw new BartError(
       `parent backup ${p.id} has WAL segments of ${p.walSegmentSize} bytes, the server ${facts.walSegmentSize}; take a new full backup`,
     );
-  const parentState = await readRestoredState(parent.dir);
+  const parentState = await readRestoredState(parent.storage, parent.dataKey);
 
   let outputs: BackupOutputs | undefined;
   const blockHost = new BlockSourceHost(ctx.host, Math.max(1, Math.min(server.batchSize, MAX_BATCH_BLOCKS)));

@@ -1,8 +1,9 @@
 // Backup transaction: server facts, the <id>.partial lifecycle and archived-WAL waits shared by every backup.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { existsSync, rmSync } from 'node:fs';
 import { mkdir, open, rename, rm, statfs } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type pg from 'pg';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { DataHost } from '../hosts/data-host.js';
@@ -214,6 +215,7 @@ export async function runBackupTransaction(
     );
   }
   await mkdir(serverDir, { recursive: true, mode: 0o700 });
+  const storage = new PosixStorage(serverDir); // POSIX shim: migrate
   const lock = await acquireLock(serverDir, 'backup', 'BACKUP');
   let client: pg.Client | undefined;
   let partialDir: string | undefined;
@@ -275,7 +277,7 @@ export async function runBackupTransaction(
       stopTime: startTime,
       pid: process.pid,
     };
-    await writeBackupInfo(partialDir, info);
+    await writeBackupInfo(storage, basename(partialDir), info); // POSIX shim: migrate
     log.info(`creating ${request.parent ? 'incremental ' : ''}backup for server '${server.name}'`);
     log.info(`backup identifier: '${id}'`);
 
@@ -293,7 +295,7 @@ export async function runBackupTransaction(
     });
     const final: BackupInfo = { ...done, status: 'active' };
     delete final.pid;
-    await writeBackupInfo(partialDir, final);
+    await writeBackupInfo(storage, basename(partialDir), final); // POSIX shim: migrate
     await rename(partialDir, backupDir(config, server, id));
     partialDir = undefined;
     await fsyncDir(serverDir);

@@ -1,10 +1,14 @@
 // Backup info: the backupinfo file of a backup, its fields and statuses, rendered, parsed, read and written.
 
-import { readFile, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
 import type { CompressionMethod } from '../storage/compression.js';
-import { errorMessage, isErrnoError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/fs-atomic.js';
+import {
+  StorageError,
+  StorageNotFoundError,
+  joinKey,
+  keyBaseName,
+  type RepositoryStorage,
+} from '../storage/storage.js';
+import { errorMessage } from '../util/errors.js';
 import { formatBytes, formatTimestamp } from '../util/format.js';
 import { isLsn } from '../util/lsn.js';
 import { BACKUPINFO_FILE, PARTIAL_SUFFIX } from './layout.js';
@@ -361,24 +365,24 @@ function parseErrorFiles(text: string): { file: string; blocks: number[]; count:
 }
 
 /**
- * Reads `<dir>/backupinfo` and checks it (see {@link parseBackupInfo}), also against the directory:
- * its identifier must be the directory's name (`<id>` or `<id>.partial`); a copied directory would
- * otherwise give two backups one identifier. Throws a {@link BackupInfoError}.
+ * Reads `<dirKey>/backupinfo` from `storage` and checks it (see {@link parseBackupInfo}), also against
+ * its directory: its identifier must be the directory's name (`<id>` or `<id>.partial`); a copied
+ * directory would otherwise give two backups one identifier. Throws a {@link BackupInfoError}.
  */
-export async function readBackupInfo(dir: string): Promise<BackupInfo> {
-  const path = join(dir, BACKUPINFO_FILE);
-  const dirName = basename(dir);
+export async function readBackupInfo(storage: RepositoryStorage, dirKey: string): Promise<BackupInfo> {
+  const key = joinKey(dirKey, BACKUPINFO_FILE);
+  const path = joinKey(storage.location, key);
+  const dirName = keyBaseName(dirKey);
   const partial = dirName.endsWith(PARTIAL_SUFFIX);
   const dirId = partial ? dirName.slice(0, -PARTIAL_SUFFIX.length) : dirName;
   let text: string;
   try {
     // A backupinfo is small; a huge file is damage, and is not read into memory.
-    const size = (await stat(path)).size;
-    if (size > MAX_BACKUPINFO_BYTES) throw new BackupInfoError(path, `${size} bytes, too big for a backupinfo`);
-    text = await readFile(path, 'utf8');
+    text = (await storage.readAll(key, MAX_BACKUPINFO_BYTES)).toString('utf8');
   } catch (err) {
-    if (err instanceof BackupInfoError) throw err;
-    if (isErrnoError(err) && err.code === 'ENOENT') throw new BackupInfoError(path, 'backupinfo is missing');
+    if (err instanceof StorageNotFoundError) throw new BackupInfoError(path, 'backupinfo is missing');
+    if (err instanceof StorageError && /more than the/.test(err.message))
+      throw new BackupInfoError(path, 'too big for a backupinfo');
     throw new BackupInfoError(path, `backupinfo cannot be read (${errorMessage(err)})`);
   }
   const info = parseBackupInfo(text, path, { partial });
@@ -442,7 +446,7 @@ export function damagedBackupInfo(id: string, location: string): BackupInfo {
   };
 }
 
-/** Writes `<dir>/backupinfo` atomically. */
-export async function writeBackupInfo(dir: string, info: BackupInfo): Promise<void> {
-  await writeFileAtomic(join(dir, BACKUPINFO_FILE), renderBackupInfo(info), 0o600);
+/** Writes `<dirKey>/backupinfo` atomically and durably (readers see the old or the whole new one). */
+export async function writeBackupInfo(storage: RepositoryStorage, dirKey: string, info: BackupInfo): Promise<void> {
+  await storage.put(joinKey(dirKey, BACKUPINFO_FILE), Buffer.from(renderBackupInfo(info)));
 }

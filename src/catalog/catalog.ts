@@ -1,41 +1,47 @@
 // Catalog: the backups of a server, listed oldest first, complete or partial, and found by id or name.
 
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
+import { openRepository } from '../storage/open-repository.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
-import { pathExists } from '../util/path-exists.js';
 import { BackupInfoError, damagedBackupInfo, readBackupInfo, type BackupInfo } from './backup-info.js';
-import { GZIP_SUFFIX, PARTIAL_SUFFIX, serverCatalogDir } from './layout.js';
+import { BACKUPINFO_FILE, GZIP_SUFFIX, PARTIAL_SUFFIX } from './layout.js';
 
 /**
- * Names in a directory of the repository: a server's catalog or WAL archive (none when it does not
- * exist yet).
+ * Names of the objects directly below `prefix` of a storage (a server's catalog or WAL archive
+ * root is `''`), and of its sub-prefixes with `withPrefixes`; none when it does not exist yet.
  */
-export async function archiveNames(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return [];
-    throw err;
+export async function archiveNames(storage: RepositoryStorage, prefix = '', withPrefixes = false): Promise<string[]> {
+  const names: string[] = [];
+  for await (const page of storage.list(prefix, { shallow: true })) {
+    for (const o of page.objects) names.push(o.key.slice(prefix === '' ? 0 : prefix.length + 1));
+    if (withPrefixes) names.push(...page.prefixes);
   }
+  return names;
 }
 
-/** The archived copy of WAL file `name` in `archiveDir`, plain or gzip-compressed; undefined when absent. */
-export async function findArchived(archiveDir: string, name: string): Promise<string | undefined> {
-  const plain = join(archiveDir, name);
-  if (await pathExists(plain)) return plain;
-  const gz = plain + GZIP_SUFFIX;
-  if (await pathExists(gz)) return gz;
+/** The key of the archived copy of WAL file `name` in a WAL archive, plain or gzip-compressed; undefined when absent. */
+export async function findArchived(archive: RepositoryStorage, name: string): Promise<string | undefined> {
+  if ((await archive.stat(name)) !== undefined) return name;
+  const gz = name + GZIP_SUFFIX;
+  if ((await archive.stat(gz)) !== undefined) return gz;
   return undefined;
 }
 
 /** A backup found in the catalog. */
 export interface CatalogEntry {
   info: BackupInfo;
-  /** Its directory (`<id>` or `<id>.partial`). */
-  dir: string;
+  /** The repository storage of the backup's server. */
+  storage: RepositoryStorage;
+  /** The prefix of its backupinfo: `<id>`, or `<id>.partial` for a backup being written or left by a crash. */
+  key: string;
+  /**
+   * The prefix of its files: {@link key}, except for a partial backup on a storage without atomic
+   * renames (S3), which writes its files under `<id>` and only its backupinfo under `<id>.partial`
+   * until it is complete (see backup/transaction.ts).
+   */
+  dataKey: string;
   /**
    * False for backups still being written or left behind by a failed/killed BACKUP, and for
    * damaged ones: no command takes them for a backup.
@@ -59,37 +65,52 @@ export function processAlive(pid: number): boolean {
 }
 
 /**
- * Every backup of a server, oldest first. Directories `<id>.partial` are backups being written
- * (status `in progress` while their writer lives) or left by a crash (status `failed`); they are
- * never valid for restore. A complete directory whose backupinfo is missing or damaged is listed
- * with status `damaged` and the reason ({@link CatalogEntry.damage}), never as a usable backup and
- * never as an error for the whole listing.
+ * Every backup of a server, oldest first. Entries `<id>.partial` are backups being written (status
+ * `in progress` while their writer lives) or left by a crash (status `failed`); they are never valid
+ * for restore. A complete backup whose backupinfo is missing or damaged is listed with status
+ * `damaged` and the reason ({@link CatalogEntry.damage}), never as a usable backup and never as an
+ * error for the whole listing. On a storage without atomic renames, `<id>` holding files but no
+ * backupinfo next to a live `<id>.partial` is that partial backup's data, not a damaged backup.
  */
-export async function listBackups(config: BartConfig, server: ServerConfig): Promise<CatalogEntry[]> {
-  const root = serverCatalogDir(config, server);
-  const names = await archiveNames(root);
+export async function listBackups(
+  config: BartConfig,
+  server: ServerConfig,
+  storage: RepositoryStorage = openRepository(config, server),
+): Promise<CatalogEntry[]> {
+  const names = new Set(await archiveNames(storage, '', true));
   const out: CatalogEntry[] = [];
+  const renames = storage.renamePrefix !== undefined;
   for (const name of names) {
     const partial = name.endsWith(PARTIAL_SUFFIX);
     const id = partial ? name.slice(0, -PARTIAL_SUFFIX.length) : name;
     if (!/^\d+$/.test(id)) continue;
-    const dir = join(root, name);
+    const dataKey = partial && !renames ? id : name;
     let info: BackupInfo;
     try {
-      info = await readBackupInfo(dir);
+      info = await readBackupInfo(storage, name);
     } catch (err) {
       // A .partial without a readable backupinfo is a dead BACKUP's leftover (MANAGE -l lists it).
       if (partial) continue;
+      // The files of a backup being written (or left by a crash) on a storage that cannot rename.
+      if (
+        !renames &&
+        names.has(id + PARTIAL_SUFFIX) &&
+        (await storage.stat(joinKey(name, BACKUPINFO_FILE))) === undefined
+      )
+        continue;
       const reason = err instanceof BackupInfoError ? err.reason : errorMessage(err);
       log.debug(`backup ${id} of server ${server.name}: damaged backupinfo: ${errorMessage(err)}`);
-      out.push({ info: damagedBackupInfo(id, dir), dir, complete: false, damage: reason });
+      const where = joinKey(storage.location, name);
+      out.push({ info: damagedBackupInfo(id, where), storage, key: name, dataKey, complete: false, damage: reason });
       continue;
     }
     if (partial) {
+      // A complete backup of the same id wins over a stale marker (crash between publishing and cleaning up).
+      if (!renames && names.has(id) && (await storage.stat(joinKey(id, BACKUPINFO_FILE))) !== undefined) continue;
       const alive = info.pid !== undefined && processAlive(info.pid);
       info = { ...info, status: alive ? 'in progress' : 'failed' };
     }
-    out.push({ info, dir, complete: !partial });
+    out.push({ info, storage, key: name, dataKey, complete: !partial });
   }
   out.sort((a, b) => (BigInt(a.info.id) < BigInt(b.info.id) ? -1 : BigInt(a.info.id) > BigInt(b.info.id) ? 1 : 0));
   return out;

@@ -1,12 +1,12 @@
 // Backup chain: whether an incremental's ancestors are whole, the chain resolved, and its restored state.
 
-import { join } from 'node:path';
 import type { ServerConfig } from '../config/types.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import type { CatalogEntry } from './catalog.js';
 import { fileKey, type IncrementalManifestEntry } from './incremental-format.js';
 import { MANIFEST_FILE } from './layout.js';
 import { readManifest } from './manifest.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 
 /**
  * Why a backup's chain (the backup, its parent, the parent's parent, ... down to a full backup)
@@ -66,10 +66,10 @@ export interface RestoredState {
  * restored length: whole entries' size, block-level entries' recorded length. Since an incremental
  * lists every file of the cluster, one manifest describes the whole restored state.
  */
-export async function readRestoredState(dir: string): Promise<RestoredState> {
+export async function readRestoredState(storage: RepositoryStorage, dirKey: string): Promise<RestoredState> {
   const state: RestoredState = { files: new Map(), others: new Map(), archives: new Map() };
   try {
-    for await (const line of readManifest(join(dir, MANIFEST_FILE))) {
+    for await (const line of readManifest(storage, joinKey(dirKey, MANIFEST_FILE))) {
       if (line.kind !== 'file') continue;
       const e = line.entry as IncrementalManifestEntry;
       const key = fileKey(e.archive, e.path);
@@ -85,7 +85,9 @@ export async function readRestoredState(dir: string): Promise<RestoredState> {
       state.archives.set(e.archive, sum);
     }
   } catch (err) {
-    throw new BartError(`manifest of backup in ${dir} cannot be read: ${errorMessage(err)}`);
+    throw new BartError(
+      `manifest of backup in ${joinKey(storage.location, dirKey)} cannot be read: ${errorMessage(err)}`,
+    );
   }
   return state;
 }

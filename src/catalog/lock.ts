@@ -1,9 +1,9 @@
 // Catalog lock: the one lock every command takes on a server's catalog, and restore readers.
 
-import { link, open, readFile, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { link, open, readdir, readFile, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';
-import { archiveNames, processAlive } from './catalog.js';
+import { processAlive } from './catalog.js';
 
 /** Who holds a lock. */
 export interface LockHolder {
@@ -338,7 +338,13 @@ function readerFileName(pid: number): string {
  * processes are removed on the way (taken over).
  */
 export async function liveRestores(serverDir: string): Promise<RestoreReader[]> {
-  const names = await archiveNames(serverDir);
+  let names: string[];
+  try {
+    names = await readdir(serverDir);
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') return [];
+    throw err;
+  }
   const live: RestoreReader[] = [];
   for (const name of names.sort()) {
     const m = /^restore-(\d+)\.lock$/.exec(name);

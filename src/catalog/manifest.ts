@@ -1,13 +1,12 @@
 // Manifest: a backup's manifest.jsonl, one JSON line per file and artifact, hashed, streamed in and out.
 
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import type { ChecksumAlgorithm } from './backup-info.js';
 import { relativePathProblem } from '../util/untrusted-path.js';
 import { BLOCK_SIZE } from '../postgres/constants.js';
+import { joinKey, type RepositoryStorage, type StorageWriter } from '../storage/storage.js';
 
 const require = createRequire(import.meta.url);
 const { Xxh64 } = require('@node-rs/xxhash') as {
@@ -97,10 +96,11 @@ export class ManifestWriter {
   private entries = 0;
   private buffered: string[] = [];
 
-  private constructor(private readonly handle: FileHandle) {}
+  private constructor(private readonly output: StorageWriter) {}
 
-  static async create(path: string, header: ManifestHeader): Promise<ManifestWriter> {
-    const writer = new ManifestWriter(await open(path, 'w', 0o600));
+  /** Starts writing the manifest `key` of `storage`; it becomes visible only when {@link finish} completes it. */
+  static async create(storage: RepositoryStorage, key: string, header: ManifestHeader): Promise<ManifestWriter> {
+    const writer = new ManifestWriter(await storage.create(key));
     writer.push({ h: header });
     return writer;
   }
@@ -128,7 +128,7 @@ export class ManifestWriter {
     if (this.buffered.length === 0) return;
     const text = this.buffered.join('');
     this.buffered = [];
-    await this.handle.write(text);
+    await this.output.write(Buffer.from(text));
   }
 
   /** Records the backup's final details (see {@link readManifestInfo}). */
@@ -137,18 +137,17 @@ export class ManifestWriter {
     await this.flush();
   }
 
-  /** Writes the end line, fsyncs and closes. */
+  /** Writes the end line and completes the object (durably). */
   async finish(): Promise<void> {
     const digest = this.hash.digest('hex');
     this.buffered.push(JSON.stringify({ end: { entries: this.entries, sha256: digest } }) + '\n');
     await this.flush();
-    await this.handle.sync();
-    await this.handle.close();
+    await this.output.finish();
   }
 
-  /** Closes without finishing (the backup failed). */
+  /** Drops the manifest without finishing it (the backup failed). */
   async abandon(): Promise<void> {
-    await this.handle.close().catch(() => undefined);
+    await this.output.abort();
   }
 }
 
@@ -221,12 +220,15 @@ export type ManifestLine =
  * line is missing or the content hash does not match (a damaged or truncated manifest).
  */
 export async function* readManifest(
-  path: string,
+  storage: RepositoryStorage,
+  key: string,
   onHeader?: (h: ManifestHeader) => void,
   onInfo?: (info: Record<string, unknown>) => void,
 ): AsyncGenerator<ManifestLine> {
+  const path = joinKey(storage.location, key);
   const hash = createHash('sha256');
-  const rl = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  const input = (await storage.read(key)).setEncoding('utf8');
+  const rl = createInterface({ input, crlfDelay: Infinity });
   let lineNo = 0;
   let ended = false;
   let entries = 0;
@@ -273,14 +275,17 @@ export async function* readManifest(
 }
 
 /** Reads only a manifest's header. */
-export async function readManifestHeader(path: string): Promise<ManifestHeader> {
+export async function readManifestHeader(storage: RepositoryStorage, key: string): Promise<ManifestHeader> {
+  const path = joinKey(storage.location, key);
   let header: ManifestHeader | undefined;
-  const rl = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  const input = await storage.read(key);
+  const rl = createInterface({ input: input.setEncoding('utf8'), crlfDelay: Infinity });
   for await (const line of rl) {
     header = (JSON.parse(line) as { h: ManifestHeader }).h;
     break;
   }
   rl.close();
+  input.destroy();
   if (!header) throw new Error(`${path}: empty manifest`);
   return header;
 }
@@ -289,9 +294,12 @@ export async function readManifestHeader(path: string): Promise<ManifestHeader> 
  * The backup details recorded in a complete manifest (verified by the manifest's own hash), or
  * undefined for a manifest written before they were recorded.
  */
-export async function readManifestInfo(path: string): Promise<Record<string, unknown> | undefined> {
+export async function readManifestInfo(
+  storage: RepositoryStorage,
+  key: string,
+): Promise<Record<string, unknown> | undefined> {
   let info: Record<string, unknown> | undefined;
-  for await (const _line of readManifest(path, undefined, (i) => (info = i))) {
+  for await (const _line of readManifest(storage, key, undefined, (i) => (info = i))) {
     // every line must be read: the hash is only checked at the end
   }
   return info;

@@ -1,9 +1,10 @@
 // Backup info rebuild: INIT -r, backupinfo files rebuilt from each backup's verified manifest.
 
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
-import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { openRepository } from '../storage/open-repository.js';
+import { StorageNotFoundError, joinKey, type RepositoryStorage } from '../storage/storage.js';
+import { BartError, errorMessage } from '../util/errors.js';
+import { archiveNames } from './catalog.js';
 import {
   readBackupInfo,
   renderBackupInfo,
@@ -11,7 +12,7 @@ import {
   type BackupInfo,
   type BackupStatus,
 } from './backup-info.js';
-import { MANIFEST_FILE, serverCatalogDir } from './layout.js';
+import { MANIFEST_FILE } from './layout.js';
 import { readManifestInfo } from './manifest.js';
 
 /** What INIT -r did (or found) for one backup directory. */
@@ -62,18 +63,20 @@ const KEPT_STATUSES: ReadonlySet<BackupStatus> = new Set(['active', 'obsolete', 
  * rebuild), else `active` (the next MANAGE applies the retention policy again). The location is
  * where the directory is now.
  */
-export async function backupInfoFromManifest(dir: string, id: string): Promise<BackupInfo> {
+export async function backupInfoFromManifest(storage: RepositoryStorage, id: string): Promise<BackupInfo> {
   let recorded: Record<string, unknown> | undefined;
+  const manifestKey = joinKey(id, MANIFEST_FILE);
+  const manifestPath = joinKey(storage.location, manifestKey);
   try {
-    recorded = await readManifestInfo(join(dir, MANIFEST_FILE));
+    recorded = await readManifestInfo(storage, manifestKey);
   } catch (err) {
     throw new BartError(
-      `cannot rebuild the backupinfo of backup ${id}: ${isErrnoError(err) && err.code === 'ENOENT' ? `${join(dir, MANIFEST_FILE)} is missing` : errorMessage(err)}`,
+      `cannot rebuild the backupinfo of backup ${id}: ${err instanceof StorageNotFoundError ? `${manifestPath} is missing` : errorMessage(err)}`,
     );
   }
   if (!recorded)
     throw new BartError(
-      `cannot rebuild the backupinfo of backup ${id}: ${join(dir, MANIFEST_FILE)} records no backup details (written by an older pgbart)`,
+      `cannot rebuild the backupinfo of backup ${id}: ${manifestPath} records no backup details (written by an older pgbart)`,
     );
   if (recorded.id !== id)
     throw new BartError(
@@ -81,7 +84,7 @@ export async function backupInfoFromManifest(dir: string, id: string): Promise<B
     );
   let status: BackupStatus = 'active';
   try {
-    const current = await readBackupInfo(dir);
+    const current = await readBackupInfo(storage, id);
     if (KEPT_STATUSES.has(current.status)) status = current.status;
   } catch {
     /* missing or damaged: that is why we are here */
@@ -89,7 +92,7 @@ export async function backupInfoFromManifest(dir: string, id: string): Promise<B
   const info = {
     ...(recorded as unknown as Omit<BackupInfo, 'status' | 'startTime' | 'stopTime'>),
     status,
-    location: dir,
+    location: joinKey(storage.location, id),
     startTime: new Date(String(recorded.startTime)),
     stopTime: new Date(String(recorded.stopTime)),
   } as BackupInfo;
@@ -114,23 +117,21 @@ export async function rebuildBackupInfos(
   select: string | undefined,
   dryRun = false,
 ): Promise<RebuildOutcome[]> {
-  const root = serverCatalogDir(config, server);
-  let names: string[];
-  try {
-    names = await readdir(root);
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT')
+  const storage = openRepository(config, server);
+  const root = storage.location;
+  const names = await archiveNames(storage, '', true);
+  if (names.length === 0 && storage.kind === 'posix' && storage.localPath('') !== undefined) {
+    const { existsSync } = await import('node:fs');
+    if (!existsSync(storage.localPath('')!))
       throw new BartError(`the catalog directory ${root} of server ${server.name} does not exist`);
-    throw err;
   }
   const ids = names.filter((n) => /^\d+$/.test(n)).sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1));
   const all = select === undefined || select.toLowerCase() === 'all';
   const out: RebuildOutcome[] = [];
   for (const id of ids) {
-    const dir = join(root, id);
     let info: BackupInfo;
     try {
-      info = await backupInfoFromManifest(dir, id);
+      info = await backupInfoFromManifest(storage, id);
     } catch (err) {
       if (all || select === id) out.push({ id, result: 'failed', message: errorMessage(err) });
       continue;
@@ -138,7 +139,7 @@ export async function rebuildBackupInfos(
     if (!all && select !== id && select !== info.name) continue;
     let current: string | undefined;
     try {
-      current = renderBackupInfo(await readBackupInfo(dir));
+      current = renderBackupInfo(await readBackupInfo(storage, id));
     } catch {
       current = undefined;
     }
@@ -148,7 +149,7 @@ export async function rebuildBackupInfos(
       out.push({ id, ...named, result: 'unchanged', message: 'backupinfo matches the manifest' });
       continue;
     }
-    if (!dryRun) await writeBackupInfo(dir, info);
+    if (!dryRun) await writeBackupInfo(storage, id, info);
     out.push({
       id,
       ...named,

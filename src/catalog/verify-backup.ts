@@ -1,12 +1,11 @@
 // Backup verification: every checksum of a backup recomputed, manifest, artifacts and file contents.
 
-import { createReadStream } from 'node:fs';
-import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { Writable } from 'node:stream';
+import { Transform, Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
-import { errorMessage, isErrnoError } from '../util/errors.js';
+import { StorageNotFoundError, joinKey } from '../storage/storage.js';
+import { errorMessage } from '../util/errors.js';
 import type { CatalogEntry } from './catalog.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR } from './layout.js';
 import {
@@ -50,7 +49,7 @@ async function hashStream(
 
 /** What went wrong reading a stored file, for a FAILED line: `missing` or the decoder's complaint. */
 function unreadable(err: unknown): string {
-  if (isErrnoError(err) && err.code === 'ENOENT') return 'missing from the backup directory';
+  if (err instanceof StorageNotFoundError) return 'missing from the backup directory';
   return `cannot be read (${errorMessage(err)})`;
 }
 
@@ -64,7 +63,7 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
   const files = new Map<string, ManifestFileEntry>();
   const artifacts: ManifestArtifact[] = [];
   try {
-    for await (const line of readManifest(join(entry.dir, MANIFEST_FILE))) {
+    for await (const line of readManifest(entry.storage, joinKey(entry.dataKey, MANIFEST_FILE))) {
       if (line.kind === 'artifact') artifacts.push(line.artifact);
       else if (line.entry.type === 'file') files.set(`${line.entry.archive}\0${line.entry.path}`, line.entry);
     }
@@ -90,13 +89,19 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
 
   if (entry.info.format === 'tar') {
     for (const artifact of artifacts) {
-      const path = join(entry.dir, artifact.artifact);
+      const key = joinKey(entry.dataKey, artifact.artifact);
       const archive = artifact.artifact.replace(/\.tar.*$/, '');
       try {
+        // One read of the stored file: its checksum is computed on the way to the decompressor.
         const h = artifactHasher();
-        const size = await hashStream((d) => h.update(d), createReadStream(path));
-        if (size !== artifact.size || h.hex() !== artifact.checksum)
-          failures.push(`${artifact.artifact}: stored file checksum mismatch`);
+        let storedBytes = 0;
+        const storedHash = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            h.update(chunk);
+            storedBytes += chunk.length;
+            cb(null, chunk);
+          },
+        });
         const extract = tar.extract();
         const done = (async () => {
           for await (const item of extract) {
@@ -113,9 +118,11 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
         // Wait for both: a truncated archive fails the pipeline and the entry loop alike, and a
         // rejection nobody awaits would end the process instead of failing this one backup.
         const [piped, consumed] = await Promise.allSettled([
-          pipeline(createReadStream(path), createDecompressor(compression), extract),
+          pipeline(await entry.storage.read(key), storedHash, createDecompressor(compression), extract),
           done,
         ]);
+        if (storedBytes !== artifact.size || h.hex() !== artifact.checksum)
+          failures.push(`${artifact.artifact}: stored file checksum mismatch`);
         if (piped.status === 'rejected') throw piped.reason;
         if (consumed.status === 'rejected') throw consumed.reason;
       } catch (err) {
@@ -126,10 +133,10 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
     const ext = compressionExtension(compression);
     for (const [key, expected] of [...files]) {
       const root = expected.archive === 'base' ? PLAIN_BASE_DIR : expected.archive;
-      const stored = join(root, expected.path) + ext;
+      const stored = joinKey(root, expected.path) + ext;
       try {
         const hash = createChecksum(algorithm);
-        const source = createReadStream(join(entry.dir, stored));
+        const source = await entry.storage.read(joinKey(entry.dataKey, stored));
         const size = await hashStream((d) => hash?.update(d), source, createDecompressor(compression));
         checkFile(key, stored, hash?.digest('hex'), size);
       } catch (err) {

@@ -1,9 +1,11 @@
 // The last VERIFY-CHKSUM and VERIFY-RESTORE result of a backup, kept in its directory.
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { errorMessage, isErrnoError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/fs-atomic.js';
+import { StorageNotFoundError, joinKey, type RepositoryStorage } from '../storage/storage.js';
+import { errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
+import { BACKUPINFO_FILE } from './layout.js';
+
+/** A record is a line of JSON; anything much larger is damage and is not read into memory. */
+const MAX_RECORD_BYTES = 64 * 1024;
 
 /** The commands whose results are recorded. */
 export type VerifyCommand = 'VERIFY-CHKSUM' | 'VERIFY-RESTORE';
@@ -40,23 +42,34 @@ export const VERIFY_FILES: Record<VerifyCommand, string> = {
  * a reader sees the previous result or this one). A backup deleted meanwhile is not an error; any
  * other failure to record is a warning, since the check itself is done and its verdict printed.
  */
-export async function recordVerification(backupDir: string, record: VerifyRecord): Promise<void> {
+export async function recordVerification(
+  storage: RepositoryStorage,
+  backupKey: string,
+  record: VerifyRecord,
+): Promise<void> {
   try {
-    await writeFileAtomic(join(backupDir, VERIFY_FILES[record.command]), JSON.stringify(record) + '\n', 0o600);
+    // Never recreate a backup that DELETE removed meanwhile (a write would create its directory again).
+    if ((await storage.stat(joinKey(backupKey, BACKUPINFO_FILE))) === undefined) return;
+    await storage.put(joinKey(backupKey, VERIFY_FILES[record.command]), Buffer.from(JSON.stringify(record) + '\n'));
   } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return;
-    log.warning(`could not record the ${record.command} result in ${backupDir}: ${errorMessage(err)}`);
+    const where = joinKey(storage.location, backupKey);
+    log.warning(`could not record the ${record.command} result in ${where}: ${errorMessage(err)}`);
   }
 }
 
 /** Reads one record; a missing file is no record, a damaged one is reported and ignored. */
-async function readRecord(backupDir: string, command: VerifyCommand): Promise<VerifyRecord | undefined> {
-  const path = join(backupDir, VERIFY_FILES[command]);
+async function readRecord(
+  storage: RepositoryStorage,
+  backupKey: string,
+  command: VerifyCommand,
+): Promise<VerifyRecord | undefined> {
+  const key = joinKey(backupKey, VERIFY_FILES[command]);
+  const path = joinKey(storage.location, key);
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = (await storage.readAll(key, MAX_RECORD_BYTES)).toString('utf8');
   } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return undefined;
+    if (err instanceof StorageNotFoundError) return undefined;
     log.warning(`cannot read ${path}: ${errorMessage(err)}`);
     return undefined;
   }
@@ -78,8 +91,8 @@ async function readRecord(backupDir: string, command: VerifyCommand): Promise<Ve
 }
 
 /** The last VERIFY-CHKSUM and VERIFY-RESTORE results recorded for the backup in `backupDir`. */
-export async function readVerifications(backupDir: string): Promise<BackupVerifications> {
-  const chksum = await readRecord(backupDir, 'VERIFY-CHKSUM');
-  const restore = await readRecord(backupDir, 'VERIFY-RESTORE');
+export async function readVerifications(storage: RepositoryStorage, backupKey: string): Promise<BackupVerifications> {
+  const chksum = await readRecord(storage, backupKey, 'VERIFY-CHKSUM');
+  const restore = await readRecord(storage, backupKey, 'VERIFY-RESTORE');
   return { ...(chksum ? { chksum } : {}), ...(restore ? { restore } : {}) };
 }

@@ -1,5 +1,6 @@
 // Command: CHECK-CONFIG, each server's configuration, connections, archiving and scanner checked.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, mkdtemp, open, rm, stat, unlink } from 'node:fs/promises';
@@ -395,7 +396,7 @@ async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): 
   const arrived = async (row: ArchiverRow): Promise<boolean> =>
     row.last_archived_wal !== null &&
     row.last_archived_wal >= walfile &&
-    (await findArchived(server.archivePath, walfile)) !== undefined;
+    (await findArchived(new PosixStorage(server.archivePath), walfile)) !== undefined; // POSIX shim: migrate
   while (Date.now() < deadline) {
     now = await archiver();
     if (await arrived(now)) return `${walfile} arrived in the archive`;

@@ -95,7 +95,7 @@ export async function manage(ctx: CommandContext, options: unknown): Promise<num
  */
 async function markVerifiedRestores(backups: RetentionBackup[], complete: readonly CatalogEntry[]): Promise<void> {
   for (const entry of complete) {
-    if ((await readVerifications(entry.dir)).restore?.result !== 'OK') continue;
+    if ((await readVerifications(entry.storage, entry.key)).restore?.result !== 'OK') continue;
     const root = chainRoot(backups, entry.info.id);
     if (root) root.verifiedRestore = true;
   }
@@ -142,7 +142,7 @@ async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date,
       ),
     );
     if (!dryRun) {
-      await writeBackupInfo(entry.dir, { ...entry.info, status: change.to });
+      await writeBackupInfo(entry.storage, entry.key, { ...entry.info, status: change.to });
       crashPoint('manage:marked');
     }
   }
@@ -197,7 +197,7 @@ async function changeStatus(
           `change ${kind} ${backupLabel(entry)} of server ${server.name} from ${entry.info.status} to ${to}`,
         ),
       );
-      if (!dryRun) await writeBackupInfo(entry.dir, { ...entry.info, status: to });
+      if (!dryRun) await writeBackupInfo(entry.storage, entry.key, { ...entry.info, status: to });
       changed++;
     }
   }

@@ -1,5 +1,6 @@
 // Command: SHOW-BACKUPS, the backups of each server as BART's table, detail blocks or JSON.
 
+import { joinKey } from '../storage/storage.js';
 import type { ServerConfig } from '../config/types.js';
 import { listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { walUsageByBackup, type BackupWalUsage } from '../catalog/wal-usage.js';
@@ -80,7 +81,7 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
     const usage = await walUsageByBackup(server.archivePath, entries);
     for (const entry of entries) {
       if (!matches(entry, o.backupid)) continue;
-      const verified = entry.complete ? await readVerifications(entry.dir) : {};
+      const verified = entry.complete ? await readVerifications(entry.storage, entry.key) : {};
       rows.push({ server, entry, wal: usage.get(entry.info.id) ?? { files: 0, bytes: 0 }, verified });
       // An incremental whose chain lost a link cannot be restored: say so next to the listing.
       const broken = entry.complete && entry.info.parent !== undefined ? chainProblem(entries, entry) : undefined;
@@ -126,7 +127,7 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
       pageVerification: pageVerification(entry),
       checksumErrors: entry.info.pageChecksumErrors ?? null,
       checksumErrorFiles: entry.info.pageChecksumErrorFiles ?? [],
-      location: entry.dir,
+      location: joinKey(entry.storage.location, entry.key),
       lastVerifyChksum: verifyJson(verified.chksum),
       lastVerifyRestore: verifyJson(verified.restore),
     }));

@@ -70,7 +70,7 @@ export async function verifyChksum(ctx: CommandContext, options: unknown): Promi
       }
       // The last result, for SHOW-BACKUPS.
       const failure = result.failures[0];
-      await recordVerification(entry.dir, {
+      await recordVerification(entry.storage, entry.key, {
         command: 'VERIFY-CHKSUM',
         time: new Date().toISOString(),
         result: failure === undefined ? 'OK' : 'FAILED',

@@ -79,7 +79,7 @@ export async function verifyRestore(ctx: CommandContext, options: unknown): Prom
   const opts = { workers: o.workers ?? server.workers, consoleInfo: !json };
   await verifyRestores(ctx.config, server, selected, opts, async (r) => {
     const entry = selected.find((e) => e.info.id === r.id)!;
-    await recordVerification(entry.dir, {
+    await recordVerification(entry.storage, entry.key, {
       command: 'VERIFY-RESTORE',
       time: r.finishedAt.toISOString(),
       result: r.ok ? 'OK' : 'FAILED',

@@ -1,5 +1,6 @@
 // Restore phase: RESTORE --delta, which files of an existing data directory to keep, rewrite or remove.
 
+import { joinKey } from '../storage/storage.js';
 import { join } from 'node:path';
 import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { CatalogEntry } from '../catalog/catalog.js';
@@ -57,7 +58,7 @@ interface FinalFile {
 /** Reads a manifest's file entries (dirs and links too), verifying its hash. */
 async function* manifestEntries(link: CatalogEntry): AsyncGenerator<IncrementalManifestEntry> {
   try {
-    for await (const line of readManifest(join(link.dir, MANIFEST_FILE))) {
+    for await (const line of readManifest(link.storage, joinKey(link.dataKey, MANIFEST_FILE))) {
       if (line.kind === 'file') yield line.entry as IncrementalManifestEntry;
     }
   } catch (err) {

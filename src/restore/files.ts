@@ -53,7 +53,7 @@ export async function writeBackupFiles(
   const taskBytes = Math.min(256 * 1024 * 1024, Math.max(16 * 1024 * 1024, Math.ceil(scan.totalBytes / (workers * 4))));
   const full = chain[0]!;
   const plan = planRestore({
-    backupDir: full.dir,
+    backupDir: full.storage.localPath(full.dataKey)!, // POSIX shim: migrate
     info: full.info,
     scan,
     destinations,

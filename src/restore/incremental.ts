@@ -1,5 +1,6 @@
 // Restore of incrementals: each incremental of a chain applied on top of the restored full backup.
 
+import { joinKey } from '../storage/storage.js';
 import { crc32c } from '@node-rs/crc32';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -173,7 +174,7 @@ export async function applyIncremental(
   const files = new Map<string, Map<string, IncrementalManifestEntry>>();
   const dirs: { path: string; mode: number }[] = [];
   const links: { path: string; linkTarget: string }[] = [];
-  const previous = step.previous ? await readRestoredState(step.previous.dir) : undefined;
+  const previous = step.previous ? await readRestoredState(step.previous.storage, step.previous.dataKey) : undefined;
   // What the previous link restored as another type (a directory that became a symlink or a file, or
   // the reverse) is removed before this link writes: nothing is ever created or written through it.
   const typeChanged: string[] = [];
@@ -182,7 +183,7 @@ export async function applyIncremental(
   // Bytes that reached the target (files read past are not counted).
   let written = 0;
   try {
-    for await (const line of readManifest(join(entry.dir, MANIFEST_FILE))) {
+    for await (const line of readManifest(entry.storage, joinKey(entry.dataKey, MANIFEST_FILE))) {
       if (line.kind !== 'file') continue;
       const e = line.entry as IncrementalManifestEntry;
       const root = opts.destinations.get(e.archive);
@@ -231,7 +232,7 @@ export async function applyIncremental(
   const ext = compressionExtension(info.compression);
   for (const [archive, entries] of files) {
     if (info.format === 'tar') {
-      const artifact = join(entry.dir, tarName(archive, ext));
+      const artifact = join(entry.storage.localPath(entry.dataKey)!, tarName(archive, ext)); // POSIX shim: migrate
       const stream = openDecompressed(artifact, info.compression);
       const reader = new ByteReader(stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
       try {
@@ -268,7 +269,7 @@ export async function applyIncremental(
           `${label}: "${missing.value}" is listed in the manifest but not in ${tarName(archive, ext)} (damaged backup)`,
         );
     } else {
-      const root = join(entry.dir, archive === 'base' ? PLAIN_BASE_DIR : archive);
+      const root = join(entry.storage.localPath(entry.dataKey)!, archive === 'base' ? PLAIN_BASE_DIR : archive); // POSIX shim: migrate
       for (const e of entries.values()) {
         if (passOver(archive, e)) continue;
         // A delta restore's kept file: a plain backup need not even read it.
@@ -311,7 +312,7 @@ export async function applyIncremental(
  * backups' WAL. Run after the last incremental is applied.
  */
 export async function removeDropped(newest: CatalogEntry, opts: ApplyOptions): Promise<number> {
-  const state = await readRestoredState(newest.dir);
+  const state = await readRestoredState(newest.storage, newest.dataKey);
   const heldBack = new Map(Object.entries(opts.holdBack).map(([k, v]) => [v, k]));
   let removed = 0;
   for (const [archive, root] of opts.destinations) {

@@ -1,5 +1,6 @@
 // Restore plan: a read-only scan of a backup's manifest, then the directories, links and file tasks to restore.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compressionExtension, type CompressionMethod } from '../storage/compression.js';
@@ -75,7 +76,8 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
   // no write of this restore can go through a link (the manifest is read back, not trusted).
   const shapes = new Map<string, TreeShapeCheck>();
   try {
-    for await (const line of readManifest(manifestPath, (h) => (header = h))) {
+    for await (const line of readManifest(new PosixStorage(backupDir), MANIFEST_FILE, (h) => (header = h))) {
+      // POSIX shim: migrate
       if (line.kind === 'artifact') {
         artifacts.push(line.artifact);
         continue;
@@ -226,7 +228,8 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     return { kind: 'plain-files', ...common, sourceRoot, compression, extension: ext };
   };
 
-  for await (const line of readManifest(join(backupDir, MANIFEST_FILE))) {
+  for await (const line of readManifest(new PosixStorage(backupDir), MANIFEST_FILE)) {
+    // POSIX shim: migrate
     if (line.kind !== 'file') continue;
     const e = line.entry;
     const destRoot = opts.destinations.get(e.archive);

@@ -1,5 +1,7 @@
 // Recovery target: RESTORE's target options parsed and checked against the backup and timeline history.
 
+import { join } from 'node:path';
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { readFile } from 'node:fs/promises';
 import { gunzipSync } from 'node:zlib';
 import { requireConfSafe, type RecoveryTarget } from '../postgres/recovery-config.js';
@@ -199,8 +201,9 @@ export function parseTargetOptions(o: TargetOptions, defaultZone: string): Parse
 
 /** The archived history file of timeline `tli` (decompressed), with the path it was read from. */
 async function readHistory(archivePath: string, tli: number): Promise<{ text: string; path: string } | undefined> {
-  const path = await findArchived(archivePath, historyFileName(tli));
-  if (!path) return undefined;
+  const key = await findArchived(new PosixStorage(archivePath), historyFileName(tli)); // POSIX shim: migrate
+  if (!key) return undefined;
+  const path = join(archivePath, key);
   const raw = await readFile(path);
   return { text: (path.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'), path };
 }

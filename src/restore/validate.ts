@@ -44,9 +44,9 @@ export interface ChainScan {
 
 /** Checks every backup of the chain is complete and undamaged (manifest, artifacts) before anything is written. */
 export async function scanChain(chain: CatalogEntry[], entry: CatalogEntry): Promise<ChainScan> {
-  const scan = await scanBackup(chain[0]!.dir, chain[0]!.info);
-  for (const link of chain.slice(1)) await scanBackup(link.dir, link.info);
-  const restored = chain.length > 1 ? (await readRestoredState(entry.dir)).archives : undefined;
+  const scan = await scanBackup(chain[0]!.storage.localPath(chain[0]!.dataKey)!, chain[0]!.info); // POSIX shim: migrate
+  for (const link of chain.slice(1)) await scanBackup(link.storage.localPath(link.dataKey)!, link.info); // POSIX shim: migrate
+  const restored = chain.length > 1 ? (await readRestoredState(entry.storage, entry.dataKey)).archives : undefined;
   return { scan, restored };
 }
 

@@ -1,5 +1,6 @@
 // Retention leftovers: failed backups, half-deleted backups and temp files left by crashed commands.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
@@ -84,7 +85,7 @@ export async function findLeftovers(config: BartConfig, server: ServerConfig, lo
       let pid: number | undefined;
       let readable = true;
       try {
-        pid = (await readBackupInfo(path)).pid;
+        pid = (await readBackupInfo(new PosixStorage(serverDir), name)).pid; // POSIX shim: migrate
       } catch {
         readable = false;
       }

@@ -1,5 +1,6 @@
 // Retention removal: obsolete backups and the archived WAL they alone needed removed from the catalog.
 
+import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
@@ -59,7 +60,8 @@ export async function planWalRemoval(
   // A backup whose backupinfo cannot be read (listed as damaged, or not at all) may come back with INIT -r:
   // its start is unknown, so nothing may go, unless it is being removed.
   const listed = new Set(entries.filter((e) => e.damage === undefined).map((e) => e.info.id));
-  const unreadable = (await archiveNames(serverCatalogDir(config, server))).filter(
+  const unreadable = (await archiveNames(new PosixStorage(serverCatalogDir(config, server)), '', true)).filter(
+    // POSIX shim: migrate
     (n) => /^\d+$/.test(n) && !listed.has(n) && !removed.has(n),
   );
   if (unreadable.length > 0) {
@@ -73,7 +75,7 @@ export async function planWalRemoval(
     };
   }
   const plan = planWalCleanup(
-    await archiveNames(server.archivePath),
+    await archiveNames(new PosixStorage(server.archivePath)), // POSIX shim: migrate
     remaining.map((e) => ({
       id: e.info.id,
       timeline: e.info.timeline,
@@ -116,7 +118,7 @@ export async function removeFromCatalog(
   const doomed: string[] = [];
   for (const entry of targets) {
     const to = join(serverDir, entry.info.id + DELETING_SUFFIX);
-    await rename(entry.dir, to);
+    await rename(entry.storage.localPath(entry.key)!, to); // POSIX shim: migrate
     await fsyncDir(serverDir);
     doomed.push(to);
     log.info(

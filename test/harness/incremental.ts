@@ -1,5 +1,6 @@
 // Test harness: incremental sources, content snapshots, backups and restores checked against them.
 
+import { PosixStorage } from '../../src/storage/posix/posix-storage.js';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readManifest } from '../../src/catalog/manifest.js';
@@ -127,7 +128,10 @@ export async function manifestEntries(
   id: string,
 ): Promise<Map<string, { size: number; incr?: { length: number; runs: Array<[number, number]> } }>> {
   const out = new Map<string, { size: number; incr?: { length: number; runs: Array<[number, number]> } }>();
-  for await (const line of readManifest(join(src.setup.backupPath, src.server, id, 'manifest.jsonl'))) {
+  for await (const line of readManifest(
+    new PosixStorage(join(src.setup.backupPath, src.server, id)),
+    'manifest.jsonl',
+  )) {
     if (line.kind !== 'file' || line.entry.type !== 'file') continue;
     out.set(
       `${line.entry.archive}:${line.entry.path}`,
