@@ -22,6 +22,7 @@ import { CipherStorage } from '../src/storage/encryption/cipher-storage.js';
 import { CIPHER_KEY_OBJECT, repositoryIsEncrypted, type CipherSettings } from '../src/storage/encryption/cipher-key.js';
 import { HEADER_BYTES, TAG_BYTES } from '../src/storage/encryption/cipher-format.js';
 import { readPassphrase } from '../src/storage/encryption/passphrase.js';
+import { PlainRepositoryGuard } from '../src/storage/encryption/plain-guard.js';
 import { StorageError, StorageNotFoundError } from '../src/storage/storage.js';
 import { BartError } from '../src/util/errors.js';
 import type { Readable } from 'node:stream';
@@ -180,6 +181,18 @@ describe('encrypted repository storage', () => {
     writeFileSync(join(damagedKey.dir, CIPHER_KEY_OBJECT), '{"format":1}');
     const reopened = new CipherStorage(new PosixStorage(damagedKey.dir), settings());
     await assert.rejects(reopened.readAll('x', 10), /damaged/);
+  });
+
+  test('a server without a cipher refuses an encrypted repository before reading or writing', async () => {
+    const { dir, storage } = fresh('guard');
+    await storage.put('1700000000002/backupinfo', Buffer.from('x'));
+    const guarded = new PlainRepositoryGuard(new PosixStorage(dir));
+    const refused = (err: unknown) => err instanceof BartError && /is encrypted/.test(err.message);
+    await assert.rejects(guarded.put('archived_wals/000000010000000000000002', Buffer.from('plain')), refused);
+    await assert.rejects(guarded.readAll('1700000000002/backupinfo', 100), refused);
+    const plain = new PlainRepositoryGuard(new PosixStorage(join(root, 'plain-ok')));
+    await plain.put('a', Buffer.from('b'));
+    assert.equal((await plain.readAll('a', 10)).toString(), 'b');
   });
 
   test('the passphrase file must be private to the BART user', async () => {
