@@ -76,7 +76,7 @@ function backupInfo(id: string, startSeg: number, location: string): BackupInfo 
     serverVersionNum: 150000,
     systemIdentifier: '7000000000000000000',
     walSegmentSize: SEG,
-    engine: 'pgbart',
+    engine: 'native',
     threadCount: 1,
     startTime: start,
     stopTime: new Date(start.getTime() + 60_000),
