@@ -229,13 +229,13 @@ describe('retention on an S3 repository (real radosgw)', { skip }, () => {
     assert.deepEqual(l.obsoleteBackups.map((b) => b.id).sort(), [b1, b2]);
     assert.equal(l.wal.skipped, false);
     assert.deepEqual(l.wal.names, [
-      '00000001_0000000002000028_0000000003000000.mbm',
       seg(1),
       seg(2),
       `${seg(2)}.00000028.backup`,
       seg(3),
       seg(4),
       seg(5),
+      '00000001_0000000002000028_0000000003000000.mbm',
     ]);
     assert.equal(l.wal.bytes, 64 + 18 + [1, 2, 3, 4, 5].reduce((s, n) => s + 1000 + n, 0));
     assert.deepEqual(
