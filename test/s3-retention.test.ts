@@ -301,6 +301,28 @@ describe('retention on an S3 repository (real radosgw)', { skip }, () => {
     );
     assert.deepEqual(await keys(archive), [8, 9, 10].map(seg));
 
+    // Killed once its backupinfo is gone: INIT -r must not bring the backup back from its manifest
+    // (its WAL may be gone already); it only tries b4 (whose fabricated manifest it cannot use).
+    await fabricate(b5, 12);
+    const killed3 = await bart(['DELETE', '-s', SERVER, '-i', b5], { PGBART_CRASH_AT: 'delete:renamed' });
+    assert.equal(killed3.code, null, `DELETE was not killed:\n${killed3.stdout}\n${killed3.stderr}`);
+    assert.deepEqual(
+      (await keys()).filter((k) => k.startsWith(b5)),
+      [`${b5}.deleting/marker`, `${b5}/base.tar`, `${b5}/manifest.jsonl`],
+    );
+    const rebuild = await bart(['INIT', '-r', '-s', SERVER]);
+    assert.match(rebuild.stderr, new RegExp(`cannot rebuild the backupinfo of backup ${b4}`));
+    assert.doesNotMatch(`${rebuild.stdout}${rebuild.stderr}`, new RegExp(b5));
+    assert.deepEqual(
+      (await shown()).map((b) => b.id),
+      [b4],
+    );
+    await ok(['MANAGE', '-s', SERVER, '-d']);
+    assert.deepEqual(
+      (await keys()).filter((k) => k.startsWith(b5)),
+      [],
+    );
+
     // Killed after removing WAL (the last backup: everything goes), before its objects go.
     const killed2 = await bart(['DELETE', '-s', SERVER, '-i', b4], { PGBART_CRASH_AT: 'delete:wal' });
     assert.equal(killed2.code, null, `DELETE was not killed:\n${killed2.stdout}\n${killed2.stderr}`);
