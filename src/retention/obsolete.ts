@@ -63,10 +63,13 @@ export async function planWalRemoval(
   }
   // A backup whose backupinfo cannot be read (listed as damaged, or not at all) may come back with INIT -r:
   // its start is unknown, so nothing may go, unless it is being removed (or has a tombstone: being deleted).
+  // Without renames (S3), `<id>` beside a `<id>.partial` is a BACKUP's unpublished data, not such a backup.
   const listed = new Set(entries.filter((e) => e.damage === undefined).map((e) => e.info.id));
   const names = new Set(await archiveNames(storages.repo, '', true));
+  const unpublished = (n: string) => storages.repo.renamePrefix === undefined && names.has(n + PARTIAL_SUFFIX);
   const unreadable = [...names].filter(
-    (n) => /^\d+$/.test(n) && !listed.has(n) && !removed.has(n) && !beingDeleted(storages.repo, names, n),
+    (n) =>
+      /^\d+$/.test(n) && !listed.has(n) && !removed.has(n) && !beingDeleted(storages.repo, names, n) && !unpublished(n),
   );
   if (unreadable.length > 0) {
     return {
