@@ -14,6 +14,8 @@ import { oneShotSshArgs, scpFetchArgs } from '../hosts/ssh/session.js';
 import { probeReplicationConnection } from '../postgres/replication-probe.js';
 import { isScannerRunning } from '../scanner/client.js';
 import { scannerSocketPath } from '../scanner/paths.js';
+import { openRepository, repositoryLocation } from '../storage/open-repository.js';
+import { checkBucket } from '../storage/s3/check-bucket.js';
 import {
   archivingEnabled,
   readArchiveSettings,
@@ -288,12 +290,23 @@ async function checkServerWithConnection(
     return dataDir;
   });
 
-  await report.run(`catalog (archive path "${server.archivePath}") is writable`, async () => {
-    const fix = `run "bart INIT -s ${server.name}" to create the catalog directories (owned by "${config.global.bartHost.user}", mode 0700)`;
-    await probeWritableDir(join(config.global.backupPath, server.name), fix);
-    await probeWritableDir(server.archivePath, fix);
-    return undefined;
-  });
+  // repository = s3: the bucket instead of the catalog directories (checkBucket says what is wrong).
+  if (server.repository.kind === 's3')
+    await report.run(`repository ${repositoryLocation(config, server)} is reachable and writable`, async () => {
+      const storage = openRepository(config, server);
+      try {
+        return await checkBucket(storage);
+      } finally {
+        await storage.close();
+      }
+    });
+  else
+    await report.run(`catalog (archive path "${server.archivePath}") is writable`, async () => {
+      const fix = `run "bart INIT -s ${server.name}" to create the catalog directories (owned by "${config.global.bartHost.user}", mode 0700)`;
+      await probeWritableDir(join(config.global.backupPath, server.name), fix);
+      await probeWritableDir(server.archivePath, fix);
+      return undefined;
+    });
 
   let settings: ArchiveSettings | undefined;
   await report.run('archive_mode is on', async () => {
