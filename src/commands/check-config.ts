@@ -14,7 +14,7 @@ import { oneShotSshArgs, scpFetchArgs } from '../hosts/ssh/session.js';
 import { probeReplicationConnection } from '../postgres/replication-probe.js';
 import { isScannerRunning } from '../scanner/client.js';
 import { scannerSocketPath } from '../scanner/paths.js';
-import { openRepository, repositoryLocation } from '../storage/open-repository.js';
+import { openGlobalS3Repository, openRepository, repositoryLocation } from '../storage/open-repository.js';
 import { checkBucket } from '../storage/s3/check-bucket.js';
 import {
   archivingEnabled,
@@ -111,6 +111,16 @@ async function checkGlobal(config: BartConfig, report: CheckReport): Promise<voi
       return `it does not exist yet; "bart INIT" will create it ("${existing}" is writable)`;
     return undefined;
   });
+  // repository = s3 in [BART]: its bucket (below s3_prefix), before any server uses it.
+  const bucket = openGlobalS3Repository(config);
+  if (bucket)
+    await report.run(`repository ${bucket.location} is reachable and writable`, async () => {
+      try {
+        return await checkBucket(bucket);
+      } finally {
+        await bucket.close();
+      }
+    });
   if (g.pgBasebackupPath) {
     const path = g.pgBasebackupPath;
     await report.run(`pg_basebackup_path "${path}" is executable`, async () => {

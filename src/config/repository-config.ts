@@ -3,7 +3,7 @@
 import { BartError } from '../util/errors.js';
 import { Secret } from '../util/secret.js';
 import { relativePathProblem } from '../util/untrusted-path.js';
-import type { RepositoryConfig, RepositorySettings } from './types.js';
+import type { RepositoryConfig, RepositorySettings, S3RepositoryConfig } from './types.js';
 
 /** The parameter names this file owns, all allowed in [BART] and in server sections. */
 export const REPOSITORY_PARAMETERS = [
@@ -142,17 +142,13 @@ function parseEndpoint(entry: Entry, at: At): string {
 }
 
 /**
- * A server's repository from its resolved settings. With `repository = s3`, s3_bucket is required;
- * s3_uri_style defaults to `path` when s3_endpoint is set (S3-compatible stores: Ceph, MinIO, an IP
- * address, where bucket host names do not resolve) and to `host` for AWS S3 (no endpoint), which
- * retires path-style addressing.
+ * The S3 repository `settings` describe, or undefined when they do not say `repository = s3` or
+ * name no bucket. s3_uri_style defaults to `path` when s3_endpoint is set (S3-compatible stores:
+ * Ceph, MinIO, an IP address, where bucket host names do not resolve) and to `host` for AWS S3 (no
+ * endpoint), which retires path-style addressing.
  */
-export function resolveRepository(settings: RepositorySettings, section: Section, at: At): RepositoryConfig {
-  if (settings.repository?.kind !== 's3') return { kind: 'posix' };
-  if (settings.bucket === undefined)
-    throw new BartError(
-      `${at(section.line)}: server [${section.name}] uses repository = s3 (${settings.repository.at}) but no s3_bucket is set: set it in [BART] or in [${section.name}]`,
-    );
+export function s3RepositoryOf(settings: RepositorySettings): S3RepositoryConfig | undefined {
+  if (settings.repository?.kind !== 's3' || settings.bucket === undefined) return undefined;
   return {
     kind: 's3',
     ...(settings.endpoint !== undefined ? { endpoint: settings.endpoint } : {}),
@@ -165,4 +161,15 @@ export function resolveRepository(settings: RepositorySettings, section: Section
     ...(settings.credentials !== undefined ? { credentials: settings.credentials } : {}),
     at: settings.repository.at,
   };
+}
+
+/** A server's repository from its resolved settings; with `repository = s3`, s3_bucket is required. */
+export function resolveRepository(settings: RepositorySettings, section: Section, at: At): RepositoryConfig {
+  if (settings.repository?.kind !== 's3') return { kind: 'posix' };
+  const s3 = s3RepositoryOf(settings);
+  if (s3 === undefined)
+    throw new BartError(
+      `${at(section.line)}: server [${section.name}] uses repository = s3 (${settings.repository.at}) but no s3_bucket is set: set it in [BART] or in [${section.name}]`,
+    );
+  return s3;
 }

@@ -1,6 +1,7 @@
 // Concept: opening a server's repository — which driver and root bart.cfg gives a server's catalog and WAL archive.
 
 import { join } from 'node:path';
+import { s3RepositoryOf } from '../config/repository-config.js';
 import type { BartConfig, S3RepositoryConfig, ServerConfig } from '../config/types.js';
 import { PosixStorage } from './posix/posix-storage.js';
 import type { S3StorageOptions } from './s3/s3-client.js';
@@ -33,6 +34,16 @@ export function repositoryLocation(config: BartConfig, server: ServerConfig): st
   const repo = server.repository;
   if (repo.kind === 's3') return `s3://${joinKey(repo.bucket, repo.prefix, server.name)}`;
   return join(config.global.backupPath, server.name);
+}
+
+/**
+ * The bucket [BART] names, rooted at its s3_prefix (no server below), when [BART] says
+ * `repository = s3` and gives s3_bucket; else undefined. For CHECK-CONFIG of [BART]: a bucket
+ * checked before any server is set up.
+ */
+export function openGlobalS3Repository(config: BartConfig): RepositoryStorage | undefined {
+  const repo = s3RepositoryOf(config.global.repositoryDefaults);
+  return repo === undefined ? undefined : new S3Storage(s3Options(repo, ''));
 }
 
 /** The driver settings of a server's S3 repository, rooted at `<s3_prefix>/<below>`. */
