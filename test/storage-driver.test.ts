@@ -186,8 +186,7 @@ for (const driver of drivers) {
     test(
       'list: deep and shallow, relative keys, absent prefix',
       withStorage(async (storage) => {
-        for (const k of ['x/1', 'x/2', 'x/d/3', 'x/d/e/4', 'y/5', 'xx/6', 'top'])
-          await storage.put(k, Buffer.from(k));
+        for (const k of ['x/1', 'x/2', 'x/d/3', 'x/d/e/4', 'y/5', 'xx/6', 'top']) await storage.put(k, Buffer.from(k));
         assert.deepEqual((await listAll(storage, 'x')).keys, ['x/1', 'x/2', 'x/d/3', 'x/d/e/4']);
         const shallow = await listAll(storage, 'x', true);
         assert.deepEqual(shallow.keys, ['x/1', 'x/2']);
@@ -312,258 +311,354 @@ for (const driver of drivers) {
 // ---------------------------------------------------------------------------------------------
 // S3 only
 
-describe('S3Storage against radosgw: multipart leftovers, Content-MD5, memory, faults, errors', { skip: skipS3 }, () => {
-  test('removePrefix aborts a multipart upload a killed process left under the prefix', async () => {
-    const bucket = await freshBucket();
-    const storage = new S3Storage(s3Options(bucket, 'srv', { partSize: 5 * MiB }));
-    try {
-      // What a process killed during a backup leaves: an upload with parts, never completed nor aborted.
-      const { sdk, client } = await storage.connection();
-      const up = await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: bucket, Key: 'srv/b1/base.tar' }));
-      await client.send(
-        new sdk.UploadPartCommand({
-          Bucket: bucket,
-          Key: 'srv/b1/base.tar',
-          UploadId: up.UploadId,
-          PartNumber: 1,
-          Body: randomBytes(5 * MiB),
-        }),
-      );
-      // And one outside the prefix, which must stay.
-      const other = await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: bucket, Key: 'srv/b10/x' }));
-      await storage.put('b1/backupinfo', Buffer.from('partial'));
-      const uploads = async () =>
-        ((await client.send(new sdk.ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? [])
-          .map((u) => u.Key)
-          .sort();
-      assert.deepEqual(await uploads(), ['srv/b1/base.tar', 'srv/b10/x']);
-      assert.equal((await listAll(storage, 'b1')).keys.length, 1, 'the unfinished upload is not listed');
-      await storage.removePrefix('b1');
-      assert.deepEqual(await uploads(), ['srv/b10/x']);
-      assert.deepEqual((await listAll(storage, '')).keys, []);
-      // radosgw's own index holds nothing of b1 any more (no _multipart_ parts).
-      const entries = (await s3!.bucketEntries(bucket)).map((e) => e.name).filter((n) => n.includes('b1/'));
-      assert.deepEqual(entries, []);
-      await client.send(new sdk.AbortMultipartUploadCommand({ Bucket: bucket, Key: 'srv/b10/x', UploadId: other.UploadId }));
-    } finally {
-      await storage.close();
-    }
-  });
+describe(
+  'S3Storage against radosgw: multipart leftovers, Content-MD5, memory, faults, errors',
+  { skip: skipS3 },
+  () => {
+    test('removePrefix aborts a multipart upload a killed process left under the prefix', async () => {
+      const bucket = await freshBucket();
+      const storage = new S3Storage(s3Options(bucket, 'srv', { partSize: 5 * MiB }));
+      try {
+        // What a process killed during a backup leaves: an upload with parts, never completed nor aborted.
+        const { sdk, client } = await storage.connection();
+        const up = await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: bucket, Key: 'srv/b1/base.tar' }));
+        await client.send(
+          new sdk.UploadPartCommand({
+            Bucket: bucket,
+            Key: 'srv/b1/base.tar',
+            UploadId: up.UploadId,
+            PartNumber: 1,
+            Body: randomBytes(5 * MiB),
+          }),
+        );
+        // And one outside the prefix, which must stay.
+        const other = await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: bucket, Key: 'srv/b10/x' }));
+        await storage.put('b1/backupinfo', Buffer.from('partial'));
+        const uploads = async () =>
+          ((await client.send(new sdk.ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? [])
+            .map((u) => u.Key)
+            .sort();
+        assert.deepEqual(await uploads(), ['srv/b1/base.tar', 'srv/b10/x']);
+        assert.equal((await listAll(storage, 'b1')).keys.length, 1, 'the unfinished upload is not listed');
+        await storage.removePrefix('b1');
+        assert.deepEqual(await uploads(), ['srv/b10/x']);
+        assert.deepEqual((await listAll(storage, '')).keys, []);
+        // radosgw's own index holds nothing of b1 any more (no _multipart_ parts).
+        const entries = (await s3!.bucketEntries(bucket)).map((e) => e.name).filter((n) => n.includes('b1/'));
+        assert.deepEqual(entries, []);
+        await client.send(
+          new sdk.AbortMultipartUploadCommand({ Bucket: bucket, Key: 'srv/b10/x', UploadId: other.UploadId }),
+        );
+      } finally {
+        await storage.close();
+      }
+    });
 
-  test('Content-MD5 goes with every PutObject and UploadPart; a body altered on the way is refused by the store', async () => {
-    const bucket = await freshBucket();
-    const storage = new S3Storage(s3Options(bucket, 'srv', { partSize: 5 * MiB, maxAttempts: 1 }));
-    try {
-      const { client } = await storage.connection();
-      const seen: Array<{ command: string; md5: string | undefined; md5OfBody: string }> = [];
-      let corrupt = false;
-      // Runs after serialization (headers set), before signing: what it changes is what goes on the wire.
-      client.middlewareStack.add(
-        (next, context) => async (args) => {
-          const request = args.request as { headers: Record<string, string>; body?: unknown };
-          const command = context.commandName ?? '';
-          if (command === 'PutObjectCommand' || command === 'UploadPartCommand') {
-            const body = request.body as Buffer;
-            if (corrupt && body.length > 0) {
-              const altered = Buffer.from(body);
-              altered[altered.length >> 1]! ^= 0x01;
-              request.body = altered;
+    test('Content-MD5 goes with every PutObject and UploadPart; a body altered on the way is refused by the store', async () => {
+      const bucket = await freshBucket();
+      const storage = new S3Storage(s3Options(bucket, 'srv', { partSize: 5 * MiB, maxAttempts: 1 }));
+      try {
+        const { client } = await storage.connection();
+        const seen: Array<{ command: string; md5: string | undefined; md5OfBody: string }> = [];
+        let corrupt = false;
+        // Runs after serialization (headers set), before signing: what it changes is what goes on the wire.
+        client.middlewareStack.add(
+          (next, context) => async (args) => {
+            const request = args.request as { headers: Record<string, string>; body?: unknown };
+            const command = context.commandName ?? '';
+            if (command === 'PutObjectCommand' || command === 'UploadPartCommand') {
+              const body = request.body as Buffer;
+              if (corrupt && body.length > 0) {
+                const altered = Buffer.from(body);
+                altered[altered.length >> 1]! ^= 0x01;
+                request.body = altered;
+              }
+              const md5OfBody = createHash('md5')
+                .update(request.body as Buffer)
+                .digest('base64');
+              seen.push({ command, md5: request.headers['content-md5'], md5OfBody });
             }
-            const md5OfBody = createHash('md5')
-              .update(request.body as Buffer)
-              .digest('base64');
-            seen.push({ command, md5: request.headers['content-md5'], md5OfBody });
+            return next(args);
+          },
+          { step: 'build', name: 'pgbartTestBodyTap' },
+        );
+        await storage.put('small', randomBytes(1000));
+        const w = await storage.create('multi');
+        await w.write(randomBytes(11 * MiB));
+        await w.finish();
+        assert.deepEqual(
+          seen.map((s) => s.command),
+          ['PutObjectCommand', 'UploadPartCommand', 'UploadPartCommand', 'UploadPartCommand'],
+        );
+        for (const s of seen) assert.equal(s.md5, s.md5OfBody, `${s.command} carries the body's MD5`);
+
+        corrupt = true;
+        await assert.rejects(storage.put('altered', randomBytes(1000)), (err: Error) => {
+          assert.ok(err instanceof StorageError);
+          assert.match(
+            err.message,
+            /cannot write s3:\/\/pgbart-test-\d+\/srv\/altered: .*BadDigest: Content-MD5 mismatch/,
+          );
+          return true;
+        });
+        const w2 = await storage.create('altered-multi');
+        await assert.rejects(
+          (async () => {
+            await w2.write(randomBytes(11 * MiB));
+            await w2.finish();
+          })(),
+          /BadDigest/,
+        );
+        await w2.abort();
+        corrupt = false;
+        assert.equal(await storage.stat('altered'), undefined);
+        assert.equal(await storage.stat('altered-multi'), undefined);
+      } finally {
+        await storage.close();
+      }
+    });
+
+    test('memory stays bounded writing 200 MiB through one writer (default 16 MiB parts, 4 in flight)', async (t) => {
+      const bucket = await freshBucket();
+      const storage = new S3Storage(s3Options(bucket, 'srv'));
+      try {
+        await storage.connection();
+        global.gc?.();
+        const base = process.memoryUsage().rss;
+        let peak = base;
+        const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+        const chunk = randomBytes(MiB);
+        const hash = createHash('sha256');
+        const t0 = Date.now();
+        const w = await storage.create('big');
+        for (let i = 0; i < 200; i++) {
+          chunk.writeUInt32LE(i, 0); // every MiB differs
+          hash.update(chunk);
+          await w.write(chunk);
+          peak = Math.max(peak, process.memoryUsage().rss);
+        }
+        await w.finish();
+        clearInterval(sampler);
+        const seconds = (Date.now() - t0) / 1000;
+        const delta = Math.round((peak - base) / MiB);
+        t.diagnostic(
+          `200 MiB written in ${seconds.toFixed(1)} s (${Math.round(200 / seconds)} MiB/s); peak RSS +${delta} MiB`,
+        );
+        // 5 part buffers of 16 MiB plus copies in flight and sockets: well under the 200 MiB written.
+        assert.ok(delta < 180, `peak RSS grew by ${delta} MiB`);
+        const back = createHash('sha256');
+        let size = 0;
+        for await (const c of await storage.read('big')) {
+          back.update(c as Buffer);
+          size += (c as Buffer).length;
+        }
+        assert.equal(size, 200 * MiB);
+        assert.equal(back.digest('hex'), hash.digest('hex'));
+        await storage.removePrefix('big');
+      } finally {
+        await storage.close();
+      }
+    });
+
+    test('radosgw killed during an upload: the writer fails with one clear line; nothing visible after restart', async () => {
+      const bucket = await freshBucket();
+      const storage = new S3Storage(s3Options(bucket, 'srv', { partSize: 5 * MiB, maxAttempts: 3 }));
+      try {
+        const w = await storage.create('b1/base.tar');
+        await w.write(randomBytes(12 * MiB)); // two parts started
+        await s3!.kill();
+        const failed = await (async () => {
+          try {
+            for (let i = 0; i < 4; i++) await w.write(randomBytes(5 * MiB));
+            await w.finish();
+          } catch (err) {
+            return err;
           }
-          return next(args);
+          return undefined;
+        })();
+        await w.abort();
+        assert.ok(failed instanceof StorageError, `expected a StorageError, got ${String(failed)}`);
+        assert.match(failed.message, /^cannot write s3:\/\/pgbart-test-\d+\/srv\/b1\/base\.tar: /);
+        assert.match(failed.message, /refused the connection|connection to .* was cut/);
+        assert.ok(!failed.message.includes('\n'), failed.message);
+        // A read while it is down fails the same way.
+        await assert.rejects(storage.stat('b1/base.tar'), /refused the connection|was cut/);
+        await s3!.restart();
+        assert.equal(await storage.stat('b1/base.tar'), undefined);
+        assert.deepEqual((await listAll(storage, '')).keys, []);
+        // The upload abort() could not reach is cleaned up by removePrefix (MANAGE -d's job).
+        await storage.removePrefix('b1');
+        const { sdk, client } = await storage.connection();
+        const left = await client.send(new sdk.ListMultipartUploadsCommand({ Bucket: bucket }));
+        assert.deepEqual(left.Uploads ?? [], []);
+        // And the next run works.
+        await storage.put('b1/base.tar', Buffer.from('ok'));
+        assert.equal((await storage.readAll('b1/base.tar', 10)).toString(), 'ok');
+      } catch (err) {
+        await s3!.restart(); // up again for the tests after this one
+        throw err;
+      } finally {
+        await storage.close();
+      }
+    });
+
+    test('a read cut half way (radosgw killed) errors the stream with a StorageError, never a short success', async () => {
+      const bucket = await freshBucket();
+      const storage = new S3Storage(s3Options(bucket, 'srv', { maxAttempts: 2 }));
+      try {
+        const size = 64 * MiB;
+        const w = await storage.create('big');
+        for (let i = 0; i < size / MiB; i++) await w.write(randomBytes(MiB));
+        await w.finish();
+        const stream = await storage.read('big');
+        let received = 0;
+        const outcome = await (async () => {
+          try {
+            for await (const c of stream) {
+              received += (c as Buffer).length;
+              if (received >= MiB && received - (c as Buffer).length < MiB) await s3!.kill();
+            }
+            return 'ended';
+          } catch (err) {
+            return err;
+          }
+        })();
+        assert.ok(received < size, `all ${received} bytes arrived before the kill took effect`);
+        assert.ok(outcome instanceof StorageError, `the stream ${String(outcome)} after ${received} of ${size} bytes`);
+        assert.match(outcome.message, /^cannot read s3:\/\/pgbart-test-\d+\/srv\/big: /);
+        assert.ok(!outcome.message.includes('\n'), outcome.message);
+        // readAll too: fails, never returns a short buffer.
+        await s3!.restart();
+        // (Cut before or during the body, depending on timing: either way an error.)
+        const reading = storage.readAll('big', size).then(
+          (b) => `a buffer of ${b.length} bytes`,
+          (err: unknown) => err,
+        );
+        await new Promise((r) => setTimeout(r, 100));
+        await s3!.kill();
+        const read = await reading;
+        assert.ok(read instanceof StorageError, String(read));
+        await s3!.restart();
+        assert.equal((await storage.readAll('big', size)).length, size);
+        await storage.removePrefix('big');
+      } catch (err) {
+        await s3!.restart(); // up again for the tests after this one
+        throw err;
+      } finally {
+        await storage.close();
+      }
+    });
+
+    test('create-if-absent objects are one conditional PUT: larger than 1 GiB is refused up front', async () => {
+      const bucket = await freshBucket();
+      const storage = new S3Storage(s3Options(bucket, 'srv'));
+      try {
+        await assert.rejects(
+          storage.create('archived_wals/huge', { ifAbsent: true, sizeHint: 2 * 1024 * MiB }),
+          /a create-if-absent object \(archived WAL\) is limited to 1073741824 bytes on S3, this one is 2147483648/,
+        );
+      } finally {
+        await storage.close();
+      }
+    });
+
+    test('a clock off by an hour: one attempt says so (RequestTimeTooSkewed); with retries the SDK corrects its offset', async () => {
+      const bucket = await freshBucket();
+      const realNow = Date.now;
+      Date.now = () => realNow() + 3600_000;
+      const once = new S3Storage(s3Options(bucket, 'srv', { maxAttempts: 1 }));
+      const retrying = new S3Storage(s3Options(bucket, 'srv'));
+      try {
+        await assert.rejects(
+          once.put('x', Buffer.from('x')),
+          /this host's clock differs too much from the store's \(RequestTimeTooSkewed\): set the clock right \(NTP\)/,
+        );
+        await retrying.put('x', Buffer.from('x'));
+      } finally {
+        Date.now = realNow;
+        await once.close();
+        await retrying.close();
+      }
+    });
+
+    test('wrong credentials, a missing bucket, an unreachable or unresolvable endpoint, TLS: one line each, no secret', async () => {
+      const bucket = await freshBucket();
+      const cases: Array<{ name: string; options: S3StorageOptions; says: RegExp }> = [
+        {
+          name: 'wrong secret',
+          options: s3Options(bucket, 'srv', {
+            credentials: {
+              accessKeyId: new Secret(s3!.accessKey),
+              secretAccessKey: new Secret('wrong-secret-key-0123'),
+            },
+          }),
+          says: /SignatureDoesNotMatch, HTTP 403\): the secret key is wrong; check s3_key_secret/,
         },
-        { step: 'build', name: 'pgbartTestBodyTap' },
-      );
-      await storage.put('small', randomBytes(1000));
-      const w = await storage.create('multi');
-      await w.write(randomBytes(11 * MiB));
-      await w.finish();
-      assert.deepEqual(
-        seen.map((s) => s.command),
-        ['PutObjectCommand', 'UploadPartCommand', 'UploadPartCommand', 'UploadPartCommand'],
-      );
-      for (const s of seen) assert.equal(s.md5, s.md5OfBody, `${s.command} carries the body's MD5`);
-
-      corrupt = true;
-      await assert.rejects(storage.put('altered', randomBytes(1000)), (err: Error) => {
-        assert.ok(err instanceof StorageError);
-        assert.match(err.message, /cannot write s3:\/\/pgbart-test-\d+\/srv\/altered: .*BadDigest: Content-MD5 mismatch/);
-        return true;
-      });
-      const w2 = await storage.create('altered-multi');
-      await assert.rejects(
-        (async () => {
-          await w2.write(randomBytes(11 * MiB));
-          await w2.finish();
-        })(),
-        /BadDigest/,
-      );
-      await w2.abort();
-      corrupt = false;
-      assert.equal(await storage.stat('altered'), undefined);
-      assert.equal(await storage.stat('altered-multi'), undefined);
-    } finally {
-      await storage.close();
-    }
-  });
-
-  test('memory stays bounded writing 200 MiB through one writer (default 16 MiB parts, 4 in flight)', async (t) => {
-    const bucket = await freshBucket();
-    const storage = new S3Storage(s3Options(bucket, 'srv'));
-    try {
-      await storage.connection();
-      global.gc?.();
-      const base = process.memoryUsage().rss;
-      let peak = base;
-      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
-      const chunk = randomBytes(MiB);
-      const hash = createHash('sha256');
-      const t0 = Date.now();
-      const w = await storage.create('big');
-      for (let i = 0; i < 200; i++) {
-        chunk.writeUInt32LE(i, 0); // every MiB differs
-        hash.update(chunk);
-        await w.write(chunk);
-        peak = Math.max(peak, process.memoryUsage().rss);
-      }
-      await w.finish();
-      clearInterval(sampler);
-      const seconds = (Date.now() - t0) / 1000;
-      const delta = Math.round((peak - base) / MiB);
-      t.diagnostic(`200 MiB written in ${seconds.toFixed(1)} s (${Math.round(200 / seconds)} MiB/s); peak RSS +${delta} MiB`);
-      // 5 part buffers of 16 MiB plus copies in flight and sockets: well under the 200 MiB written.
-      assert.ok(delta < 180, `peak RSS grew by ${delta} MiB`);
-      const back = createHash('sha256');
-      let size = 0;
-      for await (const c of await storage.read('big')) {
-        back.update(c as Buffer);
-        size += (c as Buffer).length;
-      }
-      assert.equal(size, 200 * MiB);
-      assert.equal(back.digest('hex'), hash.digest('hex'));
-      await storage.removePrefix('big');
-    } finally {
-      await storage.close();
-    }
-  });
-
-  test('radosgw killed during an upload: the writer fails with one clear line; nothing visible after restart', async () => {
-    const bucket = await freshBucket();
-    const storage = new S3Storage(s3Options(bucket, 'srv', { partSize: 5 * MiB, maxAttempts: 3 }));
-    try {
-      const w = await storage.create('b1/base.tar');
-      await w.write(randomBytes(12 * MiB)); // two parts started
-      await s3!.kill();
-      const failed = await (async () => {
+        {
+          name: 'unknown access key',
+          options: s3Options(bucket, 'srv', {
+            credentials: { accessKeyId: new Secret('NOSUCHKEY0123456789'), secretAccessKey: new Secret(s3!.secretKey) },
+          }),
+          says: /does not know the access key \(InvalidAccessKeyId, HTTP 403\): check s3_key/,
+        },
+        {
+          name: 'missing bucket',
+          options: s3Options('no-such-bucket', 'srv'),
+          says: /bucket "no-such-bucket" does not exist at http:\/\/127\.0\.0\.1:\d+ \(NoSuchBucket\)/,
+        },
+        {
+          name: 'nothing listening',
+          options: s3Options(bucket, 'srv', { endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 2 }),
+          says: /http:\/\/127\.0\.0\.1:\d+ refused the connection \(after 2 attempts\): check that the store is running/,
+        },
+        {
+          name: 'unresolvable host',
+          options: s3Options(bucket, 'srv', { endpoint: 'http://pgbart-no-such-host.invalid:7480', maxAttempts: 1 }),
+          says: /cannot resolve the host name of http:\/\/pgbart-no-such-host\.invalid:7480 \(DNS lookup failed\)/,
+        },
+        {
+          name: 'self-signed certificate',
+          options: s3Options(bucket, 'srv', { endpoint: s3!.endpoint, maxAttempts: 1 }),
+          says: /the TLS certificate of https:\/\/127\.0\.0\.1:\d+ is not trusted \(DEPTH_ZERO_SELF_SIGNED_CERT.*set s3_ca_file/,
+        },
+        {
+          name: 'https to a plain HTTP port',
+          options: s3Options(bucket, 'srv', { endpoint: s3!.httpEndpoint.replace('http:', 'https:'), maxAttempts: 1 }),
+          says: /TLS handshake with https:\/\/127\.0\.0\.1:\d+ failed .*use http:\/\//,
+        },
+        {
+          name: 'unreadable CA file',
+          options: s3Options(bucket, 'srv', { endpoint: s3!.endpoint, caFile: '/nonexistent/ca.pem' }),
+          says: /cannot read s3_ca_file "\/nonexistent\/ca\.pem" \(ENOENT\)/,
+        },
+      ];
+      for (const c of cases) {
+        const storage = new S3Storage(c.options);
         try {
-          for (let i = 0; i < 4; i++) await w.write(randomBytes(5 * MiB));
-          await w.finish();
-        } catch (err) {
-          return err;
+          for (const op of [() => listAll(storage, ''), () => storage.put('probe', Buffer.from('x'))]) {
+            await assert.rejects(op(), (err: Error) => {
+              assert.ok(err instanceof StorageError, `${c.name}: ${String(err)}`);
+              assert.match(err.message, c.says, c.name);
+              assert.ok(!err.message.includes('\n'), `${c.name}: ${err.message}`);
+              for (const secret of [s3!.secretKey, s3!.accessKey])
+                assert.ok(!err.message.includes(secret), `${c.name}: a credential in ${err.message}`);
+              return true;
+            });
+          }
+        } finally {
+          await storage.close();
         }
-        return undefined;
-      })();
-      await w.abort();
-      assert.ok(failed instanceof StorageError, `expected a StorageError, got ${String(failed)}`);
-      assert.match(failed.message, /^cannot write s3:\/\/pgbart-test-\d+\/srv\/b1\/base\.tar: /);
-      assert.match(failed.message, /refused the connection|connection to .* was cut/);
-      assert.ok(!failed.message.includes('\n'), failed.message);
-      // A read while it is down fails the same way.
-      await assert.rejects(storage.stat('b1/base.tar'), /refused the connection|was cut/);
-      await s3!.restart();
-      assert.equal(await storage.stat('b1/base.tar'), undefined);
-      assert.deepEqual((await listAll(storage, '')).keys, []);
-      // The upload abort() could not reach is cleaned up by removePrefix (MANAGE -d's job).
-      await storage.removePrefix('b1');
-      const { sdk, client } = await storage.connection();
-      const left = await client.send(new sdk.ListMultipartUploadsCommand({ Bucket: bucket }));
-      assert.deepEqual(left.Uploads ?? [], []);
-      // And the next run works.
-      await storage.put('b1/base.tar', Buffer.from('ok'));
-      assert.equal((await storage.readAll('b1/base.tar', 10)).toString(), 'ok');
-    } finally {
-      await storage.close();
-    }
-  });
-
-  test('wrong credentials, a missing bucket, an unreachable or unresolvable endpoint, TLS: one line each, no secret', async () => {
-    const bucket = await freshBucket();
-    const cases: Array<{ name: string; options: S3StorageOptions; says: RegExp }> = [
-      {
-        name: 'wrong secret',
-        options: s3Options(bucket, 'srv', {
-          credentials: { accessKeyId: new Secret(s3!.accessKey), secretAccessKey: new Secret('wrong-secret-key-0123') },
-        }),
-        says: /SignatureDoesNotMatch, HTTP 403\): the secret key is wrong; check s3_key_secret/,
-      },
-      {
-        name: 'unknown access key',
-        options: s3Options(bucket, 'srv', {
-          credentials: { accessKeyId: new Secret('NOSUCHKEY0123456789'), secretAccessKey: new Secret(s3!.secretKey) },
-        }),
-        says: /does not know the access key \(InvalidAccessKeyId, HTTP 403\): check s3_key/,
-      },
-      {
-        name: 'missing bucket',
-        options: s3Options('no-such-bucket', 'srv'),
-        says: /bucket "no-such-bucket" does not exist at http:\/\/127\.0\.0\.1:\d+ \(NoSuchBucket\)/,
-      },
-      {
-        name: 'nothing listening',
-        options: s3Options(bucket, 'srv', { endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 2 }),
-        says: /http:\/\/127\.0\.0\.1:\d+ refused the connection \(after 2 attempts\): check that the store is running/,
-      },
-      {
-        name: 'unresolvable host',
-        options: s3Options(bucket, 'srv', { endpoint: 'http://pgbart-no-such-host.invalid:7480', maxAttempts: 1 }),
-        says: /cannot resolve the host name of http:\/\/pgbart-no-such-host\.invalid:7480 \(DNS lookup failed\)/,
-      },
-      {
-        name: 'self-signed certificate',
-        options: s3Options(bucket, 'srv', { endpoint: s3!.endpoint, maxAttempts: 1 }),
-        says: /the TLS certificate of https:\/\/127\.0\.0\.1:\d+ is not trusted \(DEPTH_ZERO_SELF_SIGNED_CERT.*set s3_ca_file/,
-      },
-      {
-        name: 'https to a plain HTTP port',
-        options: s3Options(bucket, 'srv', { endpoint: s3!.httpEndpoint.replace('http:', 'https:'), maxAttempts: 1 }),
-        says: /TLS handshake with https:\/\/127\.0\.0\.1:\d+ failed .*use http:\/\//,
-      },
-      {
-        name: 'unreadable CA file',
-        options: s3Options(bucket, 'srv', { endpoint: s3!.endpoint, caFile: '/nonexistent/ca.pem' }),
-        says: /cannot read s3_ca_file "\/nonexistent\/ca\.pem" \(ENOENT\)/,
-      },
-    ];
-    for (const c of cases) {
-      const storage = new S3Storage(c.options);
-      try {
-        for (const op of [() => listAll(storage, ''), () => storage.put('probe', Buffer.from('x'))]) {
-          await assert.rejects(op(), (err: Error) => {
-            assert.ok(err instanceof StorageError, `${c.name}: ${String(err)}`);
-            assert.match(err.message, c.says, c.name);
-            assert.ok(!err.message.includes('\n'), `${c.name}: ${err.message}`);
-            for (const secret of [s3!.secretKey, s3!.accessKey])
-              assert.ok(!err.message.includes(secret), `${c.name}: a credential in ${err.message}`);
-            return true;
-          });
+      }
+      // The same HTTPS endpoint works with the CA file, and with verification off.
+      for (const extra of [{ caFile: s3!.certFile! }, { verifyTls: false }]) {
+        const storage = new S3Storage(s3Options(bucket, 'srv', { endpoint: s3!.endpoint, ...extra }));
+        try {
+          await storage.put('tls', Buffer.from('over tls'));
+          assert.equal((await storage.readAll('tls', 100)).toString(), 'over tls');
+        } finally {
+          await storage.close();
         }
-      } finally {
-        await storage.close();
       }
-    }
-    // The same HTTPS endpoint works with the CA file, and with verification off.
-    for (const extra of [{ caFile: s3!.certFile! }, { verifyTls: false }]) {
-      const storage = new S3Storage(s3Options(bucket, 'srv', { endpoint: s3!.endpoint, ...extra }));
-      try {
-        await storage.put('tls', Buffer.from('over tls'));
-        assert.equal((await storage.readAll('tls', 100)).toString(), 'over tls');
-      } finally {
-        await storage.close();
-      }
-    }
-  });
-});
+    });
+  },
+);
