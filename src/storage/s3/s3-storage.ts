@@ -185,6 +185,14 @@ export class S3Storage implements RepositoryStorage, S3WriterHost {
       if (range && (name === 'InvalidRange' || status === 416)) return Readable.from([]);
       throw this.failure('read', key, err);
     }
+    // A store that ignored Range would send the whole object as if it were the range.
+    if (range && !(out.ContentRange ?? '').startsWith(`bytes ${range.start}-`)) {
+      (out.Body as Readable | undefined)?.destroy();
+      throw new StorageError(
+        `cannot read ${joinKey(this.location, key)}: the store answered a read of bytes ${range.start}-${range.end - 1} with ${out.ContentRange === undefined ? 'no Content-Range' : `Content-Range ${out.ContentRange}`}`,
+        key,
+      );
+    }
     return this.checkedBody(key, out.Body as Readable | undefined, out.ContentLength);
   }
 

@@ -90,7 +90,8 @@ export class S3Writer implements StorageWriter {
     this.total += data.length;
     this.buffered += data.length;
     if (this.options.ifAbsent) return;
-    while (this.buffered >= this.partSize) await this.startPart(this.take(this.partSize));
+    // More than a part buffered: a multipart upload (an object of exactly one part stays one PUT).
+    while (this.buffered > this.partSize) await this.startPart(this.take(this.partSize));
   }
 
   /** The first `n` buffered bytes as one buffer (the rest stays buffered). */
