@@ -3,6 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { PosixStorage } from '../src/storage/posix/posix-storage.js';
@@ -581,8 +582,17 @@ describe(
       }
     });
 
-    test('wrong credentials, a missing bucket, an unreachable or unresolvable endpoint, TLS: one line each, no secret', async () => {
+    test('wrong credentials, a missing bucket, an unreachable or unresolvable endpoint, TLS: one line each, no secret', async (t) => {
       const bucket = await freshBucket();
+      // A TCP server that takes connections and says nothing.
+      const sockets = new Set<Socket>();
+      const silent = createServer((socket) => sockets.add(socket));
+      await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+      const silentPort = (silent.address() as AddressInfo).port;
+      t.after(() => {
+        for (const s of sockets) s.destroy();
+        silent.close();
+      });
       const cases: Array<{ name: string; options: S3StorageOptions; says: RegExp }> = [
         {
           name: 'wrong secret',
@@ -610,6 +620,15 @@ describe(
           name: 'nothing listening',
           options: s3Options(bucket, 'srv', { endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 2 }),
           says: /http:\/\/127\.0\.0\.1:\d+ refused the connection \(after 2 attempts\): check that the store is running/,
+        },
+        {
+          name: 'a store that accepts the connection and never answers',
+          options: s3Options(bucket, 'srv', {
+            endpoint: `http://127.0.0.1:${silentPort}`,
+            maxAttempts: 2,
+            socketTimeoutMs: 500,
+          }),
+          says: /http:\/\/127\.0\.0\.1:\d+ did not answer in time \(timeout \(after 2 attempts\)\): check the network path/,
         },
         {
           name: 'unresolvable host',

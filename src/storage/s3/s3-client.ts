@@ -33,6 +33,8 @@ export interface S3StorageOptions {
   pageSize?: number;
   /** Attempts per request, the first included (default {@link DEFAULT_MAX_ATTEMPTS}). */
   maxAttempts?: number;
+  /** Milliseconds a socket may stay idle before its request fails (default 120 s; tests make it short). */
+  socketTimeoutMs?: number;
 }
 
 /** Default part size: 16 MiB a part, 80 MiB of buffers per writer at most with 4 parts in flight. */
@@ -86,7 +88,7 @@ export async function connectS3(options: S3StorageOptions, location: string): Pr
   const agentOptions = { keepAlive: true, maxSockets: MAX_SOCKETS };
   const requestHandler = new NodeHttpHandler({
     connectionTimeout: CONNECTION_TIMEOUT_MS,
-    socketTimeout: SOCKET_TIMEOUT_MS,
+    socketTimeout: options.socketTimeoutMs ?? SOCKET_TIMEOUT_MS,
     httpAgent: new HttpAgent(agentOptions),
     httpsAgent: new HttpsAgent({
       ...agentOptions,
