@@ -15,7 +15,7 @@ import {
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName } from '../util/os-user.js';
-import { openRepository, openWalArchive } from '../storage/open-repository.js';
+import { repositoryLocation } from '../storage/open-repository.js';
 import { archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
 import { selectServers, type CommandContext } from './context.js';
 
@@ -103,12 +103,8 @@ export async function createCatalogDirs(config: BartConfig, server: ServerConfig
   const serverDir = join(config.global.backupPath, server.name);
   const made: string[] = [];
   if (await ensurePrivateDir(serverDir)) made.push(serverDir);
-  const repo = openRepository(config, server);
-  const archive = openWalArchive(config, server);
-  const archiveDir = archive.localPath('');
-  const remote = [repo, archive].filter((s) => s.localPath('') === undefined).map((s) => s.location);
-  await repo.close();
-  await archive.close();
+  // archive_path is where a POSIX server's WAL archive is; an S3 server's is in the bucket.
+  const archiveDir = server.repository.kind === 's3' ? undefined : server.archivePath;
   if (archiveDir !== undefined) {
     try {
       // Parents of a custom archive_path may be missing; the archive directory itself is made below.
@@ -122,9 +118,9 @@ export async function createCatalogDirs(config: BartConfig, server: ServerConfig
   else if (archiveDir !== undefined)
     log.info(`catalog directories of server "${server.name}" already exist (${archiveDir})`);
   else log.info(`lock directory "${serverDir}" of server "${server.name}" already exists`);
-  if (remote.length > 0)
+  if (server.repository.kind === 's3')
     log.info(
-      `server "${server.name}" keeps its backups${archiveDir === undefined ? ' and WAL' : ''} in ${remote[0]}: INIT creates nothing there; ` +
+      `server "${server.name}" keeps its backups and WAL in ${repositoryLocation(config, server)}: INIT creates nothing there; ` +
         `check that it is reachable and writable with bart CHECK-CONFIG -s ${server.name}`,
     );
 }
