@@ -16,9 +16,16 @@ import { joinKey, type RepositoryStorage } from './storage.js';
  * POSIX: `backup_path/<server>`. S3: `s3://<s3_bucket>/<s3_prefix>/<server>`.
  */
 export function openRepository(config: BartConfig, server: ServerConfig): RepositoryStorage {
-  if (server.repository.kind === 's3')
-    return withCipher(server, new S3Storage(s3Options(server.repository, server.name)));
-  return withCipher(server, new PosixStorage(join(config.global.backupPath, server.name)));
+  return withCipher(server, openRepositoryDriver(config, server));
+}
+
+/**
+ * The driver under a server's catalog, without encryption or its guard: stored bytes as they are (SHOW-SERVERS'
+ * disk usage). Every other use goes through {@link openRepository}.
+ */
+export function openRepositoryDriver(config: BartConfig, server: ServerConfig): RepositoryStorage {
+  if (server.repository.kind === 's3') return new S3Storage(s3Options(server.repository, server.name));
+  return new PosixStorage(join(config.global.backupPath, server.name));
 }
 
 /**
@@ -38,9 +45,14 @@ function withCipher(server: ServerConfig, inner: RepositoryStorage): RepositoryS
  */
 export function openWalArchive(config: BartConfig, server: ServerConfig): RepositoryStorage {
   void config;
+  return withCipher(server, openWalArchiveDriver(server));
+}
+
+/** The driver under a server's WAL archive, without encryption (see {@link openRepositoryDriver}). */
+export function openWalArchiveDriver(server: ServerConfig): RepositoryStorage {
   if (server.repository.kind === 's3')
-    return withCipher(server, new S3Storage(s3Options(server.repository, joinKey(server.name, 'archived_wals'))));
-  return withCipher(server, new PosixStorage(server.archivePath));
+    return new S3Storage(s3Options(server.repository, joinKey(server.name, 'archived_wals')));
+  return new PosixStorage(server.archivePath);
 }
 
 /** Where a server's S3 repository is, for people: `s3://bucket/prefix/server`, or its catalog directory. */
