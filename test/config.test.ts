@@ -420,7 +420,9 @@ test('config: repository_cipher and repository_cipher_pass_file: bad values name
   );
   assert.throws(
     () => parseConfig([...head, ...server, 'repository_cipher_pass_file = pass.txt'].join('\n'), '/etc/bart.cfg'),
-    (err: unknown) => err instanceof Error && /^\/etc\/bart\.cfg:9: repository_cipher_pass_file = "pass.txt" must be an absolute path$/.test(err.message),
+    (err: unknown) =>
+      err instanceof Error &&
+      /^\/etc\/bart\.cfg:9: repository_cipher_pass_file = "pass.txt" must be an absolute path$/.test(err.message),
   );
   const config = parseConfig(
     [
