@@ -57,7 +57,7 @@ async function listing(config: BartConfig, server: ServerConfig, storages: Serve
   // Listed as BART did: each obsolete backup whose parent is not itself listed, with its incrementals.
   const heads = targets.filter((t) => t.info.parent === undefined || !targetIds.has(t.info.parent)).reverse();
   const wal = await planWalRemoval(config, server, storages, entries, targetIds);
-  const leftovers = await findLeftovers(config, server, false, storages.repo, storages.archive);
+  const leftovers = await findLeftovers(config, server, false, storages);
   return {
     server: server.name,
     retentionPolicy: formatRetentionPolicy(server.retentionPolicy),

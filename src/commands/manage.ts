@@ -212,7 +212,7 @@ async function deleteObsolete(ctx: CommandContext, server: ServerConfig, dryRun:
     const entries = await listBackups(ctx.config, server, storages.repo);
     warnDamaged(entries, server);
     const targets = obsoleteTargets(entries);
-    const leftovers = await findLeftovers(ctx.config, server, !dryRun, storages.repo, storages.archive);
+    const leftovers = await findLeftovers(ctx.config, server, !dryRun, storages);
     if (dryRun) {
       for (const t of targets)
         log.info(

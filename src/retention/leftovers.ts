@@ -9,6 +9,7 @@ import { serverLockHolder } from '../catalog/lock.js';
 import { archiveNames, beingDeleted, processAlive } from '../catalog/catalog.js';
 import { BACKUPINFO_FILE, DELETING_SUFFIX, PARTIAL_SUFFIX, serverCatalogDir } from '../catalog/layout.js';
 import { joinKey, type RepositoryStorage } from '../storage/storage.js';
+import type { ServerStorages } from './server-storages.js';
 
 export { DELETING_SUFFIX } from '../catalog/layout.js';
 
@@ -73,7 +74,7 @@ export async function prefixBytes(storage: RepositoryStorage, prefix: string): P
 }
 
 /**
- * Finds the leftovers of crashed commands in a server's catalog (`repo`) and WAL archive (`archive`):
+ * Finds the leftovers of crashed commands in a server's catalog and WAL archive:
  * - `<id>.partial` whose BACKUP is dead (no live process holds the server lock, or its backupinfo PID
  *   is gone; without a readable backupinfo only when no BACKUP holds the lock, since a live one
  *   writes it first). On a storage without atomic renames (S3) the backup's objects are under `<id>`
@@ -82,18 +83,18 @@ export async function prefixBytes(storage: RepositoryStorage, prefix: string): P
  * - `<id>.deleting` of an interrupted DELETE / MANAGE -d: POSIX, the renamed directory; S3, the
  *   tombstone, with what is left of `<id>` (and of a stale `<id>.partial`).
  * - temp files of dead processes: POSIX driver temp files (`.<name>.tmp-…`, never listed by the
- *   storage, so found on the file system through the driver's local path) in the catalog directory,
+ *   storage, so found on the file system, {@link ServerStorages.localDirs}) in the catalog directory,
  *   the archive and at the top of each backup directory; CHECK-CONFIG test objects at the catalog root.
  * Pass `lockHeld` when the caller holds the server lock (then no BACKUP can be running). The
- * returned leftovers remove themselves through `repo`/`archive`: keep them open until then.
+ * returned leftovers remove themselves through the storages: keep them open until then.
  */
 export async function findLeftovers(
   config: BartConfig,
   server: ServerConfig,
   lockHeld: boolean,
-  repo: RepositoryStorage,
-  archive: RepositoryStorage,
+  storages: ServerStorages,
 ): Promise<Leftover[]> {
+  const { repo, localDirs } = storages;
   const out: Leftover[] = [];
   // Locks are on the BART host even for an S3 repository (catalog/lock.ts).
   const holder = lockHeld ? undefined : await serverLockHolder(serverCatalogDir(config, server));
@@ -102,8 +103,7 @@ export async function findLeftovers(
   const removePrefixes = (keys: string[]) => async () => {
     for (const k of keys) await repo.removePrefix(k);
   };
-  const tempIn = async (dir: string | undefined) => {
-    if (dir === undefined) return;
+  const tempIn = async (dir: string) => {
     for (const name of (await dirNames(dir)).sort()) {
       const m = TEMP_RE.exec(name);
       if (!m || processAlive(Number(m[1]))) continue;
@@ -136,7 +136,7 @@ export async function findLeftovers(
   const names = new Set(await archiveNames(repo, '', true));
   for (const name of [...names].sort()) {
     if (/^\d+$/.test(name)) {
-      await tempIn(repo.localPath(name));
+      if (localDirs) await tempIn(join(localDirs.catalog, name));
     } else if (name.endsWith(PARTIAL_SUFFIX) && /^\d+$/.test(name.slice(0, -PARTIAL_SUFFIX.length))) {
       const id = name.slice(0, -PARTIAL_SUFFIX.length);
       if (beingDeleted(repo, names, id)) continue; // the tombstone's leftover takes it along
@@ -204,9 +204,10 @@ export async function findLeftovers(
       }
     }
   }
-  await tempIn(repo.localPath(''));
-  const archiveDir = archive.localPath('');
-  if (archiveDir !== repo.localPath('')) await tempIn(archiveDir);
+  if (localDirs) {
+    await tempIn(localDirs.catalog);
+    if (localDirs.archive !== localDirs.catalog) await tempIn(localDirs.archive);
+  }
   // CHECK-CONFIG writes its test object at the catalog root only (never into the archive, whose
   // listing may be millions of segments long).
   await checkObjectsIn(repo);

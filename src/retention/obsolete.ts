@@ -163,10 +163,10 @@ export async function removeFromCatalog(
     walFiles++;
     crashPoint('delete:wal');
   }
-  const archiveDir = archive.localPath('');
+  const { localDirs } = storages;
   if (walFiles > 0) {
     // POSIX: the unlinks must survive a crash (S3: a completed DELETE is durable).
-    if (archiveDir !== undefined) await fsyncDir(archiveDir);
+    if (localDirs) await fsyncDir(localDirs.archive);
     log.info(
       `deleted ${walFiles} archived WAL/MBM file(s) of server ${server.name} no backup needs (${wal.plan.reason})`,
     );
@@ -183,8 +183,7 @@ export async function removeFromCatalog(
     log.info(`removed ${leftover.description}: ${keyBaseName(leftover.path)}`);
     crashPoint('delete:leftovers');
   }
-  const repoDir = repo.localPath('');
-  if ((doomed.length > 0 || removedLeftovers > 0) && repoDir !== undefined) await fsyncDir(repoDir);
+  if ((doomed.length > 0 || removedLeftovers > 0) && localDirs) await fsyncDir(localDirs.catalog);
   return { backups: targets.map((t) => t.info.id), walFiles, walBytes: wal.bytes, leftovers: removedLeftovers };
 }
 
