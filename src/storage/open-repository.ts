@@ -1,7 +1,6 @@
 // Concept: opening a server's repository — which driver and root bart.cfg gives a server's catalog and WAL archive.
 
 import { join } from 'node:path';
-import { s3RepositoryOf } from '../config/repository-config.js';
 import type { BartConfig, S3RepositoryConfig, ServerConfig } from '../config/types.js';
 import { PosixStorage } from './posix/posix-storage.js';
 import type { S3StorageOptions } from './s3/s3-client.js';
@@ -42,7 +41,7 @@ export function repositoryLocation(config: BartConfig, server: ServerConfig): st
  * checked before any server is set up.
  */
 export function openGlobalS3Repository(config: BartConfig): RepositoryStorage | undefined {
-  const repo = s3RepositoryOf(config.global.repositoryDefaults);
+  const repo = config.global.s3Repository;
   return repo === undefined ? undefined : new S3Storage(s3Options(repo, ''));
 }
 
