@@ -307,11 +307,8 @@ export async function runBackupTransaction(
     });
     const facts = await readServerFacts(client, server);
     host = await dataHostFor(server);
-    const catalogPath = repository.localPath('');
-    if (catalogPath !== undefined) {
-      await mkdir(catalogPath, { recursive: true, mode: 0o700 });
-      await checkFreeSpace(catalogPath, facts.estimatedBytes, request.compression);
-    }
+    // A file system can be full; an object store is not asked (it has no free space to report).
+    if (repository.kind === 'posix') await checkFreeSpace(serverDir, facts.estimatedBytes, request.compression);
 
     const id = await newBackupId(repository);
     const existing = await listBackups(config, server, repository);
