@@ -2,7 +2,7 @@
 
 import { execFile, spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, readFile, readdir, rename, rm, rmdir, stat, symlink, unlink } from 'node:fs/promises';
+import { readFile, readdir, rename, rmdir, stat, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -21,7 +21,7 @@ import { parseLsn } from '../util/lsn.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, type BackupContext } from './transaction.js';
 import type { FullBackupOptions } from './full-backup.js';
-import { MANIFEST_FILE, PLAIN_BASE_DIR, serverCatalogDir } from '../catalog/layout.js';
+import { MANIFEST_FILE, PLAIN_BASE_DIR } from '../catalog/layout.js';
 import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { WriterCalls } from './engine-outputs.js';
 import { artifactHasher, createChecksum, ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
@@ -137,25 +137,19 @@ async function basebackupBody(
   pgbMajor: number,
   opts: FullBackupOptions,
 ): Promise<BackupInfo> {
-  const { config, server, facts, id, storage, dataKey } = ctx;
+  const { facts, storage, dataKey } = ctx;
   if (facts.major > pgbMajor) {
     throw new BartError(
       `pg_basebackup ${pgbMajor} (${path}) cannot back up PostgreSQL ${facts.major}: set pg_basebackup_path to pg_basebackup ${facts.major} or later, or use the native engine`,
     );
   }
-  const staging =
-    ctx.localDir === undefined
-      ? await mkdtemp(join(serverCatalogDir(config, server), `.${id}.pg_basebackup-`))
-      : undefined;
-  try {
-    return await basebackupInto(ctx, staging ?? ctx.localDir!, path, pgbMajor, opts, async () => {
-      if (staging === undefined) return;
-      log.info(`uploading the backup written by pg_basebackup to ${joinKey(storage.location, dataKey)}`);
-      await uploadStaged(storage, staging, dataKey, Math.max(1, opts.threads));
-    });
-  } finally {
-    if (staging !== undefined) await rm(staging, { recursive: true, force: true });
-  }
+  // The transaction removes the scratch directory however the backup ends.
+  const staging = ctx.localDir === undefined ? await ctx.scratchDir('pg_basebackup') : undefined;
+  return basebackupInto(ctx, staging ?? ctx.localDir!, path, pgbMajor, opts, async () => {
+    if (staging === undefined) return;
+    log.info(`uploading the backup written by pg_basebackup to ${joinKey(storage.location, dataKey)}`);
+    await uploadStaged(storage, staging, dataKey, Math.max(1, opts.threads));
+  });
 }
 
 /**

@@ -1,6 +1,6 @@
 // Backup engine: a full backup of a data directory and its tablespaces with the native engine.
 
-import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
+import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { DataHost, HostEntry } from '../hosts/data-host.js';
@@ -15,7 +15,7 @@ import type { ArchiveWriter, EntryContent } from './archive-writer.js';
 import { addStopFiles, storeBackupWal } from './finish.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, type BackupContext, type BackupRequest } from './transaction.js';
-import { PLAIN_BASE_DIR, serverCatalogDir } from '../catalog/layout.js';
+import { PLAIN_BASE_DIR } from '../catalog/layout.js';
 import type { ManifestFileEntry } from '../catalog/manifest.js';
 import { PgBackupManifestWriter } from './pg-backup-manifest.js';
 import { pageCheckerFor, recordPageChecks, type PageChecker } from './page-check.js';
@@ -27,7 +27,7 @@ export type FullBackupOptions = Omit<BackupRequest, 'engine' | 'parent'>;
 
 /**
  * Where xlog_method = stream writes WAL before it goes into pg_wal/: inside the partial backup on a
- * local file system, else in a private staging directory beside the server's lock (this host's disk).
+ * local file system, else in a scratch directory on this host (BackupContext.scratchDir).
  */
 const STREAM_DIR = 'wal-stream';
 
@@ -47,7 +47,7 @@ export async function takeFullBackup(
 
 /** The native engine's work inside a backup transaction. */
 async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
-  const { config, server, request, client, facts, host, id, storage, dataKey, localDir, info } = ctx;
+  const { server, request, client, facts, host, id, storage, dataKey, localDir, info } = ctx;
   let outputs: BackupOutputs | undefined;
   let pgManifest: PgBackupManifestWriter | undefined;
   let streamer: WalStreamer | undefined;
@@ -84,7 +84,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
         streamDir = join(localDir, STREAM_DIR);
         await mkdir(streamDir, { mode: 0o700 });
       } else {
-        streamDir = await mkdtemp(join(serverCatalogDir(config, server), `.${id}.${STREAM_DIR}-`));
+        streamDir = await ctx.scratchDir(STREAM_DIR);
       }
       streamer = await WalStreamer.open(
         { host: server.host, port: server.port, user: server.user },

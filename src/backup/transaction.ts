@@ -1,7 +1,7 @@
 // Backup transaction: server facts, the publish of a backup (<id>.partial, then <id>) and archived-WAL waits shared by every backup.
 
 import { existsSync, rmSync } from 'node:fs';
-import { mkdir, statfs } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pg from 'pg';
 import type { BartConfig, ServerConfig } from '../config/types.js';
@@ -87,6 +87,13 @@ export interface BackupContext {
    * in place). Absent on S3, where every write goes through {@link storage}.
    */
   localDir?: string;
+  /**
+   * Makes a private scratch directory on this host's disk (beside the server's lock, under
+   * backup_path), for what must be a local directory whatever the storage (WAL streamed by
+   * xlog_method = stream, pg_basebackup's output before its upload). Removed when the backup ends,
+   * whatever the outcome (Ctrl-C/SIGTERM included).
+   */
+  scratchDir(what: string): Promise<string>;
   /** The backupinfo written at start (status "in progress"); the body returns the completed one. */
   info: BackupInfo;
   /** Complete backups of this server before this one. */
@@ -260,11 +267,14 @@ export async function runBackupTransaction(
     for (const prefix of [...written].reverse()) await repository.removePrefix(prefix);
     written = [];
   };
+  /** Scratch directories on this host (see BackupContext.scratchDir). */
+  const scratch: string[] = [];
   let interrupted = false;
   const onSignal = (signal: NodeJS.Signals) => {
     // Ctrl-C or kill: remove what we wrote; the server ends backup mode when our session closes.
     if (interrupted) return;
     interrupted = true;
+    for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
     const localPaths = written.map((p) => repository.localPath(p));
     if (localPaths.every((p) => p !== undefined)) {
       // A local file system: removed at once, before anything else runs (as BART does).
@@ -366,6 +376,11 @@ export async function runBackupTransaction(
       dataKey,
       walArchive,
       ...(localDir !== undefined ? { localDir } : {}),
+      scratchDir: async (what) => {
+        const dir = await mkdtemp(join(serverDir, `.${id}.${what}-`));
+        scratch.push(dir);
+        return dir;
+      },
       info,
       existing: existing.filter((e) => e.complete),
     });
@@ -403,6 +418,7 @@ export async function runBackupTransaction(
     if (err instanceof BartError) throw err;
     throw new BartError(`backup of server ${server.name} failed: ${errorMessage(err)}`);
   } finally {
+    for (const dir of scratch) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await client?.end().catch(() => undefined);
