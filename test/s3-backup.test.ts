@@ -110,6 +110,21 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
     assert.match(verify.stdout, new RegExp(`${id}\\s+OK`));
   });
 
+  test('--with-pg_basebackup into S3: written in a scratch directory on this host, uploaded, verified, scratch removed', async () => {
+    const r = await ok(['BACKUP', '-s', SERVER, '--with-pg_basebackup', '-F', 't']);
+    const id = backupIdFrom(r.stdout);
+    const names = await objects();
+    for (const key of ['backupinfo', 'manifest.jsonl', 'base.tar', 'backup_manifest'])
+      assert.ok(names.includes(`${id}/${key}`), `${id}/${key} in the bucket: ${names.join(' ')}`);
+    const verify = await ok(['VERIFY-CHKSUM', '-s', SERVER, '-i', id]);
+    assert.match(verify.stdout, new RegExp(`${id}\\s+OK`));
+    assert.deepEqual(
+      readdirSync(join(fx.setup.backupPath, SERVER)).filter((n) => !n.startsWith('archived_wals')),
+      [],
+      'the scratch directory is removed',
+    );
+  });
+
   test('an incremental backup on the full one goes into the bucket and verifies', async (t) => {
     assert.ok(fullId, 'the full backup test ran');
     await fx.cluster.query('UPDATE t SET pad = pad || 1 WHERE id % 100 = 0');
