@@ -12,6 +12,7 @@ import { mergeAutoConf, recoverySettings } from '../src/postgres/recovery-config
 import { compressChunk, defaultCompressionLevel } from '../src/storage/compression.js';
 import { BartError } from '../src/util/errors.js';
 import { makeTempDir, removeTree, runOk } from './harness/os.js';
+import { PosixStorage } from '../src/storage/posix/posix-storage.js';
 
 test('target times: zones, offsets, DST, fractions, and clear errors', () => {
   assert.equal(parseTargetTime('2024-01-01 12:00:00+05:30', 'UTC').normalized, '2024-01-01 06:30:00+00');
@@ -115,8 +116,9 @@ test('timeline checks read the archived history file', async () => {
       stopLsn: '0/4000000',
       stopTime: new Date('2026-01-01T00:00:00Z'),
     } as BackupInfo;
+    const storage = new PosixStorage(archive);
     const check = (tli: string, stopLsn = info.stopLsn) =>
-      checkTargetAgainstBackup(parseTargetOptions({ targetTli: tli }, 'UTC'), { ...info, stopLsn }, archive);
+      checkTargetAgainstBackup(parseTargetOptions({ targetTli: tli }, 'UTC'), { ...info, stopLsn }, storage);
     await check('2');
     await check('3');
     await assert.rejects(check('2', '0/6000000'), /branched off timeline 1 at 0\/5000000, before backup 1 ended/);
@@ -131,12 +133,12 @@ test('timeline checks read the archived history file', async () => {
     await assert.rejects(check('6'), /invalid timeline history file ".*00000006\.history", line 3: "garbage"/);
     const tl2 = { ...info, timeline: 2, stopLsn: '0/6000000' };
     await assert.rejects(
-      checkTargetAgainstBackup(parseTargetOptions({ targetTli: '1' }, 'UTC'), tl2, archive),
+      checkTargetAgainstBackup(parseTargetOptions({ targetTli: '1' }, 'UTC'), tl2, storage),
       /older than the timeline/,
     );
-    await checkTargetAgainstBackup(parseTargetOptions({ targetTli: '3' }, 'UTC'), tl2, archive);
+    await checkTargetAgainstBackup(parseTargetOptions({ targetTli: '3' }, 'UTC'), tl2, storage);
     await assert.rejects(
-      checkTargetAgainstBackup(parseTargetOptions({ targetTimestamp: '2025-12-31 23:59:59+00' }, 'UTC'), info, archive),
+      checkTargetAgainstBackup(parseTargetOptions({ targetTimestamp: '2025-12-31 23:59:59+00' }, 'UTC'), info, storage),
       /the earliest time this backup can reach is 2026-01-01T00:00:00.000Z/,
     );
   } finally {
@@ -170,7 +172,7 @@ test('tar reader: a GNU tar archive (pax long names, any order) restores with ch
     mkdirSync(out);
     const task = {
       kind: 'tar-range' as const,
-      artifactPath: tar,
+      artifact: { key: 'a.tar', path: tar, name: 'a.tar' },
       compression: 'none' as const,
       offset: 0,
       unitSkip: 0,
@@ -237,7 +239,7 @@ test('tar reader over gzip, lz4 and zstd units: restores from a unit offset; a d
       mkdirSync(out);
       const base = {
         kind: 'tar-range' as const,
-        artifactPath: artifact,
+        artifact: { key: `a.tar.${method}`, path: artifact, name: `a.tar.${method}` },
         compression: method,
         anyOrder: false,
         destRoot: out,
