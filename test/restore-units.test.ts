@@ -13,6 +13,10 @@ import { compressChunk, defaultCompressionLevel } from '../src/storage/compressi
 import { BartError } from '../src/util/errors.js';
 import { makeTempDir, removeTree, runOk } from './harness/os.js';
 import { PosixStorage } from '../src/storage/posix/posix-storage.js';
+import type { CreateOptions, ListOptions, ReadRange, RepositoryStorage } from '../src/storage/storage.js';
+import { objectRef } from '../src/restore/object-source.js';
+import { extractBackup } from '../src/restore/engine.js';
+import type { PlanItem } from '../src/restore/plan.js';
 
 test('target times: zones, offsets, DST, fractions, and clear errors', () => {
   assert.equal(parseTargetTime('2024-01-01 12:00:00+05:30', 'UTC').normalized, '2024-01-01 06:30:00+00');
@@ -281,6 +285,127 @@ test('tar reader over gzip, lz4 and zstd units: restores from a unit offset; a d
         method,
       );
     }
+  } finally {
+    removeTree(dir);
+  }
+});
+
+/** A real POSIX storage seen as a driver without local paths (as S3 is): every read goes through `read`. */
+class WithoutLocalPaths implements RepositoryStorage {
+  readonly kind = 'posix' as const;
+  readonly location: string;
+  /** Every ranged or whole read asked for: key, start, end. */
+  readonly reads: { key: string; start?: number; end?: number }[] = [];
+  constructor(private readonly inner: PosixStorage) {
+    this.location = inner.location;
+  }
+  list(prefix: string, options?: ListOptions) {
+    return this.inner.list(prefix, options);
+  }
+  stat(key: string) {
+    return this.inner.stat(key);
+  }
+  read(key: string, range?: ReadRange) {
+    this.reads.push({ key, ...(range ? { start: range.start, end: range.end } : {}) });
+    return this.inner.read(key, range);
+  }
+  readAll(key: string, maxBytes: number) {
+    return this.inner.readAll(key, maxBytes);
+  }
+  create(key: string, options?: CreateOptions) {
+    return this.inner.create(key, options);
+  }
+  put(key: string, data: Uint8Array, options?: CreateOptions) {
+    return this.inner.put(key, data, options);
+  }
+  remove(key: string) {
+    return this.inner.remove(key);
+  }
+  removePrefix(prefix: string) {
+    return this.inner.removePrefix(prefix);
+  }
+  syncPrefix(prefix: string) {
+    return this.inner.syncPrefix(prefix);
+  }
+  localPath(): string | undefined {
+    return undefined;
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+test('a storage without local paths: worker threads get tar units by ranged reads from the main thread; damage names the object', async () => {
+  const dir = makeTempDir('tarport');
+  try {
+    const src = join(dir, 'src');
+    mkdirSync(src);
+    const data = Buffer.alloc(3 * 1024 * 1024);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+    writeFileSync(join(src, 'one'), data.subarray(0, 3000));
+    writeFileSync(join(src, 'two'), data);
+    const tar = join(dir, 'a.tar');
+    await runOk('tar', ['--format=ustar', '-cf', tar, '-C', src, 'one', 'two'], { asTestUser: false });
+    const raw = readFileSync(tar);
+    const cut = 512 + 3072;
+    const first = compressChunk('lz4', 0, raw.subarray(0, cut));
+    const second = compressChunk('lz4', 0, raw.subarray(cut));
+    const repo = join(dir, 'repo');
+    mkdirSync(join(repo, '1'), { recursive: true });
+    const whole = Buffer.concat([first, second]);
+    writeFileSync(join(repo, '1', 'base.tar.lz4'), whole);
+    const storage = new WithoutLocalPaths(new PosixStorage(repo));
+    const artifact = objectRef(storage, '1/base.tar.lz4');
+    assert.equal(artifact.path, undefined);
+    assert.equal(artifact.name, join(repo, '1', 'base.tar.lz4'));
+    const spec = (name: string, content: Buffer): RestoreFileSpec => ({
+      path: name,
+      size: content.length,
+      mode: 0o600,
+      checksum: createHash('sha256').update(content).digest('hex'),
+    });
+    const task = (out: string, offset: number, end: number, files: RestoreFileSpec[]): PlanItem => ({
+      kind: 'task',
+      task: {
+        kind: 'tar-range',
+        artifact,
+        compression: 'lz4',
+        offset,
+        end,
+        unitSkip: 0,
+        anyOrder: false,
+        destRoot: out,
+        files,
+        checksumAlgorithm: 'SHA256',
+        holdBack: {},
+        label: artifact.name,
+      },
+    });
+    async function* plan(out: string): AsyncGenerator<PlanItem> {
+      yield task(out, 0, first.length, [spec('one', data.subarray(0, 3000))]);
+      yield task(out, first.length, whole.length, [spec('two', data)]);
+    }
+    const out = join(dir, 'out');
+    mkdirSync(out);
+    const r = await extractBackup(plan(out), new LocalRestoreTarget(), 2, storage);
+    assert.deepEqual(r, { files: 2, bytes: 3000 + data.length });
+    assert.ok(readFileSync(join(out, 'one')).equals(data.subarray(0, 3000)));
+    assert.ok(readFileSync(join(out, 'two')).equals(data));
+    // Each task read its own byte range, not the artifact from its start.
+    const ranges = storage.reads.map((x) => `${x.key}:${x.start}-${x.end}`).sort();
+    assert.deepEqual(ranges, [`1/base.tar.lz4:0-${first.length}`, `1/base.tar.lz4:${first.length}-${whole.length}`]);
+
+    // The object altered behind pgbart's back: the restore fails naming it.
+    const damaged = Buffer.from(whole);
+    damaged[first.length + Math.floor(second.length / 2)]! ^= 0x55;
+    writeFileSync(join(repo, '1', 'base.tar.lz4'), damaged);
+    const out2 = join(dir, 'out2');
+    mkdirSync(out2);
+    await assert.rejects(extractBackup(plan(out2), new LocalRestoreTarget(), 2, storage), (err: Error) => {
+      assert.ok(err.message.startsWith(artifact.name), err.message);
+      assert.match(err.message, /checksum mismatch for "two"|damaged/);
+      return true;
+    });
   } finally {
     removeTree(dir);
   }

@@ -13,7 +13,7 @@ import {
   type ManifestHeader,
 } from '../catalog/manifest.js';
 import { fileKey } from '../catalog/incremental-format.js';
-import type { RestoreFileSpec, RestoreTask } from './reader.js';
+import type { RestoreFileSpec, RestoreTask, TarRangeTask } from './reader.js';
 import { objectRef } from './object-source.js';
 import { TreeShapeCheck } from '../util/untrusted-path.js';
 
@@ -220,11 +220,6 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
   const pending = new Map<string, Pending>();
   const holdBackFor = (archive: string) => (archive === BASE_ARCHIVE ? opts.holdBack : {});
 
-  // Ranged reads stop at the artifact's end as the scan checked it.
-  const endOf = (name: string) => {
-    const size = scan.artifactSizes.get(name);
-    return size !== undefined ? { end: size } : {};
-  };
   const makeTask = (archive: string, p: Pending): RestoreTask => {
     const anyOrder = scan.archives.get(archive)!.sequential;
     const destRoot = opts.destinations.get(archive)!;
@@ -245,7 +240,6 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
         ...common,
         artifact: ref,
         compression,
-        ...endOf(tarName(archive, ext)),
         offset: p.offset,
         unitSkip: p.unitSkip,
         anyOrder,
@@ -254,11 +248,37 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     return { kind: 'plain-files', ...common, source: ref, compression, extension: ext };
   };
 
+  // Where each tar task's stored bytes end, so that its ranged read asks for no more than it needs.
+  // A task ends before file X: when X's header starts its unit (unitSkip 0), the task's bytes end at
+  // X's offset; otherwise the task's last file ends inside X's unit, which ends at the next larger
+  // offset the manifest shows: such a task waits for it (or for the manifest's end: the artifact's end).
+  const waiting = new Map<string, { task: TarRangeTask; boundary: number }[]>();
+  const artifactEnd = (archive: string) => scan.artifactSizes.get(tarName(archive, ext));
+  const ended = (task: RestoreTask, end: number | undefined): PlanItem => ({
+    kind: 'task',
+    task: task.kind === 'tar-range' && end !== undefined ? { ...task, end } : task,
+  });
+  /** The task of `p`, ended before `next` (undefined: at the end of the archive); undefined while it waits. */
+  const finish = (archive: string, p: Pending, next: ManifestFileEntry | undefined): PlanItem | undefined => {
+    const task = makeTask(archive, p);
+    if (task.kind !== 'tar-range' || next?.offset === undefined || scan.archives.get(archive)!.sequential)
+      return ended(task, artifactEnd(archive));
+    if ((next.unitSkip ?? 0) === 0) return ended(task, next.offset);
+    const list = waiting.get(archive) ?? [];
+    list.push({ task, boundary: next.offset });
+    waiting.set(archive, list);
+    return undefined;
+  };
+
   for await (const line of readManifest(storage, joinKey(dataKey, MANIFEST_FILE))) {
     if (line.kind !== 'file') continue;
     const e = line.entry;
     const destRoot = opts.destinations.get(e.archive);
     if (destRoot === undefined) continue;
+    const held = e.type === 'file' && e.offset !== undefined ? waiting.get(e.archive) : undefined;
+    if (held) {
+      while (held.length > 0 && held[0]!.boundary < e.offset!) yield ended(held.shift()!.task, e.offset);
+    }
     if (e.type === 'dir') {
       yield { kind: 'dir', path: join(destRoot, e.path), mode: e.mode & 0o777 };
       continue;
@@ -273,11 +293,14 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     if (e.checksum && opts.checksumAlgorithm !== 'NONE') spec.checksum = e.checksum;
     const summary = scan.archives.get(e.archive)!;
     if (opts.keep?.has(fileKey(e.archive, e.path))) {
-      const held = pending.get(e.archive);
+      const run = pending.get(e.archive);
       if (info.format !== 'tar') continue;
       if (!summary.sequential) {
         // The run of files to write ends here; the next one starts its own task at its offset.
-        if (held && held.files.length > 0) yield { kind: 'task', task: makeTask(e.archive, held) };
+        if (run && run.files.length > 0) {
+          const item = finish(e.archive, run, e);
+          if (item) yield item;
+        }
         pending.delete(e.archive);
         continue;
       }
@@ -292,7 +315,8 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     let p = pending.get(e.archive);
     const split = info.format === 'tar' ? !summary.sequential && e.offset !== undefined : true;
     if (p && split && (p.bytes >= opts.taskBytes || p.files.length >= MAX_FILES_PER_TASK)) {
-      yield { kind: 'task', task: makeTask(e.archive, p) };
+      const item = finish(e.archive, p, e);
+      if (item) yield item;
       p = undefined;
     }
     if (!p) {
@@ -308,5 +332,6 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     p.files.push(spec);
     p.bytes += e.size + 512;
   }
-  for (const [archive, p] of pending) if (p.files.length > 0) yield { kind: 'task', task: makeTask(archive, p) };
+  for (const [archive, list] of waiting) for (const w of list) yield ended(w.task, artifactEnd(archive));
+  for (const [archive, p] of pending) if (p.files.length > 0) yield finish(archive, p, undefined)!;
 }
