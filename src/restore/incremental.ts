@@ -263,7 +263,8 @@ export async function applyIncremental(
             await reader.skip(header.size + tarPadding(header.size));
           } else {
             const dest = destFor(archive, e);
-            const n = await applyFile(e, reader.stream(header.size), dest, opts, label);
+            // A damaged file names the object it was read from.
+            const n = await applyFile(e, reader.stream(header.size), dest, opts, `${label}: ${artifact.name}`);
             total += n;
             if (dest !== undefined) written += n;
             await reader.skip(tarPadding(header.size));
@@ -297,7 +298,7 @@ export async function applyIncremental(
         }
         try {
           const dest = destFor(archive, e);
-          const n = await applyFile(e, stream as AsyncIterable<Buffer>, dest, opts, label);
+          const n = await applyFile(e, stream as AsyncIterable<Buffer>, dest, opts, `${label}: ${root.name}`);
           total += n;
           if (dest !== undefined) written += n;
         } finally {
