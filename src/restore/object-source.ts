@@ -112,7 +112,7 @@ export function preferLocal(fallback: ObjectOpener): ObjectOpener {
 }
 
 /** Chunks a stream may have sent ahead of what the worker consumed. */
-const WINDOW = 4;
+const WINDOW = 8;
 
 /** Worker → main thread. */
 type Request =

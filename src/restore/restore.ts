@@ -195,7 +195,8 @@ async function finishDataDirectory(
     await copyArchivedWal(target, dir, plan.archive, plan.wal, plan.info.walSegmentSize, plan.workers);
   }
   const { config, server, info, path, copyWals } = plan;
-  const archiveIsDirectory = plan.archive.kind === 'posix';
+  // scp can fetch from the archive only when it is a directory of plain files here (not a bucket, not encrypted).
+  const archiveIsDirectory = plan.archive.localPath('') !== undefined;
   const recovery = {
     config,
     server,

@@ -131,7 +131,8 @@ export function sshArchiveGetRestoreCommand(
   const remote =
     `t=$(mktemp -d) || exit 1; ${words} ${WAL_FILE_TOKEN} "$t/f" >&2 && cat "$t/f"; ` + 'r=$?; rm -rf "$t"; exit $r';
   const command = `ssh -o BatchMode=yes ${shellQuote(bartHost)} ${singleQuote(remote)}`;
-  return `${command.replace(/%/g, '%%').replace(WAL_FILE_TOKEN, '%f')} > %p`;
+  // Written under a temp name and renamed: a transfer cut short never leaves a partial %p.
+  return `${command.replace(/%/g, '%%').replace(WAL_FILE_TOKEN, '%f')} > %p.tmp && mv %p.tmp %p`;
 }
 
 /**
