@@ -46,6 +46,13 @@ export interface OverridableSettings {
   pgCtlPath?: ConfiguredPath;
   /** postgres_bin_path [pgbart]: the directory of the server's binaries (postgres, pg_ctl, pg_amcheck, ...). */
   postgresBinPath?: ConfiguredPath;
+  /** repository_cipher [pgbart]: `aes-256-gcm` encrypts everything stored in the repository on the BART host. */
+  repositoryCipher: 'none' | 'aes-256-gcm';
+  /**
+   * repository_cipher_pass_file [pgbart]: the file whose first line is the passphrase (private to the BART
+   * user); unset: the BART_CIPHER_PASS environment variable.
+   */
+  repositoryCipherPassFile?: ConfiguredPath;
 }
 
 /** repository [pgbart]: where a server's catalog and WAL archive live. */
