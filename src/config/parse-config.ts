@@ -5,7 +5,12 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';
 import { sshDestinationProblem } from '../util/ssh-destination.js';
 import { backupNameProblem } from './backup-name.js';
-import { REPOSITORY_PARAMETERS, parseRepositorySettings, resolveRepository } from './repository-config.js';
+import {
+  REPOSITORY_PARAMETERS,
+  parseRepositorySettings,
+  resolveRepository,
+  s3RepositoryOf,
+} from './repository-config.js';
 import { parseRetentionPolicy } from './retention-policy.js';
 import type { BartConfig, GlobalConfig, OverridableSettings, ServerConfig, UserAtHost, XlogMethod } from './types.js';
 
@@ -331,6 +336,8 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
       `${at(socketName.line)}: bart_socket_name = "${socketName.value}" is invalid: use a plain file name`,
     );
   }
+  const repositoryDefaults = parseRepositorySettings(section, {}, at);
+  const s3Repository = s3RepositoryOf(repositoryDefaults);
   return {
     ...parseOverridable(section, OVERRIDABLE_DEFAULTS, at),
     bartHost,
@@ -346,7 +353,8 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
       ? { bartSocketDirectory: parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) }
       : {}),
     ...(socketName ? { bartSocketName: socketName.value } : {}),
-    repositoryDefaults: parseRepositorySettings(section, {}, at),
+    repositoryDefaults,
+    ...(s3Repository !== undefined ? { s3Repository } : {}),
   };
 }
 

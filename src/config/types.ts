@@ -115,6 +115,11 @@ export interface GlobalConfig extends OverridableSettings {
   bartSocketName?: string;
   /** The repository parameters of [BART], inherited by every server (see {@link ServerConfig.repository}). */
   repositoryDefaults: RepositorySettings;
+  /**
+   * [BART]'s own S3 repository when it says `repository = s3` and names s3_bucket (prefix, no server
+   * below it): CHECK-CONFIG checks that bucket before any server uses it.
+   */
+  s3Repository?: S3RepositoryConfig;
 }
 
 /** One database server section, with every overridable setting resolved. */

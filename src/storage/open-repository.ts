@@ -1,7 +1,6 @@
 // Concept: opening a server's repository — which driver and root bart.cfg gives a server's catalog and WAL archive.
 
 import { join } from 'node:path';
-import { s3RepositoryOf } from '../config/repository-config.js';
 import type { BartConfig, S3RepositoryConfig, ServerConfig } from '../config/types.js';
 import { CipherStorage } from './encryption/cipher-storage.js';
 import { readPassphrase } from './encryption/passphrase.js';
@@ -68,7 +67,7 @@ export function repositoryLocation(config: BartConfig, server: ServerConfig): st
  * checked before any server is set up.
  */
 export function openGlobalS3Repository(config: BartConfig): RepositoryStorage | undefined {
-  const repo = s3RepositoryOf(config.global.repositoryDefaults);
+  const repo = config.global.s3Repository;
   return repo === undefined ? undefined : new S3Storage(s3Options(repo, ''));
 }
 
