@@ -260,8 +260,9 @@ function buildProgram(): Command {
     .command('ARCHIVE-PUSH')
     .description('store one WAL file in the archive (for archive_command)')
     .option('-s, --server <name>', 'server name')
-    .argument('<path>', 'WAL file to archive (%p)')
-    .action(async (path: string, o: { server?: string }) => {
+    .option('--stdin', 'read the WAL file from standard input; the argument is then its name (%f)')
+    .argument('<path>', 'WAL file to archive (%p), or its name (%f) with --stdin')
+    .action(async (path: string, o: { server?: string; stdin?: boolean }) => {
       await withContext(program, async (ctx) =>
         (await import('../commands/archive-push.js')).archivePush(ctx, o, path),
       );
