@@ -430,10 +430,13 @@ async function writeSynced(source: Readable, target: string): Promise<number> {
   }
 }
 
+/** The destination of {@link getWalFile} that means standard output. */
+export const STDOUT_DESTINATION = '-';
+
 /**
  * Copies `name` from the archive to `destination` (decompressing a `.gz` copy transparently)
  * through a temp file next to the destination, fsync and rename, so recovery never reads a
- * half-written file.
+ * half-written file. Destination `-` is standard output (for a restore_command over ssh).
  */
 export async function getWalFile(archive: WalArchive, name: string, destination: string): Promise<GetOutcome> {
   const storage = walArchiveStorage(archive);
@@ -445,6 +448,15 @@ export async function getWalFile(archive: WalArchive, name: string, destination:
     throw new BartError(`cannot look for "${name}" in the archive "${storage.location}": ${errorMessage(err)}`);
   }
   if (key === undefined) return 'missing';
+  if (destination === STDOUT_DESTINATION) {
+    // Streamed to a restore_command on another host (over ssh), which keeps it only when we exit 0.
+    try {
+      await pipeline(await openArchived(storage, key), process.stdout);
+    } catch (err) {
+      throw new BartError(`cannot send "${joinKey(storage.location, key)}" to stdout: ${errorMessage(err)}`);
+    }
+    return key.endsWith(GZIP_SUFFIX) ? 'restored-from-gz' : 'restored';
+  }
   const target = resolve(destination);
   const tmp = tempSibling(target);
   try {

@@ -273,7 +273,7 @@ function buildProgram(): Command {
     .description('fetch one WAL file from the archive (for restore_command)')
     .option('-s, --server <name>', 'server name')
     .argument('<walfile>', 'WAL file name (%f)')
-    .argument('<destination>', 'where to write it (%p)')
+    .argument('<destination>', 'where to write it (%p), or - for standard output')
     .action(async (walfile: string, destination: string, o: { server?: string }) => {
       await withContext(program, async (ctx) =>
         (await import('../commands/archive-get.js')).archiveGet(ctx, o, walfile, destination),

@@ -1,8 +1,8 @@
 // Command: ARCHIVE-GET, one WAL file fetched from the archive for restore_command.
 
-import { getWalFile } from '../archive/wal-archive.js';
+import { getWalFile, STDOUT_DESTINATION } from '../archive/wal-archive.js';
 import { openWalArchive } from '../storage/open-repository.js';
-import { log } from '../util/log.js';
+import { configureLog, log } from '../util/log.js';
 import { selectOneServer, type CommandContext } from './context.js';
 
 /** Options of `bart ARCHIVE-GET`. */
@@ -15,7 +15,8 @@ export interface ArchiveGetOptions {
  * (`... ARCHIVE-GET -s NAME %f %p`), reading the server's WAL archive (openWalArchive: archive_path,
  * or the bucket). A file that is not in the archive exits 1 with one line: PostgreSQL asks for
  * files that do not exist (the next timeline's history, the segment after the last one) and
- * treats a non-zero exit as "not there", so this is normal and must stay quiet.
+ * treats a non-zero exit as "not there", so this is normal and must stay quiet. Destination `-`
+ * writes the file to standard output (a restore_command on another host, over ssh).
  */
 export async function archiveGet(
   ctx: CommandContext,
@@ -24,6 +25,8 @@ export async function archiveGet(
   destination: string,
 ): Promise<number> {
   const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-GET');
+  // Destination `-`: stdout carries the file, so no INFO line may go there.
+  if (destination === STDOUT_DESTINATION) configureLog({ quiet: true });
   const archive = openWalArchive(ctx.config, server);
   try {
     const outcome = await getWalFile(archive, walfile, destination);

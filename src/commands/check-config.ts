@@ -25,7 +25,8 @@ import { errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
 import { shellQuote } from '../util/shell-quote.js';
-import { archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
+import { archiveNeedsPush, archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
+import { openWalArchive } from '../storage/open-repository.js';
 import { selectServers, type CommandContext } from './context.js';
 
 /** Options of `bart CHECK-CONFIG`. */
@@ -323,6 +324,11 @@ async function checkServerWithConnection(
       throw new CheckFailed(
         `archive_command is empty: run "bart INIT -s ${server.name}" (then reload the configuration, or restart if archive_mode was off)`,
       );
+    // An object-store archive takes WAL through ARCHIVE-PUSH only: a copy into archive_path goes nowhere.
+    if (archiveNeedsPush(config, server) && !/ARCHIVE-PUSH/i.test(command))
+      throw new CheckFailed(
+        `archive_command '${command}' does not use ARCHIVE-PUSH, the only way into the WAL archive ${openWalArchive(config, server).location}: run "bart INIT -s ${server.name} -o" to set '${expected}'`,
+      );
     const mentionsBart =
       /ARCHIVE-PUSH/i.test(command) || command.includes(bartScriptPath()) || command.includes(server.archivePath);
     if (!mentionsBart) {
@@ -355,7 +361,7 @@ async function checkServerWithConnection(
   if (server.allowIncrementalBackups) {
     await report.run('bart-scanner is configured and running', async () => checkScannerRunning(config, server));
   }
-  if (!archivesLocally(config, server)) {
+  if (!archivesLocally(config, server) && !archiveNeedsPush(config, server)) {
     log.info(
       `archive_command for server "${server.name}" is expected to copy WAL to ${config.global.bartHost.user}@${config.global.bartHost.host}:${server.archivePath} (e.g. '${expected}')`,
     );
