@@ -50,6 +50,8 @@ class ServerWorker {
   /** Files that failed, by `name:size:mtime`, so an error is logged once per file version. */
   private readonly failed = new Set<string>();
   private dirProblem = false;
+  /** Object-store segments whose last record waits for the next segment: what they wait for. */
+  private readonly waiting = new Map<string, { next: string; histories: number }>();
   private watchWarned = false;
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -224,6 +226,7 @@ class ServerWorker {
     });
     objects.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     if (objects.length === 0) return;
+    const historyCount = [...names].filter((n) => n.endsWith('.history') || n.endsWith('.history.gz')).length;
     const index = new Set<string>();
     for (const n of names) {
       const m = parseMbmFileName(n);
@@ -238,8 +241,13 @@ class ServerWorker {
       if (index.has(`${p.timeline}:${BigInt(segNo + 1) * BigInt(segSize)}`)) continue;
       const version = `${o.key}:${o.size}:${o.modified.getTime()}`;
       if (this.failed.has(version)) continue;
+      // A segment that waited for its next one is downloaded again only once that one (or a new timeline) is there.
+      const waitedFor = this.waiting.get(o.key);
+      if (waitedFor !== undefined && !continuationMayExist(names, waitedFor, historyCount)) continue;
       try {
         const r = await scanArchivedSegment(this.archive, o.key, { buffers: this.buffers, names });
+        this.waiting.delete(o.key);
+        if (r.status === 'waiting') this.waiting.set(o.key, { next: r.nextSegment, histories: historyCount });
         if (r.status === 'written') {
           this.segmentSize = r.map.segmentSize;
           log.info(
@@ -278,6 +286,17 @@ class ServerWorker {
       log.error(`server ${this.server.sectionName}: no MBM for ${t.name}: ${errorMessage(err)}`);
     }
   }
+}
+
+/** True when the continuation a segment waited for may now be in the archive (`names`). */
+function continuationMayExist(
+  names: Set<string>,
+  waited: { next: string; histories: number },
+  histories: number,
+): boolean {
+  if (histories !== waited.histories) return true; // a new timeline: its segment may continue ours
+  const n = waited.next;
+  return [n, `${n}.gz`, `${n}.partial`, `${n}.partial.gz`].some((k) => names.has(k));
 }
 
 /**
