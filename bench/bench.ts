@@ -6,11 +6,12 @@
  * then RESTORE against pgbackrest restore and tar -x (bench/restore-bench.ts, <date>-restore.md); then
  * RESTORE --delta after 1% of a copy drifted against a full restore and pgbackrest restore --delta
  * (bench/delta-bench.ts, <date>-delta.md); then the cost of page checksum verification
- * (bench/page-checksum-cost.ts, <date>-pagecheck.md); then the WAL scanner benchmark
+ * (bench/page-checksum-cost.ts, <date>-pagecheck.md); then BACKUP and RESTORE through S3 (radosgw) against
+ * pgBackRest's S3 repository (bench/s3-bench.ts, <date>-s3.md); then the WAL scanner benchmark
  * (bench/scanner-bench.ts, <date>-scanner.md).
  *
  * Environment: BENCH_SCALE (pgbench scale, default 100), BENCH_PG (major version, default 15),
- * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,scanner`).
+ * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,s3,scanner`).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -30,7 +31,7 @@ import {
   type BenchData,
 } from './bench-data.js';
 
-const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,scanner').split(',');
+const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,s3,scanner').split(',');
 
 interface Row {
   label: string;
@@ -155,7 +156,7 @@ async function main(): Promise<void> {
   console.log(
     `pgbart benchmark: PostgreSQL ${BENCH.version}, pgbench scale ${BENCH.scale} plus the same size of random data`,
   );
-  if (['backup', 'restore', 'delta', 'pagecheck'].some((p) => PARTS.includes(p))) {
+  if (['backup', 'restore', 'delta', 'pagecheck', 's3'].some((p) => PARTS.includes(p))) {
     const fx = await createBackupFixture({ version: BENCH.version, conf: BENCH_CLUSTER_CONF });
     const work = makeTempDir('bench');
     try {
@@ -178,6 +179,10 @@ async function main(): Promise<void> {
       if (PARTS.includes('pagecheck')) {
         const { pageCheckCost } = await import('./page-checksum-cost.js');
         await pageCheckCost(fx, data);
+      }
+      if (PARTS.includes('s3')) {
+        const { s3Bench } = await import('./s3-bench.js');
+        await s3Bench(fx, work, data);
       }
     } finally {
       await fx.destroy();

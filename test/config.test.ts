@@ -211,3 +211,197 @@ test('config: bart started as a user other than root or the BART user refuses, n
     removeTree(dir);
   }
 });
+
+test('config: repository and s3_* parameters: every bad value gives ERROR: <file>:<line>:, good ones resolve per server', async () => {
+  const setup = createBartSetup();
+  try {
+    const base = validConfig(setup.dir, setup.backupPath, setup.logfile);
+    const section = base.indexOf('[Acctg]') + 1;
+    // [BART] gets the repository lines (after bart_host, line 2), the server section keeps its own.
+    const withGlobal = (extra: string[]) => [base[0]!, ...extra, ...base.slice(1)];
+    const s3Global = ['repository = s3', 's3_bucket = pgbart-backups'];
+    const variants: Array<{ name: string; lines: string[]; line: number; says: RegExp }> = [
+      {
+        name: 'repository = nfs',
+        lines: withGlobal(['repository = nfs']),
+        line: 2,
+        says: /repository = "nfs" is invalid: allowed values are posix and s3/,
+      },
+      {
+        name: 'repository = s3 without a bucket',
+        lines: withGlobal(['repository = s3']),
+        line: section + 1,
+        says: /server \[Acctg\] uses repository = s3 \(.*bart-\d+\.cfg:2\) but no s3_bucket is set/,
+      },
+      {
+        name: 's3_endpoint = ftp://x',
+        lines: withGlobal([...s3Global, 's3_endpoint = ftp://store.example.com']),
+        line: 4,
+        says: /s3_endpoint = "ftp:\/\/store.example.com" is invalid: the URL must start with http:\/\/ or https:\/\//,
+      },
+      {
+        name: 's3_endpoint with a path',
+        lines: withGlobal([...s3Global, 's3_endpoint = https://store.example.com/bucket']),
+        line: 4,
+        says: /s3_endpoint = .* is invalid: expected only scheme, host and port/,
+      },
+      {
+        name: 's3_endpoint with credentials (never echoed)',
+        lines: withGlobal([...s3Global, 's3_endpoint = https://AKIAX:topsecret@store.example.com']),
+        line: 4,
+        says: /s3_endpoint must not hold credentials \(user:password@\): use s3_key and s3_key_secret$/,
+      },
+      {
+        name: 's3_endpoint not a URL',
+        lines: withGlobal([...s3Global, 's3_endpoint = store.example.com:443']),
+        line: 4,
+        says: /s3_endpoint = "store.example.com:443" is invalid/,
+      },
+      {
+        name: 's3_bucket = x',
+        lines: withGlobal(['repository = s3', 's3_bucket = x']),
+        line: 3,
+        says: /s3_bucket = "x" is invalid: expected a bucket name/,
+      },
+      {
+        name: 's3_prefix = /abs',
+        lines: withGlobal([...s3Global, 's3_prefix = /abs']),
+        line: 4,
+        says: /s3_prefix = "\/abs" is invalid: it is absolute/,
+      },
+      {
+        name: 's3_prefix = a/../b',
+        lines: withGlobal([...s3Global, 's3_prefix = a/../b']),
+        line: 4,
+        says: /s3_prefix = "a\/..\/b" is invalid: it has a ".." component/,
+      },
+      {
+        name: 's3_uri_style = virtual',
+        lines: withGlobal([...s3Global, 's3_uri_style = virtual']),
+        line: 4,
+        says: /s3_uri_style = "virtual" is invalid: allowed values are path and host/,
+      },
+      {
+        name: 's3_verify_tls = no',
+        lines: withGlobal([...s3Global, 's3_verify_tls = no']),
+        line: 4,
+        says: /s3_verify_tls = "no" is invalid: allowed values are enabled and disabled/,
+      },
+      {
+        name: 's3_ca_file relative',
+        lines: withGlobal([...s3Global, 's3_ca_file = ca.pem']),
+        line: 4,
+        says: /s3_ca_file = "ca.pem" must be an absolute path/,
+      },
+      {
+        name: 's3_region with a space',
+        lines: withGlobal([...s3Global, 's3_region = eu west']),
+        line: 4,
+        says: /s3_region = "eu west" is invalid/,
+      },
+      {
+        name: 's3_key without s3_key_secret (in a server section)',
+        lines: [...withGlobal(s3Global), 's3_key = AKIATESTKEY'],
+        line: base.length + 3,
+        says: /s3_key is set without s3_key_secret in \[Acctg\]: set both or neither$/,
+      },
+      {
+        name: 's3_key_secret without s3_key',
+        lines: withGlobal([...s3Global, 's3_key_secret = very-secret-value']),
+        line: 4,
+        says: /s3_key_secret is set without s3_key in \[BART\]: set both or neither$/,
+      },
+    ];
+    const results = await Promise.all(
+      variants.map(async (v, i) => {
+        const path = join(setup.dir, `bart-${i}.cfg`);
+        writeFileSync(path, `${v.lines.join('\n')}\n`);
+        chmodSync(path, 0o644);
+        return { v, path, r: await bartWithEnv(['-c', path, 'SHOW-SERVERS'], {}) };
+      }),
+    );
+    for (const { v, path, r } of results) {
+      assert.notEqual(r.code, 0, `${v.name}: exit status`);
+      const first = r.stderr.split('\n')[0] ?? '';
+      assert.match(
+        first,
+        new RegExp(`^ERROR:\\s+${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:${v.line}: `),
+        `${v.name}: ${r.stderr}`,
+      );
+      assert.match(first, v.says, `${v.name}: ${r.stderr}`);
+      assert.equal(r.stderr.trimEnd().split('\n').length, 1, `${v.name}: one line: ${r.stderr}`);
+      for (const secret of ['topsecret', 'very-secret-value']) assert.ok(!r.stderr.includes(secret), r.stderr);
+      assert.equal(r.stdout, '', `${v.name}: nothing on stdout`);
+    }
+
+    // Resolution: [BART] gives the defaults, a server overrides one by one; key and secret go as a pair and never print.
+    const { parseConfig } = await import('../src/config/parse-config.js');
+    const { inspect } = await import('node:util');
+    const text = [
+      ...withGlobal([
+        'repository = s3',
+        's3_bucket = global-bucket',
+        's3_endpoint = http://10.0.0.5:7480',
+        's3_key = AKIAGLOBALKEY',
+        's3_key_secret = global-secret-value',
+      ]),
+      's3_prefix = pgbart/prod',
+      's3_verify_tls = disabled',
+      '',
+      '[aws]',
+      'host = h',
+      'user = u',
+      'cluster_owner = c',
+      '',
+      '[local]',
+      'host = h',
+      'user = u',
+      'cluster_owner = c',
+      'repository = posix',
+    ].join('\n');
+    const config = parseConfig(text, '/etc/bart.cfg');
+    const [acctg, aws, local] = config.servers;
+    assert.deepEqual(
+      { ...acctg!.repository, credentials: undefined },
+      {
+        kind: 's3',
+        endpoint: 'http://10.0.0.5:7480',
+        region: 'us-east-1',
+        bucket: 'global-bucket',
+        prefix: 'pgbart/prod',
+        uriStyle: 'path',
+        verifyTls: false,
+        credentials: undefined,
+        at: '/etc/bart.cfg:2',
+      },
+    );
+    assert.equal(
+      acctg!.repository.kind === 's3' && acctg!.repository.credentials?.secretAccessKey.reveal(),
+      'global-secret-value',
+    );
+    assert.equal(
+      aws!.repository.kind === 's3' && aws!.repository.prefix,
+      '',
+      "a section without s3_prefix inherits [BART]'s (none)",
+    );
+    assert.equal(local!.repository.kind, 'posix');
+    const noEndpoint = parseConfig(
+      withGlobal(['repository = s3', 's3_bucket = bkt', 's3_region = eu-west-1']).join('\n'),
+      '/x',
+    );
+    const repo = noEndpoint.servers[0]!.repository;
+    assert.ok(
+      repo.kind === 's3' && repo.uriStyle === 'host' && repo.region === 'eu-west-1' && repo.endpoint === undefined,
+    );
+    for (const shown of [
+      JSON.stringify(config.servers[0]),
+      inspect(config, { depth: 10 }),
+      String(config.global.repositoryDefaults.credentials?.secretAccessKey),
+    ]) {
+      assert.ok(!shown.includes('global-secret-value') && !shown.includes('AKIAGLOBALKEY'), shown);
+      assert.match(shown, /<redacted>/);
+    }
+  } finally {
+    setup.cleanup();
+  }
+});

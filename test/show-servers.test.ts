@@ -24,6 +24,7 @@ const FIELDS = [
   'TABLESPACE PATH(s)',
   'INCREMENTAL BACKUP',
   'DESCRIPTION',
+  'REPOSITORY',
 ];
 
 function writeOwned(path: string, data: Buffer): void {
@@ -101,6 +102,7 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
     );
     assert.equal(value(down, 'DESCRIPTION'), '"Gone away"');
     assert.equal(value(down, 'INCREMENTAL BACKUP'), 'DISABLED');
+    assert.equal(value(live, 'REPOSITORY'), join(setup.backupPath, 'live'));
 
     const json = await setup.bart(['SHOW-SERVERS', '-s', 'LIVE', '--output', 'json']);
     assert.equal(json.code, 0, json.stderr);
@@ -125,6 +127,8 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
       tablespacePaths: '16385=/srv/ts1;16386=/srv/ts2',
       incrementalBackup: 'ENABLED',
       description: `test cluster PostgreSQL ${version}`,
+      repository: 'posix',
+      repositoryLocation: join(setup.backupPath, 'live'),
     });
 
     const unknown = await setup.bart(['SHOW-SERVERS', '-s', 'nosuch']);

@@ -15,6 +15,8 @@ import { oneShotSshArgs, scpFetchArgs } from '../hosts/ssh/session.js';
 import { probeReplicationConnection } from '../postgres/replication-probe.js';
 import { isScannerRunning } from '../scanner/client.js';
 import { scannerSocketPath } from '../scanner/paths.js';
+import { openGlobalS3Repository, openRepository, repositoryLocation } from '../storage/open-repository.js';
+import { checkBucket } from '../storage/s3/check-bucket.js';
 import {
   archivingEnabled,
   readArchiveSettings,
@@ -111,6 +113,16 @@ async function checkGlobal(config: BartConfig, report: CheckReport): Promise<voi
       return `it does not exist yet; "bart INIT" will create it ("${existing}" is writable)`;
     return undefined;
   });
+  // repository = s3 in [BART]: its bucket (below s3_prefix), before any server uses it.
+  const bucket = openGlobalS3Repository(config);
+  if (bucket)
+    await report.run(`repository ${bucket.location} is reachable and writable`, async () => {
+      try {
+        return await checkBucket(bucket);
+      } finally {
+        await bucket.close();
+      }
+    });
   if (g.pgBasebackupPath) {
     const path = g.pgBasebackupPath;
     await report.run(`pg_basebackup_path "${path}" is executable`, async () => {
@@ -290,12 +302,23 @@ async function checkServerWithConnection(
     return dataDir;
   });
 
-  await report.run(`catalog (archive path "${server.archivePath}") is writable`, async () => {
-    const fix = `run "bart INIT -s ${server.name}" to create the catalog directories (owned by "${config.global.bartHost.user}", mode 0700)`;
-    await probeWritableDir(join(config.global.backupPath, server.name), fix);
-    await probeWritableDir(server.archivePath, fix);
-    return undefined;
-  });
+  // repository = s3: the bucket instead of the catalog directories (checkBucket says what is wrong).
+  if (server.repository.kind === 's3')
+    await report.run(`repository ${repositoryLocation(config, server)} is reachable and writable`, async () => {
+      const storage = openRepository(config, server);
+      try {
+        return await checkBucket(storage);
+      } finally {
+        await storage.close();
+      }
+    });
+  else
+    await report.run(`catalog (archive path "${server.archivePath}") is writable`, async () => {
+      const fix = `run "bart INIT -s ${server.name}" to create the catalog directories (owned by "${config.global.bartHost.user}", mode 0700)`;
+      await probeWritableDir(join(config.global.backupPath, server.name), fix);
+      await probeWritableDir(server.archivePath, fix);
+      return undefined;
+    });
 
   let settings: ArchiveSettings | undefined;
   await report.run('archive_mode is on', async () => {

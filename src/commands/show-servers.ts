@@ -3,6 +3,7 @@
 import { join, relative, isAbsolute } from 'node:path';
 import { diskUsage } from '../util/disk-usage.js';
 import { countArchivedSegments } from '../archive/wal-archive.js';
+import { GZIP_SUFFIX } from '../catalog/layout.js';
 import { formatRetentionPolicy } from '../config/retention-policy.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { withConnection } from '../postgres/connection.js';
@@ -10,6 +11,8 @@ import { readArchiveSettings } from '../postgres/server-settings.js';
 import { errorMessage } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
+import { parseArchiveFileName } from '../wal/segment-name.js';
+import { openRepository, openWalArchive, repositoryLocation } from '../storage/open-repository.js';
 import { expectedArchiveCommand } from './archive-command.js';
 import { selectServers, type CommandContext } from './context.js';
 
@@ -40,6 +43,10 @@ export interface ServerReport {
   tablespacePaths: string | null;
   incrementalBackup: 'ENABLED' | 'DISABLED';
   description: string | null;
+  /** repository [pgbart]: which driver holds the catalog. */
+  repository: 'posix' | 's3';
+  /** Where the catalog is: `backup_path/<server>` or `s3://bucket/prefix/server`. */
+  repositoryLocation: string;
 }
 
 /** `bart SHOW-SERVERS [-s NAME|all] [--output json]`. */
@@ -57,11 +64,18 @@ export async function showServers(ctx: CommandContext, options: ShowServersOptio
 
 /** Gathers one server's settings and catalog usage. */
 export async function serverReport(config: BartConfig, server: ServerConfig): Promise<ServerReport> {
-  const serverDir = join(config.global.backupPath, server.name);
-  let bytes = await diskUsage(serverDir);
-  // An archive_path outside backup_path/<server> still holds this server's WAL: count it too.
-  const rel = relative(serverDir, server.archivePath);
-  if (rel.startsWith('..') || isAbsolute(rel)) bytes += await diskUsage(server.archivePath);
+  let bytes: number;
+  let archives: number;
+  if (server.repository.kind === 's3') {
+    ({ bytes, archives } = await objectStorageUsage(config, server));
+  } else {
+    const serverDir = join(config.global.backupPath, server.name);
+    bytes = await diskUsage(serverDir);
+    // An archive_path outside backup_path/<server> still holds this server's WAL: count it too.
+    const rel = relative(serverDir, server.archivePath);
+    if (rel.startsWith('..') || isAbsolute(rel)) bytes += await diskUsage(server.archivePath);
+    archives = await countArchivedSegments(server.archivePath);
+  }
 
   let archiveCommand = expectedArchiveCommand(config, server);
   let archiveCommandSource: ServerReport['archiveCommandSource'] = 'config';
@@ -89,7 +103,7 @@ export async function serverReport(config: BartConfig, server: ServerConfig): Pr
     retentionPolicy: formatRetentionPolicy(server.retentionPolicy),
     diskUtilization: formatBytes(bytes),
     diskUtilizationBytes: bytes,
-    numberOfArchives: await countArchivedSegments(server.archivePath),
+    numberOfArchives: archives,
     archivePath: server.archivePath,
     archiveCommand,
     archiveCommandSource,
@@ -98,7 +112,33 @@ export async function serverReport(config: BartConfig, server: ServerConfig): Pr
     tablespacePaths: tablespaces === '' ? null : tablespaces,
     incrementalBackup: server.allowIncrementalBackups ? 'ENABLED' : 'DISABLED',
     description: server.description ?? null,
+    repository: server.repository.kind,
+    repositoryLocation: repositoryLocation(config, server),
   };
+}
+
+/** Bytes stored below an S3 repository's root (its archived_wals included) and the number of archived segments. */
+async function objectStorageUsage(
+  config: BartConfig,
+  server: ServerConfig,
+): Promise<{ bytes: number; archives: number }> {
+  const repository = openRepository(config, server);
+  const archive = openWalArchive(config, server);
+  try {
+    let bytes = 0;
+    for await (const page of repository.list('')) for (const o of page.objects) bytes += o.size;
+    let archives = 0;
+    for await (const page of archive.list('', { shallow: true })) {
+      for (const o of page.objects) {
+        const bare = o.key.endsWith(GZIP_SUFFIX) ? o.key.slice(0, -GZIP_SUFFIX.length) : o.key;
+        if (parseArchiveFileName(bare)?.kind === 'segment') archives++;
+      }
+    }
+    return { bytes, archives };
+  } finally {
+    await repository.close();
+    await archive.close();
+  }
 }
 
 /** Width of BART's longest key, "BACKUP FRIENDLY NAME": every key is padded to it. */
@@ -124,6 +164,8 @@ export function formatServerReport(r: ServerReport): string {
     ['INCREMENTAL BACKUP', r.incrementalBackup],
     // BART printed the description with the quotes it has in bart.cfg.
     ['DESCRIPTION', r.description === null ? '' : `"${r.description}"`],
+    // pgbart: after BART's fields, so that scripts reading BART's lines by position still work.
+    ['REPOSITORY', r.repositoryLocation],
   ];
   return `${fields.map(([k, v]) => `${k.padEnd(KEY_WIDTH)}: ${v}`.trimEnd()).join('\n')}\n`;
 }

@@ -5,6 +5,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';
 import { sshDestinationProblem } from '../util/ssh-destination.js';
 import { backupNameProblem } from './backup-name.js';
+import { REPOSITORY_PARAMETERS, parseRepositorySettings, resolveRepository } from './repository-config.js';
 import { parseRetentionPolicy } from './retention-policy.js';
 import type { BartConfig, GlobalConfig, OverridableSettings, ServerConfig, UserAtHost, XlogMethod } from './types.js';
 
@@ -56,6 +57,8 @@ const PARAMETERS: Record<string, Scope> = {
   allow_incremental_backups: 'server',
   description: 'server',
   backup_name: 'server',
+  // pgbart extensions: where the catalog lives (repository-config.ts), in [BART] or per server.
+  ...Object.fromEntries(REPOSITORY_PARAMETERS.map((p) => [p, 'both' as const])),
 };
 
 const OVERRIDABLE_DEFAULTS: OverridableSettings = {
@@ -323,6 +326,7 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
       ? { bartSocketDirectory: parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) }
       : {}),
     ...(socketName ? { bartSocketName: socketName.value } : {}),
+    repositoryDefaults: parseRepositorySettings(section, {}, at),
   };
 }
 
@@ -392,6 +396,7 @@ function parseServer(section: RawSection, global: GlobalConfig, at: At): ServerC
     allowIncrementalBackups: incremental ? parseEnabled(incremental, 'allow_incremental_backups', at) : false,
     ...(description ? { description: description.value } : {}),
     ...(backupName ? { backupName: backupName.value } : {}),
+    repository: resolveRepository(parseRepositorySettings(section, global.repositoryDefaults, at), section, at),
     explicit: new Set(e.keys()),
   };
 }

@@ -1,5 +1,7 @@
 // Configuration types: the validated bart.cfg, global and per-server settings.
 
+import type { Secret } from '../util/secret.js';
+
 /** A `user@host` pair as written in bart_host and remote_host. */
 export interface UserAtHost {
   user: string;
@@ -46,6 +48,54 @@ export interface OverridableSettings {
   postgresBinPath?: ConfiguredPath;
 }
 
+/** repository [pgbart]: where a server's catalog and WAL archive live. */
+export type RepositoryConfig = PosixRepositoryConfig | S3RepositoryConfig;
+
+/** `repository = posix` (the default): `backup_path/<server>` and its archive_path on this host. */
+export interface PosixRepositoryConfig {
+  kind: 'posix';
+}
+
+/** `repository = s3`: `s3://<bucket>/<prefix>/<server>` in an S3-compatible object store. */
+export interface S3RepositoryConfig {
+  kind: 's3';
+  /** s3_endpoint: `http(s)://host[:port]`; unset means AWS S3 of {@link region}. */
+  endpoint?: string;
+  /** s3_region (default us-east-1): the region requests are signed for. */
+  region: string;
+  /** s3_bucket. */
+  bucket: string;
+  /** s3_prefix: a clean relative key prefix inside the bucket, or '' (the bucket's top). */
+  prefix: string;
+  /** s3_uri_style: `path` (`endpoint/bucket/key`) or `host` (`bucket.endpoint/key`). */
+  uriStyle: 'path' | 'host';
+  /** s3_verify_tls (default enabled): check the store's TLS certificate and host name. */
+  verifyTls: boolean;
+  /** s3_ca_file: PEM file of the CA(s) to trust instead of the system's. */
+  caFile?: string;
+  /** s3_key and s3_key_secret; unset means the SDK's chain (AWS_* environment variables, ~/.aws/credentials). */
+  credentials?: { accessKeyId: Secret; secretAccessKey: Secret };
+  /** `file:line` of the `repository = s3` line, for messages. */
+  at: string;
+}
+
+/**
+ * The repository parameters as written in one section (each with its `file:line`), before a server
+ * resolves them: a server section's values override [BART]'s one by one (s3_key and s3_key_secret
+ * as a pair).
+ */
+export interface RepositorySettings {
+  repository?: { kind: 'posix' | 's3'; at: string };
+  endpoint?: string;
+  region?: string;
+  bucket?: string;
+  prefix?: string;
+  uriStyle?: 'path' | 'host';
+  verifyTls?: boolean;
+  caFile?: string;
+  credentials?: { accessKeyId: Secret; secretAccessKey: Secret };
+}
+
 /** The [BART] section. */
 export interface GlobalConfig extends OverridableSettings {
   bartHost: UserAtHost;
@@ -56,6 +106,8 @@ export interface GlobalConfig extends OverridableSettings {
   /** bart_socket_directory when set; unset means the private default `/tmp/bart-<uid>`. */
   bartSocketDirectory?: string;
   bartSocketName?: string;
+  /** The repository parameters of [BART], inherited by every server (see {@link ServerConfig.repository}). */
+  repositoryDefaults: RepositorySettings;
 }
 
 /** One database server section, with every overridable setting resolved. */
@@ -79,6 +131,8 @@ export interface ServerConfig extends OverridableSettings {
   allowIncrementalBackups: boolean;
   description?: string;
   backupName?: string;
+  /** Where this server's catalog and WAL archive live (repository and s3_* resolved: server, else [BART], else default). */
+  repository: RepositoryConfig;
   /** Which settings were given in this section (not inherited), for SHOW-SERVERS and INIT. */
   explicit: Set<string>;
 }

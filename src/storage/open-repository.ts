@@ -1,23 +1,61 @@
 // Concept: opening a server's repository — which driver and root bart.cfg gives a server's catalog and WAL archive.
 
 import { join } from 'node:path';
-import type { BartConfig, ServerConfig } from '../config/types.js';
+import { s3RepositoryOf } from '../config/repository-config.js';
+import type { BartConfig, S3RepositoryConfig, ServerConfig } from '../config/types.js';
 import { PosixStorage } from './posix/posix-storage.js';
-import type { RepositoryStorage } from './storage.js';
+import type { S3StorageOptions } from './s3/s3-client.js';
+import { S3Storage } from './s3/s3-storage.js';
+import { joinKey, type RepositoryStorage } from './storage.js';
 
 /**
  * The storage of a server's catalog: its backups (`<id>/…`) and whatever else lives beside them.
- * POSIX: `backup_path/<server>`.
+ * POSIX: `backup_path/<server>`. S3: `s3://<s3_bucket>/<s3_prefix>/<server>`.
  */
 export function openRepository(config: BartConfig, server: ServerConfig): RepositoryStorage {
+  if (server.repository.kind === 's3') return new S3Storage(s3Options(server.repository, server.name));
   return new PosixStorage(join(config.global.backupPath, server.name));
 }
 
 /**
  * The storage of a server's WAL archive: archived segments, history files, `.partial` files, MBMs,
  * keyed by file name. POSIX: the server's archive_path (by default `backup_path/<server>/archived_wals`).
+ * S3: `s3://<s3_bucket>/<s3_prefix>/<server>/archived_wals` (archive_path is not used for storage).
  */
 export function openWalArchive(config: BartConfig, server: ServerConfig): RepositoryStorage {
   void config;
+  if (server.repository.kind === 's3')
+    return new S3Storage(s3Options(server.repository, joinKey(server.name, 'archived_wals')));
   return new PosixStorage(server.archivePath);
+}
+
+/** Where a server's S3 repository is, for people: `s3://bucket/prefix/server`, or its catalog directory. */
+export function repositoryLocation(config: BartConfig, server: ServerConfig): string {
+  const repo = server.repository;
+  if (repo.kind === 's3') return `s3://${joinKey(repo.bucket, repo.prefix, server.name)}`;
+  return join(config.global.backupPath, server.name);
+}
+
+/**
+ * The bucket [BART] names, rooted at its s3_prefix (no server below), when [BART] says
+ * `repository = s3` and gives s3_bucket; else undefined. For CHECK-CONFIG of [BART]: a bucket
+ * checked before any server is set up.
+ */
+export function openGlobalS3Repository(config: BartConfig): RepositoryStorage | undefined {
+  const repo = s3RepositoryOf(config.global.repositoryDefaults);
+  return repo === undefined ? undefined : new S3Storage(s3Options(repo, ''));
+}
+
+/** The driver settings of a server's S3 repository, rooted at `<s3_prefix>/<below>`. */
+function s3Options(repo: S3RepositoryConfig, below: string): S3StorageOptions {
+  return {
+    bucket: repo.bucket,
+    root: joinKey(repo.prefix, below),
+    ...(repo.endpoint !== undefined ? { endpoint: repo.endpoint } : {}),
+    region: repo.region,
+    forcePathStyle: repo.uriStyle === 'path',
+    verifyTls: repo.verifyTls,
+    ...(repo.caFile !== undefined ? { caFile: repo.caFile } : {}),
+    ...(repo.credentials !== undefined ? { credentials: repo.credentials } : {}),
+  };
 }

@@ -1,0 +1,135 @@
+// Concept: the encrypted object format — header, chunk layout, nonces and associated data of an encrypted repository object.
+//
+// Every object of an encrypted repository is stored as
+//
+//   header (32 bytes) | chunk 0 | chunk 1 | ... | chunk n-1
+//
+// header: magic "PGBARTC1" (8) | format version u8 = 1 | chunk size log2 u8 (20 = 1 MiB) | 6 reserved zero bytes |
+//         object salt (16 random bytes)
+// chunk i: AES-256-GCM ciphertext of plaintext bytes [i*C, min((i+1)*C, size)) followed by its 16-byte tag; every
+//         chunk but the last holds exactly C plaintext bytes; the last holds 0..C (an empty object has one empty
+//         chunk). The object key is HKDF-SHA256(master key, salt = object salt, info = "pgbart object key v1").
+//         The 12-byte nonce of chunk i is the chunk index as a big-endian u64 followed by a big-endian u32 that is 1
+//         for the last chunk and 0 otherwise; the associated data is the 32 header bytes followed by the UTF-8
+//         object name (the storage key, with a leading `<id>.partial/` written as `<id>/`, so publishing a backup by
+//         renaming its directory keeps it valid).
+// So a flipped byte fails its chunk's tag; a cut at a chunk boundary leaves a last chunk not sealed as the last;
+// reordered or moved chunks fail (index in the nonce), and an object copied under another name fails (name in the
+// associated data). Ranged reads decrypt only the chunks the range touches. docs/catalog-format.md describes it.
+
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+
+/** The first 8 bytes of every encrypted object. */
+export const CIPHER_MAGIC = Buffer.from('PGBARTC1', 'latin1');
+/** Version of this object format. */
+export const CIPHER_FORMAT_VERSION = 1;
+/** Bytes of the object header. */
+export const HEADER_BYTES = 32;
+/** Bytes of a GCM tag. */
+export const TAG_BYTES = 16;
+/** log2 of the plaintext bytes per chunk written (1 MiB: one cipher call per MiB keeps the per-call cost small). */
+export const DEFAULT_CHUNK_LOG2 = 20;
+/** The partial-backup suffix normalised away in the associated data (catalog/layout.ts's PARTIAL_SUFFIX). */
+const PARTIAL_COMPONENT = /^(\d+)\.partial\//;
+
+/** A parsed object header. */
+export interface ObjectHeader {
+  /** The header's 32 bytes, part of every chunk's associated data. */
+  bytes: Buffer;
+  /** Plaintext bytes per chunk. */
+  chunkSize: number;
+  /** The per-object key derived from the master key and the object salt. */
+  key: Buffer;
+}
+
+/** A fresh header (random object salt) for a new object. */
+export function newObjectHeader(masterKey: Buffer, chunkLog2 = DEFAULT_CHUNK_LOG2): ObjectHeader {
+  const bytes = Buffer.alloc(HEADER_BYTES);
+  CIPHER_MAGIC.copy(bytes, 0);
+  bytes[8] = CIPHER_FORMAT_VERSION;
+  bytes[9] = chunkLog2;
+  randomBytes(16).copy(bytes, 16);
+  return { bytes, chunkSize: 2 ** chunkLog2, key: objectKey(masterKey, bytes.subarray(16, 32)) };
+}
+
+/** Parses a stored header; a string saying what is wrong when it is not one of ours. */
+export function parseObjectHeader(masterKey: Buffer, bytes: Buffer): ObjectHeader | string {
+  if (bytes.length < HEADER_BYTES) return 'shorter than an encrypted object header (truncated, or not encrypted)';
+  if (!bytes.subarray(0, 8).equals(CIPHER_MAGIC)) return 'not an encrypted pgbart object (bad magic)';
+  if (bytes[8] !== CIPHER_FORMAT_VERSION)
+    return `encrypted with object format ${bytes[8]}, this pgbart reads ${CIPHER_FORMAT_VERSION}`;
+  const log2 = bytes[9]!;
+  if (log2 < 12 || log2 > 24 || bytes.readUInt16BE(10) !== 0 || bytes.readUInt32BE(12) !== 0)
+    return 'damaged encrypted object header';
+  const header = Buffer.from(bytes.subarray(0, HEADER_BYTES));
+  return { bytes: header, chunkSize: 2 ** log2, key: objectKey(masterKey, header.subarray(16, 32)) };
+}
+
+function objectKey(masterKey: Buffer, salt: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', masterKey, salt, 'pgbart object key v1', 32));
+}
+
+/** The associated data of an object's chunks: header bytes + normalised object name. */
+export function associatedData(header: ObjectHeader, name: string): Buffer {
+  return Buffer.concat([header.bytes, Buffer.from(name.replace(PARTIAL_COMPONENT, '$1/'), 'utf8')]);
+}
+
+function nonce(index: number, last: boolean): Buffer {
+  const n = Buffer.alloc(12);
+  n.writeBigUInt64BE(BigInt(index), 0);
+  n.writeUInt32BE(last ? 1 : 0, 8);
+  return n;
+}
+
+/** Encrypts chunk `index` (ciphertext followed by its tag). */
+export function sealChunk(header: ObjectHeader, aad: Buffer, index: number, last: boolean, plain: Uint8Array): Buffer {
+  const cipher = createCipheriv('aes-256-gcm', header.key, nonce(index, last));
+  cipher.setAAD(aad);
+  const body = cipher.update(plain);
+  cipher.final();
+  return Buffer.concat([body, cipher.getAuthTag()]);
+}
+
+/** Decrypts chunk `index`; undefined when it does not authenticate (altered, cut, moved or from another object). */
+export function openChunk(
+  header: ObjectHeader,
+  aad: Buffer,
+  index: number,
+  last: boolean,
+  sealed: Buffer,
+): Buffer | undefined {
+  if (sealed.length < TAG_BYTES) return undefined;
+  const decipher = createDecipheriv('aes-256-gcm', header.key, nonce(index, last));
+  decipher.setAAD(aad);
+  decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
+  const body = decipher.update(sealed.subarray(0, sealed.length - TAG_BYTES));
+  try {
+    decipher.final();
+  } catch {
+    return undefined;
+  }
+  return body;
+}
+
+/** Stored bytes of an object of `plainSize` bytes. */
+export function storedSize(plainSize: number, chunkSize: number): number {
+  const chunks = Math.max(1, Math.ceil(plainSize / chunkSize));
+  return HEADER_BYTES + plainSize + chunks * TAG_BYTES;
+}
+
+/** Plaintext bytes of a stored object of `stored` bytes; undefined when no object has that size (truncated). */
+export function plainSize(stored: number, chunkSize: number): number | undefined {
+  const body = stored - HEADER_BYTES;
+  if (body < TAG_BYTES) return undefined;
+  const sealedChunk = chunkSize + TAG_BYTES;
+  const full = Math.floor(body / sealedChunk);
+  const rest = body % sealedChunk;
+  if (rest === 0) return full * chunkSize;
+  if (rest < TAG_BYTES) return undefined;
+  return full * chunkSize + rest - TAG_BYTES;
+}
+
+/** Index of the last chunk of an object of `plain` bytes. */
+export function lastChunkIndex(plain: number, chunkSize: number): number {
+  return Math.max(0, Math.ceil(plain / chunkSize) - 1);
+}

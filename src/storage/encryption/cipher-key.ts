@@ -1,0 +1,151 @@
+// Concept: the repository key — the passphrase, where it comes from, and the key object that makes a repository encrypted.
+//
+// An encrypted repository root holds one plain object, `pgbart.cipher` (JSON): the cipher, the KDF and its
+// parameters, a random per-repository salt, the chunk size, and a check value (HMAC-SHA256 of a fixed text under
+// the master key) that tells a wrong passphrase at once, before any long work. The master key is
+// scrypt(passphrase, salt) — memory-hard, so a stolen bucket cannot be attacked at GPU speed.
+
+import { createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { BartError, errorMessage } from '../../util/errors.js';
+import { StorageExistsError, StorageNotFoundError, joinKey, type RepositoryStorage } from '../storage.js';
+import { DEFAULT_CHUNK_LOG2 } from './cipher-format.js';
+
+/** Name of the key object at the root of an encrypted repository. */
+export const CIPHER_KEY_OBJECT = 'pgbart.cipher';
+/** scrypt cost: N = 2^15, r = 8 → 32 MiB of memory per derivation, a fraction of a second. */
+const SCRYPT = { N: 2 ** 15, r: 8, p: 1 } as const;
+const CHECK_TEXT = 'pgbart repository key check v1';
+
+/** How a server's repository is encrypted, from bart.cfg (the passphrase itself never is in bart.cfg). */
+export interface CipherSettings {
+  cipher: 'aes-256-gcm';
+  /** Reads the passphrase (from repository_cipher_pass_file or BART_CIPHER_PASS) when it is first needed. */
+  passphrase: () => Promise<string>;
+  /** Chunk size (log2) of a repository created now; default 20 (1 MiB). Tests use small chunks. */
+  chunkLog2?: number;
+}
+
+/** An opened repository key. */
+export interface RepositoryKey {
+  master: Buffer;
+  chunkLog2: number;
+  chunkSize: number;
+}
+
+/** The stored key object. */
+interface KeyObject {
+  format: 1;
+  cipher: 'aes-256-gcm';
+  kdf: { name: 'scrypt'; N: number; r: number; p: number };
+  salt: string;
+  chunkLog2: number;
+  check: string;
+}
+
+function derive(passphrase: string, salt: Buffer, kdf: KeyObject['kdf']): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scrypt(passphrase, salt, 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r * 2 }, (err, key) =>
+      err ? reject(err) : resolve(key),
+    ),
+  );
+}
+
+function checkValue(master: Buffer): Buffer {
+  return createHmac('sha256', master).update(CHECK_TEXT).digest();
+}
+
+/** Parses and checks a key object read from the repository (not trusted: bounded numbers only). */
+function parseKeyObject(text: string, where: string): KeyObject {
+  let o: Partial<KeyObject>;
+  try {
+    o = JSON.parse(text) as Partial<KeyObject>;
+  } catch {
+    throw new BartError(`${where} is damaged (not JSON); the repository key cannot be opened`);
+  }
+  const kdf = o.kdf;
+  const ok =
+    o.format === 1 &&
+    o.cipher === 'aes-256-gcm' &&
+    kdf?.name === 'scrypt' &&
+    [2 ** 14, 2 ** 15, 2 ** 16, 2 ** 17, 2 ** 18].includes(kdf.N) &&
+    kdf.r >= 1 &&
+    kdf.r <= 32 &&
+    kdf.p >= 1 &&
+    kdf.p <= 4 &&
+    typeof o.salt === 'string' &&
+    Buffer.from(o.salt, 'base64').length === 16 &&
+    Number.isInteger(o.chunkLog2) &&
+    o.chunkLog2! >= 12 &&
+    o.chunkLog2! <= 24 &&
+    typeof o.check === 'string' &&
+    Buffer.from(o.check, 'base64').length === 32;
+  if (!ok) throw new BartError(`${where} is damaged or of an unknown format; the repository key cannot be opened`);
+  return o as KeyObject;
+}
+
+/** True when the storage holds any object (it then cannot become encrypted). */
+async function holdsObjects(storage: RepositoryStorage): Promise<boolean> {
+  for await (const page of storage.list('')) if (page.objects.length > 0) return true;
+  return false;
+}
+
+/**
+ * Opens the key of an encrypted repository: reads `pgbart.cipher`, derives the master key from the
+ * passphrase and compares the check value (a wrong passphrase fails here, naming the repository). An
+ * empty repository gets a new key object; one that holds unencrypted objects is refused (a repository is
+ * never half encrypted).
+ */
+export async function openRepositoryKey(storage: RepositoryStorage, settings: CipherSettings): Promise<RepositoryKey> {
+  const where = joinKey(storage.location, CIPHER_KEY_OBJECT);
+  let text: string | undefined;
+  try {
+    text = (await storage.readAll(CIPHER_KEY_OBJECT, 64 * 1024)).toString('utf8');
+  } catch (err) {
+    if (!(err instanceof StorageNotFoundError)) throw err;
+  }
+  const passphrase = await settings.passphrase();
+  if (text === undefined) {
+    if (await holdsObjects(storage))
+      throw new BartError(
+        `repository ${storage.location} holds unencrypted backups or WAL, so repository_cipher = ${settings.cipher} ` +
+          'cannot apply to it: point the server at a new, empty repository (backup_path/archive_path or s3_prefix), ' +
+          'or set repository_cipher = none',
+      );
+    const salt = randomBytes(16);
+    const kdf = { name: 'scrypt' as const, ...SCRYPT };
+    const master = await derive(passphrase, salt, kdf);
+    const created: KeyObject = {
+      format: 1,
+      cipher: settings.cipher,
+      kdf,
+      salt: salt.toString('base64'),
+      chunkLog2: settings.chunkLog2 ?? DEFAULT_CHUNK_LOG2,
+      check: checkValue(master).toString('base64'),
+    };
+    try {
+      await storage.put(CIPHER_KEY_OBJECT, Buffer.from(JSON.stringify(created) + '\n'), { ifAbsent: true });
+    } catch (err) {
+      // Another process created the key at the same moment: use theirs.
+      if (err instanceof StorageExistsError) return openRepositoryKey(storage, settings);
+      throw err;
+    }
+    return { master, chunkLog2: created.chunkLog2, chunkSize: 2 ** created.chunkLog2 };
+  }
+  const key = parseKeyObject(text, where);
+  let master: Buffer;
+  try {
+    master = await derive(passphrase, Buffer.from(key.salt, 'base64'), key.kdf);
+  } catch (err) {
+    throw new BartError(`cannot derive the key of repository ${storage.location}: ${errorMessage(err)}`);
+  }
+  if (!timingSafeEqual(checkValue(master), Buffer.from(key.check, 'base64')))
+    throw new BartError(
+      `wrong passphrase for the encrypted repository ${storage.location} (check repository_cipher_pass_file or BART_CIPHER_PASS)`,
+    );
+  return { master, chunkLog2: key.chunkLog2, chunkSize: 2 ** key.chunkLog2 };
+}
+
+/** Whether a repository root is encrypted (holds a key object), without a passphrase: SHOW-SERVERS, CHECK-CONFIG. */
+export async function repositoryIsEncrypted(storage: RepositoryStorage): Promise<boolean> {
+  return (await storage.stat(CIPHER_KEY_OBJECT)) !== undefined;
+}

@@ -1,0 +1,285 @@
+// Concept: the encrypting storage — a RepositoryStorage that encrypts every object on the BART host before another driver stores it.
+
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { errorMessage } from '../../util/errors.js';
+import {
+  StorageError,
+  StorageNotFoundError,
+  joinKey,
+  type CreateOptions,
+  type ListOptions,
+  type ListPage,
+  type ReadRange,
+  type RepositoryStorage,
+  type StorageWriter,
+  type StoredObject,
+} from '../storage.js';
+import {
+  HEADER_BYTES,
+  TAG_BYTES,
+  associatedData,
+  lastChunkIndex,
+  newObjectHeader,
+  openChunk,
+  parseObjectHeader,
+  plainSize,
+  sealChunk,
+  type ObjectHeader,
+} from './cipher-format.js';
+import { CIPHER_KEY_OBJECT, openRepositoryKey, type CipherSettings, type RepositoryKey } from './cipher-key.js';
+
+/** Headers and sizes of objects read lately (ranged reads of one object come in many calls). */
+const HEADER_CACHE_ENTRIES = 256;
+
+/** Writes sealed chunks to the inner writer; keeps the last full chunk back until it knows whether more follows. */
+class EncryptingWriter implements StorageWriter {
+  private readonly chunk: Buffer;
+  private filled = 0;
+  private index = 0;
+  private headerWritten = false;
+
+  constructor(
+    private readonly inner: StorageWriter,
+    private readonly header: ObjectHeader,
+    private readonly aad: Buffer,
+  ) {
+    this.chunk = Buffer.allocUnsafe(header.chunkSize);
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    if (!this.headerWritten) {
+      this.headerWritten = true;
+      await this.inner.write(this.header.bytes);
+    }
+    let offset = 0;
+    while (offset < data.length) {
+      if (this.filled === this.chunk.length) {
+        // More data after a full chunk: that chunk is not the last one.
+        await this.inner.write(sealChunk(this.header, this.aad, this.index++, false, this.chunk));
+        this.filled = 0;
+      }
+      const n = Math.min(data.length - offset, this.chunk.length - this.filled);
+      this.chunk.set(data.subarray(offset, offset + n), this.filled);
+      this.filled += n;
+      offset += n;
+    }
+  }
+
+  async finish(): Promise<void> {
+    if (!this.headerWritten) {
+      this.headerWritten = true;
+      await this.inner.write(this.header.bytes);
+    }
+    await this.inner.write(sealChunk(this.header, this.aad, this.index++, true, this.chunk.subarray(0, this.filled)));
+    await this.inner.finish();
+  }
+
+  async abort(): Promise<void> {
+    await this.inner.abort();
+  }
+}
+
+/** What a reader needs to know of a stored object before decrypting any of it. */
+interface ObjectShape {
+  header: ObjectHeader;
+  stored: number;
+  plain: number;
+}
+
+/**
+ * An encrypted repository on top of any driver (POSIX or S3): objects are sealed chunk by chunk with
+ * AES-256-GCM (format in cipher-format.ts and docs/catalog-format.md) before the inner storage sees
+ * them. Keys (names) are not encrypted. There is no local path: nothing of an encrypted repository is
+ * usable in place (a plain-format backup cannot be started where it lies).
+ */
+export class CipherStorage implements RepositoryStorage {
+  readonly kind: 'posix' | 's3';
+  readonly location: string;
+  private key: Promise<RepositoryKey> | undefined;
+  private readonly shapes = new Map<string, ObjectShape>();
+
+  constructor(
+    private readonly inner: RepositoryStorage,
+    private readonly settings: CipherSettings,
+  ) {
+    this.kind = inner.kind;
+    this.location = inner.location;
+    if (inner.renamePrefix) this.renamePrefix = (from, to) => inner.renamePrefix!(from, to);
+  }
+
+  renamePrefix?: (from: string, to: string) => Promise<void>;
+
+  /** The repository key, opened (or, for an empty repository, created) once; a wrong passphrase fails here. */
+  ready(): Promise<RepositoryKey> {
+    this.key ??= openRepositoryKey(this.inner, this.settings);
+    return this.key;
+  }
+
+  async *list(prefix: string, options?: ListOptions): AsyncIterable<ListPage> {
+    const { chunkSize } = await this.ready();
+    for await (const page of this.inner.list(prefix, options)) {
+      const objects: StoredObject[] = [];
+      for (const o of page.objects) {
+        if (o.key === CIPHER_KEY_OBJECT) continue;
+        // A size no sealed object can have is shown as 0; reading it says what is wrong.
+        objects.push({ ...o, size: plainSize(o.size, chunkSize) ?? 0 });
+      }
+      yield { objects, prefixes: page.prefixes };
+    }
+  }
+
+  async stat(key: string): Promise<StoredObject | undefined> {
+    const { chunkSize } = await this.ready();
+    const st = await this.inner.stat(key);
+    if (!st) return undefined;
+    return { ...st, size: plainSize(st.size, chunkSize) ?? 0 };
+  }
+
+  /** Header and sizes of `key`, read (and checked) once and cached. */
+  private async shape(key: string): Promise<ObjectShape> {
+    const cached = this.shapes.get(key);
+    const st = await this.inner.stat(key);
+    if (!st) throw new StorageNotFoundError(this.location, key);
+    if (cached && cached.stored === st.size) return cached;
+    const { master } = await this.ready();
+    const head = await readFully(await this.inner.read(key, { start: 0, end: Math.min(HEADER_BYTES, st.size) }));
+    const header = parseObjectHeader(master, head);
+    if (typeof header === 'string') throw this.damaged(key, header);
+    const plain = plainSize(st.size, header.chunkSize);
+    if (plain === undefined)
+      throw this.damaged(key, `${st.size} bytes is not the size of a whole encrypted object (truncated)`);
+    const shape = { header, stored: st.size, plain };
+    if (this.shapes.size >= HEADER_CACHE_ENTRIES) this.shapes.delete(this.shapes.keys().next().value!);
+    this.shapes.set(key, shape);
+    return shape;
+  }
+
+  private damaged(key: string, what: string): StorageError {
+    return new StorageError(`${joinKey(this.location, key)}: ${what}`, key);
+  }
+
+  async read(key: string, range?: ReadRange): Promise<Readable> {
+    const { header, plain, stored } = await this.shape(key);
+    const start = Math.max(0, Math.min(range?.start ?? 0, plain));
+    const end = Math.max(start, Math.min(range?.end ?? plain, plain));
+    const size = header.chunkSize;
+    const sealed = size + TAG_BYTES;
+    const last = lastChunkIndex(plain, size);
+    const first = Math.floor(start / size);
+    const final = end === start ? first : Math.floor((end - 1) / size);
+    if (end === start && plain > 0) return Readable.from([]);
+    const innerStart = HEADER_BYTES + first * sealed;
+    const innerEnd = final === last ? stored : HEADER_BYTES + (final + 1) * sealed;
+    const source = await this.inner.read(key, { start: innerStart, end: innerEnd });
+    const aad = associatedData(header, key);
+    const storage = this;
+    let index = first;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const emit = (t: Transform, chunk: Buffer): string | undefined => {
+      const isLast = index === last;
+      const opened = openChunk(header, aad, index, isLast, chunk);
+      if (!opened)
+        return `encrypted chunk ${index} does not authenticate (altered, truncated, or not written under this name with this key)`;
+      const chunkStart = index * size;
+      const from = Math.max(0, start - chunkStart);
+      const to = Math.min(opened.length, end - chunkStart);
+      if (to > from) t.push(opened.subarray(from, to));
+      index++;
+      return undefined;
+    };
+    const decrypt = new Transform({
+      transform(data: Buffer, _enc, cb: TransformCallback) {
+        pending.push(data);
+        pendingBytes += data.length;
+        while (index <= final) {
+          const want = index === last ? storage.lastSealed(plain, size) : sealed;
+          if (pendingBytes < want) break;
+          const all = pending.length === 1 ? pending[0]! : Buffer.concat(pending);
+          const problem = emit(this, all.subarray(0, want));
+          if (problem) return cb(storage.damaged(key, problem));
+          pending = all.length > want ? [all.subarray(want)] : [];
+          pendingBytes -= want;
+        }
+        cb();
+      },
+      flush(cb: TransformCallback) {
+        if (index <= final) return cb(storage.damaged(key, `ends inside encrypted chunk ${index} (truncated)`));
+        cb();
+      },
+    });
+    source.on('error', (err) => decrypt.destroy(err));
+    // A consumer that stops early (or a chunk that fails) must not leave the inner stream open.
+    decrypt.on('close', () => source.destroy());
+    return source.pipe(decrypt);
+  }
+
+  /** Stored bytes of the last sealed chunk of an object of `plain` bytes. */
+  private lastSealed(plain: number, size: number): number {
+    const rest = plain - lastChunkIndex(plain, size) * size;
+    return rest + TAG_BYTES;
+  }
+
+  async readAll(key: string, maxBytes: number): Promise<Buffer> {
+    const { plain } = await this.shape(key);
+    if (plain > maxBytes)
+      throw new StorageError(
+        `${joinKey(this.location, key)} is ${plain} bytes, more than the ${maxBytes} such a file can hold`,
+        key,
+      );
+    return readFully(await this.read(key));
+  }
+
+  async create(key: string, options?: CreateOptions): Promise<StorageWriter> {
+    const { master, chunkLog2 } = await this.ready();
+    const header = newObjectHeader(master, chunkLog2);
+    const inner = await this.inner.create(key, options);
+    this.shapes.delete(key);
+    return new EncryptingWriter(inner, header, associatedData(header, key));
+  }
+
+  async put(key: string, data: Uint8Array, options?: CreateOptions): Promise<void> {
+    const writer = await this.create(key, options);
+    try {
+      await writer.write(data);
+    } catch (err) {
+      await writer.abort();
+      throw err;
+    }
+    await writer.finish();
+  }
+
+  async remove(key: string): Promise<void> {
+    this.shapes.delete(key);
+    await this.inner.remove(key);
+  }
+
+  async removePrefix(prefix: string): Promise<void> {
+    this.shapes.clear();
+    await this.inner.removePrefix(prefix);
+  }
+
+  syncPrefix(prefix: string): Promise<void> {
+    return this.inner.syncPrefix(prefix);
+  }
+
+  localPath(): undefined {
+    return undefined;
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** Reads a stream to its end into one buffer (small objects and headers only). */
+async function readFully(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  try {
+    for await (const part of stream) parts.push(part as Buffer);
+  } catch (err) {
+    if (err instanceof StorageError) throw err;
+    throw new StorageError(errorMessage(err), '');
+  }
+  return Buffer.concat(parts);
+}

@@ -1,0 +1,219 @@
+// Tests of the encrypting storage (CipherStorage) over the real POSIX driver: round trips, ranged reads, and
+// every kind of tampering (flipped byte, truncation at and inside a chunk, a moved object, a wrong passphrase).
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+  copyFileSync,
+  mkdirSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { PosixStorage } from '../src/storage/posix/posix-storage.js';
+import { CipherStorage } from '../src/storage/encryption/cipher-storage.js';
+import { CIPHER_KEY_OBJECT, repositoryIsEncrypted, type CipherSettings } from '../src/storage/encryption/cipher-key.js';
+import { HEADER_BYTES, TAG_BYTES } from '../src/storage/encryption/cipher-format.js';
+import { readPassphrase } from '../src/storage/encryption/passphrase.js';
+import { PlainRepositoryGuard } from '../src/storage/encryption/plain-guard.js';
+import { StorageError, StorageNotFoundError } from '../src/storage/storage.js';
+import { BartError } from '../src/util/errors.js';
+import type { Readable } from 'node:stream';
+
+const PASS = 'correct horse battery staple ' + randomBytes(6).toString('hex');
+/** 4 KiB chunks: many chunks in small objects. */
+const CHUNK = 4096;
+const settings = (pass = PASS): CipherSettings => ({
+  cipher: 'aes-256-gcm',
+  passphrase: async () => pass,
+  chunkLog2: 12,
+});
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const p of stream) parts.push(p as Buffer);
+  return Buffer.concat(parts);
+}
+
+describe('encrypted repository storage', () => {
+  let root: string;
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'pgbart-cipher-'));
+  });
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  const fresh = (name: string) => {
+    const dir = join(root, name);
+    return { dir, inner: new PosixStorage(dir), storage: new CipherStorage(new PosixStorage(dir), settings()) };
+  };
+
+  test('round trips of every size around the chunk size, ranged reads anywhere, sizes in listings', async () => {
+    const { dir, storage } = fresh('roundtrip');
+    const sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 17];
+    for (const size of sizes) {
+      const data = randomBytes(size);
+      const key = `1700000000000/file-${size}`;
+      const w = await storage.create(key);
+      // Written in odd pieces so chunk boundaries fall inside writes.
+      for (let at = 0; at < size; at += 1000) await w.write(data.subarray(at, Math.min(size, at + 1000)));
+      await w.finish();
+      assert.deepEqual(await collect(await storage.read(key)), data, `whole object of ${size} bytes`);
+      assert.deepEqual(await storage.readAll(key, size), data);
+      assert.equal((await storage.stat(key))?.size, size, 'stat shows the plaintext size');
+      const stored = statSync(join(dir, key)).size;
+      assert.ok(stored > size + HEADER_BYTES, 'stored bigger than plaintext (header and tags)');
+      assert.ok(
+        !readFileSync(join(dir, key)).includes(data.subarray(0, Math.min(size, 64))) || size === 0,
+        'not stored in clear',
+      );
+      for (const [s, e] of [
+        [0, 1],
+        [CHUNK - 3, CHUNK + 3],
+        [1, size - 1],
+        [size - 1, size],
+        [2 * CHUNK, 3 * CHUNK],
+        [size, size],
+      ] as const) {
+        if (s < 0 || e > size || s > e) continue;
+        assert.deepEqual(
+          await collect(await storage.read(key, { start: s, end: e })),
+          data.subarray(s, e),
+          `range ${s}-${e} of ${size}`,
+        );
+      }
+    }
+    const listed = new Map<string, number>();
+    for await (const page of storage.list('')) for (const o of page.objects) listed.set(o.key, o.size);
+    assert.equal(listed.has(CIPHER_KEY_OBJECT), false, 'the key object is not listed');
+    for (const size of sizes) assert.equal(listed.get(`1700000000000/file-${size}`), size);
+    assert.equal(await repositoryIsEncrypted(new PosixStorage(dir)), true);
+    // The passphrase is nowhere in what was stored.
+    const walk = (d: string): string[] =>
+      readdirSync(d, { withFileTypes: true }).flatMap((e) =>
+        e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)],
+      );
+    for (const f of walk(dir))
+      assert.equal(readFileSync(f).includes(Buffer.from(PASS)), false, `${f} holds the passphrase`);
+  });
+
+  test('a flipped byte anywhere in an object is detected, naming the object', async () => {
+    const { dir, storage } = fresh('flip');
+    const data = randomBytes(3 * CHUNK + 100);
+    await storage.put('archived_wals/000000010000000000000001', data);
+    const path = join(dir, 'archived_wals/000000010000000000000001');
+    const original = readFileSync(path);
+    for (const at of [0, 9, 20, HEADER_BYTES + 5, HEADER_BYTES + CHUNK + TAG_BYTES - 1, original.length - 1]) {
+      const bytes = Buffer.from(original);
+      bytes[at] ^= 0x01;
+      writeFileSync(path, bytes);
+      const reader = new CipherStorage(new PosixStorage(dir), settings());
+      // A damaged header fails read() itself, a damaged chunk the stream: both reject this promise.
+      const readBack = async () => collect(await reader.read('archived_wals/000000010000000000000001'));
+      await assert.rejects(
+        readBack(),
+        (err: unknown) =>
+          err instanceof StorageError && /000000010000000000000001/.test(err.message) && !/\n/.test(err.message),
+        `byte ${at} flipped`,
+      );
+    }
+    writeFileSync(path, original);
+    assert.deepEqual(
+      await storage.readAll('archived_wals/000000010000000000000001', 1 << 20),
+      data,
+      'restored original reads',
+    );
+  });
+
+  test('truncation at a chunk boundary and inside a chunk is detected', async () => {
+    const { dir, storage } = fresh('cut');
+    const data = randomBytes(4 * CHUNK);
+    await storage.put('b', data);
+    const path = join(dir, 'b');
+    const original = readFileSync(path);
+    for (const length of [HEADER_BYTES + 2 * (CHUNK + TAG_BYTES), HEADER_BYTES + CHUNK + 7, HEADER_BYTES]) {
+      writeFileSync(path, original);
+      truncateSync(path, length);
+      const s = new CipherStorage(new PosixStorage(dir), settings());
+      await assert.rejects(
+        (async () => collect(await s.read('b')))(),
+        (err: unknown) => err instanceof StorageError && /b/.test(err.message),
+        `cut at ${length}`,
+      );
+    }
+  });
+
+  test('an object moved or copied under another name does not decrypt; a published .partial does', async () => {
+    const { dir, storage } = fresh('move');
+    await storage.put('1700000000001.partial/base.tar', Buffer.from('tar bytes'));
+    mkdirSync(join(dir, '1700000000001'));
+    copyFileSync(join(dir, '1700000000001.partial/base.tar'), join(dir, '1700000000001/base.tar'));
+    assert.equal((await storage.readAll('1700000000001/base.tar', 100)).toString(), 'tar bytes', 'renamed into place');
+    copyFileSync(join(dir, '1700000000001.partial/base.tar'), join(dir, '1700000000001/other.tar'));
+    await assert.rejects((async () => collect(await storage.read('1700000000001/other.tar')))(), StorageError);
+    await assert.rejects(storage.read('missing'), StorageNotFoundError);
+  });
+
+  test('a wrong passphrase fails at once; a repository is never half encrypted', async () => {
+    const { dir, storage } = fresh('keys');
+    await storage.put('x', Buffer.from('secret'));
+    const wrong = new CipherStorage(new PosixStorage(dir), settings('not the passphrase'));
+    await assert.rejects(
+      wrong.readAll('x', 100),
+      (err: unknown) => err instanceof BartError && /wrong passphrase/.test(err.message),
+    );
+    await assert.rejects(wrong.stat('x'), /wrong passphrase/);
+    const plainDir = join(root, 'plain');
+    await new PosixStorage(plainDir).put('archived_wals/000000010000000000000001', Buffer.from('plain wal'));
+    const refused = new CipherStorage(new PosixStorage(plainDir), settings());
+    await assert.rejects(
+      refused.put('y', Buffer.from('z')),
+      (err: unknown) => err instanceof BartError && /unencrypted/.test(err.message),
+    );
+    const damagedKey = fresh('damagedkey');
+    await damagedKey.storage.put('x', Buffer.from('1'));
+    writeFileSync(join(damagedKey.dir, CIPHER_KEY_OBJECT), '{"format":1}');
+    const reopened = new CipherStorage(new PosixStorage(damagedKey.dir), settings());
+    await assert.rejects(reopened.readAll('x', 10), /damaged/);
+  });
+
+  test('a server without a cipher refuses an encrypted repository before reading or writing', async () => {
+    const { dir, storage } = fresh('guard');
+    await storage.put('1700000000002/backupinfo', Buffer.from('x'));
+    const guarded = new PlainRepositoryGuard(new PosixStorage(dir));
+    const refused = (err: unknown) => err instanceof BartError && /is encrypted/.test(err.message);
+    await assert.rejects(guarded.put('archived_wals/000000010000000000000002', Buffer.from('plain')), refused);
+    await assert.rejects(guarded.readAll('1700000000002/backupinfo', 100), refused);
+    const plain = new PlainRepositoryGuard(new PosixStorage(join(root, 'plain-ok')));
+    await plain.put('a', Buffer.from('b'));
+    assert.equal((await plain.readAll('a', 10)).toString(), 'b');
+  });
+
+  test('the passphrase file must be private to the BART user', async () => {
+    const file = join(root, 'pass');
+    writeFileSync(file, 'from-file\n', { mode: 0o600 });
+    assert.equal(await readPassphrase({ path: file, at: 'bart.cfg:3' }), 'from-file');
+    writeFileSync(file, 'from-file\n', { mode: 0o644 });
+    const { chmodSync } = await import('node:fs');
+    chmodSync(file, 0o644);
+    await assert.rejects(
+      readPassphrase({ path: file, at: 'bart.cfg:3' }),
+      (err: unknown) => err instanceof BartError && /bart\.cfg:3/.test(err.message) && !/from-file/.test(err.message),
+    );
+    const saved = process.env.BART_CIPHER_PASS;
+    process.env.BART_CIPHER_PASS = 'from-env';
+    try {
+      assert.equal(await readPassphrase(undefined), 'from-env');
+      delete process.env.BART_CIPHER_PASS;
+      await assert.rejects(readPassphrase(undefined), /no passphrase/);
+    } finally {
+      if (saved !== undefined) process.env.BART_CIPHER_PASS = saved;
+    }
+  });
+});
