@@ -3,11 +3,11 @@
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { describeMissing, loadChangeSet, type ChangeSet } from '../scanner/change-set.js';
 import { ensureMbms } from '../scanner/ensure-mbms.js';
-import { findArchivedSegment } from '../scanner/archive-source.js';
+import { findArchivedSegment, readArchivedTimelineHistory } from '../scanner/archive-source.js';
 import { requestMbms } from '../scanner/client.js';
 import { openWalArchive } from '../storage/open-repository.js';
 import type { RepositoryStorage } from '../storage/storage.js';
-import { readTimelineHistory } from '../wal/timeline-history.js';
+import { readTimelineHistory, type TimelineSpan } from '../wal/timeline-history.js';
 import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -52,6 +52,27 @@ export function checkParentOnHistory(archivePath: string, parent: BackupInfo, ti
       `cannot check that parent backup ${parent.id} is on the history of timeline ${timeline}: ${errorMessage(err)}`,
     );
   }
+  checkParentOnSpans(history, parent, timeline);
+}
+
+/** {@link checkParentOnHistory} with the history file read through the WAL archive storage (any driver). */
+export async function checkParentOnArchivedHistory(
+  archive: RepositoryStorage,
+  parent: BackupInfo,
+  timeline: number,
+): Promise<void> {
+  let history;
+  try {
+    history = await readArchivedTimelineHistory(archive, timeline);
+  } catch (err) {
+    throw new BartError(
+      `cannot check that parent backup ${parent.id} is on the history of timeline ${timeline}: ${errorMessage(err)}`,
+    );
+  }
+  checkParentOnSpans(history, parent, timeline);
+}
+
+function checkParentOnSpans(history: TimelineSpan[], parent: BackupInfo, timeline: number): void {
   const span = history.find((s) => s.timeline === parent.timeline);
   const stop = parseLsn(parent.stopLsn);
   if (!span || stop < span.begin || (span.end !== undefined && stop > span.end)) {
