@@ -405,3 +405,42 @@ test('config: repository and s3_* parameters: every bad value gives ERROR: <file
     setup.cleanup();
   }
 });
+
+test('config: repository_cipher and repository_cipher_pass_file: bad values name file:line, good ones resolve per server', async () => {
+  const { parseConfig } = await import('../src/config/parse-config.js');
+  const server = ['', '[db]', 'host = h', 'user = u', 'cluster_owner = c'];
+  const head = ['[BART]', 'bart_host = postgres@127.0.0.1', 'backup_path = /var/lib/bart'];
+  assert.throws(
+    () => parseConfig([...head, 'repository_cipher = aes-128-cbc', ...server].join('\n'), '/etc/bart.cfg'),
+    (err: unknown) =>
+      err instanceof Error &&
+      /^\/etc\/bart\.cfg:4: repository_cipher = "aes-128-cbc" is invalid: allowed values are none and aes-256-gcm$/.test(
+        err.message,
+      ),
+  );
+  assert.throws(
+    () => parseConfig([...head, ...server, 'repository_cipher_pass_file = pass.txt'].join('\n'), '/etc/bart.cfg'),
+    (err: unknown) =>
+      err instanceof Error &&
+      /^\/etc\/bart\.cfg:9: repository_cipher_pass_file = "pass.txt" must be an absolute path$/.test(err.message),
+  );
+  const config = parseConfig(
+    [
+      ...head,
+      'repository_cipher = aes-256-gcm',
+      'repository_cipher_pass_file = /etc/bart/pass',
+      ...server,
+      '',
+      '[plain]',
+      'host = h',
+      'user = u',
+      'cluster_owner = c',
+      'repository_cipher = none',
+    ].join('\n'),
+    '/etc/bart.cfg',
+  );
+  const [db, plain] = config.servers;
+  assert.equal(db!.repositoryCipher, 'aes-256-gcm', 'inherited from [BART]');
+  assert.deepEqual(db!.repositoryCipherPassFile, { path: '/etc/bart/pass', at: '/etc/bart.cfg:5' });
+  assert.equal(plain!.repositoryCipher, 'none', 'a server overrides [BART]');
+});

@@ -25,6 +25,7 @@ const FIELDS = [
   'INCREMENTAL BACKUP',
   'DESCRIPTION',
   'REPOSITORY',
+  'ENCRYPTION',
 ];
 
 function writeOwned(path: string, data: Buffer): void {
@@ -103,6 +104,7 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
     assert.equal(value(down, 'DESCRIPTION'), '"Gone away"');
     assert.equal(value(down, 'INCREMENTAL BACKUP'), 'DISABLED');
     assert.equal(value(live, 'REPOSITORY'), join(setup.backupPath, 'live'));
+    assert.equal(value(live, 'ENCRYPTION'), 'none');
 
     const json = await setup.bart(['SHOW-SERVERS', '-s', 'LIVE', '--output', 'json']);
     assert.equal(json.code, 0, json.stderr);
@@ -129,6 +131,7 @@ test(`SHOW-SERVERS on PostgreSQL ${version}: every field in BART's order and ali
       description: `test cluster PostgreSQL ${version}`,
       repository: 'posix',
       repositoryLocation: join(setup.backupPath, 'live'),
+      repositoryCipher: 'none',
     });
 
     const unknown = await setup.bart(['SHOW-SERVERS', '-s', 'nosuch']);

@@ -304,6 +304,13 @@ for (const driver of drivers) {
         assert.equal(sha(await readStream(await storage.read('big/object'))), sha(data));
         const mid = await readStream(await storage.read('big/object', { start: 5 * MiB - 10, end: 10 * MiB + 10 }));
         assert.equal(sha(mid), sha(data.subarray(5 * MiB - 10, 10 * MiB + 10)));
+        // One write() of several parts at once, and an object of exactly one S3 part.
+        const once = await storage.create('big/at-once');
+        await once.write(data);
+        await once.finish();
+        assert.equal(sha(await readStream(await storage.read('big/at-once'))), sha(data));
+        await storage.put('big/one-part', data.subarray(0, 5 * MiB));
+        assert.equal(sha(await storage.readAll('big/one-part', 5 * MiB)), sha(data.subarray(0, 5 * MiB)));
       }),
     );
   });

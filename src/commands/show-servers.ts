@@ -12,7 +12,7 @@ import { errorMessage } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
 import { parseArchiveFileName } from '../wal/segment-name.js';
-import { openRepository, openWalArchive, repositoryLocation } from '../storage/open-repository.js';
+import { openRepositoryDriver, openWalArchiveDriver, repositoryLocation } from '../storage/open-repository.js';
 import { expectedArchiveCommand } from './archive-command.js';
 import { selectServers, type CommandContext } from './context.js';
 
@@ -47,6 +47,8 @@ export interface ServerReport {
   repository: 'posix' | 's3';
   /** Where the catalog is: `backup_path/<server>` or `s3://bucket/prefix/server`. */
   repositoryLocation: string;
+  /** repository_cipher [pgbart]: `aes-256-gcm` when the repository is encrypted at rest, else `none`. */
+  repositoryCipher: 'none' | 'aes-256-gcm';
 }
 
 /** `bart SHOW-SERVERS [-s NAME|all] [--output json]`. */
@@ -114,6 +116,7 @@ export async function serverReport(config: BartConfig, server: ServerConfig): Pr
     description: server.description ?? null,
     repository: server.repository.kind,
     repositoryLocation: repositoryLocation(config, server),
+    repositoryCipher: server.repositoryCipher,
   };
 }
 
@@ -122,8 +125,9 @@ async function objectStorageUsage(
   config: BartConfig,
   server: ServerConfig,
 ): Promise<{ bytes: number; archives: number }> {
-  const repository = openRepository(config, server);
-  const archive = openWalArchive(config, server);
+  // Stored bytes as they are (encrypted ones included): no passphrase is needed to see how much a bucket holds.
+  const repository = openRepositoryDriver(config, server);
+  const archive = openWalArchiveDriver(server);
   try {
     let bytes = 0;
     for await (const page of repository.list('')) for (const o of page.objects) bytes += o.size;
@@ -166,6 +170,7 @@ export function formatServerReport(r: ServerReport): string {
     ['DESCRIPTION', r.description === null ? '' : `"${r.description}"`],
     // pgbart: after BART's fields, so that scripts reading BART's lines by position still work.
     ['REPOSITORY', r.repositoryLocation],
+    ['ENCRYPTION', r.repositoryCipher],
   ];
   return `${fields.map(([k, v]) => `${k.padEnd(KEY_WIDTH)}: ${v}`.trimEnd()).join('\n')}\n`;
 }

@@ -5,7 +5,12 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { BartError, isErrnoError } from '../util/errors.js';
 import { sshDestinationProblem } from '../util/ssh-destination.js';
 import { backupNameProblem } from './backup-name.js';
-import { REPOSITORY_PARAMETERS, parseRepositorySettings, resolveRepository } from './repository-config.js';
+import {
+  REPOSITORY_PARAMETERS,
+  parseRepositorySettings,
+  resolveRepository,
+  s3RepositoryOf,
+} from './repository-config.js';
 import { parseRetentionPolicy } from './retention-policy.js';
 import type { BartConfig, GlobalConfig, OverridableSettings, ServerConfig, UserAtHost, XlogMethod } from './types.js';
 
@@ -46,6 +51,9 @@ const PARAMETERS: Record<string, Scope> = {
   // pgbart extensions: where VERIFY-RESTORE finds the server's binaries (else auto-detected).
   pg_ctl_path: 'both',
   postgres_bin_path: 'both',
+  // pgbart extensions: encryption at rest (src/storage/encryption/), in [BART] or per server.
+  repository_cipher: 'both',
+  repository_cipher_pass_file: 'both',
   host: 'server',
   port: 'server',
   user: 'server',
@@ -72,6 +80,7 @@ const OVERRIDABLE_DEFAULTS: OverridableSettings = {
   mbmScanTimeout: 20,
   workers: 1,
   retentionRequiresVerifiedRestore: false,
+  repositoryCipher: 'none',
 };
 
 /** Reads and validates a bart.cfg; every problem is a BartError naming `file:line`. */
@@ -279,6 +288,22 @@ function parseOverridable(section: RawSection, base: OverridableSettings, at: At
   if (pc && !pb) delete out.postgresBinPath;
   if (pb && !pc) delete out.pgCtlPath;
   if (pb) out.postgresBinPath = { path: parsePath(pb, 'postgres_bin_path', at), at: at(pb.line) };
+  const cipher = e.get('repository_cipher');
+  if (cipher) {
+    const v = cipher.value.toLowerCase();
+    if (v !== 'none' && v !== 'aes-256-gcm')
+      throw new BartError(
+        `${at(cipher.line)}: repository_cipher = "${cipher.value}" is invalid: allowed values are none and aes-256-gcm`,
+      );
+    out.repositoryCipher = v;
+  }
+  // The passphrase itself is never in bart.cfg: only the file that holds it (checked when it is read).
+  const passFile = e.get('repository_cipher_pass_file');
+  if (passFile)
+    out.repositoryCipherPassFile = {
+      path: parsePath(passFile, 'repository_cipher_pass_file', at),
+      at: at(passFile.line),
+    };
   return out;
 }
 
@@ -311,6 +336,8 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
       `${at(socketName.line)}: bart_socket_name = "${socketName.value}" is invalid: use a plain file name`,
     );
   }
+  const repositoryDefaults = parseRepositorySettings(section, {}, at);
+  const s3Repository = s3RepositoryOf(repositoryDefaults);
   return {
     ...parseOverridable(section, OVERRIDABLE_DEFAULTS, at),
     bartHost,
@@ -326,7 +353,8 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
       ? { bartSocketDirectory: parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) }
       : {}),
     ...(socketName ? { bartSocketName: socketName.value } : {}),
-    repositoryDefaults: parseRepositorySettings(section, {}, at),
+    repositoryDefaults,
+    ...(s3Repository !== undefined ? { s3Repository } : {}),
   };
 }
 

@@ -46,6 +46,13 @@ export interface OverridableSettings {
   pgCtlPath?: ConfiguredPath;
   /** postgres_bin_path [pgbart]: the directory of the server's binaries (postgres, pg_ctl, pg_amcheck, ...). */
   postgresBinPath?: ConfiguredPath;
+  /** repository_cipher [pgbart]: `aes-256-gcm` encrypts everything stored in the repository on the BART host. */
+  repositoryCipher: 'none' | 'aes-256-gcm';
+  /**
+   * repository_cipher_pass_file [pgbart]: the file whose first line is the passphrase (private to the BART
+   * user); unset: the BART_CIPHER_PASS environment variable.
+   */
+  repositoryCipherPassFile?: ConfiguredPath;
 }
 
 /** repository [pgbart]: where a server's catalog and WAL archive live. */
@@ -108,6 +115,11 @@ export interface GlobalConfig extends OverridableSettings {
   bartSocketName?: string;
   /** The repository parameters of [BART], inherited by every server (see {@link ServerConfig.repository}). */
   repositoryDefaults: RepositorySettings;
+  /**
+   * [BART]'s own S3 repository when it says `repository = s3` and names s3_bucket (prefix, no server
+   * below it): CHECK-CONFIG checks that bucket before any server uses it.
+   */
+  s3Repository?: S3RepositoryConfig;
 }
 
 /** One database server section, with every overridable setting resolved. */

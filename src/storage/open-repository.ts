@@ -1,8 +1,10 @@
 // Concept: opening a server's repository — which driver and root bart.cfg gives a server's catalog and WAL archive.
 
 import { join } from 'node:path';
-import { s3RepositoryOf } from '../config/repository-config.js';
 import type { BartConfig, S3RepositoryConfig, ServerConfig } from '../config/types.js';
+import { CipherStorage } from './encryption/cipher-storage.js';
+import { readPassphrase } from './encryption/passphrase.js';
+import { PlainRepositoryGuard } from './encryption/plain-guard.js';
 import { PosixStorage } from './posix/posix-storage.js';
 import type { S3StorageOptions } from './s3/s3-client.js';
 import { S3Storage } from './s3/s3-storage.js';
@@ -13,8 +15,26 @@ import { joinKey, type RepositoryStorage } from './storage.js';
  * POSIX: `backup_path/<server>`. S3: `s3://<s3_bucket>/<s3_prefix>/<server>`.
  */
 export function openRepository(config: BartConfig, server: ServerConfig): RepositoryStorage {
+  return withCipher(server, openRepositoryDriver(config, server));
+}
+
+/**
+ * The driver under a server's catalog, without encryption or its guard: stored bytes as they are (SHOW-SERVERS'
+ * disk usage). Every other use goes through {@link openRepository}.
+ */
+export function openRepositoryDriver(config: BartConfig, server: ServerConfig): RepositoryStorage {
   if (server.repository.kind === 's3') return new S3Storage(s3Options(server.repository, server.name));
   return new PosixStorage(join(config.global.backupPath, server.name));
+}
+
+/**
+ * The storage as the server's repository_cipher wants it: encrypted on this host before the driver stores it,
+ * or guarded against being an encrypted repository read without its key (docs/catalog-format.md).
+ */
+function withCipher(server: ServerConfig, inner: RepositoryStorage): RepositoryStorage {
+  if (server.repositoryCipher === 'none') return new PlainRepositoryGuard(inner);
+  const passFile = server.repositoryCipherPassFile;
+  return new CipherStorage(inner, { cipher: server.repositoryCipher, passphrase: () => readPassphrase(passFile) });
 }
 
 /**
@@ -24,6 +44,11 @@ export function openRepository(config: BartConfig, server: ServerConfig): Reposi
  */
 export function openWalArchive(config: BartConfig, server: ServerConfig): RepositoryStorage {
   void config;
+  return withCipher(server, openWalArchiveDriver(server));
+}
+
+/** The driver under a server's WAL archive, without encryption (see {@link openRepositoryDriver}). */
+export function openWalArchiveDriver(server: ServerConfig): RepositoryStorage {
   if (server.repository.kind === 's3')
     return new S3Storage(s3Options(server.repository, joinKey(server.name, 'archived_wals')));
   return new PosixStorage(server.archivePath);
@@ -42,7 +67,7 @@ export function repositoryLocation(config: BartConfig, server: ServerConfig): st
  * checked before any server is set up.
  */
 export function openGlobalS3Repository(config: BartConfig): RepositoryStorage | undefined {
-  const repo = s3RepositoryOf(config.global.repositoryDefaults);
+  const repo = config.global.s3Repository;
   return repo === undefined ? undefined : new S3Storage(s3Options(repo, ''));
 }
 

@@ -7,8 +7,8 @@
 
 import { createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import { BartError, errorMessage } from '../../util/errors.js';
-import { StorageExistsError, StorageNotFoundError, joinKey, type RepositoryStorage } from '../storage.js';
-import { DEFAULT_CHUNK_LOG2 } from './cipher-format.js';
+import { StorageExistsError, StorageNotFoundError, joinKey, keyBaseName, type RepositoryStorage } from '../storage.js';
+import { CIPHER_MAGIC, DEFAULT_CHUNK_LOG2 } from './cipher-format.js';
 
 /** Name of the key object at the root of an encrypted repository. */
 export const CIPHER_KEY_OBJECT = 'pgbart.cipher';
@@ -83,10 +83,23 @@ function parseKeyObject(text: string, where: string): KeyObject {
   return o as KeyObject;
 }
 
-/** True when the storage holds any object (it then cannot become encrypted). */
-async function holdsObjects(storage: RepositoryStorage): Promise<boolean> {
-  for await (const page of storage.list('')) if (page.objects.length > 0) return true;
-  return false;
+/**
+ * The first object of the storage that is not encrypted, if any: such a repository cannot become encrypted. Key
+ * objects of nested roots (the WAL archive below a server's catalog) and the BART host's lock files (which live
+ * in a POSIX catalog directory, catalog/lock.ts) are not repository data.
+ */
+async function firstUnencryptedObject(storage: RepositoryStorage): Promise<string | undefined> {
+  for await (const page of storage.list('')) {
+    for (const o of page.objects) {
+      if (keyBaseName(o.key) === CIPHER_KEY_OBJECT || /^[^/]+\.lock$/.test(o.key)) continue;
+      if (o.size < CIPHER_MAGIC.length) return o.key;
+      const head = await storage.read(o.key, { start: 0, end: CIPHER_MAGIC.length });
+      const parts: Buffer[] = [];
+      for await (const part of head) parts.push(part as Buffer);
+      if (!Buffer.concat(parts).equals(CIPHER_MAGIC)) return o.key;
+    }
+  }
+  return undefined;
 }
 
 /**
@@ -105,9 +118,10 @@ export async function openRepositoryKey(storage: RepositoryStorage, settings: Ci
   }
   const passphrase = await settings.passphrase();
   if (text === undefined) {
-    if (await holdsObjects(storage))
+    const plain = await firstUnencryptedObject(storage);
+    if (plain !== undefined)
       throw new BartError(
-        `repository ${storage.location} holds unencrypted backups or WAL, so repository_cipher = ${settings.cipher} ` +
+        `repository ${storage.location} holds unencrypted data (${plain}), so repository_cipher = ${settings.cipher} ` +
           'cannot apply to it: point the server at a new, empty repository (backup_path/archive_path or s3_prefix), ' +
           'or set repository_cipher = none',
       );

@@ -85,24 +85,40 @@ export class S3Writer implements StorageWriter {
         `cannot write ${this.host.location}/${this.key}: a create-if-absent object (archived WAL) is limited to ${MAX_IF_ABSENT_BYTES} bytes on S3 (it is stored by one conditional PUT)`,
         this.key,
       );
-    // A copy: callers may reuse their buffer once write() resolves.
-    this.chunks.push(Buffer.from(data));
-    this.total += data.length;
-    this.buffered += data.length;
-    if (this.options.ifAbsent) return;
-    // More than a part buffered: a multipart upload (an object of exactly one part stays one PUT).
-    while (this.buffered > this.partSize) await this.startPart(this.take(this.partSize));
+    // Taken a slice at a time, so that one huge write() still holds at most about a part more in memory.
+    const slice = this.basePartSize;
+    for (let offset = 0; offset < data.length; offset += slice) {
+      const piece = data.subarray(offset, offset + slice);
+      // A copy: callers may reuse their buffer once write() resolves.
+      this.chunks.push(Buffer.from(piece));
+      this.total += piece.length;
+      this.buffered += piece.length;
+      if (this.options.ifAbsent) continue;
+      // More than a part buffered: a multipart upload (an object of exactly one part stays one PUT).
+      while (this.buffered > this.partSize) await this.startPart(this.take(this.partSize));
+    }
   }
 
-  /** The first `n` buffered bytes as one buffer (the rest stays buffered). */
+  /** The first `n` buffered bytes as one buffer; copies only what it must (no chunk is larger than a part). */
   private take(n: number): Buffer {
-    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
-    const part = all.subarray(0, n);
-    const rest = all.subarray(n);
-    // The rest is copied so the part's memory is freed once it is uploaded.
-    this.chunks = rest.length > 0 ? [Buffer.from(rest)] : [];
-    this.buffered = rest.length;
-    return part;
+    const parts: Buffer[] = [];
+    let got = 0;
+    while (got < n) {
+      const chunk = this.chunks[0]!;
+      const need = n - got;
+      if (chunk.length <= need) {
+        parts.push(chunk);
+        this.chunks.shift();
+        got += chunk.length;
+      } else {
+        parts.push(chunk.subarray(0, need));
+        // The rest is copied so the part's memory is freed once it is uploaded.
+        this.chunks[0] = Buffer.from(chunk.subarray(need));
+        got += need;
+      }
+    }
+    this.buffered -= n;
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
   }
 
   /** Waits for room in the window, then starts uploading `body` as the next part. */
@@ -196,7 +212,7 @@ export class S3Writer implements StorageWriter {
 
   /** Uploads what is buffered as the last part, waits for every part, completes. */
   private async completeUpload(): Promise<void> {
-    if (this.buffered > 0) await this.startPart(this.take(this.buffered));
+    while (this.buffered > 0) await this.startPart(this.take(Math.min(this.buffered, this.partSize)));
     while (this.inflight.size > 0) await Promise.race(this.inflight);
     if (this.failed) throw this.failed;
     const uploadId = await this.startUpload();
