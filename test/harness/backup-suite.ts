@@ -21,10 +21,13 @@ import { makeTempDir, removeTree, run } from './os.js';
 const WRITER_PAUSE_MS = 10;
 
 /**
- * The paced writer also switches WAL this often, so that a backup's WAL still spans several segments
- * (archived, fetched or streamed while the backup runs), as the unpaced writer's volume made it do.
+ * The paced writer also switches WAL twice, 1 and 2 s after it starts (the backup has begun and is
+ * still copying), so that a backup's WAL still spans several segments (archived, fetched or streamed
+ * while it runs), as the unpaced writer's volume made it do. Twice, not periodically: every switch adds
+ * a 16 MB segment to the backup, and a slow backup would pile them up (xlog_method = stream took 440 s
+ * on PostgreSQL 17 with a switch every 2 s under load).
  */
-const WRITER_SWITCH_MS = 2000;
+const WRITER_SWITCHES_MS = [1000, 2000];
 
 /** Inserts rows with consecutive ids in small transactions until stopped: an oracle for "committed before the backup ended". */
 async function startInsertWriter(fx: BackupFixture) {
@@ -33,16 +36,17 @@ async function startInsertWriter(fx: BackupFixture) {
   await client.query('CREATE TABLE IF NOT EXISTS ins (id bigint PRIMARY KEY, payload text NOT NULL)');
   let next = Number((await client.query('SELECT coalesce(max(id), 0) + 1 AS n FROM ins')).rows[0].n);
   let running = true;
-  let switched = Date.now();
+  const started = Date.now();
+  const switches = [...WRITER_SWITCHES_MS];
   const loop = (async () => {
     while (running) {
       await client.query('INSERT INTO ins SELECT g, md5(g::text) FROM generate_series($1::bigint, $1::bigint + 49) g', [
         next,
       ]);
       next += 50;
-      if (Date.now() - switched >= WRITER_SWITCH_MS) {
+      if (switches.length > 0 && Date.now() - started >= switches[0]!) {
+        switches.shift();
         await client.query('SELECT pg_switch_wal()');
-        switched = Date.now();
       }
       await new Promise((r) => setTimeout(r, WRITER_PAUSE_MS));
     }
