@@ -1,6 +1,6 @@
 // WAL decoder: page headers and records of WAL segments decoded and CRC-checked, record by record.
 
-import { walRecordCrc, walRecordCrcWords, wordView } from './crc32c.js';
+import { HOST_IS_LITTLE_ENDIAN, walRecordCrcWords, wordView } from './crc32c.js';
 import {
   BKPBLOCK_FORK_MASK,
   BKPBLOCK_HAS_DATA,
@@ -106,13 +106,20 @@ export class WalDecoder {
 
   private file = '';
   private seg: Buffer = Buffer.alloc(0);
-  /** Word views of {@link seg} and {@link asm} for the CRC (undefined when unaligned). */
-  private segWords: Int32Array | undefined;
-  private asmWords: Int32Array | undefined = wordView(this.asm);
+  /**
+   * Word views of {@link seg} and {@link asm}: record headers are 8-byte aligned, so their
+   * 32-bit fields and the CRC's 8-byte steps are read a word at a time.
+   */
+  private segWords: Int32Array = new Int32Array(0);
+  private asmWords: Int32Array = wordView(this.asm)!;
+  /** Aligned copy of a segment handed over at an odd address (rare: segments are read into fresh buffers). */
+  private alignedCopy: Buffer | undefined;
   private segLen = 0;
   private segStart = 0;
 
   constructor(opts: WalDecoderOptions) {
+    // Word reads assume the host's byte order is WAL's (every platform Node runs pgbart on).
+    if (!HOST_IS_LITTLE_ENDIAN) throw new Error('the WAL decoder needs a little-endian host');
     this.onRecord = opts.onRecord;
     this.timeline = opts.timeline;
     this.allowEndOfWal = opts.allowEndOfWal === true;
@@ -160,7 +167,13 @@ export class WalDecoder {
     opts: { finishPendingOnly?: boolean } = {},
   ): FeedResult {
     this.file = file;
-    if (buf !== this.seg) this.segWords = wordView(buf);
+    if ((buf.byteOffset & 3) !== 0) {
+      // Word views need 4-byte alignment: decode an aligned copy (records then point into it).
+      if (!this.alignedCopy || this.alignedCopy.length < length) this.alignedCopy = Buffer.allocUnsafeSlow(length);
+      buf.copy(this.alignedCopy, 0, 0, length);
+      buf = this.alignedCopy;
+    }
+    if (buf !== this.seg) this.segWords = wordView(buf)!;
     this.seg = buf;
     this.segLen = length;
     if (length < LONG_PAGE_HEADER_SIZE)
@@ -226,7 +239,7 @@ export class WalDecoder {
         pos += hdr;
       }
       if (pos + 4 > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
-      const totLen = u32(this.seg, pos);
+      const totLen = this.segWords[pos >> 2]! >>> 0;
       if (totLen === 0) {
         if (this.allowEndOfWal) return this.stopAt('endOfWal', pos, firstRecordLsn, records);
         this.fail(
@@ -299,7 +312,7 @@ export class WalDecoder {
       const grown = Buffer.allocUnsafe(Math.min(size, Math.max(need, MAX_RECORD_SIZE)));
       this.asm.copy(grown, 0, 0, this.asmHave);
       this.asm = grown;
-      this.asmWords = wordView(grown);
+      this.asmWords = wordView(grown)!;
     }
     this.seg.copy(this.asm, this.asmHave, from, from + n);
     this.asmHave = need;
@@ -502,10 +515,13 @@ export class WalDecoder {
     }
   }
 
-  /** `words` is the word view of `buf` (undefined when it has none). */
+  /**
+   * `words` is the word view of `buf`; `off` is 8-byte aligned (records start MAXALIGNed), so the
+   * header's 32-bit fields are single word reads.
+   */
   private decodeRecordAt(
     buf: Buffer,
-    words: Int32Array | undefined,
+    words: Int32Array,
     off: number,
     totLen: number,
     lsn: number,
@@ -517,15 +533,11 @@ export class WalDecoder {
     if (rmid > RM_MAX_BUILTIN_ID && !(version.hasCustomRmgrs && rmid >= RM_MIN_CUSTOM_ID)) {
       this.fail(fileOffset, `invalid resource manager ID ${rmid} in the record at LSN ${lsnText(lsn)}`);
     }
-    const prev = u32(buf, off + 12) * 0x100000000 + u32(buf, off + 8);
-    if (this.prevRecordLsn >= 0 && prev !== this.prevRecordLsn) {
-      this.fail(
-        fileOffset,
-        `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`,
-      );
-    }
-    const crc = words ? walRecordCrcWords(buf, words, off, totLen) : walRecordCrc(buf, off, totLen);
-    if (crc !== u32(buf, off + RECORD_CRC_OFFSET)) {
+    const w = off >> 2;
+    const prev = (words[w + 3]! >>> 0) * 0x100000000 + (words[w + 2]! >>> 0);
+    if (prev !== this.prevRecordLsn && this.prevRecordLsn >= 0) this.failPrevLink(fileOffset, lsn, prev);
+    const crc = walRecordCrcWords(buf, words, off, totLen);
+    if (crc !== words[w + RECORD_CRC_OFFSET / 4]! >>> 0) {
       this.fail(fileOffset, `incorrect resource manager data checksum (CRC-32C) in the record at LSN ${lsnText(lsn)}`);
     }
     const rec = this.rec;
@@ -613,9 +625,10 @@ export class WalDecoder {
         }
         if (!(flags & BKPBLOCK_SAME_REL)) {
           if (p + 12 > end) this.short(fileOffset, lsn);
-          spc = u32(buf, p);
-          db = u32(buf, p + 4);
-          rel = u32(buf, p + 8);
+          // Written out rather than calls to u32: this loop runs for every block reference.
+          spc = (buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16) | (buf[p + 3]! << 24)) >>> 0;
+          db = (buf[p + 4]! | (buf[p + 5]! << 8) | (buf[p + 6]! << 16) | (buf[p + 7]! << 24)) >>> 0;
+          rel = (buf[p + 8]! | (buf[p + 9]! << 8) | (buf[p + 10]! << 16) | (buf[p + 11]! << 24)) >>> 0;
           p += 12;
           haveRel = true;
         } else if (!haveRel) {
@@ -628,7 +641,7 @@ export class WalDecoder {
         rec.relNumber[nblocks] = rel;
         rec.forkNum[nblocks] = flags & BKPBLOCK_FORK_MASK;
         rec.blockFlags[nblocks] = flags;
-        rec.blockNo[nblocks] = u32(buf, p);
+        rec.blockNo[nblocks] = buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16) | (buf[p + 3]! << 24);
         p += 4;
         nblocks++;
       } else {
@@ -642,7 +655,7 @@ export class WalDecoder {
       );
     rec.lsn = lsn;
     rec.totalLength = totLen;
-    rec.xid = u32(buf, off + 4);
+    rec.xid = words[w + 1]! >>> 0;
     rec.prevLsn = prev;
     rec.info = buf[off + 16]!;
     rec.rmid = rmid;
@@ -653,6 +666,13 @@ export class WalDecoder {
     rec.mainDataLength = mainLen;
     this.prevRecordLsn = lsn;
     this.onRecord(rec);
+  }
+
+  private failPrevLink(fileOffset: number, lsn: number, prev: number): never {
+    this.fail(
+      fileOffset,
+      `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`,
+    );
   }
 
   private short(fileOffset: number, lsn: number): never {
