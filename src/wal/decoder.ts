@@ -1,6 +1,6 @@
 // WAL decoder: page headers and records of WAL segments decoded and CRC-checked, record by record.
 
-import { HOST_IS_LITTLE_ENDIAN, walRecordCrcWords, wordView } from './crc32c.js';
+import { HOST_IS_LITTLE_ENDIAN, walRecordCrcOk, wordView } from './crc32c.js';
 import {
   BKPBLOCK_FORK_MASK,
   BKPBLOCK_HAS_DATA,
@@ -9,7 +9,6 @@ import {
   BKPIMAGE_HAS_HOLE,
   LONG_PAGE_HEADER_SIZE,
   MAX_RECORD_SIZE,
-  RECORD_CRC_OFFSET,
   RECORD_HEADER_SIZE,
   RM_MAX_BUILTIN_ID,
   RM_MIN_CUSTOM_ID,
@@ -88,6 +87,11 @@ export class WalDecoder {
   segmentSize = 0;
   private lastTli = 0;
   private prevRecordLsn = -1;
+  /**
+   * LSN of the record {@link decodeRecordAt} decodes, handed over in a field: LSNs past 2^30 are
+   * not small integers for V8, and as a call argument each would be a heap allocation per record.
+   */
+  private recLsn = 0;
 
   /** Reassembly of a record that spans pages. */
   private asm: Buffer = Buffer.alloc(64 * 1024);
@@ -255,7 +259,8 @@ export class WalDecoder {
       if (pos + totLen <= pageEnd) {
         if (pos + totLen > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
         this.rec.endLsn = this.segStart + pos + totLen;
-        this.decodeRecordAt(this.seg, this.segWords, pos, totLen, this.segStart + pos, pos);
+        this.recLsn = this.segStart + pos;
+        this.decodeRecordAt(this.seg, this.segWords, pos, totLen, pos);
         end = pos + totLen;
       } else {
         // Spans pages: gather it into the reassembly buffer.
@@ -501,15 +506,16 @@ export class WalDecoder {
     fileOffset: number,
   ): void {
     this.rec.endLsn = endLsn;
+    this.recLsn = lsn;
     if (file === this.file) {
-      this.decodeRecordAt(buf, this.asmWords, off, totLen, lsn, fileOffset);
+      this.decodeRecordAt(buf, this.asmWords, off, totLen, fileOffset);
       return;
     }
     // A record finished from the next segment: errors name the file where it starts.
     const saved = this.file;
     this.file = file;
     try {
-      this.decodeRecordAt(buf, this.asmWords, off, totLen, lsn, fileOffset);
+      this.decodeRecordAt(buf, this.asmWords, off, totLen, fileOffset);
     } finally {
       this.file = saved;
     }
@@ -519,14 +525,8 @@ export class WalDecoder {
    * `words` is the word view of `buf`; `off` is 8-byte aligned (records start MAXALIGNed), so the
    * header's 32-bit fields are single word reads.
    */
-  private decodeRecordAt(
-    buf: Buffer,
-    words: Int32Array,
-    off: number,
-    totLen: number,
-    lsn: number,
-    fileOffset: number,
-  ): void {
+  private decodeRecordAt(buf: Buffer, words: Int32Array, off: number, totLen: number, fileOffset: number): void {
+    const lsn = this.recLsn;
     const end = off + totLen;
     const rmid = buf[off + 17]!;
     const version = this.version!;
@@ -536,8 +536,7 @@ export class WalDecoder {
     const w = off >> 2;
     const prev = (words[w + 3]! >>> 0) * 0x100000000 + (words[w + 2]! >>> 0);
     if (prev !== this.prevRecordLsn && this.prevRecordLsn >= 0) this.failPrevLink(fileOffset, lsn, prev);
-    const crc = walRecordCrcWords(buf, words, off, totLen);
-    if (crc !== words[w + RECORD_CRC_OFFSET / 4]! >>> 0) {
+    if (!walRecordCrcOk(buf, words, off, totLen)) {
       this.fail(fileOffset, `incorrect resource manager data checksum (CRC-32C) in the record at LSN ${lsnText(lsn)}`);
     }
     const rec = this.rec;
