@@ -103,7 +103,7 @@ export function walRecordCrcOk(buf: Buffer, words: Int32Array, off: number, totL
   if (totLen - 24 >= NATIVE_THRESHOLD) {
     c = ~nativeCrc32c(buf.subarray(off + 24, end), 0);
   } else {
-    // Whole 8-byte steps through the words, then the last 0-7 bytes one at a time.
+    // Whole 8-byte steps through the words, then the last 0-7 bytes.
     for (const stop = w + (((totLen - 24) >> 3) << 1); w < stop; w += 2) {
       const lo = words[w]! ^ c;
       const hi = words[w + 1]!;
@@ -117,7 +117,14 @@ export function walRecordCrcOk(buf: Buffer, words: Int32Array, off: number, totL
         t[256 + ((hi >>> 16) & 0xff)]! ^
         t[hi >>> 24]!;
     }
-    for (let i = w << 2; i < end; i++) c = t[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
+    // A 4-byte step when 4-7 bytes are left (half the tails of small records), then byte by byte.
+    let i = w << 2;
+    if (end - i >= 4) {
+      const lo = words[w]! ^ c;
+      c = t[768 + (lo & 0xff)]! ^ t[512 + ((lo >>> 8) & 0xff)]! ^ t[256 + ((lo >>> 16) & 0xff)]! ^ t[lo >>> 24]!;
+      i += 4;
+    }
+    for (; i < end; i++) c = t[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
   }
   // Header bytes [0, 20): two 8-byte steps and one 4-byte step.
   w = off >> 2;
