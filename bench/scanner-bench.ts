@@ -22,7 +22,7 @@ import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { withCluster, type TestCluster } from '../test/harness/cluster.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
-import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
+import { makeTempDir, removeTree, run, runOk, testUserIds } from '../test/harness/os.js';
 import { pgbenchInit } from '../test/harness/load.js';
 import { decodeWalFiles } from '../src/wal/decode-files.js';
 import { WorkerPool } from '../src/util/worker-pool.js';
@@ -147,6 +147,9 @@ interface Result {
   /** The same on {@link threads} worker threads. */
   parallel: number;
   threads: number;
+  /** CPU seconds (user + system) of the best pg_waldump run and of the best 1-worker run. */
+  waldumpCpu: number;
+  singleCpu: number;
 }
 
 async function measure(label: string, dir: string): Promise<Result> {
@@ -155,14 +158,17 @@ async function measure(label: string, dir: string): Promise<Result> {
   const mb = (names.length * SEG) / (1024 * 1024);
   // Warm the page cache.
   await runOk('sh', ['-c', `cat ${dir}/* > /dev/null`], { asTestUser: false });
+  // pg_waldump's CPU seconds (user + system) come from /usr/bin/time, pgbart's from the process
+  // (all its threads): on a shared machine CPU time says more about the work than wall time.
+  let waldumpCpu = Infinity;
   const waldumpOnce = () =>
     timed(async () => {
-      await runOk(clientTool('pg_waldump'), ['--stats=record', '-p', dir, names[0]!, names[names.length - 1]!], {
-        asTestUser: false,
-      }).catch((e: Error) => {
-        // pg_waldump ends with an error when the last record continues past the last file.
-        if (!/Total/.test(e.message)) throw e;
-      });
+      const args = ['-f', 'cpu %U %S', clientTool('pg_waldump'), '--stats=record', '-p', dir, names[0]!];
+      const r = await run('/usr/bin/time', [...args, names[names.length - 1]!], { asTestUser: false });
+      // pg_waldump ends with an error when the last record continues past the last file.
+      if (!/Total/.test(r.stdout)) throw new Error(`pg_waldump failed (${r.code}): ${r.stderr}`);
+      const m = /cpu ([0-9.]+) ([0-9.]+)\s*$/.exec(r.stderr);
+      if (m) waldumpCpu = Math.min(waldumpCpu, Number(m[1]) + Number(m[2]));
     });
   let records = 0;
   const decodeOnce = () =>
@@ -182,6 +188,13 @@ async function measure(label: string, dir: string): Promise<Result> {
   let decode = Infinity;
   let single = Infinity;
   let parallel = Infinity;
+  let singleCpu = Infinity;
+  const cpuOf = async (fn: () => Promise<void>): Promise<number> => {
+    const c0 = process.cpuUsage();
+    await fn();
+    const c = process.cpuUsage(c0);
+    return (c.user + c.system) / 1e6;
+  };
   // The pool's threads do not keep Node alive on their own (they are unref'd).
   const keepAlive = setInterval(() => undefined, 1000);
   try {
@@ -190,7 +203,9 @@ async function measure(label: string, dir: string): Promise<Result> {
     await scanAll(poolN, files.slice(0, 4 * threads));
     for (let i = 0; i < RUNS; i++) {
       waldump = Math.min(waldump, await waldumpOnce());
-      single = Math.min(single, await timed(() => scanAll(pool1, files)));
+      let cpu = 0;
+      single = Math.min(single, await timed(async () => void (cpu = await cpuOf(() => scanAll(pool1, files)))));
+      singleCpu = Math.min(singleCpu, cpu);
       parallel = Math.min(parallel, await timed(() => scanAll(poolN, files)));
       decode = Math.min(decode, await decodeOnce());
     }
@@ -199,7 +214,7 @@ async function measure(label: string, dir: string): Promise<Result> {
     await pool1.close();
     await poolN.close();
   }
-  return { label, mb, records, waldump, decode, single, parallel, threads };
+  return { label, mb, records, waldump, decode, single, parallel, threads, waldumpCpu, singleCpu };
 }
 
 async function main(): Promise<void> {
@@ -229,6 +244,16 @@ async function main(): Promise<void> {
       ...results.map(
         (r) =>
           `| ${r.label} | ${r.mb} MB | ${(r.records / 1e6).toFixed(2)} M | ${rate(r.mb, r.waldump)} | ${rate(r.mb, r.decode)} | ${rate(r.mb, r.single)} | ${rate(r.mb, r.parallel)} (${r.threads}) | ${(r.waldump / r.parallel).toFixed(2)}x | ${(r.waldump / r.single).toFixed(2)}x | ${(r.single / r.parallel).toFixed(2)}x |`,
+      ),
+      '',
+      'CPU seconds (user + system, best run; pgbart: the whole process with its 1 worker thread). A shared machine',
+      'stretches wall times, CPU times much less: "CPU ratio" = pg_waldump CPU / pgbart CPU (above 1: pgbart needs less).',
+      '',
+      '| WAL range | pg_waldump CPU | pgbart 1 worker CPU | CPU ratio |',
+      '|---|---|---|---|',
+      ...results.map(
+        (r) =>
+          `| ${r.label} | ${r.waldumpCpu.toFixed(2)} s | ${r.singleCpu.toFixed(2)} s | ${(r.waldumpCpu / r.singleCpu).toFixed(2)}x |`,
       ),
       '',
     ];
