@@ -9,7 +9,12 @@
  *   node dist/bench/scanner-bench.js
  *
  * Environment: BENCH_WAL_MB (size of each range, default 1024), BENCH_WAL_DIR (keep/reuse the
- * generated WAL there instead of a temp directory), BENCH_RUNS (best of N, default 3).
+ * generated WAL there instead of a temp directory), BENCH_RUNS (best of N, default 3),
+ * BENCH_THREADS (worker threads of the parallel run, default min(4, cores)).
+ *
+ * The tools are measured in turns within each round (pg_waldump, then pgbart with 1 worker
+ * thread, then with N, then the plain decode), so load from other work on a shared machine
+ * falls on all of them alike; each keeps its best round.
  * PostgreSQL 15 is used because Debian's pg_waldump reads only version 15 WAL.
  */
 import { chownSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
@@ -17,7 +22,7 @@ import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { withCluster, type TestCluster } from '../test/harness/cluster.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
-import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
+import { makeTempDir, removeTree, run, runOk, testUserIds } from '../test/harness/os.js';
 import { pgbenchInit } from '../test/harness/load.js';
 import { decodeWalFiles } from '../src/wal/decode-files.js';
 import { WorkerPool } from '../src/util/worker-pool.js';
@@ -119,14 +124,15 @@ async function generate(root: string): Promise<void> {
   writeFileSync(marker, `${RANGE_MB} MB per range\n`);
 }
 
-async function best(fn: () => Promise<void>): Promise<number> {
-  let t = Infinity;
-  for (let i = 0; i < RUNS; i++) {
-    const t0 = process.hrtime.bigint();
-    await fn();
-    t = Math.min(t, Number(process.hrtime.bigint() - t0) / 1e9);
-  }
-  return t;
+async function timed(fn: () => Promise<void>): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/** Scans every file on `pool` (the scanner's per-segment work), in order, all queued at once. */
+async function scanAll(pool: WorkerPool<ScanSummary>, files: string[]): Promise<void> {
+  await Promise.all(files.map((path) => pool.run({ path })));
 }
 
 interface Result {
@@ -134,9 +140,16 @@ interface Result {
   mb: number;
   records: number;
   waldump: number;
+  /** decodeWalFiles on the main thread (decode and CRC only, no MBM). */
+  decode: number;
+  /** The scanner's work on one worker thread. */
   single: number;
+  /** The same on {@link threads} worker threads. */
   parallel: number;
   threads: number;
+  /** CPU seconds (user + system) of the best pg_waldump run and of the best 1-worker run. */
+  waldumpCpu: number;
+  singleCpu: number;
 }
 
 async function measure(label: string, dir: string): Promise<Result> {
@@ -145,37 +158,63 @@ async function measure(label: string, dir: string): Promise<Result> {
   const mb = (names.length * SEG) / (1024 * 1024);
   // Warm the page cache.
   await runOk('sh', ['-c', `cat ${dir}/* > /dev/null`], { asTestUser: false });
-  const waldump = await best(async () => {
-    await runOk(clientTool('pg_waldump'), ['--stats=record', '-p', dir, names[0]!, names[names.length - 1]!], {
-      asTestUser: false,
-    }).catch((e: Error) => {
+  // pg_waldump's CPU seconds (user + system) come from /usr/bin/time, pgbart's from the process
+  // (all its threads): on a shared machine CPU time says more about the work than wall time.
+  let waldumpCpu = Infinity;
+  const waldumpOnce = () =>
+    timed(async () => {
+      const args = ['-f', 'cpu %U %S', clientTool('pg_waldump'), '--stats=record', '-p', dir, names[0]!];
+      const r = await run('/usr/bin/time', [...args, names[names.length - 1]!], { asTestUser: false });
       // pg_waldump ends with an error when the last record continues past the last file.
-      if (!/Total/.test(e.message)) throw e;
+      if (!/Total/.test(r.stdout)) throw new Error(`pg_waldump failed (${r.code}): ${r.stderr}`);
+      const m = /cpu ([0-9.]+) ([0-9.]+)\s*$/.exec(r.stderr);
+      if (m) waldumpCpu = Math.min(waldumpCpu, Number(m[1]) + Number(m[2]));
     });
-  });
   let records = 0;
-  const single = await best(async () => {
-    let blocks = 0;
-    const r = await decodeWalFiles(files, (rec) => {
-      blocks += rec.blockCount;
+  const decodeOnce = () =>
+    timed(async () => {
+      let blocks = 0;
+      const r = await decodeWalFiles(files, (rec) => {
+        blocks += rec.blockCount;
+      });
+      records = r.records;
+      if (blocks === 0) throw new Error('no block references decoded');
     });
-    records = r.records;
-    if (blocks === 0) throw new Error('no block references decoded');
-  });
-  const threads = Math.min(4, availableParallelism());
-  const pool = new WorkerPool<ScanSummary>(new URL('../src/scanner/scan-bench-worker.js', import.meta.url), threads);
-  let parallel: number;
+  const threads = Number(process.env.BENCH_THREADS ?? Math.min(4, availableParallelism()));
+  const script = new URL('../src/scanner/scan-bench-worker.js', import.meta.url);
+  const pool1 = new WorkerPool<ScanSummary>(script, 1);
+  const poolN = new WorkerPool<ScanSummary>(script, threads);
+  let waldump = Infinity;
+  let decode = Infinity;
+  let single = Infinity;
+  let parallel = Infinity;
+  let singleCpu = Infinity;
+  const cpuOf = async (fn: () => Promise<void>): Promise<number> => {
+    const c0 = process.cpuUsage();
+    await fn();
+    const c = process.cpuUsage(c0);
+    return (c.user + c.system) / 1e6;
+  };
   // The pool's threads do not keep Node alive on their own (they are unref'd).
   const keepAlive = setInterval(() => undefined, 1000);
   try {
-    parallel = await best(async () => {
-      await Promise.all(files.map((path) => pool.run({ path })));
-    });
+    // One untimed round warms the JIT of every worker thread.
+    await scanAll(pool1, files.slice(0, 4));
+    await scanAll(poolN, files.slice(0, 4 * threads));
+    for (let i = 0; i < RUNS; i++) {
+      waldump = Math.min(waldump, await waldumpOnce());
+      let cpu = 0;
+      single = Math.min(single, await timed(async () => void (cpu = await cpuOf(() => scanAll(pool1, files)))));
+      singleCpu = Math.min(singleCpu, cpu);
+      parallel = Math.min(parallel, await timed(() => scanAll(poolN, files)));
+      decode = Math.min(decode, await decodeOnce());
+    }
   } finally {
     clearInterval(keepAlive);
-    await pool.close();
+    await pool1.close();
+    await poolN.close();
   }
-  return { label, mb, records, waldump, single, parallel, threads };
+  return { label, mb, records, waldump, decode, single, parallel, threads, waldumpCpu, singleCpu };
 }
 
 async function main(): Promise<void> {
@@ -196,14 +235,25 @@ async function main(): Promise<void> {
       `Load average when the measurements ended: ${loadavg()
         .map((l) => l.toFixed(2))
         .join(', ')} (other work on the machine slows both tools alike).`,
-      'pgbart verifies every record\'s CRC-32C. "1 thread": decoding all block references in order (decodeWalFiles).',
-      `"N threads": the scanner's work per segment (decode, CRC, build the MBM, not written) on N worker threads.`,
+      'pgbart verifies every record\'s CRC-32C. "1 worker" / "N workers": the scanner\'s work per segment (decode,',
+      'CRC, build the MBM, not written) on 1 and on N worker threads; "decode": decodeWalFiles on the main thread',
+      '(all block references in order, no MBM). pg_waldump uses one core.',
       '',
-      '| WAL range | size | records | pg_waldump --stats=record | pgbart 1 thread | pgbart N threads | ratio (N threads / pg_waldump) |',
-      '|---|---|---|---|---|---|---|',
+      '| WAL range | size | records | pg_waldump --stats=record | pgbart decode | pgbart 1 worker | pgbart N workers | N workers / pg_waldump | 1 worker / pg_waldump | N workers / 1 worker |',
+      '|---|---|---|---|---|---|---|---|---|---|',
       ...results.map(
         (r) =>
-          `| ${r.label} | ${r.mb} MB | ${(r.records / 1e6).toFixed(2)} M | ${rate(r.mb, r.waldump)} | ${rate(r.mb, r.single)} | ${rate(r.mb, r.parallel)} (${r.threads}) | ${(r.waldump / r.parallel).toFixed(2)}x |`,
+          `| ${r.label} | ${r.mb} MB | ${(r.records / 1e6).toFixed(2)} M | ${rate(r.mb, r.waldump)} | ${rate(r.mb, r.decode)} | ${rate(r.mb, r.single)} | ${rate(r.mb, r.parallel)} (${r.threads}) | ${(r.waldump / r.parallel).toFixed(2)}x | ${(r.waldump / r.single).toFixed(2)}x | ${(r.single / r.parallel).toFixed(2)}x |`,
+      ),
+      '',
+      'CPU seconds (user + system, best run; pgbart: the whole process with its 1 worker thread). A shared machine',
+      'stretches wall times, CPU times much less: "CPU ratio" = pg_waldump CPU / pgbart CPU (above 1: pgbart needs less).',
+      '',
+      '| WAL range | pg_waldump CPU | pgbart 1 worker CPU | CPU ratio |',
+      '|---|---|---|---|',
+      ...results.map(
+        (r) =>
+          `| ${r.label} | ${r.waldumpCpu.toFixed(2)} s | ${r.singleCpu.toFixed(2)} s | ${(r.waldumpCpu / r.singleCpu).toFixed(2)}x |`,
       ),
       '',
     ];

@@ -70,8 +70,11 @@ export function walRecordCrc(buf: Buffer, off: number, totLen: number): number {
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
+/** True where typed arrays are little-endian (word views then read WAL's little-endian fields). */
+export const HOST_IS_LITTLE_ENDIAN = LITTLE_ENDIAN;
+
 /**
- * Word view of a buffer for {@link walRecordCrcWords}: an Int32Array over the same memory when
+ * Word view of a buffer for {@link walRecordCrcOk}: an Int32Array over the same memory when
  * the platform is little-endian and the buffer 4-byte aligned, else undefined.
  */
 export function wordView(buf: Buffer): Int32Array | undefined {
@@ -80,14 +83,52 @@ export function wordView(buf: Buffer): Int32Array | undefined {
 }
 
 /**
- * Continues an un-finalised CRC state `c` over `steps` 8-byte steps of `words`, from word index
- * `w`: the slicing-by-8 step of {@link crcLoop} on two little-endian words at a time. One function
- * for the body and the header of {@link walRecordCrcWords}; small enough for V8 to inline (measured:
- * as fast as the two copies it replaced).
+ * Whether the WAL record at `off` carries the right CRC-32C in its xl_crc: {@link walRecordCrc}
+ * reading 4 bytes at a time through `words` (from {@link wordView} of the same buffer), compared
+ * with xl_crc here. `off` must be a multiple of 4 (record starts are 8-byte aligned in WAL).
+ *
+ * It answers a boolean rather than the CRC: a CRC is a small integer for V8 only a quarter of
+ * the time, so returning it from a call allocated a heap number per record.
+ *
+ * Everything is in this one function on purpose: it is called once per record, and a small WAL
+ * record (a heap insert is about 60 bytes) costs mostly call overhead and table lookups. Helper
+ * calls here were not inlined by V8 once the decoder around it grew (profiled: a third of the
+ * CRC time was calls), so the slicing-by-8 step is written out for the body and the header.
  */
-function crcWordSteps(words: Int32Array, w: number, steps: number, c: number): number {
+export function walRecordCrcOk(buf: Buffer, words: Int32Array, off: number, totLen: number): boolean {
   const t = T;
-  for (const stop = w + 2 * steps; w < stop; w += 2) {
+  const end = off + totLen;
+  let c = -1;
+  let w = (off + 24) >> 2;
+  if (totLen - 24 >= NATIVE_THRESHOLD) {
+    c = ~nativeCrc32c(buf.subarray(off + 24, end), 0);
+  } else {
+    // Whole 8-byte steps through the words, then the last 0-7 bytes.
+    for (const stop = w + (((totLen - 24) >> 3) << 1); w < stop; w += 2) {
+      const lo = words[w]! ^ c;
+      const hi = words[w + 1]!;
+      c =
+        t[1792 + (lo & 0xff)]! ^
+        t[1536 + ((lo >>> 8) & 0xff)]! ^
+        t[1280 + ((lo >>> 16) & 0xff)]! ^
+        t[1024 + (lo >>> 24)]! ^
+        t[768 + (hi & 0xff)]! ^
+        t[512 + ((hi >>> 8) & 0xff)]! ^
+        t[256 + ((hi >>> 16) & 0xff)]! ^
+        t[hi >>> 24]!;
+    }
+    // A 4-byte step when 4-7 bytes are left (half the tails of small records), then byte by byte.
+    let i = w << 2;
+    if (end - i >= 4) {
+      const lo = words[w]! ^ c;
+      c = t[768 + (lo & 0xff)]! ^ t[512 + ((lo >>> 8) & 0xff)]! ^ t[256 + ((lo >>> 16) & 0xff)]! ^ t[lo >>> 24]!;
+      i += 4;
+    }
+    for (; i < end; i++) c = t[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
+  }
+  // Header bytes [0, 20): two 8-byte steps and one 4-byte step.
+  w = off >> 2;
+  for (let k = 0; k < 2; k++, w += 2) {
     const lo = words[w]! ^ c;
     const hi = words[w + 1]!;
     c =
@@ -100,29 +141,8 @@ function crcWordSteps(words: Int32Array, w: number, steps: number, c: number): n
       t[256 + ((hi >>> 16) & 0xff)]! ^
       t[hi >>> 24]!;
   }
-  return c;
-}
-
-/**
- * {@link walRecordCrc} reading 4 bytes at a time through `words` (from {@link wordView} of the
- * same buffer). Record starts are 8-byte aligned in WAL, so the body and header are aligned.
- */
-export function walRecordCrcWords(buf: Buffer, words: Int32Array, off: number, totLen: number): number {
-  if ((off & 3) !== 0) return walRecordCrc(buf, off, totLen);
-  const body = off + 24;
-  const end = off + totLen;
-  let c: number;
-  if (totLen - 24 >= NATIVE_THRESHOLD) {
-    c = ~nativeCrc32c(buf.subarray(body, end), 0);
-  } else {
-    // Whole 8-byte steps through the words, then the last 0-7 bytes one at a time.
-    const steps = (end - body) >> 3;
-    c = crcLoop(buf, body + 8 * steps, end, crcWordSteps(words, body >> 2, steps, -1));
-  }
-  // Header bytes [0, 20): two 8-byte steps and one 4-byte step.
-  c = crcWordSteps(words, off >> 2, 2, c);
-  const t = T;
-  const lo = words[(off >> 2) + 4]! ^ c;
+  const lo = words[w]! ^ c;
   c = t[768 + (lo & 0xff)]! ^ t[512 + ((lo >>> 8) & 0xff)]! ^ t[256 + ((lo >>> 16) & 0xff)]! ^ t[lo >>> 24]!;
-  return ~c >>> 0;
+  // xl_crc is the word after the 20 bytes just hashed.
+  return ~c === words[w + 1];
 }

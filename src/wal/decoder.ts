@@ -1,6 +1,6 @@
 // WAL decoder: page headers and records of WAL segments decoded and CRC-checked, record by record.
 
-import { walRecordCrc, walRecordCrcWords, wordView } from './crc32c.js';
+import { HOST_IS_LITTLE_ENDIAN, walRecordCrcOk, wordView } from './crc32c.js';
 import {
   BKPBLOCK_FORK_MASK,
   BKPBLOCK_HAS_DATA,
@@ -9,7 +9,6 @@ import {
   BKPIMAGE_HAS_HOLE,
   LONG_PAGE_HEADER_SIZE,
   MAX_RECORD_SIZE,
-  RECORD_CRC_OFFSET,
   RECORD_HEADER_SIZE,
   RM_MAX_BUILTIN_ID,
   RM_MIN_CUSTOM_ID,
@@ -88,6 +87,11 @@ export class WalDecoder {
   segmentSize = 0;
   private lastTli = 0;
   private prevRecordLsn = -1;
+  /**
+   * LSN of the record {@link decodeRecordAt} decodes, handed over in a field: LSNs past 2^30 are
+   * not small integers for V8, and as a call argument each would be a heap allocation per record.
+   */
+  private recLsn = 0;
 
   /** Reassembly of a record that spans pages. */
   private asm: Buffer = Buffer.alloc(64 * 1024);
@@ -106,13 +110,20 @@ export class WalDecoder {
 
   private file = '';
   private seg: Buffer = Buffer.alloc(0);
-  /** Word views of {@link seg} and {@link asm} for the CRC (undefined when unaligned). */
-  private segWords: Int32Array | undefined;
-  private asmWords: Int32Array | undefined = wordView(this.asm);
+  /**
+   * Word views of {@link seg} and {@link asm}: record headers are 8-byte aligned, so their
+   * 32-bit fields and the CRC's 8-byte steps are read a word at a time.
+   */
+  private segWords: Int32Array = new Int32Array(0);
+  private asmWords: Int32Array = wordView(this.asm)!;
+  /** Aligned copy of a segment handed over at an odd address (rare: segments are read into fresh buffers). */
+  private alignedCopy: Buffer | undefined;
   private segLen = 0;
   private segStart = 0;
 
   constructor(opts: WalDecoderOptions) {
+    // Word reads assume the host's byte order is WAL's (every platform Node runs pgbart on).
+    if (!HOST_IS_LITTLE_ENDIAN) throw new Error('the WAL decoder needs a little-endian host');
     this.onRecord = opts.onRecord;
     this.timeline = opts.timeline;
     this.allowEndOfWal = opts.allowEndOfWal === true;
@@ -160,7 +171,13 @@ export class WalDecoder {
     opts: { finishPendingOnly?: boolean } = {},
   ): FeedResult {
     this.file = file;
-    if (buf !== this.seg) this.segWords = wordView(buf);
+    if ((buf.byteOffset & 3) !== 0) {
+      // Word views need 4-byte alignment: decode an aligned copy (records then point into it).
+      if (!this.alignedCopy || this.alignedCopy.length < length) this.alignedCopy = Buffer.allocUnsafeSlow(length);
+      buf.copy(this.alignedCopy, 0, 0, length);
+      buf = this.alignedCopy;
+    }
+    if (buf !== this.seg) this.segWords = wordView(buf)!;
     this.seg = buf;
     this.segLen = length;
     if (length < LONG_PAGE_HEADER_SIZE)
@@ -226,7 +243,7 @@ export class WalDecoder {
         pos += hdr;
       }
       if (pos + 4 > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
-      const totLen = u32(this.seg, pos);
+      const totLen = this.segWords[pos >> 2]! >>> 0;
       if (totLen === 0) {
         if (this.allowEndOfWal) return this.stopAt('endOfWal', pos, firstRecordLsn, records);
         this.fail(
@@ -242,7 +259,8 @@ export class WalDecoder {
       if (pos + totLen <= pageEnd) {
         if (pos + totLen > this.segLen) return this.endOfFile(pos, firstRecordLsn, records);
         this.rec.endLsn = this.segStart + pos + totLen;
-        this.decodeRecordAt(this.seg, this.segWords, pos, totLen, this.segStart + pos, pos);
+        this.recLsn = this.segStart + pos;
+        this.decodeRecordAt(this.seg, this.segWords, pos, totLen, pos);
         end = pos + totLen;
       } else {
         // Spans pages: gather it into the reassembly buffer.
@@ -299,7 +317,7 @@ export class WalDecoder {
       const grown = Buffer.allocUnsafe(Math.min(size, Math.max(need, MAX_RECORD_SIZE)));
       this.asm.copy(grown, 0, 0, this.asmHave);
       this.asm = grown;
-      this.asmWords = wordView(grown);
+      this.asmWords = wordView(grown)!;
     }
     this.seg.copy(this.asm, this.asmHave, from, from + n);
     this.asmHave = need;
@@ -488,44 +506,37 @@ export class WalDecoder {
     fileOffset: number,
   ): void {
     this.rec.endLsn = endLsn;
+    this.recLsn = lsn;
     if (file === this.file) {
-      this.decodeRecordAt(buf, this.asmWords, off, totLen, lsn, fileOffset);
+      this.decodeRecordAt(buf, this.asmWords, off, totLen, fileOffset);
       return;
     }
     // A record finished from the next segment: errors name the file where it starts.
     const saved = this.file;
     this.file = file;
     try {
-      this.decodeRecordAt(buf, this.asmWords, off, totLen, lsn, fileOffset);
+      this.decodeRecordAt(buf, this.asmWords, off, totLen, fileOffset);
     } finally {
       this.file = saved;
     }
   }
 
-  /** `words` is the word view of `buf` (undefined when it has none). */
-  private decodeRecordAt(
-    buf: Buffer,
-    words: Int32Array | undefined,
-    off: number,
-    totLen: number,
-    lsn: number,
-    fileOffset: number,
-  ): void {
+  /**
+   * `words` is the word view of `buf`; `off` is 8-byte aligned (records start MAXALIGNed), so the
+   * header's 32-bit fields are single word reads.
+   */
+  private decodeRecordAt(buf: Buffer, words: Int32Array, off: number, totLen: number, fileOffset: number): void {
+    const lsn = this.recLsn;
     const end = off + totLen;
     const rmid = buf[off + 17]!;
     const version = this.version!;
     if (rmid > RM_MAX_BUILTIN_ID && !(version.hasCustomRmgrs && rmid >= RM_MIN_CUSTOM_ID)) {
       this.fail(fileOffset, `invalid resource manager ID ${rmid} in the record at LSN ${lsnText(lsn)}`);
     }
-    const prev = u32(buf, off + 12) * 0x100000000 + u32(buf, off + 8);
-    if (this.prevRecordLsn >= 0 && prev !== this.prevRecordLsn) {
-      this.fail(
-        fileOffset,
-        `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`,
-      );
-    }
-    const crc = words ? walRecordCrcWords(buf, words, off, totLen) : walRecordCrc(buf, off, totLen);
-    if (crc !== u32(buf, off + RECORD_CRC_OFFSET)) {
+    const w = off >> 2;
+    const prev = (words[w + 3]! >>> 0) * 0x100000000 + (words[w + 2]! >>> 0);
+    if (prev !== this.prevRecordLsn && this.prevRecordLsn >= 0) this.failPrevLink(fileOffset, lsn, prev);
+    if (!walRecordCrcOk(buf, words, off, totLen)) {
       this.fail(fileOffset, `incorrect resource manager data checksum (CRC-32C) in the record at LSN ${lsnText(lsn)}`);
     }
     const rec = this.rec;
@@ -613,9 +624,10 @@ export class WalDecoder {
         }
         if (!(flags & BKPBLOCK_SAME_REL)) {
           if (p + 12 > end) this.short(fileOffset, lsn);
-          spc = u32(buf, p);
-          db = u32(buf, p + 4);
-          rel = u32(buf, p + 8);
+          // Written out rather than calls to u32: this loop runs for every block reference.
+          spc = (buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16) | (buf[p + 3]! << 24)) >>> 0;
+          db = (buf[p + 4]! | (buf[p + 5]! << 8) | (buf[p + 6]! << 16) | (buf[p + 7]! << 24)) >>> 0;
+          rel = (buf[p + 8]! | (buf[p + 9]! << 8) | (buf[p + 10]! << 16) | (buf[p + 11]! << 24)) >>> 0;
           p += 12;
           haveRel = true;
         } else if (!haveRel) {
@@ -628,7 +640,7 @@ export class WalDecoder {
         rec.relNumber[nblocks] = rel;
         rec.forkNum[nblocks] = flags & BKPBLOCK_FORK_MASK;
         rec.blockFlags[nblocks] = flags;
-        rec.blockNo[nblocks] = u32(buf, p);
+        rec.blockNo[nblocks] = buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16) | (buf[p + 3]! << 24);
         p += 4;
         nblocks++;
       } else {
@@ -642,7 +654,7 @@ export class WalDecoder {
       );
     rec.lsn = lsn;
     rec.totalLength = totLen;
-    rec.xid = u32(buf, off + 4);
+    rec.xid = words[w + 1]! >>> 0;
     rec.prevLsn = prev;
     rec.info = buf[off + 16]!;
     rec.rmid = rmid;
@@ -653,6 +665,13 @@ export class WalDecoder {
     rec.mainDataLength = mainLen;
     this.prevRecordLsn = lsn;
     this.onRecord(rec);
+  }
+
+  private failPrevLink(fileOffset: number, lsn: number, prev: number): never {
+    this.fail(
+      fileOffset,
+      `record at LSN ${lsnText(lsn)} has an incorrect prev-link ${lsnText(prev)} (expected ${lsnText(this.prevRecordLsn)})`,
+    );
   }
 
   private short(fileOffset: number, lsn: number): never {
