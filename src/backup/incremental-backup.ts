@@ -9,10 +9,11 @@ import { BackupSession } from '../postgres/backup-session.js';
 import { connect, queryValue } from '../postgres/connection.js';
 import { backupEntries } from '../postgres/data-directory.js';
 import { forkKey } from '../scanner/modified-block-map.js';
-import { indexMbmFiles, segmentsOfRange, type ChangeSet } from '../scanner/change-set.js';
-import { findSegmentFile } from '../scanner/scan-wal-file.js';
+import { archivedSegmentsOfRange, indexArchivedMbms, type ChangeSet } from '../scanner/change-set.js';
+import { findArchivedSegment, readArchivedTimelineHistory } from '../scanner/archive-source.js';
+import { openWalArchive } from '../storage/open-repository.js';
 import { segmentName } from '../wal/segment-name.js';
-import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
+import { timelineOfSegment } from '../wal/timeline-history.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
@@ -21,10 +22,10 @@ import type { ArchiveWriter } from './archive-writer.js';
 import { addStopFiles, storeBackupWal } from './finish.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, waitForArchivedWal, type BackupContext, type BackupRequest } from './transaction.js';
-import { findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
+import { archiveNames, findBackup, listBackups, type CatalogEntry } from '../catalog/catalog.js';
 import { BlockSourceHost } from './incremental-block-source.js';
 import { chainProblem, readRestoredState, type RestoredState } from '../catalog/chain.js';
-import { checkParentOnHistory, gatherChangeSet, type IncrementalRange } from './incremental-change-set.js';
+import { checkParentOnArchivedHistory, gatherChangeSet, type IncrementalRange } from './incremental-change-set.js';
 import {
   fileKey,
   parseRelationPath,
@@ -249,7 +250,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     );
     checker?.begin(parseLsn(startLsn));
     const timeline = await currentTimeline(ctx);
-    checkParentOnHistory(server.archivePath, p, timeline);
+    await checkParentOnArchivedHistory(ctx.walArchive, p, timeline);
     // The segment holding our start LSN must reach the archive (and its MBM be made) now, not
     // whenever it fills up.
     await client.query('SELECT pg_switch_wal()');
@@ -264,7 +265,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     if (range.endLsn > range.startLsn) {
       const lastSeg = (range.endLsn - 1n) / BigInt(facts.walSegmentSize);
       const lastTli = timelineOfSegment(
-        readTimelineHistory(server.archivePath, timeline),
+        await readArchivedTimelineHistory(ctx.walArchive, timeline),
         lastSeg,
         facts.walSegmentSize,
       );
@@ -372,6 +373,7 @@ export async function checkIncremental(
     user: server.user,
     applicationName: 'pgbart backup --check',
   });
+  const walArchive = openWalArchive(config, server);
   try {
     const sysid = await queryValue(client, 'SELECT system_identifier::text FROM pg_control_system()');
     if (sysid !== parent.info.systemIdentifier)
@@ -383,23 +385,25 @@ export async function checkIncremental(
       Number(await queryValue(client, 'SELECT data_page_checksum_version FROM pg_control_init()')),
     );
     const timeline = Number(await queryValue(client, 'SELECT timeline_id FROM pg_control_checkpoint()'));
-    checkParentOnHistory(server.archivePath, parent.info, timeline);
+    await checkParentOnArchivedHistory(walArchive, parent.info, timeline);
     const segSize = parent.info.walSegmentSize;
     const current = parseLsn((await queryValue(client, 'SELECT pg_current_wal_lsn()::text'))!);
     // Only completed segments can be archived yet: the range ends where the current one begins.
     const end = (current / BigInt(segSize)) * BigInt(segSize);
     const range = { timeline, startLsn: parseLsn(parent.info.startLsn), endLsn: end, segmentSize: segSize };
-    const index = indexMbmFiles(server.archivePath);
+    const index = await indexArchivedMbms(walArchive);
     const out: IncrementalCheck = { parent, segments: 0, withMbm: 0, toScan: [], missingWal: [] };
-    for (const seg of segmentsOfRange(server.archivePath, range)) {
+    const names = new Set(await archiveNames(walArchive));
+    for (const seg of await archivedSegmentsOfRange(walArchive, range)) {
       out.segments++;
       if (index.has(`${seg.timeline}:${(seg.segNo + 1n) * BigInt(segSize)}`)) out.withMbm++;
-      else if (findSegmentFile(server.archivePath, seg.name)) out.toScan.push(seg.name);
+      else if (await findArchivedSegment(walArchive, seg.name, names)) out.toScan.push(seg.name);
       else out.missingWal.push(seg.name);
     }
     log.debug(`--check range ${formatLsn(range.startLsn)}..${formatLsn(range.endLsn)}`);
     return out;
   } finally {
     await client.end().catch(() => undefined);
+    await walArchive.close();
   }
 }
