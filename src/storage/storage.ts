@@ -161,6 +161,26 @@ export class StorageExistsError extends StorageError {
   }
 }
 
+/**
+ * {@link RepositoryStorage.put} in terms of `create`: one write, then finish; the object is dropped when the
+ * write fails. Every driver's put is this (the S3 driver passes the size so that one PUT is made).
+ */
+export async function putWhole(
+  storage: RepositoryStorage,
+  key: string,
+  data: Uint8Array,
+  options: CreateOptions = {},
+): Promise<void> {
+  const writer = await storage.create(key, { ...options, sizeHint: data.length });
+  try {
+    await writer.write(data);
+  } catch (err) {
+    await writer.abort();
+    throw err;
+  }
+  await writer.finish();
+}
+
 /** Joins keys (or a location and a key) with `/`, skipping empty parts. */
 export function joinKey(...parts: string[]): string {
   return parts.filter((p) => p !== '').join('/');

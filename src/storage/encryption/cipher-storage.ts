@@ -13,6 +13,7 @@ import {
   type RepositoryStorage,
   type StorageWriter,
   type StoredObject,
+  putWhole,
 } from '../storage.js';
 import {
   HEADER_BYTES,
@@ -24,6 +25,7 @@ import {
   parseObjectHeader,
   plainSize,
   sealChunk,
+  storedSize,
   type ObjectHeader,
 } from './cipher-format.js';
 import { CIPHER_KEY_OBJECT, openRepositoryKey, type CipherSettings, type RepositoryKey } from './cipher-key.js';
@@ -233,20 +235,18 @@ export class CipherStorage implements RepositoryStorage {
   async create(key: string, options?: CreateOptions): Promise<StorageWriter> {
     const { master, chunkLog2 } = await this.ready();
     const header = newObjectHeader(master, chunkLog2);
-    const inner = await this.inner.create(key, options);
+    // The driver sees the stored size (header and tags added), not the plaintext's.
+    const hint = options?.sizeHint;
+    const inner = await this.inner.create(
+      key,
+      hint === undefined ? options : { ...options, sizeHint: storedSize(hint, header.chunkSize) },
+    );
     this.shapes.delete(key);
     return new EncryptingWriter(inner, header, associatedData(header, key));
   }
 
-  async put(key: string, data: Uint8Array, options?: CreateOptions): Promise<void> {
-    const writer = await this.create(key, options);
-    try {
-      await writer.write(data);
-    } catch (err) {
-      await writer.abort();
-      throw err;
-    }
-    await writer.finish();
+  put(key: string, data: Uint8Array, options?: CreateOptions): Promise<void> {
+    return putWhole(this, key, data, options);
   }
 
   async remove(key: string): Promise<void> {

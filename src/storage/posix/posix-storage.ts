@@ -22,6 +22,7 @@ import {
   type RepositoryStorage,
   type StorageWriter,
   type StoredObject,
+  putWhole,
 } from '../storage.js';
 
 /** Objects a listing page holds at most (a directory of a million archived segments is not one array). */
@@ -228,15 +229,8 @@ export class PosixStorage implements RepositoryStorage {
     }
   }
 
-  async put(key: string, data: Uint8Array, options: CreateOptions = {}): Promise<void> {
-    const writer = await this.create(key, options);
-    try {
-      await writer.write(data);
-    } catch (err) {
-      await writer.abort();
-      throw err;
-    }
-    await writer.finish();
+  put(key: string, data: Uint8Array, options?: CreateOptions): Promise<void> {
+    return putWhole(this, key, data, options);
   }
 
   async remove(key: string): Promise<void> {

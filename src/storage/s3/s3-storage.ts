@@ -15,6 +15,7 @@ import {
   type RepositoryStorage,
   type StorageWriter,
   type StoredObject,
+  putWhole,
 } from '../storage.js';
 import {
   DEFAULT_PART_SIZE,
@@ -295,15 +296,8 @@ export class S3Storage implements RepositoryStorage, S3WriterHost {
     );
   }
 
-  async put(key: string, data: Uint8Array, options: CreateOptions = {}): Promise<void> {
-    const writer = await this.create(key, { ...options, sizeHint: data.length });
-    try {
-      await writer.write(data);
-    } catch (err) {
-      await writer.abort();
-      throw err;
-    }
-    await writer.finish();
+  put(key: string, data: Uint8Array, options?: CreateOptions): Promise<void> {
+    return putWhole(this, key, data, options);
   }
 
   async remove(key: string): Promise<void> {
