@@ -5,7 +5,7 @@ import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { LocalRestoreTarget } from '../src/hosts/local/restore-target.js';
 import type { FileCopyResult } from '../src/storage/file-copy-worker.js';
-import { PosixRepository } from '../src/storage/repository.js';
+import { PosixStorage } from '../src/storage/posix/posix-storage.js';
 import { WorkerPool } from '../src/util/worker-pool.js';
 import { FLUSH_EVERY_BYTES } from '../src/util/flush-behind.js';
 import { makeTempDir, removeTree } from './harness/os.js';
@@ -33,9 +33,9 @@ test('write-behind flushes lose nothing: repository outputs and restore files wr
   const dir = makeTempDir('flush');
   try {
     const repoPath = join(dir, 'archive.tar');
-    const out = await new PosixRepository().createOutput(repoPath);
+    const out = await new PosixStorage(dir).create('archive.tar');
     const expected = await writeChunks((c) => out.write(c));
-    await out.close();
+    await out.finish();
     assert.equal(await sha256File(repoPath), expected);
 
     const restorePath = join(dir, 'restored');
@@ -69,7 +69,7 @@ test('write-behind flushes lose nothing: repository outputs and restore files wr
     }
 
     // An abort while a flush may be under way closes cleanly.
-    const aborted = await new PosixRepository().createOutput(join(dir, 'aborted'));
+    const aborted = await new PosixStorage(dir).create('aborted');
     for (let i = 0; i < FLUSH_EVERY_BYTES / 2 ** 20 + 1; i++) await aborted.write(Buffer.alloc(2 ** 20, 1));
     await aborted.abort();
   } finally {

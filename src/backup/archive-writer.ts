@@ -14,13 +14,6 @@ export type UnitCompressor = (unit: Buffer) => Promise<Buffer>;
 /** Receives every completed manifest entry, in archive order. */
 export type EntrySink = (entry: ManifestFileEntry) => Promise<void>;
 
-/** Byte-level output of an archive (a file in the repository); see src/storage. */
-export interface ArchiveOutput {
-  write(data: Buffer): Promise<void>;
-  /** Flushes to stable storage and closes. */
-  close(): Promise<void>;
-}
-
 /**
  * Uncompressed bytes per compression unit of a tar archive (plain backups use 4 times as much): large
  * enough to compress well, small enough to bound memory.

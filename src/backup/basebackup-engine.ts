@@ -1,6 +1,5 @@
 // Backup engine (pg_basebackup): a full backup taken by running pg_basebackup into the catalog.
 
-import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { execFile, spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { readFile, readdir, rename, rmdir, stat, symlink, unlink } from 'node:fs/promises';
@@ -23,6 +22,8 @@ import type { BackupInfo } from '../catalog/backup-info.js';
 import { runBackupTransaction, type BackupContext } from './transaction.js';
 import type { FullBackupOptions } from './full-backup.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR } from '../catalog/layout.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
+import { WriterCalls } from './engine-outputs.js';
 import { artifactHasher, createChecksum, ManifestWriter, type ManifestFileEntry } from '../catalog/manifest.js';
 
 /** Major version of a pg_basebackup binary (`pg_basebackup (PostgreSQL) 15.18`). */
@@ -112,7 +113,9 @@ function runBasebackup(path: string, args: string[]): Promise<void> {
  * `BACKUP --with-pg_basebackup`: delegates the copy to pg_basebackup_path, then catalogs the
  * result exactly like a native backup (manifest with per-file checksums, backupinfo), so RESTORE,
  * VERIFY-CHKSUM and SHOW-BACKUPS treat both alike. Its tar entries carry no unit offsets: readers
- * decode those archives sequentially.
+ * decode those archives sequentially. pg_basebackup writes a directory: in place on a local file
+ * system; for an object store, in a private staging directory on this host (beside the server's
+ * lock, under backup_path), whose files are then uploaded through the storage and which is removed.
  */
 export async function takeBasebackup(
   config: BartConfig,
@@ -134,12 +137,70 @@ async function basebackupBody(
   pgbMajor: number,
   opts: FullBackupOptions,
 ): Promise<BackupInfo> {
-  const { server, facts, partialDir, info, id } = ctx;
+  const { facts, storage, dataKey } = ctx;
   if (facts.major > pgbMajor) {
     throw new BartError(
       `pg_basebackup ${pgbMajor} (${path}) cannot back up PostgreSQL ${facts.major}: set pg_basebackup_path to pg_basebackup ${facts.major} or later, or use the native engine`,
     );
   }
+  // The transaction removes the scratch directory however the backup ends.
+  const staging = ctx.localDir === undefined ? await ctx.scratchDir('pg_basebackup') : undefined;
+  return basebackupInto(ctx, staging ?? ctx.localDir!, path, pgbMajor, opts, async () => {
+    if (staging === undefined) return;
+    log.info(`uploading the backup written by pg_basebackup to ${joinKey(storage.location, dataKey)}`);
+    await uploadStaged(storage, staging, dataKey, Math.max(1, opts.threads));
+  });
+}
+
+/**
+ * Uploads every regular file below `dir` to `prefix` of the storage, `parallel` at a time, streamed
+ * (a writer's write() waits while its upload window is full). Directories and symlinks are not
+ * objects: the manifest records them.
+ */
+async function uploadStaged(storage: RepositoryStorage, dir: string, prefix: string, parallel: number): Promise<void> {
+  const files: string[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
+      const child = rel === '' ? e.name : `${rel}/${e.name}`;
+      if (e.isDirectory()) await walk(child);
+      else if (e.isFile()) files.push(child);
+    }
+  };
+  await walk('');
+  const calls = new WriterCalls(parallel);
+  for (const rel of files) {
+    const upload = async () => {
+      const local = join(dir, rel);
+      const size = (await stat(local)).size;
+      const writer = await storage.create(joinKey(prefix, rel), { durable: false, sizeHint: size });
+      try {
+        for await (const chunk of createReadStream(local, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>)
+          await writer.write(chunk);
+        await writer.finish();
+      } catch (err) {
+        await writer.abort();
+        throw err;
+      }
+    };
+    if (!(await calls.add(upload()))) break;
+  }
+  await calls.drain();
+}
+
+/**
+ * Runs pg_basebackup into `partialDir` (a directory of this host) and catalogs what it wrote; the
+ * manifest goes to the backup's data prefix in the storage. `beforeFinish` runs once everything is
+ * cataloged, before the manifest is completed.
+ */
+async function basebackupInto(
+  ctx: BackupContext,
+  partialDir: string,
+  path: string,
+  pgbMajor: number,
+  opts: FullBackupOptions,
+  beforeFinish: () => Promise<void>,
+): Promise<BackupInfo> {
+  const { server, facts, info, id, storage, dataKey } = ctx;
   const target = opts.format === 'tar' ? join(partialDir, 'pg_basebackup') : join(partialDir, PLAIN_BASE_DIR);
   const args = [
     '-h',
@@ -188,8 +249,7 @@ async function basebackupBody(
   };
   const range = pgManifest['WAL-Ranges'][0]!;
 
-  const manifest = await ManifestWriter.create(new PosixStorage(partialDir), MANIFEST_FILE, {
-    // POSIX shim: migrate
+  const manifest = await ManifestWriter.create(storage, joinKey(dataKey, MANIFEST_FILE), {
     manifest: 'pgbart',
     version: 1,
     server: server.name,
@@ -329,6 +389,7 @@ async function basebackupBody(
       startTime: done.startTime.toISOString(),
       stopTime: done.stopTime.toISOString(),
     });
+    await beforeFinish();
     await manifest.finish();
     return done;
   } catch (err) {

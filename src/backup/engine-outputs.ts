@@ -1,13 +1,11 @@
 // Backup engine outputs: the worker pools, archive writers and manifest the full and incremental engines share.
 
-import { PosixStorage } from '../storage/posix/posix-storage.js';
-import { join } from 'node:path';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { ManifestWriter } from '../catalog/manifest.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { compressionExtension } from '../storage/compression.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
-import { PosixRepository } from '../storage/repository.js';
+import { joinKey } from '../storage/storage.js';
 import { WorkerPool } from '../util/worker-pool.js';
 import { UNIT_SIZE, type ArchiveWriter, type ArchiveWriterSettings, type EntrySink } from './archive-writer.js';
 import { finishBackup, poolCompressor, type BackupEnd } from './finish.js';
@@ -30,7 +28,7 @@ export interface BackupOutputOptions {
 }
 
 /**
- * What a native backup engine writes into `<id>.partial`: the compression worker pool (when
+ * What a native backup engine writes under the backup's data prefix: the compression worker pool (when
  * compressing), the file-copy pool (plain format, when asked), one archive writer per archive and
  * the pgbart manifest. Opened before backup mode starts; {@link finish} completes them, {@link abort}
  * throws away what a failed backup wrote, and {@link close} (always, in a `finally`) ends the pools.
@@ -38,7 +36,6 @@ export interface BackupOutputOptions {
 export class BackupOutputs {
   /** Every archive writer made, in order (emptied by {@link finish}). */
   readonly writers: ArchiveWriter[] = [];
-  readonly repository = new PosixRepository();
   private manifestOpen: boolean;
 
   private constructor(
@@ -54,7 +51,7 @@ export class BackupOutputs {
 
   /** Starts the pools and creates the manifest; on a failure, closes what it started. */
   static async open(ctx: BackupContext, opts: BackupOutputOptions = {}): Promise<BackupOutputs> {
-    const { request, server, id, partialDir } = ctx;
+    const { request, server, id, storage, dataKey } = ctx;
     const pools: Closable[] = [];
     try {
       let pool: WorkerPool<Uint8Array> | undefined;
@@ -63,7 +60,9 @@ export class BackupOutputs {
         pools.push(pool);
       }
       let filePool: WorkerPool<FileCopyResult> | undefined;
-      if (opts.fileCopyWorkers && request.format === 'plain') {
+      // The workers write files of this host themselves: a POSIX fast path only (on S3 every file
+      // goes through the storage's writers on the main thread).
+      if (opts.fileCopyWorkers && request.format === 'plain' && ctx.localDir !== undefined) {
         const url = new URL('../storage/file-copy-worker.js', import.meta.url);
         filePool = new WorkerPool<FileCopyResult>(url, request.threads);
         pools.push(filePool);
@@ -77,8 +76,7 @@ export class BackupOutputs {
         unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
         ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool, task) } : {}),
       };
-      const manifest = await ManifestWriter.create(new PosixStorage(partialDir), MANIFEST_FILE, {
-        // POSIX shim: migrate
+      const manifest = await ManifestWriter.create(storage, joinKey(dataKey, MANIFEST_FILE), {
         manifest: 'pgbart',
         version: 1,
         server: server.name,
@@ -97,21 +95,22 @@ export class BackupOutputs {
 
   /** A writer for `archive` (`base` or a tablespace OID) in the backup's format; its entries go to `sink`. */
   async makeWriter(archive: string, sink: EntrySink): Promise<ArchiveWriter> {
-    const { request, partialDir } = this.ctx;
+    const { request, storage, dataKey } = this.ctx;
     const ext = compressionExtension(request.compression);
+    // Not durable one by one: the transaction syncs the whole backup once before publishing it.
     const writer =
       request.format === 'tar'
         ? new TarArchiveWriter(
             tarName(archive, ext),
             archive,
-            await this.repository.createOutput(join(partialDir, tarName(archive, ext))),
+            await storage.create(joinKey(dataKey, tarName(archive, ext)), { durable: false }),
             this.settings,
             sink,
           )
         : new PlainArchiveWriter(
-            join(partialDir, archive === 'base' ? PLAIN_BASE_DIR : archive),
+            storage,
+            joinKey(dataKey, archive === 'base' ? PLAIN_BASE_DIR : archive),
             archive,
-            this.repository,
             this.settings,
             sink,
           );

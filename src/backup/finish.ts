@@ -7,8 +7,7 @@
  * completed backupinfo recorded in the manifest. One implementation, so that both kinds of backup
  * end in exactly the same way.
  */
-import { existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { HostEntry } from '../hosts/data-host.js';
@@ -24,6 +23,9 @@ import type { ArchiveWriter, UnitCompressor } from './archive-writer.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { waitForArchivedWal } from './transaction.js';
 import type { ManifestWriter } from '../catalog/manifest.js';
+import type { RepositoryStorage } from '../storage/storage.js';
+import { BartError, errorMessage } from '../util/errors.js';
+import { StoredObjectHost } from './stored-object-host.js';
 
 /**
  * Compresses units in the worker pool (or passes them through without one). A unit that owns its
@@ -60,8 +62,8 @@ export async function addStopFiles(base: ArchiveWriter, stop: BackupStopResult):
 
 /** Which WAL {@link storeBackupWal} puts into the backup, and from where. */
 export interface BackupWalSource {
-  /** The server's archive (archived_wals). */
-  archivePath: string;
+  /** The server's WAL archive storage. */
+  archive: RepositoryStorage;
   label: BackupLabel;
   /** pg_backup_stop's LSN. */
   stopLsn: string;
@@ -91,12 +93,13 @@ export async function storeBackupWal(base: ArchiveWriter, src: BackupWalSource):
   const names: string[] = [];
   if (label.timeline > 1) {
     const history = historyFileName(label.timeline);
-    if (existsSync(join(src.archivePath, history))) names.push(history);
+    if ((await src.archive.stat(history)) !== undefined) names.push(history);
   }
   const streamed = src.streamed?.names ?? [];
   if (src.streamed) names.push(...streamed.filter((n) => segmentNumberFromName(n, segmentSize) >= firstSegNo));
   else for (let seg = firstSegNo; seg <= lastSegNo; seg++) names.push(segmentName(label.timeline, seg, segmentSize));
   const host = new LocalHost();
+  const archived = new StoredObjectHost(src.archive);
   const now = Date.now();
   const out: StoredWal = {
     walFiles: [],
@@ -104,23 +107,48 @@ export async function storeBackupWal(base: ArchiveWriter, src: BackupWalSource):
     stopWalFile: segmentName(label.timeline, lastSegNo, segmentSize),
   };
   for (const name of names) {
-    const path =
-      src.streamed && streamed.includes(name)
-        ? join(src.streamed.dir, name)
-        : await waitForArchivedWal(src.archivePath, name, src.timeoutMs);
     const entryPath = `pg_wal/${name}`;
-    if (path.endsWith('.gz')) {
-      const data = gunzipSync(await readFile(path));
-      await base.add({ path: entryPath, type: 'file', size: data.length, mode: 0o600, mtimeMs: now }, { data });
-      out.walBytes += data.length;
-    } else {
+    if (src.streamed && streamed.includes(name)) {
+      const path = join(src.streamed.dir, name);
       const size = (await stat(path)).size;
       await base.add({ path: entryPath, type: 'file', size, mode: 0o600, mtimeMs: now }, { host, path });
       out.walBytes += size;
+    } else {
+      const key = await waitForArchivedWal(src.archive, name, src.timeoutMs);
+      if (key.endsWith('.gz')) {
+        const data = await gunzipArchived(src.archive, key, segmentSize);
+        await base.add({ path: entryPath, type: 'file', size: data.length, mode: 0o600, mtimeMs: now }, { data });
+        out.walBytes += data.length;
+      } else {
+        const object = await src.archive.stat(key);
+        if (object === undefined)
+          throw new BartError(`archived WAL file ${src.archive.location}/${key} vanished while the backup stored it`);
+        const size = object.size;
+        await base.add(
+          { path: entryPath, type: 'file', size, mode: 0o600, mtimeMs: now },
+          { host: archived, path: key },
+        );
+        out.walBytes += size;
+      }
     }
     if (!name.endsWith('.history')) out.walFiles.push(name);
   }
   return out;
+}
+
+/**
+ * A gzip-compressed archived segment (wal_compression), decompressed in memory: it is at most one
+ * segment, and the tar header needs its size before its bytes. Sizes are capped so that a damaged
+ * or hostile object cannot take the memory.
+ */
+async function gunzipArchived(archive: RepositoryStorage, key: string, segmentSize: number): Promise<Buffer> {
+  const where = `${archive.location}/${key}`;
+  const compressed = await archive.readAll(key, segmentSize + 1024 * 1024);
+  try {
+    return gunzipSync(compressed, { maxOutputLength: Math.max(segmentSize, 1024 * 1024) });
+  } catch (err) {
+    throw new BartError(`archived WAL file ${where} cannot be decompressed: ${errorMessage(err)}`);
+  }
 }
 
 /** What {@link finishBackup} completes. */

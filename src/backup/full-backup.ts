@@ -20,18 +20,22 @@ import type { ManifestFileEntry } from '../catalog/manifest.js';
 import { PgBackupManifestWriter } from './pg-backup-manifest.js';
 import { pageCheckerFor, recordPageChecks, type PageChecker } from './page-check.js';
 import { BackupOutputs, WriterCalls } from './engine-outputs.js';
+import { joinKey } from '../storage/storage.js';
 
 /** How to take a full backup (already validated by the command). */
 export type FullBackupOptions = Omit<BackupRequest, 'engine' | 'parent'>;
 
-/** Where xlog_method = stream writes WAL inside the partial backup before it goes into pg_wal/. */
+/**
+ * Where xlog_method = stream writes WAL before it goes into pg_wal/: inside the partial backup on a
+ * local file system, else in a scratch directory on this host (BackupContext.scratchDir).
+ */
 const STREAM_DIR = 'wal-stream';
 
 /**
  * Takes a full backup of one server with the native engine: non-exclusive backup mode held in one
  * session, the data directory and tablespaces copied through a {@link DataHost}, compressed by a
  * worker pool, the WAL from start to stop fetched from the archive into the backup; the whole is
- * written under `<id>.partial` until it is complete and durable (see runBackupTransaction).
+ * written under the backup's data prefix and published once complete and durable (see runBackupTransaction).
  */
 export async function takeFullBackup(
   config: BartConfig,
@@ -43,13 +47,14 @@ export async function takeFullBackup(
 
 /** The native engine's work inside a backup transaction. */
 async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
-  const { server, request, client, facts, host, id, partialDir, info } = ctx;
+  const { server, request, client, facts, host, id, storage, dataKey, localDir, info } = ctx;
   let outputs: BackupOutputs | undefined;
   let pgManifest: PgBackupManifestWriter | undefined;
   let streamer: WalStreamer | undefined;
+  let streamDir: string | undefined;
   try {
     outputs = await BackupOutputs.open(ctx, { fileCopyWorkers: true });
-    const { manifest, repository } = outputs;
+    const { manifest } = outputs;
     const progress = new Progress(`backup ${server.name}`, facts.estimatedBytes);
     // Manifest lines are appended one at a time even when plain writers finish files concurrently.
     let sinkChain: Promise<void> = Promise.resolve();
@@ -66,19 +71,25 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     };
     const makeWriter = (archive: string) => outputs!.makeWriter(archive, sinkFor(archive));
     if (request.format === 'plain' && request.compression === 'none') {
-      await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
+      if (localDir !== undefined) await mkdir(join(localDir, PLAIN_BASE_DIR), { mode: 0o700 });
       pgManifest = await PgBackupManifestWriter.create(
-        join(partialDir, PLAIN_BASE_DIR, 'backup_manifest'),
+        storage,
+        joinKey(dataKey, PLAIN_BASE_DIR, 'backup_manifest'),
         request.checksum,
       );
     }
 
     if (server.xlogMethod === 'stream') {
-      await mkdir(join(partialDir, STREAM_DIR), { mode: 0o700 });
+      if (localDir !== undefined) {
+        streamDir = join(localDir, STREAM_DIR);
+        await mkdir(streamDir, { mode: 0o700 });
+      } else {
+        streamDir = await ctx.scratchDir(STREAM_DIR);
+      }
       streamer = await WalStreamer.open(
         { host: server.host, port: server.port, user: server.user },
         facts.walSegmentSize,
-        join(partialDir, STREAM_DIR),
+        streamDir,
       );
     }
     const checker = pageCheckerFor(request.verifyPages !== false, facts.dataChecksumVersion, server.name);
@@ -94,8 +105,9 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     for (const ts of facts.tablespaces) {
       const writer = await makeWriter(String(ts.oid));
       await copyTree(host, ts.location, String(ts.oid), writer, request, checker);
-      if (request.format === 'plain')
-        await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
+      // In place on a local file system (startable as BART's); on S3 the manifest holds the link.
+      if (request.format === 'plain' && localDir !== undefined)
+        await symlink(`../../${ts.oid}`, join(localDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
     phase('data files copied');
     if (checker) recordPageChecks(checker, info);
@@ -105,14 +117,12 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     phase('backup mode stopped');
     const label = await addStopFiles(base, stop);
     const wal = await storeBackupWal(base, {
-      archivePath: server.archivePath,
+      archive: ctx.walArchive,
       label,
       stopLsn: stop.stopLsn,
       segmentSize: facts.walSegmentSize,
       timeoutMs: 600_000,
-      ...(streamer
-        ? { streamed: { dir: join(partialDir, STREAM_DIR), names: await streamer.finish(parseLsn(stop.stopLsn)) } }
-        : {}),
+      ...(streamer ? { streamed: { dir: streamDir!, names: await streamer.finish(parseLsn(stop.stopLsn)) } } : {}),
     });
     phase('WAL stored');
     const done = await outputs.finish({
@@ -127,10 +137,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
       pgManifest = undefined;
     }
     phase('archives finished');
-    if (request.format === 'plain') await repository.syncTree(partialDir);
-    phase('synced');
     progress.end();
-    if (streamer) await rm(join(partialDir, STREAM_DIR), { recursive: true, force: true });
     return done;
   } catch (err) {
     await outputs?.abort();
@@ -139,6 +146,7 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
   } finally {
     await outputs?.close();
     await streamer?.close();
+    if (streamDir !== undefined) await rm(streamDir, { recursive: true, force: true });
   }
 }
 

@@ -199,7 +199,7 @@ function checkDataChecksums(parent: BackupInfo, now: number): void {
 
 /** The body of an incremental backup inside a backup transaction. */
 async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promise<BackupInfo> {
-  const { config, server, request, client, facts, id, partialDir, info } = ctx;
+  const { config, server, request, client, facts, id, localDir, info } = ctx;
   const p = parent.info;
   if (facts.systemIdentifier !== p.systemIdentifier) {
     throw new BartError(
@@ -223,7 +223,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
   try {
     // No file-copy workers: relation files are read block by block through blockHost.
     outputs = await BackupOutputs.open(ctx, { parent: p.id });
-    const { manifest, repository } = outputs;
+    const { manifest } = outputs;
     const pending = new Map<string, IncrementalFileInfo & { crcList: string[] }>();
     let sinkChain: Promise<void> = Promise.resolve();
     const sinkFor = (archive: string) => (entry: ManifestFileEntry) => {
@@ -238,7 +238,8 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
       return sinkChain;
     };
     const makeWriter = (archive: string) => outputs!.makeWriter(archive, sinkFor(archive));
-    if (request.format === 'plain') await mkdir(join(partialDir, PLAIN_BASE_DIR), { mode: 0o700 });
+    if (request.format === 'plain' && localDir !== undefined)
+      await mkdir(join(localDir, PLAIN_BASE_DIR), { mode: 0o700 });
 
     const checker = pageCheckerFor(request.verifyPages !== false, facts.dataChecksumVersion, server.name);
     const { session, startLsn } = await BackupSession.start(
@@ -267,7 +268,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
         lastSeg,
         facts.walSegmentSize,
       );
-      await waitForArchivedWal(server.archivePath, segmentName(lastTli, lastSeg, facts.walSegmentSize), 60_000);
+      await waitForArchivedWal(ctx.walArchive, segmentName(lastTli, lastSeg, facts.walSegmentSize), 60_000);
     }
     const cs = await gatherChangeSet(config, server, p, range);
     log.info(
@@ -284,8 +285,9 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     for (const ts of facts.tablespaces) {
       const writer = await makeWriter(String(ts.oid));
       await copy(ts.location, String(ts.oid), writer);
-      if (request.format === 'plain')
-        await symlink(`../../${ts.oid}`, join(partialDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
+      // In place on a local file system (startable as BART's); on S3 the manifest holds the link.
+      if (request.format === 'plain' && localDir !== undefined)
+        await symlink(`../../${ts.oid}`, join(localDir, PLAIN_BASE_DIR, 'pg_tblspc', String(ts.oid)));
     }
     log.debug('incremental: data files copied');
     if (checker) recordPageChecks(checker, info);
@@ -295,7 +297,7 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
     const label = await addStopFiles(base, stop);
     // As in a full backup, the WAL from start to stop makes this backup consistent on its own.
     const wal = await storeBackupWal(base, {
-      archivePath: server.archivePath,
+      archive: ctx.walArchive,
       label,
       stopLsn: stop.stopLsn,
       segmentSize: facts.walSegmentSize,
@@ -309,7 +311,6 @@ async function incrementalBody(ctx: BackupContext, parent: CatalogEntry): Promis
       wal,
       manifestLinesWritten: () => sinkChain,
     });
-    if (request.format === 'plain') await repository.syncTree(partialDir);
     log.info(
       `incremental backup: ${stats.blocks} blocks (${formatBytes(stats.blocks * BLOCK_SIZE)}) of ${stats.partial} changed relation files, ` +
         `${stats.whole} files whole (${formatBytes(stats.wholeBytes)}), ${stats.unchanged} relation files unchanged`,

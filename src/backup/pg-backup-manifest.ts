@@ -1,8 +1,8 @@
 // PostgreSQL backup manifest: a backup_manifest written as files are stored, for pg_verifybackup.
 
 import { createHash } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
+import type { RepositoryStorage, StorageWriter } from '../storage/storage.js';
 
 /**
  * Writes a PostgreSQL-format `backup_manifest` (version 1) as files are stored, so that
@@ -14,19 +14,27 @@ export class PgBackupManifestWriter {
   private first = true;
 
   private constructor(
-    private readonly handle: FileHandle,
+    private readonly output: StorageWriter,
     private readonly algorithm: ChecksumAlgorithm,
   ) {}
 
-  static async create(path: string, algorithm: ChecksumAlgorithm): Promise<PgBackupManifestWriter> {
-    const w = new PgBackupManifestWriter(await open(path, 'w', 0o600), algorithm);
+  /**
+   * Starts writing the manifest `key` of `storage` (visible once {@link finish} completes it; not
+   * durable on its own: the backup is synced as a whole before it is published).
+   */
+  static async create(
+    storage: RepositoryStorage,
+    key: string,
+    algorithm: ChecksumAlgorithm,
+  ): Promise<PgBackupManifestWriter> {
+    const w = new PgBackupManifestWriter(await storage.create(key, { durable: false }), algorithm);
     await w.write('{ "PostgreSQL-Backup-Manifest-Version": 1,\n"Files": [');
     return w;
   }
 
   private async write(text: string): Promise<void> {
     this.hash.update(text);
-    await this.handle.write(text);
+    await this.output.write(Buffer.from(text));
   }
 
   /** Adds one file (path relative to the data directory, as PostgreSQL names it). */
@@ -50,11 +58,12 @@ export class PgBackupManifestWriter {
       `\n],\n"WAL-Ranges": [\n{ "Timeline": ${timeline}, "Start-LSN": "${startLsn}", "End-LSN": "${endLsn}" }\n],\n`,
     );
     const digest = this.hash.digest('hex');
-    await this.handle.write(`"Manifest-Checksum": "${digest}"}\n`);
-    await this.handle.close();
+    await this.output.write(Buffer.from(`"Manifest-Checksum": "${digest}"}\n`));
+    await this.output.finish();
   }
 
+  /** Drops the manifest (the backup failed). */
   async abort(): Promise<void> {
-    await this.handle.close().catch(() => undefined);
+    await this.output.abort();
   }
 }

@@ -4,7 +4,7 @@ import { chmod, mkdir, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { HostEntry } from '../hosts/data-host.js';
 import { compressionExtension, defaultCompressionLevel } from '../storage/compression.js';
-import type { Repository } from '../storage/repository.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { hashName } from '../catalog/manifest.js';
 import {
   manifestEntryFor,
@@ -16,21 +16,28 @@ import {
 } from './archive-writer.js';
 
 /**
- * Writes one archive as a directory tree (plain format): every file stored on its own, compressed
- * one by one when asked. Calls to `add` may run concurrently (one per worker).
+ * Writes one archive as a directory tree (plain format): every file stored on its own (key
+ * `<prefix>/<path>`), compressed one by one when asked. Calls to `add` may run concurrently (one
+ * per worker). On a local file system directories keep their modes and symlinks are made, so that
+ * the backup can be started in place as BART's can; an object store has files only, and the
+ * manifest records the directories and symlinks that restore recreates.
  */
 export class PlainArchiveWriter implements ArchiveWriter {
   private readonly createdDirs = new Set<string>();
   private storedBytes = 0;
   private dataBytes = 0;
+  /** The archive's directory on this host (POSIX storage), for directories, symlinks and worker copies. */
+  private readonly root: string | undefined;
 
   constructor(
-    private readonly root: string,
+    private readonly storage: RepositoryStorage,
+    private readonly prefix: string,
     private readonly archive: string,
-    private readonly repository: Repository,
     private readonly settings: ArchiveWriterSettings,
     private readonly sink: EntrySink,
-  ) {}
+  ) {
+    this.root = storage.localPath(prefix);
+  }
 
   private async ensureDir(path: string, mode = 0o700): Promise<void> {
     if (this.createdDirs.has(path)) return;
@@ -40,20 +47,32 @@ export class PlainArchiveWriter implements ArchiveWriter {
 
   async add(entry: HostEntry, content?: EntryContent): Promise<void> {
     const manifestEntry = manifestEntryFor(entry, this.archive);
-    const target = join(this.root, entry.path);
+    const target = this.root !== undefined ? join(this.root, entry.path) : undefined;
     if (entry.type === 'dir') {
-      await this.ensureDir(target);
-      await chmod(target, (entry.mode & 0o777) | 0o700);
+      if (target !== undefined) {
+        await this.ensureDir(target);
+        await chmod(target, (entry.mode & 0o777) | 0o700);
+      }
       await this.sink(manifestEntry);
       return;
     }
-    await this.ensureDir(dirname(target));
     if (entry.type === 'symlink') {
-      await symlink(entry.linkTarget ?? '', target);
+      if (target !== undefined) {
+        await this.ensureDir(dirname(target));
+        await symlink(entry.linkTarget ?? '', target);
+      }
       await this.sink(manifestEntry);
       return;
     }
-    if (this.settings.copyLocalFile && content && 'host' in content && content.host.description === 'local') {
+    const key = joinKey(this.prefix, entry.path) + compressionExtension(this.settings.compression);
+    if (
+      target !== undefined &&
+      this.settings.copyLocalFile &&
+      content &&
+      'host' in content &&
+      content.host.description === 'local'
+    ) {
+      await this.ensureDir(dirname(target));
       const pages = content.pages;
       const result = await this.settings.copyLocalFile({
         source: content.path,
@@ -74,7 +93,8 @@ export class PlainArchiveWriter implements ArchiveWriter {
       await this.sink(manifestEntry);
       return;
     }
-    const output = await this.repository.createOutput(target + compressionExtension(this.settings.compression), 0o600);
+    // Not durable one by one: the transaction syncs the whole backup once before publishing it.
+    const output = await this.storage.create(key, { durable: false, sizeHint: entry.size });
     let stored = 0;
     let checksum: string | undefined;
     try {
@@ -97,7 +117,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
       if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0)
         await onPiece(Buffer.alloc(0));
       while (inflight.length > 0) await writeHead();
-      await output.close(false);
+      await output.finish();
     } catch (err) {
       await output.abort();
       throw err;

@@ -1,7 +1,7 @@
 // Archive writer (tar): one tar archive as independently compressed units, with each entry's stored offset.
 
 import type { HostEntry } from '../hosts/data-host.js';
-import type { RepositoryOutput } from '../storage/repository.js';
+import type { StorageWriter } from '../storage/storage.js';
 import { artifactHasher, type ManifestFileEntry } from '../catalog/manifest.js';
 import {
   manifestEntryFor,
@@ -44,7 +44,7 @@ export class TarArchiveWriter implements ArchiveWriter {
   constructor(
     private readonly name: string,
     private readonly archive: string,
-    private readonly output: RepositoryOutput,
+    private readonly output: StorageWriter,
     private readonly settings: ArchiveWriterSettings,
     private readonly sink: EntrySink,
   ) {}
@@ -120,7 +120,7 @@ export class TarArchiveWriter implements ArchiveWriter {
     await this.pushBytes(Buffer.alloc(2 * TAR_BLOCK)); // end-of-archive marker
     await this.emitUnit();
     while (this.inflight.length > 0) await this.writeHead();
-    await this.output.close();
+    await this.output.finish();
     return {
       artifact: { artifact: this.name, size: this.storedBytes, checksum: this.artifactHash.hex() },
       storedBytes: this.storedBytes,

@@ -88,7 +88,7 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
       writeAll(dst, empty);
       stored += empty.length;
     }
-    // No final fsync here: the backup fsyncs every file at the end, many at a time (Repository.syncTree).
+    // No final fsync here: the backup fsyncs every file at the end, many at a time (RepositoryStorage.syncPrefix, before the backup is published).
     if (verifier && src !== undefined) bad = rereadFailing(src, verifier);
   } finally {
     await flushBehind.drain();
