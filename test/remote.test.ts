@@ -385,7 +385,7 @@ test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_comm
     assert.match(
       damaged.stderr,
       new RegExp(
-        `incremental backup ${incr1Id}: block \\d+ of "${patched.path}" has CRC \\w+, the manifest says \\w+ \\(damaged backup\\); nothing was left in`,
+        `incremental backup ${incr1Id}: \\S+/${incr1Id}/base: block \\d+ of "${patched.path}" has CRC \\w+, the manifest says \\w+ \\(damaged backup\\); nothing was left in`,
       ),
       damaged.stderr,
     );

@@ -12,6 +12,11 @@ import { mergeAutoConf, recoverySettings } from '../src/postgres/recovery-config
 import { compressChunk, defaultCompressionLevel } from '../src/storage/compression.js';
 import { BartError } from '../src/util/errors.js';
 import { makeTempDir, removeTree, runOk } from './harness/os.js';
+import { PosixStorage } from '../src/storage/posix/posix-storage.js';
+import type { CreateOptions, ListOptions, ReadRange, RepositoryStorage } from '../src/storage/storage.js';
+import { objectRef } from '../src/restore/object-source.js';
+import { extractBackup } from '../src/restore/engine.js';
+import type { PlanItem } from '../src/restore/plan.js';
 
 test('target times: zones, offsets, DST, fractions, and clear errors', () => {
   assert.equal(parseTargetTime('2024-01-01 12:00:00+05:30', 'UTC').normalized, '2024-01-01 06:30:00+00');
@@ -115,8 +120,9 @@ test('timeline checks read the archived history file', async () => {
       stopLsn: '0/4000000',
       stopTime: new Date('2026-01-01T00:00:00Z'),
     } as BackupInfo;
+    const storage = new PosixStorage(archive);
     const check = (tli: string, stopLsn = info.stopLsn) =>
-      checkTargetAgainstBackup(parseTargetOptions({ targetTli: tli }, 'UTC'), { ...info, stopLsn }, archive);
+      checkTargetAgainstBackup(parseTargetOptions({ targetTli: tli }, 'UTC'), { ...info, stopLsn }, storage);
     await check('2');
     await check('3');
     await assert.rejects(check('2', '0/6000000'), /branched off timeline 1 at 0\/5000000, before backup 1 ended/);
@@ -131,12 +137,12 @@ test('timeline checks read the archived history file', async () => {
     await assert.rejects(check('6'), /invalid timeline history file ".*00000006\.history", line 3: "garbage"/);
     const tl2 = { ...info, timeline: 2, stopLsn: '0/6000000' };
     await assert.rejects(
-      checkTargetAgainstBackup(parseTargetOptions({ targetTli: '1' }, 'UTC'), tl2, archive),
+      checkTargetAgainstBackup(parseTargetOptions({ targetTli: '1' }, 'UTC'), tl2, storage),
       /older than the timeline/,
     );
-    await checkTargetAgainstBackup(parseTargetOptions({ targetTli: '3' }, 'UTC'), tl2, archive);
+    await checkTargetAgainstBackup(parseTargetOptions({ targetTli: '3' }, 'UTC'), tl2, storage);
     await assert.rejects(
-      checkTargetAgainstBackup(parseTargetOptions({ targetTimestamp: '2025-12-31 23:59:59+00' }, 'UTC'), info, archive),
+      checkTargetAgainstBackup(parseTargetOptions({ targetTimestamp: '2025-12-31 23:59:59+00' }, 'UTC'), info, storage),
       /the earliest time this backup can reach is 2026-01-01T00:00:00.000Z/,
     );
   } finally {
@@ -170,7 +176,7 @@ test('tar reader: a GNU tar archive (pax long names, any order) restores with ch
     mkdirSync(out);
     const task = {
       kind: 'tar-range' as const,
-      artifactPath: tar,
+      artifact: { key: 'a.tar', path: tar, name: 'a.tar' },
       compression: 'none' as const,
       offset: 0,
       unitSkip: 0,
@@ -237,7 +243,7 @@ test('tar reader over gzip, lz4 and zstd units: restores from a unit offset; a d
       mkdirSync(out);
       const base = {
         kind: 'tar-range' as const,
-        artifactPath: artifact,
+        artifact: { key: `a.tar.${method}`, path: artifact, name: `a.tar.${method}` },
         compression: method,
         anyOrder: false,
         destRoot: out,
@@ -279,6 +285,127 @@ test('tar reader over gzip, lz4 and zstd units: restores from a unit offset; a d
         method,
       );
     }
+  } finally {
+    removeTree(dir);
+  }
+});
+
+/** A real POSIX storage seen as a driver without local paths (as S3 is): every read goes through `read`. */
+class WithoutLocalPaths implements RepositoryStorage {
+  readonly kind = 'posix' as const;
+  readonly location: string;
+  /** Every ranged or whole read asked for: key, start, end. */
+  readonly reads: { key: string; start?: number; end?: number }[] = [];
+  constructor(private readonly inner: PosixStorage) {
+    this.location = inner.location;
+  }
+  list(prefix: string, options?: ListOptions) {
+    return this.inner.list(prefix, options);
+  }
+  stat(key: string) {
+    return this.inner.stat(key);
+  }
+  read(key: string, range?: ReadRange) {
+    this.reads.push({ key, ...(range ? { start: range.start, end: range.end } : {}) });
+    return this.inner.read(key, range);
+  }
+  readAll(key: string, maxBytes: number) {
+    return this.inner.readAll(key, maxBytes);
+  }
+  create(key: string, options?: CreateOptions) {
+    return this.inner.create(key, options);
+  }
+  put(key: string, data: Uint8Array, options?: CreateOptions) {
+    return this.inner.put(key, data, options);
+  }
+  remove(key: string) {
+    return this.inner.remove(key);
+  }
+  removePrefix(prefix: string) {
+    return this.inner.removePrefix(prefix);
+  }
+  syncPrefix(prefix: string) {
+    return this.inner.syncPrefix(prefix);
+  }
+  localPath(): string | undefined {
+    return undefined;
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+test('a storage without local paths: worker threads get tar units by ranged reads from the main thread; damage names the object', async () => {
+  const dir = makeTempDir('tarport');
+  try {
+    const src = join(dir, 'src');
+    mkdirSync(src);
+    const data = Buffer.alloc(3 * 1024 * 1024);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+    writeFileSync(join(src, 'one'), data.subarray(0, 3000));
+    writeFileSync(join(src, 'two'), data);
+    const tar = join(dir, 'a.tar');
+    await runOk('tar', ['--format=ustar', '-cf', tar, '-C', src, 'one', 'two'], { asTestUser: false });
+    const raw = readFileSync(tar);
+    const cut = 512 + 3072;
+    const first = compressChunk('lz4', 0, raw.subarray(0, cut));
+    const second = compressChunk('lz4', 0, raw.subarray(cut));
+    const repo = join(dir, 'repo');
+    mkdirSync(join(repo, '1'), { recursive: true });
+    const whole = Buffer.concat([first, second]);
+    writeFileSync(join(repo, '1', 'base.tar.lz4'), whole);
+    const storage = new WithoutLocalPaths(new PosixStorage(repo));
+    const artifact = objectRef(storage, '1/base.tar.lz4');
+    assert.equal(artifact.path, undefined);
+    assert.equal(artifact.name, join(repo, '1', 'base.tar.lz4'));
+    const spec = (name: string, content: Buffer): RestoreFileSpec => ({
+      path: name,
+      size: content.length,
+      mode: 0o600,
+      checksum: createHash('sha256').update(content).digest('hex'),
+    });
+    const task = (out: string, offset: number, end: number, files: RestoreFileSpec[]): PlanItem => ({
+      kind: 'task',
+      task: {
+        kind: 'tar-range',
+        artifact,
+        compression: 'lz4',
+        offset,
+        end,
+        unitSkip: 0,
+        anyOrder: false,
+        destRoot: out,
+        files,
+        checksumAlgorithm: 'SHA256',
+        holdBack: {},
+        label: artifact.name,
+      },
+    });
+    async function* plan(out: string): AsyncGenerator<PlanItem> {
+      yield task(out, 0, first.length, [spec('one', data.subarray(0, 3000))]);
+      yield task(out, first.length, whole.length, [spec('two', data)]);
+    }
+    const out = join(dir, 'out');
+    mkdirSync(out);
+    const r = await extractBackup(plan(out), new LocalRestoreTarget(), 2, storage);
+    assert.deepEqual(r, { files: 2, bytes: 3000 + data.length });
+    assert.ok(readFileSync(join(out, 'one')).equals(data.subarray(0, 3000)));
+    assert.ok(readFileSync(join(out, 'two')).equals(data));
+    // Each task read its own byte range, not the artifact from its start.
+    const ranges = storage.reads.map((x) => `${x.key}:${x.start}-${x.end}`).sort();
+    assert.deepEqual(ranges, [`1/base.tar.lz4:0-${first.length}`, `1/base.tar.lz4:${first.length}-${whole.length}`]);
+
+    // The object altered behind pgbart's back: the restore fails naming it.
+    const damaged = Buffer.from(whole);
+    damaged[first.length + Math.floor(second.length / 2)]! ^= 0x55;
+    writeFileSync(join(repo, '1', 'base.tar.lz4'), damaged);
+    const out2 = join(dir, 'out2');
+    mkdirSync(out2);
+    await assert.rejects(extractBackup(plan(out2), new LocalRestoreTarget(), 2, storage), (err: Error) => {
+      assert.ok(err.message.startsWith(artifact.name), err.message);
+      assert.match(err.message, /checksum mismatch for "two"|damaged/);
+      return true;
+    });
   } finally {
     removeTree(dir);
   }

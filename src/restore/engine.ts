@@ -1,11 +1,14 @@
 // Restore engine: a restore plan run, directories and links here, file tasks in worker threads.
 
+import { MessageChannel } from 'node:worker_threads';
 import type { RestoreTarget } from '../hosts/restore-target.js';
+import type { RepositoryStorage } from '../storage/storage.js';
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { WorkerPool } from '../util/worker-pool.js';
+import { serveObjects } from './object-source.js';
 import type { PlanItem } from './plan.js';
-import type { RestoreTaskResult } from './reader.js';
+import type { RestoreTask, RestoreTaskResult } from './reader.js';
 import type { RestoreWorkerMessage } from './worker.js';
 
 /** Totals of an extraction. */
@@ -19,12 +22,15 @@ export interface ExtractResult {
  * `workers` worker threads. At most one task per worker is outstanding, so memory stays flat and,
  * after a failure (or `signal`), nothing new starts and only the tasks already running finish
  * before the error is thrown: the caller then removes what was written. `afterTask` runs after each
- * task that succeeded (a crash point of the delta restore's tests).
+ * task that succeeded (a crash point of the delta restore's tests). Workers read the stored objects
+ * themselves when they have a local path; otherwise this thread reads them from `storage` (ranged
+ * reads, one per running task, so `workers` of them in flight) and hands them the bytes.
  */
 export async function extractBackup(
   plan: AsyncIterable<PlanItem>,
   target: RestoreTarget,
   workers: number,
+  storage: RepositoryStorage,
   signal?: AbortSignal,
   afterTask?: () => void,
 ): Promise<ExtractResult> {
@@ -45,8 +51,14 @@ export async function extractBackup(
         await target.symlink(item.linkTarget, item.path);
       } else {
         const message: RestoreWorkerMessage = { target: target.spec, task: item.task };
+        let endServing: (() => void) | undefined;
+        if (!readsLocally(item.task)) {
+          const channel = new MessageChannel();
+          endServing = serveObjects(storage, channel.port1);
+          message.objects = channel.port2;
+        }
         const running: Promise<void> = pool
-          .run(message)
+          .run(message, message.objects ? [message.objects] : [])
           .then(
             (r) => {
               files += r.files;
@@ -57,7 +69,10 @@ export async function extractBackup(
               failure ??= err;
             },
           )
-          .finally(() => inflight.delete(running));
+          .finally(() => {
+            endServing?.();
+            inflight.delete(running);
+          });
         inflight.add(running);
         while (inflight.size >= workers) await Promise.race(inflight);
       }
@@ -71,4 +86,9 @@ export async function extractBackup(
     await Promise.all(inflight);
     await pool.close();
   }
+}
+
+/** True when every object the task reads has a local path (the worker reads it itself). */
+function readsLocally(task: RestoreTask): boolean {
+  return (task.kind === 'tar-range' ? task.artifact.path : task.source.path) !== undefined;
 }

@@ -4,7 +4,7 @@ import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { CatalogEntry } from '../catalog/catalog.js';
 import type { ServerConfig } from '../config/types.js';
 import type { RestoreTarget } from '../hosts/restore-target.js';
-import { uploadWalFiles } from '../hosts/ssh/restore-wal.js';
+import type { RepositoryStorage } from '../storage/storage.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
@@ -53,7 +53,8 @@ export async function writeBackupFiles(
   const taskBytes = Math.min(256 * 1024 * 1024, Math.max(16 * 1024 * 1024, Math.ceil(scan.totalBytes / (workers * 4))));
   const full = chain[0]!;
   const plan = planRestore({
-    backupDir: full.storage.localPath(full.dataKey)!, // POSIX shim: migrate
+    storage: full.storage,
+    dataKey: full.dataKey,
     info: full.info,
     scan,
     destinations,
@@ -64,7 +65,7 @@ export async function writeBackupFiles(
   });
   // Test hook: a delta restore killed between two tasks, some files rewritten and others not yet.
   const afterTask = delta ? () => crashPoint('restore:delta-task') : undefined;
-  const extracted = await extractBackup(plan, target, workers, signal, afterTask);
+  const extracted = await extractBackup(plan, target, workers, full.storage, signal, afterTask);
   let written = extracted.bytes;
   signal.throwIfAborted();
   if (chain.length > 1) {
@@ -91,19 +92,13 @@ export async function writeBackupFiles(
 export async function copyArchivedWal(
   target: RestoreTarget,
   dir: string,
-  archivePath: string,
+  archive: RepositoryStorage,
   wal: WalToCopy[],
+  segmentSize: number,
   workers: number,
 ): Promise<void> {
   await target.makeDir(dir, 0o700);
-  if (target.spec.kind === 'ssh')
-    await uploadWalFiles(
-      target,
-      archivePath,
-      wal.map((w) => w.name),
-      dir,
-    );
-  else await copyWal(archivePath, wal, dir, Math.max(2, workers));
+  await copyWal(archive, wal, segmentSize, target, dir, Math.max(2, workers));
 }
 
 /** Makes the restored tree belong to cluster_owner (possible only as root) or says who must. */

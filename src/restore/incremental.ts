@@ -2,11 +2,10 @@
 
 import { joinKey } from '../storage/storage.js';
 import { crc32c } from '@node-rs/crc32';
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RestoreTarget } from '../hosts/restore-target.js';
-import { compressionExtension, openDecompressed } from '../storage/compression.js';
-import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { compressionExtension, decompressStream } from '../storage/compression.js';
+import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { CatalogEntry } from '../catalog/catalog.js';
@@ -17,6 +16,8 @@ import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { createChecksum, readManifest } from '../catalog/manifest.js';
 import { tarPadding } from '../storage/tar-header.js';
 import { ByteReader, nextTarHeader } from './tar-reader.js';
+import { ObjectMissingError, objectRef, storageOpener } from './object-source.js';
+import { openPlainFile } from './reader.js';
 
 /** Where and how the incrementals of a chain are applied on top of the restored full backup. */
 export interface ApplyOptions {
@@ -230,10 +231,19 @@ export async function applyIncremental(
     return join(opts.destinations.get(archive)!, hold ?? e.path);
   };
   const ext = compressionExtension(info.compression);
+  const opener = storageOpener(entry.storage);
   for (const [archive, entries] of files) {
     if (info.format === 'tar') {
-      const artifact = join(entry.storage.localPath(entry.dataKey)!, tarName(archive, ext)); // POSIX shim: migrate
-      const stream = openDecompressed(artifact, info.compression);
+      const artifact = objectRef(entry.storage, joinKey(entry.dataKey, tarName(archive, ext)));
+      let raw;
+      try {
+        raw = await opener.open(artifact);
+      } catch (err) {
+        if (err instanceof ObjectMissingError)
+          throw new BartError(`${label}: ${artifact.name} is missing (damaged backup)`);
+        throw err;
+      }
+      const stream = decompressStream(raw, info.compression);
       const reader = new ByteReader(stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
       try {
         for (;;) {
@@ -253,13 +263,19 @@ export async function applyIncremental(
             await reader.skip(header.size + tarPadding(header.size));
           } else {
             const dest = destFor(archive, e);
-            const n = await applyFile(e, reader.stream(header.size), dest, opts, label);
+            // A damaged file names the object it was read from.
+            const n = await applyFile(e, reader.stream(header.size), dest, opts, `${label}: ${artifact.name}`);
             total += n;
             if (dest !== undefined) written += n;
             await reader.skip(tarPadding(header.size));
           }
           count++;
         }
+      } catch (err) {
+        // A decoding or read failure names the object it came from (a storage error already does).
+        if (err instanceof BartError) throw err;
+        const msg = errorMessage(err);
+        throw new BartError(`${label}: ${msg.includes(artifact.name) ? msg : `${artifact.name}: ${msg}`}`);
       } finally {
         stream.destroy();
       }
@@ -269,31 +285,22 @@ export async function applyIncremental(
           `${label}: "${missing.value}" is listed in the manifest but not in ${tarName(archive, ext)} (damaged backup)`,
         );
     } else {
-      const root = join(entry.storage.localPath(entry.dataKey)!, archive === 'base' ? PLAIN_BASE_DIR : archive); // POSIX shim: migrate
+      const root = objectRef(entry.storage, joinKey(entry.dataKey, archive === 'base' ? PLAIN_BASE_DIR : archive));
       for (const e of entries.values()) {
         if (passOver(archive, e)) continue;
         // A delta restore's kept file: a plain backup need not even read it.
         if (opts.keep?.has(fileKey(archive, e.path))) continue;
-        let stored = join(root, e.path + ext);
-        let compression = info.compression;
-        if (ext !== '') {
-          try {
-            await stat(stored);
-          } catch {
-            stored = join(root, e.path);
-            compression = 'none';
-          }
+        let stream;
+        try {
+          stream = await openPlainFile(opener, root, e.path, ext, info.compression, label);
+        } catch (err) {
+          throw new BartError(errorMessage(err));
         }
-        const stream = openDecompressed(stored, compression);
         try {
           const dest = destFor(archive, e);
-          const n = await applyFile(e, stream as AsyncIterable<Buffer>, dest, opts, label);
+          const n = await applyFile(e, stream as AsyncIterable<Buffer>, dest, opts, `${label}: ${root.name}`);
           total += n;
           if (dest !== undefined) written += n;
-        } catch (err) {
-          if (isErrnoError(err) && err.code === 'ENOENT')
-            throw new BartError(`${label}: "${e.path}" is missing from the backup (damaged backup)`);
-          throw err;
         } finally {
           stream.destroy();
         }

@@ -1,10 +1,9 @@
 // Restore plan: a read-only scan of a backup's manifest, then the directories, links and file tasks to restore.
 
-import { PosixStorage } from '../storage/posix/posix-storage.js';
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compressionExtension, type CompressionMethod } from '../storage/compression.js';
-import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
+import { BartError, errorMessage } from '../util/errors.js';
 import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import {
@@ -14,7 +13,8 @@ import {
   type ManifestHeader,
 } from '../catalog/manifest.js';
 import { fileKey } from '../catalog/incremental-format.js';
-import type { RestoreFileSpec, RestoreTask } from './reader.js';
+import type { RestoreFileSpec, RestoreTask, TarRangeTask } from './reader.js';
+import { objectRef } from './object-source.js';
 import { TreeShapeCheck } from '../util/untrusted-path.js';
 
 /** The data directory's archive name in manifests. */
@@ -39,32 +39,41 @@ export interface BackupScan {
   artifacts: ManifestArtifact[];
   totalFiles: number;
   totalBytes: number;
+  /** Stored size of each tar artifact (by name), as checked against the manifest. */
+  artifactSizes: Map<string, number>;
 }
 
 /** Files restore does not copy from the base archive: it makes the `pg_tblspc` links itself. */
 const SKIPPED_BASE_FILES = new Set(['tablespace_map']);
 
-/** Where a file entry is stored in a plain backup. */
-function plainStoredPath(backupDir: string, entry: ManifestFileEntry, ext: string): string {
-  return join(backupDir, entry.archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : entry.archive, entry.path + ext);
+/** The prefix (below the backup's) an archive's files are stored under in a plain backup. */
+function plainArchiveDir(archive: string): string {
+  return archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : archive;
 }
 
-async function storedSize(path: string): Promise<number | undefined> {
-  try {
-    return (await stat(path)).size;
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') return undefined;
-    throw err;
+/** Where a file entry is stored in a plain backup, relative to the backup's prefix. */
+function plainStoredKey(entry: ManifestFileEntry, ext: string): string {
+  return joinKey(plainArchiveDir(entry.archive), entry.path + ext);
+}
+
+/** Sizes of every object below `prefix`, by key relative to it (one listing, not a stat per file). */
+async function storedSizes(storage: RepositoryStorage, prefix: string): Promise<Map<string, number>> {
+  const sizes = new Map<string, number>();
+  for await (const page of storage.list(prefix)) {
+    for (const o of page.objects) sizes.set(o.key.slice(prefix.length + 1), o.size);
   }
+  return sizes;
 }
 
 /**
  * First pass, before anything is written: the manifest is complete and undamaged, it belongs to this
  * backup, and every stored artifact (tar) or file (plain) is present with the size the manifest
- * records, so a truncated or half-deleted backup is refused up front. Reads the manifest as a stream.
+ * records, so a truncated or half-deleted backup is refused up front. Reads the manifest as a stream
+ * from the backup's prefix `dataKey` of `storage`; messages name objects as `location/key`.
  */
-export async function scanBackup(backupDir: string, info: BackupInfo): Promise<BackupScan> {
-  const manifestPath = join(backupDir, MANIFEST_FILE);
+export async function scanBackup(storage: RepositoryStorage, dataKey: string, info: BackupInfo): Promise<BackupScan> {
+  const manifestPath = joinKey(storage.location, dataKey, MANIFEST_FILE);
+  const where = (relative: string) => joinKey(storage.location, dataKey, relative);
   let header: ManifestHeader | undefined;
   const archives = new Map<string, ArchiveSummary>();
   const artifacts: ManifestArtifact[] = [];
@@ -75,9 +84,10 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
   // Checked before anything is written: no entry lies below a symlink or a file of the backup, so
   // no write of this restore can go through a link (the manifest is read back, not trusted).
   const shapes = new Map<string, TreeShapeCheck>();
+  // A plain backup's stored files, listed once (their names and sizes; the manifest is checked against them).
+  const plainSizes = info.format === 'tar' ? undefined : await storedSizes(storage, dataKey);
   try {
-    for await (const line of readManifest(new PosixStorage(backupDir), MANIFEST_FILE, (h) => (header = h))) {
-      // POSIX shim: migrate
+    for await (const line of readManifest(storage, joinKey(dataKey, MANIFEST_FILE), (h) => (header = h))) {
       if (line.kind === 'artifact') {
         artifacts.push(line.artifact);
         continue;
@@ -105,13 +115,17 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
           lastPos.set(e.archive, pos);
         }
       } else {
-        const path = plainStoredPath(backupDir, e, ext);
-        const size =
-          (await storedSize(path)) ?? (ext !== '' ? await storedSize(plainStoredPath(backupDir, e, '')) : undefined);
-        if (size === undefined) throw new BartError(`backup ${info.id} is damaged: "${path}" is missing`);
-        if (e.storedSize !== undefined && size !== e.storedSize) {
+        const key = plainStoredKey(e, ext);
+        let stored = plainSizes!.get(key);
+        let storedKey = key;
+        if (stored === undefined && ext !== '') {
+          storedKey = plainStoredKey(e, '');
+          stored = plainSizes!.get(storedKey);
+        }
+        if (stored === undefined) throw new BartError(`backup ${info.id} is damaged: "${where(key)}" is missing`);
+        if (e.storedSize !== undefined && stored !== e.storedSize) {
           throw new BartError(
-            `backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${e.storedSize}`,
+            `backup ${info.id} is damaged: "${where(storedKey)}" is ${stored} bytes, the manifest says ${e.storedSize}`,
           );
         }
       }
@@ -127,18 +141,19 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
       `backup ${info.id} cannot be restored: ${manifestPath} describes backup ${header.id} (${header.format}), not this one`,
     );
   }
+  const artifactSizes = new Map<string, number>();
   if (info.format === 'tar') {
     for (const archive of archives.keys()) {
       const name = tarName(archive, ext);
-      const path = join(backupDir, name);
-      const size = await storedSize(path);
-      if (size === undefined) throw new BartError(`backup ${info.id} is damaged: "${path}" is missing`);
+      const size = (await storage.stat(joinKey(dataKey, name)))?.size;
+      if (size === undefined) throw new BartError(`backup ${info.id} is damaged: "${where(name)}" is missing`);
       const recorded = artifacts.find((a) => a.artifact === name);
       if (recorded && recorded.size !== size) {
         throw new BartError(
-          `backup ${info.id} is damaged: "${path}" is ${size} bytes, the manifest says ${recorded.size}`,
+          `backup ${info.id} is damaged: "${where(name)}" is ${size} bytes, the manifest says ${recorded.size}`,
         );
       }
+      artifactSizes.set(name, size);
     }
   }
   for (const archive of archives.keys()) {
@@ -150,12 +165,15 @@ export async function scanBackup(backupDir: string, info: BackupInfo): Promise<B
   }
   if (!archives.has(BASE_ARCHIVE))
     throw new BartError(`backup ${info.id} cannot be restored: its manifest lists no data directory files`);
-  return { header, archives, artifacts, totalFiles, totalBytes };
+  return { header, archives, artifacts, totalFiles, totalBytes, artifactSizes };
 }
 
 /** Settings of the second pass. */
 export interface PlanOptions {
-  backupDir: string;
+  /** The repository storage of the backup's server. */
+  storage: RepositoryStorage;
+  /** The prefix of the backup's files ({@link CatalogEntry.dataKey}). */
+  dataKey: string;
   info: BackupInfo;
   scan: BackupScan;
   /** Restore root of each archive: `base` → the data directory, OID → the tablespace location. */
@@ -196,7 +214,7 @@ interface Pending {
  * starting at an entry's unit offset, which is what lets N workers decode one archive in parallel.
  */
 export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> {
-  const { info, scan, backupDir } = opts;
+  const { info, scan, storage, dataKey } = opts;
   const compression: CompressionMethod = info.compression;
   const ext = compressionExtension(compression);
   const pending = new Map<string, Pending>();
@@ -205,7 +223,10 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
   const makeTask = (archive: string, p: Pending): RestoreTask => {
     const anyOrder = scan.archives.get(archive)!.sequential;
     const destRoot = opts.destinations.get(archive)!;
-    const label = info.format === 'tar' ? tarName(archive, ext) : archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : archive;
+    const stored = joinKey(dataKey, info.format === 'tar' ? tarName(archive, ext) : plainArchiveDir(archive));
+    const ref = objectRef(storage, stored);
+    // Messages name what was read as the storage names it (for POSIX, the path).
+    const label = ref.name;
     const common = {
       destRoot,
       files: p.files,
@@ -217,23 +238,47 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
       return {
         kind: 'tar-range',
         ...common,
-        artifactPath: join(backupDir, tarName(archive, ext)),
+        artifact: ref,
         compression,
         offset: p.offset,
         unitSkip: p.unitSkip,
         anyOrder,
       };
     }
-    const sourceRoot = join(backupDir, archive === BASE_ARCHIVE ? PLAIN_BASE_DIR : archive);
-    return { kind: 'plain-files', ...common, sourceRoot, compression, extension: ext };
+    return { kind: 'plain-files', ...common, source: ref, compression, extension: ext };
   };
 
-  for await (const line of readManifest(new PosixStorage(backupDir), MANIFEST_FILE)) {
-    // POSIX shim: migrate
+  // Where each tar task's stored bytes end, so that its ranged read asks for no more than it needs.
+  // A task ends before file X: when X's header starts its unit (unitSkip 0), the task's bytes end at
+  // X's offset; otherwise the task's last file ends inside X's unit, which ends at the next larger
+  // offset the manifest shows: such a task waits for it (or for the manifest's end: the artifact's end).
+  const waiting = new Map<string, { task: TarRangeTask; boundary: number }[]>();
+  const artifactEnd = (archive: string) => scan.artifactSizes.get(tarName(archive, ext));
+  const ended = (task: RestoreTask, end: number | undefined): PlanItem => ({
+    kind: 'task',
+    task: task.kind === 'tar-range' && end !== undefined ? { ...task, end } : task,
+  });
+  /** The task of `p`, ended before `next` (undefined: at the end of the archive); undefined while it waits. */
+  const finish = (archive: string, p: Pending, next: ManifestFileEntry | undefined): PlanItem | undefined => {
+    const task = makeTask(archive, p);
+    if (task.kind !== 'tar-range' || next?.offset === undefined || scan.archives.get(archive)!.sequential)
+      return ended(task, artifactEnd(archive));
+    if ((next.unitSkip ?? 0) === 0) return ended(task, next.offset);
+    const list = waiting.get(archive) ?? [];
+    list.push({ task, boundary: next.offset });
+    waiting.set(archive, list);
+    return undefined;
+  };
+
+  for await (const line of readManifest(storage, joinKey(dataKey, MANIFEST_FILE))) {
     if (line.kind !== 'file') continue;
     const e = line.entry;
     const destRoot = opts.destinations.get(e.archive);
     if (destRoot === undefined) continue;
+    const held = e.type === 'file' && e.offset !== undefined ? waiting.get(e.archive) : undefined;
+    if (held) {
+      while (held.length > 0 && held[0]!.boundary < e.offset!) yield ended(held.shift()!.task, e.offset);
+    }
     if (e.type === 'dir') {
       yield { kind: 'dir', path: join(destRoot, e.path), mode: e.mode & 0o777 };
       continue;
@@ -248,11 +293,14 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     if (e.checksum && opts.checksumAlgorithm !== 'NONE') spec.checksum = e.checksum;
     const summary = scan.archives.get(e.archive)!;
     if (opts.keep?.has(fileKey(e.archive, e.path))) {
-      const held = pending.get(e.archive);
+      const run = pending.get(e.archive);
       if (info.format !== 'tar') continue;
       if (!summary.sequential) {
         // The run of files to write ends here; the next one starts its own task at its offset.
-        if (held && held.files.length > 0) yield { kind: 'task', task: makeTask(e.archive, held) };
+        if (run && run.files.length > 0) {
+          const item = finish(e.archive, run, e);
+          if (item) yield item;
+        }
         pending.delete(e.archive);
         continue;
       }
@@ -267,7 +315,8 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     let p = pending.get(e.archive);
     const split = info.format === 'tar' ? !summary.sequential && e.offset !== undefined : true;
     if (p && split && (p.bytes >= opts.taskBytes || p.files.length >= MAX_FILES_PER_TASK)) {
-      yield { kind: 'task', task: makeTask(e.archive, p) };
+      const item = finish(e.archive, p, e);
+      if (item) yield item;
       p = undefined;
     }
     if (!p) {
@@ -283,5 +332,6 @@ export async function* planRestore(opts: PlanOptions): AsyncGenerator<PlanItem> 
     p.files.push(spec);
     p.bytes += e.size + 512;
   }
-  for (const [archive, p] of pending) if (p.files.length > 0) yield { kind: 'task', task: makeTask(archive, p) };
+  for (const [archive, list] of waiting) for (const w of list) yield ended(w.task, artifactEnd(archive));
+  for (const [archive, p] of pending) if (p.files.length > 0) yield finish(archive, p, undefined)!;
 }

@@ -1,14 +1,15 @@
 // Restore reader: one restore task's files read from a tar range or plain files, verified and written.
 
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import type { RestoreTarget, TargetFileWriter } from '../hosts/restore-target.js';
-import { openDecompressed, type CompressionMethod } from '../storage/compression.js';
-import { isErrnoError } from '../util/errors.js';
+import { decompressStream, type CompressionMethod } from '../storage/compression.js';
+import { joinKey } from '../storage/storage.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { createChecksum } from '../catalog/manifest.js';
 import { tarPadding } from '../storage/tar-header.js';
 import { ByteReader, nextTarHeader } from './tar-reader.js';
+import { localOpener, ObjectMissingError, type ObjectOpener, type ObjectRef } from './object-source.js';
 
 /** One file to restore, as the manifest describes it. */
 export interface RestoreFileSpec {
@@ -42,18 +43,25 @@ interface TaskBase {
  */
 export interface TarRangeTask extends TaskBase {
   kind: 'tar-range';
-  artifactPath: string;
+  /** The tar artifact (`<id>/base.tar.lz4`). */
+  artifact: ObjectRef;
   compression: CompressionMethod;
   offset: number;
+  /**
+   * Where the stored bytes this task needs end (exclusive): a ranged read stops there. Undefined:
+   * the end of the artifact.
+   */
+  end?: number;
   unitSkip: number;
   /** Files may come in any order (an archive read whole from its start): match them by path. */
   anyOrder: boolean;
 }
 
-/** Files of a plain backup, each stored as `<sourceRoot>/<path><extension>`. */
+/** Files of a plain backup, each stored as `<source>/<path><extension>`. */
 export interface PlainFilesTask extends TaskBase {
   kind: 'plain-files';
-  sourceRoot: string;
+  /** The prefix the archive's files are stored under (`<id>/base`, `<id>/<oid>`). */
+  source: ObjectRef;
   compression: CompressionMethod;
   extension: string;
 }
@@ -137,8 +145,28 @@ function destination(task: TaskBase, spec: RestoreFileSpec): string | undefined 
   return join(task.destRoot, task.holdBack[spec.path] ?? spec.path);
 }
 
-async function runTarRange(task: TarRangeTask, target: RestoreTarget): Promise<RestoreTaskResult> {
-  const stream = openDecompressed(task.artifactPath, task.compression, task.offset);
+/** The ref of `relative` below a prefix's ref. */
+export function refBelow(prefix: ObjectRef, relative: string): ObjectRef {
+  return {
+    key: joinKey(prefix.key, relative),
+    name: joinKey(prefix.name, relative),
+    ...(prefix.path !== undefined ? { path: join(prefix.path, relative) } : {}),
+  };
+}
+
+async function runTarRange(
+  task: TarRangeTask,
+  target: RestoreTarget,
+  opener: ObjectOpener,
+): Promise<RestoreTaskResult> {
+  let raw;
+  try {
+    raw = await opener.open(task.artifact, task.offset, task.end);
+  } catch (err) {
+    if (err instanceof ObjectMissingError) throw new Error(`${task.label}: missing from the backup (damaged backup)`);
+    throw err;
+  }
+  const stream = decompressStream(raw, task.compression);
   const reader = new ByteReader(stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
   const sink = new FileSink(target);
   const where = `${task.label} (from byte ${task.offset})`;
@@ -198,24 +226,41 @@ async function runTarRange(task: TarRangeTask, target: RestoreTarget): Promise<R
   }
 }
 
-async function runPlainFiles(task: PlainFilesTask, target: RestoreTarget): Promise<RestoreTaskResult> {
+/**
+ * A plain backup's stored file: `<path><extension>`, or, in a compressed backup, `<path>` kept
+ * uncompressed (PostgreSQL's backup_manifest). Rejects naming the file when neither exists.
+ */
+export async function openPlainFile(
+  opener: ObjectOpener,
+  root: ObjectRef,
+  path: string,
+  extension: string,
+  compression: CompressionMethod,
+  label: string,
+): Promise<Readable> {
+  try {
+    return decompressStream(await opener.open(refBelow(root, path + extension)), compression);
+  } catch (err) {
+    if (!(err instanceof ObjectMissingError)) throw err;
+  }
+  try {
+    if (extension !== '') return await opener.open(refBelow(root, path));
+  } catch (err) {
+    if (!(err instanceof ObjectMissingError)) throw err;
+  }
+  throw new Error(`${label}: "${path}" is missing from the backup (damaged backup)`);
+}
+
+async function runPlainFiles(
+  task: PlainFilesTask,
+  target: RestoreTarget,
+  opener: ObjectOpener,
+): Promise<RestoreTaskResult> {
   const sink = new FileSink(target);
   let files = 0;
   let bytes = 0;
   for (const spec of task.files) {
-    let stored = join(task.sourceRoot, spec.path + task.extension);
-    let compression = task.compression;
-    if (task.extension !== '') {
-      // Files kept uncompressed in a compressed plain backup (PostgreSQL's backup_manifest).
-      try {
-        await stat(stored);
-      } catch (err) {
-        if (!isErrnoError(err) || err.code !== 'ENOENT') throw err;
-        stored = join(task.sourceRoot, spec.path);
-        compression = 'none';
-      }
-    }
-    const stream = openDecompressed(stored, compression);
+    const stream = await openPlainFile(opener, task.source, spec.path, task.extension, task.compression, task.label);
     try {
       bytes += await sink.copy(
         stream as AsyncIterable<Buffer>,
@@ -224,11 +269,6 @@ async function runPlainFiles(task: PlainFilesTask, target: RestoreTarget): Promi
         task.checksumAlgorithm,
         `${task.label}/${spec.path}`,
       );
-    } catch (err) {
-      if (isErrnoError(err) && err.code === 'ENOENT' && err.path === stored) {
-        throw new Error(`${task.label}: "${spec.path}" is missing from the backup (damaged backup)`);
-      }
-      throw err;
     } finally {
       stream.destroy();
     }
@@ -237,7 +277,14 @@ async function runPlainFiles(task: PlainFilesTask, target: RestoreTarget): Promi
   return { files, bytes };
 }
 
-/** Runs one restore task against a target (in a worker thread, or inline). */
-export async function runRestoreTask(task: RestoreTask, target: RestoreTarget): Promise<RestoreTaskResult> {
-  return task.kind === 'tar-range' ? runTarRange(task, target) : runPlainFiles(task, target);
+/**
+ * Runs one restore task against a target (in a worker thread, or inline), reading stored objects
+ * with `opener` (by default from their local paths).
+ */
+export async function runRestoreTask(
+  task: RestoreTask,
+  target: RestoreTarget,
+  opener: ObjectOpener = localOpener,
+): Promise<RestoreTaskResult> {
+  return task.kind === 'tar-range' ? runTarRange(task, target, opener) : runPlainFiles(task, target, opener);
 }

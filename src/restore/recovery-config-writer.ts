@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { RestoreTarget } from '../hosts/restore-target.js';
-import { scpRestoreCommand } from '../hosts/ssh/restore-target.js';
+import { scpRestoreCommand, sshArchiveGetRestoreCommand } from '../hosts/ssh/restore-target.js';
 import {
   mergeAutoConf,
   recoverySettings,
@@ -29,6 +29,8 @@ export interface RecoveryConfigRequest {
   target: ParsedTarget;
   /** -c: WAL was copied into {@link COPIED_WAL_DIR}. */
   copyWals: boolean;
+  /** The server's WAL archive is a directory on the BART host (POSIX), which scp can read; else ARCHIVE-GET must fetch. */
+  archiveIsDirectory: boolean;
   /** --standby: standby.signal instead of recovery.signal. */
   standby: boolean;
 }
@@ -51,9 +53,13 @@ function bartScript(): string {
 /** restore_command for the restored cluster. */
 function restoreCommand(r: RecoveryConfigRequest, remote: boolean): string {
   if (r.copyWals) return `cp ${shellQuoteForRestoreCommand(join(r.path, COPIED_WAL_DIR))}/%f %p`;
-  // On another host, bart is not there: fetch from the BART host's archive with scp, as BART did.
   const bartHost = r.config.global.bartHost;
-  if (remote) return scpRestoreCommand(`${bartHost.user}@${bartHost.host}`, r.server.archivePath);
+  const bartHostDest = `${bartHost.user}@${bartHost.host}`;
+  // On another host, bart is not there: fetch from the BART host's archive with scp, as BART did;
+  // an archive in a bucket is fetched by bart ARCHIVE-GET on the BART host, over ssh.
+  if (remote && r.archiveIsDirectory) return scpRestoreCommand(bartHostDest, r.server.archivePath);
+  if (remote)
+    return sshArchiveGetRestoreCommand(bartHostDest, [process.execPath, bartScript()], r.config.path, r.server.name);
   const q = shellQuoteForRestoreCommand;
   const bart = [process.execPath, bartScript()].map(q).join(' ');
   return `${bart} -c ${q(r.config.path)} ARCHIVE-GET -s ${q(r.server.name)} %f %p`;

@@ -1,9 +1,7 @@
 // Recovery target: RESTORE's target options parsed and checked against the backup and timeline history.
 
-import { join } from 'node:path';
-import { PosixStorage } from '../storage/posix/posix-storage.js';
-import { readFile } from 'node:fs/promises';
 import { gunzipSync } from 'node:zlib';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { requireConfSafe, type RecoveryTarget } from '../postgres/recovery-config.js';
 import { BartError } from '../util/errors.js';
 import { formatLsn, isLsn, parseLsn } from '../util/lsn.js';
@@ -199,13 +197,28 @@ export function parseTargetOptions(o: TargetOptions, defaultZone: string): Parse
   };
 }
 
-/** The archived history file of timeline `tli` (decompressed), with the path it was read from. */
-async function readHistory(archivePath: string, tli: number): Promise<{ text: string; path: string } | undefined> {
-  const key = await findArchived(new PosixStorage(archivePath), historyFileName(tli)); // POSIX shim: migrate
+/**
+ * Most bytes a timeline history file may take (stored, and once decompressed): one line per earlier
+ * timeline, so even thousands of timelines stay far below it; a larger object is damaged or hostile.
+ */
+const MAX_HISTORY_BYTES = 4 * 1024 * 1024;
+
+/** The archived history file of timeline `tli` (decompressed), with the name of the object it was read from. */
+async function readHistory(
+  archive: RepositoryStorage,
+  tli: number,
+): Promise<{ text: string; path: string } | undefined> {
+  const key = await findArchived(archive, historyFileName(tli));
   if (!key) return undefined;
-  const path = join(archivePath, key);
-  const raw = await readFile(path);
-  return { text: (path.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'), path };
+  const path = joinKey(archive.location, key);
+  const raw = await archive.readAll(key, MAX_HISTORY_BYTES);
+  let text: Buffer;
+  try {
+    text = key.endsWith('.gz') ? gunzipSync(raw, { maxOutputLength: MAX_HISTORY_BYTES }) : raw;
+  } catch (err) {
+    throw new BartError(`timeline history file "${path}" cannot be decompressed: ${(err as Error).message}`);
+  }
+  return { text: text.toString('utf8'), path };
 }
 
 /**
@@ -213,7 +226,11 @@ async function readHistory(archivePath: string, tli: number): Promise<{ text: st
  * (the error names the earliest point that can); a timeline must be the backup's or descend from it
  * after the backup's end, according to the archived history file.
  */
-export async function checkTargetAgainstBackup(t: ParsedTarget, info: BackupInfo, archivePath: string): Promise<void> {
+export async function checkTargetAgainstBackup(
+  t: ParsedTarget,
+  info: BackupInfo,
+  archive: RepositoryStorage,
+): Promise<void> {
   if (t.target.kind === 'time' && t.time && t.time.getTime() < info.stopTime.getTime()) {
     throw new BartError(
       `recovery target time ${t.target.value} is before the end of backup ${info.id} (it ended at ${info.stopTime.toISOString()}): ` +
@@ -234,10 +251,10 @@ export async function checkTargetAgainstBackup(t: ParsedTarget, info: BackupInfo
       `-t/--target-tli ${tli} is older than the timeline of backup ${info.id} (${info.timeline}): recovery cannot go back to an earlier timeline; use an older backup`,
     );
   }
-  const history = await readHistory(archivePath, tli);
+  const history = await readHistory(archive, tli);
   if (history === undefined) {
     throw new BartError(
-      `-t/--target-tli ${tli}: timeline history file ${historyFileName(tli)} is not in the archive ${archivePath}; ` +
+      `-t/--target-tli ${tli}: timeline history file ${historyFileName(tli)} is not in the archive ${archive.location}; ` +
         'no such timeline was archived',
     );
   }

@@ -9,6 +9,8 @@ import { serverCatalogDir } from '../catalog/layout.js';
 import { registerRestore } from '../catalog/lock.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { RestoreTarget } from '../hosts/restore-target.js';
+import { openWalArchive } from '../storage/open-repository.js';
+import type { RepositoryStorage } from '../storage/storage.js';
 import { PATCH_BATCH_BYTES } from '../hosts/ssh/restore-target.js';
 import { signalFileName } from '../postgres/recovery-config.js';
 import { BartError, errorMessage } from '../util/errors.js';
@@ -72,6 +74,8 @@ interface Plan {
   info: BackupInfo;
   /** The backups to restore, full backup first (just one for a full backup). */
   chain: CatalogEntry[];
+  /** The server's WAL archive (history files, WAL for -c). */
+  archive: RepositoryStorage;
   path: string;
   target: ParsedTarget;
   scan: BackupScan;
@@ -95,7 +99,8 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
   const { server, path } = req;
   const { entry, chain } = await selectBackup(config, server, req.backupId, req.targetOptions);
   const info = entry.info;
-  const parsed = await validateRecoveryTarget(req.targetOptions, info, server.archivePath);
+  const archive = openWalArchive(config, server);
+  const parsed = await validateRecoveryTarget(req.targetOptions, info, archive);
   const { scan, restored } = await scanChain(chain, entry);
 
   const tablespaceDest = tablespaceDestinations(info, server, req.tablespaceMap);
@@ -117,7 +122,7 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
 
   const copyWals = req.copyWals;
   const maxTli = parsed.timeline !== undefined && /^\d+$/.test(parsed.timeline) ? Number(parsed.timeline) : undefined;
-  const wal = copyWals ? await selectWalToCopy(server.archivePath, info, maxTli) : [];
+  const wal = copyWals ? await selectWalToCopy(archive, info, maxTli) : [];
   // The data directory also receives the copied WAL; over ssh, changed blocks wait in scratch files
   // (up to a batch) before they are patched in.
   const inDataDir = walCopyBytes(wal, info.walSegmentSize) + (remote && chain.length > 1 ? PATCH_BATCH_BYTES : 0);
@@ -136,6 +141,7 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
     server,
     info,
     chain,
+    archive,
     path,
     target: parsed,
     scan,
@@ -172,6 +178,7 @@ export async function runRestore(config: BartConfig, req: RestoreRequest, target
     return await restorePlan(plan, req, target);
   } finally {
     await reader.release();
+    await plan.archive.close();
   }
 }
 
@@ -184,10 +191,22 @@ async function finishDataDirectory(
   await linkTablespaces(target, plan.path, plan.info, plan.tablespaceDest);
   await removeSignalFiles(target, plan.path);
   if (plan.copyWals) {
-    await copyArchivedWal(target, join(plan.path, COPIED_WAL_DIR), plan.server.archivePath, plan.wal, plan.workers);
+    const dir = join(plan.path, COPIED_WAL_DIR);
+    await copyArchivedWal(target, dir, plan.archive, plan.wal, plan.info.walSegmentSize, plan.workers);
   }
   const { config, server, info, path, copyWals } = plan;
-  const recovery = { config, server, info, path, target: plan.target, copyWals, standby: req.standby };
+  // scp can fetch from the archive only when it is a directory of plain files here (not a bucket, not encrypted).
+  const archiveIsDirectory = plan.archive.localPath('') !== undefined;
+  const recovery = {
+    config,
+    server,
+    info,
+    path,
+    target: plan.target,
+    copyWals,
+    standby: req.standby,
+    archiveIsDirectory,
+  };
   return writeRecoveryConfig(recovery, target);
 }
 

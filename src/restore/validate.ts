@@ -5,6 +5,7 @@ import type { CatalogEntry } from '../catalog/catalog.js';
 import { readRestoredState } from '../catalog/chain.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { RestoreTarget } from '../hosts/restore-target.js';
+import type { RepositoryStorage } from '../storage/storage.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes } from '../util/format.js';
 import { log } from '../util/log.js';
@@ -27,10 +28,10 @@ import type { ArchiveSize, RestoreRoot } from './tablespaces.js';
 export async function validateRecoveryTarget(
   o: TargetOptions,
   info: BackupInfo,
-  archivePath: string,
+  archive: RepositoryStorage,
 ): Promise<ParsedTarget> {
   const parsed = parseTargetOptions(o, zoneOf(info));
-  await checkTargetAgainstBackup(parsed, info, archivePath);
+  await checkTargetAgainstBackup(parsed, info, archive);
   return parsed;
 }
 
@@ -44,8 +45,8 @@ export interface ChainScan {
 
 /** Checks every backup of the chain is complete and undamaged (manifest, artifacts) before anything is written. */
 export async function scanChain(chain: CatalogEntry[], entry: CatalogEntry): Promise<ChainScan> {
-  const scan = await scanBackup(chain[0]!.storage.localPath(chain[0]!.dataKey)!, chain[0]!.info); // POSIX shim: migrate
-  for (const link of chain.slice(1)) await scanBackup(link.storage.localPath(link.dataKey)!, link.info); // POSIX shim: migrate
+  const scan = await scanBackup(chain[0]!.storage, chain[0]!.dataKey, chain[0]!.info);
+  for (const link of chain.slice(1)) await scanBackup(link.storage, link.dataKey, link.info);
   const restored = chain.length > 1 ? (await readRestoredState(entry.storage, entry.dataKey)).archives : undefined;
   return { scan, restored };
 }

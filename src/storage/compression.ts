@@ -104,12 +104,32 @@ const DECODE_INPUT_CHUNK: Record<CompressionMethod, number> = {
  * memory); errors of the raw stream surface on the decoded one, and destroying that closes the file.
  */
 export function openDecompressed(path: string, compression: CompressionMethod, start = 0): Readable {
-  const raw = createReadStream(path, { start, highWaterMark: DECODE_INPUT_CHUNK[compression] });
+  return decompressStream(
+    createReadStream(path, { start, highWaterMark: DECODE_INPUT_CHUNK[compression] }),
+    compression,
+  );
+}
+
+/**
+ * Decodes a raw stream (a stored object read through the repository storage), feeding the decoder
+ * input pieces of at most the size that bounds its memory (a store may deliver larger chunks);
+ * errors of the raw stream surface on the decoded one, and destroying that destroys the raw one.
+ */
+export function decompressStream(raw: Readable, compression: CompressionMethod): Readable {
   if (compression === 'none') return raw;
+  const limit = DECODE_INPUT_CHUNK[compression];
+  const splitter = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      for (let at = 0; at < chunk.length; at += limit) this.push(chunk.subarray(at, at + limit));
+      cb();
+    },
+    // One piece at a time, so the decoder's backpressure reaches the raw stream.
+    readableHighWaterMark: limit,
+  });
   const decoder = createDecompressor(compression);
   raw.on('error', (err) => decoder.destroy(err));
   decoder.on('close', () => raw.destroy());
-  return raw.pipe(decoder);
+  return raw.pipe(splitter).pipe(decoder);
 }
 
 /** Streaming decoder for LZ4 frames (independent blocks, as {@link compressChunk} writes them and `lz4` does by default). */

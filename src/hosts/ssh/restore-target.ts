@@ -2,7 +2,7 @@
 
 import { BartError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
-import { quoteForPostgresCommand } from '../../util/shell-quote.js';
+import { quoteForPostgresCommand, shellQuote, singleQuote } from '../../util/shell-quote.js';
 import { sshDestinationProblem } from '../../util/ssh-destination.js';
 import type {
   FileToCompare,
@@ -108,6 +108,31 @@ export function parseRemoteDestination(text: string): SshDestination {
 export function scpRestoreCommand(bartHost: string, archivePath: string): string {
   const src = (suffix: string) => quoteForPostgresCommand(`${bartHost}:${archivePath}/`) + '%f' + suffix;
   return `scp -q -o BatchMode=yes ${src('')} %p 2>/dev/null || { scp -q -o BatchMode=yes ${src('.gz')} %p.gz && gunzip -f %p.gz; }`;
+}
+
+/** Stands for `%f` while the command is quoted (quoting doubles every `%`). */
+const WAL_FILE_TOKEN = '@PGBART_WALFILE@';
+
+/**
+ * restore_command for a cluster restored on another host when the archive is not a directory on
+ * the BART host (an S3 repository): `bart ARCHIVE-GET` runs there over ssh (BatchMode) into a
+ * private temp directory, and the file comes back on ssh's stdout. ARCHIVE-GET's own output goes
+ * to stderr, so only the file's bytes reach `%p`; any failure (not archived, ssh, bucket) exits
+ * non-zero, which recovery takes as "not there". `bartCommand` is the command line that starts
+ * bart on the BART host (node and bin/bart.js), `configPath` its bart.cfg.
+ */
+export function sshArchiveGetRestoreCommand(
+  bartHost: string,
+  bartCommand: string[],
+  configPath: string,
+  server: string,
+): string {
+  const words = [...bartCommand, '-c', configPath, 'ARCHIVE-GET', '-s', server].map(shellQuote).join(' ');
+  const remote =
+    `t=$(mktemp -d) || exit 1; ${words} ${WAL_FILE_TOKEN} "$t/f" >&2 && cat "$t/f"; ` + 'r=$?; rm -rf "$t"; exit $r';
+  const command = `ssh -o BatchMode=yes ${shellQuote(bartHost)} ${singleQuote(remote)}`;
+  // Written under a temp name and renamed: a transfer cut short never leaves a partial %p.
+  return `${command.replace(/%/g, '%%').replace(WAL_FILE_TOKEN, '%f')} > %p.tmp && mv %p.tmp %p`;
 }
 
 /**
