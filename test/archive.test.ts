@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { createBartSetup, serverSection, type BartSetup } from './harness/bart.js';
 import { TestCluster } from './harness/cluster.js';
-import { makeTempDir, removeTree, runOk, testUserIds } from './harness/os.js';
+import { makeTempDir, removeTree, run, runOk, testUserIds } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { waitFor } from './harness/wait.js';
 
@@ -17,6 +17,11 @@ function writeOwned(path: string, data: Buffer | string): void {
   writeFileSync(path, data);
   const ids = testUserIds();
   if (ids) chownSync(path, ids.uid, ids.gid);
+}
+
+/** Runs a shell command line as the test user (bart's stdin redirected from a file). */
+function runShell(line: string) {
+  return run('sh', ['-c', line]);
 }
 
 /** A bart.cfg with one server "arch" whose catalog exists (INIT --no-configure needs no server). */
@@ -208,6 +213,54 @@ test(`ARCHIVE-GET as restore_command: PostgreSQL ${firstVersion} recovers a cold
     await restored?.destroy();
     await cluster.destroy();
     removeTree(copyDir);
+    setup.cleanup();
+  }
+});
+
+test('ARCHIVE-PUSH --stdin: a whole segment is stored, a cut-off one or a bad name refused with nothing stored, the same again accepted', async () => {
+  const { setup, archiveDir, work } = await archiveSetup();
+  try {
+    const name = '000000010000000000000021';
+    // Random bytes with a long page header's xlp_seg_size: ARCHIVE-PUSH checks the count against it.
+    const segment = randomBytes(SEGMENT_SIZE);
+    segment.writeUInt32LE(SEGMENT_SIZE, 32);
+    writeOwned(join(work, 'whole'), segment);
+    writeOwned(join(work, 'cut'), segment.subarray(0, SEGMENT_SIZE - 8192));
+    const viaShell = (file: string, walName = name) =>
+      runShell(
+        `exec ${process.execPath} ${join(REPO_ROOT, 'bin', 'bart.js')} -c ${setup.configPath} ARCHIVE-PUSH -s arch --stdin '${walName}' < ${join(work, file)}`,
+      );
+
+    let r = await viaShell('cut');
+    assert.notEqual(r.code, 0);
+    assert.match(
+      r.stderr,
+      /^ERROR:\s+"000000010000000000000021" \(from stdin\) is 16769024 bytes, not the complete WAL segment of 16777216 bytes its header announces/,
+    );
+    assert.deepEqual(readdirSync(archiveDir), [], 'nothing stored, no temp file left');
+    r = await viaShell('whole', '../000000010000000000000021');
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /^ERROR:\s+WAL file name "\.\.\/000000010000000000000021" is not a WAL archive file name/);
+
+    r = await viaShell('whole');
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(readFileSync(join(archiveDir, name)).equals(segment));
+    assert.equal(statSync(join(archiveDir, name)).mode & 0o777, 0o600);
+    r = await viaShell('whole');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /is already archived for server "arch" with identical content/);
+    const other = Buffer.from(segment);
+    other[SEGMENT_SIZE - 1] ^= 0xff;
+    writeOwned(join(work, 'other'), other);
+    r = await viaShell('other');
+    assert.notEqual(r.code, 0);
+    assert.match(
+      r.stderr,
+      /already exists in the archive with different content than "000000010000000000000021" \(from stdin\)/,
+    );
+    assert.ok(readFileSync(join(archiveDir, name)).equals(segment), 'the archived file is untouched');
+    assert.deepEqual(readdirSync(archiveDir), [name]);
+  } finally {
     setup.cleanup();
   }
 });

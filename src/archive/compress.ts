@@ -1,16 +1,13 @@
-// WAL archive compression: MANAGE's gzip of complete archived segments old enough to be finished.
+// WAL archive compression: MANAGE's gzip of complete archived segments old enough to be finished, through the storage.
 
-import { PosixStorage } from '../storage/posix/posix-storage.js';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { open, rename, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { crashPoint } from '../util/crash-point.js';
-import { fsyncDir, tempSibling } from '../util/fs-atomic.js';
+import { BartError, errorMessage } from '../util/errors.js';
+import { fsyncDir } from '../util/fs-atomic.js';
 import { parseArchiveFileName } from '../wal/segment-name.js';
-import { archiveNames } from '../catalog/catalog.js';
 import { GZIP_SUFFIX } from '../catalog/layout.js';
+import { joinKey, StorageNotFoundError, type RepositoryStorage, type StoredObject } from '../storage/storage.js';
+import { walArchiveStorage, type WalArchive } from './wal-archive.js';
 
 /**
  * Archived segments younger than this are left for the next MANAGE: an archive_command such as
@@ -26,81 +23,85 @@ export interface CompressionResult {
   bytesAfter: number;
 }
 
+/** The segments to compress with their listed size and time (a listing has both: no stat per file on S3). */
+async function candidates(storage: RepositoryStorage, nowMs: number): Promise<StoredObject[]> {
+  const out: StoredObject[] = [];
+  for await (const page of storage.list('', { shallow: true })) {
+    for (const o of page.objects) {
+      if (parseArchiveFileName(o.key)?.kind !== 'segment') continue;
+      if (nowMs - o.modified.getTime() >= MIN_AGE_MS) out.push(o);
+    }
+  }
+  return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+
 /**
  * The archived WAL segments that `wal_compression = enabled` compresses: complete segments only
  * (never `.partial`, `.history`, `.backup` or MBM files, which stay plain), older than
  * {@link MIN_AGE_MS}. A segment that already has a `.gz` twin (a compression interrupted between
- * rename and unlink) is compressed again, which is harmless and finishes the job.
+ * writing the `.gz` and removing the plain one) is compressed again, which is harmless and
+ * finishes the job.
  */
-export async function segmentsToCompress(archivePath: string, nowMs = Date.now()): Promise<string[]> {
-  const out: string[] = [];
-  for (const name of await archiveNames(new PosixStorage(archivePath))) {
-    // POSIX shim: migrate
-    if (parseArchiveFileName(name)?.kind !== 'segment') continue;
-    try {
-      const st = await stat(join(archivePath, name));
-      if (st.isFile() && nowMs - st.mtimeMs >= MIN_AGE_MS) out.push(name);
-    } catch {
-      /* removed meanwhile (another MANAGE finished it, or DELETE) */
-    }
-  }
-  return out.sort();
+export async function segmentsToCompress(archive: WalArchive, nowMs = Date.now()): Promise<string[]> {
+  return (await candidates(walArchiveStorage(archive), nowMs)).map((o) => o.key);
 }
 
 /**
- * Gzips one archived segment atomically: the `.gz` is written to a temp file, fsynced and renamed
- * into place (directory fsynced) before the plain segment is unlinked, so at every instant at least
- * one complete copy exists; readers (ARCHIVE-GET, RESTORE, BACKUP, the scanner) take either.
- * Streams, so memory stays flat whatever the segment size. Returns the compressed size.
- * Test hook: crash point `compress:renamed` (between rename and unlink).
+ * Gzips one archived segment: the `.gz` is written through the storage (visible only once complete
+ * and durable: POSIX temp file, fsync, rename, directory fsync; S3 a completed upload) before the
+ * plain segment is removed, so at every instant at least one complete copy exists; readers
+ * (ARCHIVE-GET, RESTORE, BACKUP, the scanner) take either. Streams, so memory stays flat whatever
+ * the segment size. Returns the compressed size.
+ * Test hook: crash point `compress:renamed` (between the `.gz` becoming visible and the removal).
  */
-export async function compressSegment(archivePath: string, name: string): Promise<number> {
-  const source = join(archivePath, name);
-  const target = source + GZIP_SUFFIX;
-  const tmp = tempSibling(target);
-  const handle = await open(tmp, 'wx', 0o600);
+export async function compressSegment(archive: WalArchive, name: string): Promise<number> {
+  const storage = walArchiveStorage(archive);
+  const target = name + GZIP_SUFFIX;
+  const writer = await storage.create(target);
+  let size = 0;
   try {
-    await pipeline(
-      createReadStream(source),
-      createGzip({ level: 6 }),
-      createWriteStream('', { fd: handle.fd, autoClose: false }),
-    );
-    await handle.sync();
+    const gzip = createGzip({ level: 6 });
+    const source = await storage.read(name);
+    source.on('error', (err) => gzip.destroy(err));
+    source.pipe(gzip);
+    for await (const chunk of gzip as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      await writer.write(chunk);
+    }
+    await writer.finish();
   } catch (err) {
-    await handle.close().catch(() => undefined);
-    await unlink(tmp).catch(() => undefined);
+    await writer.abort();
     throw err;
   }
-  const size = (await handle.stat()).size;
-  await handle.close();
-  await rename(tmp, target);
-  await fsyncDir(archivePath);
   crashPoint('compress:renamed');
-  await unlink(source);
+  await storage.remove(name);
   return size;
 }
 
 /** Compresses every segment {@link segmentsToCompress} picks (or only lists them with dryRun). */
-export async function compressArchive(archivePath: string, dryRun: boolean): Promise<CompressionResult> {
-  const files = await segmentsToCompress(archivePath);
+export async function compressArchive(archive: WalArchive, dryRun: boolean): Promise<CompressionResult> {
+  const storage = walArchiveStorage(archive);
   const result: CompressionResult = { files: [], bytesBefore: 0, bytesAfter: 0 };
-  for (const name of files) {
-    let before: number;
-    try {
-      before = (await stat(join(archivePath, name))).size;
-    } catch {
-      continue;
-    }
+  for (const o of await candidates(storage, Date.now())) {
     if (dryRun) {
-      result.files.push(name);
-      result.bytesBefore += before;
+      result.files.push(o.key);
+      result.bytesBefore += o.size;
       continue;
     }
-    const after = await compressSegment(archivePath, name);
-    result.files.push(name);
-    result.bytesBefore += before;
+    let after: number;
+    try {
+      after = await compressSegment(storage, o.key);
+    } catch (err) {
+      // Removed meanwhile (another MANAGE finished it, or DELETE): nothing to do.
+      if (err instanceof StorageNotFoundError) continue;
+      throw new BartError(`cannot compress ${joinKey(storage.location, o.key)}: ${errorMessage(err)}`);
+    }
+    result.files.push(o.key);
+    result.bytesBefore += o.size;
     result.bytesAfter += after;
   }
-  if (!dryRun && result.files.length > 0) await fsyncDir(archivePath);
+  // POSIX: the removals of the plain segments are durable too (S3 has nothing to flush).
+  const dir = storage.localPath('');
+  if (!dryRun && result.files.length > 0 && dir !== undefined) await fsyncDir(dir);
   return result;
 }

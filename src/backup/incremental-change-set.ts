@@ -3,9 +3,11 @@
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { describeMissing, loadChangeSet, type ChangeSet } from '../scanner/change-set.js';
 import { ensureMbms } from '../scanner/ensure-mbms.js';
-import { findSegmentFile } from '../scanner/scan-wal-file.js';
+import { findArchivedSegment, readArchivedTimelineHistory } from '../scanner/archive-source.js';
 import { requestMbms } from '../scanner/client.js';
-import { readTimelineHistory } from '../wal/timeline-history.js';
+import { openWalArchive } from '../storage/open-repository.js';
+import type { RepositoryStorage } from '../storage/storage.js';
+import { readTimelineHistory, type TimelineSpan } from '../wal/timeline-history.js';
 import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -24,9 +26,9 @@ export interface IncrementalRange {
 
 const NEEDS_FULL = 'take a new full backup';
 
-function missingWal(server: ServerConfig, parent: BackupInfo, segment: string): BartError {
+function missingWal(archive: RepositoryStorage, parent: BackupInfo, segment: string): BartError {
   return new BartError(
-    `WAL segment ${segment} is missing from ${server.archivePath}: the changes since parent backup ${parent.id} cannot be known; ${NEEDS_FULL}`,
+    `WAL segment ${segment} is missing from ${archive.location}: the changes since parent backup ${parent.id} cannot be known; ${NEEDS_FULL}`,
   );
 }
 
@@ -50,6 +52,27 @@ export function checkParentOnHistory(archivePath: string, parent: BackupInfo, ti
       `cannot check that parent backup ${parent.id} is on the history of timeline ${timeline}: ${errorMessage(err)}`,
     );
   }
+  checkParentOnSpans(history, parent, timeline);
+}
+
+/** {@link checkParentOnHistory} with the history file read through the WAL archive storage (any driver). */
+export async function checkParentOnArchivedHistory(
+  archive: RepositoryStorage,
+  parent: BackupInfo,
+  timeline: number,
+): Promise<void> {
+  let history;
+  try {
+    history = await readArchivedTimelineHistory(archive, timeline);
+  } catch (err) {
+    throw new BartError(
+      `cannot check that parent backup ${parent.id} is on the history of timeline ${timeline}: ${errorMessage(err)}`,
+    );
+  }
+  checkParentOnSpans(history, parent, timeline);
+}
+
+function checkParentOnSpans(history: TimelineSpan[], parent: BackupInfo, timeline: number): void {
   const span = history.find((s) => s.timeline === parent.timeline);
   const stop = parseLsn(parent.stopLsn);
   if (!span || stop < span.begin || (span.end !== undefined && stop > span.end)) {
@@ -75,26 +98,41 @@ export async function gatherChangeSet(
   parent: BackupInfo,
   range: IncrementalRange,
 ): Promise<ChangeSet> {
+  const archive = openWalArchive(config, server);
+  try {
+    return await gatherFrom(archive, config, server, parent, range);
+  } finally {
+    await archive.close();
+  }
+}
+
+async function gatherFrom(
+  archive: RepositoryStorage,
+  config: BartConfig,
+  server: ServerConfig,
+  parent: BackupInfo,
+  range: IncrementalRange,
+): Promise<ChangeSet> {
   let ensured = await requestMbms(config, server, range);
   if (ensured.scannerRunning && !ensured.complete) {
     // The scanner did not finish within mbm_scan_timeout (busy, or not watching this server): scan here.
-    ensured = { ...(await ensureMbms(server.archivePath, range)), scannerRunning: true };
+    ensured = { ...(await ensureMbms(archive, range)), scannerRunning: true };
   }
   log.debug(
     `MBMs for ${formatLsn(range.startLsn)}..${formatLsn(range.endLsn)}: ${ensured.complete ? 'complete' : 'incomplete'} (scanner ${ensured.scannerRunning ? 'running' : 'not running, scanned here'})`,
   );
-  const cs = await loadChangeSet(server.archivePath, range);
+  const cs = await loadChangeSet(archive, range);
   for (const seg of cs.missingSegments) {
-    if (!findSegmentFile(server.archivePath, seg)) throw missingWal(server, parent, seg);
+    if (!(await findArchivedSegment(archive, seg))) throw missingWal(archive, parent, seg);
     const error = ensured.errors.find((e) => e.segment === seg);
     if (error) throw new BartError(`WAL segment ${seg} cannot be scanned (${error.message}); ${NEEDS_FULL}`);
     if (ensured.waiting.includes(seg)) {
       // Its last record continues in the next segment, which is what is really missing.
       const next = nextSegmentName(seg, range.segmentSize);
-      if (!findSegmentFile(server.archivePath, next)) throw missingWal(server, parent, next);
+      if (!(await findArchivedSegment(archive, next))) throw missingWal(archive, parent, next);
     }
     throw new BartError(
-      `${describeMissing(server.archivePath, cs)}; is bart-scanner keeping up (mbm_scan_timeout = ${server.mbmScanTimeout} s)?`,
+      `${describeMissing(archive, cs)}; is bart-scanner keeping up (mbm_scan_timeout = ${server.mbmScanTimeout} s)?`,
     );
   }
   if (cs.systemId !== undefined && cs.systemId !== 0n && String(cs.systemId) !== parent.systemIdentifier) {

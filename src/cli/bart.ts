@@ -260,8 +260,9 @@ function buildProgram(): Command {
     .command('ARCHIVE-PUSH')
     .description('store one WAL file in the archive (for archive_command)')
     .option('-s, --server <name>', 'server name')
-    .argument('<path>', 'WAL file to archive (%p)')
-    .action(async (path: string, o: { server?: string }) => {
+    .option('--stdin', 'read the WAL file from standard input; the argument is then its name (%f)')
+    .argument('<path>', 'WAL file to archive (%p), or its name (%f) with --stdin')
+    .action(async (path: string, o: { server?: string; stdin?: boolean }) => {
       await withContext(program, async (ctx) =>
         (await import('../commands/archive-push.js')).archivePush(ctx, o, path),
       );
@@ -272,7 +273,7 @@ function buildProgram(): Command {
     .description('fetch one WAL file from the archive (for restore_command)')
     .option('-s, --server <name>', 'server name')
     .argument('<walfile>', 'WAL file name (%f)')
-    .argument('<destination>', 'where to write it (%p)')
+    .argument('<destination>', 'where to write it (%p), or - for standard output')
     .action(async (walfile: string, destination: string, o: { server?: string }) => {
       await withContext(program, async (ctx) =>
         (await import('../commands/archive-get.js')).archiveGet(ctx, o, walfile, destination),

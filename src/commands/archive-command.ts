@@ -1,8 +1,9 @@
 // Archive command: the archive_command INIT sets and CHECK-CONFIG expects, template expanded.
 
 import type { BartConfig, ServerConfig } from '../config/types.js';
+import { openWalArchive } from '../storage/open-repository.js';
 import { bartScriptPath } from '../util/bart-binary.js';
-import { quoteForPostgresCommand } from '../util/shell-quote.js';
+import { quoteForPostgresCommand, shellQuote } from '../util/shell-quote.js';
 
 // Re-exported so that INIT and CHECK-CONFIG keep importing it from here; the one implementation is in util/.
 export { bartScriptPath };
@@ -10,6 +11,23 @@ export { bartScriptPath };
 /** True when the server's WAL reaches the catalog without ssh: no remote_host, run by the BART user. */
 export function archivesLocally(config: BartConfig, server: ServerConfig): boolean {
   return server.remoteHost === undefined && server.clusterOwner === config.global.bartHost.user;
+}
+
+/**
+ * True when the server's WAL archive is not a directory on the BART host (an object store, an
+ * encrypted repository): WAL can only go in through ARCHIVE-PUSH, never by copying a file into
+ * archive_path (which then is not where the archive is).
+ */
+export function archiveNeedsPush(config: BartConfig, server: ServerConfig): boolean {
+  const archive = openWalArchive(config, server);
+  const local = archive.localPath('') !== undefined;
+  void archive.close().catch(() => undefined);
+  return !local;
+}
+
+/** The words that run this bart on the BART host for one server: `node bart.js -c bart.cfg <COMMAND> -s <server>`. */
+function bartWords(config: BartConfig, server: ServerConfig, command: string): string[] {
+  return [process.execPath, bartScriptPath(), '-c', config.path, command, '-s', server.name];
 }
 
 /**
@@ -31,21 +49,35 @@ export function expandArchiveTemplate(template: string, config: BartConfig, serv
 /**
  * The archive_command INIT writes: the server section's template when set; else, for a local server
  * run by the BART user, this bart's ARCHIVE-PUSH (atomic, idempotent, nothing else to install);
+ * else, when the archive is an object store (nothing to scp into), the segment streamed over ssh
+ * to ARCHIVE-PUSH --stdin on the BART host (the database host needs only a shell and OpenSSH);
  * else BART's `scp %p bart_host:archive_path/%f`, since the server's OS user cannot run bart itself.
  */
 export function expectedArchiveCommand(config: BartConfig, server: ServerConfig): string {
   if (server.archiveCommand !== undefined) return expandArchiveTemplate(server.archiveCommand, config, server);
-  if (archivesLocally(config, server)) {
-    return [
-      quoteForPostgresCommand(process.execPath),
-      quoteForPostgresCommand(bartScriptPath()),
-      '-c',
-      quoteForPostgresCommand(config.path),
-      'ARCHIVE-PUSH',
-      '-s',
-      quoteForPostgresCommand(server.name),
-      '%p',
-    ].join(' ');
+  if (archivesLocally(config, server))
+    return [...bartWords(config, server, 'ARCHIVE-PUSH').map(quoteForPostgresCommand), '%p'].join(' ');
+  if (archiveNeedsPush(config, server)) {
+    // ssh hands its command to the BART user's shell: each word quoted for it, then the whole
+    // quoted once more for the shell PostgreSQL runs. %f stays outside (24 hex digits, or a
+    // .history/.backup/.partial name: nothing a shell interprets), so PostgreSQL expands it.
+    const remote = [...bartWords(config, server, 'ARCHIVE-PUSH'), '--stdin'].map(shellQuote).join(' ');
+    const bartHost = `${config.global.bartHost.user}@${config.global.bartHost.host}`;
+    return `ssh -o BatchMode=yes ${quoteForPostgresCommand(bartHost)} ${quoteForPostgresCommand(remote)} %f < %p`;
   }
   return expandArchiveTemplate('scp %p %h:%a/%f', config, server);
+}
+
+/**
+ * A restore_command that fetches from the server's archive with ARCHIVE-GET, for an archive that
+ * is not a directory scp or cp can read (an object store): run locally by the BART user, or over
+ * ssh to the BART host with the file streamed back (`remote`: the restored cluster is on another
+ * host; the temp file keeps a failed transfer from leaving a partial %p behind).
+ */
+export function archiveGetRestoreCommand(config: BartConfig, server: ServerConfig, remote: boolean): string {
+  if (!remote) return [...bartWords(config, server, 'ARCHIVE-GET').map(quoteForPostgresCommand), '%f', '%p'].join(' ');
+  const remoteCmd = [...bartWords(config, server, 'ARCHIVE-GET')].map(shellQuote).join(' ');
+  const bartHost = `${config.global.bartHost.user}@${config.global.bartHost.host}`;
+  // ARCHIVE-GET writes the file to stdout (destination -); recovery gets %p only when it exited 0.
+  return `ssh -o BatchMode=yes ${quoteForPostgresCommand(bartHost)} ${quoteForPostgresCommand(remoteCmd)} %f - > %p.tmp && mv %p.tmp %p`;
 }

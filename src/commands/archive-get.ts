@@ -1,7 +1,8 @@
 // Command: ARCHIVE-GET, one WAL file fetched from the archive for restore_command.
 
-import { getWalFile } from '../archive/wal-archive.js';
-import { log } from '../util/log.js';
+import { getWalFile, STDOUT_DESTINATION } from '../archive/wal-archive.js';
+import { openWalArchive } from '../storage/open-repository.js';
+import { configureLog, log } from '../util/log.js';
 import { selectOneServer, type CommandContext } from './context.js';
 
 /** Options of `bart ARCHIVE-GET`. */
@@ -11,9 +12,11 @@ export interface ArchiveGetOptions {
 
 /**
  * `bart ARCHIVE-GET -s NAME <walfile> <destination>`, meant for restore_command
- * (`... ARCHIVE-GET -s NAME %f %p`). A file that is not in the archive exits 1 with one line:
- * PostgreSQL asks for files that do not exist (the next timeline's history, the segment after the
- * last one) and treats a non-zero exit as "not there", so this is normal and must stay quiet.
+ * (`... ARCHIVE-GET -s NAME %f %p`), reading the server's WAL archive (openWalArchive: archive_path,
+ * or the bucket). A file that is not in the archive exits 1 with one line: PostgreSQL asks for
+ * files that do not exist (the next timeline's history, the segment after the last one) and
+ * treats a non-zero exit as "not there", so this is normal and must stay quiet. Destination `-`
+ * writes the file to standard output (a restore_command on another host, over ssh).
  */
 export async function archiveGet(
   ctx: CommandContext,
@@ -22,16 +25,23 @@ export async function archiveGet(
   destination: string,
 ): Promise<number> {
   const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-GET');
-  const outcome = await getWalFile(server.archivePath, walfile, destination);
-  if (outcome === 'missing') {
-    // Not an ERROR line: recovery probes for files that do not exist on every run.
-    log.info(`WAL file "${walfile}" is not in the archive of server "${server.name}" (${server.archivePath})`);
-    return 1;
+  // Destination `-`: stdout carries the file, so no INFO line may go there.
+  if (destination === STDOUT_DESTINATION) configureLog({ quiet: true });
+  const archive = openWalArchive(ctx.config, server);
+  try {
+    const outcome = await getWalFile(archive, walfile, destination);
+    if (outcome === 'missing') {
+      // Not an ERROR line: recovery probes for files that do not exist on every run.
+      log.info(`WAL file "${walfile}" is not in the archive of server "${server.name}" (${archive.location})`);
+      return 1;
+    }
+    log.fileOnly(
+      'INFO',
+      `restored WAL file "${walfile}"${outcome === 'restored-from-gz' ? ' (from .gz)' : ''} to "${destination}" for server "${server.name}"`,
+    );
+    log.debug(`restored "${walfile}" to "${destination}"`);
+    return 0;
+  } finally {
+    await archive.close();
   }
-  log.fileOnly(
-    'INFO',
-    `restored WAL file "${walfile}"${outcome === 'restored-from-gz' ? ' (from .gz)' : ''} to "${destination}" for server "${server.name}"`,
-  );
-  log.debug(`restored "${walfile}" to "${destination}"`);
-  return 0;
 }

@@ -1,29 +1,51 @@
-// Command: ARCHIVE-PUSH, one WAL file stored in the archive for archive_command.
+// Command: ARCHIVE-PUSH, one WAL file stored in the archive for archive_command (a local path, or stdin over ssh).
 
-import { pushWalFile } from '../archive/wal-archive.js';
+import { basename, join } from 'node:path';
+import { mapSpooledSegments, mapsAtPush, mbmSpoolDir, prepareSpool } from '../archive/push-mbm.js';
+import { pushWalFile, pushWalStream } from '../archive/wal-archive.js';
+import { openWalArchive } from '../storage/open-repository.js';
 import { log } from '../util/log.js';
 import { selectOneServer, type CommandContext } from './context.js';
 
 /** Options of `bart ARCHIVE-PUSH`. */
 export interface ArchivePushOptions {
   server?: string;
+  /** The WAL file comes on standard input; the argument is its name (%f), not a path. */
+  stdin?: boolean;
 }
 
 /**
  * `bart ARCHIVE-PUSH -s NAME <path>`, meant for archive_command (`... ARCHIVE-PUSH -s NAME %p`):
- * stores one WAL file in the server's archive path, atomically and idempotently. Exit 0 tells
- * PostgreSQL it may recycle the segment, so we only return 0 once the file is durable.
+ * stores one WAL file in the server's WAL archive (openWalArchive: archive_path, or the bucket),
+ * atomically and idempotently. `bart ARCHIVE-PUSH -s NAME --stdin <walname>` reads the file from
+ * standard input instead, for a remote database host whose archive_command is
+ * `ssh bart@barthost bart ARCHIVE-PUSH -s NAME --stdin %f < %p` (it needs nothing but a shell and
+ * OpenSSH). Exit 0 tells PostgreSQL it may recycle the segment, so we only return 0 once the
+ * file is durable. For an object-store archive of a server with incremental backups, the segment
+ * is then mapped into its MBM here, from a local copy (push-mbm.ts).
  */
-export async function archivePush(ctx: CommandContext, options: ArchivePushOptions, path: string): Promise<number> {
+export async function archivePush(ctx: CommandContext, options: ArchivePushOptions, arg: string): Promise<number> {
   const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-PUSH');
-  const outcome = await pushWalFile(server.archivePath, path);
-  if (outcome === 'already-archived') {
-    log.info(
-      `WAL file "${path}" is already archived for server "${server.name}" with identical content; nothing to do`,
-    );
-  } else {
-    log.debug(`archived "${path}" to "${server.archivePath}" for server "${server.name}"`);
-    log.fileOnly('INFO', `archived WAL file "${path}" for server "${server.name}"`);
+  const archive = openWalArchive(ctx.config, server);
+  try {
+    const name = options.stdin ? arg : basename(arg);
+    const spool = mapsAtPush(server, archive, name) ? await prepareSpool(mbmSpoolDir(ctx.config, server)) : undefined;
+    const copy = spool !== undefined ? { copyTo: join(spool, name) } : {};
+    const outcome = options.stdin
+      ? await pushWalStream(archive, arg, process.stdin, copy)
+      : await pushWalFile(archive, arg, copy);
+    const what = options.stdin ? `"${arg}" (from stdin)` : `"${arg}"`;
+    if (outcome === 'already-archived') {
+      log.info(
+        `WAL file ${what} is already archived for server "${server.name}" with identical content; nothing to do`,
+      );
+    } else {
+      log.debug(`archived ${what} to "${archive.location}" for server "${server.name}"`);
+      log.fileOnly('INFO', `archived WAL file ${what} for server "${server.name}"`);
+    }
+    if (spool !== undefined) await mapSpooledSegments(archive, spool);
+    return 0;
+  } finally {
+    await archive.close();
   }
-  return 0;
 }

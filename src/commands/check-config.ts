@@ -1,6 +1,6 @@
 // Command: CHECK-CONFIG, each server's configuration, connections, archiving and scanner checked.
 
-import { PosixStorage } from '../storage/posix/posix-storage.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, mkdtemp, open, rm, stat, unlink } from 'node:fs/promises';
@@ -27,7 +27,8 @@ import { errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
 import { shellQuote } from '../util/shell-quote.js';
-import { archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
+import { archiveNeedsPush, archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
+import { openWalArchive } from '../storage/open-repository.js';
 import { selectServers, type CommandContext } from './context.js';
 
 /** Options of `bart CHECK-CONFIG`. */
@@ -346,6 +347,11 @@ async function checkServerWithConnection(
       throw new CheckFailed(
         `archive_command is empty: run "bart INIT -s ${server.name}" (then reload the configuration, or restart if archive_mode was off)`,
       );
+    // An object-store archive takes WAL through ARCHIVE-PUSH only: a copy into archive_path goes nowhere.
+    if (archiveNeedsPush(config, server) && !/ARCHIVE-PUSH/i.test(command))
+      throw new CheckFailed(
+        `archive_command '${command}' does not use ARCHIVE-PUSH, the only way into the WAL archive ${openWalArchive(config, server).location}: run "bart INIT -s ${server.name} -o" to set '${expected}'`,
+      );
     const mentionsBart =
       /ARCHIVE-PUSH/i.test(command) || command.includes(bartScriptPath()) || command.includes(server.archivePath);
     if (!mentionsBart) {
@@ -372,13 +378,18 @@ async function checkServerWithConnection(
       throw new CheckSkipped('WAL archiving is not active on the server (see above)');
     }
     if (!superuser) throw new CheckSkipped('pg_switch_wal() needs a superuser');
-    return checkArchivingEndToEnd(c, server);
+    const archive = openWalArchive(config, server);
+    try {
+      return await checkArchivingEndToEnd(c, server, archive);
+    } finally {
+      await archive.close();
+    }
   });
 
   if (server.allowIncrementalBackups) {
     await report.run('bart-scanner is configured and running', async () => checkScannerRunning(config, server));
   }
-  if (!archivesLocally(config, server)) {
+  if (!archivesLocally(config, server) && !archiveNeedsPush(config, server)) {
     log.info(
       `archive_command for server "${server.name}" is expected to copy WAL to ${config.global.bartHost.user}@${config.global.bartHost.host}:${server.archivePath} (e.g. '${expected}')`,
     );
@@ -390,7 +401,11 @@ async function checkServerWithConnection(
  * segment to appear in the archive. Gives up early when pg_stat_archiver shows archive_command
  * failing repeatedly (PostgreSQL retries 3 times, then pauses a minute).
  */
-async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): Promise<string> {
+async function checkArchivingEndToEnd(
+  client: pg.Client,
+  server: ServerConfig,
+  archive: RepositoryStorage,
+): Promise<string> {
   type ArchiverRow = {
     failed_count: string;
     last_failed_wal: string | null;
@@ -410,7 +425,7 @@ async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): 
   // A segment switch with nothing written since the last one is a no-op: write a commit record first.
   await client.query('SELECT txid_current()');
   const walfile = (await client.query<{ w: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS w')).rows[0]!.w;
-  const path = join(server.archivePath, walfile);
+  const path = joinKey(archive.location, walfile);
   log.info(`waiting up to ${ARCHIVE_WAIT_SECONDS} seconds for ${path}`);
   const deadline = Date.now() + ARCHIVE_WAIT_SECONDS * 1000;
   let now = before;
@@ -419,7 +434,7 @@ async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): 
   const arrived = async (row: ArchiverRow): Promise<boolean> =>
     row.last_archived_wal !== null &&
     row.last_archived_wal >= walfile &&
-    (await findArchived(new PosixStorage(server.archivePath), walfile)) !== undefined; // POSIX shim: migrate
+    (await findArchived(archive, walfile)) !== undefined;
   while (Date.now() < deadline) {
     now = await archiver();
     if (await arrived(now)) return `${walfile} arrived in the archive`;
@@ -432,11 +447,14 @@ async function checkArchivingEndToEnd(client: pg.Client, server: ServerConfig): 
   const stats = `pg_stat_archiver: failed_count ${now.failed_count}, last_failed_wal ${now.last_failed_wal ?? 'none'}${now.last_failed_time ? ` at ${now.last_failed_time}` : ''}, last_archived_wal ${now.last_archived_wal ?? 'none'}`;
   if (failed > 0) {
     throw new CheckFailed(
-      `archive_command failed ${failed} time${failed === 1 ? '' : 's'} while archiving; ${walfile} did not reach "${server.archivePath}" (${stats}): the server log shows the command's error output; fix archive_command or run "bart INIT -s ${server.name} -o"`,
+      `archive_command failed ${failed} time${failed === 1 ? '' : 's'} while archiving; ${walfile} did not reach "${archive.location}" (${stats}): the server log shows the command's error output; fix archive_command or run "bart INIT -s ${server.name} -o"`,
     );
   }
   throw new CheckFailed(
-    `${walfile} did not reach "${server.archivePath}" within ${ARCHIVE_WAIT_SECONDS} seconds (${stats}): check that archive_command copies %p to "${server.archivePath}/%f"`,
+    `${walfile} did not reach "${archive.location}" within ${ARCHIVE_WAIT_SECONDS} seconds (${stats}): ` +
+      (archive.localPath('') !== undefined
+        ? `check that archive_command copies %p to "${server.archivePath}/%f"`
+        : `check that archive_command runs ARCHIVE-PUSH -s ${server.name}`),
   );
 }
 

@@ -1,19 +1,24 @@
 // Change set: the MBMs of an LSN range merged into what an incremental backup must copy.
 
 import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { unlink } from 'node:fs/promises';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
 import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 import { segmentName } from '../wal/segment-name.js';
 import { LONG_PAGE_HEADER_SIZE } from '../wal/constants.js';
-import { readTimelineHistory, timelineOfSegment } from '../wal/timeline-history.js';
-import { readMbmFile } from './mbm-format.js';
+import { readTimelineHistory, timelineOfSegment, type TimelineSpan } from '../wal/timeline-history.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
+import {
+  findArchivedSegment,
+  readArchivedMbm,
+  readArchivedTimelineHistory,
+  scanArchiveStorage,
+  type ScanArchive,
+} from './archive-source.js';
 import { parseMbmFileName } from './mbm-name.js';
 import { forkKey, type ForkChanges, type MbmEvent, type ModifiedBlockMap } from './modified-block-map.js';
-import { findSegmentFile, scanWalFile } from './scan-wal-file.js';
+import { scanArchivedSegment } from './scan-wal-file.js';
 
 /** What to merge: the WAL records starting in [startLsn, endLsn) on `timeline`'s history. */
 export interface ChangeSetRequest {
@@ -88,7 +93,7 @@ export function isBlockModified(
   return false;
 }
 
-/** Lists the MBM files of an archive: key `timeline:endLsn` → file name. */
+/** Lists the MBM files of a POSIX archive directory: key `timeline:endLsn` → file name. */
 export function indexMbmFiles(archivePath: string): Map<string, string> {
   const index = new Map<string, string>();
   let names: string[];
@@ -100,6 +105,21 @@ export function indexMbmFiles(archivePath: string): Map<string, string> {
   for (const n of names) {
     const p = parseMbmFileName(n);
     if (p) index.set(`${p.timeline}:${p.endLsn}`, n);
+  }
+  return index;
+}
+
+/** Lists the MBMs of an archive storage: key `timeline:endLsn` → MBM key. */
+export async function indexArchivedMbms(storage: RepositoryStorage): Promise<Map<string, string>> {
+  const index = new Map<string, string>();
+  try {
+    for await (const page of storage.list('', { shallow: true }))
+      for (const o of page.objects) {
+        const p = parseMbmFileName(o.key);
+        if (p) index.set(`${p.timeline}:${p.endLsn}`, o.key);
+      }
+  } catch (err) {
+    throw new BartError(`cannot list the WAL archive ${storage.location}: ${errorMessage(err)}`);
   }
   return index;
 }
@@ -136,25 +156,23 @@ export function checkRangeBounds(req: ChangeSetRequest): void {
   }
 }
 
-/**
- * The WAL segments (timeline, name) whose records start in [startLsn, endLsn). Throws BartError
- * for a range {@link checkRangeBounds} refuses, so no caller builds an unbounded list.
- */
-export function segmentsOfRange(
-  archivePath: string,
-  req: ChangeSetRequest,
-): Array<{ timeline: number; segNo: bigint; name: string }> {
-  checkRangeBounds(req);
+/** A segment of a range: its timeline, number and name. */
+export interface RangeSegment {
+  timeline: number;
+  segNo: bigint;
+  name: string;
+}
+
+/** The segments of a range on a timeline history (see {@link segmentsOfRange}). */
+function rangeOnHistory(history: TimelineSpan[], req: ChangeSetRequest): RangeSegment[] {
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
-  if (req.endLsn <= req.startLsn) return [];
-  const history = readTimelineHistory(archivePath, req.timeline);
   const first = req.startLsn / BigInt(segSize);
   let last = (req.endLsn - 1n) / BigInt(segSize);
   // A backup's start LSN usually sits right after the long page header of a fresh segment
   // (pg_backup_start switches segments first): no record starts in that segment before it, so
   // it is not needed (and is not archived yet when the incremental backup starts).
   if (req.endLsn - last * BigInt(segSize) <= BigInt(LONG_PAGE_HEADER_SIZE) && last > first) last--;
-  const out: Array<{ timeline: number; segNo: bigint; name: string }> = [];
+  const out: RangeSegment[] = [];
   for (let s = first; s <= last; s++) {
     const tli = timelineOfSegment(history, s, segSize);
     out.push({ timeline: tli, segNo: s, name: segmentName(tli, s, segSize) });
@@ -163,27 +181,53 @@ export function segmentsOfRange(
 }
 
 /**
- * Reads an MBM; when it is damaged (bit rot, a disk error: pgbart itself only ever renames complete,
- * fsynced MBMs into place) and its WAL segment is still archived, the segment is scanned again and
- * the rebuilt MBM replaces the damaged one. Without the WAL the damage is an error: nothing can
- * vouch for that segment's changes.
+ * The WAL segments (timeline, name) whose records start in [startLsn, endLsn), the timeline
+ * history read from a POSIX archive directory. Throws BartError for a range
+ * {@link checkRangeBounds} refuses, so no caller builds an unbounded list.
  */
-async function readMbmOrRescan(archivePath: string, path: string, segment: string): Promise<ModifiedBlockMap> {
+export function segmentsOfRange(archivePath: string, req: ChangeSetRequest): RangeSegment[] {
+  checkRangeBounds(req);
+  if (req.endLsn <= req.startLsn) return [];
+  return rangeOnHistory(readTimelineHistory(archivePath, req.timeline), req);
+}
+
+/** {@link segmentsOfRange} with the timeline history read through the archive storage. */
+export async function archivedSegmentsOfRange(
+  storage: RepositoryStorage,
+  req: ChangeSetRequest,
+): Promise<RangeSegment[]> {
+  checkRangeBounds(req);
+  if (req.endLsn <= req.startLsn) return [];
+  return rangeOnHistory(await readArchivedTimelineHistory(storage, req.timeline), req);
+}
+
+/**
+ * Reads an MBM; when it is damaged (bit rot, a disk error: pgbart itself only ever stores complete
+ * MBMs) and its WAL segment is still archived, the segment is scanned again and the rebuilt MBM
+ * replaces the damaged one. Without the WAL the damage is an error: nothing can vouch for that
+ * segment's changes.
+ */
+async function readMbmOrRescan(
+  storage: RepositoryStorage,
+  key: string,
+  segment: string,
+  segmentSize: number,
+): Promise<ModifiedBlockMap> {
   try {
-    return await readMbmFile(path);
+    return await readArchivedMbm(storage, key, segmentSize);
   } catch (err) {
-    const wal = findSegmentFile(archivePath, segment);
+    const wal = await findArchivedSegment(storage, segment);
     if (!wal)
       throw new BartError(
         `${errorMessage(err)}; its WAL segment ${segment} is no longer archived, so it cannot be rebuilt: take a new full backup`,
       );
     log.warning(`${errorMessage(err)}; scanning WAL segment ${segment} again to rebuild it`);
-    const r = await scanWalFile(wal);
+    const r = await scanArchivedSegment(storage, wal);
     if (r.status !== 'written')
       throw new BartError(
         `${errorMessage(err)}; rescanning ${segment} needs WAL segment ${r.nextSegment}, which is not archived`,
       );
-    if (r.mbmPath !== path) await unlink(path).catch(() => undefined);
+    if (r.mbmPath !== key) await storage.remove(key).catch(() => undefined);
     return r.map;
   }
 }
@@ -193,9 +237,11 @@ async function readMbmOrRescan(archivePath: string, path: string, segment: strin
  * timeline's history into one change set. Segments without an MBM are reported in
  * `missingSegments` (never silently skipped): the caller scans them or refuses the backup.
  */
-export async function loadChangeSet(archivePath: string, req: ChangeSetRequest): Promise<ChangeSet> {
+export async function loadChangeSet(archive: ScanArchive, req: ChangeSetRequest): Promise<ChangeSet> {
+  const storage = scanArchiveStorage(archive);
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
-  const index = indexMbmFiles(archivePath);
+  checkRangeBounds(req);
+  const index = await indexArchivedMbms(storage);
   const cs: ChangeSet = {
     timeline: req.timeline,
     startLsn: req.startLsn,
@@ -212,15 +258,15 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
     mbmFiles: [],
   };
   const blockSets = new Map<string, Set<number>>();
-  for (const seg of segmentsOfRange(archivePath, req)) {
+  for (const seg of await archivedSegmentsOfRange(storage, req)) {
     const segEnd = (seg.segNo + 1n) * BigInt(segSize);
     const file = index.get(`${seg.timeline}:${segEnd}`);
     if (!file) {
       cs.missingSegments.push(seg.name);
       continue;
     }
-    const path = join(archivePath, file);
-    const m = await readMbmOrRescan(archivePath, path, seg.name);
+    const path = joinKey(storage.location, file);
+    const m = await readMbmOrRescan(storage, file, seg.name, segSize);
     if (m.segmentSize !== segSize)
       throw new BartError(`MBM file "${path}" was made for WAL segments of ${m.segmentSize} bytes, not ${segSize}`);
     if (cs.systemId === undefined) cs.systemId = m.systemId;
@@ -264,8 +310,9 @@ export async function loadChangeSet(archivePath: string, req: ChangeSetRequest):
 }
 
 /** One-line description of the first missing segment, for errors. */
-export function describeMissing(archivePath: string, cs: ChangeSet): string | undefined {
+export function describeMissing(archive: ScanArchive, cs: ChangeSet): string | undefined {
   const first = cs.missingSegments[0];
   if (first === undefined) return undefined;
-  return `WAL segment ${first} has no modified block map (MBM) in ${archivePath}; ${cs.missingSegments.length} of the segments from ${formatLsn(cs.startLsn)} to ${formatLsn(cs.endLsn)} are not scanned`;
+  const where = typeof archive === 'string' ? archive : archive.location;
+  return `WAL segment ${first} has no modified block map (MBM) in ${where}; ${cs.missingSegments.length} of the segments from ${formatLsn(cs.startLsn)} to ${formatLsn(cs.endLsn)} are not scanned`;
 }

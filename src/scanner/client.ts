@@ -5,6 +5,7 @@ import type { BartConfig, ServerConfig } from '../config/types.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
 import { checkRangeBounds } from './change-set.js';
 import { ensureMbms, type EnsureMbmsResult } from './ensure-mbms.js';
+import { openWalArchive } from '../storage/open-repository.js';
 import type { ScannerRequest, ScannerResponse } from './protocol.js';
 import { prepareSocketDirectory, scannerSocketPath } from './paths.js';
 
@@ -121,6 +122,10 @@ export async function requestMbms(
       written: [],
       scannerRunning: true,
     };
-  const local = await ensureMbms(server.archivePath, range);
-  return { ...local, scannerRunning: false };
+  const archive = openWalArchive(config, server);
+  try {
+    return { ...(await ensureMbms(archive, range)), scannerRunning: false };
+  } finally {
+    await archive.close();
+  }
 }

@@ -12,7 +12,11 @@ import { scanToSummary, type ScanSummary } from './scan-summary.js';
 import { log } from '../util/log.js';
 import { parseLsn } from '../util/lsn.js';
 import { parseWalFileName, readSegmentSize, walFileSegNo } from '../wal/file.js';
-import { indexMbmFiles } from './change-set.js';
+import { indexMbmFiles, type ChangeSetRequest } from './change-set.js';
+import { parseMbmFileName } from './mbm-name.js';
+import { scanArchivedSegment } from './scan-wal-file.js';
+import { openWalArchive } from '../storage/open-repository.js';
+import { StorageNotFoundError, type RepositoryStorage, type StoredObject } from '../storage/storage.js';
 import { ensureMbms } from './ensure-mbms.js';
 import type { ScanBuffers } from './scan-wal-file.js';
 import { MAX_REQUEST_BYTES, parseScannerRequest, type ScannerRequest, type ScannerResponse } from './protocol.js';
@@ -46,20 +50,29 @@ class ServerWorker {
   /** Files that failed, by `name:size:mtime`, so an error is logged once per file version. */
   private readonly failed = new Set<string>();
   private dirProblem = false;
+  /** Object-store segments whose last record waits for the next segment: what they wait for. */
+  private readonly waiting = new Map<string, { next: string; histories: number }>();
   private watchWarned = false;
   private chain: Promise<unknown> = Promise.resolve();
 
   private readonly pool: WorkerPool<ScanSummary> | undefined;
+  /** The server's WAL archive (openWalArchive). */
+  readonly archive: RepositoryStorage;
+  /** The archive is a directory on this host: watched, and scanned on worker threads, as always. */
+  private readonly local: boolean;
 
-  constructor(server: ServerConfig, pool: WorkerPool<ScanSummary> | undefined) {
+  constructor(server: ServerConfig, pool: WorkerPool<ScanSummary> | undefined, archive: RepositoryStorage) {
     this.server = server;
     this.pool = pool;
+    this.archive = archive;
+    this.local = archive.localPath('') !== undefined;
   }
 
   start(): void {
     const interval = this.server.scanInterval > 0 ? this.server.scanInterval * 1000 : SAFETY_RESCAN_MS;
     this.timer = setInterval(() => this.trigger(), interval);
-    this.startWatch();
+    // An object store cannot be watched: periodic passes only (ARCHIVE-PUSH maps most segments itself).
+    if (this.local) this.startWatch();
     this.trigger();
   }
 
@@ -96,6 +109,8 @@ class ServerWorker {
     if (this.debounce) clearTimeout(this.debounce);
     this.watcher?.close();
     await this.running;
+    await this.chain;
+    await this.archive.close();
   }
 
   /** Runs `fn` when no pass or other exclusive task of this server runs (never two scans of one file). */
@@ -127,6 +142,7 @@ class ServerWorker {
 
   /** One scan of every WAL file in the archive that has no MBM yet, oldest first. */
   private async pass(): Promise<void> {
+    if (!this.local) return this.storagePass();
     const dir = this.server.archivePath;
     let names: string[];
     try {
@@ -183,6 +199,72 @@ class ServerWorker {
     await Promise.all(todo.map((t) => this.scanOne(t)));
   }
 
+  /**
+   * {@link pass} for an archive in an object store: one listing (names, sizes and times come with
+   * it), then each segment without an MBM read through the storage and scanned in this thread,
+   * one at a time (a bounded buffer per segment). ARCHIVE-PUSH maps the segments it stores, so this
+   * only fills gaps: segments pushed before incremental backups were enabled, or whose mapping
+   * at push time failed or waited for a next segment that came another way.
+   */
+  private async storagePass(): Promise<void> {
+    const where = this.archive.location;
+    let objects: StoredObject[] = [];
+    try {
+      for await (const page of this.archive.list('', { shallow: true })) objects.push(...page.objects);
+      if (this.dirProblem) log.info(`server ${this.server.sectionName}: WAL archive ${where} is readable again`);
+      this.dirProblem = false;
+    } catch (err) {
+      if (!this.dirProblem)
+        log.error(`server ${this.server.sectionName}: cannot list the WAL archive ${where}: ${errorMessage(err)}`);
+      this.dirProblem = true;
+      return;
+    }
+    const names = new Set(objects.map((o) => o.key));
+    objects = objects.filter((o) => {
+      const p = parseWalFileName(o.key);
+      return p !== undefined && !p.partial && !(p.compressed && names.has(o.key.slice(0, -3)));
+    });
+    objects.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    if (objects.length === 0) return;
+    const historyCount = [...names].filter((n) => n.endsWith('.history') || n.endsWith('.history.gz')).length;
+    const index = new Set<string>();
+    for (const n of names) {
+      const m = parseMbmFileName(n);
+      if (m) index.add(`${m.timeline}:${m.endLsn}`);
+    }
+    for (const o of objects) {
+      if (this.stopped) return;
+      const p = parseWalFileName(o.key)!;
+      // The MBM is named after the segment's end: segment number + 1 times the segment size.
+      const segSize = this.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
+      const segNo = walFileSegNo(p.segmentName, segSize);
+      if (index.has(`${p.timeline}:${BigInt(segNo + 1) * BigInt(segSize)}`)) continue;
+      const version = `${o.key}:${o.size}:${o.modified.getTime()}`;
+      if (this.failed.has(version)) continue;
+      // A segment that waited for its next one is downloaded again only once that one (or a new timeline) is there.
+      const waitedFor = this.waiting.get(o.key);
+      if (waitedFor !== undefined && !continuationMayExist(names, waitedFor, historyCount)) continue;
+      try {
+        const r = await scanArchivedSegment(this.archive, o.key, { buffers: this.buffers, names });
+        this.waiting.delete(o.key);
+        if (r.status === 'waiting') this.waiting.set(o.key, { next: r.nextSegment, histories: historyCount });
+        if (r.status === 'written') {
+          this.segmentSize = r.map.segmentSize;
+          log.info(
+            `server ${this.server.sectionName}: scanned ${o.key} (${r.map.records} records, ${r.map.relations.length} relation forks) -> ${r.mbmPath}`,
+          );
+        } else
+          log.debug(
+            `server ${this.server.sectionName}: ${o.key} ends inside a record that continues in ${r.nextSegment}, which has not arrived yet`,
+          );
+      } catch (err) {
+        if (err instanceof StorageNotFoundError) continue; // removed meanwhile (MANAGE compressed or deleted it)
+        this.failed.add(version);
+        log.error(`server ${this.server.sectionName}: no MBM for ${o.key}: ${errorMessage(err)}`);
+      }
+    }
+  }
+
   private async scanOne(t: { name: string; path: string; version: string }): Promise<void> {
     if (this.stopped) return;
     const dir = this.server.archivePath;
@@ -204,6 +286,17 @@ class ServerWorker {
       log.error(`server ${this.server.sectionName}: no MBM for ${t.name}: ${errorMessage(err)}`);
     }
   }
+}
+
+/** True when the continuation a segment waited for may now be in the archive (`names`). */
+function continuationMayExist(
+  names: Set<string>,
+  waited: { next: string; histories: number },
+  histories: number,
+): boolean {
+  if (histories !== waited.histories) return true; // a new timeline: its segment may continue ours
+  const n = waited.next;
+  return [n, `${n}.gz`, `${n}.partial`, `${n}.partial.gz`].some((k) => names.has(k));
 }
 
 /**
@@ -271,10 +364,10 @@ export class ScannerDaemon {
     if (servers.length === 0)
       log.warning(`no server in ${this.config.path} has allow_incremental_backups = enabled; nothing to scan`);
     for (const s of servers) {
-      const w = new ServerWorker(s, this.pool);
+      const w = new ServerWorker(s, this.pool, openWalArchive(this.config, s));
       this.workers.set(s.name, w);
       log.info(
-        `server ${s.sectionName}: scanning ${s.archivePath}${s.scanInterval > 0 ? `, forced scan every ${s.scanInterval} s` : ''}`,
+        `server ${s.sectionName}: scanning ${w.archive.location}${s.scanInterval > 0 ? `, forced scan every ${s.scanInterval} s` : ''}`,
       );
       w.start();
     }
@@ -372,10 +465,23 @@ export class ScannerDaemon {
       ...(req.segmentSize !== undefined ? { segmentSize: req.segmentSize } : {}),
     };
     const until = Date.now() + Math.max(0, req.timeoutSec) * 1000;
+    // A server the daemon does not watch (incremental backups not enabled) gets its storage for this request.
+    const archive = worker?.archive ?? openWalArchive(this.config, server);
+    try {
+      return await this.ensureLoop(worker, archive, range, until);
+    } finally {
+      if (!worker) await archive.close();
+    }
+  }
+
+  private async ensureLoop(
+    worker: ServerWorker | undefined,
+    archive: RepositoryStorage,
+    range: ChangeSetRequest,
+    until: number,
+  ): Promise<ScannerResponse> {
     for (;;) {
-      const r = worker
-        ? await worker.exclusive(() => ensureMbms(server.archivePath, range))
-        : await ensureMbms(server.archivePath, range);
+      const r = worker ? await worker.exclusive(() => ensureMbms(archive, range)) : await ensureMbms(archive, range);
       const hopeless = r.errors.length > 0;
       // A stopping daemon answers at once rather than hold STOP up for the rest of the timeout.
       if (r.complete || hopeless || Date.now() >= until || this.stopping) {

@@ -2,8 +2,10 @@
 
 import { errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
-import { indexMbmFiles, segmentsOfRange, type ChangeSetRequest } from './change-set.js';
-import { findSegmentFile, scanWalFile, type ScanBuffers } from './scan-wal-file.js';
+import { archivedSegmentsOfRange, indexArchivedMbms, type ChangeSetRequest } from './change-set.js';
+import { scanArchivedSegment, type ScanBuffers } from './scan-wal-file.js';
+import { archiveNameSet, findArchivedSegment, scanArchiveStorage, type ScanArchive } from './archive-source.js';
+import { joinKey } from '../storage/storage.js';
 import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** Result of {@link ensureMbms}. */
@@ -22,31 +24,39 @@ export interface EnsureMbmsResult {
 
 /**
  * Makes sure every WAL segment with records in [startLsn, endLsn) on the timeline's history has
- * an MBM, scanning the ones that lack it (in this process). Used by the scanner daemon when a
- * client asks, and by the incremental backup when no scanner runs.
+ * an MBM, scanning the ones that lack it (in this process), reading them through the archive
+ * storage (an object store: no local copy needed). Used by the scanner daemon when a client asks,
+ * and by the incremental backup when no scanner runs.
  */
 export async function ensureMbms(
-  archivePath: string,
+  archive: ScanArchive,
   req: ChangeSetRequest,
   buffers: ScanBuffers = {},
 ): Promise<EnsureMbmsResult> {
+  const storage = scanArchiveStorage(archive);
   const segSize = req.segmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
-  const index = indexMbmFiles(archivePath);
+  const segments = await archivedSegmentsOfRange(storage, req);
+  const index = await indexArchivedMbms(storage);
   const out: EnsureMbmsResult = { complete: true, missingWal: [], waiting: [], errors: [], written: [] };
-  for (const seg of segmentsOfRange(archivePath, req)) {
+  // One listing for the lookups, taken only when something is to be scanned (POSIX: stat is cheap).
+  let names: Set<string> | undefined;
+  for (const seg of segments) {
     const segEnd = (seg.segNo + 1n) * BigInt(segSize);
     if (index.has(`${seg.timeline}:${segEnd}`)) continue;
     out.complete = false;
-    const wal = findSegmentFile(archivePath, seg.name);
+    if (names === undefined && storage.localPath('') === undefined) names = await archiveNameSet(storage);
+    const wal = await findArchivedSegment(storage, seg.name, names);
     if (!wal) {
       out.missingWal.push(seg.name);
       continue;
     }
     try {
-      const r = await scanWalFile(wal, { buffers });
+      const r = await scanArchivedSegment(storage, wal, { buffers, ...(names ? { names } : {}) });
       if (r.status === 'written') {
-        out.written.push(r.mbmPath);
-        log.debug(`scanned ${wal}: ${r.map.records} records, ${r.map.relations.length} relation forks`);
+        out.written.push(joinKey(storage.location, r.mbmPath));
+        log.debug(
+          `scanned ${joinKey(storage.location, wal)}: ${r.map.records} records, ${r.map.relations.length} relation forks`,
+        );
       } else {
         out.waiting.push(seg.name);
       }

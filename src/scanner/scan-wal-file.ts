@@ -1,14 +1,16 @@
-// WAL scan: one archived WAL segment decoded into its MBM, waiting when its last record continues.
+// WAL scan: one archived WAL segment decoded into its MBM (from a local file or the archive storage), waiting when its last record continues.
 
 import { existsSync, readdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { crashPoint } from '../util/crash-point.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { segmentName } from '../wal/segment-name.js';
 import { collectEvents, mayCarryEvent, type WalEvent } from '../wal/relation-events.js';
 import { WalDecodeError } from '../wal/decode-error.js';
 import { WalDecoder } from '../wal/decoder.js';
-import { loadWalFile, parseWalFileName, walFileSegNo } from '../wal/file.js';
+import { loadWalFile, parseWalFileName, walFileSegNo, type LoadedWalFile } from '../wal/file.js';
+import { joinKey, type RepositoryStorage } from '../storage/storage.js';
+import { findArchivedContinuation, loadArchivedWal } from './archive-source.js';
 import type { WalRecord } from '../wal/record.js';
 import { encodeMbm } from './mbm-format.js';
 import { mbmFileName } from './mbm-name.js';
@@ -68,26 +70,61 @@ export function findContinuationFile(dir: string, timeline: number, name: string
 }
 
 /**
- * Scans one archived WAL segment (plain or `.gz`) and writes its MBM atomically next to it:
- * every block reference and whole-object event of the records that START in this segment. A
- * record that continues into the next segment is finished from that file (read from the same
- * directory); when it is not there yet the result is `waiting` and nothing is written.
- * Malformed WAL throws {@link WalDecodeError} (file and offset) and writes nothing.
+ * Where a scan reads WAL from: a directory on this host, or the archive storage (archive-source.ts).
+ * `name` is a file name in that place; `label` names it in messages.
  */
-export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise<ScanResult> {
-  const parsed = parseWalFileName(path);
-  if (!parsed) throw new WalDecodeError(path, 0, 'not a WAL segment file name (24 hexadecimal digits, optionally .gz)');
+interface WalSource {
+  label(name: string): string;
+  load(name: string, reuse?: Buffer, maxBytes?: number): Promise<LoadedWalFile>;
+  findContinuation(timeline: number, name: string): Promise<string | undefined>;
+}
+
+/** A directory on this host (the scanner's original source). */
+function directorySource(dir: string): WalSource {
+  return {
+    label: (name) => join(dir, name),
+    load: (name, reuse, maxBytes) => loadWalFile(join(dir, name), reuse, maxBytes),
+    findContinuation: async (timeline, name) => {
+      const p = findContinuationFile(dir, timeline, name);
+      return p === undefined ? undefined : basename(p);
+    },
+  };
+}
+
+/** The archive storage; `names` (a listing taken by the caller) spares a request per lookup. */
+function storageSource(storage: RepositoryStorage, names?: Set<string>): WalSource {
+  return {
+    label: (name) => joinKey(storage.location, name),
+    load: (name, reuse, maxBytes) => loadArchivedWal(storage, name, reuse, maxBytes),
+    findContinuation: (timeline, name) => findArchivedContinuation(storage, timeline, name, names),
+  };
+}
+
+/**
+ * Decodes one segment into its MBM (not stored): every block reference and whole-object event of
+ * the records that START in this segment. A record that continues into the next segment is
+ * finished from that file (only its head is read); when it is not there yet the result is
+ * `waiting`. Malformed WAL throws {@link WalDecodeError} (file and offset).
+ */
+async function mapSegment(
+  source: WalSource,
+  name: string,
+  buffers: ScanBuffers,
+): Promise<{ status: 'written'; map: ModifiedBlockMap } | { status: 'waiting'; nextSegment: string }> {
+  const label = source.label(name);
+  const parsed = parseWalFileName(name);
+  if (!parsed)
+    throw new WalDecodeError(label, 0, 'not a WAL segment file name (24 hexadecimal digits, optionally .gz)');
   if (parsed.partial)
     throw new WalDecodeError(
-      path,
+      label,
       0,
       "partial segments (.partial) are not scanned: the next timeline's segment holds the same records",
     );
-  const buffers = opts.buffers ?? {};
   const builder = new BlockMapBuilder();
   const events: WalEvent[] = [];
   let segStart = 0;
-  let currentFile = path;
+  let currentFile = label;
   const onRecord = (r: WalRecord) => {
     builder.addRecordBlocks(r);
     if (mayCarryEvent(r.rmid, r.info)) {
@@ -104,25 +141,25 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
     }
   };
   const decoder = new WalDecoder({ onRecord, timeline: parsed.timeline });
-  const f = await loadWalFile(path, buffers.current);
+  const f = await source.load(name, buffers.current);
   buffers.current = f.buffer;
   // The decoder validates the first page before the segment size is trusted.
   const segSize = isValidWalSegmentSize(f.segmentSize) ? f.segmentSize : DEFAULT_WAL_SEGMENT_SIZE;
   const segNo = walFileSegNo(parsed.segmentName, segSize);
   segStart = segNo * segSize;
-  const res = decoder.feedSegment(f.buffer, f.length, segNo, path);
+  const res = decoder.feedSegment(f.buffer, f.length, segNo, label);
   let records = res.records;
   // A record crossing into the next segment is finished from it (only its head is read); a
   // record longer than a segment may need several.
   let nextSegNo = segNo + 1;
   while (decoder.hasPendingRecord) {
     const nextName = segmentName(parsed.timeline, BigInt(nextSegNo), segSize);
-    const nextPath = findContinuationFile(dirname(path), parsed.timeline, nextName);
-    if (!nextPath) return { status: 'waiting', nextSegment: nextName };
-    currentFile = nextPath;
-    const n = await loadWalFile(nextPath, buffers.next, decoder.pendingBytesNeeded);
+    const next = await source.findContinuation(parsed.timeline, nextName);
+    if (!next) return { status: 'waiting', nextSegment: nextName };
+    currentFile = source.label(next);
+    const n = await source.load(next, buffers.next, decoder.pendingBytesNeeded);
     buffers.next = n.buffer;
-    records += decoder.feedSegment(n.buffer, n.length, nextSegNo, nextPath, { finishPendingOnly: true }).records;
+    records += decoder.feedSegment(n.buffer, n.length, nextSegNo, currentFile, { finishPendingOnly: true }).records;
     nextSegNo++;
   }
   const segEnd = BigInt(segStart + segSize);
@@ -138,6 +175,19 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
     relations: builder.relations(),
     events: builder.events,
   };
+  return { status: 'written', map };
+}
+
+/**
+ * Scans one WAL segment file on this host (plain or `.gz`) and writes its MBM atomically next to
+ * it (or into `outDir`): see {@link mapSegment}. A record that continues into the next segment is
+ * finished from that file (read from the same directory); when it is not there yet the result is
+ * `waiting` and nothing is written. Malformed WAL throws {@link WalDecodeError} and writes nothing.
+ */
+export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise<ScanResult> {
+  const r = await mapSegment(directorySource(dirname(path)), basename(path), opts.buffers ?? {});
+  if (r.status === 'waiting') return r;
+  const map = r.map;
   const mbmPath = join(opts.outDir ?? dirname(path), mbmFileName(map.timeline, map.startLsn, map.endLsn));
   if (!opts.dryRun) {
     crashPoint('scan:decoded');
@@ -145,4 +195,45 @@ export async function scanWalFile(path: string, opts: ScanOptions = {}): Promise
     crashPoint('scan:mbm-written');
   }
   return { status: 'written', mbmPath, map };
+}
+
+/** Options of {@link scanArchivedSegment}. */
+export interface ArchiveScanOptions {
+  /** Do not store the MBM, just return it. */
+  dryRun?: boolean;
+  buffers?: ScanBuffers;
+  /** The archive's names from one listing (spares a request per lookup on an object store). */
+  names?: Set<string>;
+}
+
+/**
+ * Scans archived segment `key` (plain or `.gz`) and stores its MBM in the archive through the
+ * storage; `mbmPath` of the result is then the MBM's key. A POSIX archive takes the file path
+ * ({@link scanWalFile}, exactly as before); any other storage is read through the storage, the
+ * segment into one bounded buffer (segments are at most 1 GiB), the next one only as far as the
+ * record crossing into it needs (a ranged read).
+ */
+export async function scanArchivedSegment(
+  storage: RepositoryStorage,
+  key: string,
+  opts: ArchiveScanOptions = {},
+): Promise<ScanResult> {
+  const local = storage.localPath(key);
+  if (local !== undefined) {
+    const r = await scanWalFile(local, {
+      ...(opts.dryRun ? { dryRun: true } : {}),
+      ...(opts.buffers ? { buffers: opts.buffers } : {}),
+    });
+    return r.status === 'written' ? { ...r, mbmPath: basename(r.mbmPath) } : r;
+  }
+  const r = await mapSegment(storageSource(storage, opts.names), key, opts.buffers ?? {});
+  if (r.status === 'waiting') return r;
+  const mbmKey = mbmFileName(r.map.timeline, r.map.startLsn, r.map.endLsn);
+  if (!opts.dryRun) {
+    crashPoint('scan:decoded');
+    // An object store makes an object visible only once complete; an MBM is small.
+    await storage.put(mbmKey, encodeMbm(r.map));
+    crashPoint('scan:mbm-written');
+  }
+  return { status: 'written', mbmPath: mbmKey, map: r.map };
 }

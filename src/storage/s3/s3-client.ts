@@ -81,6 +81,10 @@ export async function connectS3(options: S3StorageOptions, location: string): Pr
       throw new StorageError(`${location}: cannot read s3_ca_file "${options.caFile}" (${code})`, '');
     }
   }
+  // The SDK warns once per process, on stderr, that it will need Node 22 from 2027 on: eight lines
+  // in every archive_command's output and after each one-line error. The project states its Node
+  // version in package.json; the warning tells a DBA nothing they can act on.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const [sdk, { NodeHttpHandler }] = await Promise.all([
     import('@aws-sdk/client-s3'),
     import('@smithy/node-http-handler'),
