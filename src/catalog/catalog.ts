@@ -6,7 +6,7 @@ import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { BackupInfoError, damagedBackupInfo, readBackupInfo, type BackupInfo } from './backup-info.js';
-import { BACKUPINFO_FILE, GZIP_SUFFIX, PARTIAL_SUFFIX } from './layout.js';
+import { BACKUPINFO_FILE, DELETING_SUFFIX, GZIP_SUFFIX, PARTIAL_SUFFIX } from './layout.js';
 
 /**
  * Names of the objects directly below `prefix` of a storage (a server's catalog or WAL archive
@@ -54,6 +54,17 @@ export interface CatalogEntry {
   damage?: string;
 }
 
+/**
+ * True when backup `id` has a tombstone on a storage without atomic renames: a DELETE or MANAGE -d
+ * wrote `<id>.deleting/marker` before removing anything of it, so from that instant on neither `<id>`
+ * nor a `<id>.partial` beside it is a backup (its WAL may already be gone). `names` are the names at
+ * the catalog root ({@link archiveNames} with prefixes). On POSIX a backup being deleted is a renamed
+ * directory, `<id>` no longer exists, and this is false.
+ */
+export function beingDeleted(storage: RepositoryStorage, names: ReadonlySet<string>, id: string): boolean {
+  return storage.renamePrefix === undefined && names.has(id + DELETING_SUFFIX);
+}
+
 /** True when a process with this pid exists. */
 export function processAlive(pid: number): boolean {
   try {
@@ -70,7 +81,9 @@ export function processAlive(pid: number): boolean {
  * for restore. A complete backup whose backupinfo is missing or damaged is listed with status
  * `damaged` and the reason ({@link CatalogEntry.damage}), never as a usable backup and never as an
  * error for the whole listing. On a storage without atomic renames, `<id>` holding files but no
- * backupinfo next to a live `<id>.partial` is that partial backup's data, not a damaged backup.
+ * backupinfo next to a live `<id>.partial` is that partial backup's data, not a damaged backup, and
+ * an identifier with a tombstone (`<id>.deleting/marker`, see {@link beingDeleted}) is no backup at
+ * all, in whatever state the interrupted deletion left it: MANAGE -l lists it as a leftover.
  */
 export async function listBackups(
   config: BartConfig,
@@ -84,6 +97,7 @@ export async function listBackups(
     const partial = name.endsWith(PARTIAL_SUFFIX);
     const id = partial ? name.slice(0, -PARTIAL_SUFFIX.length) : name;
     if (!/^\d+$/.test(id)) continue;
+    if (beingDeleted(storage, names, id)) continue;
     const dataKey = partial && !renames ? id : name;
     let info: BackupInfo;
     try {

@@ -6,6 +6,17 @@ import type { BartConfig, ServerConfig } from '../config/types.js';
 /** Suffix of a backup directory still being written (or left by a crash). */
 export const PARTIAL_SUFFIX = '.partial';
 
+/**
+ * Suffix of a backup being deleted. POSIX: the backup directory renamed (atomically) just before it
+ * is removed. A storage without atomic renames (S3): the prefix of the backup's tombstone object
+ * `<id>.deleting/marker`, written before anything of the backup is removed; while it exists, `<id>`
+ * is no backup (retention/obsolete.ts).
+ */
+export const DELETING_SUFFIX = '.deleting';
+
+/** The tombstone object below `<id>.deleting` on a storage without atomic renames. */
+export const TOMBSTONE_FILE = 'marker';
+
 /** File names inside a backup directory. */
 export const BACKUPINFO_FILE = 'backupinfo';
 export const MANIFEST_FILE = 'manifest.jsonl';

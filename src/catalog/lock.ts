@@ -31,6 +31,12 @@ export interface CatalogLock {
  * stays `backup` because BACKUP used it first (older catalogs and cleanup code know it). RESTORE
  * does not take it (a long restore must not hold up the nightly BACKUP): it registers as a reader
  * instead, see {@link registerRestore}.
+ *
+ * Locks are always local files in `backup_path/<server>` on the BART host, also for a server whose
+ * repository is in an S3 bucket (object storage has no atomic create-or-fail on every store, no
+ * owner liveness and no way to break a dead holder's lock safely). So one BART host owns a
+ * repository prefix: two BART hosts writing the same `s3_prefix` would not see each other's locks
+ * (docs/object-storage.md).
  */
 export const SERVER_LOCK_NAME = 'backup';
 

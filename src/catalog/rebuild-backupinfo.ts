@@ -4,7 +4,7 @@ import type { BartConfig, ServerConfig } from '../config/types.js';
 import { openRepository } from '../storage/open-repository.js';
 import { StorageNotFoundError, joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { BartError, errorMessage } from '../util/errors.js';
-import { archiveNames } from './catalog.js';
+import { archiveNames, beingDeleted } from './catalog.js';
 import {
   readBackupInfo,
   renderBackupInfo,
@@ -12,7 +12,7 @@ import {
   type BackupInfo,
   type BackupStatus,
 } from './backup-info.js';
-import { MANIFEST_FILE } from './layout.js';
+import { BACKUPINFO_FILE, MANIFEST_FILE, PARTIAL_SUFFIX } from './layout.js';
 import { readManifestInfo } from './manifest.js';
 
 /** What INIT -r did (or found) for one backup directory. */
@@ -125,7 +125,22 @@ export async function rebuildBackupInfos(
     if (!existsSync(storage.localPath('')!))
       throw new BartError(`the catalog directory ${root} of server ${server.name} does not exist`);
   }
-  const ids = names.filter((n) => /^\d+$/.test(n)).sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1));
+  const nameSet = new Set(names);
+  const ids: string[] = [];
+  for (const n of names) {
+    if (!/^\d+$/.test(n)) continue;
+    // Without atomic renames (S3), `<id>` is not a backup to rebuild while its deletion's tombstone is
+    // there (its WAL may be gone), nor while it is the data of an unpublished `<id>.partial`.
+    if (beingDeleted(storage, nameSet, n)) continue;
+    if (
+      storage.renamePrefix === undefined &&
+      nameSet.has(n + PARTIAL_SUFFIX) &&
+      (await storage.stat(joinKey(n, BACKUPINFO_FILE))) === undefined
+    )
+      continue;
+    ids.push(n);
+  }
+  ids.sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1));
   const all = select === undefined || select.toLowerCase() === 'all';
   const out: RebuildOutcome[] = [];
   for (const id of ids) {

@@ -1,10 +1,9 @@
-// WAL usage: the archived WAL each backup's recovery window uses, as SHOW-BACKUPS reports it.
+// Concept: WAL usage — the archived WAL each backup's recovery window uses, as SHOW-BACKUPS reports it.
 
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import type { RepositoryStorage } from '../storage/storage.js';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
-import { isErrnoError } from '../util/errors.js';
 import type { CatalogEntry } from './catalog.js';
+import { GZIP_SUFFIX } from './layout.js';
 import { DEFAULT_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 
 /** The archived WAL a backup's recovery window uses: from its start segment to the next backup's. */
@@ -18,30 +17,22 @@ export interface BackupWalUsage {
 /**
  * Counts, for each complete backup, the archived WAL segments from its start segment up to (not
  * including) the next complete backup's start segment: the WAL that SHOW-BACKUPS reports as the
- * backup's WAL(s) SIZE / WAL FILES.
+ * backup's WAL(s) SIZE / WAL FILES. Sizes and times come from the WAL archive's listing (one
+ * request per 1000 objects on S3, never one per file); an archive that does not exist yet holds none.
  */
 export async function walUsageByBackup(
-  archivePath: string,
+  archive: RepositoryStorage,
   entries: CatalogEntry[],
 ): Promise<Map<string, BackupWalUsage>> {
   const segments: { name: string; segNo: bigint; size: number; mtime: Date }[] = [];
-  let names: string[] = [];
-  try {
-    names = await readdir(archivePath);
-  } catch (err) {
-    if (!isErrnoError(err) || err.code !== 'ENOENT') throw err;
-  }
   const complete = entries.filter((e) => e.complete && e.info.startWalFile !== '');
   const segSize = complete[0]?.info.walSegmentSize ?? DEFAULT_WAL_SEGMENT_SIZE;
-  for (const name of names) {
-    const base = name.endsWith('.gz') ? name.slice(0, -3) : name;
-    const parsed = parseArchiveFileName(base);
-    if (parsed?.kind !== 'segment') continue;
-    try {
-      const st = await stat(join(archivePath, name));
-      segments.push({ name: base, segNo: segmentNumberFromName(base, segSize), size: st.size, mtime: st.mtime });
-    } catch {
-      /* removed meanwhile */
+  for await (const page of archive.list('', { shallow: true })) {
+    for (const o of page.objects) {
+      const base = o.key.endsWith(GZIP_SUFFIX) ? o.key.slice(0, -GZIP_SUFFIX.length) : o.key;
+      const parsed = parseArchiveFileName(base);
+      if (parsed?.kind !== 'segment') continue;
+      segments.push({ name: base, segNo: segmentNumberFromName(base, segSize), size: o.size, mtime: o.modified });
     }
   }
   segments.sort((a, b) => (a.segNo < b.segNo ? -1 : a.segNo > b.segNo ? 1 : a.name.localeCompare(b.name)));

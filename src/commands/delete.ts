@@ -11,6 +11,7 @@ import {
   removeFromCatalog,
 } from '../retention/obsolete.js';
 import { chainRoot } from '../retention/retention.js';
+import { closeServerStorages, openServerStorages } from '../retention/server-storages.js';
 import type { ServerConfig } from '../config/types.js';
 import { crashPoint } from '../util/crash-point.js';
 import { BartError } from '../util/errors.js';
@@ -100,9 +101,10 @@ export async function deleteBackups(ctx: CommandContext, options: unknown): Prom
   const lock = o.dryRun
     ? undefined
     : await acquireServerLock(serverCatalogDir(ctx.config, server), 'DELETE', { deletes: true });
+  const storages = openServerStorages(ctx.config, server);
   try {
     crashPoint('delete:locked');
-    const entries = await listBackups(ctx.config, server);
+    const entries = await listBackups(ctx.config, server, storages.repo);
     const targets = deletionTargets(entries, server, o.backupid);
     const explicit = new Set(o.backupid.toLowerCase() === 'all' ? targets.map((t) => t.info.id) : []);
     for (const w of o.backupid.split(',')) {
@@ -124,18 +126,19 @@ export async function deleteBackups(ctx: CommandContext, options: unknown): Prom
       return 0;
     }
     if (o.dryRun) {
-      const wal = await planWalRemoval(ctx.config, server, entries, new Set(targets.map((t) => t.info.id)));
+      const wal = await planWalRemoval(ctx.config, server, storages, entries, new Set(targets.map((t) => t.info.id)));
       log.info(
         `(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`,
       );
       return 0;
     }
-    const result = await removeFromCatalog(ctx.config, server, targets, []);
+    const result = await removeFromCatalog(ctx.config, server, storages, targets, []);
     log.info(
       `server ${server.name}: deleted ${result.backups.length} backup(s) and ${result.walFiles} archived WAL/MBM file(s) (${formatBytes(result.walBytes)})`,
     );
     return 0;
   } finally {
+    await closeServerStorages(storages);
     await lock?.release();
   }
 }

@@ -15,6 +15,7 @@ import {
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName } from '../util/os-user.js';
+import { repositoryLocation } from '../storage/open-repository.js';
 import { archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
 import { selectServers, type CommandContext } from './context.js';
 
@@ -84,7 +85,13 @@ async function ensurePrivateDir(path: string): Promise<boolean> {
   return created;
 }
 
-/** Creates backup_path, backup_path/<server> and the archive path (mode 0700, owned by the BART user). */
+/**
+ * Creates backup_path and backup_path/<server> (mode 0700, owned by the BART user) on this host in
+ * every case: the server's locks live there even when its repository is in a bucket
+ * (catalog/lock.ts). The archive path is created when the WAL archive is a local directory. A
+ * bucket gets nothing: object storage has no directories to make, and INIT does not write into it;
+ * the DBA is told to check it with CHECK-CONFIG, which writes, reads and removes a test object.
+ */
 export async function createCatalogDirs(config: BartConfig, server: ServerConfig): Promise<void> {
   try {
     await mkdir(config.global.backupPath, { recursive: true, mode: 0o700 });
@@ -96,15 +103,26 @@ export async function createCatalogDirs(config: BartConfig, server: ServerConfig
   const serverDir = join(config.global.backupPath, server.name);
   const made: string[] = [];
   if (await ensurePrivateDir(serverDir)) made.push(serverDir);
-  try {
-    // Parents of a custom archive_path may be missing; the archive directory itself is made below.
-    await mkdir(dirname(server.archivePath), { recursive: true, mode: 0o700 });
-  } catch (err) {
-    throw new BartError(`cannot create archive path "${server.archivePath}": ${errorMessage(err)}`);
+  // archive_path is where a POSIX server's WAL archive is; an S3 server's is in the bucket.
+  const archiveDir = server.repository.kind === 's3' ? undefined : server.archivePath;
+  if (archiveDir !== undefined) {
+    try {
+      // Parents of a custom archive_path may be missing; the archive directory itself is made below.
+      await mkdir(dirname(archiveDir), { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw new BartError(`cannot create archive path "${archiveDir}": ${errorMessage(err)}`);
+    }
+    if (await ensurePrivateDir(archiveDir)) made.push(archiveDir);
   }
-  if (await ensurePrivateDir(server.archivePath)) made.push(server.archivePath);
   if (made.length > 0) log.info(`created ${made.map((d) => `"${d}"`).join(' and ')} for server "${server.name}"`);
-  else log.info(`catalog directories of server "${server.name}" already exist (${server.archivePath})`);
+  else if (archiveDir !== undefined)
+    log.info(`catalog directories of server "${server.name}" already exist (${archiveDir})`);
+  else log.info(`lock directory "${serverDir}" of server "${server.name}" already exists`);
+  if (server.repository.kind === 's3')
+    log.info(
+      `server "${server.name}" keeps its backups and WAL in ${repositoryLocation(config, server)}: INIT creates nothing there; ` +
+        `check that it is reachable and writable with bart CHECK-CONFIG -s ${server.name}`,
+    );
 }
 
 /**

@@ -5,6 +5,7 @@ import { formatRetentionPolicy } from '../config/retention-policy.js';
 import { listBackups } from '../catalog/catalog.js';
 import { entryWithDescendants, obsoleteTargets, planWalRemoval } from '../retention/obsolete.js';
 import { findLeftovers, type LeftoverKind } from '../retention/leftovers.js';
+import { closeServerStorages, openServerStorages, type ServerStorages } from '../retention/server-storages.js';
 import { formatBytes, formatTimestamp } from '../util/format.js';
 import { log } from '../util/log.js';
 
@@ -40,14 +41,23 @@ export interface ManageListing {
 
 /** Builds the MANAGE -l listing of a server (reads only; takes no lock). */
 export async function manageListing(config: BartConfig, server: ServerConfig): Promise<ManageListing> {
-  const entries = await listBackups(config, server);
+  const storages = openServerStorages(config, server);
+  try {
+    return await listing(config, server, storages);
+  } finally {
+    await closeServerStorages(storages);
+  }
+}
+
+async function listing(config: BartConfig, server: ServerConfig, storages: ServerStorages): Promise<ManageListing> {
+  const entries = await listBackups(config, server, storages.repo);
   const complete = entries.filter((e) => e.complete);
   const targets = obsoleteTargets(entries);
   const targetIds = new Set(targets.map((t) => t.info.id));
   // Listed as BART did: each obsolete backup whose parent is not itself listed, with its incrementals.
   const heads = targets.filter((t) => t.info.parent === undefined || !targetIds.has(t.info.parent)).reverse();
-  const wal = await planWalRemoval(config, server, entries, targetIds);
-  const leftovers = await findLeftovers(config, server, false);
+  const wal = await planWalRemoval(config, server, storages, entries, targetIds);
+  const leftovers = await findLeftovers(config, server, false, storages);
   return {
     server: server.name,
     retentionPolicy: formatRetentionPolicy(server.retentionPolicy),
@@ -73,7 +83,7 @@ export async function manageListing(config: BartConfig, server: ServerConfig): P
       reason: wal.plan.reason,
       skipped: wal.skipped,
     },
-    leftovers,
+    leftovers: leftovers.map((l) => ({ kind: l.kind, path: l.path, description: l.description, bytes: l.bytes })),
   };
 }
 

@@ -14,6 +14,7 @@ import {
   removeFromCatalog,
 } from '../retention/obsolete.js';
 import { findLeftovers } from '../retention/leftovers.js';
+import { withServerStorages } from '../retention/server-storages.js';
 import { chainRoot, evaluateRetention, type RetentionBackup } from '../retention/retention.js';
 import { readVerifications } from '../catalog/verify-record.js';
 import { retentionNow } from '../retention/clock.js';
@@ -207,25 +208,28 @@ async function changeStatus(
 
 /** MANAGE -d: obsolete backups (with what depends on them), WAL no remaining backup needs, leftovers. */
 async function deleteObsolete(ctx: CommandContext, server: ServerConfig, dryRun: boolean): Promise<void> {
-  const entries = await listBackups(ctx.config, server);
-  warnDamaged(entries, server);
-  const targets = obsoleteTargets(entries);
-  const leftovers = await findLeftovers(ctx.config, server, !dryRun);
-  if (dryRun) {
-    for (const t of targets)
+  await withServerStorages(ctx.config, server, async (storages) => {
+    const entries = await listBackups(ctx.config, server, storages.repo);
+    warnDamaged(entries, server);
+    const targets = obsoleteTargets(entries);
+    const leftovers = await findLeftovers(ctx.config, server, !dryRun, storages);
+    if (dryRun) {
+      for (const t of targets)
+        log.info(
+          `(dry run) would delete ${t.info.parent ? 'incremental ' : ''}backup ${backupLabel(t)} (${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)})`,
+        );
+      const removed = new Set(targets.map((t) => t.info.id));
+      const wal = await planWalRemoval(ctx.config, server, storages, entries, removed);
       log.info(
-        `(dry run) would delete ${t.info.parent ? 'incremental ' : ''}backup ${backupLabel(t)} (${t.info.status}, ${formatTimestamp(t.info.startTime)}, ${formatBytes(t.info.sizeBytes)})`,
+        `(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`,
       );
-    const wal = await planWalRemoval(ctx.config, server, entries, new Set(targets.map((t) => t.info.id)));
+      for (const l of leftovers) log.info(`(dry run) would remove ${l.description}: ${l.path}`);
+      return;
+    }
+    if (targets.length === 0) log.info(`server ${server.name}: no obsolete backups to delete`);
+    const result = await removeFromCatalog(ctx.config, server, storages, targets, leftovers);
     log.info(
-      `(dry run) would delete ${wal.plan.remove.length} archived WAL/MBM file(s) (${formatBytes(wal.bytes)}): ${wal.plan.reason}`,
+      `server ${server.name}: deleted ${result.backups.length} backup(s), ${result.walFiles} archived WAL/MBM file(s) (${formatBytes(result.walBytes)}), ${result.leftovers} leftover(s)`,
     );
-    for (const l of leftovers) log.info(`(dry run) would remove ${l.description}: ${l.path}`);
-    return;
-  }
-  if (targets.length === 0) log.info(`server ${server.name}: no obsolete backups to delete`);
-  const result = await removeFromCatalog(ctx.config, server, targets, leftovers);
-  log.info(
-    `server ${server.name}: deleted ${result.backups.length} backup(s), ${result.walFiles} archived WAL/MBM file(s) (${formatBytes(result.walBytes)}), ${result.leftovers} leftover(s)`,
-  );
+  });
 }

@@ -9,6 +9,7 @@ import { readVerifications, type BackupVerifications, type VerifyRecord } from '
 import { log } from '../util/log.js';
 import { BartError } from '../util/errors.js';
 import { formatBytes, formatTable, formatTimestamp } from '../util/format.js';
+import { closeServerStorages, openServerStorages } from '../retention/server-storages.js';
 import { selectServers, type CommandContext } from './context.js';
 
 /** SHOW-BACKUPS options. */
@@ -77,20 +78,26 @@ export async function showBackups(ctx: CommandContext, options: unknown): Promis
   const o = options as ShowBackupsOptions;
   const rows: Row[] = [];
   for (const server of selectServers(ctx.config, o.server)) {
-    const entries = await listBackups(ctx.config, server);
-    const usage = await walUsageByBackup(server.archivePath, entries);
-    for (const entry of entries) {
-      if (!matches(entry, o.backupid)) continue;
-      const verified = entry.complete ? await readVerifications(entry.storage, entry.key) : {};
-      rows.push({ server, entry, wal: usage.get(entry.info.id) ?? { files: 0, bytes: 0 }, verified });
-      // An incremental whose chain lost a link cannot be restored: say so next to the listing.
-      const broken = entry.complete && entry.info.parent !== undefined ? chainProblem(entries, entry) : undefined;
-      if (broken) log.warning(`server ${server.name}: ${broken}; it cannot be restored`);
-      if (entry.damage !== undefined) {
-        const what = `backup ${entry.info.id} is damaged (${entry.damage})`;
-        const repair = `bart INIT -r -s ${server.name} -i ${entry.info.id} rebuilds its backupinfo; DELETE deletes it`;
-        log.warning(`server ${server.name}: ${what}; it cannot be restored (${repair})`);
+    // Open until every row is read (verify records are read through each entry's storage).
+    const storages = openServerStorages(ctx.config, server);
+    try {
+      const entries = await listBackups(ctx.config, server, storages.repo);
+      const usage = await walUsageByBackup(storages.archive, entries);
+      for (const entry of entries) {
+        if (!matches(entry, o.backupid)) continue;
+        const verified = entry.complete ? await readVerifications(entry.storage, entry.key) : {};
+        rows.push({ server, entry, wal: usage.get(entry.info.id) ?? { files: 0, bytes: 0 }, verified });
+        // An incremental whose chain lost a link cannot be restored: say so next to the listing.
+        const broken = entry.complete && entry.info.parent !== undefined ? chainProblem(entries, entry) : undefined;
+        if (broken) log.warning(`server ${server.name}: ${broken}; it cannot be restored`);
+        if (entry.damage !== undefined) {
+          const what = `backup ${entry.info.id} is damaged (${entry.damage})`;
+          const repair = `bart INIT -r -s ${server.name} -i ${entry.info.id} rebuilds its backupinfo; DELETE deletes it`;
+          log.warning(`server ${server.name}: ${what}; it cannot be restored (${repair})`);
+        }
       }
+    } finally {
+      await closeServerStorages(storages);
     }
   }
   if (o.backupid && o.backupid.toLowerCase() !== 'all' && rows.length === 0) {
