@@ -217,7 +217,11 @@ describe(`end to end on S3 (radosgw), PostgreSQL ${version}`, { concurrency: fal
       const verify = await setup.bart(['VERIFY-CHKSUM', '-s', SERVER, '-i', incrId]);
       assert.notEqual(verify.code, 0, verify.stdout);
       // VERIFY-CHKSUM names the backup and the stored file in it (RESTORE below names the whole object).
-      assert.match(verify.stderr, new RegExp(`backup ${incrId}: base\\.tar\\.lz4: stored file checksum mismatch`), verify.stderr);
+      assert.match(
+        verify.stderr,
+        new RegExp(`backup ${incrId}: base\\.tar\\.lz4: stored file checksum mismatch`),
+        verify.stderr,
+      );
       assert.match(verify.stdout + verify.stderr, /FAILED/);
 
       const path = join(setup.dir, 'refused');
