@@ -179,6 +179,26 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
     assert.notEqual(incr.code, 0);
   });
 
+  test('memory stays bounded: a tar backup of a cluster many times the multipart buffers (peak RSS reported)', async (t) => {
+    // About 220 MB of incompressible rows: 14 times a 16 MiB part.
+    await fx.cluster.query(
+      "CREATE TABLE big AS SELECT g, decode(md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || md5((g+3)::text), 'hex') AS b FROM generate_series(1, 1000000) g",
+    );
+    try {
+      const r = await ok(['BACKUP', '-s', SERVER, '-F', 't', '--thread-count', '2']);
+      const id = backupIdFrom(r.stdout);
+      const size = (await s3.bucketEntries(bucket)).find((e) => e.name === `${PREFIX}/${SERVER}/${id}/base.tar`)?.size;
+      assert.ok(size !== undefined && size > 200 * 2 ** 20, `base.tar is ${size} bytes`);
+      const peaks = [...readFileSync(fx.setup.logfile, 'utf8').matchAll(/BACKUP: peak RSS ([\d.]+) MB/g)];
+      const peak = Number(peaks.at(-1)![1]);
+      t.diagnostic(`tar backup of ${Math.round(size / 2 ** 20)} MiB into S3: peak RSS ${peak} MB`);
+      // Node and the SDK (~120 MB), one writer's parts (5 x 16 MiB), compression units: far below the data.
+      assert.ok(peak < 300, `peak RSS ${peak} MB`);
+    } finally {
+      await fx.cluster.query('DROP TABLE big');
+    }
+  });
+
   for (const format of ['tar', 'plain'] as const) {
     const title = `SIGTERM in the middle of a ${format} backup: it stops writing, removes what it wrote from the bucket and exits`;
     test(title, async () => {

@@ -7,7 +7,7 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createReadStream, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createReadStream, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { S3Storage } from '../src/storage/s3/s3-storage.js';
 import { Secret } from '../src/util/secret.js';
@@ -15,7 +15,8 @@ import { radosgwInstalled, TestS3 } from './harness/s3.js';
 import { freshPath, startRestored, waitPromoted, type RestoreSource } from './harness/restore.js';
 import { contentSnapshot, createIncrementalSource, takeBackup } from './harness/incremental.js';
 import { pgbenchInit } from './harness/load.js';
-import { removeTree } from './harness/os.js';
+import { removeTree, testUserName } from './harness/os.js';
+import { TestSshd } from './harness/sshd.js';
 
 const skip = radosgwInstalled() ? false : 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)';
 const VERSION = 15;
@@ -139,6 +140,37 @@ describe('RESTORE from an S3 repository (radosgw)', { skip }, () => {
     const auto = readFileSync(join(path, 'postgresql.auto.conf'), 'utf8');
     assert.match(auto, /^restore_command = '.*bart\.js'' -c ''.*bart\.cfg'' ARCHIVE-GET -s ''src'' %f %p'$/m);
     removeTree(path);
+  });
+
+  test('RESTORE -r from an S3 repository: written over ssh, started, compared; restore_command runs ARCHIVE-GET over ssh', async () => {
+    const user = testUserName();
+    const sshd = await TestSshd.start([user]);
+    const config = readFileSync(src.setup.configPath, 'utf8');
+    try {
+      // The restored cluster's restore_command reaches the BART host (this one) through the same sshd.
+      sshd.authorize(user, user);
+      writeFileSync(src.setup.configPath, config.replace(/^bart_host = .*$/m, `bart_host = ${user}@${sshd.alias}`));
+      const path = freshPath(src, 'data-remote');
+      const args = ['-i', incrId, '-p', path, '-r', `${user}@${sshd.alias}`, '--target-immediate'];
+      const r = await src.restore([...args, '--target-action', 'promote']);
+      assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+      const auto = readFileSync(join(path, 'postgresql.auto.conf'), 'utf8');
+      const command = /^restore_command = '(.*)'$/m.exec(auto)?.[1]?.replace(/''/g, "'");
+      assert.ok(command, auto);
+      assert.ok(command.startsWith(`ssh -o BatchMode=yes ${user}@${sshd.alias} '`), command);
+      assert.match(command, /ARCHIVE-GET -s src %f "\$t\/f" >&2 && cat "\$t\/f"; .* > %p\.tmp && mv %p\.tmp %p$/);
+      const restored = await startRestored(VERSION, path);
+      try {
+        await waitPromoted(restored);
+        assert.deepEqual(await contentSnapshot(restored), atIncr);
+      } finally {
+        await restored.destroy();
+        removeTree(path);
+      }
+    } finally {
+      writeFileSync(src.setup.configPath, config);
+      await sshd.stop();
+    }
   });
 
   test('an object altered in the bucket (same size, then another size) is refused, naming it', async () => {

@@ -93,7 +93,11 @@ export function isBlockModified(
   return false;
 }
 
-/** Lists the MBM files of a POSIX archive directory: key `timeline:endLsn` → file name. */
+/**
+ * Lists the MBM files of a POSIX archive directory: key `timeline:endLsn` → file name. Only
+ * incremental-backup.ts's --check plan still calls it; {@link indexArchivedMbms} is the storage one.
+ * POSIX shim: migrate
+ */
 export function indexMbmFiles(archivePath: string): Map<string, string> {
   const index = new Map<string, string>();
   let names: string[];
@@ -183,7 +187,9 @@ function rangeOnHistory(history: TimelineSpan[], req: ChangeSetRequest): RangeSe
 /**
  * The WAL segments (timeline, name) whose records start in [startLsn, endLsn), the timeline
  * history read from a POSIX archive directory. Throws BartError for a range
- * {@link checkRangeBounds} refuses, so no caller builds an unbounded list.
+ * {@link checkRangeBounds} refuses, so no caller builds an unbounded list. Only
+ * incremental-backup.ts's --check plan still calls it; {@link archivedSegmentsOfRange} is the
+ * storage one. POSIX shim: migrate
  */
 export function segmentsOfRange(archivePath: string, req: ChangeSetRequest): RangeSegment[] {
   checkRangeBounds(req);
