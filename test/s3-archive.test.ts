@@ -260,6 +260,18 @@ describe(`WAL archive in S3 (radosgw), PostgreSQL ${version}`, { concurrency: fa
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /already exists in the archive with different content .*the archived file was kept/);
     assert.equal(sha(await readArchived(setup, 'src', name)), sha(segment), 'the archived object is untouched');
+
+    // MANAGE's wal_compression gzips archived segments in the bucket; ARCHIVE-GET still returns the bytes.
+    setup.writeConfig(readFileSync(setup.configPath, 'utf8').replace(/^\[src\]$/m, '[src]\nwal_compression = enabled'));
+    await new Promise((res) => setTimeout(res, 10_500)); // compression takes segments older than 10 s
+    r = await setup.bart(['MANAGE', '-s', 'src']);
+    assert.equal(r.code, 0, r.stderr);
+    const after = await archived('src');
+    assert.ok(after.includes(`${name}.gz`) && !after.includes(name), after.join(' '));
+    const dest = join(setup.dir, 'FROMGZ');
+    r = await setup.bart(['ARCHIVE-GET', '-s', 'src', name, dest]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(sha(readFileSync(dest)), sha(segment), 'ARCHIVE-GET decompresses the .gz from the bucket');
   });
 
   test('radosgw killed in the middle of an ARCHIVE-PUSH: one ERROR line, non-zero exit, nothing visible; the next push after a restart succeeds', async () => {

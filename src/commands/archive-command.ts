@@ -67,17 +67,3 @@ export function expectedArchiveCommand(config: BartConfig, server: ServerConfig)
   }
   return expandArchiveTemplate('scp %p %h:%a/%f', config, server);
 }
-
-/**
- * A restore_command that fetches from the server's archive with ARCHIVE-GET, for an archive that
- * is not a directory scp or cp can read (an object store): run locally by the BART user, or over
- * ssh to the BART host with the file streamed back (`remote`: the restored cluster is on another
- * host; the temp file keeps a failed transfer from leaving a partial %p behind).
- */
-export function archiveGetRestoreCommand(config: BartConfig, server: ServerConfig, remote: boolean): string {
-  if (!remote) return [...bartWords(config, server, 'ARCHIVE-GET').map(quoteForPostgresCommand), '%f', '%p'].join(' ');
-  const remoteCmd = [...bartWords(config, server, 'ARCHIVE-GET')].map(shellQuote).join(' ');
-  const bartHost = `${config.global.bartHost.user}@${config.global.bartHost.host}`;
-  // ARCHIVE-GET writes the file to stdout (destination -); recovery gets %p only when it exited 0.
-  return `ssh -o BatchMode=yes ${quoteForPostgresCommand(bartHost)} ${quoteForPostgresCommand(remoteCmd)} %f - > %p.tmp && mv %p.tmp %p`;
-}

@@ -149,7 +149,8 @@ async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date,
   }
   if (changes.length === 0) log.info(`server ${server.name}: no backup becomes obsolete`);
   if (server.walCompression) {
-    const result = await compressArchive(server.archivePath, dryRun);
+    // Through the WAL archive storage: archive_path on POSIX, the bucket for an S3 server.
+    const result = await withServerStorages(ctx.config, server, (s) => compressArchive(s.archive, dryRun));
     if (result.files.length === 0) log.info(`server ${server.name}: no archived WAL segment to compress`);
     else if (dryRun)
       log.info(
