@@ -19,6 +19,7 @@ import { chainRoot, evaluateRetention, type RetentionBackup } from '../retention
 import { readVerifications } from '../catalog/verify-record.js';
 import { retentionNow } from '../retention/clock.js';
 import { compressArchive } from '../archive/compress.js';
+import { openWalArchive } from '../storage/open-repository.js';
 import { crashPoint } from '../util/crash-point.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { formatBytes, formatTimestamp } from '../util/format.js';
@@ -149,8 +150,9 @@ async function applyPolicy(ctx: CommandContext, server: ServerConfig, now: Date,
   }
   if (changes.length === 0) log.info(`server ${server.name}: no backup becomes obsolete`);
   if (server.walCompression) {
-    // Through the WAL archive storage: archive_path on POSIX, the bucket for an S3 server.
-    const result = await withServerStorages(ctx.config, server, (s) => compressArchive(s.archive, dryRun));
+    // Through the WAL archive storage: the bucket for an S3 server, the (encrypting) driver otherwise.
+    const archive = openWalArchive(ctx.config, server);
+    const result = await compressArchive(archive, dryRun).finally(() => archive.close());
     if (result.files.length === 0) log.info(`server ${server.name}: no archived WAL segment to compress`);
     else if (dryRun)
       log.info(
