@@ -114,6 +114,16 @@ for (const kind of ['posix', 's3'] as const) {
       const objectName = (key: string) =>
         kind === 's3' ? `s3://${BUCKET}/${prefix}/${SERVER}/${key}` : join(setup.backupPath, SERVER, key);
 
+      /**
+       * On POSIX the test (root) rewrote the file: give it back to the BART user, as bart would have written it (else
+       * bart, which runs as that user, meets EACCES instead of the damage under test).
+       */
+      const giveBack = (storage: RepositoryStorage, key: string) => {
+        const ids = testUserIds();
+        if (kind === 'posix' && ids)
+          chownSync(join(setup.backupPath, SERVER, storage === wal ? 'archived_wals' : '', key), ids.uid, ids.gid);
+      };
+
       /** Flips one byte of a stored object (or replaces it), runs `fn`, and always puts the original back. */
       async function altered(
         storage: RepositoryStorage,
@@ -124,11 +134,13 @@ for (const kind of ['posix', 's3'] as const) {
         const original = await storage.readAll(key, 1 << 30);
         await storage.remove(key);
         await storage.put(key, change(Buffer.from(original)));
+        giveBack(storage, key);
         try {
           await fn();
         } finally {
           await storage.remove(key);
           await storage.put(key, original);
+          giveBack(storage, key);
         }
       }
       const flip = (b: Buffer) => {
