@@ -83,6 +83,7 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
         ? await takeBasebackup(ctx.config, server, request)
         : await takeFullBackup(ctx.config, server, request);
       log.info('backup completed successfully');
+      warnNotStartableInPlace(server, info.format);
       process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
     } catch (err) {
       if (!(err instanceof BartError) || servers.length === 1) throw err;
@@ -92,6 +93,17 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
   }
   logPeakRss('BACKUP');
   return failures > 0 ? 1 : 0;
+}
+
+/**
+ * A plain-format backup in an encrypted repository is stored file by file encrypted: a DBA used to starting a
+ * plain backup in place must learn it here, not during a disaster (issue 16).
+ */
+function warnNotStartableInPlace(server: ServerConfig, format: string): void {
+  if (format !== 'plain' || server.repositoryCipher === 'none') return;
+  log.info(
+    `the repository of server ${server.name} is encrypted (${server.repositoryCipher}): this plain-format backup is not startable in place; restore it with bart RESTORE`,
+  );
 }
 
 /** `BACKUP --parent P [--check]`: an incremental backup of one server (or only the check of what it needs). */
@@ -128,6 +140,7 @@ async function incrementalBackup(ctx: CommandContext, o: BackupCommandOptions): 
     ...(name ? { name } : {}),
   });
   log.info('backup completed successfully');
+  warnNotStartableInPlace(server, info.format);
   process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
   logPeakRss('BACKUP');
   return 0;
