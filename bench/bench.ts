@@ -6,12 +6,13 @@
  * then RESTORE against pgbackrest restore and tar -x (bench/restore-bench.ts, <date>-restore.md); then
  * RESTORE --delta after 1% of a copy drifted against a full restore and pgbackrest restore --delta
  * (bench/delta-bench.ts, <date>-delta.md); then the cost of page checksum verification
- * (bench/page-checksum-cost.ts, <date>-pagecheck.md); then BACKUP and RESTORE through S3 (radosgw) against
+ * (bench/page-checksum-cost.ts, <date>-pagecheck.md); then tar+lz4 BACKUP and RESTORE with and without
+ * repository_cipher (bench/cipher-bench.ts, <date>-cipher.md); then BACKUP and RESTORE through S3 (radosgw) against
  * pgBackRest's S3 repository (bench/s3-bench.ts, <date>-s3.md); then the WAL scanner benchmark
  * (bench/scanner-bench.ts, <date>-scanner.md).
  *
  * Environment: BENCH_SCALE (pgbench scale, default 100), BENCH_PG (major version, default 15),
- * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,s3,scanner`).
+ * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,cipher,s3,scanner`).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -31,7 +32,7 @@ import {
   type BenchData,
 } from './bench-data.js';
 
-const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,s3,scanner').split(',');
+const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,cipher,s3,scanner').split(',');
 
 interface Row {
   label: string;
@@ -156,7 +157,7 @@ async function main(): Promise<void> {
   console.log(
     `pgbart benchmark: PostgreSQL ${BENCH.version}, pgbench scale ${BENCH.scale} plus the same size of random data`,
   );
-  if (['backup', 'restore', 'delta', 'pagecheck', 's3'].some((p) => PARTS.includes(p))) {
+  if (['backup', 'restore', 'delta', 'pagecheck', 'cipher', 's3'].some((p) => PARTS.includes(p))) {
     const fx = await createBackupFixture({ version: BENCH.version, conf: BENCH_CLUSTER_CONF });
     const work = makeTempDir('bench');
     try {
@@ -179,6 +180,10 @@ async function main(): Promise<void> {
       if (PARTS.includes('pagecheck')) {
         const { pageCheckCost } = await import('./page-checksum-cost.js');
         await pageCheckCost(fx, data);
+      }
+      if (PARTS.includes('cipher')) {
+        const { cipherBench } = await import('./cipher-bench.js');
+        await cipherBench(fx, work, data);
       }
       if (PARTS.includes('s3')) {
         const { s3Bench } = await import('./s3-bench.js');

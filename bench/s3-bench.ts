@@ -53,7 +53,7 @@ export async function s3Bench(fx: BackupFixture, work: string, data: BenchData):
           s3_bucket: 'pgbart-bench',
           s3_prefix: 'bench',
           s3_uri_style: 'path',
-          s3_verify_tls: 'off',
+          s3_verify_tls: 'disabled',
           s3_key: s3.accessKey,
           s3_key_secret: s3.secretKey,
           xlog_method: 'stream',

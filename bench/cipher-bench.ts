@@ -1,0 +1,111 @@
+// Benchmark: what encryption at rest costs — tar+lz4 BACKUP and RESTORE with and without repository_cipher.
+
+/**
+ * Encryption benchmark: part of `npm run bench` (BENCH_PARTS=cipher; bench.ts calls {@link cipherBench} on its
+ * loaded cluster). Two server sections for the same cluster, one plain and one with `repository_cipher =
+ * aes-256-gcm`, each with its own (POSIX) repository; a tar + lz4 BACKUP with 2 threads and its RESTORE with 2
+ * workers of each, in turns, best of BENCH_CIPHER_RUNS (default 3), page cache warm. Results in
+ * bench/results/<date>-cipher.md. The target (issue 16): encryption adds at most 10% to either.
+ */
+import { chownSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
+import { serverSection } from '../test/harness/bart.js';
+import { REPO_ROOT } from '../test/harness/pg-binaries.js';
+import { removeTree, testUserIds } from '../test/harness/os.js';
+import { BENCH, machineDescription, timed, type BenchData } from './bench-data.js';
+
+const RUNS = Number(process.env.BENCH_CIPHER_RUNS ?? 3);
+
+/** Times tar+lz4 BACKUP and RESTORE with and without encryption on the loaded cluster of `fx`; writes <date>-cipher.md. */
+export async function cipherBench(fx: BackupFixture, work: string, data: BenchData): Promise<void> {
+  const ids = testUserIds();
+  if (!ids) throw new Error('run the benchmark as root (clusters run as the postgres user)');
+  const passFile = join(fx.setup.dir, 'cipher-pass');
+  writeFileSync(passFile, 'benchmark passphrase, not a secret\n', { mode: 0o600 });
+  chownSync(passFile, ids.uid, ids.gid);
+  const base = readFileSync(fx.setup.configPath, 'utf8');
+  const common = { xlog_method: 'stream' };
+  fx.setup.writeConfig(
+    base +
+      serverSection(fx.cluster, 'pgplain', common) +
+      serverSection(fx.cluster, 'pgcipher', {
+        ...common,
+        repository_cipher: 'aes-256-gcm',
+        repository_cipher_pass_file: passFile,
+      }),
+  );
+  const target = join(work, 'cipher-restored');
+  const best = { backup: new Map<string, number>(), restore: new Map<string, number>() };
+  const record = (m: Map<string, number>, k: string, v: number) => m.set(k, Math.min(m.get(k) ?? Infinity, v));
+  for (let run = 0; run < RUNS; run++) {
+    for (const server of ['pgplain', 'pgcipher']) {
+      let id = '';
+      record(
+        best.backup,
+        server,
+        await timed(async () => {
+          const r = await fx.setup.bart([
+            'BACKUP',
+            '-s',
+            server,
+            '-F',
+            't',
+            '--compress',
+            'lz4',
+            '--thread-count',
+            '2',
+          ]);
+          if (r.code !== 0) throw new Error(`bart BACKUP -s ${server} failed: ${r.stderr}`);
+          id = backupIdFrom(r.stdout);
+        }),
+      );
+      removeTree(target);
+      record(
+        best.restore,
+        server,
+        await timed(async () => {
+          const r = await fx.setup.bart([
+            'RESTORE',
+            '-s',
+            server,
+            '-i',
+            id,
+            '-p',
+            target,
+            '-w',
+            '2',
+            '--target-immediate',
+          ]);
+          if (r.code !== 0) throw new Error(`bart RESTORE -s ${server} failed: ${r.stderr}`);
+        }),
+      );
+      removeTree(target);
+      const del = await fx.setup.bart(['DELETE', '-s', server, '-i', id]);
+      if (del.code !== 0) throw new Error(`bart DELETE -s ${server} failed: ${del.stderr}`);
+    }
+  }
+  const date = new Date().toISOString().slice(0, 10);
+  const row = (label: string, m: Map<string, number>) => {
+    const plain = m.get('pgplain')!;
+    const cipher = m.get('pgcipher')!;
+    return `| ${label} | ${plain.toFixed(2)} | ${cipher.toFixed(2)} | ${(cipher / plain).toFixed(2)} |`;
+  };
+  const lines = [
+    `# Encryption at rest benchmark, ${date}`,
+    '',
+    `PostgreSQL ${BENCH.version}; cluster ${(data.dbBytes / 2 ** 30).toFixed(2)} GB = pgbench -i -s ${BENCH.scale} + ${data.randomMb} MB of random bytea; ` +
+      `POSIX repositories on the same disk; ${machineDescription()}. Best of ${RUNS}, taken in turns; page cache warm. ` +
+      'bart BACKUP -F t --compress lz4 --thread-count 2 and RESTORE -w 2, without and with repository_cipher = aes-256-gcm.',
+    '',
+    '| operation | plain (s) | aes-256-gcm (s) | encrypted / plain |',
+    '|---|---:|---:|---:|',
+    row('full backup, tar + lz4, 2 threads', best.backup),
+    row('restore of it, 2 workers', best.restore),
+    '',
+  ];
+  const file = join(REPO_ROOT, 'bench', 'results', `${date}-cipher.md`);
+  writeFileSync(file, lines.join('\n'));
+  console.log(lines.join('\n'));
+  console.log(`written ${file}`);
+}
