@@ -268,4 +268,83 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
       await fx.cluster.query('DROP TABLE big');
     });
   }
+
+  test('radosgw killed in the middle of a backup: one ERROR line, nothing published; after a restart MANAGE -d cleans up and the next backup succeeds', async (t) => {
+    await fx.cluster.query(
+      "CREATE TABLE big AS SELECT g, decode(md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || md5((g+3)::text), 'hex') AS b FROM generate_series(1, 1500000) g",
+    );
+    const complete = async () =>
+      (await listedBackups(fx.setup, SERVER)).filter((b) => b.status === 'active').map((b) => b.id);
+    const before_ = await complete();
+    const child = spawn(
+      process.execPath,
+      [
+        join(REPO_ROOT, 'bin', 'bart.js'),
+        '-c',
+        fx.setup.configPath,
+        'BACKUP',
+        '-s',
+        SERVER,
+        '-F',
+        't',
+        '--thread-count',
+        '2',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    // Kill the store once the backup is uploading its tar (an open multipart upload under <id>/).
+    let id: string | undefined;
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline && child.exitCode === null) {
+      id ??= /backup identifier: '(\d+)'/.exec(output)?.[1];
+      if (
+        id &&
+        (await s3.bucketEntries(bucket)).some((e) => e.name.includes('_multipart_') && e.name.includes(`/${id}/`))
+      )
+        break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.ok(id, `the backup started:\n${output}`);
+    await s3.kill();
+    let code: number | null;
+    try {
+      code = await closed;
+    } finally {
+      await s3.restart();
+    }
+    assert.notEqual(code, 0, 'BACKUP fails when the store goes away');
+    const errors = output.split('\n').filter((l) => l.startsWith('ERROR:'));
+    assert.equal(errors.length, 1, output);
+    assert.match(errors[0]!, /s3:\/\/|radosgw|127\.0\.0\.1|connect|socket|refused|reset/i, errors[0]);
+    assert.doesNotMatch(output, /\n\s+at /, 'no stack trace');
+    const listed = await listedBackups(fx.setup, SERVER);
+    assert.ok(!listed.some((b) => b.id === id && b.status === 'active'), 'never listed as a complete backup');
+    assert.ok(!(await objects()).includes(`${id}/backupinfo`), 'no final backupinfo in the bucket');
+    // MANAGE -d removes whatever the failed backup left (its files, its marker, an open multipart upload).
+    const manage = await bart(['MANAGE', '-s', SERVER, '-d']);
+    assert.equal(manage.code, 0, manage.stdout + manage.stderr);
+    assert.deepEqual(
+      (await objects()).filter((n) => n.startsWith(`${id}`)),
+      [],
+      'nothing of the failed backup is left after MANAGE -d',
+    );
+    // Not asserted (yet): radosgw killed in the middle of an UploadPart may keep index entries of that upload
+    // (`_multipart_…` in radosgw-admin's bucket list) that MANAGE -d's abort does not clear; reported here.
+    const stale = (await s3.bucketEntries(bucket)).map((e) => e.name).filter((n) => n.includes(`/${id}/`));
+    t.diagnostic(`radosgw index entries of the interrupted upload after MANAGE -d: ${stale.length}`);
+    const again = await ok(['BACKUP', '-s', SERVER, '-F', 't', '--compress', 'lz4']);
+    const next = backupIdFrom(again.stdout);
+    const verify = await ok(['VERIFY-CHKSUM', '-s', SERVER, '-i', next]);
+    assert.match(verify.stdout, new RegExp(`${next}\\s+OK`));
+    assert.deepEqual(
+      (await complete()).filter((b) => b !== next),
+      before_,
+      'the complete backups are those of before, plus the new one',
+    );
+    await fx.cluster.query('DROP TABLE big');
+  });
 });
