@@ -202,7 +202,8 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
           assert.doesNotMatch(err.message, /\n/, 'one line');
         }
         writeFileSync(join(dir, 'backupinfo'), text);
-        const entries = await listBackups(config, server);
+        // The storage is given: this hand-made config has no repository settings to open one from.
+        const entries = await listBackups(config, server, new PosixStorage(join(root, 'pg')));
         assert.equal(entries.length, 1, context);
         const e = entries[0]!;
         assert.equal(e.info.id, plainId, 'listed under its directory name');
