@@ -7,7 +7,7 @@
  * workers of each, in turns, best of BENCH_CIPHER_RUNS (default 3), page cache warm. Results in
  * bench/results/<date>-cipher.md. The target (issue 16): encryption adds at most 10% to either.
  */
-import { chownSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
 import { serverSection } from '../test/harness/bart.js';
@@ -35,6 +35,12 @@ export async function cipherBench(fx: BackupFixture, work: string, data: BenchDa
         repository_cipher_pass_file: passFile,
       }),
   );
+  // POSIX servers need their archive directory (the WAL these backups need is streamed, not archived).
+  for (const server of ['pgplain', 'pgcipher']) {
+    const dir = join(fx.setup.backupPath, server, 'archived_wals');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    for (const d of [join(fx.setup.backupPath, server), dir]) chownSync(d, ids.uid, ids.gid);
+  }
   const target = join(work, 'cipher-restored');
   const best = { backup: new Map<string, number>(), restore: new Map<string, number>() };
   const record = (m: Map<string, number>, k: string, v: number) => m.set(k, Math.min(m.get(k) ?? Infinity, v));
