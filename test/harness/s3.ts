@@ -441,18 +441,33 @@ export class TestS3 {
    * (`bucket list` also shows the parts of unfinished multipart uploads, under `_multipart_` names).
    */
   async bucketEntries(name: string): Promise<{ name: string; size: number }[]> {
-    const deadline = Date.now() + 60_000;
-    const args = ['-c', this.confFile, 'bucket', 'list', `--bucket=${name}`];
-    const json = await this.tool(deadline, 'radosgw-admin', args);
+    const json = await this.admin(['bucket', 'list', `--bucket=${name}`]);
     const entries = JSON.parse(json) as { name: string; meta?: { size?: number } }[];
     return entries.map((e) => ({ name: e.name, size: e.meta?.size ?? 0 }));
   }
 
   /** Removes a bucket and everything in it with radosgw-admin (whatever state S3 clients left it in). */
   async removeBucket(name: string): Promise<void> {
-    const deadline = Date.now() + 60_000;
-    const args = ['-c', this.confFile, 'bucket', 'rm', `--bucket=${name}`, '--purge-objects'];
-    await this.tool(deadline, 'radosgw-admin', args);
+    await this.admin(['bucket', 'rm', `--bucket=${name}`, '--purge-objects']);
+  }
+
+  /**
+   * Runs radosgw-admin, up to three times: radosgw-admin 16.2 sometimes crashes on its way out (a segfault in
+   * `RGWWatcher::reinit` when its watch connection drops, seen in CI under load) after printing a complete answer,
+   * and once in a while before. Read-only commands and `bucket rm` are safe to repeat.
+   */
+  private async admin(args: string[]): Promise<string> {
+    const deadline = Date.now() + 90_000;
+    let last: unknown;
+    for (let attempt = 1; attempt <= 3 && Date.now() < deadline; attempt++) {
+      try {
+        return await this.tool(deadline, 'radosgw-admin', ['-c', this.confFile, ...args]);
+      } catch (err) {
+        last = err;
+        await sleep(500);
+      }
+    }
+    throw last;
   }
 
   /** Kills every process the harness started and removes its directory (idempotent). */
