@@ -6,10 +6,9 @@ import type { Readable } from 'node:stream';
 import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { joinKey, StorageNotFoundError, type RepositoryStorage } from '../storage/storage.js';
 import { BartError, errorMessage } from '../util/errors.js';
-import { DEFAULT_WAL_SEGMENT_SIZE, MAX_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
-import { LONG_PAGE_HEADER_SIZE } from '../wal/constants.js';
+import { MAX_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 import { WalDecodeError } from '../wal/decode-error.js';
-import { parseWalFileName, type LoadedWalFile } from '../wal/file.js';
+import { parseWalFileName, WalFileContent, type LoadedWalFile } from '../wal/file.js';
 import { historyFileName, parseTimelineHistory, type TimelineSpan } from '../wal/timeline-history.js';
 import { decodeMbm } from './mbm-format.js';
 import type { ModifiedBlockMap } from './modified-block-map.js';
@@ -95,17 +94,7 @@ export async function loadArchivedWal(
       0,
       'not a WAL segment file name (24 hexadecimal digits, optionally .partial and/or .gz)',
     );
-  let buffer = reuse ?? Buffer.alloc(0);
-  let length = 0;
-  const limit = Math.min(maxBytes, MAX_WAL_SEGMENT_SIZE);
-  const ensure = (n: number) => {
-    if (n <= buffer.length) return;
-    let size = Math.max(buffer.length * 2, DEFAULT_WAL_SEGMENT_SIZE);
-    while (size < n) size *= 2;
-    const grown = Buffer.allocUnsafe(Math.min(size, MAX_WAL_SEGMENT_SIZE));
-    buffer.copy(grown, 0, 0, length);
-    buffer = grown;
-  };
+  const content = new WalFileContent(reuse, maxBytes);
   let stream: Readable;
   if (parsed.compressed) {
     const raw = await storage.read(key);
@@ -113,39 +102,21 @@ export async function loadArchivedWal(
     raw.on('error', (err) => gunzip.destroy(err));
     stream = raw.pipe(gunzip);
   } else {
+    const limit = content.limit;
     stream = await storage.read(key, limit < MAX_WAL_SEGMENT_SIZE ? { start: 0, end: limit } : undefined);
   }
-  let tooLarge = false;
   try {
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
-      const take = Math.min(chunk.length, limit - length);
-      if (take < chunk.length && limit === MAX_WAL_SEGMENT_SIZE) tooLarge = true;
-      ensure(length + take);
-      chunk.copy(buffer, length, 0, take);
-      length += take;
-      if (length >= limit) break;
-    }
+    for await (const chunk of stream as AsyncIterable<Buffer>) if (content.append(chunk)) break;
   } catch (err) {
     throw new WalDecodeError(
       label,
-      length,
+      content.length,
       `cannot read${parsed.compressed ? ' or decompress' : ''}: ${errorMessage(err)}`,
     );
   } finally {
     stream.destroy();
   }
-  if (tooLarge)
-    throw new WalDecodeError(label, MAX_WAL_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
-  const segmentSize = length >= LONG_PAGE_HEADER_SIZE ? buffer.readUInt32LE(32) : 0;
-  return {
-    buffer,
-    length,
-    segmentSize,
-    timeline: parsed.timeline,
-    segmentName: parsed.segmentName,
-    compressed: parsed.compressed,
-    partial: parsed.partial,
-  };
+  return content.loaded(label, parsed);
 }
 
 /** Reads the history of `timeline` from the archive (plain or .gz); timeline 1 has none. */

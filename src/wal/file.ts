@@ -62,32 +62,13 @@ export async function loadWalFile(
       0,
       'not a WAL segment file name (expected 24 hexadecimal digits, optionally .partial and/or .gz)',
     );
-  let buffer = reuse ?? Buffer.alloc(0);
-  let length = 0;
-  const ensure = (n: number) => {
-    if (n > MAX_WAL_SEGMENT_SIZE) {
-      throw new WalDecodeError(path, MAX_WAL_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
-    }
-    if (n <= buffer.length) return;
-    let size = Math.max(buffer.length * 2, Math.min(DEFAULT_WAL_SEGMENT_SIZE, MAX_WAL_SEGMENT_SIZE));
-    while (size < n) size *= 2;
-    const grown = Buffer.allocUnsafe(Math.min(size, MAX_WAL_SEGMENT_SIZE));
-    buffer.copy(grown, 0, 0, length);
-    buffer = grown;
-  };
+  const content = new WalFileContent(reuse, maxBytes);
   if (parsed.compressed) {
     const stream = createReadStream(path).pipe(createGunzip());
     try {
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        const take = Math.min(chunk.length, maxBytes - length);
-        ensure(length + take);
-        chunk.copy(buffer, length, 0, take);
-        length += take;
-        if (length >= maxBytes) break;
-      }
+      for await (const chunk of stream as AsyncIterable<Buffer>) if (content.append(chunk)) break;
     } catch (err) {
-      if (err instanceof WalDecodeError) throw err;
-      throw new WalDecodeError(path, length, `cannot decompress: ${(err as Error).message}`);
+      throw new WalDecodeError(path, content.length, `cannot decompress: ${(err as Error).message}`);
     } finally {
       stream.destroy();
     }
@@ -96,27 +77,84 @@ export async function loadWalFile(
     // libuv thread pool hop per read (scans run on worker threads anyway).
     const fd = openSync(path, 'r');
     try {
-      const size = Math.min(fstatSync(fd).size, maxBytes);
-      ensure(size);
-      while (length < size) {
-        const n = readSync(fd, buffer, length, size - length, length);
+      const size = fstatSync(fd).size;
+      content.reserve(Math.min(size, content.limit));
+      if (size > content.limit) content.overflowed = true;
+      while (content.length < Math.min(size, content.limit)) {
+        const n = readSync(
+          fd,
+          content.buffer,
+          content.length,
+          Math.min(size, content.limit) - content.length,
+          content.length,
+        );
         if (n === 0) break;
-        length += n;
+        content.length += n;
       }
     } finally {
       closeSync(fd);
     }
   }
-  const segmentSize = length >= LONG_PAGE_HEADER_SIZE ? buffer.readUInt32LE(32) : 0;
-  return {
-    buffer,
-    length,
-    segmentSize,
-    timeline: parsed.timeline,
-    segmentName: parsed.segmentName,
-    compressed: parsed.compressed,
-    partial: parsed.partial,
-  };
+  return content.loaded(path, parsed);
+}
+
+/**
+ * One WAL file's bytes gathered into a buffer grown by doubling (the caller's, when big enough), at most `limit`
+ * bytes: a caller may ask for just a file's head, but a file larger than the largest segment size is an error,
+ * not a memory hazard. Shared by the readers of archive directories and of repository storage.
+ */
+export class WalFileContent {
+  /** Holds the bytes in [0, length). */
+  buffer: Buffer;
+  length = 0;
+  /** More bytes were offered than `limit` takes. */
+  overflowed = false;
+  /** The most bytes kept: the caller's maximum, never more than the largest segment size. */
+  readonly limit: number;
+
+  constructor(reuse: Buffer | undefined, maxBytes: number) {
+    this.buffer = reuse ?? Buffer.alloc(0);
+    this.limit = Math.min(maxBytes, MAX_WAL_SEGMENT_SIZE);
+  }
+
+  /** Makes room for `n` bytes (n ≤ limit), keeping what was gathered. */
+  reserve(n: number): void {
+    if (n <= this.buffer.length) return;
+    let size = Math.max(this.buffer.length * 2, DEFAULT_WAL_SEGMENT_SIZE);
+    while (size < n) size *= 2;
+    const grown = Buffer.allocUnsafe(Math.min(size, MAX_WAL_SEGMENT_SIZE));
+    this.buffer.copy(grown, 0, 0, this.length);
+    this.buffer = grown;
+  }
+
+  /**
+   * Appends what fits of `chunk`; true when the caller can stop reading: the head it asked for is complete, or the
+   * file proved larger than any segment (at the largest size, reading goes on until one more byte shows that).
+   */
+  append(chunk: Buffer): boolean {
+    const take = Math.min(chunk.length, this.limit - this.length);
+    if (take < chunk.length) this.overflowed = true;
+    this.reserve(this.length + take);
+    chunk.copy(this.buffer, this.length, 0, take);
+    this.length += take;
+    return this.overflowed || (this.length >= this.limit && this.limit < MAX_WAL_SEGMENT_SIZE);
+  }
+
+  /** The loaded file; throws when it was larger than the largest WAL segment size. */
+  loaded(label: string, parsed: NonNullable<ReturnType<typeof parseWalFileName>>): LoadedWalFile {
+    if (this.overflowed && this.limit === MAX_WAL_SEGMENT_SIZE)
+      throw new WalDecodeError(label, MAX_WAL_SEGMENT_SIZE, 'file is larger than the largest WAL segment size (1 GB)');
+    const segmentSize = this.length >= LONG_PAGE_HEADER_SIZE ? this.buffer.readUInt32LE(32) : 0;
+    return {
+      buffer: this.buffer,
+      length: this.length,
+      segmentSize,
+      timeline: parsed.timeline,
+      segmentName: parsed.segmentName,
+      compressed: parsed.compressed,
+      partial: parsed.partial,
+    };
+  }
 }
 
 /**
