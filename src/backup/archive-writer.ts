@@ -6,6 +6,7 @@ import type { CompressionMethod } from '../storage/compression.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { createChecksum, type ManifestArtifact, type ManifestFileEntry } from '../catalog/manifest.js';
+import { phaseTimes } from '../util/phase-times.js';
 import type { PageChecker, PageCheckTarget } from './page-check.js';
 
 /** Compresses one unit; identity for `none`. Provided by the engine (a worker pool or inline). */
@@ -67,7 +68,7 @@ export async function readPieces(
   let want = Math.min(size, pieceSize(size));
   let pending = size > 0 ? readOne(0, want) : undefined;
   while (pending) {
-    const buf = await pending;
+    const buf = await phaseTimes.wait('read wait', pending);
     position += want;
     pending = undefined;
     if (position < size) {
@@ -75,7 +76,7 @@ export async function readPieces(
       pending = readOne(position, want);
       pending.catch(() => undefined); // handled when awaited; never an unhandled rejection meanwhile
     }
-    hash?.update(buf);
+    if (hash) phaseTimes.sync('checksum', () => hash.update(buf));
     await onPiece(buf);
   }
 }
@@ -97,14 +98,14 @@ export async function readEntryContent(
   const pages = content?.pages;
   const verifier = pages?.checker.verifier(pages.target);
   if (content && 'data' in content) {
-    hash?.update(content.data);
-    verifier?.update(content.data);
+    if (hash) phaseTimes.sync('checksum', () => hash.update(content.data));
+    if (verifier) phaseTimes.sync('page verify', () => verifier.update(content.data));
     await onPiece(content.data);
   } else {
     const file = content ? await content.host.open(content.path) : undefined;
     try {
       await readPieces(file, size, pieceSize, hash, (piece) => {
-        verifier?.update(piece);
+        if (verifier) phaseTimes.sync('page verify', () => verifier.update(piece));
         return onPiece(piece);
       });
     } finally {

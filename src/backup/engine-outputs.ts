@@ -56,7 +56,11 @@ export class BackupOutputs {
     try {
       let pool: WorkerPool<Uint8Array> | undefined;
       if (request.compression !== 'none') {
-        pool = new WorkerPool<Uint8Array>(new URL('../storage/compress-worker.js', import.meta.url), request.threads);
+        pool = new WorkerPool<Uint8Array>(
+          new URL('../storage/compress-worker.js', import.meta.url),
+          request.threads,
+          'compress (workers)',
+        );
         pools.push(pool);
       }
       let filePool: WorkerPool<FileCopyResult> | undefined;
@@ -64,7 +68,7 @@ export class BackupOutputs {
       // goes through the storage's writers on the main thread).
       if (opts.fileCopyWorkers && request.format === 'plain' && ctx.localDir !== undefined) {
         const url = new URL('../storage/file-copy-worker.js', import.meta.url);
-        filePool = new WorkerPool<FileCopyResult>(url, request.threads);
+        filePool = new WorkerPool<FileCopyResult>(url, request.threads, 'file copy (workers)');
         pools.push(filePool);
       }
       const settings: ArchiveWriterSettings = {

@@ -9,6 +9,7 @@ import { BackupSession } from '../postgres/backup-session.js';
 import { backupEntries } from '../postgres/data-directory.js';
 import { WalStreamer } from '../postgres/wal-streamer.js';
 import { log } from '../util/log.js';
+import { phaseTimes } from '../util/phase-times.js';
 import { parseLsn } from '../util/lsn.js';
 import { Progress } from '../util/progress.js';
 import type { ArchiveWriter, EntryContent } from './archive-writer.js';
@@ -94,7 +95,9 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     }
     const checker = pageCheckerFor(request.verifyPages !== false, facts.dataChecksumVersion, server.name);
     log.debug(`starting backup mode ${Math.round(performance.now())} ms after process start`);
-    const { session, startLsn } = await BackupSession.start(client, facts.major, `pgbart backup ${id}`);
+    const { session, startLsn } = await phaseTimes.wait('backup start (checkpoint)', () =>
+      BackupSession.start(client, facts.major, `pgbart backup ${id}`),
+    );
     log.debug(`backup mode started at ${startLsn}, ${Math.round(performance.now())} ms after process start`);
     streamer?.begin(parseLsn(startLsn));
     checker?.begin(parseLsn(startLsn));
@@ -113,17 +116,21 @@ async function nativeFullBackup(ctx: BackupContext): Promise<BackupInfo> {
     if (checker) recordPageChecks(checker, info);
     // We wait for the archive ourselves (below, polling every 25 ms): pg_backup_stop's own wait
     // sleeps a full second between checks.
-    const stop = await session.stop(false);
+    const stop = await phaseTimes.wait('backup stop', session.stop(false));
     phase('backup mode stopped');
     const label = await addStopFiles(base, stop);
-    const wal = await storeBackupWal(base, {
-      archive: ctx.walArchive,
-      label,
-      stopLsn: stop.stopLsn,
-      segmentSize: facts.walSegmentSize,
-      timeoutMs: 600_000,
-      ...(streamer ? { streamed: { dir: streamDir!, names: await streamer.finish(parseLsn(stop.stopLsn)) } } : {}),
-    });
+    const streamedNames = streamer ? await streamer.finish(parseLsn(stop.stopLsn)) : undefined;
+    const wal = await phaseTimes.wait(
+      'WAL wait and store',
+      storeBackupWal(base, {
+        archive: ctx.walArchive,
+        label,
+        stopLsn: stop.stopLsn,
+        segmentSize: facts.walSegmentSize,
+        timeoutMs: 600_000,
+        ...(streamedNames ? { streamed: { dir: streamDir!, names: streamedNames } } : {}),
+      }),
+    );
     phase('WAL stored');
     const done = await outputs.finish({
       info,

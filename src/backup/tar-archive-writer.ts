@@ -12,6 +12,7 @@ import {
   type EntrySink,
 } from './archive-writer.js';
 import { encodeTarHeader, tarPadding, TAR_BLOCK } from '../storage/tar-header.js';
+import { phaseTimes } from '../util/phase-times.js';
 
 /** An entry whose offset or completion waits for a unit to be written. */
 interface PendingEntry {
@@ -102,7 +103,7 @@ export class TarArchiveWriter implements ArchiveWriter {
 
   private async writeHead(): Promise<void> {
     const unit = this.inflight[0]!;
-    const stored = await unit.stored;
+    const stored = await phaseTimes.wait('compress wait', unit.stored);
     this.inflight.shift();
     const compressed = this.settings.compression !== 'none';
     for (const p of unit.starts) {
@@ -110,8 +111,8 @@ export class TarArchiveWriter implements ArchiveWriter {
       p.entry.offset = compressed ? this.storedBytes : this.storedBytes + p.unitSkip;
       if (compressed && p.unitSkip > 0) p.entry.unitSkip = p.unitSkip;
     }
-    await this.output.write(stored);
-    this.artifactHash.update(stored);
+    await phaseTimes.wait('write', this.output.write(stored));
+    phaseTimes.sync('checksum', () => this.artifactHash.update(stored));
     this.storedBytes += stored.length;
     for (const p of unit.completes) await this.sink(p.entry);
   }
@@ -120,7 +121,7 @@ export class TarArchiveWriter implements ArchiveWriter {
     await this.pushBytes(Buffer.alloc(2 * TAR_BLOCK)); // end-of-archive marker
     await this.emitUnit();
     while (this.inflight.length > 0) await this.writeHead();
-    await this.output.finish();
+    await phaseTimes.wait('write', this.output.finish());
     return {
       artifact: { artifact: this.name, size: this.storedBytes, checksum: this.artifactHash.hex() },
       storedBytes: this.storedBytes,

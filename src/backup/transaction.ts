@@ -1,5 +1,6 @@
 // Backup transaction: server facts, the publish of a backup (<id>.partial, then <id>) and archived-WAL waits shared by every backup.
 
+import { phaseTimes } from '../util/phase-times.js';
 import { existsSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -387,7 +388,7 @@ export async function runBackupTransaction(
     const final: BackupInfo = { ...done, status: 'active' };
     delete final.pid;
     // Every file durable before the backup becomes one (POSIX: one pass of fsyncs; S3: nothing to do).
-    await storage.syncPrefix(dataKey);
+    await phaseTimes.wait('fsync', storage.syncPrefix(dataKey));
     crashPoint('backup:before-publish');
     if (renames) {
       await writeBackupInfo(storage, marker, final);

@@ -10,6 +10,7 @@ import { defaultCompressionLevel, type CompressionMethod } from '../storage/comp
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { logPeakRss } from '../util/peak-rss.js';
+import { phaseTimes } from '../util/phase-times.js';
 import { selectOneServer, selectServers, type CommandContext } from './context.js';
 
 /** BACKUP's options as commander parses them. */
@@ -75,6 +76,7 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
   const servers = selectServers(ctx.config, o.server);
   let failures = 0;
   for (const server of servers) {
+    phaseTimes.reset();
     try {
       const threads = o.threadCount ?? server.threadCount;
       const name = backupName(o, server, new Date());
@@ -83,6 +85,7 @@ export async function backup(ctx: CommandContext, options: unknown): Promise<num
         ? await takeBasebackup(ctx.config, server, request)
         : await takeFullBackup(ctx.config, server, request);
       log.info('backup completed successfully');
+      log.debug(`BACKUP phases: ${phaseTimes.summary()}`);
       warnNotStartableInPlace(server, info.format);
       process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
     } catch (err) {
@@ -140,6 +143,7 @@ async function incrementalBackup(ctx: CommandContext, o: BackupCommandOptions): 
     ...(name ? { name } : {}),
   });
   log.info('backup completed successfully');
+  log.debug(`BACKUP phases: ${phaseTimes.summary()}`);
   warnNotStartableInPlace(server, info.format);
   process.stdout.write('\n' + renderBackupInfo(info).replace(/\nPGBART DETAILS:[\s\S]*$/, '\n'));
   logPeakRss('BACKUP');

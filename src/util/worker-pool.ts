@@ -1,6 +1,7 @@
 // Worker pool: a fixed set of worker threads running one script, tasks queued when all are busy.
 
 import { Worker, type TransferListItem } from 'node:worker_threads';
+import { phaseTimes } from './phase-times.js';
 
 interface Pending<R> {
   message: unknown;
@@ -12,6 +13,8 @@ interface Pending<R> {
 interface Slot<R> {
   worker: Worker;
   busy?: Pending<R>;
+  /** When the busy task was handed over (performance.now()). */
+  since?: number;
 }
 
 /**
@@ -24,13 +27,18 @@ export class WorkerPool<R> {
   private readonly queue: Pending<R>[] = [];
   private closed = false;
 
-  constructor(script: URL, size: number) {
+  /**
+   * @param phase when given, each task's time from hand-over to answer (a worker runs one task at a time: its busy
+   *   time) is added to this phase of {@link phaseTimes}.
+   */
+  constructor(script: URL, size: number, phase?: string) {
     for (let i = 0; i < size; i++) {
       const worker = new Worker(script);
       const slot: Slot<R> = { worker };
       worker.on('message', (msg: { ok: boolean; value?: R; error?: string }) => {
         const job = slot.busy;
         slot.busy = undefined;
+        if (job && phase !== undefined) phaseTimes.add(phase, performance.now() - slot.since!);
         if (job) {
           if (msg.ok) job.resolve(msg.value as R);
           else job.reject(new Error(msg.error ?? 'worker task failed'));
@@ -67,6 +75,7 @@ export class WorkerPool<R> {
       const job = this.queue.shift();
       if (!job) return;
       slot.busy = job;
+      slot.since = performance.now();
       slot.worker.postMessage(job.message, job.transfer);
     }
   }
