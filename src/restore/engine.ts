@@ -34,7 +34,7 @@ export async function extractBackup(
   signal?: AbortSignal,
   afterTask?: () => void,
 ): Promise<ExtractResult> {
-  const pool = new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers);
+  const pool = new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers, 'files (workers)');
   const inflight = new Set<Promise<void>>();
   let failure: unknown;
   let files = 0;

@@ -15,6 +15,7 @@ import { PATCH_BATCH_BYTES } from '../hosts/ssh/restore-target.js';
 import { signalFileName } from '../postgres/recovery-config.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { formatBytes, formatDuration } from '../util/format.js';
+import { phaseTimes } from '../util/phase-times.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot } from '../util/os-user.js';
 import { shellQuote } from '../util/shell-quote.js';
@@ -167,7 +168,7 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
  */
 export async function runRestore(config: BartConfig, req: RestoreRequest, target: RestoreTarget): Promise<number> {
   const checkStart = Date.now();
-  const plan = await preparePlan(config, req, target);
+  const plan = await phaseTimes.wait('checks and plan', preparePlan(config, req, target));
   // A reader, not the exclusive server lock: BACKUP and other RESTOREs go on, DELETE and MANAGE -d refuse.
   const serverDir = serverCatalogDir(config, plan.server);
   const where = target.spec.kind === 'ssh' ? `${target.spec.user}@${target.spec.host}:${plan.path}` : plan.path;
@@ -192,7 +193,10 @@ async function finishDataDirectory(
   await removeSignalFiles(target, plan.path);
   if (plan.copyWals) {
     const dir = join(plan.path, COPIED_WAL_DIR);
-    await copyArchivedWal(target, dir, plan.archive, plan.wal, plan.info.walSegmentSize, plan.workers);
+    await phaseTimes.wait(
+      'WAL copy',
+      copyArchivedWal(target, dir, plan.archive, plan.wal, plan.info.walSegmentSize, plan.workers),
+    );
   }
   const { config, server, info, path, copyWals } = plan;
   // scp can fetch from the archive only when it is a directory of plain files here (not a bucket, not encrypted).
@@ -249,13 +253,13 @@ async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarge
     }
     const { chain, scan, checksumAlgorithm, workers, destinations, delta } = plan;
     const files = { chain, scan, destinations, checksumAlgorithm, workers, ...(delta ? { delta } : {}) };
-    extracted = await writeBackupFiles(files, target, controller.signal);
+    extracted = await phaseTimes.wait('files', writeBackupFiles(files, target, controller.signal));
     log.debug(`files written after ${Date.now() - started} ms`);
     settings = await finishDataDirectory(plan, req, target);
-    await fixOwnership(plan.server, plan.roots, target);
+    await phaseTimes.wait('ownership', fixOwnership(plan.server, plan.roots, target));
     controller.signal.throwIfAborted();
     log.debug(`recovery settings written after ${Date.now() - started} ms`);
-    for (const root of plan.roots) await target.syncTree(root.path);
+    for (const root of plan.roots) await phaseTimes.wait('fsync', target.syncTree(root.path));
     log.debug(`synced to disk after ${Date.now() - started} ms`);
     // Only now, with everything durable, does the directory become a startable cluster.
     await target.rename(join(path, PG_VERSION_PENDING), join(path, 'PG_VERSION'));
@@ -335,6 +339,7 @@ function reportRestored(
         ? 'checksums not verified (--disable-checksum)'
         : 'the backup has no file checksums'
       : `${plan.checksumAlgorithm} checksums verified`;
+  log.debug(`RESTORE phases: ${phaseTimes.summary()}`);
   log.fileOnly('INFO', `RESTORE: peak RSS ${Math.round(process.resourceUsage().maxRSS / 1024)} MB`);
   if (plan.delta) {
     const d = plan.delta;
