@@ -34,6 +34,14 @@ export async function timed(fn: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+/**
+ * Empties the page cache (dirty pages written first), so the next command reads from disk: the "cold" runs.
+ * Needs root, as the benchmark does.
+ */
+export async function dropCaches(): Promise<void> {
+  await runOk('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches'], { asTestUser: false });
+}
+
 /** Bytes under a path. */
 export function du(path: string): number {
   return Number(execFileSync('du', ['-sb', path], { encoding: 'utf8' }).split('\t')[0]);

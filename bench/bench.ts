@@ -2,7 +2,8 @@
 
 /**
  * npm run bench — one ~3 GB cluster (pgbench -i -s 100 plus the same size of random data), and on
- * it, in the same run: BACKUP timed against pg_basebackup and pgbackrest (bench/results/<date>-backup.md),
+ * it, in the same run: BACKUP timed against pg_basebackup and pgbackrest, page cache warm and dropped before every
+ * command (cold), with pgbart's `-d` phase times (bench/results/<date>-backup.md),
  * then RESTORE against pgbackrest restore and tar -x (bench/restore-bench.ts, <date>-restore.md); then
  * RESTORE --delta after 1% of a copy drifted against a full restore and pgbackrest restore --delta
  * (bench/delta-bench.ts, <date>-delta.md); then the cost of page checksum verification
@@ -23,6 +24,7 @@ import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.
 import {
   BENCH,
   BENCH_CLUSTER_CONF,
+  dropCaches,
   du,
   ensurePgbackrest,
   loadBenchData,
@@ -36,6 +38,10 @@ const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,cipher
 
 interface Row {
   label: string;
+  /** Page cache: kept warm, or dropped before every command. */
+  cache: 'warm' | 'cold';
+  /** pgbart's `BACKUP phases` debug line (where its time went). */
+  pgbartPhases?: string;
   pgbart?: number;
   pgbartRss?: number;
   pgbartSize?: number;
@@ -44,16 +50,22 @@ interface Row {
 }
 
 /** Times BACKUP against pg_basebackup and pgbackrest on the loaded cluster; writes <date>-backup.md. */
-async function backupBench(fx: BackupFixture, work: string, data: BenchData, rawRead: number): Promise<void> {
+async function backupBench(
+  fx: BackupFixture,
+  work: string,
+  data: BenchData,
+  rawRead: { warm: number; cold: number },
+): Promise<void> {
   const bart = async (args: string[]) => {
-    const r = await fx.setup.bart(['BACKUP', '-s', fx.server, ...args]);
+    const r = await fx.setup.bart(['-d', 'BACKUP', '-s', fx.server, ...args]);
     if (r.code !== 0) throw new Error(`bart ${args.join(' ')} failed: ${r.stderr}`);
     const id = backupIdFrom(r.stdout);
     const size = du(fx.backupDir(id));
     const log = readFileSync(fx.setup.logfile, 'utf8');
     const rss = [...log.matchAll(/BACKUP: peak RSS ([\d.]+) MB/g)].pop();
     removeTree(fx.backupDir(id));
-    return { size, rss: rss ? Number(rss[1]) : undefined };
+    const phases = /BACKUP phases: (.*)$/m.exec(r.stdout + r.stderr)?.[1];
+    return { size, rss: rss ? Number(rss[1]) : undefined, phases };
   };
   const basebackup = async (args: string[]) => {
     const dir = join(work, 'pg_basebackup');
@@ -102,25 +114,39 @@ async function backupBench(fx: BackupFixture, work: string, data: BenchData, raw
   ];
   const basebackupTimes = new Map<string, number>();
   const ratio = (a?: number, b?: number) => (a && b ? (a / b).toFixed(2) : '-');
-  for (const threads of [1, 2]) {
-    for (const c of cases) {
-      const row: Row = { label: `${c.label}, ${threads} thread${threads > 1 ? 's' : ''}` };
-      let info: { size: number; rss: number | undefined } = { size: 0, rss: undefined };
-      row.pgbart = await timed(async () => {
-        info = await bart([...c.bart, '--thread-count', String(threads)]);
-      });
-      row.pgbartSize = info.size;
-      row.pgbartRss = info.rss;
-      if (pgbackrest) {
-        // pg_basebackup has no parallelism: one measurement serves both thread rows.
-        if (!basebackupTimes.has(c.label)) basebackupTimes.set(c.label, await timed(() => basebackup(c.basebackup)));
-        row.basebackup = basebackupTimes.get(c.label)!;
-        row.pgbackrest = await timed(() => pgbackrestBackup(c.pgbackrest, threads));
+  for (const cache of ['warm', 'cold'] as const) {
+    // Cold: the page cache dropped before every command, so each one reads the cluster from disk.
+    const prepare = cache === 'cold' ? dropCaches : async () => undefined;
+    const time = async (fn: () => Promise<unknown>) => {
+      await prepare();
+      return timed(fn);
+    };
+    for (const threads of [1, 2]) {
+      for (const c of cases) {
+        const row: Row = { label: `${c.label}, ${threads} thread${threads > 1 ? 's' : ''}`, cache };
+        let info: { size: number; rss: number | undefined; phases: string | undefined } = {
+          size: 0,
+          rss: undefined,
+          phases: undefined,
+        };
+        row.pgbart = await time(async () => {
+          info = await bart([...c.bart, '--thread-count', String(threads)]);
+        });
+        row.pgbartSize = info.size;
+        row.pgbartRss = info.rss;
+        if (info.phases !== undefined) row.pgbartPhases = info.phases;
+        if (pgbackrest) {
+          // pg_basebackup has no parallelism: one measurement serves both thread rows.
+          const key = `${cache} ${c.label}`;
+          if (!basebackupTimes.has(key)) basebackupTimes.set(key, await time(() => basebackup(c.basebackup)));
+          row.basebackup = basebackupTimes.get(key)!;
+          row.pgbackrest = await time(() => pgbackrestBackup(c.pgbackrest, threads));
+        }
+        rows.push(row);
+        console.log(
+          `${cache} ${row.label.padEnd(34)} pgbart ${row.pgbart.toFixed(2)} s (${((row.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} MB, RSS ${row.pgbartRss ?? '?'} MB)  pg_basebackup ${row.basebackup?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.basebackup)})  pgbackrest ${row.pgbackrest?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.pgbackrest)})`,
+        );
       }
-      rows.push(row);
-      console.log(
-        `${row.label.padEnd(34)} pgbart ${row.pgbart.toFixed(2)} s (${((row.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} MB, RSS ${row.pgbartRss ?? '?'} MB)  pg_basebackup ${row.basebackup?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.basebackup)})  pgbackrest ${row.pgbackrest?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.pgbackrest)})`,
-      );
     }
   }
 
@@ -131,18 +157,26 @@ async function backupBench(fx: BackupFixture, work: string, data: BenchData, raw
     '',
     `PostgreSQL ${BENCH.version}; cluster ${(data.dbBytes / 2 ** 30).toFixed(2)} GB = pgbench -i -s ${BENCH.scale} (${(data.pgbenchBytes / 2 ** 20).toFixed(0)} MB) + ${data.randomMb} MB of random bytea; ` +
       `data directory read once before measuring (compare the raw read time: here the page cache did not keep a whole 3 GB cluster, so runs are partly disk-bound); ${machineDescription()}; catalog and cluster on the same disk.`,
-    `Raw read of the data directory (\`tar cf - | cat\`): **${rawRead.toFixed(2)} s**.`,
+    `Raw read of the data directory (\`tar cf - | cat\`): **${rawRead.warm.toFixed(2)} s** warm, **${rawRead.cold.toFixed(2)} s** cold.`,
     '',
     'Each time covers the whole command, durable on disk (pgbart fsyncs what it writes, as pg_basebackup and pgbackrest do). ' +
       'pg_basebackup (Debian 15, `-X fetch -c fast`) is single-threaded: the same measurement is shown in both thread rows. ' +
-      'pgbackrest (Debian) runs with `--process-max` = threads, `start-fast`, `archive-check=n`. Ratios below 1.0 mean pgbart is faster.',
+      'pgbackrest (Debian) runs with `--process-max` = threads, `start-fast`, `archive-check=n`. Ratios below 1.0 mean pgbart is faster. ' +
+      'Warm: the page cache holds what the previous commands read; cold: `echo 3 > /proc/sys/vm/drop_caches` (after a sync) before every command.',
     '',
-    '| case | pgbart (s) | size (MB) | peak RSS (MB) | pg_basebackup (s) | pgbart / pg_basebackup | pgbackrest (s) | pgbart / pgbackrest |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|',
+    '| cache | case | pgbart (s) | size (MB) | peak RSS (MB) | pg_basebackup (s) | pgbart / pg_basebackup | pgbackrest (s) | pgbart / pgbackrest |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
     ...rows.map(
       (r) =>
-        `| ${r.label} | ${fmt(r.pgbart)} | ${((r.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} | ${r.pgbartRss ?? '-'} | ${fmt(r.basebackup)} | ${ratio(r.pgbart, r.basebackup)} | ${fmt(r.pgbackrest)} | ${ratio(r.pgbart, r.pgbackrest)} |`,
+        `| ${r.cache} | ${r.label} | ${fmt(r.pgbart)} | ${((r.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} | ${r.pgbartRss ?? '-'} | ${fmt(r.basebackup)} | ${ratio(r.pgbart, r.basebackup)} | ${fmt(r.pgbackrest)} | ${ratio(r.pgbart, r.pgbackrest)} |`,
     ),
+    '',
+    "## Where pgbart's time went (`BACKUP -d` phases)",
+    '',
+    'Main-thread waits and work, and worker busy time summed over the workers (phases overlap: they do not add up ' +
+      'to the wall time).',
+    '',
+    ...rows.filter((r) => r.pgbartPhases).map((r) => `- ${r.cache}, ${r.label}: ${r.pgbartPhases}`),
     '',
   ];
   mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
@@ -166,8 +200,11 @@ async function main(): Promise<void> {
       // Warm the page cache, and measure the floor: reading every file once.
       const read = () => runOk('sh', ['-c', `tar cf - -C '${fx.cluster.dataDir}' . | cat > /dev/null`]);
       await read();
-      const rawRead = await timed(read);
-      console.log(`raw read (tar cf - | cat): ${rawRead.toFixed(2)} s`);
+      const warmRead = await timed(read);
+      await dropCaches();
+      const rawRead = { warm: warmRead, cold: await timed(read) };
+      await read();
+      console.log(`raw read (tar cf - | cat): ${rawRead.warm.toFixed(2)} s warm, ${rawRead.cold.toFixed(2)} s cold`);
       if (PARTS.includes('backup')) await backupBench(fx, work, data, rawRead);
       if (PARTS.includes('restore')) {
         const { restoreBench } = await import('./restore-bench.js');

@@ -7,7 +7,8 @@
  * pg_basebackup tar, in the same run on the same cluster; writes bench/results/<date>-restore.md.
  *
  * Every restore ends durable: pgbart and pgbackrest sync what they write, and the tar rows include a
- * `sync -f` of the target so all columns pay the same price. The page cache is warm for everyone.
+ * `sync -f` of the target so all columns pay the same price. Every restore is timed twice: page cache warm, and
+ * dropped just before (cold).
  *
  * Environment: BENCH_SCALE (pgbench scale, default 100 ≈ 1.5 GB, plus the same size of random data),
  * BENCH_PG (major version, default 15), BENCH_ONLY=pgbart to skip the peers.
@@ -17,12 +18,24 @@ import { join } from 'node:path';
 import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
 import { removeTree, runOk, testUserIds } from '../test/harness/os.js';
-import { BENCH, du, machineDescription, setupPgbackrest, timed, type BenchData } from './bench-data.js';
+import { BENCH, dropCaches, du, machineDescription, setupPgbackrest, timed, type BenchData } from './bench-data.js';
 
 interface Row {
   label: string;
+  /** Page cache: warm, or dropped before the command. */
+  cache: 'warm' | 'cold';
   seconds: number;
   note?: string;
+  /** pgbart's `RESTORE phases` debug line. */
+  phases?: string;
+}
+
+const CACHES = ['warm', 'cold'] as const;
+
+/** Times `fn`, with the page cache dropped first for a cold run. */
+async function timedIn(cache: 'warm' | 'cold', fn: () => Promise<unknown>): Promise<number> {
+  if (cache === 'cold') await dropCaches();
+  return timed(fn);
 }
 
 /**
@@ -36,7 +49,7 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
   const rows: Row[] = [];
   const report = (row: Row) => {
     rows.push(row);
-    console.log(`${row.label.padEnd(48)} ${row.seconds.toFixed(2)} s${row.note ? `  (${row.note})` : ''}`);
+    console.log(`${row.cache} ${row.label.padEnd(48)} ${row.seconds.toFixed(2)} s${row.note ? `  (${row.note})` : ''}`);
   };
   const target = join(work, 'restored');
   const cases: { label: string; bart: string[] }[] = [
@@ -51,29 +64,35 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     if (b.code !== 0) throw new Error(`bart BACKUP ${c.bart.join(' ')} failed: ${b.stderr}`);
     const id = backupIdFrom(b.stdout);
     const size = du(fx.backupDir(id));
-    for (const workers of [1, 2]) {
-      const seconds = await timed(async () => {
-        const r = await fx.setup.bart([
-          'RESTORE',
-          '-s',
-          fx.server,
-          '-i',
-          id,
-          '-p',
-          target,
-          '-w',
-          String(workers),
-          '--target-immediate',
-        ]);
-        if (r.code !== 0) throw new Error(`bart RESTORE failed: ${r.stderr}`);
-      });
-      report({
-        label: `pgbart RESTORE ${c.label}, ${workers} worker${workers > 1 ? 's' : ''}`,
-        seconds,
-        note: `backup ${(size / 2 ** 20).toFixed(0)} MB`,
-      });
-      removeTree(target);
-    }
+    for (const cache of CACHES)
+      for (const workers of [1, 2]) {
+        let phases: string | undefined;
+        const seconds = await timedIn(cache, async () => {
+          const r = await fx.setup.bart([
+            '-d',
+            'RESTORE',
+            '-s',
+            fx.server,
+            '-i',
+            id,
+            '-p',
+            target,
+            '-w',
+            String(workers),
+            '--target-immediate',
+          ]);
+          if (r.code !== 0) throw new Error(`bart RESTORE failed: ${r.stderr}`);
+          phases = /RESTORE phases: (.*)$/m.exec(r.stdout + r.stderr)?.[1];
+        });
+        report({
+          label: `pgbart RESTORE ${c.label}, ${workers} worker${workers > 1 ? 's' : ''}`,
+          cache,
+          seconds,
+          note: `backup ${(size / 2 ** 20).toFixed(0)} MB`,
+          ...(phases !== undefined ? { phases } : {}),
+        });
+        removeTree(target);
+      }
     removeTree(fx.backupDir(id));
   }
 
@@ -81,19 +100,21 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     // pgbackrest: its own repository and stanza, local, same cluster; restore with 2 processes, lz4.
     const { repo, run: pgbackrest } = await setupPgbackrest(fx, join(work, 'pgbackrest-restore'));
     await pgbackrest(['--process-max=2', '--compress-type=lz4', '--type=full', 'backup']);
-    for (const processes of [1, 2]) {
-      mkdirSync(target, { mode: 0o700 });
-      chownSync(target, ids.uid, ids.gid);
-      const seconds = await timed(() =>
-        pgbackrest([`--process-max=${processes}`, `--pg1-path=${target}`, '--type=immediate', 'restore']),
-      );
-      report({
-        label: `pgbackrest restore lz4, process-max ${processes}`,
-        seconds,
-        note: `repository ${(du(repo) / 2 ** 20).toFixed(0)} MB`,
-      });
-      removeTree(target);
-    }
+    for (const cache of CACHES)
+      for (const processes of [1, 2]) {
+        mkdirSync(target, { mode: 0o700 });
+        chownSync(target, ids.uid, ids.gid);
+        const seconds = await timedIn(cache, () =>
+          pgbackrest([`--process-max=${processes}`, `--pg1-path=${target}`, '--type=immediate', 'restore']),
+        );
+        report({
+          label: `pgbackrest restore lz4, process-max ${processes}`,
+          cache,
+          seconds,
+          note: `repository ${(du(repo) / 2 ** 20).toFixed(0)} MB`,
+        });
+        removeTree(target);
+      }
 
     // pg_basebackup tars, extracted with tar (plus a sync, as the others make their data durable).
     const bb = join(work, 'basebackup-restore');
@@ -117,15 +138,19 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
         '--no-manifest',
         ...args,
       ]);
-      mkdirSync(target, { mode: 0o700 });
-      chownSync(target, ids.uid, ids.gid);
-      const seconds = await timed(() => runOk('sh', ['-c', `cd '${bb}' && ${extract} && sync -f '${target}'`]));
-      report({
-        label: `tar -x of a pg_basebackup tar, ${label}`,
-        seconds,
-        note: `tar ${(du(bb) / 2 ** 20).toFixed(0)} MB`,
-      });
-      removeTree(target);
+      for (const cache of CACHES) {
+        mkdirSync(target, { mode: 0o700 });
+        chownSync(target, ids.uid, ids.gid);
+        const extractOnce = () => runOk('sh', ['-c', `cd '${bb}' && ${extract} && sync -f '${target}'`]);
+        const seconds = await timedIn(cache, extractOnce);
+        report({
+          label: `tar -x of a pg_basebackup tar, ${label}`,
+          cache,
+          seconds,
+          note: `tar ${(du(bb) / 2 ** 20).toFixed(0)} MB`,
+        });
+        removeTree(target);
+      }
       removeTree(bb);
     }
   }
@@ -140,9 +165,15 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     'Each time covers the whole command (process start, checks, extraction with checksum verification for pgbart, durable on disk). ' +
       'pgbart restores with `--target-immediate`; pgbackrest (Debian) with `--type=immediate`; the tar rows add `sync -f` of the target.',
     '',
-    '| restore | seconds | notes |',
-    '|---|---:|---|',
-    ...rows.map((r) => `| ${r.label} | ${r.seconds.toFixed(2)} | ${r.note ?? ''} |`),
+    '| cache | restore | seconds | notes |',
+    '|---|---|---:|---|',
+    ...rows.map((r) => `| ${r.cache} | ${r.label} | ${r.seconds.toFixed(2)} | ${r.note ?? ''} |`),
+    '',
+    "## Where pgbart's time went (`RESTORE -d` phases)",
+    '',
+    "`files (workers)` is the workers' busy time summed over the workers; the other phases are main-thread waits.",
+    '',
+    ...rows.filter((r) => r.phases).map((r) => `- ${r.cache}, ${r.label}: ${r.phases}`),
     '',
   ];
   mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
