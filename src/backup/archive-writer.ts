@@ -1,6 +1,5 @@
 // Archive writer: the interface, settings and shared helpers of the writers that store a backup's files.
 
-import type { Hash } from 'node:crypto';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import type { CompressionMethod } from '../storage/compression.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
@@ -8,6 +7,7 @@ import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { createChecksum, type ManifestArtifact, type ManifestFileEntry } from '../catalog/manifest.js';
 import { phaseTimes } from '../util/phase-times.js';
 import type { PageChecker, PageCheckTarget } from './page-check.js';
+import type { HashThread } from './hash-thread.js';
 
 /** Compresses one unit; identity for `none`. Provided by the engine (a worker pool or inline). */
 export type UnitCompressor = (unit: Buffer) => Promise<Buffer>;
@@ -37,6 +37,13 @@ export interface ArchiveWriterSettings {
    * returns its checksum and stored size. Absent: files stream through the main thread.
    */
   copyLocalFile?: (task: FileCopyTask) => Promise<FileCopyResult>;
+  /** Computes the file checksums beside the main thread (absent: on the main thread, or `checksum` is NONE). */
+  hashThread?: HashThread;
+}
+
+/** What {@link readPieces} feeds every byte to: a hash here, or the hash thread. */
+interface ByteSink {
+  update(data: Uint8Array): unknown;
 }
 
 /**
@@ -47,7 +54,7 @@ export async function readPieces(
   file: HostFile | undefined,
   size: number,
   pieceSize: (remaining: number) => number,
-  hash: Hash | undefined,
+  hash: ByteSink | undefined,
   onPiece: (piece: Buffer) => Promise<void>,
 ): Promise<void> {
   let eof = file === undefined;
@@ -76,7 +83,7 @@ export async function readPieces(
       pending = readOne(position, want);
       pending.catch(() => undefined); // handled when awaited; never an unhandled rejection meanwhile
     }
-    if (hash) phaseTimes.sync('checksum', () => hash.update(buf));
+    if (hash) await phaseTimes.wait('checksum', async () => hash.update(buf));
     await onPiece(buf);
   }
 }
@@ -84,8 +91,10 @@ export async function readPieces(
 /**
  * Reads an entry's `size` bytes of content into `onPiece`: bytes given whole are passed on as they
  * are, a file is read from its host in pieces of `pieceSize` bytes (see {@link readPieces}). Every
- * byte is hashed with `checksum` and, for a relation file, its pages verified; the pages that failed
- * are read again and reported before this returns. Returns the content's checksum (hex), if kept.
+ * byte is hashed with `checksum` (in `hashThread` when given) and, for a relation file, its pages verified; the
+ * pages that failed are read again and reported before this returns. Returns the content's checksum (hex, or
+ * undefined when none is kept), which may still be computing in the hash thread: await it before the manifest
+ * entry is written.
  */
 export async function readEntryContent(
   size: number,
@@ -93,27 +102,32 @@ export async function readEntryContent(
   checksum: ChecksumAlgorithm,
   pieceSize: (remaining: number) => number,
   onPiece: (piece: Buffer) => Promise<void>,
-): Promise<string | undefined> {
-  const hash = createChecksum(checksum);
+  hashThread?: HashThread,
+): Promise<{ checksum: Promise<string | undefined> }> {
+  const offloaded = hashThread && checksum !== 'NONE' ? hashThread.open() : undefined;
+  const local = offloaded ? undefined : createChecksum(checksum);
+  const hash: ByteSink | undefined = offloaded ?? local;
   const pages = content?.pages;
   const verifier = pages?.checker.verifier(pages.target);
   if (content && 'data' in content) {
-    if (hash) phaseTimes.sync('checksum', () => hash.update(content.data));
+    if (hash) await phaseTimes.wait('checksum', async () => hash.update(content.data));
     if (verifier) phaseTimes.sync('page verify', () => verifier.update(content.data));
     await onPiece(content.data);
   } else {
     const file = content ? await content.host.open(content.path) : undefined;
     try {
-      await readPieces(file, size, pieceSize, hash, (piece) => {
+      await readPieces(file, size, pieceSize, hash, async (piece) => {
         if (verifier) phaseTimes.sync('page verify', () => verifier.update(piece));
-        return onPiece(piece);
+        await onPiece(piece);
       });
     } finally {
       await file?.close();
     }
   }
   if (pages && verifier) await pages.checker.settle(pages.target, verifier, pages.host, pages.path);
-  return hash?.digest('hex');
+  const digest = offloaded ? offloaded.digest() : Promise.resolve(local?.digest('hex'));
+  digest.catch(() => undefined); // awaited by the writer later; never an unhandled rejection meanwhile
+  return { checksum: digest };
 }
 
 /** Manifest entry for a host entry (without checksum or offsets). */

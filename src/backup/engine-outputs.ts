@@ -1,11 +1,12 @@
 // Backup engine outputs: the worker pools, archive writers and manifest the full and incremental engines share.
 
 import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
-import { ManifestWriter } from '../catalog/manifest.js';
+import { hashName, ManifestWriter } from '../catalog/manifest.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { compressionExtension } from '../storage/compression.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import { joinKey } from '../storage/storage.js';
+import { HashThread } from './hash-thread.js';
 import { WorkerPool } from '../util/worker-pool.js';
 import { UNIT_SIZE, type ArchiveWriter, type ArchiveWriterSettings, type EntrySink } from './archive-writer.js';
 import { finishBackup, poolCompressor, type BackupEnd } from './finish.js';
@@ -71,6 +72,14 @@ export class BackupOutputs {
         filePool = new WorkerPool<FileCopyResult>(url, request.threads, 'file copy (workers)');
         pools.push(filePool);
       }
+      // File checksums beside the main thread, which reads and writes (not for plain copies in the file-copy
+      // workers, which hash what they copy themselves; those of ssh hosts and S3 go through the writers).
+      const algorithm = hashName(request.checksum);
+      let hashThread: HashThread | undefined;
+      if (algorithm !== undefined) {
+        hashThread = new HashThread(algorithm);
+        pools.push(hashThread);
+      }
       const settings: ArchiveWriterSettings = {
         compression: request.compression,
         level: request.level,
@@ -79,6 +88,7 @@ export class BackupOutputs {
         maxInFlight: Math.max(2, request.threads * 2),
         unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
         ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool, task) } : {}),
+        ...(hashThread ? { hashThread } : {}),
       };
       const manifest = await ManifestWriter.create(storage, joinKey(dataKey, MANIFEST_FILE), {
         manifest: 'pgbart',

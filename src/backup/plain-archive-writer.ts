@@ -110,9 +110,17 @@ export class PlainArchiveWriter implements ArchiveWriter {
       };
       // Bytes given whole may be none; the empty compressed stream is made below.
       const unit = () => this.settings.unitSize;
-      checksum = await readEntryContent(entry.size, content, this.settings.checksum, unit, async (piece) => {
-        if (piece.length > 0) await onPiece(piece);
-      });
+      const read = await readEntryContent(
+        entry.size,
+        content,
+        this.settings.checksum,
+        unit,
+        async (piece) => {
+          if (piece.length > 0) await onPiece(piece);
+        },
+        this.settings.hashThread,
+      );
+      checksum = await read.checksum;
       // An empty file still needs a valid (empty) compressed stream for gzip/lz4/zstd -d.
       if (entry.size === 0 && this.settings.compression !== 'none' && inflight.length === 0 && stored === 0)
         await onPiece(Buffer.alloc(0));

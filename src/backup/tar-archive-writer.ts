@@ -18,6 +18,8 @@ import { phaseTimes } from '../util/phase-times.js';
 interface PendingEntry {
   entry: ManifestFileEntry;
   unitSkip: number;
+  /** The file's checksum, possibly still computing in the hash thread. */
+  checksum?: Promise<string | undefined>;
 }
 
 interface Unit {
@@ -67,11 +69,16 @@ export class TarArchiveWriter implements ArchiveWriter {
         first = false;
         return room;
       };
-      const checksum = await readEntryContent(entry.size, content, this.settings.checksum, pieceSize, (p) =>
-        this.pushBytes(p),
+      const { checksum } = await readEntryContent(
+        entry.size,
+        content,
+        this.settings.checksum,
+        pieceSize,
+        (p) => this.pushBytes(p),
+        this.settings.hashThread,
       );
       await this.pushBytes(Buffer.alloc(tarPadding(entry.size)));
-      if (checksum !== undefined) manifestEntry.checksum = checksum;
+      pending.checksum = checksum;
       this.dataBytes += entry.size;
     }
     this.completes.push(pending);
@@ -114,7 +121,11 @@ export class TarArchiveWriter implements ArchiveWriter {
     await phaseTimes.wait('write', this.output.write(stored));
     phaseTimes.sync('checksum', () => this.artifactHash.update(stored));
     this.storedBytes += stored.length;
-    for (const p of unit.completes) await this.sink(p.entry);
+    for (const p of unit.completes) {
+      const checksum = p.checksum ? await phaseTimes.wait('checksum wait', p.checksum) : undefined;
+      if (checksum !== undefined) p.entry.checksum = checksum;
+      await this.sink(p.entry);
+    }
   }
 
   async finish() {

@@ -1,0 +1,108 @@
+// Hash thread: file checksums of a backup computed beside the main thread, one stream per file, in order.
+
+import { Worker } from 'node:worker_threads';
+import type { HashAnswer, HashRequest, HashWorkerData } from '../storage/hash-worker.js';
+
+/** Bytes per shared slot (a tar unit; larger pieces take several). */
+const SLOT_SIZE = 1024 * 1024;
+/** Slots: how far the hash thread may fall behind the reader (bounds memory: 32 MiB). */
+const SLOTS = 32;
+
+/** One file's checksum being computed by the hash thread. */
+export interface StreamHash {
+  /** Hands a copy of `data` to the hash thread (waits for a free slot); the caller keeps its buffer. */
+  update(data: Uint8Array): Promise<void>;
+  /** The hex digest, once every byte given before this call is hashed. Call once. */
+  digest(): Promise<string>;
+}
+
+/**
+ * A worker thread computing the checksums of a backup's files while the main thread reads, assembles and writes
+ * them: each file is a stream of updates ended by a digest request, handled in the order posted, so the bytes of
+ * a file are hashed in order. Bytes are copied into slots of memory shared with the thread and reused (a copy
+ * into memory already mapped costs a small fraction of hashing; fresh buffers per piece would cost more in page
+ * faults than the hash itself). A failure of the thread fails the digests and every later call.
+ */
+export class HashThread {
+  private readonly worker: Worker;
+  private readonly memory: Uint8Array;
+  private readonly freeSlots: number[] = [];
+  private slotWaiters: (() => void)[] = [];
+  private nextId = 1;
+  private readonly digests = new Map<number, { resolve: (hex: string) => void; reject: (err: Error) => void }>();
+  private failure: Error | undefined;
+
+  /** @param algorithm a Node hash name (`sha256`, `md5`). */
+  constructor(algorithm: string) {
+    const slots = new SharedArrayBuffer(SLOTS * SLOT_SIZE);
+    this.memory = new Uint8Array(slots);
+    for (let i = SLOTS - 1; i >= 0; i--) this.freeSlots.push(i);
+    this.worker = new Worker(new URL('../storage/hash-worker.js', import.meta.url), {
+      workerData: { algorithm, slots, slotSize: SLOT_SIZE } satisfies HashWorkerData,
+    });
+    this.worker.on('message', (msg: HashAnswer) => {
+      if (msg.op === 'hashed') {
+        this.freeSlots.push(msg.slot);
+        this.wakeOne();
+      } else if (msg.op === 'digest') {
+        const waiter = this.digests.get(msg.id);
+        this.digests.delete(msg.id);
+        waiter?.resolve(msg.hex);
+      } else this.fail(new Error(`file checksum thread: ${msg.message}`));
+    });
+    this.worker.on('error', (err) => this.fail(new Error(`file checksum thread: ${err.message}`)));
+    this.worker.on('exit', () => this.fail(new Error('file checksum thread ended')));
+  }
+
+  /** Starts the checksum of one file. */
+  open(): StreamHash {
+    const id = this.nextId++;
+    return {
+      update: async (data) => {
+        for (let done = 0; done < data.byteLength;) {
+          const slot = await this.takeSlot();
+          const length = Math.min(SLOT_SIZE, data.byteLength - done);
+          this.memory.set(data.subarray(done, done + length), slot * SLOT_SIZE);
+          this.worker.postMessage({ op: 'update', id, slot, length } satisfies HashRequest);
+          done += length;
+        }
+      },
+      digest: () => {
+        if (this.failure) return Promise.reject(this.failure);
+        return new Promise<string>((resolve, reject) => {
+          this.digests.set(id, { resolve, reject });
+          this.worker.postMessage({ op: 'digest', id } satisfies HashRequest);
+        });
+      },
+    };
+  }
+
+  /** Ends the thread; digests still awaited fail. */
+  async close(): Promise<void> {
+    await this.worker.terminate();
+    this.fail(new Error('file checksum thread closed'));
+  }
+
+  private async takeSlot(): Promise<number> {
+    for (;;) {
+      if (this.failure) throw this.failure;
+      const slot = this.freeSlots.pop();
+      if (slot !== undefined) return slot;
+      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+    }
+  }
+
+  private wakeOne(): void {
+    this.slotWaiters.shift()?.();
+  }
+
+  private fail(err: Error): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const waiter of this.digests.values()) waiter.reject(err);
+    this.digests.clear();
+    const waiters = this.slotWaiters;
+    this.slotWaiters = [];
+    for (const wake of waiters) wake();
+  }
+}
