@@ -19,16 +19,37 @@ import {
   HEADER_BYTES,
   TAG_BYTES,
   associatedData,
+  ChunkOpener,
   lastChunkIndex,
   newObjectHeader,
-  openChunk,
   parseObjectHeader,
   plainSize,
   sealChunk,
   storedSize,
   type ObjectHeader,
 } from './cipher-format.js';
+import { PosixStorage } from '../posix/posix-storage.js';
 import { CIPHER_KEY_OBJECT, openRepositoryKey, type CipherSettings, type RepositoryKey } from './cipher-key.js';
+
+/** A POSIX encrypted repository as a worker thread opens it ({@link CipherStorage.workerSource}). */
+export interface CipherWorkerSource {
+  /** The repository root directory (PosixStorage root). */
+  root: string;
+  /** The master key (a Uint8Array once it has crossed to a worker). */
+  master: Uint8Array;
+  /** log2 of the repository's chunk size. */
+  chunkLog2: number;
+}
+
+/** The storage a worker thread reads a {@link CipherWorkerSource} through. */
+export function openWorkerSource(source: CipherWorkerSource): CipherStorage {
+  const master = Buffer.from(source.master.buffer, source.master.byteOffset, source.master.byteLength);
+  return CipherStorage.withKey(new PosixStorage(source.root), {
+    master,
+    chunkLog2: source.chunkLog2,
+    chunkSize: 2 ** source.chunkLog2,
+  });
+}
 
 /** Headers and sizes of objects read lately (ranged reads of one object come in many calls). */
 const HEADER_CACHE_ENTRIES = 256;
@@ -57,7 +78,7 @@ class EncryptingWriter implements StorageWriter {
     while (offset < data.length) {
       if (this.filled === this.chunk.length) {
         // More data after a full chunk: that chunk is not the last one.
-        await this.inner.write(sealChunk(this.header, this.aad, this.index++, false, this.chunk));
+        await this.seal(false, this.chunk);
         this.filled = 0;
       }
       const n = Math.min(data.length - offset, this.chunk.length - this.filled);
@@ -72,8 +93,15 @@ class EncryptingWriter implements StorageWriter {
       this.headerWritten = true;
       await this.inner.write(this.header.bytes);
     }
-    await this.inner.write(sealChunk(this.header, this.aad, this.index++, true, this.chunk.subarray(0, this.filled)));
+    await this.seal(true, this.chunk.subarray(0, this.filled));
     await this.inner.finish();
+  }
+
+  /** Seals the next chunk and writes its ciphertext, then its tag (no copy joins them). */
+  private async seal(last: boolean, plain: Uint8Array): Promise<void> {
+    const [body, tag] = sealChunk(this.header, this.aad, this.index++, last, plain);
+    await this.inner.write(body);
+    await this.inner.write(tag);
   }
 
   async abort(): Promise<void> {
@@ -110,6 +138,30 @@ export class CipherStorage implements RepositoryStorage {
   }
 
   renamePrefix?: (from: string, to: string) => Promise<void>;
+
+  /**
+   * An encrypting storage over `inner` with a key opened elsewhere in this process: a restore worker thread reads
+   * and decrypts a POSIX repository's objects itself ({@link workerSource}), without a passphrase or scrypt.
+   */
+  static withKey(inner: RepositoryStorage, key: RepositoryKey): CipherStorage {
+    const storage = new CipherStorage(inner, {
+      cipher: 'aes-256-gcm',
+      passphrase: () => Promise.reject(new Error('an opened key needs no passphrase (internal error)')),
+    });
+    storage.key = Promise.resolve(key);
+    return storage;
+  }
+
+  /**
+   * What a worker thread of this process needs to read this repository itself ({@link withKey} over a
+   * PosixStorage of `root`): a POSIX repository only (an S3 client lives in the main thread). Restore decrypts in
+   * its workers this way, beside decompression, instead of on the main thread; the key stays in this process.
+   */
+  async workerSource(): Promise<CipherWorkerSource | undefined> {
+    if (!(this.inner instanceof PosixStorage)) return undefined;
+    const { master, chunkLog2 } = await this.ready();
+    return { root: this.inner.root, master, chunkLog2 };
+  }
 
   /** The repository key, opened (or, for an empty repository, created) once; a wrong passphrase fails here. */
   ready(): Promise<RepositoryKey> {
@@ -175,35 +227,54 @@ export class CipherStorage implements RepositoryStorage {
     const source = await this.inner.read(key, { start: innerStart, end: innerEnd });
     const aad = associatedData(header, key);
     const storage = this;
+    // The chunk being decrypted: its opener, the stored bytes of it seen so far, and its tag as it arrives. The
+    // pieces the inner stream delivers are fed as they are: a chunk straddling two reads is never copied together.
     let index = first;
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    const emit = (t: Transform, chunk: Buffer): string | undefined => {
-      const isLast = index === last;
-      const opened = openChunk(header, aad, index, isLast, chunk);
-      if (!opened)
-        return `encrypted chunk ${index} does not authenticate (altered, truncated, or not written under this name with this key)`;
-      const chunkStart = index * size;
-      const from = Math.max(0, start - chunkStart);
-      const to = Math.min(opened.length, end - chunkStart);
-      if (to > from) t.push(opened.subarray(from, to));
-      index++;
+    let opener: ChunkOpener | undefined;
+    let seen = 0;
+    let tagParts: Buffer[] = [];
+    const sealedLength = (i: number) => (i === last ? storage.lastSealed(plain, size) : sealed);
+    /** Feeds `data`; a string saying what is wrong when a chunk does not authenticate. */
+    const feed = (t: Transform, data: Buffer): string | undefined => {
+      let at = 0;
+      while (at < data.length && index <= final) {
+        const want = sealedLength(index);
+        opener ??= new ChunkOpener(header, aad, index, index === last);
+        const body = want - TAG_BYTES;
+        if (seen < body) {
+          const n = Math.min(body - seen, data.length - at);
+          opener.update(data.subarray(at, at + n));
+          seen += n;
+          at += n;
+          continue;
+        }
+        const n = Math.min(want - seen, data.length - at);
+        tagParts.push(data.subarray(at, at + n));
+        seen += n;
+        at += n;
+        if (seen < want) continue;
+        const opened = opener.finish(tagParts.length === 1 ? tagParts[0]! : Buffer.concat(tagParts));
+        if (!opened)
+          return `encrypted chunk ${index} does not authenticate (altered, truncated, or not written under this name with this key)`;
+        // Only the requested range of the chunk's plaintext is passed on.
+        let pos = index * size;
+        for (const part of opened) {
+          const from = Math.max(0, start - pos);
+          const to = Math.min(part.length, end - pos);
+          if (to > from) t.push(from === 0 && to === part.length ? part : part.subarray(from, to));
+          pos += part.length;
+        }
+        index++;
+        opener = undefined;
+        seen = 0;
+        tagParts = [];
+      }
       return undefined;
     };
     const decrypt = new Transform({
       transform(data: Buffer, _enc, cb: TransformCallback) {
-        pending.push(data);
-        pendingBytes += data.length;
-        while (index <= final) {
-          const want = index === last ? storage.lastSealed(plain, size) : sealed;
-          if (pendingBytes < want) break;
-          const all = pending.length === 1 ? pending[0]! : Buffer.concat(pending);
-          const problem = emit(this, all.subarray(0, want));
-          if (problem) return cb(storage.damaged(key, problem));
-          pending = all.length > want ? [all.subarray(want)] : [];
-          pendingBytes -= want;
-        }
-        cb();
+        const problem = feed(this, data);
+        cb(problem ? storage.damaged(key, problem) : undefined);
       },
       flush(cb: TransformCallback) {
         if (index <= final) return cb(storage.damaged(key, `ends inside encrypted chunk ${index} (truncated)`));
