@@ -28,8 +28,10 @@ import {
   storedSize,
   type ObjectHeader,
 } from './cipher-format.js';
+import { WorkerPool } from '../../util/worker-pool.js';
 import { PosixStorage } from '../posix/posix-storage.js';
 import { CIPHER_KEY_OBJECT, openRepositoryKey, type CipherSettings, type RepositoryKey } from './cipher-key.js';
+import type { SealResult, SealTask } from './seal-worker.js';
 
 /** A POSIX encrypted repository as a worker thread opens it ({@link CipherStorage.workerSource}). */
 export interface CipherWorkerSource {
@@ -54,19 +56,49 @@ export function openWorkerSource(source: CipherWorkerSource): CipherStorage {
 /** Headers and sizes of objects read lately (ranged reads of one object come in many calls). */
 const HEADER_CACHE_ENTRIES = 256;
 
+/**
+ * Chunks of one object sealed on the calling thread before the rest go to the sealing worker: small objects
+ * (backupinfo, manifests, a 16 MiB WAL segment) never wait for a thread to start; a tar archive does its AES-GCM
+ * work beside the main thread, which reads, hashes and writes the backup.
+ */
+const SEAL_HERE_CHUNKS = 32;
+/** Chunks of one object being sealed in the worker at a time (memory: this many chunks, twice). */
+const SEALS_IN_FLIGHT = 4;
+
+let sealPool: WorkerPool<SealResult> | undefined;
+let sealsRunning = 0;
+let keepAlive: NodeJS.Timeout | undefined;
+
+/**
+ * Seals a chunk in the process's sealing worker (one thread, started on first use). Its threads are unref'd, so
+ * while a seal is under way a timer keeps the process alive: a command that only waits for it must not exit.
+ */
+function sealInWorker(task: SealTask): Promise<SealResult> {
+  sealPool ??= new WorkerPool<SealResult>(new URL('./seal-worker.js', import.meta.url), 1);
+  if (sealsRunning++ === 0) keepAlive = setInterval(() => undefined, 60_000);
+  return sealPool.run(task, [task.plain.buffer as ArrayBuffer]).finally(() => {
+    if (--sealsRunning === 0) clearInterval(keepAlive);
+  });
+}
+
 /** Writes sealed chunks to the inner writer; keeps the last full chunk back until it knows whether more follows. */
 class EncryptingWriter implements StorageWriter {
-  private readonly chunk: Buffer;
+  private chunk: Buffer;
   private filled = 0;
   private index = 0;
   private headerWritten = false;
+  /** Chunks being sealed in the worker, oldest first (written in this order). */
+  private readonly sealing: Promise<[Buffer, Buffer]>[] = [];
+  /** Chunk buffers the worker gave back, for reuse (fresh memory costs more than the AES work). */
+  private readonly spare: Buffer[] = [];
 
   constructor(
     private readonly inner: StorageWriter,
     private readonly header: ObjectHeader,
     private readonly aad: Buffer,
   ) {
-    this.chunk = Buffer.allocUnsafe(header.chunkSize);
+    // A buffer of its own (not a slice of Node's pool), so it can be transferred to the sealing worker.
+    this.chunk = Buffer.allocUnsafeSlow(header.chunkSize);
   }
 
   async write(data: Uint8Array): Promise<void> {
@@ -78,7 +110,7 @@ class EncryptingWriter implements StorageWriter {
     while (offset < data.length) {
       if (this.filled === this.chunk.length) {
         // More data after a full chunk: that chunk is not the last one.
-        await this.seal(false, this.chunk);
+        await this.sealFull();
         this.filled = 0;
       }
       const n = Math.min(data.length - offset, this.chunk.length - this.filled);
@@ -93,19 +125,44 @@ class EncryptingWriter implements StorageWriter {
       this.headerWritten = true;
       await this.inner.write(this.header.bytes);
     }
+    while (this.sealing.length > 0) await this.writeOldest();
     await this.seal(true, this.chunk.subarray(0, this.filled));
     await this.inner.finish();
   }
 
-  /** Seals the next chunk and writes its ciphertext, then its tag (no copy joins them). */
-  private async seal(last: boolean, plain: Uint8Array): Promise<void> {
-    const [body, tag] = sealChunk(this.header, this.aad, this.index++, last, plain);
+  async abort(): Promise<void> {
+    await Promise.allSettled(this.sealing.splice(0));
+    await this.inner.abort();
+  }
+
+  /** Seals the full chunk (not the last): here for the first chunks of an object, then in the worker. */
+  private async sealFull(): Promise<void> {
+    if (this.index < SEAL_HERE_CHUNKS) return this.seal(false, this.chunk);
+    const plain = this.chunk;
+    this.chunk = this.spare.pop() ?? Buffer.allocUnsafeSlow(this.header.chunkSize);
+    const task: SealTask = { key: this.header.key, aad: this.aad, index: this.index++, last: false, plain };
+    const sealed = sealInWorker(task).then((r): [Buffer, Buffer] => {
+      this.spare.push(Buffer.from(r.plain.buffer, r.plain.byteOffset, r.plain.byteLength));
+      return [Buffer.from(r.body.buffer, r.body.byteOffset, r.body.byteLength), Buffer.from(r.tag)];
+    });
+    // Awaited in order by writeOldest (or settled by abort): never an unhandled rejection meanwhile.
+    sealed.catch(() => undefined);
+    this.sealing.push(sealed);
+    while (this.sealing.length >= SEALS_IN_FLIGHT) await this.writeOldest();
+  }
+
+  /** Writes the oldest chunk sealed in the worker: ciphertext, then tag. */
+  private async writeOldest(): Promise<void> {
+    const [body, tag] = await this.sealing.shift()!;
     await this.inner.write(body);
     await this.inner.write(tag);
   }
 
-  async abort(): Promise<void> {
-    await this.inner.abort();
+  /** Seals the next chunk here and writes its ciphertext, then its tag (no copy joins them). */
+  private async seal(last: boolean, plain: Uint8Array): Promise<void> {
+    const [body, tag] = sealChunk(this.header, this.aad, this.index++, last, plain);
+    await this.inner.write(body);
+    await this.inner.write(tag);
   }
 }
 
