@@ -28,7 +28,7 @@ import {
 import { HEADER_BYTES, TAG_BYTES } from '../src/storage/encryption/cipher-format.js';
 import { readPassphrase } from '../src/storage/encryption/passphrase.js';
 import { PlainRepositoryGuard } from '../src/storage/encryption/plain-guard.js';
-import { StorageError, StorageNotFoundError } from '../src/storage/storage.js';
+import { StorageError, StorageNotFoundError, type RepositoryStorage } from '../src/storage/storage.js';
 import { BartError } from '../src/util/errors.js';
 import type { Readable } from 'node:stream';
 
@@ -40,6 +40,32 @@ const settings = (pass = PASS): CipherSettings => ({
   passphrase: async () => pass,
   chunkLog2: 12,
 });
+
+/**
+ * The POSIX driver seen through a plain object, not a PosixStorage: CipherStorage then reads through the driver's
+ * streams (as it does S3's) instead of its own POSIX reads. Both read paths are tested.
+ */
+function streamed(inner: PosixStorage): RepositoryStorage {
+  return {
+    kind: inner.kind,
+    location: inner.location,
+    list: (p, o) => inner.list(p, o),
+    stat: (k) => inner.stat(k),
+    read: (k, r) => inner.read(k, r),
+    readAll: (k, m) => inner.readAll(k, m),
+    create: (k, o) => inner.create(k, o),
+    put: (k, d, o) => inner.put(k, d, o),
+    remove: (k) => inner.remove(k),
+    removePrefix: (p) => inner.removePrefix(p),
+    syncPrefix: (p) => inner.syncPrefix(p),
+    localPath: (k) => inner.localPath(k),
+    close: () => inner.close(),
+  };
+}
+const readers = (dir: string) => [
+  new CipherStorage(new PosixStorage(dir), settings()),
+  new CipherStorage(streamed(new PosixStorage(dir)), settings()),
+];
 
 async function collect(stream: Readable): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -80,6 +106,7 @@ describe('encrypted repository storage', () => {
         'not stored in clear',
       );
       for (const [s, e] of [
+        [0, size],
         [0, 1],
         [CHUNK - 3, CHUNK + 3],
         [1, size - 1],
@@ -88,11 +115,12 @@ describe('encrypted repository storage', () => {
         [size, size],
       ] as const) {
         if (s < 0 || e > size || s > e) continue;
-        assert.deepEqual(
-          await collect(await storage.read(key, { start: s, end: e })),
-          data.subarray(s, e),
-          `range ${s}-${e} of ${size}`,
-        );
+        for (const [i, reader] of readers(dir).entries())
+          assert.deepEqual(
+            await collect(await reader.read(key, { start: s, end: e })),
+            data.subarray(s, e),
+            `range ${s}-${e} of ${size}, read path ${i}`,
+          );
       }
     }
     const listed = new Map<string, number>();
@@ -119,15 +147,16 @@ describe('encrypted repository storage', () => {
       const bytes = Buffer.from(original);
       bytes[at] ^= 0x01;
       writeFileSync(path, bytes);
-      const reader = new CipherStorage(new PosixStorage(dir), settings());
-      // A damaged header fails read() itself, a damaged chunk the stream: both reject this promise.
-      const readBack = async () => collect(await reader.read('archived_wals/000000010000000000000001'));
-      await assert.rejects(
-        readBack(),
-        (err: unknown) =>
-          err instanceof StorageError && /000000010000000000000001/.test(err.message) && !/\n/.test(err.message),
-        `byte ${at} flipped`,
-      );
+      for (const [i, reader] of readers(dir).entries()) {
+        // A damaged header fails read() itself, a damaged chunk the stream: both reject this promise.
+        const readBack = async () => collect(await reader.read('archived_wals/000000010000000000000001'));
+        await assert.rejects(
+          readBack(),
+          (err: unknown) =>
+            err instanceof StorageError && /000000010000000000000001/.test(err.message) && !/\n/.test(err.message),
+          `byte ${at} flipped, read path ${i}`,
+        );
+      }
     }
     writeFileSync(path, original);
     assert.deepEqual(
@@ -146,12 +175,12 @@ describe('encrypted repository storage', () => {
     for (const length of [HEADER_BYTES + 2 * (CHUNK + TAG_BYTES), HEADER_BYTES + CHUNK + 7, HEADER_BYTES]) {
       writeFileSync(path, original);
       truncateSync(path, length);
-      const s = new CipherStorage(new PosixStorage(dir), settings());
-      await assert.rejects(
-        (async () => collect(await s.read('b')))(),
-        (err: unknown) => err instanceof StorageError && /b/.test(err.message),
-        `cut at ${length}`,
-      );
+      for (const [i, s] of readers(dir).entries())
+        await assert.rejects(
+          (async () => collect(await s.read('b')))(),
+          (err: unknown) => err instanceof StorageError && /b/.test(err.message),
+          `cut at ${length}, read path ${i}`,
+        );
     }
   });
 

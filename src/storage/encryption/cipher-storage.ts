@@ -1,7 +1,8 @@
 // Concept: the encrypting storage — a RepositoryStorage that encrypts every object on the BART host before another driver stores it.
 
+import { open } from 'node:fs/promises';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
-import { errorMessage } from '../../util/errors.js';
+import { errorMessage, isErrnoError } from '../../util/errors.js';
 import {
   StorageError,
   StorageNotFoundError,
@@ -281,18 +282,20 @@ export class CipherStorage implements RepositoryStorage {
     if (end === start && plain > 0) return Readable.from([]);
     const innerStart = HEADER_BYTES + first * sealed;
     const innerEnd = final === last ? stored : HEADER_BYTES + (final + 1) * sealed;
-    const source = await this.inner.read(key, { start: innerStart, end: innerEnd });
     const aad = associatedData(header, key);
     const storage = this;
     // The chunk being decrypted: its opener, the stored bytes of it seen so far, and its tag as it arrives. The
-    // pieces the inner stream delivers are fed as they are: a chunk straddling two reads is never copied together.
+    // pieces read are fed as they are: a chunk straddling two reads is never copied together.
     let index = first;
     let opener: ChunkOpener | undefined;
     let seen = 0;
     let tagParts: Buffer[] = [];
     const sealedLength = (i: number) => (i === last ? storage.lastSealed(plain, size) : sealed);
-    /** Feeds `data`; a string saying what is wrong when a chunk does not authenticate. */
-    const feed = (t: Transform, data: Buffer): string | undefined => {
+    /**
+     * Feeds stored bytes; the plaintext of the range goes to `out` one authenticated chunk at a time. Returns what
+     * is wrong when a chunk does not authenticate. `data` may be reused once this returns (the tag is copied).
+     */
+    const feed = (data: Buffer, out: (piece: Buffer) => void): string | undefined => {
       let at = 0;
       while (at < data.length && index <= final) {
         const want = sealedLength(index);
@@ -306,7 +309,7 @@ export class CipherStorage implements RepositoryStorage {
           continue;
         }
         const n = Math.min(want - seen, data.length - at);
-        tagParts.push(data.subarray(at, at + n));
+        tagParts.push(Buffer.from(data.subarray(at, at + n)));
         seen += n;
         at += n;
         if (seen < want) continue;
@@ -318,7 +321,7 @@ export class CipherStorage implements RepositoryStorage {
         for (const part of opened) {
           const from = Math.max(0, start - pos);
           const to = Math.min(part.length, end - pos);
-          if (to > from) t.push(from === 0 && to === part.length ? part : part.subarray(from, to));
+          if (to > from) out(from === 0 && to === part.length ? part : part.subarray(from, to));
           pos += part.length;
         }
         index++;
@@ -328,14 +331,51 @@ export class CipherStorage implements RepositoryStorage {
       }
       return undefined;
     };
+    const truncated = () => storage.damaged(key, `ends inside encrypted chunk ${index} (truncated)`);
+    const path = this.inner instanceof PosixStorage ? this.inner.localPath(key) : undefined;
+    if (path !== undefined) {
+      // POSIX: the ciphertext is read into one buffer, reused for every chunk (the decrypted output is the only new
+      // memory per chunk, as a plain read's is): fresh memory costs about as much as AES-GCM itself on such hosts.
+      async function* chunks(): AsyncGenerator<Buffer> {
+        let handle;
+        try {
+          handle = await open(path!, 'r');
+        } catch (err) {
+          if (isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR'))
+            throw new StorageNotFoundError(storage.location, key);
+          throw storage.damaged(key, `cannot be read: ${errorMessage(err)}`);
+        }
+        try {
+          const buffer = Buffer.allocUnsafeSlow(Math.min(sealed, innerEnd - innerStart));
+          for (let pos = innerStart; pos < innerEnd && index <= final;) {
+            let got: number;
+            try {
+              ({ bytesRead: got } = await handle.read(buffer, 0, Math.min(buffer.length, innerEnd - pos), pos));
+            } catch (err) {
+              throw storage.damaged(key, `cannot be read: ${errorMessage(err)}`);
+            }
+            if (got === 0) break;
+            pos += got;
+            const out: Buffer[] = [];
+            const problem = feed(buffer.subarray(0, got), (piece) => out.push(piece));
+            if (problem) throw storage.damaged(key, problem);
+            yield* out;
+          }
+          if (index <= final) throw truncated();
+        } finally {
+          await handle.close();
+        }
+      }
+      return Readable.from(chunks(), { objectMode: false });
+    }
+    const source = await this.inner.read(key, { start: innerStart, end: innerEnd });
     const decrypt = new Transform({
       transform(data: Buffer, _enc, cb: TransformCallback) {
-        const problem = feed(this, data);
+        const problem = feed(data, (piece) => this.push(piece));
         cb(problem ? storage.damaged(key, problem) : undefined);
       },
       flush(cb: TransformCallback) {
-        if (index <= final) return cb(storage.damaged(key, `ends inside encrypted chunk ${index} (truncated)`));
-        cb();
+        cb(index <= final ? truncated() : undefined);
       },
     });
     source.on('error', (err) => decrypt.destroy(err));
