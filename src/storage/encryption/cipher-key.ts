@@ -7,6 +7,7 @@
 
 import { createHash, createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import { BartError, errorMessage } from '../../util/errors.js';
+import { log } from '../../util/log.js';
 import { StorageExistsError, StorageNotFoundError, joinKey, keyBaseName, type RepositoryStorage } from '../storage.js';
 import { CIPHER_MAGIC, DEFAULT_CHUNK_LOG2 } from './cipher-format.js';
 
@@ -71,10 +72,13 @@ function derive(passphrase: string, salt: Buffer, kdf: KeyObject['kdf']): Promis
   const cached = derivedKeys.get(id);
   if (cached) return cached;
   derivations++;
+  const started = Date.now();
   const derived = new Promise<Buffer>((resolve, reject) =>
-    scrypt(passphrase, salt, 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r * 2 }, (err, key) =>
-      err ? reject(err) : resolve(key),
-    ),
+    scrypt(passphrase, salt, 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r * 2 }, (err, key) => {
+      if (err) return reject(err);
+      log.debug(`derived a repository master key (scrypt N=${kdf.N} r=${kdf.r}) in ${Date.now() - started} ms`);
+      resolve(key);
+    }),
   );
   if (derivedKeys.size >= DERIVED_KEYS_MAX) derivedKeys.delete(derivedKeys.keys().next().value!);
   derivedKeys.set(id, derived);
