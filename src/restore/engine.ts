@@ -24,8 +24,9 @@ export interface ExtractResult {
  * after a failure (or `signal`), nothing new starts and only the tasks already running finish
  * before the error is thrown: the caller then removes what was written. `afterTask` runs after each
  * task that succeeded (a crash point of the delta restore's tests). Workers read the stored objects
- * themselves when they have a local path (or are in an encrypted POSIX repository); otherwise this thread reads them from `storage` (ranged
- * reads, one per running task, so `workers` of them in flight) and hands them the bytes.
+ * themselves when they have a local path, or are in an encrypted POSIX repository (they decrypt them
+ * too); otherwise this thread reads them from `storage` (ranged reads, one per running task, so
+ * `workers` of them in flight) and hands them the bytes.
  */
 export async function extractBackup(
   plan: AsyncIterable<PlanItem>,
