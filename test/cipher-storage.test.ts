@@ -18,12 +18,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PosixStorage } from '../src/storage/posix/posix-storage.js';
-import { CipherStorage } from '../src/storage/encryption/cipher-storage.js';
-import { CIPHER_KEY_OBJECT, repositoryIsEncrypted, type CipherSettings } from '../src/storage/encryption/cipher-key.js';
+import { CipherStorage, openWorkerSource } from '../src/storage/encryption/cipher-storage.js';
+import {
+  CIPHER_KEY_OBJECT,
+  keyDerivationCount,
+  repositoryIsEncrypted,
+  type CipherSettings,
+} from '../src/storage/encryption/cipher-key.js';
 import { HEADER_BYTES, TAG_BYTES } from '../src/storage/encryption/cipher-format.js';
 import { readPassphrase } from '../src/storage/encryption/passphrase.js';
 import { PlainRepositoryGuard } from '../src/storage/encryption/plain-guard.js';
-import { StorageError, StorageNotFoundError } from '../src/storage/storage.js';
+import { StorageError, StorageNotFoundError, type RepositoryStorage } from '../src/storage/storage.js';
 import { BartError } from '../src/util/errors.js';
 import type { Readable } from 'node:stream';
 
@@ -35,6 +40,32 @@ const settings = (pass = PASS): CipherSettings => ({
   passphrase: async () => pass,
   chunkLog2: 12,
 });
+
+/**
+ * The POSIX driver seen through a plain object, not a PosixStorage: CipherStorage then reads through the driver's
+ * streams (as it does S3's) instead of its own POSIX reads. Both read paths are tested.
+ */
+function streamed(inner: PosixStorage): RepositoryStorage {
+  return {
+    kind: inner.kind,
+    location: inner.location,
+    list: (p, o) => inner.list(p, o),
+    stat: (k) => inner.stat(k),
+    read: (k, r) => inner.read(k, r),
+    readAll: (k, m) => inner.readAll(k, m),
+    create: (k, o) => inner.create(k, o),
+    put: (k, d, o) => inner.put(k, d, o),
+    remove: (k) => inner.remove(k),
+    removePrefix: (p) => inner.removePrefix(p),
+    syncPrefix: (p) => inner.syncPrefix(p),
+    localPath: (k) => inner.localPath(k),
+    close: () => inner.close(),
+  };
+}
+const readers = (dir: string) => [
+  new CipherStorage(new PosixStorage(dir), settings()),
+  new CipherStorage(streamed(new PosixStorage(dir)), settings()),
+];
 
 async function collect(stream: Readable): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -70,10 +101,12 @@ describe('encrypted repository storage', () => {
       const stored = statSync(join(dir, key)).size;
       assert.ok(stored > size + HEADER_BYTES, 'stored bigger than plaintext (header and tags)');
       assert.ok(
-        !readFileSync(join(dir, key)).includes(data.subarray(0, Math.min(size, 64))) || size === 0,
+        // Only a needle of 16+ bytes means anything: 1 random byte is found in ~17% of 50-byte files by chance.
+        size < 16 || !readFileSync(join(dir, key)).includes(data.subarray(0, Math.min(size, 64))),
         'not stored in clear',
       );
       for (const [s, e] of [
+        [0, size],
         [0, 1],
         [CHUNK - 3, CHUNK + 3],
         [1, size - 1],
@@ -82,11 +115,12 @@ describe('encrypted repository storage', () => {
         [size, size],
       ] as const) {
         if (s < 0 || e > size || s > e) continue;
-        assert.deepEqual(
-          await collect(await storage.read(key, { start: s, end: e })),
-          data.subarray(s, e),
-          `range ${s}-${e} of ${size}`,
-        );
+        for (const [i, reader] of readers(dir).entries())
+          assert.deepEqual(
+            await collect(await reader.read(key, { start: s, end: e })),
+            data.subarray(s, e),
+            `range ${s}-${e} of ${size}, read path ${i}`,
+          );
       }
     }
     const listed = new Map<string, number>();
@@ -113,15 +147,16 @@ describe('encrypted repository storage', () => {
       const bytes = Buffer.from(original);
       bytes[at] ^= 0x01;
       writeFileSync(path, bytes);
-      const reader = new CipherStorage(new PosixStorage(dir), settings());
-      // A damaged header fails read() itself, a damaged chunk the stream: both reject this promise.
-      const readBack = async () => collect(await reader.read('archived_wals/000000010000000000000001'));
-      await assert.rejects(
-        readBack(),
-        (err: unknown) =>
-          err instanceof StorageError && /000000010000000000000001/.test(err.message) && !/\n/.test(err.message),
-        `byte ${at} flipped`,
-      );
+      for (const [i, reader] of readers(dir).entries()) {
+        // A damaged header fails read() itself, a damaged chunk the stream: both reject this promise.
+        const readBack = async () => collect(await reader.read('archived_wals/000000010000000000000001'));
+        await assert.rejects(
+          readBack(),
+          (err: unknown) =>
+            err instanceof StorageError && /000000010000000000000001/.test(err.message) && !/\n/.test(err.message),
+          `byte ${at} flipped, read path ${i}`,
+        );
+      }
     }
     writeFileSync(path, original);
     assert.deepEqual(
@@ -140,12 +175,12 @@ describe('encrypted repository storage', () => {
     for (const length of [HEADER_BYTES + 2 * (CHUNK + TAG_BYTES), HEADER_BYTES + CHUNK + 7, HEADER_BYTES]) {
       writeFileSync(path, original);
       truncateSync(path, length);
-      const s = new CipherStorage(new PosixStorage(dir), settings());
-      await assert.rejects(
-        (async () => collect(await s.read('b')))(),
-        (err: unknown) => err instanceof StorageError && /b/.test(err.message),
-        `cut at ${length}`,
-      );
+      for (const [i, s] of readers(dir).entries())
+        await assert.rejects(
+          (async () => collect(await s.read('b')))(),
+          (err: unknown) => err instanceof StorageError && /b/.test(err.message),
+          `cut at ${length}, read path ${i}`,
+        );
     }
   });
 
@@ -181,6 +216,94 @@ describe('encrypted repository storage', () => {
     writeFileSync(join(damagedKey.dir, CIPHER_KEY_OBJECT), '{"format":1}');
     const reopened = new CipherStorage(new PosixStorage(damagedKey.dir), settings());
     await assert.rejects(reopened.readAll('x', 10), /damaged/);
+  });
+
+  test('the key cache derives once per salt and passphrase, and never lets a wrong passphrase through', async () => {
+    const { dir, storage } = fresh('cache');
+    await storage.put('x', Buffer.from('secret'));
+    const before = keyDerivationCount();
+    // The right passphrase again (another CipherStorage, as each command's call sites make): no new scrypt.
+    const again = new CipherStorage(new PosixStorage(dir), settings());
+    assert.equal((await again.readAll('x', 100)).toString(), 'secret');
+    assert.equal(keyDerivationCount(), before, 'the cached key serves the same salt and passphrase');
+    // A wrong passphrase, after the right one's key is cached, and then once more (its own key cached too).
+    for (let round = 0; round < 2; round++) {
+      const wrong = new CipherStorage(new PosixStorage(dir), settings(PASS + ' '));
+      await assert.rejects(
+        wrong.readAll('x', 100),
+        (err: unknown) => err instanceof BartError && /wrong passphrase/.test(err.message),
+        `round ${round}`,
+      );
+    }
+    assert.equal(keyDerivationCount(), before + 1, 'the wrong passphrase derived its own key, once');
+  });
+
+  test('a new root shares the salt of its sibling root when the passphrase opens it, else gets its own', async () => {
+    const catalog = fresh('sib-catalog');
+    await catalog.storage.put('1700000000003/backupinfo', Buffer.from('info'));
+    const walDir = join(catalog.dir, 'archived_wals');
+    const before = keyDerivationCount();
+    const wal = new CipherStorage(new PosixStorage(walDir), {
+      ...settings(),
+      sibling: () => new PosixStorage(catalog.dir),
+    });
+    await wal.put('000000010000000000000003', Buffer.from('wal'));
+    assert.equal(keyDerivationCount(), before, 'no scrypt: the sibling key was derived already');
+    const keyOf = (d: string) => JSON.parse(readFileSync(join(d, CIPHER_KEY_OBJECT), 'utf8')) as { salt: string };
+    assert.equal(keyOf(walDir).salt, keyOf(catalog.dir).salt, 'one salt for both roots');
+    // The shared key still binds names: the catalog's object under the WAL root's name does not decrypt.
+    copyFileSync(join(catalog.dir, '1700000000003/backupinfo'), join(walDir, '000000010000000000000004'));
+    await assert.rejects((async () => collect(await wal.read('000000010000000000000004')))(), StorageError);
+    // A sibling this passphrase does not open: a salt of its own.
+    const other = fresh('sib-other');
+    const otherWal = join(other.dir, 'wal');
+    const separate = new CipherStorage(new PosixStorage(otherWal), {
+      ...settings('another passphrase'),
+      sibling: () => new PosixStorage(catalog.dir),
+    });
+    await separate.put('000000010000000000000005', Buffer.from('wal'));
+    assert.notEqual(keyOf(otherWal).salt, keyOf(catalog.dir).salt);
+    assert.equal((await separate.readAll('000000010000000000000005', 10)).toString(), 'wal');
+  });
+
+  test('large objects seal in the worker thread: same format, every check still holds', async () => {
+    const { dir, storage } = fresh('worker');
+    // 100 chunks: the first ones are sealed here, the rest in the sealing worker.
+    const data = randomBytes(100 * CHUNK + 123);
+    const w = await storage.create('1700000000004/base.tar');
+    for (let at = 0; at < data.length; at += 5000) await w.write(data.subarray(at, Math.min(data.length, at + 5000)));
+    await w.finish();
+    const path = join(dir, '1700000000004/base.tar');
+    const original = readFileSync(path);
+    assert.equal(original.length, HEADER_BYTES + data.length + 101 * TAG_BYTES);
+    assert.deepEqual(await collect(await storage.read('1700000000004/base.tar')), data);
+    for (const [s, e] of [
+      [40 * CHUNK - 5, 41 * CHUNK + 5],
+      [99 * CHUNK, data.length],
+    ] as const)
+      assert.deepEqual(
+        await collect(await storage.read('1700000000004/base.tar', { start: s, end: e })),
+        data.subarray(s, e),
+      );
+    // What a restore worker opens (the key handed over, no passphrase) reads the same bytes.
+    const source = await storage.workerSource();
+    assert.ok(source, 'a POSIX repository can be read by workers');
+    assert.deepEqual(await collect(await openWorkerSource(source).read('1700000000004/base.tar')), data);
+    // A flipped byte in a worker-sealed chunk, and a cut at a chunk boundary there: detected.
+    const flipped = Buffer.from(original);
+    flipped[HEADER_BYTES + 60 * (CHUNK + TAG_BYTES) + 9] ^= 0x80;
+    writeFileSync(path, flipped);
+    await assert.rejects(
+      (async () =>
+        collect(await new CipherStorage(new PosixStorage(dir), settings()).read('1700000000004/base.tar')))(),
+      (err: unknown) => err instanceof StorageError && /chunk 60 does not authenticate/.test(err.message),
+    );
+    writeFileSync(path, original.subarray(0, HEADER_BYTES + 70 * (CHUNK + TAG_BYTES)));
+    await assert.rejects(
+      (async () =>
+        collect(await new CipherStorage(new PosixStorage(dir), settings()).read('1700000000004/base.tar')))(),
+      (err: unknown) => err instanceof StorageError && /base\.tar/.test(err.message),
+    );
   });
 
   test('a server without a cipher refuses an encrypted repository before reading or writing', async () => {

@@ -2,6 +2,7 @@
 
 import { MessageChannel } from 'node:worker_threads';
 import type { RestoreTarget } from '../hosts/restore-target.js';
+import { CipherStorage } from '../storage/encryption/cipher-storage.js';
 import type { RepositoryStorage } from '../storage/storage.js';
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -23,8 +24,9 @@ export interface ExtractResult {
  * after a failure (or `signal`), nothing new starts and only the tasks already running finish
  * before the error is thrown: the caller then removes what was written. `afterTask` runs after each
  * task that succeeded (a crash point of the delta restore's tests). Workers read the stored objects
- * themselves when they have a local path; otherwise this thread reads them from `storage` (ranged
- * reads, one per running task, so `workers` of them in flight) and hands them the bytes.
+ * themselves when they have a local path, or are in an encrypted POSIX repository (they decrypt them
+ * too); otherwise this thread reads them from `storage` (ranged reads, one per running task, so
+ * `workers` of them in flight) and hands them the bytes.
  */
 export async function extractBackup(
   plan: AsyncIterable<PlanItem>,
@@ -34,6 +36,8 @@ export async function extractBackup(
   signal?: AbortSignal,
   afterTask?: () => void,
 ): Promise<ExtractResult> {
+  // An encrypted POSIX repository is read and decrypted in the workers, like a plain one is read there.
+  const encrypted = storage instanceof CipherStorage ? await storage.workerSource() : undefined;
   const pool = new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers, 'files (workers)');
   const inflight = new Set<Promise<void>>();
   let failure: unknown;
@@ -52,7 +56,9 @@ export async function extractBackup(
       } else {
         const message: RestoreWorkerMessage = { target: target.spec, task: item.task };
         let endServing: (() => void) | undefined;
-        if (!readsLocally(item.task)) {
+        if (encrypted) {
+          message.encrypted = encrypted;
+        } else if (!readsLocally(item.task)) {
           const channel = new MessageChannel();
           endServing = serveObjects(storage, channel.port1);
           message.objects = channel.port2;

@@ -3,7 +3,8 @@
 import { parentPort, type MessagePort } from 'node:worker_threads';
 import { restoreTargetFromSpec } from '../hosts/restore-target-for-spec.js';
 import type { RestoreTargetSpec } from '../hosts/restore-target.js';
-import { localOpener, PortOpener, preferLocal } from './object-source.js';
+import { openWorkerSource, type CipherWorkerSource } from '../storage/encryption/cipher-storage.js';
+import { localOpener, PortOpener, preferLocal, storageOpener } from './object-source.js';
 import { runRestoreTask, type RestoreTask } from './reader.js';
 
 /** What the restore engine posts to a worker. */
@@ -15,15 +16,25 @@ export interface RestoreWorkerMessage {
    * S3): the engine's end of it reads them through the repository storage.
    */
   objects?: MessagePort;
+  /**
+   * An encrypted POSIX repository: the worker reads the ciphertext itself and decrypts it here, beside
+   * decompression (the main thread would otherwise decrypt everything for every worker).
+   */
+  encrypted?: CipherWorkerSource;
 }
 
 // Runs in a worker thread: decoding, hashing and writing are CPU-bound, so `-w N` workers use N cores.
 parentPort!.on('message', (msg: RestoreWorkerMessage) => {
   const target = restoreTargetFromSpec(msg.target);
   const remote = msg.objects ? new PortOpener(msg.objects) : undefined;
+  const opener = msg.encrypted
+    ? preferLocal(storageOpener(openWorkerSource(msg.encrypted)))
+    : remote
+      ? preferLocal(remote)
+      : localOpener;
   // A remote target streams a task's files over one connection; close() completes it (and reports
   // remote failures) before the task counts as done.
-  runRestoreTask(msg.task, target, remote ? preferLocal(remote) : localOpener)
+  runRestoreTask(msg.task, target, opener)
     .then(
       async (value) => {
         await target.close?.();

@@ -15,7 +15,7 @@ import { joinKey, type RepositoryStorage } from './storage.js';
  * POSIX: `backup_path/<server>`. S3: `s3://<s3_bucket>/<s3_prefix>/<server>`.
  */
 export function openRepository(config: BartConfig, server: ServerConfig): RepositoryStorage {
-  return withCipher(server, openRepositoryDriver(config, server));
+  return withCipher(server, openRepositoryDriver(config, server), () => openWalArchiveDriver(server));
 }
 
 /**
@@ -31,10 +31,19 @@ export function openRepositoryDriver(config: BartConfig, server: ServerConfig): 
  * The storage as the server's repository_cipher wants it: encrypted on this host before the driver stores it,
  * or guarded against being an encrypted repository read without its key (docs/catalog-format.md).
  */
-function withCipher(server: ServerConfig, inner: RepositoryStorage): RepositoryStorage {
+function withCipher(
+  server: ServerConfig,
+  inner: RepositoryStorage,
+  sibling: () => RepositoryStorage,
+): RepositoryStorage {
   if (server.repositoryCipher === 'none') return new PlainRepositoryGuard(inner);
   const passFile = server.repositoryCipherPassFile;
-  return new CipherStorage(inner, { cipher: server.repositoryCipher, passphrase: () => readPassphrase(passFile) });
+  return new CipherStorage(inner, {
+    cipher: server.repositoryCipher,
+    passphrase: () => readPassphrase(passFile),
+    // The catalog and the WAL archive share one salt when the second is created (one scrypt per command).
+    sibling,
+  });
 }
 
 /**
@@ -43,8 +52,7 @@ function withCipher(server: ServerConfig, inner: RepositoryStorage): RepositoryS
  * S3: `s3://<s3_bucket>/<s3_prefix>/<server>/archived_wals` (archive_path is not used for storage).
  */
 export function openWalArchive(config: BartConfig, server: ServerConfig): RepositoryStorage {
-  void config;
-  return withCipher(server, openWalArchiveDriver(server));
+  return withCipher(server, openWalArchiveDriver(server), () => openRepositoryDriver(config, server));
 }
 
 /** The driver under a server's WAL archive, without encryption (see {@link openRepositoryDriver}). */

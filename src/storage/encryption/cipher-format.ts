@@ -81,34 +81,53 @@ function nonce(index: number, last: boolean): Buffer {
   return n;
 }
 
-/** Encrypts chunk `index` (ciphertext followed by its tag). */
-export function sealChunk(header: ObjectHeader, aad: Buffer, index: number, last: boolean, plain: Uint8Array): Buffer {
-  const cipher = createCipheriv('aes-256-gcm', header.key, nonce(index, last));
-  cipher.setAAD(aad);
-  const body = cipher.update(plain);
-  cipher.final();
-  return Buffer.concat([body, cipher.getAuthTag()]);
-}
-
-/** Decrypts chunk `index`; undefined when it does not authenticate (altered, cut, moved or from another object). */
-export function openChunk(
+/**
+ * Encrypts chunk `index`: its ciphertext and its tag, stored one after the other. Two buffers, not one: joining
+ * them would allocate and copy every MiB once more, and fresh memory costs more than the AES work here.
+ */
+export function sealChunk(
   header: ObjectHeader,
   aad: Buffer,
   index: number,
   last: boolean,
-  sealed: Buffer,
-): Buffer | undefined {
-  if (sealed.length < TAG_BYTES) return undefined;
-  const decipher = createDecipheriv('aes-256-gcm', header.key, nonce(index, last));
-  decipher.setAAD(aad);
-  decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
-  const body = decipher.update(sealed.subarray(0, sealed.length - TAG_BYTES));
-  try {
-    decipher.final();
-  } catch {
-    return undefined;
+  plain: Uint8Array,
+): [body: Buffer, tag: Buffer] {
+  const cipher = createCipheriv('aes-256-gcm', header.key, nonce(index, last));
+  cipher.setAAD(aad);
+  const body = cipher.update(plain);
+  cipher.final();
+  return [body, cipher.getAuthTag()];
+}
+
+/**
+ * Decrypts one chunk fed in pieces as they arrive (no copy joins them first). Nothing of the plaintext is
+ * released before {@link ChunkOpener.finish} has checked the tag: a caller only ever sees authenticated bytes.
+ */
+export class ChunkOpener {
+  private readonly decipher;
+  private readonly parts: Buffer[] = [];
+
+  constructor(header: ObjectHeader, aad: Buffer, index: number, last: boolean) {
+    this.decipher = createDecipheriv('aes-256-gcm', header.key, nonce(index, last));
+    this.decipher.setAAD(aad);
   }
-  return body;
+
+  /** Ciphertext bytes of the chunk (its tag excluded), in order. */
+  update(ciphertext: Uint8Array): void {
+    if (ciphertext.length > 0) this.parts.push(this.decipher.update(ciphertext));
+  }
+
+  /** The chunk's plaintext pieces when `tag` authenticates all that was fed; undefined otherwise. */
+  finish(tag: Buffer): Buffer[] | undefined {
+    if (tag.length !== TAG_BYTES) return undefined;
+    this.decipher.setAuthTag(tag);
+    try {
+      this.decipher.final();
+    } catch {
+      return undefined;
+    }
+    return this.parts;
+  }
 }
 
 /** Stored bytes of an object of `plainSize` bytes. */

@@ -5,8 +5,9 @@
 // the master key) that tells a wrong passphrase at once, before any long work. The master key is
 // scrypt(passphrase, salt) — memory-hard, so a stolen bucket cannot be attacked at GPU speed.
 
-import { createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import { BartError, errorMessage } from '../../util/errors.js';
+import { log } from '../../util/log.js';
 import { StorageExistsError, StorageNotFoundError, joinKey, keyBaseName, type RepositoryStorage } from '../storage.js';
 import { CIPHER_MAGIC, DEFAULT_CHUNK_LOG2 } from './cipher-format.js';
 
@@ -23,6 +24,12 @@ export interface CipherSettings {
   passphrase: () => Promise<string>;
   /** Chunk size (log2) of a repository created now; default 20 (1 MiB). Tests use small chunks. */
   chunkLog2?: number;
+  /**
+   * The driver of the server's other root (catalog ↔ WAL archive), opened on demand and closed after use. An empty
+   * root that is being made encrypted copies the other root's key object when this passphrase opens it: both roots
+   * then have one salt, so a command that opens both derives the master key once (the cache above).
+   */
+  sibling?: () => RepositoryStorage;
 }
 
 /** An opened repository key. */
@@ -42,12 +49,42 @@ interface KeyObject {
   check: string;
 }
 
+/**
+ * Master keys derived in this process, by a digest of (KDF parameters, salt, passphrase). A command opens the
+ * catalog root and the WAL archive root, often more than once (CipherStorage per call site), and scrypt costs a
+ * quarter to half a second of a core each time. Keyed by the passphrase's digest too, so a wrong passphrase never
+ * finds a right one's key: it derives its own, and the check value refuses it (openRepositoryKey always compares).
+ */
+const derivedKeys = new Map<string, Promise<Buffer>>();
+/** A process uses one or two passphrases; the bound only keeps a long-lived process (tests) from growing. */
+const DERIVED_KEYS_MAX = 16;
+let derivations = 0;
+
+/** How many scrypt derivations this process ran (tests: the cache works). */
+export function keyDerivationCount(): number {
+  return derivations;
+}
+
 function derive(passphrase: string, salt: Buffer, kdf: KeyObject['kdf']): Promise<Buffer> {
-  return new Promise((resolve, reject) =>
-    scrypt(passphrase, salt, 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r * 2 }, (err, key) =>
-      err ? reject(err) : resolve(key),
-    ),
+  const id = createHash('sha256')
+    .update(JSON.stringify([kdf.name, kdf.N, kdf.r, kdf.p, salt.toString('base64'), passphrase]))
+    .digest('base64');
+  const cached = derivedKeys.get(id);
+  if (cached) return cached;
+  derivations++;
+  const started = Date.now();
+  const derived = new Promise<Buffer>((resolve, reject) =>
+    scrypt(passphrase, salt, 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r * 2 }, (err, key) => {
+      if (err) return reject(err);
+      log.debug(`derived a repository master key (scrypt N=${kdf.N} r=${kdf.r}) in ${Date.now() - started} ms`);
+      resolve(key);
+    }),
   );
+  if (derivedKeys.size >= DERIVED_KEYS_MAX) derivedKeys.delete(derivedKeys.keys().next().value!);
+  derivedKeys.set(id, derived);
+  // A failed derivation is not remembered: the next attempt tries again.
+  derived.catch(() => derivedKeys.delete(id));
+  return derived;
 }
 
 function checkValue(master: Buffer): Buffer {
@@ -125,17 +162,24 @@ export async function openRepositoryKey(storage: RepositoryStorage, settings: Ci
           'cannot apply to it: point the server at a new, empty repository (backup_path/archive_path or s3_prefix), ' +
           'or set repository_cipher = none',
       );
-    const salt = randomBytes(16);
-    const kdf = { name: 'scrypt' as const, ...SCRYPT };
-    const master = await derive(passphrase, salt, kdf);
-    const created: KeyObject = {
-      format: 1,
-      cipher: settings.cipher,
-      kdf,
-      salt: salt.toString('base64'),
-      chunkLog2: settings.chunkLog2 ?? DEFAULT_CHUNK_LOG2,
-      check: checkValue(master).toString('base64'),
-    };
+    const shared = await siblingKey(settings, passphrase);
+    let created: KeyObject;
+    let master: Buffer;
+    if (shared) {
+      ({ key: created, master } = shared);
+    } else {
+      const salt = randomBytes(16);
+      const kdf = { name: 'scrypt' as const, ...SCRYPT };
+      master = await derive(passphrase, salt, kdf);
+      created = {
+        format: 1,
+        cipher: settings.cipher,
+        kdf,
+        salt: salt.toString('base64'),
+        chunkLog2: settings.chunkLog2 ?? DEFAULT_CHUNK_LOG2,
+        check: checkValue(master).toString('base64'),
+      };
+    }
     try {
       await storage.put(CIPHER_KEY_OBJECT, Buffer.from(JSON.stringify(created) + '\n'), { ifAbsent: true });
     } catch (err) {
@@ -157,6 +201,32 @@ export async function openRepositoryKey(storage: RepositoryStorage, settings: Ci
       `wrong passphrase for the encrypted repository ${storage.location} (check repository_cipher_pass_file or BART_CIPHER_PASS)`,
     );
   return { master, chunkLog2: key.chunkLog2, chunkSize: 2 ** key.chunkLog2 };
+}
+
+/**
+ * The key object of the server's other root and its master key, when that root is encrypted and this passphrase
+ * opens it; else undefined (a new salt then). Sharing is safe: the passphrase is the same either way, every object
+ * still has its own random salt and key (HKDF), and its name is bound in its associated data.
+ */
+async function siblingKey(
+  settings: CipherSettings,
+  passphrase: string,
+): Promise<{ key: KeyObject; master: Buffer } | undefined> {
+  if (!settings.sibling) return undefined;
+  const sibling = settings.sibling();
+  try {
+    const text = (await sibling.readAll(CIPHER_KEY_OBJECT, 64 * 1024)).toString('utf8');
+    const key = parseKeyObject(text, joinKey(sibling.location, CIPHER_KEY_OBJECT));
+    if (key.cipher !== settings.cipher) return undefined;
+    const master = await derive(passphrase, Buffer.from(key.salt, 'base64'), key.kdf);
+    if (!timingSafeEqual(checkValue(master), Buffer.from(key.check, 'base64'))) return undefined;
+    return { key, master };
+  } catch {
+    // No key there, or one this passphrase does not open, or not readable now: this root gets its own salt.
+    return undefined;
+  } finally {
+    await sibling.close().catch(() => undefined);
+  }
 }
 
 /** Whether a repository root is encrypted (holds a key object), without a passphrase: SHOW-SERVERS, CHECK-CONFIG. */

@@ -1,7 +1,8 @@
 // Concept: the encrypting storage — a RepositoryStorage that encrypts every object on the BART host before another driver stores it.
 
+import { open } from 'node:fs/promises';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
-import { errorMessage } from '../../util/errors.js';
+import { errorMessage, isErrnoError } from '../../util/errors.js';
 import {
   StorageError,
   StorageNotFoundError,
@@ -19,33 +20,86 @@ import {
   HEADER_BYTES,
   TAG_BYTES,
   associatedData,
+  ChunkOpener,
   lastChunkIndex,
   newObjectHeader,
-  openChunk,
   parseObjectHeader,
   plainSize,
   sealChunk,
   storedSize,
   type ObjectHeader,
 } from './cipher-format.js';
+import { WorkerPool } from '../../util/worker-pool.js';
+import { PosixStorage } from '../posix/posix-storage.js';
 import { CIPHER_KEY_OBJECT, openRepositoryKey, type CipherSettings, type RepositoryKey } from './cipher-key.js';
+import type { SealResult, SealTask } from './seal-worker.js';
+
+/** A POSIX encrypted repository as a worker thread opens it ({@link CipherStorage.workerSource}). */
+export interface CipherWorkerSource {
+  /** The repository root directory (PosixStorage root). */
+  root: string;
+  /** The master key (a Uint8Array once it has crossed to a worker). */
+  master: Uint8Array;
+  /** log2 of the repository's chunk size. */
+  chunkLog2: number;
+}
+
+/** The storage a worker thread reads a {@link CipherWorkerSource} through. */
+export function openWorkerSource(source: CipherWorkerSource): CipherStorage {
+  const master = Buffer.from(source.master.buffer, source.master.byteOffset, source.master.byteLength);
+  return CipherStorage.withKey(new PosixStorage(source.root), {
+    master,
+    chunkLog2: source.chunkLog2,
+    chunkSize: 2 ** source.chunkLog2,
+  });
+}
 
 /** Headers and sizes of objects read lately (ranged reads of one object come in many calls). */
 const HEADER_CACHE_ENTRIES = 256;
 
+/**
+ * Chunks of one object sealed on the calling thread before the rest go to the sealing worker: small objects
+ * (backupinfo, manifests, a 16 MiB WAL segment) never wait for a thread to start; a tar archive does its AES-GCM
+ * work beside the main thread, which reads, hashes and writes the backup.
+ */
+const SEAL_HERE_CHUNKS = 32;
+/** Chunks of one object being sealed in the worker at a time (memory: this many chunks, twice). */
+const SEALS_IN_FLIGHT = 4;
+
+let sealPool: WorkerPool<SealResult> | undefined;
+let sealsRunning = 0;
+let keepAlive: NodeJS.Timeout | undefined;
+
+/**
+ * Seals a chunk in the process's sealing worker (one thread, started on first use). Its threads are unref'd, so
+ * while a seal is under way a timer keeps the process alive: a command that only waits for it must not exit.
+ */
+function sealInWorker(task: SealTask): Promise<SealResult> {
+  sealPool ??= new WorkerPool<SealResult>(new URL('./seal-worker.js', import.meta.url), 1);
+  if (sealsRunning++ === 0) keepAlive = setInterval(() => undefined, 60_000);
+  return sealPool.run(task, [task.plain.buffer as ArrayBuffer]).finally(() => {
+    if (--sealsRunning === 0) clearInterval(keepAlive);
+  });
+}
+
 /** Writes sealed chunks to the inner writer; keeps the last full chunk back until it knows whether more follows. */
 class EncryptingWriter implements StorageWriter {
-  private readonly chunk: Buffer;
+  private chunk: Buffer;
   private filled = 0;
   private index = 0;
   private headerWritten = false;
+  /** Chunks being sealed in the worker, oldest first (written in this order). */
+  private readonly sealing: Promise<[Buffer, Buffer]>[] = [];
+  /** Chunk buffers the worker gave back, for reuse (fresh memory costs more than the AES work). */
+  private readonly spare: Buffer[] = [];
 
   constructor(
     private readonly inner: StorageWriter,
     private readonly header: ObjectHeader,
     private readonly aad: Buffer,
   ) {
-    this.chunk = Buffer.allocUnsafe(header.chunkSize);
+    // A buffer of its own (not a slice of Node's pool), so it can be transferred to the sealing worker.
+    this.chunk = Buffer.allocUnsafeSlow(header.chunkSize);
   }
 
   async write(data: Uint8Array): Promise<void> {
@@ -57,7 +111,7 @@ class EncryptingWriter implements StorageWriter {
     while (offset < data.length) {
       if (this.filled === this.chunk.length) {
         // More data after a full chunk: that chunk is not the last one.
-        await this.inner.write(sealChunk(this.header, this.aad, this.index++, false, this.chunk));
+        await this.sealFull();
         this.filled = 0;
       }
       const n = Math.min(data.length - offset, this.chunk.length - this.filled);
@@ -72,12 +126,44 @@ class EncryptingWriter implements StorageWriter {
       this.headerWritten = true;
       await this.inner.write(this.header.bytes);
     }
-    await this.inner.write(sealChunk(this.header, this.aad, this.index++, true, this.chunk.subarray(0, this.filled)));
+    while (this.sealing.length > 0) await this.writeOldest();
+    await this.seal(true, this.chunk.subarray(0, this.filled));
     await this.inner.finish();
   }
 
   async abort(): Promise<void> {
+    await Promise.allSettled(this.sealing.splice(0));
     await this.inner.abort();
+  }
+
+  /** Seals the full chunk (not the last): here for the first chunks of an object, then in the worker. */
+  private async sealFull(): Promise<void> {
+    if (this.index < SEAL_HERE_CHUNKS) return this.seal(false, this.chunk);
+    const plain = this.chunk;
+    this.chunk = this.spare.pop() ?? Buffer.allocUnsafeSlow(this.header.chunkSize);
+    const task: SealTask = { key: this.header.key, aad: this.aad, index: this.index++, last: false, plain };
+    const sealed = sealInWorker(task).then((r): [Buffer, Buffer] => {
+      this.spare.push(Buffer.from(r.plain.buffer, r.plain.byteOffset, r.plain.byteLength));
+      return [Buffer.from(r.body.buffer, r.body.byteOffset, r.body.byteLength), Buffer.from(r.tag)];
+    });
+    // Awaited in order by writeOldest (or settled by abort): never an unhandled rejection meanwhile.
+    sealed.catch(() => undefined);
+    this.sealing.push(sealed);
+    while (this.sealing.length >= SEALS_IN_FLIGHT) await this.writeOldest();
+  }
+
+  /** Writes the oldest chunk sealed in the worker: ciphertext, then tag. */
+  private async writeOldest(): Promise<void> {
+    const [body, tag] = await this.sealing.shift()!;
+    await this.inner.write(body);
+    await this.inner.write(tag);
+  }
+
+  /** Seals the next chunk here and writes its ciphertext, then its tag (no copy joins them). */
+  private async seal(last: boolean, plain: Uint8Array): Promise<void> {
+    const [body, tag] = sealChunk(this.header, this.aad, this.index++, last, plain);
+    await this.inner.write(body);
+    await this.inner.write(tag);
   }
 }
 
@@ -110,6 +196,30 @@ export class CipherStorage implements RepositoryStorage {
   }
 
   renamePrefix?: (from: string, to: string) => Promise<void>;
+
+  /**
+   * An encrypting storage over `inner` with a key opened elsewhere in this process: a restore worker thread reads
+   * and decrypts a POSIX repository's objects itself ({@link workerSource}), without a passphrase or scrypt.
+   */
+  static withKey(inner: RepositoryStorage, key: RepositoryKey): CipherStorage {
+    const storage = new CipherStorage(inner, {
+      cipher: 'aes-256-gcm',
+      passphrase: () => Promise.reject(new Error('an opened key needs no passphrase (internal error)')),
+    });
+    storage.key = Promise.resolve(key);
+    return storage;
+  }
+
+  /**
+   * What a worker thread of this process needs to read this repository itself ({@link withKey} over a
+   * PosixStorage of `root`): a POSIX repository only (an S3 client lives in the main thread). Restore decrypts in
+   * its workers this way, beside decompression, instead of on the main thread; the key stays in this process.
+   */
+  async workerSource(): Promise<CipherWorkerSource | undefined> {
+    if (!(this.inner instanceof PosixStorage)) return undefined;
+    const { master, chunkLog2 } = await this.ready();
+    return { root: this.inner.root, master, chunkLog2 };
+  }
 
   /** The repository key, opened (or, for an empty repository, created) once; a wrong passphrase fails here. */
   ready(): Promise<RepositoryKey> {
@@ -172,42 +282,100 @@ export class CipherStorage implements RepositoryStorage {
     if (end === start && plain > 0) return Readable.from([]);
     const innerStart = HEADER_BYTES + first * sealed;
     const innerEnd = final === last ? stored : HEADER_BYTES + (final + 1) * sealed;
-    const source = await this.inner.read(key, { start: innerStart, end: innerEnd });
     const aad = associatedData(header, key);
     const storage = this;
+    // The chunk being decrypted: its opener, the stored bytes of it seen so far, and its tag as it arrives. The
+    // pieces read are fed as they are: a chunk straddling two reads is never copied together.
     let index = first;
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    const emit = (t: Transform, chunk: Buffer): string | undefined => {
-      const isLast = index === last;
-      const opened = openChunk(header, aad, index, isLast, chunk);
-      if (!opened)
-        return `encrypted chunk ${index} does not authenticate (altered, truncated, or not written under this name with this key)`;
-      const chunkStart = index * size;
-      const from = Math.max(0, start - chunkStart);
-      const to = Math.min(opened.length, end - chunkStart);
-      if (to > from) t.push(opened.subarray(from, to));
-      index++;
+    let opener: ChunkOpener | undefined;
+    let seen = 0;
+    let tagParts: Buffer[] = [];
+    const sealedLength = (i: number) => (i === last ? storage.lastSealed(plain, size) : sealed);
+    /**
+     * Feeds stored bytes; the plaintext of the range goes to `out` one authenticated chunk at a time. Returns what
+     * is wrong when a chunk does not authenticate. `data` may be reused once this returns (the tag is copied).
+     */
+    const feed = (data: Buffer, out: (piece: Buffer) => void): string | undefined => {
+      let at = 0;
+      while (at < data.length && index <= final) {
+        const want = sealedLength(index);
+        opener ??= new ChunkOpener(header, aad, index, index === last);
+        const body = want - TAG_BYTES;
+        if (seen < body) {
+          const n = Math.min(body - seen, data.length - at);
+          opener.update(data.subarray(at, at + n));
+          seen += n;
+          at += n;
+          continue;
+        }
+        const n = Math.min(want - seen, data.length - at);
+        tagParts.push(Buffer.from(data.subarray(at, at + n)));
+        seen += n;
+        at += n;
+        if (seen < want) continue;
+        const opened = opener.finish(tagParts.length === 1 ? tagParts[0]! : Buffer.concat(tagParts));
+        if (!opened)
+          return `encrypted chunk ${index} does not authenticate (altered, truncated, or not written under this name with this key)`;
+        // Only the requested range of the chunk's plaintext is passed on.
+        let pos = index * size;
+        for (const part of opened) {
+          const from = Math.max(0, start - pos);
+          const to = Math.min(part.length, end - pos);
+          if (to > from) out(from === 0 && to === part.length ? part : part.subarray(from, to));
+          pos += part.length;
+        }
+        index++;
+        opener = undefined;
+        seen = 0;
+        tagParts = [];
+      }
       return undefined;
     };
+    const truncated = () => storage.damaged(key, `ends inside encrypted chunk ${index} (truncated)`);
+    const path = this.inner instanceof PosixStorage ? this.inner.localPath(key) : undefined;
+    if (path !== undefined) {
+      // POSIX: the ciphertext is read into one buffer, reused for every chunk (the decrypted output is the only new
+      // memory per chunk, as a plain read's is): fresh memory costs about as much as AES-GCM itself on such hosts.
+      async function* chunks(): AsyncGenerator<Buffer> {
+        let handle;
+        try {
+          handle = await open(path!, 'r');
+        } catch (err) {
+          if (isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR'))
+            throw new StorageNotFoundError(storage.location, key);
+          throw storage.damaged(key, `cannot be read: ${errorMessage(err)}`);
+        }
+        try {
+          const buffer = Buffer.allocUnsafeSlow(Math.min(sealed, innerEnd - innerStart));
+          for (let pos = innerStart; pos < innerEnd && index <= final;) {
+            let got: number;
+            try {
+              ({ bytesRead: got } = await handle.read(buffer, 0, Math.min(buffer.length, innerEnd - pos), pos));
+            } catch (err) {
+              throw storage.damaged(key, `cannot be read: ${errorMessage(err)}`);
+            }
+            if (got === 0) break;
+            pos += got;
+            const out: Buffer[] = [];
+            const problem = feed(buffer.subarray(0, got), (piece) => out.push(piece));
+            if (problem) throw storage.damaged(key, problem);
+            yield* out;
+          }
+          if (index <= final) throw truncated();
+        } finally {
+          await handle.close();
+        }
+      }
+      return Readable.from(chunks(), { objectMode: false });
+    }
+    const source = await this.inner.read(key, { start: innerStart, end: innerEnd });
     const decrypt = new Transform({
       transform(data: Buffer, _enc, cb: TransformCallback) {
-        pending.push(data);
-        pendingBytes += data.length;
-        while (index <= final) {
-          const want = index === last ? storage.lastSealed(plain, size) : sealed;
-          if (pendingBytes < want) break;
-          const all = pending.length === 1 ? pending[0]! : Buffer.concat(pending);
-          const problem = emit(this, all.subarray(0, want));
-          if (problem) return cb(storage.damaged(key, problem));
-          pending = all.length > want ? [all.subarray(want)] : [];
-          pendingBytes -= want;
-        }
-        cb();
+        const problem = feed(data, (piece) => this.push(piece));
+        cb(problem ? storage.damaged(key, problem) : undefined);
       },
       flush(cb: TransformCallback) {
-        if (index <= final) return cb(storage.damaged(key, `ends inside encrypted chunk ${index} (truncated)`));
-        cb();
+        cb(index <= final ? truncated() : undefined);
       },
     });
     source.on('error', (err) => decrypt.destroy(err));
