@@ -25,6 +25,7 @@ const SUBCOMMANDS = [
   'DELETE',
   'ARCHIVE-PUSH',
   'ARCHIVE-GET',
+  'ARCHIVER',
 ];
 
 /** Parses BART-style boolean words (true/false, on/off, yes/no, 1/0) of an option. */
@@ -278,6 +279,16 @@ function buildProgram(): Command {
       await withContext(program, async (ctx) =>
         (await import('../commands/archive-get.js')).archiveGet(ctx, o, walfile, destination),
       );
+    });
+
+  program
+    .command('ARCHIVER')
+    .description('push the queued WAL of a server with archive_async = on (started by ARCHIVE-PUSH; exits when idle)')
+    .option('-s, --server <name>', 'server name')
+    .option('--wal-dir <dir>', "the server's pg_wal on this host: push files marked .ready before PostgreSQL asks")
+    .option('--idle-ms <ms>', 'exit after this long with nothing to do (default 10000)')
+    .action(async (o: { server?: string; walDir?: string; idleMs?: string }) => {
+      await withContext(program, async (ctx) => (await import('../commands/archive-async.js')).archiverCommand(ctx, o));
     });
 
   return program;
