@@ -273,9 +273,10 @@ function buildProgram(): Command {
     .command('ARCHIVE-GET')
     .description('fetch one WAL file from the archive (for restore_command)')
     .option('-s, --server <name>', 'server name')
+    .addOption(new Option('--prefetch-segment-size <bytes>').hideHelp())
     .argument('<walfile>', 'WAL file name (%f)')
     .argument('<destination>', 'where to write it (%p), or - for standard output')
-    .action(async (walfile: string, destination: string, o: { server?: string }) => {
+    .action(async (walfile: string, destination: string, o: { server?: string; prefetchSegmentSize?: string }) => {
       await withContext(program, async (ctx) =>
         (await import('../commands/archive-get.js')).archiveGet(ctx, o, walfile, destination),
       );
