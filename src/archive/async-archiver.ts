@@ -2,6 +2,7 @@
 
 import { copyFile, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { processAlive } from '../catalog/catalog.js';
 import { acquireLock, type CatalogLock } from '../catalog/lock.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { openWalArchive } from '../storage/open-repository.js';
@@ -70,6 +71,7 @@ export async function runArchiver(config: BartConfig, server: ServerConfig, opti
     // Staged copies of a dead archiver: never trusted, the file is staged again from pg_wal.
     await rm(stage, { recursive: true, force: true });
     await ensureDir(stage, 0o700);
+    await removeDeadTemps(paths);
     const mapper = new Mapper(config, server, archive);
     let idleSince = Date.now();
     let failures = 0;
@@ -257,6 +259,16 @@ async function removeStaleMarkers(paths: SpoolPaths, walDir: string | undefined)
   for (const name of await doneMarkers(paths)) {
     const ready = await stat(join(walDir, 'archive_status', `${name}.ready`)).catch(() => undefined);
     if (ready === undefined) await unlink(join(paths.done, name)).catch(() => undefined);
+  }
+}
+
+/** Temp files (`.<name>.tmp-<pid>-<suffix>`) of ARCHIVE-PUSHes that died half way: their file was never acknowledged. */
+async function removeDeadTemps(paths: SpoolPaths): Promise<void> {
+  for (const dir of [paths.queue, paths.done]) {
+    for (const n of await readdir(dir).catch(() => [] as string[])) {
+      const m = /^\..+\.tmp-(\d+)-[0-9a-z]+$/.exec(n);
+      if (m && !processAlive(Number(m[1]))) await unlink(join(dir, n)).catch(() => undefined);
+    }
   }
 }
 
