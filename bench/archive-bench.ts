@@ -166,7 +166,10 @@ export async function archiveBench(): Promise<void> {
           ['pgbackrest async', () => pgbackrestMode(true)],
         ] as [string, () => Promise<Row>][])),
   ];
+  // BENCH_ARCHIVE_MODES (e.g. `pgbart async`): run only these rows, into <date>-archive-partial.md.
+  const only = process.env.BENCH_ARCHIVE_MODES?.split(',').map((m) => m.trim());
   for (const [name, fn] of modes) {
+    if (only !== undefined && !only.includes(name)) continue;
     console.log(`archive benchmark: ${name}, ${SEGMENTS} segments`);
     const row = await fn();
     console.log(
@@ -174,11 +177,11 @@ export async function archiveBench(): Promise<void> {
     );
     rows.push(row);
   }
-  const pgbartSync = rows[0]!;
-  const pgbartAsync = rows[1]!;
+  const pgbartSync = rows.find((r) => r.label.endsWith('= off'));
+  const pgbartAsync = rows.find((r) => r.label.includes('= on'));
   const pgbrSync = rows.find((r) => r.label === 'pgbackrest archive-push');
   const pgbrAsync = rows.find((r) => r.label.startsWith('pgbackrest archive-push,'));
-  const ratio = (a: Row, b: Row | undefined) => (b ? (a.seconds / b.seconds).toFixed(2) : '—');
+  const ratio = (a: Row | undefined, b: Row | undefined) => (a && b ? (a.seconds / b.seconds).toFixed(2) : '—');
   const date = new Date().toISOString().slice(0, 10);
   const lines = [
     `# Archiving benchmark, ${date}`,
@@ -201,7 +204,7 @@ export async function archiveBench(): Promise<void> {
       `pgbart async / pgBackRest async ${ratio(pgbartAsync, pgbrAsync)}; pgbart sync / pgBackRest sync ${ratio(pgbartSync, pgbrSync)}.`,
     '',
   ];
-  const file = join(REPO_ROOT, 'bench', 'results', `${date}-archive.md`);
+  const file = join(REPO_ROOT, 'bench', 'results', `${date}-archive${only !== undefined ? '-partial' : ''}.md`);
   writeFileSync(file, lines.join('\n'));
   console.log(lines.join('\n'));
   console.log(`written ${file}`);
