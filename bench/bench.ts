@@ -13,7 +13,8 @@
  * (bench/scanner-bench.ts, <date>-scanner.md).
  *
  * Environment: BENCH_SCALE (pgbench scale, default 100), BENCH_PG (major version, default 15),
- * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,cipher,s3,scanner`).
+ * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,cipher,s3,archive,scanner`;
+ * `archive` is bench/archive-bench.ts: WAL archiving throughput, sync and async, against pgbackrest archive-push).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -34,7 +35,7 @@ import {
   type BenchData,
 } from './bench-data.js';
 
-const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,cipher,s3,scanner').split(',');
+const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,cipher,s3,archive,scanner').split(',');
 
 interface Row {
   label: string;
@@ -230,6 +231,10 @@ async function main(): Promise<void> {
       await fx.destroy();
       removeTree(work);
     }
+  }
+  if (PARTS.includes('archive')) {
+    const { archiveBench } = await import('./archive-bench.js');
+    await archiveBench();
   }
   if (PARTS.includes('scanner')) {
     const r = spawnSync(process.execPath, [join(REPO_ROOT, 'dist', 'bench', 'scanner-bench.js')], { stdio: 'inherit' });

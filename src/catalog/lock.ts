@@ -421,3 +421,9 @@ export async function serverLockHolder(serverDir: string): Promise<LockHolder | 
   const holder = await readHolder(join(serverDir, `${SERVER_LOCK_NAME}.lock`));
   return holder && (await identityAlive(holder.pid, holder.procStart)) ? holder : undefined;
 }
+
+/** The live holder of `<dir>/<name>.lock`, if any (the asynchronous archiver's lock: is one running?). */
+export async function liveLockHolder(dir: string, name: string): Promise<LockHolder | undefined> {
+  const holder = await readHolder(join(dir, `${name}.lock`));
+  return holder && (await identityAlive(holder.pid, holder.procStart)) ? holder : undefined;
+}

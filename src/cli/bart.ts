@@ -25,6 +25,7 @@ const SUBCOMMANDS = [
   'DELETE',
   'ARCHIVE-PUSH',
   'ARCHIVE-GET',
+  'ARCHIVER',
 ];
 
 /** Parses BART-style boolean words (true/false, on/off, yes/no, 1/0) of an option. */
@@ -272,12 +273,23 @@ function buildProgram(): Command {
     .command('ARCHIVE-GET')
     .description('fetch one WAL file from the archive (for restore_command)')
     .option('-s, --server <name>', 'server name')
+    .addOption(new Option('--prefetch-segment-size <bytes>').hideHelp())
     .argument('<walfile>', 'WAL file name (%f)')
     .argument('<destination>', 'where to write it (%p), or - for standard output')
-    .action(async (walfile: string, destination: string, o: { server?: string }) => {
+    .action(async (walfile: string, destination: string, o: { server?: string; prefetchSegmentSize?: string }) => {
       await withContext(program, async (ctx) =>
         (await import('../commands/archive-get.js')).archiveGet(ctx, o, walfile, destination),
       );
+    });
+
+  program
+    .command('ARCHIVER')
+    .description('push the queued WAL of a server with archive_async = on (started by ARCHIVE-PUSH; exits when idle)')
+    .option('-s, --server <name>', 'server name')
+    .option('--wal-dir <dir>', "the server's pg_wal on this host: push files marked .ready before PostgreSQL asks")
+    .option('--idle-ms <ms>', 'exit after this long with nothing to do (default 10000)')
+    .action(async (o: { server?: string; walDir?: string; idleMs?: string }) => {
+      await withContext(program, async (ctx) => (await import('../commands/archive-async.js')).archiverCommand(ctx, o));
     });
 
   return program;

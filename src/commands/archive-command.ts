@@ -1,5 +1,6 @@
 // Archive command: the archive_command INIT sets and CHECK-CONFIG expects, template expanded.
 
+import { spoolPaths } from '../archive/async-spool.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { openWalArchive } from '../storage/open-repository.js';
 import { bartScriptPath } from '../util/bart-binary.js';
@@ -31,6 +32,22 @@ function bartWords(config: BartConfig, server: ServerConfig, command: string): s
 }
 
 /**
+ * archive_async = on, local server: a `sh` test before ARCHIVE-PUSH, so that a segment the archiver
+ * already pushed from pg_wal is acknowledged without starting Node. It succeeds only when the done
+ * marker (written after the push was durable, archive/async-spool.ts) is non-empty and equals the
+ * identity of %p now (device, inode, size, mtime in ns: a file re-written or recycled under the name
+ * differs); the marker is removed as the segment is acknowledged. Anything else runs ARCHIVE-PUSH,
+ * which queues the segment durably. `%` of the stat format is doubled for PostgreSQL.
+ */
+function asyncFastPath(config: BartConfig, server: ServerConfig, push: string): string {
+  const marker = `${quoteForPostgresCommand(spoolPaths(config, server).done)}/%f`;
+  return (
+    `m=${marker}; [ -s "$m" ] && [ "$(stat -c '%%d %%i %%s %%.9Y' %p 2>/dev/null)" = "$(cat "$m" 2>/dev/null)" ] ` +
+    `&& rm -f "$m" || ${push}`
+  );
+}
+
+/**
  * Expands BART's archive_command template: `%h` = bart_host (user@host), `%a` = the server's archive
  * path; `%p`, `%f`, `%r` and `%%` are left for PostgreSQL. Both are shell-quoted (and `%` doubled)
  * when they hold anything the shell would interpret, since PostgreSQL runs the command with /bin/sh:
@@ -55,8 +72,10 @@ export function expandArchiveTemplate(template: string, config: BartConfig, serv
  */
 export function expectedArchiveCommand(config: BartConfig, server: ServerConfig): string {
   if (server.archiveCommand !== undefined) return expandArchiveTemplate(server.archiveCommand, config, server);
-  if (archivesLocally(config, server))
-    return [...bartWords(config, server, 'ARCHIVE-PUSH').map(quoteForPostgresCommand), '%p'].join(' ');
+  if (archivesLocally(config, server)) {
+    const push = [...bartWords(config, server, 'ARCHIVE-PUSH').map(quoteForPostgresCommand), '%p'].join(' ');
+    return server.archiveAsync ? asyncFastPath(config, server, push) : push;
+  }
   if (archiveNeedsPush(config, server)) {
     // ssh hands its command to the BART user's shell: each word quoted for it, then the whole
     // quoted once more for the shell PostgreSQL runs. %f stays outside (24 hex digits, or a

@@ -1,6 +1,7 @@
 // Command: ARCHIVE-PUSH, one WAL file stored in the archive for archive_command (a local path, or stdin over ssh).
 
 import { basename, join } from 'node:path';
+import { pushAsync } from '../archive/async-push.js';
 import { mapSpooledSegments, mapsAtPush, mbmSpoolDir, prepareSpool } from '../archive/push-mbm.js';
 import { pushWalFile, pushWalStream } from '../archive/wal-archive.js';
 import { openWalArchive } from '../storage/open-repository.js';
@@ -26,6 +27,12 @@ export interface ArchivePushOptions {
  */
 export async function archivePush(ctx: CommandContext, options: ArchivePushOptions, arg: string): Promise<number> {
   const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-PUSH');
+  if (server.archiveAsync) {
+    // archive_async = on: queued durably on this host, pushed by the archiver (archive/async-push.ts).
+    const outcome = await pushAsync(ctx.config, server, arg, options.stdin === true);
+    log.fileOnly('INFO', `WAL file "${arg}" ${outcome} for asynchronous archiving of server "${server.name}"`);
+    return 0;
+  }
   const archive = openWalArchive(ctx.config, server);
   try {
     const name = options.stdin ? arg : basename(arg);

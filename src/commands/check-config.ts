@@ -27,6 +27,9 @@ import { errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
 import { shellQuote } from '../util/shell-quote.js';
+import { ARCHIVER_LOCK } from '../archive/async-archiver.js';
+import { queuedFiles, readLastError, spoolPaths } from '../archive/async-spool.js';
+import { liveLockHolder } from '../catalog/lock.js';
 import { archiveNeedsPush, archivesLocally, bartScriptPath, expectedArchiveCommand } from './archive-command.js';
 import { openWalArchive } from '../storage/open-repository.js';
 import { selectServers, type CommandContext } from './context.js';
@@ -386,6 +389,9 @@ async function checkServerWithConnection(
     }
   });
 
+  if (server.archiveAsync) {
+    await report.run('asynchronous archiving (archive_async = on)', async () => checkAsyncSpool(config, server));
+  }
   if (server.allowIncrementalBackups) {
     await report.run('bart-scanner is configured and running', async () => checkScannerRunning(config, server));
   }
@@ -394,6 +400,23 @@ async function checkServerWithConnection(
       `archive_command for server "${server.name}" is expected to copy WAL to ${config.global.bartHost.user}@${config.global.bartHost.host}:${server.archivePath} (e.g. '${expected}')`,
     );
   }
+}
+
+/**
+ * The asynchronous archiver's state: a recorded failure is a failed check (WAL waits in the spool,
+ * and once it is full, in pg_wal), naming the error and what is queued.
+ */
+async function checkAsyncSpool(config: BartConfig, server: ServerConfig): Promise<string> {
+  const paths = spoolPaths(config, server);
+  const queued = await queuedFiles(paths);
+  const last = await readLastError(paths);
+  const holder = await liveLockHolder(paths.root, ARCHIVER_LOCK);
+  const state = `${queued.length} of at most ${server.archiveAsyncQueueMax} files queued in "${paths.queue}", archiver ${holder !== undefined ? `running (pid ${holder.pid})` : 'not running'}`;
+  if (last !== undefined)
+    throw new CheckFailed(
+      `the WAL archiver failed: ${last} (${state}); fix the cause, then the next archive_command (or "bart ARCHIVER -s ${server.name}") pushes the queue`,
+    );
+  return state;
 }
 
 /**

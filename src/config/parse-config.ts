@@ -54,6 +54,11 @@ const PARAMETERS: Record<string, Scope> = {
   // pgbart extensions: encryption at rest (src/storage/encryption/), in [BART] or per server.
   repository_cipher: 'both',
   repository_cipher_pass_file: 'both',
+  // pgbart extensions: asynchronous WAL archiving (src/archive/async-*.ts).
+  archive_async: 'both',
+  archive_async_workers: 'both',
+  archive_async_queue_max: 'both',
+  spool_path: 'global',
   host: 'server',
   port: 'server',
   user: 'server',
@@ -81,6 +86,9 @@ const OVERRIDABLE_DEFAULTS: OverridableSettings = {
   workers: 1,
   retentionRequiresVerifiedRestore: false,
   repositoryCipher: 'none',
+  archiveAsync: false,
+  archiveAsyncWorkers: 2,
+  archiveAsyncQueueMax: 64,
 };
 
 /** Reads and validates a bart.cfg; every problem is a BartError naming `file:line`. */
@@ -304,7 +312,23 @@ function parseOverridable(section: RawSection, base: OverridableSettings, at: At
       path: parsePath(passFile, 'repository_cipher_pass_file', at),
       at: at(passFile.line),
     };
+  const aa = e.get('archive_async');
+  if (aa) out.archiveAsync = parseOnOff(aa, 'archive_async', at);
+  const aw = e.get('archive_async_workers');
+  if (aw) out.archiveAsyncWorkers = parseInteger(aw, 'archive_async_workers', 1, 32, at);
+  const aq = e.get('archive_async_queue_max');
+  if (aq) out.archiveAsyncQueueMax = parseInteger(aq, 'archive_async_queue_max', 1, 100000, at);
   return out;
+}
+
+/** on/off, also spelled enabled/disabled like BART's own switches. */
+function parseOnOff(entry: RawEntry, key: string, at: At): boolean {
+  const v = entry.value.toLowerCase();
+  if (v === 'on' || v === 'enabled') return true;
+  if (v === 'off' || v === 'disabled') return false;
+  throw new BartError(
+    `${at(entry.line)}: ${key} = "${entry.value}" is invalid: allowed values are on and off (or enabled and disabled)`,
+  );
 }
 
 function required(section: RawSection, key: string, file: string, what: string): RawEntry {
@@ -353,6 +377,7 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
       ? { bartSocketDirectory: parsePath(e.get('bart_socket_directory')!, 'bart_socket_directory', at) }
       : {}),
     ...(socketName ? { bartSocketName: socketName.value } : {}),
+    ...(e.get('spool_path') ? { spoolPath: parsePath(e.get('spool_path')!, 'spool_path', at) } : {}),
     repositoryDefaults,
     ...(s3Repository !== undefined ? { s3Repository } : {}),
   };

@@ -53,6 +53,18 @@ export interface OverridableSettings {
    * user); unset: the BART_CIPHER_PASS environment variable.
    */
   repositoryCipherPassFile?: ConfiguredPath;
+  /**
+   * archive_async [pgbart]: ARCHIVE-PUSH queues the segment durably in the spool and an archiver process
+   * pushes it into the repository (src/archive/async-archiver.ts); off: every push is done in the archive_command.
+   */
+  archiveAsync: boolean;
+  /** archive_async_workers [pgbart]: segments the archiver pushes at once. */
+  archiveAsyncWorkers: number;
+  /**
+   * archive_async_queue_max [pgbart]: segments the spool holds at most; ARCHIVE-PUSH fails once it is full,
+   * so that with a failing repository WAL piles up in pg_wal (where PostgreSQL keeps it), not in the spool.
+   */
+  archiveAsyncQueueMax: number;
 }
 
 /** repository [pgbart]: where a server's catalog and WAL archive live. */
@@ -113,6 +125,11 @@ export interface GlobalConfig extends OverridableSettings {
   /** bart_socket_directory when set; unset means the private default `/tmp/bart-<uid>`. */
   bartSocketDirectory?: string;
   bartSocketName?: string;
+  /**
+   * spool_path [pgbart]: the local directory of asynchronous archiving's queues (`<spool_path>/<server>`);
+   * unset: `backup_path/<server>/archive-spool`.
+   */
+  spoolPath?: string;
   /** The repository parameters of [BART], inherited by every server (see {@link ServerConfig.repository}). */
   repositoryDefaults: RepositorySettings;
   /**
