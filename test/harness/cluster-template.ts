@@ -80,7 +80,7 @@ export function setSystemIdentifier(dataDir: string, sysid: bigint): void {
   // find the one 4-byte-aligned position where the stored CRC matches.
   let crcAt = -1;
   for (let at = 8; at + 4 <= 512; at += 4) {
-    if ((crc32c(control.subarray(0, at)) >>> 0) === control.readUInt32LE(at)) {
+    if (crc32c(control.subarray(0, at)) >>> 0 === control.readUInt32LE(at)) {
       crcAt = at;
       break;
     }
