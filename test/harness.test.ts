@@ -24,3 +24,20 @@ for (const version of versionsUnderTest()) {
     assert.equal(existsSync(dataDir), false, 'cluster directory removed');
   });
 }
+
+test('harness: clusters copied from the per-version template each have their own system identifier', async () => {
+  const version = versionsUnderTest()[0]!;
+  const sysid = 'SELECT system_identifier::text FROM pg_control_system()';
+  await withCluster({ version }, async (a) => {
+    await withCluster({ version }, async (b) => {
+      const ids = [await a.scalar(sysid), await b.scalar(sysid)];
+      assert.notEqual(ids[0], ids[1], 'two clusters share a system identifier');
+      // The WAL pages carry it too: a cluster that restarts and writes WAL accepts its own.
+      await b.query('CREATE TABLE t AS SELECT 1 AS x');
+      await b.switchWal();
+      await b.restart();
+      assert.equal(await b.scalar(sysid), ids[1]);
+      assert.equal(await b.scalar('SELECT count(*)::int FROM t'), 1);
+    });
+  });
+});

@@ -5,6 +5,7 @@ import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
+import { initCluster } from './cluster-template.js';
 import { serverBinDir } from './pg-binaries.js';
 import { makeTempDir, removeTree, runOk, testUserIds, testUserName } from './os.js';
 
@@ -72,7 +73,7 @@ export class TestCluster {
     this.ownsDataDir = ownsDataDir;
   }
 
-  /** Creates (initdb -k) and by default starts a cluster. */
+  /** Creates (initdb -k, copied from a template made once per version) and by default starts a cluster. */
   static async create(opts: ClusterOptions = {}): Promise<TestCluster> {
     installExitHook();
     const version = opts.version ?? 15;
@@ -83,11 +84,7 @@ export class TestCluster {
     live.add(cluster);
     try {
       if (!opts.dataDir) {
-        await runOk(
-          join(cluster.binDir, 'initdb'),
-          ['-k', '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C', '-D', dataDir],
-          { cwd: baseDir },
-        );
+        await initCluster(version, dataDir, baseDir);
         cluster.writeConf({
           listen_addresses: "'127.0.0.1'",
           port,

@@ -1,0 +1,5 @@
+// The incremental pitfall rows, part a (see harness/pitfall-rows.ts for why there are two files).
+
+import { registerPitfallRows } from './harness/pitfall-rows.js';
+
+registerPitfallRows('a');
