@@ -11,6 +11,7 @@ import { listedBackups } from './harness/bart.js';
 import { testUserIds } from './harness/os.js';
 import { REPO_ROOT } from './harness/pg-binaries.js';
 import { radosgwInstalled, TestS3 } from './harness/s3.js';
+import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 
 const skip = !radosgwInstalled()
   ? 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)'
@@ -32,6 +33,13 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
       .filter((n) => n.startsWith(`${PREFIX}/${SERVER}/`))
       .map((n) => n.slice(`${PREFIX}/${SERVER}/`.length))
       .sort();
+  let client: S3Client;
+  /** Multipart uploads still open below the server's root, as any S3 client sees them. */
+  const openUploads = async (): Promise<string[]> =>
+    (
+      (await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: `${PREFIX}/${SERVER}/` })))
+        .Uploads ?? []
+    ).map((u) => u.Key ?? '');
   const bart = (args: string[], env: NodeJS.ProcessEnv = {}) => fx.setup.bart(args, env);
   const ok = async (args: string[]) => {
     const r = await bart(args);
@@ -51,6 +59,7 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
   before(async () => {
     s3 = await TestS3.start();
     await s3.createBucket(bucket);
+    client = new S3Client({ ...s3.clientConfig() });
     fx = await createBackupFixture({
       server: SERVER,
       globalExtra: {
@@ -76,6 +85,7 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
   });
 
   after(async () => {
+    client?.destroy();
     await fx?.destroy();
     await s3?.stop();
   });
@@ -205,7 +215,7 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
 
   for (const format of ['tar', 'plain'] as const) {
     const title = `SIGTERM in the middle of a ${format} backup: it stops writing, removes what it wrote from the bucket and exits`;
-    test(title, async () => {
+    test(title, async (t) => {
       // Enough incompressible data that the copy takes a while.
       await bigTable();
       const before_ = await objects();
@@ -246,12 +256,16 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
         [],
         'nothing of the interrupted backup is left in the bucket',
       );
-      const raw = (await s3.bucketEntries(bucket)).map((e) => e.name);
       assert.deepEqual(
-        raw.filter((n) => n.includes(`/${id}/`) || n.includes(`/${id}.`)),
+        (await openUploads()).filter((k) => k.includes(`/${id}/`) || k.includes(`/${id}.`)),
         [],
         'no multipart upload of it left open either',
       );
+      // radosgw's own index may keep an entry of a part whose upload was cut off mid-request (the fence stops
+      // requests in flight); it is radosgw's garbage, not an open upload: reported, not asserted (as below).
+      const raw = (await s3.bucketEntries(bucket)).map((e) => e.name);
+      const stale = raw.filter((n) => n.includes('_multipart_') && (n.includes(`/${id}/`) || n.includes(`/${id}.`)));
+      if (stale.length > 0) t.diagnostic(`radosgw index entries of the cut-off part upload: ${stale.length}`);
       assert.deepEqual(
         after_.filter((n) => !n.startsWith('archived_wals/')),
         before_.filter((n) => !n.startsWith('archived_wals/')),
