@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BackupFixture } from '../test/harness/backup-fixture.js';
+import { REPO_ROOT } from '../test/harness/pg-binaries.js';
 import { pgbenchInit } from '../test/harness/load.js';
 import { removeTree, runOk, testUserIds } from '../test/harness/os.js';
 
@@ -40,6 +41,20 @@ export async function timed(fn: () => Promise<unknown>): Promise<number> {
  */
 export async function dropCaches(): Promise<void> {
   await runOk('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches'], { asTestUser: false });
+}
+
+/**
+ * Writes a benchmark's results to `bench/results/<date>-<part>.md` (`-pgbart-only` added when the peers were skipped
+ * and `comparesPeers`) and says where; returns the path.
+ */
+export function writeResults(part: string, lines: string[], comparesPeers = true): string {
+  const date = new Date().toISOString().slice(0, 10);
+  const dir = join(REPO_ROOT, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const out = join(dir, `${date}-${part}${comparesPeers && BENCH.onlyPgbart ? '-pgbart-only' : ''}.md`);
+  writeFileSync(out, lines.join('\n'));
+  console.log(`results written to ${out}`);
+  return out;
 }
 
 /** Bytes under a path. */

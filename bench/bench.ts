@@ -17,7 +17,7 @@
  * `archive` is bench/archive-bench.ts: WAL archiving throughput, sync and async, against pgbackrest archive-push).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
@@ -32,6 +32,7 @@ import {
   machineDescription,
   setupPgbackrest,
   timed,
+  writeResults,
   type BenchData,
 } from './bench-data.js';
 
@@ -180,10 +181,7 @@ async function backupBench(
     ...rows.filter((r) => r.pgbartPhases).map((r) => `- ${r.cache}, ${r.label}: ${r.pgbartPhases}`),
     '',
   ];
-  mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
-  const out = join(REPO_ROOT, 'bench', 'results', `${date}-backup${BENCH.onlyPgbart ? '-pgbart-only' : ''}.md`);
-  writeFileSync(out, lines.join('\n'));
-  console.log(`results written to ${out}`);
+  writeResults('backup', lines);
 }
 
 async function main(): Promise<void> {

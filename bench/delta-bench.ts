@@ -10,12 +10,11 @@
  * Environment: as bench.ts (BENCH_SCALE, BENCH_PG, BENCH_ONLY=pgbart to skip pgbackrest).
  */
 import { randomBytes } from 'node:crypto';
-import { chownSync, closeSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { chownSync, closeSync, mkdirSync, openSync, readdirSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
-import { REPO_ROOT } from '../test/harness/pg-binaries.js';
 import { removeTree, testUserIds } from '../test/harness/os.js';
-import { BENCH, machineDescription, setupPgbackrest, timed, type BenchData } from './bench-data.js';
+import { BENCH, machineDescription, setupPgbackrest, timed, writeResults, type BenchData } from './bench-data.js';
 
 interface Row {
   label: string;
@@ -139,8 +138,5 @@ export async function deltaBench(fx: BackupFixture, work: string, data: BenchDat
     ...rows.map((r) => `| ${r.label} | ${r.seconds.toFixed(2)} | ${r.note ?? ''} |`),
     '',
   ];
-  mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
-  const out = join(REPO_ROOT, 'bench', 'results', `${date}-delta${BENCH.onlyPgbart ? '-pgbart-only' : ''}.md`);
-  writeFileSync(out, lines.join('\n'));
-  console.log(`results written to ${out}`);
+  writeResults('delta', lines);
 }

@@ -8,12 +8,11 @@
  * Targets (issue 6): time ≤ 10% of the full's, size ≤ 3% of the full's.
  */
 import { PosixStorage } from '../src/storage/posix/posix-storage.js';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readManifest } from '../src/catalog/manifest.js';
 import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
-import { REPO_ROOT } from '../test/harness/pg-binaries.js';
-import { BENCH, du, machineDescription, setupPgbackrest, timed, type BenchData } from './bench-data.js';
+import { BENCH, du, machineDescription, setupPgbackrest, timed, writeResults, type BenchData } from './bench-data.js';
 
 /** Stored bytes of a backup's files, WAL excluded (from its manifest). */
 async function dataBytes(dir: string): Promise<number> {
@@ -102,11 +101,8 @@ export async function incrementalBench(fx: BackupFixture, work: string, data: Be
     `Targets: time ≤ 10% of the full's (${incrTime <= fullTime * 0.1 ? 'met' : 'NOT met'}), size ≤ 3% of the full's (${incrData <= fullData * 0.03 ? 'met' : 'NOT met'}).`,
     '',
   ];
-  mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
-  const out = join(REPO_ROOT, 'bench', 'results', `${date}-incremental${BENCH.onlyPgbart ? '-pgbart-only' : ''}.md`);
-  writeFileSync(out, lines.join('\n'));
   console.log(lines.join('\n'));
-  console.log(`results written to ${out}`);
+  writeResults('incremental', lines);
 }
 
 /** Standalone: `node dist/bench/incremental-bench.js` (BENCH_SCALE, BENCH_PG, BENCH_ONLY as for npm run bench). */

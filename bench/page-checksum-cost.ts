@@ -7,13 +7,19 @@
  * `node dist/bench/page-checksum-cost.js` loads a ~1 GB cluster (BENCH_SCALE default 33) first.
  * Environment: BENCH_ROUNDS (default 3), BENCH_PG.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
 import { REPO_ROOT } from '../test/harness/pg-binaries.js';
 import { removeTree, run, runOk, testUserIds } from '../test/harness/os.js';
-import { BENCH, BENCH_CLUSTER_CONF, loadBenchData, machineDescription, type BenchData } from './bench-data.js';
+import {
+  BENCH,
+  BENCH_CLUSTER_CONF,
+  loadBenchData,
+  machineDescription,
+  writeResults,
+  type BenchData,
+} from './bench-data.js';
 
 /** One measured case: best wall-clock and best CPU (user + system) seconds of the bart process. */
 interface CostRow {
@@ -97,10 +103,7 @@ export async function pageCheckCost(
     }),
     '',
   ];
-  mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
-  const out = join(REPO_ROOT, 'bench', 'results', `${date}-pagecheck.md`);
-  writeFileSync(out, lines.join('\n'));
-  console.log(`results written to ${out}`);
+  writeResults('pagecheck', lines, false);
   return rows;
 }
 

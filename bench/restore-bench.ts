@@ -13,12 +13,21 @@
  * Environment: BENCH_SCALE (pgbench scale, default 100 ≈ 1.5 GB, plus the same size of random data),
  * BENCH_PG (major version, default 15), BENCH_ONLY=pgbart to skip the peers.
  */
-import { chownSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
-import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
+import { clientTool } from '../test/harness/pg-binaries.js';
 import { removeTree, runOk, testUserIds } from '../test/harness/os.js';
-import { BENCH, dropCaches, du, machineDescription, setupPgbackrest, timed, type BenchData } from './bench-data.js';
+import {
+  BENCH,
+  dropCaches,
+  du,
+  machineDescription,
+  setupPgbackrest,
+  timed,
+  writeResults,
+  type BenchData,
+} from './bench-data.js';
 
 interface Row {
   label: string;
@@ -176,10 +185,7 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     ...rows.filter((r) => r.phases).map((r) => `- ${r.cache}, ${r.label}: ${r.phases}`),
     '',
   ];
-  mkdirSync(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
-  const out = join(REPO_ROOT, 'bench', 'results', `${date}-restore${BENCH.onlyPgbart ? '-pgbart-only' : ''}.md`);
-  writeFileSync(out, lines.join('\n'));
-  console.log(`results written to ${out}`);
+  writeResults('restore', lines);
 }
 
 // Run alone with: BENCH_PARTS=restore npm run bench
