@@ -13,8 +13,10 @@
  * (bench/scanner-bench.ts, <date>-scanner.md).
  *
  * Environment: BENCH_SCALE (pgbench scale, default 100), BENCH_PG (major version, default 15),
- * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,cipher,s3,archive,scanner`;
- * `archive` is bench/archive-bench.ts: WAL archiving throughput, sync and async, against pgbackrest archive-push).
+ * BENCH_ONLY=pgbart to skip the peers, BENCH_PARTS (default `backup,restore,delta,pagecheck,cipher,s3,archive,replay,scanner`;
+ * `archive` is bench/archive-bench.ts: WAL archiving throughput, sync and async, against pgbackrest archive-push;
+ * `replay` is bench/replay-bench.ts: a PITR restore replaying BENCH_REPLAY_GB (default 5) GB of archived WAL against
+ * pgBackRest's async archive-get).
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -36,7 +38,7 @@ import {
   type BenchData,
 } from './bench-data.js';
 
-const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,cipher,s3,archive,scanner').split(',');
+const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,cipher,s3,archive,replay,scanner').split(',');
 
 interface Row {
   label: string;
@@ -233,6 +235,10 @@ async function main(): Promise<void> {
   if (PARTS.includes('archive')) {
     const { archiveBench } = await import('./archive-bench.js');
     await archiveBench();
+  }
+  if (PARTS.includes('replay')) {
+    const { replayBench } = await import('./replay-bench.js');
+    await replayBench();
   }
   if (PARTS.includes('scanner')) {
     const r = spawnSync(process.execPath, [join(REPO_ROOT, 'dist', 'bench', 'scanner-bench.js')], { stdio: 'inherit' });
