@@ -13,6 +13,7 @@ import { bartScriptPath } from '../util/bart-binary.js';
 import { errorMessage } from '../util/errors.js';
 import { ensureDir, fsyncDir, tempSibling, writeFileAtomic } from '../util/fs-atomic.js';
 import { log } from '../util/log.js';
+import { quoteForPostgresCommand } from '../util/shell-quote.js';
 import { parseArchiveFileName, segmentName, segmentNumberFromName, timelineFromName } from '../wal/segment-name.js';
 import { spoolPaths } from './async-spool.js';
 import { getWalFile } from './wal-archive.js';
@@ -20,6 +21,14 @@ import { getWalFile } from './wal-archive.js';
 /** Segments fetched ahead of the one recovery asks for, per worker. */
 const AHEAD_PER_WORKER = 4;
 const PREFETCH_LOCK = 'prefetch';
+/** How long a prefetcher waits for recovery to take one of its segments before it exits. */
+const IDLE_EXIT_MS = 20_000;
+/** How often a prefetcher looks whether recovery took its segments or asked for another. */
+const POLL_MS = 50;
+/** The file in the prefetch directory naming the last segment ARCHIVE-GET fetched from the archive itself. */
+const REQUESTED_FILE = 'requested';
+/** Files of a prefetched segment: the data, its provenance for ARCHIVE-GET, and its provenance for the sh fast path. */
+const PREFETCH_SUFFIXES = ['', '.meta', '.src'];
 /** Offset of xlp_seg_size in a WAL segment's long page header. */
 const XLP_SEG_SIZE_OFFSET = 32;
 
@@ -60,8 +69,7 @@ export async function servePrefetched(
     return false;
   }
   const discard = async () => {
-    await unlink(data).catch(() => undefined);
-    await unlink(meta).catch(() => undefined);
+    for (const suffix of PREFETCH_SUFFIXES) await unlink(data + suffix).catch(() => undefined);
   };
   try {
     const now = await archive.stat(provenance.key);
@@ -90,6 +98,7 @@ export async function servePrefetched(
     await rename(tmp, target);
     await fsyncDir(dirname(target));
     await unlink(meta).catch(() => undefined);
+    await unlink(`${data}.src`).catch(() => undefined);
     return true;
   } catch (err) {
     log.debug(`prefetched ${name} not served: ${errorMessage(err)}`);
@@ -150,10 +159,47 @@ export async function startPrefetch(
 }
 
 /**
- * The prefetcher: fetches the next segments after `name` on its timeline (archive_async_workers at a
- * time, AHEAD_PER_WORKER each) into the prefetch directory, each through getWalFile (temp file,
- * fsync, rename) and then its `.meta`; removes what recovery has gone past. A segment missing from
- * the archive ends the run (recovery will ask for it, and the archive has nothing beyond).
+ * Tells a running prefetcher which segment recovery asked for and ARCHIVE-GET fetched from the archive
+ * (outside its window: a new timeline, a jump): it moves its window there rather than wait to go idle.
+ */
+export async function notePrefetchRequest(config: BartConfig, server: ServerConfig, name: string): Promise<void> {
+  const dir = prefetchDir(config, server);
+  await writeFileAtomic(join(dir, REQUESTED_FILE), name).catch(() => undefined);
+}
+
+/**
+ * restore_command of a local restore with archive_async = on and a plain directory archive: a `sh` test that
+ * serves a prefetched segment without starting Node, else runs `fallback` (ARCHIVE-GET). It serves only
+ * when the segment's `.src` file (written by the prefetcher after the data was fsynced and renamed into place,
+ * and after its `.meta`) names an archive file that still has the size and modification time (ns) it had when
+ * the prefetcher read it — a segment re-archived or removed since is not served. The data is moved to %p (a
+ * rename in the same file system; PostgreSQL fsyncs what it keeps from restore_command), its provenance files
+ * removed; any failure on the way runs ARCHIVE-GET, which fetches from the archive. `%` doubled for PostgreSQL.
+ */
+export function prefetchRestoreFastPath(config: BartConfig, server: ServerConfig, fallback: string): string {
+  const file = `${quoteForPostgresCommand(prefetchDir(config, server))}/%f`;
+  return (
+    `f=${file}; [ -s "$f.src" ] && ` +
+    `[ "$(stat -c '%%s %%.9Y' -- "$(head -n 1 "$f.src")" 2>/dev/null)" = "$(tail -n 1 "$f.src")" ] && ` +
+    `mv -f -- "$f" %p && rm -f -- "$f.meta" "$f.src" || ${fallback}`
+  );
+}
+
+/** The `.src` text of a prefetched segment: the archive file's absolute path, then `size seconds.nanoseconds`. */
+async function sourceIdentity(path: string): Promise<string> {
+  const st = await stat(path, { bigint: true });
+  const ns = st.mtimeNs;
+  return `${path}\n${st.size} ${ns / 1_000_000_000n}.${(ns % 1_000_000_000n).toString().padStart(9, '0')}\n`;
+}
+
+/**
+ * The prefetcher: keeps the archive_async_workers × AHEAD_PER_WORKER segments after the one recovery last took
+ * on its timeline in the prefetch directory, each fetched through getWalFile (temp file, fsync, rename), then its
+ * `.meta` and (plain directory archive) its `.src`. It stays while recovery takes them — ARCHIVE-GET or the sh fast
+ * path moves a segment away, the window slides on — and exits after IDLE_EXIT_MS without any taken, when a segment
+ * is missing from the archive (recovery will ask for it, and the archive has nothing beyond), or on an error. When
+ * ARCHIVE-GET had to fetch a segment outside the window itself (REQUESTED_FILE), the window moves there. Files
+ * outside the window are removed.
  */
 export async function runPrefetch(
   config: BartConfig,
@@ -171,45 +217,96 @@ export async function runPrefetch(
   }
   const archive = openWalArchive(config, server);
   try {
-    const timeline = timelineFromName(name);
-    const first = segmentNumberFromName(name, segmentSize) + 1n;
     const count = server.archiveAsyncWorkers * AHEAD_PER_WORKER;
-    const wanted = Array.from({ length: count }, (_, i) => segmentName(timeline, first + BigInt(i), segmentSize));
-    const keep = new Set(wanted.flatMap((n) => [n, `${n}.meta`]));
-    for (const entry of await readdir(dir)) {
-      if (parseArchiveFileName(entry.replace(/\.meta$/, '')) !== undefined && !keep.has(entry))
-        await unlink(join(dir, entry)).catch(() => undefined);
-    }
-    let next = 0;
-    let missing = false;
-    const lane = async () => {
-      while (!missing && next < wanted.length) {
-        const seg = wanted[next++]!;
-        const data = join(dir, seg);
-        if ((await stat(`${data}.meta`).catch(() => undefined)) !== undefined) continue;
-        try {
-          const key = await findArchived(archive, seg);
-          const st = key !== undefined ? await archive.stat(key) : undefined;
-          if (key === undefined || st === undefined) {
-            missing = true;
-            return;
-          }
-          await unlink(data).catch(() => undefined);
-          if ((await getWalFile(archive, seg, data)) === 'missing') {
-            missing = true;
-            return;
-          }
-          const provenance: Provenance = { key, size: st.size, modified: st.modified.getTime() };
-          await writeFileAtomic(`${data}.meta`, JSON.stringify(provenance));
-        } catch (err) {
-          log.debug(`prefetch of ${seg} failed: ${errorMessage(err)}`);
-          missing = true;
-        }
+    let timeline = timelineFromName(name);
+    let taken = segmentNumberFromName(name, segmentSize);
+    let requested = await readFile(join(dir, REQUESTED_FILE), 'utf8').catch(() => '');
+    let lastProgress = Date.now();
+    for (;;) {
+      const wanted = Array.from({ length: count }, (_, i) =>
+        segmentName(timeline, taken + 1n + BigInt(i), segmentSize),
+      );
+      const keep = new Set(wanted.flatMap((n) => PREFETCH_SUFFIXES.map((suffix) => n + suffix)));
+      for (const entry of await readdir(dir)) {
+        if (parseArchiveFileName(entry.replace(/\.(meta|src)$/, '')) !== undefined && !keep.has(entry))
+          await unlink(join(dir, entry)).catch(() => undefined);
       }
-    };
-    await Promise.all(Array.from({ length: server.archiveAsyncWorkers }, lane));
+      if ((await fetchWindow(archive, dir, wanted, server.archiveAsyncWorkers)) === 'missing') return;
+      // Wait until recovery takes the first segment of the window, asks for another, or goes quiet.
+      for (;;) {
+        await new Promise((r) => setTimeout(r, POLL_MS));
+        const nowRequested = await readFile(join(dir, REQUESTED_FILE), 'utf8').catch(() => '');
+        if (nowRequested !== requested && parseArchiveFileName(nowRequested)?.kind === 'segment') {
+          requested = nowRequested;
+          timeline = timelineFromName(nowRequested);
+          taken = segmentNumberFromName(nowRequested, segmentSize);
+          lastProgress = Date.now();
+          break;
+        }
+        let firstPresent = wanted.length;
+        for (let i = 0; i < wanted.length; i++) {
+          if ((await stat(join(dir, wanted[i]!)).catch(() => undefined)) !== undefined) {
+            firstPresent = i;
+            break;
+          }
+        }
+        if (firstPresent > 0) {
+          taken += BigInt(firstPresent);
+          lastProgress = Date.now();
+          break;
+        }
+        if (Date.now() - lastProgress > IDLE_EXIT_MS) return;
+      }
+    }
+  } catch (err) {
+    log.debug(`prefetch ended: ${errorMessage(err)}`);
   } finally {
     await lock.release();
     await archive.close().catch(() => undefined);
   }
+}
+
+/**
+ * Fetches the segments of `wanted` not yet in `dir`, `lanes` at a time; 'missing' when one is not in the archive
+ * or cannot be fetched (the rest of the window is not fetched then).
+ */
+async function fetchWindow(
+  archive: RepositoryStorage,
+  dir: string,
+  wanted: string[],
+  lanes: number,
+): Promise<'complete' | 'missing'> {
+  let next = 0;
+  let missing = false;
+  const lane = async () => {
+    while (!missing && next < wanted.length) {
+      const seg = wanted[next++]!;
+      const data = join(dir, seg);
+      if ((await stat(`${data}.meta`).catch(() => undefined)) !== undefined) continue;
+      try {
+        const key = await findArchived(archive, seg);
+        const st = key !== undefined ? await archive.stat(key) : undefined;
+        if (key === undefined || st === undefined) {
+          missing = true;
+          return;
+        }
+        // Read before fetching: a file archived again meanwhile then fails the later comparison, never passes it.
+        const local = archive.localPath(key);
+        const source = local !== undefined ? await sourceIdentity(local) : undefined;
+        await unlink(data).catch(() => undefined);
+        if ((await getWalFile(archive, seg, data)) === 'missing') {
+          missing = true;
+          return;
+        }
+        const provenance: Provenance = { key, size: st.size, modified: st.modified.getTime() };
+        await writeFileAtomic(`${data}.meta`, JSON.stringify(provenance));
+        if (source !== undefined) await writeFileAtomic(`${data}.src`, source);
+      } catch (err) {
+        log.debug(`prefetch of ${seg} failed: ${errorMessage(err)}`);
+        missing = true;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: lanes }, lane));
+  return missing ? 'missing' : 'complete';
 }

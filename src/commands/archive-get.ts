@@ -1,7 +1,7 @@
 // Command: ARCHIVE-GET, one WAL file fetched from the archive for restore_command.
 
 import { stat } from 'node:fs/promises';
-import { runPrefetch, servePrefetched, startPrefetch } from '../archive/async-get.js';
+import { notePrefetchRequest, runPrefetch, servePrefetched, startPrefetch } from '../archive/async-get.js';
 import { getWalFile, STDOUT_DESTINATION } from '../archive/wal-archive.js';
 import { BartError } from '../util/errors.js';
 import { openWalArchive } from '../storage/open-repository.js';
@@ -53,8 +53,10 @@ export async function archiveGet(
       return 0;
     }
     const outcome = await getWalFile(archive, walfile, destination);
-    if (prefetch && outcome !== 'missing')
+    if (prefetch && outcome !== 'missing') {
+      await notePrefetchRequest(ctx.config, server, walfile);
       await startPrefetch(ctx.config, server, walfile, (await stat(destination)).size);
+    }
     if (outcome === 'missing') {
       // Not an ERROR line: recovery probes for files that do not exist on every run.
       log.info(`WAL file "${walfile}" is not in the archive of server "${server.name}" (${archive.location})`);

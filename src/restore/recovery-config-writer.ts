@@ -33,6 +33,11 @@ export interface RecoveryConfigRequest {
   archiveIsDirectory: boolean;
   /** --standby: standby.signal instead of recovery.signal. */
   standby: boolean;
+  /**
+   * Wraps a local restore_command (`ARCHIVE-GET … %f %p`, directory archive) in a faster path tried first, e.g.
+   * serving segments archive_async prefetched without starting Node; undefined: ARCHIVE-GET alone.
+   */
+  localFastPath?: (archiveGet: string) => string;
 }
 
 /** A backup of a standby carries its signal file; only what this restore asks for may remain. */
@@ -62,7 +67,9 @@ function restoreCommand(r: RecoveryConfigRequest, remote: boolean): string {
     return sshArchiveGetRestoreCommand(bartHostDest, [process.execPath, bartScript()], r.config.path, r.server.name);
   const q = shellQuoteForRestoreCommand;
   const bart = [process.execPath, bartScript()].map(q).join(' ');
-  return `${bart} -c ${q(r.config.path)} ARCHIVE-GET -s ${q(r.server.name)} %f %p`;
+  const get = `${bart} -c ${q(r.config.path)} ARCHIVE-GET -s ${q(r.server.name)} %f %p`;
+  // archive_async: segments the prefetcher holds are served by sh, without starting Node for each of them.
+  return r.localFastPath !== undefined && r.archiveIsDirectory ? r.localFastPath(get) : get;
 }
 
 /**
