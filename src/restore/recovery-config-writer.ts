@@ -68,8 +68,14 @@ function restoreCommand(r: RecoveryConfigRequest, remote: boolean): string {
   const q = shellQuoteForRestoreCommand;
   const bart = [process.execPath, bartScript()].map(q).join(' ');
   const get = `${bart} -c ${q(r.config.path)} ARCHIVE-GET -s ${q(r.server.name)} %f %p`;
+  if (!r.archiveIsDirectory) return get;
   // archive_async: segments the prefetcher holds are served by sh, without starting Node for each of them.
-  return r.localFastPath !== undefined && r.archiveIsDirectory ? r.localFastPath(get) : get;
+  if (r.localFastPath !== undefined) return r.localFastPath(get);
+  // A plain segment in the archive directory is copied by sh, as BART's restore_command did, without a Node start
+  // per segment (PostgreSQL checks the size and every record of what it is given, and fsyncs what it keeps);
+  // anything else — a .gz, a missing file, a failed copy — is ARCHIVE-GET's.
+  const archived = `${q(r.server.archivePath)}/%f`;
+  return `[ -f ${archived} ] && [ ! -L ${archived} ] && cp -- ${archived} %p || ${get}`;
 }
 
 /**
