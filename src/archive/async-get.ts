@@ -13,7 +13,6 @@ import { bartScriptPath } from '../util/bart-binary.js';
 import { errorMessage } from '../util/errors.js';
 import { ensureDir, fsyncDir, tempSibling, writeFileAtomic } from '../util/fs-atomic.js';
 import { log } from '../util/log.js';
-import { quoteForPostgresCommand } from '../util/shell-quote.js';
 import { parseArchiveFileName, segmentName, segmentNumberFromName, timelineFromName } from '../wal/segment-name.js';
 import { spoolPaths } from './async-spool.js';
 import { getWalFile } from './wal-archive.js';
@@ -27,8 +26,8 @@ const IDLE_EXIT_MS = 20_000;
 const POLL_MS = 50;
 /** The file in the prefetch directory naming the last segment ARCHIVE-GET fetched from the archive itself. */
 const REQUESTED_FILE = 'requested';
-/** Files of a prefetched segment: the data, its provenance for ARCHIVE-GET, and its provenance for the sh fast path. */
-const PREFETCH_SUFFIXES = ['', '.meta', '.src'];
+/** Files of a prefetched segment: the data and its provenance. */
+const PREFETCH_SUFFIXES = ['', '.meta'];
 /** Offset of xlp_seg_size in a WAL segment's long page header. */
 const XLP_SEG_SIZE_OFFSET = 32;
 
@@ -98,7 +97,6 @@ export async function servePrefetched(
     await rename(tmp, target);
     await fsyncDir(dirname(target));
     await unlink(meta).catch(() => undefined);
-    await unlink(`${data}.src`).catch(() => undefined);
     return true;
   } catch (err) {
     log.debug(`prefetched ${name} not served: ${errorMessage(err)}`);
@@ -168,38 +166,12 @@ export async function notePrefetchRequest(config: BartConfig, server: ServerConf
 }
 
 /**
- * restore_command of a local restore with archive_async = on and a plain directory archive: a `sh` test that
- * serves a prefetched segment without starting Node, else runs `fallback` (ARCHIVE-GET). It serves only
- * when the segment's `.src` file (written by the prefetcher after the data was fsynced and renamed into place,
- * and after its `.meta`) names an archive file that still has the size and modification time (ns) it had when
- * the prefetcher read it — a segment re-archived or removed since is not served. The data is moved to %p (a
- * rename in the same file system; PostgreSQL fsyncs what it keeps from restore_command), its provenance files
- * removed; any failure on the way runs ARCHIVE-GET, which fetches from the archive. `%` doubled for PostgreSQL.
- */
-export function prefetchRestoreFastPath(config: BartConfig, server: ServerConfig, fallback: string): string {
-  const file = `${quoteForPostgresCommand(prefetchDir(config, server))}/%f`;
-  return (
-    `f=${file}; [ -s "$f.src" ] && ` +
-    `[ "$(stat -c '%%s %%.9Y' -- "$(head -n 1 "$f.src")" 2>/dev/null)" = "$(tail -n 1 "$f.src")" ] && ` +
-    `mv -f -- "$f" %p && rm -f -- "$f.meta" "$f.src" || ${fallback}`
-  );
-}
-
-/** The `.src` text of a prefetched segment: the archive file's absolute path, then `size seconds.nanoseconds`. */
-async function sourceIdentity(path: string): Promise<string> {
-  const st = await stat(path, { bigint: true });
-  const ns = st.mtimeNs;
-  return `${path}\n${st.size} ${ns / 1_000_000_000n}.${(ns % 1_000_000_000n).toString().padStart(9, '0')}\n`;
-}
-
-/**
  * The prefetcher: keeps the archive_async_workers × AHEAD_PER_WORKER segments after the one recovery last took
  * on its timeline in the prefetch directory, each fetched through getWalFile (temp file, fsync, rename), then its
- * `.meta` and (plain directory archive) its `.src`. It stays while recovery takes them — ARCHIVE-GET or the sh fast
- * path moves a segment away, the window slides on — and exits after IDLE_EXIT_MS without any taken, when a segment
- * is missing from the archive (recovery will ask for it, and the archive has nothing beyond), or on an error. When
- * ARCHIVE-GET had to fetch a segment outside the window itself (REQUESTED_FILE), the window moves there. Files
- * outside the window are removed.
+ * `.meta`. It stays while recovery takes them — ARCHIVE-GET moves a segment away, the window slides on — and
+ * exits after IDLE_EXIT_MS without any taken, when a segment is missing from the archive (recovery will ask for
+ * it, and the archive has nothing beyond), or on an error. When ARCHIVE-GET had to fetch a segment outside the
+ * window itself (REQUESTED_FILE), the window moves there. Files outside the window are removed.
  */
 export async function runPrefetch(
   config: BartConfig,
@@ -228,7 +200,7 @@ export async function runPrefetch(
       );
       const keep = new Set(wanted.flatMap((n) => PREFETCH_SUFFIXES.map((suffix) => n + suffix)));
       for (const entry of await readdir(dir)) {
-        if (parseArchiveFileName(entry.replace(/\.(meta|src)$/, '')) !== undefined && !keep.has(entry))
+        if (parseArchiveFileName(entry.replace(/\.meta$/, '')) !== undefined && !keep.has(entry))
           await unlink(join(dir, entry)).catch(() => undefined);
       }
       if ((await fetchWindow(archive, dir, wanted, server.archiveAsyncWorkers)) === 'missing') return;
@@ -290,9 +262,6 @@ async function fetchWindow(
           missing = true;
           return;
         }
-        // Read before fetching: a file archived again meanwhile then fails the later comparison, never passes it.
-        const local = archive.localPath(key);
-        const source = local !== undefined ? await sourceIdentity(local) : undefined;
         await unlink(data).catch(() => undefined);
         if ((await getWalFile(archive, seg, data)) === 'missing') {
           missing = true;
@@ -300,7 +269,6 @@ async function fetchWindow(
         }
         const provenance: Provenance = { key, size: st.size, modified: st.modified.getTime() };
         await writeFileAtomic(`${data}.meta`, JSON.stringify(provenance));
-        if (source !== undefined) await writeFileAtomic(`${data}.src`, source);
       } catch (err) {
         log.debug(`prefetch of ${seg} failed: ${errorMessage(err)}`);
         missing = true;

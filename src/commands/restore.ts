@@ -1,7 +1,6 @@
 // Command: RESTORE, options resolved and a backup or incremental chain restored to a path, local or remote.
 
 import { resolve } from 'node:path';
-import { prefetchRestoreFastPath } from '../archive/async-get.js';
 import { openRestoreTarget } from '../hosts/restore-target-for-spec.js';
 import type { TargetOptions } from '../restore/recovery-target.js';
 import { runRestore, type RestoreRequest } from '../restore/restore.js';
@@ -67,10 +66,6 @@ function resolveRequest(ctx: CommandContext, o: RestoreOptions): RestoreRequest 
     disableChecksum: o.disableChecksum === true,
     standby: o.standby === true,
     delta: o.delta === true,
-    // archive_async: recovery is served the segments the prefetcher holds by a sh test, not a Node start each.
-    ...(server.archiveAsync
-      ? { localFastPath: (get: string) => prefetchRestoreFastPath(ctx.config, server, get) }
-      : {}),
   };
 }
 

@@ -33,11 +33,6 @@ export interface RecoveryConfigRequest {
   archiveIsDirectory: boolean;
   /** --standby: standby.signal instead of recovery.signal. */
   standby: boolean;
-  /**
-   * Wraps a local restore_command (`ARCHIVE-GET … %f %p`, directory archive) in a faster path tried first, e.g.
-   * serving segments archive_async prefetched without starting Node; undefined: ARCHIVE-GET alone.
-   */
-  localFastPath?: (archiveGet: string) => string;
 }
 
 /** A backup of a standby carries its signal file; only what this restore asks for may remain. */
@@ -69,11 +64,10 @@ function restoreCommand(r: RecoveryConfigRequest, remote: boolean): string {
   const bart = [process.execPath, bartScript()].map(q).join(' ');
   const get = `${bart} -c ${q(r.config.path)} ARCHIVE-GET -s ${q(r.server.name)} %f %p`;
   if (!r.archiveIsDirectory) return get;
-  // archive_async: segments the prefetcher holds are served by sh, without starting Node for each of them.
-  if (r.localFastPath !== undefined) return r.localFastPath(get);
   // A plain segment in the archive directory is copied by sh, as BART's restore_command did, without a Node start
   // per segment (PostgreSQL checks the size and every record of what it is given, and fsyncs what it keeps);
-  // anything else — a .gz, a missing file, a failed copy — is ARCHIVE-GET's.
+  // anything else — a .gz, a missing file, a failed copy — is ARCHIVE-GET's. Also with archive_async: measured, the
+  // copy kept replay faster than serving segments prefetched into the spool (each written and fsynced once more).
   const archived = `${q(r.server.archivePath)}/%f`;
   return `[ -f ${archived} ] && [ ! -L ${archived} ] && cp -- ${archived} %p || ${get}`;
 }

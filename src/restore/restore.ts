@@ -66,8 +66,6 @@ export interface RestoreRequest {
   standby: boolean;
   /** --delta: rewrite only what differs in an existing data directory of the same cluster. */
   delta: boolean;
-  /** See {@link RecoveryConfigRequest.localFastPath}. */
-  localFastPath?: (archiveGet: string) => string;
 }
 
 /** Settings derived from the request, the server and the backup. */
@@ -212,7 +210,6 @@ async function finishDataDirectory(
     copyWals,
     standby: req.standby,
     archiveIsDirectory,
-    ...(req.localFastPath !== undefined ? { localFastPath: req.localFastPath } : {}),
   };
   return writeRecoveryConfig(recovery, target);
 }
