@@ -28,12 +28,13 @@ export interface CompressResult {
 parentPort!.on('message', (task: CompressTask) => {
   try {
     const input = Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength);
-    const out = compressChunk(task.method, task.level, input);
-    // Copied into a buffer we can transfer (the codec's buffer may be pooled), a recycled one when it fits.
+    const out = compressChunk(task.method, task.level, input, task.out && new Uint8Array(task.out));
+    // In a buffer we can transfer (the codec's buffer may be pooled): lz4 builds its unit in the recycled one
+    // itself; other units are copied into it when they fit.
     const target =
       task.out && task.out.byteLength >= out.length ? task.out : new ArrayBuffer(Math.max(out.length, task.capacity));
     const unit = new Uint8Array(target, 0, out.length);
-    unit.set(out);
+    if (out.buffer !== target) unit.set(out);
     const value: CompressResult = { unit, data: task.data };
     const transfer = [target, task.data.buffer as ArrayBuffer];
     if (task.out && task.out !== target) transfer.push(task.out);
