@@ -21,8 +21,22 @@ export type EntrySink = (entry: ManifestFileEntry) => Promise<void>;
  */
 export const UNIT_SIZE = 1024 * 1024;
 
+/**
+ * Buffers of the compressor reused for later units (present when units are compressed in the worker pool): fresh
+ * memory costs about as much as compressing it with lz4.
+ */
+export interface UnitBuffers {
+  /** A buffer of exactly `unitSize` bytes for a unit's input, owning its whole ArrayBuffer (transferable). */
+  unitBuffer?: () => Buffer;
+  /**
+   * Takes back a stored unit that `compress` returned, once it is written and nothing refers to it any more (a
+   * storage writer keeps no reference to what it was given once write() resolved).
+   */
+  recycle?: (stored: Buffer) => void;
+}
+
 /** Settings shared by the archive writers of one backup. */
-export interface ArchiveWriterSettings {
+export interface ArchiveWriterSettings extends UnitBuffers {
   compression: CompressionMethod;
   /** Compression level (gzip/zstd); the method's default when absent. */
   level?: number;
@@ -41,9 +55,22 @@ export interface ArchiveWriterSettings {
   hashThread?: HashThread;
 }
 
-/** What {@link readPieces} feeds every byte to: a hash here, or the hash thread. */
+/**
+ * What {@link readPieces} feeds every byte to: a hash here, or the hash thread (which returns a promise only when
+ * it must wait for room).
+ */
 interface ByteSink {
   update(data: Uint8Array): unknown;
+}
+
+/**
+ * Feeds `data` to `hash`, its time counted under `checksum` (hashing here, or the copy to the hash thread) and
+ * any wait for the hash thread under `checksum wait`. Synchronous when nothing waits: no async step per piece
+ * just to time it.
+ */
+function feedHash(hash: ByteSink, data: Uint8Array): Promise<unknown> | undefined {
+  const result = phaseTimes.sync('checksum', () => hash.update(data));
+  return result instanceof Promise ? phaseTimes.wait('checksum wait', result) : undefined;
 }
 
 /**
@@ -56,10 +83,11 @@ export async function readPieces(
   pieceSize: (remaining: number) => number,
   hash: ByteSink | undefined,
   onPiece: (piece: Buffer) => Promise<void>,
+  alloc: (size: number) => Buffer = Buffer.allocUnsafe,
 ): Promise<void> {
   let eof = file === undefined;
   const readOne = async (position: number, want: number): Promise<Buffer> => {
-    const buf = Buffer.allocUnsafe(want);
+    const buf = alloc(want);
     let got = 0;
     while (!eof && got < want) {
       const n = await file!.read(buf, got, want - got, position + got);
@@ -83,10 +111,20 @@ export async function readPieces(
       pending = readOne(position, want);
       pending.catch(() => undefined); // handled when awaited; never an unhandled rejection meanwhile
     }
-    if (hash) await phaseTimes.wait('checksum', async () => hash.update(buf));
+    if (hash) {
+      const waiting = feedHash(hash, buf);
+      if (waiting) await waiting;
+    }
     await onPiece(buf);
   }
 }
+
+/**
+ * Bytes given whole up to this size are hashed on the calling thread, not in the hash thread: SHA-256 of 64 KiB
+ * takes ~40 µs here, about what the four messages of a hand-over cost (update, hashed, digest and its answer,
+ * each waking a thread); most files of a cluster are this small.
+ */
+const HASH_HERE_MAX = 64 * 1024;
 
 /**
  * Reads an entry's `size` bytes of content into `onPiece`: bytes given whole are passed on as they
@@ -103,23 +141,36 @@ export async function readEntryContent(
   pieceSize: (remaining: number) => number,
   onPiece: (piece: Buffer) => Promise<void>,
   hashThread?: HashThread,
+  alloc?: (size: number) => Buffer,
 ): Promise<{ checksum: Promise<string | undefined> }> {
-  const offloaded = hashThread && checksum !== 'NONE' ? hashThread.open() : undefined;
+  // Small bytes given whole are hashed here: their hash costs less than the messages that hand them over.
+  const small = content !== undefined && 'data' in content && content.data.length <= HASH_HERE_MAX;
+  const offloaded = hashThread && checksum !== 'NONE' && !small ? hashThread.open() : undefined;
   const local = offloaded ? undefined : createChecksum(checksum);
   const hash: ByteSink | undefined = offloaded ?? local;
   const pages = content?.pages;
   const verifier = pages?.checker.verifier(pages.target);
   if (content && 'data' in content) {
-    if (hash) await phaseTimes.wait('checksum', async () => hash.update(content.data));
+    if (hash) {
+      const waiting = feedHash(hash, content.data);
+      if (waiting) await waiting;
+    }
     if (verifier) phaseTimes.sync('page verify', () => verifier.update(content.data));
     await onPiece(content.data);
   } else {
     const file = content ? await content.host.open(content.path) : undefined;
     try {
-      await readPieces(file, size, pieceSize, hash, async (piece) => {
-        if (verifier) phaseTimes.sync('page verify', () => verifier.update(piece));
-        await onPiece(piece);
-      });
+      await readPieces(
+        file,
+        size,
+        pieceSize,
+        hash,
+        async (piece) => {
+          if (verifier) phaseTimes.sync('page verify', () => verifier.update(piece));
+          await onPiece(piece);
+        },
+        alloc,
+      );
     } finally {
       await file?.close();
     }
@@ -128,6 +179,13 @@ export async function readEntryContent(
   const digest = offloaded ? offloaded.digest() : Promise.resolve(local?.digest('hex'));
   digest.catch(() => undefined); // awaited by the writer later; never an unhandled rejection meanwhile
   return { checksum: digest };
+}
+
+/** Allocates read buffers, a reused unit buffer for a whole unit when the settings have them. */
+export function pieceAllocator(settings: ArchiveWriterSettings): ((size: number) => Buffer) | undefined {
+  const { unitBuffer, unitSize } = settings;
+  if (!unitBuffer) return undefined;
+  return (size) => (size === unitSize ? unitBuffer() : Buffer.allocUnsafe(size));
 }
 
 /** Manifest entry for a host entry (without checksum or offsets). */

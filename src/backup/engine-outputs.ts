@@ -4,12 +4,14 @@ import { MANIFEST_FILE, PLAIN_BASE_DIR, tarName } from '../catalog/layout.js';
 import { hashName, ManifestWriter } from '../catalog/manifest.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { compressionExtension } from '../storage/compression.js';
+import type { CompressResult } from '../storage/compress-worker.js';
 import type { FileCopyResult, FileCopyTask } from '../storage/file-copy-worker.js';
 import { joinKey } from '../storage/storage.js';
 import { HashThread } from './hash-thread.js';
 import { WorkerPool } from '../util/worker-pool.js';
 import { UNIT_SIZE, type ArchiveWriter, type ArchiveWriterSettings, type EntrySink } from './archive-writer.js';
-import { finishBackup, poolCompressor, type BackupEnd } from './finish.js';
+import { finishBackup, type BackupEnd } from './finish.js';
+import { poolCompressor } from './pool-compressor.js';
 import { PlainArchiveWriter } from './plain-archive-writer.js';
 import { TarArchiveWriter } from './tar-archive-writer.js';
 import type { BackupContext } from './transaction.js';
@@ -55,9 +57,9 @@ export class BackupOutputs {
     const { request, server, id, storage, dataKey } = ctx;
     const pools: Closable[] = [];
     try {
-      let pool: WorkerPool<Uint8Array> | undefined;
+      let pool: WorkerPool<CompressResult> | undefined;
       if (request.compression !== 'none') {
-        pool = new WorkerPool<Uint8Array>(
+        pool = new WorkerPool<CompressResult>(
           new URL('../storage/compress-worker.js', import.meta.url),
           request.threads,
           'compress (workers)',
@@ -72,21 +74,27 @@ export class BackupOutputs {
         filePool = new WorkerPool<FileCopyResult>(url, request.threads, 'file copy (workers)');
         pools.push(filePool);
       }
-      // File checksums beside the main thread, which reads and writes (not for plain copies in the file-copy
-      // workers, which hash what they copy themselves; those of ssh hosts and S3 go through the writers).
+      // File checksums beside the main thread, which reads and writes. Not started when the file-copy workers copy
+      // every file (plain format, local host, POSIX repository: they hash what they copy themselves); then only
+      // backup_label and tablespace_map go through the writers, hashed where they are. Files of ssh hosts and on
+      // S3 go through the writers.
       const algorithm = hashName(request.checksum);
+      const workersCopyAll = filePool !== undefined && ctx.host.description === 'local';
       let hashThread: HashThread | undefined;
-      if (algorithm !== undefined) {
+      if (algorithm !== undefined && !workersCopyAll) {
         hashThread = new HashThread(algorithm);
         pools.push(hashThread);
       }
+      const maxInFlight = Math.max(2, request.threads * 2);
+      const unitSize = request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE;
       const settings: ArchiveWriterSettings = {
         compression: request.compression,
         level: request.level,
         checksum: request.checksum,
-        compress: poolCompressor(pool, request.compression, request.level),
-        maxInFlight: Math.max(2, request.threads * 2),
-        unitSize: request.format === 'tar' ? UNIT_SIZE : 4 * UNIT_SIZE,
+        // Spare buffers: as many as units can be under way (plain: two per file being written, as many files).
+        ...poolCompressor(pool, request.compression, request.level, unitSize, 2 * maxInFlight),
+        maxInFlight,
+        unitSize,
         ...(filePool ? { copyLocalFile: (task: FileCopyTask) => copyInWorker(filePool, task) } : {}),
         ...(hashThread ? { hashThread } : {}),
       };

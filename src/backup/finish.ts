@@ -13,40 +13,16 @@ import { gunzipSync } from 'node:zlib';
 import type { HostEntry } from '../hosts/data-host.js';
 import { LocalHost } from '../hosts/local/data-host.js';
 import { parseBackupLabel, type BackupLabel, type BackupStopResult } from '../postgres/backup-session.js';
-import type { CompressionMethod } from '../storage/compression.js';
-import type { CompressTask } from '../storage/compress-worker.js';
 import { parseLsn } from '../util/lsn.js';
-import type { WorkerPool } from '../util/worker-pool.js';
 import { segmentName, segmentNumberFromName } from '../wal/segment-name.js';
 import { historyFileName } from '../wal/timeline-history.js';
-import type { ArchiveWriter, UnitCompressor } from './archive-writer.js';
+import type { ArchiveWriter } from './archive-writer.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { waitForArchivedWal } from './transaction.js';
 import type { ManifestWriter } from '../catalog/manifest.js';
 import type { RepositoryStorage } from '../storage/storage.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { StoredObjectHost } from './stored-object-host.js';
-
-/**
- * Compresses units in the worker pool (or passes them through without one). A unit that owns its
- * whole ArrayBuffer is transferred to the worker as it is; others are copied first.
- */
-export function poolCompressor(
-  pool: WorkerPool<Uint8Array> | undefined,
-  method: CompressionMethod,
-  level: number,
-): UnitCompressor {
-  if (!pool) return async (unit) => unit;
-  return async (unit) => {
-    const owned =
-      unit.byteOffset === 0 &&
-      unit.byteLength === unit.buffer.byteLength &&
-      !(unit.buffer instanceof SharedArrayBuffer);
-    const copy = owned ? new Uint8Array(unit.buffer, 0, unit.byteLength) : Uint8Array.from(unit);
-    const task: CompressTask = { method, level, data: copy };
-    return Buffer.from(await pool.run(task, [copy.buffer]));
-  };
-}
 
 /** Adds backup_label (and tablespace_map, when there are tablespaces) from pg_backup_stop to the base archive. */
 export async function addStopFiles(base: ArchiveWriter, stop: BackupStopResult): Promise<BackupLabel> {

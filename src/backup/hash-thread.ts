@@ -10,8 +10,11 @@ const SLOTS = 32;
 
 /** One file's checksum being computed by the hash thread. */
 export interface StreamHash {
-  /** Hands a copy of `data` to the hash thread (waits for a free slot); the caller keeps its buffer. */
-  update(data: Uint8Array): Promise<void>;
+  /**
+   * Hands a copy of `data` to the hash thread; the caller keeps its buffer. Synchronous (undefined) when free
+   * slots took it all, else a promise that resolves once the rest is handed over (waits for free slots).
+   */
+  update(data: Uint8Array): Promise<void> | undefined;
   /** The hex digest, once every byte given before this call is hashed. Call once. */
   digest(): Promise<string>;
 }
@@ -58,14 +61,10 @@ export class HashThread {
   open(): StreamHash {
     const id = this.nextId++;
     return {
-      update: async (data) => {
-        for (let done = 0; done < data.byteLength;) {
-          const slot = await this.takeSlot();
-          const length = Math.min(SLOT_SIZE, data.byteLength - done);
-          this.memory.set(data.subarray(done, done + length), slot * SLOT_SIZE);
-          this.worker.postMessage({ op: 'update', id, slot, length } satisfies HashRequest);
-          done += length;
-        }
+      update: (data) => {
+        // No promise (and no turn of the event loop) per piece while slots are free: the usual case.
+        const done = this.handOver(id, data, 0);
+        return done === data.byteLength ? undefined : this.handOverAll(id, data, done);
       },
       digest: () => {
         if (this.failure) return Promise.reject(this.failure);
@@ -81,6 +80,29 @@ export class HashThread {
   async close(): Promise<void> {
     await this.worker.terminate();
     this.fail(new Error('file checksum thread closed'));
+  }
+
+  /** Copies `data` from `done` on into free slots while there are any; returns how far it got. */
+  private handOver(id: number, data: Uint8Array, done: number): number {
+    if (this.failure) throw this.failure;
+    while (done < data.byteLength) {
+      const slot = this.freeSlots.pop();
+      if (slot === undefined) break;
+      const length = Math.min(SLOT_SIZE, data.byteLength - done);
+      this.memory.set(data.subarray(done, done + length), slot * SLOT_SIZE);
+      this.worker.postMessage({ op: 'update', id, slot, length } satisfies HashRequest);
+      done += length;
+    }
+    return done;
+  }
+
+  /** Hands over the rest of `data`, waiting for slots as they come free. */
+  private async handOverAll(id: number, data: Uint8Array, done: number): Promise<void> {
+    while (done < data.byteLength) {
+      const slot = await this.takeSlot();
+      this.freeSlots.push(slot);
+      done = this.handOver(id, data, done);
+    }
   }
 
   private async takeSlot(): Promise<number> {

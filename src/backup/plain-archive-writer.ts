@@ -8,6 +8,7 @@ import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { hashName } from '../catalog/manifest.js';
 import {
   manifestEntryFor,
+  pieceAllocator,
   readEntryContent,
   type ArchiveWriter,
   type ArchiveWriterSettings,
@@ -103,6 +104,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
         const out = await inflight.shift()!;
         await output.write(out);
         stored += out.length;
+        this.settings.recycle?.(out);
       };
       const onPiece = async (piece: Buffer) => {
         inflight.push(this.settings.compress(piece));
@@ -119,6 +121,7 @@ export class PlainArchiveWriter implements ArchiveWriter {
           if (piece.length > 0) await onPiece(piece);
         },
         this.settings.hashThread,
+        pieceAllocator(this.settings),
       );
       checksum = await read.checksum;
       // An empty file still needs a valid (empty) compressed stream for gzip/lz4/zstd -d.

@@ -5,6 +5,7 @@ import type { StorageWriter } from '../storage/storage.js';
 import { artifactHasher, type ManifestFileEntry } from '../catalog/manifest.js';
 import {
   manifestEntryFor,
+  pieceAllocator,
   readEntryContent,
   type ArchiveWriter,
   type ArchiveWriterSettings,
@@ -43,6 +44,7 @@ export class TarArchiveWriter implements ArchiveWriter {
   private storedBytes = 0;
   private dataBytes = 0;
   private readonly artifactHash = artifactHasher();
+  private readonly alloc: ((size: number) => Buffer) | undefined;
 
   constructor(
     private readonly name: string,
@@ -50,7 +52,9 @@ export class TarArchiveWriter implements ArchiveWriter {
     private readonly output: StorageWriter,
     private readonly settings: ArchiveWriterSettings,
     private readonly sink: EntrySink,
-  ) {}
+  ) {
+    this.alloc = pieceAllocator(settings);
+  }
 
   async add(entry: HostEntry, content?: EntryContent): Promise<void> {
     const manifestEntry = manifestEntryFor(entry, this.archive);
@@ -76,6 +80,7 @@ export class TarArchiveWriter implements ArchiveWriter {
         pieceSize,
         (p) => this.pushBytes(p),
         this.settings.hashThread,
+        this.alloc,
       );
       await this.pushBytes(Buffer.alloc(tarPadding(entry.size)));
       pending.checksum = checksum;
@@ -99,13 +104,26 @@ export class TarArchiveWriter implements ArchiveWriter {
 
   private async emitUnit(): Promise<void> {
     if (this.pieceBytes === 0 && this.starts.length === 0 && this.completes.length === 0) return;
-    const data = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces, this.pieceBytes);
+    const data = this.pieces.length === 1 ? this.pieces[0]! : this.joinPieces();
     this.inflight.push({ stored: this.settings.compress(data), starts: this.starts, completes: this.completes });
     this.pieces = [];
     this.pieceBytes = 0;
     this.starts = [];
     this.completes = [];
     while (this.inflight.length >= this.settings.maxInFlight) await this.writeHead();
+  }
+
+  /** The unit's pieces as one buffer: a reused one when the unit is whole (all but the last are). */
+  private joinPieces(): Buffer {
+    if (!this.settings.unitBuffer || this.pieceBytes !== this.settings.unitSize)
+      return Buffer.concat(this.pieces, this.pieceBytes);
+    const joined = this.settings.unitBuffer();
+    let at = 0;
+    for (const piece of this.pieces) {
+      joined.set(piece, at);
+      at += piece.length;
+    }
+    return joined;
   }
 
   private async writeHead(): Promise<void> {
@@ -121,6 +139,7 @@ export class TarArchiveWriter implements ArchiveWriter {
     await phaseTimes.wait('write', this.output.write(stored));
     phaseTimes.sync('checksum', () => this.artifactHash.update(stored));
     this.storedBytes += stored.length;
+    this.settings.recycle?.(stored);
     for (const p of unit.completes) {
       const checksum = p.checksum ? await phaseTimes.wait('checksum wait', p.checksum) : undefined;
       if (checksum !== undefined) p.entry.checksum = checksum;

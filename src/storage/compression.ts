@@ -46,10 +46,11 @@ const LZ4_HEADER = (() => {
  * Compresses one chunk (at most {@link MAX_CHUNK} bytes) into a self-contained unit: a gzip member,
  * a standard LZ4 frame or a zstd frame. Concatenated units form a valid stream for the usual tools
  * (`gzip -d`, `lz4 -d`, `zstd -d`), and each unit can be decoded alone, which lets restore start
- * anywhere a unit starts.
+ * anywhere a unit starts. An lz4 unit is built in `out` when it has room (the result then lies at its start).
  */
-export function compressChunk(method: CompressionMethod, level: number, data: Buffer): Buffer {
-  if (method !== 'none' && looksIncompressible(data)) return storeChunk(method, data);
+export function compressChunk(method: CompressionMethod, level: number, data: Buffer, out?: Uint8Array): Buffer {
+  if (method !== 'none' && looksIncompressible(data))
+    return method === 'lz4' ? lz4Frame(data, true, out) : storeChunk(method, data);
   switch (method) {
     case 'none':
       return data;
@@ -62,15 +63,24 @@ export function compressChunk(method: CompressionMethod, level: number, data: Bu
       // lz4-napi block mode is fast on incompressible data (frame mode is not); we frame it ourselves.
       const block = lz4.compressSync(data).subarray(4); // drop lz4_flex's size prefix
       const stored = block.length >= data.length;
-      const payload = stored ? data : block;
-      const out = Buffer.allocUnsafe(LZ4_HEADER.length + 4 + payload.length + 4);
-      LZ4_HEADER.copy(out, 0);
-      out.writeUInt32LE((payload.length | (stored ? 0x80000000 : 0)) >>> 0, 7);
-      payload.copy(out, 11);
-      out.writeUInt32LE(0, 11 + payload.length);
-      return out;
+      return lz4Frame(stored ? data : block, stored, out);
     }
   }
+}
+
+/**
+ * An LZ4 frame of one block, `payload` (stored raw when `stored`), built at the start of `out` when it has room
+ * (a buffer the caller reuses: a fresh MiB costs about as much as compressing it), else in a new buffer.
+ */
+function lz4Frame(payload: Uint8Array, stored: boolean, out?: Uint8Array): Buffer {
+  const size = LZ4_HEADER.length + 4 + payload.length + 4;
+  const frame =
+    out && out.byteLength >= size ? Buffer.from(out.buffer, out.byteOffset, size) : Buffer.allocUnsafe(size);
+  LZ4_HEADER.copy(frame, 0);
+  frame.writeUInt32LE((payload.length | (stored ? 0x80000000 : 0)) >>> 0, 7);
+  frame.set(payload, 11);
+  frame.writeUInt32LE(0, 11 + payload.length);
+  return frame;
 }
 
 /** A Transform that decodes a stream of concatenated units of `method` (any frame/member count). */
@@ -306,16 +316,8 @@ export function looksIncompressible(data: Buffer): boolean {
 }
 
 /** The chunk as a valid unit of `method` that stores the bytes uncompressed. */
-function storeChunk(method: 'gzip' | 'lz4' | 'zstd', data: Buffer): Buffer {
+function storeChunk(method: 'gzip' | 'zstd', data: Buffer): Buffer {
   if (method === 'gzip') return gzipSync(data, { level: 0 });
-  if (method === 'lz4') {
-    const out = Buffer.allocUnsafe(LZ4_HEADER.length + 4 + data.length + 4);
-    LZ4_HEADER.copy(out, 0);
-    out.writeUInt32LE((data.length | 0x80000000) >>> 0, 7);
-    data.copy(out, 11);
-    out.writeUInt32LE(0, 11 + data.length);
-    return out;
-  }
   // zstd frame: magic, header descriptor 0 (no content size, no checksum), window 128 KiB, raw blocks.
   const BLOCK = 128 * 1024;
   const blocks = Math.max(1, Math.ceil(data.length / BLOCK));

@@ -38,6 +38,15 @@ function isMissing(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
+/** This worker's buffer for lz4 units, reused file after file: a fresh MiB costs about as much as compressing it. */
+let scratch: Uint8Array | undefined;
+
+/** A buffer with room for the unit of a `chunk`-byte piece (written out before the next piece is compressed). */
+function unitBuffer(chunk: number): Uint8Array {
+  if (!scratch || scratch.byteLength < chunk + 64 * 1024) scratch = new Uint8Array(chunk + 64 * 1024);
+  return scratch;
+}
+
 function writeAll(fd: number, data: Uint8Array): void {
   let done = 0;
   while (done < data.length) done += writeSync(fd, data, done, data.length - done);
@@ -77,7 +86,8 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
       const piece = buf.subarray(0, want);
       hash?.update(piece);
       verifier?.update(piece);
-      const out = task.method === 'none' ? piece : compressChunk(task.method, task.level, piece);
+      const out =
+        task.method === 'none' ? piece : compressChunk(task.method, task.level, piece, unitBuffer(task.chunk));
       writeAll(dst, out);
       await flushBehind.wrote(out.length);
       stored += out.length;

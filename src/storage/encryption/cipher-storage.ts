@@ -25,7 +25,7 @@ import {
   newObjectHeader,
   parseObjectHeader,
   plainSize,
-  sealChunk,
+  sealChunkInPlace,
   storedSize,
   type ObjectHeader,
 } from './cipher-format.js';
@@ -77,7 +77,7 @@ let keepAlive: NodeJS.Timeout | undefined;
 function sealInWorker(task: SealTask): Promise<SealResult> {
   sealPool ??= new WorkerPool<SealResult>(new URL('./seal-worker.js', import.meta.url), 1);
   if (sealsRunning++ === 0) keepAlive = setInterval(() => undefined, 60_000);
-  return sealPool.run(task, [task.plain.buffer as ArrayBuffer]).finally(() => {
+  return sealPool.run(task, [task.chunk.buffer as ArrayBuffer]).finally(() => {
     if (--sealsRunning === 0) clearInterval(keepAlive);
   });
 }
@@ -90,7 +90,7 @@ class EncryptingWriter implements StorageWriter {
   private headerWritten = false;
   /** Chunks being sealed in the worker, oldest first (written in this order). */
   private readonly sealing: Promise<[Buffer, Buffer]>[] = [];
-  /** Chunk buffers the worker gave back, for reuse (fresh memory costs more than the AES work). */
+  /** Chunk buffers sealed in the worker and written since, for reuse (fresh memory costs more than the AES work). */
   private readonly spare: Buffer[] = [];
 
   constructor(
@@ -139,30 +139,35 @@ class EncryptingWriter implements StorageWriter {
   /** Seals the full chunk (not the last): here for the first chunks of an object, then in the worker. */
   private async sealFull(): Promise<void> {
     if (this.index < SEAL_HERE_CHUNKS) return this.seal(false, this.chunk);
-    const plain = this.chunk;
+    const chunk = this.chunk;
     this.chunk = this.spare.pop() ?? Buffer.allocUnsafeSlow(this.header.chunkSize);
-    const task: SealTask = { key: this.header.key, aad: this.aad, index: this.index++, last: false, plain };
-    const sealed = sealInWorker(task).then((r): [Buffer, Buffer] => {
-      this.spare.push(Buffer.from(r.plain.buffer, r.plain.byteOffset, r.plain.byteLength));
-      return [Buffer.from(r.body.buffer, r.body.byteOffset, r.body.byteLength), Buffer.from(r.tag)];
-    });
+    const task: SealTask = { key: this.header.key, aad: this.aad, index: this.index++, last: false, chunk };
+    const sealed = sealInWorker(task).then((r): [Buffer, Buffer] => [
+      Buffer.from(r.chunk.buffer, r.chunk.byteOffset, r.chunk.byteLength),
+      Buffer.from(r.tag),
+    ]);
     // Awaited in order by writeOldest (or settled by abort): never an unhandled rejection meanwhile.
     sealed.catch(() => undefined);
     this.sealing.push(sealed);
     while (this.sealing.length >= SEALS_IN_FLIGHT) await this.writeOldest();
   }
 
-  /** Writes the oldest chunk sealed in the worker: ciphertext, then tag. */
+  /** Writes the oldest chunk sealed in the worker: ciphertext, then tag; its buffer is then free for reuse. */
   private async writeOldest(): Promise<void> {
     const [body, tag] = await this.sealing.shift()!;
     await this.inner.write(body);
     await this.inner.write(tag);
+    // The inner writer keeps no reference once write() resolved: the buffer takes the next chunk.
+    this.spare.push(body);
   }
 
-  /** Seals the next chunk here and writes its ciphertext, then its tag (no copy joins them). */
-  private async seal(last: boolean, plain: Uint8Array): Promise<void> {
-    const [body, tag] = sealChunk(this.header, this.aad, this.index++, last, plain);
-    await this.inner.write(body);
+  /**
+   * Seals the next chunk here, in place, and writes its ciphertext, then its tag (no copy joins them); the chunk
+   * buffer takes the next plaintext once written.
+   */
+  private async seal(last: boolean, chunk: Buffer): Promise<void> {
+    const tag = sealChunkInPlace(this.header, this.aad, this.index++, last, chunk);
+    await this.inner.write(chunk);
     await this.inner.write(tag);
   }
 }
