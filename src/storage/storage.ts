@@ -70,7 +70,11 @@ export interface CreateOptions {
 
 /** An object being written. Nothing is visible under its key until {@link finish} resolves. */
 export interface StorageWriter {
-  /** Appends `data`. Resolves when the writer can take more (memory stays bounded). */
+  /**
+   * Appends `data`. Resolves when the writer can take more (memory stays bounded). Once it resolves the writer holds
+   * no reference to `data`: callers reuse their buffers (the backup writers recycle compress units), so a driver
+   * that keeps bytes for later (a multipart part, an encryption chunk) copies them.
+   */
   write(data: Uint8Array): Promise<void>;
   /** Completes the object and makes it visible under its key, whole. */
   finish(): Promise<void>;
