@@ -44,13 +44,24 @@ async function decodeFile(path: string, method: CompressionMethod, start = 0, en
 test('restore pull decoding: our units, the lz4 and zstd tools, ranges from a unit start, each decodes to the original', async () => {
   const dir = makeTempDir('chunks');
   try {
-    const parts = [pagesLike(4 * 1024 * 1024, 1), randomBytes(1_500_000), Buffer.alloc(0), pagesLike(3_000_001, 2)];
+    // Zeros of exactly 1 MiB: the zstd output buffer's size, filled by the frame's last call.
+    const parts = [
+      pagesLike(4 * 1024 * 1024, 1),
+      randomBytes(1_500_000),
+      Buffer.alloc(0),
+      pagesLike(3_000_001, 2),
+      Buffer.alloc(1024 * 1024),
+    ];
     const whole = Buffer.concat(parts);
     for (const method of ['none', 'lz4', 'zstd'] as const) {
       const units = parts.map((p) => compressChunk(method, 3, p));
       const file = join(dir, `ours.${method}`);
       writeFileSync(file, Buffer.concat(units));
       assert.ok((await decodeFile(file, method)).equals(whole), `${method}: whole file`);
+      // One unit alone whose output ends exactly where the decoder's output buffer does.
+      writeFileSync(file, units[4]!);
+      assert.ok((await decodeFile(file, method)).equals(parts[4]!), `${method}: 1 MiB of zeros alone`);
+      writeFileSync(file, Buffer.concat(units));
       // A task's range: from the second unit's start to the third's end.
       const start = units[0]!.length;
       const end = start + units[1]!.length + units[2]!.length;

@@ -152,7 +152,9 @@ async function* zstdChunks(file: FileRange): AsyncGenerator<Buffer> {
       if (src.length === 0 && ended && !full) break;
       const [left, produced, consumed] = dctx.decompressStream(out, src);
       src = src.subarray(consumed);
-      full = produced === out.length;
+      // A call that filled `out` may hold more output; one that ended its frame (0) holds none, and a
+      // call with no input after that would only ask for the next frame's header.
+      full = produced === out.length && left !== 0;
       inFrame = left !== 0;
       if (produced > 0) yield out.subarray(0, produced);
       else if (src.length === 0 && ended) break;
