@@ -13,7 +13,8 @@
  * Environment: BENCH_SCALE (pgbench scale, default 100 ≈ 1.5 GB, plus the same size of random data),
  * BENCH_PG (major version, default 15), BENCH_ONLY=pgbart to skip the peers.
  */
-import { chownSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chownSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
 import { clientTool } from '../test/harness/pg-binaries.js';
@@ -34,6 +35,8 @@ interface Row {
   /** Page cache: warm, or dropped before the command. */
   cache: 'warm' | 'cold';
   seconds: number;
+  /** CPU seconds (user + system) of the command and everything it started. */
+  cpu: number;
   note?: string;
   /** pgbart's `RESTORE phases` debug line. */
   phases?: string;
@@ -41,10 +44,27 @@ interface Row {
 
 const CACHES = ['warm', 'cold'] as const;
 
-/** Times `fn`, with the page cache dropped first for a cold run. */
-async function timedIn(cache: 'warm' | 'cold', fn: () => Promise<unknown>): Promise<number> {
+/**
+ * CPU seconds (user + system) of this process's finished children and their descendants
+ * (cutime + cstime of /proc/self/stat): the cost of a command, which a machine shared with other
+ * work does not inflate the way it does the wall time.
+ */
+function childCpuSeconds(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  // Fields after the command name (which may hold spaces) start at field 3; cutime, cstime are 16, 17.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS;
+}
+
+/** USER_HZ: the unit of /proc times (100 on Linux's usual builds). */
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** Times `fn` (wall and children's CPU), with the page cache dropped first for a cold run. */
+async function timedIn(cache: 'warm' | 'cold', fn: () => Promise<unknown>): Promise<{ seconds: number; cpu: number }> {
   if (cache === 'cold') await dropCaches();
-  return timed(fn);
+  const cpuBefore = childCpuSeconds();
+  const seconds = await timed(fn);
+  return { seconds, cpu: childCpuSeconds() - cpuBefore };
 }
 
 /**
@@ -58,7 +78,9 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
   const rows: Row[] = [];
   const report = (row: Row) => {
     rows.push(row);
-    console.log(`${row.cache} ${row.label.padEnd(48)} ${row.seconds.toFixed(2)} s${row.note ? `  (${row.note})` : ''}`);
+    console.log(
+      `${row.cache} ${row.label.padEnd(48)} ${row.seconds.toFixed(2)} s, CPU ${row.cpu.toFixed(2)} s${row.note ? `  (${row.note})` : ''}`,
+    );
   };
   const target = join(work, 'restored');
   const cases: { label: string; bart: string[] }[] = [
@@ -76,7 +98,7 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     for (const cache of CACHES)
       for (const workers of [1, 2]) {
         let phases: string | undefined;
-        const seconds = await timedIn(cache, async () => {
+        const { seconds, cpu } = await timedIn(cache, async () => {
           const r = await fx.setup.bart([
             '-d',
             'RESTORE',
@@ -97,6 +119,7 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
           label: `pgbart RESTORE ${c.label}, ${workers} worker${workers > 1 ? 's' : ''}`,
           cache,
           seconds,
+          cpu,
           note: `backup ${(size / 2 ** 20).toFixed(0)} MB`,
           ...(phases !== undefined ? { phases } : {}),
         });
@@ -113,13 +136,14 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
       for (const processes of [1, 2]) {
         mkdirSync(target, { mode: 0o700 });
         chownSync(target, ids.uid, ids.gid);
-        const seconds = await timedIn(cache, () =>
+        const { seconds, cpu } = await timedIn(cache, () =>
           pgbackrest([`--process-max=${processes}`, `--pg1-path=${target}`, '--type=immediate', 'restore']),
         );
         report({
           label: `pgbackrest restore lz4, process-max ${processes}`,
           cache,
           seconds,
+          cpu,
           note: `repository ${(du(repo) / 2 ** 20).toFixed(0)} MB`,
         });
         removeTree(target);
@@ -151,11 +175,12 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
         mkdirSync(target, { mode: 0o700 });
         chownSync(target, ids.uid, ids.gid);
         const extractOnce = () => runOk('sh', ['-c', `cd '${bb}' && ${extract} && sync -f '${target}'`]);
-        const seconds = await timedIn(cache, extractOnce);
+        const { seconds, cpu } = await timedIn(cache, extractOnce);
         report({
           label: `tar -x of a pg_basebackup tar, ${label}`,
           cache,
           seconds,
+          cpu,
           note: `tar ${(du(bb) / 2 ** 20).toFixed(0)} MB`,
         });
         removeTree(target);
@@ -171,12 +196,13 @@ export async function restoreBench(fx: BackupFixture, work: string, data: BenchD
     `PostgreSQL ${BENCH.version}; cluster ${(dbBytes / 2 ** 30).toFixed(2)} GB = pgbench -i -s ${BENCH.scale} (${(pgbenchBytes / 2 ** 20).toFixed(0)} MB) + ${randomMb} MB of random bytea; ` +
       `data directory read once before measuring (compare the raw read time: here the page cache did not keep a whole 3 GB cluster, so runs are partly disk-bound); ${machineDescription()}; catalog and target on the same disk.`,
     '',
-    'Each time covers the whole command (process start, checks, extraction with checksum verification for pgbart, durable on disk). ' +
+    'Each time covers the whole command (process start, checks, extraction with checksum verification for pgbart, durable on disk); ' +
+      'CPU is the user + system time of the command and every process it started (less inflated than the wall time on a shared machine). ' +
       'pgbart restores with `--target-immediate`; pgbackrest (Debian) with `--type=immediate`; the tar rows add `sync -f` of the target.',
     '',
-    '| cache | restore | seconds | notes |',
-    '|---|---|---:|---|',
-    ...rows.map((r) => `| ${r.cache} | ${r.label} | ${r.seconds.toFixed(2)} | ${r.note ?? ''} |`),
+    '| cache | restore | seconds | CPU s (user+sys) | notes |',
+    '|---|---|---:|---:|---|',
+    ...rows.map((r) => `| ${r.cache} | ${r.label} | ${r.seconds.toFixed(2)} | ${r.cpu.toFixed(2)} | ${r.note ?? ''} |`),
     '',
     "## Where pgbart's time went (`RESTORE -d` phases)",
     '',

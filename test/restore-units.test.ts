@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BackupInfo } from '../src/catalog/backup-info.js';
 import { runRestoreTask, type RestoreFileSpec } from '../src/restore/reader.js';
@@ -406,6 +406,25 @@ test('a storage without local paths: worker threads get tar units by ranged read
       assert.match(err.message, /checksum mismatch for "two"|damaged/);
       return true;
     });
+  } finally {
+    removeTree(dir);
+  }
+});
+
+test('local restore target: a file written over a longer one ends at what was written; a symlink in its place is refused', async () => {
+  const dir = makeTempDir('writer');
+  try {
+    const target = new LocalRestoreTarget();
+    const path = join(dir, 'f');
+    writeFileSync(path, 'old content that is longer than the new one');
+    for (const content of ['new', '']) {
+      const w = await target.openWriter(path, 0o600);
+      if (content) await w.write(Buffer.from(content));
+      await w.finish();
+      assert.equal(readFileSync(path, 'utf8'), content);
+    }
+    symlinkSync(join(dir, 'elsewhere'), join(dir, 'link'));
+    await assert.rejects(target.openWriter(join(dir, 'link'), 0o600), /ELOOP/);
   } finally {
     removeTree(dir);
   }

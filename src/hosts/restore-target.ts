@@ -24,6 +24,10 @@ export interface FreeSpace {
 
 /** A file being written on the target; `finish()` closes it (durable after {@link RestoreTarget.syncTree}), `abort()` drops it. */
 export interface TargetFileWriter {
+  /**
+   * Appends `chunk`. The caller reuses its memory once this resolves (restore workers decode into
+   * recycled buffers): a writer that holds data longer keeps a copy.
+   */
   write(chunk: Uint8Array): Promise<void>;
   /** Completes the file. */
   finish(): Promise<void>;

@@ -9,6 +9,7 @@ import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import { createChecksum } from '../catalog/manifest.js';
 import { tarPadding } from '../storage/tar-header.js';
 import { ByteReader, nextTarHeader } from './tar-reader.js';
+import { openChunks, type ChunkSource } from './chunk-source.js';
 import { localOpener, ObjectMissingError, type ObjectOpener, type ObjectRef } from './object-source.js';
 
 /** One file to restore, as the manifest describes it. */
@@ -159,15 +160,15 @@ async function runTarRange(
   target: RestoreTarget,
   opener: ObjectOpener,
 ): Promise<RestoreTaskResult> {
-  let raw;
+  let chunks;
   try {
-    raw = await opener.open(task.artifact, task.offset, task.end);
+    chunks = await openChunks(opener, task.artifact, task.compression, task.offset, task.end);
   } catch (err) {
     if (err instanceof ObjectMissingError) throw new Error(`${task.label}: missing from the backup (damaged backup)`);
     throw err;
   }
-  const stream = decompressStream(raw, task.compression);
-  const reader = new ByteReader(stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+  // The reader holds at most one chunk and pulls the next only when done with it, as openChunks requires.
+  const reader = new ByteReader(chunks[Symbol.asyncIterator]());
   const sink = new FileSink(target);
   const where = `${task.label} (from byte ${task.offset})`;
   let files = 0;
@@ -222,7 +223,7 @@ async function runTarRange(
     }
     return { files, bytes };
   } finally {
-    stream.destroy();
+    chunks.close();
   }
 }
 
@@ -251,6 +252,28 @@ export async function openPlainFile(
   throw new Error(`${label}: "${path}" is missing from the backup (damaged backup)`);
 }
 
+/** {@link openPlainFile} for a restore worker: the stored file's decoded chunks (see {@link openChunks}). */
+async function openPlainChunks(
+  opener: ObjectOpener,
+  root: ObjectRef,
+  path: string,
+  extension: string,
+  compression: CompressionMethod,
+  label: string,
+): Promise<ChunkSource> {
+  try {
+    return await openChunks(opener, refBelow(root, path + extension), compression);
+  } catch (err) {
+    if (!(err instanceof ObjectMissingError)) throw err;
+  }
+  try {
+    if (extension !== '') return await openChunks(opener, refBelow(root, path), 'none');
+  } catch (err) {
+    if (!(err instanceof ObjectMissingError)) throw err;
+  }
+  throw new Error(`${label}: "${path}" is missing from the backup (damaged backup)`);
+}
+
 async function runPlainFiles(
   task: PlainFilesTask,
   target: RestoreTarget,
@@ -260,17 +283,17 @@ async function runPlainFiles(
   let files = 0;
   let bytes = 0;
   for (const spec of task.files) {
-    const stream = await openPlainFile(opener, task.source, spec.path, task.extension, task.compression, task.label);
+    const chunks = await openPlainChunks(opener, task.source, spec.path, task.extension, task.compression, task.label);
     try {
       bytes += await sink.copy(
-        stream as AsyncIterable<Buffer>,
+        chunks,
         destination(task, spec),
         spec,
         task.checksumAlgorithm,
         `${task.label}/${spec.path}`,
       );
     } finally {
-      stream.destroy();
+      chunks.close();
     }
     files++;
   }

@@ -48,7 +48,7 @@ function pickBackup(entries: CatalogEntry[], server: ServerConfig, id: string | 
 function pickBackupForTarget(entries: CatalogEntry[], server: ServerConfig, o: TargetOptions): CatalogEntry {
   const newest = pickBackup(entries, server, undefined);
   const usable = entries.filter((e) => e.complete && (e.info.status === 'active' || e.info.status === 'keep'));
-  const t = parseTargetOptions(o, zoneOf(newest.info));
+  const t = parseTargetOptions(o, () => zoneOf(newest.info));
   let fits: CatalogEntry[] | undefined;
   if (t.target.kind === 'time' && t.time) {
     fits = usable.filter((e) => e.info.stopTime.getTime() <= t.time!.getTime());

@@ -30,7 +30,7 @@ export async function validateRecoveryTarget(
   info: BackupInfo,
   archive: RepositoryStorage,
 ): Promise<ParsedTarget> {
-  const parsed = parseTargetOptions(o, zoneOf(info));
+  const parsed = parseTargetOptions(o, () => zoneOf(info));
   await checkTargetAgainstBackup(parsed, info, archive);
   return parsed;
 }

@@ -29,7 +29,8 @@ export function defaultCompressionLevel(method: CompressionMethod): number {
 /** Largest chunk we compress as one unit (one gzip member / lz4 frame / zstd frame). */
 export const MAX_CHUNK = 4 * 1024 * 1024;
 
-const LZ4_MAGIC = 0x184d2204;
+/** First four bytes of an LZ4 frame. */
+export const LZ4_MAGIC = 0x184d2204;
 // FLG: version 01, independent blocks, no block/content checksum, no content size. BD: 4 MB blocks.
 const LZ4_FLG = 0x60;
 const LZ4_BD = 0x70;

@@ -2,7 +2,7 @@
 
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, fchownSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import {
   access,
   chmod,
@@ -41,8 +41,13 @@ import type {
 /** Files hashed at once by compareFiles: enough to keep a disk busy, few enough to keep memory flat. */
 const COMPARE_CONCURRENCY = 4;
 
-/** Create or truncate for writing, refusing (ELOOP) a symlink in the file's place. */
-const WRITE_NO_FOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+/**
+ * Create or overwrite for writing, refusing (ELOOP) a symlink in the file's place. Not O_TRUNC: an
+ * existing file (a chain link's whole file, a delta restore's changed one) is overwritten in place and
+ * cut to what was written when it is finished. Truncating waited for the writeback of the pages the
+ * previous link had just written, once per file and link.
+ */
+const WRITE_NO_FOLLOW = constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW;
 
 function missing(err: unknown): boolean {
   return isErrnoError(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR');
@@ -70,6 +75,8 @@ async function existingAncestor(path: string): Promise<string> {
  */
 class LocalFileWriter implements TargetFileWriter {
   private readonly flushBehind: FlushBehind | undefined;
+  /** Bytes written so far: the file's length when it is finished. */
+  private written = 0;
 
   constructor(private fd: number | undefined) {
     if (fd !== undefined) this.flushBehind = new FlushBehind(fd);
@@ -78,6 +85,7 @@ class LocalFileWriter implements TargetFileWriter {
   async write(chunk: Uint8Array): Promise<void> {
     let done = 0;
     while (done < chunk.length) done += writeSync(this.fd!, chunk, done, chunk.length - done);
+    this.written += chunk.length;
     await this.flushBehind?.wrote(chunk.length);
   }
 
@@ -85,6 +93,13 @@ class LocalFileWriter implements TargetFileWriter {
     const fd = this.fd!;
     this.fd = undefined;
     await this.flushBehind?.drain();
+    try {
+      // The file may have been longer (opened without O_TRUNC): cut what the old content left past the new.
+      if (fstatSync(fd).size !== this.written) ftruncateSync(fd, this.written);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     // No fsync here: one syncfs per file system at the end (syncTree) is far cheaper than one per file.
     closeSync(fd);
   }
