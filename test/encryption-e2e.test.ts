@@ -15,6 +15,7 @@ import { pgbenchInit, pgbenchRun, tableFingerprints } from './harness/load.js';
 import { removeTree, testUserIds, type RunResult } from './harness/os.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { radosgwInstalled, TestS3 } from './harness/s3.js';
+import { restoreToTimeAndCompare } from './harness/pitr-check.js';
 import { waitFor } from './harness/wait.js';
 
 const version = versionsUnderTest()[0]!;
@@ -268,40 +269,15 @@ for (const kind of ['posix', 's3'] as const) {
       test('PITR RESTORE of the chain: restore_command is ARCHIVE-GET, which decrypts; started, data as at the target', async () => {
         const path = join(setup.dir, 'restored');
         restoredDirs.push(path);
-        const r = await setup.bart([
-          'RESTORE',
-          '-s',
-          SERVER,
-          '-i',
-          incrId,
-          '-p',
+        await restoreToTimeAndCompare({
+          setup,
+          version,
+          server: SERVER,
+          backupId: incrId,
           path,
-          '-w',
-          '2',
-          '-g',
           target,
-          '--target-action',
-          'promote',
-        ]);
-        assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-        assert.match(
-          readFileSync(join(path, 'postgresql.auto.conf'), 'utf8'),
-          /^restore_command = '.*ARCHIVE-GET -s ''enc'' %f %p'$/m,
-        );
-        const restored = await TestCluster.create({ version, dataDir: path });
-        try {
-          await waitFor(
-            'the end of recovery',
-            async () => (await restored.scalar('SELECT pg_is_in_recovery()')) !== true,
-            {
-              timeoutMs: 90_000,
-              details: () => restored.logTail(),
-            },
-          );
-          assert.deepEqual(await tableFingerprints(restored), atTarget);
-        } finally {
-          await restored.destroy();
-        }
+          expected: atTarget,
+        });
       });
 
       test('one byte flipped in a stored unit, in a backupinfo, in an archived WAL file; a WAL file cut at a chunk boundary: refused, naming the object', async () => {

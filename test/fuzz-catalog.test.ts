@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from './harness/backup-fixture.js';
 import { makeTempDir, removeTree, testUserIds } from './harness/os.js';
 import { prng } from './harness/prng.js';
+import { LONG_RUN, sized } from './harness/test-size.js';
 import { BackupInfoError, parseBackupInfo, readBackupInfo } from '../src/catalog/backup-info.js';
 import { findBackup, listBackups } from '../src/catalog/catalog.js';
 import { readRestoredState } from '../src/catalog/chain.js';
@@ -20,7 +21,13 @@ import { isLsn } from '../src/util/lsn.js';
  * a real backup's: every outcome must be a clean one (a damaged status, a FAILED verification, an
  * ERROR line), never a crash, and never a success on damaged data. Replay with PGBART_FUZZ_SEED.
  */
-const SEED = Number(process.env.PGBART_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
+// A fixed seed and fewer cases in npm test; a fresh seed and every case in npm run test:long.
+const SEED = Number(process.env.PGBART_FUZZ_SEED ?? (LONG_RUN ? Math.floor(Math.random() * 2 ** 31) : 20261124));
+const MANIFEST_CASES = sized(20, 60);
+const STORED_FILE_CASES = sized(2, 4);
+const CLI_INFO_CASES = sized(12, 30);
+const CLI_RESTORES = sized(4, 12);
+const CLI_MANIFEST_CASES = sized(6, 20);
 console.log(`fuzz-catalog seed ${SEED} (replay with PGBART_FUZZ_SEED=${SEED})`);
 const STACK = /^\s+at .+[(:]\d+/m;
 
@@ -235,7 +242,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
       const manifestPath = join(dir, 'manifest.jsonl');
       const original = readFileSync(manifestPath, 'utf8');
       try {
-        for (let i = 0; i < 60; i++) {
+        for (let i = 0; i < MANIFEST_CASES; i++) {
           const text = mutateManifest(original, r);
           const context = `${id} manifest case ${i} (seed ${SEED})`;
           writeFileSync(manifestPath, text);
@@ -248,7 +255,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
       }
       const files = storedFiles(dir);
       // Each of these verifies the whole backup (seconds): a few suffice, the manifest cases are the many.
-      for (let i = 0; i < 4; i++) {
+      for (let i = 0; i < STORED_FILE_CASES; i++) {
         const file = join(dir, pick(r, files));
         const original = readFileSync(file);
         const bytes = Buffer.from(original);
@@ -283,7 +290,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
     };
     let restores = 0;
     try {
-      for (let i = 0; i < 30; i++) {
+      for (let i = 0; i < CLI_INFO_CASES; i++) {
         const text = mutateInfo(originalInfo, r, tarId);
         let damaged: boolean;
         try {
@@ -305,7 +312,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
           clean(`VERIFY-CHKSUM ${what}`, verify);
           assert.equal(verify.code, 1, what);
           assert.match(verify.stdout, /FAILED \(backupinfo: /, what);
-          if (restores++ < 12) {
+          if (restores++ < CLI_RESTORES) {
             const target = join(scratch, `r${i}`);
             const restore = await fx.setup.bart(['RESTORE', '-s', fx.server, '-i', plainId, '-p', target]);
             clean(`RESTORE ${what}`, restore);
@@ -321,7 +328,7 @@ describe('catalog fuzz: backupinfo and manifest readers', () => {
         }
       }
       writeFileSync(infoPath, originalInfo);
-      for (let i = 0; i < 20; i++) {
+      for (let i = 0; i < CLI_MANIFEST_CASES; i++) {
         writeFileSync(manifestPath, mutateManifest(originalManifest, r));
         const what = `manifest case ${i} (seed ${SEED})`;
         const verify = await fx.setup.bart(['VERIFY-CHKSUM', '-s', fx.server, '-i', plainId]);

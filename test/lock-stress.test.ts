@@ -6,10 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { acquireLock, serverLockHolder } from '../src/catalog/lock.js';
+import { sized } from './harness/test-size.js';
 
-/** Processes contending for the lock each round, and rounds. */
+/** Processes contending for the lock each round, and rounds (a slice in npm test, 50 in npm run test:long). */
 const PROCESSES = 6;
-const ROUNDS = 50;
+const ROUNDS = sized(20, 50);
 
 /** The compiled lock module the contenders import (this file runs from dist/test/). */
 const LOCK_MODULE = new URL('../src/catalog/lock.js', import.meta.url).href;

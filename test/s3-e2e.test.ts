@@ -12,6 +12,7 @@ import { removeTree } from './harness/os.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { radosgwInstalled, TestS3 } from './harness/s3.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
+import { restoreToTimeAndCompare } from './harness/pitr-check.js';
 import { waitFor } from './harness/wait.js';
 import { S3Storage } from '../src/storage/s3/s3-storage.js';
 import { Secret } from '../src/util/secret.js';
@@ -173,35 +174,17 @@ describe(`end to end on S3 (radosgw), PostgreSQL ${version}`, { concurrency: fal
 
   test('PITR RESTORE of the chain to a time after the incremental: started, WAL fetched from the bucket by ARCHIVE-GET, data as committed before the target', async () => {
     const path = join(setup.dir, 'restored');
-    const r = await setup.bart([
-      'RESTORE',
-      '-s',
-      SERVER,
-      '-i',
-      incrId,
-      '-p',
-      path,
-      '-w',
-      '2',
-      '-g',
-      target,
-      '--target-action',
-      'promote',
-    ]);
-    assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-    assert.match(
-      readFileSync(join(path, 'postgresql.auto.conf'), 'utf8'),
-      /^restore_command = '.*ARCHIVE-GET -s ''prod'' %f %p'$/m,
-    );
-    const restored = await TestCluster.create({ version, dataDir: path });
     try {
-      await waitFor('the end of recovery', async () => (await restored.scalar('SELECT pg_is_in_recovery()')) !== true, {
-        timeoutMs: 90_000,
-        details: () => restored.logTail(),
+      await restoreToTimeAndCompare({
+        setup,
+        version,
+        server: SERVER,
+        backupId: incrId,
+        path,
+        target,
+        expected: atTarget,
       });
-      assert.deepEqual(await tableFingerprints(restored), atTarget);
     } finally {
-      await restored.destroy();
       removeTree(path);
     }
   });
