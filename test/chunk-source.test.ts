@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compressChunk, type CompressionMethod } from '../src/storage/compression.js';
-import { decodeLz4BlockInto, openChunks } from '../src/restore/chunk-source.js';
+import { openChunks } from '../src/restore/chunk-source.js';
+import { decodeLz4Block, decodeLz4BlockInto } from '../src/storage/compression.js';
 import { localOpener, ObjectMissingError } from '../src/restore/object-source.js';
 import { makeTempDir, removeTree } from './harness/os.js';
 
@@ -126,6 +127,9 @@ test('LZ4 block decoder: the same bytes as lz4-napi, and damaged blocks throw in
   assert.throws(() => decodeLz4BlockInto(Buffer.from([0x10, 0x41, 0x05, 0x00]), out), /corrupt LZ4 block/);
   const small = Buffer.alloc(8);
   assert.throws(() => decodeLz4BlockInto(Buffer.from([0x1f, 0x41, 0x01, 0x00, 0x10]), small), /corrupt LZ4 block/);
+  // Linked blocks: a match may reach into the dictionary (the frame's previous output), not before it.
+  assert.equal(decodeLz4Block(Buffer.from([0x07, 0x0b, 0x00]), Buffer.from('hello world')).toString(), 'hello world');
+  assert.throws(() => decodeLz4Block(Buffer.from([0x07, 0x0c, 0x00]), Buffer.from('hello world')), /corrupt LZ4 block/);
   // Literals or a length extension past the block's end.
   assert.throws(() => decodeLz4BlockInto(Buffer.from([0x50, 0x41, 0x42]), out), /corrupt LZ4 block/);
   assert.throws(() => decodeLz4BlockInto(Buffer.from([0xf0, 0xff]), out), /corrupt LZ4 block/);

@@ -11,7 +11,14 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
-import { decodeLz4Block, decompressStream, LZ4_MAGIC, type CompressionMethod } from '../storage/compression.js';
+import {
+  decodeLz4Block,
+  decodeLz4BlockInto,
+  decompressStream,
+  LZ4_MAGIC,
+  LZ4_MAX_BLOCK_SIZE,
+  type CompressionMethod,
+} from '../storage/compression.js';
 import { isErrnoError } from '../util/errors.js';
 import { ObjectMissingError, type ObjectOpener, type ObjectRef } from './object-source.js';
 
@@ -33,9 +40,6 @@ export interface ChunkSource extends AsyncIterable<Buffer> {
 const READ_BYTES = 1024 * 1024;
 /** zstd output per call: large enough that file data goes to write() without being staged first. */
 const ZSTD_OUT_BYTES = 1024 * 1024;
-/** Largest LZ4 block a frame may declare (block maximum size 4 MB, the format's largest). */
-const LZ4_MAX_BLOCK = 4 * 1024 * 1024;
-
 /**
  * Opens `ref` from byte `start` to `end` (exclusive; the object's end when undefined) and decodes
  * it. With a local path the worker reads the file itself into recycled buffers; otherwise `opener`
@@ -172,8 +176,8 @@ async function* zstdChunks(file: FileRange): AsyncGenerator<Buffer> {
 async function* lz4Chunks(file: FileRange): AsyncGenerator<Buffer> {
   try {
     // The largest block and its optional checksum (after 4 bytes the stored block's view starts at).
-    const block = Buffer.allocUnsafe(4 + LZ4_MAX_BLOCK + 4);
-    const out = Buffer.allocUnsafe(LZ4_MAX_BLOCK);
+    const block = Buffer.allocUnsafe(4 + LZ4_MAX_BLOCK_SIZE + 4);
+    const out = Buffer.allocUnsafe(LZ4_MAX_BLOCK_SIZE);
     const head = Buffer.allocUnsafe(19);
     const exact = (buf: Buffer, offset: number, n: number) => {
       if (file.readFully(buf, offset, n) !== n) throw new Error('truncated LZ4 stream');
@@ -199,7 +203,7 @@ async function* lz4Chunks(file: FileRange): AsyncGenerator<Buffer> {
           break;
         }
         const size = word & 0x7fffffff;
-        if (size > LZ4_MAX_BLOCK) throw new Error(`corrupt LZ4 frame (a block of ${size} bytes)`);
+        if (size > LZ4_MAX_BLOCK_SIZE) throw new Error(`corrupt LZ4 frame (a block of ${size} bytes)`);
         exact(block, 4, size + (blockChecksum ? 4 : 0));
         const body = block.subarray(4, 4 + size);
         const stored = (word & 0x80000000) !== 0;
@@ -218,69 +222,4 @@ async function* lz4Chunks(file: FileRange): AsyncGenerator<Buffer> {
   } finally {
     file.close();
   }
-}
-
-/** A corrupt block: the error every bounds check below throws. */
-function corruptLz4(): Error {
-  return new Error('corrupt LZ4 block');
-}
-
-/**
- * Decodes one independent LZ4 block into `out` (from its start); returns the decoded length. Ours
- * rather than lz4-napi's, which returns a fresh (zeroed) 4 MiB buffer per block: measured here on
- * pgbench data, that cost 2-4 times the CPU of this loop writing into a recycled buffer. Every read
- * and write is bounds-checked: a damaged block throws, never reads or writes outside its buffers.
- */
-export function decodeLz4BlockInto(src: Buffer, out: Buffer): number {
-  const end = src.length;
-  const cap = out.length;
-  let ip = 0;
-  let op = 0;
-  while (ip < end) {
-    const token = src[ip++]!;
-    let literals = token >>> 4;
-    if (literals === 15) {
-      let b: number;
-      do {
-        if (ip >= end) throw corruptLz4();
-        b = src[ip++]!;
-        literals += b;
-      } while (b === 255);
-    }
-    if (literals > 0) {
-      if (literals > end - ip || literals > cap - op) throw corruptLz4();
-      if (literals < 16) {
-        for (let i = 0; i < literals; i++) out[op + i] = src[ip + i]!;
-      } else {
-        src.copy(out, op, ip, ip + literals);
-      }
-      op += literals;
-      ip += literals;
-    }
-    if (ip === end) break; // the last sequence has literals only
-    if (end - ip < 2) throw corruptLz4();
-    const offset = src[ip]! | (src[ip + 1]! << 8);
-    ip += 2;
-    let length = token & 15;
-    if (length === 15) {
-      let b: number;
-      do {
-        if (ip >= end) throw corruptLz4();
-        b = src[ip++]!;
-        length += b;
-      } while (b === 255);
-    }
-    length += 4;
-    if (offset === 0 || offset > op || length > cap - op) throw corruptLz4();
-    let from = op - offset;
-    if (offset >= length && length >= 32) {
-      out.copy(out, op, from, from + length);
-      op += length;
-    } else {
-      // Short, or overlapping its own output (a repeated pattern): byte by byte, in order.
-      const stop = op + length;
-      while (op < stop) out[op++] = out[from++]!;
-    }
-  }
-  return op;
 }
