@@ -15,7 +15,7 @@ import { createBartSetup, serverSection, type BartSetup } from '../test/harness/
 import { TestCluster } from '../test/harness/cluster.js';
 import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
 import { REPO_ROOT } from '../test/harness/pg-binaries.js';
-import { BENCH, machineDescription } from './bench-data.js';
+import { BENCH, machineDescription, until } from './bench-data.js';
 
 const SEGMENTS = Number(process.env.BENCH_ARCHIVE_SEGMENTS ?? 500);
 
@@ -23,15 +23,6 @@ interface Row {
   label: string;
   seconds: number;
   burstSeconds: number;
-}
-
-/** Seconds from now until `done` holds, polling. */
-async function until(what: string, done: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await done())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** Runs the burst on `cluster` and waits until every segment is archived and `present(last)`; returns seconds. */

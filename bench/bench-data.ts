@@ -35,6 +35,15 @@ export async function timed(fn: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+/** Polls every 100 ms until `done` holds; throws naming `what` after `timeoutMs`. */
+export async function until(what: string, done: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await done())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /**
  * Empties the page cache (dirty pages written first), so the next command reads from disk: the "cold" runs.
  * Needs root, as the benchmark does.

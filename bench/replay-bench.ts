@@ -17,7 +17,7 @@ import { createBartSetup, serverSection, type BartSetup } from '../test/harness/
 import { TestCluster } from '../test/harness/cluster.js';
 import { pgbenchInit, pgbenchRun } from '../test/harness/load.js';
 import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
-import { BENCH, machineDescription, timed, writeResults } from './bench-data.js';
+import { BENCH, machineDescription, timed, until, writeResults } from './bench-data.js';
 
 const WAL_BYTES = Number(process.env.BENCH_REPLAY_GB ?? 5) * 2 ** 30;
 const SERVER = 'replay';
@@ -28,15 +28,6 @@ interface ReplayRow {
   restoreSeconds: number;
   replaySeconds: number;
   fingerprint: string;
-}
-
-/** Polls until `done` holds or `timeoutMs` passes. */
-async function until(what: string, done: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await done())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** What both restored clusters must agree on: row counts and sums of the tables the load wrote. */

@@ -228,10 +228,33 @@ async function runTarRange(
 }
 
 /**
- * A plain backup's stored file: `<path><extension>`, or, in a compressed backup, `<path>` kept
- * uncompressed (PostgreSQL's backup_manifest). Rejects naming the file when neither exists.
+ * A plain backup's stored file: `<path><extension>` opened with `open` as `compression`, or, in a compressed backup,
+ * `<path>` kept uncompressed (PostgreSQL's backup_manifest) opened as `none`. Rejects naming the file when neither
+ * exists.
  */
-export async function openPlainFile(
+async function openStoredPlain<T>(
+  root: ObjectRef,
+  path: string,
+  extension: string,
+  compression: CompressionMethod,
+  label: string,
+  open: (ref: ObjectRef, compression: CompressionMethod) => Promise<T>,
+): Promise<T> {
+  try {
+    return await open(refBelow(root, path + extension), compression);
+  } catch (err) {
+    if (!(err instanceof ObjectMissingError)) throw err;
+  }
+  try {
+    if (extension !== '') return await open(refBelow(root, path), 'none');
+  } catch (err) {
+    if (!(err instanceof ObjectMissingError)) throw err;
+  }
+  throw new Error(`${label}: "${path}" is missing from the backup (damaged backup)`);
+}
+
+/** {@link openStoredPlain} as a decoded stream. */
+export function openPlainFile(
   opener: ObjectOpener,
   root: ObjectRef,
   path: string,
@@ -239,21 +262,13 @@ export async function openPlainFile(
   compression: CompressionMethod,
   label: string,
 ): Promise<Readable> {
-  try {
-    return decompressStream(await opener.open(refBelow(root, path + extension)), compression);
-  } catch (err) {
-    if (!(err instanceof ObjectMissingError)) throw err;
-  }
-  try {
-    if (extension !== '') return await opener.open(refBelow(root, path));
-  } catch (err) {
-    if (!(err instanceof ObjectMissingError)) throw err;
-  }
-  throw new Error(`${label}: "${path}" is missing from the backup (damaged backup)`);
+  return openStoredPlain(root, path, extension, compression, label, async (ref, method) =>
+    decompressStream(await opener.open(ref), method),
+  );
 }
 
-/** {@link openPlainFile} for a restore worker: the stored file's decoded chunks (see {@link openChunks}). */
-async function openPlainChunks(
+/** {@link openStoredPlain} for a restore worker: the stored file's decoded chunks (see {@link openChunks}). */
+function openPlainChunks(
   opener: ObjectOpener,
   root: ObjectRef,
   path: string,
@@ -261,17 +276,7 @@ async function openPlainChunks(
   compression: CompressionMethod,
   label: string,
 ): Promise<ChunkSource> {
-  try {
-    return await openChunks(opener, refBelow(root, path + extension), compression);
-  } catch (err) {
-    if (!(err instanceof ObjectMissingError)) throw err;
-  }
-  try {
-    if (extension !== '') return await openChunks(opener, refBelow(root, path), 'none');
-  } catch (err) {
-    if (!(err instanceof ObjectMissingError)) throw err;
-  }
-  throw new Error(`${label}: "${path}" is missing from the backup (damaged backup)`);
+  return openStoredPlain(root, path, extension, compression, label, (ref, method) => openChunks(opener, ref, method));
 }
 
 async function runPlainFiles(
