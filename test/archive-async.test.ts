@@ -15,6 +15,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import { createBartSetup, serverSection, type BartSetup } from './harness/bart.js';
 import { TestCluster } from './harness/cluster.js';
@@ -200,14 +201,28 @@ describe(`asynchronous archiving, PostgreSQL ${version}`, { concurrency: false }
         );
         assert.equal((await setup.bart(['INIT', '-s', 'src', '--no-configure'])).code, 0);
         const archiveDir = join(setup.backupPath, 'src', 'archived_wals');
+        const get = join(setup.backupPath, 'src', 'archive-spool', 'get');
+        // A plain segment in a directory archive is one copy (RESTORE's restore_command makes it in sh): no prefetch.
         for (const s of segs) {
           copyFileSync(join(walSource, s), join(archiveDir, s));
           own(join(archiveDir, s));
         }
+        const plainOut = join(setup.dir, 'plain-out');
+        mkdirSync(plainOut);
+        own(plainOut);
+        const plain = await bart(setup, ['ARCHIVE-GET', '-s', 'src', segs[0]!, join(plainOut, segs[0]!)]);
+        assert.equal(plain.code, 0, plain.stderr);
+        await new Promise((r) => setTimeout(r, 3000));
+        assert.deepEqual(existsSync(get) ? readdirSync(get) : [], [], 'no prefetcher for a plain directory archive');
+        for (const s of segs) rmSync(join(archiveDir, s));
+        // Compressed segments (wal_compression) cost a decompression each: those are prefetched.
+        for (const s of segs) {
+          writeFileSync(join(archiveDir, `${s}.gz`), gzipSync(readFileSync(join(walSource, s))));
+          own(join(archiveDir, `${s}.gz`));
+        }
         const out = join(setup.dir, 'out');
         mkdirSync(out);
         own(out);
-        const get = join(setup.backupPath, 'src', 'archive-spool', 'get');
         const fetch = async (s: string) => {
           const r = await bart(setup, ['ARCHIVE-GET', '-s', 'src', s, join(out, s)]);
           assert.equal(r.code, 0, r.stderr);
@@ -231,7 +246,7 @@ describe(`asynchronous archiving, PostgreSQL ${version}`, { concurrency: false }
         assert.equal(served(), 0, 'the cut file was not served');
         // Nor one whose archive object is no longer the one it was fetched from (replaced: another time).
         await waitFor('a prefetcher to finish', () => !existsSync(join(get, 'prefetch.lock')), { timeoutMs: 60_000 });
-        utimesSync(join(archiveDir, segs[2]!), new Date(), new Date(Date.now() - 60_000));
+        utimesSync(join(archiveDir, `${segs[2]!}.gz`), new Date(), new Date(Date.now() - 60_000));
         await fetch(segs[2]!);
         assert.equal(served(), 0, 'the stale file was not served');
         // The next one is served from the prefetch directory, byte-identical.

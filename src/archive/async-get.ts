@@ -15,7 +15,7 @@ import { ensureDir, fsyncDir, tempSibling, writeFileAtomic } from '../util/fs-at
 import { log } from '../util/log.js';
 import { parseArchiveFileName, segmentName, segmentNumberFromName, timelineFromName } from '../wal/segment-name.js';
 import { spoolPaths } from './async-spool.js';
-import { getWalFile } from './wal-archive.js';
+import { getWalFile, walArchiveStorage, type GetOutcome, type WalArchive } from './wal-archive.js';
 
 /** Segments fetched ahead of the one recovery asks for, per worker. */
 const AHEAD_PER_WORKER = 4;
@@ -116,6 +116,17 @@ async function completeSegment(path: string): Promise<boolean> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * Whether prefetching pays for a segment ARCHIVE-GET just fetched: a plain segment in a local directory archive
+ * costs one copy, which RESTORE's restore_command makes in sh before it ever calls ARCHIVE-GET — a prefetcher
+ * would copy and fsync segments into its spool that nobody takes. A bucket, an encrypted archive or a `.gz`
+ * segment costs a request, authentication or decompression: those are worth doing ahead of recovery.
+ */
+export function prefetchPays(archive: WalArchive, outcome: GetOutcome): boolean {
+  if (outcome === 'missing') return false;
+  return outcome === 'restored-from-gz' || walArchiveStorage(archive).localPath('') === undefined;
 }
 
 /** Starts a prefetcher for the segments after `name` unless one runs (recovery does not wait for it). */

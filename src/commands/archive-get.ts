@@ -1,7 +1,13 @@
 // Command: ARCHIVE-GET, one WAL file fetched from the archive for restore_command.
 
 import { stat } from 'node:fs/promises';
-import { notePrefetchRequest, runPrefetch, servePrefetched, startPrefetch } from '../archive/async-get.js';
+import {
+  notePrefetchRequest,
+  prefetchPays,
+  runPrefetch,
+  servePrefetched,
+  startPrefetch,
+} from '../archive/async-get.js';
 import { getWalFile, STDOUT_DESTINATION } from '../archive/wal-archive.js';
 import { BartError } from '../util/errors.js';
 import { openWalArchive } from '../storage/open-repository.js';
@@ -53,7 +59,7 @@ export async function archiveGet(
       return 0;
     }
     const outcome = await getWalFile(archive, walfile, destination);
-    if (prefetch && outcome !== 'missing') {
+    if (prefetch && prefetchPays(archive, outcome)) {
       await notePrefetchRequest(ctx.config, server, walfile);
       await startPrefetch(ctx.config, server, walfile, (await stat(destination)).size);
     }
