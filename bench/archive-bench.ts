@@ -9,13 +9,13 @@
  * success for all of them) and the repository holds the last one. pgBackRest stores uncompressed
  * (`compress-type=none`), as pgbart does. Results in bench/results/<date>-archive.md.
  */
-import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBartSetup, serverSection, type BartSetup } from '../test/harness/bart.js';
 import { TestCluster } from '../test/harness/cluster.js';
-import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
+import { makeTempDir, removeTree } from '../test/harness/os.js';
 import { REPO_ROOT } from '../test/harness/pg-binaries.js';
-import { BENCH, machineDescription, until } from './bench-data.js';
+import { BENCH, machineDescription, setupPgbackrestFor, until } from './bench-data.js';
 
 const SEGMENTS = Number(process.env.BENCH_ARCHIVE_SEGMENTS ?? 500);
 
@@ -100,25 +100,14 @@ async function pgbartMode(async: boolean): Promise<Row> {
 }
 
 async function pgbackrestMode(async: boolean): Promise<Row> {
-  const ids = testUserIds()!;
   const work = makeTempDir('archive-bench');
   const cluster = await newCluster();
   try {
-    const repo = join(work, 'repo');
-    const spool = join(work, 'spool');
-    for (const d of [repo, spool]) {
-      mkdirSync(d);
-      chownSync(d, ids.uid, ids.gid);
-    }
-    const conf = join(work, 'pgbackrest.conf');
-    writeFileSync(
-      conf,
-      `[global]\nrepo1-path=${repo}\nlog-level-console=warn\nlog-level-file=off\nlock-path=${work}\nspool-path=${spool}\n` +
-        `compress-type=none\narchive-check=n\n${async ? 'archive-async=y\nprocess-max=2\n' : ''}\n` +
-        `[bench]\npg1-path=${cluster.dataDir}\npg1-port=${cluster.port}\npg1-socket-path=${cluster.baseDir}\npg1-user=postgres\n`,
+    const { repo, conf } = await setupPgbackrestFor(
+      cluster,
+      work,
+      `log-level-file=off\ncompress-type=none\narchive-check=n\n${async ? 'archive-async=y\nprocess-max=2\n' : ''}`,
     );
-    chownSync(conf, ids.uid, ids.gid);
-    await runOk('pgbackrest', [`--config=${conf}`, '--stanza=bench', 'stanza-create']);
     await cluster.query(
       `ALTER SYSTEM SET archive_command = 'pgbackrest --config=${conf} --stanza=bench archive-push %p'`,
     );

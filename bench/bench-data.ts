@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BackupFixture } from '../test/harness/backup-fixture.js';
+import type { TestCluster } from '../test/harness/cluster.js';
 import { REPO_ROOT } from '../test/harness/pg-binaries.js';
 import { pgbenchInit } from '../test/harness/load.js';
 import { removeTree, runOk, testUserIds } from '../test/harness/os.js';
@@ -94,25 +95,48 @@ export async function loadBenchData(fx: BackupFixture): Promise<BenchData> {
 }
 
 /** A pgbackrest stanza `bench` for the fixture's cluster, with its repository under `work`. */
-export async function setupPgbackrest(
-  fx: BackupFixture,
+/** A pgBackRest stanza `bench` set up for a benchmark: its repository, config file and a runner. */
+export interface PgbackrestSetup {
+  /** repo1-path. */
+  repo: string;
+  /** The config file (`--config=`), for commands PostgreSQL runs (archive_command). */
+  conf: string;
+  /** Runs `pgbackrest --config=… --stanza=bench <args>` as the cluster owner. */
+  run: (args: string[]) => Promise<unknown>;
+}
+
+/**
+ * Creates a pgBackRest stanza `bench` for `cluster` in `work` (repository, spool, logs, locks), with `extraGlobal`
+ * lines added to its [global] section — one config for every benchmark that compares against pgBackRest.
+ */
+export async function setupPgbackrestFor(
+  cluster: TestCluster,
   work: string,
-): Promise<{ repo: string; run: (args: string[]) => Promise<unknown> }> {
+  extraGlobal: string,
+): Promise<PgbackrestSetup> {
   const ids = testUserIds()!;
   const repo = join(work, 'pgbackrest-repo');
-  mkdirSync(repo, { recursive: true });
-  chownSync(repo, ids.uid, ids.gid);
+  const spool = join(work, 'pgbackrest-spool');
+  for (const dir of [work, repo, spool]) {
+    mkdirSync(dir, { recursive: true });
+    chownSync(dir, ids.uid, ids.gid);
+  }
   const conf = join(work, 'pgbackrest.conf');
   writeFileSync(
     conf,
-    `[global]\nrepo1-path=${repo}\nlog-level-console=warn\nlog-path=${work}\nlock-path=${work}\nstart-fast=y\narchive-check=n\n\n` +
-      `[bench]\npg1-path=${fx.cluster.dataDir}\npg1-port=${fx.cluster.port}\npg1-socket-path=${fx.cluster.baseDir}\npg1-user=postgres\n`,
+    `[global]\nrepo1-path=${repo}\nlog-level-console=warn\nlog-path=${work}\nlock-path=${work}\nspool-path=${spool}\n` +
+      `${extraGlobal}\n` +
+      `[bench]\npg1-path=${cluster.dataDir}\npg1-port=${cluster.port}\npg1-socket-path=${cluster.baseDir}\npg1-user=postgres\n`,
   );
   chownSync(conf, ids.uid, ids.gid);
-  chownSync(work, ids.uid, ids.gid);
   const run = (args: string[]) => runOk('pgbackrest', [`--config=${conf}`, '--stanza=bench', ...args]);
   await run(['stanza-create']);
-  return { repo, run };
+  return { repo, conf, run };
+}
+
+/** pgBackRest set up for the backup and restore benchmarks (fast start, no archive check). */
+export async function setupPgbackrest(fx: BackupFixture, work: string): Promise<PgbackrestSetup> {
+  return setupPgbackrestFor(fx.cluster, work, 'start-fast=y\narchive-check=n\n');
 }
 
 /** The machine line of a results file. */

@@ -11,13 +11,13 @@
  * is promoted (every segment fetched by the tool's restore_command). Both restored clusters must hold the same data.
  * Results in bench/results/<date>-replay.md.
  */
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBartSetup, serverSection, type BartSetup } from '../test/harness/bart.js';
 import { TestCluster } from '../test/harness/cluster.js';
 import { pgbenchInit, pgbenchRun } from '../test/harness/load.js';
-import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
-import { BENCH, machineDescription, timed, until, writeResults } from './bench-data.js';
+import { makeTempDir, removeTree, testUserIds } from '../test/harness/os.js';
+import { BENCH, machineDescription, setupPgbackrestFor, timed, until, writeResults } from './bench-data.js';
 
 const WAL_BYTES = Number(process.env.BENCH_REPLAY_GB ?? 5) * 2 ** 30;
 const SERVER = 'replay';
@@ -102,22 +102,15 @@ export async function replayBench(): Promise<void> {
     const pgbartCommand = String(await source.scalar('SHOW archive_command'));
 
     // pgBackRest: its own repository and spool, async both ways.
-    const repo = join(work, 'pgbackrest-repo');
-    const spool = join(work, 'pgbackrest-spool');
-    for (const d of [repo, spool]) {
-      mkdirSync(d);
-      chownSync(d, ids.uid, ids.gid);
-    }
-    const conf = join(work, 'pgbackrest.conf');
-    writeFileSync(
+    const {
+      repo,
       conf,
-      `[global]\nrepo1-path=${repo}\nlog-level-console=warn\nlog-level-file=off\nlock-path=${work}\nspool-path=${spool}\n` +
-        `compress-type=none\narchive-async=y\nprocess-max=2\nstart-fast=y\n\n` +
-        `[bench]\npg1-path=${source.dataDir}\npg1-port=${source.port}\npg1-socket-path=${source.baseDir}\npg1-user=postgres\n`,
+      run: pgbackrest,
+    } = await setupPgbackrestFor(
+      source,
+      work,
+      'log-level-file=off\ncompress-type=none\narchive-async=y\nprocess-max=2\nstart-fast=y\n',
     );
-    chownSync(conf, ids.uid, ids.gid);
-    const pgbackrest = (args: string[]) => runOk('pgbackrest', [`--config=${conf}`, '--stanza=bench', ...args]);
-    await pgbackrest(['stanza-create']);
 
     // Every segment goes to both: pgbart's command first, then pgBackRest's.
     const both = `(${pgbartCommand}) && pgbackrest --config=${conf} --stanza=bench archive-push %p`;
