@@ -6,7 +6,6 @@ import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
 import { PosixStorage } from '../storage/posix/posix-storage.js';
 import {
   StorageError,
@@ -24,6 +23,7 @@ import { parseArchiveFileName, type ArchiveFileName } from '../wal/segment-name.
 import { isValidWalSegmentSize, MAX_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 import { findArchived } from '../catalog/catalog.js';
 import { GZIP_SUFFIX } from '../catalog/layout.js';
+import { createGunzipStream } from '../util/gunzip.js';
 
 /** Outcome of storing one file in the archive. */
 export type PushOutcome = 'archived' | 'already-archived';
@@ -70,7 +70,7 @@ export function requireArchiveFileName(name: string, what: string): ArchiveFileN
 export async function openArchived(storage: RepositoryStorage, key: string): Promise<Readable> {
   const raw = await storage.read(key);
   if (!key.endsWith(GZIP_SUFFIX)) return raw;
-  const gunzip = createGunzip();
+  const gunzip = createGunzipStream();
   raw.on('error', (err) => gunzip.destroy(err));
   gunzip.on('close', () => raw.destroy());
   return raw.pipe(gunzip);

@@ -1,7 +1,7 @@
 // Restore WAL: RESTORE -c, the archived WAL a restore can need selected, sized and copied from the WAL archive storage.
 
 import { join } from 'node:path';
-import { createGunzip, gunzipSync } from 'node:zlib';
+import { gunzipSync } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { StorageNotFoundError, joinKey, type RepositoryStorage } from '../storage/storage.js';
@@ -9,6 +9,7 @@ import { BartError, errorMessage } from '../util/errors.js';
 import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name.js';
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { GZIP_SUFFIX } from '../catalog/layout.js';
+import { createGunzipStream } from '../util/gunzip.js';
 
 /** An archived file RESTORE -c copies, with its stored size (compressed for `.gz`). */
 export interface WalToCopy {
@@ -107,7 +108,7 @@ async function copyOne(
     size = found.size;
   } else if (segment) {
     // A compressed segment expands to exactly one segment: streamed, never held whole.
-    const gunzip = createGunzip();
+    const gunzip = createGunzipStream();
     found.stream.on('error', (err) => gunzip.destroy(err));
     source = found.stream.pipe(gunzip);
     size = segmentSize;

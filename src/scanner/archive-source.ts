@@ -1,7 +1,6 @@
 // Concept: WAL read from the archive storage for scanning — segments, continuation heads, history files and MBMs, by key.
 
 import { gunzipSync } from 'node:zlib';
-import { createGunzip } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import { PosixStorage } from '../storage/posix/posix-storage.js';
 import { joinKey, StorageNotFoundError, type RepositoryStorage } from '../storage/storage.js';
@@ -12,6 +11,7 @@ import { parseWalFileName, WalFileContent, type LoadedWalFile } from '../wal/fil
 import { historyFileName, parseTimelineHistory, type TimelineSpan } from '../wal/timeline-history.js';
 import { decodeMbm } from './mbm-format.js';
 import type { ModifiedBlockMap } from './modified-block-map.js';
+import { createGunzipStream } from '../util/gunzip.js';
 
 /**
  * A WAL archive as the scanner takes it: its storage, or (callers not migrated yet, tests) a
@@ -98,7 +98,7 @@ export async function loadArchivedWal(
   let stream: Readable;
   if (parsed.compressed) {
     const raw = await storage.read(key);
-    const gunzip = createGunzip();
+    const gunzip = createGunzipStream();
     raw.on('error', (err) => gunzip.destroy(err));
     stream = raw.pipe(gunzip);
   } else {

@@ -3,7 +3,8 @@
 import { createReadStream } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { constants as zc, createGunzip, gzipSync } from 'node:zlib';
+import { constants as zc, gzipSync } from 'node:zlib';
+import { createGunzipStream } from '../util/gunzip.js';
 
 const require = createRequire(import.meta.url);
 const lz4 = require('lz4-napi') as { compressSync(data: Buffer): Buffer; uncompressSync(data: Uint8Array): Buffer };
@@ -87,17 +88,13 @@ function lz4Frame(payload: Uint8Array, stored: boolean, out?: Uint8Array): Buffe
   return frame;
 }
 
-/** Output piece of the gzip decoder. */
-const GUNZIP_OUTPUT_BYTES = 256 * 1024;
-
 /** A Transform that decodes a stream of concatenated units of `method` (any frame/member count). */
 export function createDecompressor(method: CompressionMethod): Transform {
   switch (method) {
     case 'none':
       return new Transform({ transform: (chunk: Buffer, _e, cb) => cb(null, chunk) });
     case 'gzip':
-      // zlib's default 16 KiB output pieces each cost a thread-pool round trip: 256 KiB measured ~30% less CPU.
-      return createGunzip({ chunkSize: GUNZIP_OUTPUT_BYTES });
+      return createGunzipStream();
     case 'zstd':
       return new zstd.DecompressStream();
     case 'lz4':

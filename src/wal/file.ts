@@ -2,13 +2,14 @@
 
 import { open } from 'node:fs/promises';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { createGunzip } from 'node:zlib';
 import { createReadStream } from 'node:fs';
 import { basename } from 'node:path';
 import { parseArchiveFileName, segmentNumberFromName } from './segment-name.js';
 import { WalDecodeError } from './decode-error.js';
 import { LONG_PAGE_HEADER_SIZE } from './constants.js';
 import { DEFAULT_WAL_SEGMENT_SIZE, isValidWalSegmentSize, MAX_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
+import { createGunzipStream } from '../util/gunzip.js';
+import { createGunzip } from 'node:zlib';
 
 /** The largest WAL segment PostgreSQL allows (initdb --wal-segsize=1024). */
 
@@ -64,7 +65,7 @@ export async function loadWalFile(
     );
   const content = new WalFileContent(reuse, maxBytes);
   if (parsed.compressed) {
-    const stream = createReadStream(path).pipe(createGunzip());
+    const stream = createReadStream(path).pipe(createGunzipStream());
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) if (content.append(chunk)) break;
     } catch (err) {
@@ -165,6 +166,7 @@ export async function readSegmentSize(path: string): Promise<number | undefined>
   let head: Buffer;
   try {
     if (path.endsWith('.gz')) {
+      // zlib's small default pieces: only the first few bytes are wanted.
       const stream = createReadStream(path).pipe(createGunzip());
       const chunks: Buffer[] = [];
       let n = 0;
