@@ -30,6 +30,7 @@ import {
   type ObjectHeader,
 } from './cipher-format.js';
 import { WorkerPool } from '../../util/worker-pool.js';
+import { CipherFileReader } from './cipher-file.js';
 import { PosixStorage } from '../posix/posix-storage.js';
 import { CIPHER_KEY_OBJECT, openRepositoryKey, type CipherSettings, type RepositoryKey } from './cipher-key.js';
 import type { SealResult, SealTask } from './seal-worker.js';
@@ -224,6 +225,17 @@ export class CipherStorage implements RepositoryStorage {
     if (!(this.inner instanceof PosixStorage)) return undefined;
     const { master, chunkLog2 } = await this.ready();
     return { root: this.inner.root, master, chunkLog2 };
+  }
+
+  /**
+   * Positioned reads of the plaintext of `key` from `start` to `end` (see {@link CipherFileReader}): a POSIX
+   * repository only (undefined otherwise). Throws StorageNotFoundError when there is no such object.
+   */
+  async openLocal(key: string, start?: number, end?: number): Promise<CipherFileReader | undefined> {
+    if (!(this.inner instanceof PosixStorage)) return undefined;
+    const path = this.inner.localPath(key);
+    const { master } = await this.ready();
+    return CipherFileReader.open(path, this.location, key, master, start, end);
   }
 
   /** The repository key, opened (or, for an empty repository, created) once; a wrong passphrase fails here. */
