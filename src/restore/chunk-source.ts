@@ -5,8 +5,10 @@
 // and copied again to prepend its size, zstd output in fresh 128 KiB buffers staged once more before
 // the write (fresh memory costs ~1 CPU-s per GiB here in page faults). Here the worker reads with
 // positioned reads into buffers it keeps, decodes from them in place, and hands out views of its own
-// output buffers. Anything else (an object without a local path: S3, an encrypted repository) comes
-// as before, through the opener's stream and the stream decoder.
+// output buffers. An encrypted POSIX repository's objects take the same decoders: the opener's
+// ByteRange reads each cipher chunk whole into a buffer it keeps, authenticates and decrypts it in
+// place, and hands out views of it (CipherFileReader). Anything else (S3, gzip) comes as before,
+// through the opener's stream and the stream decoder.
 
 import { closeSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -20,7 +22,7 @@ import {
   type CompressionMethod,
 } from '../storage/compression.js';
 import { isErrnoError } from '../util/errors.js';
-import { ObjectMissingError, type ObjectOpener, type ObjectRef } from './object-source.js';
+import { ObjectMissingError, type ByteRange, type ObjectOpener, type ObjectRef } from './object-source.js';
 
 const require = createRequire(import.meta.url);
 const zstd = require('zstd-napi/binding') as {
@@ -42,8 +44,9 @@ const READ_BYTES = 1024 * 1024;
 const ZSTD_OUT_BYTES = 1024 * 1024;
 /**
  * Opens `ref` from byte `start` to `end` (exclusive; the object's end when undefined) and decodes
- * it. With a local path the worker reads the file itself into recycled buffers; otherwise `opener`
- * streams it. Rejects with {@link ObjectMissingError} when the object does not exist.
+ * it. With a local path the worker reads the file itself into recycled buffers, as it does an
+ * encrypted local object the opener gives a {@link ByteRange} of; otherwise `opener` streams it.
+ * Rejects with {@link ObjectMissingError} when the object does not exist.
  */
 export async function openChunks(
   opener: ObjectOpener,
@@ -52,17 +55,9 @@ export async function openChunks(
   start = 0,
   end?: number,
 ): Promise<ChunkSource> {
-  if (ref.path === undefined || compression === 'gzip') {
-    return streamChunks(decompressStream(await opener.open(ref, start, end), compression));
-  }
-  let fd: number;
-  try {
-    fd = openSync(ref.path, 'r');
-  } catch (err) {
-    if (isErrnoError(err) && err.code === 'ENOENT') throw new ObjectMissingError(ref);
-    throw err;
-  }
-  const file = new FileRange(fd, start, end);
+  // gzip has no in-place decoder here: it streams whatever the source.
+  const file = compression === 'gzip' ? undefined : await openRange(opener, ref, start, end);
+  if (file === undefined) return streamChunks(decompressStream(await opener.open(ref, start, end), compression));
   const decode = compression === 'lz4' ? lz4Chunks : compression === 'zstd' ? zstdChunks : rawChunks;
   const chunks = decode(file);
   return {
@@ -75,6 +70,24 @@ export async function openChunks(
   };
 }
 
+/** `ref` as a {@link ByteRange}: its local file, or what the opener reads with positioned reads; else undefined. */
+async function openRange(
+  opener: ObjectOpener,
+  ref: ObjectRef,
+  start: number,
+  end: number | undefined,
+): Promise<ByteRange | undefined> {
+  if (ref.path === undefined) return opener.openRange?.(ref, start, end);
+  let fd: number;
+  try {
+    fd = openSync(ref.path, 'r');
+  } catch (err) {
+    if (isErrnoError(err) && err.code === 'ENOENT') throw new ObjectMissingError(ref);
+    throw err;
+  }
+  return new FileRange(fd, start, end);
+}
+
 /** A stream's chunks (they are the stream's own: valid as long as anyone holds them). */
 function streamChunks(stream: Readable): ChunkSource {
   return {
@@ -84,7 +97,7 @@ function streamChunks(stream: Readable): ChunkSource {
 }
 
 /** A byte range of an open file, read with positioned reads. */
-class FileRange {
+class FileRange implements ByteRange {
   private fd: number | undefined;
 
   constructor(
@@ -105,17 +118,6 @@ class FileRange {
     return n;
   }
 
-  /** Reads `length` bytes unless the range ends first; returns how many it read. */
-  readFully(buf: Buffer, offset: number, length: number): number {
-    let got = 0;
-    while (got < length) {
-      const n = this.read(buf, offset + got, length - got);
-      if (n === 0) break;
-      got += n;
-    }
-    return got;
-  }
-
   close(): void {
     if (this.fd === undefined) return;
     const fd = this.fd;
@@ -124,34 +126,60 @@ class FileRange {
   }
 }
 
-async function* rawChunks(file: FileRange): AsyncGenerator<Buffer> {
+/** Reads `length` bytes unless the range ends first; returns how many it read. */
+function readFully(file: ByteRange, buf: Buffer, offset: number, length: number): number {
+  let got = 0;
+  while (got < length) {
+    const n = file.read(buf, offset + got, length - got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
+/**
+ * The next `length` bytes: a view of the range's own buffer when they lie in one piece of it (an encrypted object's
+ * decrypted chunk), else read into `buf` at `offset`; valid until the next read. Shorter only at the end of the range.
+ */
+function readBytes(file: ByteRange, buf: Buffer, offset: number, length: number): Buffer {
+  if (file.view === undefined) return buf.subarray(offset, offset + readFully(file, buf, offset, length));
+  const piece = file.view(length);
+  if (piece.length === length || piece.length === 0) return piece;
+  piece.copy(buf, offset);
+  const rest = readFully(file, buf, offset + piece.length, length - piece.length);
+  return buf.subarray(offset, offset + piece.length + rest);
+}
+
+async function* rawChunks(file: ByteRange): AsyncGenerator<Buffer> {
   try {
-    const buf = Buffer.allocUnsafe(READ_BYTES);
+    const view = file.view?.bind(file);
+    const buf = view ? undefined : Buffer.allocUnsafe(READ_BYTES);
     for (;;) {
-      const n = file.readFully(buf, 0, READ_BYTES);
-      if (n === 0) return;
-      yield buf.subarray(0, n);
+      const piece = view ? view(READ_BYTES) : buf!.subarray(0, readFully(file, buf!, 0, READ_BYTES));
+      if (piece.length === 0) return;
+      yield piece;
     }
   } finally {
     file.close();
   }
 }
 
-async function* zstdChunks(file: FileRange): AsyncGenerator<Buffer> {
+async function* zstdChunks(file: ByteRange): AsyncGenerator<Buffer> {
   try {
     const dctx = new zstd.DCtx();
-    const input = Buffer.allocUnsafe(READ_BYTES);
+    const view = file.view?.bind(file);
+    const input = view ? undefined : Buffer.allocUnsafe(READ_BYTES);
     const out = Buffer.allocUnsafe(ZSTD_OUT_BYTES);
-    let src = input.subarray(0, 0);
+    let src: Buffer = Buffer.alloc(0);
     let ended = false;
     // Output the decoder still holds (the last call filled `out`), and whether a frame is open.
     let full = false;
     let inFrame = false;
     for (;;) {
       if (src.length === 0 && !ended) {
-        const n = file.readFully(input, 0, READ_BYTES);
-        if (n === 0) ended = true;
-        src = input.subarray(0, n);
+        // The decoder consumes its input in place: a view stays valid until the next one is asked for.
+        src = view ? view(READ_BYTES) : input!.subarray(0, readFully(file, input!, 0, READ_BYTES));
+        if (src.length === 0) ended = true;
       }
       if (src.length === 0 && ended && !full) break;
       const [left, produced, consumed] = dctx.decompressStream(out, src);
@@ -173,17 +201,17 @@ async function* zstdChunks(file: FileRange): AsyncGenerator<Buffer> {
  * LZ4 frames (as compressChunk, pg_basebackup or `lz4` write them): each block is read whole into one
  * recycled buffer and decoded into another; a stored block is handed out as it lies there.
  */
-async function* lz4Chunks(file: FileRange): AsyncGenerator<Buffer> {
+async function* lz4Chunks(file: ByteRange): AsyncGenerator<Buffer> {
   try {
     // The largest block and its optional checksum (after 4 bytes the stored block's view starts at).
     const block = Buffer.allocUnsafe(4 + LZ4_MAX_BLOCK_SIZE + 4);
     const out = Buffer.allocUnsafe(LZ4_MAX_BLOCK_SIZE);
     const head = Buffer.allocUnsafe(19);
     const exact = (buf: Buffer, offset: number, n: number) => {
-      if (file.readFully(buf, offset, n) !== n) throw new Error('truncated LZ4 stream');
+      if (readFully(file, buf, offset, n) !== n) throw new Error('truncated LZ4 stream');
     };
     for (;;) {
-      const got = file.readFully(head, 0, 7);
+      const got = readFully(file, head, 0, 7);
       if (got === 0) return;
       if (got !== 7) throw new Error('truncated LZ4 stream');
       if (head.readUInt32LE(0) !== LZ4_MAGIC) throw new Error('not an LZ4 frame (bad magic number)');
@@ -204,8 +232,10 @@ async function* lz4Chunks(file: FileRange): AsyncGenerator<Buffer> {
         }
         const size = word & 0x7fffffff;
         if (size > LZ4_MAX_BLOCK_SIZE) throw new Error(`corrupt LZ4 frame (a block of ${size} bytes)`);
-        exact(block, 4, size + (blockChecksum ? 4 : 0));
-        const body = block.subarray(4, 4 + size);
+        // A block that lies whole in a decrypted chunk is decoded where it lies, not copied first.
+        const sealed = readBytes(file, block, 4, size + (blockChecksum ? 4 : 0));
+        if (sealed.length !== size + (blockChecksum ? 4 : 0)) throw new Error('truncated LZ4 stream');
+        const body = sealed.subarray(0, size);
         const stored = (word & 0x80000000) !== 0;
         if (linked) {
           const out = stored ? Buffer.from(body) : decodeLz4Block(body, history);

@@ -9,6 +9,7 @@
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import type { MessagePort } from 'node:worker_threads';
+import type { CipherStorage } from '../storage/encryption/cipher-storage.js';
 import { StorageNotFoundError, joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { errorMessage, isErrnoError } from '../util/errors.js';
 
@@ -36,6 +37,23 @@ export class ObjectMissingError extends Error {
   }
 }
 
+/**
+ * Bytes of a stored object read in order with synchronous positioned reads of a local file (the restore workers'
+ * fast path, see chunk-source.ts).
+ */
+export interface ByteRange {
+  /** Reads up to `length` next bytes into `buf` at `offset`; 0 at the end of the range. */
+  read(buf: Buffer, offset: number, length: number): number;
+  /**
+   * The next bytes, at most `max` (at least 1 while any are left), as a view of the range's own buffer, valid until
+   * the next call; empty at the end. Absent when the range has no buffer of its own (a plain file is read straight
+   * into the caller's buffer, which costs the same).
+   */
+  view?(max: number): Buffer;
+  /** Releases the file. */
+  close(): void;
+}
+
 /** Opens stored objects for a restore task. */
 export interface ObjectOpener {
   /**
@@ -44,6 +62,12 @@ export interface ObjectOpener {
    * read failing later errors the stream.
    */
   open(ref: ObjectRef, start?: number, end?: number): Promise<Readable>;
+  /**
+   * The same bytes as {@link open} as a {@link ByteRange}, for a ref without a local path that this opener can
+   * still read with positioned reads (an encrypted POSIX repository, decrypted as it is read); undefined when it
+   * can only stream it. Rejects with {@link ObjectMissingError} when it does not exist.
+   */
+  openRange?(ref: ObjectRef, start?: number, end?: number): Promise<ByteRange | undefined>;
 }
 
 /** Chunks read from a local file at a time (the decoder splits them further where that bounds its memory). */
@@ -109,6 +133,25 @@ export function storageOpener(storage: RepositoryStorage): ObjectOpener {
 /** Local path when the ref has one, else `fallback`. */
 export function preferLocal(fallback: ObjectOpener): ObjectOpener {
   return { open: (ref, start, end) => (ref.path !== undefined ? localOpener : fallback).open(ref, start, end) };
+}
+
+/**
+ * Opens objects of an encrypted POSIX repository in a restore worker: with positioned reads decrypted chunk by chunk
+ * in a recycled buffer ({@link CipherStorage.openLocal}), or as a stream (gzip, which has no in-place decoder).
+ */
+export function cipherOpener(storage: CipherStorage): ObjectOpener {
+  const streams = storageOpener(storage);
+  return {
+    open: (ref, start, end) => streams.open(ref, start, end),
+    async openRange(ref, start, end) {
+      try {
+        return await storage.openLocal(ref.key, start, end);
+      } catch (err) {
+        if (err instanceof StorageNotFoundError) throw new ObjectMissingError(ref);
+        throw err;
+      }
+    },
+  };
 }
 
 /** Chunks a stream may have sent ahead of what the worker consumed. */

@@ -4,7 +4,7 @@ import { parentPort, type MessagePort } from 'node:worker_threads';
 import { restoreTargetFromSpec } from '../hosts/restore-target-for-spec.js';
 import type { RestoreTargetSpec } from '../hosts/restore-target.js';
 import { openWorkerSource, type CipherWorkerSource } from '../storage/encryption/cipher-storage.js';
-import { localOpener, PortOpener, preferLocal, storageOpener } from './object-source.js';
+import { cipherOpener, localOpener, PortOpener, preferLocal } from './object-source.js';
 import { runRestoreTask, type RestoreTask } from './reader.js';
 
 /** What the restore engine posts to a worker. */
@@ -17,8 +17,8 @@ export interface RestoreWorkerMessage {
    */
   objects?: MessagePort;
   /**
-   * An encrypted POSIX repository: the worker reads the ciphertext itself and decrypts it here, beside
-   * decompression (the main thread would otherwise decrypt everything for every worker).
+   * An encrypted POSIX repository: the worker reads the ciphertext itself with positioned reads and decrypts it
+   * here in place, beside decompression (the main thread would otherwise decrypt everything for every worker).
    */
   encrypted?: CipherWorkerSource;
 }
@@ -28,7 +28,7 @@ parentPort!.on('message', (msg: RestoreWorkerMessage) => {
   const target = restoreTargetFromSpec(msg.target);
   const remote = msg.objects ? new PortOpener(msg.objects) : undefined;
   const opener = msg.encrypted
-    ? preferLocal(storageOpener(openWorkerSource(msg.encrypted)))
+    ? cipherOpener(openWorkerSource(msg.encrypted))
     : remote
       ? preferLocal(remote)
       : localOpener;

@@ -115,6 +115,46 @@ export function sealChunkInPlace(
 }
 
 /**
+ * Bytes decrypted per cipher call by {@link openChunkInPlace}, as {@link SEAL_SLICE} for sealing: each call's output
+ * is fresh memory, which malloc reuses at this size; a whole MiB per call costs several times the AES work.
+ */
+const OPEN_SLICE = 32 * 1024;
+
+/**
+ * Authenticates and decrypts chunk `index` in place: `sealed` holds the chunk as stored (ciphertext, then its
+ * 16-byte tag); on success its first `sealed.length - 16` bytes are the plaintext. False when the tag does not
+ * authenticate the chunk (altered, truncated, moved, or not the last chunk when `last` says it is): the buffer then
+ * holds garbage that must not be used. The caller's buffer is reused from chunk to chunk, so no fresh MiB per chunk.
+ */
+export function openChunkInPlace(
+  header: ObjectHeader,
+  aad: Buffer,
+  index: number,
+  last: boolean,
+  sealed: Uint8Array,
+): boolean {
+  if (sealed.length < TAG_BYTES) return false;
+  const body = sealed.length - TAG_BYTES;
+  const decipher = createDecipheriv('aes-256-gcm', header.key, nonce(index, last));
+  decipher.setAAD(aad);
+  // The tag is read before the body is overwritten (it lies after it, so it is not touched either way).
+  decipher.setAuthTag(Buffer.from(sealed.buffer, sealed.byteOffset + body, TAG_BYTES));
+  for (let at = 0; at < body; at += OPEN_SLICE) {
+    const end = Math.min(body, at + OPEN_SLICE);
+    const opened = decipher.update(sealed.subarray(at, end));
+    if (opened.length !== end - at)
+      throw new Error(`AES-GCM returned ${opened.length} bytes for ${end - at} (internal error)`);
+    sealed.set(opened, at);
+  }
+  try {
+    decipher.final();
+  } catch {
+    return false;
+  }
+  return true;
+}
+
+/**
  * Decrypts one chunk fed in pieces as they arrive (no copy joins them first). Nothing of the plaintext is
  * released before {@link ChunkOpener.finish} has checked the tag: a caller only ever sees authenticated bytes.
  */

@@ -30,6 +30,7 @@ import {
   type ObjectHeader,
 } from './cipher-format.js';
 import { WorkerPool } from '../../util/worker-pool.js';
+import { CipherFileReader } from './cipher-file.js';
 import { PosixStorage } from '../posix/posix-storage.js';
 import { CIPHER_KEY_OBJECT, openRepositoryKey, type CipherSettings, type RepositoryKey } from './cipher-key.js';
 import type { SealResult, SealTask } from './seal-worker.js';
@@ -84,14 +85,20 @@ function sealInWorker(task: SealTask): Promise<SealResult> {
 
 /** Writes sealed chunks to the inner writer; keeps the last full chunk back until it knows whether more follows. */
 class EncryptingWriter implements StorageWriter {
+  /**
+   * The chunk being filled: its plaintext, then room for its tag, so that the sealed chunk (ciphertext and tag, as
+   * stored) goes to the inner writer in one write.
+   */
   private chunk: Buffer;
   private filled = 0;
   private index = 0;
   private headerWritten = false;
   /** Chunks being sealed in the worker, oldest first (written in this order). */
-  private readonly sealing: Promise<[Buffer, Buffer]>[] = [];
+  private readonly sealing: Promise<Buffer>[] = [];
   /** Chunk buffers sealed in the worker and written since, for reuse (fresh memory costs more than the AES work). */
   private readonly spare: Buffer[] = [];
+  /** The associated data in an ArrayBuffer of its own: a message to the worker copies only its bytes. */
+  private readonly ownAad: Uint8Array;
 
   constructor(
     private readonly inner: StorageWriter,
@@ -99,7 +106,8 @@ class EncryptingWriter implements StorageWriter {
     private readonly aad: Buffer,
   ) {
     // A buffer of its own (not a slice of Node's pool), so it can be transferred to the sealing worker.
-    this.chunk = Buffer.allocUnsafeSlow(header.chunkSize);
+    this.chunk = Buffer.allocUnsafeSlow(header.chunkSize + TAG_BYTES);
+    this.ownAad = new Uint8Array(aad);
   }
 
   async write(data: Uint8Array): Promise<void> {
@@ -107,14 +115,15 @@ class EncryptingWriter implements StorageWriter {
       this.headerWritten = true;
       await this.inner.write(this.header.bytes);
     }
+    const size = this.header.chunkSize;
     let offset = 0;
     while (offset < data.length) {
-      if (this.filled === this.chunk.length) {
+      if (this.filled === size) {
         // More data after a full chunk: that chunk is not the last one.
         await this.sealFull();
         this.filled = 0;
       }
-      const n = Math.min(data.length - offset, this.chunk.length - this.filled);
+      const n = Math.min(data.length - offset, size - this.filled);
       this.chunk.set(data.subarray(offset, offset + n), this.filled);
       this.filled += n;
       offset += n;
@@ -127,7 +136,7 @@ class EncryptingWriter implements StorageWriter {
       await this.inner.write(this.header.bytes);
     }
     while (this.sealing.length > 0) await this.writeOldest();
-    await this.seal(true, this.chunk.subarray(0, this.filled));
+    await this.seal(true, this.filled);
     await this.inner.finish();
   }
 
@@ -138,37 +147,41 @@ class EncryptingWriter implements StorageWriter {
 
   /** Seals the full chunk (not the last): here for the first chunks of an object, then in the worker. */
   private async sealFull(): Promise<void> {
-    if (this.index < SEAL_HERE_CHUNKS) return this.seal(false, this.chunk);
+    const size = this.header.chunkSize;
+    if (this.index < SEAL_HERE_CHUNKS) return this.seal(false, size);
     const chunk = this.chunk;
-    this.chunk = this.spare.pop() ?? Buffer.allocUnsafeSlow(this.header.chunkSize);
-    const task: SealTask = { key: this.header.key, aad: this.aad, index: this.index++, last: false, chunk };
-    const sealed = sealInWorker(task).then((r): [Buffer, Buffer] => [
-      Buffer.from(r.chunk.buffer, r.chunk.byteOffset, r.chunk.byteLength),
-      Buffer.from(r.tag),
-    ]);
+    this.chunk = this.spare.pop() ?? Buffer.allocUnsafeSlow(size + TAG_BYTES);
+    const task: SealTask = {
+      key: this.header.key,
+      aad: this.ownAad,
+      index: this.index++,
+      last: false,
+      chunk,
+      length: size,
+    };
+    const sealed = sealInWorker(task).then((r) => Buffer.from(r.chunk.buffer, r.chunk.byteOffset, r.chunk.byteLength));
     // Awaited in order by writeOldest (or settled by abort): never an unhandled rejection meanwhile.
     sealed.catch(() => undefined);
     this.sealing.push(sealed);
     while (this.sealing.length >= SEALS_IN_FLIGHT) await this.writeOldest();
   }
 
-  /** Writes the oldest chunk sealed in the worker: ciphertext, then tag; its buffer is then free for reuse. */
+  /** Writes the oldest chunk sealed in the worker (ciphertext and tag); its buffer is then free for reuse. */
   private async writeOldest(): Promise<void> {
-    const [body, tag] = await this.sealing.shift()!;
-    await this.inner.write(body);
-    await this.inner.write(tag);
+    const sealed = await this.sealing.shift()!;
+    await this.inner.write(sealed);
     // The inner writer keeps no reference once write() resolved: the buffer takes the next chunk.
-    this.spare.push(body);
+    this.spare.push(sealed);
   }
 
   /**
-   * Seals the next chunk here, in place, and writes its ciphertext, then its tag (no copy joins them); the chunk
-   * buffer takes the next plaintext once written.
+   * Seals the next chunk (its first `length` bytes) here, in place, puts its tag after it and writes both at once;
+   * the chunk buffer takes the next plaintext once written.
    */
-  private async seal(last: boolean, chunk: Buffer): Promise<void> {
-    const tag = sealChunkInPlace(this.header, this.aad, this.index++, last, chunk);
-    await this.inner.write(chunk);
-    await this.inner.write(tag);
+  private async seal(last: boolean, length: number): Promise<void> {
+    const tag = sealChunkInPlace(this.header, this.aad, this.index++, last, this.chunk.subarray(0, length));
+    tag.copy(this.chunk, length);
+    await this.inner.write(this.chunk.subarray(0, length + TAG_BYTES));
   }
 }
 
@@ -224,6 +237,17 @@ export class CipherStorage implements RepositoryStorage {
     if (!(this.inner instanceof PosixStorage)) return undefined;
     const { master, chunkLog2 } = await this.ready();
     return { root: this.inner.root, master, chunkLog2 };
+  }
+
+  /**
+   * Positioned reads of the plaintext of `key` from `start` to `end` (see {@link CipherFileReader}): a POSIX
+   * repository only (undefined otherwise). Throws StorageNotFoundError when there is no such object.
+   */
+  async openLocal(key: string, start?: number, end?: number): Promise<CipherFileReader | undefined> {
+    if (!(this.inner instanceof PosixStorage)) return undefined;
+    const path = this.inner.localPath(key);
+    const { master } = await this.ready();
+    return CipherFileReader.open(path, this.location, key, master, start, end);
   }
 
   /** The repository key, opened (or, for an empty repository, created) once; a wrong passphrase fails here. */

@@ -11,22 +11,33 @@ export interface SealTask {
   aad: Uint8Array;
   index: number;
   last: boolean;
-  /** The plaintext, in an ArrayBuffer of its own: transferred here, sealed in place and sent back. */
+  /**
+   * The plaintext (its first `length` bytes) with room for the tag after it, in an ArrayBuffer of its own:
+   * transferred here, sealed in place, the tag put after the ciphertext, and sent back — the chunk as stored.
+   */
   chunk: Uint8Array;
+  /** Plaintext bytes in `chunk`. */
+  length: number;
 }
 
-/** The sealed chunk: the ciphertext in the task's own buffer (given back, to be reused once written), and the tag. */
+/** The sealed chunk: ciphertext and tag in the task's own buffer (given back, to be reused once written). */
 export interface SealResult {
   chunk: Uint8Array;
-  tag: Uint8Array;
 }
 
 parentPort!.on('message', (task: SealTask) => {
   try {
     // The associated data already holds the header bytes: the key is all sealing takes of the header.
-    const header = { bytes: Buffer.alloc(0), chunkSize: task.chunk.length, key: Buffer.from(task.key) };
-    const tag = sealChunkInPlace(header, Buffer.from(task.aad), task.index, task.last, task.chunk);
-    const value: SealResult = { chunk: task.chunk, tag: new Uint8Array(tag) };
+    const header = { bytes: Buffer.alloc(0), chunkSize: task.length, key: Buffer.from(task.key) };
+    const tag = sealChunkInPlace(
+      header,
+      Buffer.from(task.aad),
+      task.index,
+      task.last,
+      task.chunk.subarray(0, task.length),
+    );
+    task.chunk.set(tag, task.length);
+    const value: SealResult = { chunk: task.chunk };
     parentPort!.postMessage({ ok: true, value }, [task.chunk.buffer as ArrayBuffer]);
   } catch (err) {
     parentPort!.postMessage({ ok: false, error: (err as Error).message });
