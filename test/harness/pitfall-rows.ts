@@ -23,6 +23,18 @@ import {
   tryBackup,
 } from './incremental.js';
 import { freshPath, startRestored, waitPromoted, type RestoreSource } from './restore.js';
+import { e2eOnly } from './test-size.js';
+
+/**
+ * The slowest rows, run in `npm run test:e2e` only, with what covers their ground in npm test. The
+ * next row then builds on the row before (each takes its incremental on whatever the parent is).
+ */
+const HEAVY_ROWS: Record<string, string> = {
+  'pitfall: timeline switch: a parent on the history is followed, one off it is refused':
+    'timelines: MBMs across a switch in scanner-timeline, a backup on timeline 2 restored with -t in pitr',
+  'pitfall: hint-bit-only changes (checksums on: WAL-logged) restore pages with valid checksums':
+    'restored incrementals with checksums on: pg_amcheck in the relfilenode row, page checks in page-checksum',
+};
 
 /** The two halves of the pitfall rows: each builds its own source cluster and its own chain of incrementals. */
 export type PitfallGroup = 'a' | 'b';
@@ -34,9 +46,10 @@ export type PitfallGroup = 'a' | 'b';
  * two files run in parallel. Rows that share tables (shrink, t_new) stay in one half, in their old order.
  */
 export function registerPitfallRows(group: PitfallGroup): void {
-  /** Registers a row of `rowGroup` when that is the half being registered. */
+  /** Registers a row of `rowGroup` when that is the half being registered (a heavy row: e2e only). */
   const row = (rowGroup: PitfallGroup, title: string, fn: () => void | Promise<void>): void => {
-    if (rowGroup === group) test(title, fn);
+    const heavy = HEAVY_ROWS[title];
+    if (rowGroup === group) test(title, { skip: heavy === undefined ? false : e2eOnly(heavy) }, fn);
   };
 
   /**
