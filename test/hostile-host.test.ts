@@ -25,6 +25,7 @@ import { removeTree, testUserIds, type RunResult } from './harness/os.js';
 import { versionsUnderTest } from './harness/pg-binaries.js';
 import { freshPath } from './harness/restore.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
+import { sliced } from './harness/test-size.js';
 
 /**
  * The untrusted-path boundary seen from outside: a database host whose cluster owner's account lies
@@ -208,14 +209,17 @@ test(`hostile database host (PostgreSQL ${version}): crafted listings over ssh a
       },
     ];
     const sentinelBefore = tree(sentinel);
-    for (const c of cases) {
+    const formats = [
+      ['-F', 't'],
+      ['-F', 'p'],
+      ['-F', 'p', '--parent', 'good'],
+    ];
+    for (const [k, c] of cases.entries()) {
       c.setup?.();
       setPlan(c.drop ?? [], c.add);
-      for (const args of [
-        ['-F', 't'],
-        ['-F', 'p'],
-        ['-F', 'p', '--parent', 'good'],
-      ]) {
+      // Every case against every format in `npm run test:long`; in `npm test` each case against one
+      // format, in turn, so that every case and every format is refused at least once.
+      for (const args of sliced(formats, (_, f) => f === k % formats.length)) {
         const what = `${c.name}, BACKUP ${args.join(' ')}`;
         const catalogBefore = tree(catalog, ['archived_wals']);
         const r = await setup.bart(['BACKUP', '-s', 'rem', ...args]);

@@ -18,6 +18,7 @@ import { TestCluster } from './harness/cluster.js';
 import { removeTree, run, runOk, type RunResult } from './harness/os.js';
 import { REPO_ROOT, versionsUnderTest } from './harness/pg-binaries.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
+import { e2eOnly } from './harness/test-size.js';
 import { explainSshFailure } from '../src/hosts/ssh/errors.js';
 import { tarFileHeader } from '../src/storage/tar-header.js';
 
@@ -64,8 +65,13 @@ function bartInBackground(setup: BartSetup, args: string[]): Promise<RunResult> 
 }
 
 const version = versionsUnderTest()[0]!;
+/** The long remote story runs in `npm run test:e2e`; npm test covers its parts (the reason says where). */
+const HEAVY = e2eOnly(
+  'npm test covers BACKUP over ssh in hostile-host and page-checksum, RESTORE -r in delta-restore and s3-restore, ARCHIVE-PUSH over ssh in s3-e2e',
+);
 
-test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_command, CHECK-CONFIG, full and incremental backups, RESTORE -r of full backups and chains with PITR, failures`, async () => {
+test(`remote server over ssh (PostgreSQL ${version}): INIT with scp archive_command, CHECK-CONFIG, full and incremental backups, RESTORE -r of full backups and chains with PITR, failures`, async (t) => {
+  if (HEAVY !== false) return t.skip(HEAVY);
   const cleanups: (() => Promise<void> | void)[] = [];
   try {
     const sshd = await TestSshd.start(['postgres', BART]);

@@ -11,6 +11,7 @@ import { listedBackups } from './harness/bart.js';
 import { testUserIds } from './harness/os.js';
 import { REPO_ROOT } from './harness/pg-binaries.js';
 import { radosgwInstalled, TestS3 } from './harness/s3.js';
+import { e2eOnly } from './harness/test-size.js';
 import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 
 const skip = !radosgwInstalled()
@@ -199,6 +200,8 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
   });
 
   test('memory stays bounded: a tar backup of a cluster many times the multipart buffers (peak RSS reported)', async (t) => {
+    const heavy = e2eOnly('npm test bounds one S3 writer at 200 MiB in storage-driver');
+    if (heavy !== false) return t.skip(heavy);
     // About 200 MB of incompressible rows: 12 times a 16 MiB part, 3 times the 4 parts in flight.
     await bigTable();
     const r = await ok(['BACKUP', '-s', SERVER, '-F', 't', '--thread-count', '2']);
@@ -283,6 +286,10 @@ describe('BACKUP into S3 (radosgw)', { skip }, () => {
   }
 
   test('radosgw killed in the middle of a backup: one ERROR line, nothing published; after a restart MANAGE -d cleans up and the next backup succeeds', async (t) => {
+    const heavy = e2eOnly(
+      'npm test kills radosgw during an upload and a read in storage-driver, during ARCHIVE-PUSH in s3-archive; SIGTERM cleanup here',
+    );
+    if (heavy !== false) return t.skip(heavy);
     await bigTable();
     const complete = async () =>
       (await listedBackups(fx.setup, SERVER)).filter((b) => b.status === 'active').map((b) => b.id);

@@ -14,11 +14,14 @@ import { radosgwInstalled, TestS3 } from './harness/s3.js';
 import { BART_TEST_USER, TestSshd } from './harness/sshd.js';
 import { restoreToTimeAndCompare } from './harness/pitr-check.js';
 import { waitFor } from './harness/wait.js';
+import { e2eOnly } from './harness/test-size.js';
 import { S3Storage } from '../src/storage/s3/s3-storage.js';
 import { Secret } from '../src/util/secret.js';
 
 const skip = radosgwInstalled() ? false : 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)';
 const version = versionsUnderTest()[0]!;
+/** The suite below runs in `npm run test:e2e`: each of its steps has its own test in npm test. */
+const heavy = e2eOnly('its steps run in npm test: s3-backup, s3-restore, s3-archive, s3-retention, s3-cli');
 const BUCKET = 'pgbart-e2e';
 const PREFIX = 'fleet';
 const SERVER = 'prod';
@@ -66,7 +69,7 @@ function backupId(r: { code: number | null; stdout: string; stderr: string }): s
   return m[1]!;
 }
 
-describe(`end to end on S3 (radosgw), PostgreSQL ${version}`, { concurrency: false, skip }, () => {
+describe(`end to end on S3 (radosgw), PostgreSQL ${version}`, { concurrency: false, skip: skip || heavy }, () => {
   let cluster: TestCluster;
   let setup: BartSetup;
   let storage: S3Storage;

@@ -23,6 +23,18 @@ import {
   tryBackup,
 } from './incremental.js';
 import { freshPath, startRestored, waitPromoted, type RestoreSource } from './restore.js';
+import { e2eOnly } from './test-size.js';
+
+/**
+ * The slowest rows, run in `npm run test:e2e` only, with what covers their ground in npm test. The
+ * next row then builds on the row before (each takes its incremental on whatever the parent is).
+ */
+const HEAVY_ROWS: Record<string, string> = {
+  'pitfall: timeline switch: a parent on the history is followed, one off it is refused':
+    'timelines: MBMs across a switch in scanner-timeline, a backup on timeline 2 restored with -t in pitr',
+  'pitfall: hint-bit-only changes (checksums on: WAL-logged) restore pages with valid checksums':
+    'restored incrementals with checksums on: pg_amcheck in the relfilenode row, page checks in page-checksum',
+};
 
 /** The two halves of the pitfall rows: each builds its own source cluster and its own chain of incrementals. */
 export type PitfallGroup = 'a' | 'b';
@@ -34,9 +46,10 @@ export type PitfallGroup = 'a' | 'b';
  * two files run in parallel. Rows that share tables (shrink, t_new) stay in one half, in their old order.
  */
 export function registerPitfallRows(group: PitfallGroup): void {
-  /** Registers a row of `rowGroup` when that is the half being registered. */
+  /** Registers a row of `rowGroup` when that is the half being registered (a heavy row: e2e only). */
   const row = (rowGroup: PitfallGroup, title: string, fn: () => void | Promise<void>): void => {
-    if (rowGroup === group) test(title, fn);
+    const heavy = HEAVY_ROWS[title];
+    if (rowGroup === group) test(title, { skip: heavy === undefined ? false : e2eOnly(heavy) }, fn);
   };
 
   /**
@@ -108,6 +121,8 @@ export function registerPitfallRows(group: PitfallGroup): void {
       let parent = '';
       let tsDir = '';
       let tsOid = 0;
+      /** Rows the timeline row (test:e2e only) added to t_new on timeline 1: later rows count them. */
+      let tli1OnlyRows = 0;
 
       /** Takes an incremental on the current parent, snapshots the source, and makes it the next parent. */
       const incremental = async (): Promise<{ id: string; snap: Record<string, string> }> => {
@@ -416,6 +431,7 @@ export function registerPitfallRows(group: PitfallGroup): void {
         // A restore of the current parent, promoted: timeline 2 branches off at that backup's end.
         const branchPoint = parent;
         await c.query("INSERT INTO t_new SELECT g, 'tli1 only' FROM generate_series(100001, 100100) g");
+        tli1OnlyRows = 100;
         const offHistory = (await incremental()).id;
         const path = freshPath(src, 'tli2');
         const r = await src.restore([
@@ -512,7 +528,7 @@ export function registerPitfallRows(group: PitfallGroup): void {
             e?.incr && e.incr.runs.length > 0 && e.incr.runs.length < 20,
             'the change set came from the MBMs made on the spot',
           );
-          assert.equal(snap['postgres:public.t_new']!.split(':')[0], String(4000 + 100 + 10 + 10));
+          assert.equal(snap['postgres:public.t_new']!.split(':')[0], String(4000 + tli1OnlyRows + 10 + 10));
           // Missing: one segment of the range disappears from the archive.
           await c.query("INSERT INTO t_new SELECT g, 'gap' FROM generate_series(500001, 500010) g");
           await src.archiveCurrentWal();
