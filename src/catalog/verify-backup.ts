@@ -6,6 +6,7 @@ import tar from 'tar-stream';
 import { compressionExtension, createDecompressor, type CompressionMethod } from '../storage/compression.js';
 import { StorageNotFoundError, joinKey } from '../storage/storage.js';
 import { errorMessage } from '../util/errors.js';
+import { forEachLimited } from '../util/for-each-limited.js';
 import type { CatalogEntry } from './catalog.js';
 import { MANIFEST_FILE, PLAIN_BASE_DIR } from './layout.js';
 import {
@@ -46,6 +47,12 @@ async function hashStream(
   ]);
   return bytes;
 }
+
+/**
+ * Files of a plain backup verified at once: hides an object store's per-request latency (radosgw here: 8 KiB
+ * GETs 62 ms one at a time, 16 ms each 8 at once) while holding at most this many decoders in memory.
+ */
+const PLAIN_FILES_AT_ONCE = 8;
 
 /** What went wrong reading a stored file, for a FAILED line: `missing` or the decoder's complaint. */
 function unreadable(err: unknown): string {
@@ -131,19 +138,31 @@ export async function verifyBackup(entry: CatalogEntry): Promise<VerifyResult> {
     }
   } else {
     const ext = compressionExtension(compression);
-    for (const [key, expected] of [...files]) {
-      const root = expected.archive === 'base' ? PLAIN_BASE_DIR : expected.archive;
-      const stored = joinKey(root, expected.path) + ext;
-      try {
-        const hash = createChecksum(algorithm);
-        const source = await entry.storage.read(joinKey(entry.dataKey, stored));
-        const size = await hashStream((d) => hash?.update(d), source, createDecompressor(compression));
-        checkFile(key, stored, hash?.digest('hex'), size);
-      } catch (err) {
-        files.delete(key);
-        failures.push(`${stored}: ${unreadable(err)}`);
-      }
-    }
+    // Several files read at once (an object store answers each GET after tens of ms); the outcomes are
+    // reported in manifest order all the same.
+    const list = [...files];
+    const outcomes: (() => void)[] = [];
+    await forEachLimited(
+      list.map((item, index) => ({ item, index })),
+      PLAIN_FILES_AT_ONCE,
+      async ({ item: [key, expected], index }) => {
+        const root = expected.archive === 'base' ? PLAIN_BASE_DIR : expected.archive;
+        const stored = joinKey(root, expected.path) + ext;
+        try {
+          const hash = createChecksum(algorithm);
+          const source = await entry.storage.read(joinKey(entry.dataKey, stored));
+          const size = await hashStream((d) => hash?.update(d), source, createDecompressor(compression));
+          const digest = hash?.digest('hex');
+          outcomes[index] = () => checkFile(key, stored, digest, size);
+        } catch (err) {
+          outcomes[index] = () => {
+            files.delete(key);
+            failures.push(`${stored}: ${unreadable(err)}`);
+          };
+        }
+      },
+    );
+    for (const outcome of outcomes) outcome();
   }
   for (const missing of files.values())
     failures.push(`${missing.archive === 'base' ? '' : missing.archive + ':'}${missing.path}: missing from the backup`);

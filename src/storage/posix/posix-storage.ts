@@ -24,6 +24,7 @@ import {
   type StoredObject,
   putWhole,
 } from '../storage.js';
+import { forEachLimited } from '../../util/for-each-limited.js';
 
 /** Objects a listing page holds at most (a directory of a million archived segments is not one array). */
 const PAGE_SIZE = 1000;
@@ -304,13 +305,4 @@ async function fsyncPath(path: string): Promise<void> {
   } finally {
     await handle.close();
   }
-}
-
-/** Runs `fn` over `items` with at most `limit` calls in flight. */
-export async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const lane = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
 }
