@@ -45,11 +45,6 @@ export class TarArchiveWriter implements ArchiveWriter {
   private dataBytes = 0;
   private readonly artifactHash = artifactHasher();
   private readonly alloc: ((size: number) => Buffer) | undefined;
-  /**
-   * The write of the previous unit, still under way: the next unit's artifact checksum, manifest entries and the
-   * reads and hashing of later units go on meanwhile (one write at a time keeps the tar in order).
-   */
-  private writing: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly name: string,
@@ -141,14 +136,10 @@ export class TarArchiveWriter implements ArchiveWriter {
       p.entry.offset = compressed ? this.storedBytes : this.storedBytes + p.unitSkip;
       if (compressed && p.unitSkip > 0) p.entry.unitSkip = p.unitSkip;
     }
-    await phaseTimes.wait('write', this.writing);
-    // Not awaited here: the buffer is only read by the write and the checksum, and goes back to the compressor
-    // (recycle) once the write is done.
-    const writing = this.output.write(stored).then(() => this.settings.recycle?.(stored));
-    writing.catch(() => undefined); // met when the next unit (or finish) awaits it; never unhandled meanwhile
-    this.writing = writing;
+    await phaseTimes.wait('write', this.output.write(stored));
     phaseTimes.sync('checksum', () => this.artifactHash.update(stored));
     this.storedBytes += stored.length;
+    this.settings.recycle?.(stored);
     for (const p of unit.completes) {
       const checksum = p.checksum ? await phaseTimes.wait('checksum wait', p.checksum) : undefined;
       if (checksum !== undefined) p.entry.checksum = checksum;
@@ -160,7 +151,6 @@ export class TarArchiveWriter implements ArchiveWriter {
     await this.pushBytes(Buffer.alloc(2 * TAR_BLOCK)); // end-of-archive marker
     await this.emitUnit();
     while (this.inflight.length > 0) await this.writeHead();
-    await phaseTimes.wait('write', this.writing);
     await phaseTimes.wait('write', this.output.finish());
     return {
       artifact: { artifact: this.name, size: this.storedBytes, checksum: this.artifactHash.hex() },
@@ -170,7 +160,7 @@ export class TarArchiveWriter implements ArchiveWriter {
   }
 
   async abort(): Promise<void> {
-    await Promise.allSettled([...this.inflight.map((u) => u.stored), this.writing]);
+    await Promise.allSettled(this.inflight.map((u) => u.stored));
     await this.output.abort();
   }
 }
