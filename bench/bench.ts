@@ -17,13 +17,18 @@
  * `archive` is bench/archive-bench.ts: WAL archiving throughput, sync and async, against pgbackrest archive-push;
  * `replay` is bench/replay-bench.ts: a PITR restore replaying BENCH_REPLAY_GB (default 5) GB of archived WAL against
  * pgBackRest's async archive-get).
+ * Backup part only: BENCH_CASES (labels to run, `|`-separated substrings, e.g. `plain, uncompressed|tar + lz4`),
+ * BENCH_THREADS (default `1,2`), BENCH_CACHE (default `warm,cold`), BENCH_REPEAT (best of N, default 1), and
+ * BENCH_BASELINE (a `bin/bart.js` of another build, timed in the same run beside this one: before/after under the
+ * same load).
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { createBackupFixture, backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
-import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
+import { makeTempDir, removeTree, run, runOk, testUserIds } from '../test/harness/os.js';
 import {
   BENCH,
   BENCH_CLUSTER_CONF,
@@ -39,6 +44,31 @@ import {
 } from './bench-data.js';
 
 const PARTS = (process.env.BENCH_PARTS ?? 'backup,restore,delta,pagecheck,cipher,s3,archive,replay,scanner').split(',');
+const CASES = process.env.BENCH_CASES?.split('|');
+const THREADS = (process.env.BENCH_THREADS ?? '1,2').split(',').map(Number);
+const CACHES = (process.env.BENCH_CACHE ?? 'warm,cold').split(',') as ('warm' | 'cold')[];
+const REPEAT = Number(process.env.BENCH_REPEAT ?? 1);
+const BASELINE = process.env.BENCH_BASELINE;
+
+/** CPU seconds (user + system) of this process's children that have ended (from /proc/self/stat). */
+function childCpuSeconds(): number {
+  const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
+  // cutime and cstime are fields 16 and 17 of stat(5), 14 and 15 after the name; in clock ticks (100 Hz here).
+  return (Number(fields[14]) + Number(fields[15])) / 100;
+}
+
+/** The best (shortest) of `REPEAT` timed runs, and the CPU time of that run's children. */
+async function bestOf(fn: () => Promise<unknown>, prepare: () => Promise<void>): Promise<{ s: number; cpu: number }> {
+  let best: { s: number; cpu: number } | undefined;
+  for (let i = 0; i < REPEAT; i++) {
+    await prepare();
+    const cpu0 = childCpuSeconds();
+    const s = await timed(fn);
+    const cpu = childCpuSeconds() - cpu0;
+    if (!best || s < best.s) best = { s, cpu };
+  }
+  return best!;
+}
 
 interface Row {
   label: string;
@@ -47,6 +77,10 @@ interface Row {
   /** pgbart's `BACKUP phases` debug line (where its time went). */
   pgbartPhases?: string;
   pgbart?: number;
+  pgbartCpu?: number;
+  /** The BENCH_BASELINE build, same case, same run. */
+  baseline?: number;
+  baselineCpu?: number;
   pgbartRss?: number;
   pgbartSize?: number;
   basebackup?: number;
@@ -60,8 +94,11 @@ async function backupBench(
   data: BenchData,
   rawRead: { warm: number; cold: number },
 ): Promise<void> {
-  const bart = async (args: string[]) => {
-    const r = await fx.setup.bart(['-d', 'BACKUP', '-s', fx.server, ...args]);
+  const bart = async (args: string[], bin?: string) => {
+    const full = ['-d', 'BACKUP', '-s', fx.server, ...args];
+    const r = bin
+      ? await run(process.execPath, [bin, '-c', fx.setup.configPath, ...full], { asTestUser: false, cwd: fx.setup.dir })
+      : await fx.setup.bart(full);
     if (r.code !== 0) throw new Error(`bart ${args.join(' ')} failed: ${r.stderr}`);
     const id = backupIdFrom(r.stdout);
     const size = du(fx.backupDir(id));
@@ -99,7 +136,7 @@ async function backupBench(
   };
 
   const rows: Row[] = [];
-  const cases: { label: string; bart: string[]; basebackup: string[]; pgbackrest: string }[] = [
+  const allCases: { label: string; bart: string[]; basebackup: string[]; pgbackrest: string }[] = [
     { label: 'plain, uncompressed', bart: ['-F', 'p'], basebackup: ['-Fp'], pgbackrest: 'none' },
     { label: 'tar, uncompressed', bart: ['-F', 't'], basebackup: ['-Ft'], pgbackrest: 'none' },
     { label: 'tar + gzip', bart: ['-F', 't', '-z'], basebackup: ['-Ft', '-z'], pgbackrest: 'gz' },
@@ -116,16 +153,14 @@ async function backupBench(
       pgbackrest: 'zst',
     },
   ];
+  const cases = allCases.filter((c) => !CASES || CASES.some((want) => c.label.includes(want)));
   const basebackupTimes = new Map<string, number>();
   const ratio = (a?: number, b?: number) => (a && b ? (a / b).toFixed(2) : '-');
-  for (const cache of ['warm', 'cold'] as const) {
+  for (const cache of CACHES) {
     // Cold: the page cache dropped before every command, so each one reads the cluster from disk.
     const prepare = cache === 'cold' ? dropCaches : async () => undefined;
-    const time = async (fn: () => Promise<unknown>) => {
-      await prepare();
-      return timed(fn);
-    };
-    for (const threads of [1, 2]) {
+    const time = async (fn: () => Promise<unknown>) => (await bestOf(fn, prepare)).s;
+    for (const threads of THREADS) {
       for (const c of cases) {
         const row: Row = { label: `${c.label}, ${threads} thread${threads > 1 ? 's' : ''}`, cache };
         let info: { size: number; rss: number | undefined; phases: string | undefined } = {
@@ -133,9 +168,16 @@ async function backupBench(
           rss: undefined,
           phases: undefined,
         };
-        row.pgbart = await time(async () => {
+        if (BASELINE) {
+          const b = await bestOf(() => bart([...c.bart, '--thread-count', String(threads)], BASELINE), prepare);
+          row.baseline = b.s;
+          row.baselineCpu = b.cpu;
+        }
+        const mine = await bestOf(async () => {
           info = await bart([...c.bart, '--thread-count', String(threads)]);
-        });
+        }, prepare);
+        row.pgbart = mine.s;
+        row.pgbartCpu = mine.cpu;
         row.pgbartSize = info.size;
         row.pgbartRss = info.rss;
         if (info.phases !== undefined) row.pgbartPhases = info.phases;
@@ -148,7 +190,7 @@ async function backupBench(
         }
         rows.push(row);
         console.log(
-          `${cache} ${row.label.padEnd(34)} pgbart ${row.pgbart.toFixed(2)} s (${((row.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} MB, RSS ${row.pgbartRss ?? '?'} MB)  pg_basebackup ${row.basebackup?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.basebackup)})  pgbackrest ${row.pgbackrest?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.pgbackrest)})`,
+          `${cache} ${row.label.padEnd(34)} pgbart ${row.pgbart.toFixed(2)} s cpu ${row.pgbartCpu.toFixed(2)} s${row.baseline !== undefined ? ` (baseline ${row.baseline.toFixed(2)} s cpu ${row.baselineCpu!.toFixed(2)} s)` : ''} (${((row.pgbartSize ?? 0) / 2 ** 20).toFixed(0)} MB, RSS ${row.pgbartRss ?? '?'} MB)  pg_basebackup ${row.basebackup?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.basebackup)})  pgbackrest ${row.pgbackrest?.toFixed(2) ?? '-'} s (x${ratio(row.pgbart, row.pgbackrest)})`,
         );
       }
     }
@@ -181,6 +223,15 @@ async function backupBench(
       'to the wall time).',
     '',
     ...rows.filter((r) => r.pgbartPhases).map((r) => `- ${r.cache}, ${r.label}: ${r.pgbartPhases}`),
+    '',
+    `CPU time (user + system) of each pgbart run: ${rows.map((r) => `${r.cache} ${r.label} ${fmt(r.pgbartCpu)} s`).join('; ')}.`,
+    ...(BASELINE
+      ? [
+          '',
+          `Baseline build (${BASELINE}) in the same run: ${rows.map((r) => `${r.cache} ${r.label} ${fmt(r.baseline)} s (cpu ${fmt(r.baselineCpu)} s)`).join('; ')}.`,
+        ]
+      : []),
+    `Load average at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (${cpus().length} cores).`,
     '',
   ];
   writeResults('backup', lines);

@@ -89,7 +89,9 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
       const out =
         task.method === 'none' ? piece : compressChunk(task.method, task.level, piece, unitBuffer(task.chunk));
       writeAll(dst, out);
-      await flushBehind.wrote(out.length);
+      flushBehind.wrote(out.length);
+      // Lets the flush's completion run (this loop is otherwise synchronous), so the next one can start.
+      await new Promise(setImmediate);
       stored += out.length;
       position += want;
     }

@@ -62,7 +62,7 @@ class PosixWriter implements StorageWriter {
     } catch (err) {
       throw this.storage.failure('write', this.key, err);
     }
-    await this.flushBehind.wrote(data.length);
+    this.flushBehind.wrote(data.length);
   }
 
   async finish(): Promise<void> {
