@@ -94,3 +94,15 @@ test('flush behind never holds a writer up: wrote() returns at once, also while 
     removeTree(dir);
   }
 });
+
+test('a background flush that fails is reported by drain (the final fsync of the descriptor would not see it)', async () => {
+  // fdatasync of /dev/null fails (EINVAL): the stand-in for a writeback error (EIO) of a real file.
+  const fd = openSync('/dev/null', 'w');
+  try {
+    const flush = new FlushBehind(fd);
+    flush.wrote(FLUSH_EVERY_BYTES);
+    await assert.rejects(flush.drain(), /EINVAL/);
+  } finally {
+    closeSync(fd);
+  }
+});

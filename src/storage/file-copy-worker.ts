@@ -103,9 +103,12 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
     // No final fsync here: the backup fsyncs every file at the end, many at a time (RepositoryStorage.syncPrefix, before the backup is published).
     if (verifier && src !== undefined) bad = rereadFailing(src, verifier);
   } finally {
-    await flushBehind.drain();
-    closeSync(dst);
-    if (src !== undefined) closeSync(src);
+    try {
+      await flushBehind.drain();
+    } finally {
+      closeSync(dst);
+      if (src !== undefined) closeSync(src);
+    }
   }
   return {
     ...(hash ? { checksum: hash.digest('hex') } : {}),

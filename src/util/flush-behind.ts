@@ -22,6 +22,8 @@ export const FLUSH_EVERY_BYTES = 64 * 1024 * 1024;
 export class FlushBehind {
   private unflushed = 0;
   private flushing: Promise<void> | undefined;
+  /** The first error of a background flush, reported by {@link drain}. */
+  private failure: NodeJS.ErrnoException | undefined;
 
   constructor(private readonly fd: number) {}
 
@@ -30,14 +32,21 @@ export class FlushBehind {
     this.unflushed += bytes;
     if (this.unflushed < FLUSH_EVERY_BYTES || this.flushing) return;
     this.unflushed = 0;
-    // A failure here is not reported: the final fsync, which the caller awaits, meets it again.
-    this.flushing = new Promise<void>((resolve) => fdatasync(this.fd, () => resolve())).finally(() => {
+    // A failure is kept for drain(): Linux reports a writeback error to one fsync of a descriptor only, so the
+    // caller's final fsync would not see what this background one consumed.
+    this.flushing = new Promise<void>((resolve) =>
+      fdatasync(this.fd, (err) => {
+        if (err) this.failure ??= err;
+        resolve();
+      }),
+    ).finally(() => {
       this.flushing = undefined;
     });
   }
 
-  /** Waits for the flush under way, if any. */
+  /** Waits for the flush under way, if any; rejects with the first error a background flush met. */
   async drain(): Promise<void> {
     await this.flushing;
+    if (this.failure) throw this.failure;
   }
 }

@@ -86,14 +86,14 @@ class LocalFileWriter implements TargetFileWriter {
     let done = 0;
     while (done < chunk.length) done += writeSync(this.fd!, chunk, done, chunk.length - done);
     this.written += chunk.length;
-    await this.flushBehind?.wrote(chunk.length);
+    this.flushBehind?.wrote(chunk.length);
   }
 
   async finish(): Promise<void> {
     const fd = this.fd!;
     this.fd = undefined;
-    await this.flushBehind?.drain();
     try {
+      await this.flushBehind?.drain();
       // The file may have been longer (opened without O_TRUNC): cut what the old content left past the new.
       if (fstatSync(fd).size !== this.written) ftruncateSync(fd, this.written);
     } catch (err) {
@@ -108,7 +108,8 @@ class LocalFileWriter implements TargetFileWriter {
     if (this.fd === undefined) return;
     const fd = this.fd;
     this.fd = undefined;
-    await this.flushBehind?.drain();
+    // Aborting: a failed background flush does not matter for a file that is being given up.
+    await this.flushBehind?.drain().catch(() => undefined);
     try {
       closeSync(fd);
     } catch {
