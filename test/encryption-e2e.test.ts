@@ -29,7 +29,7 @@ const HEADER = 32;
 const noS3 =
   (radosgwInstalled() ? false : 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)') ||
   // The same steps as on posix below, through the same cipher layer; S3 itself is covered by the s3-* files.
-  e2eOnly('npm test runs these steps on posix; the cipher over S3 in cipher-storage, S3 in the s3-* files');
+  e2eOnly('npm test runs these steps on posix; the cipher over S3 in cipher-storage');
 
 let s3: TestS3 | undefined;
 before(async () => {

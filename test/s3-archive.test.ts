@@ -17,8 +17,13 @@ import { loadConfig } from '../src/config/parse-config.js';
 import { openWalArchive } from '../src/storage/open-repository.js';
 import { encodeMbm } from '../src/scanner/mbm-format.js';
 import { scanWalFile } from '../src/scanner/scan-wal-file.js';
+import { e2eOnly } from './harness/test-size.js';
 
-const skip = radosgwInstalled() ? false : 'radosgw not installed (scripts/install-deps.sh)';
+const skip = radosgwInstalled()
+  ? e2eOnly(
+      'npm test runs ARCHIVE-PUSH/GET and INIT end to end on posix, and the S3 driver against the same storage contract in storage-driver',
+    )
+  : 'radosgw not installed (scripts/install-deps.sh)';
 const version = versionsUnderTest()[0]!;
 const BUCKET = 'pgbart-archive';
 const PREFIX = 'pgbart/wal';

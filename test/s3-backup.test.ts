@@ -18,7 +18,9 @@ const skip = !radosgwInstalled()
   ? 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)'
   : !testUserIds()
     ? 'runs as root (the clusters run as the test user)'
-    : false;
+    : e2eOnly(
+        'npm test runs this engine end to end on a posix repository, and the S3 driver against the same storage contract in storage-driver',
+      );
 
 const PREFIX = 'pgbart';
 const SERVER = 'pg';

@@ -21,7 +21,9 @@ import { Secret } from '../src/util/secret.js';
 const skip = radosgwInstalled() ? false : 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)';
 const version = versionsUnderTest()[0]!;
 /** The suite below runs in `npm run test:e2e`: each of its steps has its own test in npm test. */
-const heavy = e2eOnly('its steps run in npm test: s3-backup, s3-restore, s3-archive, s3-retention, s3-cli');
+const heavy = e2eOnly(
+  'npm test runs these steps end to end on posix, and the S3 driver against the same storage contract in storage-driver',
+);
 const BUCKET = 'pgbart-e2e';
 const PREFIX = 'fleet';
 const SERVER = 'prod';
@@ -278,7 +280,7 @@ describe(`end to end on S3 (radosgw), PostgreSQL ${version}`, { concurrency: fal
 
 test(
   `a remote server (PostgreSQL ${version}, loopback sshd) archives into S3 through the archive_command INIT writes`,
-  { skip },
+  { skip: skip || heavy },
   async () => {
     const cleanups: (() => Promise<void> | void)[] = [];
     try {

@@ -17,8 +17,13 @@ import { contentSnapshot, createIncrementalSource, takeBackup } from './harness/
 import { pgbenchInit } from './harness/load.js';
 import { removeTree, testUserName } from './harness/os.js';
 import { TestSshd } from './harness/sshd.js';
+import { e2eOnly } from './harness/test-size.js';
 
-const skip = radosgwInstalled() ? false : 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)';
+const skip = radosgwInstalled()
+  ? e2eOnly(
+      'npm test runs this engine end to end on a posix repository, and the S3 driver against the same storage contract in storage-driver',
+    )
+  : 'radosgw, ceph-mon and ceph-osd are not installed (scripts/install-deps.sh)';
 const VERSION = 15;
 const PREFIX = 'pgbart';
 

@@ -18,8 +18,13 @@ import type { RepositoryStorage } from '../src/storage/storage.js';
 import { createBartSetup, type BartSetup } from './harness/bart.js';
 import { freePort } from './harness/cluster.js';
 import { radosgwInstalled, TestS3 } from './harness/s3.js';
+import { e2eOnly } from './harness/test-size.js';
 
-const skip = radosgwInstalled() ? false : 'radosgw not installed (scripts/install-deps.sh)';
+const skip = radosgwInstalled()
+  ? e2eOnly(
+      'npm test runs retention, MANAGE and DELETE end to end on posix, and the S3 driver against the same storage contract in storage-driver',
+    )
+  : 'radosgw not installed (scripts/install-deps.sh)';
 const BUCKET = 'pgbart-retention';
 const PREFIX = 'fleet';
 const SERVER = 'pg';
