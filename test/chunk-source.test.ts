@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compressChunk, type CompressionMethod } from '../src/storage/compression.js';
-import { openChunks } from '../src/restore/chunk-source.js';
+import { openChunks, type ChunkSource } from '../src/restore/chunk-source.js';
 import { decodeLz4Block, decodeLz4BlockInto } from '../src/storage/compression.js';
 import { cipherOpener, localOpener, ObjectMissingError, type ObjectOpener } from '../src/restore/object-source.js';
 import { CipherStorage } from '../src/storage/encryption/cipher-storage.js';
@@ -36,7 +36,11 @@ function pagesLike(bytes: number, seed: number): Buffer {
 
 /** Every chunk of `path` decoded (each copied before the next is pulled, as the chunks are recycled). */
 async function decodeFile(path: string, method: CompressionMethod, start = 0, end?: number): Promise<Buffer> {
-  const chunks = await openChunks(localOpener, { key: 'k', name: path, path }, method, start, end);
+  return collect(await openChunks(localOpener, { key: 'k', name: path, path }, method, start, end));
+}
+
+/** All of a chunk source, each chunk copied before the next is pulled (they are recycled). */
+async function collect(chunks: ChunkSource): Promise<Buffer> {
   const parts: Buffer[] = [];
   try {
     for await (const c of chunks) parts.push(Buffer.from(c));
@@ -170,14 +174,7 @@ describe('restore pull decoding of an encrypted POSIX repository (positioned rea
     start = 0,
     end?: number,
   ): Promise<Buffer> {
-    const chunks = await openChunks(opener, { key, name: `repo/${key}` }, method, start, end);
-    const parts: Buffer[] = [];
-    try {
-      for await (const c of chunks) parts.push(Buffer.from(c));
-    } finally {
-      chunks.close();
-    }
-    return Buffer.concat(parts);
+    return collect(await openChunks(opener, { key, name: `repo/${key}` }, method, start, end));
   }
   /** Rejects naming the object (and only that: one line, no stack). */
   const refusedNaming = (key: string, what: RegExp) => (err: unknown) =>
