@@ -26,6 +26,7 @@ import {
 } from './async-spool.js';
 import { mapSpooledSegments, mapsAtPush, mbmSpoolDir, prepareSpool } from './push-mbm.js';
 import { pushWalFile } from './wal-archive.js';
+import { forEachLimited } from '../util/for-each-limited.js';
 
 /** Name of the archiver's lock in the spool directory (`archiver.lock`). */
 export const ARCHIVER_LOCK = 'archiver';
@@ -145,15 +146,10 @@ async function collectWork(paths: SpoolPaths, walDir: string | undefined): Promi
 
 /** Runs `fn` on every item, `workers` at a time; true when all succeeded. */
 async function pushAll(items: WorkItem[], workers: number, fn: (item: WorkItem) => Promise<boolean>): Promise<boolean> {
-  let next = 0;
   let ok = true;
-  const lane = async () => {
-    while (next < items.length) {
-      const item = items[next++]!;
-      if (!(await fn(item))) ok = false;
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(workers, items.length) }, lane));
+  await forEachLimited(items, workers, async (item) => {
+    if (!(await fn(item))) ok = false;
+  });
   return ok;
 }
 

@@ -10,6 +10,7 @@ import { parseArchiveFileName, segmentNumberFromName } from '../wal/segment-name
 import type { BackupInfo } from '../catalog/backup-info.js';
 import { GZIP_SUFFIX } from '../catalog/layout.js';
 import { createGunzipStream } from '../util/gunzip.js';
+import { forEachLimited } from '../util/for-each-limited.js';
 
 /** An archived file RESTORE -c copies, with its stored size (compressed for `.gz`). */
 export interface WalToCopy {
@@ -150,14 +151,8 @@ export async function copyWal(
   parallel: number,
   signal?: AbortSignal,
 ): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < files.length) {
-      signal?.throwIfAborted();
-      const f = files[next++]!;
-      await copyOne(archive, f.name, segmentSize, target, destDir);
-    }
-  };
-  const n = target.spec.kind === 'ssh' ? 1 : Math.max(1, Math.min(parallel, files.length));
-  await Promise.all(Array.from({ length: n }, worker));
+  await forEachLimited(files, target.spec.kind === 'ssh' ? 1 : Math.max(1, parallel), async (f) => {
+    signal?.throwIfAborted();
+    await copyOne(archive, f.name, segmentSize, target, destDir);
+  });
 }

@@ -37,6 +37,7 @@ import type {
   TargetFileState,
   TargetFileWriter,
 } from '../restore-target.js';
+import { forEachLimited } from '../../util/for-each-limited.js';
 
 /** Files hashed at once by compareFiles: enough to keep a disk busy, few enough to keep memory flat. */
 const COMPARE_CONCURRENCY = 4;
@@ -260,7 +261,6 @@ export class LocalRestoreTarget implements RestoreTarget {
     hash: 'sha256' | 'md5' | 'none',
   ): Promise<Map<string, TargetFileState>> {
     const out = new Map<string, TargetFileState>();
-    let next = 0;
     const one = async (f: FileToCompare): Promise<void> => {
       let handle;
       try {
@@ -287,10 +287,7 @@ export class LocalRestoreTarget implements RestoreTarget {
         await handle.close();
       }
     };
-    const lanes = Array.from({ length: Math.min(COMPARE_CONCURRENCY, files.length) }, async () => {
-      while (next < files.length) await one(files[next++]!);
-    });
-    await Promise.all(lanes);
+    await forEachLimited(files, COMPARE_CONCURRENCY, one);
     return out;
   }
 
