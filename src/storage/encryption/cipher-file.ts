@@ -17,8 +17,9 @@ import {
   associatedData,
   lastChunkIndex,
   openChunkInPlace,
-  parseObjectHeader,
-  plainSize,
+  chunkCutShort,
+  chunkNotAuthentic,
+  objectShape,
   type ObjectHeader,
 } from './cipher-format.js';
 
@@ -88,10 +89,9 @@ export class CipherFileReader {
       const stored = fstatSync(fd).size;
       const head = Buffer.alloc(HEADER_BYTES);
       const got = readSync(fd, head, 0, Math.min(HEADER_BYTES, stored), 0);
-      const header = parseObjectHeader(master, head.subarray(0, got));
-      if (typeof header === 'string') throw damaged(header);
-      const plain = plainSize(stored, header.chunkSize);
-      if (plain === undefined) throw damaged(`${stored} bytes is not the size of a whole encrypted object (truncated)`);
+      const checked = objectShape(master, head.subarray(0, got), stored);
+      if (typeof checked === 'string') throw damaged(checked);
+      const { header, plain } = checked;
       const from = Math.max(0, Math.min(start, plain));
       const to = Math.max(from, Math.min(end ?? plain, plain));
       return new CipherFileReader(fd, key, name, header, associatedData(header, key), plain, from, to);
@@ -147,11 +147,8 @@ export class CipherFileReader {
       if (this.buffer.length < sealed) this.buffer = Buffer.allocUnsafeSlow(sealed);
       const chunk = this.buffer.subarray(0, sealed);
       const got = this.readAt(chunk, HEADER_BYTES + i * (size + TAG_BYTES));
-      if (got < sealed) return this.fail(`ends inside encrypted chunk ${i} (truncated)`);
-      if (!openChunkInPlace(this.header, this.aad, i, last, chunk))
-        return this.fail(
-          `encrypted chunk ${i} does not authenticate (altered, truncated, or not written under this name with this key)`,
-        );
+      if (got < sealed) return this.fail(chunkCutShort(i));
+      if (!openChunkInPlace(this.header, this.aad, i, last, chunk)) return this.fail(chunkNotAuthentic(i));
       // Only the requested range of the chunk's plaintext is handed out.
       this.from = Math.max(0, this.start - i * size);
       this.to = Math.min(body, this.end - i * size);

@@ -203,6 +203,32 @@ export function plainSize(stored: number, chunkSize: number): number | undefined
   return full * chunkSize + rest - TAG_BYTES;
 }
 
+/**
+ * The header and plaintext size of a stored object of `stored` bytes that begins with `head`; or, as text, what is
+ * wrong with it. Every reader of encrypted objects (streams, positioned reads) checks an object's shape here.
+ */
+export function objectShape(
+  masterKey: Buffer,
+  head: Buffer,
+  stored: number,
+): { header: ObjectHeader; plain: number } | string {
+  const header = parseObjectHeader(masterKey, head);
+  if (typeof header === 'string') return header;
+  const plain = plainSize(stored, header.chunkSize);
+  if (plain === undefined) return `${stored} bytes is not the size of a whole encrypted object (truncated)`;
+  return { header, plain };
+}
+
+/** What is wrong with chunk `index` when its tag does not authenticate it. */
+export function chunkNotAuthentic(index: number): string {
+  return `encrypted chunk ${index} does not authenticate (altered, truncated, or not written under this name with this key)`;
+}
+
+/** What is wrong with an object that ends inside chunk `index`. */
+export function chunkCutShort(index: number): string {
+  return `ends inside encrypted chunk ${index} (truncated)`;
+}
+
 /** Index of the last chunk of an object of `plain` bytes. */
 export function lastChunkIndex(plain: number, chunkSize: number): number {
   return Math.max(0, Math.ceil(plain / chunkSize) - 1);

@@ -23,7 +23,9 @@ import {
   ChunkOpener,
   lastChunkIndex,
   newObjectHeader,
-  parseObjectHeader,
+  chunkCutShort,
+  chunkNotAuthentic,
+  objectShape,
   plainSize,
   sealChunkInPlace,
   storedSize,
@@ -284,12 +286,9 @@ export class CipherStorage implements RepositoryStorage {
     if (cached && cached.stored === st.size) return cached;
     const { master } = await this.ready();
     const head = await readFully(await this.inner.read(key, { start: 0, end: Math.min(HEADER_BYTES, st.size) }));
-    const header = parseObjectHeader(master, head);
-    if (typeof header === 'string') throw this.damaged(key, header);
-    const plain = plainSize(st.size, header.chunkSize);
-    if (plain === undefined)
-      throw this.damaged(key, `${st.size} bytes is not the size of a whole encrypted object (truncated)`);
-    const shape = { header, stored: st.size, plain };
+    const checked = objectShape(master, head, st.size);
+    if (typeof checked === 'string') throw this.damaged(key, checked);
+    const shape = { ...checked, stored: st.size };
     if (this.shapes.size >= HEADER_CACHE_ENTRIES) this.shapes.delete(this.shapes.keys().next().value!);
     this.shapes.set(key, shape);
     return shape;
@@ -343,8 +342,7 @@ export class CipherStorage implements RepositoryStorage {
         at += n;
         if (seen < want) continue;
         const opened = opener.finish(tagParts.length === 1 ? tagParts[0]! : Buffer.concat(tagParts));
-        if (!opened)
-          return `encrypted chunk ${index} does not authenticate (altered, truncated, or not written under this name with this key)`;
+        if (!opened) return chunkNotAuthentic(index);
         // Only the requested range of the chunk's plaintext is passed on.
         let pos = index * size;
         for (const part of opened) {
@@ -360,7 +358,7 @@ export class CipherStorage implements RepositoryStorage {
       }
       return undefined;
     };
-    const truncated = () => storage.damaged(key, `ends inside encrypted chunk ${index} (truncated)`);
+    const truncated = () => storage.damaged(key, chunkCutShort(index));
     const path = this.inner instanceof PosixStorage ? this.inner.localPath(key) : undefined;
     if (path !== undefined) {
       // POSIX: the ciphertext is read into one buffer, reused for every chunk (the decrypted output is the only new
