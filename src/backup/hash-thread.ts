@@ -89,11 +89,11 @@ export class HashThread {
   /** Copies `data` from `done` on into free slots while there are any; returns how far it got. */
   private handOver(id: number, data: Uint8Array, done: number): number {
     if (this.failure) throw this.failure;
+    const source = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     while (done < data.byteLength) {
       const slot = this.freeSlots.pop();
       if (slot === undefined) break;
       const length = Math.min(SLOT_SIZE, data.byteLength - done);
-      const source = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       source.copy(this.memory, slot * SLOT_SIZE, done, done + length);
       this.worker.postMessage({ op: 'update', id, slot, length } satisfies HashRequest);
       done += length;
