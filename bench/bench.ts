@@ -97,7 +97,7 @@ async function backupBench(
   const bart = async (args: string[], bin?: string) => {
     const full = ['-d', 'BACKUP', '-s', fx.server, ...args];
     const r = bin
-      ? await run(process.execPath, [bin, '-c', fx.setup.configPath, ...full], { asTestUser: false, cwd: fx.setup.dir })
+      ? await run(bin, ['-c', fx.setup.configPath, ...full], { asTestUser: false, cwd: fx.setup.dir })
       : await fx.setup.bart(full);
     if (r.code !== 0) throw new Error(`bart ${args.join(' ')} failed: ${r.stderr}`);
     const id = backupIdFrom(r.stdout);

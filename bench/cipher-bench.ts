@@ -28,7 +28,7 @@ function bartTimed(fx: BackupFixture, args: string[]): { code: number; stdout: s
   const out = join(fx.setup.dir, 'time.out');
   const r = spawnSync(
     '/usr/bin/time',
-    ['-f', '%U %S', '-o', out, process.execPath, join(REPO_ROOT, 'bin', 'bart.js'), '-c', fx.setup.configPath, ...args],
+    ['-f', '%U %S', '-o', out, join(REPO_ROOT, 'bin', 'bart.js'), '-c', fx.setup.configPath, ...args],
     { cwd: fx.setup.dir, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
   );
   const [user, system] = readFileSync(out, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);

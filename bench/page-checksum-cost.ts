@@ -39,7 +39,7 @@ export async function pageCheckCost(
   // bash's `time` reports the process's CPU time, worker threads included: on a shared machine the
   // wall clock also counts other processes' turns, the CPU time does not.
   const backup = async (args: string[]): Promise<{ wall: number; cpu: number }> => {
-    const bart = [process.execPath, join(REPO_ROOT, 'bin', 'bart.js'), '-c', fx.setup.configPath];
+    const bart = [join(REPO_ROOT, 'bin', 'bart.js'), '-c', fx.setup.configPath];
     bart.push('BACKUP', '-s', fx.server);
     const r = await run('bash', ['-c', 'TIMEFORMAT="TIMES %R %U %S"; time "$@"', 'bash', ...bart, ...args], {
       asTestUser: false,

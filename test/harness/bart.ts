@@ -62,21 +62,16 @@ export function createBartSetup(globalExtra: Record<string, string> = {}, sectio
     },
     bart(args: string[], env: NodeJS.ProcessEnv = {}) {
       // Started as root on purpose: bart must switch to the bart_host user by itself.
-      return run(
-        process.execPath,
-        [
-          ...(process.env.BART_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof2'] : []),
-          join(REPO_ROOT, 'bin', 'bart.js'),
-          '-c',
-          configPath,
-          ...args,
-        ],
-        {
-          asTestUser: false,
-          env: { ...process.env, ...env },
-          cwd: dir,
-        },
-      );
+      // Run as a DBA runs it: the executable itself, so its shebang (and the environment it sets) is what is tested.
+      const bin = join(REPO_ROOT, 'bin', 'bart.js');
+      const [file, argv] = process.env.BART_PROF
+        ? [process.execPath, ['--cpu-prof', '--cpu-prof-dir=/tmp/prof2', bin]]
+        : [bin, []];
+      return run(file, [...argv, '-c', configPath, ...args], {
+        asTestUser: false,
+        env: { ...process.env, ...env },
+        cwd: dir,
+      });
     },
     cleanup() {
       removeTree(dir);
