@@ -25,7 +25,7 @@ export function poolCompressor(
   unitSize: number,
   spares: number,
 ): UnitBuffers & { compress: (unit: Buffer) => Promise<Buffer> } {
-  if (!pool) return { compress: async (unit) => unit };
+  if (!pool) return passThrough(unitSize, spares);
   const capacity = unitSize + OUTPUT_SLACK;
   const spareInputs: ArrayBuffer[] = [];
   const spareOutputs: ArrayBuffer[] = [];
@@ -50,6 +50,30 @@ export function poolCompressor(
     recycle: (stored) => {
       const buffer = stored.buffer as ArrayBuffer;
       if (buffer.byteLength === capacity && spareOutputs.length < spares) spareOutputs.push(buffer);
+    },
+  };
+}
+
+/**
+ * Units stored as they are (no compression): the unit read or assembled is the stored unit, so its buffer comes back
+ * once written and the next unit is read into it. Fresh buffers cost more than the rest of an uncompressed tar
+ * backup's main-thread work: measured here, reading 1 GiB into fresh 1 MiB buffers took 0.85 s and copying it on to
+ * the hash thread 0.56 s, against 0.21 s and 0.07 s into reused ones. Only buffers this gave out are taken back (a
+ * unit can also be a piece of another buffer, or bytes a caller still holds).
+ */
+function passThrough(unitSize: number, spares: number): UnitBuffers & { compress: (unit: Buffer) => Promise<Buffer> } {
+  const issued = new WeakSet<Buffer>();
+  const spare: Buffer[] = [];
+  return {
+    compress: async (unit) => unit,
+    unitBuffer: () => {
+      const buffer = spare.pop() ?? Buffer.allocUnsafeSlow(unitSize);
+      issued.add(buffer);
+      return buffer;
+    },
+    recycle: (stored) => {
+      // Taken back once: a second recycle of the same unit would hand one buffer to two units.
+      if (issued.delete(stored) && spare.length < spares) spare.push(stored);
     },
   };
 }
