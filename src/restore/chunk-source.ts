@@ -21,6 +21,7 @@ import {
   LZ4_MAX_BLOCK_SIZE,
   type CompressionMethod,
 } from '../storage/compression.js';
+import { giveBackBuffer, takeBuffer } from '../util/buffer-shelf.js';
 import { isErrnoError } from '../util/errors.js';
 import { ObjectMissingError, type ByteRange, type ObjectOpener, type ObjectRef } from './object-source.js';
 
@@ -151,9 +152,10 @@ function readBytes(file: ByteRange, buf: Buffer, offset: number, length: number)
 }
 
 async function* rawChunks(file: ByteRange): AsyncGenerator<Buffer> {
+  let buf: Buffer | undefined;
   try {
     const view = file.view?.bind(file);
-    const buf = view ? undefined : Buffer.allocUnsafe(READ_BYTES);
+    buf = view ? undefined : takeBuffer(READ_BYTES);
     for (;;) {
       const piece = view ? view(READ_BYTES) : buf!.subarray(0, readFully(file, buf!, 0, READ_BYTES));
       if (piece.length === 0) return;
@@ -161,15 +163,17 @@ async function* rawChunks(file: ByteRange): AsyncGenerator<Buffer> {
     }
   } finally {
     file.close();
+    if (buf) giveBackBuffer(buf);
   }
 }
 
 async function* zstdChunks(file: ByteRange): AsyncGenerator<Buffer> {
+  const kept: Buffer[] = [];
   try {
     const dctx = new zstd.DCtx();
     const view = file.view?.bind(file);
-    const input = view ? undefined : Buffer.allocUnsafe(READ_BYTES);
-    const out = Buffer.allocUnsafe(ZSTD_OUT_BYTES);
+    const input = view ? undefined : take(kept, READ_BYTES);
+    const out = take(kept, ZSTD_OUT_BYTES);
     let src: Buffer = Buffer.alloc(0);
     let ended = false;
     // Output the decoder still holds (the last call filled `out`), and whether a frame is open.
@@ -194,6 +198,7 @@ async function* zstdChunks(file: ByteRange): AsyncGenerator<Buffer> {
     if (inFrame) throw new Error('truncated zstd stream');
   } finally {
     file.close();
+    kept.forEach(giveBackBuffer);
   }
 }
 
@@ -202,10 +207,11 @@ async function* zstdChunks(file: ByteRange): AsyncGenerator<Buffer> {
  * recycled buffer and decoded into another; a stored block is handed out as it lies there.
  */
 async function* lz4Chunks(file: ByteRange): AsyncGenerator<Buffer> {
+  const kept: Buffer[] = [];
   try {
     // The largest block and its optional checksum (after 4 bytes the stored block's view starts at).
-    const block = Buffer.allocUnsafe(4 + LZ4_MAX_BLOCK_SIZE + 4);
-    const out = Buffer.allocUnsafe(LZ4_MAX_BLOCK_SIZE);
+    const block = take(kept, 4 + LZ4_MAX_BLOCK_SIZE + 4);
+    const out = take(kept, LZ4_MAX_BLOCK_SIZE);
     const head = Buffer.allocUnsafe(19);
     const exact = (buf: Buffer, offset: number, n: number) => {
       if (readFully(file, buf, offset, n) !== n) throw new Error('truncated LZ4 stream');
@@ -251,5 +257,13 @@ async function* lz4Chunks(file: ByteRange): AsyncGenerator<Buffer> {
     }
   } finally {
     file.close();
+    kept.forEach(giveBackBuffer);
   }
+}
+
+/** A buffer from the thread's shelf, noted in `kept` to be given back when the source closes. */
+function take(kept: Buffer[], size: number): Buffer {
+  const buffer = takeBuffer(size);
+  kept.push(buffer);
+  return buffer;
 }

@@ -10,6 +10,7 @@ import { createChecksum } from '../catalog/manifest.js';
 import { tarPadding } from '../storage/tar-header.js';
 import { ByteReader, nextTarHeader } from './tar-reader.js';
 import { openChunks, type ChunkSource } from './chunk-source.js';
+import { giveBackBuffer, takeBuffer } from '../util/buffer-shelf.js';
 import { localOpener, ObjectMissingError, type ObjectOpener, type ObjectRef } from './object-source.js';
 
 /** One file to restore, as the manifest describes it. */
@@ -81,7 +82,7 @@ const STAGING_BYTES = 1024 * 1024;
 
 /** Streams one file's content into the target, hashing as it goes; throws on size or checksum mismatch. */
 class FileSink {
-  private readonly staging = Buffer.allocUnsafe(STAGING_BYTES);
+  private readonly staging = takeBuffer(STAGING_BYTES);
   private staged = 0;
 
   constructor(private readonly target: RestoreTarget) {}
@@ -138,6 +139,11 @@ class FileSink {
     const n = this.staged;
     this.staged = 0;
     await writer.write(this.staging.subarray(0, n));
+  }
+
+  /** Gives the staging buffer back for the thread's next task; the sink is not used after this. */
+  release(): void {
+    giveBackBuffer(this.staging);
   }
 }
 
@@ -224,6 +230,7 @@ async function runTarRange(
     return { files, bytes };
   } finally {
     chunks.close();
+    sink.release();
   }
 }
 
@@ -287,20 +294,31 @@ async function runPlainFiles(
   const sink = new FileSink(target);
   let files = 0;
   let bytes = 0;
-  for (const spec of task.files) {
-    const chunks = await openPlainChunks(opener, task.source, spec.path, task.extension, task.compression, task.label);
-    try {
-      bytes += await sink.copy(
-        chunks,
-        destination(task, spec),
-        spec,
-        task.checksumAlgorithm,
-        `${task.label}/${spec.path}`,
+  try {
+    for (const spec of task.files) {
+      const chunks = await openPlainChunks(
+        opener,
+        task.source,
+        spec.path,
+        task.extension,
+        task.compression,
+        task.label,
       );
-    } finally {
-      chunks.close();
+      try {
+        bytes += await sink.copy(
+          chunks,
+          destination(task, spec),
+          spec,
+          task.checksumAlgorithm,
+          `${task.label}/${spec.path}`,
+        );
+      } finally {
+        chunks.close();
+      }
+      files++;
     }
-    files++;
+  } finally {
+    sink.release();
   }
   return { files, bytes };
 }
