@@ -49,6 +49,15 @@ export async function until(what: string, done: () => Promise<boolean>, timeoutM
  * Empties the page cache (dirty pages written first), so the next command reads from disk: the "cold" runs.
  * Needs root, as the benchmark does.
  */
+/**
+ * Lets the previous command's writes and deletions reach the disk before the next command is timed (warm runs): the
+ * root file system here is mounted with `discard`, and the discards of a just-deleted 3 GB backup otherwise slow
+ * whichever tool writes next.
+ */
+export async function settleDisk(): Promise<void> {
+  await runOk('sync', [], { asTestUser: false });
+}
+
 export async function dropCaches(): Promise<void> {
   await runOk('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches'], { asTestUser: false });
 }

@@ -33,6 +33,7 @@ import {
   BENCH,
   BENCH_CLUSTER_CONF,
   dropCaches,
+  settleDisk,
   du,
   ensurePgbackrest,
   loadBenchData,
@@ -158,7 +159,7 @@ async function backupBench(
   const ratio = (a?: number, b?: number) => (a && b ? (a / b).toFixed(2) : '-');
   for (const cache of CACHES) {
     // Cold: the page cache dropped before every command, so each one reads the cluster from disk.
-    const prepare = cache === 'cold' ? dropCaches : async () => undefined;
+    const prepare = cache === 'cold' ? dropCaches : settleDisk;
     const time = async (fn: () => Promise<unknown>) => (await bestOf(fn, prepare)).s;
     for (const threads of THREADS) {
       for (const c of cases) {

@@ -15,7 +15,7 @@ import { backupIdFrom, type BackupFixture } from '../test/harness/backup-fixture
 import { serverSection } from '../test/harness/bart.js';
 import { REPO_ROOT } from '../test/harness/pg-binaries.js';
 import { removeTree, testUserIds } from '../test/harness/os.js';
-import { BENCH, machineDescription, timed, type BenchData } from './bench-data.js';
+import { BENCH, machineDescription, settleDisk, timed, type BenchData } from './bench-data.js';
 
 const RUNS = Number(process.env.BENCH_CIPHER_RUNS ?? 3);
 
@@ -69,6 +69,7 @@ export async function cipherBench(fx: BackupFixture, work: string, data: BenchDa
   for (let run = 0; run < RUNS; run++) {
     for (const server of ['pgplain', 'pgcipher']) {
       let id = '';
+      await settleDisk();
       record(
         best.backup,
         server,
@@ -80,6 +81,7 @@ export async function cipherBench(fx: BackupFixture, work: string, data: BenchDa
         }),
       );
       removeTree(target);
+      await settleDisk();
       record(
         best.restore,
         server,

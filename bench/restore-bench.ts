@@ -22,6 +22,7 @@ import { removeTree, runOk, testUserIds } from '../test/harness/os.js';
 import {
   BENCH,
   dropCaches,
+  settleDisk,
   du,
   machineDescription,
   setupPgbackrest,
@@ -61,7 +62,7 @@ const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf
 
 /** Times `fn` (wall and children's CPU), with the page cache dropped first for a cold run. */
 async function timedIn(cache: 'warm' | 'cold', fn: () => Promise<unknown>): Promise<{ seconds: number; cpu: number }> {
-  if (cache === 'cold') await dropCaches();
+  await (cache === 'cold' ? dropCaches() : settleDisk());
   const cpuBefore = childCpuSeconds();
   const seconds = await timed(fn);
   return { seconds, cpu: childCpuSeconds() - cpuBefore };

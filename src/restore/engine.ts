@@ -2,7 +2,7 @@
 
 import { MessageChannel } from 'node:worker_threads';
 import type { RestoreTarget } from '../hosts/restore-target.js';
-import { CipherStorage } from '../storage/encryption/cipher-storage.js';
+import { CipherStorage, type CipherWorkerSource } from '../storage/encryption/cipher-storage.js';
 import type { RepositoryStorage } from '../storage/storage.js';
 import { BartError } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -12,6 +12,18 @@ import type { PlanItem } from './plan.js';
 import type { RestoreTask, RestoreTaskResult } from './reader.js';
 import type { RestoreWorkerMessage } from './worker.js';
 
+/** The restore's worker threads (see {@link startRestoreWorkers}). */
+export type RestoreWorkers = WorkerPool<RestoreTaskResult>;
+
+/**
+ * Starts `workers` restore worker threads. Each takes a few hundred ms to boot: RESTORE starts them before it reads
+ * and checks the catalog (and derives an encrypted repository's key), so that the boot overlaps that work. Whoever
+ * starts them closes them, unless {@link extractBackup} takes them over.
+ */
+export function startRestoreWorkers(workers: number): RestoreWorkers {
+  return new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers, 'files (workers)');
+}
+
 /** Totals of an extraction. */
 export interface ExtractResult {
   files: number;
@@ -20,7 +32,8 @@ export interface ExtractResult {
 
 /**
  * Runs a restore plan: directories and links are made here, in manifest order; file tasks go to
- * `workers` worker threads. At most one task per worker is outstanding, so memory stays flat and,
+ * worker threads (`workersOrPool`: how many to start, or threads started earlier, which this takes over and closes
+ * when done). At most one task per worker is outstanding, so memory stays flat and,
  * after a failure (or `signal`), nothing new starts and only the tasks already running finish
  * before the error is thrown: the caller then removes what was written. `afterTask` runs after each
  * task that succeeded (a crash point of the delta restore's tests). Workers read the stored objects
@@ -31,14 +44,21 @@ export interface ExtractResult {
 export async function extractBackup(
   plan: AsyncIterable<PlanItem>,
   target: RestoreTarget,
-  workers: number,
+  workersOrPool: number | RestoreWorkers,
   storage: RepositoryStorage,
   signal?: AbortSignal,
   afterTask?: () => void,
 ): Promise<ExtractResult> {
-  // An encrypted POSIX repository is read and decrypted in the workers, like a plain one is read there.
-  const encrypted = storage instanceof CipherStorage ? await storage.workerSource() : undefined;
-  const pool = new WorkerPool<RestoreTaskResult>(new URL('./worker.js', import.meta.url), workers, 'files (workers)');
+  const pool = typeof workersOrPool === 'number' ? startRestoreWorkers(workersOrPool) : workersOrPool;
+  const workers = pool.size;
+  let encrypted: CipherWorkerSource | undefined;
+  try {
+    // An encrypted POSIX repository is read and decrypted in the workers, like a plain one is read there.
+    encrypted = storage instanceof CipherStorage ? await storage.workerSource() : undefined;
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
   const inflight = new Set<Promise<void>>();
   let failure: unknown;
   let files = 0;

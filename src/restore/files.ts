@@ -12,7 +12,7 @@ import { currentUserName, isRoot, lookupOsUser } from '../util/os-user.js';
 import { shellQuote } from '../util/shell-quote.js';
 import { crashPoint } from '../util/crash-point.js';
 import type { DeltaPlan } from './delta.js';
-import { extractBackup, type ExtractResult } from './engine.js';
+import { extractBackup, type ExtractResult, type RestoreWorkers } from './engine.js';
 import { applyIncremental, removeDropped } from './incremental.js';
 import { planRestore, type BackupScan } from './plan.js';
 import { INCOMPLETE_MARKER, PG_VERSION_PENDING } from './rollback.js';
@@ -32,6 +32,8 @@ export interface FilesToWrite {
   destinations: Map<string, string>;
   checksumAlgorithm: ChecksumAlgorithm;
   workers: number;
+  /** The worker threads, started earlier (see {@link startRestoreWorkers}); taken over and closed. */
+  pool?: RestoreWorkers;
   /** RESTORE --delta: what the target already holds (see {@link DeltaPlan}). */
   delta?: DeltaPlan;
 }
@@ -65,7 +67,7 @@ export async function writeBackupFiles(
   });
   // Test hook: a delta restore killed between two tasks, some files rewritten and others not yet.
   const afterTask = delta ? () => crashPoint('restore:delta-task') : undefined;
-  const extracted = await extractBackup(plan, target, workers, full.storage, signal, afterTask);
+  const extracted = await extractBackup(plan, target, files.pool ?? workers, full.storage, signal, afterTask);
   let written = extracted.bytes;
   signal.throwIfAborted();
   if (chain.length > 1) {

@@ -19,7 +19,7 @@ import { phaseTimes } from '../util/phase-times.js';
 import { log } from '../util/log.js';
 import { currentUserName, isRoot } from '../util/os-user.js';
 import { shellQuote } from '../util/shell-quote.js';
-import type { ExtractResult } from './engine.js';
+import { startRestoreWorkers, type ExtractResult, type RestoreWorkers } from './engine.js';
 import { copyArchivedWal, COPIED_WAL_DIR, fixOwnership, writeBackupFiles } from './files.js';
 import { BASE_ARCHIVE, type BackupScan } from './plan.js';
 import { removeSignalFiles, writeRecoveryConfig } from './recovery-config-writer.js';
@@ -168,6 +168,23 @@ async function preparePlan(config: BartConfig, req: RestoreRequest, target: Rest
  */
 export async function runRestore(config: BartConfig, req: RestoreRequest, target: RestoreTarget): Promise<number> {
   const checkStart = Date.now();
+  // The worker threads boot while the catalog is read and checked; closed here whatever happens (a second close,
+  // after the extraction closed them, does nothing).
+  const workers = startRestoreWorkers(req.workers);
+  try {
+    return await restoreWith(workers, config, req, target, checkStart);
+  } finally {
+    await workers.close();
+  }
+}
+
+async function restoreWith(
+  workers: RestoreWorkers,
+  config: BartConfig,
+  req: RestoreRequest,
+  target: RestoreTarget,
+  checkStart: number,
+): Promise<number> {
   const plan = await phaseTimes.wait('checks and plan', preparePlan(config, req, target));
   // A reader, not the exclusive server lock: BACKUP and other RESTOREs go on, DELETE and MANAGE -d refuse.
   const serverDir = serverCatalogDir(config, plan.server);
@@ -176,7 +193,7 @@ export async function runRestore(config: BartConfig, req: RestoreRequest, target
   try {
     await checkChainStillListed(config, plan.server, plan.chain);
     log.debug(`checks took ${Date.now() - checkStart} ms`);
-    return await restorePlan(plan, req, target);
+    return await restorePlan(plan, req, target, workers);
   } finally {
     await reader.release();
     await plan.archive.close();
@@ -214,7 +231,12 @@ async function finishDataDirectory(
   return writeRecoveryConfig(recovery, target);
 }
 
-async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarget): Promise<number> {
+async function restorePlan(
+  plan: Plan,
+  req: RestoreRequest,
+  target: RestoreTarget,
+  pool: RestoreWorkers,
+): Promise<number> {
   const { info, path } = plan;
   log.info(
     `restoring backup ${info.id}${info.name ? ` (${info.name})` : ''} of server ${plan.server.name}: ` +
@@ -252,7 +274,7 @@ async function restorePlan(plan: Plan, req: RestoreRequest, target: RestoreTarge
       log.debug(`delta restore: stale entries removed after ${Date.now() - started} ms`);
     }
     const { chain, scan, checksumAlgorithm, workers, destinations, delta } = plan;
-    const files = { chain, scan, destinations, checksumAlgorithm, workers, ...(delta ? { delta } : {}) };
+    const files = { chain, scan, destinations, checksumAlgorithm, workers, pool, ...(delta ? { delta } : {}) };
     extracted = await phaseTimes.wait('files', writeBackupFiles(files, target, controller.signal));
     log.debug(`files written after ${Date.now() - started} ms`);
     settings = await finishDataDirectory(plan, req, target);
