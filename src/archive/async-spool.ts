@@ -10,6 +10,7 @@ import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { ensureDir, fsyncDir, tempSibling, writeFileAtomic } from '../util/fs-atomic.js';
 import { parseArchiveFileName } from '../wal/segment-name.js';
 import { requireArchiveFileName, sameContent } from './wal-archive.js';
+import { writeAll } from '../util/write-all.js';
 
 /*
  * Layout of a server's spool (`<spool_path>/<server>`, default `backup_path/<server>/archive-spool`):
@@ -154,7 +155,7 @@ export async function enqueue(
         count += chunk.length;
         if (count > max) throw new BartError(`${label} is larger than ${max} bytes; refusing to archive it`);
         if (head.length < XLP_SEG_SIZE_OFFSET + 4) head = Buffer.concat([head, chunk.subarray(0, 64)]);
-        await handle.write(chunk);
+        await writeAll(handle, chunk);
       }
     } catch (err) {
       if (err instanceof BartError) throw err;

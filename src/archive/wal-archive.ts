@@ -1,7 +1,7 @@
 // WAL archive: storing and fetching archived WAL files through the repository storage, atomically, idempotently, gzip-aware.
 
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -24,6 +24,7 @@ import { isValidWalSegmentSize, MAX_WAL_SEGMENT_SIZE } from '../postgres/constan
 import { findArchived } from '../catalog/catalog.js';
 import { GZIP_SUFFIX } from '../catalog/layout.js';
 import { createGunzipStream } from '../util/gunzip.js';
+import { writeAll } from '../util/write-all.js';
 
 /** Outcome of storing one file in the archive. */
 export type PushOutcome = 'archived' | 'already-archived';
@@ -320,7 +321,7 @@ async function storeArchiveFile(
         await writer.write(chunk);
         if (copy?.handle) {
           try {
-            await copy.handle.write(chunk);
+            await writeAll(copy.handle, chunk);
           } catch (err) {
             // Only a cache for the MBM: archiving goes on without it (bart-scanner fills the gap).
             log.warning(`cannot keep a local copy of ${name} in "${copy.path}" for its MBM: ${errorMessage(err)}`);
@@ -421,8 +422,7 @@ async function compareWithArchived(
 async function writeSynced(source: Readable, target: string): Promise<number> {
   const handle = await open(target, 'wx', 0o600);
   try {
-    const out = createWriteStream('', { fd: handle.fd, autoClose: false });
-    await pipeline(source, out);
+    for await (const chunk of source) await writeAll(handle, chunk as Buffer);
     await handle.sync();
     return (await handle.stat()).size;
   } finally {

@@ -1,6 +1,6 @@
 // WAL streamer: WAL received over a physical replication connection while a backup runs (xlog_method = stream).
 
-import { closeSync, ftruncateSync, openSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { segmentName } from '../wal/segment-name.js';
@@ -8,6 +8,7 @@ import { replicationClient } from './replication-client.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { formatLsn, type Lsn } from '../util/lsn.js';
+import { writeAllSync } from '../util/write-all.js';
 
 /** Where to stream from; the password comes from ~/.pgpass or PGPASSWORD. */
 export interface StreamSource {
@@ -116,8 +117,7 @@ export class WalStreamer {
       this.segments.add(name);
       this.fdSegNo = segNo;
     }
-    let done = 0;
-    while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done, offset + done);
+    writeAllSync(this.fd!, data, offset);
   }
 
   private sendStatus(connection: ReplicationConnection): void {

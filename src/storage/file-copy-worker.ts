@@ -1,11 +1,12 @@
 // File copy worker: a worker thread copying one local file into the repository, hashed and compressed.
 
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { PAGE_SIZE, PageVerifier } from '../postgres/page-checksum.js';
 import { FlushBehind } from '../util/flush-behind.js';
 import { compressChunk, type CompressionMethod } from './compression.js';
+import { writeAllSync } from '../util/write-all.js';
 
 /** Copy one file of this host into the repository, hashing (and compressing) it on the way. */
 export interface FileCopyTask {
@@ -56,11 +57,6 @@ function readBuffer(size: number): Buffer {
   return reads.subarray(0, size);
 }
 
-function writeAll(fd: number, data: Uint8Array): void {
-  let done = 0;
-  while (done < data.length) done += writeSync(fd, data, done, data.length - done);
-}
-
 /**
  * Runs in a worker thread: a plain-format backup copies whole files in parallel, and hashing
  * (SHA-256 at ~1.8 GB/s per core) and compression belong off the main thread so that
@@ -97,7 +93,7 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
       verifier?.update(piece);
       const out =
         task.method === 'none' ? piece : compressChunk(task.method, task.level, piece, unitBuffer(task.chunk));
-      writeAll(dst, out);
+      writeAllSync(dst, out);
       flushBehind.wrote(out.length);
       // Lets the flush's completion run (this loop is otherwise synchronous), so the next one can start.
       await new Promise(setImmediate);
@@ -106,7 +102,7 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
     }
     if (task.size === 0 && task.method !== 'none') {
       const empty = compressChunk(task.method, task.level, Buffer.alloc(0));
-      writeAll(dst, empty);
+      writeAllSync(dst, empty);
       stored += empty.length;
     }
     // No final fsync here: the backup fsyncs every file at the end, many at a time (RepositoryStorage.syncPrefix, before the backup is published).

@@ -1,8 +1,9 @@
 // Atomic files: directory fsyncs, temp siblings and files written atomically by rename.
 
-import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync, constants } from 'node:fs';
+import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, constants } from 'node:fs';
 import { open, rename, unlink, mkdir } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
+import { writeAll, writeAllSync } from './write-all.js';
 
 /** fsyncs a directory so that a rename or create inside it survives a crash. */
 export function fsyncDirSync(dir: string): void {
@@ -37,7 +38,7 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array, mod
   const tmp = tempSibling(path);
   const fd = openSync(tmp, 'w', mode);
   try {
-    writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+    writeAllSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
     fsyncSync(fd);
   } catch (err) {
     closeSync(fd);
@@ -58,7 +59,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   const tmp = tempSibling(path);
   const handle = await open(tmp, 'w', mode);
   try {
-    await handle.writeFile(data);
+    await writeAll(handle, typeof data === 'string' ? Buffer.from(data) : data);
     await handle.sync();
     await handle.close();
   } catch (err) {

@@ -2,7 +2,7 @@
 
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, openSync } from 'node:fs';
 import {
   access,
   chmod,
@@ -38,6 +38,7 @@ import type {
   TargetFileWriter,
 } from '../restore-target.js';
 import { forEachLimited } from '../../util/for-each-limited.js';
+import { writeAll, writeAllSync } from '../../util/write-all.js';
 
 /** Files hashed at once by compareFiles: enough to keep a disk busy, few enough to keep memory flat. */
 const COMPARE_CONCURRENCY = 4;
@@ -84,8 +85,7 @@ class LocalFileWriter implements TargetFileWriter {
   }
 
   async write(chunk: Uint8Array): Promise<void> {
-    let done = 0;
-    while (done < chunk.length) done += writeSync(this.fd!, chunk, done, chunk.length - done);
+    writeAllSync(this.fd!, chunk);
     this.written += chunk.length;
     this.flushBehind?.wrote(chunk.length);
   }
@@ -214,9 +214,7 @@ export class LocalRestoreTarget implements RestoreTarget {
     const h = handle;
     return {
       write: async (data, position) => {
-        let done = 0;
-        while (done < data.length)
-          done += (await h.write(data, done, data.length - done, position + done)).bytesWritten;
+        await writeAll(h, data, position);
       },
       finish: () => h.close(),
       abort: () => h.close().catch(() => undefined),

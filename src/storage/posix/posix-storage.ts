@@ -25,6 +25,7 @@ import {
   putWhole,
 } from '../storage.js';
 import { forEachLimited } from '../../util/for-each-limited.js';
+import { writeAll } from '../../util/write-all.js';
 
 /** Objects a listing page holds at most (a directory of a million archived segments is not one array). */
 const PAGE_SIZE = 1000;
@@ -54,11 +55,7 @@ class PosixWriter implements StorageWriter {
 
   async write(data: Uint8Array): Promise<void> {
     try {
-      let offset = 0;
-      while (offset < data.length) {
-        const { bytesWritten } = await this.handle.write(data, offset, data.length - offset);
-        offset += bytesWritten;
-      }
+      await writeAll(this.handle, data);
     } catch (err) {
       throw this.storage.failure('write', this.key, err);
     }
