@@ -8,7 +8,7 @@ import { segmentName } from '../wal/segment-name.js';
 import { collectEvents, mayCarryEvent, type WalEvent } from '../wal/relation-events.js';
 import { WalDecodeError } from '../wal/decode-error.js';
 import { WalDecoder } from '../wal/decoder.js';
-import { loadWalFile, parseWalFileName, walFileSegNo, type LoadedWalFile } from '../wal/file.js';
+import { loadWalFile, loadWalFileLazy, parseWalFileName, walFileSegNo, type LoadedWalFile } from '../wal/file.js';
 import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { findArchivedContinuation, loadArchivedWal } from './archive-source.js';
 import type { WalRecord } from '../wal/record.js';
@@ -76,6 +76,8 @@ export function findContinuationFile(dir: string, timeline: number, name: string
 interface WalSource {
   label(name: string): string;
   load(name: string, reuse?: Buffer, maxBytes?: number): Promise<LoadedWalFile>;
+  /** Loads a whole segment; may read only its head and leave the rest to the decoder (`lazy`). */
+  loadSegment(name: string, reuse?: Buffer): Promise<LoadedWalFile>;
   findContinuation(timeline: number, name: string): Promise<string | undefined>;
 }
 
@@ -84,6 +86,7 @@ function directorySource(dir: string): WalSource {
   return {
     label: (name) => join(dir, name),
     load: (name, reuse, maxBytes) => loadWalFile(join(dir, name), reuse, maxBytes),
+    loadSegment: (name, reuse) => loadWalFileLazy(join(dir, name), reuse),
     findContinuation: async (timeline, name) => {
       const p = findContinuationFile(dir, timeline, name);
       return p === undefined ? undefined : basename(p);
@@ -96,6 +99,7 @@ function storageSource(storage: RepositoryStorage, names?: Set<string>): WalSour
   return {
     label: (name) => joinKey(storage.location, name),
     load: (name, reuse, maxBytes) => loadArchivedWal(storage, name, reuse, maxBytes),
+    loadSegment: (name, reuse) => loadArchivedWal(storage, name, reuse),
     findContinuation: (timeline, name) => findArchivedContinuation(storage, timeline, name, names),
   };
 }
@@ -141,13 +145,18 @@ async function mapSegment(
     }
   };
   const decoder = new WalDecoder({ onRecord, timeline: parsed.timeline });
-  const f = await source.load(name, buffers.current);
+  const f = await source.loadSegment(name, buffers.current);
   buffers.current = f.buffer;
   // The decoder validates the first page before the segment size is trusted.
   const segSize = isValidWalSegmentSize(f.segmentSize) ? f.segmentSize : DEFAULT_WAL_SEGMENT_SIZE;
   const segNo = walFileSegNo(parsed.segmentName, segSize);
   segStart = segNo * segSize;
-  const res = decoder.feedSegment(f.buffer, f.length, segNo, label);
+  let res;
+  try {
+    res = decoder.feedSegment(f.buffer, f.length, segNo, label, f.lazy ? { fill: f.lazy.fill } : {});
+  } finally {
+    f.lazy?.close();
+  }
   let records = res.records;
   // A record crossing into the next segment is finished from it (only its head is read); a
   // record longer than a segment may need several.

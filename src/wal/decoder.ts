@@ -32,6 +32,7 @@ import {
 import { BLOCK_SIZE, isValidWalSegmentSize } from '../postgres/constants.js';
 import { WalDecodeError } from './decode-error.js';
 import { WalRecord } from './record.js';
+import { LAZY_READ_CHUNK } from './file.js';
 
 /** Options of a {@link WalDecoder}. */
 export interface WalDecoderOptions {
@@ -120,6 +121,9 @@ export class WalDecoder {
   private alignedCopy: Buffer | undefined;
   private segLen = 0;
   private segStart = 0;
+  /** seg[0, filled) holds the file's bytes; {@link fill} reads on (a lazily read file), else filled = segLen. */
+  private filled = 0;
+  private fill: ((upTo: number) => void) | undefined;
 
   constructor(opts: WalDecoderOptions) {
     // Word reads assume the host's byte order is WAL's (every platform Node runs pgbart on).
@@ -162,17 +166,24 @@ export class WalDecoder {
   /**
    * Decodes one segment: buf[0, length) is the file's content, `segNo` its segment number.
    * With `finishPendingOnly`, only the record pending from the previous segment is completed.
+   * With `fill`, buf[0, length) is not all read yet: `fill(upTo)` makes buf[0, upTo) valid, and
+   * the decoder calls it page by page as it goes (every page passes {@link readPageHeader} before
+   * any of its bytes is read), a chunk ahead, so bytes are decoded while still in the CPU cache.
    */
   feedSegment(
     buf: Buffer,
     length: number,
     segNo: number,
     file: string,
-    opts: { finishPendingOnly?: boolean } = {},
+    opts: { finishPendingOnly?: boolean; fill?: (upTo: number) => void } = {},
   ): FeedResult {
     this.file = file;
+    this.fill = opts.fill;
+    this.filled = opts.fill === undefined ? length : 0;
     if ((buf.byteOffset & 3) !== 0) {
       // Word views need 4-byte alignment: decode an aligned copy (records then point into it).
+      if (opts.fill !== undefined) opts.fill(length);
+      this.filled = length;
       if (!this.alignedCopy || this.alignedCopy.length < length) this.alignedCopy = Buffer.allocUnsafeSlow(length);
       buf.copy(this.alignedCopy, 0, 0, length);
       buf = this.alignedCopy;
@@ -430,8 +441,18 @@ export class WalDecoder {
     }
   }
 
+  /** Makes seg[0, upTo) valid (reads on in a lazily read file). */
+  private fillTo(upTo: number): void {
+    const end = Math.min(upTo, this.segLen);
+    if (end <= this.filled) return;
+    this.fill!(end);
+    this.filled = end;
+  }
+
   /** Validates the page header at segment offset `pos`; returns its size. */
   private readPageHeader(pos: number, first: boolean): number {
+    // Every page is entered here before any of its bytes is read: read on a chunk ahead.
+    if (pos + WAL_PAGE_SIZE > this.filled && this.fill !== undefined) this.fillTo(pos + LAZY_READ_CHUNK);
     const b = this.seg;
     if (pos + SHORT_PAGE_HEADER_SIZE > this.segLen)
       this.fail(this.segLen, `file is truncated inside the page header at offset ${pos}`);
