@@ -23,10 +23,15 @@ export type ScanResult =
   /** The segment's last record continues in the next segment, which is not in the archive yet. */
   | { status: 'waiting'; nextSegment: string };
 
-/** Buffers reused between scans (two segments: the one scanned and the next one's head). */
+/**
+ * Buffers reused between scans (two segments: the one scanned and the next one's head, and the
+ * decoder's reassembly buffer). One scan at a time may use a set.
+ */
 export interface ScanBuffers {
   current?: Buffer;
   next?: Buffer;
+  /** The decoder's reassembly buffer for records that span pages. */
+  reassembly?: Buffer;
 }
 
 /** Options of {@link scanWalFile}. */
@@ -144,7 +149,11 @@ async function mapSegment(
       for (const e of events) builder.addEvent(e);
     }
   };
-  const decoder = new WalDecoder({ onRecord, timeline: parsed.timeline });
+  const decoder = new WalDecoder({
+    onRecord,
+    timeline: parsed.timeline,
+    ...(buffers.reassembly ? { reassemblyBuffer: buffers.reassembly } : {}),
+  });
   const f = await source.loadSegment(name, buffers.current);
   buffers.current = f.buffer;
   // The decoder validates the first page before the segment size is trusted.
@@ -157,6 +166,7 @@ async function mapSegment(
   } finally {
     f.lazy?.close();
   }
+  buffers.reassembly = decoder.reassemblyBuffer;
   let records = res.records;
   // A record crossing into the next segment is finished from it (only its head is read); a
   // record longer than a segment may need several.
@@ -169,6 +179,7 @@ async function mapSegment(
     const n = await source.load(next, buffers.next, decoder.pendingBytesNeeded);
     buffers.next = n.buffer;
     records += decoder.feedSegment(n.buffer, n.length, nextSegNo, currentFile, { finishPendingOnly: true }).records;
+    buffers.reassembly = decoder.reassemblyBuffer;
     nextSegNo++;
   }
   const segEnd = BigInt(segStart + segSize);

@@ -45,6 +45,12 @@ export interface WalDecoderOptions {
    * error (for `.partial` segments and live pg_wal). Archived segments are complete: default false.
    */
   allowEndOfWal?: boolean;
+  /**
+   * A reassembly buffer from an earlier decoder (see {@link WalDecoder.reassemblyBuffer}) to use
+   * instead of a new one: memory touched for the first time costs a page fault per 4 KiB, and a
+   * scan makes a decoder per segment. Only one decoder may use it at a time.
+   */
+  reassemblyBuffer?: Buffer;
 }
 
 /** Why {@link WalDecoder.feedSegment} returned. */
@@ -95,7 +101,7 @@ export class WalDecoder {
   private recLsn = 0;
 
   /** Reassembly of a record that spans pages. */
-  private asm: Buffer = Buffer.alloc(64 * 1024);
+  private asm: Buffer;
   private asmHave = 0;
   private asmTotal = 0;
   private asmLsn = 0;
@@ -116,7 +122,7 @@ export class WalDecoder {
    * 32-bit fields and the CRC's 8-byte steps are read a word at a time.
    */
   private segWords: Int32Array = new Int32Array(0);
-  private asmWords: Int32Array = wordView(this.asm)!;
+  private asmWords: Int32Array;
   /** Aligned copy of a segment handed over at an odd address (rare: segments are read into fresh buffers). */
   private alignedCopy: Buffer | undefined;
   private segLen = 0;
@@ -131,6 +137,15 @@ export class WalDecoder {
     this.onRecord = opts.onRecord;
     this.timeline = opts.timeline;
     this.allowEndOfWal = opts.allowEndOfWal === true;
+    const reuse = opts.reassemblyBuffer;
+    // A reused buffer must be word-aligned and hold a full page; else a fresh one.
+    this.asm = reuse && reuse.length >= 64 * 1024 && (reuse.byteOffset & 3) === 0 ? reuse : Buffer.alloc(64 * 1024);
+    this.asmWords = wordView(this.asm)!;
+  }
+
+  /** The reassembly buffer (grown as records needed), for the next decoder's {@link WalDecoderOptions.reassemblyBuffer}. */
+  get reassemblyBuffer(): Buffer {
+    return this.asm;
   }
 
   /** True while a record that started in the last segment fed waits for the next one. */
