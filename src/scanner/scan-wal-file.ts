@@ -8,7 +8,7 @@ import { segmentName } from '../wal/segment-name.js';
 import { collectEvents, mayCarryEvent, type WalEvent } from '../wal/relation-events.js';
 import { WalDecodeError } from '../wal/decode-error.js';
 import { WalDecoder } from '../wal/decoder.js';
-import { loadWalFile, parseWalFileName, walFileSegNo, type LoadedWalFile } from '../wal/file.js';
+import { loadWalFile, loadWalFileLazy, parseWalFileName, walFileSegNo, type LoadedWalFile } from '../wal/file.js';
 import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { findArchivedContinuation, loadArchivedWal } from './archive-source.js';
 import type { WalRecord } from '../wal/record.js';
@@ -23,10 +23,15 @@ export type ScanResult =
   /** The segment's last record continues in the next segment, which is not in the archive yet. */
   | { status: 'waiting'; nextSegment: string };
 
-/** Buffers reused between scans (two segments: the one scanned and the next one's head). */
+/**
+ * Buffers reused between scans (two segments: the one scanned and the next one's head, and the
+ * decoder's reassembly buffer). One scan at a time may use a set.
+ */
 export interface ScanBuffers {
   current?: Buffer;
   next?: Buffer;
+  /** The decoder's reassembly buffer for records that span pages. */
+  reassembly?: Buffer;
 }
 
 /** Options of {@link scanWalFile}. */
@@ -76,6 +81,8 @@ export function findContinuationFile(dir: string, timeline: number, name: string
 interface WalSource {
   label(name: string): string;
   load(name: string, reuse?: Buffer, maxBytes?: number): Promise<LoadedWalFile>;
+  /** Loads a whole segment; may read only its head and leave the rest to the decoder (`lazy`). */
+  loadSegment(name: string, reuse?: Buffer): Promise<LoadedWalFile>;
   findContinuation(timeline: number, name: string): Promise<string | undefined>;
 }
 
@@ -84,6 +91,7 @@ function directorySource(dir: string): WalSource {
   return {
     label: (name) => join(dir, name),
     load: (name, reuse, maxBytes) => loadWalFile(join(dir, name), reuse, maxBytes),
+    loadSegment: (name, reuse) => loadWalFileLazy(join(dir, name), reuse),
     findContinuation: async (timeline, name) => {
       const p = findContinuationFile(dir, timeline, name);
       return p === undefined ? undefined : basename(p);
@@ -96,6 +104,7 @@ function storageSource(storage: RepositoryStorage, names?: Set<string>): WalSour
   return {
     label: (name) => joinKey(storage.location, name),
     load: (name, reuse, maxBytes) => loadArchivedWal(storage, name, reuse, maxBytes),
+    loadSegment: (name, reuse) => loadArchivedWal(storage, name, reuse),
     findContinuation: (timeline, name) => findArchivedContinuation(storage, timeline, name, names),
   };
 }
@@ -140,14 +149,24 @@ async function mapSegment(
       for (const e of events) builder.addEvent(e);
     }
   };
-  const decoder = new WalDecoder({ onRecord, timeline: parsed.timeline });
-  const f = await source.load(name, buffers.current);
+  const decoder = new WalDecoder({
+    onRecord,
+    timeline: parsed.timeline,
+    ...(buffers.reassembly ? { reassemblyBuffer: buffers.reassembly } : {}),
+  });
+  const f = await source.loadSegment(name, buffers.current);
   buffers.current = f.buffer;
   // The decoder validates the first page before the segment size is trusted.
   const segSize = isValidWalSegmentSize(f.segmentSize) ? f.segmentSize : DEFAULT_WAL_SEGMENT_SIZE;
   const segNo = walFileSegNo(parsed.segmentName, segSize);
   segStart = segNo * segSize;
-  const res = decoder.feedSegment(f.buffer, f.length, segNo, label);
+  let res;
+  try {
+    res = decoder.feedSegment(f.buffer, f.length, segNo, label, f.lazy ? { fill: f.lazy.fill } : {});
+  } finally {
+    f.lazy?.close();
+  }
+  buffers.reassembly = decoder.reassemblyBuffer;
   let records = res.records;
   // A record crossing into the next segment is finished from it (only its head is read); a
   // record longer than a segment may need several.
@@ -160,6 +179,7 @@ async function mapSegment(
     const n = await source.load(next, buffers.next, decoder.pendingBytesNeeded);
     buffers.next = n.buffer;
     records += decoder.feedSegment(n.buffer, n.length, nextSegNo, currentFile, { finishPendingOnly: true }).records;
+    buffers.reassembly = decoder.reassemblyBuffer;
     nextSegNo++;
   }
   const segEnd = BigInt(segStart + segSize);

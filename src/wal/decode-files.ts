@@ -1,6 +1,6 @@
 // WAL decoding: WAL files decoded in order, records stitched across file boundaries.
 
-import { loadWalFile, walFileSegNo } from './file.js';
+import { loadWalFileLazy, walFileSegNo } from './file.js';
 import { WalDecoder } from './decoder.js';
 import type { WalRecord } from './record.js';
 
@@ -37,15 +37,20 @@ export async function decodeWalFiles(
   let endLsn = 0;
   let lastSegNo = -2;
   for (const path of paths) {
-    const f = await loadWalFile(path, buf);
+    const f = await loadWalFileLazy(path, buf);
     buf = f.buffer;
-    const segSize = decoder.segmentSize || f.segmentSize;
-    const segNo = segSize ? walFileSegNo(f.segmentName, segSize) : 0;
-    if (decoder.hasPendingRecord && segNo !== lastSegNo + 1) decoder.dropPending();
-    const r = decoder.feedSegment(f.buffer, f.length, segNo, path);
+    let r;
+    try {
+      const segSize = decoder.segmentSize || f.segmentSize;
+      const segNo = segSize ? walFileSegNo(f.segmentName, segSize) : 0;
+      if (decoder.hasPendingRecord && segNo !== lastSegNo + 1) decoder.dropPending();
+      r = decoder.feedSegment(f.buffer, f.length, segNo, path, f.lazy ? { fill: f.lazy.fill } : {});
+      lastSegNo = segNo;
+    } finally {
+      f.lazy?.close();
+    }
     records += r.records;
     endLsn = r.endLsn;
-    lastSegNo = segNo;
     if (r.status === 'endOfWal') break;
   }
   return {

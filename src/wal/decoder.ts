@@ -32,6 +32,7 @@ import {
 import { BLOCK_SIZE, isValidWalSegmentSize } from '../postgres/constants.js';
 import { WalDecodeError } from './decode-error.js';
 import { WalRecord } from './record.js';
+import { LAZY_READ_CHUNK } from './file.js';
 
 /** Options of a {@link WalDecoder}. */
 export interface WalDecoderOptions {
@@ -44,6 +45,12 @@ export interface WalDecoderOptions {
    * error (for `.partial` segments and live pg_wal). Archived segments are complete: default false.
    */
   allowEndOfWal?: boolean;
+  /**
+   * A reassembly buffer from an earlier decoder (see {@link WalDecoder.reassemblyBuffer}) to use
+   * instead of a new one: memory touched for the first time costs a page fault per 4 KiB, and a
+   * scan makes a decoder per segment. Only one decoder may use it at a time.
+   */
+  reassemblyBuffer?: Buffer;
 }
 
 /** Why {@link WalDecoder.feedSegment} returned. */
@@ -94,7 +101,7 @@ export class WalDecoder {
   private recLsn = 0;
 
   /** Reassembly of a record that spans pages. */
-  private asm: Buffer = Buffer.alloc(64 * 1024);
+  private asm: Buffer;
   private asmHave = 0;
   private asmTotal = 0;
   private asmLsn = 0;
@@ -115,11 +122,14 @@ export class WalDecoder {
    * 32-bit fields and the CRC's 8-byte steps are read a word at a time.
    */
   private segWords: Int32Array = new Int32Array(0);
-  private asmWords: Int32Array = wordView(this.asm)!;
+  private asmWords: Int32Array;
   /** Aligned copy of a segment handed over at an odd address (rare: segments are read into fresh buffers). */
   private alignedCopy: Buffer | undefined;
   private segLen = 0;
   private segStart = 0;
+  /** seg[0, filled) holds the file's bytes; {@link fill} reads on (a lazily read file), else filled = segLen. */
+  private filled = 0;
+  private fill: ((upTo: number) => void) | undefined;
 
   constructor(opts: WalDecoderOptions) {
     // Word reads assume the host's byte order is WAL's (every platform Node runs pgbart on).
@@ -127,6 +137,15 @@ export class WalDecoder {
     this.onRecord = opts.onRecord;
     this.timeline = opts.timeline;
     this.allowEndOfWal = opts.allowEndOfWal === true;
+    const reuse = opts.reassemblyBuffer;
+    // A reused buffer must be word-aligned and hold a full page; else a fresh one.
+    this.asm = reuse && reuse.length >= 64 * 1024 && (reuse.byteOffset & 3) === 0 ? reuse : Buffer.alloc(64 * 1024);
+    this.asmWords = wordView(this.asm)!;
+  }
+
+  /** The reassembly buffer (grown as records needed), for the next decoder's {@link WalDecoderOptions.reassemblyBuffer}. */
+  get reassemblyBuffer(): Buffer {
+    return this.asm;
   }
 
   /** True while a record that started in the last segment fed waits for the next one. */
@@ -162,17 +181,24 @@ export class WalDecoder {
   /**
    * Decodes one segment: buf[0, length) is the file's content, `segNo` its segment number.
    * With `finishPendingOnly`, only the record pending from the previous segment is completed.
+   * With `fill`, buf[0, length) is not all read yet: `fill(upTo)` makes buf[0, upTo) valid, and
+   * the decoder calls it page by page as it goes (every page passes {@link readPageHeader} before
+   * any of its bytes is read), a chunk ahead, so bytes are decoded while still in the CPU cache.
    */
   feedSegment(
     buf: Buffer,
     length: number,
     segNo: number,
     file: string,
-    opts: { finishPendingOnly?: boolean } = {},
+    opts: { finishPendingOnly?: boolean; fill?: (upTo: number) => void } = {},
   ): FeedResult {
     this.file = file;
+    this.fill = opts.fill;
+    this.filled = opts.fill === undefined ? length : 0;
     if ((buf.byteOffset & 3) !== 0) {
       // Word views need 4-byte alignment: decode an aligned copy (records then point into it).
+      if (opts.fill !== undefined) opts.fill(length);
+      this.filled = length;
       if (!this.alignedCopy || this.alignedCopy.length < length) this.alignedCopy = Buffer.allocUnsafeSlow(length);
       buf.copy(this.alignedCopy, 0, 0, length);
       buf = this.alignedCopy;
@@ -430,8 +456,18 @@ export class WalDecoder {
     }
   }
 
+  /** Makes seg[0, upTo) valid (reads on in a lazily read file). */
+  private fillTo(upTo: number): void {
+    const end = Math.min(upTo, this.segLen);
+    if (end <= this.filled) return;
+    this.fill!(end);
+    this.filled = end;
+  }
+
   /** Validates the page header at segment offset `pos`; returns its size. */
   private readPageHeader(pos: number, first: boolean): number {
+    // Every page is entered here before any of its bytes is read: read on a chunk ahead.
+    if (pos + WAL_PAGE_SIZE > this.filled && this.fill !== undefined) this.fillTo(pos + LAZY_READ_CHUNK);
     const b = this.seg;
     if (pos + SHORT_PAGE_HEADER_SIZE > this.segLen)
       this.fail(this.segLen, `file is truncated inside the page header at offset ${pos}`);

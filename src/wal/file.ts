@@ -27,6 +27,11 @@ export interface LoadedWalFile {
   compressed: boolean;
   /** The file is a `.partial` segment (may end early). */
   partial: boolean;
+  /**
+   * Set when only the head of the file was read ({@link loadWalFileLazy}): `fill(upTo)` reads on
+   * so that buffer[0, upTo) holds the file's bytes (upTo ≤ length); `close()` closes the file.
+   */
+  lazy?: { fill: (upTo: number) => void; close: () => void };
 }
 
 /** Parses a WAL file name (plain, `.partial`, `.gz`, `.partial.gz`); undefined if it is not one. */
@@ -97,6 +102,53 @@ export async function loadWalFile(
     }
   }
   return content.loaded(path, parsed);
+}
+
+/**
+ * How much a lazy load reads at a time: small enough that the bytes just read are still in the
+ * CPU's cache when the decoder reaches them (a 16 MB read lands in DRAM and is read back from it).
+ */
+export const LAZY_READ_CHUNK = 256 * 1024;
+
+/**
+ * Like {@link loadWalFile} for a plain (not gzip-compressed) file, but reads only its first chunk:
+ * the decoder reads on as it goes ({@link LoadedWalFile.lazy}), so each piece is decoded while it
+ * is still in the CPU's cache. The caller must call `lazy.close()` (also on errors). A `.gz` file
+ * is loaded whole, without `lazy`.
+ */
+export async function loadWalFileLazy(path: string, reuse?: Buffer): Promise<LoadedWalFile> {
+  const parsed = parseWalFileName(path);
+  if (!parsed || parsed.compressed) return loadWalFile(path, reuse);
+  const content = new WalFileContent(reuse, MAX_WAL_SEGMENT_SIZE);
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (size > content.limit) content.overflowed = true;
+    const length = Math.min(size, content.limit);
+    content.reserve(length);
+    const buffer = content.buffer;
+    let have = 0;
+    const fill = (upTo: number): void => {
+      while (have < upTo) {
+        const n = readSync(fd, buffer, have, upTo - have, have);
+        if (n === 0)
+          throw new WalDecodeError(path, have, `file is shorter (${have} bytes) than when it was opened (${length})`);
+        have += n;
+      }
+    };
+    fill(Math.min(length, LAZY_READ_CHUNK));
+    content.length = length;
+    let closed = false;
+    const close = (): void => {
+      if (closed) return;
+      closed = true;
+      closeSync(fd);
+    };
+    return { ...content.loaded(path, parsed), lazy: { fill, close } };
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
 }
 
 /**
