@@ -204,8 +204,11 @@ describe('server lock under contention', () => {
     } finally {
       sleeper.kill();
     }
-    // A zombie (exited, not reaped: sh execs into sleep, which never waits for it) holds nothing.
-    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // A zombie (exited, not reaped: its parent never waits) holds nothing. perl (Debian's essential perl-base), not
+    // `sh -c 'sleep 0 & …; exec sleep 30'`: a loaded machine let sh reap the child before it exec'ed (CI, once).
+    const parent = spawn('perl', ['-e', '$| = 1; my $pid = fork; exit 0 unless $pid; print "$pid\n"; sleep 30'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     try {
       const line = await new Promise<string>((r) => parent.stdout.once('data', (d: Buffer) => r(d.toString())));
       const zombie = Number(line.trim());
