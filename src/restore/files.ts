@@ -33,7 +33,7 @@ export interface FilesToWrite {
   checksumAlgorithm: ChecksumAlgorithm;
   workers: number;
   /** The worker threads, started earlier (see {@link startRestoreWorkers}); taken over and closed. */
-  pool?: RestoreWorkers;
+  pool: RestoreWorkers;
   /** RESTORE --delta: what the target already holds (see {@link DeltaPlan}). */
   delta?: DeltaPlan;
 }
@@ -67,7 +67,7 @@ export async function writeBackupFiles(
   });
   // Test hook: a delta restore killed between two tasks, some files rewritten and others not yet.
   const afterTask = delta ? () => crashPoint('restore:delta-task') : undefined;
-  const extracted = await extractBackup(plan, target, files.pool ?? workers, full.storage, signal, afterTask);
+  const extracted = await extractBackup(plan, target, files.pool, full.storage, signal, afterTask);
   let written = extracted.bytes;
   signal.throwIfAborted();
   if (chain.length > 1) {
