@@ -8,6 +8,7 @@ import { createBackupFixture, backupIdFrom, type BackupFixture } from './harness
 import { REPO_ROOT, serverBinDir, versionsUnderTest } from './harness/pg-binaries.js';
 import { makeTempDir, removeTree } from './harness/os.js';
 import { evaluateRetention, type RetentionBackup } from '../src/retention/retention.js';
+import { createFileHash } from '../src/util/file-hash.js';
 
 /**
  * Replaces a stored file of a plain, uncompressed backup by `source` and redoes its manifest entry's
@@ -18,7 +19,8 @@ function replaceStoredFile(backupDir: string, relPath: string, source: string): 
   const stored = join(backupDir, 'base', relPath);
   assert.equal(statSync(source).size, statSync(stored).size, 'the replacement must have the same size');
   copyFileSync(source, stored);
-  const sum = createHash('sha256').update(readFileSync(stored)).digest('hex');
+  // The default file checksum (CRC32C: the CRC-32C and XXH64 of the content).
+  const sum = createFileHash('crc32c').update(readFileSync(stored)).digest('hex');
   const manifest = join(backupDir, 'manifest.jsonl');
   const lines = readFileSync(manifest, 'utf8')
     .split('\n')

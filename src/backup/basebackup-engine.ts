@@ -220,7 +220,8 @@ async function basebackupInto(
     'fast',
     '-l',
     `pgbart backup ${id}`,
-    '--manifest-checksums=SHA256',
+    // pg_basebackup's own manifest: the same algorithm as pgbart's where it has it (not MD5: then its default).
+    `--manifest-checksums=${opts.checksum === 'SHA256' || opts.checksum === 'NONE' ? opts.checksum : 'CRC32C'}`,
     // pg_basebackup verifies page checksums itself (and fails on a corrupt page) unless told not to.
     ...(opts.verifyPages === false ? ['--no-verify-checksums'] : []),
     ...compressionArgs(opts, pgbMajor),

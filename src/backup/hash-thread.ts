@@ -2,6 +2,7 @@
 
 import { Worker } from 'node:worker_threads';
 import type { HashAnswer, HashRequest, HashWorkerData } from '../storage/hash-worker.js';
+import type { FileHashName } from '../util/file-hash.js';
 
 /** Bytes per shared slot (a tar unit; larger pieces take several). */
 const SLOT_SIZE = 1024 * 1024;
@@ -39,8 +40,8 @@ export class HashThread {
   private readonly digests = new Map<number, { resolve: (hex: string) => void; reject: (err: Error) => void }>();
   private failure: Error | undefined;
 
-  /** @param algorithm a Node hash name (`sha256`, `md5`). */
-  constructor(algorithm: string) {
+  /** @param algorithm the file hash of every stream (`sha256`, `md5`). */
+  constructor(algorithm: FileHashName) {
     const slots = new SharedArrayBuffer(SLOTS * SLOT_SIZE);
     this.memory = Buffer.from(slots);
     for (let i = SLOTS - 1; i >= 0; i--) this.freeSlots.push(i);

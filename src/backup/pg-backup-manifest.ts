@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import type { ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { RepositoryStorage, StorageWriter } from '../storage/storage.js';
+import { crc32cPart } from '../util/file-hash.js';
 
 /**
  * Writes a PostgreSQL-format `backup_manifest` (version 1) as files are stored, so that
@@ -43,9 +44,11 @@ export class PgBackupManifestWriter {
       .toISOString()
       .replace('T', ' ')
       .replace(/\.\d+Z$/, ' GMT');
-    // pg_verifybackup knows SHA256 but not MD5: an MD5 backup's manifest carries sizes only.
-    const sum =
-      this.algorithm === 'SHA256' && checksum ? `, "Checksum-Algorithm": "SHA256", "Checksum": "${checksum}"` : '';
+    // pg_verifybackup knows CRC32C and SHA256 (both written in its own form) but not MD5: an MD5 backup's manifest
+    // carries sizes only.
+    const known = this.algorithm === 'CRC32C' || this.algorithm === 'SHA256';
+    const value = checksum && this.algorithm === 'CRC32C' ? crc32cPart(checksum) : checksum;
+    const sum = known && value ? `, "Checksum-Algorithm": "${this.algorithm}", "Checksum": "${value}"` : '';
     await this.write(
       `${this.first ? '\n' : ',\n'}{ "Path": ${JSON.stringify(path)}, "Size": ${size}, "Last-Modified": "${modified}"${sum} }`,
     );

@@ -20,8 +20,8 @@ import { absolutePathProblem } from '../util/untrusted-path.js';
  */
 export type BackupStatus = 'active' | 'obsolete' | 'keep' | 'in progress' | 'failed' | 'damaged';
 
-/** Per-file checksum algorithm. */
-export type ChecksumAlgorithm = 'SHA256' | 'MD5' | 'NONE';
+/** Per-file checksum algorithm (CRC32C, the default, is PostgreSQL's own backup-manifest default). */
+export type ChecksumAlgorithm = 'CRC32C' | 'SHA256' | 'MD5' | 'NONE';
 
 /** A tablespace as it was when backed up. */
 export interface TablespaceInfo {
@@ -325,7 +325,7 @@ export function parseBackupInfo(text: string, source: string, options: ParseBack
     compressionLevel: int('COMPRESSION LEVEL', 0, 22),
     timezone,
     xlogMethod: oneOf('XLOG METHOD', ['fetch', 'stream'] as const),
-    checksumAlgorithm: oneOf<ChecksumAlgorithm>('CHECKSUM ALGORITHM', ['SHA256', 'MD5', 'NONE']),
+    checksumAlgorithm: oneOf<ChecksumAlgorithm>('CHECKSUM ALGORITHM', ['CRC32C', 'SHA256', 'MD5', 'NONE']),
     artifactChecksums,
     tablespaces,
     timeline: int('TIMELINE', partial ? 0 : 1, 0xffffffff),

@@ -1,9 +1,10 @@
 // Manifest: a backup's manifest.jsonl, one JSON line per file and artifact, hashed, streamed in and out.
 
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import type { ChecksumAlgorithm } from './backup-info.js';
+import { createFileHash, type FileHash, type FileHashName } from '../util/file-hash.js';
 import { relativePathProblem } from '../util/untrusted-path.js';
 import { BLOCK_SIZE } from '../postgres/constants.js';
 import { joinKey, type RepositoryStorage, type StorageWriter } from '../storage/storage.js';
@@ -68,9 +69,9 @@ export interface ManifestArtifact {
   checksum: string;
 }
 
-/** Node crypto name of a checksum algorithm; undefined for NONE. */
-export function hashName(alg: ChecksumAlgorithm): string | undefined {
-  return alg === 'SHA256' ? 'sha256' : alg === 'MD5' ? 'md5' : undefined;
+/** The file-hash name of a checksum algorithm; undefined for NONE. */
+export function hashName(alg: ChecksumAlgorithm): FileHashName | undefined {
+  return alg === 'CRC32C' ? 'crc32c' : alg === 'SHA256' ? 'sha256' : alg === 'MD5' ? 'md5' : undefined;
 }
 
 /** The checksum of stored artifacts (backup writers, VERIFY-CHKSUM): xxh64, fast enough to never slow a backup down. */
@@ -85,9 +86,9 @@ export function artifactHasher(): { update(d: Uint8Array): void; hex(): string }
 }
 
 /** A new hash for an algorithm, or undefined for NONE. */
-export function createChecksum(alg: ChecksumAlgorithm): Hash | undefined {
+export function createChecksum(alg: ChecksumAlgorithm): FileHash | undefined {
   const name = hashName(alg);
-  return name ? createHash(name) : undefined;
+  return name ? createFileHash(name) : undefined;
 }
 
 /** Writes manifest.jsonl line by line; `finish()` appends the end line and fsyncs. */

@@ -129,10 +129,12 @@ function buildProgram(): Command {
     .option('--backup-name <name>', 'backup name (template variables allowed)')
     .option('--thread-count <n>', 'parallel workers', integer(1, 128, 'thread count'))
     .addOption(
-      new Option('--checksum-algorithm <alg>', 'per-file checksums').choices([
+      new Option('--checksum-algorithm <alg>', 'per-file checksums (default CRC32C)').choices([
+        'CRC32C',
         'MD5',
         'SHA256',
         'NONE',
+        'crc32c',
         'md5',
         'sha256',
         'none',

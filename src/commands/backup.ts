@@ -47,7 +47,7 @@ function resolveCommon(o: BackupCommandOptions): Omit<FullBackupOptions, 'thread
     format: o.format === 'p' ? 'plain' : 'tar',
     compression,
     level: o.compressLevel ?? defaultCompressionLevel(compression),
-    checksum: (o.checksumAlgorithm?.toUpperCase() ?? 'SHA256') as ChecksumAlgorithm,
+    checksum: (o.checksumAlgorithm?.toUpperCase() ?? 'CRC32C') as ChecksumAlgorithm,
     verifyPages: o.verifyChecksums !== false,
   };
 }

@@ -6,6 +6,8 @@
  * this interface, so full backups and incremental chains restore the same way to either.
  */
 
+import type { FileHashName } from '../util/file-hash.js';
+
 /** What is at a path we are about to restore into. */
 export type PathState =
   | { kind: 'absent'; /** Nearest existing ancestor directory. */ existingParent: string }
@@ -133,13 +135,13 @@ export interface RestoreTarget {
   syncTree(path: string): Promise<void>;
   /**
    * Delta restore: size, permission bits and, for files of the expected size, the `hash` digest of
-   * each regular file under `root` (sha256 or md5; none: no digest). Absent files and anything that
-   * is not a regular file (a symlink included) are left out of the map.
+   * each regular file under `root` (crc32c, sha256 or md5; none: no digest). Absent files and anything
+   * that is not a regular file (a symlink included) are left out of the map.
    */
   compareFiles(
     root: string,
     files: FileToCompare[],
-    hash: 'sha256' | 'md5' | 'none',
+    hash: FileHashName | 'none',
   ): Promise<Map<string, TargetFileState>>;
   /** The first `length` bytes of a regular file (fewer when it is shorter); undefined when absent. */
   readHead(path: string, length: number): Promise<Buffer | undefined>;

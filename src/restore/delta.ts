@@ -6,7 +6,7 @@ import type { BackupInfo, ChecksumAlgorithm } from '../catalog/backup-info.js';
 import type { CatalogEntry } from '../catalog/catalog.js';
 import { fileKey, type IncrementalManifestEntry } from '../catalog/incremental-format.js';
 import { MANIFEST_FILE } from '../catalog/layout.js';
-import { readManifest } from '../catalog/manifest.js';
+import { hashName, readManifest } from '../catalog/manifest.js';
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -239,7 +239,7 @@ export async function planDelta(
     a.files.push(f);
   }
   for (const a of asks.values()) {
-    const hash = a.algorithm === 'SHA256' ? 'sha256' : a.algorithm === 'MD5' ? 'md5' : 'none';
+    const hash = hashName(a.algorithm) ?? 'none';
     const found = await target.compareFiles(
       a.root,
       a.files.map((f) => ({ path: f.path, size: f.size })),

@@ -1,7 +1,7 @@
 // File copy worker: a worker thread copying one local file into the repository, hashed and compressed.
 
 import { closeSync, openSync, readSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { createFileHash, type FileHashName } from '../util/file-hash.js';
 import { parentPort } from 'node:worker_threads';
 import { PAGE_SIZE, PageVerifier } from '../postgres/page-checksum.js';
 import { FlushBehind } from '../util/flush-behind.js';
@@ -16,8 +16,8 @@ export interface FileCopyTask {
   size: number;
   method: CompressionMethod;
   level: number;
-  /** Node hash name (sha256, md5) or undefined for none. */
-  hash?: string;
+  /** File-hash name (crc32c, sha256, md5) or undefined for none. */
+  hash?: FileHashName;
   chunk: number;
   /**
    * Verify the pages of this relation file against their data checksums: `firstBlock` is the
@@ -63,7 +63,7 @@ function readBuffer(size: number): Buffer {
  * `thread_count` really means cores at work.
  */
 async function copy(task: FileCopyTask): Promise<FileCopyResult> {
-  const hash = task.hash ? createHash(task.hash) : undefined;
+  const hash = task.hash ? createFileHash(task.hash) : undefined;
   let src: number | undefined;
   try {
     src = openSync(task.source, 'r');

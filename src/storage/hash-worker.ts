@@ -1,7 +1,7 @@
 // Hash worker: a worker thread computing the file checksums (SHA-256, MD5) of a backup's stream of files.
 
-import { createHash, type Hash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
+import { createFileHash, type FileHash, type FileHashName } from '../util/file-hash.js';
 
 /** A message to the hash worker; the worker handles them in the order they were posted. */
 export type HashRequest =
@@ -16,8 +16,8 @@ export type HashAnswer =
 
 /** What the worker is started with. */
 export interface HashWorkerData {
-  /** The Node hash name of every stream. */
-  algorithm: string;
+  /** The file-hash name of every stream. */
+  algorithm: FileHashName;
   /** The slots the sender copies bytes into, `slotSize` bytes each. */
   slots: SharedArrayBuffer;
   slotSize: number;
@@ -27,10 +27,10 @@ export interface HashWorkerData {
 // every byte (~1.8 GB/s of one core) would otherwise cap it at the speed of that one core.
 const { algorithm, slots, slotSize } = workerData as HashWorkerData;
 const memory = new Uint8Array(slots);
-const streams = new Map<number, Hash>();
-const streamFor = (id: number): Hash => {
+const streams = new Map<number, FileHash>();
+const streamFor = (id: number): FileHash => {
   let hash = streams.get(id);
-  if (!hash) streams.set(id, (hash = createHash(algorithm)));
+  if (!hash) streams.set(id, (hash = createFileHash(algorithm)));
   return hash;
 };
 parentPort!.on('message', (msg: HashRequest) => {

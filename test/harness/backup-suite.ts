@@ -142,6 +142,9 @@ export function describeBackupSuite(version: number): void {
           version === 15 ? [join(dir, 'base')] : ['-n', join(dir, 'base')],
         );
         assert.equal(v.code, 0, `pg_verifybackup: ${v.stdout}${v.stderr}`);
+        // The default file checksum is PostgreSQL's own: pg_verifybackup just compared every file's CRC-32C.
+        if (!args.includes('--checksum-algorithm'))
+          assert.match(readFileSync(join(dir, 'base', 'backup_manifest'), 'utf8'), /"Checksum-Algorithm": "CRC32C"/);
       }
       const target = join(makeTempDir('restore'), 'data');
       const restored = await restoreByHand(dir, version, target);

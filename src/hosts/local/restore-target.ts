@@ -1,7 +1,6 @@
 // Restore target (local driver): RESTORE writing to this host through direct file access.
 
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { closeSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, openSync } from 'node:fs';
 import {
   access,
@@ -39,6 +38,7 @@ import type {
 } from '../restore-target.js';
 import { forEachLimited } from '../../util/for-each-limited.js';
 import { writeAll, writeAllSync } from '../../util/write-all.js';
+import { createFileHash, type FileHashName } from '../../util/file-hash.js';
 
 /** Files hashed at once by compareFiles: enough to keep a disk busy, few enough to keep memory flat. */
 const COMPARE_CONCURRENCY = 4;
@@ -256,7 +256,7 @@ export class LocalRestoreTarget implements RestoreTarget {
   async compareFiles(
     root: string,
     files: FileToCompare[],
-    hash: 'sha256' | 'md5' | 'none',
+    hash: FileHashName | 'none',
   ): Promise<Map<string, TargetFileState>> {
     const out = new Map<string, TargetFileState>();
     const one = async (f: FileToCompare): Promise<void> => {
@@ -273,7 +273,7 @@ export class LocalRestoreTarget implements RestoreTarget {
         if (!st.isFile()) return;
         const state: TargetFileState = { size: st.size, mode: st.mode & 0o7777 };
         if (hash !== 'none' && st.size === f.size) {
-          const h = createHash(hash);
+          const h = createFileHash(hash);
           // Streamed: relation segments are up to 1 GiB.
           for await (const chunk of handle.createReadStream({ autoClose: false, highWaterMark: 1024 * 1024 })) {
             h.update(chunk as Buffer);

@@ -1,6 +1,7 @@
 // Restore target (ssh driver): RESTORE writing to another host over ssh, with batched incremental patches.
 
 import { BartError } from '../../util/errors.js';
+import { createFileHash, type FileHashName } from '../../util/file-hash.js';
 import { log } from '../../util/log.js';
 import { quoteForPostgresCommand, shellQuote, singleQuote } from '../../util/shell-quote.js';
 import { sshDestinationProblem } from '../../util/ssh-destination.js';
@@ -342,12 +343,13 @@ export class SshRestoreTarget implements RestoreTarget {
   /**
    * Two commands per batch of files: `stat` (size, mode and type of each, NUL-separated), then
    * `sha256sum`/`md5sum -z` of the regular files whose size is the expected one: the content is
-   * read on the target host and only the digests travel.
+   * read on the target host and only the digests travel. A POSIX host has no CRC-32C tool: for crc32c
+   * the files are streamed back over the channel and checksummed here (their bytes travel, once).
    */
   async compareFiles(
     root: string,
     files: FileToCompare[],
-    hash: 'sha256' | 'md5' | 'none',
+    hash: FileHashName | 'none',
   ): Promise<Map<string, TargetFileState>> {
     const out = new Map<string, TargetFileState>();
     const r = remoteWord(root);
@@ -371,6 +373,14 @@ export class SshRestoreTarget implements RestoreTarget {
         if (hash !== 'none' && expected.get(m[4]!) === size) toHash.push(m[4]!);
       }
       if (toHash.length === 0) continue;
+      if (hash === 'crc32c') {
+        for (const path of toHash) {
+          const digest = await this.digestHere(`${root.replace(/\/+$/, '')}/${path}`, hash);
+          const state = out.get(path);
+          if (state && digest !== undefined) state.digest = digest;
+        }
+        continue;
+      }
       const sums = await this.run(
         `(cd ${r} && ${hash}sum -z -- ${toHash.map((p) => remoteWord(p)).join(' ')})`,
         `computing ${hash} checksums in "${root}"`,
@@ -383,6 +393,28 @@ export class SshRestoreTarget implements RestoreTarget {
       }
     }
     return out;
+  }
+
+  /** Streams a remote file over the channel and checksums it here; undefined when it is gone. */
+  private digestHere(path: string, hash: FileHashName): Promise<string | undefined> {
+    const next = this.queue.then(async () => {
+      this.channel ??= await SshChannel.open(this.session);
+      const file = await this.channel.readFile(path);
+      if (!file) return undefined;
+      const h = createFileHash(hash);
+      const buffer = Buffer.allocUnsafe(1024 * 1024);
+      try {
+        for (let n; (n = await file.stream.read(buffer, 0, buffer.length)) > 0;) h.update(buffer.subarray(0, n));
+      } catch (err) {
+        // The channel is mid-file: not usable for the next command; the next one opens a new channel.
+        this.channel.close();
+        this.channel = undefined;
+        throw err;
+      }
+      return h.digest('hex');
+    });
+    this.queue = next.catch(() => undefined);
+    return next;
   }
 
   async readHead(path: string, length: number): Promise<Buffer | undefined> {
