@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { renameSync } from 'node:fs';
+import { readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pgbenchInit } from './harness/load.js';
@@ -34,7 +34,9 @@ for (const version of versionsUnderTest()) {
 
     test('a chain full → incremental (tar) → incremental (plain, zstd) with writes in between restores each backup exactly', async () => {
       const c = src.cluster;
-      ids.push(await takeBackup(src));
+      // A chain whose full backup was taken with SHA256 (as before CRC32C became the default): its incrementals
+      // keep SHA256, or restoring them would check the full's SHA-256 digests with another algorithm.
+      ids.push(await takeBackup(src, undefined, ['--checksum-algorithm', 'SHA256']));
       snaps.push(await contentSnapshot(c));
 
       await c.query('UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 97 = 0 AND aid < 40000');
@@ -82,6 +84,10 @@ for (const version of versionsUnderTest()) {
         [...incr.keys()].some((k) => k.startsWith('base:global/')),
         'global relations are listed',
       );
+      for (const id of ids) {
+        const info = readFileSync(join(src.setup.backupPath, src.server, id, 'backupinfo'), 'utf8');
+        assert.match(info, /^CHECKSUM ALGORITHM: SHA256$/m, `backup ${id} checksums its files as its chain does`);
+      }
       const show = await src.setup.bart(['SHOW-BACKUPS', '-s', src.server]);
       assert.equal(show.code, 0, show.stderr);
       assert.match(show.stdout, new RegExp(`${ids[1]}\\s+none\\s+${ids[0]}`), 'SHOW-BACKUPS shows the parent');
@@ -141,6 +147,9 @@ for (const version of versionsUnderTest()) {
       assert.match(r.stderr, /ERROR: +backup "nosuchbackup" not found for server src/);
       r = await tryBackup(src, ['--check']);
       assert.match(r.stderr, /ERROR: +--check needs --parent/);
+      r = await tryBackup(src, ['--parent', ids[2]!, '--checksum-algorithm', 'CRC32C']);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /ERROR: +--checksum-algorithm applies to full backups/);
       src.configure(src.cluster, { allow_incremental_backups: 'disabled' });
       try {
         r = await tryBackup(src, ['--parent', ids[0]!]);

@@ -338,9 +338,16 @@ export async function takeIncrementalBackup(
 ): Promise<BackupInfo> {
   const parent = await checkParent(config, server, opts.parent);
   const { parent: _ref, ...rest } = opts;
-  return runBackupTransaction(config, server, { ...rest, engine: 'native', parent: parent.info.id }, (ctx) =>
-    incrementalBody(ctx, parent),
-  );
+  // A chain has one file-checksum algorithm: a restore verifies every file of the chain, unchanged ones with the
+  // checksum an older link recorded, with the algorithm of the backup it restores (a full backup taken with
+  // SHA256 before CRC32C became the default keeps SHA256 in its incrementals).
+  const request = {
+    ...rest,
+    checksum: parent.info.checksumAlgorithm,
+    engine: 'native' as const,
+    parent: parent.info.id,
+  };
+  return runBackupTransaction(config, server, request, (ctx) => incrementalBody(ctx, parent));
 }
 
 /** What `BACKUP --parent P --check` found. */

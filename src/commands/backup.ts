@@ -114,6 +114,10 @@ async function incrementalBackup(ctx: CommandContext, o: BackupCommandOptions): 
   if (o.server?.toLowerCase() === 'all')
     throw new BartError('--parent needs one server (-s NAME), not -s all: the parent belongs to one server');
   if (o.withPg_basebackup) throw new BartError('--with-pg_basebackup cannot take incremental backups (--parent)');
+  if (o.checksumAlgorithm !== undefined)
+    throw new BartError(
+      '--checksum-algorithm applies to full backups: an incremental backup (--parent) checksums its files with the algorithm of its parent',
+    );
   const server = selectOneServer(ctx.config, o.server, 'BACKUP --parent');
   if (o.check) {
     const r = await checkIncremental(ctx.config, server, o.parent!);
