@@ -207,7 +207,7 @@ async function backupBench(
     `Raw read of the data directory (\`tar cf - | cat\`): **${rawRead.warm.toFixed(2)} s** warm, **${rawRead.cold.toFixed(2)} s** cold.`,
     '',
     'Each time covers the whole command, durable on disk (pgbart fsyncs what it writes, as pg_basebackup and pgbackrest do). ' +
-      'pg_basebackup (Debian 15, `-X fetch -c fast`) is single-threaded: the same measurement is shown in both thread rows. ' +
+      'pg_basebackup (Debian 15, `-c fast`, otherwise its defaults: WAL streamed, a backup manifest with CRC-32C; lz4 and zstd compressed by the server, `--compress=server-lz4|server-zstd`, gzip by the client) is single-threaded: the same measurement is shown in both thread rows. ' +
       'pgbackrest (Debian) runs with `--process-max` = threads, `start-fast`, `archive-check=n`. Ratios below 1.0 mean pgbart is faster. ' +
       'Warm: the page cache holds what the previous commands read; cold: `echo 3 > /proc/sys/vm/drop_caches` (after a sync) before every command.',
     '',
