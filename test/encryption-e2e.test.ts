@@ -251,9 +251,23 @@ for (const kind of ['posix', 's3'] as const) {
         await cluster.query(
           'CREATE TABLE between_backups AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g',
         );
-        incrId = backupId(
-          await setup.bart(['BACKUP', '-s', SERVER, '--parent', fullId, '-F', 't', '--compress', 'lz4']),
-        );
+        const incr = await setup.bart([
+          '-d',
+          'BACKUP',
+          '-s',
+          SERVER,
+          '--parent',
+          fullId,
+          '-F',
+          't',
+          '--compress',
+          'lz4',
+        ]);
+        incrId = backupId(incr);
+        // The derivation the CLI starts while the command loads (prewarmKeysOf: the catalog's key object exists by
+        // now) is the one the command uses: one scrypt, not two.
+        const derivations = (incr.stdout + incr.stderr).match(/derived a repository master key/g) ?? [];
+        assert.equal(derivations.length, 1, `one scrypt per command:\n${incr.stderr}`);
         await cluster.query('CREATE TABLE before_target AS SELECT g AS id FROM generate_series(1, 5000) g');
         atTarget = await tableFingerprints(cluster);
         await new Promise((r) => setTimeout(r, 1100));

@@ -65,7 +65,7 @@ function integer(min: number, max: number, what: string) {
 async function withContext(
   program: Command,
   action: (ctx: CommandContext) => Promise<number | void>,
-  opts: { quiet?: boolean } = {},
+  opts: { quiet?: boolean; prewarmKeysOf?: string } = {},
 ): Promise<void> {
   const globals = program.opts<{ configPath?: string; debug?: boolean }>();
   const debug = globals.debug === true;
@@ -76,6 +76,9 @@ async function withContext(
     logTo: 'logfile',
   });
   log.fileOnly('INFO', `bart ${process.argv.slice(2).join(' ')}`);
+  // An encrypted repository's key derivation (scrypt) runs on the thread pool while the command's modules load.
+  if ('prewarmKeysOf' in opts)
+    void import('../commands/prewarm-keys.js').then((m) => m.prewarmKeys(config, opts.prewarmKeysOf)).catch(() => {});
   const code = await action({ config, debug });
   if (typeof code === 'number' && code !== 0) process.exitCode = code;
 }
@@ -146,7 +149,9 @@ function buildProgram(): Command {
     .option('--check', 'with --parent: only check that everything an incremental needs is there')
     .option('--no-verify-checksums', 'do not verify the data checksums of the pages read')
     .action(async (o: Record<string, unknown>) => {
-      await withContext(program, async (ctx) => (await import('../commands/backup.js')).backup(ctx, o));
+      await withContext(program, async (ctx) => (await import('../commands/backup.js')).backup(ctx, o), {
+        prewarmKeysOf: o.server as string | undefined,
+      });
     });
 
   program
@@ -244,8 +249,10 @@ function buildProgram(): Command {
     .option('--standby', 'write standby.signal instead of recovery.signal')
     .option('--delta', 'rewrite only what differs in an existing data directory of the same cluster (server stopped)')
     .action(async (o: Record<string, unknown>) => {
-      await withContext(program, async (ctx) =>
-        (await import('../commands/restore.js')).restore(ctx, withInclusive(o)),
+      await withContext(
+        program,
+        async (ctx) => (await import('../commands/restore.js')).restore(ctx, withInclusive(o)),
+        { prewarmKeysOf: o.server as string | undefined },
       );
     });
 

@@ -229,6 +229,22 @@ async function siblingKey(
   }
 }
 
+/**
+ * Starts deriving the master key of a repository whose stored key object is `text`, so that scrypt (a tenth of a
+ * second or more of one core, on Node's thread pool) runs while the command still loads its modules;
+ * {@link openRepositoryKey} then finds the derivation under way or done (the cache is keyed by parameters, salt
+ * and passphrase). Never fails and never decides anything: a damaged key object or a wrong passphrase is reported
+ * by openRepositoryKey, which always checks.
+ */
+export function startKeyDerivation(text: string, passphrase: string): void {
+  try {
+    const key = parseKeyObject(text, CIPHER_KEY_OBJECT);
+    derive(passphrase, Buffer.from(key.salt, 'base64'), key.kdf).catch(() => undefined);
+  } catch {
+    // Reported by openRepositoryKey.
+  }
+}
+
 /** Whether a repository root is encrypted (holds a key object), without a passphrase: SHOW-SERVERS, CHECK-CONFIG. */
 export async function repositoryIsEncrypted(storage: RepositoryStorage): Promise<boolean> {
   return (await storage.stat(CIPHER_KEY_OBJECT)) !== undefined;
