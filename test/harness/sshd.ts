@@ -119,6 +119,8 @@ export class TestSshd {
       execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')]);
       const hostPub = readFileSync(join(dir, 'host_key.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
       mkdirSync(join(dir, 'authorized'), { mode: 0o755 });
+      mkdirSync(join(dir, 'tmp'));
+      chmodSync(join(dir, 'tmp'), 0o1777);
       for (const name of userNames) {
         const u = ensureUser(name);
         const udir = join(dir, `user-${name}`);
@@ -150,6 +152,9 @@ export class TestSshd {
           'Subsystem sftp internal-sftp',
           'MaxStartups 100:30:200',
           'LogLevel VERBOSE',
+          // Sessions' scratch files (the remote channel's mktemp -d) go under this harness: a test that kills the
+          // host (kill()) leaves no scratch directory in the machine's /tmp, and stop() removes them.
+          `SetEnv TMPDIR=${join(dir, 'tmp')}`,
           // Match blocks last: they run to the end of the file.
           ...Object.entries(opts.setEnv ?? {}).flatMap(([user, vars]) => [
             `Match User ${user}`,
