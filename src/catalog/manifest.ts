@@ -1,18 +1,12 @@
 // Manifest: a backup's manifest.jsonl, one JSON line per file and artifact, hashed, streamed in and out.
 
 import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import type { ChecksumAlgorithm } from './backup-info.js';
-import { createFileHash, type FileHash, type FileHashName } from '../util/file-hash.js';
+import { createFileHash, Xxh64, type FileHash, type FileHashName } from '../util/file-hash.js';
 import { relativePathProblem } from '../util/untrusted-path.js';
 import { BLOCK_SIZE } from '../postgres/constants.js';
 import { joinKey, type RepositoryStorage, type StorageWriter } from '../storage/storage.js';
-
-const require = createRequire(import.meta.url);
-const { Xxh64 } = require('@node-rs/xxhash') as {
-  Xxh64: new (seed?: bigint) => { update(d: Uint8Array): unknown; digest(): bigint };
-};
 
 /**
  * The machine-readable manifest of a backup, `manifest.jsonl`: one JSON object per line, so it is

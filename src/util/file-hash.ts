@@ -5,7 +5,8 @@ import { createRequire } from 'node:module';
 import { crc32c } from '@node-rs/crc32';
 
 const require = createRequire(import.meta.url);
-const { Xxh64 } = require('@node-rs/xxhash') as {
+/** XXH64 (native, streaming): the second half of the CRC32C file checksum, and the catalog's artifact checksum. */
+export const { Xxh64 } = require('@node-rs/xxhash') as {
   Xxh64: new (seed?: bigint) => { update(d: Uint8Array): unknown; digest(): bigint };
 };
 
