@@ -170,11 +170,17 @@ export class SshRestoreTarget implements RestoreTarget {
     return new SshRestoreTarget(SshSession.attach({ user: spec.user, host: spec.host }, spec.controlPath), false);
   }
 
+  /** Runs `use` on the channel (opened on first use) once every earlier use is done: one request at a time. */
+  private onChannel<T>(use: (channel: SshChannel) => Promise<T>): Promise<T> {
+    const next = this.queue.then(async () => use((this.channel ??= await SshChannel.open(this.session))));
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
   /** Runs a command on the channel (one at a time); returns stdout, or throws with `what` and stderr. */
   private run(command: string, what: string, okCodes: number[] = [0]): Promise<{ code: number; stdout: string }> {
-    const next = this.queue.then(async () => {
-      this.channel ??= await SshChannel.open(this.session);
-      const r = await this.channel.run(command);
+    return this.onChannel(async (channel) => {
+      const r = await channel.run(command);
       if (!okCodes.includes(r.code)) {
         throw new BartError(
           `${what} on ${this.description} failed: ${r.stderr.trim().split('\n').pop() || `exit status ${r.code}`}`,
@@ -182,8 +188,6 @@ export class SshRestoreTarget implements RestoreTarget {
       }
       return { code: r.code, stdout: r.stdout.toString() };
     });
-    this.queue = next.catch(() => undefined);
-    return next;
   }
 
   async inspect(path: string): Promise<PathState> {
@@ -397,9 +401,8 @@ export class SshRestoreTarget implements RestoreTarget {
 
   /** Streams a remote file over the channel and checksums it here; undefined when it is gone. */
   private digestHere(path: string, hash: FileHashName): Promise<string | undefined> {
-    const next = this.queue.then(async () => {
-      this.channel ??= await SshChannel.open(this.session);
-      const file = await this.channel.readFile(path);
+    return this.onChannel(async (channel) => {
+      const file = await channel.readFile(path);
       if (!file) return undefined;
       const h = createFileHash(hash);
       const buffer = Buffer.allocUnsafe(1024 * 1024);
@@ -407,14 +410,12 @@ export class SshRestoreTarget implements RestoreTarget {
         for (let n; (n = await file.stream.read(buffer, 0, buffer.length)) > 0;) h.update(buffer.subarray(0, n));
       } catch (err) {
         // The channel is mid-file: not usable for the next command; the next one opens a new channel.
-        this.channel.close();
+        channel.close();
         this.channel = undefined;
         throw err;
       }
       return h.digest('hex');
     });
-    this.queue = next.catch(() => undefined);
-    return next;
   }
 
   async readHead(path: string, length: number): Promise<Buffer | undefined> {
