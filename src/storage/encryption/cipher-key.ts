@@ -13,6 +13,8 @@ import { CIPHER_MAGIC, DEFAULT_CHUNK_LOG2 } from './cipher-format.js';
 
 /** Name of the key object at the root of an encrypted repository. */
 export const CIPHER_KEY_OBJECT = 'pgbart.cipher';
+/** The most bytes a key object is read with (it is a small JSON object; anything larger is not one). */
+const KEY_OBJECT_MAX_BYTES = 64 * 1024;
 /** scrypt cost: N = 2^15, r = 8 → 32 MiB of memory per derivation, a fraction of a second. */
 const SCRYPT = { N: 2 ** 15, r: 8, p: 1 } as const;
 const CHECK_TEXT = 'pgbart repository key check v1';
@@ -149,7 +151,7 @@ export async function openRepositoryKey(storage: RepositoryStorage, settings: Ci
   const where = joinKey(storage.location, CIPHER_KEY_OBJECT);
   let text: string | undefined;
   try {
-    text = (await storage.readAll(CIPHER_KEY_OBJECT, 64 * 1024)).toString('utf8');
+    text = (await storage.readAll(CIPHER_KEY_OBJECT, KEY_OBJECT_MAX_BYTES)).toString('utf8');
   } catch (err) {
     if (!(err instanceof StorageNotFoundError)) throw err;
   }
@@ -215,7 +217,7 @@ async function siblingKey(
   if (!settings.sibling) return undefined;
   const sibling = settings.sibling();
   try {
-    const text = (await sibling.readAll(CIPHER_KEY_OBJECT, 64 * 1024)).toString('utf8');
+    const text = (await sibling.readAll(CIPHER_KEY_OBJECT, KEY_OBJECT_MAX_BYTES)).toString('utf8');
     const key = parseKeyObject(text, joinKey(sibling.location, CIPHER_KEY_OBJECT));
     if (key.cipher !== settings.cipher) return undefined;
     const master = await derive(passphrase, Buffer.from(key.salt, 'base64'), key.kdf);
@@ -230,16 +232,24 @@ async function siblingKey(
 }
 
 /**
- * Starts deriving the master key of a repository whose stored key object is `text`, so that scrypt (a tenth of a
- * second or more of one core, on Node's thread pool) runs while the command still loads its modules;
- * {@link openRepositoryKey} then finds the derivation under way or done (the cache is keyed by parameters, salt
- * and passphrase). Never fails and never decides anything: a damaged key object or a wrong passphrase is reported
- * by openRepositoryKey, which always checks.
+ * Reads the key object of `storage` (the driver, below any cipher) and starts deriving its master key, so that
+ * scrypt (a tenth of a second or more of one core, on Node's thread pool) runs while the command still loads its
+ * modules; {@link openRepositoryKey} then finds the derivation under way or done (the cache is keyed by parameters,
+ * salt and passphrase). Resolves once the derivation has started, without waiting for it. Never fails and never
+ * decides anything: a missing or damaged key object, an unreadable passphrase or a wrong one is reported by
+ * openRepositoryKey, which always checks.
  */
-export function startKeyDerivation(text: string, passphrase: string): void {
+export async function startKeyDerivation(
+  storage: RepositoryStorage,
+  passphrase: CipherSettings['passphrase'],
+): Promise<void> {
   try {
-    const key = parseKeyObject(text, CIPHER_KEY_OBJECT);
-    derive(passphrase, Buffer.from(key.salt, 'base64'), key.kdf).catch(() => undefined);
+    const [stored, phrase] = await Promise.all([
+      storage.readAll(CIPHER_KEY_OBJECT, KEY_OBJECT_MAX_BYTES),
+      passphrase(),
+    ]);
+    const key = parseKeyObject(stored.toString('utf8'), CIPHER_KEY_OBJECT);
+    derive(phrase, Buffer.from(key.salt, 'base64'), key.kdf).catch(() => undefined);
   } catch {
     // Reported by openRepositoryKey.
   }
