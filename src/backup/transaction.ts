@@ -309,6 +309,10 @@ export async function runBackupTransaction(
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  // The catalog is read while the server is asked for its facts: on an object store a listing and a request per
+  // backup, in an encrypted repository the key derivation too. Awaited below (a rejection is handled there).
+  const existingBackups = listBackups(config, server, repository);
+  existingBackups.catch(() => undefined);
   try {
     client = await connect({
       host: server.host,
@@ -322,7 +326,7 @@ export async function runBackupTransaction(
     if (repository.kind === 'posix') await checkFreeSpace(serverDir, facts.estimatedBytes, request.compression);
 
     const id = await newBackupId(repository);
-    const existing = await listBackups(config, server, repository);
+    const existing = await existingBackups;
     if (request.name && existing.some((e) => e.info.name === request.name)) {
       throw new BartError(
         `backup name "${request.name}" is already used by another backup of server ${server.name}; names are unique per server`,

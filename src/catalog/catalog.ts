@@ -5,6 +5,7 @@ import { openRepository } from '../storage/open-repository.js';
 import { joinKey, type RepositoryStorage } from '../storage/storage.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
 import { log } from '../util/log.js';
+import { forEachLimited } from '../util/for-each-limited.js';
 import { BackupInfoError, damagedBackupInfo, readBackupInfo, type BackupInfo } from './backup-info.js';
 import { BACKUPINFO_FILE, DELETING_SUFFIX, GZIP_SUFFIX, PARTIAL_SUFFIX } from './layout.js';
 
@@ -75,6 +76,9 @@ export function processAlive(pid: number): boolean {
   }
 }
 
+/** Backupinfos {@link listBackups} reads at once. */
+const BACKUPINFO_READS_IN_FLIGHT = 16;
+
 /**
  * Every backup of a server, oldest first. Entries `<id>.partial` are backups being written (status
  * `in progress` while their writer lives) or left by a crash (status `failed`); they are never valid
@@ -93,39 +97,41 @@ export async function listBackups(
   const names = new Set(await archiveNames(storage, '', true));
   const out: CatalogEntry[] = [];
   const renames = storage.renamePrefix !== undefined;
-  for (const name of names) {
+  // Several backupinfos read at once: on an object store each is a request of its own (tens of ms), and a catalog
+  // of a hundred backups read one by one kept every command waiting seconds. Sorted below, so order does not matter.
+  await forEachLimited([...names], BACKUPINFO_READS_IN_FLIGHT, async (name) => {
     const partial = name.endsWith(PARTIAL_SUFFIX);
     const id = partial ? name.slice(0, -PARTIAL_SUFFIX.length) : name;
-    if (!/^\d+$/.test(id)) continue;
-    if (beingDeleted(storage, names, id)) continue;
+    if (!/^\d+$/.test(id)) return;
+    if (beingDeleted(storage, names, id)) return;
     const dataKey = partial && !renames ? id : name;
     let info: BackupInfo;
     try {
       info = await readBackupInfo(storage, name);
     } catch (err) {
       // A .partial without a readable backupinfo is a dead BACKUP's leftover (MANAGE -l lists it).
-      if (partial) continue;
+      if (partial) return;
       // The files of a backup being written (or left by a crash) on a storage that cannot rename.
       if (
         !renames &&
         names.has(id + PARTIAL_SUFFIX) &&
         (await storage.stat(joinKey(name, BACKUPINFO_FILE))) === undefined
       )
-        continue;
+        return;
       const reason = err instanceof BackupInfoError ? err.reason : errorMessage(err);
       log.debug(`backup ${id} of server ${server.name}: damaged backupinfo: ${errorMessage(err)}`);
       const where = joinKey(storage.location, name);
       out.push({ info: damagedBackupInfo(id, where), storage, key: name, dataKey, complete: false, damage: reason });
-      continue;
+      return;
     }
     if (partial) {
       // A complete backup of the same id wins over a stale marker (crash between publishing and cleaning up).
-      if (!renames && names.has(id) && (await storage.stat(joinKey(id, BACKUPINFO_FILE))) !== undefined) continue;
+      if (!renames && names.has(id) && (await storage.stat(joinKey(id, BACKUPINFO_FILE))) !== undefined) return;
       const alive = info.pid !== undefined && processAlive(info.pid);
       info = { ...info, status: alive ? 'in progress' : 'failed' };
     }
     out.push({ info, storage, key: name, dataKey, complete: !partial });
-  }
+  });
   out.sort((a, b) => (BigInt(a.info.id) < BigInt(b.info.id) ? -1 : BigInt(a.info.id) > BigInt(b.info.id) ? 1 : 0));
   return out;
 }
