@@ -7,6 +7,6 @@
 // so MALLOC_MMAP_THRESHOLD_ keeps buffers up to 32 MiB (the gunzip stream's 256 KiB pieces) in the heap too, not in
 // a fresh mapping each (a gzip restore took 1.5x the time with the first setting alone). glibc.malloc.hugetlb=1:
 // malloc asks for transparent huge pages (madvise), so a large allocation faults in 2 MiB at a time — the 32 MiB
-// scrypt of an encrypted repository's key took 106–290 ms instead of 298–468 ms (5 restores each); unencrypted BACKUP and RESTORE
-// measured the same with and without it. See README, Benchmarks.
+// scrypt of an encrypted repository's key took 106–290 ms instead of 298–468 ms (5 restores each); unencrypted
+// BACKUP and RESTORE measured the same with and without it. See README, Benchmarks.
 import '../dist/src/cli/bart.js';
