@@ -83,20 +83,9 @@ export async function loadWalFile(
     // libuv thread pool hop per read (scans run on worker threads anyway).
     const fd = openSync(path, 'r');
     try {
-      const size = fstatSync(fd).size;
-      content.reserve(Math.min(size, content.limit));
-      if (size > content.limit) content.overflowed = true;
-      while (content.length < Math.min(size, content.limit)) {
-        const n = readSync(
-          fd,
-          content.buffer,
-          content.length,
-          Math.min(size, content.limit) - content.length,
-          content.length,
-        );
-        if (n === 0) break;
-        content.length += n;
-      }
+      const length = openedLength(fd, content);
+      // A file that shrank since fstat simply ends early here: its length is what was read.
+      content.length = readUpTo(fd, content.buffer, 0, length);
     } finally {
       closeSync(fd);
     }
@@ -122,19 +111,14 @@ export async function loadWalFileLazy(path: string, reuse?: Buffer): Promise<Loa
   const content = new WalFileContent(reuse, MAX_WAL_SEGMENT_SIZE);
   const fd = openSync(path, 'r');
   try {
-    const size = fstatSync(fd).size;
-    if (size > content.limit) content.overflowed = true;
-    const length = Math.min(size, content.limit);
-    content.reserve(length);
+    const length = openedLength(fd, content);
     const buffer = content.buffer;
     let have = 0;
     const fill = (upTo: number): void => {
-      while (have < upTo) {
-        const n = readSync(fd, buffer, have, upTo - have, have);
-        if (n === 0)
-          throw new WalDecodeError(path, have, `file is shorter (${have} bytes) than when it was opened (${length})`);
-        have += n;
-      }
+      if (have >= upTo) return;
+      have = readUpTo(fd, buffer, have, upTo);
+      if (have < upTo)
+        throw new WalDecodeError(path, have, `file is shorter (${have} bytes) than when it was opened (${length})`);
     };
     fill(Math.min(length, LAZY_READ_CHUNK));
     content.length = length;
@@ -149,6 +133,26 @@ export async function loadWalFileLazy(path: string, reuse?: Buffer): Promise<Loa
     closeSync(fd);
     throw err;
   }
+}
+
+/** The bytes of an opened plain file that `content` will hold (at most its limit; more marks it overflowed), reserved. */
+function openedLength(fd: number, content: WalFileContent): number {
+  const size = fstatSync(fd).size;
+  if (size > content.limit) content.overflowed = true;
+  const length = Math.min(size, content.limit);
+  content.reserve(length);
+  return length;
+}
+
+/** Reads `fd` at [from, upTo) into the same range of `buffer`; returns where it stopped (upTo, or end of file). */
+function readUpTo(fd: number, buffer: Buffer, from: number, upTo: number): number {
+  let have = from;
+  while (have < upTo) {
+    const n = readSync(fd, buffer, have, upTo - have, have);
+    if (n === 0) break;
+    have += n;
+  }
+  return have;
 }
 
 /**
