@@ -12,6 +12,8 @@ command -v zstd >/dev/null || packages+=(zstd)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || packages+=(openssh-server)
 command -v ssh >/dev/null || packages+=(openssh-client)
 command -v getent >/dev/null || packages+=(libc-bin)
+# In-place AES-GCM for encrypted repositories (native/aes-gcm.c, built by npm run build; optional at run time).
+command -v gcc >/dev/null || packages+=(gcc libc6-dev)
 # A real S3 server for the object-storage tests: Ceph RADOS Gateway needs a monitor and an OSD beside it.
 command -v radosgw >/dev/null || packages+=(radosgw)
 command -v ceph-mon >/dev/null || packages+=(ceph-mon)

@@ -18,6 +18,7 @@
 // associated data). Ranged reads decrypt only the chunks the range touches. docs/catalog-format.md describes it.
 
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+import { inPlaceGcm } from './native-gcm.js';
 
 /** The first 8 bytes of every encrypted object. */
 export const CIPHER_MAGIC = Buffer.from('PGBARTC1', 'latin1');
@@ -82,17 +83,18 @@ function nonce(index: number, last: boolean): Buffer {
 }
 
 /**
- * Bytes encrypted per cipher call by {@link sealChunkInPlace}: each call's output is fresh memory, copied back into
- * the chunk. With bin/bart.js's malloc settings (freed memory is kept for reuse, not unmapped), 256 KiB calls cost
- * 0.35 CPU-s per GiB here against 0.46 for 32 KiB and 0.38 for 1 MiB (`openssl speed`: 0.26); without those
- * settings, slices above 64 KiB came back as fresh pages every call and cost several times the AES work.
+ * Bytes encrypted per cipher call by {@link sealChunkInPlace} when the in-place addon is not there (native-gcm.ts):
+ * each call's output is fresh memory, copied back into the chunk. With bin/bart.js's malloc settings (freed memory is
+ * kept for reuse, not unmapped), 256 KiB calls cost 0.35 CPU-s per GiB here against 0.46 for 32 KiB and 0.38 for
+ * 1 MiB (`openssl speed`: 0.26); without those settings, slices above 64 KiB came back as fresh pages every call and
+ * cost several times the AES work.
  */
 const SEAL_SLICE = 256 * 1024;
 
 /**
  * Encrypts chunk `index` in place: `chunk` holds the plaintext and then the ciphertext (GCM is a stream mode:
  * as many bytes as the plaintext, stored before the tag); returns the tag. The chunk's buffer is reused by the caller,
- * so no fresh MiB is needed per chunk.
+ * so no fresh MiB is needed per chunk. The in-place addon does it without any copy; node:crypto otherwise.
  */
 export function sealChunkInPlace(
   header: ObjectHeader,
@@ -101,6 +103,11 @@ export function sealChunkInPlace(
   last: boolean,
   chunk: Uint8Array,
 ): Buffer {
+  if (inPlaceGcm) {
+    const tag = Buffer.allocUnsafe(TAG_BYTES);
+    inPlaceGcm.seal(header.key, nonce(index, last), aad, chunk, tag);
+    return tag;
+  }
   const cipher = createCipheriv('aes-256-gcm', header.key, nonce(index, last));
   cipher.setAAD(aad);
   for (let at = 0; at < chunk.length; at += SEAL_SLICE) {
@@ -133,6 +140,8 @@ export function openChunkInPlace(
 ): boolean {
   if (sealed.length < TAG_BYTES) return false;
   const body = sealed.length - TAG_BYTES;
+  if (inPlaceGcm)
+    return inPlaceGcm.open(header.key, nonce(index, last), aad, sealed.subarray(0, body), sealed.subarray(body));
   const decipher = createDecipheriv('aes-256-gcm', header.key, nonce(index, last));
   decipher.setAAD(aad);
   // The tag is read before the body is overwritten (it lies after it, so it is not touched either way).
