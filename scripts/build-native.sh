@@ -16,8 +16,9 @@ if [ ! -f "$include/node_api.h" ] || [ ! -f "$include/openssl/evp.h" ]; then
   exit 0
 fi
 mkdir -p native/build
-# The OpenSSL symbols are left undefined: they resolve to the OpenSSL inside the node process at load time.
-if ! gcc -O2 -Wall -Wextra -Werror -shared -fPIC -I"$include" -o "$out.tmp" native/aes-gcm.c; then
+# The OpenSSL symbols are left undefined: they resolve to the OpenSSL inside the node process at load time. -z now
+# resolves them all when it loads, so a node without them makes the load fail (node:crypto is used), not a later call.
+if ! gcc -O2 -Wall -Wextra -Werror -shared -fPIC -Wl,-z,now -I"$include" -o "$out.tmp" native/aes-gcm.c; then
   rm -f "$out.tmp"
   echo "pgbart: native/aes-gcm.c did not build: encrypted repositories use node:crypto" >&2
   exit 0
