@@ -17,12 +17,13 @@
  * falls on all of them alike; each keeps its best round.
  * PostgreSQL 15 is used because Debian's pg_waldump reads only version 15 WAL.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { withCluster, type TestCluster } from '../test/harness/cluster.js';
 import { clientTool, REPO_ROOT } from '../test/harness/pg-binaries.js';
-import { makeTempDir, removeTree, run, runOk, testUserIds } from '../test/harness/os.js';
+import { makeTempDir, removeTree, runOk, testUserIds } from '../test/harness/os.js';
 import { pgbenchInit } from '../test/harness/load.js';
 import { decodeWalFiles } from '../src/wal/decode-files.js';
 import { WorkerPool } from '../src/util/worker-pool.js';
@@ -124,6 +125,43 @@ async function generate(root: string): Promise<void> {
   writeFileSync(marker, `${RANGE_MB} MB per range\n`);
 }
 
+/**
+ * Runs commands from a small helper process, so this process does not fork while it measures. Node starts a child
+ * with fork(2), which makes every page of the parent copy-on-write; the worker threads' reused buffers and heaps then
+ * take a page fault per page on their next write. Measured here: after each pg_waldump run started from this
+ * process, a 1-worker scan of the FPI range went 1.9 → 1.5 GB/s and a 2-worker one 3.5 → 2.2 GB/s (a `sleep 0.3`
+ * child did the same; 0.3 s of idle or busy main thread did not). bart-scanner starts no process while it scans.
+ */
+class CommandRunner {
+  private readonly child: ChildProcess;
+  private nextId = 0;
+  private readonly waiting = new Map<number, (r: { code: number; stdout: string; stderr: string }) => void>();
+
+  constructor() {
+    const code = `const { execFile } = require('node:child_process');
+process.on('message', ({ id, cmd, args }) =>
+  execFile(cmd, args, { maxBuffer: 1 << 26 }, (err, stdout, stderr) =>
+    process.send({ id, code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })));`;
+    this.child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.child.on('message', (m: { id: number; code: number; stdout: string; stderr: string }) => {
+      this.waiting.get(m.id)?.(m);
+      this.waiting.delete(m.id);
+    });
+  }
+
+  run(cmd: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.waiting.set(id, resolve);
+      this.child.send({ id, cmd, args });
+    });
+  }
+
+  close(): void {
+    this.child.kill();
+  }
+}
+
 async function timed(fn: () => Promise<void>): Promise<number> {
   const t0 = process.hrtime.bigint();
   await fn();
@@ -152,19 +190,19 @@ interface Result {
   singleCpu: number;
 }
 
-async function measure(label: string, dir: string): Promise<Result> {
+async function measure(label: string, dir: string, runner: CommandRunner): Promise<Result> {
   const names = segs(dir);
   const files = names.map((n) => join(dir, n));
   const mb = (names.length * SEG) / (1024 * 1024);
   // Warm the page cache.
-  await runOk('sh', ['-c', `cat ${dir}/* > /dev/null`], { asTestUser: false });
+  await runner.run('sh', ['-c', `cat ${dir}/* > /dev/null`]);
   // pg_waldump's CPU seconds (user + system) come from /usr/bin/time, pgbart's from the process
   // (all its threads): on a shared machine CPU time says more about the work than wall time.
   let waldumpCpu = Infinity;
   const waldumpOnce = () =>
     timed(async () => {
       const args = ['-f', 'cpu %U %S', clientTool('pg_waldump'), '--stats=record', '-p', dir, names[0]!];
-      const r = await run('/usr/bin/time', [...args, names[names.length - 1]!], { asTestUser: false });
+      const r = await runner.run('/usr/bin/time', [...args, names[names.length - 1]!]);
       // pg_waldump ends with an error when the last record continues past the last file.
       if (!/Total/.test(r.stdout)) throw new Error(`pg_waldump failed (${r.code}): ${r.stderr}`);
       const m = /cpu ([0-9.]+) ([0-9.]+)\s*$/.exec(r.stderr);
@@ -227,10 +265,16 @@ async function main(): Promise<void> {
   const root = keep ?? makeTempDir('scanner-bench');
   try {
     await generate(root);
-    const results = [
-      await measure('pgbench, frequent checkpoints (mostly full-page images)', join(root, 'fpi')),
-      await measure('bulk INSERT of small rows (small records)', join(root, 'small')),
-    ];
+    const runner = new CommandRunner();
+    let results: Result[];
+    try {
+      results = [
+        await measure('pgbench, frequent checkpoints (mostly full-page images)', join(root, 'fpi'), runner),
+        await measure('bulk INSERT of small rows (small records)', join(root, 'small'), runner),
+      ];
+    } finally {
+      runner.close();
+    }
     const rate = (mb: number, s: number) => `${(mb / 1024 / s).toFixed(2)} GB/s`;
     const lines = [
       `# Scanner benchmark — ${new Date().toISOString().slice(0, 10)}`,
@@ -241,7 +285,8 @@ async function main(): Promise<void> {
         .join(', ')} (other work on the machine slows both tools alike).`,
       'pgbart verifies every record\'s CRC-32C. "1 worker" / "N workers": the scanner\'s work per segment (decode,',
       'CRC, build the MBM, not written) on 1 and on N worker threads; "decode": decodeWalFiles on the main thread',
-      '(all block references in order, no MBM). pg_waldump uses one core.',
+      '(all block references in order, no MBM). pg_waldump uses one core. pg_waldump is started from a helper process, so',
+      "the scans' process never forks between rounds (a fork makes its memory copy-on-write; bart-scanner does not fork).",
       '',
       '| WAL range | size | records | pg_waldump --stats=record | pgbart decode | pgbart 1 worker | pgbart N workers | N workers / pg_waldump | 1 worker / pg_waldump | N workers / 1 worker |',
       '|---|---|---|---|---|---|---|---|---|---|',
