@@ -112,7 +112,7 @@ export async function cipherBench(fx: BackupFixture, work: string, data: BenchDa
     `PostgreSQL ${BENCH.version}; cluster ${(data.dbBytes / 2 ** 30).toFixed(2)} GB = pgbench -i -s ${BENCH.scale} + ${data.randomMb} MB of random bytea; ` +
       `POSIX repositories on the same disk; ${machineDescription()}. Best of ${RUNS}, taken in turns; page cache warm. ` +
       'bart BACKUP -F t --compress lz4 --thread-count 2 and RESTORE -w 2, without and with repository_cipher = aes-256-gcm. ' +
-      `AES-GCM: ${inPlaceGcm ? 'in place, native/aes-gcm.c' : 'node:crypto (the in-place addon was not built, or PGBART_NATIVE_GCM=off)'}.`,
+      `AES-GCM: ${inPlaceGcm() ? 'in place, native/aes-gcm.c' : 'node:crypto (the in-place addon was not built, or PGBART_NATIVE_GCM=off)'}.`,
     '',
     `Load average when the timings began: ${loadAtStart}. Wall: best elapsed seconds; CPU: best user + system seconds ` +
       'of the bart process (its worker threads and children included), the cost of the work whatever else runs.',

@@ -24,7 +24,8 @@ import {
   writeDoneMarker,
   type SpoolPaths,
 } from './async-spool.js';
-import { mapSpooledSegments, mapsAtPush, mbmSpoolDir, prepareSpool } from './push-mbm.js';
+import { mapSpooledSegments, prepareSpool } from './push-mbm.js';
+import { mapsAtPush, mbmSpoolDir } from './push-mbm-policy.js';
 import { pushWalFile } from './wal-archive.js';
 import { forEachLimited } from '../util/for-each-limited.js';
 

@@ -2,7 +2,6 @@
 
 import { readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BartConfig, ServerConfig } from '../config/types.js';
 import type { RepositoryStorage } from '../storage/storage.js';
 import { ensureDir } from '../util/fs-atomic.js';
 import { errorMessage, isErrnoError } from '../util/errors.js';
@@ -21,28 +20,6 @@ const KEEP_WAITING = 4;
 const KEEP_WAITING_MS = 24 * 3600 * 1000;
 /** A temp copy older than this belongs to a push that died. */
 const STALE_TEMP_MS = 3600 * 1000;
-
-/**
- * The local directory on the BART host where ARCHIVE-PUSH keeps a copy of each segment it stored
- * in an object store until its MBM is made: `backup_path/<server>/mbm-spool` (the same local
- * directory that holds the server's locks; one BART host owns a repository prefix).
- */
-export function mbmSpoolDir(config: BartConfig, server: ServerConfig): string {
-  return join(config.global.backupPath, server.name, 'mbm-spool');
-}
-
-/**
- * True when ARCHIVE-PUSH maps the segments it stores: the server takes incremental backups and
- * its archive is not a local directory (on POSIX, bart-scanner reads the archive directory itself,
- * as it always did, and the archive_command may be scp, which no ARCHIVE-PUSH sees).
- */
-export function mapsAtPush(server: ServerConfig, archive: RepositoryStorage, name: string): boolean {
-  return (
-    server.allowIncrementalBackups &&
-    archive.localPath('') === undefined &&
-    parseArchiveFileName(name)?.kind === 'segment'
-  );
-}
 
 /** Prepares the spool directory; undefined (and a warning) when it cannot be used: archiving goes on without it. */
 export async function prepareSpool(dir: string): Promise<string | undefined> {

@@ -146,6 +146,12 @@ interface PushSource {
   label: string;
   /** The bytes. */
   open(): Readable;
+  /**
+   * The bytes for storing them, when the source can hand them out in one reused buffer: each chunk is valid until
+   * the next one is asked for (the storage writers keep no reference once a write resolves). Without it,
+   * {@link open} is used.
+   */
+  chunks?(): AsyncIterable<Buffer>;
   /** Can {@link open} be called again (to compare against an archived copy)? */
   rereadable: boolean;
   /** Checks the byte count (and the first bytes) once all was read; a problem or undefined. */
@@ -195,6 +201,7 @@ export async function pushWalFile(
   const source: PushSource = {
     label: sourcePath,
     open: () => createReadStream(sourcePath, { highWaterMark: 1024 * 1024 }),
+    chunks: () => readInOneBuffer(sourcePath),
     rereadable: true,
     check: (count) =>
       count === size
@@ -290,7 +297,9 @@ async function storeArchiveFile(
 
   let writer: StorageWriter | undefined;
   let copy: { path: string; tmp: string; handle: FileHandle | undefined } | undefined;
-  const hash = createHash('sha256');
+  // The digest serves only a push that finds the name taken at the end (a race): a source read again compares
+  // byte by byte then, so only one that cannot be read again is hashed as it goes (SHA-256: ~12 ms a segment).
+  const hash = source.rereadable ? undefined : createHash('sha256');
   try {
     writer = await storage.create(name, { ifAbsent: true, ...(sizeHint !== undefined ? { sizeHint } : {}) });
     if (options.copyTo !== undefined) {
@@ -304,20 +313,21 @@ async function storeArchiveFile(
     let count = 0;
     const headParts: Buffer[] = [];
     let headBytes = 0;
-    let input: Readable;
+    let input: AsyncIterable<Buffer>;
     try {
-      input = source.open();
+      input = source.chunks?.() ?? (source.open() as AsyncIterable<Buffer>);
     } catch (err) {
       throw new BartError(`cannot read WAL file ${source.label}: ${errorMessage(err)}`);
     }
     try {
-      for await (const chunk of input as AsyncIterable<Buffer>) {
+      for await (const chunk of input) {
         count += chunk.length;
         if (headBytes < LONG_HEADER_BYTES) {
-          headParts.push(chunk);
-          headBytes += chunk.length;
+          // A copy: the chunk's buffer may be reused for the next one.
+          headParts.push(Buffer.from(chunk.subarray(0, LONG_HEADER_BYTES - headBytes)));
+          headBytes += Math.min(chunk.length, LONG_HEADER_BYTES - headBytes);
         }
-        hash.update(chunk);
+        hash?.update(chunk);
         await writer.write(chunk);
         if (copy?.handle) {
           try {
@@ -346,7 +356,7 @@ async function storeArchiveFile(
       writer = undefined;
       // Another ARCHIVE-PUSH stored the same name while we copied: judge by content, as above.
       const key = (await findArchived(storage, name)) ?? name;
-      return await compareWithArchived(storage, key, source, hash.digest('hex'));
+      return await compareWithArchived(storage, key, source, hash?.digest('hex'));
     }
     crashPoint('push:linked');
     if (copy?.handle) {
@@ -416,6 +426,27 @@ async function compareWithArchived(
     `"${archived}" already exists in the archive with different content than ${source.label}; the archived file was kept. ` +
       'Two servers may be archiving into the same archive_path, or the server was re-created: check archive_path/archive_command',
   );
+}
+
+/** Bytes read at a time by {@link readInOneBuffer}. */
+const PUSH_READ_BYTES = 1024 * 1024;
+
+/**
+ * Reads a file in chunks of one reused buffer, each valid until the next is asked for. A read stream allocates a
+ * fresh buffer per chunk: for a 16 MB segment that was 57 ms of page faults (of ~0.36 s for a whole ARCHIVE-PUSH).
+ */
+async function* readInOneBuffer(path: string): AsyncGenerator<Buffer> {
+  const handle = await open(path, 'r');
+  try {
+    const buffer = Buffer.allocUnsafeSlow(PUSH_READ_BYTES);
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) return;
+      yield buffer.subarray(0, bytesRead);
+    }
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Copies a stream into a new local file (mode 0600) and fsyncs it; returns the bytes written. */

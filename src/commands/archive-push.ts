@@ -1,8 +1,7 @@
 // Command: ARCHIVE-PUSH, one WAL file stored in the archive for archive_command (a local path, or stdin over ssh).
 
 import { basename, join } from 'node:path';
-import { pushAsync } from '../archive/async-push.js';
-import { mapSpooledSegments, mapsAtPush, mbmSpoolDir, prepareSpool } from '../archive/push-mbm.js';
+import { mapsAtPush, mbmSpoolDir } from '../archive/push-mbm-policy.js';
 import { pushWalFile, pushWalStream } from '../archive/wal-archive.js';
 import { openWalArchive } from '../storage/open-repository.js';
 import { log } from '../util/log.js';
@@ -28,7 +27,9 @@ export interface ArchivePushOptions {
 export async function archivePush(ctx: CommandContext, options: ArchivePushOptions, arg: string): Promise<number> {
   const server = selectOneServer(ctx.config, options.server, 'ARCHIVE-PUSH');
   if (server.archiveAsync) {
-    // archive_async = on: queued durably on this host, pushed by the archiver (archive/async-push.ts).
+    // archive_async = on: queued durably on this host, pushed by the archiver (archive/async-push.ts). Imported
+    // here and not above: PostgreSQL starts one ARCHIVE-PUSH per segment, and each module loaded costs every push.
+    const { pushAsync } = await import('../archive/async-push.js');
     const outcome = await pushAsync(ctx.config, server, arg, options.stdin === true);
     log.fileOnly('INFO', `WAL file "${arg}" ${outcome} for asynchronous archiving of server "${server.name}"`);
     return 0;
@@ -36,7 +37,8 @@ export async function archivePush(ctx: CommandContext, options: ArchivePushOptio
   const archive = openWalArchive(ctx.config, server);
   try {
     const name = options.stdin ? arg : basename(arg);
-    const spool = mapsAtPush(server, archive, name) ? await prepareSpool(mbmSpoolDir(ctx.config, server)) : undefined;
+    const mbm = mapsAtPush(server, archive, name) ? await import('../archive/push-mbm.js') : undefined;
+    const spool = mbm ? await mbm.prepareSpool(mbmSpoolDir(ctx.config, server)) : undefined;
     const copy = spool !== undefined ? { copyTo: join(spool, name) } : {};
     const outcome = options.stdin
       ? await pushWalStream(archive, arg, process.stdin, copy)
@@ -50,7 +52,7 @@ export async function archivePush(ctx: CommandContext, options: ArchivePushOptio
       log.debug(`archived ${what} to "${archive.location}" for server "${server.name}"`);
       log.fileOnly('INFO', `archived WAL file ${what} for server "${server.name}"`);
     }
-    if (spool !== undefined) await mapSpooledSegments(archive, spool);
+    if (mbm && spool !== undefined) await mbm.mapSpooledSegments(archive, spool);
     return 0;
   } finally {
     await archive.close();

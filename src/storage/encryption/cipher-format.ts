@@ -103,9 +103,10 @@ export function sealChunkInPlace(
   last: boolean,
   chunk: Uint8Array,
 ): Buffer {
-  if (inPlaceGcm) {
+  const gcm = inPlaceGcm();
+  if (gcm) {
     const tag = Buffer.allocUnsafe(TAG_BYTES);
-    inPlaceGcm.seal(header.key, nonce(index, last), aad, chunk, tag);
+    gcm.seal(header.key, nonce(index, last), aad, chunk, tag);
     return tag;
   }
   const cipher = createCipheriv('aes-256-gcm', header.key, nonce(index, last));
@@ -140,8 +141,8 @@ export function openChunkInPlace(
 ): boolean {
   if (sealed.length < TAG_BYTES) return false;
   const body = sealed.length - TAG_BYTES;
-  if (inPlaceGcm)
-    return inPlaceGcm.open(header.key, nonce(index, last), aad, sealed.subarray(0, body), sealed.subarray(body));
+  const gcm = inPlaceGcm();
+  if (gcm) return gcm.open(header.key, nonce(index, last), aad, sealed.subarray(0, body), sealed.subarray(body));
   const decipher = createDecipheriv('aes-256-gcm', header.key, nonce(index, last));
   decipher.setAAD(aad);
   // The tag is read before the body is overwritten (it lies after it, so it is not touched either way).

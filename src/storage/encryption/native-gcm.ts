@@ -23,11 +23,18 @@ export interface InPlaceGcm {
 /** Where `npm run build` puts the addon (scripts/build-native.sh), from dist/src/storage/encryption/. */
 const ADDON = new URL('../../../../native/build/aes-gcm.node', import.meta.url);
 
+let loaded: { addon: InPlaceGcm | undefined } | undefined;
+
 /**
  * The addon, or undefined when it was not built (no C compiler or no Node headers at build time) or
  * `PGBART_NATIVE_GCM=off` asks for node:crypto (the tests compare both paths; the benchmark can time both).
+ * Loaded at the first call, not at import: commands that never seal or open a chunk (an unencrypted
+ * ARCHIVE-PUSH, once per WAL segment) do not pay for the dlopen.
  */
-export const inPlaceGcm: InPlaceGcm | undefined = loadAddon();
+export function inPlaceGcm(): InPlaceGcm | undefined {
+  loaded ??= { addon: loadAddon() };
+  return loaded.addon;
+}
 
 function loadAddon(): InPlaceGcm | undefined {
   if (process.env.PGBART_NATIVE_GCM === 'off') return undefined;
