@@ -1,16 +1,15 @@
 // Concept: ARCHIVE-PUSH with archive_async on — acknowledge a segment once it is durably queued (or already pushed ahead), and keep an archiver running.
 
 import { spawn } from 'node:child_process';
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import type { Readable } from 'node:stream';
 import { liveLockHolder } from '../catalog/lock.js';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { bartScriptPath } from '../util/bart-binary.js';
 import { crashPoint } from '../util/crash-point.js';
 import { BartError, errorMessage } from '../util/errors.js';
 import { log } from '../util/log.js';
+import { readInOneBuffer } from '../util/read-in-one-buffer.js';
 import { ARCHIVER_LOCK } from './async-archiver.js';
 import {
   consumeDoneMarker,
@@ -61,10 +60,10 @@ export async function pushAsync(
         (last !== undefined ? `Archiver's last error: ${last}` : 'The archiver has recorded no error: it is behind.'),
     );
   }
-  let open: () => Readable;
+  let open: () => AsyncIterable<Buffer>;
   let label: string;
   if (stdin) {
-    open = () => process.stdin;
+    open = () => process.stdin as AsyncIterable<Buffer>;
     label = `"${name}" (from stdin)`;
   } else {
     label = `"${arg}"`;
@@ -75,7 +74,7 @@ export async function pushAsync(
       if (err instanceof BartError) throw err;
       throw new BartError(`cannot read WAL file "${arg}": ${errorMessage(err)}`);
     }
-    open = () => createReadStream(arg, { highWaterMark: 1024 * 1024 });
+    open = () => readInOneBuffer(arg);
   }
   const outcome = await enqueue(paths, name, open, label);
   crashPoint('async:queued');

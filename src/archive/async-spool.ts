@@ -3,7 +3,6 @@
 import { createReadStream } from 'node:fs';
 import { open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import type { BartConfig, ServerConfig } from '../config/types.js';
 import { isValidWalSegmentSize, MAX_WAL_SEGMENT_SIZE } from '../postgres/constants.js';
 import { BartError, errorMessage, isErrnoError } from '../util/errors.js';
@@ -136,7 +135,7 @@ const XLP_SEG_SIZE_OFFSET = 32;
 export async function enqueue(
   paths: SpoolPaths,
   name: string,
-  input: () => Readable,
+  input: () => AsyncIterable<Buffer>,
   label: string,
 ): Promise<'queued' | 'already-queued'> {
   const parsed = requireArchiveFileName(name, 'WAL file name');
@@ -151,7 +150,8 @@ export async function enqueue(
   });
   try {
     try {
-      for await (const chunk of input() as AsyncIterable<Buffer>) {
+      // Chunks may share one reused buffer: each is written (and its head bytes copied) before the next.
+      for await (const chunk of input()) {
         count += chunk.length;
         if (count > max) throw new BartError(`${label} is larger than ${max} bytes; refusing to archive it`);
         if (head.length < XLP_SEG_SIZE_OFFSET + 4) head = Buffer.concat([head, chunk.subarray(0, 64)]);
