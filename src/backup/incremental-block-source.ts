@@ -1,6 +1,6 @@
 // Incremental backup: a data host that shows each file as its selected blocks, read in batches.
 
-import { crc32c } from '@node-rs/crc32';
+import { crc32c } from '../util/crc32c.js';
 import type { DataHost, HostEntry, HostFile } from '../hosts/data-host.js';
 import { runBlocks } from '../catalog/incremental-format.js';
 import { BLOCK_SIZE } from '../postgres/constants.js';

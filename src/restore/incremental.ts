@@ -1,7 +1,7 @@
 // Restore of incrementals: each incremental of a chain applied on top of the restored full backup.
 
 import { joinKey } from '../storage/storage.js';
-import { crc32c } from '@node-rs/crc32';
+import { crc32c } from '../util/crc32c.js';
 import { join } from 'node:path';
 import type { RestoreTarget } from '../hosts/restore-target.js';
 import { compressionExtension, decompressStream } from '../storage/compression.js';

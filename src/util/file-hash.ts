@@ -2,7 +2,7 @@
 
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { crc32c } from '@node-rs/crc32';
+import { crc32c } from './crc32c.js';
 
 const require = createRequire(import.meta.url);
 /** XXH64 (native, streaming): the second half of the CRC32C file checksum, and the catalog's artifact checksum. */

@@ -1,6 +1,6 @@
 // CRC-32C: Castagnoli checksums of WAL records, native for large ranges, table-driven for small.
 
-import { crc32c as nativeCrc32c } from '@node-rs/crc32';
+import { crc32c as nativeCrc32c } from '../util/crc32c.js';
 
 /**
  * CRC-32C (Castagnoli) over a byte range, continuing from a previous value (0 to start), in the
