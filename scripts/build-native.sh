@@ -38,3 +38,4 @@ else
   echo "pgbart: Node's OpenSSL headers are not in $include: encrypted repositories use node:crypto" >&2
 fi
 build crc32c "CRC-32C uses @node-rs/crc32"
+build aligned "large files are written through the page cache (no direct I/O)"

@@ -7,6 +7,7 @@ import { PAGE_SIZE, PageVerifier } from '../postgres/page-checksum.js';
 import { FlushBehind } from '../util/flush-behind.js';
 import { compressChunk, type CompressionMethod } from './compression.js';
 import { writeAllSync } from '../util/write-all.js';
+import { DirectAppender } from '../util/direct-writer.js';
 
 /** Copy one file of this host into the repository, hashing (and compressing) it on the way. */
 export interface FileCopyTask {
@@ -72,6 +73,12 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
   }
   const dst = openSync(task.target, 'wx', 0o600);
   const flushBehind = new FlushBehind(dst);
+  // Files past a few MiB are written past the page cache (util/direct-writer.ts), the rest as before.
+  const appender = new DirectAppender(dst, async (data, at) => {
+    writeAllSync(dst, data, at);
+    flushBehind.wrote(data.length);
+  });
+  let appended = false;
   const verifier = task.pages ? new PageVerifier(task.pages.firstBlock, task.pages.startLsn) : undefined;
   let bad: number[] = [];
   let stored = 0;
@@ -93,8 +100,7 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
       verifier?.update(piece);
       const out =
         task.method === 'none' ? piece : compressChunk(task.method, task.level, piece, unitBuffer(task.chunk));
-      writeAllSync(dst, out);
-      flushBehind.wrote(out.length);
+      await appender.write(out);
       // Lets the flush's completion run (this loop is otherwise synchronous), so the next one can start.
       await new Promise(setImmediate);
       stored += out.length;
@@ -102,13 +108,16 @@ async function copy(task: FileCopyTask): Promise<FileCopyResult> {
     }
     if (task.size === 0 && task.method !== 'none') {
       const empty = compressChunk(task.method, task.level, Buffer.alloc(0));
-      writeAllSync(dst, empty);
+      await appender.write(empty);
       stored += empty.length;
     }
+    await appender.finish();
+    appended = true;
     // No final fsync here: the backup fsyncs every file at the end, many at a time (RepositoryStorage.syncPrefix, before the backup is published).
     if (verifier && src !== undefined) bad = rereadFailing(src, verifier);
   } finally {
     try {
+      if (!appended) await appender.abort();
       await flushBehind.drain();
     } finally {
       closeSync(dst);

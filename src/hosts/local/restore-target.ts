@@ -38,6 +38,7 @@ import type {
 } from '../restore-target.js';
 import { forEachLimited } from '../../util/for-each-limited.js';
 import { writeAll, writeAllSync } from '../../util/write-all.js';
+import { DirectAppender } from '../../util/direct-writer.js';
 import { createFileHash, type FileHashName } from '../../util/file-hash.js';
 
 /** Files hashed at once by compareFiles: enough to keep a disk busy, few enough to keep memory flat. */
@@ -76,25 +77,31 @@ async function existingAncestor(path: string): Promise<string> {
  * blocking write costs nothing and saves a thread-pool round trip per chunk.
  */
 class LocalFileWriter implements TargetFileWriter {
-  private readonly flushBehind: FlushBehind | undefined;
+  private readonly flushBehind: FlushBehind;
+  /** Files past a few MiB are written past the page cache (util/direct-writer.ts), the rest as before. */
+  private readonly appender: DirectAppender;
   /** Bytes written so far: the file's length when it is finished. */
   private written = 0;
 
   constructor(private fd: number | undefined) {
-    if (fd !== undefined) this.flushBehind = new FlushBehind(fd);
+    const flushBehind = (this.flushBehind = new FlushBehind(fd!));
+    this.appender = new DirectAppender(fd!, async (data, position) => {
+      writeAllSync(fd!, data, position);
+      flushBehind.wrote(data.length);
+    });
   }
 
   async write(chunk: Uint8Array): Promise<void> {
-    writeAllSync(this.fd!, chunk);
+    await this.appender.write(chunk);
     this.written += chunk.length;
-    this.flushBehind?.wrote(chunk.length);
   }
 
   async finish(): Promise<void> {
     const fd = this.fd!;
     this.fd = undefined;
     try {
-      await this.flushBehind?.drain();
+      await this.appender.finish();
+      await this.flushBehind.drain();
       // The file may have been longer (opened without O_TRUNC): cut what the old content left past the new.
       if (fstatSync(fd).size !== this.written) ftruncateSync(fd, this.written);
     } catch (err) {
@@ -110,7 +117,8 @@ class LocalFileWriter implements TargetFileWriter {
     const fd = this.fd;
     this.fd = undefined;
     // Aborting: a failed background flush does not matter for a file that is being given up.
-    await this.flushBehind?.drain().catch(() => undefined);
+    await this.appender.abort();
+    await this.flushBehind.drain().catch(() => undefined);
     try {
       closeSync(fd);
     } catch {

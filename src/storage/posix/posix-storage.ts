@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { errorMessage, isErrnoError } from '../../util/errors.js';
+import { DirectAppender } from '../../util/direct-writer.js';
 import { FlushBehind } from '../../util/flush-behind.js';
 import { fsyncDir } from '../../util/fs-atomic.js';
 import {
@@ -40,6 +41,8 @@ function isTemporaryName(name: string): boolean {
 /** A file being written: a hidden temporary sibling, renamed (or linked, for ifAbsent) into place on finish. */
 class PosixWriter implements StorageWriter {
   private readonly flushBehind: FlushBehind;
+  /** Large files go past the page cache once they pass a few MiB (util/direct-writer.ts). */
+  private readonly appender: DirectAppender;
   private done = false;
 
   constructor(
@@ -51,20 +54,24 @@ class PosixWriter implements StorageWriter {
     private readonly options: CreateOptions,
   ) {
     this.flushBehind = new FlushBehind(handle.fd);
+    this.appender = new DirectAppender(handle.fd, async (data, position) => {
+      await writeAll(this.handle, data, position);
+      this.flushBehind.wrote(data.length);
+    });
   }
 
   async write(data: Uint8Array): Promise<void> {
     try {
-      await writeAll(this.handle, data);
+      await this.appender.write(data);
     } catch (err) {
       throw this.storage.failure('write', this.key, err);
     }
-    this.flushBehind.wrote(data.length);
   }
 
   async finish(): Promise<void> {
     const durable = this.options.durable ?? true;
     try {
+      await this.appender.finish();
       await this.flushBehind.drain();
       if (durable) await this.handle.sync();
       await this.handle.close();
@@ -88,6 +95,7 @@ class PosixWriter implements StorageWriter {
   }
 
   async abort(): Promise<void> {
+    await this.appender.abort();
     await this.flushBehind.drain().catch(() => undefined);
     if (!this.done) await this.handle.close().catch(() => undefined);
     this.done = true;
