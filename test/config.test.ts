@@ -48,6 +48,7 @@ test('config: every bad bart.cfg gives ERROR: <file>:<line>: with the right line
     // 1-based line numbers in the valid file: the server section, its port line, and a line appended at the end.
     const section = lines.indexOf('[Acctg]') + 1;
     const port = lines.indexOf('port = 5444') + 1;
+    const backupPathLine = lines.findIndex((x) => x.startsWith('backup_path')) + 1;
     const appended = lines.length + 1;
     const variants: Array<{ name: string; edit: (l: string[]) => string[]; line: number; says: RegExp }> = [
       {
@@ -91,6 +92,18 @@ test('config: every bad bart.cfg gives ERROR: <file>:<line>: with the right line
         edit: (l) => [...l, `backup_name = ${'b'.repeat(50)}`],
         line: appended,
         says: /backup_name = "b{50}" is invalid/,
+      },
+      {
+        name: 'direct_io = maybe',
+        edit: (l) => [...l.slice(0, backupPathLine), 'direct_io = maybe', ...l.slice(backupPathLine)],
+        line: backupPathLine + 1,
+        says: /direct_io = "maybe" is invalid: allowed values are on and off/,
+      },
+      {
+        name: 'direct_io in a server section',
+        edit: (l) => [...l, 'direct_io = off'],
+        line: appended,
+        says: /parameter "direct_io" is allowed only in the \[BART\] section/,
       },
       {
         name: 'remote_host = nohost',

@@ -3,7 +3,8 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -47,7 +48,7 @@ function openDescriptors(): number {
 
 test('npm run build built the alignment addon: large files can be written past the page cache', () => {
   assert.ok(
-    directIoAvailable,
+    directIoAvailable(),
     'native/build/aligned.node missing or not loadable: scripts/install-deps.sh installs gcc',
   );
 });
@@ -73,7 +74,7 @@ test('DirectAppender: any chunk sizes land byte for byte; a large file goes dire
     const chunks = sizes.map((n) => randomBytes(n));
     const big = await append(dir, 'big', chunks);
     assert.ok(big.data.equals(Buffer.concat(chunks)), 'large file content');
-    if (directIoAvailable) assert.ok(big.appender.directBytes > 4 * DIRECT_BLOCK_BYTES, 'large file written direct');
+    if (directIoAvailable()) assert.ok(big.appender.directBytes > 4 * DIRECT_BLOCK_BYTES, 'large file written direct');
 
     const smallChunks = [randomBytes(1000), randomBytes(DIRECT_AFTER_BYTES - 2000)];
     const small = await append(dir, 'small', smallChunks);
@@ -113,5 +114,32 @@ test('DirectAppender: abort closes the direct descriptor; tmpfs (which may refus
     assert.ok((await append(shm, 'on-tmpfs', chunks)).data.equals(Buffer.concat(chunks)), 'tmpfs content');
   } finally {
     removeTree(shm);
+  }
+});
+
+test('PGBART_DIRECT_IO=off (what bart.cfg direct_io = off sets) keeps every write buffered', async () => {
+  const dir = makeTempDir('direct-writer');
+  try {
+    const module = new URL('../src/util/direct-writer.js', import.meta.url).href;
+    const code = `
+      import { open } from 'node:fs/promises';
+      const { DirectAppender } = await import(${JSON.stringify(module)});
+      const path = ${JSON.stringify(join(dir, 'f'))};
+      const handle = await open(path, 'wx', 0o600);
+      const appender = new DirectAppender(handle.fd, async (data, position) => { await handle.write(data, 0, data.length, position); });
+      await appender.write(Buffer.alloc(20 * 1024 * 1024, 1));
+      await appender.finish();
+      await handle.close();
+      process.stdout.write(String(appender.directBytes));`;
+    const direct = (env: Record<string, string>) =>
+      execFileSync(process.execPath, ['--input-type=module', '-e', code], {
+        env: { ...process.env, ...env },
+        encoding: 'utf8',
+      });
+    assert.equal(direct({ PGBART_DIRECT_IO: 'off' }), '0');
+    rmSync(join(dir, 'f'));
+    if (directIoAvailable()) assert.notEqual(direct({}), '0', 'on by default');
+  } finally {
+    removeTree(dir);
   }
 });

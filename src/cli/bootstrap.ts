@@ -24,6 +24,8 @@ export interface BootstrapOptions {
  */
 export function bootstrap(opts: BootstrapOptions): BartConfig {
   const config = loadConfig(locateConfig(opts.configPath));
+  // direct_io = off reaches util/direct-writer.ts (and the worker threads, which copy this environment) this way.
+  if (!config.global.directIo) process.env.PGBART_DIRECT_IO = 'off';
   const bartUser = config.global.bartHost.user;
   if (isRoot() && bartUser !== 'root') {
     switchToUser(bartUser);

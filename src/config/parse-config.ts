@@ -59,6 +59,8 @@ const PARAMETERS: Record<string, Scope> = {
   archive_async_workers: 'both',
   archive_async_queue_max: 'both',
   spool_path: 'global',
+  // pgbart extension: large local files written past the page cache (src/util/direct-writer.ts).
+  direct_io: 'global',
   host: 'server',
   port: 'server',
   user: 'server',
@@ -378,6 +380,7 @@ function parseGlobal(section: RawSection, at: At, file: string): GlobalConfig {
       : {}),
     ...(socketName ? { bartSocketName: socketName.value } : {}),
     ...(e.get('spool_path') ? { spoolPath: parsePath(e.get('spool_path')!, 'spool_path', at) } : {}),
+    directIo: e.get('direct_io') ? parseOnOff(e.get('direct_io')!, 'direct_io', at) : true,
     repositoryDefaults,
     ...(s3Repository !== undefined ? { s3Repository } : {}),
   };

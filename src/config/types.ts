@@ -130,6 +130,11 @@ export interface GlobalConfig extends OverridableSettings {
    * unset: `backup_path/<server>/archive-spool`.
    */
   spoolPath?: string;
+  /**
+   * direct_io [pgbart]: write large local files (backups, restored files, archived WAL) past the page cache, with
+   * O_DIRECT (default on; off: through the page cache, as most tools do).
+   */
+  directIo: boolean;
   /** The repository parameters of [BART], inherited by every server (see {@link ServerConfig.repository}). */
   repositoryDefaults: RepositorySettings;
   /**

@@ -24,22 +24,31 @@ const ADDON = new URL('../../../native/build/aligned.node', import.meta.url);
 
 type Misalignment = (data: Uint8Array, alignment: number) => number;
 
+/** The addon's function, once looked up (null: not yet). */
+let misalignment: Misalignment | undefined | null = null;
+
 /**
  * The addon's function that tells where a buffer lies; undefined when it was not built, on a system without
- * O_DIRECT, or when `PGBART_DIRECT_IO=off` asks for buffered writes everywhere.
+ * O_DIRECT, or when `PGBART_DIRECT_IO=off` (bart.cfg's `direct_io = off`) asks for buffered writes everywhere.
+ * Looked up at the first file, after bart.cfg was read.
  */
-const misalignment: Misalignment | undefined = (() => {
+function addon(): Misalignment | undefined {
+  if (misalignment !== null) return misalignment;
+  misalignment = undefined;
   if (process.env.PGBART_DIRECT_IO === 'off' || constants.O_DIRECT === undefined) return undefined;
   try {
-    const addon = createRequire(import.meta.url)(fileURLToPath(ADDON)) as { misalignment?: Misalignment };
-    return typeof addon.misalignment === 'function' ? addon.misalignment : undefined;
+    const loaded = createRequire(import.meta.url)(fileURLToPath(ADDON)) as { misalignment?: Misalignment };
+    if (typeof loaded.misalignment === 'function') misalignment = loaded.misalignment;
   } catch {
-    return undefined;
+    /* not built: buffered writes */
   }
-})();
+  return misalignment;
+}
 
 /** True when files may be written with direct I/O here (the addon is built and the system has O_DIRECT). */
-export const directIoAvailable = misalignment !== undefined;
+export function directIoAvailable(): boolean {
+  return addon() !== undefined;
+}
 
 /** A block of {@link DIRECT_BLOCK_BYTES} at an aligned address, and the shelf buffer it lies in. */
 interface AlignedBlock {
@@ -49,7 +58,7 @@ interface AlignedBlock {
 
 function takeAlignedBlock(): AlignedBlock {
   const whole = takeBuffer(DIRECT_BLOCK_BYTES + ALIGNMENT);
-  const skip = (ALIGNMENT - misalignment!(whole, ALIGNMENT)) % ALIGNMENT;
+  const skip = (ALIGNMENT - addon()!(whole, ALIGNMENT)) % ALIGNMENT;
   return { whole, view: whole.subarray(skip, skip + DIRECT_BLOCK_BYTES) };
 }
 
@@ -86,7 +95,7 @@ function closeFd(fd: number): Promise<void> {
 export class DirectAppender {
   /** File position of the next byte (buffered phase) or of the block being filled (direct phase). */
   private position = 0;
-  private mode: 'buffered' | 'direct' | 'never' = directIoAvailable ? 'buffered' : 'never';
+  private mode: 'buffered' | 'direct' | 'never' = directIoAvailable() ? 'buffered' : 'never';
   private fd: number | undefined;
   private blocks: AlignedBlock[] = [];
   private filling = 0;
