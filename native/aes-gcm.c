@@ -13,23 +13,11 @@
 #include <node_api.h>
 #include <openssl/evp.h>
 
+#include "napi-bytes.h"
+
 #define KEY_BYTES 32
 #define NONCE_BYTES 12
 #define TAG_BYTES 16
-
-/* The bytes of a Uint8Array (a Buffer is one) argument; 0 when it is anything else. */
-static int bytes_of(napi_env env, napi_value value, unsigned char **data, size_t *length) {
-  bool is_typed_array = false;
-  if (napi_is_typedarray(env, value, &is_typed_array) != napi_ok || !is_typed_array) return 0;
-  napi_typedarray_type type;
-  void *base = NULL;
-  napi_value array_buffer;
-  size_t offset;
-  if (napi_get_typedarray_info(env, value, &type, length, &base, &array_buffer, &offset) != napi_ok) return 0;
-  if (type != napi_uint8_array) return 0;
-  *data = base;
-  return 1;
-}
 
 /* The five arguments of both functions: key, nonce, associated data, the data (changed in place) and the tag. */
 struct gcm_args {

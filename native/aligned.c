@@ -10,22 +10,18 @@
 
 #include <node_api.h>
 
+#include "napi-bytes.h"
+
 /* misalignment(data: Uint8Array, alignment: number) → number: address(data) mod alignment. */
 static napi_value misalignment(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
-  bool is_typed_array = false;
-  napi_typedarray_type type;
+  unsigned char *base = NULL;
   size_t length = 0;
-  void *base = NULL;
-  napi_value array_buffer;
-  size_t offset;
   uint32_t alignment = 0;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
-      napi_is_typedarray(env, argv[0], &is_typed_array) != napi_ok || !is_typed_array ||
-      napi_get_typedarray_info(env, argv[0], &type, &length, &base, &array_buffer, &offset) != napi_ok ||
-      type != napi_uint8_array || napi_get_value_uint32(env, argv[1], &alignment) != napi_ok || alignment == 0 ||
-      (alignment & (alignment - 1)) != 0) {
+      !bytes_of(env, argv[0], &base, &length) || napi_get_value_uint32(env, argv[1], &alignment) != napi_ok ||
+      alignment == 0 || (alignment & (alignment - 1)) != 0) {
     napi_throw_type_error(env, NULL, "misalignment: expects a Uint8Array and a power of two");
     return NULL;
   }

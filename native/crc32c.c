@@ -20,6 +20,8 @@
 
 #include <node_api.h>
 
+#include "napi-bytes.h"
+
 #if defined(__x86_64__)
 #include <nmmintrin.h>
 
@@ -99,21 +101,16 @@ __attribute__((target("sse4.2"))) static uint32_t crc32c_raw(uint32_t state, con
 static napi_value crc32c(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
-  bool is_typed_array = false;
-  napi_typedarray_type type;
+  unsigned char *base = NULL;
   size_t length = 0;
-  void *base = NULL;
-  napi_value array_buffer;
-  size_t offset;
   uint32_t initial = 0;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      napi_is_typedarray(env, argv[0], &is_typed_array) != napi_ok || !is_typed_array ||
-      napi_get_typedarray_info(env, argv[0], &type, &length, &base, &array_buffer, &offset) != napi_ok ||
-      type != napi_uint8_array || (argc >= 2 && napi_get_value_uint32(env, argv[1], &initial) != napi_ok)) {
+      !bytes_of(env, argv[0], &base, &length) ||
+      (argc >= 2 && napi_get_value_uint32(env, argv[1], &initial) != napi_ok)) {
     napi_throw_type_error(env, NULL, "crc32c: expects a Uint8Array and an optional initial CRC (number)");
     return NULL;
   }
-  uint32_t state = crc32c_raw(~initial, (const unsigned char *)base, length);
+  uint32_t state = crc32c_raw(~initial, base, length);
   napi_value result;
   napi_create_uint32(env, ~state, &result);
   return result;
