@@ -170,8 +170,8 @@ export async function archiveBench(): Promise<void> {
       'from one client as fast as it goes; timed from the start of the burst until pg_stat_archiver counts all of them archived and the ' +
       'repository holds the last. A fresh cluster per row (fsync on, max_wal_size 16GB). pgbart: the archive_command INIT writes ' +
       '(POSIX repository on the same disk). pgBackRest 2.x (Debian): `archive-push` with `compress-type=none`, alone and with ' +
-      "`archive-async=y process-max=2`. The machine was shared with other engineers' builds and tests during the run (2 cores; " +
-      `${machineDescription()}): compare the rows with each other, not with other runs.`,
+      '`archive-async=y process-max=2`. Machine: ' +
+      `${machineDescription()} (the load average says whether other work shared it): compare the rows with each other, not with other runs.`,
     '',
     '| archive_command | seconds | segments/s | burst alone (s) |',
     '|---|---:|---:|---:|',
