@@ -1,8 +1,7 @@
 // Concept: CRC-32C of byte ranges — native/crc32c.c (three chains of the SSE4.2 instruction) when it was built and
 // the CPU has the instruction, else @node-rs/crc32. Both give the same values (test/crc32c-native.test.ts).
 
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { loadNativeAddon } from './native-addon.js';
 import { crc32c as portableCrc32c } from '@node-rs/crc32';
 
 /**
@@ -11,9 +10,6 @@ import { crc32c as portableCrc32c } from '@node-rs/crc32';
  */
 export type Crc32c = (data: Uint8Array, initial?: number) => number;
 
-/** Where `npm run build` puts the addon (scripts/build-native.sh), from dist/src/util/. */
-const ADDON = new URL('../../../native/build/crc32c.node', import.meta.url);
-
 /**
  * The addon's function, or undefined when it was not built (no C compiler at build time), the CPU lacks SSE4.2
  * (the addon then exports nothing), or `PGBART_NATIVE_CRC32C=off` asks for @node-rs/crc32.
@@ -21,13 +17,8 @@ const ADDON = new URL('../../../native/build/crc32c.node', import.meta.url);
 export const nativeCrc32c: Crc32c | undefined = loadAddon();
 
 function loadAddon(): Crc32c | undefined {
-  if (process.env.PGBART_NATIVE_CRC32C === 'off') return undefined;
-  try {
-    const addon = createRequire(import.meta.url)(fileURLToPath(ADDON)) as { crc32c?: Crc32c };
-    return typeof addon.crc32c === 'function' ? addon.crc32c : undefined;
-  } catch {
-    return undefined;
-  }
+  const addon = loadNativeAddon('crc32c', 'PGBART_NATIVE_CRC32C');
+  return typeof addon?.crc32c === 'function' ? (addon.crc32c as Crc32c) : undefined;
 }
 
 /**

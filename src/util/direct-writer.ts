@@ -8,9 +8,8 @@
 // which commits its size and blocks and flushes the device's cache.
 
 import { close, constants, open, write } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { giveBackBuffer, takeBuffer } from './buffer-shelf.js';
+import { loadNativeAddon } from './native-addon.js';
 
 /** Address, length and file offset of every direct write are multiples of this (any device's logical block size). */
 const ALIGNMENT = 4096;
@@ -18,9 +17,6 @@ const ALIGNMENT = 4096;
 export const DIRECT_BLOCK_BYTES = 4 * 1024 * 1024;
 /** A file goes direct only once this much was written: smaller files stay in plain buffered writes. */
 export const DIRECT_AFTER_BYTES = 4 * 1024 * 1024;
-
-/** Where `npm run build` puts the addon (scripts/build-native.sh), from dist/src/util/. */
-const ADDON = new URL('../../../native/build/aligned.node', import.meta.url);
 
 type Misalignment = (data: Uint8Array, alignment: number) => number;
 
@@ -35,13 +31,9 @@ let misalignment: Misalignment | undefined | null = null;
 function addon(): Misalignment | undefined {
   if (misalignment !== null) return misalignment;
   misalignment = undefined;
-  if (process.env.PGBART_DIRECT_IO === 'off' || constants.O_DIRECT === undefined) return undefined;
-  try {
-    const loaded = createRequire(import.meta.url)(fileURLToPath(ADDON)) as { misalignment?: Misalignment };
-    if (typeof loaded.misalignment === 'function') misalignment = loaded.misalignment;
-  } catch {
-    /* not built: buffered writes */
-  }
+  if (constants.O_DIRECT === undefined) return undefined;
+  const loaded = loadNativeAddon('aligned', 'PGBART_DIRECT_IO');
+  if (typeof loaded?.misalignment === 'function') misalignment = loaded.misalignment as Misalignment;
   return misalignment;
 }
 

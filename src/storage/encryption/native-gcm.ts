@@ -1,8 +1,7 @@
 // Concept: in-place AES-256-GCM — the small native addon of native/aes-gcm.c when it was built, else nothing (the
 // callers then use node:crypto; both produce the same bytes).
 
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { loadNativeAddon } from '../../util/native-addon.js';
 
 /**
  * AES-256-GCM over the caller's buffer, with no fresh memory per call. Node's cipher API returns each update in a new
@@ -20,9 +19,6 @@ export interface InPlaceGcm {
   open(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean;
 }
 
-/** Where `npm run build` puts the addon (scripts/build-native.sh), from dist/src/storage/encryption/. */
-const ADDON = new URL('../../../../native/build/aes-gcm.node', import.meta.url);
-
 let loaded: { addon: InPlaceGcm | undefined } | undefined;
 
 /**
@@ -37,11 +33,8 @@ export function inPlaceGcm(): InPlaceGcm | undefined {
 }
 
 function loadAddon(): InPlaceGcm | undefined {
-  if (process.env.PGBART_NATIVE_GCM === 'off') return undefined;
-  try {
-    const addon = createRequire(import.meta.url)(fileURLToPath(ADDON)) as Partial<InPlaceGcm>;
-    return typeof addon.seal === 'function' && typeof addon.open === 'function' ? (addon as InPlaceGcm) : undefined;
-  } catch {
-    return undefined;
-  }
+  const addon = loadNativeAddon('aes-gcm', 'PGBART_NATIVE_GCM');
+  return typeof addon?.seal === 'function' && typeof addon.open === 'function'
+    ? (addon as unknown as InPlaceGcm)
+    : undefined;
 }
